@@ -1,0 +1,402 @@
+"""The host side of the link: open a plate by URL, handshake, command it, stream its samples.
+
+One thread does everything: reading frames, queueing sample blocks, matching ACK/NAK to the
+commands that caused them, and sending a heartbeat whenever the host has been quiet for
+``HEARTBEAT_S`` of the device's sample clock. Nothing here sleeps on the wall clock except the
+port's read timeout, so the same client runs a real plate and ``sim://?speed=max`` unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import serial
+
+from firmware_bridge.codec import FrameDecoder, LinkStats
+from firmware_bridge.errors import (
+    CommandRefusedError,
+    CommandTimeoutError,
+    DeviceFaultError,
+    DeviceResetError,
+    HandshakeTimeoutError,
+    IncompatibleVersionError,
+    LinkLostError,
+    ProtocolError,
+)
+from firmware_bridge.protocol import (
+    PROTOCOL_MAJOR,
+    Ack,
+    Capability,
+    ClearFault,
+    Fault,
+    Heartbeat,
+    Hello,
+    HelloRequest,
+    Message,
+    Nak,
+    Samples,
+    SetDrive,
+    SetFrequency,
+    SetOutput,
+    Status,
+    StatusRequest,
+    decode_message,
+    drive_to_q16,
+    encode_message,
+    hz_to_mhz,
+    nak_text,
+)
+from firmware_bridge.transport import open_port
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 0.1
+HELLO_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 1.0
+READ_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the device announced in its hello."""
+
+    device_id: str
+    firmware_version: str
+    protocol_version: str
+    sample_rate_hz: int
+    block_samples: int
+    counts_per_g: int
+    max_drive: float
+    min_freq_hz: float
+    max_freq_hz: float
+    watchdog_s: float
+    watchdog_ramp_s: float
+    capabilities: list[str]
+
+    @classmethod
+    def from_hello(cls, hello: Hello) -> DeviceInfo:
+        return cls(
+            device_id=hello.device_id,
+            firmware_version=hello.firmware_version,
+            protocol_version=f"{hello.protocol_major}.{hello.protocol_minor}",
+            sample_rate_hz=hello.sample_rate_hz,
+            block_samples=hello.block_samples,
+            counts_per_g=hello.counts_per_g,
+            max_drive=hello.max_drive,
+            min_freq_hz=hello.min_freq_mhz / 1000.0,
+            max_freq_hz=hello.max_freq_mhz / 1000.0,
+            watchdog_s=hello.watchdog_ms / 1000.0,
+            watchdog_ramp_s=hello.watchdog_ramp_ms / 1000.0,
+            capabilities=[c.name or "" for c in Capability if hello.capabilities & c],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SampleBlock:
+    """One block of accelerometer samples on the device's sample clock.
+
+    ``accel_g`` has shape (n,) and includes gravity (about +1 g when level). The drive phase
+    of sample k is ``phase_rad + 2*pi*freq_hz*k/sample_rate_hz``.
+    """
+
+    first_index: int
+    counts: npt.NDArray[np.int16]
+    accel_g: npt.NDArray[np.float64]
+    phase_rad: float
+    freq_hz: float
+    drive: float
+    missing_before: int  # samples lost between the previous block and this one
+
+
+@dataclass
+class _Pending:
+    name: str
+    seq: int
+    sent_at_sample: int
+
+
+class DeviceClient:
+    """A connected plate. Use :meth:`open` (a context manager that always closes the port)."""
+
+    def __init__(self, port: serial.Serial, url: str) -> None:
+        self.url = url
+        self._port = port
+        self._decoder = FrameDecoder()
+        self._seq = 0
+        self._blocks: deque[SampleBlock] = deque()
+        self._pending: dict[int, _Pending] = {}
+        self._answers: dict[type[Message], deque[Message]] = {Hello: deque(), Status: deque()}
+        self._refusals: deque[CommandRefusedError] = deque()
+        self._faults: deque[DeviceFaultError] = deque()
+        self.fault_history: list[DeviceFaultError] = []
+        self._info: DeviceInfo | None = None
+        self._expected_index: int | None = None
+        self._last_tx_index = 0
+        self._device_index = 0
+        self.samples_missing = 0
+        self.frames_sent = 0
+        self.protocol_errors = 0
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, hello_timeout_s: float = HELLO_TIMEOUT_S) -> DeviceClient:
+        """Open ``url``, wait for the device's hello and check its protocol version."""
+        port = open_port(url)
+        client = cls(port, url)
+        try:
+            client.handshake(hello_timeout_s)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ask for the output to stop (best effort) and close the port."""
+        if not self._port.is_open:
+            return
+        try:
+            if self._info is not None:
+                self._send(SetOutput(0))
+        except (serial.SerialException, OSError, LinkLostError):
+            pass
+        finally:
+            self._port.close()
+
+    @property
+    def info(self) -> DeviceInfo:
+        if self._info is None:
+            raise ProtocolError("no hello received yet")
+        return self._info
+
+    @property
+    def port(self) -> serial.Serial:
+        return self._port
+
+    @property
+    def link_stats(self) -> LinkStats:
+        """Counters for frames received from the device."""
+        return self._decoder.stats
+
+    @property
+    def sample_index(self) -> int:
+        """The device's sample clock as last seen (index after the newest block)."""
+        return self._device_index
+
+    def handshake(self, timeout_s: float = HELLO_TIMEOUT_S) -> DeviceInfo:
+        """Wait for the device's hello (asking for it twice a second) and check the version."""
+        deadline = time.monotonic() + timeout_s
+        next_ask = 0.0
+        answers = self._answers[Hello]
+        while not answers:
+            now = time.monotonic()
+            if now >= deadline:
+                raise HandshakeTimeoutError(self.url, timeout_s)
+            if now >= next_ask:
+                self._send(HelloRequest())
+                next_ask = now + 0.5
+            self._pump(expect_hello=True)
+        hello = answers.popleft()
+        assert isinstance(hello, Hello)
+        answers.clear()
+        if hello.protocol_major != PROTOCOL_MAJOR:
+            raise IncompatibleVersionError(
+                hello.protocol_major, hello.protocol_minor, PROTOCOL_MAJOR
+            )
+        self._info = DeviceInfo.from_hello(hello)
+        self._blocks.clear()
+        self._expected_index = None
+        return self._info
+
+    # ---- commands --------------------------------------------------------------------
+
+    def set_frequency(self, freq_hz: float, wait: bool = True) -> None:
+        """Change the drive frequency; the device keeps the phase continuous."""
+        self.command(SetFrequency(hz_to_mhz(freq_hz)), wait)
+
+    def set_drive(self, drive: float, ramp_s: float, wait: bool = True) -> None:
+        """Ramp the drive amplitude (fraction of full scale) linearly over ``ramp_s``."""
+        ramp_ms = max(0, min(0xFFFF, round(ramp_s * 1000.0)))
+        self.command(SetDrive(drive_to_q16(drive), ramp_ms), wait)
+
+    def start_output(self) -> None:
+        """Enable the output at zero amplitude; ramp it up with :meth:`set_drive`."""
+        self.command(SetOutput(1), wait=True)
+
+    def stop_output(self, wait: bool = True) -> None:
+        """Stop: the device ramps any remaining drive to zero, then switches off."""
+        self.command(SetOutput(0), wait)
+
+    def clear_fault(self) -> None:
+        self.command(ClearFault(), wait=True)
+
+    def heartbeat(self) -> None:
+        self.command(Heartbeat(), wait=False)
+
+    def request_status(self, timeout_s: float = COMMAND_TIMEOUT_S) -> Status:
+        self._answers[Status].clear()
+        self._send(StatusRequest())
+        status = self._await_answer(Status, "STATUS_REQUEST", timeout_s)
+        assert isinstance(status, Status)
+        return status
+
+    def command(self, message: Message, wait: bool = True) -> None:
+        """Send a command; with ``wait`` block until its ACK (or raise on NAK or timeout).
+
+        Without ``wait`` a later NAK is raised from :meth:`read_block`.
+        """
+        seq = self._send(message)
+        name = type(message).__name__
+        self._pending[seq] = _Pending(name, seq, self._device_index)
+        if not wait:
+            return
+        deadline = time.monotonic() + COMMAND_TIMEOUT_S
+        while seq in self._pending:
+            self._raise_refusal()
+            if time.monotonic() > deadline:
+                self._pending.pop(seq, None)
+                raise CommandTimeoutError(name, COMMAND_TIMEOUT_S)
+            self._pump()
+        self._raise_refusal()
+
+    # ---- stream ----------------------------------------------------------------------
+
+    def read_block(self, timeout_s: float = 1.0) -> SampleBlock | None:
+        """Next sample block, or None if none arrived within ``timeout_s``.
+
+        Raises DeviceFaultError, CommandRefusedError or DeviceResetError when the device
+        reports one; sends a heartbeat whenever the host has been quiet for HEARTBEAT_S.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self._blocks:
+            self._raise_events()
+            if time.monotonic() > deadline:
+                return None
+            self._pump()
+        self._raise_events()
+        block = self._blocks.popleft()
+        if self._info is not None:
+            quiet = (self._device_index - self._last_tx_index) / self._info.sample_rate_hz
+            if quiet >= HEARTBEAT_S:
+                self.heartbeat()
+        return block
+
+    def drain_faults(self) -> list[DeviceFaultError]:
+        """Faults reported so far and not yet raised."""
+        faults = list(self._faults)
+        self._faults.clear()
+        return faults
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _send(self, message: Message) -> int:
+        seq = self._seq
+        self._seq = (self._seq + 1) & 0xFFFF
+        try:
+            self._port.write(encode_message(message, seq))
+        except (serial.SerialException, OSError) as exc:
+            raise LinkLostError(str(exc)) from None
+        self._last_tx_index = self._device_index
+        self.frames_sent += 1
+        return seq
+
+    def _pump(self, expect_hello: bool = False) -> None:
+        try:
+            data = self._port.read(max(1, min(READ_CHUNK, self._port.in_waiting)))
+        except (serial.SerialException, OSError) as exc:
+            raise LinkLostError(str(exc)) from None
+        if not data:
+            return
+        for frame in self._decoder.feed(data):
+            try:
+                message = decode_message(frame)
+            except ProtocolError as exc:
+                self.protocol_errors += 1
+                log.warning("dropped a malformed frame: %s", exc)
+                continue
+            self._dispatch(message, expect_hello)
+
+    def _dispatch(self, message: Message, expect_hello: bool) -> None:
+        match message:
+            case Samples():
+                self._on_samples(message)
+            case Ack(acked_seq=seq):
+                self._pending.pop(seq, None)
+            case Nak(refused_seq=seq, reason=reason):
+                pending = self._pending.pop(seq, None)
+                name = pending.name if pending else f"frame type 0x{message.refused_type:02x}"
+                self._refusals.append(CommandRefusedError(name, reason, nak_text(reason)))
+            case Fault(code=code, sample_index=index):
+                fault = DeviceFaultError(code, message.text, index)
+                self._faults.append(fault)
+                self.fault_history.append(fault)
+            case Hello():
+                if self._info is not None and not expect_hello:
+                    raise DeviceResetError(self._device_index)
+                self._answers[Hello].append(message)
+            case Status():
+                self._answers[Status].append(message)
+            case _:
+                self.protocol_errors += 1
+
+    def _on_samples(self, samples: Samples) -> None:
+        info = self._info
+        if info is None:
+            return
+        n = samples.counts.size
+        missing = 0
+        if self._expected_index is not None and samples.first_index > self._expected_index:
+            missing = samples.first_index - self._expected_index
+            self.samples_missing += missing
+        self._expected_index = samples.first_index + n
+        self._device_index = samples.first_index + n
+        self._blocks.append(
+            SampleBlock(
+                first_index=samples.first_index,
+                counts=samples.counts,
+                accel_g=samples.counts / float(info.counts_per_g),
+                phase_rad=samples.phase_rad,
+                freq_hz=samples.freq_hz,
+                drive=samples.drive,
+                missing_before=missing,
+            )
+        )
+
+    def _await_answer(self, kind: type[Message], name: str, timeout_s: float) -> Message:
+        deadline = time.monotonic() + timeout_s
+        answers = self._answers[kind]
+        while not answers:
+            if time.monotonic() > deadline:
+                raise CommandTimeoutError(name, timeout_s)
+            self._pump()
+        return answers.popleft()
+
+    def _raise_refusal(self) -> None:
+        if self._refusals:
+            raise self._refusals.popleft()
+
+    def _raise_events(self) -> None:
+        if self._faults:
+            raise self._faults.popleft()
+        self._raise_refusal()

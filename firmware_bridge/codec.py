@@ -1,0 +1,145 @@
+"""Frame codec: CRC-16/XMODEM, COBS byte stuffing, 0x00 delimiter, and a streaming decoder.
+
+A raw frame is ``type:u8 | seq:u16 LE | payload | crc:u16 LE`` where the CRC is
+CRC-16/XMODEM (poly 0x1021, init 0x0000, no reflection, no final xor; check value 0x31C3 for
+ASCII "123456789") over everything before it. On the wire a frame is COBS-encoded and followed
+by a single 0x00. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from dataclasses import dataclass
+
+from cobs import cobs
+
+DELIMITER = b"\x00"
+HEADER = struct.Struct("<BH")
+CRC = struct.Struct("<H")
+MIN_RAW_LEN = HEADER.size + CRC.size
+MAX_RAW_LEN = 250
+# COBS adds one byte per 254 and the delimiter ends the frame.
+MAX_ENCODED_LEN = MAX_RAW_LEN + MAX_RAW_LEN // 254 + 1
+
+# Frames of this type restart the sender's sequence count (the device sends it after a boot).
+SEQUENCE_RESTART_TYPE = 0x81
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/XMODEM of ``data`` (check value 0x31C3 for b"123456789")."""
+    return binascii.crc_hqx(data, 0)
+
+
+def encode_frame(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
+    """Return the wire bytes (COBS-encoded, delimiter included) for one frame."""
+    body = HEADER.pack(frame_type, seq & 0xFFFF) + payload
+    if len(body) + CRC.size > MAX_RAW_LEN:
+        raise ValueError(f"frame of {len(body) + CRC.size} bytes exceeds {MAX_RAW_LEN}")
+    encoded: bytes = cobs.encode(body + CRC.pack(crc16(body)))
+    return encoded + DELIMITER
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """A frame that passed COBS and CRC checks: its type, sequence number and payload."""
+
+    frame_type: int
+    seq: int
+    payload: bytes
+
+
+@dataclass
+class LinkStats:
+    """Counters of what arrived on one direction of the link."""
+
+    frames: int = 0
+    crc_errors: int = 0
+    cobs_errors: int = 0
+    short_frames: int = 0
+    overruns: int = 0
+    lost_frames: int = 0
+    bytes_received: int = 0
+
+    @property
+    def damaged_frames(self) -> int:
+        """Frames that arrived but could not be used."""
+        return self.crc_errors + self.cobs_errors + self.short_frames + self.overruns
+
+
+class FrameDecoder:
+    """Turn an arbitrary byte stream into checked frames.
+
+    Survives garbage, partial reads and frames split over any number of reads: bytes are
+    buffered up to the next 0x00, and anything that fails COBS, length or CRC checks is counted
+    and dropped; decoding resumes at the next delimiter. Sequence gaps count as lost frames.
+    Never raises on bad input.
+    """
+
+    def __init__(self) -> None:
+        self.stats = LinkStats()
+        self._buffer = bytearray()
+        self._overrun = False
+        self._expected_seq: int | None = None
+
+    def feed(self, data: bytes) -> list[RawFrame]:
+        """Consume ``data`` and return the complete, valid frames it finished."""
+        self.stats.bytes_received += len(data)
+        frames: list[RawFrame] = []
+        start = 0
+        while True:
+            end = data.find(DELIMITER, start)
+            if end < 0:
+                self._append(data[start:])
+                return frames
+            if self._buffer:
+                self._append(data[start:end])
+                chunk = bytes(self._buffer)
+                self._buffer.clear()
+            else:
+                chunk = data[start:end]
+            overrun = self._overrun or len(chunk) > MAX_ENCODED_LEN
+            self._overrun = False
+            start = end + 1
+            if overrun:
+                self.stats.overruns += 1
+            elif chunk:
+                frame = self._decode(chunk)
+                if frame is not None:
+                    frames.append(frame)
+
+    def _append(self, part: bytes) -> None:
+        if self._overrun:
+            return
+        self._buffer += part
+        if len(self._buffer) > MAX_ENCODED_LEN:
+            # Too long to be a frame: drop it now, count it once its delimiter arrives.
+            self._buffer.clear()
+            self._overrun = True
+
+    def _decode(self, chunk: bytes) -> RawFrame | None:
+        try:
+            raw: bytes = cobs.decode(chunk)
+        except cobs.DecodeError:
+            self.stats.cobs_errors += 1
+            return None
+        if len(raw) < MIN_RAW_LEN:
+            self.stats.short_frames += 1
+            return None
+        (crc,) = CRC.unpack_from(raw, len(raw) - CRC.size)
+        if crc16(raw[: -CRC.size]) != crc:
+            self.stats.crc_errors += 1
+            return None
+        frame_type, seq = HEADER.unpack_from(raw)
+        self._count_sequence(frame_type, seq)
+        self.stats.frames += 1
+        return RawFrame(frame_type, seq, raw[HEADER.size : -CRC.size])
+
+    def _count_sequence(self, frame_type: int, seq: int) -> None:
+        expected = self._expected_seq
+        if expected is not None and frame_type != SEQUENCE_RESTART_TYPE:
+            gap = (seq - expected) & 0xFFFF
+            # A gap above half the range is a duplicate or reordering, not a loss.
+            if gap < 0x8000:
+                self.stats.lost_frames += gap
+        self._expected_seq = (seq + 1) & 0xFFFF

@@ -1,0 +1,1 @@
+"""Simulated LIV plate: firmware behaviour, plate physics and accelerometer model."""

@@ -1,0 +1,139 @@
+"""Configuration of a simulated plate, parsed from a ``sim://?key=value&...`` URL."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+from firmware_bridge.errors import UnknownUrlError
+
+NOISE_PRESETS_UG = {"low": 430.0, "high": 1500.0}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that makes one simulated plate run: profile, patient, pacing, faults.
+
+    Times ending in ``_at_s`` are seconds of simulated time since the device powered up;
+    ``None`` means the event never happens.
+    """
+
+    profile: str = "default"
+    mass_kg: float = 70.0
+    seed: int = 0
+    speed: float | None = None  # None: as fast as the host reads; 1.0: real time
+    truth: str | None = None
+    device_id: str = "SIM-0001"
+    boot_ms: float = 100.0
+    step_on_at_s: float | None = None
+    step_off_at_s: float | None = None
+    sway: bool = True
+    noise_ug: float | None = None  # accelerometer noise density override, ug/sqrt(Hz)
+    coil_temp_c: float | None = None  # initial coil temperature (default: ambient)
+    # link faults
+    corrupt_rate: float = 0.0  # probability per byte, both directions
+    drop_rate: float = 0.0  # probability per device frame
+    latency_ms: float = 0.0  # added each way
+    disconnect_at_s: float | None = None
+    reset_at_s: float | None = None
+    # device faults
+    sensor_stuck_at_s: float | None = None
+    sensor_saturated_at_s: float | None = None
+    sensor_disconnected_at_s: float | None = None
+    open_circuit_at_s: float | None = None
+    gain_loss_at_s: float | None = None
+    gain_factor: float = 0.5
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("mass", 0.0 <= self.mass_kg <= 200.0, "0..200 kg"),
+            ("speed", self.speed is None or self.speed > 0.0, "'max' or a positive factor"),
+            ("boot_ms", 0.0 <= self.boot_ms <= 10_000.0, "0..10000"),
+            ("corrupt_rate", 0.0 <= self.corrupt_rate <= 0.5, "0..0.5"),
+            ("drop_rate", 0.0 <= self.drop_rate <= 1.0, "0..1"),
+            ("latency_ms", 0.0 <= self.latency_ms <= 5000.0, "0..5000"),
+            ("gain_factor", 0.0 <= self.gain_factor <= 2.0, "0..2"),
+            ("noise", self.noise_ug is None or 0.0 <= self.noise_ug <= 100_000.0, "0..100000"),
+            ("seed", self.seed >= 0, "a non-negative integer"),
+            ("device_id", 0 < len(self.device_id.encode()) <= 16, "1..16 ASCII characters"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"sim parameter {name} is out of range (allowed: {allowed})")
+
+
+_FLOAT_KEYS = {
+    "mass": "mass_kg",
+    "boot_ms": "boot_ms",
+    "step_on_at": "step_on_at_s",
+    "step_off_at": "step_off_at_s",
+    "coil_temp_c": "coil_temp_c",
+    "corrupt_rate": "corrupt_rate",
+    "drop_rate": "drop_rate",
+    "latency_ms": "latency_ms",
+    "disconnect_at": "disconnect_at_s",
+    "reset_at": "reset_at_s",
+    "sensor_stuck_at": "sensor_stuck_at_s",
+    "sensor_saturated_at": "sensor_saturated_at_s",
+    "sensor_disconnected_at": "sensor_disconnected_at_s",
+    "open_circuit_at": "open_circuit_at_s",
+    "gain_loss_at": "gain_loss_at_s",
+    "gain_factor": "gain_factor",
+}
+_TEXT_KEYS = {"profile": "profile", "truth": "truth", "device_id": "device_id"}
+ALLOWED_KEYS = sorted([*_FLOAT_KEYS, *_TEXT_KEYS, "seed", "speed", "sway", "noise"])
+
+
+def parse_sim_url(url: str) -> SimConfig:
+    """Parse ``sim://?mass=90&seed=3&speed=max&truth=/tmp/t.npz`` into a SimConfig.
+
+    Unknown keys and malformed values raise UnknownUrlError naming the key and what is allowed.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sim":
+        raise UnknownUrlError(url, "not a sim:// URL")
+    if parts.netloc or parts.path not in ("", "/"):
+        raise UnknownUrlError(url, "put settings in the query, e.g. sim://?mass=70&seed=1")
+    values: dict[str, object] = {}
+    seen: set[str] = set()
+    for key, raw in parse_qsl(parts.query, keep_blank_values=True):
+        if key in seen:
+            raise UnknownUrlError(url, f"parameter {key!r} given twice")
+        seen.add(key)
+        if key in _FLOAT_KEYS:
+            values[_FLOAT_KEYS[key]] = _number(url, key, raw)
+        elif key in _TEXT_KEYS:
+            values[_TEXT_KEYS[key]] = raw
+        elif key == "seed":
+            if not raw.isdigit():
+                raise UnknownUrlError(url, f"seed={raw!r} must be a non-negative integer")
+            values["seed"] = int(raw)
+        elif key == "speed":
+            values["speed"] = None if raw == "max" else _number(url, key, raw)
+        elif key == "sway":
+            if raw not in ("0", "1"):
+                raise UnknownUrlError(url, f"sway={raw!r} must be 0 or 1")
+            values["sway"] = raw == "1"
+        elif key == "noise":
+            values["noise_ug"] = (
+                NOISE_PRESETS_UG[raw] if raw in NOISE_PRESETS_UG else _number(url, key, raw)
+            )
+        else:
+            raise UnknownUrlError(
+                url, f"unknown parameter {key!r}; allowed: {', '.join(ALLOWED_KEYS)}"
+            )
+    try:
+        return SimConfig(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UnknownUrlError(url, str(exc)) from None
+
+
+def _number(url: str, key: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UnknownUrlError(url, f"{key}={raw!r} is not a finite number")
+    return value

@@ -1,0 +1,475 @@
+"""A simulated LIV plate: the firmware's behaviour (docs/protocol.md) over plate physics.
+
+The device runs on its own sample clock in blocks (20 ms at the default 1600 Hz). It does not
+pace itself: a transport calls :meth:`SimulatedDevice.step` as fast as it likes (``speed=max``)
+or in step with the wall clock, so the same device serves tests, benchmarks and real ports.
+
+Host bytes are stamped with the simulated time they arrive and handled at the next block
+boundary; commands therefore take effect at the first sample of a block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from firmware_bridge.sim.physics import PlatePhysics
+from firmware_bridge.sim.profile import load_profile
+from firmware_bridge.sim.sensor import Accelerometer
+
+from firmware_bridge.codec import FrameDecoder, RawFrame, encode_frame
+from firmware_bridge.errors import ProtocolError
+from firmware_bridge.protocol import (
+    COIL_TEMP_UNKNOWN,
+    DEVICE_ID_LEN,
+    MESSAGE_TYPES,
+    PHASE_TURN,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    Ack,
+    Capability,
+    ClearFault,
+    DeviceState,
+    Fault,
+    FaultCode,
+    Heartbeat,
+    Hello,
+    HelloRequest,
+    Message,
+    Nak,
+    NakReason,
+    Samples,
+    SetDrive,
+    SetFrequency,
+    SetOutput,
+    Status,
+    StatusRequest,
+    drive_to_q16,
+    hz_to_mhz,
+)
+from firmware_bridge.sim.config import SimConfig
+
+log = logging.getLogger(__name__)
+
+FIRMWARE_VERSION = (1, 0, 0)
+BLOCK_S = 0.020
+MAX_DRIVE = 0.9
+MIN_FREQ_HZ = 20.0
+MAX_FREQ_HZ = 150.0
+WATCHDOG_S = 0.5
+SAFE_RAMP_S = 0.2  # watchdog, fault and stop ramps
+FULL_SCALE_SLEW_S = 0.1  # the drive never moves faster than full scale in this time
+OVERTEMP_C = 120.0
+LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
+HOST_TYPES = {HelloRequest, SetFrequency, SetDrive, SetOutput, Heartbeat, StatusRequest, ClearFault}
+
+
+def _clip01(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+@dataclass
+class _Envelope:
+    """Drive amplitude: the current value and a linear ramp towards a target."""
+
+    value: float = 0.0
+    rate_per_sample: float = 0.0
+    samples_left: int = 0
+    target: float = 0.0
+
+    def ramp_to(self, target: float, duration_s: float, sample_rate_hz: float) -> None:
+        delta = target - self.value
+        duration_s = max(duration_s, abs(delta) * FULL_SCALE_SLEW_S)
+        self.target = target
+        self.samples_left = max(1, round(duration_s * sample_rate_hz)) if delta else 0
+        self.rate_per_sample = delta / self.samples_left if self.samples_left else 0.0
+        if not self.samples_left:
+            self.value = target
+
+    def cut(self) -> None:
+        self.value = self.target = self.rate_per_sample = 0.0
+        self.samples_left = 0
+
+
+@dataclass
+class _Truth:
+    """Ground truth kept per block, saved as an .npz when the device closes."""
+
+    t_s: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    accel_g: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    drive: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    freq_hz: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    coil_temp_c: list[float] = field(default_factory=list)
+    mass_kg: list[float] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+
+class SimulatedDevice:
+    """Firmware behaviour plus physics for one simulated plate."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        physics_seed, sensor_seed, link_seed = np.random.SeedSequence(config.seed).spawn(3)
+        profile = load_profile(config.profile)
+        accel_profile = profile.accelerometer
+        if config.noise_ug is not None:
+            accel_profile = dataclasses.replace(accel_profile, noise_density_ug=config.noise_ug)
+        self.sample_rate_hz = float(accel_profile.sample_rate_hz)
+        self.block_samples = max(1, round(self.sample_rate_hz * BLOCK_S))
+        self.counts_per_g = int(accel_profile.counts_per_g)
+        self.physics = PlatePhysics(
+            profile,
+            config.mass_kg,
+            self.sample_rate_hz,
+            np.random.default_rng(physics_seed),
+            patient_on_at_s=config.step_on_at_s,
+            patient_off_at_s=config.step_off_at_s,
+            sway=config.sway,
+        )
+        if config.coil_temp_c is not None:
+            self.physics.set_coil_temperature_c(config.coil_temp_c)
+        self.sensor = Accelerometer(
+            accel_profile, self.sample_rate_hz, np.random.default_rng(sensor_seed)
+        )
+        self._link_rng = np.random.default_rng(link_seed)
+        self._inbox: deque[tuple[float, bytes]] = deque()
+        self._outbox: deque[tuple[float, bytes]] = deque()
+        self._truth = _Truth() if config.truth else None
+        self._pending_events = self._schedule(config)
+        self._closed = False
+        self._boot()
+
+    # ---- transport-facing ---------------------------------------------------------------
+
+    @property
+    def time_s(self) -> float:
+        """Simulated time since power-up (the plant's clock, monotonic across resets)."""
+        return self.physics.time_s
+
+    @property
+    def block_s(self) -> float:
+        return self.block_samples / self.sample_rate_hz
+
+    @property
+    def disconnected(self) -> bool:
+        """True once the simulated cable has been pulled."""
+        at = self.config.disconnect_at_s
+        return at is not None and self.time_s >= at
+
+    def receive(self, data: bytes) -> None:
+        """Bytes from the host; handled at the first block boundary after they arrive."""
+        if self.disconnected or not data:
+            return
+        data = self._corrupt(data)
+        self._inbox.append((self.time_s + self.config.latency_ms / 1000.0, data))
+
+    def take_output(self) -> bytes:
+        """Device bytes that have reached the host by now."""
+        now = self.time_s + 1e-12
+        chunks = []
+        while self._outbox and self._outbox[0][0] <= now:
+            chunks.append(self._outbox.popleft()[1])
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """The host has gone: let the plate run on unattended, then save the truth file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.clear()
+        end = self.time_s + LINGER_S
+        while self.time_s < end:
+            self.step()
+        self._outbox.clear()
+        if self._truth is not None and self.config.truth:
+            self._save_truth(Path(self.config.truth))
+
+    # ---- firmware ---------------------------------------------------------------------
+
+    def _boot(self) -> None:
+        """Power-up or reset: drive off, counters restart, hello after the boot delay."""
+        self._booted = False
+        self._boot_done_at = self.time_s + self.config.boot_ms / 1000.0
+        self._sample_index = 0
+        self._tx_seq = 0
+        self._rx = FrameDecoder()
+        self._last_rx_s = self._boot_done_at
+        self._output_on = False
+        self._stopping = False
+        self._fault_code = 0
+        self._freq_hz = 30.0
+        self._phase_turns = 0.0
+        self._envelope = _Envelope()
+        self._inbox.clear()
+
+    def step(self) -> None:
+        """Simulate one block of samples and queue whatever the firmware sends."""
+        now = self.time_s
+        self._fire_events(now)
+        if not self._booted and now >= self._boot_done_at:
+            self._booted = True
+            self._last_rx_s = now
+            self._send(self._hello())
+        if self._booted:
+            self._handle_inbox(now)
+            self._check_watchdog(now)
+        self._run_block(now)
+
+    def _handle_inbox(self, now: float) -> None:
+        while self._inbox and self._inbox[0][0] <= now:
+            for frame in self._rx.feed(self._inbox.popleft()[1]):
+                self._last_rx_s = now
+                self._handle(frame)
+
+    def _check_watchdog(self, now: float) -> None:
+        if self._output_on and not self._fault_code:
+            if now - self._last_rx_s > WATCHDOG_S:
+                self._trip(FaultCode.HOST_WATCHDOG, round((now - self._last_rx_s) * 1000))
+            elif self.physics.coil_temperature_c > OVERTEMP_C:
+                self._trip(FaultCode.COIL_OVERTEMP, round(self.physics.coil_temperature_c * 100))
+
+    def _trip(self, code: FaultCode, detail: int) -> None:
+        log.info("simulated device fault %s at sample %d", code.name, self._sample_index)
+        self._fault_code = int(code)
+        self._begin_stop()
+        self._send(Fault(int(code), self._sample_index, detail))
+        self._record_event(f"fault:{code.name}")
+
+    def _begin_stop(self) -> None:
+        if self._envelope.value > 0.0 or self._envelope.target > 0.0:
+            self._envelope.ramp_to(0.0, SAFE_RAMP_S, self.sample_rate_hz)
+            self._stopping = True
+        else:
+            self._envelope.cut()
+            self._output_on = False
+
+    def _handle(self, frame: RawFrame) -> None:
+        cls = MESSAGE_TYPES.get(frame.frame_type)
+        if cls is None or cls not in HOST_TYPES:
+            self._nak(frame, NakReason.UNKNOWN_TYPE)
+            return
+        try:
+            message = cls.unpack(frame.payload)
+        except ProtocolError:
+            self._nak(frame, NakReason.BAD_LENGTH)
+            return
+        reason = self._command(message)
+        if reason is None:
+            if not isinstance(message, HelloRequest | StatusRequest):
+                self._send(Ack(frame.seq, frame.frame_type))
+        else:
+            self._nak(frame, reason)
+
+    def _command(self, message: Message) -> NakReason | None:
+        """Apply one host command; return why it is refused, or None."""
+        match message:
+            case HelloRequest():
+                self._send(self._hello())
+            case StatusRequest():
+                self._send(self._status())
+            case Heartbeat():
+                pass
+            case SetFrequency(freq_mhz=freq_mhz):
+                if not MIN_FREQ_HZ <= freq_mhz / 1000.0 <= MAX_FREQ_HZ:
+                    return NakReason.OUT_OF_RANGE
+                self._freq_hz = freq_mhz / 1000.0
+            case SetDrive(drive_q16=drive_q16, ramp_ms=ramp_ms):
+                if self._fault_code:
+                    return NakReason.FAULT_LATCHED
+                if self._stopping:
+                    return NakReason.BUSY
+                if not self._output_on:
+                    return NakReason.OUTPUT_OFF
+                if drive_q16 > drive_to_q16(MAX_DRIVE):
+                    return NakReason.OUT_OF_RANGE
+                self._envelope.ramp_to(drive_q16 / 65535.0, ramp_ms / 1000.0, self.sample_rate_hz)
+            case SetOutput(enable=enable):
+                if enable:
+                    if self._fault_code:
+                        return NakReason.FAULT_LATCHED
+                    if self._stopping:
+                        return NakReason.BUSY
+                    if not self._output_on:
+                        self._output_on = True
+                        self._envelope.cut()
+                elif self._output_on and not self._stopping:
+                    self._begin_stop()
+            case ClearFault():
+                if self._stopping:
+                    return NakReason.BUSY
+                self._fault_code = 0
+            case _:
+                return NakReason.UNKNOWN_TYPE
+        return None
+
+    def _nak(self, frame: RawFrame, reason: NakReason) -> None:
+        self._send(Nak(frame.seq, frame.frame_type, int(reason)))
+
+    def _hello(self) -> Hello:
+        return Hello(
+            PROTOCOL_MAJOR,
+            PROTOCOL_MINOR,
+            *FIRMWARE_VERSION,
+            self.config.device_id.encode("ascii").ljust(DEVICE_ID_LEN, b"\x00"),
+            round(self.sample_rate_hz),
+            self.block_samples,
+            self.counts_per_g,
+            drive_to_q16(MAX_DRIVE),
+            hz_to_mhz(MIN_FREQ_HZ),
+            hz_to_mhz(MAX_FREQ_HZ),
+            round(WATCHDOG_S * 1000),
+            round(SAFE_RAMP_S * 1000),
+            int(Capability.COIL_TEMPERATURE | Capability.SIMULATED | Capability.FAULT_INJECTION),
+        )
+
+    def _state(self) -> DeviceState:
+        if self._fault_code:
+            return DeviceState.FAULT
+        if self._stopping:
+            return DeviceState.STOPPING
+        return DeviceState.RUNNING if self._output_on else DeviceState.IDLE
+
+    def _status(self) -> Status:
+        temp = self.physics.coil_temperature_c
+        return Status(
+            int(self._state()),
+            int(self._output_on),
+            hz_to_mhz(self._freq_hz),
+            drive_to_q16(_clip01(self._envelope.value)),
+            drive_to_q16(_clip01(self._envelope.target)),
+            self._fault_code,
+            self._sample_index,
+            min(0xFFFF, self._rx.stats.crc_errors + self._rx.stats.cobs_errors),
+            min(0xFFFF, self._rx.stats.lost_frames),
+            round(temp * 100) if -300 < temp < 300 else COIL_TEMP_UNKNOWN,
+        )
+
+    # ---- one block of physics ---------------------------------------------------------
+
+    def _run_block(self, now: float) -> None:
+        n = self.block_samples
+        fs = self.sample_rate_hz
+        env = self._envelope
+        first_drive = env.value if self._output_on else 0.0
+        first_phase = self._phase_turns
+        drive = np.empty(n)
+        accel = np.empty(n)
+        done = 0
+        while done < n:
+            if not self._output_on:
+                seg, start, rate = n - done, 0.0, 0.0
+            elif env.samples_left:
+                seg, start, rate = min(n - done, env.samples_left), env.value, env.rate_per_sample
+            else:
+                seg, start, rate = n - done, env.value, 0.0
+            phase_rad = 2.0 * np.pi * (self._phase_turns % 1.0)
+            block = self.physics.run(seg, self._freq_hz, phase_rad, start, rate * fs)
+            accel[done : done + seg] = block.accel_g
+            drive[done : done + seg] = start + rate * np.arange(seg)
+            self._phase_turns = (self._phase_turns + self._freq_hz * seg / fs) % 1.0
+            done += seg
+            if self._output_on and env.samples_left:
+                env.samples_left -= seg
+                env.value = env.target if env.samples_left == 0 else start + rate * seg
+                if env.samples_left == 0 and self._stopping:
+                    self._stopping = False
+                    self._output_on = False
+                    env.cut()
+        counts = self.sensor.measure(accel)
+        if self._truth is not None:
+            self._truth.t_s.append(now + np.arange(n) / fs)
+            self._truth.accel_g.append(accel)
+            self._truth.drive.append(drive)
+            self._truth.freq_hz.append(np.full(n, self._freq_hz, dtype=np.float32))
+            self._truth.coil_temp_c.append(self.physics.coil_temperature_c)
+            self._truth.mass_kg.append(self.physics.patient_mass_on_plate_kg)
+        if self._booted:
+            phase_q32 = round(first_phase * PHASE_TURN) % PHASE_TURN
+            self._send(
+                Samples(
+                    self._sample_index,
+                    phase_q32,
+                    hz_to_mhz(self._freq_hz),
+                    drive_to_q16(_clip01(first_drive)),
+                    counts,
+                )
+            )
+            self._sample_index += n
+
+    # ---- link and events --------------------------------------------------------------
+
+    def _send(self, message: Message) -> None:
+        wire = encode_frame(message.TYPE, self._tx_seq, message.pack())
+        self._tx_seq = (self._tx_seq + 1) & 0xFFFF
+        if self.config.drop_rate and self._link_rng.random() < self.config.drop_rate:
+            return
+        release = self.time_s + self.block_s + self.config.latency_ms / 1000.0
+        self._outbox.append((release, self._corrupt(wire)))
+
+    def _corrupt(self, data: bytes) -> bytes:
+        rate = self.config.corrupt_rate
+        if not rate:
+            return data
+        hits = int(self._link_rng.binomial(len(data), rate))
+        if not hits:
+            return data
+        out = bytearray(data)
+        for pos in self._link_rng.integers(0, len(out), size=hits):
+            out[pos] ^= int(self._link_rng.integers(1, 256))
+        return bytes(out)
+
+    def _schedule(self, config: SimConfig) -> list[tuple[float, str]]:
+        events = [
+            (config.reset_at_s, "reset"),
+            (config.sensor_stuck_at_s, "sensor_stuck"),
+            (config.sensor_saturated_at_s, "sensor_saturated"),
+            (config.sensor_disconnected_at_s, "sensor_disconnected"),
+            (config.open_circuit_at_s, "open_circuit"),
+            (config.gain_loss_at_s, "gain_loss"),
+        ]
+        return sorted((t, name) for t, name in events if t is not None)
+
+    def _fire_events(self, now: float) -> None:
+        while self._pending_events and self._pending_events[0][0] <= now + 1e-9:
+            _, name = self._pending_events.pop(0)
+            self._record_event(name)
+            if name == "reset":
+                self._boot()
+            elif name == "sensor_stuck":
+                self.sensor.stuck = True
+            elif name == "sensor_saturated":
+                self.sensor.saturated = True
+            elif name == "sensor_disconnected":
+                self.sensor.disconnected = True
+            elif name == "open_circuit":
+                self.physics.open_circuit = True
+            elif name == "gain_loss":
+                self.physics.amplifier_gain_factor = self.config.gain_factor
+
+    def _record_event(self, name: str) -> None:
+        if self._truth is not None:
+            self._truth.events.append(f"{self.time_s:.6f} {name}")
+
+    def _save_truth(self, path: Path) -> None:
+        truth = self._truth
+        assert truth is not None
+        block_t = np.array([t[0] for t in truth.t_s])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as fh:
+            np.savez(
+                fh,
+                t_s=np.concatenate(truth.t_s),
+                accel_g=np.concatenate(truth.accel_g),
+                drive=np.concatenate(truth.drive),
+                freq_hz=np.concatenate(truth.freq_hz),
+                block_t_s=block_t,
+                coil_temp_c=np.array(truth.coil_temp_c),
+                patient_mass_kg=np.array(truth.mass_kg),
+                events=np.array(truth.events, dtype=str),
+                sample_rate_hz=np.array(self.sample_rate_hz),
+            )

@@ -1,0 +1,54 @@
+"""Open a plate's byte stream by URL through pyserial, with errors a person can act on.
+
+Supported: a local port path (``/dev/ttyACM0``, opened exclusively so two controllers cannot
+drive one plate), ``socket://host:port``, ``rfc2217://host:port``, ``spy://...`` (hex dump of
+the traffic) and ``sim://?...`` (the simulated plate, firmware_bridge.urlhandler).
+"""
+
+from __future__ import annotations
+
+import errno
+
+import serial
+
+from firmware_bridge.errors import DeviceBusyError, DeviceNotFoundError, UnknownUrlError
+
+HANDLER_PACKAGE = "firmware_bridge.urlhandler"
+KNOWN_SCHEMES = ("sim", "socket", "rfc2217", "spy", "loop")
+BAUD_RATE = 921_600
+
+
+def register_url_handlers() -> None:
+    """Make ``sim://`` known to ``serial.serial_for_url`` (idempotent)."""
+    if HANDLER_PACKAGE not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(HANDLER_PACKAGE)
+
+
+def open_port(url: str, read_timeout_s: float = 0.05) -> serial.Serial:
+    """Open ``url`` and return the pyserial port; raise a BridgeError saying what went wrong."""
+    register_url_handlers()
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme and scheme not in KNOWN_SCHEMES:
+        raise UnknownUrlError(
+            url, f"unknown scheme {scheme!r}; use a port path or one of {', '.join(KNOWN_SCHEMES)}"
+        )
+    try:
+        if scheme:
+            return serial.serial_for_url(url, baudrate=BAUD_RATE, timeout=read_timeout_s)
+        return serial.Serial(url, baudrate=BAUD_RATE, timeout=read_timeout_s, exclusive=True)
+    except serial.SerialException as exc:
+        raise _classify(url, exc) from None
+    except (ValueError, OSError) as exc:
+        raise UnknownUrlError(url, str(exc)) from None
+
+
+def _classify(url: str, exc: serial.SerialException) -> Exception:
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    if code == errno.EBUSY or "lock" in text.lower() or "busy" in text.lower():
+        return DeviceBusyError(url)
+    if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO) or "No such file" in text:
+        return DeviceNotFoundError(url, "no such port (is the plate plugged in?)")
+    if "refused" in text.lower():
+        return DeviceNotFoundError(url, "connection refused (is the server running?)")
+    return DeviceNotFoundError(url, text)

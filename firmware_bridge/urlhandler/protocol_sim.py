@@ -1,0 +1,125 @@
+"""pyserial handler for ``sim://?...``: a simulated plate behind the ordinary Serial API.
+
+``serial.serial_for_url("sim://?mass=90&seed=1&speed=max")`` once
+``firmware_bridge.urlhandler`` is in ``serial.protocol_handler_packages``
+(``firmware_bridge.transport.open_port`` does that).
+
+Pacing: with ``speed=max`` the device advances only when the host reads, block by block, so
+a run is deterministic for a given seed and as fast as the host can consume; a read timeout
+is counted in simulated seconds. With ``speed=F`` the device keeps F x real time against the
+wall clock.
+"""
+
+from __future__ import annotations
+
+import time
+
+import serial
+
+from firmware_bridge.sim.config import parse_sim_url
+from firmware_bridge.sim.device import SimulatedDevice
+
+
+class Serial(serial.SerialBase):
+    """A SerialBase whose far end is a SimulatedDevice."""
+
+    _device: SimulatedDevice | None = None
+
+    def open(self) -> None:
+        if self._port is None:
+            raise serial.SerialException("Port must be configured before it can be used.")
+        if self.is_open:
+            raise serial.SerialException("Port is already open.")
+        self._device = SimulatedDevice(parse_sim_url(str(self.portstr)))
+        self._buffer = bytearray()
+        self._wall_start = time.monotonic()
+        self.is_open = True
+
+    def _reconfigure_port(self) -> None:
+        """Baud rate and framing do not matter to a simulated link."""
+
+    def close(self) -> None:
+        if self.is_open and self._device is not None:
+            self.is_open = False
+            device, self._device = self._device, None
+            device.close()
+
+    @property
+    def device(self) -> SimulatedDevice:
+        """The simulated plate behind this port (for tests and tools)."""
+        if self._device is None:
+            raise serial.PortNotOpenError()
+        return self._device
+
+    def _check_link(self) -> SimulatedDevice:
+        device = self.device
+        if device.disconnected:
+            raise serial.SerialException("device disconnected (simulated cable pull)")
+        return device
+
+    def _advance(self, max_sim_s: float) -> None:
+        """Move the device forward: until output appears (max) or to the wall clock."""
+        device = self._check_link()
+        speed = device.config.speed
+        if speed is None:
+            end = device.time_s + max(max_sim_s, device.block_s)
+            while not self._buffer and device.time_s < end - 1e-12:
+                device.step()
+                self._buffer += device.take_output()
+                self._check_link()
+        else:
+            target = (time.monotonic() - self._wall_start) * speed
+            while device.time_s + device.block_s <= target:
+                device.step()
+                self._buffer += device.take_output()
+                self._check_link()
+
+    @property
+    def in_waiting(self) -> int:
+        if not self._buffer:
+            self._advance(0.0)
+        return len(self._buffer)
+
+    def read(self, size: int = 1) -> bytes:
+        device = self._check_link()
+        timeout = self._timeout
+        if device.config.speed is None:
+            budget = 3600.0 if timeout is None else timeout
+            while len(self._buffer) < size:
+                before = device.time_s
+                self._advance(budget)
+                budget -= device.time_s - before
+                if budget <= 0:
+                    break
+        else:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                self._advance(0.0)
+                if len(self._buffer) >= size:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                nap = device.block_s / device.config.speed
+                time.sleep(nap if remaining is None else min(nap, remaining))
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        device = self._check_link()
+        if device.config.speed is not None:
+            self._advance(0.0)
+        payload = bytes(data)
+        device.receive(payload)
+        return len(payload)
+
+    def reset_input_buffer(self) -> None:
+        self._buffer.clear()
+
+    def reset_output_buffer(self) -> None:
+        """Nothing is buffered on the way out: writes reach the device at once."""
+
+    @property
+    def out_waiting(self) -> int:
+        return 0
