@@ -335,16 +335,16 @@ class DeviceClient:
                 self.protocol_errors += 1
                 log.warning("dropped a malformed frame: %s", exc)
                 continue
-            self._dispatch(message, expect_hello)
+            self._dispatch(message, frame.seq, expect_hello)
 
-    def _dispatch(self, message: Message, expect_hello: bool) -> None:
+    def _dispatch(self, message: Message, seq: int, expect_hello: bool) -> None:
         match message:
             case Samples():
                 self._on_samples(message)
-            case Ack(acked_seq=seq):
-                self._pending.pop(seq, None)
-            case Nak(refused_seq=seq, reason=reason):
-                pending = self._pending.pop(seq, None)
+            case Ack(acked_seq=acked):
+                self._pending.pop(acked, None)
+            case Nak(refused_seq=refused, reason=reason):
+                pending = self._pending.pop(refused, None)
                 name = pending.name if pending else f"frame type 0x{message.refused_type:02x}"
                 self._refusals.append(CommandRefusedError(name, reason, nak_text(reason)))
             case Fault(code=code, sample_index=index):
@@ -353,7 +353,11 @@ class DeviceClient:
                 self.fault_history.append(fault)
             case Hello():
                 if self._info is not None and not expect_hello:
-                    raise DeviceResetError(self._device_index)
+                    # A boot hello is the device's first frame (seq 0); any other hello is a
+                    # late answer to one of our hello requests.
+                    if seq == 0:
+                        raise DeviceResetError(self._device_index)
+                    return
                 self._answers[Hello].append(message)
             case Status():
                 self._answers[Status].append(message)

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from firmware_bridge.sim.physics import PlatePhysics
-from firmware_bridge.sim.profile import load_profile
-from firmware_bridge.sim.sensor import Accelerometer
 
 from firmware_bridge.codec import FrameDecoder, RawFrame, encode_frame
 from firmware_bridge.errors import ProtocolError
@@ -53,6 +51,9 @@ from firmware_bridge.protocol import (
     hz_to_mhz,
 )
 from firmware_bridge.sim.config import SimConfig
+from firmware_bridge.sim.physics import PlatePhysics
+from firmware_bridge.sim.profile import load_profile
+from firmware_bridge.sim.sensor import Accelerometer
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,15 @@ class _Envelope:
 
     def ramp_to(self, target: float, duration_s: float, sample_rate_hz: float) -> None:
         delta = target - self.value
-        duration_s = max(duration_s, abs(delta) * FULL_SCALE_SLEW_S)
         self.target = target
-        self.samples_left = max(1, round(duration_s * sample_rate_hz)) if delta else 0
-        self.rate_per_sample = delta / self.samples_left if self.samples_left else 0.0
-        if not self.samples_left:
-            self.value = target
+        if not delta:
+            self.samples_left = 0
+            self.rate_per_sample = 0.0
+            return
+        # The slew limit rounds up, so no sample ever moves faster than it allows.
+        slowest = math.ceil(abs(delta) * FULL_SCALE_SLEW_S * sample_rate_hz - 1e-9)
+        self.samples_left = max(1, round(duration_s * sample_rate_hz), slowest)
+        self.rate_per_sample = delta / self.samples_left
 
     def cut(self) -> None:
         self.value = self.target = self.rate_per_sample = 0.0

@@ -57,13 +57,17 @@ class Serial(serial.SerialBase):
             raise serial.SerialException("device disconnected (simulated cable pull)")
         return device
 
-    def _advance(self, max_sim_s: float) -> None:
-        """Move the device forward: until output appears (max) or to the wall clock."""
+    def _advance(self, want_bytes: int, max_sim_s: float) -> None:
+        """Move the device forward.
+
+        ``speed=max``: step until ``want_bytes`` are buffered or ``max_sim_s`` of simulated time
+        has passed (at least one block). Otherwise: step up to where the wall clock says.
+        """
         device = self._check_link()
         speed = device.config.speed
         if speed is None:
             end = device.time_s + max(max_sim_s, device.block_s)
-            while not self._buffer and device.time_s < end - 1e-12:
+            while len(self._buffer) < want_bytes and device.time_s < end - 1e-12:
                 device.step()
                 self._buffer += device.take_output()
                 self._check_link()
@@ -77,24 +81,18 @@ class Serial(serial.SerialBase):
     @property
     def in_waiting(self) -> int:
         if not self._buffer:
-            self._advance(0.0)
+            self._advance(1, 0.0)
         return len(self._buffer)
 
     def read(self, size: int = 1) -> bytes:
         device = self._check_link()
-        timeout = self._timeout
         if device.config.speed is None:
-            budget = 3600.0 if timeout is None else timeout
-            while len(self._buffer) < size:
-                before = device.time_s
-                self._advance(budget)
-                budget -= device.time_s - before
-                if budget <= 0:
-                    break
+            budget = 3600.0 if self._timeout is None else self._timeout
+            self._advance(size, budget)
         else:
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = None if self._timeout is None else time.monotonic() + self._timeout
             while True:
-                self._advance(0.0)
+                self._advance(size, 0.0)
                 if len(self._buffer) >= size:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -109,7 +107,7 @@ class Serial(serial.SerialBase):
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         device = self._check_link()
         if device.config.speed is not None:
-            self._advance(0.0)
+            self._advance(0, 0.0)
         payload = bytes(data)
         device.receive(payload)
         return len(payload)

@@ -1,0 +1,199 @@
+"""The simulated plate keeps every promise of docs/protocol.md, judged from its truth file."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware_bridge.client import DeviceClient
+from firmware_bridge.errors import (
+    CommandRefusedError,
+    DeviceResetError,
+    LinkLostError,
+    UnknownUrlError,
+)
+from firmware_bridge.protocol import Fault, FaultCode, NakReason
+from firmware_bridge.sim.device import FULL_SCALE_SLEW_S, MAX_DRIVE, SAFE_RAMP_S, WATCHDOG_S
+from tests.simhelpers import listen_silently, load_truth, run_blocks
+
+FS = 1600.0
+
+
+def sim(tmp_path: Path, **params: object) -> tuple[str, Path]:
+    truth = tmp_path / "truth.npz"
+    query = "&".join(f"{k}={v}" for k, v in {"speed": "max", **params}.items())
+    return f"sim://?{query}&truth={truth}", truth
+
+
+def test_handshake_reports_the_device() -> None:
+    with DeviceClient.open("sim://?speed=max&device_id=PLATE-7") as dev:
+        info = dev.info
+    assert info.device_id == "PLATE-7"
+    assert info.protocol_version == "1.0"
+    assert info.sample_rate_hz == 1600
+    assert info.block_samples == 32
+    assert info.max_drive == pytest.approx(MAX_DRIVE, abs=1e-4)
+    assert info.watchdog_s == WATCHDOG_S
+    assert "SIMULATED" in info.capabilities
+
+
+def test_drive_is_off_at_boot_and_gravity_reads_one_g(tmp_path: Path) -> None:
+    url, truth_path = sim(tmp_path)
+    with DeviceClient.open(url) as dev:
+        blocks = run_blocks(dev, 1.0)
+    accel = np.concatenate([b.accel_g for b in blocks])
+    assert abs(accel.mean() - 1.0) < 0.05
+    truth = load_truth(truth_path)
+    assert np.all(truth["drive"] == 0.0)
+    assert np.max(np.abs(truth["accel_g"])) < 0.01
+
+
+def test_device_refuses_drive_above_its_limit_and_when_output_is_off() -> None:
+    with DeviceClient.open("sim://?speed=max") as dev:
+        with pytest.raises(CommandRefusedError) as off:
+            dev.set_drive(0.2, 0.5)
+        assert off.value.reason_code == NakReason.OUTPUT_OFF
+        dev.start_output()
+        with pytest.raises(CommandRefusedError) as over:
+            dev.set_drive(min(1.0, MAX_DRIVE + 0.05), 0.5)
+        assert over.value.reason_code == NakReason.OUT_OF_RANGE
+        with pytest.raises(CommandRefusedError) as freq:
+            dev.set_frequency(500.0)
+        assert freq.value.reason_code == NakReason.OUT_OF_RANGE
+
+
+def test_watchdog_ramps_drive_to_zero_when_the_host_goes_silent(tmp_path: Path) -> None:
+    url, truth_path = sim(tmp_path)
+    with DeviceClient.open(url) as dev:
+        dev.set_frequency(45.0)
+        dev.start_output()
+        dev.set_drive(0.4, 0.3)
+        run_blocks(dev, 1.0)
+        silent_from = dev.sample_index / FS
+        messages = listen_silently(dev, 1.5)
+    faults = [m for m in messages if isinstance(m, Fault)]
+    assert [f.code for f in faults] == [FaultCode.HOST_WATCHDOG]
+    truth = load_truth(truth_path)
+    t, drive = truth["t_s"], truth["drive"]
+    boot_s = 0.1  # default boot delay: sample index 0 is at t = boot time
+    silent_t = silent_from + boot_s
+    # Still driving right before the watchdog time, zero within watchdog + ramp (+1 block).
+    assert drive[(t > silent_t + 0.1) & (t < silent_t + WATCHDOG_S - 0.05)].min() > 0.3
+    after = t > silent_t + WATCHDOG_S + SAFE_RAMP_S + 0.04
+    assert np.all(drive[after] == 0.0)
+    assert np.max(np.abs(truth["accel_g"][after & (t > t[after][0] + 0.3)])) < 0.02
+
+
+def test_ramps_are_soft_and_phase_continuous(tmp_path: Path) -> None:
+    url, truth_path = sim(tmp_path)
+    with DeviceClient.open(url) as dev:
+        dev.set_frequency(30.0)
+        dev.start_output()
+        dev.set_drive(0.5, 0.0)  # asks for a step: the firmware slew limit softens it
+        blocks = run_blocks(dev, 0.5)
+        dev.set_frequency(60.0)
+        blocks += run_blocks(dev, 0.5)
+    truth = load_truth(truth_path)
+    steps = np.abs(np.diff(truth["drive"]))
+    assert steps.max() <= 1.0 / (FULL_SCALE_SLEW_S * FS) + 1e-9
+    # Reported phase advances exactly by each block's frequency: no phase jump at the change.
+    for prev, cur in itertools.pairwise(blocks):
+        expected = prev.phase_rad + 2 * np.pi * prev.freq_hz * prev.counts.size / FS
+        wrapped = (cur.phase_rad - expected + np.pi) % (2 * np.pi) - np.pi
+        assert abs(wrapped) < 1e-6
+    assert {b.freq_hz for b in blocks} == {30.0, 60.0}
+
+
+def test_same_seed_same_stream_and_other_seed_differs() -> None:
+    def stream(seed: int) -> np.ndarray:
+        with DeviceClient.open(f"sim://?speed=max&seed={seed}") as dev:
+            dev.start_output()
+            dev.set_drive(0.3, 0.2)
+            return np.concatenate([b.counts for b in run_blocks(dev, 0.6)])
+
+    first, again, other = stream(4), stream(4), stream(5)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_reset_mid_run_cuts_drive_and_is_reported(tmp_path: Path) -> None:
+    url, truth_path = sim(tmp_path, reset_at=1.0)
+    with DeviceClient.open(url) as dev:
+        dev.start_output()
+        dev.set_drive(0.3, 0.2)
+        with pytest.raises(DeviceResetError):
+            run_blocks(dev, 2.0)
+    truth = load_truth(truth_path)
+    assert np.all(truth["drive"][truth["t_s"] >= 1.0] == 0.0)
+    assert any("reset" in e for e in truth["events"])
+
+
+def test_cable_pull_raises_link_lost_and_the_plate_stops_by_itself(tmp_path: Path) -> None:
+    url, truth_path = sim(tmp_path, disconnect_at=1.0)
+    with DeviceClient.open(url) as dev:
+        dev.start_output()
+        dev.set_drive(0.3, 0.2)
+        with pytest.raises(LinkLostError):
+            run_blocks(dev, 2.0)
+    truth = load_truth(truth_path)
+    t, drive = truth["t_s"], truth["drive"]
+    assert drive[(t > 0.9) & (t < 1.0)].min() > 0.25
+    assert np.all(drive[t > 1.0 + WATCHDOG_S + SAFE_RAMP_S + 0.04] == 0.0)
+
+
+def test_link_damage_is_counted_and_survived() -> None:
+    with DeviceClient.open("sim://?speed=max&corrupt_rate=0.001&drop_rate=0.02&seed=3") as dev:
+        blocks = run_blocks(dev, 5.0)
+        stats = dev.link_stats
+    assert stats.damaged_frames > 0
+    assert stats.lost_frames > 0
+    assert dev.samples_missing > 0
+    assert sum(b.missing_before for b in blocks) == dev.samples_missing
+
+
+@pytest.mark.parametrize(
+    ("fault", "check"),
+    [
+        ("sensor_stuck_at", lambda c: np.ptp(c) == 0),
+        ("sensor_saturated_at", lambda c: np.all(c == c.max()) and c.max() > 256),
+        ("sensor_disconnected_at", lambda c: np.all(c == 0)),
+    ],
+)
+def test_sensor_faults_show_in_the_stream(fault: str, check: object) -> None:
+    with DeviceClient.open(f"sim://?speed=max&{fault}=0.5") as dev:
+        dev.start_output()
+        dev.set_drive(0.3, 0.1)
+        blocks = run_blocks(dev, 1.0)
+    late = np.concatenate([b.counts for b in blocks[-10:]])
+    assert callable(check)
+    assert check(late)
+
+
+def test_actuator_faults_change_the_true_response(tmp_path: Path) -> None:
+    def peak(**faults: object) -> float:
+        url, truth_path = sim(tmp_path, **faults)
+        with DeviceClient.open(url) as dev:
+            dev.set_frequency(45.0)
+            dev.start_output()
+            dev.set_drive(0.3, 0.1)
+            run_blocks(dev, 2.0)
+        truth = load_truth(truth_path)
+        window = (truth["t_s"] > 1.5) & (truth["t_s"] < 2.0)
+        return float(np.max(np.abs(truth["accel_g"][window])))
+
+    normal = peak()
+    assert peak(open_circuit_at=1.0) < 0.01 * normal
+    assert peak(gain_loss_at=1.0, gain_factor=0.5) == pytest.approx(0.5 * normal, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sim://?bogus=1", "sim://?mass=abc", "sim://?mass=900", "sim://?seed=1&seed=2", "sim://x"],
+)
+def test_bad_sim_urls_name_the_problem(url: str) -> None:
+    with pytest.raises(UnknownUrlError) as err:
+        DeviceClient.open(url)
+    assert url in str(err.value)

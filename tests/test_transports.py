@@ -1,0 +1,52 @@
+"""The same client code runs a plate over sim://, a pty and TCP (simulator in its own process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from controller.openloop import drive_open_loop
+from firmware_bridge.client import DeviceClient
+
+
+def _serve(*where: str) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessions.cli", "sim", "serve", *where, "--sim", "sim://?speed=2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        assert address, proc.stderr.read() if proc.stderr else "server printed nothing"
+        yield address
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+
+
+@pytest.fixture(params=["sim", "pty", "tcp"])
+def device_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "sim":
+        yield "sim://?speed=max"
+    elif request.param == "pty":
+        yield from _serve("--pty")
+    else:
+        yield from _serve("--tcp", "127.0.0.1:0")
+
+
+def test_same_client_everywhere(device_url: str) -> None:
+    if device_url.startswith("/dev/"):
+        assert "pts" in device_url
+    with DeviceClient.open(device_url) as dev:
+        assert dev.info.device_id == "SIM-0001"
+        result = drive_open_loop(dev, 45.0, 0.3, 1.0, ramp_up_s=0.3, ramp_down_s=0.2)
+    assert 0.05 < result.peak_g < 1.0
+    assert abs(result.dc_g - 1.0) < 0.05
+    assert result.crc_errors == 0
+    assert result.lost_frames == 0
