@@ -196,7 +196,7 @@ class DeviceClient:
 
     @property
     def link_stats(self) -> LinkStats:
-        """Counters for frames received from the device."""
+        """Counters for frames received from the device since the handshake."""
         return self._decoder.stats
 
     @property
@@ -225,6 +225,8 @@ class DeviceClient:
                 hello.protocol_major, hello.protocol_minor, PROTOCOL_MAJOR
             )
         self._info = DeviceInfo.from_hello(hello)
+        # Opening a port mid-stream yields a partial first frame: count damage from here on.
+        self._decoder.stats = LinkStats()
         self._blocks.clear()
         self._expected_index = None
         return self._info

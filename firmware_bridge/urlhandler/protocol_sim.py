@@ -26,7 +26,7 @@ class Serial(serial.SerialBase):
     _device: SimulatedDevice | None = None
 
     def open(self) -> None:
-        if self._port is None:
+        if self.port is None:
             raise serial.SerialException("Port must be configured before it can be used.")
         if self.is_open:
             raise serial.SerialException("Port is already open.")
@@ -87,10 +87,10 @@ class Serial(serial.SerialBase):
     def read(self, size: int = 1) -> bytes:
         device = self._check_link()
         if device.config.speed is None:
-            budget = 3600.0 if self._timeout is None else self._timeout
+            budget = 3600.0 if self.timeout is None else self.timeout
             self._advance(size, budget)
         else:
-            deadline = None if self._timeout is None else time.monotonic() + self._timeout
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
             while True:
                 self._advance(size, 0.0)
                 if len(self._buffer) >= size:
