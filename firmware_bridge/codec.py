@@ -19,11 +19,12 @@ HEADER = struct.Struct("<BH")
 CRC = struct.Struct("<H")
 MIN_RAW_LEN = HEADER.size + CRC.size
 MAX_RAW_LEN = 250
-# COBS adds one byte per 254 and the delimiter ends the frame.
+# COBS adds one overhead byte per started run of 254 bytes (the delimiter is not counted).
 MAX_ENCODED_LEN = MAX_RAW_LEN + MAX_RAW_LEN // 254 + 1
 
-# Frames of this type restart the sender's sequence count (the device sends it after a boot).
-SEQUENCE_RESTART_TYPE = 0x81
+# A HELLO (device boot) or HELLO_REQUEST (host opened the link) with seq 0 restarts the
+# receiver's sequence count: the sender's counter started again from 0.
+SEQUENCE_RESTART_TYPES = frozenset({0x01, 0x81})
 
 
 def crc16(data: bytes) -> int:
@@ -137,9 +138,12 @@ class FrameDecoder:
 
     def _count_sequence(self, frame_type: int, seq: int) -> None:
         expected = self._expected_seq
-        if expected is not None and frame_type != SEQUENCE_RESTART_TYPE:
-            gap = (seq - expected) & 0xFFFF
-            # A gap above half the range is a duplicate or reordering, not a loss.
-            if gap < 0x8000:
-                self.stats.lost_frames += gap
-        self._expected_seq = (seq + 1) & 0xFFFF
+        if expected is None or (seq == 0 and frame_type in SEQUENCE_RESTART_TYPES):
+            self._expected_seq = (seq + 1) & 0xFFFF
+            return
+        gap = (seq - expected) & 0xFFFF
+        # A gap above half the range is a late or repeated frame: neither a loss nor a reason
+        # to move the expectation backwards.
+        if gap < 0x8000:
+            self.stats.lost_frames += gap
+            self._expected_seq = (seq + 1) & 0xFFFF

@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from firmware_bridge.codec import RawFrame, encode_frame
+from firmware_bridge.codec import MAX_RAW_LEN, RawFrame, encode_frame
 from firmware_bridge.errors import ProtocolError
 
 PROTOCOL_MAJOR = 1
@@ -232,11 +232,15 @@ class Nak(Message):
 SAMPLES_HEADER = struct.Struct("<QIIHB")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Samples(Message):
-    """A block of accelerometer samples with the drive state at its first sample."""
+    """A block of accelerometer samples with the drive state at its first sample.
+
+    Compared by identity (it holds an array); compare fields and ``counts`` explicitly.
+    """
 
     TYPE: ClassVar[int] = 0x84
+    LAYOUT: ClassVar[struct.Struct] = SAMPLES_HEADER  # followed by n x int16
     first_index: int
     phase_turns_q32: int
     freq_mhz: int
@@ -332,8 +336,18 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 
 
 def encode_message(message: Message, seq: int) -> bytes:
-    """Wire bytes for ``message`` with sequence number ``seq``."""
-    return encode_frame(message.TYPE, seq, message.pack())
+    """Wire bytes for ``message`` with sequence number ``seq``.
+
+    Raises ValueError if a field does not fit its wire type.
+    """
+    try:
+        payload = message.pack()
+    except struct.error as exc:
+        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
+    return encode_frame(message.TYPE, seq, payload)
+
+
+MAX_BLOCK_SAMPLES = (MAX_RAW_LEN - 5 - SAMPLES_HEADER.size) // 2
 
 
 def decode_message(frame: RawFrame) -> Message:

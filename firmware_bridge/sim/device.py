@@ -25,6 +25,7 @@ from firmware_bridge.errors import ProtocolError
 from firmware_bridge.protocol import (
     COIL_TEMP_UNKNOWN,
     DEVICE_ID_LEN,
+    MAX_BLOCK_SAMPLES,
     MESSAGE_TYPES,
     PHASE_TURN,
     PROTOCOL_MAJOR,
@@ -125,6 +126,11 @@ class SimulatedDevice:
             accel_profile = dataclasses.replace(accel_profile, noise_density_ug=config.noise_ug)
         self.sample_rate_hz = float(accel_profile.sample_rate_hz)
         self.block_samples = max(1, round(self.sample_rate_hz * BLOCK_S))
+        if self.block_samples > MAX_BLOCK_SAMPLES:
+            raise ValueError(
+                f"sample rate {self.sample_rate_hz:g} Hz needs {self.block_samples} samples per "
+                f"block; a frame holds at most {MAX_BLOCK_SAMPLES}"
+            )
         self.counts_per_g = int(accel_profile.counts_per_g)
         self.physics = PlatePhysics(
             profile,
@@ -240,7 +246,8 @@ class SimulatedDevice:
     def _trip(self, code: FaultCode, detail: int) -> None:
         log.info("simulated device fault %s at sample %d", code.name, self._sample_index)
         self._fault_code = int(code)
-        self._begin_stop()
+        if not self._stopping:  # a stop already under way keeps its (earlier) end
+            self._begin_stop()
         self._send(Fault(int(code), self._sample_index, detail))
         self._record_event(f"fault:{code.name}")
 
@@ -293,6 +300,8 @@ class SimulatedDevice:
                     return NakReason.OUT_OF_RANGE
                 self._envelope.ramp_to(drive_q16 / 65535.0, ramp_ms / 1000.0, self.sample_rate_hz)
             case SetOutput(enable=enable):
+                if enable > 1:
+                    return NakReason.OUT_OF_RANGE
                 if enable:
                     if self._fault_code:
                         return NakReason.FAULT_LATCHED
