@@ -7,11 +7,9 @@ sequence-gap rule, so a mistake shared by the codec and its dependencies still s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import struct
 import tracemalloc
-import warnings
 from typing import Any
 
 import numpy as np
