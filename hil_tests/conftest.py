@@ -1,8 +1,8 @@
 """Options and fixtures of the qualification suite.
 
-    pytest hil_tests                               # the simulated plate
-    pytest hil_tests --device-url /dev/ttyACM0     # a real plate
-    pytest hil_tests --device-url rfc2217://bench-host:4000
+pytest hil_tests                               # the simulated plate
+pytest hil_tests --device-url /dev/ttyACM0     # a real plate
+pytest hil_tests --device-url rfc2217://bench-host:4000
 """
 
 from __future__ import annotations

@@ -1,0 +1,507 @@
+"""Plate physics: a voice-coil actuator driving a sprung plate that carries a standing patient.
+
+The plant (docs/simulator.md has the equations and the source of every constant)::
+
+    L di/dt      = V(t) - R(T) i - Bl v                       coil, voltage-driven amplifier
+    M a          = Bl i - k_s x - c_s v + m1 (w0^2 z + 2 zeta w0 z')   plate, M = m_plate + m0
+    z''          = -w0^2 z - 2 zeta w0 z' - a                 body (z: body relative to plate)
+    C_th dT/dt   = i^2 R(T) - (T - T_amb) / R_th              coil temperature
+
+with the patient as a mass-normalised apparent-mass model: m0 = rigid share of the standing
+mass, m1 = the rest, on a spring and damper tuned to w0 and zeta. ``V = gain * V_full * u``
+where ``u`` is the drive fraction.
+
+How it is integrated: within one call of :meth:`PlatePhysics.run` the drive is a sine with a
+linear envelope, which an autonomous 4-state generator produces exactly. The plant plus that
+generator is a 9-state linear system whose matrix exponential (``scipy.linalg.expm``) is taken
+once per (parameters, frequency); its powers for ``k = 0..block_max`` are kept as tables, so
+``run`` is a few small matrix-vector products with no loop over samples and no zero-order-hold
+error. Slow parameters (coil temperature, sway, stepping on or off) change only every
+``numerics.param_update_s`` of plant time, on sample boundaries fixed by the sample counter, so
+a run split into any number of calls gives the same samples as one call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+import scipy.linalg
+import scipy.signal
+
+from firmware_bridge.sim.profile import PlateProfile
+
+__all__ = ["STANDARD_GRAVITY", "PhysicsBlock", "PlatePhysics"]
+
+STANDARD_GRAVITY = 9.80665  # m/s^2, the g of every "_g" value
+_N_PLANT = 5  # plant states: coil current, plate displacement, plate velocity, z, z'
+_N_AUG = _N_PLANT + 4  # plus the generator: cos, sin, tau cos, tau sin
+_N_TABLE = _N_AUG + 6 + 8  # plus tau^p cos/sin(2 w tau), p <= 2, and (3 w tau), p <= 3
+_MAX_PATIENT_KG = 300.0
+_DRIVE_TOLERANCE = 1e-6
+# Pade 13 coefficients and the 1-norm up to which it is accurate to unit roundoff (Higham 2005).
+# The plant input is the generator's tau*cos state. Started from a unit vector, the generator
+# makes that state tau cos, -tau sin, cos or -sin; so the drive weights g for (cos, sin,
+# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _STATE_COLUMNS and _STATE_SIGNS apply this
+# to the columns of the augmented transition matrix so its tables act on [x0, g] directly.
+_STATE_COLUMNS = np.array([0, 1, 2, 3, 4, 7, 8, 5, 6])
+_STATE_SIGNS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0])
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class PhysicsBlock:
+    """True plant values at the sample instants of one :meth:`PlatePhysics.run` call.
+
+    Attributes
+    ----------
+    accel_g : (n,) float64
+        Vertical plate acceleration in g, gravity removed, harmonic distortion included.
+    coil_current_a : (n,) float64
+        Coil current in A.
+    volts : (n,) float64
+        Amplifier output voltage in V.
+    """
+
+    accel_g: FloatArray
+    coil_current_a: FloatArray
+    volts: FloatArray
+
+
+@dataclass(frozen=True)
+class _Params:
+    """Plant parameters that change slowly (held constant between updates)."""
+
+    resistance_ohm: float
+    standing_mass_kg: float
+    sway_factor: float
+    open_circuit: bool
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Per-sample responses for k = 0..block_max at one (parameters, frequency).
+
+    With ``v = [x0 (5), drive weights (4), distortion weights (14)]`` for a segment starting at
+    state ``x0``: ``outputs[:, k] @ v`` gives (accel g, current A, volts) at sample k and
+    ``state[k] @ v[:9]`` the plant state after k samples.
+    """
+
+    key: tuple[_Params, float]
+    state: FloatArray  # (K+1, 5, 9)
+    outputs: FloatArray  # (3, K+1, 23)
+    response_g_per_drive: complex  # steady-state accel per unit drive fraction at gain 1
+
+
+class PlatePhysics:
+    """The plate, its actuator, the patient standing on it and the coil's temperature.
+
+    Parameters
+    ----------
+    profile
+        Physical constants (see :mod:`firmware_bridge.sim.profile`).
+    patient_mass_kg
+        Static body mass, 0 for an empty plate.
+    sample_rate_hz
+        The sample clock: :meth:`run` returns values at multiples of ``1 / sample_rate_hz``.
+    rng
+        Source of randomness (the sway phase); same seed, same plant.
+    patient_on_at_s, patient_off_at_s
+        Plant times at which the patient starts stepping on or off; the standing mass ramps
+        over ``profile.stepping.duration_s``. ``patient_on_at_s=None`` means already standing
+        at t = 0; ``patient_off_at_s=None`` means never stepping off.
+    sway
+        Modulate the body's natural frequency slowly (postural sway).
+
+    Attributes
+    ----------
+    amplifier_gain_factor : float
+        Multiplies the amplifier output; 1.0 normally, e.g. 0.5 to inject a gain fault.
+    open_circuit : bool
+        True breaks the coil circuit: no current, no force, the plate rings down freely.
+    """
+
+    def __init__(
+        self,
+        profile: PlateProfile,
+        patient_mass_kg: float,
+        sample_rate_hz: float,
+        rng: np.random.Generator,
+        *,
+        patient_on_at_s: float | None = None,
+        patient_off_at_s: float | None = None,
+        sway: bool = True,
+    ) -> None:
+        if not 0.0 <= patient_mass_kg <= _MAX_PATIENT_KG:
+            raise ValueError(
+                f"patient_mass_kg = {patient_mass_kg!r} is out of range; "
+                f"allowed: 0 <= mass <= {_MAX_PATIENT_KG} kg"
+            )
+        if not (math.isfinite(sample_rate_hz) and sample_rate_hz > 0.0):
+            raise ValueError(f"sample_rate_hz = {sample_rate_hz!r} must be a positive number")
+        for label, when in (
+            ("patient_on_at_s", patient_on_at_s),
+            ("patient_off_at_s", patient_off_at_s),
+        ):
+            if when is not None and not (math.isfinite(when) and when >= 0.0):
+                raise ValueError(f"{label} = {when!r} must be None or a time >= 0 s")
+        if (
+            patient_on_at_s is not None
+            and patient_off_at_s is not None
+            and patient_off_at_s < patient_on_at_s
+        ):
+            raise ValueError(
+                f"patient_off_at_s = {patient_off_at_s!r} is before patient_on_at_s = "
+                f"{patient_on_at_s!r}; stepping off must come after stepping on"
+            )
+        self.profile = profile
+        self.amplifier_gain_factor = 1.0
+        self.open_circuit = False
+        self._patient_mass_kg = float(patient_mass_kg)
+        self._fs = float(sample_rate_hz)
+        self._dt = 1.0 / self._fs
+        self._on_at = patient_on_at_s
+        self._off_at = patient_off_at_s
+        self._sway = sway
+        self._sway_phase = float(rng.uniform(0.0, 2.0 * math.pi))  # drawn even if sway is off
+        self._block_max = profile.numerics.block_max
+        self._update_every = max(1, round(profile.numerics.param_update_s * self._fs))
+        self._tau = np.arange(self._block_max + 1) * self._dt
+
+        self._sample_index = 0
+        self._until_update = self._update_every
+        self._x = np.zeros(_N_PLANT)
+        self._i2_sum = 0.0
+        self._i2_count = 0
+        self._coil_temp_c = profile.thermal.ambient_c
+        self._params = self._current_params()
+        self._tables: _Tables | None = None
+        self._drive_columns_cache: tuple[float, FloatArray] | None = None
+
+    # ---- public state -------------------------------------------------------------------
+
+    @property
+    def time_s(self) -> float:
+        """Plant time of the current state, s."""
+        return self._sample_index * self._dt
+
+    @property
+    def coil_temperature_c(self) -> float:
+        """Coil temperature, C (updated every ``numerics.param_update_s``)."""
+        return self._coil_temp_c
+
+    @property
+    def patient_mass_on_plate_kg(self) -> float:
+        """Standing mass the plate carries now, including a stepping ramp in progress, kg."""
+        return self._params.standing_mass_kg
+
+    def set_coil_temperature_c(self, temperature_c: float) -> None:
+        """Set the coil temperature (tests, warm starts); takes effect at the next run."""
+        if not (math.isfinite(temperature_c) and -50.0 <= temperature_c <= 400.0):
+            raise ValueError(
+                f"coil temperature {temperature_c!r} C is out of range; allowed: -50..400 C"
+            )
+        self._coil_temp_c = float(temperature_c)
+        self._params = replace(self._params, resistance_ohm=self._resistance(temperature_c))
+
+    # ---- linear model -------------------------------------------------------------------
+
+    def linear_model(self) -> scipy.signal.StateSpace:
+        """Continuous-time model at the current parameters: drive fraction -> accel in g.
+
+        Includes ``amplifier_gain_factor`` and ``open_circuit``; excludes distortion.
+        """
+        params = replace(self._params, open_circuit=self.open_circuit)
+        a, b = self._plant_matrices(params)
+        c = a[2] / STANDARD_GRAVITY
+        return scipy.signal.StateSpace(
+            a, (b * self.amplifier_gain_factor)[:, None], c[None, :], np.zeros((1, 1))
+        )
+
+    def frequency_response_g_per_drive(self, freqs_hz: npt.ArrayLike) -> npt.NDArray[np.complex128]:
+        """Complex accel (g peak) per unit drive fraction at ``freqs_hz``, from the linear model.
+
+        A steady drive ``d sin(theta)`` gives ``d |H| sin(theta + angle(H))``.
+        """
+        freqs = np.asarray(freqs_hz, dtype=np.float64)
+        model = self.linear_model()
+        a = np.asarray(model.A, dtype=np.float64)
+        b = np.asarray(model.B, dtype=np.float64)[:, 0]
+        c = np.asarray(model.C, dtype=np.float64)[0]
+        d = complex(np.asarray(model.D, dtype=np.float64)[0, 0])
+        s = 2j * np.pi * freqs.reshape(-1)
+        # C (sI - A)^-1 B + D, evaluated directly: converting to a transfer function first
+        # (scipy.signal.freqresp) is badly conditioned for this plant.
+        resolvent = s[:, None, None] * np.eye(a.shape[0]) - a
+        x = np.linalg.solve(resolvent, np.broadcast_to(b, (s.size, b.size))[..., None])[..., 0]
+        return np.asarray(x @ c + d, dtype=np.complex128).reshape(freqs.shape)
+
+    # ---- stepping the plant -------------------------------------------------------------
+
+    def run(
+        self,
+        n: int,
+        freq_hz: float,
+        phase0_rad: float,
+        drive0: float,
+        drive_rate_per_s: float,
+    ) -> PhysicsBlock:
+        """Advance ``n`` samples under ``u(tau) = (drive0 + rate tau) sin(phase0 + 2 pi f tau)``.
+
+        Returns the true values at ``tau_k = k / fs`` for ``k = 0..n-1`` and leaves the state at
+        ``tau = n / fs``. The envelope is a fraction of full drive and must stay within -1..1.
+        """
+        if n < 0:
+            raise ValueError(f"n = {n!r} must be >= 0 samples")
+        if not (math.isfinite(freq_hz) and freq_hz >= 0.0):
+            raise ValueError(f"freq_hz = {freq_hz!r} must be a finite frequency >= 0")
+        end_drive = drive0 + drive_rate_per_s * n * self._dt
+        for label, value in (("drive0", drive0), ("drive at the segment end", end_drive)):
+            if not (math.isfinite(value) and abs(value) <= 1.0 + _DRIVE_TOLERANCE):
+                raise ValueError(f"{label} = {value!r} is outside the drive range -1..1")
+        if not math.isfinite(phase0_rad):
+            raise ValueError(f"phase0_rad = {phase0_rad!r} must be finite")
+        w = 2.0 * math.pi * freq_hz
+        seg = min(n, self._until_update, self._block_max)
+        if seg == n:  # the usual case: one segment, return the product's rows as they are
+            out = self._segment(n, w, phase0_rad, drive0, drive_rate_per_s)
+            return PhysicsBlock(out[0], out[1], out[2])
+        out = np.empty((3, n))
+        done = 0
+        while done < n:
+            seg = min(n - done, self._until_update, self._block_max)
+            tau0 = done * self._dt
+            out[:, done : done + seg] = self._segment(
+                seg, w, phase0_rad + w * tau0, drive0 + drive_rate_per_s * tau0, drive_rate_per_s
+            )
+            done += seg
+        return PhysicsBlock(out[0], out[1], out[2])
+
+    def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
+        """Advance n <= block_max samples at constant parameters.
+
+        Returns a (3, n) array: accel in g, coil current in A, amplifier volts.
+        """
+        if self.open_circuit != self._params.open_circuit:
+            self._params = replace(self._params, open_circuit=self.open_circuit)
+        if self._params.open_circuit:
+            self._x[0] = 0.0
+        tables = self._tables
+        if tables is None or tables.key != (self._params, w):
+            tables = self._tables = self._build_tables(self._params, w)
+        v = np.zeros(_N_TABLE)
+        v[:_N_PLANT] = self._x
+        gain = self.amplifier_gain_factor
+        if (drive0 != 0.0 or rate != 0.0) and gain != 0.0:
+            v[_N_PLANT:] = self._drive_weights(
+                gain * drive0, gain * rate, phase0, tables.response_g_per_drive
+            )
+        out: FloatArray = tables.outputs[:, :n, :] @ v
+        self._x = tables.state[n] @ v[:_N_AUG]
+        current = out[1]
+        self._i2_sum += float(current @ current)
+        self._i2_count += n
+        self._sample_index += n
+        self._until_update -= n
+        if self._until_update == 0:
+            self._update_slow_parameters()
+        return out
+
+    def _drive_weights(
+        self, level0: float, rate: float, phase0: float, response: complex
+    ) -> list[float]:
+        """Weights of the table's drive and distortion columns for one segment.
+
+        The drive ``(level0 + rate tau) sin(phase0 + w tau)`` weighs the cos, sin, tau cos and
+        tau sin columns. Distortion (an approximation): the steady fundamental
+        ``s1(tau) sin(psi)`` with ``s1 = |H| (level0 + rate tau)`` and
+        ``psi = phase0 + w tau + angle(H)`` gets harmonics ``k2 s1^2 sin(2 psi + phi2)`` and
+        ``k3 s1^3 sin(3 psi + phi3)``, so the 2nd harmonic's share of the fundamental is
+        ``k2 |s1|`` and the 3rd's ``k3 s1^2``. Expanded in powers of tau they weigh the
+        table's ``tau^p cos(h w tau)`` and ``tau^p sin(h w tau)`` columns.
+        """
+        sin0 = math.sin(phase0)
+        cos0 = math.cos(phase0)
+        dist = self.profile.distortion
+        ref = dist.reference_accel_g
+        magnitude = abs(response)
+        angle = math.atan2(response.imag, response.real)
+        phi2 = 2.0 * (phase0 + angle) + dist.second_harmonic_phase_rad
+        phi3 = 3.0 * (phase0 + angle) + dist.third_harmonic_phase_rad
+        k2 = dist.second_harmonic_fraction / ref
+        k3 = dist.third_harmonic_fraction / (ref * ref)
+        c2, s2 = k2 * math.sin(phi2), k2 * math.cos(phi2)
+        c3, s3 = k3 * math.sin(phi3), k3 * math.cos(phi3)
+        a0 = magnitude * level0
+        a1 = magnitude * rate
+        # s1^2 and s1^3 in powers of tau (binomial expansion of (a0 + a1 tau)^h)
+        q0, q1, q2 = a0 * a0, 2.0 * a0 * a1, a1 * a1
+        r0, r1, r2, r3 = a0 * q0, 3.0 * q0 * a1, 3.0 * a0 * q2, a1 * q2
+        return [
+            level0 * sin0, level0 * cos0, rate * sin0, rate * cos0,
+            q0 * c2, q0 * s2, q1 * c2, q1 * s2, q2 * c2, q2 * s2,
+            r0 * c3, r0 * s3, r1 * c3, r1 * s3, r2 * c3, r2 * s3, r3 * c3, r3 * s3,
+        ]  # fmt: skip
+
+    # ---- slow parameters ----------------------------------------------------------------
+
+    def _update_slow_parameters(self) -> None:
+        """Advance the coil temperature over the last interval, then sway and stepping."""
+        interval_s = self._i2_count * self._dt
+        if self._i2_count:
+            thermal = self.profile.thermal
+            power_w = self._i2_sum / self._i2_count * self._resistance(self._coil_temp_c)
+            steady_c = thermal.ambient_c + power_w * thermal.thermal_resistance_k_per_w
+            tau_s = thermal.thermal_resistance_k_per_w * thermal.thermal_capacity_j_per_k
+            self._coil_temp_c = steady_c + (self._coil_temp_c - steady_c) * math.exp(
+                -interval_s / tau_s
+            )
+        self._i2_sum = 0.0
+        self._i2_count = 0
+        self._until_update = self._update_every
+        self._params = self._current_params()
+
+    def _resistance(self, temperature_c: float) -> float:
+        act = self.profile.actuator
+        return act.coil_resistance_20c_ohm * (
+            1.0 + act.copper_tempco_per_k * (temperature_c - 20.0)
+        )
+
+    def _standing_fraction(self, t: float) -> float:
+        if self._patient_mass_kg == 0.0:
+            return 0.0
+        duration = self.profile.stepping.duration_s
+        on = 1.0 if self._on_at is None else _smooth_step((t - self._on_at) / duration)
+        off = 0.0 if self._off_at is None else _smooth_step((t - self._off_at) / duration)
+        return on * (1.0 - off)
+
+    def _current_params(self) -> _Params:
+        """Parameters at the current plant time (stepping ramp, sway, coil resistance)."""
+        t = self.time_s
+        standing_mass_kg = self._patient_mass_kg * self._standing_fraction(t)
+        sway_factor = 1.0
+        if self._sway and standing_mass_kg > 0.0:
+            sway = self.profile.sway
+            sway_factor += sway.relative_depth * math.sin(
+                2.0 * math.pi * sway.frequency_hz * t + self._sway_phase
+            )
+        return _Params(
+            resistance_ohm=self._resistance(self._coil_temp_c),
+            standing_mass_kg=standing_mass_kg,
+            sway_factor=sway_factor,
+            open_circuit=self.open_circuit,
+        )
+
+    # ---- matrices -----------------------------------------------------------------------
+
+    def _plant_matrices(self, p: _Params) -> tuple[FloatArray, FloatArray]:
+        """State matrix A (5, 5) and input vector b (5,) per unit drive at gain 1.
+
+        State: coil current, plate displacement, plate velocity, body-minus-plate
+        displacement z, and z'.
+        """
+        prof = self.profile
+        bl = prof.actuator.force_constant_n_per_a
+        inductance = prof.actuator.coil_inductance_h
+        body = prof.body
+        m0 = body.rigid_mass_fraction * p.standing_mass_kg
+        m1 = p.standing_mass_kg - m0
+        mass = prof.mechanics.moving_mass_kg + m0
+        w0 = 2.0 * math.pi * body.natural_frequency_hz * p.sway_factor
+        k_body = w0 * w0  # per kg of m1
+        c_body = 2.0 * body.damping_ratio * w0  # per kg of m1
+        accel_row = (
+            np.array(
+                [
+                    bl,
+                    -prof.mechanics.suspension_stiffness_n_per_m,
+                    -prof.mechanics.suspension_damping_n_s_per_m,
+                    m1 * k_body,
+                    m1 * c_body,
+                ]
+            )
+            / mass
+        )
+        a = np.zeros((_N_PLANT, _N_PLANT))
+        b = np.zeros(_N_PLANT)
+        if not p.open_circuit:
+            a[0, 0] = -p.resistance_ohm / inductance
+            a[0, 2] = -bl / inductance
+            b[0] = prof.amplifier.volts_at_full_drive / inductance
+        a[1, 2] = 1.0
+        a[2] = accel_row
+        a[3, 4] = 1.0
+        a[4] = -accel_row
+        a[4, 3] -= k_body
+        a[4, 4] -= c_body
+        return a, b
+
+    def _build_tables(self, p: _Params, w: float) -> _Tables:
+        """Exact per-sample responses of plant + drive generator for k = 0..block_max."""
+        a, b = self._plant_matrices(p)
+        aug = np.zeros((_N_AUG, _N_AUG))
+        aug[:_N_PLANT, :_N_PLANT] = a
+        aug[:_N_PLANT, _N_PLANT + 2] = b  # the plant input is the generator's tau*cos state
+        c, s, tc, ts = range(_N_PLANT, _N_AUG)
+        aug[c, s] = -w
+        aug[s, c] = w
+        aug[tc, c] = 1.0
+        aug[tc, ts] = -w
+        aug[ts, s] = 1.0
+        aug[ts, tc] = w
+        step = np.asarray(scipy.linalg.expm(aug * self._dt), dtype=np.float64)
+        k_max = self._block_max
+        powers = np.empty((k_max + 1, _N_AUG, _N_AUG))
+        powers[0] = np.eye(_N_AUG)
+        if k_max >= 1:
+            powers[1] = step
+        have = 1
+        while have < k_max:  # powers[have+1 .. 2 have] = powers[1 .. have] @ powers[have]
+            more = min(have, k_max - have)
+            powers[have + 1 : have + 1 + more] = powers[1 : 1 + more] @ powers[have]
+            have += more
+        # Reorder and sign the generator columns so that state[k] acts on [x0, g].
+        state = powers[:, :_N_PLANT, _STATE_COLUMNS] * _STATE_SIGNS
+        accel_row = a[2] / STANDARD_GRAVITY
+        outputs = self._drive_columns(w).copy()
+        outputs[0, :, :_N_AUG] = accel_row @ state
+        outputs[1, :, :_N_AUG] = state[:, 0, :]
+        response = 0j
+        if w > 0.0 and b.any():
+            x_ss = np.linalg.solve(1j * w * np.eye(_N_PLANT) - a, b.astype(np.complex128))
+            response = complex(accel_row @ x_ss)
+        return _Tables(key=(p, w), state=state, outputs=outputs, response_g_per_drive=response)
+
+    def _drive_columns(self, w: float) -> FloatArray:
+        """The table columns that depend on frequency only: volts and distortion basis."""
+        if self._drive_columns_cache is not None and self._drive_columns_cache[0] == w:
+            return self._drive_columns_cache[1]
+        tau = self._tau
+        columns = np.zeros((3, tau.size, _N_TABLE))
+        cos1 = np.cos(w * tau)
+        sin1 = np.sin(w * tau)
+        columns[2, :, _N_PLANT:_N_AUG] = self.profile.amplifier.volts_at_full_drive * np.stack(
+            [cos1, sin1, tau * cos1, tau * sin1], axis=1
+        )
+        column = _N_AUG
+        for order in (2, 3):
+            cos_h = np.cos(order * w * tau)
+            sin_h = np.sin(order * w * tau)
+            for p_tau in range(order + 1):
+                columns[0, :, column] = tau**p_tau * cos_h
+                columns[0, :, column + 1] = tau**p_tau * sin_h
+                column += 2
+        self._drive_columns_cache = (w, columns)
+        return columns
+
+
+def _smooth_step(s: float) -> float:
+    """0 before 0, 1 after 1, a raised-cosine ramp between."""
+    if s <= 0.0:
+        return 0.0
+    if s >= 1.0:
+        return 1.0
+    return 0.5 - 0.5 * math.cos(math.pi * s)

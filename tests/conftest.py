@@ -1,0 +1,35 @@
+"""Fixtures for every test: a test that leaks an open port, socket, file or thread fails."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+
+def _open_fds() -> set[str]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds.add(f"{name}->{os.readlink(f'/proc/self/fd/{name}')}")
+        except OSError:
+            continue  # the fd listdir itself used, closed by now
+    return fds
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    if not os.path.isdir("/proc/self/fd"):
+        yield
+        return
+    fds_before = _open_fds()
+    threads_before = set(threading.enumerate())
+    yield
+    gc.collect()
+    leaked_fds = _open_fds() - fds_before
+    leaked_threads = set(threading.enumerate()) - threads_before
+    assert not leaked_fds, f"test left files open: {sorted(leaked_fds)}"
+    assert not leaked_threads, f"test left threads running: {leaked_threads}"

@@ -1,0 +1,132 @@
+"""The simulated accelerometer reads gravity, quantises, clips, filters and fails as documented."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import scipy.signal
+
+from firmware_bridge.sim.profile import AccelerometerProfile
+from firmware_bridge.sim.sensor import Accelerometer
+
+FS = 1600.0
+ADXL345 = AccelerometerProfile()
+QUIET = dataclasses.replace(ADXL345, noise_density_ug=0.0)
+
+
+def sensor(profile: AccelerometerProfile = ADXL345, seed: int = 0) -> Accelerometer:
+    return Accelerometer(profile, FS, np.random.default_rng(seed))
+
+
+def test_level_plate_at_rest_reads_one_g() -> None:
+    counts = sensor().measure(np.zeros(16000))
+    assert counts.dtype == np.int16
+    assert counts.shape == (16000,)
+    assert counts.mean() == pytest.approx(256.0, abs=0.2)  # +1 g at 256 counts/g
+    assert 1.0 < counts.std() < 6.0  # ADXL345 noise is a few LSB
+
+
+def test_quiet_sensor_rounds_to_the_nearest_count() -> None:
+    lsb = 1.0 / 256.0
+    for offset_lsb, expected in [(0.4, 256), (0.6, 257), (-0.6, 255), (38.2, 294)]:
+        counts = sensor(QUIET).measure(np.full(400, offset_lsb * lsb))
+        assert np.all(counts[-100:] == expected), offset_lsb
+
+
+def test_sensitivity_error_and_bias() -> None:
+    profile = dataclasses.replace(QUIET, sensitivity_error_fraction=0.1, bias_g=0.05)
+    counts = sensor(profile).measure(np.full(400, 0.2))
+    assert np.all(counts[-100:] == round((1.2 * 1.1 + 0.05) * 256))
+
+
+def test_out_of_range_clips_at_full_scale() -> None:
+    reading = sensor(QUIET)
+    high = reading.measure(np.full(400, 5.0))  # 6 g with gravity, range +/-4 g
+    low = reading.measure(np.full(400, -7.0))
+    assert high.max() == 1023 == reading.max_count
+    assert low.min() == -1024 == reading.min_count
+    assert np.all(high[-100:] == 1023)
+    assert np.all(low[-100:] == -1024)
+
+
+def test_bit_depth_limits_the_output_word() -> None:
+    profile = dataclasses.replace(QUIET, bit_depth=10)  # 10-bit word inside a +/-4 g range
+    counts = sensor(profile).measure(np.full(400, 2.5))
+    assert counts.max() == 511
+
+
+def test_block_by_block_equals_all_at_once() -> None:
+    rng = np.random.default_rng(7)
+    accel = 0.3 * np.sin(2 * np.pi * 45.0 * np.arange(3200) / FS) + 0.01 * rng.standard_normal(3200)
+    whole = sensor(seed=5).measure(accel)
+    split = sensor(seed=5)
+    pieces = [split.measure(accel[i : i + 32]) for i in range(0, 3200, 32)]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
+def test_same_seed_same_counts_other_seed_other_noise() -> None:
+    accel = np.zeros(1600)
+    np.testing.assert_array_equal(sensor(seed=1).measure(accel), sensor(seed=1).measure(accel))
+    assert np.any(sensor(seed=1).measure(accel) != sensor(seed=2).measure(accel))
+
+
+def test_noise_level_follows_the_noise_density() -> None:
+    reading = sensor(seed=3)
+    reading.noise_density_ug = 4000.0  # well above one count so quantisation hardly matters
+    counts = reading.measure(np.zeros(64000)).astype(float)
+    b, a = scipy.signal.butter(2, ADXL345.anti_alias_cutoff_hz, fs=FS)
+    impulse = scipy.signal.lfilter(b, a, np.r_[1.0, np.zeros(4095)])
+    noise_gain = float(np.sqrt(np.sum(impulse**2)))  # std through the filter per std in
+    expected_counts = 4000e-6 * np.sqrt(FS / 2) * noise_gain * 256
+    assert counts.std() == pytest.approx(expected_counts, rel=0.03)
+    reading.noise_density_ug = 0.0
+    assert np.all(reading.measure(np.zeros(200))[-100:] == 256)
+
+
+def test_anti_alias_filter_passes_the_band_and_cuts_near_nyquist() -> None:
+    def gain(freq_hz: float) -> float:
+        t = np.arange(8000) / FS
+        counts = sensor(QUIET).measure(0.5 * np.sin(2 * np.pi * freq_hz * t))[4000:]
+        return float((counts.max() - counts.min()) / 2 / (0.5 * 256))
+
+    assert gain(90.0) == pytest.approx(1.0, abs=0.01)
+    assert gain(750.0) < 0.7
+
+
+def stream(reading: Accelerometer, n_blocks: int) -> list[npt.NDArray[np.int16]]:
+    t = np.arange(32) / FS
+    return [
+        reading.measure(0.3 * np.sin(2 * np.pi * 30.0 * (t + k * 32 / FS))) for k in range(n_blocks)
+    ]
+
+
+def test_stuck_sensor_repeats_its_last_value_until_cleared() -> None:
+    reading = sensor()
+    before = stream(reading, 5)[-1]
+    reading.stuck = True
+    for block in stream(reading, 5):
+        assert np.all(block == before[-1])
+    reading.stuck = False
+    after = stream(reading, 5)
+    assert np.ptp(np.concatenate(after)) > 100  # live 0.3 g sine again
+
+
+def test_saturated_and_disconnected_sensors() -> None:
+    reading = sensor()
+    reading.saturated = True
+    assert np.all(np.concatenate(stream(reading, 3)) == 1023)
+    reading.disconnected = True  # disconnection wins over saturation
+    assert np.all(np.concatenate(stream(reading, 3)) == 0)
+    reading.saturated = reading.disconnected = False
+    live = np.concatenate(stream(reading, 10))
+    assert abs(live.mean() - 256) < 10
+
+
+def test_cutoff_at_or_above_nyquist_is_refused() -> None:
+    with pytest.raises(ValueError, match="anti_alias_cutoff_hz"):
+        Accelerometer(ADXL345, 1000.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="anti_alias_cutoff_hz"):
+        dataclasses.replace(ADXL345, anti_alias_cutoff_hz=800.0)
