@@ -107,6 +107,17 @@ class Capability(enum.IntFlag):
     FAULT_INJECTION = 8
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A message class's field names in payload order (looked up once per class)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 class Message:
     """Base of all messages: a frame type and a fixed struct layout."""
 
@@ -117,7 +128,7 @@ class Message:
         return self.LAYOUT.pack(*self._fields())
 
     def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        return tuple(getattr(self, name) for name in _field_names(type(self)))
 
     @classmethod
     def unpack(cls, payload: bytes) -> Message:

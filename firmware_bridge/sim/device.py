@@ -57,6 +57,7 @@ from firmware_bridge.sim.profile import load_profile
 from firmware_bridge.sim.sensor import Accelerometer
 
 log = logging.getLogger(__name__)
+FloatArray = npt.NDArray[np.float64]
 
 FIRMWARE_VERSION = (1, 0, 0)
 BLOCK_S = 0.020
@@ -370,8 +371,7 @@ class SimulatedDevice:
         env = self._envelope
         first_drive = env.value if self._output_on else 0.0
         first_phase = self._phase_turns
-        drive = np.empty(n)
-        accel = np.empty(n)
+        pieces: list[tuple[int, float, float, FloatArray]] = []  # (length, start, rate, accel)
         done = 0
         while done < n:
             if not self._output_on:
@@ -380,10 +380,9 @@ class SimulatedDevice:
                 seg, start, rate = min(n - done, env.samples_left), env.value, env.rate_per_sample
             else:
                 seg, start, rate = n - done, env.value, 0.0
-            phase_rad = 2.0 * np.pi * (self._phase_turns % 1.0)
+            phase_rad = 2.0 * math.pi * self._phase_turns
             block = self.physics.run(seg, self._freq_hz, phase_rad, start, rate * fs)
-            accel[done : done + seg] = block.accel_g
-            drive[done : done + seg] = start + rate * np.arange(seg)
+            pieces.append((seg, start, rate, block.accel_g))
             self._phase_turns = (self._phase_turns + self._freq_hz * seg / fs) % 1.0
             done += seg
             if self._output_on and env.samples_left:
@@ -393,14 +392,10 @@ class SimulatedDevice:
                     self._stopping = False
                     self._output_on = False
                     env.cut()
+        accel = pieces[0][3] if len(pieces) == 1 else np.concatenate([p[3] for p in pieces])
         counts = self.sensor.measure(accel)
         if self._truth is not None:
-            self._truth.t_s.append(now + np.arange(n) / fs)
-            self._truth.accel_g.append(accel)
-            self._truth.drive.append(drive)
-            self._truth.freq_hz.append(np.full(n, self._freq_hz, dtype=np.float32))
-            self._truth.coil_temp_c.append(self.physics.coil_temperature_c)
-            self._truth.mass_kg.append(self.physics.patient_mass_on_plate_kg)
+            self._record_truth(now, accel, pieces)
         if self._booted:
             phase_q32 = round(first_phase * PHASE_TURN) % PHASE_TURN
             self._send(
@@ -413,6 +408,21 @@ class SimulatedDevice:
                 )
             )
             self._sample_index += n
+
+    def _record_truth(
+        self, now: float, accel: FloatArray, pieces: list[tuple[int, float, float, FloatArray]]
+    ) -> None:
+        truth = self._truth
+        assert truth is not None
+        n = accel.size
+        truth.t_s.append(now + np.arange(n) / self.sample_rate_hz)
+        truth.accel_g.append(np.array(accel))
+        truth.drive.append(
+            np.concatenate([start + rate * np.arange(seg) for seg, start, rate, _ in pieces])
+        )
+        truth.freq_hz.append(np.full(n, self._freq_hz, dtype=np.float32))
+        truth.coil_temp_c.append(self.physics.coil_temperature_c)
+        truth.mass_kg.append(self.physics.patient_mass_on_plate_kg)
 
     # ---- link and events --------------------------------------------------------------
 

@@ -290,7 +290,11 @@ class PlatePhysics:
         if self._params.open_circuit:
             self._x[0] = 0.0
         tables = self._tables
-        if tables is None or tables.key != (self._params, w):
+        if (
+            tables is None
+            or tables.key[1] != w
+            or (tables.key[0] is not self._params and tables.key[0] != self._params)
+        ):
             tables = self._tables = self._build_tables(self._params, w)
         v = np.zeros(_N_TABLE)
         v[:_N_PLANT] = self._x

@@ -212,8 +212,8 @@ class NumericsProfile(_Section):
     """How the simulator integrates: not physics, but they set its speed."""
 
     SECTION: ClassVar[str] = "numerics"
-    param_update_s: float = _number(0.25, 0.0, 10.0, "s of plant time", lo_open=True)
-    block_max: int = _integer(64, 1, 4096, "samples")
+    param_update_s: float = _number(0.24, 0.0, 10.0, "s of plant time", lo_open=True)
+    block_max: int = _integer(32, 1, 4096, "samples")
 
 
 _SECTIONS: dict[str, type[_Section]] = {
