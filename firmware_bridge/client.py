@@ -53,7 +53,7 @@ from firmware_bridge.protocol import (
     hz_to_mhz,
     nak_text,
 )
-from firmware_bridge.transport import open_port
+from firmware_bridge.transport import close_port, open_port
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class DeviceClient:
         except (serial.SerialException, OSError, LinkLostError):
             pass
         finally:
-            self._port.close()
+            close_port(self._port)
 
     @property
     def info(self) -> DeviceInfo:

@@ -8,6 +8,7 @@ the traffic) and ``sim://?...`` (the simulated plate, firmware_bridge.urlhandler
 from __future__ import annotations
 
 import errno
+import sys
 
 import serial
 
@@ -52,3 +53,14 @@ def _classify(url: str, exc: serial.SerialException) -> Exception:
     if "refused" in text.lower():
         return DeviceNotFoundError(url, "connection refused (is the server running?)")
     return DeviceNotFoundError(url, text)
+
+
+def close_port(port: serial.Serial) -> None:
+    """Close ``port`` and anything its URL handler opened for it.
+
+    pyserial's spy:// handler opens the ``file=`` dump itself and never closes it.
+    """
+    port.close()
+    output = getattr(getattr(port, "formatter", None), "output", None)
+    if output is not None and output not in (sys.stderr, sys.stdout) and not output.closed:
+        output.close()

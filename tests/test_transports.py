@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from controller.openloop import drive_open_loop
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.errors import (
+    DeviceBusyError,
+    HandshakeTimeoutError,
+    IncompatibleVersionError,
+)
 
 
 def _serve(*where: str) -> Iterator[str]:
@@ -50,3 +57,42 @@ def test_same_client_everywhere(device_url: str) -> None:
     assert abs(result.dc_g - 1.0) < 0.05
     assert result.crc_errors == 0
     assert result.lost_frames == 0
+
+
+@pytest.fixture(scope="module")
+def served_pty() -> Iterator[str]:
+    yield from _serve("--pty")
+
+
+def test_spy_url_dumps_the_traffic(served_pty: str, tmp_path: Path) -> None:
+    dump = tmp_path / "traffic.txt"
+    with DeviceClient.open(f"spy://{served_pty}?file={dump}") as dev:
+        assert dev.info.device_id == "SIM-0001"
+    text = dump.read_text()
+    assert "TX" in text
+    assert "RX" in text
+
+
+def test_a_second_controller_is_told_the_plate_is_busy(served_pty: str) -> None:
+    with DeviceClient.open(served_pty) as first:
+        assert first.info.device_id
+        with pytest.raises(DeviceBusyError, match="in use by another program"):
+            DeviceClient.open(served_pty)
+
+
+def test_a_port_with_no_firmware_times_out_the_handshake() -> None:
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(HandshakeTimeoutError, match="no hello"):
+            DeviceClient.open(os.ttyname(slave), hello_timeout_s=0.6)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_another_major_protocol_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import firmware_bridge.sim.device
+
+    monkeypatch.setattr(firmware_bridge.sim.device, "PROTOCOL_MAJOR", 2)
+    with pytest.raises(IncompatibleVersionError, match=r"device speaks protocol 2\.0"):
+        DeviceClient.open("sim://?speed=max")
