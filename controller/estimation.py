@@ -50,16 +50,24 @@ def fit_sine(accel_g: FloatArray, phase_rad: FloatArray) -> SineFit:
     n = accel_g.size
     if n < 3:
         raise ValueError(f"a sine fit needs at least 3 samples, got {n}")
-    design = np.column_stack([np.ones(n), np.cos(phase_rad), np.sin(phase_rad)])
-    coef, *_ = np.linalg.lstsq(design, accel_g, rcond=None)
-    dc, a, b = (float(c) for c in coef)
-    residual = accel_g - design @ coef
+    c = np.cos(phase_rad)
+    s = np.sin(phase_rad)
+    design = np.stack((np.ones(n), c, s))
+    normal = design @ design.T
+    rhs = design @ accel_g
+    try:
+        coef = np.linalg.solve(normal, rhs)
+    except np.linalg.LinAlgError:
+        raise ValueError("samples do not span enough of a drive cycle to fit a sine") from None
+    dc, a, b = (float(v) for v in coef)
+    # residual sum of squares from the normal equations: |x|^2 - coef . rhs
+    residual_ss = max(0.0, float(accel_g @ accel_g) - float(coef @ rhs))
     return SineFit(
         peak_g=float(np.hypot(a, b)),
         phase_rad=float(np.arctan2(-b, a)),
         dc_g=dc,
         total_peak_g=float(np.max(np.abs(accel_g - dc))),
-        residual_rms_g=float(np.sqrt(np.mean(residual**2))),
+        residual_rms_g=float(np.sqrt(residual_ss / n)),
         n_samples=n,
     )
 
@@ -68,3 +76,64 @@ def block_phases(phase0_rad: float, freq_hz: float, n: int, sample_rate_hz: floa
     """Drive phase of each sample in a block whose first sample has phase ``phase0_rad``."""
     step = 2.0 * np.pi * freq_hz / sample_rate_hz
     return phase0_rad + step * np.arange(n, dtype=np.float64)
+
+
+class AmplitudeEstimator:
+    """Sliding least-squares fit of the response at the drive phase, over whole cycles.
+
+    Blocks are pushed as they arrive; :meth:`estimate` fits the most recent whole number of
+    drive cycles that fits in ``window_s`` (at least one cycle). The drive phase of every sample
+    comes from the device, so a frequency change inside the window is handled exactly.
+    """
+
+    def __init__(self, sample_rate_hz: float, window_s: float = 0.1) -> None:
+        if window_s <= 0.0:
+            raise ValueError(f"window_s {window_s!r} must be positive")
+        self.sample_rate_hz = sample_rate_hz
+        self.window_n = max(3, round(window_s * sample_rate_hz))
+        self._keep = self.window_n + round(sample_rate_hz / 20.0)  # a 20 Hz cycle of slack
+        self._x: FloatArray = np.empty(0)
+        self._phase: FloatArray = np.empty(0)
+        self._drive: FloatArray = np.empty(0)
+
+    def reset(self) -> None:
+        self._x = np.empty(0)
+        self._phase = np.empty(0)
+        self._drive = np.empty(0)
+
+    def push(self, accel_g: FloatArray, phase0_rad: float, freq_hz: float, drive: float) -> None:
+        """Add one block: samples in g, the drive phase and amplitude at its first sample."""
+        n = accel_g.size
+        phases = block_phases(phase0_rad, freq_hz, n, self.sample_rate_hz)
+        self._x = _keep_tail(self._x, accel_g, self._keep)
+        self._phase = _keep_tail(self._phase, phases, self._keep)
+        self._drive = _keep_tail(self._drive, np.full(n, drive), self._keep)
+
+    @property
+    def samples(self) -> int:
+        return int(self._x.size)
+
+    def estimate(self, freq_hz: float) -> WindowEstimate | None:
+        """Fit over the latest whole cycles; None until one full cycle has arrived."""
+        available = min(self._x.size, self.window_n)
+        n = whole_cycle_length(available, freq_hz, self.sample_rate_hz)
+        if n < self.sample_rate_hz / freq_hz - 1 or n < 3:
+            return None
+        fit = fit_sine(self._x[-n:], self._phase[-n:])
+        return WindowEstimate(fit=fit, mean_drive=float(np.mean(self._drive[-n:])))
+
+
+@dataclass(frozen=True)
+class WindowEstimate:
+    """A fit plus the mean drive amplitude the device reported over the same samples."""
+
+    fit: SineFit
+    mean_drive: float
+
+
+def _keep_tail(old: FloatArray, new: FloatArray, keep: int) -> FloatArray:
+    """The last ``keep`` samples of ``old`` followed by ``new``."""
+    room = keep - new.size
+    if room <= 0:
+        return new[-keep:]
+    return np.concatenate((old[-room:], new))

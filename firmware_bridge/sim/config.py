@@ -28,6 +28,8 @@ class SimConfig:
     boot_ms: float = 100.0
     step_on_at_s: float | None = None
     step_off_at_s: float | None = None
+    load_step_at_s: float | None = None  # the patient's mass jumps to load_step_kg
+    load_step_kg: float = 0.0
     sway: bool = True
     noise_ug: float | None = None  # accelerometer noise density override, ug/sqrt(Hz)
     coil_temp_c: float | None = None  # initial coil temperature (default: ambient)
@@ -48,6 +50,7 @@ class SimConfig:
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
             ("mass", 0.0 <= self.mass_kg <= 200.0, "0..200 kg"),
+            ("load_step_kg", 0.0 <= self.load_step_kg <= 200.0, "0..200 kg"),
             ("speed", self.speed is None or self.speed > 0.0, "'max' or a positive factor"),
             ("boot_ms", 0.0 <= self.boot_ms <= 10_000.0, "0..10000"),
             ("corrupt_rate", 0.0 <= self.corrupt_rate <= 0.5, "0..0.5"),
@@ -68,6 +71,8 @@ _FLOAT_KEYS = {
     "boot_ms": "boot_ms",
     "step_on_at": "step_on_at_s",
     "step_off_at": "step_off_at_s",
+    "load_step_at": "load_step_at_s",
+    "load_step_kg": "load_step_kg",
     "coil_temp_c": "coil_temp_c",
     "corrupt_rate": "corrupt_rate",
     "drop_rate": "drop_rate",

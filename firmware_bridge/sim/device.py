@@ -454,6 +454,7 @@ class SimulatedDevice:
             (config.sensor_disconnected_at_s, "sensor_disconnected"),
             (config.open_circuit_at_s, "open_circuit"),
             (config.gain_loss_at_s, "gain_loss"),
+            (config.load_step_at_s, "load_step"),
         ]
         return sorted((t, name) for t, name in events if t is not None)
 
@@ -473,6 +474,8 @@ class SimulatedDevice:
                 self.physics.open_circuit = True
             elif name == "gain_loss":
                 self.physics.amplifier_gain_factor = self.config.gain_factor
+            elif name == "load_step":
+                self.physics.set_patient_mass_kg(self.config.load_step_kg)
 
     def _record_event(self, name: str) -> None:
         if self._truth is not None:

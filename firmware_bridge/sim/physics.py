@@ -198,6 +198,18 @@ class PlatePhysics:
         """Standing mass the plate carries now, including a stepping ramp in progress, kg."""
         return self._params.standing_mass_kg
 
+    def set_patient_mass_kg(self, mass_kg: float) -> None:
+        """Change the standing patient's mass at once: a load step (e.g. lifting a bag).
+
+        Takes effect from the next sample; stepping on and off still ramp this mass.
+        """
+        if not 0.0 <= mass_kg <= _MAX_PATIENT_KG:
+            raise ValueError(
+                f"mass_kg = {mass_kg!r} is out of range; allowed: 0 <= mass <= {_MAX_PATIENT_KG} kg"
+            )
+        self._patient_mass_kg = float(mass_kg)
+        self._params = self._current_params()
+
     def set_coil_temperature_c(self, temperature_c: float) -> None:
         """Set the coil temperature (tests, warm starts); takes effect at the next run."""
         if not (math.isfinite(temperature_c) and -50.0 <= temperature_c <= 400.0):

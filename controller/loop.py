@@ -1,0 +1,377 @@
+"""The closed loop: one control update per sample block, on the device's sample clock.
+
+Nothing here sleeps: the loop waits only for the next block from the device, so it runs in
+real time on a real plate and as fast as the simulator allows on ``sim://?speed=max``. Commands
+go out without waiting for their ACK (a NAK comes back as an exception on a later read), so a
+slow answer never holds up the next update or the heartbeat. Time is the device's sample index;
+``timer`` (injected) only measures how long the host takes per update.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from controller.calibration import Calibration
+from controller.estimation import AmplitudeEstimator
+from controller.law import AmplitudeLaw, LawSettings, ramp_profile
+from controller.safety import (
+    TRIP_RAMP_S,
+    SafetyLimits,
+    SafetySupervisor,
+    SafetyTrip,
+    TripReason,
+    trip_from_exception,
+)
+from controller.schedule import FrequencySchedule
+from firmware_bridge.client import DeviceClient, SampleBlock
+from firmware_bridge.errors import (
+    BridgeError,
+    CommandRefusedError,
+    DeviceFaultError,
+    DeviceResetError,
+    LinkLostError,
+)
+
+log = logging.getLogger(__name__)
+
+SETTLE_BAND = 0.02  # "settled" means within +/-2% of target
+FREQ_RESOLUTION_HZ = 0.05  # schedule changes smaller than this are not sent
+UNLOAD_MIN_GAP = 0.08  # loaded and empty responses must differ this much to tell them apart
+UNLOAD_HOLD_S = 0.3
+STALE_RATIO = 1.1  # response above the empty-plate calibration by this: calibration is stale
+STALE_HOLD_S = 1.0
+
+
+class ExposureStatus(enum.StrEnum):
+    COMPLETED = "completed"
+    TRIPPED = "tripped"
+    STOPPED_BY_USER = "stopped_by_user"
+
+
+class Phase(enum.StrEnum):
+    RAMP_UP = "ramping up"
+    HOLD = "holding"
+    RAMP_DOWN = "ramping down"
+
+
+class LoadState(enum.StrEnum):
+    UNKNOWN = "unknown"
+    LOADED = "loaded"
+    UNLOADED = "nobody on the plate"
+
+
+@dataclass(frozen=True)
+class ExposureSettings:
+    """One closed-loop exposure: what to hold, for how long, how softly, within what limits."""
+
+    target_g: float = 0.3
+    hold_s: float = 60.0
+    schedule: FrequencySchedule = field(default_factory=lambda: FrequencySchedule.fixed(30.0))
+    ramp_up_s: float = 2.0
+    ramp_down_s: float = 1.0
+    window_s: float = 0.1
+    law: LawSettings = field(default_factory=LawSettings)
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_g < self.limits.ceiling_g:
+            raise ValueError(
+                f"target {self.target_g:g} g is not allowed: it must be above 0 and below the "
+                f"safety ceiling {self.limits.ceiling_g:g} g"
+            )
+        if not (0.0 < self.hold_s <= 4 * 3600.0):
+            raise ValueError(f"hold time {self.hold_s:g} s is not allowed: use 0-14400 s")
+        for name in ("ramp_up_s", "ramp_down_s"):
+            if not 0.1 <= getattr(self, name) <= 30.0:
+                raise ValueError(f"{name} {getattr(self, name):g} s is not allowed: use 0.1-30 s")
+
+    @property
+    def total_s(self) -> float:
+        return self.ramp_up_s + self.hold_s + self.ramp_down_s
+
+
+@dataclass(frozen=True)
+class ControlUpdate:
+    """What the loop did for one block (for progress displays and logs)."""
+
+    t_s: float
+    phase: Phase
+    freq_hz: float
+    setpoint_g: float
+    measured_g: float | None
+    drive: float
+    response_ratio: float
+    load: LoadState
+    compute_s: float
+
+
+@dataclass
+class ExposureResult:
+    status: ExposureStatus
+    trip: SafetyTrip | None
+    device_id: str
+    target_g: float
+    schedule: str
+    hold_s_requested: float
+    held_s: float = 0.0
+    settling_time_s: float | None = None
+    error_mean_pct: float | None = None
+    error_p95_abs_pct: float | None = None
+    unloaded_s: float = 0.0
+    unload_detectable: bool | None = None
+    response_ratio: float = 1.0
+    calibration_stale: bool = False
+    compute_median_us: float = 0.0
+    compute_p99_us: float = 0.0
+    frames: int = 0
+    crc_errors: int = 0
+    lost_frames: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    def to_dict(self, with_history: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["trip"] = self.trip.to_dict() if self.trip else None
+        if not with_history:
+            data.pop("history")
+        return data
+
+
+class _LoadTracker:
+    """Decides whether somebody stands on the plate from the learned response ratio."""
+
+    def __init__(self, block_s: float) -> None:
+        self.block_s = block_s
+        self.state = LoadState.UNKNOWN
+        self.reference: float | None = None
+        self.detectable: bool | None = None
+        self._pending_s = 0.0
+
+    def update(self, ratio: float, settled: bool) -> LoadState:
+        if not settled:
+            return self.state
+        if self.reference is None:
+            if ratio > 1.0 - UNLOAD_MIN_GAP / 2:
+                self.state = LoadState.UNLOADED
+                return self.state
+            self.reference = ratio
+            self.detectable = 1.0 - ratio >= UNLOAD_MIN_GAP
+            self.state = LoadState.LOADED
+            return self.state
+        gap = 1.0 - self.reference
+        if not self.detectable:
+            return self.state
+        mid = self.reference + gap / 2
+        flip = ratio > mid + gap / 8 if self.state == LoadState.LOADED else ratio < mid - gap / 8
+        self._pending_s = self._pending_s + self.block_s if flip else 0.0
+        if self._pending_s >= UNLOAD_HOLD_S:
+            self._pending_s = 0.0
+            self.state = LoadState.UNLOADED if self.state == LoadState.LOADED else LoadState.LOADED
+        return self.state
+
+
+def run_exposure(
+    device: DeviceClient,
+    calibration: Calibration,
+    settings: ExposureSettings,
+    on_update: Callable[[ControlUpdate], None] | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> ExposureResult:
+    """Run one closed-loop exposure and return what happened (never leaves the drive on)."""
+    info = device.info
+    fs = float(info.sample_rate_hz)
+    dt = info.block_samples / fs
+    drive_limit = info.max_drive
+    estimator = AmplitudeEstimator(fs, settings.window_s)
+    law = AmplitudeLaw(settings.law, drive_limit)
+    supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
+    loads = _LoadTracker(dt)
+    result = ExposureResult(
+        status=ExposureStatus.COMPLETED,
+        trip=None,
+        device_id=info.device_id,
+        target_g=settings.target_g,
+        schedule=settings.schedule.describe(),
+        hold_s_requested=settings.hold_s,
+    )
+    hist: dict[str, list[float]] = {
+        k: [] for k in ("t_s", "setpoint_g", "measured_g", "drive", "freq_hz", "ratio")
+    }
+    compute: list[float] = []
+    ramp_end = settings.ramp_up_s
+    hold_end = settings.ramp_up_s + settings.hold_s
+    freq = settings.schedule.freq_at(0.0)
+    freq_changed_at = 0.0
+    stale_s = 0.0
+    t = 0.0
+
+    device.set_frequency(freq)
+    device.start_output()
+    start = device.sample_index
+    try:
+        while True:
+            try:
+                block = device.read_block(timeout_s=settings.limits.link_timeout_s)
+            except (DeviceFaultError, DeviceResetError, LinkLostError, CommandRefusedError) as exc:
+                result.trip = _trip_for(exc, t, device.sample_index)
+                break
+            if block is None:
+                result.trip = SafetyTrip(
+                    TripReason.LINK_LOST, t, device.sample_index,
+                    f"no samples for {settings.limits.link_timeout_s:g} s",
+                )  # fmt: skip
+                break
+            began = timer()
+            t = (block.first_index + block.counts.size - start) / fs
+            estimator.push(block.accel_g, block.phase_rad, block.freq_hz, block.drive)
+            estimate = estimator.estimate(block.freq_hz)
+            gain = calibration.gain_at(block.freq_hz)
+            window_clean = t - freq_changed_at > settings.window_s + dt
+            law.learn(estimate if window_clean else None, gain, settings.target_g, dt)
+            setpoint = settings.target_g * ramp_profile(
+                t, settings.ramp_up_s, settings.hold_s, settings.ramp_down_s
+            )
+            trip = supervisor.check(
+                t, block, estimate, law.drive, drive_limit, setpoint, gain,
+                device.link_stats, device.samples_missing,
+            )  # fmt: skip
+            if trip is not None:
+                result.trip = trip
+                break
+            if t >= settings.total_s:
+                break
+            next_freq = settings.schedule.freq_at(t)
+            if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
+                device.set_frequency(next_freq, wait=False)
+                freq, freq_changed_at = next_freq, t
+            next_setpoint = settings.target_g * ramp_profile(
+                t + dt, settings.ramp_up_s, settings.hold_s, settings.ramp_down_s
+            )
+            drive = law.command(next_setpoint, calibration.gain_at(next_freq), dt)
+            device.set_drive(drive, dt, wait=False)
+
+            phase = (
+                Phase.RAMP_UP if t < ramp_end else Phase.HOLD if t < hold_end else Phase.RAMP_DOWN
+            )
+            measured = estimate.fit.peak_g if estimate is not None else None
+            in_hold = phase is Phase.HOLD
+            load = loads.update(law.response_ratio, settled=in_hold and t - ramp_end >= 0.5)
+            if in_hold:
+                result.held_s += dt
+                if load is LoadState.UNLOADED:
+                    result.unloaded_s += dt
+                stale_s = stale_s + dt if law.response_ratio > STALE_RATIO else 0.0
+                result.calibration_stale |= stale_s >= STALE_HOLD_S
+            for key, value in (
+                ("t_s", t), ("setpoint_g", setpoint), ("measured_g", measured or np.nan),
+                ("drive", drive), ("freq_hz", block.freq_hz), ("ratio", law.response_ratio),
+            ):  # fmt: skip
+                hist[key].append(value)
+            spent = timer() - began
+            compute.append(spent)
+            if on_update is not None:
+                on_update(
+                    ControlUpdate(
+                        t, phase, block.freq_hz, setpoint, measured, drive,
+                        law.response_ratio, load, spent,
+                    )
+                )  # fmt: skip
+    except KeyboardInterrupt:
+        result.status = ExposureStatus.STOPPED_BY_USER
+        _soft_stop(device, settings.ramp_down_s)
+    else:
+        if result.trip is not None:
+            result.status = ExposureStatus.TRIPPED
+            log.warning("safety trip: %s (%s)", result.trip.reason, result.trip.detail)
+            _soft_stop(device, TRIP_RAMP_S)
+        else:
+            _soft_stop(device, 0.0)
+    _summarise(result, hist, compute, settings, device, loads)
+    return result
+
+
+def _trip_for(exc: BridgeError, t: float, index: int) -> SafetyTrip:
+    reason = {
+        DeviceFaultError: TripReason.DEVICE_FAULT,
+        DeviceResetError: TripReason.DEVICE_RESET,
+        LinkLostError: TripReason.LINK_LOST,
+        CommandRefusedError: TripReason.DEVICE_REFUSED,
+    }[type(exc)]
+    return trip_from_exception(reason, t, index, exc)
+
+
+def _soft_stop(device: DeviceClient, ramp_s: float) -> None:
+    """Ramp to zero over ``ramp_s`` while keeping the link fed, then switch the output off.
+
+    If the link or the device has failed this does what it can: the firmware's own watchdog
+    ramps the drive down when the host goes quiet.
+    """
+    try:
+        if ramp_s > 0.0:
+            device.set_drive(0.0, ramp_s, wait=False)
+            end = device.sample_index + round(ramp_s * device.info.sample_rate_hz)
+            while device.sample_index < end:
+                block: SampleBlock | None = device.read_block(timeout_s=0.5)
+                if block is None:
+                    break
+        device.stop_output(wait=False)
+    except BridgeError as exc:
+        log.warning("could not finish the soft stop (%s); the firmware watchdog will", exc)
+
+
+def _summarise(
+    result: ExposureResult,
+    hist: dict[str, list[float]],
+    compute: list[float],
+    settings: ExposureSettings,
+    device: DeviceClient,
+    loads: _LoadTracker,
+) -> None:
+    result.history = hist
+    result.response_ratio = hist["ratio"][-1] if hist["ratio"] else 1.0
+    result.unload_detectable = loads.detectable
+    if compute:
+        us = np.array(compute) * 1e6
+        result.compute_median_us = float(np.median(us))
+        result.compute_p99_us = float(np.percentile(us, 99))
+    stats = device.link_stats
+    result.frames = stats.frames
+    result.crc_errors = stats.crc_errors + stats.cobs_errors
+    result.lost_frames = stats.lost_frames
+    t = np.array(hist["t_s"])
+    measured = np.array(hist["measured_g"])
+    hold = (t >= settings.ramp_up_s) & (t < settings.ramp_up_s + settings.hold_s)
+    if not hold.any():
+        return
+    err = measured[hold] / settings.target_g - 1.0
+    th = t[hold] - settings.ramp_up_s
+    outside = np.flatnonzero(~(np.abs(err) <= SETTLE_BAND))
+    # settled from the first time after which the estimate stays in band for at least 1 s
+    settle = None
+    candidates = np.concatenate(([0], outside + 1))
+    for i in candidates:
+        if i >= th.size:
+            break
+        later = outside[outside >= i]
+        span_end = th[later[0]] if later.size else th[-1]
+        if span_end - th[i] >= min(1.0, th[-1] - th[i]):
+            settle = float(th[i])
+            break
+    result.settling_time_s = settle
+    if settle is None:
+        return
+    steady = th >= settle
+    per_second = [
+        float(np.mean(err[steady & (th >= s) & (th < s + 1.0)]))
+        for s in np.arange(settle, th[-1] - 0.999, 1.0)
+    ]
+    if per_second:
+        result.error_mean_pct = 100.0 * float(np.mean(per_second))
+        result.error_p95_abs_pct = 100.0 * float(np.percentile(np.abs(per_second), 95))

@@ -1,0 +1,277 @@
+"""Safety supervisor: watches every block, independently of the control law, and trips.
+
+It never computes a drive; it only decides that the exposure must stop, and why. Limits and
+reason codes are documented in docs/safety.md. On a trip the loop ramps the drive down at once
+(``TRIP_RAMP_S``), stops the output and reports the :class:`SafetyTrip`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.estimation import WindowEstimate
+from firmware_bridge.client import SampleBlock
+from firmware_bridge.codec import LinkStats
+
+HARD_CEILING_G = 1.0  # no protocol or setting can raise the ceiling above this
+TRIP_RAMP_S = 0.25  # host ramp to zero after a trip
+
+
+class TripReason(enum.StrEnum):
+    """Why an exposure was stopped by the supervisor (stable codes for logs)."""
+
+    OVER_ACCELERATION = "over_acceleration"
+    EXCESS_HARMONICS = "excess_harmonics"
+    DRIVE_SATURATED = "drive_saturated"
+    NO_RESPONSE = "no_response"
+    RUNAWAY = "runaway"
+    SENSOR_STUCK = "sensor_stuck"
+    SENSOR_SATURATED = "sensor_saturated"
+    SENSOR_GRAVITY = "sensor_gravity"
+    LINK_LOST = "link_lost"
+    LINK_DEGRADED = "link_degraded"
+    DEVICE_FAULT = "device_fault"
+    DEVICE_RESET = "device_reset"
+    DEVICE_REFUSED = "device_refused"
+
+
+TRIP_TEXT: dict[TripReason, str] = {
+    TripReason.OVER_ACCELERATION: "measured peak acceleration above the ceiling",
+    TripReason.EXCESS_HARMONICS: "too much acceleration away from the drive frequency",
+    TripReason.DRIVE_SATURATED: "drive at its limit without reaching the target",
+    TripReason.NO_RESPONSE: "drive applied but the plate does not respond (actuator or sensor)",
+    TripReason.RUNAWAY: "response far above the calibrated empty plate",
+    TripReason.SENSOR_STUCK: "accelerometer output is stuck",
+    TripReason.SENSOR_SATURATED: "accelerometer output is pinned at its range",
+    TripReason.SENSOR_GRAVITY: "accelerometer does not read about +1 g of gravity",
+    TripReason.LINK_LOST: "link to the plate lost",
+    TripReason.LINK_DEGRADED: "too many damaged or lost frames on the link",
+    TripReason.DEVICE_FAULT: "the plate reported a fault",
+    TripReason.DEVICE_RESET: "the plate restarted",
+    TripReason.DEVICE_REFUSED: "the plate refused a command",
+}
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    """Limits the supervisor enforces (defaults documented in docs/safety.md)."""
+
+    ceiling_g: float = 0.5
+    total_peak_factor: float = 1.5  # total peak (harmonics, noise) may reach ceiling x this
+    harmonic_rms_g: float = 0.1
+    saturation_shortfall: float = 0.9  # below 90% of the setpoint ...
+    saturation_hold_s: float = 1.0  # ... for this long at the drive limit
+    no_response_fraction: float = 0.1  # below 10% of the empty-plate response ...
+    no_response_hold_s: float = 0.3  # ... for this long with drive applied
+    min_check_drive: float = 0.03  # response checks need at least this much drive
+    runaway_ratio: float = 1.5  # response / calibrated empty-plate response
+    runaway_hold_s: float = 0.1
+    stuck_window_s: float = 0.1
+    saturated_run: int = 8  # identical samples beyond +/- 2 g in a row
+    gravity_tolerance_g: float = 0.15
+    link_timeout_s: float = 0.3
+    link_error_rate: float = 0.05  # damaged + lost frames per expected frame over 1 s
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ceiling_g <= HARD_CEILING_G:
+            raise ValueError(
+                f"ceiling {self.ceiling_g:g} g is not allowed: it must be above 0 and at most "
+                f"{HARD_CEILING_G:g} g"
+            )
+
+
+@dataclass(frozen=True)
+class SafetyTrip:
+    """What tripped, when (device sample clock), with the values that decided it."""
+
+    reason: TripReason
+    t_s: float
+    sample_index: int
+    detail: str
+    values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return TRIP_TEXT[self.reason]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason.value,
+            "text": self.text,
+            "t_s": self.t_s,
+            "sample_index": self.sample_index,
+            "detail": self.detail,
+            "values": dict(self.values),
+        }
+
+
+class SafetySupervisor:
+    """Checks each block; returns a SafetyTrip the first time a limit is broken."""
+
+    def __init__(self, limits: SafetyLimits, sample_rate_hz: float, block_samples: int) -> None:
+        self.limits = limits
+        self.fs = sample_rate_hz
+        self.block_s = block_samples / sample_rate_hz
+        self._stuck_n = max(2, round(limits.stuck_window_s * sample_rate_hz))
+        self._recent: deque[int] = deque(maxlen=self._stuck_n)
+        self._held: dict[TripReason, float] = {}
+        window = max(2, round(1.0 / self.block_s))
+        self._link_history: deque[tuple[int, int, int]] = deque(maxlen=window)
+
+    def check(
+        self,
+        t_s: float,
+        block: SampleBlock,
+        estimate: WindowEstimate | None,
+        drive: float,
+        drive_limit: float,
+        setpoint_g: float,
+        empty_gain: float,
+        link: LinkStats,
+        samples_missing: int,
+    ) -> SafetyTrip | None:
+        """One block's verdict. ``empty_gain`` is the calibration's g per drive here."""
+        lim = self.limits
+        index = block.first_index
+        trip = self._sensor(t_s, index, block)
+        if trip is None:
+            trip = self._link(t_s, index, link, samples_missing)
+        if trip is None and estimate is not None:
+            trip = self._response(
+                t_s, index, estimate, drive, drive_limit, setpoint_g, empty_gain, lim
+            )
+        return trip
+
+    # ---- individual checks -------------------------------------------------------------
+
+    def _sensor(self, t_s: float, index: int, block: SampleBlock) -> SafetyTrip | None:
+        counts = block.counts
+        self._recent.extend(int(c) for c in counts)
+        if len(self._recent) == self._stuck_n and min(self._recent) == max(self._recent):
+            value_g = block.accel_g[-1]
+            run = self.limits.saturated_run
+            if abs(value_g) > 2.0 and len(self._recent) >= run:
+                return SafetyTrip(
+                    TripReason.SENSOR_SATURATED, t_s, index,
+                    f"output pinned at {value_g:.2f} g", {"value_g": float(value_g)},
+                )  # fmt: skip
+            return SafetyTrip(
+                TripReason.SENSOR_STUCK, t_s, index,
+                f"{self._stuck_n} identical samples ({value_g:.3f} g)",
+                {"value_g": float(value_g)},
+            )  # fmt: skip
+        return None
+
+    def _link(
+        self, t_s: float, index: int, link: LinkStats, samples_missing: int
+    ) -> SafetyTrip | None:
+        self._link_history.append((link.damaged_frames, link.lost_frames, link.frames))
+        if len(self._link_history) < (self._link_history.maxlen or 0):
+            return None
+        damaged0, lost0, frames0 = self._link_history[0]
+        damaged = link.damaged_frames - damaged0
+        lost = link.lost_frames - lost0
+        sent = max(1, link.frames - frames0 + lost)  # what the device sent in about 1 s
+        rate = max(damaged, lost) / sent
+        if rate > self.limits.link_error_rate:
+            return SafetyTrip(
+                TripReason.LINK_DEGRADED, t_s, index,
+                f"{damaged} damaged and {lost} lost of {sent} frames in the last second",
+                {"error_rate": rate, "samples_missing": float(samples_missing)},
+            )  # fmt: skip
+        return None
+
+    def _response(
+        self,
+        t_s: float,
+        index: int,
+        est: WindowEstimate,
+        drive: float,
+        drive_limit: float,
+        setpoint_g: float,
+        empty_gain: float,
+        lim: SafetyLimits,
+    ) -> SafetyTrip | None:
+        fit = est.fit
+        values = {
+            "peak_g": fit.peak_g,
+            "total_peak_g": fit.total_peak_g,
+            "dc_g": fit.dc_g,
+            "drive": drive,
+            "setpoint_g": setpoint_g,
+        }
+        if abs(fit.dc_g - 1.0) > lim.gravity_tolerance_g:
+            return SafetyTrip(
+                TripReason.SENSOR_GRAVITY, t_s, index, f"reads {fit.dc_g:.3f} g at rest level",
+                values,
+            )  # fmt: skip
+        if fit.peak_g > lim.ceiling_g or fit.total_peak_g > lim.ceiling_g * lim.total_peak_factor:
+            return SafetyTrip(
+                TripReason.OVER_ACCELERATION, t_s, index,
+                f"peak {fit.peak_g:.3f} g (total {fit.total_peak_g:.3f} g), ceiling "
+                f"{lim.ceiling_g:g} g", values,
+            )  # fmt: skip
+        if fit.residual_rms_g > lim.harmonic_rms_g:
+            return SafetyTrip(
+                TripReason.EXCESS_HARMONICS, t_s, index,
+                f"{fit.residual_rms_g:.3f} g rms away from the drive frequency", values,
+            )  # fmt: skip
+        if est.mean_drive >= lim.min_check_drive:
+            ratio = fit.peak_g / (empty_gain * est.mean_drive)
+            values["response_ratio"] = ratio
+            if self._held_for(TripReason.NO_RESPONSE, ratio < lim.no_response_fraction, t_s) >= (
+                lim.no_response_hold_s
+            ):
+                return SafetyTrip(
+                    TripReason.NO_RESPONSE, t_s, index,
+                    f"response is {100 * ratio:.1f}% of the calibrated plate's", values,
+                )  # fmt: skip
+            if self._held_for(TripReason.RUNAWAY, ratio > lim.runaway_ratio, t_s) >= (
+                lim.runaway_hold_s
+            ):
+                return SafetyTrip(
+                    TripReason.RUNAWAY, t_s, index,
+                    f"response is {ratio:.2f}x the calibrated empty plate's", values,
+                )  # fmt: skip
+        else:
+            self._held.pop(TripReason.NO_RESPONSE, None)
+            self._held.pop(TripReason.RUNAWAY, None)
+        saturated = (
+            drive >= drive_limit - 1e-3 and fit.peak_g < lim.saturation_shortfall * setpoint_g
+        )
+        if self._held_for(TripReason.DRIVE_SATURATED, saturated, t_s) >= lim.saturation_hold_s:
+            return SafetyTrip(
+                TripReason.DRIVE_SATURATED, t_s, index,
+                f"drive {drive:.3f} at its limit {drive_limit:.3f}, peak {fit.peak_g:.3f} g of "
+                f"{setpoint_g:.3f} g", values,
+            )  # fmt: skip
+        return None
+
+    def _held_for(self, reason: TripReason, condition: bool, t_s: float) -> float:
+        """How long ``condition`` has held without a break (0 when it does not hold)."""
+        if not condition:
+            self._held.pop(reason, None)
+            return 0.0
+        since = self._held.setdefault(reason, t_s)
+        return t_s - since + self.block_s
+
+
+def trip_from_exception(
+    reason: TripReason, t_s: float, index: int, exc: BaseException
+) -> SafetyTrip:
+    """A trip for something the link or device raised (fault, reset, loss, refusal)."""
+    return SafetyTrip(reason, t_s, index, str(exc), {})
+
+
+__all__ = [
+    "HARD_CEILING_G",
+    "TRIP_RAMP_S",
+    "SafetyLimits",
+    "SafetySupervisor",
+    "SafetyTrip",
+    "TripReason",
+    "trip_from_exception",
+]
