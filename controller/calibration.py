@@ -8,6 +8,7 @@ that climbs back towards it mid-session means the patient has stepped off.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import logging
@@ -61,7 +62,10 @@ class Calibration:
                 f"{freq_hz:g} Hz is outside the calibrated {self.freqs_hz[0]:g}-"
                 f"{self.freqs_hz[-1]:g} Hz"
             )
-        return float(np.interp(freq_hz, self.freqs_hz, self.g_per_drive))
+        freqs, gains = self.freqs_hz, self.g_per_drive
+        i = min(bisect.bisect_right(freqs, freq_hz), len(freqs) - 1)
+        f0, f1 = freqs[i - 1], freqs[i]
+        return gains[i - 1] + (gains[i] - gains[i - 1]) * (freq_hz - f0) / (f1 - f0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, **asdict(self)}

@@ -8,6 +8,7 @@ Fundamentals of Statistical Signal Processing I).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,30 +85,39 @@ class AmplitudeEstimator:
     Blocks are pushed as they arrive; :meth:`estimate` fits the most recent whole number of
     drive cycles that fits in ``window_s`` (at least one cycle). The drive phase of every sample
     comes from the device, so a frequency change inside the window is handled exactly.
+
+    The fit is the same as :func:`fit_sine`, computed from running sums: each block appends
+    cumulative totals of the fit's sufficient statistics, so a window's normal equations are
+    one subtraction, whatever the window length.
     """
+
+    # rows of the running totals
+    _X, _XC, _XS, _C, _S, _CC, _SS, _CS, _XX, _D = range(10)
 
     def __init__(self, sample_rate_hz: float, window_s: float = 0.1) -> None:
         if window_s <= 0.0:
             raise ValueError(f"window_s {window_s!r} must be positive")
         self.sample_rate_hz = sample_rate_hz
         self.window_n = max(3, round(window_s * sample_rate_hz))
-        self._keep = self.window_n + round(sample_rate_hz / 20.0)  # a 20 Hz cycle of slack
-        self._x: FloatArray = np.empty(0)
-        self._phase: FloatArray = np.empty(0)
-        self._drive: FloatArray = np.empty(0)
+        self._keep = self.window_n + round(sample_rate_hz / 20.0) + 1  # a 20 Hz cycle of slack
+        self.reset()
 
     def reset(self) -> None:
-        self._x = np.empty(0)
-        self._phase = np.empty(0)
-        self._drive = np.empty(0)
+        self._x: FloatArray = np.empty(0)
+        self._totals: FloatArray = np.zeros((10, 1))  # column 0: totals before any sample
 
     def push(self, accel_g: FloatArray, phase0_rad: float, freq_hz: float, drive: float) -> None:
         """Add one block: samples in g, the drive phase and amplitude at its first sample."""
         n = accel_g.size
         phases = block_phases(phase0_rad, freq_hz, n, self.sample_rate_hz)
-        self._x = _keep_tail(self._x, accel_g, self._keep)
-        self._phase = _keep_tail(self._phase, phases, self._keep)
-        self._drive = _keep_tail(self._drive, np.full(n, drive), self._keep)
+        c = np.cos(phases)
+        s = np.sin(phases)
+        x = accel_g
+        terms = np.stack((x, x * c, x * s, c, s, c * c, s * s, c * s, x * x, np.full(n, drive)))
+        totals = np.cumsum(terms, axis=1)
+        totals += self._totals[:, -1:]
+        self._totals = np.concatenate((self._totals[:, -(self._keep - n) :], totals), axis=1)
+        self._x = _keep_tail(self._x, x, self._keep)
 
     @property
     def samples(self) -> int:
@@ -115,12 +125,42 @@ class AmplitudeEstimator:
 
     def estimate(self, freq_hz: float) -> WindowEstimate | None:
         """Fit over the latest whole cycles; None until one full cycle has arrived."""
-        available = min(self._x.size, self.window_n)
+        available = min(self._x.size, self.window_n, self._totals.shape[1] - 1)
         n = whole_cycle_length(available, freq_hz, self.sample_rate_hz)
         if n < self.sample_rate_hz / freq_hz - 1 or n < 3:
             return None
-        fit = fit_sine(self._x[-n:], self._phase[-n:])
-        return WindowEstimate(fit=fit, mean_drive=float(np.mean(self._drive[-n:])))
+        sums = self._totals[:, -1] - self._totals[:, -1 - n]
+        sx, sxc, sxs, sc, ss, scc, sss, scs, sxx, sd = (float(v) for v in sums)
+        solved = _solve3(((float(n), sc, ss), (sc, scc, scs), (ss, scs, sss)), (sx, sxc, sxs))
+        if solved is None:
+            return None
+        dc, a, b = solved
+        residual_ss = max(0.0, sxx - (dc * sx + a * sxc + b * sxs))
+        window = self._x[-n:]
+        fit = SineFit(
+            peak_g=math.hypot(a, b),
+            phase_rad=math.atan2(-b, a),
+            dc_g=dc,
+            total_peak_g=float(np.max(np.abs(window - dc))),
+            residual_rms_g=math.sqrt(residual_ss / n),
+            n_samples=n,
+        )
+        return WindowEstimate(fit=fit, mean_drive=sd / n)
+
+
+def _solve3(
+    m: tuple[tuple[float, float, float], ...], r: tuple[float, float, float]
+) -> tuple[float, float, float] | None:
+    """Solve a symmetric 3x3 system by Cramer's rule (None if singular)."""
+    (a, b, c), (_, e, f), (_, _, i) = m
+    det = a * (e * i - f * f) - b * (b * i - f * c) + c * (b * f - e * c)
+    if abs(det) < 1e-12 * max(1.0, abs(a * e * i)):
+        return None
+    r0, r1, r2 = r
+    d0 = r0 * (e * i - f * f) - b * (r1 * i - f * r2) + c * (r1 * f - e * r2)
+    d1 = a * (r1 * i - f * r2) - r0 * (b * i - f * c) + c * (b * r2 - r1 * c)
+    d2 = a * (e * r2 - r1 * f) - b * (b * r2 - r1 * c) + r0 * (b * f - e * c)
+    return d0 / det, d1 / det, d2 / det
 
 
 @dataclass(frozen=True)

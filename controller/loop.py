@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SETTLE_BAND = 0.02  # "settled" means within +/-2% of target
 FREQ_RESOLUTION_HZ = 0.05  # schedule changes smaller than this are not sent
+DRIVE_RESOLUTION = 2e-4  # drive changes smaller than this are not sent (0.05% of 0.4)
 UNLOAD_MIN_GAP = 0.08  # loaded and empty responses must differ this much to tell them apart
 UNLOAD_HOLD_S = 0.3
 STALE_RATIO = 1.1  # response above the empty-plate calibration by this: calibration is stale
@@ -204,12 +205,15 @@ def run_exposure(
     hist: dict[str, list[float]] = {
         k: [] for k in ("t_s", "setpoint_g", "measured_g", "drive", "freq_hz", "ratio")
     }
+    hist_t, hist_setpoint, hist_measured = hist["t_s"], hist["setpoint_g"], hist["measured_g"]
+    hist_drive, hist_freq, hist_ratio = hist["drive"], hist["freq_hz"], hist["ratio"]
     compute: list[float] = []
     ramp_end = settings.ramp_up_s
     hold_end = settings.ramp_up_s + settings.hold_s
     freq = settings.schedule.freq_at(0.0)
     freq_changed_at = 0.0
     stale_s = 0.0
+    sent_drive = 0.0
     t = 0.0
 
     device.set_frequency(freq)
@@ -255,7 +259,9 @@ def run_exposure(
                 t + dt, settings.ramp_up_s, settings.hold_s, settings.ramp_down_s
             )
             drive = law.command(next_setpoint, calibration.gain_at(next_freq), dt)
-            device.set_drive(drive, dt, wait=False)
+            if abs(drive - sent_drive) >= DRIVE_RESOLUTION or (drive == 0.0) != (sent_drive == 0.0):
+                device.set_drive(drive, dt, wait=False)
+                sent_drive = drive
 
             phase = (
                 Phase.RAMP_UP if t < ramp_end else Phase.HOLD if t < hold_end else Phase.RAMP_DOWN
@@ -269,11 +275,12 @@ def run_exposure(
                     result.unloaded_s += dt
                 stale_s = stale_s + dt if law.response_ratio > STALE_RATIO else 0.0
                 result.calibration_stale |= stale_s >= STALE_HOLD_S
-            for key, value in (
-                ("t_s", t), ("setpoint_g", setpoint), ("measured_g", measured or np.nan),
-                ("drive", drive), ("freq_hz", block.freq_hz), ("ratio", law.response_ratio),
-            ):  # fmt: skip
-                hist[key].append(value)
+            hist_t.append(t)
+            hist_setpoint.append(setpoint)
+            hist_measured.append(np.nan if measured is None else measured)
+            hist_drive.append(drive)
+            hist_freq.append(block.freq_hz)
+            hist_ratio.append(law.response_ratio)
             spent = timer() - began
             compute.append(spent)
             if on_update is not None:

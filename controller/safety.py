@@ -12,6 +12,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from controller.estimation import WindowEstimate
 from firmware_bridge.client import SampleBlock
 from firmware_bridge.codec import LinkStats
@@ -116,7 +119,7 @@ class SafetySupervisor:
         self.fs = sample_rate_hz
         self.block_s = block_samples / sample_rate_hz
         self._stuck_n = max(2, round(limits.stuck_window_s * sample_rate_hz))
-        self._recent: deque[int] = deque(maxlen=self._stuck_n)
+        self._recent: npt.NDArray[np.int16] = np.empty(0, dtype=np.int16)
         self._held: dict[TripReason, float] = {}
         window = max(2, round(1.0 / self.block_s))
         self._link_history: deque[tuple[int, int, int]] = deque(maxlen=window)
@@ -149,19 +152,21 @@ class SafetySupervisor:
 
     def _sensor(self, t_s: float, index: int, block: SampleBlock) -> SafetyTrip | None:
         counts = block.counts
-        self._recent.extend(int(c) for c in counts)
-        if len(self._recent) == self._stuck_n and min(self._recent) == max(self._recent):
-            value_g = block.accel_g[-1]
-            run = self.limits.saturated_run
-            if abs(value_g) > 2.0 and len(self._recent) >= run:
+        if counts.size >= self._stuck_n:
+            self._recent = counts[-self._stuck_n :]
+        else:
+            keep = self._stuck_n - counts.size
+            self._recent = np.concatenate((self._recent[-keep:], counts))
+        if self._recent.size == self._stuck_n and self._recent.min() == self._recent.max():
+            value_g = float(block.accel_g[-1])
+            if abs(value_g) > 2.0 and self._stuck_n >= self.limits.saturated_run:
                 return SafetyTrip(
                     TripReason.SENSOR_SATURATED, t_s, index,
-                    f"output pinned at {value_g:.2f} g", {"value_g": float(value_g)},
+                    f"output pinned at {value_g:.2f} g", {"value_g": value_g},
                 )  # fmt: skip
             return SafetyTrip(
                 TripReason.SENSOR_STUCK, t_s, index,
-                f"{self._stuck_n} identical samples ({value_g:.3f} g)",
-                {"value_g": float(value_g)},
+                f"{self._stuck_n} identical samples ({value_g:.3f} g)", {"value_g": value_g},
             )  # fmt: skip
         return None
 

@@ -16,6 +16,7 @@ them in step).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -323,16 +324,20 @@ def load_profile(name_or_path: str) -> PlateProfile:
         path = Path(name_or_path)
         text = path.read_text(encoding="utf-8")
         name = path.stem
-    else:
-        entry = resources.files("firmware_bridge.sim").joinpath("profiles", f"{name_or_path}.yaml")
-        if not entry.is_file():
-            raise ValueError(
-                f"unknown profile {name_or_path!r}; available: {', '.join(available_profiles())}"
-                " (or give a path to a .yaml file)"
-            )
-        text = entry.read_text(encoding="utf-8")
-        name = name_or_path
-    return _parse_profile(text, name, source=name_or_path)
+        return _parse_profile(text, name, source=name_or_path)
+    return _load_packaged(name_or_path)
+
+
+@functools.cache
+def _load_packaged(name: str) -> PlateProfile:
+    """A profile shipped in the package (parsed once: profiles are immutable)."""
+    entry = resources.files("firmware_bridge.sim").joinpath("profiles", f"{name}.yaml")
+    if not entry.is_file():
+        raise ValueError(
+            f"unknown profile {name!r}; available: {', '.join(available_profiles())}"
+            " (or give a path to a .yaml file)"
+        )
+    return _parse_profile(entry.read_text(encoding="utf-8"), name, source=name)
 
 
 def _parse_profile(text: str, name: str, source: str) -> PlateProfile:

@@ -16,6 +16,7 @@ import time
 
 import serial
 
+from firmware_bridge.errors import UnknownUrlError
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.device import SimulatedDevice
 
@@ -30,7 +31,12 @@ class Serial(serial.SerialBase):
             raise serial.SerialException("Port must be configured before it can be used.")
         if self.is_open:
             raise serial.SerialException("Port is already open.")
-        self._device = SimulatedDevice(parse_sim_url(str(self.portstr)))
+        url = str(self.portstr)
+        config = parse_sim_url(url)
+        try:
+            self._device = SimulatedDevice(config)
+        except (ValueError, OSError) as exc:
+            raise UnknownUrlError(url, str(exc)) from None
         self._buffer = bytearray()
         self._wall_start = time.monotonic()
         self.is_open = True
