@@ -34,6 +34,7 @@ from firmware_bridge.protocol import (
     decode_message,
     encode_message,
 )
+from firmware_bridge.realtime import single_threaded_numerics
 from firmware_bridge.sim.config import SimConfig
 from firmware_bridge.sim.device import SimulatedDevice
 
@@ -167,4 +168,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with single_threaded_numerics():
+        sys.exit(main())

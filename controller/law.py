@@ -26,7 +26,7 @@ from controller.estimation import WindowEstimate
 
 @dataclass(frozen=True)
 class LawSettings:
-    time_constant_s: float = 0.1
+    time_constant_s: float = 0.05
     slew_per_s: float = 2.0  # the drive moves at most this much (fraction) per second
     min_expected_fraction: float = 0.2  # learn only when the expected response is this large
     correction_bounds: tuple[float, float] = (0.5, 8.0)

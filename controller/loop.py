@@ -38,11 +38,13 @@ from firmware_bridge.errors import (
     DeviceResetError,
     LinkLostError,
 )
+from firmware_bridge.realtime import single_threaded_numerics
 
 log = logging.getLogger(__name__)
 
 SETTLE_BAND = 0.02  # "settled" means within +/-2% of target
 FREQ_RESOLUTION_HZ = 0.05  # schedule changes smaller than this are not sent
+FREQ_STEP_HZ = 1.0  # a change this large pauses learning for one window (sweeps move less)
 DRIVE_RESOLUTION = 2e-4  # drive changes smaller than this are not sent (0.05% of 0.4)
 UNLOAD_MIN_GAP = 0.08  # loaded and empty responses must differ this much to tell them apart
 UNLOAD_HOLD_S = 0.3
@@ -121,6 +123,7 @@ class ExposureResult:
     target_g: float
     schedule: str
     hold_s_requested: float
+    start_index: int = 0  # device sample index at exposure time 0
     held_s: float = 0.0
     settling_time_s: float | None = None
     error_mean_pct: float | None = None
@@ -186,6 +189,17 @@ def run_exposure(
     timer: Callable[[], float] = time.perf_counter,
 ) -> ExposureResult:
     """Run one closed-loop exposure and return what happened (never leaves the drive on)."""
+    with single_threaded_numerics():
+        return _run_exposure(device, calibration, settings, on_update, timer)
+
+
+def _run_exposure(
+    device: DeviceClient,
+    calibration: Calibration,
+    settings: ExposureSettings,
+    on_update: Callable[[ControlUpdate], None] | None,
+    timer: Callable[[], float],
+) -> ExposureResult:
     info = device.info
     fs = float(info.sample_rate_hz)
     dt = info.block_samples / fs
@@ -218,7 +232,7 @@ def run_exposure(
 
     device.set_frequency(freq)
     device.start_output()
-    start = device.sample_index
+    start = result.start_index = device.sample_index
     try:
         while True:
             try:
@@ -254,7 +268,9 @@ def run_exposure(
             next_freq = settings.schedule.freq_at(t)
             if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
                 device.set_frequency(next_freq, wait=False)
-                freq, freq_changed_at = next_freq, t
+                if abs(next_freq - freq) >= FREQ_STEP_HZ:
+                    freq_changed_at = t
+                freq = next_freq
             next_setpoint = settings.target_g * ramp_profile(
                 t + dt, settings.ramp_up_s, settings.hold_s, settings.ramp_down_s
             )

@@ -152,6 +152,11 @@ class SafetySupervisor:
 
     def _sensor(self, t_s: float, index: int, block: SampleBlock) -> SafetyTrip | None:
         counts = block.counts
+        if block.drive < self.limits.min_check_drive:
+            # At rest a quiet sensor with coarse counts legitimately repeats itself; a stuck
+            # sensor can only be told apart while the plate is being driven.
+            self._recent = np.empty(0, dtype=np.int16)
+            return None
         if counts.size >= self._stuck_n:
             self._recent = counts[-self._stuck_n :]
         else:

@@ -13,11 +13,17 @@ import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from controller.calibration import Calibration, CalibrationStore, identify
+from controller.loop import ExposureSettings, ExposureStatus, run_exposure
 from controller.openloop import drive_open_loop
+from controller.safety import SafetyLimits
+from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
+from firmware_bridge.realtime import single_threaded_numerics
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.serve import serve_pty, serve_tcp
 
@@ -52,6 +58,12 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+_CAL_DIR_HELP = (
+    f"where calibrations are kept (default: ${CalibrationStore.ENV} or "
+    "~/.local/share/liv/calibration)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="liv", description="Low-intensity vibration plate: control, sessions, simulator."
@@ -75,6 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--seconds", required=True, type=_bounded_float("--seconds", 0.1, 3600))
     drive.add_argument("--json", action="store_true", help="print JSON")
     drive.set_defaults(handler=cmd_device_drive)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="measure the empty plate's response across 25-95 Hz (engineers)"
+    )
+    calibrate.add_argument("--device", required=True, metavar="URL", help="port path or URL")
+    calibrate.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
+    calibrate.add_argument("--json", action="store_true", help="print JSON")
+    calibrate.set_defaults(handler=cmd_calibrate)
+
+    run = commands.add_parser(
+        "run", help="one closed-loop exposure (engineers: no protocol, no log)"
+    )
+    run.add_argument("--device", required=True, metavar="URL", help="port path or URL")
+    what = run.add_mutually_exclusive_group(required=True)
+    what.add_argument("--freq", type=_bounded_float("--freq", 30, 90, " Hz"), metavar="HZ")
+    what.add_argument(
+        "--schedule", metavar="SPEC", help="steps:30@0,45@60 or sweep:30-90/60 (within 30-90 Hz)"
+    )
+    run.add_argument(
+        "--amplitude", type=_bounded_float("--amplitude", 0.05, 0.49, " g"), default=0.3,
+        metavar="G", help="peak acceleration to hold (default 0.3 g)",
+    )  # fmt: skip
+    run.add_argument(
+        "--seconds", required=True, type=_bounded_float("--seconds", 1, 3600), metavar="S",
+        help="time to hold the amplitude (ramps excluded)",
+    )  # fmt: skip
+    run.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
+    run.add_argument("--json", action="store_true", help="print JSON")
+    run.set_defaults(handler=cmd_run)
 
     sim = commands.add_parser("sim", help="the simulated plate")
     sim_cmds = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
@@ -131,6 +172,89 @@ def cmd_device_drive(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
+def _store(args: argparse.Namespace) -> CalibrationStore:
+    if args.calibration_dir is not None:
+        return CalibrationStore(args.calibration_dir)
+    return CalibrationStore.default()
+
+
+def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
+    lines = [f"calibration of {cal.device_id} saved to {where}", "  freq Hz   g per unit drive"]
+    lines += [f"  {f:7.1f}   {g:.4f}" for f, g in zip(cal.freqs_hz, cal.g_per_drive, strict=True)]
+    return lines
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    store = _store(args)
+    with DeviceClient.open(args.device) as device:
+        cal = identify(device)
+    where = store.save(cal)
+    _emit({"path": str(where), **cal.to_dict()}, args.json, _calibration_lines(cal, where))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        schedule = (
+            FrequencySchedule.fixed(args.freq) if args.freq else parse_schedule(args.schedule)
+        )
+        settings = ExposureSettings(
+            target_g=args.amplitude, hold_s=args.seconds, schedule=schedule,
+            limits=SafetyLimits(),
+        )  # fmt: skip
+    except (ScheduleError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    store = _store(args)
+    with DeviceClient.open(args.device) as device:
+        cal = store.load(device.info.device_id)
+        if cal is None:
+            raise UsageError(
+                f"no calibration for {device.info.device_id} in {store.directory}: run "
+                f"'liv calibrate --device {args.device}' with nobody on the plate first"
+            )
+        if cal.stale:
+            print(
+                f"liv: warning: the calibration of {cal.device_id} no longer matches the plate "
+                f"({'; '.join(cal.notes[-1:])}); run 'liv calibrate' with nobody on the plate",
+                file=sys.stderr,
+            )
+        result = run_exposure(device, cal, settings)
+    if result.calibration_stale:
+        store.mark_stale(cal, f"response {result.response_ratio:.2f}x calibration in a run")
+    data = result.to_dict()
+    fmt = "n/a" if result.settling_time_s is None else f"{result.settling_time_s:.2f} s"
+    lines = [
+        f"device            {result.device_id}",
+        f"target            {result.target_g:g} g at {result.schedule}",
+        f"outcome           {result.status.value}",
+        f"held              {result.held_s:.1f} of {result.hold_s_requested:g} s",
+        f"settled           {fmt} after the ramp (estimate within +/-2%)",
+    ]
+    if result.error_p95_abs_pct is not None:
+        lines.append(
+            f"amplitude error   mean {result.error_mean_pct:+.2f}%, p95 |error| "
+            f"{result.error_p95_abs_pct:.2f}% (1-s windows, controller's estimate)"
+        )
+    lines.append(
+        f"plate response    {result.response_ratio:.2f}x the calibrated empty plate"
+        + (f"; nobody on the plate for {result.unloaded_s:.1f} s" if result.unloaded_s else "")
+    )
+    lines.append(
+        f"host compute      median {result.compute_median_us:.0f} us, p99 "
+        f"{result.compute_p99_us:.0f} us per update"
+    )
+    lines.append(
+        f"link              {result.frames} frames, {result.crc_errors} CRC errors, "
+        f"{result.lost_frames} lost frames"
+    )
+    if result.trip is not None:
+        lines.append(f"SAFETY STOP       {result.trip.text}: {result.trip.detail}")
+    _emit(data, args.json, lines)
+    if result.status is ExposureStatus.STOPPED_BY_USER:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE if result.status is ExposureStatus.TRIPPED else 0
+
+
 def cmd_sim_serve(args: argparse.Namespace) -> int:
     config = parse_sim_url(args.sim)
     stopping = False
@@ -161,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        code: int = args.handler(args)
+        with single_threaded_numerics():
+            code: int = args.handler(args)
     except UsageError as exc:
         print(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -33,3 +33,12 @@ def _no_leaks() -> Iterator[None]:
     leaked_threads = set(threading.enumerate()) - threads_before
     assert not leaked_fds, f"test left files open: {sorted(leaked_fds)}"
     assert not leaked_threads, f"test left threads running: {leaked_threads}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_threaded_numerics() -> Iterator[None]:
+    """Tests run numerics as the product does (see firmware_bridge.realtime)."""
+    from firmware_bridge.realtime import single_threaded_numerics
+
+    with single_threaded_numerics():
+        yield

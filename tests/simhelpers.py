@@ -42,3 +42,40 @@ def listen_silently(client: DeviceClient, seconds: float) -> list[Message]:
             if counts is not None:
                 read += counts.size / fs
     return messages
+
+
+def truth_drive_phase(truth: dict[str, Any]) -> np.ndarray:
+    """Drive phase (up to a constant) of every truth sample, from its frequency history."""
+    fs = float(truth["sample_rate_hz"])
+    return 2.0 * np.pi * np.cumsum(truth["freq_hz"].astype(np.float64)) / fs
+
+
+def truth_amplitude(truth: dict[str, Any], mask: np.ndarray) -> float:
+    """True peak acceleration at the drive frequency over the masked samples (sine fit).
+
+    Fits gravity-free truth with free phase, so the unknown phase constant does not matter.
+    """
+    phase = truth_drive_phase(truth)[mask]
+    accel = truth["accel_g"][mask]
+    design = np.stack((np.ones(phase.size), np.cos(phase), np.sin(phase)), axis=1)
+    coef, *_ = np.linalg.lstsq(design, accel, rcond=None)
+    return float(np.hypot(coef[1], coef[2]))
+
+
+def exposure_time(truth: dict[str, Any], start_index: int) -> np.ndarray:
+    """Exposure time of every truth sample (NaN where the device was not streaming)."""
+    fs = float(truth["sample_rate_hz"])
+    index = truth["sample_index"].astype(np.float64)
+    index[truth["sample_index"] < 0] = np.nan
+    return (index - start_index) / fs
+
+
+def truth_envelope(
+    truth: dict[str, Any], t_exposure: np.ndarray, start_s: float, end_s: float, step_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """True amplitude in consecutive windows of ``step_s`` between two exposure times."""
+    starts = np.arange(start_s, end_s - step_s / 2, step_s)
+    amps = np.array(
+        [truth_amplitude(truth, (t_exposure >= s) & (t_exposure < s + step_s)) for s in starts]
+    )
+    return starts + step_s / 2, amps

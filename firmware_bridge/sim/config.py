@@ -8,7 +8,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from firmware_bridge.errors import UnknownUrlError
 
-NOISE_PRESETS_UG = {"low": 430.0, "high": 1500.0}
+# Accelerometer noise densities from the datasheet table in shared/DOMAIN.md: a low-noise part
+# (ADXL355, 22.5 ug/sqrt(Hz)) and a noisy MEMS part (ADXL345 z axis, 430 ug/sqrt(Hz)).
+NOISE_PRESETS_UG = {"low": 22.5, "high": 430.0}
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class _Truth:
     accel_g: list[npt.NDArray[np.float64]] = field(default_factory=list)
     drive: list[npt.NDArray[np.float64]] = field(default_factory=list)
     freq_hz: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    sample_index: list[npt.NDArray[np.int64]] = field(default_factory=list)
     coil_temp_c: list[float] = field(default_factory=list)
     mass_kg: list[float] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
@@ -421,6 +422,11 @@ class SimulatedDevice:
             np.concatenate([start + rate * np.arange(seg) for seg, start, rate, _ in pieces])
         )
         truth.freq_hz.append(np.full(n, self._freq_hz, dtype=np.float32))
+        truth.sample_index.append(
+            self._sample_index + np.arange(n, dtype=np.int64)
+            if self._booted
+            else np.full(n, -1, np.int64)  # not streaming: boot or reset in progress
+        )
         truth.coil_temp_c.append(self.physics.coil_temperature_c)
         truth.mass_kg.append(self.physics.patient_mass_on_plate_kg)
 
@@ -493,6 +499,7 @@ class SimulatedDevice:
                 accel_g=np.concatenate(truth.accel_g),
                 drive=np.concatenate(truth.drive),
                 freq_hz=np.concatenate(truth.freq_hz),
+                sample_index=np.concatenate(truth.sample_index),
                 block_t_s=block_t,
                 coil_temp_c=np.array(truth.coil_temp_c),
                 patient_mass_kg=np.array(truth.mass_kg),

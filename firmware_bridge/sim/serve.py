@@ -16,6 +16,7 @@ import time
 import tty
 from collections.abc import Callable
 
+from firmware_bridge.realtime import single_threaded_numerics
 from firmware_bridge.sim.config import SimConfig
 from firmware_bridge.sim.device import SimulatedDevice
 
@@ -48,6 +49,11 @@ class _Pacer:
 
 def serve_pty(config: SimConfig, on_ready: Callable[[str], None], should_stop: ShouldStop) -> None:
     """Run the device behind a new pseudo-terminal; ``on_ready`` gets the path hosts open."""
+    with single_threaded_numerics():
+        _serve_pty(config, on_ready, should_stop)
+
+
+def _serve_pty(config: SimConfig, on_ready: Callable[[str], None], should_stop: ShouldStop) -> None:
     device = SimulatedDevice(config)
     master, slave = os.openpty()
     tty.setraw(slave)
@@ -90,6 +96,17 @@ def serve_tcp(
     should_stop: ShouldStop,
 ) -> None:
     """Run the device behind a TCP listener (one host at a time, like a serial server)."""
+    with single_threaded_numerics():
+        _serve_tcp(config, host, port, on_ready, should_stop)
+
+
+def _serve_tcp(
+    config: SimConfig,
+    host: str,
+    port: int,
+    on_ready: Callable[[str], None],
+    should_stop: ShouldStop,
+) -> None:
     device = SimulatedDevice(config)
     pacer = _Pacer(device, config.speed or 1.0)
     with socket.create_server((host, port)) as server:
