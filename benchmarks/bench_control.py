@@ -4,9 +4,10 @@
 
 Matrix: frequency (30, 45, 60, 90 Hz) x patient (0, 40, 90, 150 kg) x sensor noise (low:
 ADXL355 class, 22.5 ug/sqrt(Hz); high: ADXL345 class, 430 ug/sqrt(Hz)), coil heating on, each
-run closed-loop and, in the same run, open-loop with the drive fixed from a calibration made with a 70 kg patient (what an uncontrolled plate
-delivers). Plus a 30% load step per frequency, the estimator against the Cramer-Rao bound, host
-compute per control update, and a full session through sim://?speed=max. Targets are issue 3's.
+run closed-loop and, in the same run, open-loop with the drive fixed from a calibration made
+with a 70 kg patient (what an uncontrolled plate delivers). Plus a 30% load step per
+frequency, the estimator against the Cramer-Rao bound, host compute per control update, and a
+full session through sim://?speed=max. Targets are issue 3's.
 """
 
 from __future__ import annotations

@@ -103,45 +103,70 @@ class AmplitudeEstimator:
         self.reset()
 
     def reset(self) -> None:
-        self._x: FloatArray = np.empty(0)
-        self._totals: FloatArray = np.zeros((10, 1))  # column 0: totals before any sample
+        # Running totals live in a buffer several windows long, written in place; when it
+        # fills, the last window is moved to the front (amortised: once per few windows).
+        self._capacity = 4 * self._keep
+        self._totals: FloatArray = np.zeros((10, self._capacity))
+        self._x: FloatArray = np.zeros(self._capacity)
+        self._end = 1  # column 0 holds the totals before any sample
+        self._count = 0
+        self._terms: dict[int, FloatArray] = {}
 
     def push(self, accel_g: FloatArray, phase0_rad: float, freq_hz: float, drive: float) -> None:
         """Add one block: samples in g, the drive phase and amplitude at its first sample."""
         n = accel_g.size
+        if self._end + n > self._capacity:
+            keep = min(self._keep, self._end)
+            self._totals[:, :keep] = self._totals[:, self._end - keep : self._end]
+            self._x[:keep] = self._x[self._end - keep : self._end]
+            self._end = keep
+        terms = self._terms.get(n)
+        if terms is None:
+            terms = self._terms[n] = np.empty((10, n))
+        c, s = terms[self._C], terms[self._S]
         phases = block_phases(phase0_rad, freq_hz, n, self.sample_rate_hz)
-        c = np.cos(phases)
-        s = np.sin(phases)
-        x = accel_g
-        terms = np.stack((x, x * c, x * s, c, s, c * c, s * s, c * s, x * x, np.full(n, drive)))
-        totals = np.cumsum(terms, axis=1)
-        totals += self._totals[:, -1:]
-        self._totals = np.concatenate((self._totals[:, -(self._keep - n) :], totals), axis=1)
-        self._x = _keep_tail(self._x, x, self._keep)
+        np.cos(phases, out=c)
+        np.sin(phases, out=s)
+        terms[self._X] = accel_g
+        np.multiply(accel_g, c, out=terms[self._XC])
+        np.multiply(accel_g, s, out=terms[self._XS])
+        np.multiply(c, c, out=terms[self._CC])
+        np.multiply(s, s, out=terms[self._SS])
+        np.multiply(c, s, out=terms[self._CS])
+        np.multiply(accel_g, accel_g, out=terms[self._XX])
+        terms[self._D] = drive
+        end = self._end
+        window = self._totals[:, end : end + n]
+        np.cumsum(terms, axis=1, out=window)
+        window += self._totals[:, end - 1 : end]
+        self._x[end : end + n] = accel_g
+        self._end = end + n
+        self._count += n
 
     @property
     def samples(self) -> int:
-        return int(self._x.size)
+        return min(self._count, self._keep)
 
     def estimate(self, freq_hz: float) -> WindowEstimate | None:
         """Fit over the latest whole cycles; None until one full cycle has arrived."""
-        available = min(self._x.size, self.window_n, self._totals.shape[1] - 1)
+        available = min(self._count, self.window_n, self._end - 1)
         n = whole_cycle_length(available, freq_hz, self.sample_rate_hz)
         if n < self.sample_rate_hz / freq_hz - 1 or n < 3:
             return None
-        sums = self._totals[:, -1] - self._totals[:, -1 - n]
-        sx, sxc, sxs, sc, ss, scc, sss, scs, sxx, sd = (float(v) for v in sums)
+        end = self._end
+        sums = (self._totals[:, end - 1] - self._totals[:, end - 1 - n]).tolist()
+        sx, sxc, sxs, sc, ss, scc, sss, scs, sxx, sd = sums
         solved = _solve3(((float(n), sc, ss), (sc, scc, scs), (ss, scs, sss)), (sx, sxc, sxs))
         if solved is None:
             return None
         dc, a, b = solved
         residual_ss = max(0.0, sxx - (dc * sx + a * sxc + b * sxs))
-        window = self._x[-n:]
+        window = self._x[end - n : end]
         fit = SineFit(
             peak_g=math.hypot(a, b),
             phase_rad=math.atan2(-b, a),
             dc_g=dc,
-            total_peak_g=float(np.max(np.abs(window - dc))),
+            total_peak_g=max(float(window.max()) - dc, dc - float(window.min())),
             residual_rms_g=math.sqrt(residual_ss / n),
             n_samples=n,
         )

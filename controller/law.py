@@ -11,7 +11,9 @@ on the plate's gain). Because ``c`` estimates a gain instead of accumulating an 
 - a setpoint ramp does not bias it (no lag error to integrate), so ramps end without overshoot;
 - the loop's speed does not depend on how far the plate is from its calibration;
 - it cannot wind up at the drive limit (anti-windup by construction); the drive is clamped to
-  the limit and slew-limited.
+  the limit and slew-limited;
+- a response no patient can cause (far below or above the empty plate's) is not learned: the
+  drive holds while the safety supervisor confirms the fault, instead of chasing it.
 
 All functions are pure over explicit state, so tests and benchmarks drive them directly.
 """
@@ -30,6 +32,9 @@ class LawSettings:
     slew_per_s: float = 2.0  # the drive moves at most this much (fraction) per second
     min_expected_fraction: float = 0.2  # learn only when the expected response is this large
     correction_bounds: tuple[float, float] = (0.5, 8.0)
+    # Responses (relative to the calibrated empty plate) that a patient can cause; outside
+    # them the law stops learning (a 150 kg patient at 30 Hz is about 0.45 on the reference).
+    credible_ratio: tuple[float, float] = (0.2, 1.5)
 
     def __post_init__(self) -> None:
         if self.time_constant_s <= 0.0 or self.slew_per_s <= 0.0:
@@ -72,6 +77,11 @@ class AmplitudeLaw:
         if estimate.fit.peak_g <= 0.0:
             return False
         rho = estimate.fit.peak_g / (gain * estimate.mean_drive)
+        low, high = s.credible_ratio
+        if not low <= rho <= high:
+            # No load makes a plate respond like this: a fault the supervisor is confirming.
+            # Hold the drive where it is rather than chase it.
+            return False
         wanted = min(max(1.0 / rho, s.correction_bounds[0]), s.correction_bounds[1])
         alpha = min(1.0, dt / s.time_constant_s)
         self.correction += alpha * (wanted - self.correction)

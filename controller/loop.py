@@ -34,6 +34,7 @@ from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.errors import (
     BridgeError,
     CommandRefusedError,
+    CommandTimeoutError,
     DeviceFaultError,
     DeviceResetError,
     LinkLostError,
@@ -230,14 +231,17 @@ def _run_exposure(
     sent_drive = 0.0
     t = 0.0
 
-    device.set_frequency(freq)
-    device.start_output()
     start = result.start_index = device.sample_index
     try:
-        while True:
+        try:
+            device.set_frequency(freq)
+            device.start_output()
+        except BridgeError as exc:
+            result.trip = _trip_for(exc, t, device.sample_index)
+        while result.trip is None:
             try:
                 block = device.read_block(timeout_s=settings.limits.link_timeout_s)
-            except (DeviceFaultError, DeviceResetError, LinkLostError, CommandRefusedError) as exc:
+            except BridgeError as exc:
                 result.trip = _trip_for(exc, t, device.sample_index)
                 break
             if block is None:
@@ -320,13 +324,18 @@ def _run_exposure(
     return result
 
 
+_EXCEPTION_REASONS: dict[type[BridgeError], TripReason] = {
+    DeviceFaultError: TripReason.DEVICE_FAULT,
+    DeviceResetError: TripReason.DEVICE_RESET,
+    LinkLostError: TripReason.LINK_LOST,
+    CommandRefusedError: TripReason.DEVICE_REFUSED,
+    CommandTimeoutError: TripReason.LINK_DEGRADED,
+}
+
+
 def _trip_for(exc: BridgeError, t: float, index: int) -> SafetyTrip:
-    reason = {
-        DeviceFaultError: TripReason.DEVICE_FAULT,
-        DeviceResetError: TripReason.DEVICE_RESET,
-        LinkLostError: TripReason.LINK_LOST,
-        CommandRefusedError: TripReason.DEVICE_REFUSED,
-    }[type(exc)]
+    """The trip for something the link or device raised; unknown kinds count as link loss."""
+    reason = _EXCEPTION_REASONS.get(type(exc), TripReason.LINK_LOST)
     return trip_from_exception(reason, t, index, exc)
 
 

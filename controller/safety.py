@@ -20,6 +20,7 @@ from firmware_bridge.client import SampleBlock
 from firmware_bridge.codec import LinkStats
 
 HARD_CEILING_G = 1.0  # no protocol or setting can raise the ceiling above this
+SATURATION_G = 2.0  # a plate at <= 1 g peak plus gravity never reads beyond this
 TRIP_RAMP_S = 0.25  # host ramp to zero after a trip
 
 
@@ -65,6 +66,7 @@ class SafetyLimits:
     ceiling_g: float = 0.5
     total_peak_factor: float = 1.5  # total peak (harmonics, noise) may reach ceiling x this
     harmonic_rms_g: float = 0.1
+    harmonic_hold_s: float = 0.25  # longer than the fit window: a step in amplitude is not this
     saturation_shortfall: float = 0.9  # below 90% of the setpoint ...
     saturation_hold_s: float = 1.0  # ... for this long at the drive limit
     no_response_fraction: float = 0.1  # below 10% of the empty-plate response ...
@@ -72,8 +74,8 @@ class SafetyLimits:
     min_check_drive: float = 0.03  # response checks need at least this much drive
     runaway_ratio: float = 1.5  # response / calibrated empty-plate response
     runaway_hold_s: float = 0.1
-    stuck_window_s: float = 0.1
-    saturated_run: int = 8  # identical samples beyond +/- 2 g in a row
+    stuck_window_s: float = 0.02  # one block: driven, a live sensor moves ~9 LSB per sample
+    saturated_run: int = 8  # samples of one block pinned at the same value beyond +/- 2 g
     gravity_tolerance_g: float = 0.15
     link_timeout_s: float = 0.3
     link_error_rate: float = 0.05  # damaged + lost frames per expected frame over 1 s
@@ -152,6 +154,15 @@ class SafetySupervisor:
 
     def _sensor(self, t_s: float, index: int, block: SampleBlock) -> SafetyTrip | None:
         counts = block.counts
+        accel = block.accel_g
+        peak = int(np.argmax(np.abs(accel)))
+        pinned = int(np.count_nonzero(counts == counts[peak]))
+        if abs(accel[peak]) > SATURATION_G and pinned >= self.limits.saturated_run:
+            value_g = float(accel[peak])
+            return SafetyTrip(
+                TripReason.SENSOR_SATURATED, t_s, index,
+                f"{pinned} samples pinned at {value_g:.2f} g in one block", {"value_g": value_g},
+            )  # fmt: skip
         if block.drive < self.limits.min_check_drive:
             # At rest a quiet sensor with coarse counts legitimately repeats itself; a stuck
             # sensor can only be told apart while the plate is being driven.
@@ -164,10 +175,11 @@ class SafetySupervisor:
             self._recent = np.concatenate((self._recent[-keep:], counts))
         if self._recent.size == self._stuck_n and self._recent.min() == self._recent.max():
             value_g = float(block.accel_g[-1])
-            if abs(value_g) > 2.0 and self._stuck_n >= self.limits.saturated_run:
+            if abs(value_g - 1.0) > 0.5:  # nowhere near gravity: no sensor is being read
                 return SafetyTrip(
-                    TripReason.SENSOR_SATURATED, t_s, index,
-                    f"output pinned at {value_g:.2f} g", {"value_g": value_g},
+                    TripReason.SENSOR_GRAVITY, t_s, index,
+                    f"reads a constant {value_g:.3f} g (disconnected?)",
+                    {"value_g": value_g, "dc_g": value_g},
                 )  # fmt: skip
             return SafetyTrip(
                 TripReason.SENSOR_STUCK, t_s, index,
@@ -224,11 +236,6 @@ class SafetySupervisor:
                 f"peak {fit.peak_g:.3f} g (total {fit.total_peak_g:.3f} g), ceiling "
                 f"{lim.ceiling_g:g} g", values,
             )  # fmt: skip
-        if fit.residual_rms_g > lim.harmonic_rms_g:
-            return SafetyTrip(
-                TripReason.EXCESS_HARMONICS, t_s, index,
-                f"{fit.residual_rms_g:.3f} g rms away from the drive frequency", values,
-            )  # fmt: skip
         if est.mean_drive >= lim.min_check_drive:
             ratio = fit.peak_g / (empty_gain * est.mean_drive)
             values["response_ratio"] = ratio
@@ -257,6 +264,12 @@ class SafetySupervisor:
                 TripReason.DRIVE_SATURATED, t_s, index,
                 f"drive {drive:.3f} at its limit {drive_limit:.3f}, peak {fit.peak_g:.3f} g of "
                 f"{setpoint_g:.3f} g", values,
+            )  # fmt: skip
+        harmonic = fit.residual_rms_g > lim.harmonic_rms_g
+        if self._held_for(TripReason.EXCESS_HARMONICS, harmonic, t_s) >= lim.harmonic_hold_s:
+            return SafetyTrip(
+                TripReason.EXCESS_HARMONICS, t_s, index,
+                f"{fit.residual_rms_g:.3f} g rms away from the drive frequency", values,
             )  # fmt: skip
         return None
 

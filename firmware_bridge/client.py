@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.1
 HELLO_TIMEOUT_S = 5.0
+HELLO_REPEAT_S = 0.5
+NOMINAL_FRAMES_PER_S = 50  # SAMPLES frames per second before the hello says otherwise
 COMMAND_TIMEOUT_S = 1.0
 READ_CHUNK = 4096
 
@@ -144,6 +146,7 @@ class DeviceClient:
         self._last_tx_index = 0
         self._device_index = 0
         self.samples_missing = 0
+        self.sample_frames_seen = 0  # SAMPLES frames, counted from the very first byte
         self.frames_sent = 0
         self.protocol_errors = 0
 
@@ -206,16 +209,15 @@ class DeviceClient:
 
     def handshake(self, timeout_s: float = HELLO_TIMEOUT_S) -> DeviceInfo:
         """Wait for the device's hello (asking for it twice a second) and check the version."""
-        deadline = time.monotonic() + timeout_s
-        next_ask = 0.0
+        clock = _Deadline(self, timeout_s)
         answers = self._answers[Hello]
+        asked = None
         while not answers:
-            now = time.monotonic()
-            if now >= deadline:
+            if clock.expired():
                 raise HandshakeTimeoutError(self.url, timeout_s)
-            if now >= next_ask:
+            if asked is None or asked.expired():
                 self._send(HelloRequest())
-                next_ask = now + 0.5
+                asked = _Deadline(self, HELLO_REPEAT_S)
             self._pump(expect_hello=True)
         hello = answers.popleft()
         assert isinstance(hello, Hello)
@@ -273,10 +275,10 @@ class DeviceClient:
         self._pending[seq] = _Pending(name, seq, self._device_index)
         if not wait:
             return
-        deadline = time.monotonic() + COMMAND_TIMEOUT_S
+        clock = _Deadline(self, COMMAND_TIMEOUT_S)
         while seq in self._pending:
             self._raise_refusal()
-            if time.monotonic() > deadline:
+            if clock.expired():
                 self._pending.pop(seq, None)
                 raise CommandTimeoutError(name, COMMAND_TIMEOUT_S)
             self._pump()
@@ -367,6 +369,7 @@ class DeviceClient:
                 self.protocol_errors += 1
 
     def _on_samples(self, samples: Samples) -> None:
+        self.sample_frames_seen += 1
         info = self._info
         if info is None:
             return
@@ -390,10 +393,10 @@ class DeviceClient:
         )
 
     def _await_answer(self, kind: type[Message], name: str, timeout_s: float) -> Message:
-        deadline = time.monotonic() + timeout_s
+        clock = _Deadline(self, timeout_s)
         answers = self._answers[kind]
         while not answers:
-            if time.monotonic() > deadline:
+            if clock.expired():
                 raise CommandTimeoutError(name, timeout_s)
             self._pump()
         return answers.popleft()
@@ -406,3 +409,28 @@ class DeviceClient:
         if self._faults:
             raise self._faults.popleft()
         self._raise_refusal()
+
+
+class _Deadline:
+    """A timeout that ends by the wall clock or by the device's own clock, whichever is first.
+
+    The device clock (SAMPLES frames received) keeps ``sim://?speed=max`` runs deterministic:
+    there a wall-clock second is hundreds of simulated seconds.
+    """
+
+    def __init__(self, client: DeviceClient, timeout_s: float) -> None:
+        self._client = client
+        self._wall_end = time.monotonic() + timeout_s
+        self._frames_end = client.sample_frames_seen + max(1, round(timeout_s * self._rate()))
+
+    def _rate(self) -> float:
+        info = self._client._info
+        if info is None:
+            return NOMINAL_FRAMES_PER_S
+        return info.sample_rate_hz / info.block_samples
+
+    def expired(self) -> bool:
+        return (
+            time.monotonic() >= self._wall_end
+            or self._client.sample_frames_seen >= self._frames_end
+        )

@@ -21,11 +21,9 @@ first). Every instant here is taken in plant time, from the truth file itself:
 - zero drive: the end of the last truth sample with a non-zero drive envelope (it stays zero
   for the rest of the record, which runs on for ``LINGER_S`` after the host has gone).
 
-Where the natural parameters (the therapeutic 0.3 g, or 0.45 g on a heavy patient) give the
-wrong reason today, the case is kept with those parameters as a strict xfail that only accepts
-:class:`WrongTripReasonError`: the plate must still stop within the bound (a plain assertion,
-so a slow stop fails the run), and the case turns into a failure once the reason is right. A
-companion case with adjusted parameters shows that the intended check does fire.
+Each fault is also run at the natural operating point (the therapeutic 0.3 g, or 0.45 g on a
+heavy patient), where an abrupt fault once made the supervisor name the wrong reason
+(docs/safety.md section 7); a wrong reason raises :class:`WrongTripReasonError`.
 """
 
 from __future__ import annotations
@@ -52,7 +50,6 @@ from controller.loop import (
 from controller.safety import HARD_CEILING_G, TRIP_RAMP_S, SafetyLimits, TripReason
 from controller.schedule import FrequencySchedule
 from firmware_bridge.client import DeviceClient
-from firmware_bridge.errors import CommandTimeoutError
 from firmware_bridge.sim import device as firmware
 from firmware_bridge.sim.device import (
     BLOCK_S,
@@ -195,12 +192,10 @@ CASES: dict[str, Case] = {
     ),
 }  # fmt: skip
 
-# The natural parameters, where the supervisor names the wrong reason today (docs/safety.md,
-# "Known problems"). The amplitude step of the fault inside the 0.1 s fit window leaves a
-# residual above harmonic_rms_g, so EXCESS_HARMONICS fires one block after the fault; a
-# saturated sensor moves the fitted DC by 0.6 g in one block, so SENSOR_GRAVITY fires 80 ms
-# before a full window of pinned samples could.
-MISDIAGNOSED: dict[str, tuple[Case, str]] = {
+# The natural operating points, where an abrupt fault puts an amplitude step inside the fit
+# window (once reported as EXCESS_HARMONICS) and a saturated sensor moves the fitted DC by
+# 0.6 g in one block (once reported as SENSOR_GRAVITY): docs/safety.md section 7.
+AT_THERAPY: dict[str, tuple[Case, str]] = {
     "open_circuit_at_0.3g": (
         replace(CASES["open_circuit"], point=THERAPY),
         "open circuit at 0.3 g is reported as EXCESS_HARMONICS",
@@ -227,10 +222,7 @@ MISDIAGNOSED: dict[str, tuple[Case, str]] = {
 }  # fmt: skip
 
 ALL_CASES = [pytest.param(case, id=name) for name, case in CASES.items()] + [
-    pytest.param(
-        case, id=name, marks=pytest.mark.xfail(strict=True, raises=WrongTripReasonError, reason=why)
-    )
-    for name, (case, why) in MISDIAGNOSED.items()
+    pytest.param(case, id=name) for name, (case, _) in AT_THERAPY.items()
 ]
 
 
@@ -435,11 +427,6 @@ def test_ctrl_c_ramps_the_plate_down_softly(calibration: Calibration, tmp_path: 
     assert not [n for n, at in run.events.items() if n.startswith("fault:") and at < zero_s]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CommandTimeoutError,
-    reason="run_exposure raises when the ACK of SET_OUTPUT on is lost (controller/loop.py)",
-)
 def test_a_lost_start_acknowledgement_is_an_outcome_not_an_exception(
     calibration: Calibration, tmp_path: Path
 ) -> None:

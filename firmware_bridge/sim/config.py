@@ -58,7 +58,7 @@ class SimConfig:
             ("corrupt_rate", 0.0 <= self.corrupt_rate <= 0.5, "0..0.5"),
             ("drop_rate", 0.0 <= self.drop_rate <= 1.0, "0..1"),
             ("latency_ms", 0.0 <= self.latency_ms <= 5000.0, "0..5000"),
-            ("gain_factor", 0.0 <= self.gain_factor <= 2.0, "0..2"),
+            ("gain_factor", 0.0 <= self.gain_factor <= 4.0, "0..4 (above 1: a runaway amplifier)"),
             ("noise", self.noise_ug is None or 0.0 <= self.noise_ug <= 100_000.0, "0..100000"),
             ("seed", self.seed >= 0, "a non-negative integer"),
             ("device_id", 0 < len(self.device_id.encode()) <= 16, "1..16 ASCII characters"),

@@ -193,7 +193,7 @@ class SimulatedDevice:
         if self._closed:
             return
         self._closed = True
-        self._inbox.clear()
+        # Bytes the host wrote before closing still reach the plate (its last SET_OUTPUT off).
         end = self.time_s + LINGER_S
         while self.time_s < end:
             self.step()
