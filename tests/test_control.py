@@ -204,3 +204,55 @@ def test_calibration_store_round_trip_and_stale_flag(
     assert empty_cal.g_per_drive[0] > empty_cal.g_per_drive[-1]
     with pytest.raises(ValueError, match="outside the calibrated"):
         empty_cal.gain_at(120.0)
+
+
+def test_the_same_loop_runs_in_real_time_over_a_pty(empty_cal: Calibration) -> None:
+    """No sleeps in the loop: paced by the device, here a separate process at real time."""
+    import subprocess
+    import sys
+    import time
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sessions.cli", "sim", "serve", "--pty", "--sim", "sim://?mass=70"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        path = server.stdout.readline().strip()
+        settings = ExposureSettings(
+            target_g=TARGET, hold_s=1.5, ramp_up_s=0.5, ramp_down_s=0.3,
+            schedule=FrequencySchedule.fixed(45.0),
+        )  # fmt: skip
+        with DeviceClient.open(path) as dev:
+            began = time.monotonic()
+            result = run_exposure(dev, empty_cal, settings)
+            wall = time.monotonic() - began
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+    assert result.status is ExposureStatus.COMPLETED, result.trip
+    assert settings.total_s - 0.1 <= wall <= settings.total_s + 1.0
+    assert result.error_p95_abs_pct is not None
+    assert result.error_p95_abs_pct < 2.0
+
+
+def test_ctrl_c_on_liv_run_ramps_down_and_exits_130(tmp_path: Path, empty_cal: Calibration) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    CalibrationStore(tmp_path).save(empty_cal)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessions.cli", "run", "--device", "sim://?speed=1&mass=70",
+         "--freq", "45", "--seconds", "60", "--calibration-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "stopped_by_user" in out
+    assert "Traceback" not in err
