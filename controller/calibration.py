@@ -27,7 +27,7 @@ from firmware_bridge.errors import LinkLostError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FREQS_HZ = tuple(float(f) for f in range(25, 100, 5))
+DEFAULT_FREQS_HZ = tuple(float(f) for f in range(25, 101, 5))  # 25-100 Hz: protocols' limits
 IDENT_DRIVE = 0.08  # low amplitude: about 0.05-0.15 g on an empty reference plate
 SETTLE_S = 0.4
 MEASURE_S = 0.3

@@ -13,15 +13,15 @@ import itertools
 import math
 from dataclasses import dataclass
 
-BAND_HZ = (30.0, 90.0)
+BAND_HZ = (30.0, 90.0)  # the therapy band of `liv run`; protocols pass their own limits
 
 
 class ScheduleError(ValueError):
     """A schedule outside the therapy band or written wrongly; the message says which."""
 
 
-def _check_band(freq_hz: float, what: str) -> float:
-    low, high = BAND_HZ
+def _check_band(freq_hz: float, what: str, band: tuple[float, float] = BAND_HZ) -> float:
+    low, high = band
     if not (math.isfinite(freq_hz) and low <= freq_hz <= high):
         raise ScheduleError(f"{what} {freq_hz:g} Hz is outside the allowed {low:g}-{high:g} Hz")
     return freq_hz
@@ -35,8 +35,16 @@ class FrequencySchedule:
     sweep: tuple[float, float, float] | None = None  # (low_hz, high_hz, seconds one way)
 
     @classmethod
-    def fixed(cls, freq_hz: float) -> FrequencySchedule:
-        return cls(steps=((0.0, _check_band(freq_hz, "frequency")),))
+    def fixed(cls, freq_hz: float, band: tuple[float, float] = BAND_HZ) -> FrequencySchedule:
+        return cls(steps=((0.0, _check_band(freq_hz, "frequency", band)),))
+
+    @property
+    def span_hz(self) -> tuple[float, float]:
+        """Lowest and highest frequency the schedule reaches."""
+        if self.sweep is not None:
+            return self.sweep[0], self.sweep[1]
+        freqs = [f for _, f in self.steps]
+        return min(freqs), max(freqs)
 
     def freq_at(self, t_s: float) -> float:
         if self.sweep is not None:
@@ -59,32 +67,35 @@ class FrequencySchedule:
         return ", ".join(f"{f:g} Hz from {t:g} s" for t, f in self.steps)
 
 
-def parse_schedule(text: str) -> FrequencySchedule:
-    """Parse the command-line forms in the module docstring; ScheduleError says what is wrong."""
+def parse_schedule(text: str, band: tuple[float, float] = BAND_HZ) -> FrequencySchedule:
+    """Parse the command-line forms in the module docstring; ScheduleError says what is wrong.
+
+    Every frequency must lie within ``band`` (default the 30-90 Hz therapy band).
+    """
     text = text.strip()
     try:
         if text.startswith("steps:"):
             steps = []
             for item in text[len("steps:") :].split(","):
                 freq_text, _, start_text = item.partition("@")
-                steps.append((float(start_text), _check_band(float(freq_text), "step")))
+                steps.append((float(start_text), _check_band(float(freq_text), "step", band)))
             if not steps or steps[0][0] != 0.0:
                 raise ScheduleError("the first step must start at 0 s, e.g. steps:30@0,45@60")
             if any(b[0] <= a[0] for a, b in itertools.pairwise(steps)):
                 raise ScheduleError("step start times must increase")
             return FrequencySchedule(steps=tuple(steps))
         if text.startswith("sweep:"):
-            band, _, seconds = text[len("sweep:") :].partition("/")
-            low_text, _, high_text = band.partition("-")
-            low = _check_band(float(low_text), "sweep start")
-            high = _check_band(float(high_text), "sweep end")
+            span, _, seconds = text[len("sweep:") :].partition("/")
+            low_text, _, high_text = span.partition("-")
+            low = _check_band(float(low_text), "sweep start", band)
+            high = _check_band(float(high_text), "sweep end", band)
             one_way = float(seconds)
             if not high > low:
                 raise ScheduleError("a sweep needs low-high with high above low, e.g. 30-90")
             if not (math.isfinite(one_way) and one_way >= 10.0):
                 raise ScheduleError("a sweep must take at least 10 s each way (slow sweep)")
             return FrequencySchedule(steps=((0.0, low),), sweep=(low, high, one_way))
-        return FrequencySchedule.fixed(float(text))
+        return FrequencySchedule.fixed(float(text), band)
     except ScheduleError:
         raise
     except ValueError:

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     drive.set_defaults(handler=cmd_device_drive)
 
     calibrate = commands.add_parser(
-        "calibrate", help="measure the empty plate's response across 25-95 Hz (engineers)"
+        "calibrate", help="measure the empty plate's response across 25-100 Hz (engineers)"
     )
     calibrate.add_argument("--device", required=True, metavar="URL", help="port path or URL")
     calibrate.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
