@@ -20,6 +20,7 @@ import numpy as np
 
 from controller.calibration import Calibration
 from controller.estimation import AmplitudeEstimator
+from controller.exposure import ExposureFigures, ExposureMeter
 from controller.law import AmplitudeLaw, LawSettings, ramp_profile
 from controller.safety import (
     TRIP_RAMP_S,
@@ -83,6 +84,7 @@ class ExposureSettings:
     window_s: float = 0.1
     law: LawSettings = field(default_factory=LawSettings)
     limits: SafetyLimits = field(default_factory=SafetyLimits)
+    measure_exposure: bool = False  # ISO 2631-1 a_w, A(8), VDV from the sensor stream
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_g < self.limits.ceiling_g:
@@ -135,6 +137,7 @@ class ExposureResult:
     calibration_stale: bool = False
     compute_median_us: float = 0.0
     compute_p99_us: float = 0.0
+    exposure: ExposureFigures | None = None
     frames: int = 0
     crc_errors: int = 0
     lost_frames: int = 0
@@ -144,6 +147,7 @@ class ExposureResult:
         data = asdict(self)
         data["status"] = self.status.value
         data["trip"] = self.trip.to_dict() if self.trip else None
+        data["exposure"] = self.exposure.to_dict() if self.exposure else None
         if not with_history:
             data.pop("history")
         return data
@@ -209,6 +213,7 @@ def _run_exposure(
     law = AmplitudeLaw(settings.law, drive_limit)
     supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
     loads = _LoadTracker(dt)
+    meter = ExposureMeter(fs) if settings.measure_exposure else None
     result = ExposureResult(
         status=ExposureStatus.COMPLETED,
         trip=None,
@@ -253,6 +258,8 @@ def _run_exposure(
             began = timer()
             t = (block.first_index + block.counts.size - start) / fs
             estimator.push(block.accel_g, block.phase_rad, block.freq_hz, block.drive)
+            if meter is not None:
+                meter.push(block.accel_g)
             estimate = estimator.estimate(block.freq_hz)
             gain = calibration.gain_at(block.freq_hz)
             window_clean = t - freq_changed_at > settings.window_s + dt
@@ -321,6 +328,8 @@ def _run_exposure(
         else:
             _soft_stop(device, 0.0)
     _summarise(result, hist, compute, settings, device, loads)
+    if meter is not None:
+        result.exposure = meter.figures()
     return result
 
 
