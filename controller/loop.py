@@ -190,10 +190,15 @@ def run_exposure(
     device: DeviceClient,
     calibration: Calibration,
     settings: ExposureSettings,
-    on_update: Callable[[ControlUpdate], None] | None = None,
+    on_update: Callable[[ControlUpdate], bool | None] | None = None,
     timer: Callable[[], float] = time.perf_counter,
 ) -> ExposureResult:
-    """Run one closed-loop exposure and return what happened (never leaves the drive on)."""
+    """Run one closed-loop exposure and return what happened (never leaves the drive on).
+
+    ``on_update`` sees every control update; returning True asks for the normal ending now
+    (ramp down over ``ramp_down_s``, status COMPLETED), e.g. when a session has delivered its
+    minutes at dose. Otherwise the hold lasts ``hold_s``.
+    """
     with single_threaded_numerics():
         return _run_exposure(device, calibration, settings, on_update, timer)
 
@@ -202,7 +207,7 @@ def _run_exposure(
     device: DeviceClient,
     calibration: Calibration,
     settings: ExposureSettings,
-    on_update: Callable[[ControlUpdate], None] | None,
+    on_update: Callable[[ControlUpdate], bool | None] | None,
     timer: Callable[[], float],
 ) -> ExposureResult:
     info = device.info
@@ -229,7 +234,7 @@ def _run_exposure(
     hist_drive, hist_freq, hist_ratio = hist["drive"], hist["freq_hz"], hist["ratio"]
     compute: list[float] = []
     ramp_end = settings.ramp_up_s
-    hold_end = settings.ramp_up_s + settings.hold_s
+    hold_end = settings.ramp_up_s + settings.hold_s  # moved earlier when a stop is asked for
     freq = settings.schedule.freq_at(0.0)
     freq_changed_at = 0.0
     stale_s = 0.0
@@ -264,8 +269,9 @@ def _run_exposure(
             gain = calibration.gain_at(block.freq_hz)
             window_clean = t - freq_changed_at > settings.window_s + dt
             law.learn(estimate if window_clean else None, gain, settings.target_g, dt)
+            hold_s = hold_end - ramp_end
             setpoint = settings.target_g * ramp_profile(
-                t, settings.ramp_up_s, settings.hold_s, settings.ramp_down_s
+                t, settings.ramp_up_s, hold_s, settings.ramp_down_s
             )
             trip = supervisor.check(
                 t, block, estimate, law.drive, drive_limit, setpoint, gain,
@@ -274,7 +280,7 @@ def _run_exposure(
             if trip is not None:
                 result.trip = trip
                 break
-            if t >= settings.total_s:
+            if t >= hold_end + settings.ramp_down_s:
                 break
             next_freq = settings.schedule.freq_at(t)
             if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
@@ -283,7 +289,7 @@ def _run_exposure(
                     freq_changed_at = t
                 freq = next_freq
             next_setpoint = settings.target_g * ramp_profile(
-                t + dt, settings.ramp_up_s, settings.hold_s, settings.ramp_down_s
+                t + dt, settings.ramp_up_s, hold_s, settings.ramp_down_s
             )
             drive = law.command(next_setpoint, calibration.gain_at(next_freq), dt)
             if abs(drive - sent_drive) >= DRIVE_RESOLUTION or (drive == 0.0) != (sent_drive == 0.0):
@@ -311,12 +317,14 @@ def _run_exposure(
             spent = timer() - began
             compute.append(spent)
             if on_update is not None:
-                on_update(
+                stop = on_update(
                     ControlUpdate(
                         t, phase, block.freq_hz, setpoint, measured, drive,
                         law.response_ratio, load, spent,
                     )
                 )  # fmt: skip
+                if stop and t < hold_end:
+                    hold_end = max(t, ramp_end)
     except KeyboardInterrupt:
         result.status = ExposureStatus.STOPPED_BY_USER
         _soft_stop(device, settings.ramp_down_s)
@@ -327,7 +335,7 @@ def _run_exposure(
             _soft_stop(device, TRIP_RAMP_S)
         else:
             _soft_stop(device, 0.0)
-    _summarise(result, hist, compute, settings, device, loads)
+    _summarise(result, hist, compute, settings, device, loads, hold_end)
     if meter is not None:
         result.exposure = meter.figures()
     return result
@@ -374,6 +382,7 @@ def _summarise(
     settings: ExposureSettings,
     device: DeviceClient,
     loads: _LoadTracker,
+    hold_end: float,
 ) -> None:
     result.history = hist
     result.response_ratio = hist["ratio"][-1] if hist["ratio"] else 1.0
@@ -388,7 +397,7 @@ def _summarise(
     result.lost_frames = stats.lost_frames
     t = np.array(hist["t_s"])
     measured = np.array(hist["measured_g"])
-    hold = (t >= settings.ramp_up_s) & (t < settings.ramp_up_s + settings.hold_s)
+    hold = (t >= settings.ramp_up_s) & (t < hold_end)
     if not hold.any():
         return
     err = measured[hold] / settings.target_g - 1.0

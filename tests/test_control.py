@@ -256,3 +256,19 @@ def test_ctrl_c_on_liv_run_ramps_down_and_exits_130(tmp_path: Path, empty_cal: C
     assert proc.returncode == 130, err
     assert "stopped_by_user" in out
     assert "Traceback" not in err
+
+
+def test_a_stop_request_ends_the_hold_early_with_the_normal_ramp(
+    tmp_path: Path, empty_cal: Calibration
+) -> None:
+    result, truth, t = closed_loop(
+        tmp_path, empty_cal, "mass=70", on_update=lambda u: u.t_s >= 4.0,
+        target_g=TARGET, hold_s=60.0, schedule=FrequencySchedule.fixed(45.0), ramp_down_s=1.0,
+    )  # fmt: skip
+    assert result.status is ExposureStatus.COMPLETED
+    assert result.trip is None
+    assert 1.9 <= result.held_s <= 2.1
+    drive = truth["drive"]
+    assert drive[(t > 3.9) & (t < 4.0)].min() > 0.1
+    assert drive[(t > 4.4) & (t < 4.5)].max() > 0.05  # ramping, not cut
+    assert np.all(drive[t > 4.0 + 1.0 + 0.06] == 0.0)
