@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from firmware_bridge.errors import LivError
 from firmware_bridge.realtime import single_threaded_numerics
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.serve import serve_pty, serve_tcp
+from sessions import commands as commands_mod
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--json", action="store_true", help="print JSON")
     drive.set_defaults(handler=cmd_device_drive)
 
+    dset = device_cmds.add_parser("set", help="configure the plate this installation uses")
+    dset.add_argument("url", metavar="PORT_OR_URL", help="e.g. /dev/ttyACM0")
+    dset.add_argument("--home", metavar="DIR", help=argparse.SUPPRESS)
+    dset.set_defaults(handler=commands_mod.cmd_device_set)
+
     calibrate = commands.add_parser(
         "calibrate", help="measure the empty plate's response across 25-100 Hz (engineers)"
     )
@@ -117,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print JSON")
     run.set_defaults(handler=cmd_run)
 
+    _add_session_commands(commands)
+
     sim = commands.add_parser("sim", help="the simulated plate")
     sim_cmds = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
     serve = sim_cmds.add_parser("serve", help="run a simulated plate behind a pty or TCP port")
@@ -131,6 +140,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=cmd_sim_serve)
     return parser
+
+
+def _add_session_commands(commands: Any) -> None:
+    """What patients and clinicians type (handlers in sessions/commands.py)."""
+
+    def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--db", type=Path, metavar="FILE", help="session log (default $LIV_DB or "
+                       "the data directory's liv.db)")  # fmt: skip
+        p.add_argument("--home", metavar="DIR", help="installation directory (default $LIV_HOME)")
+        return p
+
+    protocol = commands.add_parser("protocol", help="check or install a patient protocol")
+    pcmds = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
+    check = pcmds.add_parser("check", help="validate a protocol file")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(handler=commands_mod.cmd_protocol_check)
+    install = pcmds.add_parser("install", help="validate and install as the active protocol")
+    install.add_argument("file", metavar="FILE")
+    install.add_argument("--home", metavar="DIR", help="installation directory (default $LIV_HOME)")
+    install.set_defaults(handler=commands_mod.cmd_protocol_install)
+
+    start = with_db(commands.add_parser("start", help="run the session that is due now"))
+    start.add_argument("--device", metavar="URL", help="plate to use (default: the configured one)")
+    start.add_argument(
+        "--override", metavar="REASON", help="start although the schedule says no (recorded)"
+    )
+    start.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
+    start.set_defaults(handler=commands_mod.cmd_start)
+
+    status = with_db(commands.add_parser("status", help="today's sessions, the next, the streak"))
+    status.set_defaults(handler=commands_mod.cmd_status)
+
+    sessions = with_db(commands.add_parser("sessions", help="list logged sessions"))
+    sessions.add_argument("--patient", metavar="ID")
+    sessions.add_argument("--since", metavar="YYYY-MM-DD", type=_iso_date)
+    sessions.add_argument("--until", metavar="YYYY-MM-DD", type=_iso_date)
+    sessions.add_argument("--json", action="store_true")
+    sessions.set_defaults(handler=commands_mod.cmd_sessions)
+
+    show = with_db(commands.add_parser("show", help="one session, with its amplitude"))
+    show.add_argument("session_id", metavar="ID")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=commands_mod.cmd_show)
+
+    verify = with_db(commands.add_parser("verify", help="check the log's hash chains"))
+    verify.set_defaults(handler=commands_mod.cmd_verify)
+
+    export = with_db(commands.add_parser("export", help="write the log as JSONL or CSV"))
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--out", metavar="FILE", help="default: standard output")
+    export.set_defaults(handler=commands_mod.cmd_export)
+
+    imp = with_db(commands.add_parser("import", help="merge an exported JSONL log"))
+    imp.add_argument("file", metavar="FILE")
+    imp.set_defaults(handler=commands_mod.cmd_import)
+
+    demo = commands.add_parser("demo", help="a clearly labelled simulated session for new users")
+    demo.add_argument(
+        "--home", metavar="DIR", help="keep the demo's data here (default: a temp dir)"
+    )
+    demo.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    demo.add_argument("--calibration-dir", type=Path, help=argparse.SUPPRESS)
+    demo.set_defaults(handler=commands_mod.cmd_demo)
+
+
+def _iso_date(text: str) -> str:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD") from None
+    return text
 
 
 def _emit(data: dict[str, Any], as_json: bool, lines: Sequence[str]) -> None:

@@ -19,6 +19,7 @@ Rules (docs/sessions.md):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Protocol
@@ -87,18 +88,20 @@ class Decision:
     next_allowed_utc: datetime | None = None
 
 
-def slot_minutes(sessions: list[LoggedSession], day: date, slot: int) -> float:
+def slot_minutes(sessions: Sequence[LoggedSession], day: date, slot: int) -> float:
     return sum(s.minutes_at_dose for s in sessions if s.local_date == day and s.slot == slot)
 
 
-def day_summary(protocol: Prescription, sessions: list[LoggedSession], day: date) -> list[float]:
+def day_summary(
+    protocol: Prescription, sessions: Sequence[LoggedSession], day: date
+) -> list[float]:
     """Minutes at dose delivered in each slot of ``day`` (index 0 is slot 1)."""
     return [slot_minutes(sessions, day, k) for k in range(1, protocol.sessions_per_day + 1)]
 
 
 def decide(
     protocol: Prescription,
-    sessions: list[LoggedSession],
+    sessions: Sequence[LoggedSession],
     now_utc: datetime,
     override_reason: str | None = None,
 ) -> Decision:
@@ -172,7 +175,7 @@ def decide(
 
 def _start(
     protocol: Prescription,
-    sessions: list[LoggedSession],
+    sessions: Sequence[LoggedSession],
     today: date,
     slot: int,
     override_reason: str | None,

@@ -1,0 +1,353 @@
+"""Patient and clinician commands: protocol, start, status, sessions, show, verify, export, import.
+
+Each handler takes the parsed arguments and returns an exit status; expected failures raise a
+LivError whose message is the one sentence the person sees (sessions/cli.py prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from controller.calibration import identify
+from firmware_bridge.client import DeviceClient
+from sessions.home import LivHome
+from sessions.log import SessionLog, SessionRecord, SessionStatus
+from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
+from sessions.runner import Progress, SessionOutcome, run_session, utc_now
+from sessions.scheduling import day_summary, decide
+
+EXIT_REFUSED = 1
+
+
+def _home(args: argparse.Namespace) -> LivHome:
+    return LivHome(Path(args.home)) if getattr(args, "home", None) else LivHome.default()
+
+
+@contextmanager
+def _open_log(args: argparse.Namespace) -> Iterator[SessionLog]:
+    home = _home(args)
+    path = home.db_path(getattr(args, "db", None))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with SessionLog(path) as log:
+        yield log
+
+
+# ---- protocol --------------------------------------------------------------------------------
+
+
+def describe_protocol(p: PatientProtocol) -> list[str]:
+    windows = ", ".join(f"{w.start:%H:%M}-{w.end:%H:%M}" for w in p.daily_windows) or "any time"
+    return [
+        f"patient           {p.patient_id}",
+        f"target            {p.target_g:g} g peak at {p.schedule.describe()}",
+        f"sessions          {p.sessions_per_day} a day x {p.minutes_per_session:g} minutes at dose "
+        f"(+/-{100 * p.dose_tolerance:g}% counts as at dose)",
+        f"gap               at least {p.min_gap_hours:g} h between sessions; windows: {windows}",
+        f"study             {p.study_start.isoformat()} to {p.study_end.isoformat()} "
+        f"({p.timezone})",
+        f"sha256            {p.sha256}",
+    ]
+
+
+def cmd_protocol_check(args: argparse.Namespace) -> int:
+    protocol = load_protocol(Path(args.file))
+    print(f"{args.file}: valid")
+    print("\n".join(describe_protocol(protocol)))
+    return 0
+
+
+def cmd_protocol_install(args: argparse.Namespace) -> int:
+    home = _home(args)
+    protocol = home.install_protocol(Path(args.file))
+    print(f"installed {args.file} as the active protocol in {home.root}")
+    print("\n".join(describe_protocol(protocol)))
+    return 0
+
+
+def cmd_device_set(args: argparse.Namespace) -> int:
+    home = _home(args)
+    with DeviceClient.open(args.url) as device:  # only a plate that answers is configured
+        info = device.info
+    home.set_device(args.url)
+    print(f"plate {info.device_id} (firmware {info.firmware_version}) at {args.url} configured")
+    return 0
+
+
+# ---- sessions --------------------------------------------------------------------------------
+
+
+class ProgressLine:
+    """One line the patient watches; rewritten in place on a terminal, sparse otherwise."""
+
+    def __init__(self, out: TextIO, target_g: float) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.target_g = target_g
+        self._last_state = ""
+        self._last_print = -1e9
+
+    def __call__(self, p: Progress) -> None:
+        minutes, seconds = divmod(round(p.remaining_s), 60)
+        amp = "  -   " if p.measured_g is None else f"{p.measured_g:.3f}"
+        text = (
+            f"{minutes:2d}:{seconds:02d} left at dose | {amp} g of {p.target_g:.3f} g | {p.state}"
+        )
+        if self.tty:
+            self.out.write("\r" + text.ljust(72))
+            self.out.flush()
+        elif p.state != self._last_state or p.at_dose_s - self._last_print >= 60.0:
+            self.out.write(text + "\n")
+            self._last_print = p.at_dose_s
+        self._last_state = p.state
+
+    def finish(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+
+
+def start_session(
+    args: argparse.Namespace, home: LivHome, device_url: str, out: TextIO
+) -> SessionOutcome:
+    protocol = home.protocol()
+    display = ProgressLine(out, protocol.target_g)
+    with _open_log(args) as log:
+        try:
+            return run_session(
+                protocol=protocol,
+                log=log,
+                device_url=device_url,
+                calibrations=home.calibrations(getattr(args, "calibration_dir", None)),
+                override_reason=getattr(args, "override", None),
+                on_progress=display,
+                on_decision=lambda d: print(d.message, file=out),
+            )
+        finally:
+            display.finish()
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    home = _home(args)
+    outcome = start_session(args, home, home.device(args.device), sys.stdout)
+    print(outcome.message)
+    status = outcome.record.status
+    if status is SessionStatus.COMPLETED:
+        return 0
+    return 130 if status is SessionStatus.STOPPED_BY_PATIENT else 1
+
+
+def status_lines(
+    protocol: PatientProtocol, sessions: list[SessionRecord], now: datetime
+) -> list[str]:
+    zone = protocol.zone
+    today = now.astimezone(zone).date()
+    done = day_summary(protocol, sessions, today)
+    goal = protocol.minutes_per_session
+    lines = [f"today ({today.isoformat()}, {protocol.timezone})"]
+    for k, minutes in enumerate(done, start=1):
+        mark = (
+            "done"
+            if minutes >= goal - 1e-6
+            else f"{minutes:.1f} of {goal:g} min"
+            if minutes
+            else "due"
+        )
+        lines.append(f"  session {k}: {mark}")
+    decision = decide(protocol, sessions, now)
+    if decision.allowed:
+        lines.append(f"next              now: {decision.message}")
+    else:
+        lines.append(f"next              {decision.message}")
+    days = streak(protocol, sessions, today)
+    lines.append(f"streak            {days} day(s) in a row with every session done")
+    return lines
+
+
+def streak(protocol: PatientProtocol, sessions: list[SessionRecord], today: date) -> int:
+    """Consecutive complete days ending today (or yesterday, if today is still open)."""
+    goal = protocol.minutes_per_session
+
+    def complete(day: date) -> bool:
+        return all(m >= goal - 1e-6 for m in day_summary(protocol, sessions, day))
+
+    day = today if complete(today) else today - timedelta(days=1)
+    count = 0
+    while day >= protocol.study_start and complete(day):
+        count += 1
+        day -= timedelta(days=1)
+    return count
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    home = _home(args)
+    protocol = home.protocol()
+    with _open_log(args) as log:
+        sessions = log.sessions(patient_id=protocol.patient_id)
+    print("\n".join(status_lines(protocol, sessions, utc_now())))
+    return 0
+
+
+def _parse_date(text: str | None) -> date | None:
+    return None if text is None else date.fromisoformat(text)
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        records = log.sessions(
+            patient_id=args.patient, since=_parse_date(args.since), until=_parse_date(args.until)
+        )
+    if args.json:
+        print(json.dumps([_summary(r) for r in records], indent=2))
+        return 0
+    print(f"{'session':<36} {'patient':<12} {'local day':<10} {'slot':>4} {'status':<18} "
+          f"{'at dose':>8}")  # fmt: skip
+    for r in records:
+        print(f"{r.session_id:<36} {r.patient_id:<12} {r.local_date.isoformat():<10} "
+              f"{r.slot:>4} {r.status.value:<18} {r.minutes_at_dose:>7.1f}m")  # fmt: skip
+    return 0
+
+
+def _summary(r: SessionRecord) -> dict[str, Any]:
+    return {
+        "session_id": r.session_id,
+        "patient_id": r.patient_id,
+        "device_id": r.device_id,
+        "local_date": r.local_date.isoformat(),
+        "slot": r.slot,
+        "status": r.status.value,
+        "reason": r.reason,
+        "started_local": r.started_local.isoformat(),
+        "ended_local": r.ended_local.isoformat() if r.ended_local else None,
+        "minutes_prescribed": r.minutes_prescribed,
+        "minutes_at_dose": r.minutes_at_dose,
+        "mean_error_pct": r.mean_error_pct,
+        "p95_abs_error_pct": r.p95_abs_error_pct,
+        "exposure": r.exposure,
+        "safety_events": list(r.safety_events),
+        "override_reason": r.override_reason,
+        "resumed_from": r.resumed_from,
+    }
+
+
+def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width: int = 60) -> str:
+    """The session's amplitude as one line of block characters (full height = target x 1.2)."""
+    if not envelope:
+        return "(no amplitude recorded)"
+    bars = " ▁▂▃▄▅▆▇█"
+    values = [a for _, a in envelope]
+    step = max(1, len(values) // width)
+    picked = [max(values[i : i + step]) for i in range(0, len(values), step)]
+    top = 1.2 * target_g
+    return "".join(bars[min(8, max(0, round(8 * v / top)))] for v in picked)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        record = log.get(args.session_id)
+    data = _summary(record)
+    if args.json:
+        data["envelope"] = [list(p) for p in record.envelope]
+        print(json.dumps(data, indent=2))
+        return 0
+    for key, value in data.items():
+        print(f"{key:<20} {value}")
+    print(f"{'amplitude':<20} {sparkline(record.envelope, record.target_g)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        result = log.verify()
+    if result.ok:
+        print(f"log verified: {result.records_checked} finished records, every chain intact")
+        return 0
+    bad = result.first_bad
+    assert bad is not None
+    print(
+        f"LOG CHANGED: record {bad.chain_index} ({bad.session_id}) of chain {bad.chain}: "
+        f"{bad.what}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        out = Path(args.out) if args.out else None
+        if out is None:
+            count = (log.export_csv if args.format == "csv" else log.export_jsonl)(sys.stdout)
+        else:
+            count = (log.export_csv if args.format == "csv" else log.export_jsonl)(out)
+    print(f"exported {count} records", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    with _open_log(args) as log:
+        result = log.import_jsonl(Path(args.file))
+    print(f"imported {result.added} records ({result.skipped_duplicates} already present)")
+    return 0
+
+
+# ---- demo ------------------------------------------------------------------------------------
+
+
+def demo_protocol(today: date, zone: str) -> PatientProtocol:
+    return protocol_from_dict(
+        {
+            "patient_id": "DEMO-001",
+            "target_g": 0.3,
+            "frequency_hz": 30.0,
+            "minutes_per_session": 10.0,
+            "sessions_per_day": 2,
+            "min_gap_hours": 3.0,
+            "daily_windows": [],
+            "study_start": (today - timedelta(days=7)).isoformat(),
+            "study_end": (today + timedelta(days=358)).isoformat(),
+            "timezone": zone,
+            "dose_tolerance": 0.1,
+        }
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    root = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="liv-demo-"))
+    home = LivHome(root)
+    home.ensure()
+    print("=" * 72)
+    print("DEMO: a SIMULATED plate and a made-up patient. Nothing here is a real session.")
+    print(f"Demo data is kept in {root}")
+    print("=" * 72)
+    zone = "UTC"
+    protocol = demo_protocol(datetime.now(UTC).date(), zone)
+    protocol_file = root / "demo-protocol.yaml"
+    # the demo writes a real protocol file and installs it the way a clinic's would be
+    protocol_file.write_text(yaml.safe_dump(protocol.to_dict(), sort_keys=False))
+    home.install_protocol(protocol_file)
+    print("\n".join(describe_protocol(protocol)))
+    print("\ncalibrating the empty simulated plate ...")
+    with DeviceClient.open("sim://?mass=0&seed=1&device_id=SIM-DEMO") as device:
+        home.calibrations().save(identify(device))
+    sim_url = "sim://?mass=70&seed=2&device_id=SIM-DEMO"
+    home.set_device(sim_url)
+    print(f"plate: {sim_url} (a 70 kg patient, as fast as the computer runs)\n")
+    args.device = None
+    args.override = None
+    outcome = start_session(args, home, sim_url, sys.stdout)
+    print(outcome.message)
+    print()
+    with _open_log(args) as log:
+        sessions = log.sessions(patient_id=protocol.patient_id)
+        verified = log.verify()
+    print("\n".join(status_lines(protocol, sessions, utc_now())))
+    print(f"log               {len(sessions)} session(s); chain verified: {verified.ok}")
+    return 0
