@@ -125,7 +125,8 @@ class _DoseClock:
                 state = "at dose" if in_band else "below dose"
                 if in_band:
                     self.at_dose_s = min(self.goal_s, self.at_dose_s + dt)
-        self.freqs.add(round(u.freq_hz, 1))
+        if u.setpoint_g > 0.05 * target:  # frequencies delivered, not the device's idle default
+            self.freqs.add(round(u.freq_hz, 1))
         if u.t_s >= self._next_envelope and u.measured_g is not None:
             self.envelope.append((round(u.t_s, 3), round(u.measured_g, 5)))
             self._next_envelope = u.t_s + ENVELOPE_EVERY_S
