@@ -1,0 +1,1077 @@
+"""Adherence reports for people: a terminal table, CSV, JSON, and one self-contained HTML page.
+
+The HTML page is a single file a clinician can open or attach to a record: inline CSS and
+inline SVG, no script, no font, image or style fetched from anywhere. Every piece of text that
+came from a protocol or a log (patient id, device id, reasons) is escaped. Nothing in the output
+depends on the clock or on the order sessions were given in, so the same log gives the same
+file. ``docs/adherence.md`` explains the figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, timedelta
+from typing import Protocol
+
+from sessions.adherence import (
+    AMPLITUDE_P95_LIMIT_PCT,
+    AdherenceReport,
+    DayAdherence,
+    Flag,
+    Plan,
+    SessionLike,
+    WeekAdherence,
+)
+
+__all__ = [
+    "CSV_COLUMNS",
+    "ReportProtocol",
+    "ReportSession",
+    "render_csv",
+    "render_html",
+    "render_json",
+    "render_session_svg",
+    "render_table",
+]
+
+CSV_COLUMNS = (
+    "date",
+    "weekday",
+    "iso_week",
+    "status",
+    "counted",
+    "slots_prescribed",
+    "slots_completed",
+    "minutes_prescribed",
+    "minutes_at_dose",
+    "minutes_logged",
+    "sessions_logged",
+    "session_adherence",
+    "dose_adherence",
+)
+MAX_TRACES = 6  # envelope charts of flagged sessions in the HTML report, most recent first
+_TRACE_KINDS = frozenset(
+    {"tripped", "fault", "interrupted", "stopped_by_patient", "under_dose", "amplitude_error"}
+)
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+class _Schedule(Protocol):
+    def describe(self) -> str: ...
+
+
+class ReportProtocol(Plan, Protocol):
+    """The fields of a patient protocol the HTML report shows."""
+
+    @property
+    def target_g(self) -> float: ...
+    @property
+    def dose_tolerance(self) -> float: ...
+    @property
+    def schedule(self) -> _Schedule: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+class ReportSession(SessionLike, Protocol):
+    """The fields of a logged session the HTML report and the session chart read."""
+
+    @property
+    def target_g(self) -> float: ...
+    @property
+    def protocol_json(self) -> str: ...
+    @property
+    def envelope(self) -> Sequence[tuple[float, float]]: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Small formatting helpers
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.1f}%"
+
+
+def _min(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _number(value: float | None) -> str:
+    """A number for CSV: at most 6 decimals, as the log stores it, without trailing zeros."""
+    if value is None:
+        return ""
+    text = f"{round(value, 6) + 0.0:.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def _printable(text: str) -> str:
+    """Text for a terminal: control characters from a log never reach it."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _long_date(day: date) -> str:
+    return f"{_WEEKDAYS[day.weekday()]} {day.day} {day:%b %Y}"
+
+
+def _columns(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _flags_by_session(flags: Iterable[Flag]) -> list[list[Flag]]:
+    grouped: dict[str, list[Flag]] = {}
+    for flag in flags:
+        grouped.setdefault(flag.session_id, []).append(flag)
+    return list(grouped.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Text, CSV, JSON
+
+
+def render_table(report: AdherenceReport) -> str:
+    """The report as plain text for a terminal."""
+    out = [
+        f"Adherence of patient {_printable(report.patient_id)} "
+        f"(local dates in {_printable(report.timezone)})",
+        f"Study {report.study_start} to {report.study_end}; today is {report.today}.",
+        f"Prescribed: {report.sessions_per_day} session(s) a day of "
+        f"{report.minutes_per_session:g} min at dose.",
+    ]
+    if not report.days:
+        out.append("The report period has no days (the study has not started yet).")
+        return "\n".join(out) + "\n"
+    out.append(f"Report period {report.period_start} to {report.period_end}.")
+    out.append("")
+    out.append(f"Overall, {report.days_counted} day(s) counted (today and later are not):")
+    out.extend(
+        "  " + line
+        for line in _columns(
+            [
+                [
+                    "sessions completed at dose",
+                    f"{report.slots_completed} of {report.slots_prescribed}",
+                    _pct(report.session_adherence),
+                ],
+                [
+                    "minutes at dose",
+                    f"{_min(report.minutes_at_dose)} of {_min(report.minutes_prescribed)}",
+                    _pct(report.dose_adherence),
+                ],
+                [
+                    "days full / partial / missed",
+                    f"{report.full_days} / {report.partial_days} / {len(report.missed_days)}",
+                    "",
+                ],
+            ],
+            right=frozenset({1, 2}),
+        )
+    )
+    if report.missed_days:
+        out.append("  missed days: " + ", ".join(d.isoformat() for d in report.missed_days))
+    out.append("")
+    out.extend(_columns(_week_rows(report.weeks), right=frozenset({1, 2, 3, 4, 5, 6})))
+    out.append("")
+    out.extend(_columns(_day_rows(report.days), right=frozenset({3, 4, 5})))
+    out.append("")
+    if report.flagged:
+        sessions = _flags_by_session(report.flagged)
+        out.append(f"Flagged sessions: {len(sessions)} ({len(report.flagged)} flags)")
+        rows = [["date", "slot", "start", "session", "device", "flag", "reason"]]
+        for group in sessions:
+            first = group[0]
+            for k, flag in enumerate(group):
+                head = [
+                    first.local_date.isoformat(),
+                    str(first.slot),
+                    first.started_local[11:16],
+                    _printable(first.session_id),
+                    _printable(first.device_id),
+                ]
+                rows.append([*(head if k == 0 else [""] * 5), flag.kind, _printable(flag.reason)])
+        out.extend(_columns(rows))
+    else:
+        out.append("Flagged sessions: none.")
+    out.append("")
+    out.append("Devices:")
+    if not report.devices:
+        out.append("  none in this period")
+    for use in report.devices:
+        out.append(
+            f"  {_printable(use.device_id)}: {use.sessions} session(s) from {use.first_day} "
+            f"to {use.last_day}, firmware {_printable(', '.join(use.firmware_versions))}"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _week_rows(weeks: Sequence[WeekAdherence]) -> list[list[str]]:
+    rows = [["week", "days", "sessions", "", "minutes at dose", "", "missed"]]
+    for w in weeks:
+        rows.append(
+            [
+                w.label,
+                str(w.days_counted),
+                f"{w.slots_completed}/{w.slots_prescribed}",
+                _pct(w.session_adherence),
+                f"{_min(w.minutes_at_dose)}/{_min(w.minutes_prescribed)}",
+                _pct(w.dose_adherence),
+                str(len(w.missed_days)),
+            ]
+        )
+    return rows
+
+
+def _day_rows(days: Sequence[DayAdherence]) -> list[list[str]]:
+    rows = [["date", "day", "status", "sessions", "minutes at dose", "logged"]]
+    for d in days:
+        shown = d.counted or d.status == "today"
+        rows.append(
+            [
+                d.day.isoformat(),
+                _WEEKDAYS[d.day.weekday()],
+                d.status,
+                f"{d.slots_completed}/{d.slots_prescribed}" if shown else "",
+                f"{_min(d.minutes_at_dose)}/{_min(d.minutes_prescribed)}" if shown else "",
+                f"{_min(d.minutes_logged)} min, {d.sessions_logged} session(s)"
+                if d.sessions_logged
+                else "",
+            ]
+        )
+    return rows
+
+
+def render_csv(report: AdherenceReport) -> str:
+    """One row per day of the report period, columns ``CSV_COLUMNS`` (RFC 4180 line ends)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for d in report.days:
+        iso = d.day.isocalendar()
+        writer.writerow(
+            [
+                d.day.isoformat(),
+                _WEEKDAYS[d.day.weekday()],
+                f"{iso.year}-W{iso.week:02d}",
+                d.status,
+                "yes" if d.counted else "no",
+                d.slots_prescribed,
+                d.slots_completed,
+                _number(d.minutes_prescribed),
+                _number(d.minutes_at_dose),
+                _number(d.minutes_logged),
+                d.sessions_logged,
+                _number(d.session_adherence),
+                _number(d.dose_adherence),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def render_json(report: AdherenceReport) -> str:
+    """``report.to_dict()`` as indented JSON, ending in a newline."""
+    return json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# SVG charts
+
+
+def _f(value: float) -> str:
+    """A coordinate: two decimals, no trailing zeros."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+_SVG_LOOK = {  # presentation attributes, so an SVG looks right outside the page too
+    "grid": 'stroke="#e6e8ec" stroke-width="1"',
+    "frame": 'fill="none" stroke="#b9bec7" stroke-width="1"',
+    "tick": 'font-size="11" fill="#5b6472"',
+    "axis": 'font-size="11.5" fill="#5b6472"',
+    "note": 'font-size="11.5" font-weight="600" fill="#1d2430"',
+    "limit-text": 'font-size="11.5" font-weight="600" fill="#cf3f3f"',
+    "chart-title": 'font-size="12" font-weight="600" fill="#1d2430"',
+    "tickmark": 'stroke="#b9bec7" stroke-width="1"',
+    "prescribed": 'stroke="#1d2430" stroke-width="1.5" stroke-dasharray="6 4"',
+    "extra": 'fill="#b8bec8"',
+    "zero": 'stroke="none"',
+    "limit": 'stroke="#cf3f3f" stroke-width="1.5" stroke-dasharray="6 4"',
+    "ok": 'fill="#2f6db3" fill-opacity="0.75"',
+    "over": 'fill="#cf3f3f" stroke="#7a1010" stroke-width="1"',
+    "nodata": 'stroke="#8a919c" stroke-width="2"',
+    "band": 'fill="#3f9e5f" fill-opacity="0.16"',
+    "target": 'stroke="#3f9e5f" stroke-width="1.2" stroke-dasharray="5 3"',
+    "envelope": 'fill="none" stroke="#2f6db3" stroke-width="1.4" stroke-linejoin="round"',
+    "event": 'stroke="#cf3f3f" stroke-width="2"',
+}
+_L = {name: f'class="{name}" {look}' for name, look in _SVG_LOOK.items()}
+_SVG_FONT = "Segoe UI, Helvetica Neue, Arial, Liberation Sans, DejaVu Sans, sans-serif"
+
+
+def _svg_open(width: int, height: int, label: str, css_class: str, standalone: bool) -> str:
+    namespace = ' xmlns="http://www.w3.org/2000/svg"' if standalone else ""
+    return (
+        f'<svg{namespace} class="{css_class}" viewBox="0 0 {width} {height}" '
+        f'font-family="{_SVG_FONT}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{_e(label)}">'
+        f"<title>{_e(label)}</title>"
+    )
+
+
+def _downsampled(points: Sequence[tuple[float, float]], buckets: int) -> list[tuple[float, float]]:
+    """At most ``2 * buckets`` points keeping each bucket's lowest and highest amplitude."""
+    if len(points) <= 2 * buckets:
+        return list(points)
+    size = len(points) / buckets
+    kept: list[tuple[float, float]] = []
+    for b in range(buckets):
+        chunk = points[int(b * size) : int((b + 1) * size)]
+        if not chunk:
+            continue
+        low = min(chunk, key=lambda p: p[1])
+        high = max(chunk, key=lambda p: p[1])
+        kept.extend(sorted({low, high}))
+    return kept
+
+
+def _tolerance_of(record: ReportSession) -> float | None:
+    try:
+        value = json.loads(record.protocol_json).get("dose_tolerance")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1:
+        return float(value)
+    return None
+
+
+def _nice_step(span: float, ticks: int) -> float:
+    raw = span / max(ticks, 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if raw <= m * power:
+            return m * power
+    return 10.0 * power
+
+
+def render_session_svg(
+    record: ReportSession,
+    *,
+    dose_tolerance: float | None = None,
+    width: int = 720,
+    height: int = 240,
+    standalone: bool = False,
+) -> str:
+    """The envelope of one session: measured amplitude against time, with the target band.
+
+    The band is ``target_g * (1 +/- dose_tolerance)``; the tolerance is read from the
+    session's own protocol unless given. ``standalone`` adds the SVG namespace so the text
+    can be saved as an ``.svg`` file; inside HTML it is not needed.
+    """
+    tolerance = dose_tolerance if dose_tolerance is not None else _tolerance_of(record)
+    target = record.target_g
+    points = sorted((t, g) for t, g in record.envelope if math.isfinite(t) and math.isfinite(g))
+    left, right, top, bottom = 52, 26, 26, 34
+    plot_w, plot_h = width - left - right, height - top - bottom
+    t_end = max([points[-1][0] if points else 0.0, 60.0])
+    events = [e for e in record.safety_events if isinstance(e.get("t_s"), int | float)]
+    t_end = max([t_end, *(float(e["t_s"]) for e in events)])
+    g_top = max([target * 1.5, *(g * 1.05 for _, g in points)])
+
+    def x(t_s: float) -> float:
+        return left + plot_w * t_s / t_end
+
+    def y(g: float) -> float:
+        return top + plot_h * (1.0 - g / g_top)
+
+    label = (
+        f"Session {record.session_id}, {record.local_date.isoformat()} slot {record.slot}: "
+        f"measured amplitude against time; target {target:g} g"
+        + (f" +/- {100 * tolerance:g}%" if tolerance is not None else "")
+        + f"; {record.minutes_at_dose:.1f} of {record.minutes_prescribed:.1f} min at dose; "
+        f"status {record.status}"
+    )
+    parts = [_svg_open(width, height, label, "trace", standalone)]
+    parts.append(
+        f'<text x="{left}" y="16" {_L["chart-title"]}>{_e(record.local_date.isoformat())} '
+        f"slot {record.slot} &#183; {_e(str(record.status).replace('_', ' '))} &#183; "
+        f"{record.minutes_at_dose:.1f}/{record.minutes_prescribed:.1f} min at dose</text>"
+    )
+    if tolerance is not None:
+        band_top, band_bottom = y(target * (1 + tolerance)), y(target * (1 - tolerance))
+        parts.append(
+            f'<rect {_L["band"]} x="{left}" y="{_f(band_top)}" width="{plot_w}" '
+            f'height="{_f(band_bottom - band_top)}"><title>target band {target:g} g '
+            f"+/- {100 * tolerance:g}%</title></rect>"
+        )
+    parts.append(
+        f'<line {_L["target"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(target))}" '
+        f'y2="{_f(y(target))}"/>'
+    )
+    step_g = _nice_step(g_top, 4)
+    tick = 0.0
+    while tick <= g_top + 1e-9:
+        parts.append(
+            f'<line {_L["grid"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(tick))}" '
+            f'y2="{_f(y(tick))}"/><text {_L["tick"]} x="{left - 6}" y="{_f(y(tick) + 4)}" '
+            f'text-anchor="end">{tick:g}</text>'
+        )
+        tick = round(tick + step_g, 9)
+    step_s = _nice_step(t_end, 6) if t_end < 120 else 60.0 * _nice_step(t_end / 60.0, 6)
+    tick = 0.0
+    while tick <= t_end + 1e-9:
+        text = f"{tick:g} s" if t_end < 120 else f"{tick / 60:g} min"
+        parts.append(
+            f'<text {_L["tick"]} x="{_f(x(tick))}" y="{top + plot_h + 16}" '
+            f'text-anchor="middle">{text}</text>'
+        )
+        tick = round(tick + step_s, 9)
+    parts.append(
+        f'<text {_L["axis"]} x="14" y="{_f(top + plot_h / 2)}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {_f(top + plot_h / 2)})">peak g</text>'
+    )
+    if points:
+        line = " ".join(f"{_f(x(t))},{_f(y(g))}" for t, g in _downsampled(points, plot_w))
+        parts.append(f'<polyline {_L["envelope"]} points="{line}"/>')
+    else:
+        parts.append(
+            f'<text {_L["tick"]} x="{_f(left + plot_w / 2)}" y="{_f(top + plot_h / 2)}" '
+            'text-anchor="middle">no amplitude recorded</text>'
+        )
+    for event in events:
+        at = x(float(event["t_s"]))
+        parts.append(
+            f'<line {_L["event"]} x1="{_f(at)}" x2="{_f(at)}" y1="{top}" '
+            f'y2="{top + plot_h}"><title>{_e(event.get("reason", "safety event"))} at '
+            f"{float(event['t_s']):.1f} s: {_e(event.get('detail', ''))}</title></line>"
+        )
+    parts.append(
+        f'<rect {_L["frame"]} x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/></svg>'
+    )
+    return "".join(parts)
+
+
+_DAY_FILL = {
+    "full": "#3f9e5f",
+    "partial": "#e9a62b",
+    "missed": "#cf3f3f",
+    "today": "#4a78c2",
+    "future": "#d9dde3",
+}
+
+
+def _minutes_chart(report: AdherenceReport) -> str:
+    days = [d for d in report.days if d.status != "future"]
+    width, height = 1040, 250
+    left, right, top, bottom = 52, 16, 16, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    prescribed = report.minutes_per_session * report.sessions_per_day
+    y_top = prescribed * 1.5
+    label = (
+        f"Minutes at dose per day, {report.period_start.isoformat()} to "
+        f"{report.period_end.isoformat()}, against {prescribed:g} minutes prescribed"
+    )
+    parts = [_svg_open(width, height, label, "chart", False)]
+    if not days:
+        parts.append(f'<text {_L["tick"]} x="{left}" y="{top + 20}">no days yet</text></svg>')
+        return "".join(parts)
+
+    def y(minutes: float) -> float:
+        return top + plot_h * (1.0 - min(minutes, y_top) / y_top)
+
+    step = _nice_step(y_top, 5)
+    tick = 0.0
+    while tick <= y_top + 1e-9:
+        parts.append(
+            f'<line {_L["grid"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(tick))}" '
+            f'y2="{_f(y(tick))}"/><text {_L["tick"]} x="{left - 6}" y="{_f(y(tick) + 4)}" '
+            f'text-anchor="end">{tick:g}</text>'
+        )
+        tick = round(tick + step, 9)
+    slot_w = plot_w / len(days)
+    gap = slot_w * 0.18 if slot_w >= 4 else 0.0
+    for k, d in enumerate(days):
+        x0 = left + k * slot_w + gap / 2
+        bar_w = max(slot_w - gap, 0.5)
+        extra = max(d.minutes_logged - d.minutes_at_dose, 0.0)
+        title = (
+            f"{_long_date(d.day)}: {_min(d.minutes_at_dose)} of {_min(d.minutes_prescribed)} "
+            f"min at dose ({d.status})"
+            + (f"; {_min(extra)} min more logged, not counted" if extra > 0.005 else "")
+        )
+        parts.append(f"<g><title>{_e(title)}</title>")
+        if d.minutes_at_dose > 0:
+            parts.append(
+                f'<rect x="{_f(x0)}" y="{_f(y(d.minutes_at_dose))}" width="{_f(bar_w)}" '
+                f'height="{_f(y(0) - y(d.minutes_at_dose))}" fill="{_DAY_FILL[d.status]}"/>'
+            )
+        else:
+            parts.append(
+                f'<rect {_L["zero"]} x="{_f(x0)}" y="{_f(y(0) - 3)}" width="{_f(bar_w)}" '
+                f'height="3" fill="{_DAY_FILL[d.status]}"/>'
+            )
+        if extra > 0.005:
+            parts.append(
+                f'<rect {_L["extra"]} x="{_f(x0)}" y="{_f(y(d.minutes_logged))}" '
+                f'width="{_f(bar_w)}" height="{_f(y(d.minutes_at_dose) - y(d.minutes_logged))}"/>'
+            )
+        parts.append("</g>")
+    parts.append(
+        f'<line {_L["prescribed"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(prescribed))}" '
+        f'y2="{_f(y(prescribed))}"/><text {_L["note"]} x="{left + plot_w - 4}" '
+        f'y="{_f(y(prescribed) - 5)}" text-anchor="end">prescribed {prescribed:g} min</text>'
+    )
+    parts.extend(_date_axis(days[0].day, len(days), left, slot_w, top + plot_h))
+    parts.append(
+        f'<text {_L["axis"]} x="14" y="{_f(top + plot_h / 2)}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {_f(top + plot_h / 2)})">minutes</text>'
+    )
+    parts.append(
+        f'<rect {_L["frame"]} x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/></svg>'
+    )
+    return "".join(parts)
+
+
+def _date_axis(first: date, count: int, left: float, slot_w: float, base: float) -> list[str]:
+    """Labels under a chart of ``count`` days from ``first``: Mondays, or months if long."""
+    parts = []
+    for k in range(count):
+        day = first + timedelta(days=k)
+        if count <= 70:
+            show, text = day.weekday() == 0 or k == 0, f"{day.day} {day:%b}"
+        else:
+            show, text = (
+                day.day == 1 or k == 0,
+                f"{day:%b %Y}" if day.month == 1 or k == 0 else f"{day:%b}",
+            )
+        if not show:
+            continue
+        x = left + k * slot_w
+        parts.append(
+            f'<line {_L["tickmark"]} x1="{_f(x)}" x2="{_f(x)}" y1="{_f(base)}" '
+            f'y2="{_f(base + 5)}"/><text {_L["tick"]} x="{_f(x)}" y="{_f(base + 18)}">'
+            f"{_e(text)}</text>"
+        )
+    return parts
+
+
+def _accuracy_chart(report: AdherenceReport, sessions: Sequence[ReportSession]) -> str:
+    days = [d for d in report.days if d.status != "future"]
+    width, height = 1040, 230
+    left, right, top, bottom = 52, 16, 16, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    limit = AMPLITUDE_P95_LIMIT_PCT
+    label = (
+        "Amplitude accuracy per session: 95th-percentile absolute error of the delivered peak "
+        f"acceleration, percent of target; flag limit {limit:g}%"
+    )
+    parts = [_svg_open(width, height, label, "chart", False)]
+    if not days:
+        parts.append(f'<text {_L["tick"]} x="{left}" y="{top + 20}">no days yet</text></svg>')
+        return "".join(parts)
+    first = days[0].day
+    measured = [s.p95_abs_error_pct for s in sessions if s.p95_abs_error_pct is not None]
+    y_top = max(2.0 * limit, min(max(measured, default=0.0) * 1.15, 5.0 * limit))
+
+    def y(pct: float) -> float:
+        return top + plot_h * (1.0 - min(pct, y_top) / y_top)
+
+    step = _nice_step(y_top, 4)
+    tick = 0.0
+    while tick <= y_top + 1e-9:
+        parts.append(
+            f'<line {_L["grid"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(tick))}" '
+            f'y2="{_f(y(tick))}"/><text {_L["tick"]} x="{left - 6}" y="{_f(y(tick) + 4)}" '
+            f'text-anchor="end">{tick:g}%</text>'
+        )
+        tick = round(tick + step, 9)
+    slot_w = plot_w / len(days)
+    per_day: dict[date, list[ReportSession]] = defaultdict(list)
+    for s in sessions:
+        per_day[s.local_date].append(s)
+    radius = max(1.6, min(4.0, slot_w / 4))
+    for day, members in per_day.items():
+        k = (day - first).days
+        for j, s in enumerate(members):
+            x = left + slot_w * (k + (j + 1) / (len(members) + 1))
+            p95 = s.p95_abs_error_pct
+            mean = s.mean_error_pct
+            text = (
+                f"{day.isoformat()} slot {s.slot} ({s.session_id}): "
+                + (f"p95 |error| {p95:.2f}%" if p95 is not None else "no accuracy figure")
+                + (f", mean error {mean:+.2f}%" if mean is not None else "")
+            )
+            if p95 is None:
+                parts.append(
+                    f'<g><title>{_e(text)}</title><line {_L["nodata"]} x1="{_f(x)}" '
+                    f'x2="{_f(x)}" y1="{_f(y(0))}" y2="{_f(y(0) - 8)}"/></g>'
+                )
+                continue
+            over = p95 > limit
+            shape = "over" if over else "ok"
+            if over and p95 > y_top:
+                parts.append(
+                    f'<g><title>{_e(text)}</title><path {_L["over"]} d="M{_f(x - 5)},'
+                    f"{_f(top + 9)} L{_f(x)},{_f(top + 1)} L{_f(x + 5)},{_f(top + 9)} "
+                    f'Z"/></g>'
+                )
+            else:
+                parts.append(
+                    f'<g><title>{_e(text)}</title><circle {_L[shape]} cx="{_f(x)}" '
+                    f'cy="{_f(y(p95))}" r="{_f(radius + (1 if over else 0))}"/></g>'
+                )
+    parts.append(
+        f'<line {_L["limit"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(limit))}" '
+        f'y2="{_f(y(limit))}"/><text {_L["limit-text"]} x="{left + plot_w - 4}" '
+        f'y="{_f(y(limit) - 5)}" text-anchor="end">flag limit {limit:g}%</text>'
+    )
+    parts.extend(_date_axis(first, len(days), left, slot_w, top + plot_h))
+    parts.append(
+        f'<text {_L["axis"]} x="14" y="{_f(top + plot_h / 2)}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {_f(top + plot_h / 2)})">p95 |error|</text>'
+    )
+    parts.append(
+        f'<rect {_L["frame"]} x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/></svg>'
+    )
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+:root { --ink: #1d2430; --muted: #5b6472; --line: #d5d9e0; --full: #3f9e5f;
+  --partial: #e9a62b; --missed: #cf3f3f; --today: #4a78c2; --future: #eef0f3; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #f4f5f7; color: var(--ink);
+  font: 14px/1.45 "Segoe UI", "Helvetica Neue", Arial, "Liberation Sans", "DejaVu Sans",
+  sans-serif; -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 40px; background: #fff; }
+header { border-bottom: 3px solid var(--ink); padding-bottom: 12px; margin-bottom: 18px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h1 .pid { font-family: "DejaVu Sans Mono", Consolas, monospace; background: #eef1f6;
+  padding: 1px 8px; border-radius: 4px; }
+h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px;
+  border-bottom: 1px solid var(--line); }
+.sub { color: var(--muted); margin: 0; }
+.facts { display: grid; grid-template-columns: repeat(3, 1fr); gap: 2px 24px; margin: 0;
+  font-size: 13px; }
+.facts div { display: flex; gap: 8px; padding: 3px 0; border-bottom: 1px dotted var(--line); }
+.facts dt { color: var(--muted); min-width: 118px; }
+.facts dd { margin: 0; font-weight: 600; }
+.cards { display: grid; grid-template-columns: repeat(4, 1fr); gap: 12px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px;
+  border-top: 5px solid var(--ink); }
+.card .big { font-size: 30px; font-weight: 700; line-height: 1.15; }
+.card .what { font-weight: 600; }
+.card .detail { color: var(--muted); font-size: 12.5px; }
+.card.good { border-top-color: var(--full); }
+.card.fair { border-top-color: var(--partial); }
+.card.poor { border-top-color: var(--missed); }
+.note-line { color: var(--muted); font-size: 12.5px; margin: 6px 0 0; }
+table { border-collapse: collapse; }
+.cal { width: 100%; table-layout: fixed; font-size: 12px; }
+.cal th { color: var(--muted); font-weight: 600; padding: 2px 3px; text-align: center; }
+.cal th.wk, .cal td.wk { width: 92px; text-align: left; white-space: nowrap; }
+.cal th.fig, .cal td.fig { width: 76px; text-align: right; white-space: nowrap; }
+.cal td { padding: 2px; height: 36px; }
+.cal td.wk { color: var(--muted); padding-left: 2px; }
+.cal td.wk b { color: var(--ink); }
+.cal td.fig { font-variant-numeric: tabular-nums; padding-right: 6px; }
+.day { border-radius: 4px; height: 32px; padding: 2px 5px; position: relative;
+  border: 1px solid transparent; }
+.day .n { font-size: 11px; font-weight: 600; }
+.day .c { position: absolute; right: 5px; bottom: 2px; font-size: 11.5px; font-weight: 700; }
+.day.full { background: var(--full); color: #fff; }
+.day.partial { background: repeating-linear-gradient(135deg, #f2c462 0 6px, #e9a62b 6px 12px);
+  color: #2b1d00; }
+.day.missed { background: var(--missed); color: #fff; }
+.day.missed .c::before { content: "\\2715\\00a0"; }
+.day.today { background: #fff; border: 2px solid var(--today); color: var(--today); }
+.day.future { background: var(--future); border: 1px dashed #c3c8d0; color: #8a919c; }
+.day.other { background: #e4e6ea; color: #7a818c; }
+.day.outside { background: transparent; color: #c0c4ca; border: 1px dotted #e1e3e7; }
+.legend { display: flex; flex-wrap: wrap; gap: 6px 18px; margin: 10px 0 0; padding: 0;
+  list-style: none; font-size: 12.5px; }
+.legend li { display: flex; align-items: center; gap: 6px; }
+.legend .day { width: 30px; height: 18px; padding: 0; display: inline-block; }
+svg { display: block; max-width: 100%; height: auto; font-family: inherit; }
+.chart-legend { display: flex; gap: 18px; font-size: 12.5px; color: var(--muted);
+  margin: 4px 0 0 52px; flex-wrap: wrap; }
+.swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
+  vertical-align: -1px; margin-right: 5px; }
+.data { width: 100%; font-size: 12.5px; }
+.data th { text-align: left; color: var(--muted); font-weight: 600;
+  border-bottom: 2px solid var(--line); padding: 5px 8px; }
+.data td { border-bottom: 1px solid var(--line); padding: 5px 8px; vertical-align: top; }
+.data td.id { font-family: "DejaVu Sans Mono", Consolas, monospace; font-size: 11.5px;
+  word-break: break-all; max-width: 220px; }
+.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.data ul { margin: 0; padding: 0; list-style: none; }
+.data li + li { margin-top: 2px; }
+.tag { display: inline-block; min-width: 118px; font-size: 11px; font-weight: 700;
+  padding: 0 6px; border-radius: 3px; margin-right: 6px; background: #e8ebf0; color: #333b47;
+  text-transform: uppercase; letter-spacing: 0.02em; }
+.tag.serious { background: #f6d5d5; color: #7a1010; }
+.tag.dose { background: #fbe6bd; color: #5a3b00; }
+.traces { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; }
+.traces figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 6px; }
+.traces figcaption { font-size: 11.5px; color: var(--muted); word-break: break-all; }
+.rules { color: var(--muted); font-size: 12.5px; }
+.rules li { margin: 2px 0; }
+.sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0);
+  white-space: nowrap; }
+footer { margin-top: 28px; padding-top: 8px; border-top: 1px solid var(--line);
+  color: var(--muted); font-size: 12px; }
+@media print { body { background: #fff; } main { padding: 0; max-width: none; }
+  h2 { break-after: avoid; } .cal tr, .data tr, figure { break-inside: avoid; } }
+"""
+
+_STATUS_TEXT = {
+    "full": "all sessions at dose",
+    "partial": "partly done",
+    "missed": "missed: no minutes at dose",
+    "today": "today: in progress, not counted yet",
+    "future": "future",
+    "other": "in the study, outside this report's period",
+    "outside": "outside the study",
+}
+_SERIOUS = frozenset({"tripped", "fault", "interrupted", "running", "amplitude_error"})
+_DOSE = frozenset({"under_dose", "stopped_by_patient"})
+
+
+def _card(what: str, big: str, detail: str, ratio: float | None) -> str:
+    grade = "" if ratio is None else "good" if ratio >= 0.9 else "fair" if ratio >= 0.7 else "poor"
+    return (
+        f'<div class="card {grade}"><div class="what">{_e(what)}</div>'
+        f'<div class="big">{_e(big)}</div><div class="detail">{_e(detail)}</div></div>'
+    )
+
+
+def _calendar_status(report: AdherenceReport, day: date, days: Mapping[date, DayAdherence]) -> str:
+    found = days.get(day)
+    if found is not None:
+        return found.status
+    if not report.study_start <= day <= report.study_end:
+        return "outside"
+    if day > report.today:
+        return "future"
+    return "other"
+
+
+def _calendar(report: AdherenceReport) -> str:
+    days = {d.day: d for d in report.days}
+    weeks = {(w.iso_year, w.iso_week): w for w in report.weeks}
+    first = report.study_start - timedelta(days=report.study_start.weekday())
+    last = report.study_end + timedelta(days=6 - report.study_end.weekday())
+    rows = [
+        '<table class="cal"><caption class="sr">Calendar of the study, one row per week; '
+        "each day shows the sessions completed at dose of those prescribed.</caption>"
+        '<thead><tr><th class="wk" scope="col">Week</th>'
+        + "".join(f'<th scope="col">{name}</th>' for name in _WEEKDAYS)
+        + '<th class="fig" scope="col">Sessions</th><th class="fig" scope="col">Dose</th>'
+        "</tr></thead><tbody>"
+    ]
+    monday = first
+    previous_month = 0
+    while monday <= last:
+        iso = monday.isocalendar()
+        month_day = next(
+            (
+                monday + timedelta(days=k)
+                for k in range(7)
+                if (monday + timedelta(days=k)).month != previous_month
+            ),
+            None,
+        )
+        month = f" {month_day:%b %Y}" if month_day is not None else ""
+        previous_month = (monday + timedelta(days=6)).month
+        cells = [f'<td class="wk"><b>W{iso.week:02d}</b>{_e(month)}</td>']
+        for k in range(7):
+            day = monday + timedelta(days=k)
+            status = _calendar_status(report, day, days)
+            found = days.get(day)
+            count = ""
+            title = f"{_long_date(day)}: {_STATUS_TEXT[status]}"
+            if found is not None and status in {"full", "partial", "missed", "today"}:
+                count = f"{found.slots_completed}/{found.slots_prescribed}"
+                title += (
+                    f"; {found.slots_completed} of {found.slots_prescribed} sessions at dose, "
+                    f"{_min(found.minutes_at_dose)} of {_min(found.minutes_prescribed)} min"
+                )
+                if found.minutes_logged > found.minutes_at_dose + 0.005:
+                    title += f" ({_min(found.minutes_logged)} min logged in all)"
+            cells.append(
+                f'<td><div class="day {status}" title="{_e(title)}">'
+                f'<span class="n">{day.day}</span><span class="sr"> {_e(_STATUS_TEXT[status])}'
+                f'</span><span class="c">{count}</span></div></td>'
+            )
+        week = weeks.get((iso.year, iso.week))
+        if week is not None and week.days_counted:
+            cells.append(
+                f'<td class="fig" title="{_e(week.label)}: {week.slots_completed} of '
+                f'{week.slots_prescribed} sessions">{_pct(week.session_adherence)}</td>'
+                f'<td class="fig" title="{_e(week.label)}: {_min(week.minutes_at_dose)} of '
+                f'{_min(week.minutes_prescribed)} min">{_pct(week.dose_adherence)}</td>'
+            )
+        else:
+            cells.append('<td class="fig"></td><td class="fig"></td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+        monday += timedelta(days=7)
+    rows.append("</tbody></table>")
+    legend = "".join(
+        f'<li><span class="day {status}" aria-hidden="true"></span>{_e(text)}</li>'
+        for status, text in (
+            ("full", "full: every session at dose"),
+            ("partial", "partial: some minutes at dose"),
+            ("missed", "missed: no minutes at dose"),
+            ("today", "today (not counted yet)"),
+            ("future", "future"),
+            ("other", "outside this report's period"),
+            ("outside", "outside the study"),
+        )
+    )
+    rows.append(
+        f'<ul class="legend">{legend}</ul><p class="note-line">The figure in each day is '
+        "sessions completed at dose / sessions prescribed; hover over a day for minutes. "
+        "The two columns on the right are the week's session and dose adherence.</p>"
+    )
+    return "".join(rows)
+
+
+def _protocol_facts(protocol: ReportProtocol, report: AdherenceReport) -> str:
+    windows = (
+        ", ".join(f"{w.start:%H:%M}-{w.end:%H:%M}" for w in protocol.daily_windows)
+        or "any time of day"
+    )
+    facts = [
+        ("Target", f"{protocol.target_g:g} g peak, +/-{100 * protocol.dose_tolerance:g}%"),
+        ("Frequency", protocol.schedule.describe()),
+        (
+            "Sessions",
+            f"{protocol.sessions_per_day} a day x {protocol.minutes_per_session:g} min at dose",
+        ),
+        ("Rest between", f"at least {protocol.min_gap_hours:g} h"),
+        ("Daily windows", windows),
+        ("Time zone", protocol.timezone),
+        ("Study", f"{protocol.study_start.isoformat()} to {protocol.study_end.isoformat()}"),
+        ("This report", f"{report.period_start.isoformat()} to {report.period_end.isoformat()}"
+         if report.days else "no days yet"),
+        ("Protocol", f"sha256 {protocol.sha256[:12]}"),
+    ]  # fmt: skip
+    return (
+        '<dl class="facts">'
+        + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
+        + "</dl>"
+    )
+
+
+def _tag_class(kind: str) -> str:
+    if kind in _SERIOUS:
+        return " serious"
+    return " dose" if kind in _DOSE else ""
+
+
+def _flag_table(report: AdherenceReport) -> str:
+    groups = _flags_by_session(report.flagged)
+    if not groups:
+        return '<p class="note-line">No session was flagged in this period.</p>'
+    rows = [
+        '<table class="data"><thead><tr><th scope="col">Date</th><th scope="col">Start</th>'
+        '<th scope="col">Slot</th><th scope="col">Session</th><th scope="col">Device</th>'
+        '<th scope="col">Why it is flagged</th></tr></thead><tbody>'
+    ]
+    for group in groups:
+        first = group[0]
+        items = "".join(
+            f'<li><span class="tag{_tag_class(f.kind)}">'
+            f"{_e(f.kind.replace('_', ' '))}</span>{_e(f.reason)}</li>"
+            for f in group
+        )
+        rows.append(
+            f"<tr><td>{_e(first.local_date.isoformat())}</td>"
+            f'<td title="{_e(first.started_local)}">{_e(first.started_local[11:16])}</td>'
+            f'<td class="num">{first.slot}</td><td class="id">{_e(first.session_id)}</td>'
+            f'<td class="id">{_e(first.device_id)}</td><td><ul>{items}</ul></td></tr>'
+        )
+    rows.append("</tbody></table>")
+    return "".join(rows)
+
+
+def _device_table(report: AdherenceReport) -> str:
+    if not report.devices:
+        return '<p class="note-line">No session in this period.</p>'
+    rows = [
+        '<table class="data"><thead><tr><th scope="col">Device</th><th scope="col">Firmware</th>'
+        '<th scope="col">Sessions</th><th scope="col">First day</th><th scope="col">Last day</th>'
+        '<th scope="col">Minutes at dose logged</th></tr></thead><tbody>'
+    ]
+    for use in report.devices:
+        rows.append(
+            f'<tr><td class="id">{_e(use.device_id)}</td>'
+            f"<td>{_e(', '.join(use.firmware_versions))}</td>"
+            f'<td class="num">{use.sessions}</td><td>{_e(use.first_day.isoformat())}</td>'
+            f'<td>{_e(use.last_day.isoformat())}</td><td class="num">'
+            f"{_min(use.minutes_at_dose)}</td></tr>"
+        )
+    rows.append("</tbody></table>")
+    return "".join(rows)
+
+
+def _traces(report: AdherenceReport, sessions: Sequence[ReportSession]) -> str:
+    wanted = {f.session_id for f in report.flagged if f.kind in _TRACE_KINDS}
+    chosen = sorted(
+        (s for s in sessions if s.session_id in wanted and s.envelope),
+        key=lambda s: (s.started_utc, s.session_id),
+        reverse=True,
+    )[:MAX_TRACES]
+    if not chosen:
+        return ""
+    figures = "".join(
+        f"<figure>{render_session_svg(s, width=500, height=200)}"
+        f"<figcaption>{_e(s.session_id)} &#183; {_e(s.device_id)}</figcaption></figure>"
+        for s in chosen
+    )
+    more = len(wanted) - len(chosen)  # flagged for a reason a trace explains
+    return (
+        f'<h2>Amplitude traces of flagged sessions</h2><p class="note-line">Measured peak '
+        f"acceleration through each session (blue) against the target band (green); red "
+        f"lines mark safety events. The {len(chosen)} most recent "
+        f"{'is' if len(chosen) == 1 else 'are'} shown"
+        + (f"; {more} more flagged session(s) are listed above." if more > 0 else ".")
+        + f'</p><div class="traces">{figures}</div>'
+    )
+
+
+def _counted_to(report: AdherenceReport) -> str:
+    counted = [d.day for d in report.days if d.counted]
+    if not counted:
+        return "No day has been counted yet."
+    return f"Counted from {_long_date(counted[0])} to {_long_date(counted[-1])}."
+
+
+def render_html(
+    report: AdherenceReport, protocol: ReportProtocol, sessions: Iterable[ReportSession]
+) -> str:
+    """One self-contained HTML page of the report, for a clinician to open, print or attach."""
+    in_period = sorted(
+        (
+            s
+            for s in sessions
+            if s.patient_id == report.patient_id
+            and report.period_start <= s.local_date <= min(report.period_end, report.today)
+        ),
+        key=lambda s: (s.local_date, s.slot, s.started_utc, s.session_id),
+    )
+    flagged_sessions = len(_flags_by_session(report.flagged))
+    missed = len(report.missed_days)
+    if report.days_counted:
+        cards = "".join(
+            [
+                _card(
+                    "Sessions completed at dose",
+                    _pct(report.session_adherence),
+                    f"{report.slots_completed} of {report.slots_prescribed} prescribed sessions",
+                    report.session_adherence,
+                ),
+                _card(
+                    "Minutes at dose",
+                    _pct(report.dose_adherence),
+                    f"{_min(report.minutes_at_dose)} of {_min(report.minutes_prescribed)} "
+                    "prescribed minutes",
+                    report.dose_adherence,
+                ),
+                _card(
+                    "Days",
+                    f"{report.full_days} full",
+                    f"{report.partial_days} partial, {missed} missed, of "
+                    f"{report.days_counted} days counted",
+                    report.full_days / report.days_counted,
+                ),
+                _card(
+                    "Flagged sessions",
+                    str(flagged_sessions),
+                    f"{len(report.flagged)} flag(s); see the table below",
+                    None,
+                ),
+            ]
+        )
+    else:
+        cards = '<p class="note-line">No day of the study has ended yet: nothing to count.</p>'
+    missed_line = (
+        '<p class="note-line">Missed days: '
+        + ", ".join(_e(_long_date(d)) for d in report.missed_days)
+        + ".</p>"
+        if report.missed_days
+        else ""
+    )
+    title = f"LIV therapy adherence: {report.patient_id}"
+    body = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
+        f'<header><h1>Therapy adherence <span class="pid">{_e(report.patient_id)}</span></h1>',
+        '<p class="sub">Low-intensity vibration (LIV) plate: sessions as logged by the device. '
+        f"{_e(_counted_to(report))} Dates are the patient's local dates "
+        f"({_e(report.timezone)}).</p></header>",
+        "<h2>Prescription</h2>",
+        _protocol_facts(protocol, report),
+        "<h2>Overall adherence</h2>",
+        f'<div class="cards">{cards}</div>',
+        missed_line,
+        "<h2>Calendar</h2>",
+        _calendar(report),
+        "<h2>Minutes at dose per day</h2>",
+        _minutes_chart(report),
+        '<div class="chart-legend">'
+        + "".join(
+            f'<span><span class="swatch" style="background:{_DAY_FILL[k]}"></span>{_e(t)}</span>'
+            for k, t in (("full", "full day"), ("partial", "partial day"), ("today", "today"))
+        )
+        + '<span><span class="swatch" style="background:#b8bec8"></span>logged beyond the '
+        "prescription (not counted)</span><span>dashed line: minutes prescribed</span></div>",
+        "<h2>Amplitude accuracy per session</h2>",
+        _accuracy_chart(report, in_period),
+        '<div class="chart-legend"><span><span class="swatch" style="background:#2f6db3">'
+        "</span>95th-percentile error of 1-s amplitude windows</span><span>"
+        '<span class="swatch" style="background:#cf3f3f"></span>above the flag limit</span>'
+        "<span>grey tick: no accuracy figure (session ended before settling)</span></div>",
+        f"<h2>Flagged sessions ({flagged_sessions})</h2>",
+        _flag_table(report),
+        _traces(report, in_period),
+        "<h2>Devices used</h2>",
+        _device_table(report),
+        "<h2>How the figures are counted</h2>",
+        '<ul class="rules">',
+        "<li>A day has "
+        f"{report.sessions_per_day} session slot(s) of {report.minutes_per_session:g} min. "
+        "A slot is completed when the minutes at dose of its sessions reach the prescription; "
+        "a session that was cut short and then resumed the same day counts as one slot.</li>",
+        "<li>Minutes at dose are capped at the prescription slot by slot: extra sessions and "
+        "extra minutes never make up for another slot or another day.</li>",
+        "<li>Only days that have ended are counted: today and later days are not.</li>",
+        "<li>A day is missed when no minutes at dose were delivered in any of its slots.</li>",
+        f"<li>A session is flagged for an amplitude error when the 95th percentile of its 1-s "
+        f"amplitude error is above {AMPLITUDE_P95_LIMIT_PCT:g}% of the target.</li>",
+        "</ul>",
+        f"<footer>Generated from the session log ({report.sessions_considered} session(s) "
+        "of this patient in the period) by the LIV platform software. "
+        "The report is for clinical review; it does not diagnose.</footer>",
+        "</main></body></html>",
+    ]
+    return "\n".join(body) + "\n"
