@@ -182,7 +182,16 @@ def _add_session_commands(commands: Any) -> None:
     show = with_db(commands.add_parser("show", help="one session, with its amplitude"))
     show.add_argument("session_id", metavar="ID")
     show.add_argument("--json", action="store_true")
+    show.add_argument("--svg", metavar="FILE", help="also write the amplitude chart as SVG")
     show.set_defaults(handler=commands_mod.cmd_show)
+
+    report = with_db(commands.add_parser("report", help="adherence for clinicians"))
+    report.add_argument("--patient", metavar="ID")
+    report.add_argument("--since", metavar="YYYY-MM-DD", type=_iso_date)
+    report.add_argument("--until", metavar="YYYY-MM-DD", type=_iso_date)
+    report.add_argument("--format", choices=("table", "csv", "json", "html"), default="table")
+    report.add_argument("--out", metavar="FILE", help="default: standard output")
+    report.set_defaults(handler=commands_mod.cmd_report)
 
     verify = with_db(commands.add_parser("verify", help="check the log's hash chains"))
     verify.set_defaults(handler=commands_mod.cmd_verify)

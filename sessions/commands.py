@@ -20,9 +20,18 @@ import yaml
 
 from controller.calibration import identify
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.errors import LivError
+from sessions.adherence import compute_adherence
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionRecord, SessionStatus
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
+from sessions.report import (
+    render_csv,
+    render_html,
+    render_json,
+    render_session_svg,
+    render_table,
+)
 from sessions.runner import Progress, SessionOutcome, run_session, utc_now
 from sessions.scheduling import day_summary, decide
 
@@ -253,6 +262,9 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
 def cmd_show(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
         record = log.get(args.session_id)
+    if args.svg:
+        Path(args.svg).write_text(render_session_svg(record, standalone=True), encoding="utf-8")
+        print(f"amplitude chart written to {args.svg}")
     data = _summary(record)
     if args.json:
         data["envelope"] = [list(p) for p in record.envelope]
@@ -298,6 +310,62 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- clinician report ----------------------------------------------------------------------
+
+
+class ReportError(LivError):
+    pass
+
+
+def _report_subject(
+    args: argparse.Namespace, home: LivHome, records: list[SessionRecord]
+) -> tuple[str, PatientProtocol]:
+    """The patient to report on and the protocol in force (the latest one their log holds)."""
+    patients = sorted({r.patient_id for r in records})
+    patient = args.patient
+    if patient is None:
+        if len(patients) == 1:
+            patient = patients[0]
+        elif home.protocol_path.exists():
+            patient = home.protocol().patient_id
+        else:
+            listed = ", ".join(patients) or "none"
+            raise ReportError(f"say which patient with --patient (in this log: {listed})")
+    theirs = [r for r in records if r.patient_id == patient]
+    if theirs:
+        latest = max(theirs, key=lambda r: r.started_utc)
+        return patient, protocol_from_dict(json.loads(latest.protocol_json))
+    if home.protocol_path.exists() and home.protocol().patient_id == patient:
+        return patient, home.protocol()
+    raise ReportError(f"no sessions and no protocol for patient {patient!r} in this log")
+
+
+def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str) -> str:
+    records = log.sessions()
+    patient, protocol = _report_subject(args, home, records)
+    theirs = [r for r in records if r.patient_id == patient]
+    report = compute_adherence(
+        protocol, theirs, since=_parse_date(args.since), until=_parse_date(args.until)
+    )
+    if fmt == "html":
+        return render_html(report, protocol, theirs)
+    renderer = {"table": render_table, "csv": render_csv, "json": render_json}[fmt]
+    return renderer(report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    home = _home(args)
+    with _open_log(args) as log:
+        text = report_text(args, home, log, args.format)
+    if args.out:
+        out = Path(args.out)
+        out.write_text(text, encoding="utf-8")
+        print(f"report written to {out}")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
 # ---- demo ------------------------------------------------------------------------------------
 
 
@@ -311,7 +379,7 @@ def demo_protocol(today: date, zone: str) -> PatientProtocol:
             "sessions_per_day": 2,
             "min_gap_hours": 3.0,
             "daily_windows": [],
-            "study_start": (today - timedelta(days=7)).isoformat(),
+            "study_start": today.isoformat(),
             "study_end": (today + timedelta(days=358)).isoformat(),
             "timezone": zone,
             "dose_tolerance": 0.1,
@@ -350,4 +418,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         verified = log.verify()
     print("\n".join(status_lines(protocol, sessions, utc_now())))
     print(f"log               {len(sessions)} session(s); chain verified: {verified.ok}")
+    print("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
+    args.patient = args.since = args.until = None
+    with _open_log(args) as log:
+        print(report_text(args, home, log, "table"))
+    print(f"Try: liv report --home {root} --format html --out report.html")
     return 0

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 CSV_COLUMNS = (
+    "patient_id",
     "date",
     "weekday",
     "iso_week",
@@ -265,6 +266,7 @@ def render_csv(report: AdherenceReport) -> str:
         iso = d.day.isocalendar()
         writer.writerow(
             [
+                report.patient_id,
                 d.day.isoformat(),
                 _WEEKDAYS[d.day.weekday()],
                 f"{iso.year}-W{iso.week:02d}",

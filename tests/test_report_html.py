@@ -203,10 +203,11 @@ def test_an_empty_report_still_renders() -> None:
 def test_csv_has_one_row_per_day() -> None:
     report, _, _ = month_report()
     lines = render_csv(report).splitlines()
-    assert lines[0].startswith("date,weekday,iso_week,status,counted")
+    assert lines[0].startswith("patient_id,date,weekday,iso_week,status,counted")
     assert len(lines) == 1 + 30
-    assert lines[4] == "2026-03-05,Thu,2026-W10,missed,yes,2,0,20.0,0.0,0.0,0,0.0,0.0"
-    assert lines[7] == "2026-03-08,Sun,2026-W10,partial,yes,2,1,20.0,18.0,20.0,2,0.5,0.9"
+    patient = report.patient_id
+    assert lines[4] == f"{patient},2026-03-05,Thu,2026-W10,missed,yes,2,0,20.0,0.0,0.0,0,0.0,0.0"
+    assert lines[7] == f"{patient},2026-03-08,Sun,2026-W10,partial,yes,2,1,20.0,18.0,20.0,2,0.5,0.9"
 
 
 # --------------------------------------------------------------------------------------------

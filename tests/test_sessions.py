@@ -225,3 +225,38 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "SIMULATED plate" in out
     assert "Session complete: 10.0 minutes at dose" in out
     assert "chain verified: True" in out
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json", "html"])
+def test_report_in_every_format(
+    home: LivHome, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert liv(home, "start", "--device", sim()) == 0
+    out_file = tmp_path / f"report.{fmt}"
+    assert liv(home, "report", "--format", fmt, "--out", str(out_file)) == 0
+    text = out_file.read_text()
+    assert "P-0123" in text
+    if fmt == "json":
+        data = json.loads(text)
+        assert data["devices"][0]["device_id"] == DEVICE_ID
+    if fmt == "html":
+        assert text.lstrip().lower().startswith("<!doctype html")
+
+
+def test_show_writes_the_amplitude_chart(
+    home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert liv(home, "start", "--device", sim()) == 0
+    (rec,) = records(home)
+    svg = tmp_path / "s.svg"
+    assert liv(home, "show", rec.session_id, "--svg", str(svg)) == 0
+    assert "amplitude" in capsys.readouterr().out
+    assert svg.read_text().startswith("<svg")
+
+
+def test_report_names_the_patient_when_the_log_holds_several(
+    home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty_log = tmp_path / "none.db"
+    assert main(["report", "--db", str(empty_log), "--home", str(tmp_path / "nohome")]) == 1
+    assert "--patient" in capsys.readouterr().err
