@@ -23,7 +23,6 @@ import numpy as np
 
 from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
 from firmware_bridge.client import DeviceClient
-from firmware_bridge.errors import LinkLostError
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +105,8 @@ def identify(
         device.set_drive(drive, 0.3)
         for freq in freqs_hz:
             device.set_frequency(freq)
-            _read_for(device, SETTLE_S)
-            blocks = _read_for(device, MEASURE_S)
+            device.read_for(SETTLE_S)
+            blocks = device.read_for(MEASURE_S)
             accel: FloatArray = np.concatenate([b.accel_g for b in blocks])
             phase: FloatArray = np.concatenate(
                 [block_phases(b.phase_rad, b.freq_hz, b.counts.size, fs) for b in blocks]
@@ -119,7 +118,7 @@ def identify(
             log.info("calibration %.1f Hz: %.4f g per unit drive", freq, gains[-1])
     finally:
         device.set_drive(0.0, 0.3, wait=False)
-        _read_for(device, 0.35)
+        device.read_for(0.35)
         device.stop_output()
     return Calibration(
         device_id=info.device_id,
@@ -129,17 +128,6 @@ def identify(
         drive=drive,
         created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-
-
-def _read_for(device: DeviceClient, seconds: float) -> list[Any]:
-    end = device.sample_index + round(seconds * device.info.sample_rate_hz)
-    blocks = []
-    while device.sample_index < end:
-        block = device.read_block()
-        if block is None:
-            raise LinkLostError("no samples from the device for 1 s during calibration")
-        blocks.append(block)
-    return blocks
 
 
 class CalibrationStore:

@@ -12,7 +12,6 @@ import numpy as np
 
 from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
 from firmware_bridge.client import DeviceClient, SampleBlock
-from firmware_bridge.errors import LinkLostError
 
 RAMP_UP_S = 2.0
 RAMP_DOWN_S = 1.0
@@ -65,15 +64,8 @@ def drive_open_loop(
     device.start_output()
     try:
         device.set_drive(drive, ramp_up_s)
-        start = device.sample_index
-        settle = start + round(ramp_up_s * fs)
-        end = settle + round(seconds * fs)
-        while device.sample_index < end:
-            block = device.read_block()
-            if block is None:
-                raise LinkLostError("no samples from the device for 1 s")
-            if block.first_index >= settle:
-                steady.append(block)
+        device.read_for(ramp_up_s)
+        steady = device.read_for(seconds)
     except KeyboardInterrupt:
         interrupted = True
     # A BridgeError propagates without a host ramp: the link or device has failed, and the
@@ -101,9 +93,7 @@ def drive_open_loop(
 def _ramp_down(device: DeviceClient, ramp_down_s: float) -> None:
     """Soft stop: ramp to zero, keep the link alive while it ramps, then switch off."""
     device.set_drive(0.0, ramp_down_s)
-    end = device.sample_index + round(ramp_down_s * device.info.sample_rate_hz)
-    while device.sample_index < end and device.read_block() is not None:
-        pass
+    device.read_for(ramp_down_s)
     device.stop_output()
 
 

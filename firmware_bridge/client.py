@@ -306,6 +306,20 @@ class DeviceClient:
                 self.heartbeat()
         return block
 
+    def read_for(self, seconds: float, timeout_s: float = 1.0) -> list[SampleBlock]:
+        """The blocks covering the next ``seconds`` of the device's sample clock.
+
+        Raises LinkLostError if the device goes silent for ``timeout_s``.
+        """
+        end = self.sample_index + round(seconds * self.info.sample_rate_hz)
+        blocks = []
+        while self.sample_index < end:
+            block = self.read_block(timeout_s)
+            if block is None:
+                raise LinkLostError(f"no samples from the device for {timeout_s:g} s")
+            blocks.append(block)
+        return blocks
+
     def drain_faults(self) -> list[DeviceFaultError]:
         """Faults reported so far and not yet raised."""
         faults = list(self._faults)

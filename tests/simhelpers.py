@@ -19,13 +19,7 @@ def load_truth(path: Path) -> dict[str, Any]:
 
 def run_blocks(client: DeviceClient, seconds: float) -> list[Any]:
     """Read blocks for ``seconds`` of device time (the client keeps sending heartbeats)."""
-    end = client.sample_index + round(seconds * client.info.sample_rate_hz)
-    blocks = []
-    while client.sample_index < end:
-        block = client.read_block()
-        assert block is not None, "device stopped streaming"
-        blocks.append(block)
-    return blocks
+    return list(client.read_for(seconds))
 
 
 def listen_silently(client: DeviceClient, seconds: float) -> list[Message]:
