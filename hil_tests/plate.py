@@ -1,0 +1,289 @@
+"""What the qualification tests share: driving the plate safely and reading its sensor.
+
+Everything is judged from what any plate provides, the SAMPLES stream (accelerometer counts,
+drive phase, reported drive) and the device's answers; nothing here reads a simulator's truth.
+Time is the device's sample clock unless a name says ``wall``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import NoReturn
+
+import numpy as np
+import pytest
+
+from controller.estimation import FloatArray, SineFit, block_phases, fit_sine, whole_cycle_length
+from controller.safety import SafetyLimits
+from firmware_bridge.client import DeviceClient, SampleBlock
+from firmware_bridge.codec import FrameDecoder
+from firmware_bridge.errors import BridgeError, CommandRefusedError, DeviceFaultError, ProtocolError
+from firmware_bridge.protocol import Message, NakReason, Samples, decode_message
+
+log = logging.getLogger(__name__)
+
+# docs/protocol.md 9.4: the amplitude never changes faster than full scale in this time. Not
+# announced in HELLO, so a protocol 1.0 constant for every device.
+FULL_SCALE_SLEW_S = 0.1
+Q16_LSB = 1.0 / 65535.0
+# Guard while the suite drives a plate open loop: the product's own safety ceiling. A plate that
+# answers a test drive with more than this is too lively for the test, and the test stops.
+GUARD_G = SafetyLimits().ceiling_g
+
+
+NOT_APPLICABLE = "not applicable: "
+
+
+def not_applicable(reason: str) -> NoReturn:
+    """Skip a check that does not apply to this plate (it does not make the run incomplete)."""
+    pytest.skip(NOT_APPLICABLE + reason)
+
+
+class PlateGuardError(AssertionError):
+    """The plate moved more than the suite allows for an open-loop test drive."""
+
+
+def is_simulator_url(url: str) -> bool:
+    """True for an in-process simulated plate (``sim://``), the only URL that needs no opt-in."""
+    return url.startswith("sim://")
+
+
+def nak_name(code: int) -> str:
+    """NAK reason code as its protocol name (or the number, for a code protocol 1.0 lacks)."""
+    try:
+        return NakReason(code).name
+    except ValueError:
+        return f"reason {code}"
+
+
+def block_s(device: DeviceClient) -> float:
+    return device.info.block_samples / device.info.sample_rate_hz
+
+
+def slew_per_block(device: DeviceClient) -> float:
+    """Largest change of the reported drive between consecutive blocks the slew limit allows."""
+    return block_s(device) / FULL_SCALE_SLEW_S
+
+
+# ---- fits ------------------------------------------------------------------------------------
+
+
+def fit_block(block: SampleBlock | Samples, sample_rate_hz: float, counts_per_g: int) -> SineFit:
+    """Sine fit of one block (20 ms on the reference plate) at the drive phase it reports."""
+    accel = block.counts.astype(np.float64) / counts_per_g
+    phase = block_phases(block.phase_rad, block.freq_hz, accel.size, sample_rate_hz)
+    return fit_sine(accel, phase)
+
+
+def block_amplitudes(
+    blocks: Sequence[SampleBlock | Samples], sample_rate_hz: float, counts_per_g: int
+) -> FloatArray:
+    """Fitted peak acceleration (g) of each block, shape (len(blocks),)."""
+    return np.array([fit_block(b, sample_rate_hz, counts_per_g).peak_g for b in blocks])
+
+
+def fit_whole_cycles(blocks: Sequence[SampleBlock], sample_rate_hz: float) -> SineFit:
+    """Sine fit over the last whole number of drive cycles in ``blocks`` (one frequency)."""
+    accel = np.concatenate([b.accel_g for b in blocks])
+    phase = np.concatenate(
+        [block_phases(b.phase_rad, b.freq_hz, b.counts.size, sample_rate_hz) for b in blocks]
+    )
+    n = whole_cycle_length(accel.size, blocks[-1].freq_hz, sample_rate_hz)
+    return fit_sine(accel[-n:], phase[-n:])
+
+
+def max_drive_step(blocks: Sequence[SampleBlock | Samples]) -> float:
+    """Largest change of the reported drive between consecutive contiguous blocks."""
+    steps = [
+        abs(b.drive - a.drive)
+        for a, b in itertools.pairwise(blocks)
+        if b.first_index == a.first_index + a.counts.size
+    ]
+    return max(steps, default=0.0)
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Per-block fitted amplitude of the plate at rest, at the frequency a test will drive."""
+
+    max_g: float
+    median_g: float
+    count_g: float  # one accelerometer count
+
+    @property
+    def level_g(self) -> float:
+        """The most a block may show and still count as "at noise level".
+
+        Twice the largest amplitude seen at rest: at rest the per-block fit is
+        Rayleigh-distributed, and twice the maximum of 25 blocks is about 5 of its scale
+        parameters, which a quiet block exceeds with probability ~4e-6. At least two counts:
+        a sensor quieter than one count reads a constant at rest, and a single count of
+        flicker must not count as motion.
+        """
+        return max(2.0 * self.max_g, 2.0 * self.count_g)
+
+
+def measure_noise_floor(device: DeviceClient, freq_hz: float, seconds: float = 0.5) -> NoiseFloor:
+    """Fit the resting plate block by block at ``freq_hz`` (the output must be off)."""
+    info = device.info
+    device.set_frequency(freq_hz)
+    device.read_for(2 * block_s(device))  # the new frequency takes effect at a block boundary
+    blocks = device.read_for(seconds)
+    amps = block_amplitudes(blocks, info.sample_rate_hz, info.counts_per_g)
+    return NoiseFloor(
+        max_g=float(amps.max()), median_g=float(np.median(amps)), count_g=1.0 / info.counts_per_g
+    )
+
+
+# ---- driving safely --------------------------------------------------------------------------
+
+
+def stop_safely(device: DeviceClient, ramp_s: float = 0.2) -> None:
+    """Ramp the drive to zero over ``ramp_s`` while feeding the link, then switch off.
+
+    Never raises for a refusal or a fault (the drive may already be off, or a fault latched,
+    which the firmware ramps down by itself); a dead link is logged and left to the firmware's
+    watchdog.
+    """
+    try:
+        device.set_drive(0.0, ramp_s, wait=False)
+        end = device.sample_index + round(
+            (ramp_s + 2 * block_s(device)) * device.info.sample_rate_hz
+        )
+        deadline = time.monotonic() + ramp_s + 5.0
+        while device.sample_index < end and time.monotonic() < deadline:
+            try:
+                if device.read_block(timeout_s=0.5) is None:
+                    break
+            except (CommandRefusedError, DeviceFaultError):
+                continue  # zero drive refused (output off, fault latched): it is stopping anyway
+        for _ in range(3):  # a late NAK of the zero-drive request surfaces here: send again
+            try:
+                device.stop_output(wait=True)
+                break
+            except CommandRefusedError as exc:
+                if exc.command == "SetOutput":
+                    raise
+    except BridgeError as exc:
+        log.warning("could not stop the plate cleanly (%s); the firmware watchdog will", exc)
+
+
+@contextmanager
+def output_on(device: DeviceClient, freq_hz: float) -> Iterator[None]:
+    """Output on at ``freq_hz`` (zero amplitude) for the body; always ramped down and off after."""
+    device.set_frequency(freq_hz)
+    try:
+        device.start_output()
+        yield
+    finally:
+        stop_safely(device)
+
+
+def read_guarded(
+    device: DeviceClient, seconds: float, guard_g: float = GUARD_G
+) -> list[SampleBlock]:
+    """``read_for`` that stops the test if any block's fitted amplitude exceeds ``guard_g``."""
+    info = device.info
+    blocks = []
+    end = device.sample_index + round(seconds * info.sample_rate_hz)
+    while device.sample_index < end:
+        block = device.read_block(timeout_s=1.0)
+        if block is None:
+            raise AssertionError("the plate stopped streaming samples")
+        blocks.append(block)
+        peak = fit_block(block, info.sample_rate_hz, info.counts_per_g).peak_g
+        if peak > guard_g:
+            raise PlateGuardError(
+                f"{peak:.3f} g in one block at drive {block.drive:.3f}: above the "
+                f"{guard_g:g} g guard for an open-loop test drive; the test stops the plate"
+            )
+    return blocks
+
+
+def drain(device: DeviceClient) -> list[SampleBlock]:
+    """Blocks the client has already decoded but nobody has read yet."""
+    blocks = []
+    while (block := device.read_block(timeout_s=0.0)) is not None:
+        blocks.append(block)
+    return blocks
+
+
+@dataclass
+class SilentRecord:
+    """What the device sent while the host listened without sending anything."""
+
+    messages: list[Message] = field(default_factory=list)
+    malformed: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def samples(self) -> list[Samples]:
+        return [m for m in self.messages if isinstance(m, Samples)]
+
+
+def listen_silently(
+    device: DeviceClient, seconds: float, wall_limit_s: float = 10.0
+) -> SilentRecord:
+    """Read the raw port for ``seconds`` of device time, sending nothing at all.
+
+    The client is bypassed (it would send heartbeats); frames are decoded with a fresh
+    decoder, so a frame the client had half read is dropped. Stops after ``wall_limit_s`` of
+    wall time in any case (a device that stopped streaming).
+    """
+    decoder = FrameDecoder()
+    fs = device.info.sample_rate_hz
+    record = SilentRecord()
+    received = 0
+    started = time.monotonic()
+    while received < seconds * fs:
+        if time.monotonic() - started > wall_limit_s:
+            break
+        for frame in decoder.feed(device.port.read(4096)):
+            try:
+                message = decode_message(frame)
+            except ProtocolError:
+                record.malformed += 1
+                continue
+            record.messages.append(message)
+            if isinstance(message, Samples):
+                received += message.counts.size
+    record.wall_s = time.monotonic() - started
+    return record
+
+
+class StreamTap:
+    """Records every block a caller (e.g. ``run_exposure``) reads from ``device``.
+
+    The controller reads the stream itself and hands no blocks out; the tap wraps the client's
+    ``read_block`` for the duration of a ``with`` block, so the suite can judge the same
+    accelerometer samples independently.
+    """
+
+    def __init__(self, device: DeviceClient) -> None:
+        self.device = device
+        self.blocks: list[SampleBlock] = []
+        self._read: Callable[..., SampleBlock | None] = device.read_block
+
+    def _recording_read(self, timeout_s: float = 1.0) -> SampleBlock | None:
+        block = self._read(timeout_s)
+        if block is not None:
+            self.blocks.append(block)
+        return block
+
+    def __enter__(self) -> StreamTap:
+        self.device.read_block = self._recording_read  # type: ignore[method-assign]
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        del self.device.read_block

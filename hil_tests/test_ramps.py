@@ -1,0 +1,234 @@
+"""Soft ramps: the plate never jolts, whatever the host asks for.
+
+Three requests, each judged from the SAMPLES stream (reported drive at each block's first
+sample, and the accelerometer fitted block by block at the drive phase):
+
+1. a 1 s ramp up to 0.2 of full scale: the reported drive follows the straight line
+   ``d0 + (target - d0) k / N`` of docs/protocol.md 9.4 within one block's worth of ramp, and
+   the measured amplitude rises with it (correlation with the drive, no jump between blocks);
+2. an instant drop (``ramp_ms = 0``) from 0.3 of full scale: the device stretches it to the
+   slew limit (full scale in 0.1 s), so no block-to-block change of the reported drive exceeds
+   ``block_s / 0.1 s`` and the fall takes at least ``0.3 x 0.1 s``. A drop is tested rather than
+   a jump up: the slew limit is the same, and a device that fails it stops abruptly instead
+   of jolting whoever might stand nearby;
+3. SET_OUTPUT off: the drive ramps to zero over the safety ramp (not a cut), SET_DRIVE is
+   refused with BUSY meanwhile, and the device ends IDLE with the output off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from firmware_bridge.client import DeviceClient
+from firmware_bridge.errors import CommandRefusedError
+from firmware_bridge.protocol import DeviceState, NakReason, SetDrive, drive_to_q16
+from hil_tests.plate import (
+    FULL_SCALE_SLEW_S,
+    Q16_LSB,
+    block_amplitudes,
+    block_s,
+    max_drive_step,
+    measure_noise_floor,
+    nak_name,
+    output_on,
+    read_guarded,
+    slew_per_block,
+)
+from hil_tests.report import QualificationReport
+
+FREQ_HZ = 45.0
+RAMP_DRIVE = 0.2
+RAMP_S = 1.0
+MIN_CORRELATION = 0.98  # block amplitude against reported drive over the ramp
+JUMP_BLOCKS = 3.0  # largest amplitude rise between blocks, in blocks' worth of ramp (+ noise)
+
+
+@pytest.mark.moves_plate
+@pytest.mark.timeout(60)
+def test_a_ramp_up_is_linear_and_the_amplitude_rises_smoothly(
+    device: DeviceClient, qualification: QualificationReport
+) -> None:
+    info = device.info
+    fs = info.sample_rate_hz
+    blk = block_s(device)
+    target = min(RAMP_DRIVE, info.max_drive)
+    noise = measure_noise_floor(device, FREQ_HZ)
+    with output_on(device, FREQ_HZ):
+        device.set_drive(target, RAMP_S)
+        blocks = read_guarded(device, RAMP_S + 0.3)
+
+    drives = np.array([b.drive for b in blocks])
+    starts = np.array([b.first_index for b in blocks])
+    rising = np.flatnonzero(drives > 0.0)
+    assert rising.size, "the reported drive never rose: SET_DRIVE had no effect"
+    ramp_start = int(starts[rising[0] - 1]) if rising[0] > 0 else int(starts[0])
+    ramp_n = RAMP_S * fs
+    ideal = target * np.clip((starts - ramp_start) / ramp_n, 0.0, 1.0)
+    in_ramp = (starts >= ramp_start) & (starts <= ramp_start + ramp_n)
+    deviation = float(np.max(np.abs(drives[in_ramp] - ideal[in_ramp])))
+    per_block = target * blk / RAMP_S
+
+    amps = block_amplitudes(blocks, fs, info.counts_per_g)
+    ramp_blocks = np.flatnonzero(in_ramp)[:-1]  # the block's mean drive needs the next block
+    mean_drive = (drives[ramp_blocks] + drives[ramp_blocks + 1]) / 2.0
+    correlation = float(np.corrcoef(mean_drive, amps[ramp_blocks])[0, 1])
+    final_g = float(np.median(amps[-5:]))
+    largest_rise = float(np.max(np.diff(amps[ramp_blocks])))
+    rise_limit = JUMP_BLOCKS * final_g * blk / RAMP_S + noise.level_g
+    checks = [
+        qualification.check(
+            "ramp.drive_linear",
+            f"reported drive off the linear {RAMP_S:g} s ramp to {target:g} (largest)",
+            round(deviation, 5),
+            round(per_block + Q16_LSB, 5),
+            "<=",
+            note="one block's worth of ramp",
+        ),
+        qualification.check(
+            "ramp.drive_step",
+            "largest reported drive change between blocks during the ramp",
+            round(max_drive_step(blocks), 5),
+            round(slew_per_block(device) + Q16_LSB, 5),
+            "<=",
+            note="slew limit: full scale in 0.1 s",
+        ),
+        qualification.check(
+            "ramp.amplitude_follows_drive",
+            "correlation of the 20 ms amplitude with the reported drive over the ramp",
+            round(correlation, 4),
+            MIN_CORRELATION,
+            ">=",
+        ),
+        qualification.check(
+            "ramp.amplitude_jump",
+            "largest rise of the 20 ms amplitude from one block to the next",
+            round(largest_rise, 4),
+            round(rise_limit, 4),
+            "<=",
+            "g",
+            note=f"{JUMP_BLOCKS:g} blocks' worth of the ramp + the noise level; a step would "
+            f"be about {final_g:.2f} g",
+        ),
+    ]
+    qualification.info("ramp.final_amplitude", f"amplitude at drive {target:g}", final_g, "g")
+    failed = [c.describe() for c in checks if not c.passed]
+    assert not failed, "; ".join(failed)
+
+
+@pytest.mark.moves_plate
+@pytest.mark.timeout(60)
+def test_an_instant_drop_is_slew_limited(
+    device: DeviceClient, qualification: QualificationReport
+) -> None:
+    info = device.info
+    fs = info.sample_rate_hz
+    limit = slew_per_block(device)
+    drive = min(info.max_drive, 1.5 * limit)  # more than one block's slew: the limit shows
+    with output_on(device, FREQ_HZ):
+        device.set_drive(drive, 0.5)
+        read_guarded(device, 0.7)
+        device.set_drive(0.0, 0.0)
+        blocks = read_guarded(device, 0.2)
+
+    drives = np.array([b.drive for b in blocks])
+    starts = np.array([b.first_index for b in blocks])
+    at_top = np.flatnonzero(drives >= drive - Q16_LSB)
+    at_zero = np.flatnonzero(drives == 0.0)
+    assert at_top.size, f"the drive never reached {drive:g}: {drives}"
+    assert at_zero.size, f"no drop from {drive:g} to 0 seen: {drives}"
+    fall_s = (starts[at_zero[0]] - starts[at_top[-1]]) / fs
+    checks = [
+        qualification.check(
+            "slew.drive_step",
+            f"largest reported drive change between blocks after a 0 ms drop from {drive:g}",
+            round(max_drive_step(blocks), 5),
+            round(limit + Q16_LSB, 5),
+            "<=",
+            note=f"full scale in {FULL_SCALE_SLEW_S:g} s",
+        ),
+        qualification.check(
+            "slew.fall_time",
+            f"time from {drive:g} to 0 after a 0 ms drop (block resolution)",
+            round(fall_s, 4),
+            round(drive * FULL_SCALE_SLEW_S, 4),
+            ">=",
+            "s",
+        ),
+    ]
+    failed = [c.describe() for c in checks if not c.passed]
+    assert not failed, "; ".join(failed)
+
+
+@pytest.mark.moves_plate
+@pytest.mark.timeout(60)
+def test_output_off_ramps_down_and_refuses_drive_meanwhile(
+    device: DeviceClient, qualification: QualificationReport
+) -> None:
+    info = device.info
+    fs = info.sample_rate_hz
+    blk = block_s(device)
+    drive = min(RAMP_DRIVE, info.max_drive)
+    noise = measure_noise_floor(device, FREQ_HZ)
+    with output_on(device, FREQ_HZ):
+        device.set_drive(drive, 0.3)
+        read_guarded(device, 0.5)
+        device.stop_output(wait=False)
+        try:  # reaches the device at the same block boundary as the stop, or later
+            device.command(SetDrive(drive_to_q16(drive / 2), 100))
+            answer = "accepted"
+        except CommandRefusedError as exc:
+            answer = nak_name(exc.reason_code)
+        blocks = read_guarded(device, info.watchdog_ramp_s + 0.2)
+        status = device.request_status()
+
+    drives = np.array([b.drive for b in blocks])
+    starts = np.array([b.first_index for b in blocks])
+    falling = np.flatnonzero((drives > 0.0) & (drives < drive - Q16_LSB))
+    at_zero = np.flatnonzero(drives == 0.0)
+    assert at_zero.size, f"the reported drive never reached zero after SET_OUTPUT off: {drives}"
+    top = int(starts[falling[0] - 1]) if falling.size and falling[0] > 0 else int(starts[0])
+    ramp_s = (starts[at_zero[0]] - top) / fs
+    amps = block_amplitudes(blocks, fs, info.counts_per_g)
+    checks = [
+        qualification.expect(
+            "stop.busy",
+            "SET_DRIVE while the output ramps down after SET_OUTPUT off",
+            answer,
+            NakReason.BUSY.name,
+        ),
+        qualification.check(
+            "stop.ramp_min",
+            "reported drive ramp to zero after SET_OUTPUT off",
+            round(ramp_s, 4),
+            round(info.watchdog_ramp_s - blk, 4),
+            ">=",
+            "s",
+            note="the safety ramp, at block resolution: a ramp, not a cut",
+        ),
+        qualification.check(
+            "stop.ramp_max",
+            "reported drive ramp to zero after SET_OUTPUT off",
+            round(ramp_s, 4),
+            round(info.watchdog_ramp_s + blk, 4),
+            "<=",
+            "s",
+        ),
+        qualification.check(
+            "stop.quiet",
+            "amplitude of the last block after the stop",
+            round(float(amps[-1]), 4),
+            round(noise.level_g, 4),
+            "<=",
+            "g",
+            note="the noise level at rest",
+        ),
+        qualification.expect(
+            "stop.idle",
+            "state after the stop ramp",
+            f"{DeviceState(status.state).name}, output {'on' if status.output_on else 'off'}",
+            f"{DeviceState.IDLE.name}, output off",
+        ),
+    ]
+    failed = [c.describe() for c in checks if not c.passed]
+    assert not failed, "; ".join(failed)
