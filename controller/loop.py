@@ -244,6 +244,9 @@ def _run_exposure(
     start = result.start_index = device.sample_index
     try:
         try:
+            # Samples already waiting belong to the past: time zero of the exposure is now.
+            device.discard_backlog()
+            start = result.start_index = device.sample_index
             device.set_frequency(freq)
             device.start_output()
         except BridgeError as exc:

@@ -295,9 +295,13 @@ class DeviceClient:
         deadline = time.monotonic() + timeout_s
         while not self._blocks:
             self._raise_events()
-            if time.monotonic() > deadline:
-                return None
+            expired = time.monotonic() > deadline
+            # Read before giving up: data that arrived while this process was not running
+            # (stopped, swapped out) still counts, and may hold the device's own fault report.
             self._pump()
+            if expired and not self._blocks:
+                self._raise_events()
+                return None
         self._raise_events()
         block = self._blocks.popleft()
         if self._info is not None:
@@ -305,6 +309,29 @@ class DeviceClient:
             if quiet >= HEARTBEAT_S:
                 self.heartbeat()
         return block
+
+    def discard_backlog(self, max_blocks: int = 500) -> int:
+        """Drop sample blocks already waiting (queued here or in the OS buffer); return how many.
+
+        Call before starting a clock on the device's samples, so that time zero is now and a
+        backlog cannot make a ramp run ahead. A transport paced by the reads themselves
+        (``sim://?speed=max``) never has a backlog.
+        """
+        dropped = len(self._blocks)
+        self._blocks.clear()
+        if getattr(self._port, "paced_by_reads", False):
+            return dropped
+        for _ in range(max_blocks):
+            try:
+                waiting = self._port.in_waiting
+            except (serial.SerialException, OSError) as exc:
+                raise LinkLostError(str(exc)) from None
+            if not waiting:
+                break
+            self._pump()
+            dropped += len(self._blocks)
+            self._blocks.clear()
+        return dropped
 
     def read_for(self, seconds: float, timeout_s: float = 1.0) -> list[SampleBlock]:
         """The blocks covering the next ``seconds`` of the device's sample clock.

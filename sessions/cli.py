@@ -370,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        # Diagnostics are for engineers (-v); a patient sees the one sentence each command prints.
+        level=logging.INFO if args.verbose else logging.CRITICAL,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -948,6 +948,7 @@ class SessionLog:
     """The device's session log: one SQLite file, WAL, synchronous=FULL, private to the user."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+        self._busy_timeout_s = busy_timeout_s
         self.path = Path(path)
         self.log_id = ""
         self._lock = threading.RLock()
@@ -1100,17 +1101,26 @@ class SessionLog:
         return self._conn
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE, commit on success, roll back on any error."""
+    def _write(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE, commit on success, roll back on any error.
+
+        ``wait_s`` replaces the connection's busy timeout for this transaction only.
+        """
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            if wait_s is not None:
+                conn.execute(f"PRAGMA busy_timeout = {max(0, round(wait_s * 1000))}")
             try:
-                with conn:
-                    yield conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    with conn:
+                        yield conn
+                finally:
+                    if conn.in_transaction:  # a failed COMMIT leaves it open
+                        conn.rollback()
             finally:
-                if conn.in_transaction:  # a failed COMMIT leaves it open
-                    conn.rollback()
+                if wait_s is not None:
+                    conn.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout_s * 1000)}")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -1237,8 +1247,13 @@ class SessionLog:
         p95_abs_error_pct: float | None,
         exposure: dict[str, float] | None,
         now_utc: datetime,
+        wait_s: float | None = None,
     ) -> None:
-        """Save what a running session has delivered so far, in one transaction."""
+        """Save what a running session has delivered so far, in one transaction.
+
+        ``wait_s`` bounds how long a locked database may hold this up (a caller inside a
+        control loop passes a fraction of the plate's watchdog time).
+        """
         measured = _measured_columns(
             minutes_at_dose=minutes_at_dose,
             envelope=envelope,
@@ -1253,7 +1268,10 @@ class SessionLog:
             k: canonical_json(v) if k in _JSON_COLUMNS and v is not None else v
             for k, v in measured.items()
         }
-        with _translate("save the session checkpoint", self.path), self._write() as tx:
+        with (
+            _translate("save the session checkpoint", self.path),
+            self._write(wait_s) as tx,
+        ):
             cursor = tx.execute(
                 f"UPDATE sessions SET {', '.join(f'{k} = ?' for k in values)} "
                 "WHERE session_id = ? AND status = 'running' AND record_hash IS NULL",

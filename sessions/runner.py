@@ -38,6 +38,9 @@ from sessions.scheduling import Decision, decide
 _log = logging.getLogger(__name__)
 
 CHECKPOINT_S = 5.0
+# A checkpoint runs inside the control loop: it may wait this long for a locked database, a
+# fraction of the plate's 0.5 s watchdog, and is otherwise retried at the next checkpoint.
+CHECKPOINT_WAIT_S = 0.1
 ENVELOPE_EVERY_S = 0.1  # about 10 points a second for plots
 UNLOADED_LIMIT_S = 120.0  # nobody on the plate this long ends the session
 HOLD_CAP_FACTOR = 3.0  # the hold never exceeds 3x the minutes still due (pauses included)
@@ -210,7 +213,9 @@ def run_session(
 
         def checkpoint(clock: _DoseClock) -> None:
             try:
-                log.checkpoint(session_id, **_measured(clock, None), now_utc=now())
+                log.checkpoint(
+                    session_id, **_measured(clock, None), now_utc=now(), wait_s=CHECKPOINT_WAIT_S
+                )
             except LogError as exc:
                 # The plate keeps running: the next checkpoint rewrites everything, and the
                 # final write reports a log that stays unwritable.

@@ -272,3 +272,23 @@ def test_a_stop_request_ends_the_hold_early_with_the_normal_ramp(
     assert drive[(t > 3.9) & (t < 4.0)].min() > 0.1
     assert drive[(t > 4.4) & (t < 4.5)].max() > 0.05  # ramping, not cut
     assert np.all(drive[t > 4.0 + 1.0 + 0.06] == 0.0)
+
+
+def test_a_backlog_before_the_exposure_does_not_shorten_the_soft_start(
+    tmp_path: Path, empty_cal: Calibration
+) -> None:
+    """Samples that piled up before the exposure are the past: the 2 s ramp still takes 2 s."""
+    import time
+
+    truth_path = tmp_path / "truth.npz"
+    settings = ExposureSettings(target_g=TARGET, hold_s=1.0, schedule=FrequencySchedule.fixed(45.0))
+    with DeviceClient.open(f"sim://?mass=70&seed=2&speed=1&truth={truth_path}") as dev:
+        time.sleep(0.6)  # e.g. writing the session row, while the plate keeps streaming
+        result = run_exposure(dev, empty_cal, settings)
+    assert result.status is ExposureStatus.COMPLETED, result.trip
+    truth = load_truth(truth_path)
+    drive = truth["drive"]
+    on = truth["t_s"][np.flatnonzero(drive > 0)[0]]
+    hold_drive = float(np.median(drive[(truth["t_s"] > on + 2.2) & (truth["t_s"] < on + 2.8)]))
+    reached = truth["t_s"][np.flatnonzero(drive > 0.95 * hold_drive)[0]] - on
+    assert 1.5 <= reached <= 2.1, reached

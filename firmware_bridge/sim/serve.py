@@ -1,8 +1,9 @@
 """Serve a simulated plate as a separate process behind a pty or a TCP socket.
 
 The device runs at ``speed`` x real time against the wall clock, powered for the lifetime of
-the server like a real plate; hosts may connect, leave and reconnect. Output produced while no
-host listens is discarded, as a UART with nothing attached would.
+the server like a real plate; hosts may connect, leave and reconnect. Over TCP, output produced
+while no host listens is discarded, as a UART with nothing attached would; over a pty the kernel
+buffers some of it (the server keeps the slave end open), and a host finds it waiting.
 """
 
 from __future__ import annotations

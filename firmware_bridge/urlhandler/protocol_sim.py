@@ -51,6 +51,11 @@ class Serial(serial.SerialBase):
             device.close()
 
     @property
+    def paced_by_reads(self) -> bool:
+        """True at ``speed=max``: the device advances only when read, so nothing waits."""
+        return self.device.config.speed is None
+
+    @property
     def device(self) -> SimulatedDevice:
         """The simulated plate behind this port (for tests and tools)."""
         if self._device is None:
