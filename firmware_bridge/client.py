@@ -310,6 +310,12 @@ class DeviceClient:
                 self.heartbeat()
         return block
 
+    def take_queued(self) -> list[SampleBlock]:
+        """The blocks already decoded and not yet read, without reading the port."""
+        blocks = list(self._blocks)
+        self._blocks.clear()
+        return blocks
+
     def discard_backlog(self, max_blocks: int = 500) -> int:
         """Drop sample blocks already waiting (queued here or in the OS buffer); return how many.
 

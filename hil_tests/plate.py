@@ -208,10 +208,7 @@ def read_guarded(
 
 def drain(device: DeviceClient) -> list[SampleBlock]:
     """Blocks the client has already decoded but nobody has read yet."""
-    blocks = []
-    while (block := device.read_block(timeout_s=0.0)) is not None:
-        blocks.append(block)
-    return blocks
+    return device.take_queued()
 
 
 @dataclass
