@@ -386,6 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("liv: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        # A file or directory the command needs (missing, unwritable, a full disk): one
+        # sentence naming it, never a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"liv: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_FAILURE
     return code
 
 
