@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from controller.calibration import Calibration, identify
-from controller.estimation import AmplitudeEstimator, block_phases
+from controller.estimation import AmplitudeEstimator, block_phases, fit_sine
 from controller.loop import ExposureSettings, ExposureStatus, run_exposure
 from controller.openloop import drive_open_loop
 from controller.schedule import FrequencySchedule
@@ -64,12 +64,8 @@ def truth_windows(
     phase = 2.0 * np.pi * np.cumsum(truth["freq_hz"].astype(np.float64)) / fs
     accel = truth["accel_g"]
     starts = np.arange(start, end - step / 2, step)
-    amps = []
-    for s in starts:
-        m = (t >= s) & (t < s + step)
-        design = np.stack((np.ones(m.sum()), np.cos(phase[m]), np.sin(phase[m])), axis=1)
-        coef, *_ = np.linalg.lstsq(design, accel[m], rcond=None)
-        amps.append(float(np.hypot(coef[1], coef[2])))
+    windows = [(t >= s) & (t < s + step) for s in starts]
+    amps = [fit_sine(accel[m], phase[m]).peak_g for m in windows]
     return starts + step / 2, np.array(amps)
 
 

@@ -140,7 +140,6 @@ class DeviceClient:
         self._answers: dict[type[Message], deque[Message]] = {Hello: deque(), Status: deque()}
         self._refusals: deque[CommandRefusedError] = deque()
         self._faults: deque[DeviceFaultError] = deque()
-        self.fault_history: list[DeviceFaultError] = []
         self._info: DeviceInfo | None = None
         self._expected_index: int | None = None
         self._last_tx_index = 0
@@ -353,12 +352,6 @@ class DeviceClient:
             blocks.append(block)
         return blocks
 
-    def drain_faults(self) -> list[DeviceFaultError]:
-        """Faults reported so far and not yet raised."""
-        faults = list(self._faults)
-        self._faults.clear()
-        return faults
-
     # ---- internals -------------------------------------------------------------------
 
     def _send(self, message: Message) -> int:
@@ -399,9 +392,7 @@ class DeviceClient:
                 name = pending.name if pending else f"frame type 0x{message.refused_type:02x}"
                 self._refusals.append(CommandRefusedError(name, reason, nak_text(reason)))
             case Fault(code=code, sample_index=index):
-                fault = DeviceFaultError(code, message.text, index)
-                self._faults.append(fault)
-                self.fault_history.append(fault)
+                self._faults.append(DeviceFaultError(code, message.text, index))
             case Hello():
                 if self._info is not None and not expect_hello:
                     # A boot hello is the device's first frame (seq 0); any other hello is a

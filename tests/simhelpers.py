@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
+import hil_tests.plate
+from controller.estimation import fit_sine
 from firmware_bridge.client import DeviceClient
-from firmware_bridge.codec import FrameDecoder
-from firmware_bridge.protocol import Message, decode_message
+from firmware_bridge.protocol import Message
 
 
 def load_truth(path: Path) -> dict[str, Any]:
@@ -24,18 +25,7 @@ def run_blocks(client: DeviceClient, seconds: float) -> list[Any]:
 
 def listen_silently(client: DeviceClient, seconds: float) -> list[Message]:
     """Read the raw stream for ``seconds`` of device time without sending anything."""
-    decoder = FrameDecoder()
-    fs = client.info.sample_rate_hz
-    messages: list[Message] = []
-    read = 0.0
-    while read < seconds:
-        for frame in decoder.feed(client.port.read(4096)):
-            message = decode_message(frame)
-            messages.append(message)
-            counts = getattr(message, "counts", None)
-            if counts is not None:
-                read += counts.size / fs
-    return messages
+    return hil_tests.plate.listen_silently(client, seconds).messages
 
 
 def truth_drive_phase(truth: dict[str, Any]) -> np.ndarray:
@@ -49,11 +39,7 @@ def truth_amplitude(truth: dict[str, Any], mask: np.ndarray) -> float:
 
     Fits gravity-free truth with free phase, so the unknown phase constant does not matter.
     """
-    phase = truth_drive_phase(truth)[mask]
-    accel = truth["accel_g"][mask]
-    design = np.stack((np.ones(phase.size), np.cos(phase), np.sin(phase)), axis=1)
-    coef, *_ = np.linalg.lstsq(design, accel, rcond=None)
-    return float(np.hypot(coef[1], coef[2]))
+    return fit_sine(truth["accel_g"][mask], truth_drive_phase(truth)[mask]).peak_g
 
 
 def exposure_time(truth: dict[str, Any], start_index: int) -> np.ndarray:
