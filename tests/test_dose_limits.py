@@ -395,3 +395,49 @@ def test_the_highest_target_runs_and_stays_below_the_ceiling(
     _, whole = truth_envelope(truth, t, 0.0, 5.0, 0.1)
     assert np.max(whole) <= target_g * (1.0 + LIMITS.control_overshoot_fraction)
     assert np.max(whole) < LIMITS.over_acceleration_ceiling_g
+
+
+def test_a_protocol_installed_under_the_old_limits_is_refused_at_start(
+    home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 0.55 g protocol copied in before this table existed: one sentence, no row, no motion."""
+    home.protocol_path.write_text(protocol_text(target_g="0.55"))
+    truth = tmp_path / "truth.npz"
+    url = f"sim://?mass=70&seed=4&speed=max&device_id={DEVICE_ID}&truth={truth}"
+    assert main(["start", "--device", url, "--home", str(home.root)]) == 1
+    err = capsys.readouterr().err
+    assert "line 2: target_g = 0.55 is outside the allowed 0.1-0.4 g" in err
+    assert err.count("\n") == 1
+    with SessionLog(home.db_path()) as log:
+        assert log.sessions() == []
+    assert not truth.exists()  # the plate was never opened
+
+
+# --------------------------------------------------------------------------------------------
+# The documents say what the table holds
+
+
+def _documented(doc: str) -> dict[str, str]:
+    text = (Path(__file__).parents[1] / "docs" / doc).read_text()
+    return dict(re.findall(r"^\| `(\w+)` \| ([0-9.]+(?:-[0-9.]+)?) \|", text, re.MULTILINE))
+
+
+def _as_written(value: object) -> str:
+    if isinstance(value, DoseRange):
+        return value.describe()
+    assert isinstance(value, float)
+    return f"{value:g}" if value != int(value) else f"{value:.1f}"
+
+
+def test_the_documents_give_the_table_as_the_code_holds_it() -> None:
+    in_safety = _documented("safety.md")
+    for field in dataclasses.fields(LIMITS):
+        if field.name in in_safety:
+            assert in_safety[field.name] == _as_written(getattr(LIMITS, field.name)), field.name
+    for name in ("target_g", "frequency_hz", "dose_tolerance", "control_overshoot_fraction",
+                 "trip_margin_fraction", "over_acceleration_ceiling_g", "hard_ceiling_g",
+                 "calibration_hz"):  # fmt: skip
+        assert name in in_safety, name
+    in_protocol_doc = _documented("protocol-file.md")
+    for name, limits in HARD_LIMITS.items():
+        assert in_protocol_doc[name] == DoseRange(*limits).describe(), name
