@@ -23,10 +23,21 @@ import numpy as np
 
 from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.dose_limits import DOSE_LIMITS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FREQS_HZ = tuple(float(f) for f in range(25, 101, 5))  # 25-100 Hz: protocols' limits
+# The empty plate is calibrated across the dose limits' calibration band, which covers the
+# therapy band, so the gain schedule is interpolated (never extrapolated) at every frequency a
+# protocol may hold.
+CALIBRATION_STEP_HZ = 5.0
+CALIBRATION_BAND_HZ = DOSE_LIMITS.calibration_hz
+DEFAULT_FREQS_HZ = tuple(
+    CALIBRATION_BAND_HZ.low + k * CALIBRATION_STEP_HZ
+    for k in range(
+        round((CALIBRATION_BAND_HZ.high - CALIBRATION_BAND_HZ.low) / CALIBRATION_STEP_HZ) + 1
+    )
+)  # 25, 30, ... 100 Hz
 IDENT_DRIVE = 0.08  # low amplitude: about 0.05-0.15 g on an empty reference plate
 SETTLE_S = 0.4
 MEASURE_S = 0.3

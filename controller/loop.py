@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from controller.safety import (
 )
 from controller.schedule import FrequencySchedule
 from firmware_bridge.client import DeviceClient, SampleBlock
+from firmware_bridge.dose_limits import DOSE_LIMITS, DoseLimitError
 from firmware_bridge.errors import (
     BridgeError,
     CommandRefusedError,
@@ -87,11 +89,26 @@ class ExposureSettings:
     measure_exposure: bool = False  # ISO 2631-1 a_w, A(8), VDV from the sensor stream
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.target_g < self.limits.ceiling_g:
-            raise ValueError(
-                f"target {self.target_g:g} g is not allowed: it must be above 0 and below the "
-                f"safety ceiling {self.limits.ceiling_g:g} g"
+        # The dose limits (firmware_bridge/dose_limits.py): the target's allowed overshoot must
+        # stay below the supervisor's ceiling with the trip margin to spare, and every frequency
+        # must lie in the therapy band. Every protocol the parser accepts passes both.
+        ceiling_g = self.limits.ceiling_g
+        highest_g = DOSE_LIMITS.highest_target_g(ceiling_g)
+        if not (math.isfinite(self.target_g) and 0.0 < self.target_g <= highest_g):
+            raise DoseLimitError(
+                f"target {self.target_g:g} g is not allowed: it must be above 0 and at most "
+                f"{highest_g:.3f} g, so that the controller's "
+                f"{100 * DOSE_LIMITS.control_overshoot_fraction:g}% overshoot and a "
+                f"{100 * DOSE_LIMITS.trip_margin_fraction:g}% margin stay below the safety "
+                f"ceiling {ceiling_g:g} g"
             )
+        band = DOSE_LIMITS.frequency_hz
+        for freq_hz in self.schedule.span_hz:
+            if not band.holds(freq_hz):
+                raise DoseLimitError(
+                    f"frequency {freq_hz:g} Hz is not allowed: it is outside the therapy's "
+                    f"{band.describe()} Hz (the dose limits)"
+                )
         if not (0.0 < self.hold_s <= 4 * 3600.0):
             raise ValueError(f"hold time {self.hold_s:g} s is not allowed: use 0-14400 s")
         for name in ("ramp_up_s", "ramp_down_s"):

@@ -18,8 +18,9 @@ import numpy.typing as npt
 from controller.estimation import WindowEstimate
 from firmware_bridge.client import SampleBlock
 from firmware_bridge.codec import LinkStats
+from firmware_bridge.dose_limits import DOSE_LIMITS, DoseLimitError
 
-HARD_CEILING_G = 1.0  # no protocol or setting can raise the ceiling above this
+HARD_CEILING_G = DOSE_LIMITS.hard_ceiling_g  # no protocol or setting raises the ceiling above it
 SATURATION_G = 2.0  # a plate at <= 1 g peak plus gravity never reads beyond this
 TRIP_RAMP_S = 0.25  # host ramp to zero after a trip
 
@@ -63,7 +64,7 @@ TRIP_TEXT: dict[TripReason, str] = {
 class SafetyLimits:
     """Limits the supervisor enforces (defaults documented in docs/safety.md)."""
 
-    ceiling_g: float = 0.5
+    ceiling_g: float = DOSE_LIMITS.over_acceleration_ceiling_g
     total_peak_factor: float = 1.5  # total peak (harmonics, noise) may reach ceiling x this
     harmonic_rms_g: float = 0.1
     harmonic_hold_s: float = 0.25  # longer than the fit window: a step in amplitude is not this
@@ -82,9 +83,9 @@ class SafetyLimits:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ceiling_g <= HARD_CEILING_G:
-            raise ValueError(
+            raise DoseLimitError(
                 f"ceiling {self.ceiling_g:g} g is not allowed: it must be above 0 and at most "
-                f"{HARD_CEILING_G:g} g"
+                f"{HARD_CEILING_G:g} g (the hard ceiling of the dose limits)"
             )
 
 

@@ -23,6 +23,7 @@ from controller.openloop import drive_open_loop
 from controller.safety import SafetyLimits
 from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
 from firmware_bridge.realtime import single_threaded_numerics
 from firmware_bridge.sim.config import parse_sim_url
@@ -32,6 +33,11 @@ from sessions import commands as commands_mod
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+# `liv run` holds the same doses a protocol may prescribe (firmware_bridge/dose_limits.py).
+_TARGET_G = DOSE_LIMITS.target_g
+_BAND_HZ = DOSE_LIMITS.frequency_hz
+_CAL_HZ = DOSE_LIMITS.calibration_hz
 
 
 class UsageError(Exception):
@@ -96,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     dset.set_defaults(handler=commands_mod.cmd_device_set)
 
     calibrate = commands.add_parser(
-        "calibrate", help="measure the empty plate's response across 25-100 Hz (engineers)"
+        "calibrate",
+        help=f"measure the empty plate's response across {_CAL_HZ.describe()} Hz (engineers)",
     )
     calibrate.add_argument("--device", required=True, metavar="URL", help="port path or URL")
     calibrate.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
@@ -108,13 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", required=True, metavar="URL", help="port path or URL")
     what = run.add_mutually_exclusive_group(required=True)
-    what.add_argument("--freq", type=_bounded_float("--freq", 30, 90, " Hz"), metavar="HZ")
     what.add_argument(
-        "--schedule", metavar="SPEC", help="steps:30@0,45@60 or sweep:30-90/60 (within 30-90 Hz)"
-    )
+        "--freq", type=_bounded_float("--freq", *_BAND_HZ, " Hz"), metavar="HZ",
+        help=f"fixed frequency ({_BAND_HZ.describe()} Hz)",
+    )  # fmt: skip
+    what.add_argument(
+        "--schedule", metavar="SPEC",
+        help=f"steps:30@0,45@60 or sweep:30-90/60 (within {_BAND_HZ.describe()} Hz)",
+    )  # fmt: skip
     run.add_argument(
-        "--amplitude", type=_bounded_float("--amplitude", 0.05, 0.49, " g"), default=0.3,
-        metavar="G", help="peak acceleration to hold (default 0.3 g)",
+        "--amplitude", type=_bounded_float("--amplitude", *_TARGET_G, " g"), default=0.3,
+        metavar="G", help=f"peak acceleration to hold, {_TARGET_G.describe()} g (default 0.3 g)",
     )  # fmt: skip
     run.add_argument(
         "--seconds", required=True, type=_bounded_float("--seconds", 1, 3600), metavar="S",
@@ -284,8 +295,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
+        band = (_BAND_HZ.low, _BAND_HZ.high)
         schedule = (
-            FrequencySchedule.fixed(args.freq) if args.freq else parse_schedule(args.schedule)
+            FrequencySchedule.fixed(args.freq, band)
+            if args.freq
+            else parse_schedule(args.schedule, band)
         )
         settings = ExposureSettings(
             target_g=args.amplitude, hold_s=args.seconds, schedule=schedule,

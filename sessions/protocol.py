@@ -29,9 +29,10 @@ import pathlib
 import re
 import stat
 import zoneinfo
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, TypeAlias
 
 import yaml
@@ -39,6 +40,7 @@ from yaml.events import AliasEvent, StreamEndEvent, StreamStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from controller.schedule import FrequencySchedule, ScheduleError
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
 
 __all__ = [
@@ -53,15 +55,8 @@ __all__ = [
 ]
 
 # The limits no protocol can exceed, inclusive at both ends. Outside them a protocol is refused.
-HARD_LIMITS: dict[str, tuple[float, float]] = {
-    "target_g": (0.1, 0.6),  # target peak acceleration, g
-    "frequency_hz": (25.0, 100.0),  # every frequency a schedule reaches, Hz
-    "minutes_per_session": (1.0, 30.0),  # vibration time of one session, minutes
-    "sessions_per_day": (1, 4),  # whole sessions
-    "min_gap_hours": (0.0, 24.0),  # rest from the end of one session to the start of the next
-    "dose_tolerance": (0.01, 0.5),  # fraction of target_g that still counts as "at dose"
-    "sweep_seconds_each_way": (10.0, 1800.0),  # a sweep is slow, and no longer than a session
-}
+# They are the dose limits every layer shares (firmware_bridge/dose_limits.py), by field name.
+HARD_LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType(DOSE_LIMITS.protocol_ranges())
 
 _UNITS = {
     "target_g": "g",

@@ -181,6 +181,14 @@ def run_session(
     decision = decide(protocol, history, now(), override_reason)
     if not decision.allowed:
         raise SessionRefusedError(decision)
+    # Checked before the plate is opened and before the session row is written: settings the
+    # controller refuses (a DoseLimitError, one sentence) leave nothing behind.
+    settings = ExposureSettings(
+        target_g=protocol.target_g,
+        hold_s=decision.minutes * 60.0 * HOLD_CAP_FACTOR,
+        schedule=protocol.schedule,
+        measure_exposure=True,
+    )
     if on_decision is not None:
         on_decision(decision)
     with DeviceClient.open(device_url) as device:
@@ -222,12 +230,6 @@ def run_session(
                 _log.warning("checkpoint not written (%s); retrying at the next one", exc)
 
         clock = _DoseClock(protocol, decision.minutes, checkpoint, on_progress, wall)
-        settings = ExposureSettings(
-            target_g=protocol.target_g,
-            hold_s=decision.minutes * 60.0 * HOLD_CAP_FACTOR,
-            schedule=protocol.schedule,
-            measure_exposure=True,
-        )
         with _sigterm_as_interrupt():
             result = run_exposure(device, calibration, settings, on_update=clock.update)
     status, reason = _status(result, clock)

@@ -22,7 +22,7 @@ def liv(*argv: str) -> subprocess.CompletedProcess[str]:
         (
             ["run", "--device", "sim://", "--freq", "30", "--amplitude", "0.7", "--seconds", "5"],
             2,
-            "--amplitude '0.7' is not allowed: use a number from 0.05 to 0.49",
+            "--amplitude '0.7' is not allowed: use a number from 0.1 to 0.4",
         ),
         (["run", "--device", "sim://", "--freq", "120", "--seconds", "5"], 2, "30 to 90"),
         (

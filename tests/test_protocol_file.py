@@ -272,12 +272,12 @@ def test_files_that_are_not_one_mapping(text: str, fragment: str, line: int | No
 
 
 def test_hard_limits_are_the_documented_ones() -> None:
-    assert HARD_LIMITS["target_g"] == (0.1, 0.6)
-    assert HARD_LIMITS["frequency_hz"] == (25.0, 100.0)
+    assert HARD_LIMITS["target_g"] == (0.1, 0.4)
+    assert HARD_LIMITS["frequency_hz"] == (30.0, 90.0)
     assert HARD_LIMITS["minutes_per_session"] == (1.0, 30.0)
     assert HARD_LIMITS["sessions_per_day"] == (1, 4)
     assert HARD_LIMITS["min_gap_hours"] == (0.0, 24.0)
-    assert HARD_LIMITS["dose_tolerance"] == (0.01, 0.5)
+    assert HARD_LIMITS["dose_tolerance"] == (0.01, 0.15)
     assert HARD_LIMITS["sweep_seconds_each_way"] == (10.0, 1800.0)
 
 
@@ -312,9 +312,9 @@ def limit_case(changes: dict[str, str]) -> str:
 LIMIT_CASES: list[tuple[str, dict[str, str], dict[str, str], str]] = [
     # (name, accepted at the boundary, refused just outside, field named in the refusal)
     ("target_g low", {"target_g": "0.1"}, {"target_g": "0.0999"}, "target_g"),
-    ("target_g high", {"target_g": "0.6"}, {"target_g": "0.6001"}, "target_g"),
-    ("frequency low", {"frequency_hz": "25"}, {"frequency_hz": "24.999"}, "frequency_hz"),
-    ("frequency high", {"frequency_hz": "100"}, {"frequency_hz": "100.001"}, "frequency_hz"),
+    ("target_g high", {"target_g": "0.4"}, {"target_g": "0.4001"}, "target_g"),
+    ("frequency low", {"frequency_hz": "30"}, {"frequency_hz": "29.999"}, "frequency_hz"),
+    ("frequency high", {"frequency_hz": "90"}, {"frequency_hz": "90.001"}, "frequency_hz"),
     ("minutes low", {"minutes_per_session": "1"}, {"minutes_per_session": "0.999"}, "minutes"),
     ("minutes high", {"minutes_per_session": "30"}, {"minutes_per_session": "30.001"}, "minutes"),
     ("sessions low", {"sessions_per_day": "1"}, {"sessions_per_day": "0"}, "sessions_per_day"),
@@ -327,17 +327,17 @@ LIMIT_CASES: list[tuple[str, dict[str, str], dict[str, str], str]] = [
         "min_gap_hours",
     ),
     ("tolerance low", {"dose_tolerance": "0.01"}, {"dose_tolerance": "0.0099"}, "dose_tolerance"),
-    ("tolerance high", {"dose_tolerance": "0.5"}, {"dose_tolerance": "0.501"}, "dose_tolerance"),
+    ("tolerance high", {"dose_tolerance": "0.15"}, {"dose_tolerance": "0.151"}, "dose_tolerance"),
     (
         "sweep low_hz",
-        schedule(sweep_text(low="25")),
-        schedule(sweep_text(low="24.99")),
+        schedule(sweep_text(low="30")),
+        schedule(sweep_text(low="29.99")),
         "frequency_schedule.sweep.low_hz",
     ),
     (
         "sweep high_hz",
-        schedule(sweep_text(high="100")),
-        schedule(sweep_text(high="100.01")),
+        schedule(sweep_text(high="90")),
+        schedule(sweep_text(high="90.01")),
         "frequency_schedule.sweep.high_hz",
     ),
     (
@@ -354,14 +354,14 @@ LIMIT_CASES: list[tuple[str, dict[str, str], dict[str, str], str]] = [
     ),
     (
         "step hz low",
-        schedule(steps_text("25")),
-        schedule(steps_text("24.99")),
+        schedule(steps_text("30")),
+        schedule(steps_text("29.99")),
         "frequency_schedule.steps[2].hz",
     ),
     (
         "step hz high",
-        schedule(steps_text("100")),
-        schedule(steps_text("100.01")),
+        schedule(steps_text("90")),
+        schedule(steps_text("90.01")),
         "frequency_schedule.steps[2].hz",
     ),
 ]
@@ -721,10 +721,10 @@ def valid_protocols(draw: st.DrawFn) -> PatientProtocol:
     else:
         room_h = (24 - sessions * minutes / 60) / (sessions - 1)
         gap_h = draw(st.integers(0, min(2400, math.floor(room_h * 100)))) / 100
-    hz = st.integers(250, 1000).map(lambda n: n / 10)
+    hz = st.integers(300, 900).map(lambda n: n / 10)
     kind = draw(st.sampled_from(["fixed", "steps", "sweep"]))
     if kind == "fixed":
-        schedule = FrequencySchedule.fixed(draw(hz), (25.0, 100.0))
+        schedule = FrequencySchedule.fixed(draw(hz), (30.0, 90.0))
     elif kind == "steps":
         later = draw(st.lists(st.integers(1, int(minutes * 60) - 1), unique=True, max_size=4))
         starts = [0, *sorted(later)]
@@ -758,7 +758,7 @@ def valid_protocols(draw: st.DrawFn) -> PatientProtocol:
         patient_id = "P-" + patient_id
     return PatientProtocol(
         patient_id=patient_id,
-        target_g=draw(st.integers(100, 600)) / 1000,
+        target_g=draw(st.integers(100, 400)) / 1000,
         schedule=schedule,
         minutes_per_session=minutes,
         sessions_per_day=sessions,
@@ -771,7 +771,7 @@ def valid_protocols(draw: st.DrawFn) -> PatientProtocol:
                 ["UTC", "Europe/London", "America/Indiana/Indianapolis", "Asia/Kolkata"]
             )
         ),
-        dose_tolerance=draw(st.integers(1, 50)) / 100,
+        dose_tolerance=draw(st.integers(1, 15)) / 100,
     )
 
 
