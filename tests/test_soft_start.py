@@ -77,10 +77,12 @@ def assert_soft_start_and_full_hold(truth: dict[str, Any], hold_s: float) -> Tru
     env, t = run.env_g, run.t_s
     # soft: nowhere near the target in the first 0.3 s (the issue saw 0.28 g within 0.18 s)
     assert np.all(env[t < 0.3] < 0.1 * TARGET), env[t < 0.3]
-    # rises over ~2 s, close to the raised-cosine ramp the host asks for
+    # rises over ~2 s, close to the raised-cosine ramp the host asks for (measured within 3% of
+    # the target, 5% with 100 ms latency; 10% leaves room for a host stalled on a busy machine,
+    # while a ramp compressed by a clock 0.5 s stale is off by 35%)
     expected = np.array([TARGET * ramp_profile(x, RAMP_UP_S, hold_s, RAMP_DOWN_S) for x in t])
     ramp = t < RAMP_UP_S
-    assert np.all(np.abs(env[ramp] - expected[ramp]) < 0.06 * TARGET), env[ramp] - expected[ramp]
+    assert np.all(np.abs(env[ramp] - expected[ramp]) < 0.1 * TARGET), env[ramp] - expected[ramp]
     first_90 = float(t[np.argmax(env >= 0.9 * TARGET)])
     assert 1.4 < first_90 < 2.3, first_90
     # the full hold: at the target (+/-5%) from 0.3 s after the ramp until the hold ends
@@ -88,7 +90,7 @@ def assert_soft_start_and_full_hold(truth: dict[str, Any], hold_s: float) -> Tru
     assert np.all(np.abs(env[hold] / TARGET - 1.0) < 0.05), env[hold] / TARGET
     # and the drive was on for ramp + hold + ramp down, not less
     total = RAMP_UP_S + hold_s + RAMP_DOWN_S
-    assert total - 0.1 < run.drive_on_s < total + 0.2, run.drive_on_s
+    assert total - 0.1 < run.drive_on_s < total + 0.3, run.drive_on_s
     return run
 
 
@@ -241,7 +243,7 @@ def test_soft_start_over_a_served_plate_up_for_minutes(
     assert result.status is ExposureStatus.COMPLETED, result.trip
     run = assert_soft_start_and_full_hold(load_truth(truth_path), hold)
     assert run.onset_s > UPTIME_S + 1.5
-    assert 0 <= run.onset_index - result.start_index <= round(0.2 * FS)
+    assert 0 <= run.onset_index - result.start_index <= round(0.3 * FS)
     assert result.held_s == pytest.approx(hold, abs=0.05)
 
 
