@@ -337,9 +337,10 @@ class DeviceClient:
     def discard_backlog(self, max_blocks: int = 500) -> int:
         """Drop sample blocks already waiting (queued here or in the OS buffer); return how many.
 
-        Call before starting a clock on the device's samples, so that time zero is now and a
-        backlog cannot make a ramp run ahead. A transport paced by the reads themselves
-        (``sim://?speed=max``) never has a backlog.
+        Saves reading the past block by block before an exposure. It does not make the index
+        seen so far the device's present (commands still take round trips): a clock that must
+        start now starts at :attr:`output_start_index`. A transport paced by the reads
+        themselves (``sim://?speed=max``) never has a backlog.
         """
         dropped = len(self._blocks)
         self._blocks.clear()
