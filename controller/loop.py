@@ -258,12 +258,14 @@ def _run_exposure(
     sent_drive = 0.0
     t = 0.0
 
+    # Exposure time zero is the first sample the device produced after it accepted SET_OUTPUT
+    # on (DeviceClient.output_start_index), never an index seen before: the index known after
+    # the handshake may be 0 or stale, and a backlog is the past.
     start = result.start_index = device.sample_index
+    started = False
     try:
         try:
-            # Samples already waiting belong to the past: time zero of the exposure is now.
-            device.discard_backlog()
-            start = result.start_index = device.sample_index
+            device.discard_backlog()  # not needed for time zero; saves decoding the past
             device.set_frequency(freq)
             device.start_output()
         except BridgeError as exc:
@@ -280,6 +282,16 @@ def _run_exposure(
                     f"no samples for {settings.limits.link_timeout_s:g} s",
                 )  # fmt: skip
                 break
+            # A jump in the sample clock is never time at dose nor ramp progress: trip first.
+            result.trip = supervisor.check_index(t, block)
+            if result.trip is not None:
+                break
+            if not started:
+                zero = device.output_start_index
+                if zero is None or block.first_index < zero:
+                    continue  # produced before the output came on
+                started = True
+                start = result.start_index = zero
             began = timer()
             t = (block.first_index + block.counts.size - start) / fs
             estimator.push(block.accel_g, block.phase_rad, block.freq_hz, block.drive)

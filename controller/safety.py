@@ -41,6 +41,7 @@ class TripReason(enum.StrEnum):
     DEVICE_FAULT = "device_fault"
     DEVICE_RESET = "device_reset"
     DEVICE_REFUSED = "device_refused"
+    SAMPLE_INDEX_JUMP = "sample_index_jump"
 
 
 TRIP_TEXT: dict[TripReason, str] = {
@@ -57,6 +58,7 @@ TRIP_TEXT: dict[TripReason, str] = {
     TripReason.DEVICE_FAULT: "the plate reported a fault",
     TripReason.DEVICE_RESET: "the plate restarted",
     TripReason.DEVICE_REFUSED: "the plate refused a command",
+    TripReason.SAMPLE_INDEX_JUMP: "the plate's sample clock jumped, so its time cannot be counted",
 }
 
 
@@ -80,8 +82,11 @@ class SafetyLimits:
     gravity_tolerance_g: float = 0.15
     link_timeout_s: float = 0.3
     link_error_rate: float = 0.05  # damaged + lost frames per expected frame over 1 s
+    index_gap_s: float = 0.1  # samples a block may skip (lost frames); beyond, or back: trip
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.index_gap_s <= 1.0:
+            raise ValueError(f"index gap {self.index_gap_s:g} s is not allowed: use 0-1 s")
         if not 0.0 < self.ceiling_g <= HARD_CEILING_G:
             raise DoseLimitError(
                 f"ceiling {self.ceiling_g:g} g is not allowed: it must be above 0 and at most "
@@ -126,6 +131,32 @@ class SafetySupervisor:
         self._held: dict[TripReason, float] = {}
         window = max(2, round(1.0 / self.block_s))
         self._link_history: deque[tuple[int, int, int]] = deque(maxlen=window)
+        self._max_gap = round(limits.index_gap_s * sample_rate_hz)
+        self._next_index: int | None = None
+
+    def check_index(self, t_s: float, block: SampleBlock) -> SafetyTrip | None:
+        """Trip if ``block`` does not continue the sample clock of the blocks seen before.
+
+        A block may start up to ``index_gap_s`` of samples after the previous one ended (a
+        frame or a short burst lost on a noisy link); a larger jump ahead, or any index going
+        back, trips SAMPLE_INDEX_JUMP. Call it for every block, before the block's time is
+        used: ``t_s`` is the exposure time reached before it. A device reset never gets here
+        (its HELLO raises first).
+        """
+        expected = self._next_index
+        self._next_index = block.first_index + block.counts.size
+        if expected is None:
+            return None
+        jump = block.first_index - expected
+        if 0 <= jump <= self._max_gap:
+            return None
+        direction = "back" if jump < 0 else "ahead"
+        return SafetyTrip(
+            TripReason.SAMPLE_INDEX_JUMP, t_s, block.first_index,
+            f"sample index went {direction} from {expected} to {block.first_index} "
+            f"({jump:+d} samples; up to {self._max_gap} ahead allowed)",
+            {"expected_index": float(expected), "jump_samples": float(jump)},
+        )  # fmt: skip
 
     def check(
         self,

@@ -125,6 +125,7 @@ class _Pending:
     name: str
     seq: int
     sent_at_sample: int
+    output_on: bool = False  # a SET_OUTPUT on: its ACK starts the output clock
 
 
 class DeviceClient:
@@ -144,6 +145,8 @@ class DeviceClient:
         self._expected_index: int | None = None
         self._last_tx_index = 0
         self._device_index = 0
+        self._output_acked = False
+        self._output_start_index: int | None = None
         self.samples_missing = 0
         self.sample_frames_seen = 0  # SAMPLES frames, counted from the very first byte
         self.frames_sent = 0
@@ -206,6 +209,16 @@ class DeviceClient:
         """The device's sample clock as last seen (index after the newest block)."""
         return self._device_index
 
+    @property
+    def output_start_index(self) -> int | None:
+        """First sample of the first block the device produced after it accepted SET_OUTPUT on.
+
+        The device ACKs a command before the first SAMPLES block that reflects it
+        (docs/protocol.md 9.2), so this is the device's present when the output came on,
+        whatever its uptime or the backlog read before. None until that block has arrived.
+        """
+        return self._output_start_index
+
     def handshake(self, timeout_s: float = HELLO_TIMEOUT_S) -> DeviceInfo:
         """Wait for the device's hello (asking for it twice a second) and check the version."""
         clock = _Deadline(self, timeout_s)
@@ -244,7 +257,12 @@ class DeviceClient:
         self.command(SetDrive(drive_to_q16(drive), ramp_ms), wait)
 
     def start_output(self) -> None:
-        """Enable the output at zero amplitude; ramp it up with :meth:`set_drive`."""
+        """Enable the output at zero amplitude; ramp it up with :meth:`set_drive`.
+
+        Re-arms :attr:`output_start_index`, which the first block after the ACK then sets.
+        """
+        self._output_acked = False
+        self._output_start_index = None
         self.command(SetOutput(1), wait=True)
 
     def stop_output(self, wait: bool = True) -> None:
@@ -271,7 +289,8 @@ class DeviceClient:
         """
         seq = self._send(message)
         name = type(message).__name__
-        self._pending[seq] = _Pending(name, seq, self._device_index)
+        output_on = isinstance(message, SetOutput) and message.enable == 1
+        self._pending[seq] = _Pending(name, seq, self._device_index, output_on)
         if not wait:
             return
         clock = _Deadline(self, COMMAND_TIMEOUT_S)
@@ -318,9 +337,10 @@ class DeviceClient:
     def discard_backlog(self, max_blocks: int = 500) -> int:
         """Drop sample blocks already waiting (queued here or in the OS buffer); return how many.
 
-        Call before starting a clock on the device's samples, so that time zero is now and a
-        backlog cannot make a ramp run ahead. A transport paced by the reads themselves
-        (``sim://?speed=max``) never has a backlog.
+        Saves reading the past block by block before an exposure. It does not make the index
+        seen so far the device's present (commands still take round trips): a clock that must
+        start now starts at :attr:`output_start_index`. A transport paced by the reads
+        themselves (``sim://?speed=max``) never has a backlog.
         """
         dropped = len(self._blocks)
         self._blocks.clear()
@@ -386,7 +406,9 @@ class DeviceClient:
             case Samples():
                 self._on_samples(message)
             case Ack(acked_seq=acked):
-                self._pending.pop(acked, None)
+                pending = self._pending.pop(acked, None)
+                if pending is not None and pending.output_on:
+                    self._output_acked = True
             case Nak(refused_seq=refused, reason=reason):
                 pending = self._pending.pop(refused, None)
                 name = pending.name if pending else f"frame type 0x{message.refused_type:02x}"
@@ -418,6 +440,8 @@ class DeviceClient:
             self.samples_missing += missing
         self._expected_index = samples.first_index + n
         self._device_index = samples.first_index + n
+        if self._output_acked and self._output_start_index is None:
+            self._output_start_index = samples.first_index
         self._blocks.append(
             SampleBlock(
                 first_index=samples.first_index,

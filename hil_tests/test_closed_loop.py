@@ -135,3 +135,79 @@ def test_closed_loop_holds_the_target(
         )
     failed = [c.describe() for c in checks if not c.passed]
     assert not failed, "; ".join(failed)
+
+
+SOFT_RAMP_S = 2.0  # liv run and liv start
+SOFT_HOLD_S = 1.0
+SOFT_MIN_FRACTION = 0.7  # the host's raised cosine reaches 90% at 0.8 of the ramp
+
+
+@pytest.mark.moves_plate
+@pytest.mark.timeout(60)
+def test_an_exposure_right_after_connecting_starts_softly(
+    device: DeviceClient,
+    device_url: str,
+    calibration: Calibration,
+    qualification: QualificationReport,
+) -> None:
+    """A fresh connection, straight into an exposure: the ramp starts at the device's present.
+
+    The plate may have been streaming for hours before this host connected (a served or
+    native-USB plate does not reset when the port opens). Judged from the drive the device
+    reports in each block: zero at the exposure's time zero, 90% of the hold drive no sooner
+    than 0.7 of the 2 s ramp, and a full hold.
+    """
+    device.close()  # the fixture brought the plate to IDLE; start again with no history
+    settings = ExposureSettings(
+        target_g=TARGET_G,
+        hold_s=SOFT_HOLD_S,
+        schedule=FrequencySchedule.fixed(45.0),
+        ramp_up_s=SOFT_RAMP_S,
+        ramp_down_s=RAMP_DOWN_S,
+    )
+    with DeviceClient.open(device_url) as fresh:
+        fs = fresh.info.sample_rate_hz
+        with StreamTap(fresh) as tap:
+            result = run_exposure(fresh, calibration, settings)
+    exposure = [b for b in tap.blocks if b.first_index >= result.start_index]
+    t = np.array([(b.first_index - result.start_index) / fs for b in exposure])
+    drive = np.array([b.drive for b in exposure])
+    in_hold = (t >= SOFT_RAMP_S) & (t < SOFT_RAMP_S + SOFT_HOLD_S)
+    hold_drive = float(np.median(drive[in_hold])) if in_hold.any() else 0.0
+    reached = np.flatnonzero(drive >= 0.9 * hold_drive) if hold_drive > 0.0 else []
+    reached_s = round(float(t[reached[0]]), 3) if len(reached) else None
+    tag = "closed_loop.soft_start"
+    checks = [
+        qualification.expect(
+            f"{tag}.status",
+            "exposure started right after connecting: how it ended",
+            result.status.value
+            + (f" ({result.trip.reason.value}: {result.trip.detail})" if result.trip else ""),
+            ExposureStatus.COMPLETED.value,
+        ),
+        qualification.check(
+            f"{tag}.zero_drive",
+            "reported drive at the exposure's time zero",
+            float(drive[0]) if drive.size else None,
+            0.0,
+            "==",
+        ),
+        qualification.check(
+            f"{tag}.ramp",
+            f"time from time zero to 90% of the hold drive ({SOFT_RAMP_S:g} s raised cosine)",
+            reached_s,
+            round(SOFT_MIN_FRACTION * SOFT_RAMP_S, 3),
+            ">=",
+            "s",
+        ),
+        qualification.check(
+            f"{tag}.held",
+            "time held at the target, by the controller's count",
+            round(result.held_s, 3),
+            round(SOFT_HOLD_S - 0.05, 3),
+            ">=",
+            "s",
+        ),
+    ]
+    failed = [c.describe() for c in checks if not c.passed]
+    assert not failed, "; ".join(failed)

@@ -84,7 +84,8 @@ def test_injected_fault_trips_and_the_plate_stops(
     key, reasons, detection_s = FAULTS[fault]
     config = parse_sim_url(device_url)
     boot_s = config.boot_ms / 1000.0
-    fault_at_s = boot_s + HANDSHAKE_ALLOWANCE_S + RAMP_UP_S + INTO_HOLD_S  # plant time
+    # plant time, counted from power-up: a plate up before the suite came (uptime_s) is later
+    fault_at_s = config.uptime_s + boot_s + HANDSHAKE_ALLOWANCE_S + RAMP_UP_S + INTO_HOLD_S
     settings = ExposureSettings(
         target_g=TARGET_G,
         hold_s=HOLD_S,

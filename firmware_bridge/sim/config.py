@@ -18,7 +18,9 @@ class SimConfig:
     """Everything that makes one simulated plate run: profile, patient, pacing, faults.
 
     Times ending in ``_at_s`` are seconds of simulated time since the device powered up;
-    ``None`` means the event never happens.
+    ``None`` means the event never happens. ``uptime_s`` is how long the device has been
+    powered and streaming when it is opened (a plate that was running before the host came);
+    fault events must then lie at or after it.
     """
 
     profile: str = "default"
@@ -35,6 +37,7 @@ class SimConfig:
     sway: bool = True
     noise_ug: float | None = None  # accelerometer noise density override, ug/sqrt(Hz)
     coil_temp_c: float | None = None  # initial coil temperature (default: ambient)
+    uptime_s: float = 0.0  # powered and streaming this long before the host connects
     # link faults
     corrupt_rate: float = 0.0  # probability per byte, both directions
     drop_rate: float = 0.0  # probability per device frame
@@ -48,6 +51,9 @@ class SimConfig:
     open_circuit_at_s: float | None = None
     gain_loss_at_s: float | None = None
     gain_factor: float = 0.5
+    # the sample index jumps by index_jump_samples at this time (a firmware clock fault)
+    index_jump_at_s: float | None = None
+    index_jump_samples: int = 16000
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -62,11 +68,39 @@ class SimConfig:
             ("noise", self.noise_ug is None or 0.0 <= self.noise_ug <= 100_000.0, "0..100000"),
             ("seed", self.seed >= 0, "a non-negative integer"),
             ("device_id", 0 < len(self.device_id.encode()) <= 16, "1..16 ASCII characters"),
+            ("uptime_s", 0.0 <= self.uptime_s <= MAX_UPTIME_S, f"0..{MAX_UPTIME_S:g} s"),
+            (
+                "index_jump_samples",
+                self.index_jump_samples != 0 and abs(self.index_jump_samples) <= 2**31,
+                "a non-zero whole number of samples, negative to go backwards",
+            ),
         ]
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"sim parameter {name} is out of range (allowed: {allowed})")
+        for key, field_name in _EVENT_KEYS.items():
+            at = getattr(self, field_name)
+            if at is not None and at < self.uptime_s:
+                raise ValueError(
+                    f"sim parameter {key}={at:g} lies before uptime_s={self.uptime_s:g} "
+                    "(allowed: times since power-up, at or after uptime_s)"
+                )
 
+
+MAX_UPTIME_S = 7 * 86400.0  # a week; the u32 sample index wraps after 31 days at 1600 Hz
+
+# Events the device fires once, at a time since power-up (they cannot lie before uptime_s).
+_EVENT_KEYS = {
+    "disconnect_at": "disconnect_at_s",
+    "reset_at": "reset_at_s",
+    "sensor_stuck_at": "sensor_stuck_at_s",
+    "sensor_saturated_at": "sensor_saturated_at_s",
+    "sensor_disconnected_at": "sensor_disconnected_at_s",
+    "open_circuit_at": "open_circuit_at_s",
+    "gain_loss_at": "gain_loss_at_s",
+    "load_step_at": "load_step_at_s",
+    "index_jump_at": "index_jump_at_s",
+}
 
 _FLOAT_KEYS = {
     "mass": "mass_kg",
@@ -87,9 +121,13 @@ _FLOAT_KEYS = {
     "open_circuit_at": "open_circuit_at_s",
     "gain_loss_at": "gain_loss_at_s",
     "gain_factor": "gain_factor",
+    "uptime_s": "uptime_s",
+    "index_jump_at": "index_jump_at_s",
 }
 _TEXT_KEYS = {"profile": "profile", "truth": "truth", "device_id": "device_id"}
-ALLOWED_KEYS = sorted([*_FLOAT_KEYS, *_TEXT_KEYS, "seed", "speed", "sway", "noise"])
+ALLOWED_KEYS = sorted(
+    [*_FLOAT_KEYS, *_TEXT_KEYS, "seed", "speed", "sway", "noise", "index_jump_samples"]
+)
 
 
 def parse_sim_url(url: str) -> SimConfig:
@@ -116,6 +154,12 @@ def parse_sim_url(url: str) -> SimConfig:
             if not raw.isdigit():
                 raise UnknownUrlError(url, f"seed={raw!r} must be a non-negative integer")
             values["seed"] = int(raw)
+        elif key == "index_jump_samples":
+            if not raw.lstrip("-").isdigit():
+                raise UnknownUrlError(
+                    url, f"index_jump_samples={raw!r} must be a whole number of samples"
+                )
+            values["index_jump_samples"] = int(raw)
         elif key == "speed":
             values["speed"] = None if raw == "max" else _number(url, key, raw)
         elif key == "sway":

@@ -155,6 +155,8 @@ class SimulatedDevice:
         self._pending_events = self._schedule(config)
         self._closed = False
         self._boot()
+        if config.uptime_s:
+            self._power_on_unattended(config.uptime_s)
 
     # ---- transport-facing ---------------------------------------------------------------
 
@@ -218,6 +220,30 @@ class SimulatedDevice:
         self._phase_turns = 0.0
         self._envelope = _Envelope()
         self._inbox.clear()
+
+    def _power_on_unattended(self, uptime_s: float) -> None:
+        """Put the device where ``uptime_s`` of powered, idle streaming would have left it.
+
+        Whole blocks from power-up: the boot delay, then one SAMPLES frame per block that no
+        host read (index and transmit sequence advanced), the phase accumulator run on at the
+        default frequency, the plate at rest and the coil cooled towards ambient. Nothing is
+        simulated sample by sample, so minutes of uptime cost nothing and stay deterministic.
+        """
+        n = self.block_samples
+        blocks = round(uptime_s / self.block_s)
+        boot_blocks = 0
+        while boot_blocks < blocks and boot_blocks * n * (1.0 / self.sample_rate_hz) < (
+            self._boot_done_at
+        ):
+            boot_blocks += 1
+        self.physics.skip_at_rest(blocks * n)
+        self._phase_turns = (self._freq_hz * blocks * n / self.sample_rate_hz) % 1.0
+        streamed = blocks - boot_blocks
+        if streamed > 0:
+            self._booted = True
+            self._last_rx_s = self.time_s
+            self._sample_index = streamed * n
+            self._tx_seq = (1 + streamed) & 0xFFFF  # its boot HELLO and every block went out
 
     def step(self) -> None:
         """Simulate one block of samples and queue whatever the firmware sends."""
@@ -461,6 +487,7 @@ class SimulatedDevice:
             (config.open_circuit_at_s, "open_circuit"),
             (config.gain_loss_at_s, "gain_loss"),
             (config.load_step_at_s, "load_step"),
+            (config.index_jump_at_s, "index_jump"),
         ]
         return sorted((t, name) for t, name in events if t is not None)
 
@@ -482,6 +509,8 @@ class SimulatedDevice:
                 self.physics.amplifier_gain_factor = self.config.gain_factor
             elif name == "load_step":
                 self.physics.set_patient_mass_kg(self.config.load_step_kg)
+            elif name == "index_jump":  # a firmware clock fault: the stream skips (or rewinds)
+                self._sample_index = max(0, self._sample_index + self.config.index_jump_samples)
 
     def _record_event(self, name: str) -> None:
         if self._truth is not None:

@@ -219,6 +219,26 @@ class PlatePhysics:
         self._coil_temp_c = float(temperature_c)
         self._params = replace(self._params, resistance_ohm=self._resistance(temperature_c))
 
+    def skip_at_rest(self, n: int) -> None:
+        """Advance the clock ``n`` samples with no drive, without simulating them.
+
+        The plate ends at rest (as an undriven plate settles within a second) and the coil
+        cools towards ambient as it would with no current: the state of a plate left powered
+        and idle, for a device that was up before the host came. Cheap for any ``n``.
+        """
+        if n < 0:
+            raise ValueError(f"n = {n!r} must be >= 0 samples")
+        thermal = self.profile.thermal
+        tau_s = thermal.thermal_resistance_k_per_w * thermal.thermal_capacity_j_per_k
+        cooled = (self._coil_temp_c - thermal.ambient_c) * math.exp(-n * self._dt / tau_s)
+        self._coil_temp_c = thermal.ambient_c + cooled
+        self._x = np.zeros(_N_PLANT)
+        self._i2_sum = 0.0
+        self._i2_count = 0
+        self._until_update = self._update_every
+        self._sample_index += n
+        self._params = self._current_params()
+
     # ---- linear model -------------------------------------------------------------------
 
     def linear_model(self) -> scipy.signal.StateSpace:

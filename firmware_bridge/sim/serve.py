@@ -33,9 +33,10 @@ class _Pacer:
         self.device = device
         self.speed = speed
         self.start = time.monotonic()
+        self.origin_s = device.time_s  # a device up before serving (uptime_s) is not at 0
 
     def catch_up(self) -> bytes:
-        target = (time.monotonic() - self.start) * self.speed
+        target = self.origin_s + (time.monotonic() - self.start) * self.speed
         out = bytearray()
         while self.device.time_s + self.device.block_s <= target:
             self.device.step()
@@ -44,7 +45,7 @@ class _Pacer:
 
     def wait_s(self) -> float:
         """Wall seconds until the next block is due."""
-        due = (self.device.time_s + self.device.block_s) / self.speed
+        due = (self.device.time_s + self.device.block_s - self.origin_s) / self.speed
         return max(0.0, min(0.05, due - (time.monotonic() - self.start)))
 
 

@@ -39,6 +39,7 @@ class Serial(serial.SerialBase):
             raise UnknownUrlError(url, str(exc)) from None
         self._buffer = bytearray()
         self._wall_start = time.monotonic()
+        self._sim_start_s = self._device.time_s  # not 0 for a device that was up (uptime_s)
         self.is_open = True
 
     def _reconfigure_port(self) -> None:
@@ -83,7 +84,7 @@ class Serial(serial.SerialBase):
                 self._buffer += device.take_output()
                 self._check_link()
         else:
-            target = (time.monotonic() - self._wall_start) * speed
+            target = self._sim_start_s + (time.monotonic() - self._wall_start) * speed
             while device.time_s + device.block_s <= target:
                 device.step()
                 self._buffer += device.take_output()
