@@ -33,6 +33,7 @@ from firmware_bridge.sim.device import (
     WATCHDOG_S,
     SimulatedDevice,
 )
+from hil_tests.plate import go_silent
 from tests.simhelpers import listen_silently, load_truth, run_blocks
 
 FS = 1600.0
@@ -334,3 +335,26 @@ def test_bad_sim_urls_name_the_problem(url: str) -> None:
     with pytest.raises(UnknownUrlError) as err:
         DeviceClient.open(url)
     assert url in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "samples_after_replies", [False, True], ids=["samples-first", "replies-first"]
+)
+def test_the_hil_watchdog_timing_holds_in_either_boundary_order(
+    samples_after_replies: bool,
+) -> None:
+    """docs/protocol.md 9.2 leaves the order of a finished block's SAMPLES and a boundary's
+    replies open: the suite's "last host frame" must not depend on it."""
+    with DeviceClient.open("sim://?speed=max") as dev:
+        sim_device(dev).samples_after_replies = samples_after_replies
+        dev.set_frequency(45.0)
+        dev.start_output()
+        dev.set_drive(0.2, 0.1)
+        dev.read_for(0.3)
+        silence = go_silent(dev, 1.0)
+    (fault,) = silence.faults
+    assert fault.code == FaultCode.HOST_WATCHDOG
+    # The reference device trips at the first boundary more than 500 ms (800 samples) after
+    # the one where it handled the last frame: 26 blocks of 32 samples later.
+    assert fault.sample_index - silence.silent_from == 832
+    assert silence.samples[0].first_index >= silence.silent_from - 32

@@ -178,6 +178,11 @@ class SimulatedDevice:
         self.fault_ramp_ms = round_half_up(SAFE_RAMP_S * 1000)
         self.stop_ramp_ms = round_half_up(SAFE_RAMP_S * 1000)
         self.slew_full_scale_ms = round_half_up(FULL_SCALE_SLEW_S * 1000)
+        # docs/protocol.md 9.2 leaves open whether a finished block's SAMPLES leaves before or
+        # after the replies of the boundary where it ends; True sends it after them (tests use
+        # it to show that nothing depends on the order).
+        self.samples_after_replies = False
+        self._held_samples: Samples | None = None
         self.physics = PlatePhysics(
             profile,
             config.mass_kg,
@@ -261,6 +266,7 @@ class SimulatedDevice:
         self._freq_hz = 30.0
         self._phase_turns = 0.0
         self._envelope = _Envelope()
+        self._held_samples = None
         self._inbox.clear()
 
     def step(self) -> None:
@@ -274,6 +280,9 @@ class SimulatedDevice:
         if self._booted:
             self._handle_inbox(now)
             self._check_watchdog(now)
+        if self._held_samples is not None:
+            self._send(self._held_samples)
+            self._held_samples = None
         self._run_block(now)
 
     def _handle_inbox(self, now: float) -> None:
@@ -462,16 +471,17 @@ class SimulatedDevice:
         if self._truth is not None:
             self._record_truth(now, accel, pieces)
         if self._booted:
-            phase_q32 = phase_to_q32(first_phase)
-            self._send(
-                Samples(
-                    self._sample_index,
-                    phase_q32,
-                    hz_to_mhz(self._freq_hz),
-                    drive_to_q16(_clip01(first_drive)),
-                    counts,
-                )
+            samples = Samples(
+                self._sample_index,
+                phase_to_q32(first_phase),
+                hz_to_mhz(self._freq_hz),
+                drive_to_q16(_clip01(first_drive)),
+                counts,
             )
+            if self.samples_after_replies:
+                self._held_samples = samples  # sent at the next boundary, after its replies
+            else:
+                self._send(samples)
             self._sample_index += n
 
     def _record_truth(
