@@ -57,6 +57,7 @@ from firmware_bridge.protocol import (
     fault_text,
     hz_to_mhz,
     nak_text,
+    round_half_up,
 )
 from firmware_bridge.transport import close_port, open_port
 
@@ -258,7 +259,7 @@ class DeviceClient:
 
     def set_drive(self, drive: float, ramp_s: float, wait: bool = True) -> None:
         """Ramp the drive amplitude (fraction of full scale) linearly over ``ramp_s``."""
-        ramp_ms = max(0, min(0xFFFF, round(ramp_s * 1000.0)))
+        ramp_ms = max(0, min(0xFFFF, round_half_up(ramp_s * 1000.0)))
         self.command(SetDrive(drive_to_q16(drive), ramp_ms), wait)
 
     def start_output(self) -> None:

@@ -973,3 +973,12 @@ def test_client_refuses_another_major_version_by_its_first_bytes() -> None:
         client.handshake(timeout_s=1.0)
     client.port.close()
     assert (err.value.device_major, err.value.host_major) == (1, PROTOCOL_MAJOR)
+
+
+def test_client_encodes_drive_and_ramp_time_half_up() -> None:
+    port = serial.serial_for_url("loop://", timeout=0.01)
+    client = DeviceClient(port, "loop://")
+    client.set_drive(0.3, 0.0025, wait=False)  # 19660.5 counts and 2.5 ms: both round up
+    (frame,) = FrameDecoder().feed(port.read(64))
+    port.close()
+    assert decode_message(frame) == SetDrive(19_661, 3)
