@@ -38,9 +38,11 @@ from firmware_bridge.protocol import (
     Capability,
     DeviceState,
     FaultCode,
+    Hello,
     Message,
     NakReason,
     Samples,
+    check_hello,
     decode_message,
     drive_to_q16,
     encode_message,
@@ -460,3 +462,12 @@ def test_fault_during_a_stop_is_stated_once() -> None:
     assert "keeps that ramp (and its earlier end)" not in FLAT_DOC
     assert FLAT_DOC.count("never lengthens the time to zero") == 1
     assert "section 10" in section("12. Settled points")
+
+
+@pytest.mark.parametrize(
+    "vector", [v for v in VECTORS if v.message == "HELLO"], ids=lambda v: v.name
+)
+def test_every_hello_vector_is_one_a_host_accepts(vector: Vector) -> None:
+    hello = build(vector)
+    assert isinstance(hello, Hello)
+    check_hello(hello)
