@@ -400,9 +400,9 @@ class DeviceClient:
                 self.protocol_errors += 1
                 log.warning("dropped a malformed frame: %s", exc)
                 continue
-            self._dispatch(message, frame.seq, expect_hello)
+            self._dispatch(message, expect_hello)
 
-    def _dispatch(self, message: Message, seq: int, expect_hello: bool) -> None:
+    def _dispatch(self, message: Message, expect_hello: bool) -> None:
         match message:
             case Samples():
                 self._on_samples(message)
