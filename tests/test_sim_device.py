@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.codec import FrameDecoder
 from firmware_bridge.errors import (
     CommandRefusedError,
     DeviceFaultError,
@@ -18,6 +19,7 @@ from firmware_bridge.errors import (
 )
 from firmware_bridge.protocol import (
     FAULT_TEXT,
+    HELLO_ANSWER,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     Fault,
@@ -25,6 +27,7 @@ from firmware_bridge.protocol import (
     Hello,
     HelloRequest,
     NakReason,
+    decode_message,
 )
 from firmware_bridge.sim.device import (
     FULL_SCALE_SLEW_S,
@@ -67,20 +70,28 @@ def sim_device(dev: DeviceClient) -> SimulatedDevice:
 
 
 def test_hello_after_the_sequence_number_wraps_is_not_a_reset() -> None:
-    """A HELLO answering a request may carry seq 0 after the count wraps; only a boot HELLO
-    means the device restarted."""
+    """A HELLO answering a request carries seq 0 when the count has just wrapped; only a boot
+    HELLO means the device restarted."""
+
+    def wrap_into_a_hello(dev: DeviceClient) -> None:
+        device = sim_device(dev)
+        device.step()  # handles whatever the host had sent: the inbox is empty now
+        device._tx_seq = 0xFFFF
+        dev.heartbeat()  # its ACK takes seq 65535 ...
+        dev._send(HelloRequest())  # ... and the HELLO answering this one seq 0
+
     with DeviceClient.open("sim://?speed=max") as dev:
         dev.read_for(0.1)
-        device = sim_device(dev)
-        device._tx_seq = 0xFFFF
-        device.step()  # this block's SAMPLES carry seq 65535, the next frame wraps to 0
-        dev._send(HelloRequest())
-        dev.read_for(0.2)  # a seq-0 HELLO that is an answer: no DeviceResetError
-        device._tx_seq = 0xFFFF
-        device.step()
-        dev._send(HelloRequest())
-        hellos = [m for m in listen_silently(dev, 0.1) if isinstance(m, Hello)]
-        assert [h.boot for h in hellos] == [0]
+        wrap_into_a_hello(dev)
+        dev.read_for(0.2)  # no DeviceResetError: the HELLO is an answer
+        wrap_into_a_hello(dev)
+        decoder, frames = FrameDecoder(), []
+        while not any(f.frame_type == Hello.TYPE for f in frames):
+            frames += decoder.feed(dev.port.read(4096))
+    hello_frame = next(f for f in frames if f.frame_type == Hello.TYPE)
+    hello = decode_message(hello_frame)
+    assert isinstance(hello, Hello)
+    assert (hello_frame.seq, hello.boot) == (0, HELLO_ANSWER)
 
 
 def test_stop_ramp_lasts_the_announced_time(tmp_path: Path) -> None:
