@@ -21,12 +21,14 @@ import serial
 
 from firmware_bridge.codec import FrameDecoder, LinkStats
 from firmware_bridge.errors import (
+    BridgeError,
     CommandRefusedError,
     CommandTimeoutError,
     DeviceFaultError,
     DeviceResetError,
     HandshakeTimeoutError,
     IncompatibleVersionError,
+    InvalidDeviceInfoError,
     LinkLostError,
     ProtocolError,
 )
@@ -41,17 +43,21 @@ from firmware_bridge.protocol import (
     HelloRequest,
     Message,
     Nak,
+    NakReason,
     Samples,
     SetDrive,
     SetFrequency,
     SetOutput,
     Status,
     StatusRequest,
+    check_hello,
     decode_message,
     drive_to_q16,
     encode_message,
+    fault_text,
     hz_to_mhz,
     nak_text,
+    round_half_up,
 )
 from firmware_bridge.transport import close_port, open_port
 
@@ -79,7 +85,9 @@ class DeviceInfo:
     min_freq_hz: float
     max_freq_hz: float
     watchdog_s: float
-    watchdog_ramp_s: float
+    watchdog_ramp_s: float  # ramp to zero after a fault (watchdog or other)
+    stop_ramp_s: float  # ramp to zero after SET_OUTPUT off
+    full_scale_slew_s: float  # the drive never moves faster than full scale in this time
     capabilities: list[str]
 
     @classmethod
@@ -96,6 +104,8 @@ class DeviceInfo:
             max_freq_hz=hello.max_freq_mhz / 1000.0,
             watchdog_s=hello.watchdog_ms / 1000.0,
             watchdog_ramp_s=hello.watchdog_ramp_ms / 1000.0,
+            stop_ramp_s=hello.stop_ramp_ms / 1000.0,
+            full_scale_slew_s=hello.slew_full_scale_ms / 1000.0,
             capabilities=[c.name or "" for c in Capability if hello.capabilities & c],
         )
 
@@ -220,7 +230,11 @@ class DeviceClient:
         return self._output_start_index
 
     def handshake(self, timeout_s: float = HELLO_TIMEOUT_S) -> DeviceInfo:
-        """Wait for the device's hello (asking for it twice a second) and check the version."""
+        """Wait for the device's hello (asking for it twice a second) and check it.
+
+        Raises IncompatibleVersionError for another protocol major version and
+        InvalidDeviceInfoError for a field outside its allowed range (docs/protocol.md 7).
+        """
         clock = _Deadline(self, timeout_s)
         answers = self._answers[Hello]
         asked = None
@@ -238,6 +252,11 @@ class DeviceClient:
             raise IncompatibleVersionError(
                 hello.protocol_major, hello.protocol_minor, PROTOCOL_MAJOR
             )
+        try:
+            check_hello(hello)
+        except InvalidDeviceInfoError as exc:
+            log.error("refusing the device at %s: %s (hello %r)", self.url, exc, hello)
+            raise
         self._info = DeviceInfo.from_hello(hello)
         # Opening a port mid-stream yields a partial first frame: count damage from here on.
         self._decoder.stats = LinkStats()
@@ -253,7 +272,7 @@ class DeviceClient:
 
     def set_drive(self, drive: float, ramp_s: float, wait: bool = True) -> None:
         """Ramp the drive amplitude (fraction of full scale) linearly over ``ramp_s``."""
-        ramp_ms = max(0, min(0xFFFF, round(ramp_s * 1000.0)))
+        ramp_ms = max(0, min(0xFFFF, round_half_up(ramp_s * 1000.0)))
         self.command(SetDrive(drive_to_q16(drive), ramp_ms), wait)
 
     def start_output(self) -> None:
@@ -396,12 +415,14 @@ class DeviceClient:
             try:
                 message = decode_message(frame)
             except ProtocolError as exc:
+                if expect_hello:
+                    self._check_foreign_hello(frame.frame_type, frame.payload)
                 self.protocol_errors += 1
                 log.warning("dropped a malformed frame: %s", exc)
                 continue
-            self._dispatch(message, frame.seq, expect_hello)
+            self._dispatch(message, expect_hello)
 
-    def _dispatch(self, message: Message, seq: int, expect_hello: bool) -> None:
+    def _dispatch(self, message: Message, expect_hello: bool) -> None:
         match message:
             case Samples():
                 self._on_samples(message)
@@ -413,13 +434,13 @@ class DeviceClient:
                 pending = self._pending.pop(refused, None)
                 name = pending.name if pending else f"frame type 0x{message.refused_type:02x}"
                 self._refusals.append(CommandRefusedError(name, reason, nak_text(reason)))
-            case Fault(code=code, sample_index=index):
-                self._faults.append(DeviceFaultError(code, message.text, index))
+            case Fault(code=code, sample_index=index, detail=detail):
+                self._faults.append(DeviceFaultError(code, message.text, index, detail))
             case Hello():
                 if self._info is not None and not expect_hello:
-                    # A boot hello is the device's first frame (seq 0); any other hello is a
-                    # late answer to one of our hello requests.
-                    if seq == 0:
+                    # The boot flag, not the sequence number (which wraps to 0 in a long
+                    # session), tells a reset from a late answer to a hello request.
+                    if message.is_boot:
                         raise DeviceResetError(self._device_index)
                     return
                 self._answers[Hello].append(message)
@@ -464,8 +485,48 @@ class DeviceClient:
         return answers.popleft()
 
     def _raise_refusal(self) -> None:
-        if self._refusals:
-            raise self._refusals.popleft()
+        if not self._refusals:
+            return
+        refusal = self._refusals.popleft()
+        if refusal.reason_code == NakReason.FAULT_LATCHED:
+            raise self._latched_fault(refusal) from None
+        raise refusal
+
+    def _latched_fault(self, refusal: CommandRefusedError) -> BridgeError:
+        """The fault behind a NAK FAULT_LATCHED, with its code, text, detail and sample index.
+
+        The device sends FAULT before it can refuse anything for it, so the fault is normally
+        queued already; if its frame was lost or the fault was latched before this host
+        connected, STATUS tells which fault is latched.
+        """
+        if self._faults:
+            fault = self._faults.popleft()
+        else:
+            try:
+                status = self.request_status()
+            except BridgeError as exc:
+                log.warning("no STATUS for a refusal with a fault latched: %s", exc)
+                return refusal
+            if not status.fault_code:
+                return refusal
+            fault = DeviceFaultError(
+                status.fault_code,
+                fault_text(status.fault_code),
+                status.fault_index,
+                status.fault_detail,
+            )
+        fault.refused_command = refusal.command
+        log.info("device refused %s: %s", refusal.command, fault)
+        return fault
+
+    def _check_foreign_hello(self, frame_type: int, payload: bytes) -> None:
+        """Every HELLO starts with the protocol version: refuse another major by it.
+
+        A device of another major version sends a HELLO of another length, which does not
+        decode; its first two bytes still name its version (docs/protocol.md 3).
+        """
+        if frame_type == Hello.TYPE and len(payload) >= 2 and payload[0] != PROTOCOL_MAJOR:
+            raise IncompatibleVersionError(payload[0], payload[1], PROTOCOL_MAJOR)
 
     def _raise_events(self) -> None:
         if self._faults:

@@ -11,6 +11,7 @@
         ├── DeviceResetError      the device restarted mid-session (its drive is off)
         ├── HandshakeTimeoutError no hello from the device within the timeout
         ├── IncompatibleVersionError  device speaks another protocol major version
+        ├── InvalidDeviceInfoError    the device's HELLO holds a value outside its allowed range
         ├── ProtocolError         a well-framed message with a malformed payload
         ├── CommandTimeoutError   no ACK or NAK for a command in time
         ├── CommandRefusedError   the device NAKed a command (carries the reason code)
@@ -86,6 +87,19 @@ class IncompatibleVersionError(BridgeError):
         )
 
 
+class InvalidDeviceInfoError(BridgeError):
+    """The device's HELLO announced a value the protocol does not allow; nothing was sent."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(
+            f"device announced an impossible {field} = {value} (allowed: {allowed}); "
+            "this host will not drive it (check the firmware or the port)"
+        )
+
+
 class ProtocolError(BridgeError):
     """A frame passed its CRC but its content does not follow docs/protocol.md."""
 
@@ -106,8 +120,14 @@ class CommandRefusedError(BridgeError):
 
 
 class DeviceFaultError(BridgeError):
-    def __init__(self, code: int, text: str, sample_index: int) -> None:
+    """The device latched a fault: its code, the fault table's text, the detail and when."""
+
+    def __init__(self, code: int, text: str, sample_index: int, detail: int | None = None) -> None:
         self.code = code
         self.text = text
         self.sample_index = sample_index
-        super().__init__(f"device fault {code}: {text} (at sample {sample_index})")
+        self.detail = detail
+        # Set when the fault surfaced as the device's refusal (NAK FAULT_LATCHED) of a command.
+        self.refused_command: str | None = None
+        extra = "" if detail is None else f", detail {detail}"
+        super().__init__(f"device fault {code}: {text} (at sample {sample_index}{extra})")

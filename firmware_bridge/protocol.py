@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import struct
 from dataclasses import dataclass
 from typing import ClassVar
@@ -18,21 +19,33 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_bridge.codec import MAX_RAW_LEN, RawFrame, encode_frame
-from firmware_bridge.errors import ProtocolError
+from firmware_bridge.errors import InvalidDeviceInfoError, ProtocolError
 
-PROTOCOL_MAJOR = 1
+PROTOCOL_MAJOR = 2
 PROTOCOL_MINOR = 0
 
 Q16 = 65535
 PHASE_TURN = 2**32
 DEVICE_ID_LEN = 16
+HELLO_ANSWER = 0  # HELLO ``boot``: an answer to HELLO_REQUEST
+HELLO_BOOT = 1  # HELLO ``boot``: sent unasked after a boot
+
+
+def round_half_up(value: float) -> int:
+    """``floor(value + 0.5)``: the one rounding rule of the protocol (section 4).
+
+    Python's ``round`` rounds halves to even (``round(4.5) == 4``); firmware written in C
+    usually adds one half and truncates. The document fixes the latter, and host and
+    simulator both use this function.
+    """
+    return math.floor(value + 0.5)
 
 
 def drive_to_q16(fraction: float) -> int:
-    """Drive fraction 0..1 to its wire value; refuses values outside 0..1."""
+    """Drive fraction 0..1 to its wire value ``floor(fraction * 65535 + 0.5)``."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"drive fraction {fraction!r} is outside 0..1")
-    return round(fraction * Q16)
+    return round_half_up(fraction * Q16)
 
 
 def q16_to_drive(value: int) -> float:
@@ -40,9 +53,43 @@ def q16_to_drive(value: int) -> float:
 
 
 def hz_to_mhz(freq_hz: float) -> int:
+    """Frequency in Hz to its wire value ``floor(freq_hz * 1000 + 0.5)`` millihertz."""
     if not 0.0 <= freq_hz < 4_000_000.0:
         raise ValueError(f"frequency {freq_hz!r} Hz is outside 0..4e6")
-    return round(freq_hz * 1000.0)
+    return round_half_up(freq_hz * 1000.0)
+
+
+def phase_to_q32(phase_turns: float) -> int:
+    """Phase in turns to its wire value ``floor(phase * 2**32 + 0.5) mod 2**32``."""
+    return round_half_up(phase_turns * PHASE_TURN) % PHASE_TURN
+
+
+def ramp_time_samples(ramp_ms: int, sample_rate_hz: int) -> int:
+    """Samples a ramp of ``ramp_ms`` lasts before the slew limit: ``floor((ms*fs + 500)/1000)``."""
+    return (ramp_ms * sample_rate_hz + 500) // 1000
+
+
+def slew_samples(delta_q16: int, slew_full_scale_ms: int, sample_rate_hz: int) -> int:
+    """Fewest samples in which the slew limit lets the drive move ``delta_q16`` Q16 units.
+
+    ``ceil(|delta_q16| * slew_full_scale_ms * sample_rate_hz / (65535 * 1000))``, in integers,
+    so that an exact quotient (full scale in exactly the slew time) is not rounded up.
+    """
+    scale = Q16 * 1000
+    return (abs(delta_q16) * slew_full_scale_ms * sample_rate_hz + scale - 1) // scale
+
+
+def ramp_samples(delta_q16: int, ramp_ms: int, sample_rate_hz: int, slew_full_scale_ms: int) -> int:
+    """Length N of a drive ramp in samples (docs/protocol.md 9.4).
+
+    ``N = max(1, floor((ramp_ms * fs + 500) / 1000), ceil(|delta_q16| * slew_ms * fs /
+    65535000))``: the requested time rounded half up, lengthened where the slew limit needs it.
+    """
+    return max(
+        1,
+        ramp_time_samples(ramp_ms, sample_rate_hz),
+        slew_samples(delta_q16, slew_full_scale_ms, sample_rate_hz),
+    )
 
 
 class NakReason(enum.IntEnum):
@@ -193,7 +240,7 @@ class ClearFault(Message):
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     TYPE: ClassVar[int] = 0x81
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct(f"<BBBBB{DEVICE_ID_LEN}sHBHHIIHHI")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct(f"<BBBBB{DEVICE_ID_LEN}sHBHHIIHHHHIB")
     protocol_major: int
     protocol_minor: int
     fw_major: int
@@ -208,7 +255,15 @@ class Hello(Message):
     max_freq_mhz: int
     watchdog_ms: int
     watchdog_ramp_ms: int
+    stop_ramp_ms: int
+    slew_full_scale_ms: int
     capabilities: int
+    boot: int
+
+    @property
+    def is_boot(self) -> bool:
+        """True for the HELLO a device sends unasked after booting (not an answer)."""
+        return self.boot == HELLO_BOOT
 
     @property
     def device_id(self) -> str:
@@ -294,7 +349,7 @@ COIL_TEMP_UNKNOWN = 0x7FFF
 @dataclass(frozen=True, slots=True)
 class Status(Message):
     TYPE: ClassVar[int] = 0x85
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBIHHBQHHh")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBIHHBQHHhQi")
     state: int
     output_on: int
     freq_mhz: int
@@ -305,6 +360,8 @@ class Status(Message):
     rx_crc_errors: int
     rx_lost_frames: int
     coil_temp_centi_c: int
+    fault_index: int = 0  # FAULT ``sample_index`` of the latched fault (0 if none)
+    fault_detail: int = 0  # FAULT ``detail`` of the latched fault (0 if none)
 
     @property
     def coil_temperature_c(self) -> float | None:
@@ -359,6 +416,69 @@ def encode_message(message: Message, seq: int) -> bytes:
 
 
 MAX_BLOCK_SAMPLES = (MAX_RAW_LEN - 5 - SAMPLES_HEADER.size) // 2
+
+# Allowed range of every numeric HELLO field (docs/protocol.md 7, HELLO): (lowest, highest, unit).
+# Fields not listed (protocol_minor, firmware version, capabilities) may take any value of their
+# type; protocol_major is checked separately (IncompatibleVersionError); device_id_raw must be
+# 1..16 printable ASCII characters padded with 0x00.
+HELLO_RANGES: dict[str, tuple[int, int, str]] = {
+    "sample_rate_hz": (400, 20_000, "Hz"),
+    "block_samples": (1, MAX_BLOCK_SAMPLES, "samples"),
+    "counts_per_g": (32, 16_383, "counts"),
+    "max_drive_q16": (1, Q16, "Q16"),
+    "min_freq_mhz": (1_000, 1_000_000, "mHz"),
+    "max_freq_mhz": (1_000, 1_000_000, "mHz"),
+    "watchdog_ms": (200, 2_000, "ms"),
+    "watchdog_ramp_ms": (10, 1_000, "ms"),
+    "stop_ramp_ms": (10, 1_000, "ms"),
+    "slew_full_scale_ms": (1, 1_000, "ms"),
+    "boot": (HELLO_ANSWER, HELLO_BOOT, "flag"),
+}
+MAX_BLOCK_MS = 50  # a block lasts at most this long (block_samples / sample_rate_hz)
+
+
+def check_hello(hello: Hello) -> None:
+    """Refuse a HELLO whose fields are outside the ranges of docs/protocol.md (section 7).
+
+    Raises InvalidDeviceInfoError naming the first field found wrong, its value and what is
+    allowed. The protocol major version is the caller's check.
+    """
+    raw = hello.device_id_raw
+    text = raw.rstrip(b"\x00")
+    if not text or not all(0x20 <= b <= 0x7E for b in text):
+        raise InvalidDeviceInfoError(
+            "device_id_raw", raw.hex(), "1..16 printable ASCII characters padded with 0x00"
+        )
+    for name, (lo, hi, unit) in HELLO_RANGES.items():
+        value = getattr(hello, name)
+        if not lo <= value <= hi:
+            raise InvalidDeviceInfoError(name, value, f"{lo}..{hi} {unit}")
+    if hello.min_freq_mhz > hello.max_freq_mhz:
+        raise InvalidDeviceInfoError(
+            "min_freq_mhz", hello.min_freq_mhz, f"at most max_freq_mhz ({hello.max_freq_mhz})"
+        )
+    if 2 * hello.max_freq_mhz >= 1000 * hello.sample_rate_hz:
+        raise InvalidDeviceInfoError(
+            "max_freq_mhz",
+            hello.max_freq_mhz,
+            f"below half the sample rate ({500 * hello.sample_rate_hz} mHz)",
+        )
+    if hello.block_samples * 1000 > MAX_BLOCK_MS * hello.sample_rate_hz:
+        raise InvalidDeviceInfoError(
+            "block_samples",
+            hello.block_samples,
+            f"at most {MAX_BLOCK_MS} ms of samples "
+            f"({MAX_BLOCK_MS * hello.sample_rate_hz // 1000} at {hello.sample_rate_hz} Hz)",
+        )
+    shortest_ramp_ms = min(hello.stop_ramp_ms, hello.watchdog_ramp_ms)
+    if hello.max_drive_q16 * hello.slew_full_scale_ms > Q16 * shortest_ramp_ms:
+        raise InvalidDeviceInfoError(
+            "slew_full_scale_ms",
+            hello.slew_full_scale_ms,
+            f"at most {Q16 * shortest_ramp_ms // hello.max_drive_q16} ms, so that the drive can "
+            f"fall from max_drive_q16 to zero within the {shortest_ramp_ms} ms stop and fault "
+            "ramps",
+        )
 
 
 def decode_message(frame: RawFrame) -> Message:

@@ -289,7 +289,12 @@ def device(device_url: str, qualification: QualificationReport) -> Iterator[Devi
 
 
 def _known_state(client: DeviceClient) -> None:
-    """Start from IDLE: a plate served over a pty or TCP keeps its state between connections."""
+    """Start from IDLE: a plate served over a pty or TCP keeps its state between connections.
+
+    Nothing about a fresh boot is assumed (docs/protocol.md 9.7): the output may be on, a fault
+    may be latched, the sample index and frequency are whatever the plate has; blocks sent
+    before now are dropped.
+    """
     status = client.request_status()
     if status.output_on:
         stop_safely(client)
@@ -301,6 +306,7 @@ def _known_state(client: DeviceClient) -> None:
             if exc.reason_code != NakReason.BUSY or client.sample_index > deadline:
                 raise
             client.read_for(0.05)
+    client.discard_backlog()
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,10 @@ from controller.safety import SafetyLimits
 from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.codec import FrameDecoder
 from firmware_bridge.errors import BridgeError, CommandRefusedError, DeviceFaultError, ProtocolError
-from firmware_bridge.protocol import Message, NakReason, Samples, decode_message
+from firmware_bridge.protocol import Fault, Message, NakReason, Samples, decode_message
 
 log = logging.getLogger(__name__)
 
-# docs/protocol.md 9.4: the amplitude never changes faster than full scale in this time. Not
-# announced in HELLO, so a protocol 1.0 constant for every device.
-FULL_SCALE_SLEW_S = 0.1
 Q16_LSB = 1.0 / 65535.0
 # Guard while the suite drives a plate open loop: the product's own safety ceiling. A plate that
 # answers a test drive with more than this is too lively for the test, and the test stops.
@@ -55,7 +52,7 @@ def is_simulator_url(url: str) -> bool:
 
 
 def nak_name(code: int) -> str:
-    """NAK reason code as its protocol name (or the number, for a code protocol 1.0 lacks)."""
+    """NAK reason code as its protocol name (or the number, for a code this protocol lacks)."""
     try:
         return NakReason(code).name
     except ValueError:
@@ -67,8 +64,28 @@ def block_s(device: DeviceClient) -> float:
 
 
 def slew_per_block(device: DeviceClient) -> float:
-    """Largest change of the reported drive between consecutive blocks the slew limit allows."""
-    return block_s(device) / FULL_SCALE_SLEW_S
+    """Largest change of the reported drive between consecutive blocks the slew limit allows.
+
+    The slew limit is the one the device announces in HELLO (``slew_full_scale_ms``).
+    """
+    return block_s(device) / device.info.full_scale_slew_s
+
+
+def slew_note(device: DeviceClient) -> str:
+    return f"slew limit announced in HELLO: full scale in {device.info.full_scale_slew_s:g} s"
+
+
+def refusal_name(exc: CommandRefusedError | DeviceFaultError) -> str:
+    """How the device answered a refused command: its NAK reason by name.
+
+    The client reports a NAK FAULT_LATCHED as the latched fault itself (``DeviceFaultError``
+    with ``refused_command`` set), so that it reaches people with its code and text.
+    """
+    if isinstance(exc, DeviceFaultError):
+        if exc.refused_command is None:
+            return f"fault {exc.code} reported, no refusal"
+        return NakReason.FAULT_LATCHED.name
+    return nak_name(exc.reason_code)
 
 
 # ---- fits ------------------------------------------------------------------------------------
@@ -252,6 +269,30 @@ def listen_silently(
                 received += message.counts.size
     record.wall_s = time.monotonic() - started
     return record
+
+
+@dataclass
+class Silence:
+    """The host's last frame and what the device sent after it."""
+
+    silent_from: int  # the boundary (sample index) at which the device handled the last frame
+    samples: list[SampleBlock | Samples]  # every block after that, in order
+    faults: list[Fault]
+    record: SilentRecord
+
+
+def go_silent(device: DeviceClient, seconds: float) -> Silence:
+    """Send one last frame, a STATUS_REQUEST, then listen for ``seconds`` sending nothing.
+
+    The STATUS answer's ``sample_index`` is the boundary at which the device handled that
+    frame (docs/protocol.md 9.2). It is taken from there, not from where the answer sits in the
+    stream: the order of a finished block's SAMPLES and a boundary's replies is left open.
+    """
+    silent_from = device.request_status().sample_index
+    tail: list[SampleBlock | Samples] = list(drain(device))  # decoded while waiting for STATUS
+    record = listen_silently(device, seconds)
+    faults = [m for m in record.messages if isinstance(m, Fault)]
+    return Silence(silent_from, [*tail, *record.samples], faults, record)
 
 
 class StreamTap:

@@ -3,7 +3,10 @@
 Two figures per request, STATUS_REQUEST to STATUS:
 
 - **device clock**: the sample index in the STATUS (the block boundary at which the device
-  handled the request) minus the sample index the host had seen when it sent it. It counts the
+  handled the request, docs/protocol.md 9.2) minus the sample index the host had seen when it
+  sent it. Only that field is used, never where the STATUS sits among the SAMPLES frames: the
+  protocol leaves open whether a finished block's SAMPLES goes out before or after the replies
+  of the boundary where it ends. It counts the
   host's view lagging the device, the way to the device and the wait for the next block
   boundary, in device samples, so it means the same on every transport, including
   ``sim://?speed=max`` where a wall-clock second is hundreds of simulated seconds. Asserted on

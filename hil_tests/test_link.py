@@ -56,10 +56,21 @@ def test_handshake_is_compatible_and_complete(
         ),
         qualification.check(
             "handshake.watchdog_ramp",
-            "safety ramp to zero",
+            "fault ramp to zero (watchdog or other fault)",
             info.watchdog_ramp_s,
             1.0,
             "<=",
+            "s",
+        ),
+        qualification.check(
+            "handshake.stop_ramp", "stop ramp to zero", info.stop_ramp_s, 1.0, "<=", "s"
+        ),
+        qualification.check(
+            "handshake.slew",
+            "slew limit: time for a full-scale change",
+            info.full_scale_slew_s,
+            0.0,
+            ">",
             "s",
         ),
     ]
@@ -68,6 +79,7 @@ def test_handshake_is_compatible_and_complete(
     assert info.max_drive > 0.0
     assert info.watchdog_s > 0.0
     assert info.watchdog_ramp_s > 0.0
+    assert info.stop_ramp_s > 0.0
 
 
 @pytest.mark.timeout(30)

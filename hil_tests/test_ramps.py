@@ -7,12 +7,14 @@ sample, and the accelerometer fitted block by block at the drive phase):
    ``d0 + (target - d0) k / N`` of docs/protocol.md 9.4 within one block's worth of ramp, and
    the measured amplitude rises with it (correlation with the drive, no jump between blocks);
 2. an instant drop (``ramp_ms = 0``) from 0.3 of full scale: the device stretches it to the
-   slew limit (full scale in 0.1 s), so no block-to-block change of the reported drive exceeds
-   ``block_s / 0.1 s`` and the fall takes at least ``0.3 x 0.1 s``. A drop is tested rather than
+   slew limit it announces in HELLO (``slew_full_scale_ms``, 100 ms on the reference plate), so
+   no block-to-block change of the reported drive exceeds ``block_s / slew`` and the fall takes
+   at least ``0.3 x slew``. A drop is tested rather than
    a jump up: the slew limit is the same, and a device that fails it stops abruptly instead
    of jolting whoever might stand nearby;
-3. SET_OUTPUT off: the drive ramps to zero over the safety ramp (not a cut), SET_DRIVE is
-   refused with BUSY meanwhile, and the device ends IDLE with the output off.
+3. SET_OUTPUT off: the drive ramps to zero over the stop ramp the device announces
+   (``stop_ramp_ms``; not a cut), SET_DRIVE is refused with BUSY meanwhile, and the device ends
+   IDLE with the output off.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import CommandRefusedError
 from firmware_bridge.protocol import DeviceState, NakReason, SetDrive, drive_to_q16
 from hil_tests.plate import (
-    FULL_SCALE_SLEW_S,
     Q16_LSB,
     block_amplitudes,
     block_s,
@@ -33,6 +34,7 @@ from hil_tests.plate import (
     nak_name,
     output_on,
     read_guarded,
+    slew_note,
     slew_per_block,
 )
 from hil_tests.report import QualificationReport
@@ -91,7 +93,7 @@ def test_a_ramp_up_is_linear_and_the_amplitude_rises_smoothly(
             round(max_drive_step(blocks), 5),
             round(slew_per_block(device) + Q16_LSB, 5),
             "<=",
-            note="slew limit: full scale in 0.1 s",
+            note=slew_note(device),
         ),
         qualification.check(
             "ramp.amplitude_follows_drive",
@@ -145,13 +147,13 @@ def test_an_instant_drop_is_slew_limited(
             round(max_drive_step(blocks), 5),
             round(limit + Q16_LSB, 5),
             "<=",
-            note=f"full scale in {FULL_SCALE_SLEW_S:g} s",
+            note=slew_note(device),
         ),
         qualification.check(
             "slew.fall_time",
             f"time from {drive:g} to 0 after a 0 ms drop (block resolution)",
             round(fall_s, 4),
-            round(drive * FULL_SCALE_SLEW_S, 4),
+            round(drive * info.full_scale_slew_s, 4),
             ">=",
             "s",
         ),
@@ -179,7 +181,7 @@ def test_output_off_ramps_down_and_refuses_drive_meanwhile(
             answer = "accepted"
         except CommandRefusedError as exc:
             answer = nak_name(exc.reason_code)
-        blocks = read_guarded(device, info.watchdog_ramp_s + 0.2)
+        blocks = read_guarded(device, info.stop_ramp_s + 0.2)
         status = device.request_status()
 
     drives = np.array([b.drive for b in blocks])
@@ -201,16 +203,16 @@ def test_output_off_ramps_down_and_refuses_drive_meanwhile(
             "stop.ramp_min",
             "reported drive ramp to zero after SET_OUTPUT off",
             round(ramp_s, 4),
-            round(info.watchdog_ramp_s - blk, 4),
+            round(info.stop_ramp_s - blk, 4),
             ">=",
             "s",
-            note="the safety ramp, at block resolution: a ramp, not a cut",
+            note="the stop ramp announced in HELLO, at block resolution: a ramp, not a cut",
         ),
         qualification.check(
             "stop.ramp_max",
             "reported drive ramp to zero after SET_OUTPUT off",
             round(ramp_s, 4),
-            round(info.watchdog_ramp_s + blk, 4),
+            round(info.stop_ramp_s + blk, 4),
             "<=",
             "s",
         ),

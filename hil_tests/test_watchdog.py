@@ -1,7 +1,7 @@
 """The firmware watchdog: when the host goes silent, the plate stops by itself.
 
-The plate is driven at 45 Hz to about 0.2 of full scale; then the host sends one last
-HEARTBEAT and reads the raw port without sending anything (the client, which would send
+The plate is driven at 45 Hz to about 0.2 of full scale; then the host sends one last frame, a
+STATUS_REQUEST, and reads the raw port without sending anything (the client, which would send
 heartbeats, is bypassed). Judged from what the device sends:
 
 - the FAULT frame: code HOST_WATCHDOG, tripped ``watchdog_s`` after the device handled the
@@ -13,9 +13,13 @@ heartbeats, is bypassed). Judged from what the device sends:
   the last host frame, and stays there.
 
 Every instant is on the device's sample clock, and "the last host frame" is the block boundary
-at which the device handled it (the boundary after its ACK), so link latency does not enter:
-the same limits hold through a pty, TCP or a USB adapter. Afterwards the latched fault must
-refuse SET_OUTPUT on (FAULT_LATCHED) until CLEAR_FAULT, which leaves the device IDLE.
+at which the device handled it: the ``sample_index`` of the STATUS that answers it
+(docs/protocol.md 9.2). Nothing depends on the order in which a device sends a finished block's
+SAMPLES and a boundary's replies, which the protocol leaves open, and link latency does not
+enter: the same limits hold through a pty, TCP or a USB adapter. The limits are the ones the
+device announces in HELLO. Afterwards the latched fault must refuse SET_OUTPUT on
+(FAULT_LATCHED, which the client reports as the fault itself) until CLEAR_FAULT, which leaves
+the device IDLE.
 """
 
 from __future__ import annotations
@@ -24,19 +28,20 @@ import numpy as np
 import pytest
 
 from firmware_bridge.client import DeviceClient
-from firmware_bridge.errors import CommandRefusedError
-from firmware_bridge.protocol import Ack, DeviceState, Fault, FaultCode, NakReason, Samples
+from firmware_bridge.errors import CommandRefusedError, DeviceFaultError
+from firmware_bridge.protocol import DeviceState, FaultCode, NakReason
 from hil_tests.plate import (
     Q16_LSB,
     block_amplitudes,
     block_s,
     drain,
-    listen_silently,
+    go_silent,
     max_drive_step,
     measure_noise_floor,
-    nak_name,
     output_on,
     read_guarded,
+    refusal_name,
+    slew_note,
     slew_per_block,
 )
 from hil_tests.report import QualificationReport
@@ -65,28 +70,15 @@ def test_silent_host_trips_the_watchdog_and_the_plate_stops(
         device.set_drive(min(DRIVE, info.max_drive), RAMP_S)
         driven = read_guarded(device, RAMP_S + SETTLE_S)
         driven += drain(device)
-        device.heartbeat()
-        host_silent_from = device.sample_index
-        record = listen_silently(
+        silence = go_silent(
             device, info.watchdog_s + info.watchdog_ramp_s + 2 * blk + LISTEN_AFTER_S
         )
-        samples = record.samples
-        faults = [m for m in record.messages if isinstance(m, Fault)]
-
-        # The device handled the last host frame at the boundary after its ACK.
-        last_ack = max(
-            (i for i, m in enumerate(record.messages) if isinstance(m, Ack)), default=None
-        )
-        handled = next(
-            (m.first_index for m in record.messages[(last_ack or 0) :] if isinstance(m, Samples)),
-            None,
-        )
-        silent_from = handled if last_ack is not None and handled is not None else host_silent_from
+        silent_from, samples, faults = silence.silent_from, silence.samples, silence.faults
         amps_driven = block_amplitudes(driven[-10:], fs, info.counts_per_g)
         amps = block_amplitudes(samples, fs, info.counts_per_g)
         ends = np.array([s.first_index + s.counts.size for s in samples])
         loud = np.flatnonzero(amps > noise.level_g)
-        quiet_from = int(ends[loud[-1]]) if loud.size else host_silent_from
+        quiet_from = int(ends[loud[-1]]) if loud.size else silent_from
         quiet_after_s = (quiet_from - silent_from) / fs
         limit_s = info.watchdog_s + info.watchdog_ramp_s + 2 * blk + RINGDOWN_S
         observed_after_s = (int(ends[-1]) - silent_from) / fs if samples else 0.0
@@ -169,7 +161,7 @@ def test_silent_host_trips_the_watchdog_and_the_plate_stops(
                 round(max_drive_step(samples), 5),
                 round(slew_per_block(device) + Q16_LSB, 5),
                 "<=",
-                note="slew limit: full scale in 0.1 s",
+                note=slew_note(device),
             )
         )
         failed = [c.describe() for c in checks if not c.passed]
@@ -179,8 +171,8 @@ def test_silent_host_trips_the_watchdog_and_the_plate_stops(
         try:
             device.start_output()
             answer = "accepted"
-        except CommandRefusedError as exc:
-            answer = nak_name(exc.reason_code)
+        except (CommandRefusedError, DeviceFaultError) as exc:
+            answer = refusal_name(exc)
         latched = qualification.expect(
             "watchdog.latched",
             "SET_OUTPUT on refused while the watchdog fault is latched",

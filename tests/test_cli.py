@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from firmware_bridge.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from sessions.cli import main
 
 
@@ -15,7 +16,7 @@ def test_device_info_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["device", "info", "--device", "sim://?speed=max&device_id=X1", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["device_id"] == "X1"
-    assert data["protocol_version"] == "1.0"
+    assert data["protocol_version"] == f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 
 def test_device_drive_reports_amplitude_and_link(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import serial
 from cobs import cobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firmware_bridge.client import DeviceClient
 from firmware_bridge.codec import (
     MAX_ENCODED_LEN,
     MAX_RAW_LEN,
@@ -29,11 +31,14 @@ from firmware_bridge.codec import (
     crc16,
     encode_frame,
 )
-from firmware_bridge.errors import ProtocolError
+from firmware_bridge.errors import IncompatibleVersionError, InvalidDeviceInfoError, ProtocolError
 from firmware_bridge.protocol import (
     COIL_TEMP_UNKNOWN,
     DEVICE_ID_LEN,
+    HELLO_RANGES,
+    MAX_BLOCK_SAMPLES,
     MESSAGE_TYPES,
+    PROTOCOL_MAJOR,
     SAMPLES_HEADER,
     Ack,
     ClearFault,
@@ -51,8 +56,13 @@ from firmware_bridge.protocol import (
     SetOutput,
     Status,
     StatusRequest,
+    check_hello,
     decode_message,
+    drive_to_q16,
     encode_message,
+    hz_to_mhz,
+    phase_to_q32,
+    ramp_samples,
 )
 
 PROPERTY = settings(max_examples=200, deadline=None)
@@ -111,7 +121,10 @@ HELLO_EXAMPLE = Hello(
     150_000,
     500,
     200,
+    200,
+    100,
     0b1101,
+    1,
 )
 
 EXAMPLES: list[Message] = [
@@ -143,7 +156,10 @@ EXAMPLES: list[Message] = [
         2**32 - 1,
         65535,
         65535,
+        65535,
+        65535,
         2**32 - 1,
+        255,
     ),
     Ack(65535, 0x03),
     Nak(7, 0x03, int(NakReason.OUT_OF_RANGE)),
@@ -744,3 +760,225 @@ def test_decode_message_raises_only_protocol_error(
     # Whatever decodes is lossless: packing it again gives the same payload.
     assert isinstance(message, MESSAGE_TYPES[frame_type])
     assert message.pack() == payload
+
+
+# ---- rounding and ramp lengths (docs/protocol.md 4 and 9.4) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fraction", "q16"),
+    [
+        (0.0, 0),
+        (0.5 / 65535, 1),  # a half rounds up (Python's round() would give 0)
+        (2.5 / 65535, 3),  # round() would give 2 (half to even)
+        (0.3, 19_661),  # 19660.5 rounds up
+        (0.5, 32_768),  # 32767.5
+        (0.9, 58_982),  # 58981.5: the reference device's max_drive_q16
+        (1.0, 65_535),
+    ],
+)
+def test_q16_rounds_half_up(fraction: float, q16: int) -> None:
+    assert drive_to_q16(fraction) == q16
+
+
+@pytest.mark.parametrize(("freq_hz", "mhz"), [(30.0, 30_000), (30.0005, 30_001), (0.0025, 3)])
+def test_millihertz_round_half_up(freq_hz: float, mhz: int) -> None:
+    assert hz_to_mhz(freq_hz) == mhz
+
+
+@pytest.mark.parametrize(
+    ("turns", "q32"), [(0.0, 0), (0.25, 0x4000_0000), (0.5 / 2**32, 1), (1.0 - 0.4 / 2**32, 0)]
+)
+def test_phase_rounds_half_up_modulo_one_turn(turns: float, q32: int) -> None:
+    assert phase_to_q32(turns) == q32
+
+
+@pytest.mark.parametrize(
+    ("delta_q16", "ramp_ms", "fs", "slew_ms", "n"),
+    [
+        (0, 0, 1600, 100, 1),  # never shorter than one sample
+        (65_535, 0, 1600, 100, 160),  # full scale in exactly the slew time: not 161
+        (-65_535, 0, 1600, 100, 160),  # down as up
+        (32_768, 0, 1600, 100, 81),  # 80.0012 rounds up
+        (409, 0, 1600, 100, 1),  # 0.9985 of a sample's slew: one sample
+        (410, 0, 1600, 100, 2),  # just over a sample's slew: two
+        (32_768, 2000, 1600, 100, 3200),  # the requested time wins when it is longer
+        (1, 1, 1500, 100, 2),  # 1.5 samples rounds half up
+        (1, 3, 1500, 100, 5),  # 4.5 samples rounds half up (round() would give 4)
+        (1, 65_535, 20_000, 1, 1_310_700),  # longest ramp, integers throughout
+    ],
+)
+def test_ramp_length(delta_q16: int, ramp_ms: int, fs: int, slew_ms: int, n: int) -> None:
+    assert ramp_samples(delta_q16, ramp_ms, fs, slew_ms) == n
+
+
+@given(
+    delta_q16=st.integers(-65535, 65535),
+    ramp_ms=st.integers(0, 65535),
+    fs=st.integers(400, 20_000),
+    slew_ms=st.integers(1, 1000),
+)
+def test_ramp_never_exceeds_the_slew_limit(
+    delta_q16: int, ramp_ms: int, fs: int, slew_ms: int
+) -> None:
+    n = ramp_samples(delta_q16, ramp_ms, fs, slew_ms)
+    # Per sample at most full scale in slew_ms (exact rational comparison).
+    assert abs(delta_q16) * slew_ms * fs <= 65535 * 1000 * n
+    # And no longer than needed: one sample less would break the limit or the requested time.
+    if n > 1:
+        assert (
+            abs(delta_q16) * slew_ms * fs > 65535 * 1000 * (n - 1)
+            or (ramp_ms * fs + 500) // 1000 == n
+        )
+
+
+# ---- HELLO ranges (docs/protocol.md 7) -------------------------------------------------------
+
+VALID_HELLO = dataclasses.replace(HELLO_EXAMPLE, protocol_major=PROTOCOL_MAJOR)
+
+# (field, value, other fields that make the edge reachable, accepted?)
+HELLO_EDGES: list[tuple[str, Any, dict[str, Any], bool]] = [
+    ("sample_rate_hz", 399, {"block_samples": 8}, False),
+    ("sample_rate_hz", 400, {"block_samples": 8}, True),
+    ("sample_rate_hz", 20_000, {}, True),
+    ("sample_rate_hz", 20_001, {}, False),
+    ("sample_rate_hz", 0, {}, False),
+    ("block_samples", 0, {}, False),
+    ("block_samples", 1, {}, True),
+    ("block_samples", MAX_BLOCK_SAMPLES, {"sample_rate_hz": 3200}, True),
+    ("block_samples", MAX_BLOCK_SAMPLES + 1, {"sample_rate_hz": 3200}, False),
+    ("counts_per_g", 31, {}, False),
+    ("counts_per_g", 32, {}, True),
+    ("counts_per_g", 16_383, {}, True),
+    ("counts_per_g", 16_384, {}, False),
+    ("max_drive_q16", 0, {}, False),
+    ("max_drive_q16", 1, {}, True),
+    ("max_drive_q16", 65_535, {}, True),  # the type's maximum (full scale) is allowed
+    ("min_freq_mhz", 999, {}, False),
+    ("min_freq_mhz", 1_000, {}, True),
+    ("min_freq_mhz", 1_000_000, {"max_freq_mhz": 1_000_000, "sample_rate_hz": 3200}, True),
+    ("min_freq_mhz", 1_000_001, {"max_freq_mhz": 1_000_000, "sample_rate_hz": 3200}, False),
+    ("max_freq_mhz", 999, {}, False),
+    ("max_freq_mhz", 1_000, {"min_freq_mhz": 1_000}, True),
+    ("max_freq_mhz", 1_000_000, {"sample_rate_hz": 3200}, True),
+    ("max_freq_mhz", 1_000_001, {"sample_rate_hz": 3200}, False),
+    ("watchdog_ms", 0, {}, False),
+    ("watchdog_ms", 199, {}, False),
+    ("watchdog_ms", 200, {}, True),
+    ("watchdog_ms", 2_000, {}, True),
+    ("watchdog_ms", 2_001, {}, False),
+    ("watchdog_ms", 60_000, {}, False),
+    ("watchdog_ramp_ms", 9, {"slew_full_scale_ms": 1}, False),
+    ("watchdog_ramp_ms", 10, {"slew_full_scale_ms": 10}, True),
+    ("watchdog_ramp_ms", 1_000, {}, True),
+    ("watchdog_ramp_ms", 1_001, {}, False),
+    ("stop_ramp_ms", 9, {"slew_full_scale_ms": 1}, False),
+    ("stop_ramp_ms", 10, {"slew_full_scale_ms": 10}, True),
+    ("stop_ramp_ms", 1_000, {}, True),
+    ("stop_ramp_ms", 1_001, {}, False),
+    ("slew_full_scale_ms", 0, {}, False),
+    ("slew_full_scale_ms", 1, {}, True),
+    ("slew_full_scale_ms", 1_000, {"max_drive_q16": 13_107}, True),
+    ("slew_full_scale_ms", 1_001, {"max_drive_q16": 13_107}, False),
+    ("boot", 0, {}, True),
+    ("boot", 1, {}, True),
+    ("boot", 2, {}, False),
+    ("device_id_raw", b"P".ljust(16, b"\x00"), {}, True),
+    ("device_id_raw", b"PLATE-0123456789", {}, True),
+    ("device_id_raw", b"\x00" * 16, {}, False),
+    ("device_id_raw", b"PLATE\x00\x007".ljust(16, b"\x00"), {}, False),
+    ("device_id_raw", b"PLATE\x07".ljust(16, b"\x00"), {}, False),
+]
+# Rules between fields, each at its edge.
+HELLO_CROSS: list[tuple[str, dict[str, Any], bool]] = [
+    ("min_freq_mhz", {"min_freq_mhz": 150_000, "max_freq_mhz": 150_000}, True),
+    ("min_freq_mhz", {"min_freq_mhz": 150_001, "max_freq_mhz": 150_000}, False),
+    ("max_freq_mhz", {"max_freq_mhz": 799_999}, True),  # below half of 1600 Hz
+    ("max_freq_mhz", {"max_freq_mhz": 800_000}, False),
+    ("block_samples", {"block_samples": 80}, True),  # 50 ms at 1600 Hz
+    ("block_samples", {"block_samples": 81}, False),
+    ("slew_full_scale_ms", {"max_drive_q16": 65_535, "slew_full_scale_ms": 200}, True),
+    ("slew_full_scale_ms", {"max_drive_q16": 65_535, "slew_full_scale_ms": 201}, False),
+    (
+        "slew_full_scale_ms",
+        {"stop_ramp_ms": 50, "max_drive_q16": 65_535, "slew_full_scale_ms": 51},
+        False,
+    ),
+]
+
+
+def test_the_example_hello_is_valid() -> None:
+    check_hello(VALID_HELLO)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "others", "accepted"),
+    HELLO_EDGES,
+    ids=[f"{f}={v!r}" for f, v, _, _ in HELLO_EDGES],
+)
+def test_hello_field_ranges(field: str, value: Any, others: dict[str, Any], accepted: bool) -> None:
+    hello = dataclasses.replace(VALID_HELLO, **others, **{field: value})
+    if accepted:
+        check_hello(hello)
+        return
+    with pytest.raises(InvalidDeviceInfoError) as err:
+        check_hello(hello)
+    assert err.value.field == field
+    shown = value.hex() if isinstance(value, bytes) else str(value)
+    assert f"{field} = {shown}" in str(err.value)
+    if field in HELLO_RANGES:
+        lo, hi, _ = HELLO_RANGES[field]
+        assert f"{lo}..{hi}" in str(err.value)
+
+
+@pytest.mark.parametrize(("field", "values", "accepted"), HELLO_CROSS)
+def test_hello_rules_between_fields(field: str, values: dict[str, Any], accepted: bool) -> None:
+    hello = dataclasses.replace(VALID_HELLO, **values)
+    if accepted:
+        check_hello(hello)
+        return
+    with pytest.raises(InvalidDeviceInfoError) as err:
+        check_hello(hello)
+    assert err.value.field == field
+
+
+def test_every_ranged_hello_field_has_both_edges_tested() -> None:
+    tested = {(f, ok) for f, _, _, ok in HELLO_EDGES}
+    for name in HELLO_RANGES:
+        assert (name, True) in tested, name
+        assert (name, False) in tested, name
+
+
+def _client_with_hello(payload: bytes) -> DeviceClient:
+    port = serial.serial_for_url("loop://", timeout=0.01)
+    port.write(encode_frame(Hello.TYPE, 0, payload))
+    return DeviceClient(port, "loop://")
+
+
+def test_client_refuses_an_impossible_hello_and_names_the_field() -> None:
+    bad = dataclasses.replace(VALID_HELLO, counts_per_g=0)
+    client = _client_with_hello(bad.pack())
+    with pytest.raises(InvalidDeviceInfoError) as err:
+        client.handshake(timeout_s=1.0)
+    client.port.close()
+    assert err.value.field == "counts_per_g"
+    assert "counts_per_g = 0" in str(err.value)
+    assert "32..16383" in str(err.value)
+
+
+def test_client_refuses_another_major_version_by_its_first_bytes() -> None:
+    """A 1.0 HELLO is 44 bytes and does not decode as 2.0; its version bytes still do."""
+    client = _client_with_hello(bytes([1, 0]) + bytes(42))
+    with pytest.raises(IncompatibleVersionError) as err:
+        client.handshake(timeout_s=1.0)
+    client.port.close()
+    assert (err.value.device_major, err.value.host_major) == (1, PROTOCOL_MAJOR)
+
+
+def test_client_encodes_drive_and_ramp_time_half_up() -> None:
+    port = serial.serial_for_url("loop://", timeout=0.01)
+    client = DeviceClient(port, "loop://")
+    client.set_drive(0.3, 0.0025, wait=False)  # 19660.5 counts and 2.5 ms: both round up
+    (frame,) = FrameDecoder().feed(port.read(64))
+    port.close()
+    assert decode_message(frame) == SetDrive(19_661, 3)

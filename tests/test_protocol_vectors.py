@@ -29,6 +29,7 @@ from firmware_bridge.codec import (
 )
 from firmware_bridge.protocol import (
     FAULT_TEXT,
+    HELLO_RANGES,
     MESSAGE_TYPES,
     NAK_TEXT,
     PROTOCOL_MAJOR,
@@ -37,11 +38,15 @@ from firmware_bridge.protocol import (
     Capability,
     DeviceState,
     FaultCode,
+    Hello,
     Message,
     NakReason,
     Samples,
+    check_hello,
     decode_message,
+    drive_to_q16,
     encode_message,
+    ramp_samples,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -394,3 +399,75 @@ def test_safety_constants_match_the_simulated_firmware() -> None:
         assert actual.get(name) == value, (
             f"{name}: document says {value}, device.py {actual.get(name)}"
         )
+
+
+# ---- rounding, ramp lengths and HELLO ranges -------------------------------------------------
+
+
+def fraction_value(text: str) -> float:
+    """A ``q16`` block's fraction: a decimal, or ``a / b`` computed as the document writes it."""
+    num, sep, den = text.partition("/")
+    return float(num) / float(den) if sep else float(num)
+
+
+Q16_BLOCKS = fenced_blocks("q16")
+RAMP_BLOCKS = fenced_blocks("ramp")
+
+
+def test_document_has_rounding_and_ramp_vectors() -> None:
+    assert len(Q16_BLOCKS) >= 4
+    assert len(RAMP_BLOCKS) >= 6
+    # The edges: a half that round() sends to even, an exact full-scale slew, a negative step.
+    assert any(
+        drive_to_q16(fraction_value(b["fraction"])) != round(fraction_value(b["fraction"]) * 65535)
+        for b in Q16_BLOCKS
+    )
+    assert any(int(b["delta_q16"]) == 65535 and int(b["ramp_ms"]) == 0 for b in RAMP_BLOCKS)
+    assert any(int(b["delta_q16"]) < 0 for b in RAMP_BLOCKS)
+
+
+@pytest.mark.parametrize("block", Q16_BLOCKS, ids=lambda b: b["fraction"])
+def test_q16_vector(block: dict[str, str]) -> None:
+    assert set(block) == {"fraction", "q16"}
+    assert drive_to_q16(fraction_value(block["fraction"])) == int(block["q16"])
+
+
+@pytest.mark.parametrize(
+    "block",
+    RAMP_BLOCKS,
+    ids=lambda b: f"{b['delta_q16']}q16-{b['ramp_ms']}ms-{b['sample_rate_hz']}Hz",
+)
+def test_ramp_vector(block: dict[str, str]) -> None:
+    assert set(block) == {"delta_q16", "ramp_ms", "sample_rate_hz", "slew_full_scale_ms", "n"}
+    n = ramp_samples(
+        int(block["delta_q16"]),
+        int(block["ramp_ms"]),
+        int(block["sample_rate_hz"]),
+        int(block["slew_full_scale_ms"]),
+    )
+    assert n == int(block["n"])
+
+
+def test_hello_range_table_matches_the_code() -> None:
+    rows = re.findall(
+        r"^\| `(\w+)` \| (\d+) \| (\d+) \| ([^|]*?) \|", section("0x81 HELLO"), re.MULTILINE
+    )
+    documented = {name: (int(lo), int(hi), unit.strip()) for name, lo, hi, unit in rows}
+    assert documented == HELLO_RANGES
+
+
+def test_fault_during_a_stop_is_stated_once() -> None:
+    """1.0 said "restart the ramp" in section 10 and "keep the ramp" in section 12."""
+    assert "restarts it from the amplitude reached" not in FLAT_DOC
+    assert "keeps that ramp (and its earlier end)" not in FLAT_DOC
+    assert FLAT_DOC.count("never lengthens the time to zero") == 1
+    assert "section 10" in section("12. Settled points")
+
+
+@pytest.mark.parametrize(
+    "vector", [v for v in VECTORS if v.message == "HELLO"], ids=lambda v: v.name
+)
+def test_every_hello_vector_is_one_a_host_accepts(vector: Vector) -> None:
+    hello = build(vector)
+    assert isinstance(hello, Hello)
+    check_hello(hello)

@@ -9,14 +9,34 @@ import numpy as np
 import pytest
 
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.codec import FrameDecoder
 from firmware_bridge.errors import (
     CommandRefusedError,
+    DeviceFaultError,
     DeviceResetError,
     LinkLostError,
     UnknownUrlError,
 )
-from firmware_bridge.protocol import Fault, FaultCode, NakReason
-from firmware_bridge.sim.device import FULL_SCALE_SLEW_S, MAX_DRIVE, SAFE_RAMP_S, WATCHDOG_S
+from firmware_bridge.protocol import (
+    FAULT_TEXT,
+    HELLO_ANSWER,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    Fault,
+    FaultCode,
+    Hello,
+    HelloRequest,
+    NakReason,
+    decode_message,
+)
+from firmware_bridge.sim.device import (
+    FULL_SCALE_SLEW_S,
+    MAX_DRIVE,
+    SAFE_RAMP_S,
+    WATCHDOG_S,
+    SimulatedDevice,
+)
+from hil_tests.plate import go_silent
 from tests.simhelpers import listen_silently, load_truth, run_blocks
 
 FS = 1600.0
@@ -32,12 +52,141 @@ def test_handshake_reports_the_device() -> None:
     with DeviceClient.open("sim://?speed=max&device_id=PLATE-7") as dev:
         info = dev.info
     assert info.device_id == "PLATE-7"
-    assert info.protocol_version == "1.0"
+    assert info.protocol_version == f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
     assert info.sample_rate_hz == 1600
     assert info.block_samples == 32
     assert info.max_drive == pytest.approx(MAX_DRIVE, abs=1e-4)
     assert info.watchdog_s == WATCHDOG_S
+    # Every limit the host relies on is announced, once: slew, stop ramp, fault ramp.
+    assert info.full_scale_slew_s == FULL_SCALE_SLEW_S
+    assert info.stop_ramp_s == SAFE_RAMP_S
+    assert info.watchdog_ramp_s == SAFE_RAMP_S
     assert "SIMULATED" in info.capabilities
+
+
+def sim_device(dev: DeviceClient) -> SimulatedDevice:
+    device: SimulatedDevice = dev.port.device  # type: ignore[attr-defined]
+    return device
+
+
+def test_hello_after_the_sequence_number_wraps_is_not_a_reset() -> None:
+    """A HELLO answering a request carries seq 0 when the count has just wrapped; only a boot
+    HELLO means the device restarted."""
+
+    def wrap_into_a_hello(dev: DeviceClient) -> None:
+        device = sim_device(dev)
+        device.step()  # handles whatever the host had sent: the inbox is empty now
+        device._tx_seq = 0xFFFF
+        dev.heartbeat()  # its ACK takes seq 65535 ...
+        dev._send(HelloRequest())  # ... and the HELLO answering this one seq 0
+
+    with DeviceClient.open("sim://?speed=max") as dev:
+        dev.read_for(0.1)
+        wrap_into_a_hello(dev)
+        dev.read_for(0.2)  # no DeviceResetError: the HELLO is an answer
+        wrap_into_a_hello(dev)
+        decoder, frames = FrameDecoder(), []
+        while not any(f.frame_type == Hello.TYPE for f in frames):
+            frames += decoder.feed(dev.port.read(4096))
+    hello_frame = next(f for f in frames if f.frame_type == Hello.TYPE)
+    hello = decode_message(hello_frame)
+    assert isinstance(hello, Hello)
+    assert (hello_frame.seq, hello.boot) == (0, HELLO_ANSWER)
+
+
+def test_stop_ramp_lasts_the_announced_time(tmp_path: Path) -> None:
+    url, truth_path = sim(tmp_path)
+    with DeviceClient.open(url) as dev:
+        sim_device(dev).stop_ramp_ms = 600
+        dev.start_output()
+        dev.set_drive(0.5, 0.0)
+        dev.read_for(0.3)
+        dev.stop_output()
+        stop_at = dev.sample_index
+        dev.read_for(1.0)
+    truth = load_truth(truth_path)
+    index, drive = truth["sample_index"], truth["drive"]
+    # The stop took effect within a block of the ACK; 0.6 s later (+2 blocks) it is at zero.
+    assert drive[(index > stop_at + 0.45 * FS) & (index < stop_at + 0.5 * FS)].min() > 0.05
+    assert np.all(drive[index > stop_at + (0.6 + 0.04) * FS] == 0.0)
+
+
+@pytest.mark.parametrize(
+    ("stop_ramp_ms", "fault_ramp_ms", "zero_after_trip_s"),
+    [
+        (1000, 200, 0.2),  # the fault ramp from the amplitude reached ends first: it wins
+        (1000, 1000, None),  # the stop ramp ends first: it is kept (never lengthened)
+    ],
+)
+def test_fault_during_a_stop_ramp_never_lengthens_the_time_to_zero(
+    tmp_path: Path, stop_ramp_ms: int, fault_ramp_ms: int, zero_after_trip_s: float | None
+) -> None:
+    url, truth_path = sim(tmp_path)
+    with DeviceClient.open(url) as dev:
+        device = sim_device(dev)
+        device.stop_ramp_ms, device.fault_ramp_ms = stop_ramp_ms, fault_ramp_ms
+        dev.set_frequency(45.0)
+        dev.start_output()
+        dev.set_drive(0.5, 0.0)
+        dev.read_for(0.3)
+        dev.stop_output()
+        stop_index = dev.sample_index
+        dev.read_for(0.3)
+        device.physics.set_coil_temperature_c(130.0)  # over-temperature in mid-stop
+        with pytest.raises(DeviceFaultError) as fault:
+            dev.read_for(0.5)
+        assert fault.value.code == FaultCode.COIL_OVERTEMP
+        trip_index = fault.value.sample_index
+        for _ in range(80):  # the fault is latched: the stream goes on
+            dev.read_block()
+    truth = load_truth(truth_path)
+    index, drive = truth["sample_index"], truth["drive"]
+    at_trip = float(drive[index == trip_index][0])
+    assert at_trip > 0.2, "the fault must trip while the stop ramp is still well above zero"
+    zero_index = int(index[(drive == 0.0) & (index > trip_index)][0])
+    stop_end = stop_index + stop_ramp_ms / 1000 * FS
+    # Zero at the earlier of the stop ramp's end and a fault ramp from the trip (+2 blocks:
+    # the host saw the ACK up to a block after the device applied the stop).
+    fault_end = trip_index + fault_ramp_ms / 1000 * FS
+    assert zero_index <= min(stop_end, fault_end) + 64
+    if zero_after_trip_s is not None:
+        assert zero_index - trip_index == pytest.approx(zero_after_trip_s * FS, abs=1)
+    steps = np.abs(np.diff(drive))
+    assert steps.max() <= 1.0 / (FULL_SCALE_SLEW_S * FS) + 1e-9
+
+
+def test_overtemperature_reaches_the_host_as_the_fault_not_a_refusal() -> None:
+    with DeviceClient.open("sim://?speed=max&coil_temp_c=130") as dev:
+        dev.start_output()  # the coil is too hot: the device trips at this boundary
+        with pytest.raises(DeviceFaultError) as fault:
+            dev.set_drive(0.3, 0.2)  # NAK FAULT_LATCHED: the host reports the fault itself
+    err = fault.value
+    assert err.code == FaultCode.COIL_OVERTEMP
+    assert err.text == FAULT_TEXT[FaultCode.COIL_OVERTEMP]
+    assert err.detail is not None
+    assert 12_000 < err.detail <= 13_000
+    assert err.sample_index > 0
+    assert err.refused_command == "SetDrive"
+    assert FAULT_TEXT[FaultCode.COIL_OVERTEMP] in str(err)
+
+
+def test_a_fault_latched_before_the_host_connected_is_reported_from_status() -> None:
+    with DeviceClient.open("sim://?speed=max&coil_temp_c=130") as first:
+        first.start_output()
+        with pytest.raises(DeviceFaultError) as seen:
+            first.read_for(0.2)
+        # A second host on the same link never saw the FAULT frame.
+        later = DeviceClient(first.port, first.url)
+        later.handshake()
+        with pytest.raises(DeviceFaultError) as fault:
+            later.start_output()
+    err = fault.value
+    assert (err.code, err.sample_index, err.detail) == (
+        seen.value.code,
+        seen.value.sample_index,
+        seen.value.detail,
+    )
+    assert err.refused_command == "SetOutput"
 
 
 def test_drive_is_off_at_boot_and_gravity_reads_one_g(tmp_path: Path) -> None:
@@ -197,3 +346,26 @@ def test_bad_sim_urls_name_the_problem(url: str) -> None:
     with pytest.raises(UnknownUrlError) as err:
         DeviceClient.open(url)
     assert url in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "samples_after_replies", [False, True], ids=["samples-first", "replies-first"]
+)
+def test_the_hil_watchdog_timing_holds_in_either_boundary_order(
+    samples_after_replies: bool,
+) -> None:
+    """docs/protocol.md 9.2 leaves the order of a finished block's SAMPLES and a boundary's
+    replies open: the suite's "last host frame" must not depend on it."""
+    with DeviceClient.open("sim://?speed=max") as dev:
+        sim_device(dev).samples_after_replies = samples_after_replies
+        dev.set_frequency(45.0)
+        dev.start_output()
+        dev.set_drive(0.2, 0.1)
+        dev.read_for(0.3)
+        silence = go_silent(dev, 1.0)
+    (fault,) = silence.faults
+    assert fault.code == FaultCode.HOST_WATCHDOG
+    # The reference device trips at the first boundary more than 500 ms (800 samples) after
+    # the one where it handled the last frame: 26 blocks of 32 samples later.
+    assert fault.sample_index - silence.silent_from == 832
+    assert silence.samples[0].first_index >= silence.silent_from - 32

@@ -17,6 +17,7 @@ from firmware_bridge.errors import (
     HandshakeTimeoutError,
     IncompatibleVersionError,
 )
+from firmware_bridge.protocol import PROTOCOL_MAJOR
 
 
 def _serve(*where: str) -> Iterator[str]:
@@ -93,6 +94,7 @@ def test_a_port_with_no_firmware_times_out_the_handshake() -> None:
 def test_another_major_protocol_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     import firmware_bridge.sim.device
 
-    monkeypatch.setattr(firmware_bridge.sim.device, "PROTOCOL_MAJOR", 2)
-    with pytest.raises(IncompatibleVersionError, match=r"device speaks protocol 2\.0"):
+    other = PROTOCOL_MAJOR + 1
+    monkeypatch.setattr(firmware_bridge.sim.device, "PROTOCOL_MAJOR", other)
+    with pytest.raises(IncompatibleVersionError, match=rf"device speaks protocol {other}\.0"):
         DeviceClient.open("sim://?speed=max")

@@ -25,11 +25,13 @@ from firmware_bridge.errors import ProtocolError
 from firmware_bridge.protocol import (
     COIL_TEMP_UNKNOWN,
     DEVICE_ID_LEN,
+    HELLO_ANSWER,
+    HELLO_BOOT,
     MAX_BLOCK_SAMPLES,
     MESSAGE_TYPES,
-    PHASE_TURN,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
+    Q16,
     Ack,
     Capability,
     ClearFault,
@@ -50,6 +52,9 @@ from firmware_bridge.protocol import (
     StatusRequest,
     drive_to_q16,
     hz_to_mhz,
+    phase_to_q32,
+    ramp_samples,
+    round_half_up,
 )
 from firmware_bridge.sim.config import SimConfig
 from firmware_bridge.sim.physics import PlatePhysics
@@ -65,7 +70,7 @@ MAX_DRIVE = 0.9
 MIN_FREQ_HZ = 20.0
 MAX_FREQ_HZ = 150.0
 WATCHDOG_S = 0.5
-SAFE_RAMP_S = 0.2  # watchdog, fault and stop ramps
+SAFE_RAMP_S = 0.2  # fault (watchdog) ramp and stop ramp: HELLO watchdog_ramp_ms, stop_ramp_ms
 FULL_SCALE_SLEW_S = 0.1  # the drive never moves faster than full scale in this time
 OVERTEMP_C = 120.0
 LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
@@ -78,28 +83,59 @@ def _clip01(value: float) -> float:
 
 @dataclass
 class _Envelope:
-    """Drive amplitude: the current value and a linear ramp towards a target."""
+    """Drive amplitude: the value at the next sample and a linear ramp towards a target.
+
+    ``value_q16`` is the value as an exact Q16 count whenever it is one (at rest, at the end of a
+    ramp); mid-ramp it is None and the ramp length rounds the value away from the new target, so
+    the slew limit holds (docs/protocol.md 9.4).
+    """
 
     value: float = 0.0
     rate_per_sample: float = 0.0
     samples_left: int = 0
     target: float = 0.0
+    value_q16: int | None = 0
+    target_q16: int = 0
 
-    def ramp_to(self, target: float, duration_s: float, sample_rate_hz: float) -> None:
-        delta = target - self.value
-        self.target = target
-        if not delta:
-            self.samples_left = 0
+    def present_q16(self, target_q16: int) -> int:
+        """The present amplitude in Q16 counts, rounded away from ``target_q16``."""
+        if self.value_q16 is not None:
+            return self.value_q16
+        counts = self.value * Q16
+        return math.floor(counts) if target_q16 >= counts else math.ceil(counts)
+
+    def samples_to(self, target_q16: int, ramp_ms: int, fs: int, slew_ms: int) -> int:
+        """Length of a ramp to ``target_q16`` started now (0 if already there)."""
+        if self._at(target_q16):
+            return 0
+        return ramp_samples(target_q16 - self.present_q16(target_q16), ramp_ms, fs, slew_ms)
+
+    def ramp_to(self, target_q16: int, ramp_ms: int, fs: int, slew_ms: int) -> None:
+        self.target_q16 = target_q16
+        self.target = target_q16 / Q16
+        self.samples_left = self.samples_to(target_q16, ramp_ms, fs, slew_ms)
+        if not self.samples_left:  # already there: a ramp in progress ends here
             self.rate_per_sample = 0.0
             return
-        # The slew limit rounds up, so no sample ever moves faster than it allows.
-        slowest = math.ceil(abs(delta) * FULL_SCALE_SLEW_S * sample_rate_hz - 1e-9)
-        self.samples_left = max(1, round(duration_s * sample_rate_hz), slowest)
-        self.rate_per_sample = delta / self.samples_left
+        self.rate_per_sample = (self.target - self.value) / self.samples_left
+
+    def advance(self, start: float, rate: float, samples: int) -> None:
+        """The ramp has run ``samples`` more samples from ``start``."""
+        self.samples_left -= samples
+        if self.samples_left == 0:
+            self.value, self.value_q16 = self.target, self.target_q16
+        else:
+            self.value, self.value_q16 = start + rate * samples, None
+
+    def _at(self, target_q16: int) -> bool:
+        if self.value_q16 is not None:
+            return self.value_q16 == target_q16
+        return self.value == target_q16 / Q16
 
     def cut(self) -> None:
         self.value = self.target = self.rate_per_sample = 0.0
-        self.samples_left = 0
+        self.samples_left = self.target_q16 = 0
+        self.value_q16 = 0
 
 
 @dataclass
@@ -134,6 +170,19 @@ class SimulatedDevice:
                 f"block; a frame holds at most {MAX_BLOCK_SAMPLES}"
             )
         self.counts_per_g = int(accel_profile.counts_per_g)
+        # The limits this firmware announces in HELLO (and obeys): one source for both.
+        self.max_drive_q16 = drive_to_q16(MAX_DRIVE)
+        self.min_freq_mhz = hz_to_mhz(MIN_FREQ_HZ)
+        self.max_freq_mhz = hz_to_mhz(MAX_FREQ_HZ)
+        self.watchdog_ms = round_half_up(WATCHDOG_S * 1000)
+        self.fault_ramp_ms = round_half_up(SAFE_RAMP_S * 1000)
+        self.stop_ramp_ms = round_half_up(SAFE_RAMP_S * 1000)
+        self.slew_full_scale_ms = round_half_up(FULL_SCALE_SLEW_S * 1000)
+        # docs/protocol.md 9.2 leaves open whether a finished block's SAMPLES leaves before or
+        # after the replies of the boundary where it ends; True sends it after them (tests use
+        # it to show that nothing depends on the order).
+        self.samples_after_replies = False
+        self._held_samples: Samples | None = None
         self.physics = PlatePhysics(
             profile,
             config.mass_kg,
@@ -215,10 +264,11 @@ class SimulatedDevice:
         self._last_rx_s = self._boot_done_at
         self._output_on = False
         self._stopping = False
-        self._fault_code = 0
+        self._fault_code = self._fault_index = self._fault_detail = 0
         self._freq_hz = 30.0
         self._phase_turns = 0.0
         self._envelope = _Envelope()
+        self._held_samples = None
         self._inbox.clear()
 
     def _power_on_unattended(self, uptime_s: float) -> None:
@@ -252,10 +302,13 @@ class SimulatedDevice:
         if not self._booted and now >= self._boot_done_at:
             self._booted = True
             self._last_rx_s = now
-            self._send(self._hello())
+            self._send(self._hello(HELLO_BOOT))
         if self._booted:
             self._handle_inbox(now)
             self._check_watchdog(now)
+        if self._held_samples is not None:
+            self._send(self._held_samples)
+            self._held_samples = None
         self._run_block(now)
 
     def _handle_inbox(self, now: float) -> None:
@@ -266,26 +319,42 @@ class SimulatedDevice:
 
     def _check_watchdog(self, now: float) -> None:
         if self._output_on and not self._fault_code:
-            if now - self._last_rx_s > WATCHDOG_S:
+            if now - self._last_rx_s > self.watchdog_ms / 1000.0:
                 self._trip(FaultCode.HOST_WATCHDOG, round((now - self._last_rx_s) * 1000))
             elif self.physics.coil_temperature_c > OVERTEMP_C:
-                self._trip(FaultCode.COIL_OVERTEMP, round(self.physics.coil_temperature_c * 100))
+                temp_centi_c = round_half_up(self.physics.coil_temperature_c * 100)
+                self._trip(FaultCode.COIL_OVERTEMP, temp_centi_c)
 
     def _trip(self, code: FaultCode, detail: int) -> None:
         log.info("simulated device fault %s at sample %d", code.name, self._sample_index)
         self._fault_code = int(code)
-        if not self._stopping:  # a stop already under way keeps its (earlier) end
-            self._begin_stop()
+        self._fault_index = self._sample_index
+        self._fault_detail = detail
+        env = self._envelope
+        if not self._stopping:
+            self._begin_stop(self.fault_ramp_ms)
+        elif self._ramp_to_zero_samples(self.fault_ramp_ms) < env.samples_left:
+            # A stop under way keeps its ramp unless the fault ramp, started from the
+            # amplitude reached, ends sooner: the time to zero never grows.
+            self._begin_stop(self.fault_ramp_ms)
         self._send(Fault(int(code), self._sample_index, detail))
         self._record_event(f"fault:{code.name}")
 
-    def _begin_stop(self) -> None:
-        if self._envelope.value > 0.0 or self._envelope.target > 0.0:
-            self._envelope.ramp_to(0.0, SAFE_RAMP_S, self.sample_rate_hz)
+    def _ramp_to_zero_samples(self, ramp_ms: int) -> int:
+        return self._envelope.samples_to(0, ramp_ms, self._fs_int, self.slew_full_scale_ms)
+
+    def _begin_stop(self, ramp_ms: int) -> None:
+        self._envelope.ramp_to(0, ramp_ms, self._fs_int, self.slew_full_scale_ms)
+        if self._envelope.samples_left:
             self._stopping = True
-        else:
+        else:  # already at zero (a ramp up that had not begun ends here)
             self._envelope.cut()
+            self._stopping = False
             self._output_on = False
+
+    @property
+    def _fs_int(self) -> int:
+        return round_half_up(self.sample_rate_hz)
 
     def _handle(self, frame: RawFrame) -> None:
         cls = MESSAGE_TYPES.get(frame.frame_type)
@@ -308,13 +377,13 @@ class SimulatedDevice:
         """Apply one host command; return why it is refused, or None."""
         match message:
             case HelloRequest():
-                self._send(self._hello())
+                self._send(self._hello(HELLO_ANSWER))
             case StatusRequest():
                 self._send(self._status())
             case Heartbeat():
                 pass
             case SetFrequency(freq_mhz=freq_mhz):
-                if not MIN_FREQ_HZ <= freq_mhz / 1000.0 <= MAX_FREQ_HZ:
+                if not self.min_freq_mhz <= freq_mhz <= self.max_freq_mhz:
                     return NakReason.OUT_OF_RANGE
                 self._freq_hz = freq_mhz / 1000.0
             case SetDrive(drive_q16=drive_q16, ramp_ms=ramp_ms):
@@ -324,9 +393,9 @@ class SimulatedDevice:
                     return NakReason.BUSY
                 if not self._output_on:
                     return NakReason.OUTPUT_OFF
-                if drive_q16 > drive_to_q16(MAX_DRIVE):
+                if drive_q16 > self.max_drive_q16:
                     return NakReason.OUT_OF_RANGE
-                self._envelope.ramp_to(drive_q16 / 65535.0, ramp_ms / 1000.0, self.sample_rate_hz)
+                self._envelope.ramp_to(drive_q16, ramp_ms, self._fs_int, self.slew_full_scale_ms)
             case SetOutput(enable=enable):
                 if enable > 1:
                     return NakReason.OUT_OF_RANGE
@@ -339,11 +408,11 @@ class SimulatedDevice:
                         self._output_on = True
                         self._envelope.cut()
                 elif self._output_on and not self._stopping:
-                    self._begin_stop()
+                    self._begin_stop(self.stop_ramp_ms)
             case ClearFault():
                 if self._stopping:
                     return NakReason.BUSY
-                self._fault_code = 0
+                self._fault_code = self._fault_index = self._fault_detail = 0
             case _:
                 return NakReason.UNKNOWN_TYPE
         return None
@@ -351,21 +420,24 @@ class SimulatedDevice:
     def _nak(self, frame: RawFrame, reason: NakReason) -> None:
         self._send(Nak(frame.seq, frame.frame_type, int(reason)))
 
-    def _hello(self) -> Hello:
+    def _hello(self, boot: int) -> Hello:
         return Hello(
             PROTOCOL_MAJOR,
             PROTOCOL_MINOR,
             *FIRMWARE_VERSION,
             self.config.device_id.encode("ascii").ljust(DEVICE_ID_LEN, b"\x00"),
-            round(self.sample_rate_hz),
+            self._fs_int,
             self.block_samples,
             self.counts_per_g,
-            drive_to_q16(MAX_DRIVE),
-            hz_to_mhz(MIN_FREQ_HZ),
-            hz_to_mhz(MAX_FREQ_HZ),
-            round(WATCHDOG_S * 1000),
-            round(SAFE_RAMP_S * 1000),
+            self.max_drive_q16,
+            self.min_freq_mhz,
+            self.max_freq_mhz,
+            self.watchdog_ms,
+            self.fault_ramp_ms,
+            self.stop_ramp_ms,
+            self.slew_full_scale_ms,
             int(Capability.COIL_TEMPERATURE | Capability.SIMULATED | Capability.FAULT_INJECTION),
+            boot,
         )
 
     def _state(self) -> DeviceState:
@@ -387,7 +459,9 @@ class SimulatedDevice:
             self._sample_index,
             min(0xFFFF, self._rx.stats.crc_errors + self._rx.stats.cobs_errors),
             min(0xFFFF, self._rx.stats.lost_frames),
-            round(temp * 100) if -300 < temp < 300 else COIL_TEMP_UNKNOWN,
+            round_half_up(temp * 100) if -300 < temp < 300 else COIL_TEMP_UNKNOWN,
+            self._fault_index,
+            self._fault_detail,
         )
 
     # ---- one block of physics ---------------------------------------------------------
@@ -413,8 +487,7 @@ class SimulatedDevice:
             self._phase_turns = (self._phase_turns + self._freq_hz * seg / fs) % 1.0
             done += seg
             if self._output_on and env.samples_left:
-                env.samples_left -= seg
-                env.value = env.target if env.samples_left == 0 else start + rate * seg
+                env.advance(start, rate, seg)
                 if env.samples_left == 0 and self._stopping:
                     self._stopping = False
                     self._output_on = False
@@ -424,16 +497,17 @@ class SimulatedDevice:
         if self._truth is not None:
             self._record_truth(now, accel, pieces)
         if self._booted:
-            phase_q32 = round(first_phase * PHASE_TURN) % PHASE_TURN
-            self._send(
-                Samples(
-                    self._sample_index,
-                    phase_q32,
-                    hz_to_mhz(self._freq_hz),
-                    drive_to_q16(_clip01(first_drive)),
-                    counts,
-                )
+            samples = Samples(
+                self._sample_index,
+                phase_to_q32(first_phase),
+                hz_to_mhz(self._freq_hz),
+                drive_to_q16(_clip01(first_drive)),
+                counts,
             )
+            if self.samples_after_replies:
+                self._held_samples = samples  # sent at the next boundary, after its replies
+            else:
+                self._send(samples)
             self._sample_index += n
 
     def _record_truth(
