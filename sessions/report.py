@@ -28,6 +28,7 @@ from sessions.adherence import (
     SessionLike,
     WeekAdherence,
 )
+from sessions.text import terminal_line
 
 __all__ = [
     "CSV_COLUMNS",
@@ -112,8 +113,8 @@ def _number(value: float | None) -> str:
 
 
 def _printable(text: str) -> str:
-    """Text for a terminal: control characters from a log never reach it."""
-    return "".join(c if c.isprintable() else "?" for c in text)
+    """Text for a terminal: control characters from a log are shown, never sent."""
+    return terminal_line(text)
 
 
 def _e(text: object) -> str:
