@@ -353,9 +353,12 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
     records = log.sessions()
     patient, protocol = _report_subject(args, home, records)
     theirs = [r for r in records if r.patient_id == patient]
-    report = compute_adherence(
-        protocol, theirs, since=_parse_date(args.since), until=_parse_date(args.until)
-    )
+    try:
+        report = compute_adherence(
+            protocol, theirs, since=_parse_date(args.since), until=_parse_date(args.until)
+        )
+    except ValueError as exc:  # a period the report cannot cover: the message says why
+        raise ReportError(str(exc)) from None
     if fmt == "html":
         return render_html(report, protocol, theirs)
     renderer = {"table": render_table, "csv": render_csv, "json": render_json}[fmt]

@@ -12,8 +12,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -21,7 +23,10 @@ from pathlib import Path
 import pytest
 
 from controller.calibration import Calibration
+from sessions.adherence import compute_adherence
 from sessions.log import SessionLog
+from sessions.protocol import MAX_STUDY_DAYS, ProtocolFileError, load_protocol
+from sessions.report import render_html, render_table
 
 SIM = "sim://?speed=max"
 EMPTY = "sim://?speed=max&mass=0"  # calibrations are of the empty plate
@@ -319,3 +324,87 @@ def test_the_calibration_round_trips(tmp_path: Path) -> None:
     cal = Calibration.from_dict(_good_calibration())
     store.save(cal)
     assert store.load("SIM-0001") == cal
+
+
+# ---- 7. a study is at most five years; a report is bounded by its period ---------------------
+
+
+def test_a_study_from_year_1_to_9999_is_not_installed(machine: Machine, tmp_path: Path) -> None:
+    source = tmp_path / "rx.yaml"
+    source.write_text(protocol_text(date(1, 1, 1), date(9999, 12, 31)))
+    home = tmp_path / "home"
+    done = machine.liv("protocol", "install", str(source), "--home", str(home))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"a study lasts at most {MAX_STUDY_DAYS} days (five years)" in done.stderr
+    assert not (home / "protocol.yaml").exists()
+
+
+def test_the_longest_study_is_allowed_and_one_day_more_is_not(tmp_path: Path) -> None:
+    first = date(2028, 3, 1)  # five years with two leap days (2028, 2032)
+    longest = tmp_path / "longest.yaml"
+    longest.write_text(protocol_text(first, first + timedelta(days=MAX_STUDY_DAYS - 1)))
+    protocol = load_protocol(longest)
+    assert (protocol.study_end - protocol.study_start).days + 1 == MAX_STUDY_DAYS == 1827
+    too_long = tmp_path / "too-long.yaml"
+    too_long.write_text(protocol_text(first, first + timedelta(days=MAX_STUDY_DAYS)))
+    with pytest.raises(ProtocolFileError, match=f"{MAX_STUDY_DAYS + 1} days long"):
+        load_protocol(too_long)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    def describe(self) -> str:
+        return "30 Hz"
+
+
+@dataclass(frozen=True)
+class _EndlessStudy:
+    """A prescription as an old log could hold it, from before studies were bounded."""
+
+    patient_id: str = "P-0042"
+    target_g: float = 0.3
+    dose_tolerance: float = 0.1
+    schedule: _Schedule = _Schedule()
+    sha256: str = "0" * 64
+    minutes_per_session: float = 10.0
+    sessions_per_day: int = 2
+    min_gap_hours: float = 3.0
+    daily_windows: tuple[object, ...] = ()
+    study_start: date = date(1, 1, 1)
+    study_end: date = date(9999, 12, 31)
+    timezone: str = "UTC"
+
+
+def test_a_report_on_an_endless_study_is_bounded_by_its_period() -> None:
+    plan = _EndlessStudy()
+    began = time.perf_counter()
+    report = compute_adherence(
+        plan, [], since=date(2026, 3, 2), until=date(2026, 3, 8), today=date(2026, 6, 1)
+    )
+    page = render_html(report, plan, [])
+    table = render_table(report)
+    assert time.perf_counter() - began < 5.0
+    assert len(report.days) == 7
+    assert page.count('<td><div class="day ') == 7  # one week row, not 3.6 million days
+    assert len(page) < 200_000
+    assert "Report period 2026-03-02 to 2026-03-08." in table
+
+    with pytest.raises(ValueError, match="choose a shorter period with --since and --until"):
+        compute_adherence(plan, [], today=date(2026, 6, 1))  # year 1 to today: refused
+
+
+def test_the_calendar_covers_the_report_period_not_the_study(tmp_path: Path) -> None:
+    first = date(2026, 3, 2)  # a Monday
+    source = tmp_path / "rx.yaml"
+    source.write_text(protocol_text(first, first + timedelta(days=MAX_STUDY_DAYS - 1)))
+    protocol = load_protocol(source)
+    report = compute_adherence(
+        protocol, [], since=date(2026, 4, 6), until=date(2026, 4, 19), today=date(2026, 5, 1)
+    )
+    cells = re.findall(r'<td><div class="day (\w+)" title="(\w+ \d+ \w+ \d+)', render_html(
+        report, protocol, []
+    ))  # fmt: skip
+    assert len(cells) == 14
+    assert cells[0][1] == "Mon 6 Apr 2026"
+    assert cells[-1][1] == "Sun 19 Apr 2026"
