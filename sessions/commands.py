@@ -50,7 +50,10 @@ def _open_log(args: argparse.Namespace, home: LivHome | None = None) -> Iterator
     home = home_of(args) if home is None else home
     home.check()
     path = home.db_path(getattr(args, "db", None))
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.parent == home.root:
+        home.ensure()  # created private, like every directory of the installation
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with SessionLog(path) as log:
         yield log
 
