@@ -12,7 +12,7 @@ import bisect
 import itertools
 import json
 import logging
-import os
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
+from controller.privatefiles import check_private_dir, write_private_file
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS
+from firmware_bridge.errors import LivError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,37 @@ IDENT_DRIVE = 0.08  # low amplitude: about 0.05-0.15 g on an empty reference pla
 SETTLE_S = 0.4
 MEASURE_S = 0.3
 FORMAT_VERSION = 1
+MAX_FILE_BYTES = 1_000_000  # a calibration is a few kB; anything far larger is not one
+
+
+class CalibrationError(LivError):
+    """A stored calibration that cannot be used; the message says to calibrate again."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(
+            f"the calibration file {path} is damaged or unreadable: run 'liv calibrate' "
+            "again with nobody on the plate"
+        )
+
+
+def _numbers(data: dict[str, Any], key: str) -> tuple[float, ...]:
+    values = data[key]
+    if not isinstance(values, list | tuple) or not all(_is_number(v) for v in values):
+        raise ValueError(f"{key} must be a list of numbers")
+    return tuple(float(v) for v in values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _typed(data: dict[str, Any], key: str, kind: type) -> Any:
+    value = data[key]
+    if not isinstance(value, kind):
+        raise ValueError(f"{key} must be a {kind.__name__}, not {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -64,6 +97,12 @@ class Calibration:
             raise ValueError("calibration frequencies must increase")
         if any(not (g > 0.0 and np.isfinite(g)) for g in self.g_per_drive):
             raise ValueError("calibration gains must be positive: was the actuator connected?")
+        if len(self.phase_rad) != len(self.freqs_hz) or not all(
+            math.isfinite(p) for p in self.phase_rad
+        ):
+            raise ValueError("calibration phases must be finite, one per frequency")
+        if not (math.isfinite(self.drive) and 0.0 < self.drive <= 1.0):
+            raise ValueError(f"calibration drive {self.drive!r} is not a fraction in (0, 1]")
 
     def gain_at(self, freq_hz: float) -> float:
         """g per unit drive at ``freq_hz`` (linear interpolation; refuses extrapolation)."""
@@ -82,17 +121,26 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """The calibration ``to_dict`` wrote; ValueError (or KeyError) for anything else."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a calibration is a JSON object, not {type(data).__name__}")
         if data.get("format") != FORMAT_VERSION:
             raise ValueError(f"unknown calibration format {data.get('format')!r}")
+        drive = data["drive"]
+        if not _is_number(drive):
+            raise ValueError("drive must be a number")
+        notes = data.get("notes", [])
+        if not isinstance(notes, list | tuple) or not all(isinstance(n, str) for n in notes):
+            raise ValueError("notes must be a list of text")
         return cls(
-            device_id=str(data["device_id"]),
-            freqs_hz=tuple(float(f) for f in data["freqs_hz"]),
-            g_per_drive=tuple(float(g) for g in data["g_per_drive"]),
-            phase_rad=tuple(float(p) for p in data["phase_rad"]),
-            drive=float(data["drive"]),
-            created_utc=str(data["created_utc"]),
-            stale=bool(data.get("stale", False)),
-            notes=[str(n) for n in data.get("notes", [])],
+            device_id=_typed(data, "device_id", str),
+            freqs_hz=_numbers(data, "freqs_hz"),
+            g_per_drive=_numbers(data, "g_per_drive"),
+            phase_rad=_numbers(data, "phase_rad"),
+            drive=float(drive),
+            created_utc=_typed(data, "created_utc", str),
+            stale=_typed(data, "stale", bool) if "stale" in data else False,
+            notes=list(notes),
         )
 
 
@@ -142,42 +190,56 @@ def identify(
 
 
 class CalibrationStore:
-    """Calibrations as one JSON file per device id in a directory."""
+    """Calibrations as one JSON file per device id in a directory.
 
-    ENV = "LIV_CALIBRATION_DIR"
+    The directory is given by the caller (sessions/home.py resolves it for every command): the
+    controller does not decide where an installation keeps its data. It must be private to the
+    user (controller/privatefiles.py); files are replaced atomically, never through a link.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    @classmethod
-    def default(cls) -> CalibrationStore:
-        env = os.environ.get(cls.ENV)
-        if env:
-            return cls(Path(env))
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return cls(Path(base) / "liv" / "calibration")
+    def check(self) -> None:
+        """Refuse a directory that other users could change (before any plate moves)."""
+        check_private_dir(self.directory)
 
     def path_for(self, device_id: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device_id) or "unnamed"
         return self.directory / f"{safe}.json"
 
     def load(self, device_id: str) -> Calibration | None:
+        """The stored calibration of ``device_id``; None if there is none.
+
+        Raises CalibrationError (one sentence: calibrate again) for a file that is truncated,
+        not JSON, of the wrong shape or holding non-finite numbers.
+        """
+        self.check()
         path = self.path_for(device_id)
         if not path.exists():
             return None
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
         try:
-            return Calibration.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"calibration file {path} is unreadable: {exc}") from None
+            if len(raw) > MAX_FILE_BYTES:
+                raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            return Calibration.from_dict(data)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            log.warning("calibration file %s is unusable (%s)", path, detail)
+            raise CalibrationError(path, detail) from None
 
     def save(self, calibration: Calibration) -> Path:
         path = self.path_for(calibration.device_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(calibration.to_dict(), indent=2))
-        tmp.replace(path)
+        text = json.dumps(calibration.to_dict(), indent=2, allow_nan=False)
+        write_private_file(path, text.encode("utf-8"))
         return path
 
     def mark_stale(self, calibration: Calibration, why: str) -> None:
         """Record that a run found the plate far from this calibration."""
         self.save(replace(calibration, stale=True, notes=[*calibration.notes, why]))
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a calibration can hold")

@@ -25,6 +25,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from sessions.protocol import MAX_STUDY_DAYS
 from sessions.scheduling import AT_DOSE_EPSILON_MIN, LoggedSession, Prescription, day_summary
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "COUNTED_STATUSES",
     "DAY_STATUSES",
     "FLAG_KINDS",
+    "MAX_REPORT_DAYS",
     "AdherenceReport",
     "DayAdherence",
     "DeviceUse",
@@ -72,6 +74,9 @@ _STATUS_FLAGS = {
     "stopped_by_patient": "stopped by the patient",
 }
 _DECIMALS = 6  # numbers in to_dict(), as the session log stores them
+
+# A report holds one entry per day of its period: never more days than the longest study.
+MAX_REPORT_DAYS = MAX_STUDY_DAYS
 
 
 class Plan(Prescription, Protocol):
@@ -383,7 +388,9 @@ def compute_adherence(
     ``since``/``until`` default to the whole study up to today and are clipped to the study
     period for the figures; sessions of other patients are ignored. Sessions dated in the
     requested period but outside the study (or after today) are not counted but are flagged.
-    ``today`` defaults to the current date in the protocol's time zone.
+    ``today`` defaults to the current date in the protocol's time zone. The work and the
+    report grow with the period, never with the study: a period longer than MAX_REPORT_DAYS is
+    refused (ValueError naming --since/--until).
     """
     if since is not None and until is not None and since > until:
         raise ValueError(f"since {since.isoformat()} is after until {until.isoformat()}")
@@ -404,6 +411,12 @@ def compute_adherence(
     end = min(until or protocol.study_end, protocol.study_end)
     if until is None:
         end = min(end, today)
+    if (end - start).days + 1 > MAX_REPORT_DAYS:
+        raise ValueError(
+            f"the report period {start.isoformat()} to {end.isoformat()} is "
+            f"{(end - start).days + 1} days long; a report covers at most {MAX_REPORT_DAYS} "
+            "days: choose a shorter period with --since and --until"
+        )
 
     by_day: dict[date, list[LoggedSession]] = defaultdict(list)
     for s in mine:

@@ -29,6 +29,7 @@ from firmware_bridge.realtime import single_threaded_numerics
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.serve import serve_pty, serve_tcp
 from sessions import commands as commands_mod
+from sessions.text import echo, terminal_line
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -66,10 +67,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-_CAL_DIR_HELP = (
-    f"where calibrations are kept (default: ${CalibrationStore.ENV} or "
-    "~/.local/share/liv/calibration)"
-)
+_CAL_DIR_HELP = "where calibrations are kept (default: the data directory's calibration/)"
+_HOME_HELP = "data directory (default: $LIV_HOME, else $XDG_DATA_HOME/liv, else ~/.local/share/liv)"
+
+
+def _add_home(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--home", metavar="DIR", help=_HOME_HELP)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dset = device_cmds.add_parser("set", help="configure the plate this installation uses")
     dset.add_argument("url", metavar="PORT_OR_URL", help="e.g. /dev/ttyACM0")
-    dset.add_argument("--home", metavar="DIR", help=argparse.SUPPRESS)
+    _add_home(dset)
     dset.set_defaults(handler=commands_mod.cmd_device_set)
 
     calibrate = commands.add_parser(
@@ -106,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"measure the empty plate's response across {_CAL_HZ.describe()} Hz (engineers)",
     )
     calibrate.add_argument("--device", required=True, metavar="URL", help="port path or URL")
+    _add_home(calibrate)
     calibrate.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
     calibrate.add_argument("--json", action="store_true", help="print JSON")
     calibrate.set_defaults(handler=cmd_calibrate)
@@ -131,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds", required=True, type=_bounded_float("--seconds", 1, 3600), metavar="S",
         help="time to hold the amplitude (ramps excluded)",
     )  # fmt: skip
+    _add_home(run)
     run.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
     run.add_argument("--json", action="store_true", help="print JSON")
     run.set_defaults(handler=cmd_run)
@@ -159,8 +165,7 @@ def _add_session_commands(commands: Any) -> None:
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--db", type=Path, metavar="FILE", help="session log (default $LIV_DB or "
                        "the data directory's liv.db)")  # fmt: skip
-        p.add_argument("--home", metavar="DIR", help="installation directory (default $LIV_HOME)")
-        return p
+        return _add_home(p)
 
     protocol = commands.add_parser("protocol", help="check or install a patient protocol")
     pcmds = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
@@ -169,7 +174,7 @@ def _add_session_commands(commands: Any) -> None:
     check.set_defaults(handler=commands_mod.cmd_protocol_check)
     install = pcmds.add_parser("install", help="validate and install as the active protocol")
     install.add_argument("file", metavar="FILE")
-    install.add_argument("--home", metavar="DIR", help="installation directory (default $LIV_HOME)")
+    _add_home(install)
     install.set_defaults(handler=commands_mod.cmd_protocol_install)
 
     start = with_db(commands.add_parser("start", help="run the session that is due now"))
@@ -218,10 +223,10 @@ def _add_session_commands(commands: Any) -> None:
 
     demo = commands.add_parser("demo", help="a clearly labelled simulated session for new users")
     demo.add_argument(
-        "--home", metavar="DIR", help="keep the demo's data here (default: a temp dir)"
+        "--home",
+        metavar="DIR",
+        help="keep the demo's data in this new or empty directory (default: a new temp dir)",
     )
-    demo.add_argument("--db", type=Path, help=argparse.SUPPRESS)
-    demo.add_argument("--calibration-dir", type=Path, help=argparse.SUPPRESS)
     demo.set_defaults(handler=commands_mod.cmd_demo)
 
 
@@ -235,9 +240,9 @@ def _iso_date(text: str) -> str:
 
 def _emit(data: dict[str, Any], as_json: bool, lines: Sequence[str]) -> None:
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(json.dumps(data, indent=2, sort_keys=True))  # JSON escapes every control char
     else:
-        print("\n".join(lines))
+        echo("\n".join(lines))
 
 
 def cmd_device_info(args: argparse.Namespace) -> int:
@@ -273,13 +278,19 @@ def cmd_device_drive(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> CalibrationStore:
-    if args.calibration_dir is not None:
-        return CalibrationStore(args.calibration_dir)
-    return CalibrationStore.default()
+    """The calibrations of the data directory every command uses (or --calibration-dir)."""
+    home = commands_mod.home_of(args)
+    home.check()
+    store = home.calibrations(args.calibration_dir)
+    store.check()
+    return store
 
 
 def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
-    lines = [f"calibration of {cal.device_id} saved to {where}", "  freq Hz   g per unit drive"]
+    lines = [
+        f"calibration of {terminal_line(cal.device_id)} saved to {where}",
+        "  freq Hz   g per unit drive",
+    ]
     lines += [f"  {f:7.1f}   {g:.4f}" for f, g in zip(cal.freqs_hz, cal.g_per_drive, strict=True)]
     return lines
 
@@ -312,13 +323,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         cal = store.load(device.info.device_id)
         if cal is None:
             raise UsageError(
-                f"no calibration for {device.info.device_id} in {store.directory}: run "
+                f"no calibration for {terminal_line(device.info.device_id)} in "
+                f"{store.directory}: run "
                 f"'liv calibrate --device {args.device}' with nobody on the plate first"
             )
         if cal.stale:
-            print(
-                f"liv: warning: the calibration of {cal.device_id} no longer matches the plate "
-                f"({'; '.join(cal.notes[-1:])}); run 'liv calibrate' with nobody on the plate",
+            echo(
+                f"liv: warning: the calibration of {terminal_line(cal.device_id)} no longer "
+                f"matches the plate ({terminal_line('; '.join(cal.notes[-1:]))}); run "
+                "'liv calibrate' with nobody on the plate",
                 file=sys.stderr,
             )
         result = run_exposure(device, cal, settings)
@@ -392,19 +405,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         with single_threaded_numerics():
             code: int = args.handler(args)
     except UsageError as exc:
-        print(f"liv: {exc}", file=sys.stderr)
+        echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except LivError as exc:
-        print(f"liv: {exc}", file=sys.stderr)
+        echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("liv: interrupted", file=sys.stderr)
+        echo("liv: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
         # A file or directory the command needs (missing, unwritable, a full disk): one
         # sentence naming it, never a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"liv: {exc.strerror or exc}{where}", file=sys.stderr)
+        echo(f"liv: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
     return code
 

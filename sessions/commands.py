@@ -19,10 +19,11 @@ from typing import Any, TextIO
 import yaml
 
 from controller.calibration import identify
+from controller.privatefiles import write_private_file
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
 from sessions.adherence import compute_adherence
-from sessions.home import LivHome
+from sessions.home import LivHome, SetupError, resolve_home
 from sessions.log import SessionLog, SessionRecord, SessionStatus
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
 from sessions.report import (
@@ -34,19 +35,25 @@ from sessions.report import (
 )
 from sessions.runner import Progress, SessionOutcome, run_session, utc_now
 from sessions.scheduling import day_summary, decide
+from sessions.text import echo, terminal_line
 
 EXIT_REFUSED = 1
 
 
-def _home(args: argparse.Namespace) -> LivHome:
-    return LivHome(Path(args.home)) if getattr(args, "home", None) else LivHome.default()
+def home_of(args: argparse.Namespace) -> LivHome:
+    """The installation a command works on (sessions.home.resolve_home: one rule for all)."""
+    return resolve_home(getattr(args, "home", None))
 
 
 @contextmanager
-def _open_log(args: argparse.Namespace) -> Iterator[SessionLog]:
-    home = _home(args)
+def _open_log(args: argparse.Namespace, home: LivHome | None = None) -> Iterator[SessionLog]:
+    home = home_of(args) if home is None else home
+    home.check()
     path = home.db_path(getattr(args, "db", None))
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.parent == home.root:
+        home.ensure()  # created private, like every directory of the installation
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with SessionLog(path) as log:
         yield log
 
@@ -70,25 +77,29 @@ def describe_protocol(p: PatientProtocol) -> list[str]:
 
 def cmd_protocol_check(args: argparse.Namespace) -> int:
     protocol = load_protocol(Path(args.file))
-    print(f"{args.file}: valid")
-    print("\n".join(describe_protocol(protocol)))
+    echo(f"{args.file}: valid")
+    echo("\n".join(describe_protocol(protocol)))
     return 0
 
 
 def cmd_protocol_install(args: argparse.Namespace) -> int:
-    home = _home(args)
+    home = home_of(args)
     protocol = home.install_protocol(Path(args.file))
-    print(f"installed {args.file} as the active protocol in {home.root}")
-    print("\n".join(describe_protocol(protocol)))
+    echo(f"installed {args.file} as the active protocol in {home.root}")
+    echo("\n".join(describe_protocol(protocol)))
     return 0
 
 
 def cmd_device_set(args: argparse.Namespace) -> int:
-    home = _home(args)
+    home = home_of(args)
+    home.check()  # before talking to the plate: a home that cannot be used is refused first
     with DeviceClient.open(args.url) as device:  # only a plate that answers is configured
         info = device.info
     home.set_device(args.url)
-    print(f"plate {info.device_id} (firmware {info.firmware_version}) at {args.url} configured")
+    echo(
+        f"plate {terminal_line(info.device_id)} (firmware "
+        f"{terminal_line(info.firmware_version)}) at {terminal_line(args.url)} configured"
+    )
     return 0
 
 
@@ -129,7 +140,7 @@ def start_session(
 ) -> SessionOutcome:
     protocol = home.protocol()
     display = ProgressLine(out, protocol.target_g)
-    with _open_log(args) as log:
+    with _open_log(args, home) as log:
         try:
             return run_session(
                 protocol=protocol,
@@ -138,16 +149,16 @@ def start_session(
                 calibrations=home.calibrations(getattr(args, "calibration_dir", None)),
                 override_reason=getattr(args, "override", None),
                 on_progress=display,
-                on_decision=lambda d: print(d.message, file=out),
+                on_decision=lambda d: echo(d.message, file=out),
             )
         finally:
             display.finish()
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    home = _home(args)
+    home = home_of(args)
     outcome = start_session(args, home, home.device(args.device), sys.stdout)
-    print(outcome.message)
+    echo(outcome.message)
     status = outcome.record.status
     if status is SessionStatus.COMPLETED:
         return 0
@@ -197,11 +208,11 @@ def streak(protocol: PatientProtocol, sessions: list[SessionRecord], today: date
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    home = _home(args)
+    home = home_of(args)
     protocol = home.protocol()
-    with _open_log(args) as log:
+    with _open_log(args, home) as log:
         sessions = log.sessions(patient_id=protocol.patient_id)
-    print("\n".join(status_lines(protocol, sessions, utc_now())))
+    echo("\n".join(status_lines(protocol, sessions, utc_now())))
     return 0
 
 
@@ -217,11 +228,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_summary(r) for r in records], indent=2))
         return 0
-    print(f"{'session':<36} {'patient':<12} {'local day':<10} {'slot':>4} {'status':<18} "
-          f"{'at dose':>8}")  # fmt: skip
+    echo(f"{'session':<36} {'patient':<12} {'local day':<10} {'slot':>4} {'status':<18} "
+         f"{'at dose':>8}")  # fmt: skip
     for r in records:
-        print(f"{r.session_id:<36} {r.patient_id:<12} {r.local_date.isoformat():<10} "
-              f"{r.slot:>4} {r.status.value:<18} {r.minutes_at_dose:>7.1f}m")  # fmt: skip
+        session_id, patient_id = terminal_line(r.session_id), terminal_line(r.patient_id)
+        echo(f"{session_id:<36} {patient_id:<12} {r.local_date.isoformat():<10} "
+             f"{r.slot:>4} {r.status.value:<18} {r.minutes_at_dose:>7.1f}m")  # fmt: skip
     return 0
 
 
@@ -264,15 +276,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         record = log.get(args.session_id)
     if args.svg:
         Path(args.svg).write_text(render_session_svg(record, standalone=True), encoding="utf-8")
-        print(f"amplitude chart written to {args.svg}")
+        echo(f"amplitude chart written to {args.svg}")
     data = _summary(record)
     if args.json:
         data["envelope"] = [list(p) for p in record.envelope]
         print(json.dumps(data, indent=2))
         return 0
     for key, value in data.items():
-        print(f"{key:<20} {value}")
-    print(f"{'amplitude':<20} {sparkline(record.envelope, record.target_g)}")
+        echo(f"{key:<20} {terminal_line(value)}")
+    echo(f"{'amplitude':<20} {sparkline(record.envelope, record.target_g)}")
     return 0
 
 
@@ -280,13 +292,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
         result = log.verify()
     if result.ok:
-        print(f"log verified: {result.records_checked} finished records, every chain intact")
+        echo(f"log verified: {result.records_checked} finished records, every chain intact")
         return 0
     bad = result.first_bad
     assert bad is not None
-    print(
-        f"LOG CHANGED: record {bad.chain_index} ({bad.session_id}) of chain {bad.chain}: "
-        f"{bad.what}",
+    echo(
+        f"LOG CHANGED: record {bad.chain_index} ({terminal_line(bad.session_id)}) of chain "
+        f"{terminal_line(bad.chain)}: {terminal_line(bad.what)}",
         file=sys.stderr,
     )
     return 1
@@ -299,14 +311,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             count = (log.export_csv if args.format == "csv" else log.export_jsonl)(sys.stdout)
         else:
             count = (log.export_csv if args.format == "csv" else log.export_jsonl)(out)
-    print(f"exported {count} records", file=sys.stderr)
+    echo(f"exported {count} records", file=sys.stderr)
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     with _open_log(args) as log:
         result = log.import_jsonl(Path(args.file))
-    print(f"imported {result.added} records ({result.skipped_duplicates} already present)")
+    echo(f"imported {result.added} records ({result.skipped_duplicates} already present)")
     return 0
 
 
@@ -344,9 +356,12 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
     records = log.sessions()
     patient, protocol = _report_subject(args, home, records)
     theirs = [r for r in records if r.patient_id == patient]
-    report = compute_adherence(
-        protocol, theirs, since=_parse_date(args.since), until=_parse_date(args.until)
-    )
+    try:
+        report = compute_adherence(
+            protocol, theirs, since=_parse_date(args.since), until=_parse_date(args.until)
+        )
+    except ValueError as exc:  # a period the report cannot cover: the message says why
+        raise ReportError(str(exc)) from None
     if fmt == "html":
         return render_html(report, protocol, theirs)
     renderer = {"table": render_table, "csv": render_csv, "json": render_json}[fmt]
@@ -354,15 +369,15 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    home = _home(args)
-    with _open_log(args) as log:
+    home = home_of(args)
+    with _open_log(args, home) as log:
         text = report_text(args, home, log, args.format)
     if args.out:
         out = Path(args.out)
         out.write_text(text, encoding="utf-8")
-        print(f"report written to {out}")
+        echo(f"report written to {out}")
     else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        echo(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 
@@ -387,40 +402,57 @@ def demo_protocol(today: date, zone: str) -> PatientProtocol:
     )
 
 
+def _demo_root(args: argparse.Namespace) -> Path:
+    """A directory of the demo's own: a new temporary one, or ``--home`` if new or empty."""
+    if not args.home:
+        return Path(tempfile.mkdtemp(prefix="liv-demo-"))
+    root = Path(args.home).expanduser()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise SetupError(
+            f"{root} is not empty: the demo writes only into a new or empty directory so that "
+            "it never touches real data; give another --home or leave it out"
+        )
+    return root
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    root = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="liv-demo-"))
+    # The demo never uses the user's installation: no --home/$LIV_HOME resolution, no $LIV_DB,
+    # no $LIV_CALIBRATION_DIR. Everything it writes is inside its own directory.
+    root = _demo_root(args)
     home = LivHome(root)
     home.ensure()
-    print("=" * 72)
-    print("DEMO: a SIMULATED plate and a made-up patient. Nothing here is a real session.")
-    print(f"Demo data is kept in {root}")
-    print("=" * 72)
+    args.home, args.db, args.calibration_dir = str(root), None, None
+    echo("=" * 72)
+    echo("DEMO: a SIMULATED plate and a made-up patient. Nothing here is a real session.")
+    echo(f"Demo data is kept in {root}")
+    echo("=" * 72)
     zone = "UTC"
     protocol = demo_protocol(datetime.now(UTC).date(), zone)
     protocol_file = root / "demo-protocol.yaml"
     # the demo writes a real protocol file and installs it the way a clinic's would be
-    protocol_file.write_text(yaml.safe_dump(protocol.to_dict(), sort_keys=False))
+    text = yaml.safe_dump(protocol.to_dict(), sort_keys=False)
+    write_private_file(protocol_file, text.encode("utf-8"))
     home.install_protocol(protocol_file)
-    print("\n".join(describe_protocol(protocol)))
-    print("\ncalibrating the empty simulated plate ...")
+    echo("\n".join(describe_protocol(protocol)))
+    echo("\ncalibrating the empty simulated plate ...")
     with DeviceClient.open("sim://?mass=0&seed=1&device_id=SIM-DEMO") as device:
         home.calibrations().save(identify(device))
     sim_url = "sim://?mass=70&seed=2&device_id=SIM-DEMO"
     home.set_device(sim_url)
-    print(f"plate: {sim_url} (a 70 kg patient, as fast as the computer runs)\n")
+    echo(f"plate: {sim_url} (a 70 kg patient, as fast as the computer runs)\n")
     args.device = None
     args.override = None
     outcome = start_session(args, home, sim_url, sys.stdout)
-    print(outcome.message)
-    print()
-    with _open_log(args) as log:
+    echo(outcome.message)
+    echo()
+    with _open_log(args, home) as log:
         sessions = log.sessions(patient_id=protocol.patient_id)
         verified = log.verify()
-    print("\n".join(status_lines(protocol, sessions, utc_now())))
-    print(f"log               {len(sessions)} session(s); chain verified: {verified.ok}")
-    print("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
+    echo("\n".join(status_lines(protocol, sessions, utc_now())))
+    echo(f"log               {len(sessions)} session(s); chain verified: {verified.ok}")
+    echo("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
     args.patient = args.since = args.until = None
-    with _open_log(args) as log:
-        print(report_text(args, home, log, "table"))
-    print(f"Try: liv report --home {root} --format html --out report.html")
+    with _open_log(args, home) as log:
+        echo(report_text(args, home, log, "table"))
+    echo(f"Try: liv report --home {root} --format html --out report.html")
     return 0

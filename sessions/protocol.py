@@ -45,6 +45,7 @@ from firmware_bridge.errors import LivError
 
 __all__ = [
     "HARD_LIMITS",
+    "MAX_STUDY_DAYS",
     "DailyWindow",
     "PatientProtocol",
     "ProtocolFileError",
@@ -100,6 +101,9 @@ _REQUIRED = (
 )
 
 MAX_TEXT_CHARS = 100_000  # a protocol is a page of text; anything larger is not one
+# The longest study one protocol may describe, counting its first and last day: five years
+# (leap days included). Trials run for a year or two; a longer course is prescribed again.
+MAX_STUDY_DAYS = 5 * 365 + 2
 _MAX_NESTING = 16  # deeper YAML than this is not a protocol (and would recurse without end)
 _REFUSED_TAG = "!liv/refused"  # marks a node already reported (alias, anchor, explicit tag)
 _DAY_HOURS = 24.0
@@ -1162,6 +1166,16 @@ def _read_fields(tree: _Tree | None, problems: _Problems) -> dict[str, Any] | No
             f"study_end = {last[0].isoformat()} is before study_start = "
             f"{first[0].isoformat()}{where}",
         )
+    elif first is not None and last is not None:
+        days = (last[0] - first[0]).days + 1
+        if days > MAX_STUDY_DAYS:
+            reader.add(
+                last[1],
+                "study_end",
+                f"study_end = {last[0].isoformat()} makes the study {days} days long; a study "
+                f"lasts at most {MAX_STUDY_DAYS} days (five years) from study_start = "
+                f"{first[0].isoformat()}: prescribe a longer course as a new protocol",
+            )
 
     node = value("timezone")
     fields["timezone"] = None if node is None else reader.timezone(node)

@@ -28,6 +28,7 @@ from sessions.adherence import (
     SessionLike,
     WeekAdherence,
 )
+from sessions.text import terminal_line
 
 __all__ = [
     "CSV_COLUMNS",
@@ -112,8 +113,8 @@ def _number(value: float | None) -> str:
 
 
 def _printable(text: str) -> str:
-    """Text for a terminal: control characters from a log never reach it."""
-    return "".join(c if c.isprintable() else "?" for c in text)
+    """Text for a terminal: control characters from a log are shown, never sent."""
+    return terminal_line(text)
 
 
 def _e(text: object) -> str:
@@ -775,13 +776,27 @@ def _calendar_status(report: AdherenceReport, day: date, days: Mapping[date, Day
     return "other"
 
 
+# Before the study starts the report period is empty: the calendar shows its first weeks.
+_CALENDAR_PREVIEW_DAYS = 42
+
+
+def _calendar_span(report: AdherenceReport) -> tuple[date, date]:
+    """First and last day the calendar shows: the report period, never the whole study."""
+    if report.days:
+        return report.days[0].day, report.days[-1].day
+    start = report.study_start
+    return start, min(report.study_end, start + timedelta(days=_CALENDAR_PREVIEW_DAYS - 1))
+
+
 def _calendar(report: AdherenceReport) -> str:
     days = {d.day: d for d in report.days}
     weeks = {(w.iso_year, w.iso_week): w for w in report.weeks}
-    first = report.study_start - timedelta(days=report.study_start.weekday())
-    last = report.study_end + timedelta(days=6 - report.study_end.weekday())
+    span_start, span_end = _calendar_span(report)
+    first = span_start - timedelta(days=span_start.weekday())
+    last = span_end + timedelta(days=6 - span_end.weekday())
     rows = [
-        '<table class="cal"><caption class="sr">Calendar of the study, one row per week; '
+        '<table class="cal"><caption class="sr">Calendar of the report period, one row per '
+        "week; "
         "each day shows the sessions completed at dose of those prescribed.</caption>"
         '<thead><tr><th class="wk" scope="col">Week</th>'
         + "".join(f'<th scope="col">{name}</th>' for name in _WEEKDAYS)

@@ -22,6 +22,7 @@ from controller.schedule import FrequencySchedule
 from firmware_bridge.errors import LivError
 from sessions.protocol import (
     HARD_LIMITS,
+    MAX_STUDY_DAYS,
     DailyWindow,
     PatientProtocol,
     ProtocolFileError,
@@ -744,15 +745,8 @@ def valid_protocols(draw: st.DrawFn) -> PatientProtocol:
             DailyWindow(datetime.time(start // 60, start % 60), datetime.time(end // 60, end % 60))
         )
         at_min = end
-    first, last = sorted(
-        draw(
-            st.lists(
-                st.dates(datetime.date(2000, 1, 1), datetime.date(2100, 1, 1)),
-                min_size=2,
-                max_size=2,
-            )
-        )
-    )
+    first = draw(st.dates(datetime.date(2000, 1, 1), datetime.date(2100, 1, 1)))
+    last = first + datetime.timedelta(days=draw(st.integers(0, MAX_STUDY_DAYS - 1)))
     patient_id = draw(st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,20}", fullmatch=True))
     if patient_id.lower() in {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}:
         patient_id = "P-" + patient_id
