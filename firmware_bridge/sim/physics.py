@@ -1,15 +1,19 @@
-"""Plate physics: a voice-coil actuator driving a sprung plate that carries a standing patient.
+"""Plate physics: a voice-coil actuator driving a sprung plate that carries a patient.
 
 The plant (docs/simulator.md has the equations and the source of every constant)::
 
     L di/dt      = V(t) - R(T) i - Bl v                       coil, voltage-driven amplifier
-    M a          = Bl i - k_s x - c_s v + m1 (w0^2 z + 2 zeta w0 z')   plate, M = m_plate + m0
-    z''          = -w0^2 z - 2 zeta w0 z' - a                 body (z: body relative to plate)
+    M a          = Bl i - k_s x - c_s v + m1 (w1^2 z1 + 2 zeta1 w1 z1')   plate, M = m_plate + m0
+    y1''         = -w1^2 z1 - 2 zeta1 w1 z1' + (m2/m1) (w2^2 z2 + 2 zeta2 w2 z2')   hip
+    z1''         = y1'' - a                                   hip relative to the plate
+    z2''         = -w2^2 z2 - 2 zeta2 w2 z2' - y1''           upper body relative to the hip
     C_th dT/dt   = i^2 R(T) - (T - T_amb) / R_th              coil temperature
 
-with the patient as a mass-normalised apparent-mass model: m0 = rigid share of the standing
-mass, m1 = the rest, on a spring and damper tuned to w0 and zeta. ``V = gain * V_full * u``
-where ``u`` is the drive fraction.
+with the patient as a mass-normalised chain: m0 moves with the plate, m1 (the hip) sits on a
+spring and damper tuned to w1 and zeta1, m2 (the upper body) on the hip, tuned to w2 and zeta2.
+The seated posture is the special case m2 = 0 (one suspended mass); the standing posture has
+all three, with the leg's w1 and zeta1 set by the knee angle. ``V = gain * V_full * u`` where
+``u`` is the drive fraction.
 
 How it is integrated: within one call of :meth:`PlatePhysics.run` the drive is a sine with a
 linear envelope, which an autonomous 4-state generator produces exactly. The plant plus that
@@ -24,6 +28,7 @@ a run split into any number of calls gives the same samples as one call.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,12 +38,13 @@ import scipy.signal
 
 from firmware_bridge.sim.profile import PlateProfile
 
-__all__ = ["STANDARD_GRAVITY", "PhysicsBlock", "PlatePhysics"]
+__all__ = ["STANDARD_GRAVITY", "BodyModel", "PhysicsBlock", "PlatePhysics", "body_model"]
 
 STANDARD_GRAVITY = 9.80665  # m/s^2, the g of every "_g" value
-_N_PLANT = 5  # plant states: coil current, plate displacement, plate velocity, z, z'
+_N_PLANT = 7  # plant states: coil current, plate displacement, plate velocity, z1, z1', z2, z2'
 _N_AUG = _N_PLANT + 4  # plus the generator: cos, sin, tau cos, tau sin
 _N_TABLE = _N_AUG + 6 + 8  # plus tau^p cos/sin(2 w tau), p <= 2, and (3 w tau), p <= 3
+_N_OUT = 5  # accel g, current A, volts, hip accel g, force on the patient N
 _MAX_PATIENT_KG = 300.0
 _DRIVE_TOLERANCE = 1e-6
 # Pade 13 coefficients and the 1-norm up to which it is accurate to unit roundoff (Higham 2005).
@@ -46,8 +52,8 @@ _DRIVE_TOLERANCE = 1e-6
 # makes that state tau cos, -tau sin, cos or -sin; so the drive weights g for (cos, sin,
 # tau cos, tau sin) start it at (g2, -g3, g0, -g1). _STATE_COLUMNS and _STATE_SIGNS apply this
 # to the columns of the augmented transition matrix so its tables act on [x0, g] directly.
-_STATE_COLUMNS = np.array([0, 1, 2, 3, 4, 7, 8, 5, 6])
-_STATE_SIGNS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0])
+_STATE_COLUMNS = np.array([0, 1, 2, 3, 4, 5, 6, 9, 10, 7, 8])
+_STATE_SIGNS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0])
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -64,11 +70,84 @@ class PhysicsBlock:
         Coil current in A.
     volts : (n,) float64
         Amplifier output voltage in V.
+    hip_accel_g : (n,) float64
+        Absolute vertical acceleration of the patient's hip mass (m1) in g, without the
+        distortion approximation (zero-mass patients: the model's value all the same).
+    patient_force_n : (n,) float64
+        Vertical force the plate exerts on the patient, N (dynamic part; weight excluded).
     """
 
     accel_g: FloatArray
     coil_current_a: FloatArray
     volts: FloatArray
+    hip_accel_g: FloatArray
+    patient_force_n: FloatArray
+
+
+@dataclass(frozen=True)
+class BodyModel:
+    """The patient as a mass-normalised chain: fractions of body mass and per-kg dynamics.
+
+    ``rigid_fraction`` moves with the plate; ``hip_fraction`` sits on the legs (natural
+    frequency ``leg_hz``, damping ratio ``leg_zeta``); ``upper_fraction`` sits on the hip
+    (``upper_hz``, ``upper_zeta``). The seated model has ``upper_fraction == 0``.
+    """
+
+    rigid_fraction: float
+    hip_fraction: float
+    upper_fraction: float
+    leg_hz: float
+    leg_zeta: float
+    upper_hz: float
+    upper_zeta: float
+
+    def response(
+        self, freqs_hz: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.complex128]]:
+        """Transmissibility to the hip and normalised apparent mass on a rigid moving base.
+
+        Returns ``(T_hip, M / m)``: hip acceleration over base acceleration, and the force
+        needed to move the body over (base acceleration x body mass), at ``freqs_hz``.
+        """
+        freqs = np.asarray(freqs_hz, dtype=np.float64)
+        s = 2j * np.pi * freqs.reshape(-1)
+        w1, w2 = 2.0 * math.pi * self.leg_hz, 2.0 * math.pi * self.upper_hz
+        k1 = w1 * w1 + 2.0 * self.leg_zeta * w1 * s  # leg, per kg of hip mass
+        k2 = w2 * w2 + 2.0 * self.upper_zeta * w2 * s  # trunk, per kg of upper mass
+        ratio = self.upper_fraction / self.hip_fraction
+        # Relative motions per unit base acceleration: z2 = -Y1 / (s^2 + k2), where the hip's
+        # absolute acceleration Y1 = -k1 z1 + ratio k2 z2 and z1 = (Y1 - 1) / s^2.
+        upper_load = ratio * k2 * s * s / (s * s + k2)  # hip accel fed back by the upper body
+        hip = k1 / (k1 + s * s + upper_load)
+        z1 = (hip - 1.0) / (s * s)
+        apparent = self.rigid_fraction - self.hip_fraction * k1 * z1
+        return hip.reshape(freqs.shape), apparent.reshape(freqs.shape)
+
+
+def body_model(profile: PlateProfile, sway_factor: float = 1.0) -> BodyModel:
+    """The patient model the profile's posture selects (natural frequencies x sway_factor)."""
+    if profile.posture == "standing":
+        st = profile.standing
+        leg_hz, leg_zeta = st.leg_at_knee(st.knee_deg)
+        return BodyModel(
+            rigid_fraction=st.feet_shanks_mass_fraction,
+            hip_fraction=st.hip_mass_fraction,
+            upper_fraction=1.0 - st.feet_shanks_mass_fraction - st.hip_mass_fraction,
+            leg_hz=leg_hz * sway_factor,
+            leg_zeta=leg_zeta,
+            upper_hz=st.upper_natural_frequency_hz * sway_factor,
+            upper_zeta=st.upper_damping_ratio,
+        )
+    body = profile.body
+    return BodyModel(
+        rigid_fraction=body.rigid_mass_fraction,
+        hip_fraction=1.0 - body.rigid_mass_fraction,
+        upper_fraction=0.0,
+        leg_hz=body.natural_frequency_hz * sway_factor,
+        leg_zeta=body.damping_ratio,
+        upper_hz=body.natural_frequency_hz,  # unused: no upper mass
+        upper_zeta=body.damping_ratio,
+    )
 
 
 @dataclass(frozen=True)
@@ -85,14 +164,14 @@ class _Params:
 class _Tables:
     """Per-sample responses for k = 0..block_max at one (parameters, frequency).
 
-    With ``v = [x0 (5), drive weights (4), distortion weights (14)]`` for a segment starting at
-    state ``x0``: ``outputs[:, k] @ v`` gives (accel g, current A, volts) at sample k and
-    ``state[k] @ v[:9]`` the plant state after k samples.
+    With ``v = [x0 (7), drive weights (4), distortion weights (14)]`` for a segment starting at
+    state ``x0``: ``outputs[:, k] @ v`` gives (accel g, current A, volts, hip accel g, force on
+    the patient N) at sample k and ``state[k] @ v[:11]`` the plant state after k samples.
     """
 
     key: tuple[_Params, float]
-    state: FloatArray  # (K+1, 5, 9)
-    outputs: FloatArray  # (3, K+1, 23)
+    state: FloatArray  # (K+1, 7, 11)
+    outputs: FloatArray  # (5, K+1, 25)
     response_g_per_drive: complex  # steady-state accel per unit drive fraction at gain 1
 
 
@@ -113,6 +192,11 @@ class PlatePhysics:
         Plant times at which the patient starts stepping on or off; the standing mass ramps
         over ``profile.stepping.duration_s``. ``patient_on_at_s=None`` means already standing
         at t = 0; ``patient_off_at_s=None`` means never stepping off.
+    presence_s
+        Instead of one on/off pair: the intervals ``(on_s, off_s)`` the patient spends on the
+        plate, in time order, for a patient who steps off and back on several times. Each
+        step on or off starts at the given time and ramps like the single pair; ``on_s = 0``
+        means already standing at power-up, ``off_s = None`` (last interval only) staying on.
     sway
         Modulate the body's natural frequency slowly (postural sway).
 
@@ -133,6 +217,7 @@ class PlatePhysics:
         *,
         patient_on_at_s: float | None = None,
         patient_off_at_s: float | None = None,
+        presence_s: Sequence[tuple[float, float | None]] | None = None,
         sway: bool = True,
     ) -> None:
         if not 0.0 <= patient_mass_kg <= _MAX_PATIENT_KG:
@@ -163,8 +248,14 @@ class PlatePhysics:
         self._patient_mass_kg = float(patient_mass_kg)
         self._fs = float(sample_rate_hz)
         self._dt = 1.0 / self._fs
-        self._on_at = patient_on_at_s
-        self._off_at = patient_off_at_s
+        if presence_s is None:
+            self._presence: list[tuple[float | None, float | None]] = [
+                (patient_on_at_s, patient_off_at_s)
+            ]
+        elif patient_on_at_s is not None or patient_off_at_s is not None:
+            raise ValueError("give either presence_s or patient_on_at_s/patient_off_at_s, not both")
+        else:
+            self._presence = _checked_presence(presence_s)
         self._sway = sway
         self._sway_phase = float(rng.uniform(0.0, 2.0 * math.pi))  # drawn even if sway is off
         self._block_max = profile.numerics.block_max
@@ -280,8 +371,8 @@ class PlatePhysics:
         seg = min(n, self._until_update, self._block_max)
         if seg == n:  # the usual case: one segment, return the product's rows as they are
             out = self._segment(n, w, phase0_rad, drive0, drive_rate_per_s)
-            return PhysicsBlock(out[0], out[1], out[2])
-        out = np.empty((3, n))
+            return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
+        out = np.empty((_N_OUT, n))
         done = 0
         while done < n:
             seg = min(n - done, self._until_update, self._block_max)
@@ -290,12 +381,13 @@ class PlatePhysics:
                 seg, w, phase0_rad + w * tau0, drive0 + drive_rate_per_s * tau0, drive_rate_per_s
             )
             done += seg
-        return PhysicsBlock(out[0], out[1], out[2])
+        return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
 
     def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
         """Advance n <= block_max samples at constant parameters.
 
-        Returns a (3, n) array: accel in g, coil current in A, amplifier volts.
+        Returns a (5, n) array: accel in g, coil current in A, amplifier volts, hip accel in g,
+        force on the patient in N.
         """
         if self.open_circuit != self._params.open_circuit:
             self._params = replace(self._params, open_circuit=self.open_circuit)
@@ -390,9 +482,12 @@ class PlatePhysics:
         if self._patient_mass_kg == 0.0:
             return 0.0
         duration = self.profile.stepping.duration_s
-        on = 1.0 if self._on_at is None else _smooth_step((t - self._on_at) / duration)
-        off = 0.0 if self._off_at is None else _smooth_step((t - self._off_at) / duration)
-        return on * (1.0 - off)
+        fraction = 0.0
+        for on_at, off_at in self._presence:  # in time order, not overlapping: sum <= 1
+            on = 1.0 if on_at is None else _smooth_step((t - on_at) / duration)
+            off = 0.0 if off_at is None else _smooth_step((t - off_at) / duration)
+            fraction += on * (1.0 - off)
+        return min(fraction, 1.0)
 
     def _current_params(self) -> _Params:
         """Parameters at the current plant time (stepping ramp, sway, coil resistance)."""
@@ -414,33 +509,43 @@ class PlatePhysics:
     # ---- matrices -----------------------------------------------------------------------
 
     def _plant_matrices(self, p: _Params) -> tuple[FloatArray, FloatArray]:
-        """State matrix A (5, 5) and input vector b (5,) per unit drive at gain 1.
+        """State matrix A (7, 7) and input vector b (7,) per unit drive at gain 1.
 
-        State: coil current, plate displacement, plate velocity, body-minus-plate
-        displacement z, and z'.
+        State: coil current, plate displacement, plate velocity, hip-minus-plate displacement
+        z1, z1', upper-body-minus-hip displacement z2, z2'.
         """
+        a, b, _, _ = self._plant_rows(p)
+        return a, b
+
+    def _plant_rows(self, p: _Params) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """A, b, and the output rows for the hip's acceleration (m/s^2) and the patient force."""
         prof = self.profile
         bl = prof.actuator.force_constant_n_per_a
         inductance = prof.actuator.coil_inductance_h
-        body = prof.body
-        m0 = body.rigid_mass_fraction * p.standing_mass_kg
-        m1 = p.standing_mass_kg - m0
+        body = body_model(prof, p.sway_factor)
+        m0 = body.rigid_fraction * p.standing_mass_kg
+        m1 = body.hip_fraction * p.standing_mass_kg
+        ratio = body.upper_fraction / body.hip_fraction
         mass = prof.mechanics.moving_mass_kg + m0
-        w0 = 2.0 * math.pi * body.natural_frequency_hz * p.sway_factor
-        k_body = w0 * w0  # per kg of m1
-        c_body = 2.0 * body.damping_ratio * w0  # per kg of m1
+        w1 = 2.0 * math.pi * body.leg_hz
+        w2 = 2.0 * math.pi * body.upper_hz
+        k1, c1 = w1 * w1, 2.0 * body.leg_zeta * w1  # per kg of hip mass
+        k2, c2 = w2 * w2, 2.0 * body.upper_zeta * w2  # per kg of upper-body mass
         accel_row = (
             np.array(
                 [
                     bl,
                     -prof.mechanics.suspension_stiffness_n_per_m,
                     -prof.mechanics.suspension_damping_n_s_per_m,
-                    m1 * k_body,
-                    m1 * c_body,
+                    m1 * k1,
+                    m1 * c1,
+                    0.0,
+                    0.0,
                 ]
             )
             / mass
         )
+        hip_row = np.array([0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2])
         a = np.zeros((_N_PLANT, _N_PLANT))
         b = np.zeros(_N_PLANT)
         if not p.open_circuit:
@@ -450,14 +555,29 @@ class PlatePhysics:
         a[1, 2] = 1.0
         a[2] = accel_row
         a[3, 4] = 1.0
-        a[4] = -accel_row
-        a[4, 3] -= k_body
-        a[4, 4] -= c_body
-        return a, b
+        a[4] = hip_row - accel_row
+        a[5, 6] = 1.0
+        a[6] = -hip_row
+        a[6, 5] -= k2
+        a[6, 6] -= c2
+        force_row = m0 * accel_row
+        force_row[3] -= m1 * k1
+        force_row[4] -= m1 * c1
+        return a, b, hip_row, force_row
+
+    def patient_response(
+        self, freqs_hz: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.complex128]]:
+        """Transmissibility to the hip and normalised apparent mass of the patient model.
+
+        From the model's equations at the current sway, for a base moving rigidly; see
+        :meth:`BodyModel.response`.
+        """
+        return body_model(self.profile, self._params.sway_factor).response(freqs_hz)
 
     def _build_tables(self, p: _Params, w: float) -> _Tables:
         """Exact per-sample responses of plant + drive generator for k = 0..block_max."""
-        a, b = self._plant_matrices(p)
+        a, b, hip_row, force_row = self._plant_rows(p)
         aug = np.zeros((_N_AUG, _N_AUG))
         aug[:_N_PLANT, :_N_PLANT] = a
         aug[:_N_PLANT, _N_PLANT + 2] = b  # the plant input is the generator's tau*cos state
@@ -485,6 +605,8 @@ class PlatePhysics:
         outputs = self._drive_columns(w).copy()
         outputs[0, :, :_N_AUG] = accel_row @ state
         outputs[1, :, :_N_AUG] = state[:, 0, :]
+        outputs[3, :, :_N_AUG] = (hip_row / STANDARD_GRAVITY) @ state
+        outputs[4, :, :_N_AUG] = force_row @ state
         response = 0j
         if w > 0.0 and b.any():
             x_ss = np.linalg.solve(1j * w * np.eye(_N_PLANT) - a, b.astype(np.complex128))
@@ -496,7 +618,7 @@ class PlatePhysics:
         if self._drive_columns_cache is not None and self._drive_columns_cache[0] == w:
             return self._drive_columns_cache[1]
         tau = self._tau
-        columns = np.zeros((3, tau.size, _N_TABLE))
+        columns = np.zeros((_N_OUT, tau.size, _N_TABLE))
         cos1 = np.cos(w * tau)
         sin1 = np.sin(w * tau)
         columns[2, :, _N_PLANT:_N_AUG] = self.profile.amplifier.volts_at_full_drive * np.stack(
@@ -512,6 +634,33 @@ class PlatePhysics:
                 column += 2
         self._drive_columns_cache = (w, columns)
         return columns
+
+
+def _checked_presence(
+    presence_s: Sequence[tuple[float, float | None]],
+) -> list[tuple[float | None, float | None]]:
+    """Validate presence intervals; an interval starting at 0 means standing at power-up."""
+    if not presence_s:
+        raise ValueError("presence_s must hold at least one (on_s, off_s) interval")
+    out: list[tuple[float | None, float | None]] = []
+    previous_off = 0.0
+    for k, (on_s, off_s) in enumerate(presence_s):
+        last = k == len(presence_s) - 1
+        if not (math.isfinite(on_s) and on_s >= previous_off):
+            raise ValueError(
+                f"presence interval {k + 1} starts at {on_s!r} s; allowed: a time >= 0 and not "
+                f"before the previous interval's end ({previous_off} s)"
+            )
+        if off_s is None and not last:
+            raise ValueError(f"presence interval {k + 1} has no end; only the last may be open")
+        if off_s is not None and not (math.isfinite(off_s) and off_s > on_s):
+            raise ValueError(
+                f"presence interval {k + 1} ends at {off_s!r} s; allowed: after its start "
+                f"({on_s} s)"
+            )
+        out.append((None if on_s == 0.0 else float(on_s), None if off_s is None else float(off_s)))
+        previous_off = on_s if off_s is None else off_s
+    return out
 
 
 def _smooth_step(s: float) -> float:
