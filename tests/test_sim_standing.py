@@ -23,10 +23,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from firmware_bridge.client import DeviceClient
+from firmware_bridge.errors import UnknownUrlError
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.device import SimulatedDevice
 from firmware_bridge.sim.physics import STANDARD_GRAVITY, PlatePhysics, body_model
 from firmware_bridge.sim.profile import PlateProfile, load_profile
+from tests.simhelpers import load_truth, run_blocks, truth_amplitude
 
 FS = 1600.0
 STANDING = PlateProfile().with_overrides(posture="standing")
@@ -218,3 +221,60 @@ def test_standing_device_plate_moves_less_for_the_same_drive(tmp_path: Path) -> 
     flexed = device_response("sim://?mass=90&sway=0&posture=standing&knee_deg=150")
     assert abs(straight) < 0.85 * abs(seated)
     assert abs(straight) != abs(flexed)
+
+
+# ---- stepping off and back on, several times ----------------------------------------------------
+
+
+def test_presence_intervals_step_the_patient_off_and_on_and_the_truth_file_follows(
+    tmp_path: Path,
+) -> None:
+    """presence=0-3,5-8,10-: on at power-up, off at 3 s, on at 5 s, off at 8 s, on at 10 s."""
+    truth_path = tmp_path / "truth.npz"
+    url = (
+        f"sim://?speed=max&mass=80&sway=0&posture=standing&presence=0-3,5-8,10-&truth={truth_path}"
+    )
+    with DeviceClient.open(url) as dev:
+        dev.set_frequency(30.0)
+        dev.start_output()
+        dev.set_drive(0.3, 0.2)
+        run_blocks(dev, 13.0)
+    truth = load_truth(truth_path)
+    block_t, mass = truth["block_t_s"], truth["patient_mass_kg"]
+    ramp_s = PlateProfile().stepping.duration_s
+    update_s = PlateProfile().numerics.param_update_s
+    settled = ramp_s + 2 * update_s  # a ramp plus the slow-parameter update granularity
+
+    def during(start: float, end: float) -> npt.NDArray[np.bool_]:
+        return (block_t >= start) & (block_t < end)
+
+    assert np.all(mass[during(0.0, 3.0)] == 80.0)
+    assert np.all(mass[during(3.0 + settled, 5.0)] == 0.0)
+    assert np.all(mass[during(5.0 + settled, 8.0)] == 80.0)
+    assert np.all(mass[during(8.0 + settled, 10.0)] == 0.0)
+    assert np.all(mass[during(10.0 + settled, 12.5)] == 80.0)
+    for start in (3.0, 5.0, 8.0, 10.0):  # each step is a ramp, not a jump
+        ramp = mass[during(start, start + settled)]
+        assert np.any((ramp > 0.0) & (ramp < 80.0)), start
+        assert np.all(np.abs(np.diff(ramp)) < 80.0 * 0.5)
+    # the plate's true motion shows it: lighter load, larger amplitude at the same drive
+    loaded = truth_amplitude(truth, (truth["t_s"] > 6.8) & (truth["t_s"] < 7.8))
+    empty = truth_amplitude(truth, (truth["t_s"] > 9.0) & (truth["t_s"] < 10.0))
+    again = truth_amplitude(truth, (truth["t_s"] > 11.8) & (truth["t_s"] < 12.8))
+    assert loaded < 0.85 * empty
+    assert again == pytest.approx(loaded, rel=0.02)
+
+
+def test_presence_with_step_times_or_out_of_order_is_refused() -> None:
+    for url in (
+        "sim://?presence=0-5&step_off_at=3",
+        "sim://?presence=5-2",
+        "sim://?presence=0-10,5-20",
+        "sim://?presence=0-,5-9",
+        "sim://?presence=soon",
+    ):
+        with pytest.raises(UnknownUrlError, match="presence"):
+            parse_sim_url(url)
+    with pytest.raises(ValueError, match="not both"):
+        PlatePhysics(SEATED, 70.0, FS, np.random.default_rng(0), patient_on_at_s=1.0,
+                     presence_s=[(2.0, 3.0)])  # fmt: skip
