@@ -93,9 +93,9 @@ def test_sampled_steady_state_matches_frequency_response(mass_kg: float, freq_hz
 def test_linear_model_is_single_input_single_output_and_follows_faults() -> None:
     plant = make(40.0)
     model = plant.linear_model()
-    assert model.A.shape == (7, 7)
-    assert model.B.shape == (7, 1)
-    assert model.C.shape == (1, 7)
+    assert model.A.shape == (5, 5)
+    assert model.B.shape == (5, 1)
+    assert model.C.shape == (1, 5)
     h_normal = plant.frequency_response_g_per_drive(np.array([30.0, 60.0]))
     plant.amplifier_gain_factor = 0.5
     h_half = plant.frequency_response_g_per_drive(np.array([30.0, 60.0]))

@@ -41,19 +41,19 @@ from firmware_bridge.sim.profile import PlateProfile
 __all__ = ["STANDARD_GRAVITY", "BodyModel", "PhysicsBlock", "PlatePhysics", "body_model"]
 
 STANDARD_GRAVITY = 9.80665  # m/s^2, the g of every "_g" value
-_N_PLANT = 7  # plant states: coil current, plate displacement, plate velocity, z1, z1', z2, z2'
-_N_AUG = _N_PLANT + 4  # plus the generator: cos, sin, tau cos, tau sin
-_N_TABLE = _N_AUG + 6 + 8  # plus tau^p cos/sin(2 w tau), p <= 2, and (3 w tau), p <= 3
+# Plant states: coil current, plate displacement, plate velocity, z1, z1', and with an upper
+# body (standing) z2, z2'. The seated model has no upper body and runs on the first five.
+_N_PLANT_MAX = 7
+_N_GEN = 4  # the generator: cos, sin, tau cos, tau sin
+_N_DIST = 6 + 8  # tau^p cos/sin(2 w tau), p <= 2, and (3 w tau), p <= 3
 _N_OUT = 5  # accel g, current A, volts, hip accel g, force on the patient N
 _MAX_PATIENT_KG = 300.0
 _DRIVE_TOLERANCE = 1e-6
 # Pade 13 coefficients and the 1-norm up to which it is accurate to unit roundoff (Higham 2005).
 # The plant input is the generator's tau*cos state. Started from a unit vector, the generator
 # makes that state tau cos, -tau sin, cos or -sin; so the drive weights g for (cos, sin,
-# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _STATE_COLUMNS and _STATE_SIGNS apply this
-# to the columns of the augmented transition matrix so its tables act on [x0, g] directly.
-_STATE_COLUMNS = np.array([0, 1, 2, 3, 4, 5, 6, 9, 10, 7, 8])
-_STATE_SIGNS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0])
+# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _state_columns() applies this to the
+# columns of the augmented transition matrix so its tables act on [x0, g] directly.
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -164,14 +164,15 @@ class _Params:
 class _Tables:
     """Per-sample responses for k = 0..block_max at one (parameters, frequency).
 
-    With ``v = [x0 (7), drive weights (4), distortion weights (14)]`` for a segment starting at
-    state ``x0``: ``outputs[:, k] @ v`` gives (accel g, current A, volts, hip accel g, force on
-    the patient N) at sample k and ``state[k] @ v[:11]`` the plant state after k samples.
+    With ``v = [x0 (p), drive weights (4), distortion weights (14)]`` for a segment starting at
+    state ``x0`` (p = 5 plant states, 7 with an upper body): ``outputs[:, k] @ v`` gives (accel
+    g, current A, volts, hip accel g, force on the patient N) at sample k and
+    ``state[k] @ v[:p + 4]`` the plant state after k samples.
     """
 
     key: tuple[_Params, float]
-    state: FloatArray  # (K+1, 7, 11)
-    outputs: FloatArray  # (5, K+1, 25)
+    state: FloatArray  # (K+1, p, p + 4)
+    outputs: FloatArray  # (5, K+1, p + 18)
     response_g_per_drive: complex  # steady-state accel per unit drive fraction at gain 1
 
 
@@ -264,7 +265,11 @@ class PlatePhysics:
 
         self._sample_index = 0
         self._until_update = self._update_every
-        self._x = np.zeros(_N_PLANT)
+        has_upper_body = body_model(profile).upper_fraction > 0.0
+        self._n_plant = _N_PLANT_MAX if has_upper_body else _N_PLANT_MAX - 2
+        self._n_aug = self._n_plant + _N_GEN
+        self._columns, self._signs = _state_columns(self._n_plant)
+        self._x = np.zeros(self._n_plant)
         self._i2_sum = 0.0
         self._i2_count = 0
         self._coil_temp_c = profile.thermal.ambient_c
@@ -400,15 +405,16 @@ class PlatePhysics:
             or (tables.key[0] is not self._params and tables.key[0] != self._params)
         ):
             tables = self._tables = self._build_tables(self._params, w)
-        v = np.zeros(_N_TABLE)
-        v[:_N_PLANT] = self._x
+        n_plant = self._n_plant
+        v = np.zeros(self._n_aug + _N_DIST)
+        v[:n_plant] = self._x
         gain = self.amplifier_gain_factor
         if (drive0 != 0.0 or rate != 0.0) and gain != 0.0:
-            v[_N_PLANT:] = self._drive_weights(
+            v[n_plant:] = self._drive_weights(
                 gain * drive0, gain * rate, phase0, tables.response_g_per_drive
             )
         out: FloatArray = tables.outputs[:, :n, :] @ v
-        self._x = tables.state[n] @ v[:_N_AUG]
+        self._x = tables.state[n] @ v[: self._n_aug]
         current = out[1]
         self._i2_sum += float(current @ current)
         self._i2_count += n
@@ -546,8 +552,8 @@ class PlatePhysics:
             / mass
         )
         hip_row = np.array([0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2])
-        a = np.zeros((_N_PLANT, _N_PLANT))
-        b = np.zeros(_N_PLANT)
+        a = np.zeros((_N_PLANT_MAX, _N_PLANT_MAX))
+        b = np.zeros(_N_PLANT_MAX)
         if not p.open_circuit:
             a[0, 0] = -p.resistance_ohm / inductance
             a[0, 2] = -bl / inductance
@@ -563,7 +569,8 @@ class PlatePhysics:
         force_row = m0 * accel_row
         force_row[3] -= m1 * k1
         force_row[4] -= m1 * c1
-        return a, b, hip_row, force_row
+        n = self._n_plant  # without an upper body, z2 is neither driven back nor used: drop it
+        return a[:n, :n], b[:n], hip_row[:n], force_row[:n]
 
     def patient_response(
         self, freqs_hz: npt.ArrayLike
@@ -578,10 +585,11 @@ class PlatePhysics:
     def _build_tables(self, p: _Params, w: float) -> _Tables:
         """Exact per-sample responses of plant + drive generator for k = 0..block_max."""
         a, b, hip_row, force_row = self._plant_rows(p)
-        aug = np.zeros((_N_AUG, _N_AUG))
-        aug[:_N_PLANT, :_N_PLANT] = a
-        aug[:_N_PLANT, _N_PLANT + 2] = b  # the plant input is the generator's tau*cos state
-        c, s, tc, ts = range(_N_PLANT, _N_AUG)
+        n_plant, n_aug = self._n_plant, self._n_aug
+        aug = np.zeros((n_aug, n_aug))
+        aug[:n_plant, :n_plant] = a
+        aug[:n_plant, n_plant + 2] = b  # the plant input is the generator's tau*cos state
+        c, s, tc, ts = range(n_plant, n_aug)
         aug[c, s] = -w
         aug[s, c] = w
         aug[tc, c] = 1.0
@@ -590,8 +598,8 @@ class PlatePhysics:
         aug[ts, tc] = w
         step = np.asarray(scipy.linalg.expm(aug * self._dt), dtype=np.float64)
         k_max = self._block_max
-        powers = np.empty((k_max + 1, _N_AUG, _N_AUG))
-        powers[0] = np.eye(_N_AUG)
+        powers = np.empty((k_max + 1, n_aug, n_aug))
+        powers[0] = np.eye(n_aug)
         if k_max >= 1:
             powers[1] = step
         have = 1
@@ -600,16 +608,16 @@ class PlatePhysics:
             powers[have + 1 : have + 1 + more] = powers[1 : 1 + more] @ powers[have]
             have += more
         # Reorder and sign the generator columns so that state[k] acts on [x0, g].
-        state = powers[:, :_N_PLANT, _STATE_COLUMNS] * _STATE_SIGNS
+        state = powers[:, :n_plant, self._columns] * self._signs
         accel_row = a[2] / STANDARD_GRAVITY
         outputs = self._drive_columns(w).copy()
-        outputs[0, :, :_N_AUG] = accel_row @ state
-        outputs[1, :, :_N_AUG] = state[:, 0, :]
-        outputs[3, :, :_N_AUG] = (hip_row / STANDARD_GRAVITY) @ state
-        outputs[4, :, :_N_AUG] = force_row @ state
+        outputs[0, :, :n_aug] = accel_row @ state
+        outputs[1, :, :n_aug] = state[:, 0, :]
+        outputs[3, :, :n_aug] = (hip_row / STANDARD_GRAVITY) @ state
+        outputs[4, :, :n_aug] = force_row @ state
         response = 0j
         if w > 0.0 and b.any():
-            x_ss = np.linalg.solve(1j * w * np.eye(_N_PLANT) - a, b.astype(np.complex128))
+            x_ss = np.linalg.solve(1j * w * np.eye(n_plant) - a, b.astype(np.complex128))
             response = complex(accel_row @ x_ss)
         return _Tables(key=(p, w), state=state, outputs=outputs, response_g_per_drive=response)
 
@@ -618,13 +626,14 @@ class PlatePhysics:
         if self._drive_columns_cache is not None and self._drive_columns_cache[0] == w:
             return self._drive_columns_cache[1]
         tau = self._tau
-        columns = np.zeros((_N_OUT, tau.size, _N_TABLE))
+        n_plant, n_aug = self._n_plant, self._n_aug
+        columns = np.zeros((_N_OUT, tau.size, n_aug + _N_DIST))
         cos1 = np.cos(w * tau)
         sin1 = np.sin(w * tau)
-        columns[2, :, _N_PLANT:_N_AUG] = self.profile.amplifier.volts_at_full_drive * np.stack(
+        columns[2, :, n_plant:n_aug] = self.profile.amplifier.volts_at_full_drive * np.stack(
             [cos1, sin1, tau * cos1, tau * sin1], axis=1
         )
-        column = _N_AUG
+        column = n_aug
         for order in (2, 3):
             cos_h = np.cos(order * w * tau)
             sin_h = np.sin(order * w * tau)
@@ -634,6 +643,14 @@ class PlatePhysics:
                 column += 2
         self._drive_columns_cache = (w, columns)
         return columns
+
+
+def _state_columns(n_plant: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
+    """Column order and signs that make the augmented tables act on [x0, drive weights]."""
+    gen = n_plant + np.array([2, 3, 0, 1])
+    columns = np.concatenate((np.arange(n_plant), gen))
+    signs = np.concatenate((np.ones(n_plant), [1.0, -1.0, 1.0, -1.0]))
+    return columns, signs
 
 
 def _checked_presence(
