@@ -17,12 +17,13 @@ all three, with the leg's w1 and zeta1 set by the knee angle. ``V = gain * V_ful
 
 How it is integrated: within one call of :meth:`PlatePhysics.run` the drive is a sine with a
 linear envelope, which an autonomous 4-state generator produces exactly. The plant plus that
-generator is a 9-state linear system whose matrix exponential (``scipy.linalg.expm``) is taken
-once per (parameters, frequency); its powers for ``k = 0..block_max`` are kept as tables, so
-``run`` is a few small matrix-vector products with no loop over samples and no zero-order-hold
-error. Slow parameters (coil temperature, sway, stepping on or off) change only every
-``numerics.param_update_s`` of plant time, on sample boundaries fixed by the sample counter, so
-a run split into any number of calls gives the same samples as one call.
+generator is a 9-state (standing: 11-state) linear system whose matrix exponential
+(``scipy.linalg.expm``) is taken once per (parameters, frequency); its powers for
+``k = 0..block_max`` are kept as tables, so ``run`` is a few small matrix-vector products with
+no loop over samples and no zero-order-hold error. Slow parameters (coil temperature, sway,
+stepping on or off) change only every ``numerics.param_update_s`` of plant time, on sample
+boundaries fixed by the sample counter, so a run split into any number of calls gives the same
+samples as one call.
 """
 
 from __future__ import annotations
