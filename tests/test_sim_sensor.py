@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from urllib.parse import parse_qsl
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 import scipy.signal
 
+from controller.estimation import fit_sine
+from firmware_bridge.client import DeviceClient
 from firmware_bridge.sim.profile import AccelerometerProfile
 from firmware_bridge.sim.sensor import Accelerometer
+from tests.simhelpers import load_truth, run_blocks, truth_amplitude
 
 FS = 1600.0
 ADXL345 = AccelerometerProfile()
@@ -130,3 +135,38 @@ def test_cutoff_at_or_above_nyquist_is_refused() -> None:
         Accelerometer(ADXL345, 1000.0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="anti_alias_cutoff_hz"):
         dataclasses.replace(ADXL345, anti_alias_cutoff_hz=800.0)
+
+
+@pytest.mark.parametrize(
+    ("query", "resting_g"),
+    [
+        ("sensor_gain_error=0.12", 1.12),  # a sensor reading 12% high reads 1.12 g at rest
+        ("sensor_offset_g=0.02", 1.02),
+        ("sensor_gain_error=-0.05&sensor_offset_g=-0.03", 0.92),
+        ("", 1.0),  # defaults: no error
+    ],
+)
+def test_sensor_errors_from_the_url_show_at_rest_and_in_the_vibration(
+    tmp_path: Path, query: str, resting_g: float
+) -> None:
+    truth_path = tmp_path / "truth.npz"
+    url = f"sim://?speed=max&noise=low&{query}&truth={truth_path}"
+    with DeviceClient.open(url) as dev:
+        rest = np.concatenate([b.accel_g for b in run_blocks(dev, 0.5)])
+        dev.set_frequency(40.0)
+        dev.start_output()
+        dev.set_drive(0.2, 0.1)
+        blocks = run_blocks(dev, 1.5)
+    assert rest.mean() == pytest.approx(resting_g, abs=0.003)
+    # the vibration is read with the same sensitivity error: reading / truth = 1 + gain error
+    gain = 1.0 + float(dict(parse_qsl(query)).get("sensor_gain_error", 0.0))
+    late = blocks[-25:]
+    reading = np.concatenate([b.accel_g for b in late])
+    phases = np.concatenate(
+        [b.phase_rad + 2 * np.pi * b.freq_hz * np.arange(b.accel_g.size) / FS for b in late]
+    )
+    truth = load_truth(truth_path)
+    index = truth["sample_index"]
+    same_samples = (index >= late[0].first_index) & (index <= late[-1].first_index + 31)
+    true_peak = truth_amplitude(truth, same_samples)
+    assert fit_sine(reading, phases).peak_g == pytest.approx(gain * true_peak, rel=0.01)

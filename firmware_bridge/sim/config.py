@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from firmware_bridge.errors import UnknownUrlError
+from firmware_bridge.sim.profile import POSTURES, PlateProfile
 
 # Accelerometer noise densities from the datasheet table in shared/DOMAIN.md: a low-noise part
 # (ADXL355, 22.5 ug/sqrt(Hz)) and a noisy MEMS part (ADXL345 z axis, 430 ug/sqrt(Hz)).
@@ -38,6 +39,12 @@ class SimConfig:
     noise_ug: float | None = None  # accelerometer noise density override, ug/sqrt(Hz)
     coil_temp_c: float | None = None  # initial coil temperature (default: ambient)
     uptime_s: float = 0.0  # powered and streaming this long before the host connects
+    # the patient and the sensor (None: the profile's value)
+    posture: str | None = None  # "seated" or "standing"
+    knee_deg: float | None = None  # standing knee angle, 180 = straight
+    presence_s: tuple[tuple[float, float | None], ...] | None = None  # on/off intervals
+    sensor_gain_error: float | None = None  # sensitivity error, 0.12 = reads 12% high
+    sensor_offset_g: float | None = None  # offset (bias) of the reading, g
     # link faults
     corrupt_rate: float = 0.0  # probability per byte, both directions
     drop_rate: float = 0.0  # probability per device frame
@@ -74,6 +81,24 @@ class SimConfig:
                 self.index_jump_samples != 0 and abs(self.index_jump_samples) <= 2**31,
                 "a non-zero whole number of samples, negative to go backwards",
             ),
+            ("posture", self.posture is None or self.posture in POSTURES, " or ".join(POSTURES)),
+            ("knee_deg", self.knee_deg is None or 135.0 <= self.knee_deg <= 180.0, "135..180"),
+            (
+                "sensor_gain_error",
+                self.sensor_gain_error is None or -0.5 <= self.sensor_gain_error <= 0.5,
+                "-0.5..0.5 (0.12: reads 12% high)",
+            ),
+            (
+                "sensor_offset_g",
+                self.sensor_offset_g is None or -2.0 <= self.sensor_offset_g <= 2.0,
+                "-2..2 g",
+            ),
+            (
+                "presence",
+                self.presence_s is None
+                or (self.step_on_at_s is None and self.step_off_at_s is None),
+                "either presence or step_on_at/step_off_at, not both",
+            ),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -85,6 +110,22 @@ class SimConfig:
                     f"sim parameter {key}={at:g} lies before uptime_s={self.uptime_s:g} "
                     "(allowed: times since power-up, at or after uptime_s)"
                 )
+
+    def plate_profile(self, profile: PlateProfile) -> PlateProfile:
+        """``profile`` with this device's posture, knee angle and sensor errors applied."""
+        changes: dict[str, dict[str, float]] = {}
+        if self.knee_deg is not None:
+            changes["standing"] = {"knee_deg": self.knee_deg}
+        accel: dict[str, float] = {}
+        if self.sensor_gain_error is not None:
+            accel["sensitivity_error_fraction"] = self.sensor_gain_error
+        if self.sensor_offset_g is not None:
+            accel["bias_g"] = self.sensor_offset_g
+        if accel:
+            changes["accelerometer"] = accel
+        if self.posture is None and not changes:
+            return profile
+        return profile.with_overrides(posture=self.posture, **changes)
 
 
 MAX_UPTIME_S = 7 * 86400.0  # a week; the u32 sample index wraps after 31 days at 1600 Hz
@@ -110,6 +151,9 @@ _FLOAT_KEYS = {
     "load_step_at": "load_step_at_s",
     "load_step_kg": "load_step_kg",
     "coil_temp_c": "coil_temp_c",
+    "knee_deg": "knee_deg",
+    "sensor_gain_error": "sensor_gain_error",
+    "sensor_offset_g": "sensor_offset_g",
     "corrupt_rate": "corrupt_rate",
     "drop_rate": "drop_rate",
     "latency_ms": "latency_ms",
@@ -124,9 +168,14 @@ _FLOAT_KEYS = {
     "uptime_s": "uptime_s",
     "index_jump_at": "index_jump_at_s",
 }
-_TEXT_KEYS = {"profile": "profile", "truth": "truth", "device_id": "device_id"}
+_TEXT_KEYS = {
+    "profile": "profile",
+    "truth": "truth",
+    "device_id": "device_id",
+    "posture": "posture",
+}
 ALLOWED_KEYS = sorted(
-    [*_FLOAT_KEYS, *_TEXT_KEYS, "seed", "speed", "sway", "noise", "index_jump_samples"]
+    [*_FLOAT_KEYS, *_TEXT_KEYS, "seed", "speed", "sway", "noise", "presence", "index_jump_samples"]
 )
 
 
@@ -166,6 +215,8 @@ def parse_sim_url(url: str) -> SimConfig:
             if raw not in ("0", "1"):
                 raise UnknownUrlError(url, f"sway={raw!r} must be 0 or 1")
             values["sway"] = raw == "1"
+        elif key == "presence":
+            values["presence_s"] = _presence(url, raw)
         elif key == "noise":
             values["noise_ug"] = (
                 NOISE_PRESETS_UG[raw] if raw in NOISE_PRESETS_UG else _number(url, key, raw)
@@ -188,3 +239,39 @@ def _number(url: str, key: str, raw: str) -> float:
     if not math.isfinite(value):
         raise UnknownUrlError(url, f"{key}={raw!r} is not a finite number")
     return value
+
+
+def _presence(url: str, raw: str) -> tuple[tuple[float, float | None], ...]:
+    """``0-120,150-600,700-``: seconds on the plate, in time order; the last may stay open."""
+    intervals: list[tuple[float, float | None]] = []
+    previous_end = 0.0
+    items = raw.split(",")
+    for k, item in enumerate(items):
+        start_text, dash, end_text = item.strip().partition("-")
+        start = _seconds(start_text)
+        open_end = not end_text.strip() and k == len(items) - 1
+        end = None if open_end else _seconds(end_text)
+        if (
+            dash != "-"
+            or start is None
+            or start < previous_end
+            or (not open_end and (end is None or end <= start))
+        ):
+            raise UnknownUrlError(
+                url,
+                f"presence={raw!r}: interval {item!r} is not allowed; give the seconds on the "
+                "plate as START-END intervals in time order, e.g. presence=0-120,150-600 (the "
+                "last may stay open: 700-)",
+            )
+        intervals.append((start, end))
+        previous_end = start if end is None else end
+    return tuple(intervals)
+
+
+def _seconds(text: str) -> float | None:
+    """A finite time >= 0 s, or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0.0 else None

@@ -158,7 +158,7 @@ class SimulatedDevice:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         physics_seed, sensor_seed, link_seed = np.random.SeedSequence(config.seed).spawn(3)
-        profile = load_profile(config.profile)
+        profile = config.plate_profile(load_profile(config.profile))  # posture, sensor errors
         accel_profile = profile.accelerometer
         if config.noise_ug is not None:
             accel_profile = dataclasses.replace(accel_profile, noise_density_ug=config.noise_ug)
@@ -190,6 +190,7 @@ class SimulatedDevice:
             np.random.default_rng(physics_seed),
             patient_on_at_s=config.step_on_at_s,
             patient_off_at_s=config.step_off_at_s,
+            presence_s=config.presence_s,
             sway=config.sway,
         )
         if config.coil_temp_c is not None:

@@ -1,29 +1,35 @@
-"""Plate physics: a voice-coil actuator driving a sprung plate that carries a standing patient.
+"""Plate physics: a voice-coil actuator driving a sprung plate that carries a patient.
 
 The plant (docs/simulator.md has the equations and the source of every constant)::
 
     L di/dt      = V(t) - R(T) i - Bl v                       coil, voltage-driven amplifier
-    M a          = Bl i - k_s x - c_s v + m1 (w0^2 z + 2 zeta w0 z')   plate, M = m_plate + m0
-    z''          = -w0^2 z - 2 zeta w0 z' - a                 body (z: body relative to plate)
+    M a          = Bl i - k_s x - c_s v + m1 (w1^2 z1 + 2 zeta1 w1 z1')   plate, M = m_plate + m0
+    y1''         = -w1^2 z1 - 2 zeta1 w1 z1' + (m2/m1) (w2^2 z2 + 2 zeta2 w2 z2')   hip
+    z1''         = y1'' - a                                   hip relative to the plate
+    z2''         = -w2^2 z2 - 2 zeta2 w2 z2' - y1''           upper body relative to the hip
     C_th dT/dt   = i^2 R(T) - (T - T_amb) / R_th              coil temperature
 
-with the patient as a mass-normalised apparent-mass model: m0 = rigid share of the standing
-mass, m1 = the rest, on a spring and damper tuned to w0 and zeta. ``V = gain * V_full * u``
-where ``u`` is the drive fraction.
+with the patient as a mass-normalised chain: m0 moves with the plate, m1 (the hip) sits on a
+spring and damper tuned to w1 and zeta1, m2 (the upper body) on the hip, tuned to w2 and zeta2.
+The seated posture is the special case m2 = 0 (one suspended mass); the standing posture has
+all three, with the leg's w1 and zeta1 set by the knee angle. ``V = gain * V_full * u`` where
+``u`` is the drive fraction.
 
 How it is integrated: within one call of :meth:`PlatePhysics.run` the drive is a sine with a
 linear envelope, which an autonomous 4-state generator produces exactly. The plant plus that
-generator is a 9-state linear system whose matrix exponential (``scipy.linalg.expm``) is taken
-once per (parameters, frequency); its powers for ``k = 0..block_max`` are kept as tables, so
-``run`` is a few small matrix-vector products with no loop over samples and no zero-order-hold
-error. Slow parameters (coil temperature, sway, stepping on or off) change only every
-``numerics.param_update_s`` of plant time, on sample boundaries fixed by the sample counter, so
-a run split into any number of calls gives the same samples as one call.
+generator is a 9-state (standing: 11-state) linear system whose matrix exponential
+(``scipy.linalg.expm``) is taken once per (parameters, frequency); its powers for
+``k = 0..block_max`` are kept as tables, so ``run`` is a few small matrix-vector products with
+no loop over samples and no zero-order-hold error. Slow parameters (coil temperature, sway,
+stepping on or off) change only every ``numerics.param_update_s`` of plant time, on sample
+boundaries fixed by the sample counter, so a run split into any number of calls gives the same
+samples as one call.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,21 +39,22 @@ import scipy.signal
 
 from firmware_bridge.sim.profile import PlateProfile
 
-__all__ = ["STANDARD_GRAVITY", "PhysicsBlock", "PlatePhysics"]
+__all__ = ["STANDARD_GRAVITY", "BodyModel", "PhysicsBlock", "PlatePhysics", "body_model"]
 
 STANDARD_GRAVITY = 9.80665  # m/s^2, the g of every "_g" value
-_N_PLANT = 5  # plant states: coil current, plate displacement, plate velocity, z, z'
-_N_AUG = _N_PLANT + 4  # plus the generator: cos, sin, tau cos, tau sin
-_N_TABLE = _N_AUG + 6 + 8  # plus tau^p cos/sin(2 w tau), p <= 2, and (3 w tau), p <= 3
+# Plant states: coil current, plate displacement, plate velocity, z1, z1', and with an upper
+# body (standing) z2, z2'. The seated model has no upper body and runs on the first five.
+_N_PLANT_MAX = 7
+_N_GEN = 4  # the generator: cos, sin, tau cos, tau sin
+_N_DIST = 6 + 8  # tau^p cos/sin(2 w tau), p <= 2, and (3 w tau), p <= 3
+_N_OUT = 5  # accel g, current A, volts, hip accel g, force on the patient N
 _MAX_PATIENT_KG = 300.0
 _DRIVE_TOLERANCE = 1e-6
 # Pade 13 coefficients and the 1-norm up to which it is accurate to unit roundoff (Higham 2005).
 # The plant input is the generator's tau*cos state. Started from a unit vector, the generator
 # makes that state tau cos, -tau sin, cos or -sin; so the drive weights g for (cos, sin,
-# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _STATE_COLUMNS and _STATE_SIGNS apply this
-# to the columns of the augmented transition matrix so its tables act on [x0, g] directly.
-_STATE_COLUMNS = np.array([0, 1, 2, 3, 4, 7, 8, 5, 6])
-_STATE_SIGNS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0])
+# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _state_columns() applies this to the
+# columns of the augmented transition matrix so its tables act on [x0, g] directly.
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -64,11 +71,84 @@ class PhysicsBlock:
         Coil current in A.
     volts : (n,) float64
         Amplifier output voltage in V.
+    hip_accel_g : (n,) float64
+        Absolute vertical acceleration of the patient's hip mass (m1) in g, without the
+        distortion approximation (zero-mass patients: the model's value all the same).
+    patient_force_n : (n,) float64
+        Vertical force the plate exerts on the patient, N (dynamic part; weight excluded).
     """
 
     accel_g: FloatArray
     coil_current_a: FloatArray
     volts: FloatArray
+    hip_accel_g: FloatArray
+    patient_force_n: FloatArray
+
+
+@dataclass(frozen=True)
+class BodyModel:
+    """The patient as a mass-normalised chain: fractions of body mass and per-kg dynamics.
+
+    ``rigid_fraction`` moves with the plate; ``hip_fraction`` sits on the legs (natural
+    frequency ``leg_hz``, damping ratio ``leg_zeta``); ``upper_fraction`` sits on the hip
+    (``upper_hz``, ``upper_zeta``). The seated model has ``upper_fraction == 0``.
+    """
+
+    rigid_fraction: float
+    hip_fraction: float
+    upper_fraction: float
+    leg_hz: float
+    leg_zeta: float
+    upper_hz: float
+    upper_zeta: float
+
+    def response(
+        self, freqs_hz: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.complex128]]:
+        """Transmissibility to the hip and normalised apparent mass on a rigid moving base.
+
+        Returns ``(T_hip, M / m)``: hip acceleration over base acceleration, and the force
+        needed to move the body over (base acceleration x body mass), at ``freqs_hz``.
+        """
+        freqs = np.asarray(freqs_hz, dtype=np.float64)
+        s = 2j * np.pi * freqs.reshape(-1)
+        w1, w2 = 2.0 * math.pi * self.leg_hz, 2.0 * math.pi * self.upper_hz
+        k1 = w1 * w1 + 2.0 * self.leg_zeta * w1 * s  # leg, per kg of hip mass
+        k2 = w2 * w2 + 2.0 * self.upper_zeta * w2 * s  # trunk, per kg of upper mass
+        ratio = self.upper_fraction / self.hip_fraction
+        # Relative motions per unit base acceleration: z2 = -Y1 / (s^2 + k2), where the hip's
+        # absolute acceleration Y1 = -k1 z1 + ratio k2 z2 and z1 = (Y1 - 1) / s^2.
+        upper_load = ratio * k2 * s * s / (s * s + k2)  # hip accel fed back by the upper body
+        hip = k1 / (k1 + s * s + upper_load)
+        z1 = (hip - 1.0) / (s * s)
+        apparent = self.rigid_fraction - self.hip_fraction * k1 * z1
+        return hip.reshape(freqs.shape), apparent.reshape(freqs.shape)
+
+
+def body_model(profile: PlateProfile, sway_factor: float = 1.0) -> BodyModel:
+    """The patient model the profile's posture selects (natural frequencies x sway_factor)."""
+    if profile.posture == "standing":
+        st = profile.standing
+        leg_hz, leg_zeta = st.leg_at_knee(st.knee_deg)
+        return BodyModel(
+            rigid_fraction=st.feet_shanks_mass_fraction,
+            hip_fraction=st.hip_mass_fraction,
+            upper_fraction=1.0 - st.feet_shanks_mass_fraction - st.hip_mass_fraction,
+            leg_hz=leg_hz * sway_factor,
+            leg_zeta=leg_zeta,
+            upper_hz=st.upper_natural_frequency_hz * sway_factor,
+            upper_zeta=st.upper_damping_ratio,
+        )
+    body = profile.body
+    return BodyModel(
+        rigid_fraction=body.rigid_mass_fraction,
+        hip_fraction=1.0 - body.rigid_mass_fraction,
+        upper_fraction=0.0,
+        leg_hz=body.natural_frequency_hz * sway_factor,
+        leg_zeta=body.damping_ratio,
+        upper_hz=body.natural_frequency_hz,  # unused: no upper mass
+        upper_zeta=body.damping_ratio,
+    )
 
 
 @dataclass(frozen=True)
@@ -85,14 +165,15 @@ class _Params:
 class _Tables:
     """Per-sample responses for k = 0..block_max at one (parameters, frequency).
 
-    With ``v = [x0 (5), drive weights (4), distortion weights (14)]`` for a segment starting at
-    state ``x0``: ``outputs[:, k] @ v`` gives (accel g, current A, volts) at sample k and
-    ``state[k] @ v[:9]`` the plant state after k samples.
+    With ``v = [x0 (p), drive weights (4), distortion weights (14)]`` for a segment starting at
+    state ``x0`` (p = 5 plant states, 7 with an upper body): ``outputs[:, k] @ v`` gives (accel
+    g, current A, volts, hip accel g, force on the patient N) at sample k and
+    ``state[k] @ v[:p + 4]`` the plant state after k samples.
     """
 
     key: tuple[_Params, float]
-    state: FloatArray  # (K+1, 5, 9)
-    outputs: FloatArray  # (3, K+1, 23)
+    state: FloatArray  # (K+1, p, p + 4)
+    outputs: FloatArray  # (5, K+1, p + 18)
     response_g_per_drive: complex  # steady-state accel per unit drive fraction at gain 1
 
 
@@ -113,6 +194,11 @@ class PlatePhysics:
         Plant times at which the patient starts stepping on or off; the standing mass ramps
         over ``profile.stepping.duration_s``. ``patient_on_at_s=None`` means already standing
         at t = 0; ``patient_off_at_s=None`` means never stepping off.
+    presence_s
+        Instead of one on/off pair: the intervals ``(on_s, off_s)`` the patient spends on the
+        plate, in time order, for a patient who steps off and back on several times. Each
+        step on or off starts at the given time and ramps like the single pair; ``on_s = 0``
+        means already standing at power-up, ``off_s = None`` (last interval only) staying on.
     sway
         Modulate the body's natural frequency slowly (postural sway).
 
@@ -133,6 +219,7 @@ class PlatePhysics:
         *,
         patient_on_at_s: float | None = None,
         patient_off_at_s: float | None = None,
+        presence_s: Sequence[tuple[float, float | None]] | None = None,
         sway: bool = True,
     ) -> None:
         if not 0.0 <= patient_mass_kg <= _MAX_PATIENT_KG:
@@ -163,8 +250,14 @@ class PlatePhysics:
         self._patient_mass_kg = float(patient_mass_kg)
         self._fs = float(sample_rate_hz)
         self._dt = 1.0 / self._fs
-        self._on_at = patient_on_at_s
-        self._off_at = patient_off_at_s
+        if presence_s is None:
+            self._presence: list[tuple[float | None, float | None]] = [
+                (patient_on_at_s, patient_off_at_s)
+            ]
+        elif patient_on_at_s is not None or patient_off_at_s is not None:
+            raise ValueError("give either presence_s or patient_on_at_s/patient_off_at_s, not both")
+        else:
+            self._presence = _checked_presence(presence_s)
         self._sway = sway
         self._sway_phase = float(rng.uniform(0.0, 2.0 * math.pi))  # drawn even if sway is off
         self._block_max = profile.numerics.block_max
@@ -173,7 +266,11 @@ class PlatePhysics:
 
         self._sample_index = 0
         self._until_update = self._update_every
-        self._x = np.zeros(_N_PLANT)
+        has_upper_body = body_model(profile).upper_fraction > 0.0
+        self._n_plant = _N_PLANT_MAX if has_upper_body else _N_PLANT_MAX - 2
+        self._n_aug = self._n_plant + _N_GEN
+        self._columns, self._signs = _state_columns(self._n_plant)
+        self._x = np.zeros(self._n_plant)
         self._i2_sum = 0.0
         self._i2_count = 0
         self._coil_temp_c = profile.thermal.ambient_c
@@ -232,7 +329,7 @@ class PlatePhysics:
         tau_s = thermal.thermal_resistance_k_per_w * thermal.thermal_capacity_j_per_k
         cooled = (self._coil_temp_c - thermal.ambient_c) * math.exp(-n * self._dt / tau_s)
         self._coil_temp_c = thermal.ambient_c + cooled
-        self._x = np.zeros(_N_PLANT)
+        self._x = np.zeros(self._n_plant)
         self._i2_sum = 0.0
         self._i2_count = 0
         self._until_update = self._update_every
@@ -300,8 +397,8 @@ class PlatePhysics:
         seg = min(n, self._until_update, self._block_max)
         if seg == n:  # the usual case: one segment, return the product's rows as they are
             out = self._segment(n, w, phase0_rad, drive0, drive_rate_per_s)
-            return PhysicsBlock(out[0], out[1], out[2])
-        out = np.empty((3, n))
+            return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
+        out = np.empty((_N_OUT, n))
         done = 0
         while done < n:
             seg = min(n - done, self._until_update, self._block_max)
@@ -310,12 +407,13 @@ class PlatePhysics:
                 seg, w, phase0_rad + w * tau0, drive0 + drive_rate_per_s * tau0, drive_rate_per_s
             )
             done += seg
-        return PhysicsBlock(out[0], out[1], out[2])
+        return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
 
     def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
         """Advance n <= block_max samples at constant parameters.
 
-        Returns a (3, n) array: accel in g, coil current in A, amplifier volts.
+        Returns a (5, n) array: accel in g, coil current in A, amplifier volts, hip accel in g,
+        force on the patient in N.
         """
         if self.open_circuit != self._params.open_circuit:
             self._params = replace(self._params, open_circuit=self.open_circuit)
@@ -328,15 +426,16 @@ class PlatePhysics:
             or (tables.key[0] is not self._params and tables.key[0] != self._params)
         ):
             tables = self._tables = self._build_tables(self._params, w)
-        v = np.zeros(_N_TABLE)
-        v[:_N_PLANT] = self._x
+        n_plant = self._n_plant
+        v = np.zeros(self._n_aug + _N_DIST)
+        v[:n_plant] = self._x
         gain = self.amplifier_gain_factor
         if (drive0 != 0.0 or rate != 0.0) and gain != 0.0:
-            v[_N_PLANT:] = self._drive_weights(
+            v[n_plant:] = self._drive_weights(
                 gain * drive0, gain * rate, phase0, tables.response_g_per_drive
             )
         out: FloatArray = tables.outputs[:, :n, :] @ v
-        self._x = tables.state[n] @ v[:_N_AUG]
+        self._x = tables.state[n] @ v[: self._n_aug]
         current = out[1]
         self._i2_sum += float(current @ current)
         self._i2_count += n
@@ -410,9 +509,12 @@ class PlatePhysics:
         if self._patient_mass_kg == 0.0:
             return 0.0
         duration = self.profile.stepping.duration_s
-        on = 1.0 if self._on_at is None else _smooth_step((t - self._on_at) / duration)
-        off = 0.0 if self._off_at is None else _smooth_step((t - self._off_at) / duration)
-        return on * (1.0 - off)
+        fraction = 0.0
+        for on_at, off_at in self._presence:  # in time order, not overlapping: sum <= 1
+            on = 1.0 if on_at is None else _smooth_step((t - on_at) / duration)
+            off = 0.0 if off_at is None else _smooth_step((t - off_at) / duration)
+            fraction += on * (1.0 - off)
+        return min(fraction, 1.0)
 
     def _current_params(self) -> _Params:
         """Parameters at the current plant time (stepping ramp, sway, coil resistance)."""
@@ -434,35 +536,45 @@ class PlatePhysics:
     # ---- matrices -----------------------------------------------------------------------
 
     def _plant_matrices(self, p: _Params) -> tuple[FloatArray, FloatArray]:
-        """State matrix A (5, 5) and input vector b (5,) per unit drive at gain 1.
+        """State matrix A (7, 7) and input vector b (7,) per unit drive at gain 1.
 
-        State: coil current, plate displacement, plate velocity, body-minus-plate
-        displacement z, and z'.
+        State: coil current, plate displacement, plate velocity, hip-minus-plate displacement
+        z1, z1', upper-body-minus-hip displacement z2, z2'.
         """
+        a, b, _, _ = self._plant_rows(p)
+        return a, b
+
+    def _plant_rows(self, p: _Params) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """A, b, and the output rows for the hip's acceleration (m/s^2) and the patient force."""
         prof = self.profile
         bl = prof.actuator.force_constant_n_per_a
         inductance = prof.actuator.coil_inductance_h
-        body = prof.body
-        m0 = body.rigid_mass_fraction * p.standing_mass_kg
-        m1 = p.standing_mass_kg - m0
+        body = body_model(prof, p.sway_factor)
+        m0 = body.rigid_fraction * p.standing_mass_kg
+        m1 = body.hip_fraction * p.standing_mass_kg
+        ratio = body.upper_fraction / body.hip_fraction
         mass = prof.mechanics.moving_mass_kg + m0
-        w0 = 2.0 * math.pi * body.natural_frequency_hz * p.sway_factor
-        k_body = w0 * w0  # per kg of m1
-        c_body = 2.0 * body.damping_ratio * w0  # per kg of m1
+        w1 = 2.0 * math.pi * body.leg_hz
+        w2 = 2.0 * math.pi * body.upper_hz
+        k1, c1 = w1 * w1, 2.0 * body.leg_zeta * w1  # per kg of hip mass
+        k2, c2 = w2 * w2, 2.0 * body.upper_zeta * w2  # per kg of upper-body mass
         accel_row = (
             np.array(
                 [
                     bl,
                     -prof.mechanics.suspension_stiffness_n_per_m,
                     -prof.mechanics.suspension_damping_n_s_per_m,
-                    m1 * k_body,
-                    m1 * c_body,
+                    m1 * k1,
+                    m1 * c1,
+                    0.0,
+                    0.0,
                 ]
             )
             / mass
         )
-        a = np.zeros((_N_PLANT, _N_PLANT))
-        b = np.zeros(_N_PLANT)
+        hip_row = np.array([0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2])
+        a = np.zeros((_N_PLANT_MAX, _N_PLANT_MAX))
+        b = np.zeros(_N_PLANT_MAX)
         if not p.open_circuit:
             a[0, 0] = -p.resistance_ohm / inductance
             a[0, 2] = -bl / inductance
@@ -470,18 +582,35 @@ class PlatePhysics:
         a[1, 2] = 1.0
         a[2] = accel_row
         a[3, 4] = 1.0
-        a[4] = -accel_row
-        a[4, 3] -= k_body
-        a[4, 4] -= c_body
-        return a, b
+        a[4] = hip_row - accel_row
+        a[5, 6] = 1.0
+        a[6] = -hip_row
+        a[6, 5] -= k2
+        a[6, 6] -= c2
+        force_row = m0 * accel_row
+        force_row[3] -= m1 * k1
+        force_row[4] -= m1 * c1
+        n = self._n_plant  # without an upper body, z2 is neither driven back nor used: drop it
+        return a[:n, :n], b[:n], hip_row[:n], force_row[:n]
+
+    def patient_response(
+        self, freqs_hz: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.complex128]]:
+        """Transmissibility to the hip and normalised apparent mass of the patient model.
+
+        From the model's equations at the current sway, for a base moving rigidly; see
+        :meth:`BodyModel.response`.
+        """
+        return body_model(self.profile, self._params.sway_factor).response(freqs_hz)
 
     def _build_tables(self, p: _Params, w: float) -> _Tables:
         """Exact per-sample responses of plant + drive generator for k = 0..block_max."""
-        a, b = self._plant_matrices(p)
-        aug = np.zeros((_N_AUG, _N_AUG))
-        aug[:_N_PLANT, :_N_PLANT] = a
-        aug[:_N_PLANT, _N_PLANT + 2] = b  # the plant input is the generator's tau*cos state
-        c, s, tc, ts = range(_N_PLANT, _N_AUG)
+        a, b, hip_row, force_row = self._plant_rows(p)
+        n_plant, n_aug = self._n_plant, self._n_aug
+        aug = np.zeros((n_aug, n_aug))
+        aug[:n_plant, :n_plant] = a
+        aug[:n_plant, n_plant + 2] = b  # the plant input is the generator's tau*cos state
+        c, s, tc, ts = range(n_plant, n_aug)
         aug[c, s] = -w
         aug[s, c] = w
         aug[tc, c] = 1.0
@@ -490,8 +619,8 @@ class PlatePhysics:
         aug[ts, tc] = w
         step = np.asarray(scipy.linalg.expm(aug * self._dt), dtype=np.float64)
         k_max = self._block_max
-        powers = np.empty((k_max + 1, _N_AUG, _N_AUG))
-        powers[0] = np.eye(_N_AUG)
+        powers = np.empty((k_max + 1, n_aug, n_aug))
+        powers[0] = np.eye(n_aug)
         if k_max >= 1:
             powers[1] = step
         have = 1
@@ -500,14 +629,16 @@ class PlatePhysics:
             powers[have + 1 : have + 1 + more] = powers[1 : 1 + more] @ powers[have]
             have += more
         # Reorder and sign the generator columns so that state[k] acts on [x0, g].
-        state = powers[:, :_N_PLANT, _STATE_COLUMNS] * _STATE_SIGNS
+        state = powers[:, :n_plant, self._columns] * self._signs
         accel_row = a[2] / STANDARD_GRAVITY
         outputs = self._drive_columns(w).copy()
-        outputs[0, :, :_N_AUG] = accel_row @ state
-        outputs[1, :, :_N_AUG] = state[:, 0, :]
+        outputs[0, :, :n_aug] = accel_row @ state
+        outputs[1, :, :n_aug] = state[:, 0, :]
+        outputs[3, :, :n_aug] = (hip_row / STANDARD_GRAVITY) @ state
+        outputs[4, :, :n_aug] = force_row @ state
         response = 0j
         if w > 0.0 and b.any():
-            x_ss = np.linalg.solve(1j * w * np.eye(_N_PLANT) - a, b.astype(np.complex128))
+            x_ss = np.linalg.solve(1j * w * np.eye(n_plant) - a, b.astype(np.complex128))
             response = complex(accel_row @ x_ss)
         return _Tables(key=(p, w), state=state, outputs=outputs, response_g_per_drive=response)
 
@@ -516,13 +647,14 @@ class PlatePhysics:
         if self._drive_columns_cache is not None and self._drive_columns_cache[0] == w:
             return self._drive_columns_cache[1]
         tau = self._tau
-        columns = np.zeros((3, tau.size, _N_TABLE))
+        n_plant, n_aug = self._n_plant, self._n_aug
+        columns = np.zeros((_N_OUT, tau.size, n_aug + _N_DIST))
         cos1 = np.cos(w * tau)
         sin1 = np.sin(w * tau)
-        columns[2, :, _N_PLANT:_N_AUG] = self.profile.amplifier.volts_at_full_drive * np.stack(
+        columns[2, :, n_plant:n_aug] = self.profile.amplifier.volts_at_full_drive * np.stack(
             [cos1, sin1, tau * cos1, tau * sin1], axis=1
         )
-        column = _N_AUG
+        column = n_aug
         for order in (2, 3):
             cos_h = np.cos(order * w * tau)
             sin_h = np.sin(order * w * tau)
@@ -532,6 +664,41 @@ class PlatePhysics:
                 column += 2
         self._drive_columns_cache = (w, columns)
         return columns
+
+
+def _state_columns(n_plant: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
+    """Column order and signs that make the augmented tables act on [x0, drive weights]."""
+    gen = n_plant + np.array([2, 3, 0, 1])
+    columns = np.concatenate((np.arange(n_plant), gen))
+    signs = np.concatenate((np.ones(n_plant), [1.0, -1.0, 1.0, -1.0]))
+    return columns, signs
+
+
+def _checked_presence(
+    presence_s: Sequence[tuple[float, float | None]],
+) -> list[tuple[float | None, float | None]]:
+    """Validate presence intervals; an interval starting at 0 means standing at power-up."""
+    if not presence_s:
+        raise ValueError("presence_s must hold at least one (on_s, off_s) interval")
+    out: list[tuple[float | None, float | None]] = []
+    previous_off = 0.0
+    for k, (on_s, off_s) in enumerate(presence_s):
+        last = k == len(presence_s) - 1
+        if not (math.isfinite(on_s) and on_s >= previous_off):
+            raise ValueError(
+                f"presence interval {k + 1} starts at {on_s!r} s; allowed: a time >= 0 and not "
+                f"before the previous interval's end ({previous_off} s)"
+            )
+        if off_s is None and not last:
+            raise ValueError(f"presence interval {k + 1} has no end; only the last may be open")
+        if off_s is not None and not (math.isfinite(off_s) and off_s > on_s):
+            raise ValueError(
+                f"presence interval {k + 1} ends at {off_s!r} s; allowed: after its start "
+                f"({on_s} s)"
+            )
+        out.append((None if on_s == 0.0 else float(on_s), None if off_s is None else float(off_s)))
+        previous_off = on_s if off_s is None else off_s
+    return out
 
 
 def _smooth_step(s: float) -> float:

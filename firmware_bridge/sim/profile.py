@@ -1,8 +1,10 @@
 """Plate profiles: the physical constants of one simulated plate, read from YAML.
 
 A profile is a frozen :class:`PlateProfile` made of one small frozen dataclass per section
-(actuator, amplifier, mechanics, thermal, body, sway, stepping, distortion, accelerometer,
-numerics). Profiles ship as package data in ``firmware_bridge/sim/profiles/<name>.yaml``;
+(actuator, amplifier, mechanics, thermal, body, standing, sway, stepping, distortion,
+accelerometer, numerics), plus the patient's ``posture`` (``seated`` or ``standing``), which picks
+the ``body`` (seated fit) or the ``standing`` model. Profiles ship as package data in
+``firmware_bridge/sim/profiles/<name>.yaml``;
 ``profiles/default.yaml`` names the source of every value or says it is an assumption, and
 ``docs/simulator.md`` explains the model they feed.
 
@@ -27,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 
 __all__ = [
+    "POSTURES",
     "AccelerometerProfile",
     "ActuatorProfile",
     "AmplifierProfile",
@@ -35,6 +38,7 @@ __all__ = [
     "MechanicsProfile",
     "NumericsProfile",
     "PlateProfile",
+    "StandingProfile",
     "SteppingProfile",
     "SwayProfile",
     "ThermalProfile",
@@ -137,17 +141,63 @@ class ThermalProfile(_Section):
 
 @dataclass(frozen=True)
 class BodyProfile(_Section):
-    """Standing patient as a mass-normalised apparent-mass model (see docs/simulator.md).
+    """The seated-derived patient: a mass-normalised apparent-mass model (docs/simulator.md).
 
-    A fraction ``rigid_mass_fraction`` of the body mass moves with the plate; the rest sits on
-    a spring and damper tuned to ``natural_frequency_hz`` and ``damping_ratio``, which do not
-    depend on the body mass (the model is normalised per kg).
+    Used when ``PlateProfile.posture == "seated"``. A fraction ``rigid_mass_fraction`` of the
+    body mass moves with the plate; the rest sits on a spring and damper tuned to
+    ``natural_frequency_hz`` and ``damping_ratio``, which do not depend on the body mass (the
+    model is normalised per kg).
     """
 
     SECTION: ClassVar[str] = "body"
     natural_frequency_hz: float = _number(5.0, 0.5, 50.0, "Hz")
     damping_ratio: float = _number(0.475, 0.01, 5.0, "")
     rigid_mass_fraction: float = _number(0.029, 0.0, 1.0, "of body mass")
+
+
+@dataclass(frozen=True)
+class StandingProfile(_Section):
+    """The standing patient: three masses in a chain (docs/simulator.md).
+
+    Feet and shanks move with the plate; the legs (a spring and damper whose natural frequency
+    and damping ratio depend on the knee angle) carry the hip mass (thighs and pelvis); a
+    second spring and damper carries the upper body. Frequencies and damping ratios are per kg
+    of the mass they carry, so the model is mass-normalised. Knee angles between 180 degrees
+    (straight) and 135 degrees interpolate the leg's values linearly.
+    """
+
+    SECTION: ClassVar[str] = "standing"
+    feet_shanks_mass_fraction: float = _number(0.12, 0.0, 0.5, "of body mass")
+    hip_mass_fraction: float = _number(0.40, 0.0, 1.0, "of body mass", lo_open=True)
+    leg_natural_frequency_hz: float = _number(21.0, 0.5, 100.0, "Hz, knees straight")
+    leg_damping_ratio: float = _number(0.6, 0.01, 5.0, "knees straight")
+    leg_natural_frequency_hz_at_135: float = _number(9.0, 0.5, 100.0, "Hz, knees at 135 deg")
+    leg_damping_ratio_at_135: float = _number(1.0, 0.01, 5.0, "knees at 135 deg")
+    upper_natural_frequency_hz: float = _number(5.5, 0.5, 50.0, "Hz")
+    upper_damping_ratio: float = _number(0.5, 0.01, 5.0, "")
+    knee_deg: float = _number(180.0, 135.0, 180.0, "deg, 180 = straight")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        total = self.feet_shanks_mass_fraction + self.hip_mass_fraction
+        if total > 1.0:
+            raise ValueError(
+                f"standing.feet_shanks_mass_fraction + standing.hip_mass_fraction = {total!r} "
+                "is out of range; allowed: at most 1 (the upper body takes the rest)"
+            )
+
+    def leg_at_knee(self, knee_deg: float) -> tuple[float, float]:
+        """Leg natural frequency (Hz) and damping ratio at ``knee_deg`` (linear, 135..180)."""
+        if not 135.0 <= knee_deg <= 180.0:
+            raise ValueError(f"knee_deg = {knee_deg!r} is out of range; allowed: 135..180 deg")
+        bend = (180.0 - knee_deg) / 45.0
+        freq = self.leg_natural_frequency_hz + bend * (
+            self.leg_natural_frequency_hz_at_135 - self.leg_natural_frequency_hz
+        )
+        zeta = self.leg_damping_ratio + bend * (
+            self.leg_damping_ratio_at_135 - self.leg_damping_ratio
+        )
+        return freq, zeta
 
 
 @dataclass(frozen=True)
@@ -225,6 +275,7 @@ _SECTIONS: dict[str, type[_Section]] = {
         MechanicsProfile,
         ThermalProfile,
         BodyProfile,
+        StandingProfile,
         SwayProfile,
         SteppingProfile,
         DistortionProfile,
@@ -232,7 +283,8 @@ _SECTIONS: dict[str, type[_Section]] = {
         NumericsProfile,
     )
 }
-_TOP_LEVEL_TEXT = ("description",)
+_TOP_LEVEL_TEXT = ("description", "posture")
+POSTURES = ("seated", "standing")
 
 _S = TypeVar("_S", bound=_Section)
 
@@ -243,23 +295,33 @@ class PlateProfile:
 
     name: str = "default"
     description: str = ""
+    posture: str = "seated"
     actuator: ActuatorProfile = field(default_factory=ActuatorProfile)
     amplifier: AmplifierProfile = field(default_factory=AmplifierProfile)
     mechanics: MechanicsProfile = field(default_factory=MechanicsProfile)
     thermal: ThermalProfile = field(default_factory=ThermalProfile)
     body: BodyProfile = field(default_factory=BodyProfile)
+    standing: StandingProfile = field(default_factory=StandingProfile)
     sway: SwayProfile = field(default_factory=SwayProfile)
     stepping: SteppingProfile = field(default_factory=SteppingProfile)
     distortion: DistortionProfile = field(default_factory=DistortionProfile)
     accelerometer: AccelerometerProfile = field(default_factory=AccelerometerProfile)
     numerics: NumericsProfile = field(default_factory=NumericsProfile)
 
-    def with_overrides(self, **sections: Mapping[str, Any]) -> PlateProfile:
+    def __post_init__(self) -> None:
+        if self.posture not in POSTURES:
+            raise ValueError(
+                f"posture = {self.posture!r} is not allowed; allowed: {', '.join(POSTURES)}"
+            )
+
+    def with_overrides(
+        self, posture: str | None = None, **sections: Mapping[str, Any]
+    ) -> PlateProfile:
         """A copy with some values replaced, checked like a loaded file.
 
-        Example: ``profile.with_overrides(thermal={"ambient_c": 30.0})``.
+        Example: ``profile.with_overrides(posture="standing", standing={"knee_deg": 160})``.
         """
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {} if posture is None else {"posture": posture}
         for section, values in sections.items():
             if section not in _SECTIONS:
                 raise ValueError(
@@ -363,4 +425,7 @@ def _parse_profile(text: str, name: str, source: str) -> PlateProfile:
         else:
             allowed = ", ".join([*_TOP_LEVEL_TEXT, *_SECTIONS])
             raise ValueError(f"profile {source!r}: unknown key {key!r}; allowed: {allowed}")
-    return PlateProfile(**kwargs)
+    try:
+        return PlateProfile(**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"profile {source!r}: {exc}") from None
