@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.calibration import Calibration, CalibrationStore, identify
+from controller.faults import clear_latched_fault
 from controller.loop import ExposureSettings, ExposureStatus, run_exposure
 from controller.openloop import drive_open_loop
 from controller.safety import SafetyLimits
@@ -307,6 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"({'; '.join(cal.notes[-1:])}); run 'liv calibrate' with nobody on the plate",
                 file=sys.stderr,
             )
+        cleared = clear_latched_fault(device)  # refuses a fault that needs a person
         result = run_exposure(device, cal, settings)
     if result.calibration_stale:
         store.mark_stale(cal, f"response {result.response_ratio:.2f}x calibration in a run")
@@ -336,6 +338,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"link              {result.frames} frames, {result.crc_errors} CRC errors, "
         f"{result.lost_frames} lost frames"
     )
+    if cleared is not None:
+        lines.append(f"cleared fault     {cleared.name} latched before the run (plate at rest)")
+        data["fault_cleared"] = cleared.to_event()
     if result.trip is not None:
         lines.append(f"SAFETY STOP       {result.trip.text}: {result.trip.detail}")
     _emit(data, args.json, lines)

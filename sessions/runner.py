@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from controller.calibration import CalibrationStore
+from controller.faults import ClearedFault, clear_latched_fault
 from controller.loop import (
     ControlUpdate,
     ExposureResult,
@@ -194,6 +195,12 @@ def run_session(
         low, high = protocol.schedule.span_hz
         calibration.gain_at(low)  # refuses a protocol outside the calibrated range
         calibration.gain_at(high)
+        # A fault latched by an earlier session (a host killed or frozen) is cleared here if
+        # the host may (docs/safety.md); otherwise PlateFaultLatchedError refuses before any
+        # row is written: no therapy ran, so nothing is recorded as if it had.
+        cleared = clear_latched_fault(device)
+        if cleared is not None:
+            _log.warning("cleared latched fault %s (plate at rest)", cleared.name)
         started = now()
         session_id = log.start_session(
             patient_id=protocol.patient_id,
@@ -214,7 +221,10 @@ def run_session(
         def checkpoint(clock: _DoseClock) -> None:
             try:
                 log.checkpoint(
-                    session_id, **_measured(clock, None), now_utc=now(), wait_s=CHECKPOINT_WAIT_S
+                    session_id,
+                    **_measured(clock, None, cleared),
+                    now_utc=now(),
+                    wait_s=CHECKPOINT_WAIT_S,
                 )
             except LogError as exc:
                 # The plate keeps running: the next checkpoint rewrites everything, and the
@@ -231,15 +241,17 @@ def run_session(
         with _sigterm_as_interrupt():
             result = run_exposure(device, calibration, settings, on_update=clock.update)
     status, reason = _status(result, clock)
-    measured = _measured(clock, result)
+    measured = _measured(clock, result, cleared)
     record = log.finish_session(
         session_id, status=status, reason=reason, ended_utc=now(), **measured
     )
     return SessionOutcome(decision, record, result, _sentence(status, reason, clock))
 
 
-def _measured(clock: _DoseClock, result: ExposureResult | None) -> dict[str, Any]:
-    events: list[dict[str, Any]] = []
+def _measured(
+    clock: _DoseClock, result: ExposureResult | None, cleared: ClearedFault | None
+) -> dict[str, Any]:
+    events: list[dict[str, Any]] = [] if cleared is None else [cleared.to_event()]
     if result is not None and result.trip is not None:
         trip = result.trip.to_dict()
         events.append(

@@ -446,10 +446,10 @@ class ServedPlate:
 
 
 @contextlib.contextmanager
-def served_plate(root: Path, speed: float = 1.0) -> Iterator[ServedPlate]:
-    """``liv sim serve --pty``; on exit SIGTERM, which writes the truth file."""
+def served_plate(root: Path, speed: float = 1.0, extra: str = "") -> Iterator[ServedPlate]:
+    """``liv sim serve --pty`` (``extra``: more sim:// settings); SIGTERM on exit writes truth."""
     truth_path = root / "served-truth.npz"
-    url = sim_url(truth_path) + ("" if speed == 1.0 else f"&speed={speed:g}")
+    url = sim_url(truth_path, extra) + ("" if speed == 1.0 else f"&speed={speed:g}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sessions.cli", "sim", "serve", "--pty", "--sim", url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
