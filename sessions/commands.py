@@ -43,11 +43,13 @@ def _home(args: argparse.Namespace) -> LivHome:
 
 
 @contextmanager
-def _open_log(args: argparse.Namespace) -> Iterator[SessionLog]:
+def _open_log(args: argparse.Namespace, *, read_only: bool = False) -> Iterator[SessionLog]:
+    """The session log; ``read_only`` (audits) never creates, migrates or writes it."""
     home = _home(args)
     path = home.db_path(getattr(args, "db", None))
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with SessionLog(path) as log:
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with SessionLog(path, read_only=read_only) as log:
         yield log
 
 
@@ -210,7 +212,7 @@ def _parse_date(text: str | None) -> date | None:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         records = log.sessions(
             patient_id=args.patient, since=_parse_date(args.since), until=_parse_date(args.until)
         )
@@ -260,7 +262,7 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         record = log.get(args.session_id)
     if args.svg:
         Path(args.svg).write_text(render_session_svg(record, standalone=True), encoding="utf-8")
@@ -277,7 +279,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         result = log.verify()
     if result.ok:
         print(f"log verified: {result.records_checked} finished records, every chain intact")
@@ -293,7 +295,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         out = Path(args.out) if args.out else None
         if out is None:
             count = (log.export_csv if args.format == "csv" else log.export_jsonl)(sys.stdout)
@@ -355,7 +357,7 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
 
 def cmd_report(args: argparse.Namespace) -> int:
     home = _home(args)
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         text = report_text(args, home, log, args.format)
     if args.out:
         out = Path(args.out)

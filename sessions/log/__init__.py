@@ -41,7 +41,9 @@ from sessions.log.errors import (
     _translate as _translate,
 )
 from sessions.log.exchange import (
+    FORMULA_TRIGGERS,
     SessionLog,
+    spreadsheet_text,
 )
 from sessions.log.records import (
     CHECKPOINT_INTERVAL_S,
@@ -77,6 +79,7 @@ __all__ = [
     "ENV_DB",
     "EXPORT_FIELDS",
     "FINAL_STATUSES",
+    "FORMULA_TRIGGERS",
     "GENESIS_HASH",
     "HASH_EXCLUDED",
     "MAX_NUMBER",
@@ -97,4 +100,5 @@ __all__ = [
     "default_db_path",
     "number_text",
     "record_hash",
+    "spreadsheet_text",
 ]

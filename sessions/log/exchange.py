@@ -192,8 +192,20 @@ def _csv_cell(value: Any) -> str:
     if isinstance(value, int | float):
         return number_text(value)
     if isinstance(value, str):
-        return value
+        return spreadsheet_text(value)
     return canonical_json(value)
+
+
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one leading ``'`` before a formula trigger.
+
+    A cell starting with = + - @ tab or CR is run as a formula by Excel, LibreOffice and
+    Google Sheets (CSV injection); the quote makes it plain text and is what a reader strips.
+    """
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
 
 
 def _bad_file(line_no: int, detail: str) -> LogError:

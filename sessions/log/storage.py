@@ -147,9 +147,16 @@ def _tighten(path: Path) -> None:
 class SessionStore:
     """The device's session log: one SQLite file, WAL, synchronous=FULL, private to the user."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0, read_only: bool = False) -> None:
+        """Open (and, unless ``read_only``, create) the log at ``path``.
+
+        ``read_only`` is for audits (verify, report, sessions, export): the file must exist and
+        is never created, migrated or written; a read-only copy (read-only files or folder)
+        opens too.
+        """
         self._busy_timeout_s = busy_timeout_s
         self.path = Path(path)
+        self.read_only = read_only
         self.log_id = ""
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -157,21 +164,66 @@ class SessionStore:
         self._running: set[str] = set()
         try:
             with _translate("open the session log", self.path):
-                self._prepare_file()
-                self._conn = sqlite3.connect(
-                    self.path,
-                    timeout=busy_timeout_s,
-                    isolation_level=None,  # transactions are explicit: BEGIN ... `with conn:`
-                    check_same_thread=False,  # guarded by self._lock instead
-                )
-                self._conn.row_factory = sqlite3.Row
-                self._configure(self._conn)
+                if read_only:
+                    self._conn = self._connect_read_only()
+                else:
+                    self._prepare_file()
+                    self._conn = sqlite3.connect(
+                        self.path,
+                        timeout=busy_timeout_s,
+                        isolation_level=None,  # transactions are explicit: BEGIN ... `with conn:`
+                        check_same_thread=False,  # guarded by self._lock instead
+                    )
+                    self._conn.row_factory = sqlite3.Row
+                    self._configure(self._conn)
                 self.log_id = self._open_schema()
-                for suffix in ("-wal", "-shm"):
-                    _tighten(self.path.with_name(self.path.name + suffix))
+                if not read_only:
+                    for suffix in ("-wal", "-shm"):
+                        _tighten(self.path.with_name(self.path.name + suffix))
         except BaseException:
             self.close()
             raise
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that can only read; refuses a missing file instead of creating it."""
+        if not self.path.exists():
+            raise LogError(
+                f"There is no session log at {self.path}; check the path (nothing was created).",
+                reason=LogErrorReason.CANNOT_OPEN,
+                path=self.path,
+            )
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(self.path))
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = self._try_connect(f"{uri}?mode=ro")
+        except sqlite3.Error as exc:
+            # A read-only folder or -shm file (a copied home, a write-protected card): SQLite
+            # cannot set up its shared-memory index. Without a write-ahead log holding
+            # committed pages, the main file alone is the whole log and can be read immutably.
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise
+            _log.info("session log %s opened immutably (%s)", self.path, exc)
+            conn = self._try_connect(f"{uri}?immutable=1")
+        return conn
+
+    def _try_connect(self, uri: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     # --- lifecycle ---
 
@@ -241,6 +293,8 @@ class SessionStore:
 
     def _open_schema(self) -> str:
         conn = self._connection()
+        if self._schema_version(conn) is None and self.read_only:
+            raise self._corrupt("it is empty or not a session log")
         if self._schema_version(conn) is None:
             with self._write() as tx:
                 if self._schema_version(tx) is None:  # nobody created it meanwhile
@@ -268,7 +322,7 @@ class SessionStore:
                 reason=LogErrorReason.NEWER_SCHEMA,
                 path=self.path,
             )
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION and not self.read_only:
             self._migrate(version)
         row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         if row is None or not isinstance(row[0], str) or not row[0]:
