@@ -7,6 +7,7 @@ Every expected failure ends in one clear sentence on stderr and a non-zero exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from firmware_bridge.realtime import single_threaded_numerics
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.serve import serve_pty, serve_tcp
 from sessions import commands as commands_mod
+from sessions.runner import SessionStoppedError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -385,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SessionStoppedError as exc:  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
+        _tell(f"liv: {exc}")
+        return EXIT_INTERRUPTED
     except LivError as exc:
         print(f"liv: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -398,6 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"liv: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
     return code
+
+
+def _tell(sentence: str) -> None:
+    """The one sentence on stderr; a closed terminal (SIGHUP) must not turn it into a crash."""
+    with contextlib.suppress(OSError):
+        print(sentence, file=sys.stderr)
 
 
 if __name__ == "__main__":

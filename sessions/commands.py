@@ -7,7 +7,12 @@ LivError whose message is the one sentence the person sees (sessions/cli.py prin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import io
 import json
+import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -32,10 +37,20 @@ from sessions.report import (
     render_session_svg,
     render_table,
 )
-from sessions.runner import Progress, SessionOutcome, run_session, utc_now
+from sessions.runner import (
+    STOP_PIPE,
+    STOP_SIGHUP,
+    Progress,
+    SessionOutcome,
+    StopRequest,
+    run_session,
+    utc_now,
+)
 from sessions.scheduling import day_summary, decide
 
 EXIT_REFUSED = 1
+
+_log = logging.getLogger(__name__)
 
 
 def _home(args: argparse.Namespace) -> LivHome:
@@ -98,12 +113,17 @@ def cmd_device_set(args: argparse.Namespace) -> int:
 
 
 class ProgressLine:
-    """One line the patient watches; rewritten in place on a terminal, sparse otherwise."""
+    """One line the patient watches; rewritten in place on a terminal, sparse otherwise.
+
+    A closed output (``liv start | head``: EPIPE; a hung-up terminal: EIO) stops the session
+    as Ctrl-C does, once (:class:`StopRequest`); later output goes to /dev/null instead.
+    """
 
     def __init__(self, out: TextIO, target_g: float) -> None:
         self.out = out
         self.tty = out.isatty()
         self.target_g = target_g
+        self.closed = False
         self._last_state = ""
         self._last_print = -1e9
 
@@ -114,42 +134,71 @@ class ProgressLine:
             f"{minutes:2d}:{seconds:02d} left at dose | {amp} g of {p.target_g:.3f} g | {p.state}"
         )
         if self.tty:
-            self.out.write("\r" + text.ljust(72))
-            self.out.flush()
+            self.write("\r" + text.ljust(72))
         elif p.state != self._last_state or p.at_dose_s - self._last_print >= 60.0:
-            self.out.write(text + "\n")
+            self.write(text + "\n")
             self._last_print = p.at_dose_s
         self._last_state = p.state
 
+    def say(self, text: str) -> None:
+        """A line the patient must read; on stderr when the output is closed."""
+        self.write(text + "\n", stop=False)
+        if self.closed:
+            with contextlib.suppress(OSError):
+                print(text, file=sys.stderr)
+
     def finish(self) -> None:
         if self.tty:
-            self.out.write("\n")
+            self.write("\n", stop=False)
+
+    def write(self, text: str, stop: bool = True) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()  # a closed pipe shows now, not at exit
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self._close_output()
+            if stop:
+                raise StopRequest(STOP_SIGHUP if exc.errno == errno.EIO else STOP_PIPE) from None
+
+    def _close_output(self) -> None:
+        self.closed = True
+        _log.warning("the output is closed; the session stops and prints go to /dev/null")
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())  # the interpreter's last flush cannot fail
+            os.close(devnull)
 
 
 def start_session(
     args: argparse.Namespace, home: LivHome, device_url: str, out: TextIO
 ) -> SessionOutcome:
+    """Run the session due now and tell the patient its outcome in one sentence."""
     protocol = home.protocol()
     display = ProgressLine(out, protocol.target_g)
     with _open_log(args) as log:
         try:
-            return run_session(
+            outcome = run_session(
                 protocol=protocol,
                 log=log,
                 device_url=device_url,
                 calibrations=home.calibrations(getattr(args, "calibration_dir", None)),
                 override_reason=getattr(args, "override", None),
                 on_progress=display,
-                on_decision=lambda d: print(d.message, file=out),
+                on_decision=lambda d: display.write(d.message + "\n"),
             )
         finally:
             display.finish()
+    display.say(outcome.message)
+    return outcome
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     home = _home(args)
     outcome = start_session(args, home, home.device(args.device), sys.stdout)
-    print(outcome.message)
     status = outcome.record.status
     if status is SessionStatus.COMPLETED:
         return 0
@@ -412,8 +461,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"plate: {sim_url} (a 70 kg patient, as fast as the computer runs)\n")
     args.device = None
     args.override = None
-    outcome = start_session(args, home, sim_url, sys.stdout)
-    print(outcome.message)
+    start_session(args, home, sim_url, sys.stdout)
     print()
     with _open_log(args) as log:
         sessions = log.sessions(patient_id=protocol.patient_id)

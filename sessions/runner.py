@@ -3,14 +3,17 @@
 The session clock counts only time at dose: in the hold, somebody on the plate, and the
 measured amplitude within the protocol's tolerance of the target. The row is written when the
 session starts and checkpointed every CHECKPOINT_S (wall clock or device time, whichever comes
-first), so a crash or a kill loses at most those seconds; Ctrl-C and SIGTERM ramp the plate
-down and record the session as stopped by the patient.
+first), so a crash or a kill loses at most those seconds. The control loop only hands each
+checkpoint to a writer thread (:class:`_CheckpointWriter`): no control update waits on SQLite.
+Ctrl-C, SIGTERM, SIGHUP (terminal closed) and a closed output pipe raise :class:`StopRequest`:
+the plate ramps down and the session is recorded as stopped, with the true reason.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,9 +42,11 @@ from sessions.scheduling import Decision, decide
 _log = logging.getLogger(__name__)
 
 CHECKPOINT_S = 5.0
-# A checkpoint runs inside the control loop: it may wait this long for a locked database, a
-# fraction of the plate's 0.5 s watchdog, and is otherwise retried at the next checkpoint.
-CHECKPOINT_WAIT_S = 0.1
+# A checkpoint is written by the writer thread, off the control path: it may wait this long
+# for a locked database (the next snapshot replaces it meanwhile) and is otherwise retried with
+# the next one.
+CHECKPOINT_WAIT_S = 2.0
+WRITER_JOIN_S = 10.0  # at the end, how long the last checkpoint write may still take
 ENVELOPE_EVERY_S = 0.1  # about 10 points a second for plots
 UNLOADED_LIMIT_S = 120.0  # nobody on the plate this long ends the session
 HOLD_CAP_FACTOR = 3.0  # the hold never exceeds 3x the minutes still due (pauses included)
@@ -59,6 +64,34 @@ class NoCalibrationError(LivError):
     pass
 
 
+class StopRequest(KeyboardInterrupt):
+    """Stop the session softly, as Ctrl-C does; ``reason`` is what the record says."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+STOP_CTRL_C = "stopped by the patient (Ctrl-C)"
+STOP_SIGTERM = "stopped by the patient (a stop signal, SIGTERM)"
+STOP_SIGHUP = "stopped: the terminal was closed (SIGHUP)"
+STOP_PIPE = "stopped: the output pipe was closed"
+_SIGNAL_REASONS: dict[int, str] = {
+    signal.SIGINT: STOP_CTRL_C,
+    signal.SIGTERM: STOP_SIGTERM,
+    signal.SIGHUP: STOP_SIGHUP,
+}
+
+
+class SessionStoppedError(LivError):
+    """The patient (or a signal) stopped ``liv start`` before the session row was written."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason[0].upper()}{reason[1:]} before the session started; no "
+                         "session was recorded.")  # fmt: skip
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Progress:
     """What the patient sees, once per control update."""
@@ -74,7 +107,7 @@ class Progress:
 class SessionOutcome:
     decision: Decision
     record: SessionRecord
-    result: ExposureResult
+    result: ExposureResult | None  # None: stopped before the loop ran
     message: str  # one sentence for the patient
 
 
@@ -111,6 +144,10 @@ class _DoseClock:
     @property
     def done(self) -> bool:
         return self.at_dose_s >= self.goal_s - 1e-9
+
+    @property
+    def last_t_s(self) -> float:
+        return self._last_t
 
     def update(self, u: ControlUpdate) -> bool:
         dt = max(0.0, u.t_s - self._last_t)
@@ -150,18 +187,124 @@ class _DoseClock:
         return self.done or self.stopped_unloaded
 
 
+class _Stops:
+    """Why the session is being stopped; signals become :class:`StopRequest` with the reason.
+
+    While ``deferred`` (the record is being written at the end) a signal is only noted, so a
+    second Ctrl-C cannot leave the session unrecorded.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.deferred = False
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if not self.deferred:
+            raise StopRequest(reason)
+
+    def note(self, exc: BaseException) -> None:
+        """Remember the reason of a KeyboardInterrupt that did not come from a handler here."""
+        if self.reason is None:
+            self.reason = exc.reason if isinstance(exc, StopRequest) else STOP_CTRL_C
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a shutdown, a service manager) stops the session as Ctrl-C does."""
+def _stop_signals(stops: _Stops) -> Iterator[None]:
+    """SIGINT, SIGTERM (a shutdown, a service manager) and SIGHUP stop the session softly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        stops.stop(_SIGNAL_REASONS.get(signum, STOP_CTRL_C))
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in _SIGNAL_REASONS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class _CheckpointWriter:
+    """Writes checkpoints on its own thread, so no control update waits on the log.
+
+    The control loop hands over a snapshot (:meth:`submit`: a lock held for a pointer swap);
+    the thread writes the newest snapshot and drops older ones it had no time for, so a slow or
+    locked database delays the record, never the plate. Failures are counted and kept for the
+    record (``log_write_failed``).
+    """
+
+    def __init__(self, log: SessionLog, session_id: str) -> None:
+        self._log = log
+        self._session_id = session_id
+        self._cond = threading.Condition()
+        self._pending: tuple[dict[str, Any], datetime, float] | None = None
+        self._closing = False
+        self.written = 0
+        self.failures = 0
+        self.first_failure: tuple[float, LogError] | None = None
+        self.last_failure: LogError | None = None
+        self._thread = threading.Thread(target=self._run, name="liv-checkpoint", daemon=True)
+        self._thread.start()
+
+    def submit(self, measured: dict[str, Any], now_utc: datetime, t_s: float) -> None:
+        with self._cond:
+            self._pending = (measured, now_utc, t_s)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the thread (a snapshot not yet written is dropped: the final record follows)."""
+        with self._cond:
+            self._closing = True
+            self._pending = None
+            self._cond.notify()
+        self._thread.join(WRITER_JOIN_S)
+        if self._thread.is_alive():
+            _log.warning("the checkpoint writer did not finish within %g s", WRITER_JOIN_S)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                assert self._pending is not None
+                (measured, now_utc, t_s), self._pending = self._pending, None
+            try:
+                self._log.checkpoint(
+                    self._session_id, **measured, now_utc=now_utc, wait_s=CHECKPOINT_WAIT_S
+                )
+                self.written += 1
+            except LogError as exc:
+                # The plate keeps running: the next checkpoint rewrites everything, and the
+                # final write reports a log that stays unwritable.
+                _log.warning("checkpoint not written (%s); retrying with the next one", exc)
+                self.failures += 1
+                self.last_failure = exc
+                if self.first_failure is None:
+                    self.first_failure = (t_s, exc)
+
+    def failure_event(self) -> dict[str, Any] | None:
+        """The record's ``log_write_failed`` event, if any checkpoint could not be written."""
+        if self.first_failure is None or self.last_failure is None:
+            return None
+        t_s, first = self.first_failure
+        return {
+            "reason": "log_write_failed",
+            "t_s": t_s,
+            "text": "the session log could not be written during the session",
+            "detail": f"{self.failures} checkpoint(s) not written; first: {first}",
+            "values": {
+                "checkpoints_failed": self.failures,
+                "checkpoints_written": self.written,
+                "first_error": first.reason.value,
+                "last_error": self.last_failure.reason.value,
+            },
+        }
 
 
 def run_session(
@@ -176,7 +319,36 @@ def run_session(
     now: Callable[[], datetime] = utc_now,
     wall: Callable[[], float] = time.monotonic,
 ) -> SessionOutcome:
-    """Run the session due now. Raises SessionRefusedError (with the reason) if none is."""
+    """Run the session due now. Raises SessionRefusedError (with the reason) if none is.
+
+    A stop (Ctrl-C, SIGTERM, SIGHUP, a closed output pipe) before the session row is written
+    raises :class:`SessionStoppedError` naming it; after, the session is recorded as stopped.
+    """
+    stops = _Stops()
+    with _stop_signals(stops):
+        try:
+            return _run_session(
+                protocol, log, device_url, calibrations, override_reason, on_progress,
+                on_decision, now, wall, stops,
+            )  # fmt: skip
+        except KeyboardInterrupt as exc:
+            stops.note(exc)
+            assert stops.reason is not None
+            raise SessionStoppedError(stops.reason) from None
+
+
+def _run_session(
+    protocol: PatientProtocol,
+    log: SessionLog,
+    device_url: str,
+    calibrations: CalibrationStore,
+    override_reason: str | None,
+    on_progress: Callable[[Progress], None] | None,
+    on_decision: Callable[[Decision], None] | None,
+    now: Callable[[], datetime],
+    wall: Callable[[], float],
+    stops: _Stops,
+) -> SessionOutcome:
     log.recover_interrupted(now())
     history = log.sessions(patient_id=protocol.patient_id)
     decision = decide(protocol, history, now(), override_reason)
@@ -217,31 +389,35 @@ def run_session(
             override_reason=decision.override_reason,
             resumed_from=decision.resumed_from,
         )
-
-        def checkpoint(clock: _DoseClock) -> None:
-            try:
-                log.checkpoint(
-                    session_id,
-                    **_measured(clock, None, cleared),
-                    now_utc=now(),
-                    wait_s=CHECKPOINT_WAIT_S,
-                )
-            except LogError as exc:
-                # The plate keeps running: the next checkpoint rewrites everything, and the
-                # final write reports a log that stays unwritable.
-                _log.warning("checkpoint not written (%s); retrying at the next one", exc)
-
-        clock = _DoseClock(protocol, decision.minutes, checkpoint, on_progress, wall)
-        settings = ExposureSettings(
-            target_g=protocol.target_g,
-            hold_s=decision.minutes * 60.0 * HOLD_CAP_FACTOR,
-            schedule=protocol.schedule,
-            measure_exposure=True,
+        # From here on the row exists: every way out records the session.
+        writer = _CheckpointWriter(log, session_id)
+        result: ExposureResult | None = None
+        clock = _DoseClock(
+            protocol,
+            decision.minutes,
+            lambda c: writer.submit(_measured(c, None, cleared), now(), c.last_t_s),
+            on_progress,
+            wall,
         )
-        with _sigterm_as_interrupt():
+        try:
+            settings = ExposureSettings(
+                target_g=protocol.target_g,
+                hold_s=decision.minutes * 60.0 * HOLD_CAP_FACTOR,
+                schedule=protocol.schedule,
+                measure_exposure=True,
+            )
             result = run_exposure(device, calibration, settings, on_update=clock.update)
-    status, reason = _status(result, clock)
-    measured = _measured(clock, result, cleared)
+        except KeyboardInterrupt as exc:
+            # Before the loop ran, or a second stop during its ramp-down: the client's close
+            # switches the output off (the firmware ramps it to zero).
+            stops.note(exc)
+        finally:
+            stops.deferred = True
+            writer.close()
+    if result is not None and result.status is ExposureStatus.STOPPED_BY_USER:
+        stops.note(KeyboardInterrupt())
+    status, reason = _status(result, clock, stops.reason)
+    measured = _measured(clock, result, cleared, writer.failure_event())
     record = log.finish_session(
         session_id, status=status, reason=reason, ended_utc=now(), **measured
     )
@@ -249,9 +425,14 @@ def run_session(
 
 
 def _measured(
-    clock: _DoseClock, result: ExposureResult | None, cleared: ClearedFault | None
+    clock: _DoseClock,
+    result: ExposureResult | None,
+    cleared: ClearedFault | None,
+    log_failure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     events: list[dict[str, Any]] = [] if cleared is None else [cleared.to_event()]
+    if log_failure is not None:
+        events.append(log_failure)
     if result is not None and result.trip is not None:
         trip = result.trip.to_dict()
         events.append(
@@ -268,11 +449,15 @@ def _measured(
     }
 
 
-def _status(result: ExposureResult, clock: _DoseClock) -> tuple[str, str]:
+def _status(
+    result: ExposureResult | None, clock: _DoseClock, stop_reason: str | None
+) -> tuple[str, str]:
+    if result is None:
+        return "stopped_by_patient", stop_reason or STOP_CTRL_C
     if result.status is ExposureStatus.TRIPPED and result.trip is not None:
         return "tripped", f"{result.trip.text}: {result.trip.detail}"
     if result.status is ExposureStatus.STOPPED_BY_USER:
-        return "stopped_by_patient", "stopped by the patient (Ctrl-C or a stop signal)"
+        return "stopped_by_patient", stop_reason or STOP_CTRL_C
     if clock.stopped_unloaded:
         return "stopped_by_patient", (
             f"nobody on the plate for {UNLOADED_LIMIT_S / 60:.0f} minutes"

@@ -658,18 +658,24 @@ def judge_disk_full(
     sentence = assert_one_sentence(out, err, "liv: Could not save the end of the session: ")
     assert says in sentence
 
-    # (b) with room again the log opens, holds the session and recovers it as interrupted;
-    # what is lost is at most the checkpoints that could not be written (and the tail after)
+    # (b) with room again the log opens and holds the session as its last checkpoint left it
+    # (at most the checkpoints that could not be written, and the tail after, behind)
     checkpointed = running_row(home.db_path())
     assert checkpointed is not None, "the session's row did not survive"
     recorded_s = checkpointed[0] * 60.0
     assert 0.0 <= recorded_s < delivered_s
     assert delivered_s - recorded_s <= (failed_checkpoints + 1) * CHECKPOINT_S + 0.5
-    assert liv_start(home, calibration_dir, sim_url()) == 0
-    first, second = records(home)
+    # the next start records it with the true reason, the log failure (never "crash, kill or
+    # power loss"), and keeps the dose the session had delivered when it ended: the slot is
+    # done, so the start itself is refused until the gap
+    assert liv_start(home, calibration_dir, sim_url()) == 1
+    (first,) = records(home)
     assert first.status is SessionStatus.INTERRUPTED
-    assert first.minutes_at_dose == pytest.approx(checkpointed[0], abs=1e-6)
-    assert second.resumed_from == first.session_id
+    assert "the session log could not be written when the session ended" in first.reason
+    assert "crash, kill or power loss" not in first.reason
+    assert "ended completed (prescribed minutes at dose delivered)" in first.reason
+    assert first.minutes_at_dose == pytest.approx(1.0)
+    assert first.minutes_at_dose * 60.0 <= delivered_s + 0.5
     # (c)
     liv_verify(home, capsys)
 

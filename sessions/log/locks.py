@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+NOTE_BYTES = 4096  # a lock file's reserved size: room for one note
 
 if sys.platform != "win32":
     import fcntl
@@ -26,6 +31,7 @@ class _SessionLocks:
     def __init__(self, db_path: Path) -> None:
         self.folder = db_path.with_name(db_path.name + ".running")
         self._held: dict[str, int] = {}
+        self._noted: set[str] = set()  # lock files that carry a note: kept on release
 
     def _file(self, session_id: str) -> Path:
         return self.folder / f"{session_id}.lock"
@@ -43,14 +49,53 @@ class _SessionLocks:
         except OSError:
             os.close(fd)
             raise
+        # Room for a note, reserved now: a disk that fills up later cannot refuse it.
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, 0, NOTE_BYTES)
         self._held[session_id] = fd
+
+    def write_note(self, session_id: str, note: Mapping[str, Any]) -> bool:
+        """Keep ``note`` (JSON) in the session's lock file for recovery; True if it was kept.
+
+        For a session whose end could not be written to the log (disk full, locked): the next
+        recovery records why, instead of the generic crash reason. The file is then kept when
+        the lock is released.
+        """
+        fd = self._held.get(session_id)
+        if fd is None:
+            return False
+        data = json.dumps(note, ensure_ascii=True, allow_nan=False).encode("ascii")
+        if len(data) > NOTE_BYTES:
+            return False
+        try:
+            os.pwrite(fd, data.ljust(NOTE_BYTES, b" "), 0)
+            os.fsync(fd)
+        except OSError as exc:
+            _log.warning("could not keep the note for session %s: %r", session_id, exc)
+            return False
+        self._noted.add(session_id)
+        return True
+
+    def read_note(self, session_id: str) -> dict[str, Any] | None:
+        """The note a process left in the session's lock file, or None."""
+        try:
+            data = self._file(session_id).read_bytes()
+        except OSError:
+            return None
+        try:
+            note = json.loads(data.decode("ascii").strip() or "null")
+        except ValueError:
+            return None
+        return note if isinstance(note, dict) else None
 
     def release(self, session_id: str) -> None:
         fd = self._held.pop(session_id, None)
         if fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.unlink(self._file(session_id))
+        if session_id not in self._noted:
+            with contextlib.suppress(OSError):
+                os.unlink(self._file(session_id))
+        self._noted.discard(session_id)
         os.close(fd)
 
     def is_live(self, session_id: str) -> bool:

@@ -30,6 +30,10 @@ MAX_NUMBER = 1e9  # floats are refused beyond this magnitude (six decimals stay 
 RECOVERY_REASON = (
     "process ended without closing the session (crash, kill or power loss); recovered {stamp}"
 )
+LOG_FAILURE_REASON = (
+    "the session log could not be written when the session ended ({error}: {sentence}); the "
+    "session itself ended {status} ({outcome}); recovered {stamp}"
+)
 ENV_DB = "LIV_DB"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -38,6 +38,7 @@ from sessions.log.records import (
     ENV_DB,
     FINAL_STATUSES,
     GENESIS_HASH,
+    LOG_FAILURE_REASON,
     RECOVERY_REASON,
     SCHEMA_VERSION,
     BadRecord,
@@ -52,6 +53,20 @@ if sys.platform != "win32":
     pass
 
 _log = logging.getLogger(__name__)
+
+# A final write that failed for one of these leaves a note for recovery (docs/log-format.md).
+_STORAGE_FAILURES = frozenset(
+    {
+        LogErrorReason.LOCKED,
+        LogErrorReason.DISK_FULL,
+        LogErrorReason.IO,
+        LogErrorReason.READ_ONLY,
+        LogErrorReason.PERMISSION,
+        LogErrorReason.CANNOT_OPEN,
+        LogErrorReason.OTHER,
+    }
+)
+_NOTE_TEXT = 600  # characters kept of each text in a note
 
 _log = logging.getLogger(__name__)
 
@@ -575,12 +590,30 @@ class SessionStore:
             ended_utc=_iso(ended),
             last_checkpoint_utc=_iso(ended),
         )
-        with _translate("save the end of the session", self.path), self._lock:
-            with self._write() as tx:
-                raw = self._chain(tx, session_id, changes)
-            self._running.discard(session_id)
-            self._locks.release(session_id)
+        try:
+            with _translate("save the end of the session", self.path), self._lock:
+                with self._write() as tx:
+                    raw = self._chain(tx, session_id, changes)
+                self._running.discard(session_id)
+                self._locks.release(session_id)
+        except LogError as exc:
+            if exc.reason in _STORAGE_FAILURES:
+                self._note_failure(session_id, exc, changes)
+            raise
         return self._typed(raw)
+
+    def _note_failure(self, session_id: str, exc: LogError, changes: Mapping[str, Any]) -> None:
+        """Leave why the end could not be written where the next recovery finds it."""
+        note = {
+            "log_error": exc.reason.value,
+            "log_error_text": str(exc)[:_NOTE_TEXT],
+            "status": changes["status"],
+            "reason": str(changes["reason"])[:_NOTE_TEXT],
+            "minutes_at_dose": changes["minutes_at_dose"],
+            "ended_utc": changes["ended_utc"],
+        }
+        if self._locks.write_note(session_id, note):
+            _log.warning("session %s: the log could not be written; noted why", session_id)
 
     def recover_interrupted(self, now_utc: datetime) -> list[SessionRecord]:
         """Close every running session whose process has ended as ``interrupted`` and chain it.
@@ -598,18 +631,61 @@ class SessionStore:
             ).fetchall()
             for row in rows:
                 session_id = row["session_id"]
+                noted = self._locks.read_note(session_id)  # before is_live removes a stale file
                 if session_id in self._running or self._locks.is_live(session_id):
                     _log.info("session %s is still running in another process", session_id)
                     continue
                 ended = row["last_checkpoint_utc"] or row["started_utc"]
-                changes = {
+                changes: dict[str, Any] = {
                     "status": SessionStatus.INTERRUPTED.value,
                     "reason": RECOVERY_REASON.format(stamp=stamp),
                     "ended_utc": ended,
                 }
+                changes.update(self._noted_failure(tx, session_id, noted, stamp))
                 recovered.append(self._chain(tx, session_id, changes))
                 _log.warning("recovered interrupted session %s", session_id)
         return [self._typed(raw) for raw in recovered]
+
+    def _noted_failure(
+        self, tx: sqlite3.Connection, session_id: str, note: dict[str, Any] | None, stamp: str
+    ) -> dict[str, Any]:
+        """What a note left by a failed final write changes in the recovered record.
+
+        The reason names the log failure (never the crash default) and the dose the session
+        had delivered when it ended is kept. A note that does not make sense is ignored.
+        """
+        if note is None:
+            return {}
+        row = tx.execute(
+            "SELECT started_utc, minutes_at_dose, minutes_prescribed FROM sessions "
+            "WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
+        try:
+            error = LogErrorReason(note["log_error"])
+            status = SessionStatus(note["status"])
+            minutes = _quantize(note["minutes_at_dose"], "minutes_at_dose")
+            ended = _utc(datetime.fromisoformat(note["ended_utc"]), "ended_utc")
+            started = datetime.fromisoformat(row["started_utc"])
+            texts = [_text(note[k], k, allow_empty=True) for k in ("log_error_text", "reason")]
+        except (KeyError, TypeError, ValueError, LogError) as exc:
+            _log.warning("session %s: ignoring an unreadable failure note (%r)", session_id, exc)
+            return {}
+        if not 0.0 <= minutes <= float(row["minutes_prescribed"]) + 1e-6 or ended < started:
+            _log.warning("session %s: ignoring a failure note out of range", session_id)
+            return {}
+        sentence, outcome = texts
+        return {
+            "reason": LOG_FAILURE_REASON.format(
+                error=error.value,
+                sentence=sentence.rstrip("."),
+                status=status.value,
+                outcome=outcome or "no reason given",
+                stamp=stamp,
+            ),
+            "ended_utc": _iso(ended),
+            "minutes_at_dose": max(minutes, float(row["minutes_at_dose"])),
+        }
 
     def _exists(self, conn: sqlite3.Connection, session_id: str) -> bool:
         row = conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,))
