@@ -74,8 +74,8 @@ class StopRequest(KeyboardInterrupt):
 
 STOP_CTRL_C = "stopped by the patient (Ctrl-C)"
 STOP_SIGTERM = "stopped by the patient (a stop signal, SIGTERM)"
-STOP_SIGHUP = "stopped: the terminal was closed (SIGHUP)"
-STOP_PIPE = "stopped: the output pipe was closed"
+STOP_SIGHUP = "the terminal was closed (SIGHUP)"
+STOP_PIPE = "the output pipe was closed"
 _SIGNAL_REASONS: dict[int, str] = {
     signal.SIGINT: STOP_CTRL_C,
     signal.SIGTERM: STOP_SIGTERM,
@@ -133,6 +133,7 @@ class _DoseClock:
         self.envelope: list[tuple[float, float]] = []
         self.freqs: set[float] = set()
         self.stopped_unloaded = False
+        self.stop_reason: str | None = None  # a StopRequest raised by on_progress
         self._checkpoint = checkpoint
         self._on_progress = on_progress
         self._wall = wall
@@ -176,12 +177,16 @@ class _DoseClock:
             self._checkpoint(self)
             self._last_wall, self._last_device = now, u.t_s
         if self._on_progress is not None:
-            self._on_progress(
-                Progress(
-                    max(0.0, self.goal_s - self.at_dose_s), self.at_dose_s, u.measured_g,
-                    target, state,
-                )
-            )  # fmt: skip
+            try:
+                self._on_progress(
+                    Progress(
+                        max(0.0, self.goal_s - self.at_dose_s), self.at_dose_s, u.measured_g,
+                        target, state,
+                    )
+                )  # fmt: skip
+            except StopRequest as exc:  # e.g. the display found its output closed
+                self.stop_reason = self.stop_reason or exc.reason
+                raise
         if self.unloaded_run_s >= UNLOADED_LIMIT_S:
             self.stopped_unloaded = True
         return self.done or self.stopped_unloaded
@@ -414,6 +419,8 @@ def _run_session(
         finally:
             stops.deferred = True
             writer.close()
+    if clock.stop_reason is not None:
+        stops.note(StopRequest(clock.stop_reason))
     if result is not None and result.status is ExposureStatus.STOPPED_BY_USER:
         stops.note(KeyboardInterrupt())
     status, reason = _status(result, clock, stops.reason)
