@@ -195,8 +195,8 @@ class _DoseClock:
 class _Stops:
     """Why the session is being stopped; signals become :class:`StopRequest` with the reason.
 
-    While ``deferred`` (the record is being written at the end) a signal is only noted, so a
-    second Ctrl-C cannot leave the session unrecorded.
+    While ``deferred`` (the row is being written at the start, the record at the end) a signal
+    is only noted and acted on after, so a stop cannot leave a session unrecorded.
     """
 
     def __init__(self) -> None:
@@ -379,6 +379,7 @@ def _run_session(
         if cleared is not None:
             _log.warning("cleared latched fault %s (plate at rest)", cleared.name)
         started = now()
+        stops.deferred = True  # a stop while the row is written takes effect right after it
         session_id = log.start_session(
             patient_id=protocol.patient_id,
             device_id=info.device_id,
@@ -395,6 +396,7 @@ def _run_session(
             resumed_from=decision.resumed_from,
         )
         # From here on the row exists: every way out records the session.
+        stops.deferred = False
         writer = _CheckpointWriter(log, session_id)
         result: ExposureResult | None = None
         clock = _DoseClock(
@@ -405,6 +407,8 @@ def _run_session(
             wall,
         )
         try:
+            if stops.reason is not None:
+                raise StopRequest(stops.reason)
             settings = ExposureSettings(
                 target_g=protocol.target_g,
                 hold_s=decision.minutes * 60.0 * HOLD_CAP_FACTOR,

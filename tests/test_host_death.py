@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,9 +30,11 @@ from controller.faults import (
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import DeviceFaultError
 from firmware_bridge.protocol import FaultCode
+from sessions.cli import main
 from sessions.log import SessionStatus
 from tests.test_fault_matrix import (
     DEVICE_ID,
+    REPO,
     Truth,
     assert_one_sentence,
     finish,
@@ -97,6 +101,38 @@ def test_a_killed_liv_start_leaves_a_plate_the_next_start_can_use(
     assert cleared["values"]["output_on"] is False
     assert "drive 0" in cleared["detail"]
     liv_verify(home, capsys)
+
+
+def test_liv_run_after_a_killed_liv_run_clears_the_watchdog_fault(
+    tmp_path: Path, calibration_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def liv_run(device: str, seconds: float) -> list[str]:
+        return ["run", "--device", device, "--freq", "45", "--seconds", f"{seconds:g}",
+                "--calibration-dir", str(calibration_dir)]  # fmt: skip
+
+    with served_plate(tmp_path, speed=SPEED) as plate:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sessions.cli", *liv_run(plate.device, 60)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+        try:
+            time.sleep(2.5)  # start-up, then some 10 s of plate time in the hold
+            assert proc.poll() is None, proc.communicate()
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            finish(proc)
+        time.sleep(0.5)
+        capsys.readouterr()
+        code = main(liv_run(plate.device, 2))
+        out, err = capsys.readouterr()
+        time.sleep(0.2)
+    truth = Truth.load(plate.truth_path)
+    assert "fault:HOST_WATCHDOG" in truth.events
+    assert code == 0, out + err
+    assert "cleared fault     HOST_WATCHDOG latched before the run (plate at rest)" in out
+    assert "outcome           completed" in out
+    later = truth.t_s > truth.events["fault:HOST_WATCHDOG"] + 1.0
+    assert np.max(np.abs(truth.drive[later])) > 0.0, "the plate never ran again"
 
 
 def test_a_hot_coil_is_not_cleared_and_the_patient_is_told_to_let_it_cool() -> None:
