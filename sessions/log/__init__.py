@@ -26,17 +26,29 @@ Every message is one sentence a patient can read; no sqlite3 or OS exception esc
 
 from __future__ import annotations
 
+# Every name of the former single module sessions/log.py is importable from here, the private
+# helpers included (imported "as" themselves), so code written against it keeps working.
+from sessions.log.canonical import _canon as _canon
+from sessions.log.canonical import _float_text as _float_text
 from sessions.log.canonical import (
     canonical_json,
     number_text,
     record_hash,
 )
+from sessions.log.chain import _bad as _bad
+from sessions.log.chain import _content_bad as _content_bad
+from sessions.log.chain import _content_problem as _content_problem
+from sessions.log.chain import _Entry as _Entry
+from sessions.log.chain import _index_key as _index_key
+from sessions.log.chain import _link_bad as _link_bad
+from sessions.log.chain import _verify_chains as _verify_chains
 from sessions.log.errors import (
     _explain_os as _explain_os,
 )
 from sessions.log.errors import (
     _explain_sqlite as _explain_sqlite,
 )
+from sessions.log.errors import _invalid as _invalid
 from sessions.log.errors import (
     _translate as _translate,
 )
@@ -45,6 +57,25 @@ from sessions.log.exchange import (
     SessionLog,
     spreadsheet_text,
 )
+from sessions.log.exchange import _bad_file as _bad_file
+from sessions.log.exchange import _csv_cell as _csv_cell
+from sessions.log.exchange import _read_import as _read_import
+from sessions.log.fields import _columns_from_raw as _columns_from_raw
+from sessions.log.fields import _free_json as _free_json
+from sessions.log.fields import _iso as _iso
+from sessions.log.fields import _measured_columns as _measured_columns
+from sessions.log.fields import _optional_quantize as _optional_quantize
+from sessions.log.fields import _parse_moment as _parse_moment
+from sessions.log.fields import _quantize as _quantize
+from sessions.log.fields import _raw_from_row as _raw_from_row
+from sessions.log.fields import _record_from_raw as _record_from_raw
+from sessions.log.fields import _text as _text
+from sessions.log.fields import _utc as _utc
+from sessions.log.fields import _want as _want
+from sessions.log.fields import _zone as _zone
+from sessions.log.locks import _SessionLocks as _SessionLocks
+from sessions.log.records import _HEX64 as _HEX64
+from sessions.log.records import _JSON_COLUMNS as _JSON_COLUMNS
 from sessions.log.records import (
     CHECKPOINT_INTERVAL_S,
     ENV_DB,
@@ -68,10 +99,13 @@ from sessions.log.records import (
     SessionStatus,
     VerifyResult,
 )
+from sessions.log.storage import _MIGRATIONS as _MIGRATIONS
+from sessions.log.storage import _SCHEMA_V1 as _SCHEMA_V1
 from sessions.log.storage import (
     SessionStore,
     default_db_path,
 )
+from sessions.log.storage import _tighten as _tighten
 
 __all__ = [
     "CHECKPOINT_INTERVAL_S",
