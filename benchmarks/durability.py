@@ -19,7 +19,9 @@ A cross-check that needs no display: ``speed x (kill - last checkpoint)`` of wal
 at the dose still due, assumes the plate was at dose since the checkpoint (an upper estimate
 in the hold; it ignores a host running behind the plate). Checkpoints come every 5 s of plate
 time (sessions/runner.py CHECKPOINT_S, wall or device clock, whichever first): at speed 20 the
-device clock sets the cadence, so the expected worst case is about 5 s.
+device clock sets the cadence, so the expected worst case is about 5 s. The control loop hands
+each checkpoint to a writer thread; a kill while a write is under way loses that snapshot too,
+so the bound is the cadence plus the time of one write.
 
 Prints a table and writes JSON (``--json -`` for stdout).
 """

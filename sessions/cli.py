@@ -7,6 +7,7 @@ Every expected failure ends in one clear sentence on stderr and a non-zero exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.calibration import Calibration, CalibrationStore, identify
+from controller.faults import clear_latched_fault
 from controller.loop import ExposureSettings, ExposureStatus, run_exposure
 from controller.openloop import drive_open_loop
 from controller.safety import SafetyLimits
@@ -29,6 +31,7 @@ from firmware_bridge.realtime import single_threaded_numerics
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.serve import serve_pty, serve_tcp
 from sessions import commands as commands_mod
+from sessions.runner import SessionStoppedError
 from sessions.text import echo, terminal_line
 
 EXIT_FAILURE = 1
@@ -334,6 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "'liv calibrate' with nobody on the plate",
                 file=sys.stderr,
             )
+        cleared = clear_latched_fault(device)  # refuses a fault that needs a person
         result = run_exposure(device, cal, settings)
     if result.calibration_stale:
         store.mark_stale(cal, f"response {result.response_ratio:.2f}x calibration in a run")
@@ -363,6 +367,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"link              {result.frames} frames, {result.crc_errors} CRC errors, "
         f"{result.lost_frames} lost frames"
     )
+    if cleared is not None:
+        lines.append(f"cleared fault     {cleared.name} latched before the run (plate at rest)")
+        data["fault_cleared"] = cleared.to_event()
     if result.trip is not None:
         lines.append(f"SAFETY STOP       {result.trip.text}: {result.trip.detail}")
     _emit(data, args.json, lines)
@@ -407,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SessionStoppedError as exc:  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
+        _tell(f"liv: {exc}")
+        return EXIT_INTERRUPTED
     except LivError as exc:
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -420,6 +430,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo(f"liv: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
     return code
+
+
+def _tell(sentence: str) -> None:
+    """The one sentence on stderr; a closed terminal (SIGHUP) must not turn it into a crash."""
+    with contextlib.suppress(OSError):
+        print(sentence, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,12 @@ LivError whose message is the one sentence the person sees (sessions/cli.py prin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import io
 import json
+import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -33,11 +38,21 @@ from sessions.report import (
     render_session_svg,
     render_table,
 )
-from sessions.runner import Progress, SessionOutcome, run_session, utc_now
+from sessions.runner import (
+    STOP_PIPE,
+    STOP_SIGHUP,
+    Progress,
+    SessionOutcome,
+    StopRequest,
+    run_session,
+    utc_now,
+)
 from sessions.scheduling import day_summary, decide
-from sessions.text import echo, terminal_line
+from sessions.text import echo, terminal_line, terminal_text
 
 EXIT_REFUSED = 1
+
+_log = logging.getLogger(__name__)
 
 
 def home_of(args: argparse.Namespace) -> LivHome:
@@ -46,15 +61,19 @@ def home_of(args: argparse.Namespace) -> LivHome:
 
 
 @contextmanager
-def _open_log(args: argparse.Namespace, home: LivHome | None = None) -> Iterator[SessionLog]:
+def _open_log(
+    args: argparse.Namespace, home: LivHome | None = None, *, read_only: bool = False
+) -> Iterator[SessionLog]:
+    """The session log; ``read_only`` (audits) never creates, migrates or writes it."""
     home = home_of(args) if home is None else home
     home.check()
     path = home.db_path(getattr(args, "db", None))
-    if path.parent == home.root:
-        home.ensure()  # created private, like every directory of the installation
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with SessionLog(path) as log:
+    if not read_only:
+        if path.parent == home.root:
+            home.ensure()  # created private, like every directory of the installation
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with SessionLog(path, read_only=read_only) as log:
         yield log
 
 
@@ -107,12 +126,17 @@ def cmd_device_set(args: argparse.Namespace) -> int:
 
 
 class ProgressLine:
-    """One line the patient watches; rewritten in place on a terminal, sparse otherwise."""
+    """One line the patient watches; rewritten in place on a terminal, sparse otherwise.
+
+    A closed output (``liv start | head``: EPIPE; a hung-up terminal: EIO) stops the session
+    as Ctrl-C does, once (:class:`StopRequest`); later output goes to /dev/null instead.
+    """
 
     def __init__(self, out: TextIO, target_g: float) -> None:
         self.out = out
         self.tty = out.isatty()
         self.target_g = target_g
+        self.closed = False
         self._last_state = ""
         self._last_print = -1e9
 
@@ -123,42 +147,72 @@ class ProgressLine:
             f"{minutes:2d}:{seconds:02d} left at dose | {amp} g of {p.target_g:.3f} g | {p.state}"
         )
         if self.tty:
-            self.out.write("\r" + text.ljust(72))
-            self.out.flush()
+            self.write("\r" + text.ljust(72))
         elif p.state != self._last_state or p.at_dose_s - self._last_print >= 60.0:
-            self.out.write(text + "\n")
+            self.write(text + "\n")
             self._last_print = p.at_dose_s
         self._last_state = p.state
 
+    def say(self, text: str) -> None:
+        """A line the patient must read; on stderr when the output is closed."""
+        text = terminal_text(text)
+        self.write(text + "\n", stop=False)
+        if self.closed:
+            with contextlib.suppress(OSError):
+                print(text, file=sys.stderr)
+
     def finish(self) -> None:
         if self.tty:
-            self.out.write("\n")
+            self.write("\n", stop=False)
+
+    def write(self, text: str, stop: bool = True) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()  # a closed pipe shows now, not at exit
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self._close_output()
+            if stop:
+                raise StopRequest(STOP_SIGHUP if exc.errno == errno.EIO else STOP_PIPE) from None
+
+    def _close_output(self) -> None:
+        self.closed = True
+        _log.warning("the output is closed; the session stops and prints go to /dev/null")
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())  # the interpreter's last flush cannot fail
+            os.close(devnull)
 
 
 def start_session(
     args: argparse.Namespace, home: LivHome, device_url: str, out: TextIO
 ) -> SessionOutcome:
+    """Run the session due now and tell the patient its outcome in one sentence."""
     protocol = home.protocol()
     display = ProgressLine(out, protocol.target_g)
     with _open_log(args, home) as log:
         try:
-            return run_session(
+            outcome = run_session(
                 protocol=protocol,
                 log=log,
                 device_url=device_url,
                 calibrations=home.calibrations(getattr(args, "calibration_dir", None)),
                 override_reason=getattr(args, "override", None),
                 on_progress=display,
-                on_decision=lambda d: echo(d.message, file=out),
+                on_decision=lambda d: display.write(terminal_text(d.message) + "\n"),
             )
         finally:
             display.finish()
+    display.say(outcome.message)
+    return outcome
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     home = home_of(args)
     outcome = start_session(args, home, home.device(args.device), sys.stdout)
-    echo(outcome.message)
     status = outcome.record.status
     if status is SessionStatus.COMPLETED:
         return 0
@@ -221,7 +275,7 @@ def _parse_date(text: str | None) -> date | None:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         records = log.sessions(
             patient_id=args.patient, since=_parse_date(args.since), until=_parse_date(args.until)
         )
@@ -272,7 +326,7 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         record = log.get(args.session_id)
     if args.svg:
         Path(args.svg).write_text(render_session_svg(record, standalone=True), encoding="utf-8")
@@ -289,7 +343,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         result = log.verify()
     if result.ok:
         echo(f"log verified: {result.records_checked} finished records, every chain intact")
@@ -305,7 +359,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with _open_log(args, read_only=True) as log:
         out = Path(args.out) if args.out else None
         if out is None:
             count = (log.export_csv if args.format == "csv" else log.export_jsonl)(sys.stdout)
@@ -370,7 +424,7 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
 
 def cmd_report(args: argparse.Namespace) -> int:
     home = home_of(args)
-    with _open_log(args, home) as log:
+    with _open_log(args, home, read_only=True) as log:
         text = report_text(args, home, log, args.format)
     if args.out:
         out = Path(args.out)
@@ -442,8 +496,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     echo(f"plate: {sim_url} (a 70 kg patient, as fast as the computer runs)\n")
     args.device = None
     args.override = None
-    outcome = start_session(args, home, sim_url, sys.stdout)
-    echo(outcome.message)
+    start_session(args, home, sim_url, sys.stdout)
     echo()
     with _open_log(args, home) as log:
         sessions = log.sessions(patient_id=protocol.patient_id)

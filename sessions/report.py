@@ -28,6 +28,7 @@ from sessions.adherence import (
     SessionLike,
     WeekAdherence,
 )
+from sessions.log import spreadsheet_text
 from sessions.text import terminal_line
 
 __all__ = [
@@ -267,11 +268,11 @@ def render_csv(report: AdherenceReport) -> str:
         iso = d.day.isocalendar()
         writer.writerow(
             [
-                report.patient_id,
+                spreadsheet_text(report.patient_id),  # free text: never a live formula
                 d.day.isoformat(),
                 _WEEKDAYS[d.day.weekday()],
                 f"{iso.year}-W{iso.week:02d}",
-                d.status,
+                spreadsheet_text(d.status),
                 "yes" if d.counted else "no",
                 d.slots_prescribed,
                 d.slots_completed,

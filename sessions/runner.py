@@ -3,14 +3,17 @@
 The session clock counts only time at dose: in the hold, somebody on the plate, and the
 measured amplitude within the protocol's tolerance of the target. The row is written when the
 session starts and checkpointed every CHECKPOINT_S (wall clock or device time, whichever comes
-first), so a crash or a kill loses at most those seconds; Ctrl-C and SIGTERM ramp the plate
-down and record the session as stopped by the patient.
+first), so a crash or a kill loses at most those seconds. The control loop only hands each
+checkpoint to a writer thread (:class:`_CheckpointWriter`): no control update waits on SQLite.
+Ctrl-C, SIGTERM, SIGHUP (terminal closed) and a closed output pipe raise :class:`StopRequest`:
+the plate ramps down and the session is recorded as stopped, with the true reason.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from controller.calibration import CalibrationStore
+from controller.faults import ClearedFault, clear_latched_fault
 from controller.loop import (
     ControlUpdate,
     ExposureResult,
@@ -38,9 +42,11 @@ from sessions.scheduling import Decision, decide
 _log = logging.getLogger(__name__)
 
 CHECKPOINT_S = 5.0
-# A checkpoint runs inside the control loop: it may wait this long for a locked database, a
-# fraction of the plate's 0.5 s watchdog, and is otherwise retried at the next checkpoint.
-CHECKPOINT_WAIT_S = 0.1
+# A checkpoint is written by the writer thread, off the control path: it may wait this long
+# for a locked database (the next snapshot replaces it meanwhile) and is otherwise retried with
+# the next one.
+CHECKPOINT_WAIT_S = 2.0
+WRITER_JOIN_S = 10.0  # at the end, how long the last checkpoint write may still take
 ENVELOPE_EVERY_S = 0.1  # about 10 points a second for plots
 UNLOADED_LIMIT_S = 120.0  # nobody on the plate this long ends the session
 HOLD_CAP_FACTOR = 3.0  # the hold never exceeds 3x the minutes still due (pauses included)
@@ -58,6 +64,34 @@ class NoCalibrationError(LivError):
     pass
 
 
+class StopRequest(KeyboardInterrupt):
+    """Stop the session softly, as Ctrl-C does; ``reason`` is what the record says."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+STOP_CTRL_C = "stopped by the patient (Ctrl-C)"
+STOP_SIGTERM = "stopped by the patient (a stop signal, SIGTERM)"
+STOP_SIGHUP = "the terminal was closed (SIGHUP)"
+STOP_PIPE = "the output pipe was closed"
+_SIGNAL_REASONS: dict[int, str] = {
+    signal.SIGINT: STOP_CTRL_C,
+    signal.SIGTERM: STOP_SIGTERM,
+    signal.SIGHUP: STOP_SIGHUP,
+}
+
+
+class SessionStoppedError(LivError):
+    """The patient (or a signal) stopped ``liv start`` before the session row was written."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason[0].upper()}{reason[1:]} before the session started; no "
+                         "session was recorded.")  # fmt: skip
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Progress:
     """What the patient sees, once per control update."""
@@ -73,7 +107,7 @@ class Progress:
 class SessionOutcome:
     decision: Decision
     record: SessionRecord
-    result: ExposureResult
+    result: ExposureResult | None  # None: stopped before the loop ran
     message: str  # one sentence for the patient
 
 
@@ -99,6 +133,7 @@ class _DoseClock:
         self.envelope: list[tuple[float, float]] = []
         self.freqs: set[float] = set()
         self.stopped_unloaded = False
+        self.stop_reason: str | None = None  # a StopRequest raised by on_progress
         self._checkpoint = checkpoint
         self._on_progress = on_progress
         self._wall = wall
@@ -110,6 +145,10 @@ class _DoseClock:
     @property
     def done(self) -> bool:
         return self.at_dose_s >= self.goal_s - 1e-9
+
+    @property
+    def last_t_s(self) -> float:
+        return self._last_t
 
     def update(self, u: ControlUpdate) -> bool:
         dt = max(0.0, u.t_s - self._last_t)
@@ -123,6 +162,10 @@ class _DoseClock:
             if unloaded:
                 state = "paused: nobody on the plate"
                 self.unloaded_run_s += dt
+            elif u.load is not LoadState.LOADED:
+                # Nobody is known to be on the plate yet (the detector takes its reference
+                # early in the hold): that time is not dose.
+                state = "checking that somebody is on the plate"
             else:
                 self.unloaded_run_s = 0.0
                 state = "at dose" if in_band else "below dose"
@@ -138,29 +181,139 @@ class _DoseClock:
             self._checkpoint(self)
             self._last_wall, self._last_device = now, u.t_s
         if self._on_progress is not None:
-            self._on_progress(
-                Progress(
-                    max(0.0, self.goal_s - self.at_dose_s), self.at_dose_s, u.measured_g,
-                    target, state,
-                )
-            )  # fmt: skip
+            try:
+                self._on_progress(
+                    Progress(
+                        max(0.0, self.goal_s - self.at_dose_s), self.at_dose_s, u.measured_g,
+                        target, state,
+                    )
+                )  # fmt: skip
+            except StopRequest as exc:  # e.g. the display found its output closed
+                self.stop_reason = self.stop_reason or exc.reason
+                raise
         if self.unloaded_run_s >= UNLOADED_LIMIT_S:
             self.stopped_unloaded = True
         return self.done or self.stopped_unloaded
 
 
+class _Stops:
+    """Why the session is being stopped; signals become :class:`StopRequest` with the reason.
+
+    While ``deferred`` (the row is being written at the start, the record at the end) a signal
+    is only noted and acted on after, so a stop cannot leave a session unrecorded.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.deferred = False
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if not self.deferred:
+            raise StopRequest(reason)
+
+    def note(self, exc: BaseException) -> None:
+        """Remember the reason of a KeyboardInterrupt that did not come from a handler here."""
+        if self.reason is None:
+            self.reason = exc.reason if isinstance(exc, StopRequest) else STOP_CTRL_C
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a shutdown, a service manager) stops the session as Ctrl-C does."""
+def _stop_signals(stops: _Stops) -> Iterator[None]:
+    """SIGINT, SIGTERM (a shutdown, a service manager) and SIGHUP stop the session softly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        stops.stop(_SIGNAL_REASONS.get(signum, STOP_CTRL_C))
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in _SIGNAL_REASONS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class _CheckpointWriter:
+    """Writes checkpoints on its own thread, so no control update waits on the log.
+
+    The control loop hands over a snapshot (:meth:`submit`: a lock held for a pointer swap);
+    the thread writes the newest snapshot and drops older ones it had no time for, so a slow or
+    locked database delays the record, never the plate. Failures are counted and kept for the
+    record (``log_write_failed``).
+    """
+
+    def __init__(self, log: SessionLog, session_id: str) -> None:
+        self._log = log
+        self._session_id = session_id
+        self._cond = threading.Condition()
+        self._pending: tuple[dict[str, Any], datetime, float] | None = None
+        self._closing = False
+        self.written = 0
+        self.failures = 0
+        self.first_failure: tuple[float, LogError] | None = None
+        self.last_failure: LogError | None = None
+        self._thread = threading.Thread(target=self._run, name="liv-checkpoint", daemon=True)
+        self._thread.start()
+
+    def submit(self, measured: dict[str, Any], now_utc: datetime, t_s: float) -> None:
+        with self._cond:
+            self._pending = (measured, now_utc, t_s)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the thread (a snapshot not yet written is dropped: the final record follows)."""
+        with self._cond:
+            self._closing = True
+            self._pending = None
+            self._cond.notify()
+        self._thread.join(WRITER_JOIN_S)
+        if self._thread.is_alive():
+            _log.warning("the checkpoint writer did not finish within %g s", WRITER_JOIN_S)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                assert self._pending is not None
+                (measured, now_utc, t_s), self._pending = self._pending, None
+            try:
+                self._log.checkpoint(
+                    self._session_id, **measured, now_utc=now_utc, wait_s=CHECKPOINT_WAIT_S
+                )
+                self.written += 1
+            except LogError as exc:
+                # The plate keeps running: the next checkpoint rewrites everything, and the
+                # final write reports a log that stays unwritable.
+                _log.warning("checkpoint not written (%s); retrying with the next one", exc)
+                self.failures += 1
+                self.last_failure = exc
+                if self.first_failure is None:
+                    self.first_failure = (t_s, exc)
+
+    def failure_event(self) -> dict[str, Any] | None:
+        """The record's ``log_write_failed`` event, if any checkpoint could not be written."""
+        if self.first_failure is None or self.last_failure is None:
+            return None
+        t_s, first = self.first_failure
+        return {
+            "reason": "log_write_failed",
+            "t_s": t_s,
+            "text": "the session log could not be written during the session",
+            "detail": f"{self.failures} checkpoint(s) not written; first: {first}",
+            "values": {
+                "checkpoints_failed": self.failures,
+                "checkpoints_written": self.written,
+                "first_error": first.reason.value,
+                "last_error": self.last_failure.reason.value,
+            },
+        }
 
 
 def run_session(
@@ -175,7 +328,36 @@ def run_session(
     now: Callable[[], datetime] = utc_now,
     wall: Callable[[], float] = time.monotonic,
 ) -> SessionOutcome:
-    """Run the session due now. Raises SessionRefusedError (with the reason) if none is."""
+    """Run the session due now. Raises SessionRefusedError (with the reason) if none is.
+
+    A stop (Ctrl-C, SIGTERM, SIGHUP, a closed output pipe) before the session row is written
+    raises :class:`SessionStoppedError` naming it; after, the session is recorded as stopped.
+    """
+    stops = _Stops()
+    with _stop_signals(stops):
+        try:
+            return _run_session(
+                protocol, log, device_url, calibrations, override_reason, on_progress,
+                on_decision, now, wall, stops,
+            )  # fmt: skip
+        except KeyboardInterrupt as exc:
+            stops.note(exc)
+            assert stops.reason is not None
+            raise SessionStoppedError(stops.reason) from None
+
+
+def _run_session(
+    protocol: PatientProtocol,
+    log: SessionLog,
+    device_url: str,
+    calibrations: CalibrationStore,
+    override_reason: str | None,
+    on_progress: Callable[[Progress], None] | None,
+    on_decision: Callable[[Decision], None] | None,
+    now: Callable[[], datetime],
+    wall: Callable[[], float],
+    stops: _Stops,
+) -> SessionOutcome:
     log.recover_interrupted(now())
     history = log.sessions(patient_id=protocol.patient_id)
     decision = decide(protocol, history, now(), override_reason)
@@ -200,9 +382,21 @@ def run_session(
                 "'liv calibrate' to be run with nobody on the plate"
             )
         low, high = protocol.schedule.span_hz
-        calibration.gain_at(low)  # refuses a protocol outside the calibrated range
-        calibration.gain_at(high)
+        cal_low, cal_high = calibration.freqs_hz[0], calibration.freqs_hz[-1]
+        if not cal_low <= low <= high <= cal_high:
+            raise NoCalibrationError(
+                f"the calibration of the plate {info.device_id} does not cover this protocol "
+                f"({cal_low:g}-{cal_high:g} Hz calibrated, {low:g}-{high:g} Hz prescribed): ask "
+                "for 'liv calibrate' to be run with nobody on the plate"
+            )
+        # A fault latched by an earlier session (a host killed or frozen) is cleared here if
+        # the host may (docs/safety.md); otherwise PlateFaultLatchedError refuses before any
+        # row is written: no therapy ran, so nothing is recorded as if it had.
+        cleared = clear_latched_fault(device)
+        if cleared is not None:
+            _log.warning("cleared latched fault %s (plate at rest)", cleared.name)
         started = now()
+        stops.deferred = True  # a stop while the row is written takes effect right after it
         session_id = log.start_session(
             patient_id=protocol.patient_id,
             device_id=info.device_id,
@@ -218,30 +412,49 @@ def run_session(
             override_reason=decision.override_reason,
             resumed_from=decision.resumed_from,
         )
-
-        def checkpoint(clock: _DoseClock) -> None:
-            try:
-                log.checkpoint(
-                    session_id, **_measured(clock, None), now_utc=now(), wait_s=CHECKPOINT_WAIT_S
-                )
-            except LogError as exc:
-                # The plate keeps running: the next checkpoint rewrites everything, and the
-                # final write reports a log that stays unwritable.
-                _log.warning("checkpoint not written (%s); retrying at the next one", exc)
-
-        clock = _DoseClock(protocol, decision.minutes, checkpoint, on_progress, wall)
-        with _sigterm_as_interrupt():
+        # From here on the row exists: every way out records the session.
+        stops.deferred = False
+        writer = _CheckpointWriter(log, session_id)
+        result: ExposureResult | None = None
+        clock = _DoseClock(
+            protocol,
+            decision.minutes,
+            lambda c: writer.submit(_measured(c, None, cleared), now(), c.last_t_s),
+            on_progress,
+            wall,
+        )
+        try:
+            if stops.reason is not None:
+                raise StopRequest(stops.reason)
             result = run_exposure(device, calibration, settings, on_update=clock.update)
-    status, reason = _status(result, clock)
-    measured = _measured(clock, result)
+        except KeyboardInterrupt as exc:
+            # Before the loop ran, or a second stop during its ramp-down: the client's close
+            # switches the output off (the firmware ramps it to zero).
+            stops.note(exc)
+        finally:
+            stops.deferred = True
+            writer.close()
+    if clock.stop_reason is not None:
+        stops.note(StopRequest(clock.stop_reason))
+    if result is not None and result.status is ExposureStatus.STOPPED_BY_USER:
+        stops.note(KeyboardInterrupt())
+    status, reason = _status(result, clock, stops.reason)
+    measured = _measured(clock, result, cleared, writer.failure_event())
     record = log.finish_session(
         session_id, status=status, reason=reason, ended_utc=now(), **measured
     )
     return SessionOutcome(decision, record, result, _sentence(status, reason, clock))
 
 
-def _measured(clock: _DoseClock, result: ExposureResult | None) -> dict[str, Any]:
-    events: list[dict[str, Any]] = []
+def _measured(
+    clock: _DoseClock,
+    result: ExposureResult | None,
+    cleared: ClearedFault | None,
+    log_failure: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    events: list[dict[str, Any]] = [] if cleared is None else [cleared.to_event()]
+    if log_failure is not None:
+        events.append(log_failure)
     if result is not None and result.trip is not None:
         trip = result.trip.to_dict()
         events.append(
@@ -258,11 +471,15 @@ def _measured(clock: _DoseClock, result: ExposureResult | None) -> dict[str, Any
     }
 
 
-def _status(result: ExposureResult, clock: _DoseClock) -> tuple[str, str]:
+def _status(
+    result: ExposureResult | None, clock: _DoseClock, stop_reason: str | None
+) -> tuple[str, str]:
+    if result is None:
+        return "stopped_by_patient", stop_reason or STOP_CTRL_C
     if result.status is ExposureStatus.TRIPPED and result.trip is not None:
         return "tripped", f"{result.trip.text}: {result.trip.detail}"
     if result.status is ExposureStatus.STOPPED_BY_USER:
-        return "stopped_by_patient", "stopped by the patient (Ctrl-C or a stop signal)"
+        return "stopped_by_patient", stop_reason or STOP_CTRL_C
     if clock.stopped_unloaded:
         return "stopped_by_patient", (
             f"nobody on the plate for {UNLOADED_LIMIT_S / 60:.0f} minutes"

@@ -9,7 +9,8 @@ Rules (docs/sessions.md):
 - a day has ``sessions_per_day`` slots, taken in order; a slot is done when the minutes at dose
   of its sessions add up to the prescription;
 - a slot that was cut short (stopped, tripped, interrupted) is resumed by the next start on
-  the same local day, for the minutes still missing, without a new gap;
+  the same local day, for the minutes still missing, without a new gap, whatever it delivered
+  (a session that ended before any minute at dose included);
 - a new slot needs ``min_gap_hours`` since the previous session ended (absolute time, so a
   clock change neither shortens nor lengthens it) and, when daily windows are prescribed, must
   start inside one; extra sessions never count towards another day;
@@ -146,7 +147,9 @@ def decide(
             else None,
         )
     slot = open_slots[0]
-    resuming = done[slot - 1] > 0.0
+    # Any session already logged for an open slot today was cut short (stopped, tripped,
+    # interrupted), whatever it delivered, 0 minutes included: the next start resumes it.
+    resuming = bool(_slot_sessions(sessions, today, slot))
     if not resuming and last is not None and last.ended_utc is not None:
         allowed_at = last.ended_utc + timedelta(hours=protocol.min_gap_hours)
         if now_utc < allowed_at:
@@ -183,8 +186,8 @@ def _start(
 ) -> Decision:
     delivered = slot_minutes(sessions, today, slot)
     minutes = max(protocol.minutes_per_session - delivered, 0.0) or protocol.minutes_per_session
-    previous = [s for s in sessions if s.local_date == today and s.slot == slot]
-    resumed_from = previous[-1].session_id if previous and delivered > 0.0 else None
+    previous = _slot_sessions(sessions, today, slot)
+    resumed_from = previous[-1].session_id if previous else None
     if kind == "override":
         message = f"Starting session {slot} of today by override ({override_reason})."
     elif resumed_from is not None:
@@ -192,6 +195,12 @@ def _start(
     else:
         message = f"Starting session {slot} of {protocol.sessions_per_day} today."
     return Decision(True, message, today, slot, minutes, resumed_from, override_reason)
+
+
+def _slot_sessions(sessions: Sequence[LoggedSession], day: date, slot: int) -> list[LoggedSession]:
+    """The sessions of one slot of one local day, oldest first."""
+    mine = [s for s in sessions if s.local_date == day and s.slot == slot]
+    return sorted(mine, key=lambda s: (s.started_utc, s.session_id))
 
 
 def _local_start_of(day: date, zone: ZoneInfo) -> datetime:

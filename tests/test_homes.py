@@ -317,6 +317,24 @@ def test_a_damaged_calibration_stops_a_session_before_the_plate_moves(
     assert "run 'liv calibrate' again" in line
 
 
+def test_a_calibration_that_does_not_cover_the_protocol_is_one_sentence(
+    machine: Machine, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    (home / "calibration").mkdir(parents=True, mode=0o700)
+    narrow = {**_good_calibration(), "freqs_hz": [40.0, 50.0, 60.0]}
+    (home / "calibration" / "SIM-0001.json").write_text(json.dumps(narrow))
+    source = tmp_path / "rx.yaml"
+    source.write_text(protocol_text())  # 30 Hz: below the calibrated 40-60 Hz
+    assert machine.liv("protocol", "install", str(source), "--home", str(home)).returncode == 0
+    done = machine.liv("start", "--device", SIM, "--home", str(home))
+    line = one_sentence(done)
+    assert "does not cover" in line, line
+    assert "liv calibrate" in line, line
+    with SessionLog(home / "liv.db", read_only=True) as log:
+        assert log.sessions() == []  # refused before the session row
+
+
 def test_the_calibration_round_trips(tmp_path: Path) -> None:
     from controller.calibration import CalibrationStore
 

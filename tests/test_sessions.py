@@ -258,5 +258,6 @@ def test_report_names_the_patient_when_the_log_holds_several(
     home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     empty_log = tmp_path / "none.db"
+    SessionLog(empty_log).close()  # a log with no sessions (reading never creates one)
     assert main(["report", "--db", str(empty_log), "--home", str(tmp_path / "nohome")]) == 1
     assert "--patient" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""Canonical JSON and the record hash, as documented for auditors in docs/log-format.md."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from sessions.log.records import HASH_EXCLUDED, MAX_SAFE_INTEGER
+
+if sys.platform != "win32":
+    pass
+
+_log = logging.getLogger(__name__)
+
+# --- canonical JSON and the hash -----------------------------------------------------------------
+
+
+def number_text(value: float) -> str:
+    """A number as the hash sees it: six decimals, trailing zeros and point removed, no -0."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise ValueError(f"integer {value} is too large to be logged (limit 2**53)")
+        return str(value)
+    return _float_text(value)
+
+
+def _float_text(value: float) -> str:
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, numbers by :func:`number_text`, UTF-8 text."""
+    parts: list[str] = []
+    _canon(value, parts)
+    return "".join(parts)
+
+
+def _canon(value: Any, parts: list[str]) -> None:
+    kind = type(value)
+    if kind is float:
+        parts.append(_float_text(value))
+    elif (kind is list or kind is tuple) and all(type(item) is float for item in value):
+        parts.append("[" + ",".join(map(_float_text, value)) + "]")  # fast path: envelopes
+    elif kind is list or kind is tuple:
+        parts.append("[")
+        for i, item in enumerate(value):
+            if i:
+                parts.append(",")
+            _canon(item, parts)
+        parts.append("]")
+    elif value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, int | float):
+        parts.append(number_text(value))
+    elif isinstance(value, str):
+        parts.append(json.dumps(value, ensure_ascii=False))
+    elif isinstance(value, list | tuple):
+        _canon(list(value), parts)
+    elif isinstance(value, dict):
+        parts.append("{")
+        for i, key in enumerate(sorted(value)):
+            if not isinstance(key, str):
+                raise TypeError(f"object key {key!r} is not text")
+            if i:
+                parts.append(",")
+            parts.append(json.dumps(key, ensure_ascii=False))
+            parts.append(":")
+            _canon(value[key], parts)
+        parts.append("}")
+    else:
+        raise TypeError(f"{type(value).__name__} cannot be written to the log")
+
+
+def record_hash(prev_hash: str, record: Mapping[str, Any]) -> str:
+    """sha256 (lowercase hex) of UTF-8 ``prev_hash + canonical_json(record minus both hashes)``."""
+    body = {k: v for k, v in record.items() if k not in HASH_EXCLUDED}
+    return hashlib.sha256((prev_hash + canonical_json(body)).encode("utf-8")).hexdigest()

@@ -1,0 +1,123 @@
+"""Hash-chain verification, shared by verify and import."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sessions.log.canonical import canonical_json
+from sessions.log.records import GENESIS_HASH, HASH_EXCLUDED, BadRecord
+
+if sys.platform != "win32":
+    pass
+
+_log = logging.getLogger(__name__)
+
+# --- chain verification (shared by verify and import) --------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """One chained record as found (in the database or an import file)."""
+
+    session_id: str
+    chain_index: Any
+    raw: dict[str, Any] | None
+    problem: str | None = None  # why raw could not be built
+    where: str = ""  # ' (line N)' for import files
+
+
+def _content_problem(raw: Mapping[str, Any]) -> str | None:
+    """Why this record does not hash to its own record_hash, or None if it does."""
+    body = {k: v for k, v in raw.items() if k not in HASH_EXCLUDED}
+    prev_hash = raw.get("prev_hash")
+    stated = raw.get("record_hash")
+    if not isinstance(prev_hash, str) or not isinstance(stated, str):
+        return "prev_hash or record_hash is missing"
+    try:
+        text = canonical_json(body)
+        digest = hashlib.sha256((prev_hash + text).encode("utf-8")).hexdigest()
+    except (TypeError, ValueError) as exc:
+        return f"a field holds a value that cannot be hashed ({exc})"
+    if json.loads(text) != body:
+        return "a number is not in canonical form (six decimals): the field was edited"
+    if digest != stated:
+        return "the content does not match its record_hash: a field was edited"
+    return None
+
+
+def _index_key(entry: _Entry) -> tuple[int, int, str]:
+    index = entry.chain_index
+    if type(index) is int:
+        return (0, index, entry.session_id)
+    return (1, 0, f"{index!r}")
+
+
+def _bad(chain: str, entry: _Entry, what: str) -> BadRecord:
+    index = entry.chain_index if type(entry.chain_index) is int else None
+    return BadRecord(chain, index, entry.session_id, what + entry.where)
+
+
+def _content_bad(chain: str, ordered: list[_Entry]) -> BadRecord | None:
+    """First record of a chain that does not hash to its own record_hash."""
+    for entry in ordered:
+        if entry.raw is None:
+            return _bad(chain, entry, entry.problem or "the record cannot be read")
+        problem = _content_problem(entry.raw)
+        if problem is not None:
+            return _bad(chain, entry, problem)
+    return None
+
+
+def _link_bad(chain: str, ordered: list[_Entry]) -> BadRecord | None:
+    """First record of a chain out of sequence: a gap, a duplicate, or a broken prev link."""
+    expected = 0
+    prev_hash = GENESIS_HASH
+    for entry in ordered:
+        assert entry.raw is not None  # content checked first
+        index = entry.chain_index
+        if type(index) is not int:
+            return _bad(chain, entry, f"chain_index {index!r} is not an integer")
+        if index < expected:
+            return _bad(chain, entry, f"chain_index {index} appears twice (inserted record)")
+        if index > expected:
+            missing = f"{expected}" if index == expected + 1 else f"{expected}-{index - 1}"
+            return _bad(chain, entry, f"record {missing} before it is missing (deleted)")
+        if entry.raw["prev_hash"] != prev_hash:
+            return _bad(
+                chain,
+                entry,
+                "prev_hash does not match the record before it (record inserted, replaced or "
+                "reordered)",
+            )
+        prev_hash = entry.raw["record_hash"]
+        expected = index + 1
+    return None
+
+
+def _verify_chains(
+    chains: Sequence[tuple[str, Iterable[_Entry]]],
+) -> tuple[BadRecord | None, dict[str, str]]:
+    """Check every chain from its genesis: (first bad record, head hash of each sound chain).
+
+    Content is checked in every chain before any link, so an edited record is named itself
+    rather than the gap its edit leaves (an edited chain_index or log_id leaves one).
+    """
+    ordered = [(chain, sorted(entries, key=_index_key)) for chain, entries in chains]
+    content = [_content_bad(chain, entries) for chain, entries in ordered]
+    links = [
+        _link_bad(chain, entries) if bad is None else None
+        for (chain, entries), bad in zip(ordered, content, strict=True)
+    ]
+    heads: dict[str, str] = {}
+    for (chain, entries), bad_content, bad_link in zip(ordered, content, links, strict=True):
+        if bad_content is None and bad_link is None and entries:
+            assert entries[-1].raw is not None
+            heads[chain] = str(entries[-1].raw["record_hash"])
+    first = next((b for b in content if b is not None), None)
+    return first or next((b for b in links if b is not None), None), heads

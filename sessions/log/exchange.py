@@ -1,0 +1,270 @@
+"""Export (JSON Lines, CSV) and all-or-nothing import of session records."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import sqlite3
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from sessions.log.canonical import canonical_json, number_text
+from sessions.log.chain import _Entry, _index_key, _verify_chains
+from sessions.log.errors import _translate
+from sessions.log.fields import _columns_from_raw, _raw_from_row, _record_from_raw
+from sessions.log.records import EXPORT_FIELDS, BadRecord, ImportResult, LogError, LogErrorReason
+from sessions.log.storage import SessionStore
+
+if sys.platform != "win32":
+    pass
+
+_log = logging.getLogger(__name__)
+
+_log = logging.getLogger(__name__)
+
+
+class SessionLog(SessionStore):
+    """The device's session log: storage plus export and import of finished records."""
+
+    # --- export ---
+
+    def _export_rows(self, conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+        for log_id in self._chain_order(conn):
+            rows = conn.execute(
+                "SELECT * FROM sessions WHERE log_id = ? AND record_hash IS NOT NULL "
+                "ORDER BY chain_index",
+                (log_id,),
+            )
+            for row in rows:
+                try:
+                    yield _raw_from_row(row)
+                except ValueError as exc:
+                    raise self._corrupt(
+                        f"session {row['session_id']} cannot be read ({exc}); run verify"
+                    ) from exc
+
+    @contextlib.contextmanager
+    def _output(self, out: TextIO | Path, newline: str) -> Iterator[TextIO]:
+        """A stream as given, or a private file written whole or not at all."""
+        if not isinstance(out, Path):
+            yield out
+            return
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with open(fd, "w", encoding="utf-8", newline=newline) as stream:
+                yield stream
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def export_jsonl(self, out: TextIO | Path) -> int:
+        """Every finished record, one canonical JSON object per line; returns the count."""
+        count = 0
+        with (
+            _translate("export the session log", self.path),
+            self._read() as conn,
+            self._output(out, "\n") as stream,
+        ):
+            for raw in self._export_rows(conn):
+                stream.write(canonical_json(raw) + "\n")
+                count += 1
+        return count
+
+    def export_csv(self, out: TextIO | Path) -> int:
+        """Every finished record as a flat CSV row (lists/dicts as JSON text); returns the count."""
+        count = 0
+        with (
+            _translate("export the session log", self.path),
+            self._read() as conn,
+            self._output(out, "") as stream,
+        ):
+            writer = csv.writer(stream)
+            writer.writerow(EXPORT_FIELDS)
+            for raw in self._export_rows(conn):
+                writer.writerow([_csv_cell(raw[name]) for name in EXPORT_FIELDS])
+                count += 1
+        return count
+
+    # --- import ---
+
+    def import_jsonl(self, source: TextIO | Path) -> ImportResult:
+        """Merge an export (any devices, any patients): all of it, or nothing.
+
+        Every incoming chain is verified completely before anything is written; records
+        already held (same log_id, chain_index and record_hash) are skipped; a record that
+        contradicts one already held is refused with the whole file.
+        """
+        with _translate("read the import file", self.path):
+            if isinstance(source, Path):
+                with open(source, encoding="utf-8-sig") as stream:
+                    chains, in_file_duplicates = _read_import(stream)
+            else:
+                chains, in_file_duplicates = _read_import(source)
+        bad, _ = _verify_chains([(log_id, chains[log_id].values()) for log_id in sorted(chains)])
+        if bad is not None:
+            raise LogError(
+                f"Refused the whole import file: record {bad.chain_index} of log {bad.chain} "
+                f"(session {bad.session_id}) does not verify: {bad.what}; nothing was imported.",
+                reason=LogErrorReason.TAMPERED,
+                path=self.path,
+                bad_record=bad,
+            )
+        added = 0
+        skipped = in_file_duplicates
+        with _translate("import into the session log", self.path), self._write() as tx:
+            for log_id in sorted(chains):
+                entries = sorted(chains[log_id].values(), key=_index_key)
+                for entry in entries:
+                    assert entry.raw is not None  # verified above
+                    if self._merge(tx, entry):
+                        added += 1
+                    else:
+                        skipped += 1
+        _log.info("imported %d records, %d already present", added, skipped)
+        return ImportResult(added, skipped)
+
+    def _merge(self, tx: sqlite3.Connection, entry: _Entry) -> bool:
+        """Insert one verified record; False if already held; LogError on a conflict."""
+        raw = entry.raw
+        assert raw is not None
+        log_id = raw["log_id"]
+        held = tx.execute(
+            "SELECT session_id, record_hash FROM sessions WHERE log_id = ? AND chain_index = ?",
+            (log_id, raw["chain_index"]),
+        ).fetchone()
+        if held is not None:
+            if held["record_hash"] == raw["record_hash"]:
+                return False
+            raise self._conflict(
+                entry,
+                f"this log already holds a different record {raw['chain_index']} of log "
+                f"{log_id} (session {held['session_id']})",
+            )
+        other = tx.execute(
+            "SELECT log_id, chain_index, status FROM sessions WHERE session_id = ?",
+            (raw["session_id"],),
+        ).fetchone()
+        if other is not None:
+            raise self._conflict(
+                entry,
+                f"this log already holds session {raw['session_id']} as a different record "
+                f"(log {other['log_id']}, record {other['chain_index']}, {other['status']})",
+            )
+        tx.execute("INSERT OR IGNORE INTO chains (log_id, own) VALUES (?, 0)", (log_id,))
+        columns = _columns_from_raw(raw)
+        tx.execute(
+            f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            list(columns.values()),
+        )
+        self._check_stored(tx, raw["session_id"])
+        return True
+
+    def _conflict(self, entry: _Entry, detail: str) -> LogError:
+        raw = entry.raw or {}
+        bad = BadRecord(
+            str(raw.get("log_id")), raw.get("chain_index"), entry.session_id, detail + entry.where
+        )
+        return LogError(
+            f"Refused the whole import file: record {bad.chain_index} of log {bad.chain} "
+            f"(session {bad.session_id}) conflicts: {bad.what}; nothing was imported.",
+            reason=LogErrorReason.CONFLICT,
+            path=self.path,
+            bad_record=bad,
+        )
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return number_text(value)
+    if isinstance(value, str):
+        return spreadsheet_text(value)
+    return canonical_json(value)
+
+
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one leading ``'`` before a formula trigger.
+
+    A cell starting with = + - @ tab or CR is run as a formula by Excel, LibreOffice and
+    Google Sheets (CSV injection); the quote makes it plain text and is what a reader strips.
+    """
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
+def _bad_file(line_no: int, detail: str) -> LogError:
+    return LogError(
+        f"Refused the whole import file: line {line_no} {detail}; nothing was imported.",
+        reason=LogErrorReason.BAD_FILE,
+    )
+
+
+def _read_import(lines: Iterable[str]) -> tuple[dict[str, dict[int, _Entry]], int]:
+    """Parse and check the shape of every line; group by chain. Returns (chains, duplicates)."""
+    chains: dict[str, dict[int, _Entry]] = {}
+    owners: dict[str, tuple[str, int]] = {}
+    duplicates = 0
+    expected = set(EXPORT_FIELDS)
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise _bad_file(line_no, "is not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise _bad_file(line_no, "is not a JSON object")
+        missing = expected - set(obj)
+        extra = set(obj) - expected
+        if missing:
+            raise _bad_file(line_no, f"lacks the field(s) {', '.join(sorted(missing))}")
+        if extra:
+            raise _bad_file(line_no, f"has unknown field(s) {', '.join(sorted(extra))}")
+        try:
+            record = _record_from_raw(obj)
+        except ValueError as exc:
+            raise _bad_file(line_no, f"is not a session record: {exc}") from None
+        if not record.finished or record.chain_index is None:
+            raise _bad_file(line_no, "is a running session (only finished records are imported)")
+        entry = _Entry(record.session_id, record.chain_index, obj, where=f" (line {line_no})")
+        chain = chains.setdefault(record.log_id, {})
+        same = chain.get(record.chain_index)
+        if same is not None:
+            assert same.raw is not None
+            if same.raw["record_hash"] == obj["record_hash"]:
+                duplicates += 1
+                continue
+            bad = BadRecord(
+                record.log_id,
+                record.chain_index,
+                record.session_id,
+                f"two different records claim this place (line {line_no})",
+            )
+            raise LogError(
+                f"Refused the whole import file: record {record.chain_index} of log "
+                f"{record.log_id} appears twice with different content (line {line_no}); "
+                "nothing was imported.",
+                reason=LogErrorReason.TAMPERED,
+                bad_record=bad,
+            )
+        place = (record.log_id, record.chain_index)
+        if owners.setdefault(record.session_id, place) != place:
+            raise _bad_file(line_no, f"repeats session {record.session_id} in another record")
+        chain[record.chain_index] = entry
+    return chains, duplicates

@@ -1,0 +1,878 @@
+"""SessionLog storage: opening, schema, transactions, writing, recovery, reading, verify."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from sessions.log.canonical import canonical_json, record_hash
+from sessions.log.chain import _content_problem, _Entry, _verify_chains
+from sessions.log.errors import _invalid, _translate
+from sessions.log.fields import (
+    _columns_from_raw,
+    _iso,
+    _measured_columns,
+    _quantize,
+    _raw_from_row,
+    _record_from_raw,
+    _text,
+    _utc,
+    _zone,
+)
+from sessions.log.locks import _SessionLocks
+from sessions.log.records import (
+    _HEX64,
+    _JSON_COLUMNS,
+    ENV_DB,
+    FINAL_STATUSES,
+    GENESIS_HASH,
+    LOG_FAILURE_REASON,
+    RECOVERY_REASON,
+    SCHEMA_VERSION,
+    BadRecord,
+    LogError,
+    LogErrorReason,
+    SessionRecord,
+    SessionStatus,
+    VerifyResult,
+)
+
+if sys.platform != "win32":
+    pass
+
+_log = logging.getLogger(__name__)
+
+# A final write that failed for one of these leaves a note for recovery (docs/log-format.md).
+_STORAGE_FAILURES = frozenset(
+    {
+        LogErrorReason.LOCKED,
+        LogErrorReason.DISK_FULL,
+        LogErrorReason.IO,
+        LogErrorReason.READ_ONLY,
+        LogErrorReason.PERMISSION,
+        LogErrorReason.CANNOT_OPEN,
+        LogErrorReason.OTHER,
+    }
+)
+_NOTE_TEXT = 600  # characters kept of each text in a note
+
+_log = logging.getLogger(__name__)
+
+_SCHEMA_V1: tuple[str, ...] = (
+    """CREATE TABLE meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE chains (
+        log_id TEXT PRIMARY KEY NOT NULL,
+        own INTEGER NOT NULL CHECK (own IN (0, 1))
+    )""",
+    """CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY NOT NULL,
+        log_id TEXT NOT NULL REFERENCES chains (log_id),
+        chain_index INTEGER,
+        prev_hash TEXT,
+        record_hash TEXT,
+        patient_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        firmware_version TEXT NOT NULL,
+        protocol_sha256 TEXT NOT NULL,
+        protocol_json TEXT NOT NULL,
+        started_utc TEXT NOT NULL,
+        started_local TEXT NOT NULL,
+        ended_utc TEXT,
+        ended_local TEXT,
+        timezone TEXT NOT NULL,
+        local_date TEXT NOT NULL,
+        slot INTEGER NOT NULL CHECK (slot >= 1),
+        status TEXT NOT NULL CHECK (status IN
+            ('running', 'completed', 'stopped_by_patient', 'tripped', 'interrupted')),
+        reason TEXT NOT NULL,
+        override INTEGER NOT NULL CHECK (override IN (0, 1)),
+        override_reason TEXT,
+        resumed_from TEXT,
+        minutes_prescribed REAL NOT NULL,
+        minutes_at_dose REAL NOT NULL,
+        target_g REAL NOT NULL,
+        freqs_hz TEXT NOT NULL,
+        mean_error_pct REAL,
+        p95_abs_error_pct REAL,
+        safety_events TEXT NOT NULL,
+        exposure TEXT,
+        envelope TEXT NOT NULL,
+        last_checkpoint_utc TEXT,
+        CHECK ((status = 'running') = (record_hash IS NULL)),
+        CHECK ((record_hash IS NULL) = (chain_index IS NULL)),
+        CHECK ((record_hash IS NULL) = (prev_hash IS NULL))
+    )""",
+    "CREATE UNIQUE INDEX sessions_chain_position ON sessions (log_id, chain_index)",
+    "CREATE INDEX sessions_patient_day ON sessions (patient_id, local_date, slot)",
+    "CREATE INDEX sessions_running ON sessions (status) WHERE status = 'running'",
+    """CREATE TRIGGER sessions_finished_never_change BEFORE UPDATE ON sessions
+        WHEN OLD.record_hash IS NOT NULL
+        BEGIN SELECT RAISE(ABORT, 'a finished session record is never changed'); END""",
+    """CREATE TRIGGER sessions_never_deleted BEFORE DELETE ON sessions
+        BEGIN SELECT RAISE(ABORT, 'session records are never deleted'); END""",
+    """CREATE TRIGGER meta_log_id_fixed BEFORE UPDATE ON meta WHEN OLD.key = 'log_id'
+        BEGIN SELECT RAISE(ABORT, 'the log_id of a session log is never changed'); END""",
+    """CREATE TRIGGER meta_never_deleted BEFORE DELETE ON meta
+        BEGIN SELECT RAISE(ABORT, 'meta entries are never deleted'); END""",
+)
+
+# Migrations: _MIGRATIONS[v] brings a database from schema v to v + 1 inside one transaction.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+
+def default_db_path() -> Path:
+    """``$LIV_DB``, else ``$XDG_DATA_HOME/liv/liv.db``, else ``~/.local/share/liv/liv.db``."""
+    explicit = os.environ.get(ENV_DB, "")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share"
+    return base / "liv" / "liv.db"
+
+
+# --- the log -------------------------------------------------------------------------------------
+
+
+def _tighten(path: Path) -> None:
+    """Make a file we own private to the user (0600)."""
+    with contextlib.suppress(FileNotFoundError):
+        info = path.stat()
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.chmod(path, 0o600)
+
+
+class SessionStore:
+    """The device's session log: one SQLite file, WAL, synchronous=FULL, private to the user."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0, read_only: bool = False) -> None:
+        """Open (and, unless ``read_only``, create) the log at ``path``.
+
+        ``read_only`` is for audits (verify, report, sessions, export): the file must exist and
+        is never created, migrated or written; a read-only copy (read-only files or folder)
+        opens too.
+        """
+        self._busy_timeout_s = busy_timeout_s
+        self.path = Path(path)
+        self.read_only = read_only
+        self.log_id = ""
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._locks = _SessionLocks(self.path)
+        self._running: set[str] = set()
+        try:
+            with _translate("open the session log", self.path):
+                if read_only:
+                    self._conn = self._connect_read_only()
+                else:
+                    self._prepare_file()
+                    self._conn = sqlite3.connect(
+                        self.path,
+                        timeout=busy_timeout_s,
+                        isolation_level=None,  # transactions are explicit: BEGIN ... `with conn:`
+                        check_same_thread=False,  # guarded by self._lock instead
+                    )
+                    self._conn.row_factory = sqlite3.Row
+                    self._configure(self._conn)
+                self.log_id = self._open_schema()
+                if not read_only:
+                    for suffix in ("-wal", "-shm"):
+                        _tighten(self.path.with_name(self.path.name + suffix))
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that can only read; refuses a missing file instead of creating it."""
+        if not self.path.exists():
+            raise LogError(
+                f"There is no session log at {self.path}; check the path (nothing was created).",
+                reason=LogErrorReason.CANNOT_OPEN,
+                path=self.path,
+            )
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(self.path))
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = self._try_connect(f"{uri}?mode=ro")
+        except sqlite3.Error as exc:
+            # A read-only folder or -shm file (a copied home, a write-protected card): SQLite
+            # cannot set up its shared-memory index. Without a write-ahead log holding
+            # committed pages, the main file alone is the whole log and can be read immutably.
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise
+            _log.info("session log %s opened immutably (%s)", self.path, exc)
+            conn = self._try_connect(f"{uri}?immutable=1")
+        return conn
+
+    def _try_connect(self, uri: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # --- lifecycle ---
+
+    def close(self) -> None:
+        """Close the database; a session left running is recovered at the next start."""
+        with self._lock:
+            self._locks.close()
+            self._running.clear()
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _prepare_file(self) -> None:
+        folder = self.path.parent
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True)
+            os.chmod(folder, 0o700)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        elif self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(self.path))
+        _tighten(self.path)
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise LogError(
+                f"Could not open the session log: {self.path} cannot use write-ahead logging "
+                "(is it on a network drive?); keep the log on a local disk.",
+                reason=LogErrorReason.IO,
+                path=self.path,
+            )
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int | None:
+        table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if table is None:
+            return None
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not str(row[0]).isdigit():
+            raise self._corrupt("its schema version is missing")
+        return int(row[0])
+
+    def _corrupt(self, detail: str) -> LogError:
+        return LogError(
+            f"The session log {self.path} cannot be used: {detail}; it was left unchanged, keep "
+            "it and contact service.",
+            reason=LogErrorReason.CORRUPT,
+            path=self.path,
+        )
+
+    def _open_schema(self) -> str:
+        conn = self._connection()
+        if self._schema_version(conn) is None and self.read_only:
+            raise self._corrupt("it is empty or not a session log")
+        if self._schema_version(conn) is None:
+            with self._write() as tx:
+                if self._schema_version(tx) is None:  # nobody created it meanwhile
+                    others = tx.execute(
+                        "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                    ).fetchall()
+                    if others:
+                        raise self._corrupt("it holds another kind of database")
+                    for statement in _SCHEMA_V1:
+                        tx.execute(statement)
+                    new_id = str(uuid.uuid4())
+                    tx.executemany(
+                        "INSERT INTO meta (key, value) VALUES (?, ?)",
+                        [("schema_version", str(SCHEMA_VERSION)), ("log_id", new_id)],
+                    )
+                    tx.execute("INSERT INTO chains (log_id, own) VALUES (?, 1)", (new_id,))
+                    _log.info("created session log %s (log_id %s)", self.path, new_id)
+        version = self._schema_version(conn)
+        assert version is not None
+        if version > SCHEMA_VERSION:
+            raise LogError(
+                f"The session log {self.path} was written by a newer version of this software "
+                f"(schema {version}, this version reads up to {SCHEMA_VERSION}); update the "
+                "software, the log was left unchanged.",
+                reason=LogErrorReason.NEWER_SCHEMA,
+                path=self.path,
+            )
+        if version < SCHEMA_VERSION and not self.read_only:
+            self._migrate(version)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+        if row is None or not isinstance(row[0], str) or not row[0]:
+            raise self._corrupt("its log_id is missing")
+        return str(row[0])
+
+    def _migrate(self, version: int) -> None:
+        with self._write() as tx:
+            current = self._schema_version(tx)
+            assert current is not None
+            while current < SCHEMA_VERSION:
+                steps = _MIGRATIONS.get(current)
+                if steps is None:
+                    raise self._corrupt(f"no migration from schema {current}")
+                for statement in steps:
+                    tx.execute(statement)
+                current += 1
+                tx.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(current),)
+                )
+        _log.info("migrated session log %s from schema %d to %d", self.path, version, current)
+
+    # --- transactions ---
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LogError(
+                "The session log is closed.", reason=LogErrorReason.CLOSED, path=self.path
+            )
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE, commit on success, roll back on any error.
+
+        ``wait_s`` replaces the connection's busy timeout for this transaction only.
+        """
+        with self._lock:
+            conn = self._connection()
+            if wait_s is not None:
+                conn.execute(f"PRAGMA busy_timeout = {max(0, round(wait_s * 1000))}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    with conn:
+                        yield conn
+                finally:
+                    if conn.in_transaction:  # a failed COMMIT leaves it open
+                        conn.rollback()
+            finally:
+                if wait_s is not None:
+                    conn.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout_s * 1000)}")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for reads spanning several statements."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.rollback()
+
+    # --- writing sessions ---
+
+    def start_session(
+        self,
+        *,
+        patient_id: str,
+        device_id: str,
+        firmware_version: str,
+        protocol_sha256: str,
+        protocol_json: str,
+        started_utc: datetime,
+        timezone: str,
+        local_date: date,
+        slot: int,
+        minutes_prescribed: float,
+        target_g: float,
+        override_reason: str | None = None,
+        resumed_from: str | None = None,
+    ) -> str:
+        """Write a ``running`` row for a session that starts now; returns its session_id."""
+        started = _utc(started_utc, "started_utc")
+        zone_name = _text(timezone, "timezone")
+        zone = _zone(zone_name)
+        digest = _text(protocol_sha256, "protocol_sha256").lower()
+        if not _HEX64.fullmatch(digest):
+            raise _invalid("protocol_sha256 must be 64 hexadecimal digits")
+        snapshot = _text(protocol_json, "protocol_json")
+        try:
+            json.loads(snapshot)
+        except ValueError as exc:
+            raise _invalid("protocol_json must be the protocol's JSON text") from exc
+        if not isinstance(local_date, date) or isinstance(local_date, datetime):
+            raise _invalid(f"local_date must be a date, not {local_date!r}")
+        if isinstance(slot, bool) or not isinstance(slot, int) or slot < 1:
+            raise _invalid(f"slot must be a whole number from 1, not {slot!r}")
+        prescribed = _quantize(minutes_prescribed, "minutes_prescribed")
+        target = _quantize(target_g, "target_g")
+        if prescribed <= 0 or target <= 0:
+            raise _invalid("minutes_prescribed and target_g must be above zero")
+        if override_reason is not None:
+            override_reason = _text(override_reason, "override_reason")
+        if resumed_from is not None:
+            resumed_from = _text(resumed_from, "resumed_from")
+        raw: dict[str, Any] = {
+            "log_id": self.log_id,
+            "chain_index": None,
+            "prev_hash": None,
+            "record_hash": None,
+            "session_id": str(uuid.uuid4()),
+            "patient_id": _text(patient_id, "patient_id"),
+            "device_id": _text(device_id, "device_id"),
+            "firmware_version": _text(firmware_version, "firmware_version"),
+            "protocol_sha256": digest,
+            "protocol_json": snapshot,
+            "started_utc": _iso(started),
+            "started_local": _iso(started.astimezone(zone)),
+            "ended_utc": None,
+            "ended_local": None,
+            "timezone": zone_name,
+            "local_date": local_date.isoformat(),
+            "slot": slot,
+            "status": SessionStatus.RUNNING.value,
+            "reason": "",
+            "override": override_reason is not None,
+            "override_reason": override_reason,
+            "resumed_from": resumed_from,
+            "minutes_prescribed": prescribed,
+            "minutes_at_dose": 0.0,
+            "target_g": target,
+            "freqs_hz": [],
+            "mean_error_pct": None,
+            "p95_abs_error_pct": None,
+            "safety_events": [],
+            "exposure": None,
+            "envelope": [],
+            "last_checkpoint_utc": None,
+        }
+        session_id: str = raw["session_id"]
+        columns = _columns_from_raw(raw)
+        with _translate("record the start of the session", self.path), self._lock:
+            self._locks.acquire(session_id)
+            try:
+                with self._write() as tx:
+                    if resumed_from is not None and not self._exists(tx, resumed_from):
+                        raise LogError(
+                            f"Cannot resume from session {resumed_from}: this log has no such "
+                            "session.",
+                            reason=LogErrorReason.UNKNOWN_SESSION,
+                            path=self.path,
+                        )
+                    tx.execute(
+                        f"INSERT INTO sessions ({', '.join(columns)}) "
+                        f"VALUES ({', '.join('?' * len(columns))})",
+                        list(columns.values()),
+                    )
+            except BaseException:
+                self._locks.release(session_id)
+                raise
+            self._running.add(session_id)
+        return session_id
+
+    def checkpoint(
+        self,
+        session_id: str,
+        *,
+        minutes_at_dose: float,
+        envelope: list[tuple[float, float]],
+        freqs_hz: list[float],
+        safety_events: list[dict[str, Any]],
+        mean_error_pct: float | None,
+        p95_abs_error_pct: float | None,
+        exposure: dict[str, float] | None,
+        now_utc: datetime,
+        wait_s: float | None = None,
+    ) -> None:
+        """Save what a running session has delivered so far, in one transaction.
+
+        ``wait_s`` bounds how long a locked database may hold this up (a caller inside a
+        control loop passes a fraction of the plate's watchdog time).
+        """
+        measured = _measured_columns(
+            minutes_at_dose=minutes_at_dose,
+            envelope=envelope,
+            freqs_hz=freqs_hz,
+            safety_events=safety_events,
+            mean_error_pct=mean_error_pct,
+            p95_abs_error_pct=p95_abs_error_pct,
+            exposure=exposure,
+        )
+        measured["last_checkpoint_utc"] = _iso(_utc(now_utc, "now_utc"))
+        values = {
+            k: canonical_json(v) if k in _JSON_COLUMNS and v is not None else v
+            for k, v in measured.items()
+        }
+        with (
+            _translate("save the session checkpoint", self.path),
+            self._write(wait_s) as tx,
+        ):
+            cursor = tx.execute(
+                f"UPDATE sessions SET {', '.join(f'{k} = ?' for k in values)} "
+                "WHERE session_id = ? AND status = 'running' AND record_hash IS NULL",
+                [*values.values(), session_id],
+            )
+            if cursor.rowcount != 1:
+                raise self._not_running(tx, session_id)
+
+    def finish_session(
+        self,
+        session_id: str,
+        *,
+        status: str,
+        reason: str,
+        ended_utc: datetime,
+        minutes_at_dose: float,
+        envelope: list[tuple[float, float]],
+        freqs_hz: list[float],
+        safety_events: list[dict[str, Any]],
+        mean_error_pct: float | None,
+        p95_abs_error_pct: float | None,
+        exposure: dict[str, float] | None,
+    ) -> SessionRecord:
+        """Close a running session with its final figures and chain it; it never changes again."""
+        try:
+            final = SessionStatus(status)
+        except ValueError:
+            final = SessionStatus.RUNNING
+        if final not in FINAL_STATUSES:
+            raise _invalid(
+                f"status must be one of {', '.join(sorted(FINAL_STATUSES))}, not {status!r}"
+            )
+        reason_text = _text(reason, "reason", allow_empty=final is SessionStatus.COMPLETED)
+        ended = _utc(ended_utc, "ended_utc")
+        changes = _measured_columns(
+            minutes_at_dose=minutes_at_dose,
+            envelope=envelope,
+            freqs_hz=freqs_hz,
+            safety_events=safety_events,
+            mean_error_pct=mean_error_pct,
+            p95_abs_error_pct=p95_abs_error_pct,
+            exposure=exposure,
+        )
+        changes.update(
+            status=final.value,
+            reason=reason_text,
+            ended_utc=_iso(ended),
+            last_checkpoint_utc=_iso(ended),
+        )
+        try:
+            with _translate("save the end of the session", self.path), self._lock:
+                with self._write() as tx:
+                    raw = self._chain(tx, session_id, changes)
+                self._running.discard(session_id)
+                self._locks.release(session_id)
+        except LogError as exc:
+            if exc.reason in _STORAGE_FAILURES:
+                self._note_failure(session_id, exc, changes)
+            raise
+        return self._typed(raw)
+
+    def _note_failure(self, session_id: str, exc: LogError, changes: Mapping[str, Any]) -> None:
+        """Leave why the end could not be written where the next recovery finds it."""
+        note = {
+            "log_error": exc.reason.value,
+            "log_error_text": str(exc)[:_NOTE_TEXT],
+            "status": changes["status"],
+            "reason": str(changes["reason"])[:_NOTE_TEXT],
+            "minutes_at_dose": changes["minutes_at_dose"],
+            "ended_utc": changes["ended_utc"],
+        }
+        if self._locks.write_note(session_id, note):
+            _log.warning("session %s: the log could not be written; noted why", session_id)
+
+    def recover_interrupted(self, now_utc: datetime) -> list[SessionRecord]:
+        """Close every running session whose process has ended as ``interrupted`` and chain it.
+
+        Keeps the minutes at dose of its last checkpoint; ``ended_utc`` is that checkpoint (or
+        the start if none), the last moment the session is known to have been running. Sessions
+        still held by a living process (see :class:`_SessionLocks`) are left alone.
+        """
+        stamp = _iso(_utc(now_utc, "now_utc"))
+        recovered: list[dict[str, Any]] = []
+        with _translate("recover interrupted sessions", self.path), self._write() as tx:
+            rows = tx.execute(
+                "SELECT session_id, started_utc, last_checkpoint_utc FROM sessions "
+                "WHERE status = 'running' ORDER BY started_utc, session_id"
+            ).fetchall()
+            for row in rows:
+                session_id = row["session_id"]
+                noted = self._locks.read_note(session_id)  # before is_live removes a stale file
+                if session_id in self._running or self._locks.is_live(session_id):
+                    _log.info("session %s is still running in another process", session_id)
+                    continue
+                ended = row["last_checkpoint_utc"] or row["started_utc"]
+                changes: dict[str, Any] = {
+                    "status": SessionStatus.INTERRUPTED.value,
+                    "reason": RECOVERY_REASON.format(stamp=stamp),
+                    "ended_utc": ended,
+                }
+                changes.update(self._noted_failure(tx, session_id, noted, stamp))
+                recovered.append(self._chain(tx, session_id, changes))
+                _log.warning("recovered interrupted session %s", session_id)
+        return [self._typed(raw) for raw in recovered]
+
+    def _noted_failure(
+        self, tx: sqlite3.Connection, session_id: str, note: dict[str, Any] | None, stamp: str
+    ) -> dict[str, Any]:
+        """What a note left by a failed final write changes in the recovered record.
+
+        The reason names the log failure (never the crash default) and the dose the session
+        had delivered when it ended is kept. A note that does not make sense is ignored.
+        """
+        if note is None:
+            return {}
+        row = tx.execute(
+            "SELECT started_utc, minutes_at_dose, minutes_prescribed FROM sessions "
+            "WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
+        try:
+            error = LogErrorReason(note["log_error"])
+            status = SessionStatus(note["status"])
+            minutes = _quantize(note["minutes_at_dose"], "minutes_at_dose")
+            ended = _utc(datetime.fromisoformat(note["ended_utc"]), "ended_utc")
+            started = datetime.fromisoformat(row["started_utc"])
+            texts = [_text(note[k], k, allow_empty=True) for k in ("log_error_text", "reason")]
+        except (KeyError, TypeError, ValueError, LogError) as exc:
+            _log.warning("session %s: ignoring an unreadable failure note (%r)", session_id, exc)
+            return {}
+        if not 0.0 <= minutes <= float(row["minutes_prescribed"]) + 1e-6 or ended < started:
+            _log.warning("session %s: ignoring a failure note out of range", session_id)
+            return {}
+        sentence, outcome = texts
+        return {
+            "reason": LOG_FAILURE_REASON.format(
+                error=error.value,
+                sentence=sentence.rstrip("."),
+                status=status.value,
+                outcome=outcome or "no reason given",
+                stamp=stamp,
+            ),
+            "ended_utc": _iso(ended),
+            "minutes_at_dose": max(minutes, float(row["minutes_at_dose"])),
+        }
+
+    def _exists(self, conn: sqlite3.Connection, session_id: str) -> bool:
+        row = conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,))
+        return row.fetchone() is not None
+
+    def _not_running(self, conn: sqlite3.Connection, session_id: str) -> LogError:
+        row = conn.execute(
+            "SELECT status FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        if row is None:
+            return LogError(
+                f"There is no session {session_id} in this log.",
+                reason=LogErrorReason.UNKNOWN_SESSION,
+                path=self.path,
+            )
+        return LogError(
+            f"Session {session_id} is already finished ({row['status']}); a finished record "
+            "is never changed.",
+            reason=LogErrorReason.FINISHED,
+            path=self.path,
+        )
+
+    def _chain(
+        self, tx: sqlite3.Connection, session_id: str, changes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Finish a running row with ``changes`` and append it to this log's chain."""
+        row = tx.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        if row is None or row["status"] != SessionStatus.RUNNING or row["record_hash"]:
+            raise self._not_running(tx, session_id)
+        try:
+            raw = _raw_from_row(row)
+        except ValueError as exc:
+            raise self._corrupt(f"session {session_id} cannot be read ({exc})") from exc
+        raw.update(changes)
+        if raw["ended_utc"] is not None:
+            ended = datetime.fromisoformat(raw["ended_utc"])
+            raw["ended_local"] = _iso(ended.astimezone(_zone(raw["timezone"])))
+        head = tx.execute(
+            "SELECT chain_index, record_hash FROM sessions WHERE log_id = ? "
+            "AND record_hash IS NOT NULL ORDER BY chain_index DESC LIMIT 1",
+            (self.log_id,),
+        ).fetchone()
+        raw["chain_index"] = 0 if head is None else int(head["chain_index"]) + 1
+        raw["prev_hash"] = GENESIS_HASH if head is None else head["record_hash"]
+        raw["record_hash"] = record_hash(raw["prev_hash"], raw)
+        columns = _columns_from_raw(raw)
+        cursor = tx.execute(
+            f"UPDATE sessions SET {', '.join(f'{k} = ?' for k in columns)} "
+            "WHERE session_id = ? AND status = 'running' AND record_hash IS NULL",
+            [*columns.values(), session_id],
+        )
+        if cursor.rowcount != 1:
+            raise self._not_running(tx, session_id)
+        self._check_stored(tx, session_id)
+        return raw
+
+    def _check_stored(self, tx: sqlite3.Connection, session_id: str) -> None:
+        """Read the row back and re-hash it: what is stored must verify (else roll back)."""
+        row = tx.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        problem = _content_problem(_raw_from_row(row))
+        if problem is not None:
+            raise LogError(
+                f"The session log {self.path} did not store session {session_id} faithfully "
+                f"({problem}); nothing was written.",
+                reason=LogErrorReason.INTEGRITY,
+                path=self.path,
+            )
+
+    # --- reading ---
+
+    def _typed(self, raw: Mapping[str, Any]) -> SessionRecord:
+        try:
+            return _record_from_raw(raw)
+        except ValueError as exc:
+            raise self._corrupt(
+                f"session {raw.get('session_id')} cannot be read ({exc}); run verify"
+            ) from exc
+
+    def _typed_row(self, row: sqlite3.Row) -> SessionRecord:
+        try:
+            raw = _raw_from_row(row)
+        except ValueError as exc:
+            raise self._corrupt(
+                f"session {row['session_id']} cannot be read ({exc}); run verify"
+            ) from exc
+        return self._typed(raw)
+
+    def get(self, session_id: str) -> SessionRecord:
+        """The record of one session (running or finished)."""
+        with _translate("read the session log", self.path), self._lock:
+            row = (
+                self._connection()
+                .execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
+                .fetchone()
+            )
+        if row is None:
+            raise LogError(
+                f"There is no session {session_id} in this log.",
+                reason=LogErrorReason.UNKNOWN_SESSION,
+                path=self.path,
+            )
+        return self._typed_row(row)
+
+    def sessions(
+        self,
+        patient_id: str | None = None,
+        since: date | None = None,
+        until: date | None = None,
+    ) -> list[SessionRecord]:
+        """Sessions (all chains, running included) by local date and slot; bounds inclusive."""
+        where: list[str] = []
+        params: list[str] = []
+        if patient_id is not None:
+            where.append("patient_id = ?")
+            params.append(patient_id)
+        for bound, op, name in ((since, ">=", "since"), (until, "<=", "until")):
+            if bound is None:
+                continue
+            if not isinstance(bound, date) or isinstance(bound, datetime):
+                raise _invalid(f"{name} must be a date, not {bound!r}")
+            where.append(f"local_date {op} ?")
+            params.append(bound.isoformat())
+        sql = "SELECT * FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY local_date, slot, started_utc, session_id"
+        with _translate("read the session log", self.path), self._lock:
+            rows = self._connection().execute(sql, params).fetchall()
+        return [self._typed_row(row) for row in rows]
+
+    def latest_for_slot(self, patient_id: str, local_date: date, slot: int) -> SessionRecord | None:
+        """The most recently started session of one patient's slot on one local date, if any."""
+        if not isinstance(local_date, date) or isinstance(local_date, datetime):
+            raise _invalid(f"local_date must be a date, not {local_date!r}")
+        with _translate("read the session log", self.path), self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT * FROM sessions WHERE patient_id = ? AND local_date = ? AND slot = ?",
+                    (patient_id, local_date.isoformat(), slot),
+                )
+                .fetchall()
+            )
+        records = [self._typed_row(row) for row in rows]
+        if not records:
+            return None
+        return max(records, key=lambda r: (r.started_utc, r.session_id))
+
+    # --- verification ---
+
+    def _chain_order(self, conn: sqlite3.Connection) -> list[str]:
+        logs = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT DISTINCT log_id FROM sessions WHERE record_hash IS NOT NULL "
+                "OR chain_index IS NOT NULL"
+            )
+        ]
+        return sorted(logs, key=lambda log_id: (log_id != self.log_id, log_id))
+
+    def verify(self) -> VerifyResult:
+        """Recompute every chain (own and imported), each from its genesis; name the first bad.
+
+        Does not rely on the append-only triggers: whoever holds the file can drop them.
+        """
+        chains: dict[str, list[_Entry]] = {}
+        unchained_bad: BadRecord | None = None
+        with _translate("verify the session log", self.path), self._read() as conn:
+            for row in conn.execute("SELECT * FROM sessions ORDER BY log_id, chain_index"):
+                session_id = str(row["session_id"])
+                chained = row["record_hash"] is not None or row["chain_index"] is not None
+                if not chained:
+                    if unchained_bad is None and row["status"] != SessionStatus.RUNNING:
+                        unchained_bad = BadRecord(
+                            str(row["log_id"]),
+                            None,
+                            session_id,
+                            f"finished record (status {row['status']}) is not chained",
+                        )
+                    continue
+                try:
+                    entry = _Entry(session_id, row["chain_index"], _raw_from_row(row))
+                except ValueError as exc:
+                    entry = _Entry(session_id, row["chain_index"], None, str(exc))
+                chains.setdefault(str(row["log_id"]), []).append(entry)
+            order = self._chain_order(conn)
+        checked = sum(len(entries) for entries in chains.values())
+        first_bad, heads = _verify_chains([(log_id, chains[log_id]) for log_id in order])
+        first_bad = first_bad or unchained_bad
+        return VerifyResult(first_bad is None, checked, first_bad, heads)
