@@ -638,7 +638,7 @@ def test_a_killed_host_is_stopped_by_the_watchdog_and_recovered_as_interrupted(
     assert_one_sentence(out, err, "Session complete: ")
 
 
-DISK_FULL_SPEED = 10.0  # the 1-minute session in about 7 s, the plate in its own process
+DISK_FULL_SPEED = 5.0  # the 1-minute session in about 13 s, the plate in its own process
 
 
 def judge_disk_full(

@@ -47,7 +47,7 @@ from tests.test_fault_matrix import (
     wait_at_dose,
 )
 
-SPEED = 10.0  # the served plate at 10x real time: a 1-minute session in about 7 s
+SPEED = 5.0  # the served plate at 5x real time: a 1-minute session in about 13 s
 
 
 @pytest.fixture(scope="module")
