@@ -172,7 +172,8 @@ def render_table(report: AdherenceReport) -> str:
     out = [
         f"Adherence of patient {_printable(report.patient_id)} "
         f"(local dates in {_printable(report.timezone)})",
-        f"Study {report.study_start} to {report.study_end}; today is {report.today}.",
+        f"Study{' (protocol in force now)' if len(report.protocols) > 1 else ''} "
+        f"{report.study_start} to {report.study_end}; today is {report.today}.",
         f"Prescribed{' now' if len(report.protocols) > 1 else ''}: "
         f"{report.sessions_per_day} session(s) a day of "
         f"{report.minutes_per_session:g} min at dose.",
@@ -805,6 +806,8 @@ svg { display: block; max-width: 100%; height: auto; font-family: inherit; }
 .data td { border-bottom: 1px solid var(--line); padding: 5px 8px; vertical-align: top; }
 .data td.id { font-family: "DejaVu Sans Mono", Consolas, monospace; font-size: 11.5px;
   word-break: break-all; max-width: 220px; }
+.data td.sha { font-family: "DejaVu Sans Mono", Consolas, monospace; font-size: 11.5px;
+  white-space: nowrap; }
 .data td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .data ul { margin: 0; padding: 0; list-style: none; }
 .data li + li { margin-top: 2px; }
@@ -1008,7 +1011,7 @@ def _protocol_table(report: AdherenceReport) -> str:
         )
         rows.append(
             f"<tr><td>{_e(_since_text(p))}</td><td>{_e(_until_text(p))}</td>"
-            f'<td class="id" title="sha256 {_e(p.sha256)}">{_e(p.short_sha)}</td>'
+            f'<td class="sha" title="sha256 {_e(p.sha256)}">{_e(p.short_sha)}</td>'
             f'<td>{_e(p.describe())}</td><td class="num">{p.sessions}</td>'
             f"<td><ul>{changed}</ul></td></tr>"
         )

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,13 @@ from sessions.log import SessionLog
 from sessions.protocol import PatientProtocol
 from sessions.report import render_csv, render_html, render_json, render_table
 from tests.test_adherence import Book, Rec, at, d, make_protocol
+from tests.test_report_html import (
+    _chromium_args,
+    _png_pixels,
+    _run_chromium,
+    month_html,
+    needs_chromium,
+)
 
 OLD = make_protocol()  # 2 x 10 min a day, study 2026-03-02 to 2026-03-31 (Europe/London)
 
@@ -321,6 +329,41 @@ def test_html_marks_the_change_in_the_calendar_and_the_chart_and_lists_it() -> N
     assert "sessions per day 2 -&gt; 1" in table
     assert page.count('<g class="protocol-change">') == 1  # the minutes chart's marker
     assert "prescribed 15 min" in page  # the prescribed line follows the protocol in force
+
+
+CHANGE_RGB = (0x6B, 0x3F, 0xA0)  # the protocol-change marker (sessions/report.py)
+
+
+def painted(page: str, tmp_path: Path, name: str) -> Counter[tuple[int, int, int]]:
+    """The colours headless Chromium paints for ``page``."""
+    source, shot = tmp_path / f"{name}.html", tmp_path / f"{name}.png"
+    source.write_text(page, encoding="utf-8")
+    args = [*_chromium_args(tmp_path / f"profile-{name}"), f"--screenshot={shot}"]
+    _run_chromium([*args, "--hide-scrollbars", source.as_uri()], tmp_path)
+    _, _, rows = _png_pixels(shot.read_bytes())
+    colours: Counter[tuple[int, int, int]] = Counter()
+    for row in rows:
+        colours.update(zip(row[0::3], row[1::3], row[2::3], strict=True))
+    return colours
+
+
+@needs_chromium
+def test_chromium_paints_the_change_marker(tmp_path: Path) -> None:
+    changed = render_html(changed_report(), NEW_RX, mid_study_change())
+    dom = _run_chromium(
+        [*_chromium_args(tmp_path / "profile-dom"), "--dump-dom", _write(tmp_path, changed)],
+        tmp_path,
+    ).decode("utf-8")
+    assert dom.count('<span class="pc" aria-hidden="true">Rx</span>') == 1  # Thu 5 Mar
+    assert "Protocol changes (1)" in dom
+    assert painted(changed, tmp_path, "changed")[CHANGE_RGB] > 50  # the badge and the line
+    assert painted(month_html(), tmp_path, "month")[CHANGE_RGB] == 0  # no change, no marker
+
+
+def _write(tmp_path: Path, page: str) -> str:
+    path = tmp_path / "page.html"
+    path.write_text(page, encoding="utf-8")
+    return path.as_uri()
 
 
 def test_a_report_with_one_protocol_shows_no_change() -> None:
