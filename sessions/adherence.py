@@ -12,20 +12,28 @@ for clinicians; in short:
   never make up for another slot or another day;
 - only days that are over (before ``today``) are counted; today is shown as in progress;
 - session adherence = complete slots / prescribed slots, dose adherence = capped minutes at
-  dose / prescribed minutes, per day, per ISO week and overall.
+  dose / prescribed minutes, per day, per ISO week and overall;
+- every day is judged by the protocol in force that day: a protocol comes into force when its
+  first session ran (the log keeps each session's protocol) or, for the protocol installed now,
+  when it was installed, if that is earlier; the first protocol is in force from the start of
+  its study. A new protocol never re-scores the days before it.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import json
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sessions.protocol import MAX_STUDY_DAYS
+from sessions.protocol import MAX_STUDY_DAYS, ProtocolFileError, protocol_from_dict
 from sessions.scheduling import AT_DOSE_EPSILON_MIN, LoggedSession, Prescription, day_summary
 
 __all__ = [
@@ -39,6 +47,7 @@ __all__ = [
     "DeviceUse",
     "Flag",
     "Plan",
+    "ProtocolPeriod",
     "SessionLike",
     "Totals",
     "WeekAdherence",
@@ -50,8 +59,11 @@ __all__ = [
 # of the target after a load step (docs/performance.md); beyond 2% it did not do its job.
 AMPLITUDE_P95_LIMIT_PCT = 2.0
 
-# What a day in the report can be. Only "full", "partial" and "missed" days are counted.
-DAY_STATUSES = ("full", "partial", "missed", "today", "future")
+logger = logging.getLogger(__name__)
+
+# What a day in the report can be. Only "full", "partial" and "missed" days are counted;
+# "outside" is a day of the report period that no study in force covers (between two studies).
+DAY_STATUSES = ("full", "partial", "missed", "today", "future", "outside")
 COUNTED_STATUSES = frozenset({"full", "partial", "missed"})
 
 # Flag kinds, most serious first; flags of one session are listed in this order.
@@ -79,11 +91,23 @@ _DECIMALS = 6  # numbers in to_dict(), as the session log stores them
 MAX_REPORT_DAYS = MAX_STUDY_DAYS
 
 
+class _Schedule(Protocol):
+    def describe(self) -> str: ...
+
+
 class Plan(Prescription, Protocol):
     """The fields of a patient protocol that adherence reads."""
 
     @property
     def patient_id(self) -> str: ...
+    @property
+    def target_g(self) -> float: ...
+    @property
+    def dose_tolerance(self) -> float: ...
+    @property
+    def schedule(self) -> _Schedule: ...
+    @property
+    def sha256(self) -> str: ...
 
 
 class SessionLike(LoggedSession, Protocol):
@@ -109,6 +133,8 @@ class SessionLike(LoggedSession, Protocol):
     def mean_error_pct(self) -> float | None: ...
     @property
     def safety_events(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def protocol_json(self) -> str: ...  # the protocol it ran under; empty: the one given
 
 
 def _num(value: float | None) -> float | None:
@@ -132,6 +158,7 @@ class DayAdherence:
     slot_minutes: tuple[float, ...]  # capped minutes at dose of slot 1, 2, ...
     minutes_logged: float  # every session of the day, uncapped, extra sessions included
     sessions_logged: int
+    protocol_sha256: str | None = None  # the protocol the day is judged by; None: "outside"
 
     @property
     def counted(self) -> bool:
@@ -159,6 +186,80 @@ class DayAdherence:
             "sessions_logged": self.sessions_logged,
             "session_adherence": _num(self.session_adherence),
             "dose_adherence": _num(self.dose_adherence),
+            "protocol_sha256": self.protocol_sha256,
+        }
+
+
+@dataclass(frozen=True)
+class ProtocolPeriod:
+    """One protocol the patient was under, and the local days it was in force.
+
+    A protocol is in force from ``in_force_from`` (``None``: from the start of its study, for
+    the first one) to ``in_force_until`` (``None``: still in force). A protocol replaced on the
+    day it came into force is in force on no day (``in_force_until`` before ``in_force_from``).
+    ``changes`` says what differs from the protocol before it, one short phrase per field.
+    """
+
+    sha256: str
+    in_force_from: date | None
+    in_force_until: date | None
+    first_used: date | None  # local date of its first session; None: no session yet
+    sessions: int  # the patient's sessions that ran under it
+    current: bool  # the protocol in force now
+    target_g: float
+    dose_tolerance: float
+    frequency: str
+    minutes_per_session: float
+    sessions_per_day: int
+    min_gap_hours: float
+    daily_windows: str
+    study_start: date
+    study_end: date
+    timezone: str
+    changes: tuple[str, ...]
+
+    @property
+    def short_sha(self) -> str:
+        return self.sha256[:12]
+
+    def in_force(self, day: date) -> bool:
+        return (self.in_force_from is None or self.in_force_from <= day) and (
+            self.in_force_until is None or day <= self.in_force_until
+        )
+
+    def prescribes(self, day: date) -> bool:
+        """In force that day, and the day is inside its study: the day is counted by it."""
+        return self.in_force(day) and self.study_start <= day <= self.study_end
+
+    def describe(self) -> str:
+        """The prescription in one line."""
+        return (
+            f"{self.target_g:g} g peak at {self.frequency}, {self.sessions_per_day} a day x "
+            f"{self.minutes_per_session:g} min; study {self.study_start.isoformat()} to "
+            f"{self.study_end.isoformat()}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "in_force_from": None if self.in_force_from is None else self.in_force_from.isoformat(),
+            "in_force_until": (
+                None if self.in_force_until is None else self.in_force_until.isoformat()
+            ),
+            "first_used": None if self.first_used is None else self.first_used.isoformat(),
+            "sessions": self.sessions,
+            "current": self.current,
+            "target_g": _num(self.target_g),
+            "dose_tolerance": _num(self.dose_tolerance),
+            "frequency": self.frequency,
+            "minutes_per_session": _num(self.minutes_per_session),
+            "sessions_per_day": self.sessions_per_day,
+            "min_gap_hours": _num(self.min_gap_hours),
+            "daily_windows": self.daily_windows,
+            "study_start": self.study_start.isoformat(),
+            "study_end": self.study_end.isoformat(),
+            "timezone": self.timezone,
+            "changes": list(self.changes),
         }
 
 
@@ -300,6 +401,24 @@ class AdherenceReport:
     flagged: tuple[Flag, ...]
     devices: tuple[DeviceUse, ...]
     sessions_considered: int  # the patient's sessions dated in the requested (unclipped) period
+    # every protocol of the patient's history, oldest first; the last one is in force now
+    protocols: tuple[ProtocolPeriod, ...] = ()
+
+    def protocol_on(self, day: date) -> ProtocolPeriod | None:
+        """The protocol in force on ``day`` (the latest to come into force by then)."""
+        return next((p for p in reversed(self.protocols) if p.in_force(day)), None)
+
+    def in_study(self, day: date) -> bool:
+        """Whether the protocol in force on ``day`` prescribes it (inside its study)."""
+        if not self.protocols:
+            return self.study_start <= day <= self.study_end
+        found = self.protocol_on(day)
+        return found is not None and found.prescribes(day)
+
+    @property
+    def protocol_changes(self) -> tuple[ProtocolPeriod, ...]:
+        """The protocols that replaced another, in the order they came into force."""
+        return tuple(p for p in self.protocols[1:] if p.in_force_from is not None)
 
     @property
     def days_counted(self) -> int:
@@ -373,6 +492,7 @@ class AdherenceReport:
             "flagged": [f.to_dict() for f in self.flagged],
             "devices": [d.to_dict() for d in self.devices],
             "sessions_considered": self.sessions_considered,
+            "protocols": [p.to_dict() for p in self.protocols],
         }
 
 
@@ -382,33 +502,40 @@ def compute_adherence(
     since: date | None = None,
     until: date | None = None,
     today: date | None = None,
+    *,
+    installed_utc: datetime | None = None,
 ) -> AdherenceReport:
     """Adherence of ``protocol``'s patient over ``[since, until]`` (local dates, inclusive).
 
-    ``since``/``until`` default to the whole study up to today and are clipped to the study
-    period for the figures; sessions of other patients are ignored. Sessions dated in the
-    requested period but outside the study (or after today) are not counted but are flagged.
-    ``today`` defaults to the current date in the protocol's time zone. The work and the
-    report grow with the period, never with the study: a period longer than MAX_REPORT_DAYS is
-    refused (ValueError naming --since/--until).
+    ``protocol`` is the protocol in force now and ``installed_utc`` when it was installed
+    (``None``: unknown). Every day is judged by the protocol in force that day, found from the
+    protocol each session ran under (``protocol_json``; empty means ``protocol``): see
+    ``protocol_periods``. ``since``/``until`` default to the days the protocols prescribe up to
+    today and are clipped to them for the figures; sessions of other patients are ignored.
+    Sessions dated in the requested period but outside the study (or after today) are not
+    counted but are flagged. ``today`` defaults to the current date in the protocol's time
+    zone. The days of the report grow with the period, never with the study: a period longer
+    than MAX_REPORT_DAYS is refused (ValueError naming --since/--until).
     """
     if since is not None and until is not None and since > until:
         raise ValueError(f"since {since.isoformat()} is after until {until.isoformat()}")
     zone = ZoneInfo(protocol.timezone)
     if today is None:
         today = datetime.now(zone).date()
+    theirs = [s for s in sessions if s.patient_id == protocol.patient_id]
+    plans = _PlanReader(protocol)
+    periods = _periods(protocol, theirs, plans, installed_utc, today)
     mine = sorted(
         (
             s
-            for s in sessions
-            if s.patient_id == protocol.patient_id
-            and (since is None or s.local_date >= since)
-            and (until is None or s.local_date <= until)
+            for s in theirs
+            if (since is None or s.local_date >= since) and (until is None or s.local_date <= until)
         ),
         key=_session_order,
     )
-    start = max(since or protocol.study_start, protocol.study_start)
-    end = min(until or protocol.study_end, protocol.study_end)
+    first, last = _prescribed_span(protocol, periods)
+    start = max(since or first, first)
+    end = min(until or last, last)
     if until is None:
         end = min(end, today)
     if (end - start).days + 1 > MAX_REPORT_DAYS:
@@ -421,16 +548,17 @@ def compute_adherence(
     by_day: dict[date, list[LoggedSession]] = defaultdict(list)
     for s in mine:
         by_day[s.local_date].append(s)
-    days = tuple(
-        _day(protocol, by_day.get(d, []), d, today)
-        for d in (start + timedelta(days=k) for k in range((end - start).days + 1))
-    )
-    complete_slots = {
-        (d.day, k)
-        for d in days
-        for k, m in enumerate(d.slot_minutes, start=1)
-        if m >= protocol.minutes_per_session - AT_DOSE_EPSILON_MIN
-    }
+    days = []
+    complete_slots: set[tuple[date, int]] = set()
+    for day in (start + timedelta(days=k) for k in range((end - start).days + 1)):
+        period = _in_force(periods, day)
+        found = _day(period, by_day.get(day, []), day, today)
+        days.append(found)
+        complete_slots.update(
+            (day, k)
+            for k, m in enumerate(found.slot_minutes, start=1)
+            if m >= period.plan.minutes_per_session - AT_DOSE_EPSILON_MIN
+        )
     return AdherenceReport(
         patient_id=protocol.patient_id,
         timezone=protocol.timezone,
@@ -441,20 +569,220 @@ def compute_adherence(
         today=today,
         minutes_per_session=protocol.minutes_per_session,
         sessions_per_day=protocol.sessions_per_day,
-        days=days,
+        days=tuple(days),
         weeks=_weeks(days),
         totals=Totals.of(days),
-        flagged=tuple(f for s in mine for f in _flags(protocol, s, zone, today, complete_slots)),
+        flagged=tuple(
+            f
+            for s in mine
+            for f in _flags(_in_force(periods, s.local_date).plan, s, zone, today, complete_slots)
+        ),
         devices=_devices(mine),
         sessions_considered=len(mine),
+        protocols=_described(periods),
     )
+
+
+# ---- which protocol is in force when ------------------------------------------------------
+
+
+class _PlanReader:
+    """The protocol a session ran under, read once per distinct protocol text."""
+
+    def __init__(self, current: Plan) -> None:
+        self.current = current
+        self._known: dict[str, Plan] = {}
+
+    def of(self, session: SessionLike) -> Plan:
+        text = session.protocol_json
+        if not text:
+            return self.current
+        plan = self._known.get(text)
+        if plan is None:
+            try:
+                plan = protocol_from_dict(json.loads(text))
+            except (ValueError, TypeError, ProtocolFileError) as exc:
+                # the log checks this text when it is written; judge by the current protocol
+                logger.warning(
+                    "session %s: its protocol cannot be read (%s); judged by the current one",
+                    session.session_id,
+                    exc,
+                )
+                plan = self.current
+            if plan.sha256 == self.current.sha256:
+                plan = self.current
+            self._known[text] = plan
+        return plan
+
+
+@dataclass
+class _Period:
+    """A run of the patient's history under one protocol (mutable while it is built)."""
+
+    plan: Plan
+    starts_utc: datetime | None  # when it came into force; None: from the start of its study
+    first_used_utc: datetime | None = None
+    last_used_utc: datetime | None = None
+    sessions: int = 0
+    from_day: date | None = None  # local date it came into force (set once all are known)
+    until_day: date | None = None
+    previous: Plan | None = field(default=None, repr=False)
+
+
+def protocol_periods(
+    current: Plan,
+    sessions: Iterable[SessionLike],
+    installed_utc: datetime | None = None,
+    today: date | None = None,
+) -> tuple[ProtocolPeriod, ...]:
+    """The protocols of one patient's history, oldest first, each with the days it was in force.
+
+    The rule (docs/adherence.md, "Which protocol judges a day"): going through the sessions in
+    the order they started, a protocol comes into force when the first session that ran under
+    it started, unless it is the protocol before (a run of sessions under one protocol is one
+    period). The first protocol is in force from the start of its study. ``current`` (the
+    protocol installed now) comes into force when it was installed (``installed_utc``) or first
+    used, whichever is earlier, but never before the last session of the protocol it replaced;
+    installed and never used, with no install time known, it is in force from ``today``. A
+    protocol is in force from the local day it came into force until the day before the next
+    one did; on a day two protocols share, the later one judges the day.
+    """
+    zone = ZoneInfo(current.timezone)
+    if today is None:
+        today = datetime.now(zone).date()
+    theirs = [s for s in sessions if s.patient_id == current.patient_id]
+    return _described(_periods(current, theirs, _PlanReader(current), installed_utc, today))
+
+
+def _periods(
+    current: Plan,
+    sessions: Sequence[SessionLike],
+    plans: _PlanReader,
+    installed_utc: datetime | None,
+    today: date,
+) -> list[_Period]:
+    runs: list[_Period] = []
+    for s in sorted(sessions, key=lambda s: (s.started_utc, s.session_id)):
+        plan = plans.of(s)
+        if not runs or runs[-1].plan.sha256 != plan.sha256:
+            runs.append(_Period(plan, s.started_utc if runs else None, s.started_utc))
+        run = runs[-1]
+        run.sessions += 1
+        run.last_used_utc = s.started_utc
+    if not runs:
+        runs.append(_Period(current, None))
+    elif runs[-1].plan.sha256 != current.sha256:
+        after = runs[-1].last_used_utc
+        runs.append(_Period(current, after if installed_utc is None else installed_utc))
+        if installed_utc is None:  # nothing says when: in force from today
+            runs[-1].from_day = today
+        elif after is not None and installed_utc < after:
+            runs[-1].starts_utc = after
+    elif len(runs) > 1 and installed_utc is not None:
+        last, before = runs[-1], runs[-2]
+        assert last.starts_utc is not None
+        assert before.last_used_utc is not None
+        last.starts_utc = max(min(last.starts_utc, installed_utc), before.last_used_utc)
+    floor: date | None = None
+    for k, run in enumerate(runs):
+        if k:
+            run.previous = runs[k - 1].plan
+        if run.from_day is None and run.starts_utc is not None:
+            run.from_day = run.starts_utc.astimezone(ZoneInfo(run.plan.timezone)).date()
+        if run.from_day is not None and floor is not None:
+            run.from_day = max(run.from_day, floor)  # in force in the order they came
+        floor = run.from_day if run.from_day is not None else floor
+    for run, successor in itertools.pairwise(runs):
+        assert successor.from_day is not None
+        run.until_day = successor.from_day - timedelta(days=1)
+    return runs
+
+
+def _in_force(periods: Sequence[_Period], day: date) -> _Period:
+    """The period in force on ``day``: the latest that came into force by then."""
+    starts = [p.from_day or date.min for p in periods]
+    k = bisect.bisect_right(starts, day) - 1
+    return periods[max(k, 0)]
+
+
+def _prescribed_span(current: Plan, periods: Sequence[_Period]) -> tuple[date, date]:
+    """First and last day any protocol in force prescribes; the current study if none does."""
+    spans = []
+    for p in periods:
+        first = max(p.from_day or p.plan.study_start, p.plan.study_start)
+        last = min(p.until_day or p.plan.study_end, p.plan.study_end)
+        if first <= last:
+            spans.append((first, last))
+    if not spans:
+        return current.study_start, current.study_end
+    return min(f for f, _ in spans), max(last for _, last in spans)
+
+
+def _windows(plan: Plan) -> str:
+    return ", ".join(f"{w.start:%H:%M}-{w.end:%H:%M}" for w in plan.daily_windows) or "any time"
+
+
+def _changes(before: Plan, after: Plan) -> tuple[str, ...]:
+    """What differs between two protocols, one short phrase per field."""
+    found = []
+    pairs: list[tuple[str, str, str]] = [
+        ("target", f"{before.target_g:g} g", f"{after.target_g:g} g"),
+        ("dose tolerance", f"+/-{100 * before.dose_tolerance:g}%",
+         f"+/-{100 * after.dose_tolerance:g}%"),
+        ("frequency", before.schedule.describe(), after.schedule.describe()),
+        ("minutes per session", f"{before.minutes_per_session:g}",
+         f"{after.minutes_per_session:g}"),
+        ("sessions per day", str(before.sessions_per_day), str(after.sessions_per_day)),
+        ("rest between sessions", f"{before.min_gap_hours:g} h", f"{after.min_gap_hours:g} h"),
+        ("daily windows", _windows(before), _windows(after)),
+        ("study", f"{before.study_start.isoformat()} to {before.study_end.isoformat()}",
+         f"{after.study_start.isoformat()} to {after.study_end.isoformat()}"),
+        ("time zone", before.timezone, after.timezone),
+    ]  # fmt: skip
+    for what, old, new in pairs:
+        if old != new:
+            found.append(f"{what} {old} -> {new}")
+    return tuple(found) or ("the same prescription, installed again",)
+
+
+def _described(periods: Sequence[_Period]) -> tuple[ProtocolPeriod, ...]:
+    out = []
+    for k, p in enumerate(periods):
+        zone = ZoneInfo(p.plan.timezone)
+        first_used = p.first_used_utc.astimezone(zone).date() if p.first_used_utc else None
+        out.append(
+            ProtocolPeriod(
+                sha256=p.plan.sha256,
+                in_force_from=p.from_day,
+                in_force_until=p.until_day,
+                first_used=first_used,
+                sessions=p.sessions,
+                current=k == len(periods) - 1,
+                target_g=p.plan.target_g,
+                dose_tolerance=p.plan.dose_tolerance,
+                frequency=p.plan.schedule.describe(),
+                minutes_per_session=p.plan.minutes_per_session,
+                sessions_per_day=p.plan.sessions_per_day,
+                min_gap_hours=p.plan.min_gap_hours,
+                daily_windows=_windows(p.plan),
+                study_start=p.plan.study_start,
+                study_end=p.plan.study_end,
+                timezone=p.plan.timezone,
+                changes=() if p.previous is None else _changes(p.previous, p.plan),
+            )
+        )
+    return tuple(out)
 
 
 def _session_order(s: SessionLike) -> tuple[date, int, datetime, str]:
     return (s.local_date, s.slot, s.started_utc, s.session_id)
 
 
-def _day(protocol: Plan, sessions: list[LoggedSession], day: date, today: date) -> DayAdherence:
+def _day(period: _Period, sessions: list[LoggedSession], day: date, today: date) -> DayAdherence:
+    protocol = period.plan
+    logged = math.fsum(s.minutes_at_dose for s in sessions)
+    if not protocol.study_start <= day <= protocol.study_end:  # no study in force that day
+        return DayAdherence(day, "outside", 0, 0, 0.0, 0.0, (), logged, len(sessions))
     per_slot = protocol.minutes_per_session
     capped = tuple(
         min(max(m, 0.0), per_slot) for m in day_summary(protocol, sessions, day)
@@ -479,8 +807,9 @@ def _day(protocol: Plan, sessions: list[LoggedSession], day: date, today: date) 
         minutes_prescribed=per_slot * protocol.sessions_per_day,
         minutes_at_dose=at_dose,
         slot_minutes=capped,
-        minutes_logged=math.fsum(s.minutes_at_dose for s in sessions),
+        minutes_logged=logged,
         sessions_logged=len(sessions),
+        protocol_sha256=protocol.sha256,
     )
 
 

@@ -385,8 +385,13 @@ class ReportError(LivError):
 
 def _report_subject(
     args: argparse.Namespace, home: LivHome, records: list[SessionRecord]
-) -> tuple[str, PatientProtocol]:
-    """The patient to report on and the protocol in force (the latest one their log holds)."""
+) -> tuple[str, PatientProtocol, datetime | None]:
+    """The patient to report on, the protocol in force now and when it was installed.
+
+    The protocol in force now is the installed one when it is this patient's (installed when
+    its file was written); otherwise the one their latest session ran under (no install time).
+    The protocols of earlier sessions come from the sessions themselves (compute_adherence).
+    """
     patients = sorted({r.patient_id for r in records})
     patient = args.patient
     if patient is None:
@@ -397,22 +402,29 @@ def _report_subject(
         else:
             listed = ", ".join(patients) or "none"
             raise ReportError(f"say which patient with --patient (in this log: {listed})")
+    if home.protocol_path.exists():
+        installed = home.protocol()
+        if installed.patient_id == patient:
+            written = home.protocol_path.stat().st_mtime
+            return patient, installed, datetime.fromtimestamp(written, UTC)
     theirs = [r for r in records if r.patient_id == patient]
     if theirs:
-        latest = max(theirs, key=lambda r: r.started_utc)
-        return patient, protocol_from_dict(json.loads(latest.protocol_json))
-    if home.protocol_path.exists() and home.protocol().patient_id == patient:
-        return patient, home.protocol()
+        latest = max(theirs, key=lambda r: (r.started_utc, r.session_id))
+        return patient, protocol_from_dict(json.loads(latest.protocol_json)), None
     raise ReportError(f"no sessions and no protocol for patient {patient!r} in this log")
 
 
 def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str) -> str:
     records = log.sessions()
-    patient, protocol = _report_subject(args, home, records)
+    patient, protocol, installed_utc = _report_subject(args, home, records)
     theirs = [r for r in records if r.patient_id == patient]
     try:
         report = compute_adherence(
-            protocol, theirs, since=_parse_date(args.since), until=_parse_date(args.until)
+            protocol,
+            theirs,
+            since=_parse_date(args.since),
+            until=_parse_date(args.until),
+            installed_utc=installed_utc,
         )
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None

@@ -25,6 +25,7 @@ from sessions.adherence import (
     DayAdherence,
     Flag,
     Plan,
+    ProtocolPeriod,
     SessionLike,
     WeekAdherence,
 )
@@ -57,6 +58,8 @@ CSV_COLUMNS = (
     "sessions_logged",
     "session_adherence",
     "dose_adherence",
+    "protocol",
+    "protocol_change",
 )
 MAX_TRACES = 6  # envelope charts of flagged sessions in the HTML report, most recent first
 _TRACE_KINDS = frozenset(
@@ -65,21 +68,8 @@ _TRACE_KINDS = frozenset(
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
-class _Schedule(Protocol):
-    def describe(self) -> str: ...
-
-
 class ReportProtocol(Plan, Protocol):
-    """The fields of a patient protocol the HTML report shows."""
-
-    @property
-    def target_g(self) -> float: ...
-    @property
-    def dose_tolerance(self) -> float: ...
-    @property
-    def schedule(self) -> _Schedule: ...
-    @property
-    def sha256(self) -> str: ...
+    """The fields of a patient protocol the HTML report shows (all of ``Plan``)."""
 
 
 class ReportSession(SessionLike, Protocol):
@@ -144,6 +134,36 @@ def _flags_by_session(flags: Iterable[Flag]) -> list[list[Flag]]:
     return list(grouped.values())
 
 
+def _since_text(p: ProtocolPeriod) -> str:
+    return "the start of its study" if p.in_force_from is None else p.in_force_from.isoformat()
+
+
+def _until_text(p: ProtocolPeriod) -> str:
+    if p.in_force_until is None:
+        return "now (in force)"
+    if p.in_force_from is not None and p.in_force_until < p.in_force_from:
+        return "the same day (replaced)"
+    return p.in_force_until.isoformat()
+
+
+def _changes_on(report: AdherenceReport) -> dict[date, list[ProtocolPeriod]]:
+    """The protocols that came into force, by the day they did."""
+    found: dict[date, list[ProtocolPeriod]] = defaultdict(list)
+    for p in report.protocol_changes:
+        assert p.in_force_from is not None
+        found[p.in_force_from].append(p)
+    return found
+
+
+def _change_text(p: ProtocolPeriod) -> str:
+    return f"protocol {p.short_sha} in force: " + "; ".join(p.changes)
+
+
+def _change_cell(report: AdherenceReport, day: date) -> str:
+    """What changed on ``day`` (protocols that came into force), for a CSV cell."""
+    return " | ".join(_change_text(p) for p in report.protocol_changes if p.in_force_from == day)
+
+
 # --------------------------------------------------------------------------------------------
 # Text, CSV, JSON
 
@@ -153,10 +173,21 @@ def render_table(report: AdherenceReport) -> str:
     out = [
         f"Adherence of patient {_printable(report.patient_id)} "
         f"(local dates in {_printable(report.timezone)})",
-        f"Study {report.study_start} to {report.study_end}; today is {report.today}.",
-        f"Prescribed: {report.sessions_per_day} session(s) a day of "
+        f"Study{' (protocol in force now)' if len(report.protocols) > 1 else ''} "
+        f"{report.study_start} to {report.study_end}; today is {report.today}.",
+        f"Prescribed{' now' if len(report.protocols) > 1 else ''}: "
+        f"{report.sessions_per_day} session(s) a day of "
         f"{report.minutes_per_session:g} min at dose.",
     ]
+    if len(report.protocols) > 1:
+        out.append("Protocols (each day is judged by the protocol in force that day):")
+        for p in report.protocols:
+            out.append(
+                f"  {p.short_sha}  from {_since_text(p)} to {_until_text(p)}: "
+                f"{_printable(p.describe())}"
+            )
+            if p.changes:
+                out.append(f"    changed on {_since_text(p)}: {_printable('; '.join(p.changes))}")
     if not report.days:
         out.append("The report period has no days (the study has not started yet).")
         return "\n".join(out) + "\n"
@@ -191,7 +222,7 @@ def render_table(report: AdherenceReport) -> str:
     out.append("")
     out.extend(_columns(_week_rows(report.weeks), right=frozenset({1, 2, 3, 4, 5, 6})))
     out.append("")
-    out.extend(_columns(_day_rows(report.days), right=frozenset({3, 4, 5})))
+    out.extend(_columns(_day_rows(report), right=frozenset({3, 4, 5})))
     out.append("")
     if report.flagged:
         sessions = _flags_by_session(report.flagged)
@@ -240,10 +271,15 @@ def _week_rows(weeks: Sequence[WeekAdherence]) -> list[list[str]]:
     return rows
 
 
-def _day_rows(days: Sequence[DayAdherence]) -> list[list[str]]:
+def _day_rows(report: AdherenceReport) -> list[list[str]]:
+    several = len(report.protocols) > 1  # then a column says where each protocol starts
+    changes = _changes_on(report)
     rows = [["date", "day", "status", "sessions", "minutes at dose", "logged"]]
-    for d in days:
+    if several:
+        rows[0].append("protocol")
+    for d in report.days:
         shown = d.counted or d.status == "today"
+        marks = [f"changed to {p.short_sha}" for p in changes.get(d.day, [])]
         rows.append(
             [
                 d.day.isoformat(),
@@ -254,6 +290,7 @@ def _day_rows(days: Sequence[DayAdherence]) -> list[list[str]]:
                 f"{_min(d.minutes_logged)} min, {d.sessions_logged} session(s)"
                 if d.sessions_logged
                 else "",
+                *([", ".join(marks)] if several else []),
             ]
         )
     return rows
@@ -282,6 +319,8 @@ def render_csv(report: AdherenceReport) -> str:
                 d.sessions_logged,
                 _number(d.session_adherence),
                 _number(d.dose_adherence),
+                (d.protocol_sha256 or "")[:12],
+                _change_cell(report, d.day),
             ]
         )
     return buffer.getvalue()
@@ -322,6 +361,8 @@ _SVG_LOOK = {  # presentation attributes, so an SVG looks right outside the page
     "target": 'stroke="#3f9e5f" stroke-width="1.2" stroke-dasharray="5 3"',
     "envelope": 'fill="none" stroke="#2f6db3" stroke-width="1.4" stroke-linejoin="round"',
     "event": 'stroke="#cf3f3f" stroke-width="2"',
+    "change": 'stroke="#6b3fa0" stroke-width="2" stroke-dasharray="2 3"',
+    "change-text": 'font-size="11" font-weight="600" fill="#6b3fa0"',
 }
 _L = {name: f'class="{name}" {look}' for name, look in _SVG_LOOK.items()}
 _SVG_FONT = "Segoe UI, Helvetica Neue, Arial, Liberation Sans, DejaVu Sans, sans-serif"
@@ -475,6 +516,7 @@ _DAY_FILL = {
     "missed": "#cf3f3f",
     "today": "#4a78c2",
     "future": "#d9dde3",
+    "outside": "#e4e6ea",
 }
 
 
@@ -484,10 +526,16 @@ def _minutes_chart(report: AdherenceReport) -> str:
     left, right, top, bottom = 52, 16, 16, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     prescribed = report.minutes_per_session * report.sessions_per_day
-    y_top = prescribed * 1.5
+    y_top = max([prescribed, *(d.minutes_prescribed for d in days)]) * 1.5
+    steps = _prescribed_steps(days)
     label = (
         f"Minutes at dose per day, {report.period_start.isoformat()} to "
-        f"{report.period_end.isoformat()}, against {prescribed:g} minutes prescribed"
+        f"{report.period_end.isoformat()}, against "
+        + (
+            f"{prescribed:g} minutes prescribed"
+            if len(steps) <= 1
+            else "the minutes prescribed by the protocol in force each day"
+        )
     )
     parts = [_svg_open(width, height, label, "chart", False)]
     if not days:
@@ -534,11 +582,30 @@ def _minutes_chart(report: AdherenceReport) -> str:
                 f'width="{_f(bar_w)}" height="{_f(y(d.minutes_at_dose) - y(d.minutes_logged))}"/>'
             )
         parts.append("</g>")
-    parts.append(
-        f'<line {_L["prescribed"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(prescribed))}" '
-        f'y2="{_f(y(prescribed))}"/><text {_L["note"]} x="{left + plot_w - 4}" '
-        f'y="{_f(y(prescribed) - 5)}" text-anchor="end">prescribed {prescribed:g} min</text>'
-    )
+    for first_k, last_k, minutes in steps:  # one level per run of days with one prescription
+        x1, x2 = left + first_k * slot_w, left + (last_k + 1) * slot_w
+        parts.append(
+            f'<line {_L["prescribed"]} x1="{_f(x1)}" x2="{_f(x2)}" y1="{_f(y(minutes))}" '
+            f'y2="{_f(y(minutes))}"/>'
+        )
+    if steps:
+        _, last_k, minutes = steps[-1]
+        parts.append(
+            f'<text {_L["note"]} x="{_f(left + (last_k + 1) * slot_w - 4)}" '
+            f'y="{_f(y(minutes) - 5)}" text-anchor="end">prescribed {minutes:g} min</text>'
+        )
+    index = {d.day: k for k, d in enumerate(days)}
+    for p in report.protocol_changes:
+        at_k = index.get(p.in_force_from) if p.in_force_from is not None else None
+        if at_k is None:
+            continue
+        x = left + at_k * slot_w
+        parts.append(
+            f'<g class="protocol-change"><title>{_e(_since_text(p))}: {_e(_change_text(p))}'
+            f'</title><line {_L["change"]} x1="{_f(x)}" x2="{_f(x)}" y1="{top}" '
+            f'y2="{top + plot_h}"/><text {_L["change-text"]} x="{_f(x + 3)}" y="{top + 11}">'
+            f"protocol {_e(p.short_sha[:7])}</text></g>"
+        )
     parts.extend(_date_axis(days[0].day, len(days), left, slot_w, top + plot_h))
     parts.append(
         f'<text {_L["axis"]} x="14" y="{_f(top + plot_h / 2)}" text-anchor="middle" '
@@ -548,6 +615,19 @@ def _minutes_chart(report: AdherenceReport) -> str:
         f'<rect {_L["frame"]} x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/></svg>'
     )
     return "".join(parts)
+
+
+def _prescribed_steps(days: Sequence[DayAdherence]) -> list[tuple[int, int, float]]:
+    """Runs of consecutive days with the same minutes prescribed: (first, last, minutes)."""
+    steps: list[tuple[int, int, float]] = []
+    for k, d in enumerate(days):
+        if d.slots_prescribed == 0:  # no study in force that day: nothing prescribed
+            continue
+        if steps and steps[-1][1] == k - 1 and steps[-1][2] == d.minutes_prescribed:
+            steps[-1] = (steps[-1][0], k, d.minutes_prescribed)
+        else:
+            steps.append((k, k, d.minutes_prescribed))
+    return steps
 
 
 def _date_axis(first: date, count: int, left: float, slot_w: float, base: float) -> list[str]:
@@ -709,6 +789,9 @@ table { border-collapse: collapse; }
 .day.future { background: var(--future); border: 1px dashed #c3c8d0; color: #8a919c; }
 .day.other { background: #e4e6ea; color: #7a818c; }
 .day.outside { background: transparent; color: #c0c4ca; border: 1px dotted #e1e3e7; }
+.day .pc { position: absolute; right: 3px; top: 2px; font-size: 9.5px; font-weight: 700;
+  line-height: 13px; padding: 0 3px; border-radius: 3px; background: #6b3fa0; color: #fff; }
+.legend .day .pc { top: 2px; right: 8px; }
 .legend { display: flex; flex-wrap: wrap; gap: 6px 18px; margin: 10px 0 0; padding: 0;
   list-style: none; font-size: 12.5px; }
 .legend li { display: flex; align-items: center; gap: 6px; }
@@ -724,6 +807,8 @@ svg { display: block; max-width: 100%; height: auto; font-family: inherit; }
 .data td { border-bottom: 1px solid var(--line); padding: 5px 8px; vertical-align: top; }
 .data td.id { font-family: "DejaVu Sans Mono", Consolas, monospace; font-size: 11.5px;
   word-break: break-all; max-width: 220px; }
+.data td.sha { font-family: "DejaVu Sans Mono", Consolas, monospace; font-size: 11.5px;
+  white-space: nowrap; }
 .data td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .data ul { margin: 0; padding: 0; list-style: none; }
 .data li + li { margin-top: 2px; }
@@ -770,7 +855,7 @@ def _calendar_status(report: AdherenceReport, day: date, days: Mapping[date, Day
     found = days.get(day)
     if found is not None:
         return found.status
-    if not report.study_start <= day <= report.study_end:
+    if not report.in_study(day):
         return "outside"
     if day > report.today:
         return "future"
@@ -791,6 +876,7 @@ def _calendar_span(report: AdherenceReport) -> tuple[date, date]:
 
 def _calendar(report: AdherenceReport) -> str:
     days = {d.day: d for d in report.days}
+    changes = _changes_on(report)
     weeks = {(w.iso_year, w.iso_week): w for w in report.weeks}
     span_start, span_end = _calendar_span(report)
     first = span_start - timedelta(days=span_start.weekday())
@@ -833,10 +919,17 @@ def _calendar(report: AdherenceReport) -> str:
                 )
                 if found.minutes_logged > found.minutes_at_dose + 0.005:
                     title += f" ({_min(found.minutes_logged)} min logged in all)"
+            mark = ""
+            for change in changes.get(day, []):
+                title += f"; {_change_text(change)}"
+                mark = (
+                    '<span class="pc" aria-hidden="true">Rx</span>'
+                    '<span class="sr"> protocol changed</span>'
+                )
             cells.append(
                 f'<td><div class="day {status}" title="{_e(title)}">'
                 f'<span class="n">{day.day}</span><span class="sr"> {_e(_STATUS_TEXT[status])}'
-                f'</span><span class="c">{count}</span></div></td>'
+                f'</span>{mark}<span class="c">{count}</span></div></td>'
             )
         week = weeks.get((iso.year, iso.week))
         if week is not None and week.days_counted:
@@ -863,6 +956,11 @@ def _calendar(report: AdherenceReport) -> str:
             ("outside", "outside the study"),
         )
     )
+    if report.protocol_changes:
+        legend += (
+            '<li><span class="day other" aria-hidden="true"><span class="pc">Rx</span></span>'
+            "a new protocol came into force that day (hover for what changed)</li>"
+        )
     rows.append(
         f'<ul class="legend">{legend}</ul><p class="note-line">The figure in each day is '
         "sessions completed at dose / sessions prescribed; hover over a day for minutes. "
@@ -896,6 +994,30 @@ def _protocol_facts(protocol: ReportProtocol, report: AdherenceReport) -> str:
         + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
         + "</dl>"
     )
+
+
+def _protocol_table(report: AdherenceReport) -> str:
+    """Every protocol of the patient's history, when it was in force and what changed."""
+    rows = [
+        '<table class="data protocols"><thead><tr><th scope="col">In force from</th>'
+        '<th scope="col">Until</th><th scope="col">Protocol</th>'
+        '<th scope="col">Prescription</th><th scope="col">Sessions</th>'
+        '<th scope="col">What changed</th></tr></thead><tbody>'
+    ]
+    for p in report.protocols:
+        changed = (
+            "".join(f"<li>{_e(c)}</li>" for c in p.changes)
+            if p.changes
+            else "<li>the first protocol in this log</li>"
+        )
+        rows.append(
+            f"<tr><td>{_e(_since_text(p))}</td><td>{_e(_until_text(p))}</td>"
+            f'<td class="sha" title="sha256 {_e(p.sha256)}">{_e(p.short_sha)}</td>'
+            f'<td>{_e(p.describe())}</td><td class="num">{p.sessions}</td>'
+            f"<td><ul>{changed}</ul></td></tr>"
+        )
+    rows.append("</tbody></table>")
+    return "".join(rows)
 
 
 def _tag_class(kind: str) -> str:
@@ -1037,6 +1159,7 @@ def render_html(
         if report.missed_days
         else ""
     )
+    several = len(report.protocols) > 1
     title = f"LIV therapy adherence: {report.patient_id}"
     body = [
         "<!DOCTYPE html>",
@@ -1047,8 +1170,18 @@ def render_html(
         '<p class="sub">Low-intensity vibration (LIV) plate: sessions as logged by the device. '
         f"{_e(_counted_to(report))} Dates are the patient's local dates "
         f"({_e(report.timezone)}).</p></header>",
-        "<h2>Prescription</h2>",
+        "<h2>Prescription in force now</h2>" if several else "<h2>Prescription</h2>",
         _protocol_facts(protocol, report),
+        *(
+            [
+                f"<h2>Protocol changes ({len(report.protocol_changes)})</h2>",
+                '<p class="note-line">Each day is judged by the protocol in force that day; '
+                "a change is marked Rx in the calendar and by a purple line in the chart.</p>",
+                _protocol_table(report),
+            ]
+            if several
+            else []
+        ),
         "<h2>Overall adherence</h2>",
         f'<div class="cards">{cards}</div>',
         missed_line,
@@ -1083,6 +1216,9 @@ def render_html(
         "<li>Minutes at dose are capped at the prescription slot by slot: extra sessions and "
         "extra minutes never make up for another slot or another day.</li>",
         "<li>Only days that have ended are counted: today and later days are not.</li>",
+        "<li>Each day is judged by the protocol in force that day: a protocol comes into "
+        "force when its first session ran (or, for the protocol installed now, when it was "
+        "installed), so a new protocol never changes how earlier days are counted.</li>",
         "<li>A day is missed when no minutes at dose were delivered in any of its slots.</li>",
         f"<li>A session is flagged for an amplitude error when the 95th percentile of its 1-s "
         f"amplitude error is above {AMPLITUDE_P95_LIMIT_PCT:g}% of the target.</li>",

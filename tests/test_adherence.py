@@ -386,6 +386,7 @@ def test_to_dict_is_plain_json() -> None:
         "sessions_logged": 0,
         "session_adherence": 0.0,
         "dose_adherence": 0.0,
+        "protocol_sha256": make_protocol().sha256,
     }
     assert data["weeks"][0]["week"] == "2026-W10"
     assert data["flagged"][0]["started_local"] == "2026-03-01T09:00:00+00:00"

@@ -205,9 +205,11 @@ def test_csv_has_one_row_per_day() -> None:
     lines = render_csv(report).splitlines()
     assert lines[0].startswith("patient_id,date,weekday,iso_week,status,counted")
     assert len(lines) == 1 + 30
-    patient = report.patient_id
-    assert lines[4] == f"{patient},2026-03-05,Thu,2026-W10,missed,yes,2,0,20.0,0.0,0.0,0,0.0,0.0"
-    assert lines[7] == f"{patient},2026-03-08,Sun,2026-W10,partial,yes,2,1,20.0,18.0,20.0,2,0.5,0.9"
+    patient, rx = report.patient_id, make_protocol().sha256[:12]  # rx: the protocol that day
+    missed = "missed,yes,2,0,20.0,0.0,0.0,0,0.0,0.0"
+    partial = "partial,yes,2,1,20.0,18.0,20.0,2,0.5,0.9"
+    assert lines[4] == f"{patient},2026-03-05,Thu,2026-W10,{missed},{rx},"
+    assert lines[7] == f"{patient},2026-03-08,Sun,2026-W10,{partial},{rx},"
 
 
 # --------------------------------------------------------------------------------------------
