@@ -14,6 +14,7 @@ frequency may pass the ceiling by the rise of the true amplitude over
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS, DoseLimitError
 from firmware_bridge.errors import DeviceFaultError, UnknownUrlError
 from firmware_bridge.protocol import HELLO_RANGES, FaultCode, fault_text
+from firmware_bridge.sim import device as firmware
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.device import ACCEL_WINDOW_BLOCKS, BLOCK_S, MAX_DRIVE, SAFE_RAMP_S
 from sessions.cli import main
@@ -229,3 +231,13 @@ def test_a_sensor_within_tolerance_switches_the_output_on(gain_error: float) -> 
 def test_the_new_sim_keys_refuse_bad_values(query: str) -> None:
     with pytest.raises(UnknownUrlError):
         parse_sim_url(f"sim://?{query}")
+
+
+def test_safety_md_states_the_firmware_backstop_as_the_device_holds_it() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "safety.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| ([0-9.]+) \|", text, re.MULTILINE))
+    for name in ("ACCEL_WINDOW_BLOCKS", "REST_TOLERANCE", "REST_BLOCKS"):
+        assert float(rows[name]) == float(getattr(firmware, name)), name
+    ceiling = re.search(r"^\| HELLO `ceiling_mg` \| (\d+) \| mg \|", text, re.MULTILINE)
+    assert ceiling
+    assert int(ceiling.group(1)) == round(DOSE_LIMITS.firmware_ceiling_g * 1000)
