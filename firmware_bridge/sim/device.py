@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,24 +157,59 @@ class _Truth:
     events: list[str] = field(default_factory=list)
 
 
-def _fit_sums(reading_g: FloatArray, phase_rad: FloatArray) -> FloatArray:
-    """One block's share of the normal equations of ``x ~ a cos(phi) + b sin(phi) + c_block``.
+FitSums = tuple[float, float, float, float, float]
+
+
+class _BlockFit:
+    """Each block's share of the normal equations of ``x ~ a cos(phi) + b sin(phi) + c_block``.
 
     Each block has a constant of its own (gravity, and whatever a sensor fault does to it at a
-    block boundary), so the block's readings and its cosine and sine are taken about their
-    block means. ``reading_g`` and ``phase_rad`` have shape (n,). Returns shape (5,): the sums
-    (cc, cs, ss, xc, xs), so that the sums over a window are the sums of its blocks' shares.
+    block boundary), so the block's cosine and sine are taken about their block means. Their
+    share is the sums ``(cc, cs, ss, xc, xs)``; a window's sums are the sums of its blocks'.
+
+    Within a block the phase is ``phi0 + w k``, so its cosine and sine are the block's start
+    ``(cos phi0, sin phi0)`` rotating the same two centred arrays ``C_k, S_k`` (of ``w k``)
+    every block at that frequency. Those, pre-scaled from counts to g, are kept for the last
+    frequency and length, and a block costs one (2, n) x (n,) product.
     """
-    cos, sin = np.cos(phase_rad), np.sin(phase_rad)
-    cos -= cos.mean()
-    sin -= sin.mean()
-    x = reading_g - reading_g.mean()
-    return np.array([cos @ cos, cos @ sin, sin @ sin, x @ cos, x @ sin])
+
+    def __init__(self, sample_rate_hz: float, counts_per_g: float) -> None:
+        self._fs = sample_rate_hz
+        self._counts_per_g = counts_per_g
+        self._key: tuple[float, int] | None = None
+        self._basis: FloatArray = np.zeros((2, 0))
+        self._cc = self._cs = self._ss = 0.0
+
+    def _prepare(self, freq_hz: float, n: int) -> None:
+        if self._key == (freq_hz, n):
+            return
+        step = 2.0 * math.pi * freq_hz / self._fs * np.arange(n, dtype=np.float64)
+        c, s = np.cos(step), np.sin(step)
+        c -= c.mean()
+        s -= s.mean()
+        self._cc, self._cs, self._ss = float(c @ c), float(c @ s), float(s @ s)
+        self._basis = np.stack([c, s]) / self._counts_per_g
+        self._key = (freq_hz, n)
+
+    def sums(self, counts: npt.NDArray[np.int16], phase0_turns: float, freq_hz: float) -> FitSums:
+        """The sums for one block of ``counts`` (shape (n,)) whose first sample has the phase
+        ``phase0_turns``. A constant offset of the counts drops out (the arrays are centred)."""
+        self._prepare(freq_hz, counts.size)
+        p, q = self._basis @ counts
+        c0, s0 = math.cos(2.0 * math.pi * phase0_turns), math.sin(2.0 * math.pi * phase0_turns)
+        cc0, cs0, ss0 = self._cc, self._cs, self._ss
+        return (
+            c0 * c0 * cc0 - 2.0 * c0 * s0 * cs0 + s0 * s0 * ss0,
+            c0 * s0 * (cc0 - ss0) + (c0 * c0 - s0 * s0) * cs0,
+            s0 * s0 * cc0 + 2.0 * c0 * s0 * cs0 + c0 * c0 * ss0,
+            c0 * float(p) - s0 * float(q),
+            s0 * float(p) + c0 * float(q),
+        )
 
 
-def _fitted_peak_g(sums: FloatArray) -> float:
-    """Peak ``sqrt(a^2 + b^2)`` of the sine fitted by the summed normal equations, g."""
-    cc, cs, ss, xc, xs = sums
+def _fitted_peak_g(window: Iterable[FitSums]) -> float:
+    """Peak ``sqrt(a^2 + b^2)`` of the sine fitted to a window of blocks, from their sums."""
+    cc, cs, ss, xc, xs = (math.fsum(column) for column in zip(*window, strict=True))
     det = cc * ss - cs * cs
     if det <= 1e-9 * (cc + ss) ** 2:  # too short a window to tell a sine from a constant
         return 0.0
@@ -215,6 +251,7 @@ class SimulatedDevice:
                 accel_profile, sensitivity_error_fraction=drifted - 1.0
             )
         self.ceiling_mg = round_half_up(DOSE_LIMITS.firmware_ceiling_g * 1000)
+        self._block_fit = _BlockFit(self.sample_rate_hz, self._sensor_counts_per_g)
         # The limits this firmware announces in HELLO (and obeys): one source for both.
         self.max_drive_q16 = drive_to_q16(MAX_DRIVE)
         self.min_freq_mhz = hz_to_mhz(MIN_FREQ_HZ)
@@ -315,8 +352,8 @@ class SimulatedDevice:
         self._envelope = _Envelope()
         self._held_samples = None
         self._inbox.clear()
-        # per block: the sums of the least-squares sine fit (see _fit_sums) of its samples
-        self._fit_window: deque[FloatArray] = deque(maxlen=ACCEL_WINDOW_BLOCKS)
+        # per block: the sums of the least-squares sine fit (see _BlockFit) of its samples
+        self._fit_window: deque[FitSums] = deque(maxlen=ACCEL_WINDOW_BLOCKS)
         self._rest_window: deque[float] = deque(maxlen=REST_BLOCKS)  # mean reading per block, g
 
     def _power_on_unattended(self, uptime_s: float) -> None:
@@ -384,7 +421,7 @@ class SimulatedDevice:
         """
         if not self._output_on or self._fault_code or not self._fit_window:
             return
-        peak_mg = round_half_up(_fitted_peak_g(np.sum(self._fit_window, axis=0)) * 1000)
+        peak_mg = round_half_up(_fitted_peak_g(self._fit_window) * 1000)
         if peak_mg > self.ceiling_mg:
             self._trip(FaultCode.OVER_ACCELERATION, peak_mg)
 
@@ -573,15 +610,12 @@ class SimulatedDevice:
         if self._truth is not None:
             self._record_truth(now, accel, pieces)
         if self._booted:
-            reading_g: FloatArray = (
-                counts.astype(np.float64) - self._sensor_offset_counts
-            ) / self._sensor_counts_per_g
-            sample_phase_rad: FloatArray = (2.0 * math.pi) * (
-                first_phase + (self._freq_hz / fs) * np.arange(n, dtype=np.float64)
-            )
-            self._fit_window.append(_fit_sums(reading_g, sample_phase_rad))
+            self._fit_window.append(self._block_fit.sums(counts, first_phase, self._freq_hz))
             if not output_was_on:
-                self._rest_window.append(float(np.mean(reading_g)))
+                mean_counts = float(np.mean(counts))
+                self._rest_window.append(
+                    (mean_counts - self._sensor_offset_counts) / self._sensor_counts_per_g
+                )
             samples = Samples(
                 self._sample_index,
                 phase_to_q32(first_phase),
