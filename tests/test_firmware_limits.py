@@ -154,8 +154,17 @@ def test_a_misreported_counts_per_g_does_not_move_the_ceiling(tmp_path: Path, er
     assert CEILING_G < fault.value.detail / 1000 <= CEILING_G + 0.03
 
 
-def test_a_host_whose_ceiling_was_raised_is_stopped_by_the_plate(tmp_path: Path) -> None:
+def test_a_host_whose_ceiling_was_raised_is_stopped_by_the_plate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The host refuses 0.8 g by the dose table; a host whose ceiling was raised does not."""
+    refused_truth = tmp_path / "refused.npz"
+    with pytest.raises(SystemExit) as usage:  # liv run refuses it before opening the plate
+        main(["run", "--device", sim_url(refused_truth, "mass=0"), "--freq", "45",
+              "--amplitude", "0.8", "--seconds", "5"])  # fmt: skip
+    assert usage.value.code == 2
+    assert "0.1 to 0.4" in capsys.readouterr().err
+    assert not refused_truth.exists()
     schedule = FrequencySchedule.fixed(45.0)
     with pytest.raises(DoseLimitError):
         ExposureSettings(target_g=0.8, hold_s=5.0, schedule=schedule)
