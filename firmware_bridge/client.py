@@ -88,6 +88,7 @@ class DeviceInfo:
     watchdog_ramp_s: float  # ramp to zero after a fault (watchdog or other)
     stop_ramp_s: float  # ramp to zero after SET_OUTPUT off
     full_scale_slew_s: float  # the drive never moves faster than full scale in this time
+    ceiling_g: float  # the device ramps to zero above this peak acceleration, measured by itself
     capabilities: list[str]
 
     @classmethod
@@ -106,6 +107,7 @@ class DeviceInfo:
             watchdog_ramp_s=hello.watchdog_ramp_ms / 1000.0,
             stop_ramp_s=hello.stop_ramp_ms / 1000.0,
             full_scale_slew_s=hello.slew_full_scale_ms / 1000.0,
+            ceiling_g=hello.ceiling_g,
             capabilities=[c.name or "" for c in Capability if hello.capabilities & c],
         )
 

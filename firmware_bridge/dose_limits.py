@@ -12,7 +12,13 @@ below the supervisor's over-acceleration ceiling with a margin::
         <= over_acceleration_ceiling_g x (1 - trip_margin_fraction)
     0.4 g x 1.15 x 1.05 = 0.483 g  <=  0.5 g x 0.98 = 0.49 g
 
-and the ceiling itself lies at or below the hard ceiling that no setting can raise.
+and the ceiling itself lies at or below the hard ceiling that no setting can raise. The plate's
+own firmware keeps a ceiling of its own (``firmware_ceiling_g``, announced in HELLO): above the
+supervisor's, so that the host normally trips first, and at most the hard ceiling::
+
+    over_acceleration_ceiling_g < firmware_ceiling_g <= hard_ceiling_g
+    0.5 g < 0.6 g <= 1.0 g
+
 ``DoseLimits`` checks these inequalities when it is built, so a table that breaks them cannot
 exist.
 
@@ -72,6 +78,8 @@ class DoseLimits:
     trip_margin_fraction: float  # kept free below the ceiling, as a fraction of the ceiling
     over_acceleration_ceiling_g: float  # the supervisor trips above this fitted peak, g
     hard_ceiling_g: float  # no setting may raise the supervisor's ceiling above this, g
+    # what the plate's firmware holds to on its own (announced in HELLO as ceiling_mg)
+    firmware_ceiling_g: float  # the firmware ramps to zero above this measured peak, g
     # what the empty plate is calibrated across
     calibration_hz: DoseRange  # must cover frequency_hz, Hz
 
@@ -126,6 +134,12 @@ class DoseLimits:
                 f"the over-acceleration ceiling {self.over_acceleration_ceiling_g:g} g must be "
                 f"above 0 and at most the hard ceiling {self.hard_ceiling_g:g} g"
             )
+        if not self.over_acceleration_ceiling_g < self.firmware_ceiling_g <= self.hard_ceiling_g:
+            problems.append(
+                f"the firmware's ceiling {self.firmware_ceiling_g:g} g must lie above the "
+                f"supervisor's {self.over_acceleration_ceiling_g:g} g (the host trips first) and "
+                f"at most the hard ceiling {self.hard_ceiling_g:g} g"
+            )
         room_g = self.over_acceleration_ceiling_g * (1.0 - self.trip_margin_fraction)
         if not self.worst_case_peak_g <= room_g:
             problems.append(
@@ -163,5 +177,6 @@ DOSE_LIMITS = DoseLimits(
     trip_margin_fraction=0.02,
     over_acceleration_ceiling_g=0.5,
     hard_ceiling_g=1.0,
+    firmware_ceiling_g=0.6,  # the plate's own backstop: 20% above the supervisor's ceiling
     calibration_hz=DoseRange(25.0, 100.0),  # one 5 Hz step below, 10 Hz above the band
 )

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_bridge.codec import MAX_RAW_LEN, RawFrame, encode_frame
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import InvalidDeviceInfoError, ProtocolError
 
 PROTOCOL_MAJOR = 2
@@ -121,6 +122,8 @@ class FaultCode(enum.IntEnum):
     AMPLIFIER = 3
     SENSOR = 4
     INTERNAL = 5
+    OVER_ACCELERATION = 6
+    SENSOR_REST = 7
 
 
 FAULT_TEXT: dict[int, str] = {
@@ -129,6 +132,13 @@ FAULT_TEXT: dict[int, str] = {
     FaultCode.AMPLIFIER: "amplifier or actuator fault (open or short circuit)",
     FaultCode.SENSOR: "accelerometer not responding",
     FaultCode.INTERNAL: "internal firmware error",
+    FaultCode.OVER_ACCELERATION: (
+        "plate acceleration above the device's ceiling (detail: measured peak in mg); "
+        "drive ramped to zero"
+    ),
+    FaultCode.SENSOR_REST: (
+        "accelerometer does not read 1 g at rest (detail: reading in mg); output not switched on"
+    ),
 }
 
 
@@ -240,7 +250,7 @@ class ClearFault(Message):
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     TYPE: ClassVar[int] = 0x81
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct(f"<BBBBB{DEVICE_ID_LEN}sHBHHIIHHHHIB")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct(f"<BBBBB{DEVICE_ID_LEN}sHBHHIIHHHHHIB")
     protocol_major: int
     protocol_minor: int
     fw_major: int
@@ -257,6 +267,7 @@ class Hello(Message):
     watchdog_ramp_ms: int
     stop_ramp_ms: int
     slew_full_scale_ms: int
+    ceiling_mg: int
     capabilities: int
     boot: int
 
@@ -276,6 +287,11 @@ class Hello(Message):
     @property
     def max_drive(self) -> float:
         return q16_to_drive(self.max_drive_q16)
+
+    @property
+    def ceiling_g(self) -> float:
+        """The peak acceleration above which the device stops the drive by itself, g."""
+        return self.ceiling_mg / 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +448,13 @@ HELLO_RANGES: dict[str, tuple[int, int, str]] = {
     "watchdog_ramp_ms": (10, 1_000, "ms"),
     "stop_ramp_ms": (10, 1_000, "ms"),
     "slew_full_scale_ms": (1, 1_000, "ms"),
+    # The device's own ceiling: never below the host supervisor's (the host trips first), never
+    # above the hard ceiling of the dose limits (firmware_bridge/dose_limits.py).
+    "ceiling_mg": (
+        round(DOSE_LIMITS.over_acceleration_ceiling_g * 1000),
+        round(DOSE_LIMITS.hard_ceiling_g * 1000),
+        "mg",
+    ),
     "boot": (HELLO_ANSWER, HELLO_BOOT, "flag"),
 }
 MAX_BLOCK_MS = 50  # a block lasts at most this long (block_samples / sample_rate_hz)

@@ -123,6 +123,7 @@ HELLO_EXAMPLE = Hello(
     200,
     200,
     100,
+    600,
     0b1101,
     1,
 )
@@ -154,6 +155,7 @@ EXAMPLES: list[Message] = [
         65535,
         2**32 - 1,
         2**32 - 1,
+        65535,
         65535,
         65535,
         65535,
@@ -880,6 +882,12 @@ HELLO_EDGES: list[tuple[str, Any, dict[str, Any], bool]] = [
     ("slew_full_scale_ms", 1, {}, True),
     ("slew_full_scale_ms", 1_000, {"max_drive_q16": 13_107}, True),
     ("slew_full_scale_ms", 1_001, {"max_drive_q16": 13_107}, False),
+    ("ceiling_mg", 0, {}, False),
+    ("ceiling_mg", 499, {}, False),  # below the supervisor's 0.5 g: the host must trip first
+    ("ceiling_mg", 500, {}, True),
+    ("ceiling_mg", 1_000, {}, True),  # the hard ceiling of the dose limits
+    ("ceiling_mg", 1_001, {}, False),
+    ("ceiling_mg", 65_535, {}, False),
     ("boot", 0, {}, True),
     ("boot", 1, {}, True),
     ("boot", 2, {}, False),

@@ -55,6 +55,7 @@ from controller.calibration import CalibrationStore, identify
 from controller.loop import ExposureSettings
 from controller.safety import TRIP_RAMP_S, TRIP_TEXT, SafetyLimits, TripReason
 from firmware_bridge.client import HEARTBEAT_S, DeviceClient
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.sim.device import (
     BLOCK_S,
     FULL_SCALE_SLEW_S,
@@ -398,7 +399,11 @@ def test_a_fault_mid_session_stops_the_plate_and_is_recorded(
     else:
         assert_still_after(truth, zero_s)
     if fault.stopped_by == "host":
-        assert not truth.faults_before(zero_s), "the firmware had to act"
+        # The firmware acts as the backstop only when the plate truly passed its own ceiling
+        # (a runaway), and then during the host's stop (docs/safety.md 1.1).
+        backstop = np.max(np.abs(truth.raw["accel_g"])) > DOSE_LIMITS.firmware_ceiling_g
+        allowed = {"fault:OVER_ACCELERATION"} if backstop else set()
+        assert truth.faults_before(zero_s) <= allowed, "the firmware had to act"
     elif fault.stopped_by == "watchdog":
         assert truth.faults_before(zero_s) == {"fault:HOST_WATCHDOG"}
         assert zero_s - truth.events["fault:HOST_WATCHDOG"] <= SAFE_RAMP_S + BLOCK_S

@@ -27,6 +27,7 @@ from firmware_bridge.codec import (
     LinkStats,
     crc16,
 )
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.protocol import (
     FAULT_TEXT,
     HELLO_RANGES,
@@ -393,6 +394,9 @@ def test_safety_constants_match_the_simulated_firmware() -> None:
         "MIN_FREQ_HZ",
         "MAX_FREQ_HZ",
         "OVERTEMP_C",
+        "ACCEL_WINDOW_BLOCKS",
+        "REST_TOLERANCE",
+        "REST_BLOCKS",
     }
     assert required <= set(documented)
     for name, value in documented.items():
@@ -462,6 +466,17 @@ def test_fault_during_a_stop_is_stated_once() -> None:
     assert "keeps that ramp (and its earlier end)" not in FLAT_DOC
     assert FLAT_DOC.count("never lengthens the time to zero") == 1
     assert "section 10" in section("12. Settled points")
+
+
+def test_the_reference_ceiling_is_stated_as_the_dose_table_holds_it() -> None:
+    """Section 10 gives the reference device's ceiling; it comes from the dose table."""
+    row = re.search(
+        r"^\| HELLO `ceiling_mg` \| (\d+) \| mg \|", section("10. Safety functions"), re.M
+    )
+    assert row, "section 10 does not state the reference device's ceiling_mg"
+    assert int(row.group(1)) == round(DOSE_LIMITS.firmware_ceiling_g * 1000)
+    boot = next(v for v in VECTORS if v.name == "hello-boot")
+    assert boot.fields["ceiling_mg"] == int(row.group(1))
 
 
 @pytest.mark.parametrize(

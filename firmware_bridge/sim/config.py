@@ -61,6 +61,11 @@ class SimConfig:
     # the sample index jumps by index_jump_samples at this time (a firmware clock fault)
     index_jump_at_s: float | None = None
     index_jump_samples: int = 16000
+    # the accelerometer's sensitivity is off its calibration by this fraction (the firmware does
+    # not know; its resting check sees gravity read 1 + sensor_gain_error g)
+    sensor_gain_error: float = 0.0
+    # the device announces a counts_per_g this fraction off its sensor's true sensitivity
+    counts_per_g_error: float = 0.0
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -76,6 +81,8 @@ class SimConfig:
             ("seed", self.seed >= 0, "a non-negative integer"),
             ("device_id", 0 < len(self.device_id.encode()) <= 16, "1..16 ASCII characters"),
             ("uptime_s", 0.0 <= self.uptime_s <= MAX_UPTIME_S, f"0..{MAX_UPTIME_S:g} s"),
+            ("sensor_gain_error", -0.5 <= self.sensor_gain_error <= 0.5, "-0.5..0.5"),
+            ("counts_per_g_error", -0.5 <= self.counts_per_g_error <= 0.5, "-0.5..0.5"),
             (
                 "index_jump_samples",
                 self.index_jump_samples != 0 and abs(self.index_jump_samples) <= 2**31,
@@ -167,6 +174,8 @@ _FLOAT_KEYS = {
     "gain_factor": "gain_factor",
     "uptime_s": "uptime_s",
     "index_jump_at": "index_jump_at_s",
+    "sensor_gain_error": "sensor_gain_error",
+    "counts_per_g_error": "counts_per_g_error",
 }
 _TEXT_KEYS = {
     "profile": "profile",

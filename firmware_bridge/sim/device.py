@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_bridge.codec import FrameDecoder, RawFrame, encode_frame
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import ProtocolError
 from firmware_bridge.protocol import (
     COIL_TEMP_UNKNOWN,
@@ -73,6 +75,9 @@ WATCHDOG_S = 0.5
 SAFE_RAMP_S = 0.2  # fault (watchdog) ramp and stop ramp: HELLO watchdog_ramp_ms, stop_ramp_ms
 FULL_SCALE_SLEW_S = 0.1  # the drive never moves faster than full scale in this time
 OVERTEMP_C = 120.0
+ACCEL_WINDOW_BLOCKS = 3  # the firmware's own peak measurement spans the last 3 blocks (60 ms)
+REST_TOLERANCE = 0.03  # at rest the sensor must read 1 g within 3% before the output goes on
+REST_BLOCKS = 4  # the resting reading is the mean of up to 4 blocks streamed with the output off
 LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
 HOST_TYPES = {HelloRequest, SetFrequency, SetDrive, SetOutput, Heartbeat, StatusRequest, ClearFault}
 
@@ -152,6 +157,67 @@ class _Truth:
     events: list[str] = field(default_factory=list)
 
 
+FitSums = tuple[float, float, float, float, float]
+
+
+class _BlockFit:
+    """Each block's share of the normal equations of ``x ~ a cos(phi) + b sin(phi) + c_block``.
+
+    Each block has a constant of its own (gravity, and whatever a sensor fault does to it at a
+    block boundary), so the block's cosine and sine are taken about their block means. Their
+    share is the sums ``(cc, cs, ss, xc, xs)``; a window's sums are the sums of its blocks'.
+
+    Within a block the phase is ``phi0 + w k``, so its cosine and sine are the block's start
+    ``(cos phi0, sin phi0)`` rotating the same two centred arrays ``C_k, S_k`` (of ``w k``)
+    every block at that frequency. Those, pre-scaled from counts to g, are kept for the last
+    frequency and length, and a block costs one (2, n) x (n,) product.
+    """
+
+    def __init__(self, sample_rate_hz: float, counts_per_g: float) -> None:
+        self._fs = sample_rate_hz
+        self._counts_per_g = counts_per_g
+        self._key: tuple[float, int] | None = None
+        self._basis: FloatArray = np.zeros((2, 0))
+        self._cc = self._cs = self._ss = 0.0
+
+    def _prepare(self, freq_hz: float, n: int) -> None:
+        if self._key == (freq_hz, n):
+            return
+        step = 2.0 * math.pi * freq_hz / self._fs * np.arange(n, dtype=np.float64)
+        c, s = np.cos(step), np.sin(step)
+        c -= c.mean()
+        s -= s.mean()
+        self._cc, self._cs, self._ss = float(c @ c), float(c @ s), float(s @ s)
+        self._basis = np.stack([c, s]) / self._counts_per_g
+        self._key = (freq_hz, n)
+
+    def sums(self, counts: npt.NDArray[np.int16], phase0_turns: float, freq_hz: float) -> FitSums:
+        """The sums for one block of ``counts`` (shape (n,)) whose first sample has the phase
+        ``phase0_turns``. A constant offset of the counts drops out (the arrays are centred)."""
+        self._prepare(freq_hz, counts.size)
+        p, q = self._basis @ counts
+        c0, s0 = math.cos(2.0 * math.pi * phase0_turns), math.sin(2.0 * math.pi * phase0_turns)
+        cc0, cs0, ss0 = self._cc, self._cs, self._ss
+        return (
+            c0 * c0 * cc0 - 2.0 * c0 * s0 * cs0 + s0 * s0 * ss0,
+            c0 * s0 * (cc0 - ss0) + (c0 * c0 - s0 * s0) * cs0,
+            s0 * s0 * cc0 + 2.0 * c0 * s0 * cs0 + c0 * c0 * ss0,
+            c0 * float(p) - s0 * float(q),
+            s0 * float(p) + c0 * float(q),
+        )
+
+
+def _fitted_peak_g(window: Iterable[FitSums]) -> float:
+    """Peak ``sqrt(a^2 + b^2)`` of the sine fitted to a window of blocks, from their sums."""
+    cc, cs, ss, xc, xs = (math.fsum(column) for column in zip(*window, strict=True))
+    det = cc * ss - cs * cs
+    if det <= 1e-9 * (cc + ss) ** 2:  # too short a window to tell a sine from a constant
+        return 0.0
+    a = (ss * xc - cs * xs) / det
+    b = (cc * xs - cs * xc) / det
+    return float(math.hypot(a, b))
+
+
 class SimulatedDevice:
     """Firmware behaviour plus physics for one simulated plate."""
 
@@ -169,7 +235,23 @@ class SimulatedDevice:
                 f"sample rate {self.sample_rate_hz:g} Hz needs {self.block_samples} samples per "
                 f"block; a frame holds at most {MAX_BLOCK_SAMPLES}"
             )
-        self.counts_per_g = int(accel_profile.counts_per_g)
+        # The firmware's own calibration of its sensor (the part's sensitivity and offset as
+        # measured at the factory). It converts the firmware's own samples to g for its ceiling
+        # and resting checks, whatever counts_per_g it announces to the host.
+        self._sensor_counts_per_g = accel_profile.counts_per_g * (
+            1.0 + accel_profile.sensitivity_error_fraction
+        )
+        self._sensor_offset_counts = accel_profile.bias_g * accel_profile.counts_per_g
+        self.counts_per_g = int(accel_profile.counts_per_g * (1.0 + config.counts_per_g_error))
+        if config.sensor_gain_error:  # the part has drifted from its calibration
+            drifted = (1.0 + accel_profile.sensitivity_error_fraction) * (
+                1.0 + config.sensor_gain_error
+            )
+            accel_profile = dataclasses.replace(
+                accel_profile, sensitivity_error_fraction=drifted - 1.0
+            )
+        self.ceiling_mg = round_half_up(DOSE_LIMITS.firmware_ceiling_g * 1000)
+        self._block_fit = _BlockFit(self.sample_rate_hz, self._sensor_counts_per_g)
         # The limits this firmware announces in HELLO (and obeys): one source for both.
         self.max_drive_q16 = drive_to_q16(MAX_DRIVE)
         self.min_freq_mhz = hz_to_mhz(MIN_FREQ_HZ)
@@ -271,6 +353,9 @@ class SimulatedDevice:
         self._envelope = _Envelope()
         self._held_samples = None
         self._inbox.clear()
+        # per block: the sums of the least-squares sine fit (see _BlockFit) of its samples
+        self._fit_window: deque[FitSums] = deque(maxlen=ACCEL_WINDOW_BLOCKS)
+        self._rest_window: deque[float] = deque(maxlen=REST_BLOCKS)  # mean reading per block, g
 
     def _power_on_unattended(self, uptime_s: float) -> None:
         """Put the device where ``uptime_s`` of powered, idle streaming would have left it.
@@ -305,6 +390,7 @@ class SimulatedDevice:
             self._last_rx_s = now
             self._send(self._hello(HELLO_BOOT))
         if self._booted:
+            self._check_acceleration()
             self._handle_inbox(now)
             self._check_watchdog(now)
         if self._held_samples is not None:
@@ -325,6 +411,26 @@ class SimulatedDevice:
             elif self.physics.coil_temperature_c > OVERTEMP_C:
                 temp_centi_c = round_half_up(self.physics.coil_temperature_c * 100)
                 self._trip(FaultCode.COIL_OVERTEMP, temp_centi_c)
+
+    def _check_acceleration(self) -> None:
+        """Trip OVER_ACCELERATION when the firmware's own peak measurement exceeds its ceiling.
+
+        The measurement is a least-squares fit of a sine at the drive frequency (against the
+        firmware's own phase), plus a constant per block, over the last ACCEL_WINDOW_BLOCKS
+        blocks of its own samples converted with its own calibration (docs/protocol.md
+        section 10).
+        """
+        if not self._output_on or self._fault_code or not self._fit_window:
+            return
+        peak_mg = round_half_up(_fitted_peak_g(self._fit_window) * 1000)
+        if peak_mg > self.ceiling_mg:
+            self._trip(FaultCode.OVER_ACCELERATION, peak_mg)
+
+    def _resting_mg(self) -> int | None:
+        """The sensor's resting reading in mg (mean of the latest blocks with the output off)."""
+        if not self._rest_window:
+            return None
+        return round_half_up(sum(self._rest_window) / len(self._rest_window) * 1000)
 
     def _trip(self, code: FaultCode, detail: int) -> None:
         log.info("simulated device fault %s at sample %d", code.name, self._sample_index)
@@ -406,6 +512,11 @@ class SimulatedDevice:
                     if self._stopping:
                         return NakReason.BUSY
                     if not self._output_on:
+                        rest_mg = self._resting_mg()
+                        if rest_mg is None or abs(rest_mg - 1000) > REST_TOLERANCE * 1000:
+                            # a sensor that misreads gravity misreads the dose: never switch on
+                            self._trip(FaultCode.SENSOR_REST, 0 if rest_mg is None else rest_mg)
+                            return NakReason.FAULT_LATCHED
                         self._output_on = True
                         self._envelope.cut()
                 elif self._output_on and not self._stopping:
@@ -437,6 +548,7 @@ class SimulatedDevice:
             self.fault_ramp_ms,
             self.stop_ramp_ms,
             self.slew_full_scale_ms,
+            self.ceiling_mg,
             int(Capability.COIL_TEMPERATURE | Capability.SIMULATED | Capability.FAULT_INJECTION),
             boot,
         )
@@ -471,6 +583,7 @@ class SimulatedDevice:
         n = self.block_samples
         fs = self.sample_rate_hz
         env = self._envelope
+        output_was_on = self._output_on
         first_drive = env.value if self._output_on else 0.0
         first_phase = self._phase_turns
         pieces: list[tuple[int, float, float, FloatArray]] = []  # (length, start, rate, accel)
@@ -498,6 +611,12 @@ class SimulatedDevice:
         if self._truth is not None:
             self._record_truth(now, accel, pieces)
         if self._booted:
+            self._fit_window.append(self._block_fit.sums(counts, first_phase, self._freq_hz))
+            if not output_was_on:
+                mean_counts = float(np.mean(counts))
+                self._rest_window.append(
+                    (mean_counts - self._sensor_offset_counts) / self._sensor_counts_per_g
+                )
             samples = Samples(
                 self._sample_index,
                 phase_to_q32(first_phase),
