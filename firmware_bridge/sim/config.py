@@ -43,7 +43,6 @@ class SimConfig:
     posture: str | None = None  # "seated" or "standing"
     knee_deg: float | None = None  # standing knee angle, 180 = straight
     presence_s: tuple[tuple[float, float | None], ...] | None = None  # on/off intervals
-    sensor_gain_error: float | None = None  # sensitivity error, 0.12 = reads 12% high
     sensor_offset_g: float | None = None  # offset (bias) of the reading, g
     # link faults
     corrupt_rate: float = 0.0  # probability per byte, both directions
@@ -91,11 +90,6 @@ class SimConfig:
             ("posture", self.posture is None or self.posture in POSTURES, " or ".join(POSTURES)),
             ("knee_deg", self.knee_deg is None or 135.0 <= self.knee_deg <= 180.0, "135..180"),
             (
-                "sensor_gain_error",
-                self.sensor_gain_error is None or -0.5 <= self.sensor_gain_error <= 0.5,
-                "-0.5..0.5 (0.12: reads 12% high)",
-            ),
-            (
                 "sensor_offset_g",
                 self.sensor_offset_g is None or -2.0 <= self.sensor_offset_g <= 2.0,
                 "-2..2 g",
@@ -124,8 +118,6 @@ class SimConfig:
         if self.knee_deg is not None:
             changes["standing"] = {"knee_deg": self.knee_deg}
         accel: dict[str, float] = {}
-        if self.sensor_gain_error is not None:
-            accel["sensitivity_error_fraction"] = self.sensor_gain_error
         if self.sensor_offset_g is not None:
             accel["bias_g"] = self.sensor_offset_g
         if accel:
@@ -174,7 +166,6 @@ _FLOAT_KEYS = {
     "gain_factor": "gain_factor",
     "uptime_s": "uptime_s",
     "index_jump_at": "index_jump_at_s",
-    "sensor_gain_error": "sensor_gain_error",
     "counts_per_g_error": "counts_per_g_error",
 }
 _TEXT_KEYS = {
