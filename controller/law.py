@@ -50,6 +50,7 @@ class LawSettings:
     # (at twice the gate at once: no noise reaches that far)
     cautious_sigma: float = 1.5  # drive this many excess sigma below the estimate ...
     cautious_max: float = 0.05  # ... but never more than this fraction below it
+    memory_max_sd: float = 0.03  # remembered only once learned this well (not mid-way)
     extrapolation_exponent: float = 2.0  # load share of c above a learned frequency: (f0/f)^p
     slew_per_s: float = 2.0  # the drive moves at most this much (fraction) per second
     min_expected_fraction: float = 0.2  # learn only when the expected response is this large
@@ -122,6 +123,7 @@ class AmplitudeLaw:
         self.drive = 0.0
         self.nodes_hz = tuple(sorted(nodes_hz))
         self.memory: dict[int, Learned] = {}
+        self.freq_hz: float | None = None  # where the live correction was last learned
         self._change_s = 0.0
         self._change_sign = 0
 
@@ -136,7 +138,16 @@ class AmplitudeLaw:
         the shrunk value; between two learned frequencies the straight line. Each is a lower
         bound on the correction needed: a step starts low and learns up, never overshoots.
         """
-        entries = sorted(self.memory.values(), key=lambda e: e.freq_hz)
+        # what was learned well (not mid-way through learning), and the live state, which
+        # replaces whatever its own calibration frequency remembered
+        good = {
+            node: entry
+            for node, entry in self.memory.items()
+            if entry.variance <= self.settings.memory_max_sd**2
+        }
+        if self.freq_hz is not None:
+            good[self._node(self.freq_hz)] = Learned(self.freq_hz, self.correction, self.variance)
+        entries = sorted(good.values(), key=lambda e: e.freq_hz)
         if not entries:
             return Learned(freq_hz, self.correction, self.variance)
         freqs = [e.freq_hz for e in entries]
@@ -159,23 +170,38 @@ class AmplitudeLaw:
         gap = min(abs(below.correction - value), abs(above.correction - value)) / value
         return Learned(freq_hz, value, max(below.variance, above.variance) + gap * gap)
 
-    def retune(self, freq_hz: float) -> None:
-        """A step to ``freq_hz``: start from the prior there, not from the old correction."""
-        start = self.prior(freq_hz)
-        self.correction = start.correction
-        self.variance = max(start.variance, self.steady)
-        self._change_s = 0.0
-        self._change_sign = 0
+    def retune(self, freq_hz: float, from_hz: float, step: bool) -> None:
+        """The frequency moves from ``from_hz`` to ``freq_hz``.
 
-    def _remember(self, freq_hz: float) -> None:
-        if not self.nodes_hz:
-            return
+        A step starts from the prior there (with the prior's uncertainty), not from the old
+        correction. A small move of a sweep carries the present correction along the shape the
+        memory gives (``prior(to) / prior(from)``) and keeps its uncertainty.
+        """
+        start = self.prior(freq_hz)
+        if step:
+            self.correction = start.correction
+            self.variance = max(start.variance, self.steady)
+            self._change_s = 0.0
+            self._change_sign = 0
+        else:
+            here = self.prior(from_hz).correction
+            self.correction *= start.correction / here
+        if self.freq_hz is not None:
+            self.freq_hz = freq_hz  # the live correction now stands for the new frequency
+
+    def _node(self, freq_hz: float) -> int:
+        """Index of the calibration frequency nearest ``freq_hz`` (0 without a grid)."""
         i = bisect.bisect_left(self.nodes_hz, freq_hz)
         if i == len(self.nodes_hz) or (
             i > 0 and freq_hz - self.nodes_hz[i - 1] < self.nodes_hz[i] - freq_hz
         ):
             i -= 1
-        self.memory[i] = Learned(freq_hz, self.correction, self.variance)
+        return max(i, 0)
+
+    def _remember(self, freq_hz: float) -> None:
+        self.freq_hz = freq_hz
+        if self.nodes_hz:
+            self.memory[self._node(freq_hz)] = Learned(freq_hz, self.correction, self.variance)
 
     # ---- learning and command ------------------------------------------------------------
 

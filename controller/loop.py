@@ -372,9 +372,10 @@ def _run_exposure(
             next_freq = settings.schedule.freq_at(t)
             if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
                 device.set_frequency(next_freq, wait=False)
-                if abs(next_freq - freq) >= FREQ_STEP_HZ:
+                step = abs(next_freq - freq) >= FREQ_STEP_HZ
+                if step:
                     freq_changed_at = t
-                law.retune(next_freq)  # start from what is known there, not from here
+                law.retune(next_freq, freq, step)  # start from what is known there
                 freq = next_freq
             next_setpoint = settings.target_g * ramp_profile(
                 t + dt, settings.ramp_up_s, hold_s, settings.ramp_down_s
