@@ -43,14 +43,16 @@ from controller.estimation import WindowEstimate
 @dataclass(frozen=True)
 class LawSettings:
     time_constant_s: float = 0.05  # the fastest the correction learns (a quiet sensor)
-    drift_per_sqrt_s: float = 0.02  # how far the plate's gain may wander, relative, per sqrt(s)
+    drift_per_sqrt_s: float = 0.002  # the plate's own gain wanders this much, relative, per sqrt(s)
+    load_drift_per_sqrt_s: float = 0.03  # more, in proportion to the patient's share (c - 1) / c
     initial_uncertainty: float = 0.3  # relative standard uncertainty of c before any learning
     change_gate_sigma: float = 4.0  # an innovation this many sigma away is a change ...
     change_confirm_s: float = 0.12  # ... once it holds, with one sign, for longer than a window
     # (at twice the gate at once: no noise reaches that far)
     cautious_sigma: float = 1.5  # drive this many excess sigma below the estimate ...
     cautious_max: float = 0.05  # ... but never more than this fraction below it
-    memory_max_sd: float = 0.03  # remembered only once learned this well (not mid-way)
+    cautious_free_sd: float = 0.008  # steady uncertainty up to this needs no margin
+    memory_max_sd: float = 0.01  # remembered only once learned this well (not mid-way)
     extrapolation_exponent: float = 2.0  # load share of c above a learned frequency: (f0/f)^p
     slew_per_s: float = 2.0  # the drive moves at most this much (fraction) per second
     min_expected_fraction: float = 0.2  # learn only when the expected response is this large
@@ -126,6 +128,7 @@ class AmplitudeLaw:
         self.freq_hz: float | None = None  # where the live correction was last learned
         self._change_s = 0.0
         self._change_sign = 0
+        self._sweep_process = 0.0  # variance a sweep added since the last update
 
     # ---- frequency memory ----------------------------------------------------------------
 
@@ -186,6 +189,11 @@ class AmplitudeLaw:
         else:
             here = self.prior(from_hz).correction
             self.correction *= start.correction / here
+            # the shape is only a bound: how far the correction may move over this step is
+            # uncertain by up to the model's slope, so learn faster while the sweep moves
+            share = max(0.0, 1.0 - 1.0 / self.correction)
+            slope = self.settings.extrapolation_exponent * share * abs(freq_hz - from_hz)
+            self._sweep_process += (slope / min(freq_hz, from_hz)) ** 2
         if self.freq_hz is not None:
             self.freq_hz = freq_hz  # the live correction now stands for the new frequency
 
@@ -220,7 +228,10 @@ class AmplitudeLaw:
         ``dt`` of new samples and its noise counts ``window_s / dt`` times.
         """
         s = self.settings
-        process = s.drift_per_sqrt_s**2 * dt
+        share = max(0.0, 1.0 - 1.0 / self.correction)  # the patient's part of the correction
+        drift = s.drift_per_sqrt_s + s.load_drift_per_sqrt_s * share
+        process = drift * drift * dt + self._sweep_process
+        self._sweep_process = 0.0
         if estimate is None or estimate.mean_drive * gain < s.min_expected_fraction * target_g:
             self.variance += process
             return False
@@ -268,7 +279,9 @@ class AmplitudeLaw:
     def cautious_correction(self) -> float:
         """The correction the drive uses: lowered by the uncertainty beyond the steady one."""
         s = self.settings
-        excess = max(0.0, math.sqrt(self.variance) - math.sqrt(self.steady))
+        steady_sd = math.sqrt(self.steady)
+        excess = max(0.0, math.sqrt(self.variance) - steady_sd)
+        excess += max(0.0, steady_sd - s.cautious_free_sd)
         return self.correction * (1.0 - min(s.cautious_max, s.cautious_sigma * excess))
 
     def command(self, setpoint_g: float, gain: float, dt: float) -> float:
