@@ -15,18 +15,21 @@ plate's gain). Because ``c`` estimates a gain instead of accumulating an amplitu
   drive holds while the safety supervisor confirms the fault, instead of chasing it.
 
 How fast ``c`` learns follows from how well it is measured (a scalar Kalman filter): the
-window's own residual gives the uncertainty of each measurement, ``c`` is allowed to wander by
-``drift_per_sqrt_s``, and the gain is ``P / (P + R)``. A quiet sensor learns in 50 ms; a noisy
-one averages over seconds instead of feeding its noise into the drive. A change far larger
-than the noise (a patient stepping on or off), confirmed over more than one window, raises the
-uncertainty so the law relearns at once. While ``c`` is more uncertain than it is in steady
-state the drive aims at the lower edge of that uncertainty, so doubt shows as a brief
-shortfall, never as overshoot.
+window's own residual gives the uncertainty of each measurement (counted ``window / dt`` times,
+since windows overlap), ``c`` may wander by ``drift_per_sqrt_s`` plus ``load_drift_per_sqrt_s``
+times the patient's share ``(c - 1) / c`` (postural sway moves the body's part, not the
+plate's), and the gain is ``P / (P + R)``, never faster than ``time_constant_s``. A quiet sensor
+at 0.4 g learns in tens of ms; a noisy one at 0.1 g averages over seconds instead of feeding
+its noise into the drive. A change far beyond the noise (a patient stepping on or off; at 4
+sigma held for longer than a window, at 8 sigma at once) raises the uncertainty so the law
+relearns at once. The drive aims below the estimate by ``cautious_sigma`` times the
+uncertainty in excess of its steady value, and of ``cautious_free_sd`` (at most
+``cautious_max``): doubt shows as a brief shortfall, never as overshoot.
 
 The correction depends on frequency (a body isolates more of its mass at higher frequencies),
 so ``c`` is remembered per calibration frequency. A step to another frequency starts from the
 best prior the memory gives (:meth:`AmplitudeLaw.prior`), never from the old frequency's
-correction.
+correction; a sweep carries ``c`` along the same shape and learns faster while it moves.
 
 All functions are pure over explicit state, so tests and benchmarks drive them directly.
 """
