@@ -160,8 +160,15 @@ class AmplitudeLaw:
         i = bisect.bisect_left(freqs, freq_hz)
         above = entries[i] if i < len(entries) else None
         below = entries[i - 1] if i > 0 else None
-        if above is not None and (below is None or abs(above.freq_hz - freq_hz) < 1e-9):
+        if above is not None and abs(above.freq_hz - freq_hz) < 1e-9:
             return Learned(freq_hz, above.correction, above.variance)
+        if above is not None and below is None:
+            # the share may grow going down by as much as it may shrink going up: that much
+            # is unknown, so the law learns fast from this start
+            share = max(0.0, above.correction - 1.0)
+            grow = (above.freq_hz / freq_hz) ** self.settings.extrapolation_exponent - 1.0
+            gap = share * grow / above.correction
+            return Learned(freq_hz, above.correction, above.variance + gap * gap)
         assert below is not None
         shrink = (below.freq_hz / freq_hz) ** self.settings.extrapolation_exponent
         low = below.correction
