@@ -1,6 +1,6 @@
 """Closed-loop accuracy and speed, scored from the simulator's truth file.
 
-    python benchmarks/bench_control.py [--hold 120] [--session 600] [--json out.json]
+    python benchmarks/bench_control.py [--hold 120] [--session 600] [--json out.json] [--edges-only]
 
 Matrix: frequency (30, 45, 60, 90 Hz) x patient (0, 40, 90, 150 kg) x sensor noise (low:
 ADXL355 class, 22.5 ug/sqrt(Hz); high: ADXL345 class, 430 ug/sqrt(Hz)), coil heating on, each
