@@ -28,6 +28,20 @@ class SineFit:
     residual_rms_g: float  # what the fundamental does not explain (harmonics + noise)
     n_samples: int
 
+    @property
+    def peak_sigma_g(self) -> float:
+        """Standard uncertainty of ``peak_g`` from the residual: ``sqrt(2 s^2 / N)``.
+
+        ``s^2`` is the residual variance with the fit's three parameters taken out. Harmonics
+        count as noise here although the fit over whole cycles ignores them, so the figure errs
+        on the side of more uncertainty, never less.
+        """
+        n = self.n_samples
+        if n <= 3:
+            return math.inf
+        variance = self.residual_rms_g**2 * n / (n - 3)
+        return math.sqrt(2.0 * variance / n)
+
 
 def whole_cycle_length(n_available: int, freq_hz: float, sample_rate_hz: float) -> int:
     """Largest sample count <= n_available that spans a whole number of drive cycles (>= 1)."""

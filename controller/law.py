@@ -1,25 +1,42 @@
 """Control law: hold the prescribed peak acceleration by adjusting the drive.
 
-``drive = c * setpoint_g / G(f)`` where ``G(f)`` is the calibrated empty plate's response
-(g per unit drive, the gain schedule) and ``c`` is the correction the loop learns. Each update
-measures the plate's actual gain over the estimator window, ``rho = peak_g / (G * mean_drive)``,
-using the drive the device reported for those very samples, and integrates ``c`` towards
-``1 / rho`` with time constant ``time_constant_s``. In steady state ``rho * c = 1``, so the
-amplitude equals the setpoint whatever the load, coil temperature or frequency (integral action
-on the plate's gain). Because ``c`` estimates a gain instead of accumulating an amplitude error:
+``drive = c(f) * setpoint_g / G(f)`` where ``G(f)`` is the calibrated empty plate's response
+(g per unit drive, the gain schedule) and ``c(f)`` is the correction the loop learns. Each
+update measures the plate's actual gain over the estimator window,
+``rho = peak_g / (G * mean_drive)``, using the drive the device reported for those very
+samples, and moves ``c`` towards ``1 / rho``. In steady state ``rho * c = 1``, so the amplitude
+equals the setpoint whatever the load, coil temperature or frequency (integral action on the
+plate's gain). Because ``c`` estimates a gain instead of accumulating an amplitude error:
 
 - a setpoint ramp does not bias it (no lag error to integrate), so ramps end without overshoot;
-- the loop's speed does not depend on how far the plate is from its calibration;
 - it cannot wind up at the drive limit (anti-windup by construction); the drive is clamped to
   the limit and slew-limited;
 - a response no patient can cause (far below or above the empty plate's) is not learned: the
   drive holds while the safety supervisor confirms the fault, instead of chasing it.
+
+How fast ``c`` learns follows from how well it is measured (a scalar Kalman filter): the
+window's own residual gives the uncertainty of each measurement (counted ``window / dt`` times,
+since windows overlap), ``c`` may wander by ``drift_per_sqrt_s`` plus ``load_drift_per_sqrt_s``
+times the patient's share ``(c - 1) / c`` (postural sway moves the body's part, not the
+plate's), and the gain is ``P / (P + R)``, never faster than ``time_constant_s``. A quiet sensor
+at 0.4 g learns in tens of ms; a noisy one at 0.1 g averages over seconds instead of feeding
+its noise into the drive. A change far beyond the noise (a patient stepping on or off; at 4
+sigma held for longer than a window, at 8 sigma at once) raises the uncertainty so the law
+relearns at once. The drive aims below the estimate by ``cautious_sigma`` times the
+uncertainty in excess of its steady value, and of ``cautious_free_sd`` (at most
+``cautious_max``): doubt shows as a brief shortfall, never as overshoot.
+
+The correction depends on frequency (a body isolates more of its mass at higher frequencies),
+so ``c`` is remembered per calibration frequency. A step to another frequency starts from the
+best prior the memory gives (:meth:`AmplitudeLaw.prior`), never from the old frequency's
+correction; a sweep carries ``c`` along the same shape and learns faster while it moves.
 
 All functions are pure over explicit state, so tests and benchmarks drive them directly.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -28,7 +45,18 @@ from controller.estimation import WindowEstimate
 
 @dataclass(frozen=True)
 class LawSettings:
-    time_constant_s: float = 0.05
+    time_constant_s: float = 0.05  # the fastest the correction learns (a quiet sensor)
+    drift_per_sqrt_s: float = 0.002  # the plate's own gain wanders this much, relative, per sqrt(s)
+    load_drift_per_sqrt_s: float = 0.03  # more, in proportion to the patient's share (c - 1) / c
+    initial_uncertainty: float = 0.3  # relative standard uncertainty of c before any learning
+    change_gate_sigma: float = 4.0  # an innovation this many sigma away is a change ...
+    change_confirm_s: float = 0.12  # ... once it holds, with one sign, for longer than a window
+    # (at twice the gate at once: no noise reaches that far)
+    cautious_sigma: float = 1.5  # drive this many excess sigma below the estimate ...
+    cautious_max: float = 0.05  # ... but never more than this fraction below it
+    cautious_free_sd: float = 0.008  # steady uncertainty up to this needs no margin
+    memory_max_sd: float = 0.01  # remembered only once learned this well (not mid-way)
+    extrapolation_exponent: float = 2.0  # load share of c above a learned frequency: (f0/f)^p
     slew_per_s: float = 2.0  # the drive moves at most this much (fraction) per second
     min_expected_fraction: float = 0.2  # learn only when the expected response is this large
     correction_bounds: tuple[float, float] = (0.5, 8.0)
@@ -39,6 +67,8 @@ class LawSettings:
     def __post_init__(self) -> None:
         if self.time_constant_s <= 0.0 or self.slew_per_s <= 0.0:
             raise ValueError("time constant and slew limit must be positive")
+        if self.drift_per_sqrt_s <= 0.0 or self.initial_uncertainty <= 0.0:
+            raise ValueError("drift and initial uncertainty must be positive")
 
 
 def ramp_profile(t_s: float, ramp_up_s: float, hold_s: float, ramp_down_s: float) -> float:
@@ -58,38 +88,215 @@ def ramp_profile(t_s: float, ramp_up_s: float, hold_s: float, ramp_down_s: float
     return 0.5 + 0.5 * math.cos(math.pi * t_down / ramp_down_s)
 
 
-class AmplitudeLaw:
-    """State of the law: the learned correction and the last drive it asked for."""
+@dataclass(frozen=True)
+class Learned:
+    """What the law knew at one calibration frequency: where, the correction, its variance."""
 
-    def __init__(self, settings: LawSettings, drive_limit: float, correction: float = 1.0) -> None:
+    freq_hz: float
+    correction: float
+    variance: float  # relative: (standard uncertainty / correction)^2
+
+
+def steady_variance(process: float, measurement: float, max_gain: float) -> float:
+    """Relative variance of ``c`` once learning has settled (scalar Kalman, gain capped)."""
+    if measurement <= 0.0:
+        return 0.0
+    prior = 0.5 * (process + math.sqrt(process * process + 4.0 * process * measurement))
+    gain = prior / (prior + measurement)
+    if gain <= max_gain:
+        return prior * measurement / (prior + measurement)
+    # a capped gain: P = (1-K)^2 (P + Q) + K^2 R at its fixed point
+    keep = (1.0 - max_gain) ** 2
+    return (keep * process + max_gain**2 * measurement) / (1.0 - keep)
+
+
+class AmplitudeLaw:
+    """State of the law: the learned correction, its uncertainty and the last drive."""
+
+    def __init__(
+        self,
+        settings: LawSettings,
+        drive_limit: float,
+        correction: float = 1.0,
+        nodes_hz: tuple[float, ...] = (),
+    ) -> None:
         self.settings = settings
         self.drive_limit = drive_limit
         self.correction = correction
+        self.variance = settings.initial_uncertainty**2
+        self.steady = 0.0  # the variance learning settles to at the present noise
         self.drive = 0.0
+        self.nodes_hz = tuple(sorted(nodes_hz))
+        self.memory: dict[int, Learned] = {}
+        self.freq_hz: float | None = None  # where the live correction was last learned
+        self._change_s = 0.0
+        self._change_sign = 0
+        self._sweep_process = 0.0  # variance a sweep added since the last update
+
+    # ---- frequency memory ----------------------------------------------------------------
+
+    def prior(self, freq_hz: float) -> Learned:
+        """The best starting correction at ``freq_hz`` from what was learned elsewhere.
+
+        A patient's share of the correction, ``c - 1``, shrinks as frequency rises (more of the
+        body is isolated), by no more than ``(f0 / f) ** extrapolation_exponent``; it never
+        grows with frequency. So below a learned frequency its value is a safe start, above it
+        the shrunk value; between two learned frequencies the straight line. Each is a lower
+        bound on the correction needed: a step starts low and learns up, never overshoots.
+        """
+        # what was learned well (not mid-way through learning), and the live state, which
+        # replaces whatever its own calibration frequency remembered
+        good = {
+            node: entry
+            for node, entry in self.memory.items()
+            if entry.variance <= self.settings.memory_max_sd**2
+        }
+        if self.freq_hz is not None:
+            good[self._node(self.freq_hz)] = Learned(self.freq_hz, self.correction, self.variance)
+        entries = sorted(good.values(), key=lambda e: e.freq_hz)
+        if not entries:
+            return Learned(freq_hz, self.correction, self.variance)
+        freqs = [e.freq_hz for e in entries]
+        i = bisect.bisect_left(freqs, freq_hz)
+        above = entries[i] if i < len(entries) else None
+        below = entries[i - 1] if i > 0 else None
+        if above is not None and abs(above.freq_hz - freq_hz) < 1e-9:
+            return Learned(freq_hz, above.correction, above.variance)
+        if above is not None and below is None:
+            # the share may grow going down by as much as it may shrink going up: that much
+            # is unknown, so the law learns fast from this start
+            share = max(0.0, above.correction - 1.0)
+            grow = (above.freq_hz / freq_hz) ** self.settings.extrapolation_exponent - 1.0
+            gap = share * grow / above.correction
+            return Learned(freq_hz, above.correction, above.variance + gap * gap)
+        assert below is not None
+        shrink = (below.freq_hz / freq_hz) ** self.settings.extrapolation_exponent
+        low = below.correction
+        if low > 1.0:
+            low = 1.0 + (low - 1.0) * shrink
+        if above is None:
+            gap = (below.correction - low) / low
+            return Learned(freq_hz, low, below.variance + gap * gap)
+        w = (freq_hz - below.freq_hz) / (above.freq_hz - below.freq_hz)
+        value = below.correction + w * (above.correction - below.correction)
+        value = max(min(value, below.correction), min(low, above.correction))
+        gap = min(abs(below.correction - value), abs(above.correction - value)) / value
+        return Learned(freq_hz, value, max(below.variance, above.variance) + gap * gap)
+
+    def retune(self, freq_hz: float, from_hz: float, step: bool) -> None:
+        """The frequency moves from ``from_hz`` to ``freq_hz``.
+
+        A step starts from the prior there (with the prior's uncertainty), not from the old
+        correction. A small move of a sweep carries the present correction along the shape the
+        memory gives (``prior(to) / prior(from)``) and keeps its uncertainty.
+        """
+        start = self.prior(freq_hz)
+        if step:
+            self.correction = start.correction
+            self.variance = max(start.variance, self.steady)
+            self._change_s = 0.0
+            self._change_sign = 0
+        else:
+            here = self.prior(from_hz).correction
+            self.correction *= start.correction / here
+            # the shape is only a bound: how far the correction may move over this step is
+            # uncertain by up to the model's slope, so learn faster while the sweep moves
+            share = max(0.0, 1.0 - 1.0 / self.correction)
+            slope = self.settings.extrapolation_exponent * share * abs(freq_hz - from_hz)
+            self._sweep_process += (slope / min(freq_hz, from_hz)) ** 2
+        if self.freq_hz is not None:
+            self.freq_hz = freq_hz  # the live correction now stands for the new frequency
+
+    def _node(self, freq_hz: float) -> int:
+        """Index of the calibration frequency nearest ``freq_hz`` (0 without a grid)."""
+        i = bisect.bisect_left(self.nodes_hz, freq_hz)
+        if i == len(self.nodes_hz) or (
+            i > 0 and freq_hz - self.nodes_hz[i - 1] < self.nodes_hz[i] - freq_hz
+        ):
+            i -= 1
+        return max(i, 0)
+
+    def _remember(self, freq_hz: float) -> None:
+        self.freq_hz = freq_hz
+        if self.nodes_hz:
+            self.memory[self._node(freq_hz)] = Learned(freq_hz, self.correction, self.variance)
+
+    # ---- learning and command ------------------------------------------------------------
 
     def learn(
-        self, estimate: WindowEstimate | None, gain: float, target_g: float, dt: float
+        self,
+        estimate: WindowEstimate | None,
+        gain: float,
+        target_g: float,
+        dt: float,
+        freq_hz: float | None = None,
+        window_s: float | None = None,
     ) -> bool:
-        """Move the correction towards the measured inverse gain; True if it learned."""
+        """Update the correction from one window; True if it learned.
+
+        ``window_s`` is the window's length: windows overlap, so each update brings only
+        ``dt`` of new samples and its noise counts ``window_s / dt`` times.
+        """
         s = self.settings
+        share = max(0.0, 1.0 - 1.0 / self.correction)  # the patient's part of the correction
+        drift = s.drift_per_sqrt_s + s.load_drift_per_sqrt_s * share
+        process = drift * drift * dt + self._sweep_process
+        self._sweep_process = 0.0
         if estimate is None or estimate.mean_drive * gain < s.min_expected_fraction * target_g:
+            self.variance += process
             return False
-        if estimate.fit.peak_g <= 0.0:
+        fit = estimate.fit
+        if fit.peak_g <= 0.0:
             return False
-        rho = estimate.fit.peak_g / (gain * estimate.mean_drive)
+        rho = fit.peak_g / (gain * estimate.mean_drive)
         low, high = s.credible_ratio
         if not low <= rho <= high:
             # No load makes a plate respond like this: a fault the supervisor is confirming.
             # Hold the drive where it is rather than chase it.
             return False
+        # relative variance of one window's rho (and so of 1 / rho), debiased peak
+        sigma = fit.peak_sigma_g
+        peak_sq = max(fit.peak_g**2 - sigma * sigma, 0.25 * fit.peak_g**2)
+        rho *= math.sqrt(peak_sq) / fit.peak_g
+        single = sigma * sigma / peak_sq
+        overlap = max(1.0, (window_s if window_s is not None else dt) / dt)
+        measurement = single * overlap
         wanted = min(max(1.0 / rho, s.correction_bounds[0]), s.correction_bounds[1])
-        alpha = min(1.0, dt / s.time_constant_s)
-        self.correction += alpha * (wanted - self.correction)
+        max_gain = min(1.0, dt / s.time_constant_s)
+        self.steady = steady_variance(process, measurement, max_gain)
+        self.variance += process
+        innovation = wanted / self.correction - 1.0
+        if innovation * innovation > s.change_gate_sigma**2 * (single + self.variance):
+            sign = 1 if innovation > 0 else -1
+            self._change_s = self._change_s + dt if sign == self._change_sign else dt
+            self._change_sign = sign
+            # twice the gate is beyond any noise: no need to wait for a second window
+            spread = single + self.variance
+            gross = innovation * innovation > 4.0 * s.change_gate_sigma**2 * spread
+            if gross or self._change_s > s.change_confirm_s:
+                self.variance = max(self.variance, innovation * innovation)
+        else:
+            self._change_s = 0.0
+            self._change_sign = 0
+        k = min(max_gain, self.variance / (self.variance + measurement))
+        self.correction += k * (wanted - self.correction)
+        self.variance = (1.0 - k) ** 2 * self.variance + k * k * measurement
+        if freq_hz is not None:
+            self._remember(freq_hz)
         return True
+
+    @property
+    def cautious_correction(self) -> float:
+        """The correction the drive uses: lowered by the uncertainty beyond the steady one."""
+        s = self.settings
+        steady_sd = math.sqrt(self.steady)
+        excess = max(0.0, math.sqrt(self.variance) - steady_sd)
+        excess += max(0.0, steady_sd - s.cautious_free_sd)
+        return self.correction * (1.0 - min(s.cautious_max, s.cautious_sigma * excess))
 
     def command(self, setpoint_g: float, gain: float, dt: float) -> float:
         """The drive for this update: scheduled feedforward times correction, limited."""
-        desired = self.correction * setpoint_g / gain
+        desired = self.cautious_correction * setpoint_g / gain
         desired = min(max(desired, 0.0), self.drive_limit)
         step = self.settings.slew_per_s * dt
         self.drive = min(max(desired, self.drive - step), self.drive + step)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from controller.calibration import Calibration
-from controller.estimation import AmplitudeEstimator
+from controller.estimation import AmplitudeEstimator, block_phases, fit_sine
 from controller.exposure import ExposureFigures, ExposureMeter
 from controller.law import AmplitudeLaw, LawSettings, ramp_profile
 from controller.safety import (
@@ -54,6 +54,8 @@ UNLOAD_MIN_GAP = 0.08  # loaded and empty responses must differ this much to tel
 UNLOAD_HOLD_S = 0.3
 STALE_RATIO = 1.1  # response above the empty-plate calibration by this: calibration is stale
 STALE_HOLD_S = 1.0
+ACCURACY_WINDOW_S = 1.0  # the result's error figures: independent fits over 1-s windows ...
+ACCURACY_COVERAGE = 2.0  # ... each counted as |error| + this many standard uncertainties
 
 
 class ExposureStatus(enum.StrEnum):
@@ -148,6 +150,7 @@ class ExposureResult:
     settling_time_s: float | None = None
     error_mean_pct: float | None = None
     error_p95_abs_pct: float | None = None
+    error_uncertainty_pct: float | None = None
     unloaded_s: float = 0.0
     unload_detectable: bool | None = None
     response_ratio: float = 1.0
@@ -168,6 +171,54 @@ class ExposureResult:
         if not with_history:
             data.pop("history")
         return data
+
+
+class _IndependentWindows:
+    """Fits of the raw samples over consecutive, non-overlapping 1-s windows of the hold.
+
+    The loop servoes its 0.1-s estimate to the setpoint, so that estimate agrees with the
+    setpoint by construction, noise included; an error computed from it understates the truth.
+    These fits use every sample once, are never fed back, and carry their own standard
+    uncertainty from the residual (:attr:`SineFit.peak_sigma_g`).
+    """
+
+    def __init__(self, sample_rate_hz: float, start_s: float) -> None:
+        self.fs = sample_rate_hz
+        self.start_s = start_s
+        self._index = -1
+        self._accel: list[np.ndarray] = []
+        self._phase: list[np.ndarray] = []
+        self.windows: list[tuple[float, float, float]] = []  # (start s, peak g, sigma g)
+
+    def push(self, t_end_s: float, accel_g: np.ndarray, phase0: float, freq_hz: float) -> None:
+        """One hold block ending at exposure time ``t_end_s``."""
+        first_s = t_end_s - accel_g.size / self.fs
+        index = math.floor((first_s - self.start_s) / ACCURACY_WINDOW_S + 1e-9)
+        if index != self._index:
+            self._close()
+            self._index = index
+        self._accel.append(accel_g)
+        self._phase.append(block_phases(phase0, freq_hz, accel_g.size, self.fs))
+
+    def finish(self) -> None:
+        """Fit the window in progress (kept only if it is whole)."""
+        self._close()
+        self._index = -1
+
+    def _close(self) -> None:
+        accel = np.concatenate(self._accel) if self._accel else np.empty(0)
+        self._accel, self._phase, phase = (
+            [],
+            [],
+            (np.concatenate(self._phase) if self._phase else np.empty(0)),
+        )
+        # only whole windows (a lost frame or two may be missing)
+        if accel.size >= 0.9 * ACCURACY_WINDOW_S * self.fs:
+            fit = fit_sine(accel, phase)
+            sigma = fit.peak_sigma_g
+            peak = math.sqrt(max(fit.peak_g**2 - sigma**2, 0.0))  # amplitude bias removed
+            start = self.start_s + self._index * ACCURACY_WINDOW_S
+            self.windows.append((start, peak, sigma))
 
 
 class _LoadTracker:
@@ -232,7 +283,8 @@ def _run_exposure(
     dt = info.block_samples / fs
     drive_limit = info.max_drive
     estimator = AmplitudeEstimator(fs, settings.window_s)
-    law = AmplitudeLaw(settings.law, drive_limit)
+    law = AmplitudeLaw(settings.law, drive_limit, nodes_hz=calibration.freqs_hz)
+    accuracy = _IndependentWindows(fs, settings.ramp_up_s)
     supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
     loads = _LoadTracker(dt)
     meter = ExposureMeter(fs) if settings.measure_exposure else None
@@ -300,7 +352,10 @@ def _run_exposure(
             estimate = estimator.estimate(block.freq_hz)
             gain = calibration.gain_at(block.freq_hz)
             window_clean = t - freq_changed_at > settings.window_s + dt
-            law.learn(estimate if window_clean else None, gain, settings.target_g, dt)
+            law.learn(
+                estimate if window_clean else None, gain, settings.target_g, dt,
+                freq_hz=block.freq_hz, window_s=settings.window_s,
+            )  # fmt: skip
             hold_s = hold_end - ramp_end
             setpoint = settings.target_g * ramp_profile(
                 t, settings.ramp_up_s, hold_s, settings.ramp_down_s
@@ -317,8 +372,10 @@ def _run_exposure(
             next_freq = settings.schedule.freq_at(t)
             if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
                 device.set_frequency(next_freq, wait=False)
-                if abs(next_freq - freq) >= FREQ_STEP_HZ:
+                step = abs(next_freq - freq) >= FREQ_STEP_HZ
+                if step:
                     freq_changed_at = t
+                law.retune(next_freq, freq, step)  # start from what is known there
                 freq = next_freq
             next_setpoint = settings.target_g * ramp_profile(
                 t + dt, settings.ramp_up_s, hold_s, settings.ramp_down_s
@@ -335,6 +392,7 @@ def _run_exposure(
             in_hold = phase is Phase.HOLD
             load = loads.update(law.response_ratio, settled=in_hold and t - ramp_end >= 0.5)
             if in_hold:
+                accuracy.push(t, block.accel_g, block.phase_rad, block.freq_hz)
                 result.held_s += dt
                 if load is LoadState.UNLOADED:
                     result.unloaded_s += dt
@@ -367,7 +425,7 @@ def _run_exposure(
             _soft_stop(device, TRIP_RAMP_S)
         else:
             _soft_stop(device, 0.0)
-    _summarise(result, hist, compute, settings, device, loads, hold_end)
+    _summarise(result, hist, compute, settings, device, loads, hold_end, accuracy)
     if meter is not None:
         result.exposure = meter.figures()
     return result
@@ -415,6 +473,7 @@ def _summarise(
     device: DeviceClient,
     loads: _LoadTracker,
     hold_end: float,
+    accuracy: _IndependentWindows,
 ) -> None:
     result.history = hist
     result.response_ratio = hist["ratio"][-1] if hist["ratio"] else 1.0
@@ -436,6 +495,7 @@ def _summarise(
     th = t[hold] - settings.ramp_up_s
     outside = np.flatnonzero(~(np.abs(err) <= SETTLE_BAND))
     # settled from the first time after which the estimate stays in band for at least 1 s
+    # (or the whole hold, if shorter); a noisy estimate may never do so: settle is then None
     settle = None
     candidates = np.concatenate(([0], outside + 1))
     for i in candidates:
@@ -443,17 +503,24 @@ def _summarise(
             break
         later = outside[outside >= i]
         span_end = th[later[0]] if later.size else th[-1]
-        if span_end - th[i] >= min(1.0, th[-1] - th[i]):
+        if span_end - th[i] >= min(1.0, th[-1] - th[0]):
             settle = float(th[i])
             break
     result.settling_time_s = settle
-    if settle is None:
-        return
-    steady = th >= settle
-    per_second = [
-        float(np.mean(err[steady & (th >= s) & (th < s + 1.0)]))
-        for s in np.arange(settle, th[-1] - 0.999, 1.0)
-    ]
-    if per_second:
-        result.error_mean_pct = 100.0 * float(np.mean(per_second))
-        result.error_p95_abs_pct = 100.0 * float(np.percentile(np.abs(per_second), 95))
+    accuracy.finish()
+    # Accuracy from the independent 1-s fits after settling (all of the hold if it never
+    # settled, or settled too late for a whole window): the mean error, and the p95 of
+    # |error| + k sigma, which bounds the true error of each window at about 95% coverage
+    # however the loop correlated with the noise.
+    begin = settings.ramp_up_s + (settle if settle is not None else 0.0)
+    windows = [(peak, sigma) for start, peak, sigma in accuracy.windows if start >= begin - 1e-9]
+    if not windows:  # a hold too short to have a whole window after settling: use them all
+        windows = [(peak, sigma) for _, peak, sigma in accuracy.windows]
+    if windows:
+        peaks = np.array([w[0] for w in windows])
+        sigmas = np.array([w[1] for w in windows]) / settings.target_g
+        errors = peaks / settings.target_g - 1.0
+        bound = np.abs(errors) + ACCURACY_COVERAGE * sigmas
+        result.error_mean_pct = 100.0 * float(np.mean(errors))
+        result.error_p95_abs_pct = 100.0 * float(np.percentile(bound, 95))
+        result.error_uncertainty_pct = 100.0 * float(np.sqrt(np.mean(sigmas**2)))

@@ -42,6 +42,7 @@ class TripReason(enum.StrEnum):
     DEVICE_RESET = "device_reset"
     DEVICE_REFUSED = "device_refused"
     SAMPLE_INDEX_JUMP = "sample_index_jump"
+    CANNOT_REACH_DOSE = "cannot_reach_dose"
 
 
 TRIP_TEXT: dict[TripReason, str] = {
@@ -59,6 +60,7 @@ TRIP_TEXT: dict[TripReason, str] = {
     TripReason.DEVICE_RESET: "the plate restarted",
     TripReason.DEVICE_REFUSED: "the plate refused a command",
     TripReason.SAMPLE_INDEX_JUMP: "the plate's sample clock jumped, so its time cannot be counted",
+    TripReason.CANNOT_REACH_DOSE: "the plate cannot reach the prescribed dose",
 }
 
 
@@ -72,6 +74,9 @@ class SafetyLimits:
     harmonic_hold_s: float = 0.25  # longer than the fit window: a step in amplitude is not this
     saturation_shortfall: float = 0.9  # below 90% of the setpoint ...
     saturation_hold_s: float = 1.0  # ... for this long at the drive limit
+    dose_shortfall_fraction: float = 0.1  # 1-s mean amplitude below 90% of the setpoint ...
+    dose_shortfall_hold_s: float = 5.0  # ... for this long, whatever the drive: cannot deliver
+    dose_average_s: float = 1.0  # the amplitude is averaged over this long for that check
     no_response_fraction: float = 0.1  # below 10% of the empty-plate response ...
     no_response_hold_s: float = 0.3  # ... for this long with drive applied
     min_check_drive: float = 0.03  # response checks need at least this much drive
@@ -85,6 +90,17 @@ class SafetyLimits:
     index_gap_s: float = 0.1  # samples a block may skip (lost frames); beyond, or back: trip
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.dose_shortfall_fraction < 1.0:
+            raise ValueError(
+                f"dose shortfall {self.dose_shortfall_fraction:g} is not allowed: use a "
+                "fraction between 0 and 1"
+            )
+        if not 0.0 < self.dose_average_s <= self.dose_shortfall_hold_s <= 60.0:
+            raise ValueError(
+                f"dose averaging {self.dose_average_s:g} s and hold "
+                f"{self.dose_shortfall_hold_s:g} s are not allowed: use 0 < average <= hold "
+                "<= 60 s"
+            )
         if not 0.0 <= self.index_gap_s <= 1.0:
             raise ValueError(f"index gap {self.index_gap_s:g} s is not allowed: use 0-1 s")
         if not 0.0 < self.ceiling_g <= HARD_CEILING_G:
@@ -133,6 +149,9 @@ class SafetySupervisor:
         self._link_history: deque[tuple[int, int, int]] = deque(maxlen=window)
         self._max_gap = round(limits.index_gap_s * sample_rate_hz)
         self._next_index: int | None = None
+        dose_n = max(1, round(limits.dose_average_s / self.block_s))
+        self._dose: deque[tuple[float, float]] = deque(maxlen=dose_n)
+        self._dose_sums = [0.0, 0.0]  # measured peak, setpoint over the blocks in _dose
 
     def check_index(self, t_s: float, block: SampleBlock) -> SafetyTrip | None:
         """Trip if ``block`` does not continue the sample clock of the blocks seen before.
@@ -297,6 +316,9 @@ class SafetySupervisor:
                 f"drive {drive:.3f} at its limit {drive_limit:.3f}, peak {fit.peak_g:.3f} g of "
                 f"{setpoint_g:.3f} g", values,
             )  # fmt: skip
+        trip = self._dose_shortfall(t_s, index, fit.peak_g, drive, drive_limit, setpoint_g)
+        if trip is not None:
+            return trip
         harmonic = fit.residual_rms_g > lim.harmonic_rms_g
         if self._held_for(TripReason.EXCESS_HARMONICS, harmonic, t_s) >= lim.harmonic_hold_s:
             return SafetyTrip(
@@ -304,6 +326,47 @@ class SafetySupervisor:
                 f"{fit.residual_rms_g:.3f} g rms away from the drive frequency", values,
             )  # fmt: skip
         return None
+
+    def _dose_shortfall(
+        self,
+        t_s: float,
+        index: int,
+        peak_g: float,
+        drive: float,
+        drive_limit: float,
+        setpoint_g: float,
+    ) -> SafetyTrip | None:
+        """CANNOT_REACH_DOSE: the 1-s mean amplitude stays below the band around the setpoint.
+
+        A working loop brings the plate back within a second of any load change, so a
+        shortfall that lasts ``dose_shortfall_hold_s`` means the plate cannot deliver, whether
+        the drive sits at its limit, just under it, or the law has stopped following a response
+        no patient causes. Averaging over ``dose_average_s`` keeps sensor noise from deciding.
+        """
+        lim = self.limits
+        sums = self._dose_sums
+        if len(self._dose) == self._dose.maxlen:
+            old_peak, old_setpoint = self._dose[0]
+            sums[0] -= old_peak
+            sums[1] -= old_setpoint
+        self._dose.append((peak_g, setpoint_g))
+        sums[0] += peak_g
+        sums[1] += setpoint_g
+        full = len(self._dose) == self._dose.maxlen
+        short = full and sums[0] < (1.0 - lim.dose_shortfall_fraction) * sums[1]
+        held = self._held_for(TripReason.CANNOT_REACH_DOSE, short, t_s)
+        if held < lim.dose_shortfall_hold_s:
+            return None
+        delivered = sums[0] / sums[1]
+        n = len(self._dose)
+        return SafetyTrip(
+            TripReason.CANNOT_REACH_DOSE, t_s, index,
+            f"for {held:.1f} s the plate gave {100 * delivered:.0f}% of the "
+            f"{sums[1] / n:.3f} g asked (drive {drive:.3f}, limit {drive_limit:.3f})",
+            {"delivered_fraction": delivered, "measured_g": sums[0] / n,
+             "setpoint_g": sums[1] / n, "drive": drive, "drive_limit": drive_limit,
+             "held_s": held},
+        )  # fmt: skip
 
     def _held_for(self, reason: TripReason, condition: bool, t_s: float) -> float:
         """How long ``condition`` has held without a break (0 when it does not hold)."""
