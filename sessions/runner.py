@@ -33,6 +33,7 @@ from controller.loop import (
     Phase,
     run_exposure,
 )
+from controller.safety import SafetyLimits
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
 from sessions.log import LogError, SessionLog, SessionRecord
@@ -370,6 +371,9 @@ def _run_session(
         hold_s=decision.minutes * 60.0 * HOLD_CAP_FACTOR,
         schedule=protocol.schedule,
         measure_exposure=True,
+        # A plate that stays below the protocol's own at-dose band trips cannot_reach_dose,
+        # so a shortfall is recorded as the plate's, never left to run out as the patient's.
+        limits=SafetyLimits(dose_shortfall_fraction=protocol.dose_tolerance),
     )
     if on_decision is not None:
         on_decision(decision)
