@@ -344,6 +344,7 @@ def _run_exposure(
                     continue  # produced before the output came on
                 started = True
                 start = result.start_index = zero
+                log.info("exposure started: time zero at sample %d", zero)
             began = timer()
             t = (block.first_index + block.counts.size - start) / fs
             estimator.push(block.accel_g, block.phase_rad, block.freq_hz, block.drive)
