@@ -158,6 +158,7 @@ def held_amplitudes(truth_path: Path, start_index: int, hold_s: float) -> list[f
     [
         (0.04, 0.0, True),  # reads 1.04 g at rest: the check alone refuses it
         (-0.04, 0.03, False),  # reads 0.99 g at rest: only the bench values reveal it
+        (0.08, -0.02, True),  # uncorrected, the in-session gravity check (0.05 g) would trip
     ],
 )
 def test_a_stored_sensor_calibration_makes_the_true_amplitude_right(
@@ -200,7 +201,7 @@ def test_a_stored_sensor_calibration_makes_the_true_amplitude_right(
     assert liv(home, *run, "--device", sim(f"{sensor}&truth={after}"), "--json") == 0
     result = json.loads(capsys.readouterr().out)
     amps = held_amplitudes(after, result["start_index"], hold_s)
-    # uncorrected the plate would deliver 1/(1 + gain_error): 3.8% low or 4.2% high
+    # uncorrected the plate would deliver 1/(1 + gain_error): 3.8% or 7.4% low, 4.2% high
     assert all(abs(amp / TARGET_G - 1.0) <= 0.01 for amp in amps), amps
 
 
