@@ -23,6 +23,7 @@ import numpy as np
 
 from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
 from controller.privatefiles import check_private_dir, write_private_file
+from controller.sensor import SensorCalibration, SensorCalibrationError
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
@@ -233,6 +234,42 @@ class CalibrationStore:
     def save(self, calibration: Calibration) -> Path:
         path = self.path_for(calibration.device_id)
         text = json.dumps(calibration.to_dict(), indent=2, allow_nan=False)
+        write_private_file(path, text.encode("utf-8"))
+        return path
+
+    def sensor_path_for(self, device_id: str) -> Path:
+        """The sensor calibration's file: ``+`` never occurs in a safe device id, so it cannot
+        be the empty-plate file of another device."""
+        plate = self.path_for(device_id)
+        return plate.with_name(plate.stem + "+sensor.json")
+
+    def load_sensor(self, device_id: str) -> SensorCalibration | None:
+        """The stored sensor calibration of ``device_id`` (docs/sensor.md); None if none.
+
+        Raises SensorCalibrationError (one sentence: record it again) for a damaged file.
+        """
+        self.check()
+        path = self.sensor_path_for(device_id)
+        if not path.exists():
+            return None
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        try:
+            if len(raw) > MAX_FILE_BYTES:
+                raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            record = SensorCalibration.from_dict(data)
+            if record.device_id != device_id:
+                raise ValueError(f"it is the record of {record.device_id!r}")
+            return record
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            log.warning("sensor calibration file %s is unusable (%s)", path, detail)
+            raise SensorCalibrationError(str(path), detail) from None
+
+    def save_sensor(self, record: SensorCalibration) -> Path:
+        path = self.sensor_path_for(record.device_id)
+        text = json.dumps(record.to_dict(), indent=2, allow_nan=False)
         write_private_file(path, text.encode("utf-8"))
         return path
 

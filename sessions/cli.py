@@ -24,6 +24,18 @@ from controller.loop import ExposureSettings, ExposureStatus, run_exposure
 from controller.openloop import drive_open_loop
 from controller.safety import SafetyLimits
 from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
+from controller.sensor import (
+    OFFSET_RANGE_G,
+    SENSITIVITY_RANGE,
+    SOURCE_BENCH,
+    SOURCE_NOMINAL,
+    SensorCalibration,
+    SensorCheckError,
+    apply_sensor_calibration,
+    check_sensor,
+    check_tolerance,
+    record_sensor,
+)
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
@@ -115,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--device", required=True, metavar="URL", help="port path or URL")
     _add_home(calibrate)
     calibrate.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
+    calibrate.add_argument(
+        "--sensor", action="store_true",
+        help="record the accelerometer's sensitivity and offset instead (plate level, at rest, "
+        "empty; docs/sensor.md)",
+    )  # fmt: skip
+    calibrate.add_argument(
+        "--sensitivity", type=_bounded_float("--sensitivity", *SENSITIVITY_RANGE), metavar="X",
+        help="with --sensor: the part's bench-measured sensitivity relative to its announced "
+        "counts per g (default 1.0)",
+    )  # fmt: skip
+    calibrate.add_argument(
+        "--offset-g", type=_bounded_float("--offset-g", *OFFSET_RANGE_G, " g"), metavar="G",
+        help="with --sensor: the part's bench-measured offset in g (default 0.0)",
+    )  # fmt: skip
     calibrate.add_argument("--json", action="store_true", help="print JSON")
     calibrate.set_defaults(handler=cmd_calibrate)
 
@@ -299,12 +325,64 @@ def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    bench = args.sensitivity is not None or args.offset_g is not None
+    if bench and not args.sensor:
+        raise UsageError("--sensitivity and --offset-g are only allowed with --sensor")
     store = _store(args)
     with DeviceClient.open(args.device) as device:
+        if args.sensor:
+            return _calibrate_sensor(args, store, device, bench)
+        sensor = store.load_sensor(device.info.device_id)
+        if sensor is not None:  # the empty plate's gains in true g, as sessions will read them
+            apply_sensor_calibration(device, sensor)
         cal = identify(device)
     where = store.save(cal)
     _emit({"path": str(where), **cal.to_dict()}, args.json, _calibration_lines(cal, where))
     return 0
+
+
+def _calibrate_sensor(
+    args: argparse.Namespace, store: CalibrationStore, device: DeviceClient, bench: bool
+) -> int:
+    """``liv calibrate --sensor``: store the bench values with the resting reading measured now."""
+    try:
+        record = record_sensor(
+            device,
+            sensitivity=1.0 if args.sensitivity is None else args.sensitivity,
+            offset_g=0.0 if args.offset_g is None else args.offset_g,
+            source=SOURCE_BENCH if bench else SOURCE_NOMINAL,
+        )
+    except SensorCheckError as exc:
+        raise LivError(
+            f"sensor calibration not saved: {exc.detail}; check that the plate is level, at "
+            "rest and empty, and that the values are this part's"
+        ) from None
+    where = store.save_sensor(record)
+    lines = [
+        f"sensor calibration of {terminal_line(record.device_id)} saved to {where}",
+        f"  sensitivity     {record.sensitivity:.4f} ({record.source})",
+        f"  offset          {record.offset_g:+.4f} g",
+        f"  resting reading {record.resting_g:.4f} g uncorrected, "
+        f"{record.correct(record.resting_g or 0.0):.4f} g corrected",
+    ]
+    _emit({"path": str(where), **record.to_dict()}, args.json, lines)
+    return 0
+
+
+def _check_sensor_for_run(store: CalibrationStore, device: DeviceClient) -> None:
+    """The pre-session sensor check for ``liv run``; the engineer sees the numbers."""
+    info = device.info
+    sensor = store.load_sensor(info.device_id) or SensorCalibration.nominal(
+        info.device_id, info.counts_per_g
+    )
+    try:
+        check_sensor(device, sensor, check_tolerance(None))
+    except SensorCheckError as exc:
+        raise LivError(
+            f"{exc.detail}; nothing was run: check the plate is level and at rest, and its "
+            "sensor calibration ('liv calibrate --sensor')"
+        ) from None
+    apply_sensor_calibration(device, sensor)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -338,6 +416,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         cleared = clear_latched_fault(device)  # refuses a fault that needs a person
+        _check_sensor_for_run(store, device)
         result = run_exposure(device, cal, settings)
     if result.calibration_stale:
         store.mark_stale(cal, f"response {result.response_ratio:.2f}x calibration in a run")

@@ -34,6 +34,12 @@ from controller.loop import (
     run_exposure,
 )
 from controller.safety import SafetyLimits
+from controller.sensor import (
+    SensorCalibration,
+    apply_sensor_calibration,
+    check_sensor,
+    check_tolerance,
+)
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
 from sessions.log import LogError, SessionLog, SessionRecord
@@ -399,6 +405,14 @@ def _run_session(
         cleared = clear_latched_fault(device)
         if cleared is not None:
             _log.warning("cleared latched fault %s (plate at rest)", cleared.name)
+        # The accelerometer must read gravity at rest, corrected by the device's sensor
+        # calibration, before anything is recorded: SensorCheckError refuses with one sentence
+        # and leaves no row (docs/sensor.md). Every reading after is corrected the same way.
+        sensor = calibrations.load_sensor(info.device_id) or SensorCalibration.nominal(
+            info.device_id, info.counts_per_g
+        )
+        check_sensor(device, sensor, check_tolerance(protocol.dose_tolerance))
+        apply_sensor_calibration(device, sensor)
         started = now()
         stops.deferred = True  # a stop while the row is written takes effect right after it
         session_id = log.start_session(
