@@ -227,7 +227,9 @@ def status_lines(
     done = day_summary(protocol, sessions, today)
     goal = protocol.minutes_per_session
     lines = [f"today ({today.isoformat()}, {protocol.timezone})"]
-    for k, minutes in enumerate(done, start=1):
+    # Outside the study no slot is due; the next line says when it starts or that it ended.
+    in_study = protocol.study_start <= today <= protocol.study_end
+    for k, minutes in enumerate(done if in_study else [], start=1):
         mark = (
             "done"
             if minutes >= goal - 1e-6
