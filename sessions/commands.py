@@ -94,10 +94,33 @@ def describe_protocol(p: PatientProtocol) -> list[str]:
     ]
 
 
+def study_warning(protocol: PatientProtocol, now: datetime) -> str | None:
+    """One sentence when the study has ended or not yet started on the patient's today."""
+    today = now.astimezone(protocol.zone).date()
+    if today > protocol.study_end:
+        return (
+            f"this protocol's study ended on {protocol.study_end.isoformat()}, so no session "
+            "will be due under it; ask the clinic for a current protocol."
+        )
+    if today < protocol.study_start:
+        return (
+            f"this protocol's study starts on {protocol.study_start.isoformat()}, so no "
+            "session is due before then."
+        )
+    return None
+
+
+def _warn_about_study(protocol: PatientProtocol) -> None:
+    warning = study_warning(protocol, utc_now())
+    if warning is not None:
+        echo(f"liv: warning: {warning}", file=sys.stderr)
+
+
 def cmd_protocol_check(args: argparse.Namespace) -> int:
     protocol = load_protocol(Path(args.file))
     echo(f"{args.file}: valid")
     echo("\n".join(describe_protocol(protocol)))
+    _warn_about_study(protocol)
     return 0
 
 
@@ -106,6 +129,7 @@ def cmd_protocol_install(args: argparse.Namespace) -> int:
     protocol = home.install_protocol(Path(args.file))
     echo(f"installed {args.file} as the active protocol in {home.root}")
     echo("\n".join(describe_protocol(protocol)))
+    _warn_about_study(protocol)
     return 0
 
 
