@@ -15,7 +15,11 @@ Rules (docs/sessions.md):
   clock change neither shortens nor lengthens it) and, when daily windows are prescribed, must
   start inside one; extra sessions never count towards another day;
 - an explicit override lifts the gap, window, study-period and daily-count rules, and is
-  recorded with its reason.
+  recorded with its reason;
+- the time a refusal names is one that exists and says which: the wait honours the windows
+  ("tomorrow from 07:00"), a local time that occurs twice says "(before/after the clocks went
+  back)", and a window whose start falls in the skipped spring hour opens at the first time
+  after the jump.
 """
 
 from __future__ import annotations
