@@ -236,8 +236,8 @@ def build_cases() -> list[Case]:
               45, full, quick=True),
         _case("step_off_late_10min", "75 kg steps off for good at 9 min of 10",
               "mass=75&step_off_at=540", 30, short, (NOBODY,), minutes=10.0),
-        _case("step_off_near_end_10min", "85 kg steps off 10 s before the end of 10 min",
-              "mass=85&step_off_at=595", 45, short, (NOBODY,), minutes=10.0),
+        _case("step_off_near_end_10min", "85 kg steps off 15 s before the end of 10 min",
+              "mass=85&step_off_at=585", 45, short, (NOBODY,), minutes=10.0),
         _case("step_off_early", "65 kg steps off for good at 50 s of 2 min",
               "mass=65&step_off_at=50", 30, short, (NOBODY,)),
         _case("off_and_back_on", "70 kg off at 50 s, back on at 80 s", "mass=70&presence=0-50,80-",
@@ -255,8 +255,8 @@ def build_cases() -> list[Case]:
               30, full, quick=True),
         _case("load_step_down", "120 kg, 60 kg from 60 s",
               "mass=120&load_step_at=60&load_step_kg=60", 45, full),
-        _case("load_step_light", "90 kg, 20 kg from 40 s",
-              "mass=90&load_step_at=40&load_step_kg=20", 90, full),
+        _case("load_step_lean", "100 kg, 55 kg from 40 s (leaning on a rail)",
+              "mass=100&load_step_at=40&load_step_kg=55", 90, full),
         # sensor sensitivity and offset errors the sensor acquired after calibration
         _case("sensor_gain_plus12", "sensor reads 12% high: plate gives 10.7% less",
               "mass=70&sensor_gain_error=0.12", 45, none, (SENSOR,), minutes=1.0,
@@ -294,7 +294,7 @@ def build_cases() -> list[Case]:
         _case("standing_60kg_45hz", "standing 60 kg, knees 160 deg, 45 Hz",
               "mass=60&posture=standing&knee_deg=160", 45, full),
         _case("standing_150kg_30hz", "standing 150 kg, straight knees, 30 Hz (today's actuator "
-              "cannot)", "mass=150&posture=standing", 30, short, (CANNOT_DELIVER,)),
+              "cannot)", "mass=150&posture=standing", 30, none, (CANNOT_DELIVER,)),
         # several things at once
         _case("combined_sweep_step_noise", "sweep, 60->110 kg at 45 s, noise high, off 70-95 s",
               "mass=60&load_step_at=45&load_step_kg=110&noise=high&presence=0-70,95-",
@@ -558,7 +558,8 @@ def _run_case(case: Case, workdir: Path, row: Row) -> None:
     row.start_exit = start.returncode
     row.message = _last_sentence(start)
     crashed = "Traceback (most recent call last)" in start.stderr
-    if start.returncode == 2 and not crashed:
+    if (start.returncode == 2 and not crashed) or "cannot open 'sim://" in row.message:
+        # a usage error, or a sim:// URL the simulator refuses: the matrix is wrong, not the host
         raise HarnessError(f"liv start refused the case's arguments: {row.message}")
     if export.returncode != 0 and (workdir / "home" / "liv.db").exists():
         _must(export)
