@@ -233,7 +233,7 @@ def build_cases() -> list[Case]:
               "mass=90&coil_temp_c=70", 30, full, minutes=10.0),
         # stepping on and off
         _case("step_on_late", "70 kg steps on 20 s after power-up", "mass=70&step_on_at=20",
-              45, full, quick=True),
+              45, full, (NOBODY,), quick=True),
         _case("step_off_late_10min", "75 kg steps off for good at 9 min of 10",
               "mass=75&step_off_at=540", 30, short, (NOBODY,), minutes=10.0),
         _case("step_off_near_end_10min", "85 kg steps off 15 s before the end of 10 min",
@@ -740,6 +740,12 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[Case] = CASES) -> in
 
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="dose_truth.")) if temporary else args.workdir
+    used = [case.name for case in chosen if (workdir / case.name).exists()]
+    if used:
+        # a home that already holds a session would be refused "done for today" and its old
+        # record and truth file read as this run's
+        parser.error(f"--workdir {workdir} already holds case(s) {', '.join(used)}: "
+                     "use a new or empty directory")  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/dose_truth.py " + " ".join(
         argv if argv is not None else sys.argv[1:]

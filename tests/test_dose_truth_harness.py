@@ -232,3 +232,13 @@ def test_a_step_the_harness_cannot_run_is_a_harness_error(
     out = capsys.readouterr().out
     assert "HARNESS ERROR" in out
     assert "harness errors 1" in out
+
+
+def test_a_workdir_holding_an_earlier_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "m70_45hz" / "home").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        dose_truth.main(["--only", "m70_45hz", "--workdir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "already holds case(s) m70_45hz" in capsys.readouterr().err
