@@ -4,7 +4,8 @@
                                     [--json PATH] [--workdir DIR] [--list]
 
 Each case of the matrix (``CASES``) is one patient session run through the real patient path,
-the ``liv`` command, each step in its own process, in a home of its own:
+the ``liv`` command (``sessions.cli.main``, exactly as the ``liv`` script calls it), in a new
+home of its own; the four commands of a case run one after the other in one child process:
 
 1. ``liv protocol install`` of a protocol written for the case (a study from yesterday to
    tomorrow, UTC, one session a day; target, frequency or schedule, minutes and tolerance
@@ -18,9 +19,9 @@ the ``liv`` command, each step in its own process, in a home of its own:
 
 The truth file the simulator wrote is scored by ``benchmarks/truth_score.py`` with the
 protocol's target and ``dose_tolerance``: true seconds at dose are envelope windows within the
-tolerance of the target while somebody (>= 10 kg) stands on the plate. This module imports
-nothing from ``controller``, ``sessions`` or ``firmware_bridge``: the runner side talks to the
-project only through the ``liv`` command, and the scorer side is numpy only.
+tolerance of the target while somebody (>= 10 kg) stands on the plate. The harness process
+and the scorer import nothing from ``controller``, ``sessions`` or ``firmware_bridge``; only
+the child process that runs the ``liv`` commands imports ``sessions.cli``.
 
 Per case, three verdicts (the targets of the issue "Honest dose"):
 
@@ -37,6 +38,14 @@ Per case, three verdicts (the targets of the issue "Honest dose"):
 The table also shows the true situation (``full``, ``short``, ``none``) next to what the matrix
 expected (``Case.truth``); a difference is flagged, never scored: it says the plate model
 behaves differently from what the case assumed.
+
+Reason classes: ``completed``, ``nobody on the plate``, ``plate cannot deliver``, ``sensor``
+(a sensor check refused, or a sensor trip), ``ran out of time``, ``patient stop``, ``other
+trip``, ``refused, other``, ``interrupted``, ``host crash``, ``other``.
+
+``--workdir DIR`` keeps every case's home, protocol, truth file and the commands' output
+(``liv-results.json``); without it they go to a temporary directory that is removed. The full
+matrix takes about 7 minutes with ``--jobs 2`` on the shared 2-core machine.
 
 The benchmark reports; it does not gate. The exit status is 0 whatever the verdicts, 1 if the
 harness itself broke (a setup step failed, a step timed out, the log could not be read, a truth
