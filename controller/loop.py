@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from controller.calibration import Calibration
-from controller.estimation import AmplitudeEstimator
+from controller.estimation import AmplitudeEstimator, WindowEstimate
 from controller.exposure import ExposureFigures, ExposureMeter
 from controller.law import AmplitudeLaw, LawSettings, ramp_profile
+from controller.presence import LoadState, PresenceDetector, PresenceSummary
 from controller.safety import (
     TRIP_RAMP_S,
     SafetyLimits,
@@ -50,8 +51,7 @@ SETTLE_BAND = 0.02  # "settled" means within +/-2% of target
 FREQ_RESOLUTION_HZ = 0.05  # schedule changes smaller than this are not sent
 FREQ_STEP_HZ = 1.0  # a change this large pauses learning for one window (sweeps move less)
 DRIVE_RESOLUTION = 2e-4  # drive changes smaller than this are not sent (0.05% of 0.4)
-UNLOAD_MIN_GAP = 0.08  # loaded and empty responses must differ this much to tell them apart
-UNLOAD_HOLD_S = 0.3
+COIL_TEMP_POLL_S = 2.0  # STATUS (coil temperature, for presence detection) this often
 STALE_RATIO = 1.1  # response above the empty-plate calibration by this: calibration is stale
 STALE_HOLD_S = 1.0
 
@@ -66,12 +66,6 @@ class Phase(enum.StrEnum):
     RAMP_UP = "ramping up"
     HOLD = "holding"
     RAMP_DOWN = "ramping down"
-
-
-class LoadState(enum.StrEnum):
-    UNKNOWN = "unknown"
-    LOADED = "loaded"
-    UNLOADED = "nobody on the plate"
 
 
 @dataclass(frozen=True)
@@ -150,6 +144,7 @@ class ExposureResult:
     error_p95_abs_pct: float | None = None
     unloaded_s: float = 0.0
     unload_detectable: bool | None = None
+    presence: PresenceSummary | None = None  # what presence detection could and could not see
     response_ratio: float = 1.0
     calibration_stale: bool = False
     compute_median_us: float = 0.0
@@ -165,42 +160,10 @@ class ExposureResult:
         data["status"] = self.status.value
         data["trip"] = self.trip.to_dict() if self.trip else None
         data["exposure"] = self.exposure.to_dict() if self.exposure else None
+        data["presence"] = self.presence.to_dict() if self.presence else None
         if not with_history:
             data.pop("history")
         return data
-
-
-class _LoadTracker:
-    """Decides whether somebody stands on the plate from the learned response ratio."""
-
-    def __init__(self, block_s: float) -> None:
-        self.block_s = block_s
-        self.state = LoadState.UNKNOWN
-        self.reference: float | None = None
-        self.detectable: bool | None = None
-        self._pending_s = 0.0
-
-    def update(self, ratio: float, settled: bool) -> LoadState:
-        if not settled:
-            return self.state
-        if self.reference is None:
-            if ratio > 1.0 - UNLOAD_MIN_GAP / 2:
-                self.state = LoadState.UNLOADED
-                return self.state
-            self.reference = ratio
-            self.detectable = 1.0 - ratio >= UNLOAD_MIN_GAP
-            self.state = LoadState.LOADED
-            return self.state
-        gap = 1.0 - self.reference
-        if not self.detectable:
-            return self.state
-        mid = self.reference + gap / 2
-        flip = ratio > mid + gap / 8 if self.state == LoadState.LOADED else ratio < mid - gap / 8
-        self._pending_s = self._pending_s + self.block_s if flip else 0.0
-        if self._pending_s >= UNLOAD_HOLD_S:
-            self._pending_s = 0.0
-            self.state = LoadState.UNLOADED if self.state == LoadState.LOADED else LoadState.LOADED
-        return self.state
 
 
 def run_exposure(
@@ -234,7 +197,9 @@ def _run_exposure(
     estimator = AmplitudeEstimator(fs, settings.window_s)
     law = AmplitudeLaw(settings.law, drive_limit)
     supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
-    loads = _LoadTracker(dt)
+    presence = PresenceDetector(dt, calibration.coil_temp_c)
+    reports_coil_temp = "COIL_TEMPERATURE" in info.capabilities
+    next_status_t = 0.0
     meter = ExposureMeter(fs) if settings.measure_exposure else None
     result = ExposureResult(
         status=ExposureStatus.COMPLETED,
@@ -266,6 +231,8 @@ def _run_exposure(
     try:
         try:
             device.discard_backlog()  # not needed for time zero; saves decoding the past
+            if reports_coil_temp:  # the coil's temperature before the plate moves
+                presence.set_coil_temperature(device.request_status().coil_temperature_c)
             device.set_frequency(freq)
             device.start_output()
         except BridgeError as exc:
@@ -333,7 +300,20 @@ def _run_exposure(
             )
             measured = estimate.fit.peak_g if estimate is not None else None
             in_hold = phase is Phase.HOLD
-            load = loads.update(law.response_ratio, settled=in_hold and t - ramp_end >= 0.5)
+            if reports_coil_temp and t >= next_status_t:
+                status = device.take_status()
+                if status is not None:
+                    presence.set_coil_temperature(status.coil_temperature_c)
+                device.send_status_request()  # answered within a block or two; read next poll
+                next_status_t = t + COIL_TEMP_POLL_S
+            load = presence.update(
+                block.freq_hz,
+                _response(estimate, gain, settings.target_g, law.settings)
+                if window_clean
+                else None,
+                in_hold=in_hold,
+                settled=in_hold and t - ramp_end >= 0.5,
+            )
             if in_hold:
                 result.held_s += dt
                 if load is LoadState.UNLOADED:
@@ -367,7 +347,7 @@ def _run_exposure(
             _soft_stop(device, TRIP_RAMP_S)
         else:
             _soft_stop(device, 0.0)
-    _summarise(result, hist, compute, settings, device, loads, hold_end)
+    _summarise(result, hist, compute, settings, device, presence, hold_end)
     if meter is not None:
         result.exposure = meter.figures()
     return result
@@ -380,6 +360,19 @@ _EXCEPTION_REASONS: dict[type[BridgeError], TripReason] = {
     CommandRefusedError: TripReason.DEVICE_REFUSED,
     CommandTimeoutError: TripReason.LINK_DEGRADED,
 }
+
+
+def _response(
+    estimate: WindowEstimate | None, gain: float, target_g: float, law: LawSettings
+) -> float | None:
+    """The plate's response over the calibrated empty plate's for this block's window.
+
+    None when the window cannot show it: no estimate, or a drive too small for the expected
+    response to stand above the noise (the law's own learning threshold).
+    """
+    if estimate is None or estimate.mean_drive * gain < law.min_expected_fraction * target_g:
+        return None
+    return estimate.fit.peak_g / (gain * estimate.mean_drive)
 
 
 def _trip_for(exc: BridgeError, t: float, index: int) -> SafetyTrip:
@@ -413,12 +406,13 @@ def _summarise(
     compute: list[float],
     settings: ExposureSettings,
     device: DeviceClient,
-    loads: _LoadTracker,
+    presence: PresenceDetector,
     hold_end: float,
 ) -> None:
     result.history = hist
     result.response_ratio = hist["ratio"][-1] if hist["ratio"] else 1.0
-    result.unload_detectable = loads.detectable
+    result.presence = presence.summary()
+    result.unload_detectable = presence.detectable
     if compute:
         us = np.array(compute) * 1e6
         result.compute_median_us = float(np.median(us))
