@@ -231,8 +231,6 @@ def _run_exposure(
     try:
         try:
             device.discard_backlog()  # not needed for time zero; saves decoding the past
-            if reports_coil_temp:  # the coil's temperature before the plate moves
-                presence.set_coil_temperature(device.request_status().coil_temperature_c)
             device.set_frequency(freq)
             device.start_output()
         except BridgeError as exc:
@@ -300,12 +298,14 @@ def _run_exposure(
             )
             measured = estimate.fit.peak_g if estimate is not None else None
             in_hold = phase is Phase.HOLD
-            if reports_coil_temp and t >= next_status_t:
+            if reports_coil_temp:
+                # Asked for without waiting, read when it has come: never holds up an update.
                 status = device.take_status()
                 if status is not None:
                     presence.set_coil_temperature(status.coil_temperature_c)
-                device.send_status_request()  # answered within a block or two; read next poll
-                next_status_t = t + COIL_TEMP_POLL_S
+                if t >= next_status_t:
+                    device.send_status_request()
+                    next_status_t = t + COIL_TEMP_POLL_S
             load = presence.update(
                 block.freq_hz,
                 _response(estimate, gain, settings.target_g, law.settings)
