@@ -48,7 +48,7 @@ ELECTRICAL_CORNER_HZ = 159.0
 ASSUMED_CALIBRATION_TEMP_C = 20.0  # calibrations that recorded no coil temperature: room
 FEATURE_WINDOW_S = 0.5  # the response feature is averaged over this long
 EMPTY_BAND = 0.04  # the empty plate reads x within this of 1 (noise plus compensation error)
-MIN_GAP = 0.06  # a loaded reference must lie this far below 1 to tell loaded from empty
+MIN_GAP = 0.05  # a loaded reference must lie this far below 1 to tell loaded from empty
 HOLD_S = 0.3  # a change of state must persist this long
 TRACK_TAU_S = 2.0  # the loaded reference follows slow drift with this time constant
 ACQUIRE_S = 2.0  # after stepping on, the reference is re-taken over this long
@@ -180,6 +180,7 @@ class PresenceDetector:
             empty = known is not None and x > _step_off_level(known)
             if self._held(x <= 1.0 - MIN_GAP or empty):
                 if empty:
+                    self._absences += 1  # somebody was (believed) on the plate until now
                     self._to_unloaded()
                 else:
                     self._to_loaded(x)

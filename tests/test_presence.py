@@ -132,6 +132,29 @@ def test_a_slow_sweep_never_declares_a_light_patient_absent(
     assert result.presence.absent_s == 0.0
 
 
+def test_a_light_patient_leaving_a_coil_warmed_by_ten_minutes_is_seen(
+    tmp_path: Path, cold_cal: Calibration
+) -> None:
+    """Cold start, 9.3 minutes of 0.3 g at 90 Hz warm the coil by about 15 K, then she leaves:
+    uncompensated, the warm empty plate reads like the loaded one did at the start."""
+    result, updates, truth = exposure(
+        tmp_path, cold_cal, "mass=40&posture=seated&presence=0-560", "90", hold_s=600.0
+    )
+    t, states = hold_states(updates)
+    occupied = true_mass(truth, result.start_index, t) >= OCCUPIED_KG
+    assert true_absences(occupied) == 1
+    assert np.max(truth["coil_temp_c"]) - np.min(truth["coil_temp_c"]) > 10.0
+    left_s = float(t[np.flatnonzero(~occupied)[0]])
+    seen = [ti for ti, s in zip(t, states, strict=True) if s is LoadState.UNLOADED]
+    assert seen, "the step-off was never seen"
+    assert left_s <= seen[0] < left_s + 3.0
+    assert result.presence is not None
+    assert result.presence.absences == 1
+    assert result.presence.verified
+    assert result.presence.coil_temp_end_c is not None
+    assert result.presence.coil_temp_end_c > result.presence.calibration_temp_c + 10.0
+
+
 @pytest.mark.parametrize(
     ("posture", "schedule", "coil_c"),
     [("seated", "steps:75@0,45@15", 20.0), ("seated", "steps:90@0,30@15", 35.0),
