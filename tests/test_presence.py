@@ -180,13 +180,16 @@ def test_a_step_off_after_a_frequency_step_is_seen(
 # ---- stepping off and back on -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("posture", "freq"), [("seated", 60.0), ("standing", 90.0)])
+@pytest.mark.parametrize(
+    ("mass", "posture", "freq"), [(40, "seated", 60.0), (40, "standing", 90.0),
+                                  (150, "standing", 60.0)],
+)  # fmt: skip
 def test_off_and_back_on_twice_both_absences_are_seen(
-    tmp_path: Path, cold_cal: Calibration, posture: str, freq: float
+    tmp_path: Path, cold_cal: Calibration, mass: int, posture: str, freq: float
 ) -> None:
     result, updates, truth = exposure(
         tmp_path, cold_cal,
-        f"mass=40&posture={posture}&coil_temp_c={WARM_C}&presence=0-15,25-40,50-",
+        f"mass={mass}&posture={posture}&coil_temp_c={WARM_C}&presence=0-15,25-40,50-",
         f"{freq:g}", hold_s=60.0,
     )  # fmt: skip
     t, states = hold_states(updates)
