@@ -197,6 +197,8 @@ class PresenceDetector:
         known = self._remembered.get(self._bin(freq_hz))
         if known is not None and x > _step_off_level(known):
             self.state = LoadState.UNLOADED  # a person here reads clearly lower: nobody is on
+            if before in (LoadState.LOADED, LoadState.CANNOT_TELL):
+                self._absences += 1
         elif x >= 1.0 - EMPTY_BAND and before in (LoadState.UNKNOWN, LoadState.UNLOADED):
             self.state = LoadState.UNLOADED
         else:

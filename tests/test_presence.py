@@ -20,7 +20,7 @@ import pytest
 
 from controller.calibration import Calibration, identify
 from controller.loop import ControlUpdate, ExposureResult, ExposureSettings, Phase, run_exposure
-from controller.presence import LoadState, PresenceDetector
+from controller.presence import LoadState, PresenceDetector, tempco_per_k
 from controller.schedule import parse_schedule
 from firmware_bridge.client import DeviceClient
 from sessions.adherence import compute_adherence
@@ -356,3 +356,33 @@ def test_a_calibration_written_before_coil_temperatures_still_loads(
     old = Calibration.from_dict(data)
     assert old.coil_temp_c is None
     assert PresenceDetector(0.02, old.coil_temp_c).calibration_temp_c == 20.0
+
+
+# ---- the detector alone, on made-up responses -------------------------------------------------
+
+
+def _feed(
+    detector: PresenceDetector, freq_hz: float, response: float, seconds: float
+) -> list[LoadState]:
+    blocks = round(seconds / detector.block_s)
+    return [detector.update(freq_hz, response, in_hold=True, settled=True) for _ in range(blocks)]
+
+
+def test_the_detector_compensates_the_warm_coil_and_keeps_references_per_frequency() -> None:
+    detector = PresenceDetector(0.02, calibration_temp_c=20.0)
+    detector.set_coil_temperature(50.0)
+    cooled = 1.0 / (1.0 + tempco_per_k(30.0) * 30.0)  # 30 K warmer: resistance up, response down
+    assert _feed(detector, 30.0, 0.85 * cooled, 2.0)[-1] is LoadState.LOADED
+    assert detector.feature == pytest.approx(0.85, abs=0.005)
+    # 90 Hz, where this patient reads 0.975 of the empty plate: loaded and empty too close
+    states = _feed(detector, 90.0, 0.975 / (1.0 + tempco_per_k(90.0) * 30.0), 3.0)
+    assert LoadState.UNLOADED not in states
+    assert states[-1] is LoadState.CANNOT_TELL
+    # back at 30 Hz the plate reads empty: the reference remembered there says she has left
+    states = _feed(detector, 30.0, 1.0 * cooled, 3.0)
+    assert states[-1] is LoadState.UNLOADED
+    summary = detector.summary()
+    assert summary.absences == 1
+    assert summary.detectable is False
+    assert summary.undetectable_s > 2.0
+    assert summary.temperature_compensated
