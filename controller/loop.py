@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from controller.calibration import Calibration
-from controller.estimation import AmplitudeEstimator, WindowEstimate
+from controller.estimation import AmplitudeEstimator
 from controller.exposure import ExposureFigures, ExposureMeter
 from controller.law import AmplitudeLaw, LawSettings, ramp_profile
-from controller.presence import LoadState, PresenceDetector, PresenceSummary
+from controller.presence import (
+    LoadState,
+    PresenceDetector,
+    PresenceSummary,
+    response_over_empty,
+)
 from controller.safety import (
     TRIP_RAMP_S,
     SafetyLimits,
@@ -308,8 +313,10 @@ def _run_exposure(
                     next_status_t = t + COIL_TEMP_POLL_S
             load = presence.update(
                 block.freq_hz,
-                _response(estimate, gain, settings.target_g, law.settings)
-                if window_clean
+                response_over_empty(
+                    estimate.fit.peak_g, estimate.mean_drive, gain, settings.target_g
+                )
+                if window_clean and estimate is not None
                 else None,
                 in_hold=in_hold,
                 settled=in_hold and t - ramp_end >= 0.5,
@@ -360,19 +367,6 @@ _EXCEPTION_REASONS: dict[type[BridgeError], TripReason] = {
     CommandRefusedError: TripReason.DEVICE_REFUSED,
     CommandTimeoutError: TripReason.LINK_DEGRADED,
 }
-
-
-def _response(
-    estimate: WindowEstimate | None, gain: float, target_g: float, law: LawSettings
-) -> float | None:
-    """The plate's response over the calibrated empty plate's for this block's window.
-
-    None when the window cannot show it: no estimate, or a drive too small for the expected
-    response to stand above the noise (the law's own learning threshold).
-    """
-    if estimate is None or estimate.mean_drive * gain < law.min_expected_fraction * target_g:
-        return None
-    return estimate.fit.peak_g / (gain * estimate.mean_drive)
 
 
 def _trip_for(exc: BridgeError, t: float, index: int) -> SafetyTrip:

@@ -55,6 +55,7 @@ ACQUIRE_S = 2.0  # after stepping on, the reference is re-taken over this long
 FREQ_STEP_HZ = 1.0  # a frequency change this large starts a fresh decision
 FREQ_BIN_HZ = 2.5  # loaded references are remembered per band of this width
 UNVERIFIED_FRACTION = 0.1  # more than this share of the hold undecided: presence not verified
+MIN_EXPECTED_FRACTION = 0.2  # judge only windows whose expected response is this much of target
 
 
 class LoadState(enum.StrEnum):
@@ -295,6 +296,18 @@ class PresenceDetector:
             coil_temp_end_c=self._coil_temp_c,
             calibration_temp_c=self.calibration_temp_c,
         )
+
+
+def response_over_empty(
+    peak_g: float, mean_drive: float, gain: float, target_g: float
+) -> float | None:
+    """One window's response over the calibrated empty plate's, ``peak / (G(f) * drive)``.
+
+    None when the drive is too small for the expected response to stand above the noise.
+    """
+    if mean_drive * gain < MIN_EXPECTED_FRACTION * target_g or peak_g <= 0.0:
+        return None
+    return peak_g / (gain * mean_drive)
 
 
 def tempco_per_k(freq_hz: float) -> float:
