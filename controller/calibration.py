@@ -90,6 +90,9 @@ class Calibration:
     created_utc: str
     stale: bool = False
     notes: list[str] = field(default_factory=list)
+    # Coil temperature when calibrated (STATUS), None if the device does not report it or the
+    # file predates it: presence detection compensates the warm coil against it.
+    coil_temp_c: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.freqs_hz) < 2 or len(self.freqs_hz) != len(self.g_per_drive):
@@ -104,6 +107,10 @@ class Calibration:
             raise ValueError("calibration phases must be finite, one per frequency")
         if not (math.isfinite(self.drive) and 0.0 < self.drive <= 1.0):
             raise ValueError(f"calibration drive {self.drive!r} is not a fraction in (0, 1]")
+        if self.coil_temp_c is not None and not (
+            _is_number(self.coil_temp_c) and -50.0 <= self.coil_temp_c <= 300.0
+        ):
+            raise ValueError(f"calibration coil temperature {self.coil_temp_c!r} is not -50..300 C")
 
     def gain_at(self, freq_hz: float) -> float:
         """g per unit drive at ``freq_hz`` (linear interpolation; refuses extrapolation)."""
@@ -142,6 +149,7 @@ class Calibration:
             created_utc=_typed(data, "created_utc", str),
             stale=_typed(data, "stale", bool) if "stale" in data else False,
             notes=list(notes),
+            coil_temp_c=float(data["coil_temp_c"]) if data.get("coil_temp_c") is not None else None,
         )
 
 
@@ -159,6 +167,7 @@ def identify(
     fs = float(info.sample_rate_hz)
     gains: list[float] = []
     phases: list[float] = []
+    coil_temp_c = _coil_temperature(device)
     device.set_frequency(freqs_hz[0])
     device.start_output()
     try:
@@ -187,7 +196,15 @@ def identify(
         phase_rad=tuple(phases),
         drive=drive,
         created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+        coil_temp_c=coil_temp_c,
     )
+
+
+def _coil_temperature(device: DeviceClient) -> float | None:
+    """The coil temperature the device reports (STATUS), None if it does not report one."""
+    if "COIL_TEMPERATURE" not in device.info.capabilities:
+        return None
+    return device.request_status().coil_temperature_c
 
 
 class CalibrationStore:

@@ -322,6 +322,20 @@ class DeviceClient:
         assert isinstance(status, Status)
         return status
 
+    def send_status_request(self) -> None:
+        """Ask for STATUS without waiting; the answer is picked up by :meth:`take_status`."""
+        self._send(StatusRequest())
+
+    def take_status(self) -> Status | None:
+        """The newest STATUS that arrived (older ones are dropped), or None if none did."""
+        answers = self._answers[Status]
+        if not answers:
+            return None
+        status = answers[-1]
+        answers.clear()
+        assert isinstance(status, Status)
+        return status
+
     def command(self, message: Message, wait: bool = True) -> None:
         """Send a command; with ``wait`` block until its ACK (or raise on NAK or timeout).
 
