@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,7 +29,7 @@ from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
 from sessions.adherence import compute_adherence
 from sessions.home import LivHome, SetupError, resolve_home
-from sessions.log import SessionLog, SessionRecord, SessionStatus
+from sessions.log import SessionLog, SessionStatus, SessionSummary
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
 from sessions.report import (
     render_csv,
@@ -47,7 +47,7 @@ from sessions.runner import (
     run_session,
     utc_now,
 )
-from sessions.scheduling import day_summary, decide
+from sessions.scheduling import day_summary, decide, history_start
 from sessions.text import echo, terminal_line, terminal_text
 
 EXIT_REFUSED = 1
@@ -220,38 +220,53 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def status_lines(
-    protocol: PatientProtocol, sessions: list[SessionRecord], now: datetime
+    protocol: PatientProtocol,
+    recent: Sequence[SessionSummary],
+    minutes: Mapping[tuple[date, int], float],
+    now: datetime,
 ) -> list[str]:
+    """Today, the next session and the streak.
+
+    ``recent`` holds the sessions since :func:`history_start` (all ``decide`` needs);
+    ``minutes`` the minutes at dose per (day, slot) the streak counts back through.
+    """
     zone = protocol.zone
     today = now.astimezone(zone).date()
-    done = day_summary(protocol, sessions, today)
+    done = day_summary(protocol, recent, today)
     goal = protocol.minutes_per_session
     lines = [f"today ({today.isoformat()}, {protocol.timezone})"]
-    for k, minutes in enumerate(done, start=1):
+    for k, delivered in enumerate(done, start=1):
         mark = (
             "done"
-            if minutes >= goal - 1e-6
-            else f"{minutes:.1f} of {goal:g} min"
-            if minutes
+            if delivered >= goal - 1e-6
+            else f"{delivered:.1f} of {goal:g} min"
+            if delivered
             else "due"
         )
         lines.append(f"  session {k}: {mark}")
-    decision = decide(protocol, sessions, now)
+    decision = decide(protocol, recent, now)
     if decision.allowed:
         lines.append(f"next              now: {decision.message}")
     else:
         lines.append(f"next              {decision.message}")
-    days = streak(protocol, sessions, today)
+    days = streak(protocol, minutes, today)
     lines.append(f"streak            {days} day(s) in a row with every session done")
     return lines
 
 
-def streak(protocol: PatientProtocol, sessions: list[SessionRecord], today: date) -> int:
-    """Consecutive complete days ending today (or yesterday, if today is still open)."""
+def streak(
+    protocol: PatientProtocol, minutes: Mapping[tuple[date, int], float], today: date
+) -> int:
+    """Consecutive complete days ending today (or yesterday, if today is still open).
+
+    ``minutes`` maps (local day, slot) to the minutes at dose logged in it
+    (``SessionStore.slot_minutes``): one lookup per day, however long the log.
+    """
     goal = protocol.minutes_per_session
+    slots = range(1, protocol.sessions_per_day + 1)
 
     def complete(day: date) -> bool:
-        return all(m >= goal - 1e-6 for m in day_summary(protocol, sessions, day))
+        return all(minutes.get((day, k), 0.0) >= goal - 1e-6 for k in slots)
 
     day = today if complete(today) else today - timedelta(days=1)
     count = 0
@@ -261,12 +276,21 @@ def streak(protocol: PatientProtocol, sessions: list[SessionRecord], today: date
     return count
 
 
+def _status_of_log(
+    log: SessionLog, protocol: PatientProtocol, now: datetime
+) -> tuple[list[SessionSummary], dict[tuple[date, int], float]]:
+    """What ``status`` reads: recent summaries and per-slot minutes, never an envelope."""
+    recent = log.summaries(protocol.patient_id, since=history_start(protocol, now))
+    return recent, log.slot_minutes(protocol.patient_id)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     home = home_of(args)
     protocol = home.protocol()
+    now = utc_now()
     with _open_log(args, home) as log:
-        sessions = log.sessions(patient_id=protocol.patient_id)
-    echo("\n".join(status_lines(protocol, sessions, utc_now())))
+        recent, minutes = _status_of_log(log, protocol, now)
+    echo("\n".join(status_lines(protocol, recent, minutes, now)))
     return 0
 
 
@@ -276,7 +300,7 @@ def _parse_date(text: str | None) -> date | None:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     with _open_log(args, read_only=True) as log:
-        records = log.sessions(
+        records = log.summaries(
             patient_id=args.patient, since=_parse_date(args.since), until=_parse_date(args.until)
         )
     if args.json:
@@ -291,7 +315,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(r: SessionRecord) -> dict[str, Any]:
+def _summary(r: SessionSummary) -> dict[str, Any]:
     return {
         "session_id": r.session_id,
         "patient_id": r.patient_id,
@@ -384,7 +408,7 @@ class ReportError(LivError):
 
 
 def _report_subject(
-    args: argparse.Namespace, home: LivHome, records: list[SessionRecord]
+    args: argparse.Namespace, home: LivHome, records: list[SessionSummary]
 ) -> tuple[str, PatientProtocol, datetime | None]:
     """The patient to report on, the protocol in force now and when it was installed.
 
@@ -415,7 +439,7 @@ def _report_subject(
 
 
 def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str) -> str:
-    records = log.sessions()
+    records = log.summaries()
     patient, protocol, installed_utc = _report_subject(args, home, records)
     theirs = [r for r in records if r.patient_id == patient]
     try:
@@ -429,7 +453,7 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None
     if fmt == "html":
-        return render_html(report, protocol, theirs)
+        return render_html(report, protocol, theirs, lambda s: log.get(s.session_id))
     renderer = {"table": render_table, "csv": render_csv, "json": render_json}[fmt]
     return renderer(report)
 
@@ -510,11 +534,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.override = None
     start_session(args, home, sim_url, sys.stdout)
     echo()
+    now = utc_now()
     with _open_log(args, home) as log:
-        sessions = log.sessions(patient_id=protocol.patient_id)
+        recent, minutes = _status_of_log(log, protocol, now)
+        logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
-    echo("\n".join(status_lines(protocol, sessions, utc_now())))
-    echo(f"log               {len(sessions)} session(s); chain verified: {verified.ok}")
+    echo("\n".join(status_lines(protocol, recent, minutes, now)))
+    echo(f"log               {logged} session(s); chain verified: {verified.ok}")
     echo("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
     args.patient = args.since = args.until = None
     with _open_log(args, home) as log:

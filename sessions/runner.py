@@ -38,7 +38,7 @@ from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
 from sessions.log import LogError, SessionLog, SessionRecord
 from sessions.protocol import PatientProtocol
-from sessions.scheduling import Decision, decide
+from sessions.scheduling import Decision, decide, history_start
 
 _log = logging.getLogger(__name__)
 
@@ -360,8 +360,9 @@ def _run_session(
     stops: _Stops,
 ) -> SessionOutcome:
     log.recover_interrupted(now())
-    history = log.sessions(patient_id=protocol.patient_id)
-    decision = decide(protocol, history, now(), override_reason)
+    moment = now()  # the decision reads only the window that can change it: no envelope
+    history = log.summaries(protocol.patient_id, since=history_start(protocol, moment))
+    decision = decide(protocol, history, moment, override_reason)
     if not decision.allowed:
         raise SessionRefusedError(decision)
     # Checked before the plate is opened and before the session row is written: settings the

@@ -27,6 +27,7 @@ from sessions.log.fields import (
     _quantize,
     _raw_from_row,
     _record_from_raw,
+    _summary_from_raw,
     _text,
     _utc,
     _zone,
@@ -41,11 +42,13 @@ from sessions.log.records import (
     LOG_FAILURE_REASON,
     RECOVERY_REASON,
     SCHEMA_VERSION,
+    SUMMARY_FIELDS,
     BadRecord,
     LogError,
     LogErrorReason,
     SessionRecord,
     SessionStatus,
+    SessionSummary,
     VerifyResult,
 )
 
@@ -773,6 +776,14 @@ class SessionStore:
             ) from exc
         return self._typed(raw)
 
+    def _summary_row(self, row: sqlite3.Row) -> SessionSummary:
+        try:
+            return _summary_from_raw(_raw_from_row(row, SUMMARY_FIELDS))
+        except ValueError as exc:
+            raise self._corrupt(
+                f"session {row['session_id']} cannot be read ({exc}); run verify"
+            ) from exc
+
     def get(self, session_id: str) -> SessionRecord:
         """The record of one session (running or finished)."""
         with _translate("read the session log", self.path), self._lock:
@@ -795,7 +806,51 @@ class SessionStore:
         since: date | None = None,
         until: date | None = None,
     ) -> list[SessionRecord]:
-        """Sessions (all chains, running included) by local date and slot; bounds inclusive."""
+        """Sessions (all chains, running included) by local date and slot; bounds inclusive.
+
+        Full records, envelopes included: for lists and schedules use :meth:`summaries`.
+        """
+        sql, params = self._select("*", patient_id, since, until)
+        with _translate("read the session log", self.path), self._lock:
+            rows = self._connection().execute(sql, params).fetchall()
+        return [self._typed_row(row) for row in rows]
+
+    def summaries(
+        self,
+        patient_id: str | None = None,
+        since: date | None = None,
+        until: date | None = None,
+    ) -> list[SessionSummary]:
+        """As :meth:`sessions`, without envelopes: one indexed query over the summary columns.
+
+        The envelope (and the column stored after it) is never read, so a year of sessions
+        lists in milliseconds whatever their envelopes hold.
+        """
+        sql, params = self._select(", ".join(SUMMARY_FIELDS), patient_id, since, until)
+        with _translate("read the session log", self.path), self._lock:
+            rows = self._connection().execute(sql, params).fetchall()
+        return [self._summary_row(row) for row in rows]
+
+    def slot_minutes(
+        self, patient_id: str, since: date | None = None, until: date | None = None
+    ) -> dict[tuple[date, int], float]:
+        """Minutes at dose per (local date, slot) of one patient, summed in listing order."""
+        sql, params = self._select("local_date, slot, minutes_at_dose", patient_id, since, until)
+        totals: dict[tuple[date, int], float] = {}
+        with _translate("read the session log", self.path), self._lock:
+            rows = self._connection().execute(sql, params).fetchall()
+        for day_text, slot, minutes in rows:
+            try:
+                key = (date.fromisoformat(day_text), int(slot))
+                totals[key] = totals.get(key, 0.0) + float(minutes)
+            except (TypeError, ValueError) as exc:
+                raise self._corrupt(f"a session cannot be read ({exc}); run verify") from exc
+        return totals
+
+    def _select(
+        self, columns: str, patient_id: str | None, since: date | None, until: date | None
+    ) -> tuple[str, list[str]]:
+        """The listing query (by local date and slot; bounds inclusive) and its parameters."""
         where: list[str] = []
         params: list[str] = []
         if patient_id is not None:
@@ -808,13 +863,11 @@ class SessionStore:
                 raise _invalid(f"{name} must be a date, not {bound!r}")
             where.append(f"local_date {op} ?")
             params.append(bound.isoformat())
-        sql = "SELECT * FROM sessions"
+        sql = f"SELECT {columns} FROM sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY local_date, slot, started_utc, session_id"
-        with _translate("read the session log", self.path), self._lock:
-            rows = self._connection().execute(sql, params).fetchall()
-        return [self._typed_row(row) for row in rows]
+        return sql, params
 
     def latest_for_slot(self, patient_id: str, local_date: date, slot: int) -> SessionRecord | None:
         """The most recently started session of one patient's slot on one local date, if any."""
