@@ -16,23 +16,21 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller.calibration import Calibration, CalibrationStore, identify
-from controller.faults import clear_latched_fault
-from controller.loop import ExposureSettings, ExposureStatus, run_exposure
-from controller.openloop import drive_open_loop
-from controller.safety import SafetyLimits
-from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
-from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
-from firmware_bridge.realtime import single_threaded_numerics
-from firmware_bridge.sim.config import parse_sim_url
-from firmware_bridge.sim.serve import serve_pty, serve_tcp
 from sessions import commands as commands_mod
-from sessions.runner import SessionStoppedError
 from sessions.text import echo, terminal_line
+
+# The plate, the control loop and their numerics (numpy, scipy: most of a second to import)
+# are imported by the commands that drive a plate, never by `liv --help`, `liv status` or the
+# other log commands (docs/performance.md, tests/test_log_scale.py).
+if TYPE_CHECKING:
+    from controller.calibration import Calibration, CalibrationStore
+
+# Commands that drive a plate or simulate one: numerics run single-threaded in them.
+_PLATE_COMMANDS = frozenset({"device", "calibrate", "run", "start", "demo", "sim"})
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -249,6 +247,8 @@ def _emit(data: dict[str, Any], as_json: bool, lines: Sequence[str]) -> None:
 
 
 def cmd_device_info(args: argparse.Namespace) -> int:
+    from firmware_bridge.client import DeviceClient
+
     with DeviceClient.open(args.device) as device:
         info = device.info
     data = {"url": args.device, **info.to_dict()}
@@ -258,6 +258,9 @@ def cmd_device_info(args: argparse.Namespace) -> int:
 
 
 def cmd_device_drive(args: argparse.Namespace) -> int:
+    from controller.openloop import drive_open_loop
+    from firmware_bridge.client import DeviceClient
+
     with DeviceClient.open(args.device) as device:
         try:
             result = drive_open_loop(device, args.freq, args.drive, args.seconds)
@@ -299,6 +302,9 @@ def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from controller.calibration import identify
+    from firmware_bridge.client import DeviceClient
+
     store = _store(args)
     with DeviceClient.open(args.device) as device:
         cal = identify(device)
@@ -308,6 +314,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from controller.faults import clear_latched_fault
+    from controller.loop import ExposureSettings, ExposureStatus, run_exposure
+    from controller.safety import SafetyLimits
+    from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
+    from firmware_bridge.client import DeviceClient
+
     try:
         band = (_BAND_HZ.low, _BAND_HZ.high)
         schedule = (
@@ -379,6 +391,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_serve(args: argparse.Namespace) -> int:
+    from firmware_bridge.sim.config import parse_sim_url
+    from firmware_bridge.sim.serve import serve_pty, serve_tcp
+
     config = parse_sim_url(args.sim)
     stopping = False
 
@@ -409,15 +424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        with single_threaded_numerics():
+        with _numerics_for(args.command):
             code: int = args.handler(args)
     except UsageError as exc:
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except SessionStoppedError as exc:  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
-        _tell(f"liv: {exc}")
-        return EXIT_INTERRUPTED
     except LivError as exc:
+        if _session_stopped(exc):  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
+            _tell(f"liv: {exc}")
+            return EXIT_INTERRUPTED
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -430,6 +445,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo(f"liv: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
     return code
+
+
+def _numerics_for(command: str) -> contextlib.AbstractContextManager[Any]:
+    """Single-threaded BLAS for the plate commands; nothing (and no numpy) for the others.
+
+    The numerical libraries are loaded first: the limit applies to the libraries loaded
+    when it is set.
+    """
+    if command not in _PLATE_COMMANDS:
+        return contextlib.nullcontext()
+    import controller.loop  # noqa: F401 (numpy and scipy, with their BLAS)
+    from firmware_bridge.realtime import single_threaded_numerics
+
+    return single_threaded_numerics()
+
+
+def _session_stopped(exc: BaseException) -> bool:
+    """A session stopped at start-up (:class:`sessions.runner.SessionStoppedError`).
+
+    Only a command that imported the runner can raise it, so the runner is not imported here.
+    """
+    runner = sys.modules.get("sessions.runner")
+    return runner is not None and isinstance(exc, runner.SessionStoppedError)
 
 
 def _tell(sentence: str) -> None:

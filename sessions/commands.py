@@ -19,36 +19,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import yaml
-
-from controller.calibration import identify
 from controller.privatefiles import write_private_file
-from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
-from sessions.adherence import compute_adherence
 from sessions.home import LivHome, SetupError, resolve_home
 from sessions.log import SessionLog, SessionStatus, SessionSummary
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
-from sessions.report import (
-    render_csv,
-    render_html,
-    render_json,
-    render_session_svg,
-    render_table,
-)
-from sessions.runner import (
-    STOP_PIPE,
-    STOP_SIGHUP,
-    Progress,
-    SessionOutcome,
-    StopRequest,
-    run_session,
-    utc_now,
-)
 from sessions.scheduling import day_summary, decide, history_start
 from sessions.text import echo, terminal_line, terminal_text
+
+# What only some commands need (the plate, the control loop and its numerics, the report
+# renderers) is imported inside them, so `liv --help` and `liv status` start in a fraction
+# of a second (docs/performance.md); tests/test_log_scale.py checks that they stay out.
+if TYPE_CHECKING:
+    from sessions.runner import Progress, SessionOutcome
 
 EXIT_REFUSED = 1
 
@@ -112,6 +97,8 @@ def cmd_protocol_install(args: argparse.Namespace) -> int:
 def cmd_device_set(args: argparse.Namespace) -> int:
     home = home_of(args)
     home.check()  # before talking to the plate: a home that cannot be used is refused first
+    from firmware_bridge.client import DeviceClient
+
     with DeviceClient.open(args.url) as device:  # only a plate that answers is configured
         info = device.info
     home.set_device(args.url)
@@ -176,6 +163,8 @@ class ProgressLine:
                 raise
             self._close_output()
             if stop:
+                from sessions.runner import STOP_PIPE, STOP_SIGHUP, StopRequest
+
                 raise StopRequest(STOP_SIGHUP if exc.errno == errno.EIO else STOP_PIPE) from None
 
     def _close_output(self) -> None:
@@ -191,6 +180,8 @@ def start_session(
     args: argparse.Namespace, home: LivHome, device_url: str, out: TextIO
 ) -> SessionOutcome:
     """Run the session due now and tell the patient its outcome in one sentence."""
+    from sessions.runner import run_session
+
     protocol = home.protocol()
     display = ProgressLine(out, protocol.target_g)
     with _open_log(args, home) as log:
@@ -287,7 +278,7 @@ def _status_of_log(
 def cmd_status(args: argparse.Namespace) -> int:
     home = home_of(args)
     protocol = home.protocol()
-    now = utc_now()
+    now = datetime.now(UTC)
     with _open_log(args, home) as log:
         recent, minutes = _status_of_log(log, protocol, now)
     echo("\n".join(status_lines(protocol, recent, minutes, now)))
@@ -350,6 +341,8 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from sessions.report import render_session_svg
+
     with _open_log(args, read_only=True) as log:
         record = log.get(args.session_id)
     if args.svg:
@@ -439,6 +432,9 @@ def _report_subject(
 
 
 def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str) -> str:
+    from sessions.adherence import compute_adherence
+    from sessions.report import render_csv, render_html, render_json, render_table
+
     records = log.summaries()
     patient, protocol, installed_utc = _report_subject(args, home, records)
     theirs = [r for r in records if r.patient_id == patient]
@@ -506,6 +502,11 @@ def _demo_root(args: argparse.Namespace) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from controller.calibration import identify
+    from firmware_bridge.client import DeviceClient
+
     # The demo never uses the user's installation: no --home/$LIV_HOME resolution, no $LIV_DB,
     # no $LIV_CALIBRATION_DIR. Everything it writes is inside its own directory.
     root = _demo_root(args)
@@ -534,7 +535,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.override = None
     start_session(args, home, sim_url, sys.stdout)
     echo()
-    now = utc_now()
+    now = datetime.now(UTC)
     with _open_log(args, home) as log:
         recent, minutes = _status_of_log(log, protocol, now)
         logged = len(log.summaries(patient_id=protocol.patient_id))
