@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from sessions.log import GENESIS_HASH, SessionStore, record_hash
 from sessions.log.fields import _columns_from_raw, _iso
-from sessions.protocol import protocol_from_dict
+from sessions.protocol import MAX_STUDY_DAYS, protocol_from_dict
 
 PATIENT_ID = "BENCH-001"
 DEVICE_ID = "SIM-BENCH"
@@ -35,7 +35,12 @@ RAMP_DOWN_S = 1.0
 
 
 def bench_protocol(first_day: date, days: int) -> dict[str, Any]:
-    """The prescription the generated sessions ran under (its study covers every day)."""
+    """The prescription the generated sessions ran under.
+
+    Its study covers every generated day and, within the longest study a protocol allows,
+    goes on after them, so ``liv status`` and ``liv start`` have a session due today.
+    """
+    span = min(days + 30, MAX_STUDY_DAYS) - 1
     return {
         "patient_id": PATIENT_ID,
         "target_g": 0.3,
@@ -45,7 +50,7 @@ def bench_protocol(first_day: date, days: int) -> dict[str, Any]:
         "min_gap_hours": 3.0,
         "daily_windows": [],
         "study_start": first_day.isoformat(),
-        "study_end": (first_day + timedelta(days=max(days - 1, 0))).isoformat(),
+        "study_end": (first_day + timedelta(days=span)).isoformat(),
         "timezone": ZONE,
         "dose_tolerance": 0.1,
     }
@@ -76,7 +81,7 @@ def make_log(path: Path, *, years: float, seed: int = 1, points_per_s: float = 1
     if path.exists():
         raise FileExistsError(f"{path} exists: make_log writes a new log only")
     rng = random.Random(seed)
-    days = max(1, round(years * 365))
+    days = max(1, min(round(years * 365), MAX_STUDY_DAYS - 2))
     zone = ZoneInfo(ZONE)
     last_day = datetime.now(UTC).astimezone(zone).date() - timedelta(days=1)
     first_day = last_day - timedelta(days=days - 1)
