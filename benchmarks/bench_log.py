@@ -7,7 +7,7 @@ Builds one log per length with benchmarks/make_log.py (cached in ``--cache``, de
 with the generated patient's protocol and a calibrated simulated plate. Then runs each command
 ``--repeats`` times, each in a fresh ``python -m sessions.cli`` process, and reports the median
 (min, max) of its wall time, from spawn to exit, and of its peak resident memory
-(``ru_maxrss`` of that child, from ``os.wait4``).
+(``ru_maxrss`` of that child, from ``os.wait4`` in a small runner process: see ``_RUNNER``).
 
 ``liv start`` is timed until the plate moves: from spawn until the first progress line, which
 the session prints at the first control update after the drive was switched on (the decision,
@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from sessions.home import LivHome  # noqa: E402
 from sessions.log import SessionLog  # noqa: E402
 
 PLATE = f"sim://?mass=70&seed=2&device_id={DEVICE_ID}"
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 120.0  # the runner's whole run is bounded by five times this
 
 
 @dataclass
@@ -68,42 +67,20 @@ def _liv(*argv: str) -> list[str]:
     return [sys.executable, "-m", "sessions.cli", *argv]
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
-    """Exit status and peak RSS (MB) of a child, reaped here (os.wait4)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024.0  # Linux: kilobytes
-
-
-def run_command(argv: list[str]) -> Run:
-    """Wall time from spawn to exit and peak memory of one fresh process."""
-    begin = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_child_env(), cwd=ROOT
-    )
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    code, peak = _wait(proc)
-    wall = time.perf_counter() - begin
-    if code != 0:
-        raise RuntimeError(f"{' '.join(argv[3:])} failed ({code}): {err.decode()[-400:]}")
-    return Run(wall, peak)
-
-
-def run_start(home: LivHome) -> Run:
-    """``liv start`` until its first progress line (the plate moving); then SIGTERM."""
-    begin = time.perf_counter()
-    proc = subprocess.Popen(
-        _liv("start", "--home", str(home.root), "--device", PLATE),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=_child_env(),
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    moved: float | None = None
-    deadline = begin + START_TIMEOUT_S
-    while time.perf_counter() < deadline:
+# Each command is started by this small runner, itself a fresh interpreter without site
+# packages: Linux carries a process's peak RSS over fork and exec, so a child started by the
+# benchmark itself (numpy, a log in memory) would report the benchmark's peak, not its own.
+# The runner's own peak (about 10 MB) is below every command's.
+_RUNNER = r"""
+import json, os, signal, subprocess, sys, time
+mode, argv = sys.argv[1], sys.argv[2:]
+begin = time.perf_counter()
+out = subprocess.PIPE if mode == "start" else subprocess.DEVNULL
+proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE if mode != "start" else
+                        subprocess.DEVNULL)
+moved = None
+if mode == "start":
+    while True:
         line = proc.stdout.readline()
         if not line:
             break
@@ -112,10 +89,44 @@ def run_start(home: LivHome) -> Run:
             break
     proc.send_signal(signal.SIGTERM)
     proc.stdout.read()
-    _, peak = _wait(proc)
-    if moved is None:
+    err = b""
+else:
+    err = proc.stderr.read()
+_, status, usage = os.wait4(proc.pid, 0)
+wall = time.perf_counter() - begin
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "wall_s": wall, "moved_s": moved,
+                  "peak_kb": usage.ru_maxrss, "err": err.decode(errors="replace")[-400:]}))
+"""
+
+
+def _measured(mode: str, argv: list[str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _RUNNER, mode, *argv],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        cwd=ROOT,
+        timeout=START_TIMEOUT_S * 5,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def run_command(argv: list[str]) -> Run:
+    """Wall time from spawn to exit and peak memory of one fresh process."""
+    result = _measured("run", argv)
+    if result["code"] != 0:
+        raise RuntimeError(f"{' '.join(argv[3:])} failed ({result['code']}): {result['err']}")
+    return Run(result["wall_s"], result["peak_kb"] / 1024.0)  # Linux: kilobytes
+
+
+def run_start(home: LivHome) -> Run:
+    """``liv start`` until its first progress line (the plate moving); then SIGTERM."""
+    result = _measured("start", _liv("start", "--home", str(home.root), "--device", PLATE))
+    if result["moved_s"] is None:
         raise RuntimeError("liv start never reported the plate moving")
-    return Run(moved, peak)
+    return Run(result["moved_s"], result["peak_kb"] / 1024.0)
 
 
 def build(cache: Path, years: int) -> tuple[Path, LivHome, LivHome]:
