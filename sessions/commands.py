@@ -26,7 +26,7 @@ from firmware_bridge.errors import LivError
 from sessions.home import LivHome, SetupError, resolve_home
 from sessions.log import SessionLog, SessionStatus, SessionSummary
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
-from sessions.scheduling import day_summary, decide, history_start
+from sessions.scheduling import LoggedSession, day_summary, decide, history_start
 from sessions.text import echo, terminal_line, terminal_text
 
 # What only some commands need (the plate, the control loop and its numerics, the report
@@ -212,15 +212,19 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def status_lines(
     protocol: PatientProtocol,
-    recent: Sequence[SessionSummary],
-    minutes: Mapping[tuple[date, int], float],
+    sessions: Sequence[LoggedSession],
     now: datetime,
+    minutes: Mapping[tuple[date, int], float] | None = None,
 ) -> list[str]:
     """Today, the next session and the streak.
 
-    ``recent`` holds the sessions since :func:`history_start` (all ``decide`` needs);
-    ``minutes`` the minutes at dose per (day, slot) the streak counts back through.
+    ``sessions`` needs to hold only the sessions since :func:`history_start` (all ``decide``
+    reads); ``minutes`` the minutes at dose per (day, slot) the streak counts back through
+    (``SessionStore.slot_minutes``; by default summed from ``sessions``).
     """
+    recent = sessions
+    if minutes is None:
+        minutes = _minutes_by_slot(sessions)
     zone = protocol.zone
     today = now.astimezone(zone).date()
     done = day_summary(protocol, recent, today)
@@ -267,6 +271,14 @@ def streak(
     return count
 
 
+def _minutes_by_slot(sessions: Sequence[LoggedSession]) -> dict[tuple[date, int], float]:
+    totals: dict[tuple[date, int], float] = {}
+    for s in sessions:
+        key = (s.local_date, s.slot)
+        totals[key] = totals.get(key, 0.0) + s.minutes_at_dose
+    return totals
+
+
 def _status_of_log(
     log: SessionLog, protocol: PatientProtocol, now: datetime
 ) -> tuple[list[SessionSummary], dict[tuple[date, int], float]]:
@@ -281,7 +293,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     with _open_log(args, home) as log:
         recent, minutes = _status_of_log(log, protocol, now)
-    echo("\n".join(status_lines(protocol, recent, minutes, now)))
+    echo("\n".join(status_lines(protocol, recent, now, minutes)))
     return 0
 
 
@@ -540,7 +552,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         recent, minutes = _status_of_log(log, protocol, now)
         logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
-    echo("\n".join(status_lines(protocol, recent, minutes, now)))
+    echo("\n".join(status_lines(protocol, recent, now, minutes)))
     echo(f"log               {logged} session(s); chain verified: {verified.ok}")
     echo("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
     args.patient = args.since = args.until = None
