@@ -27,21 +27,23 @@ from typing import Any
 
 import numpy as np
 
+from controller.sensor_limits import (
+    OFFSET_RANGE_G,
+    SENSITIVITY_RANGE,
+    SOURCE_BENCH,
+    SOURCE_NOMINAL,
+)
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
 
 log = logging.getLogger(__name__)
 
 SENSOR_FORMAT_VERSION = 1
-SENSITIVITY_RANGE = (0.8, 1.2)  # relative to HELLO counts_per_g; beyond: a broken part
-OFFSET_RANGE_G = (-0.5, 0.5)
 REST_READ_S = 1.0  # how long the resting reading lasts (noise: about 0.01% of 1 g over 1 s)
 CHECK_TOLERANCE_MAX = 0.03  # the MPU-6050's initial sensitivity tolerance (shared/DOMAIN.md)
 CHECK_TOLERANCE_MIN = 0.01  # below: a tilt of a few degrees or temperature drift would refuse
 CHECK_TOLERANCE_SHARE = 1.0 / 3.0  # of the protocol's dose tolerance
 
-SOURCE_BENCH = "bench"  # sensitivity and offset measured by an engineer and entered
-SOURCE_NOMINAL = "nominal"  # no bench values: 1.0 and 0.0 (the part's datasheet scale)
 
 PATIENT_SENTENCE = (
     "The plate's motion sensor failed its check before the session, so no session was started "

@@ -20,35 +20,28 @@ import textwrap
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller.calibration import Calibration, CalibrationStore, identify
-from controller.faults import clear_latched_fault
-from controller.loop import ExposureSettings, ExposureStatus, run_exposure
-from controller.openloop import drive_open_loop
-from controller.safety import SafetyLimits
-from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
-from controller.sensor import (
+from controller.sensor_limits import (
     OFFSET_RANGE_G,
     SENSITIVITY_RANGE,
     SOURCE_BENCH,
     SOURCE_NOMINAL,
-    SensorCalibration,
-    SensorCheckError,
-    apply_sensor_calibration,
-    check_sensor,
-    check_tolerance,
-    record_sensor,
 )
-from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
-from firmware_bridge.realtime import single_threaded_numerics
-from firmware_bridge.sim.config import parse_sim_url
-from firmware_bridge.sim.serve import serve_pty, serve_tcp
 from sessions import commands as commands_mod
-from sessions.runner import SessionStoppedError
 from sessions.text import echo, terminal_line
+
+# The plate, the control loop and their numerics (numpy, scipy: most of a second to import)
+# are imported by the commands that drive a plate, never by `liv --help`, `liv status` or the
+# other log commands (docs/performance.md, tests/test_log_scale.py).
+if TYPE_CHECKING:
+    from controller.calibration import Calibration, CalibrationStore
+    from firmware_bridge.client import DeviceClient
+
+# Commands that drive a plate or simulate one: numerics run single-threaded in them.
+_PLATE_COMMANDS = frozenset({"device", "calibrate", "run", "start", "demo", "sim"})
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -534,6 +527,8 @@ def _emit(data: dict[str, Any], as_json: bool, lines: Sequence[str]) -> None:
 
 
 def cmd_device_info(args: argparse.Namespace) -> int:
+    from firmware_bridge.client import DeviceClient
+
     with DeviceClient.open(args.device) as device:
         info = device.info
     data = {"url": args.device, **info.to_dict()}
@@ -543,6 +538,9 @@ def cmd_device_info(args: argparse.Namespace) -> int:
 
 
 def cmd_device_drive(args: argparse.Namespace) -> int:
+    from controller.openloop import drive_open_loop
+    from firmware_bridge.client import DeviceClient
+
     with DeviceClient.open(args.device) as device:
         try:
             result = drive_open_loop(device, args.freq, args.drive, args.seconds)
@@ -584,6 +582,10 @@ def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from controller.calibration import identify
+    from controller.sensor import apply_sensor_calibration
+    from firmware_bridge.client import DeviceClient
+
     bench = args.sensitivity is not None or args.offset_g is not None
     if bench and not args.sensor:
         raise UsageError("--sensitivity and --offset-g are only allowed with --sensor")
@@ -604,6 +606,8 @@ def _calibrate_sensor(
     args: argparse.Namespace, store: CalibrationStore, device: DeviceClient, bench: bool
 ) -> int:
     """``liv calibrate --sensor``: store the bench values with the resting reading measured now."""
+    from controller.sensor import SensorCheckError, record_sensor
+
     try:
         record = record_sensor(
             device,
@@ -630,6 +634,14 @@ def _calibrate_sensor(
 
 def _check_sensor_for_run(store: CalibrationStore, device: DeviceClient) -> None:
     """The pre-session sensor check for ``liv run``; the engineer sees the numbers."""
+    from controller.sensor import (
+        SensorCalibration,
+        SensorCheckError,
+        apply_sensor_calibration,
+        check_sensor,
+        check_tolerance,
+    )
+
     info = device.info
     sensor = store.load_sensor(info.device_id) or SensorCalibration.nominal(
         info.device_id, info.counts_per_g
@@ -645,6 +657,12 @@ def _check_sensor_for_run(store: CalibrationStore, device: DeviceClient) -> None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from controller.faults import clear_latched_fault
+    from controller.loop import ExposureSettings, ExposureStatus, run_exposure
+    from controller.safety import SafetyLimits
+    from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
+    from firmware_bridge.client import DeviceClient
+
     try:
         band = (_BAND_HZ.low, _BAND_HZ.high)
         schedule = (
@@ -717,6 +735,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_serve(args: argparse.Namespace) -> int:
+    from firmware_bridge.sim.config import parse_sim_url
+    from firmware_bridge.sim.serve import serve_pty, serve_tcp
+
     config = parse_sim_url(args.sim)
     stopping = False
 
@@ -747,15 +768,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        with single_threaded_numerics():
+        with _numerics_for(args.command):
             code: int = args.handler(args)
     except UsageError as exc:
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except SessionStoppedError as exc:  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
-        _tell(f"liv: {exc}")
-        return EXIT_INTERRUPTED
     except LivError as exc:
+        if _session_stopped(exc):  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
+            _tell(f"liv: {exc}")
+            return EXIT_INTERRUPTED
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -768,6 +789,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo(f"liv: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
     return code
+
+
+def _numerics_for(command: str) -> contextlib.AbstractContextManager[Any]:
+    """Single-threaded BLAS for the plate commands; nothing (and no numpy) for the others.
+
+    The numerical libraries are loaded first: the limit applies to the libraries loaded
+    when it is set.
+    """
+    if command not in _PLATE_COMMANDS:
+        return contextlib.nullcontext()
+    import controller.loop  # noqa: F401 (numpy and scipy, with their BLAS)
+    from firmware_bridge.realtime import single_threaded_numerics
+
+    return single_threaded_numerics()
+
+
+def _session_stopped(exc: BaseException) -> bool:
+    """A session stopped at start-up (:class:`sessions.runner.SessionStoppedError`).
+
+    Only a command that imported the runner can raise it, so the runner is not imported here.
+    """
+    runner = sys.modules.get("sessions.runner")
+    return runner is not None and isinstance(exc, runner.SessionStoppedError)
 
 
 def _tell(sentence: str) -> None:

@@ -16,43 +16,26 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import yaml
-from serial.tools import list_ports
-
-from controller.calibration import identify
 from controller.privatefiles import write_private_file
-from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
-from sessions.adherence import compute_adherence
 from sessions.home import LivHome, SetupError, resolve_home
-from sessions.log import SessionLog, SessionRecord, SessionStatus
+from sessions.log import SessionLog, SessionStatus, SessionSummary
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
-from sessions.report import (
-    render_csv,
-    render_html,
-    render_json,
-    render_session_svg,
-    render_table,
-)
-from sessions.runner import (
-    STOP_CTRL_C,
-    STOP_PIPE,
-    STOP_SIGHUP,
-    STOP_SIGTERM,
-    Progress,
-    SessionOutcome,
-    StopRequest,
-    run_session,
-    utc_now,
-)
-from sessions.scheduling import day_summary, decide
+from sessions.scheduling import LoggedSession, day_summary, decide, history_start
+from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
 from sessions.text import echo, terminal_line, terminal_text
+
+# What only some commands need (the plate, the control loop and its numerics, the report
+# renderers) is imported inside them, so `liv --help` and `liv status` start in a fraction
+# of a second (docs/performance.md); tests/test_log_scale.py checks that they stay out.
+if TYPE_CHECKING:
+    from sessions.runner import Progress, SessionOutcome
 
 EXIT_REFUSED = 1
 
@@ -115,7 +98,7 @@ def study_warning(protocol: PatientProtocol, now: datetime) -> str | None:
 
 
 def _warn_about_study(protocol: PatientProtocol) -> None:
-    warning = study_warning(protocol, utc_now())
+    warning = study_warning(protocol, datetime.now(UTC))
     if warning is not None:
         echo(f"liv: warning: {warning}", file=sys.stderr)
 
@@ -140,6 +123,8 @@ def cmd_protocol_install(args: argparse.Namespace) -> int:
 def cmd_device_set(args: argparse.Namespace) -> int:
     home = home_of(args)
     home.check()  # before talking to the plate: a home that cannot be used is refused first
+    from firmware_bridge.client import DeviceClient
+
     with DeviceClient.open(args.url) as device:  # only a plate that answers is configured
         info = device.info
     home.set_device(args.url)
@@ -161,6 +146,8 @@ def port_url(port: Any) -> str:
 
 
 def cmd_device_list(args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
     ports = sorted(list_ports.comports(), key=lambda p: p.device)
     rows = [
         {
@@ -247,6 +234,8 @@ class ProgressLine:
                 raise
             self._close_output()
             if stop:
+                from sessions.runner import StopRequest
+
                 raise StopRequest(STOP_SIGHUP if exc.errno == errno.EIO else STOP_PIPE) from None
 
     def _close_output(self) -> None:
@@ -262,6 +251,8 @@ def start_session(
     args: argparse.Namespace, home: LivHome, device_url: str, out: TextIO
 ) -> SessionOutcome:
     """Run the session due now and tell the patient its outcome in one sentence."""
+    from sessions.runner import run_session
+
     protocol = home.protocol()
     display = ProgressLine(out, protocol.target_g)
     with _open_log(args, home) as log:
@@ -304,40 +295,59 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def status_lines(
-    protocol: PatientProtocol, sessions: list[SessionRecord], now: datetime
+    protocol: PatientProtocol,
+    sessions: Sequence[LoggedSession],
+    now: datetime,
+    minutes: Mapping[tuple[date, int], float] | None = None,
 ) -> list[str]:
+    """Today, the next session and the streak.
+
+    ``sessions`` needs to hold only the sessions since :func:`history_start` (all ``decide``
+    reads); ``minutes`` the minutes at dose per (day, slot) the streak counts back through
+    (``SessionStore.slot_minutes``; by default summed from ``sessions``).
+    """
+    recent = sessions
+    if minutes is None:
+        minutes = _minutes_by_slot(sessions)
     zone = protocol.zone
     today = now.astimezone(zone).date()
-    done = day_summary(protocol, sessions, today)
+    done = day_summary(protocol, recent, today)
     goal = protocol.minutes_per_session
     lines = [f"today ({today.isoformat()}, {protocol.timezone})"]
     # Outside the study no slot is due; the next line says when it starts or that it ended.
     in_study = protocol.study_start <= today <= protocol.study_end
-    for k, minutes in enumerate(done if in_study else [], start=1):
+    for k, delivered in enumerate(done if in_study else [], start=1):
         mark = (
             "done"
-            if minutes >= goal - 1e-6
-            else f"{minutes:.1f} of {goal:g} min"
-            if minutes
+            if delivered >= goal - 1e-6
+            else f"{delivered:.1f} of {goal:g} min"
+            if delivered
             else "due"
         )
         lines.append(f"  session {k}: {mark}")
-    decision = decide(protocol, sessions, now)
+    decision = decide(protocol, recent, now)
     if decision.allowed:
         lines.append(f"next              now: {decision.message}")
     else:
         lines.append(f"next              {decision.message}")
-    days = streak(protocol, sessions, today)
+    days = streak(protocol, minutes, today)
     lines.append(f"streak            {days} day(s) in a row with every session done")
     return lines
 
 
-def streak(protocol: PatientProtocol, sessions: list[SessionRecord], today: date) -> int:
-    """Consecutive complete days ending today (or yesterday, if today is still open)."""
+def streak(
+    protocol: PatientProtocol, minutes: Mapping[tuple[date, int], float], today: date
+) -> int:
+    """Consecutive complete days ending today (or yesterday, if today is still open).
+
+    ``minutes`` maps (local day, slot) to the minutes at dose logged in it
+    (``SessionStore.slot_minutes``): one lookup per day, however long the log.
+    """
     goal = protocol.minutes_per_session
+    slots = range(1, protocol.sessions_per_day + 1)
 
     def complete(day: date) -> bool:
-        return all(m >= goal - 1e-6 for m in day_summary(protocol, sessions, day))
+        return all(minutes.get((day, k), 0.0) >= goal - 1e-6 for k in slots)
 
     day = today if complete(today) else today - timedelta(days=1)
     count = 0
@@ -347,12 +357,29 @@ def streak(protocol: PatientProtocol, sessions: list[SessionRecord], today: date
     return count
 
 
+def _minutes_by_slot(sessions: Sequence[LoggedSession]) -> dict[tuple[date, int], float]:
+    totals: dict[tuple[date, int], float] = {}
+    for s in sessions:
+        key = (s.local_date, s.slot)
+        totals[key] = totals.get(key, 0.0) + s.minutes_at_dose
+    return totals
+
+
+def _status_of_log(
+    log: SessionLog, protocol: PatientProtocol, now: datetime
+) -> tuple[list[SessionSummary], dict[tuple[date, int], float]]:
+    """What ``status`` reads: recent summaries and per-slot minutes, never an envelope."""
+    recent = log.summaries(protocol.patient_id, since=history_start(protocol, now))
+    return recent, log.slot_minutes(protocol.patient_id)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     home = home_of(args)
     protocol = home.protocol()
+    now = datetime.now(UTC)
     with _open_log(args, home) as log:
-        sessions = log.sessions(patient_id=protocol.patient_id)
-    echo("\n".join(status_lines(protocol, sessions, utc_now())))
+        recent, minutes = _status_of_log(log, protocol, now)
+    echo("\n".join(status_lines(protocol, recent, now, minutes)))
     return 0
 
 
@@ -362,7 +389,7 @@ def _parse_date(text: str | None) -> date | None:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     with _open_log(args, read_only=True) as log:
-        records = log.sessions(
+        records = log.summaries(
             patient_id=args.patient, since=_parse_date(args.since), until=_parse_date(args.until)
         )
     if args.json:
@@ -377,7 +404,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(r: SessionRecord) -> dict[str, Any]:
+def _summary(r: SessionSummary) -> dict[str, Any]:
     return {
         "session_id": r.session_id,
         "patient_id": r.patient_id,
@@ -412,6 +439,8 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from sessions.report import render_session_svg
+
     with _open_log(args, read_only=True) as log:
         record = log.get(args.session_id)
     if args.svg:
@@ -470,7 +499,7 @@ class ReportError(LivError):
 
 
 def _report_subject(
-    args: argparse.Namespace, home: LivHome, records: list[SessionRecord]
+    args: argparse.Namespace, home: LivHome, records: list[SessionSummary]
 ) -> tuple[str, PatientProtocol, datetime | None]:
     """The patient to report on, the protocol in force now and when it was installed.
 
@@ -501,7 +530,10 @@ def _report_subject(
 
 
 def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str) -> str:
-    records = log.sessions()
+    from sessions.adherence import compute_adherence
+    from sessions.report import render_csv, render_html, render_json, render_table
+
+    records = log.summaries()
     patient, protocol, installed_utc = _report_subject(args, home, records)
     theirs = [r for r in records if r.patient_id == patient]
     try:
@@ -515,7 +547,7 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None
     if fmt == "html":
-        return render_html(report, protocol, theirs)
+        return render_html(report, protocol, theirs, lambda s: log.get(s.session_id))
     renderer = {"table": render_table, "csv": render_csv, "json": render_json}[fmt]
     return renderer(report)
 
@@ -568,6 +600,11 @@ def _demo_root(args: argparse.Namespace) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from controller.calibration import identify
+    from firmware_bridge.client import DeviceClient
+
     # The demo never uses the user's installation: no --home/$LIV_HOME resolution, no $LIV_DB,
     # no $LIV_CALIBRATION_DIR. Everything it writes is inside its own directory.
     root = _demo_root(args)
@@ -596,11 +633,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.override = None
     start_session(args, home, sim_url, sys.stdout)
     echo()
+    now = datetime.now(UTC)
     with _open_log(args, home) as log:
-        sessions = log.sessions(patient_id=protocol.patient_id)
+        recent, minutes = _status_of_log(log, protocol, now)
+        logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
-    echo("\n".join(status_lines(protocol, sessions, utc_now())))
-    echo(f"log               {len(sessions)} session(s); chain verified: {verified.ok}")
+    echo("\n".join(status_lines(protocol, recent, now, minutes)))
+    echo(f"log               {logged} session(s); chain verified: {verified.ok}")
     echo("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
     args.patient = args.since = args.until = None
     with _open_log(args, home) as log:

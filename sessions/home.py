@@ -31,8 +31,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from controller.calibration import CalibrationStore
 from controller.privatefiles import (
     check_private_dir,
     ensure_private_dir,
@@ -40,6 +40,9 @@ from controller.privatefiles import (
 )
 from firmware_bridge.errors import LivError
 from sessions.protocol import MAX_TEXT_CHARS, PatientProtocol, load_protocol, parse_protocol
+
+if TYPE_CHECKING:  # imported where used: numpy is not needed to read the log (liv status)
+    from controller.calibration import CalibrationStore
 
 ENV_HOME = "LIV_HOME"
 ENV_DB = "LIV_DB"
@@ -95,6 +98,8 @@ class LivHome:
         return self.db if self.db is not None else self.root / "liv.db"
 
     def calibrations(self, override: Path | None = None) -> CalibrationStore:
+        from controller.calibration import CalibrationStore
+
         if override is not None:
             return CalibrationStore(override)
         where = self.calibration_dir

@@ -15,9 +15,9 @@ import io
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, timedelta
-from typing import Protocol
+from typing import Protocol, cast
 
 from sessions.adherence import (
     AMPLITUDE_P95_LIMIT_PCT,
@@ -36,6 +36,7 @@ __all__ = [
     "CSV_COLUMNS",
     "ReportProtocol",
     "ReportSession",
+    "ReportSummary",
     "render_csv",
     "render_html",
     "render_json",
@@ -72,13 +73,18 @@ class ReportProtocol(Plan, Protocol):
     """The fields of a patient protocol the HTML report shows (all of ``Plan``)."""
 
 
-class ReportSession(SessionLike, Protocol):
-    """The fields of a logged session the HTML report and the session chart read."""
+class ReportSummary(SessionLike, Protocol):
+    """The fields of a logged session the HTML report reads (``sessions.log.SessionSummary``)."""
 
     @property
     def target_g(self) -> float: ...
     @property
     def protocol_json(self) -> str: ...
+
+
+class ReportSession(ReportSummary, Protocol):
+    """A logged session with its envelope, as the session chart draws it (``SessionRecord``)."""
+
     @property
     def envelope(self) -> Sequence[tuple[float, float]]: ...
 
@@ -394,7 +400,7 @@ def _downsampled(points: Sequence[tuple[float, float]], buckets: int) -> list[tu
     return kept
 
 
-def _tolerance_of(record: ReportSession) -> float | None:
+def _tolerance_of(record: ReportSummary) -> float | None:
     try:
         value = json.loads(record.protocol_json).get("dose_tolerance")
     except (ValueError, AttributeError):
@@ -653,7 +659,7 @@ def _date_axis(first: date, count: int, left: float, slot_w: float, base: float)
     return parts
 
 
-def _accuracy_chart(report: AdherenceReport, sessions: Sequence[ReportSession]) -> str:
+def _accuracy_chart(report: AdherenceReport, sessions: Sequence[ReportSummary]) -> str:
     days = [d for d in report.days if d.status != "future"]
     width, height = 1040, 230
     left, right, top, bottom = 52, 16, 16, 40
@@ -684,7 +690,7 @@ def _accuracy_chart(report: AdherenceReport, sessions: Sequence[ReportSession]) 
         )
         tick = round(tick + step, 9)
     slot_w = plot_w / len(days)
-    per_day: dict[date, list[ReportSession]] = defaultdict(list)
+    per_day: dict[date, list[ReportSummary]] = defaultdict(list)
     for s in sessions:
         per_day[s.local_date].append(s)
     radius = max(1.6, min(4.0, slot_w / 4))
@@ -1072,13 +1078,24 @@ def _device_table(report: AdherenceReport) -> str:
     return "".join(rows)
 
 
-def _traces(report: AdherenceReport, sessions: Sequence[ReportSession]) -> str:
+def _traces(
+    report: AdherenceReport,
+    sessions: Sequence[ReportSummary],
+    record_of: Callable[[ReportSummary], ReportSession],
+) -> str:
     wanted = {f.session_id for f in report.flagged if f.kind in _TRACE_KINDS}
-    chosen = sorted(
-        (s for s in sessions if s.session_id in wanted and s.envelope),
+    candidates = sorted(
+        (s for s in sessions if s.session_id in wanted),
         key=lambda s: (s.started_utc, s.session_id),
         reverse=True,
-    )[:MAX_TRACES]
+    )
+    chosen: list[ReportSession] = []
+    for summary in candidates:  # envelopes are read only for the traces drawn
+        record = record_of(summary)
+        if record.envelope:
+            chosen.append(record)
+            if len(chosen) == MAX_TRACES:
+                break
     if not chosen:
         return ""
     figures = "".join(
@@ -1097,6 +1114,13 @@ def _traces(report: AdherenceReport, sessions: Sequence[ReportSession]) -> str:
     )
 
 
+def _as_record(session: ReportSummary) -> ReportSession:
+    """The session itself, when the caller gave full records (with envelopes)."""
+    if not hasattr(session, "envelope"):
+        raise TypeError("render_html needs record_of to draw traces from session summaries")
+    return cast("ReportSession", session)
+
+
 def _counted_to(report: AdherenceReport) -> str:
     counted = [d.day for d in report.days if d.counted]
     if not counted:
@@ -1105,9 +1129,17 @@ def _counted_to(report: AdherenceReport) -> str:
 
 
 def render_html(
-    report: AdherenceReport, protocol: ReportProtocol, sessions: Iterable[ReportSession]
+    report: AdherenceReport,
+    protocol: ReportProtocol,
+    sessions: Iterable[ReportSummary],
+    record_of: Callable[[ReportSummary], ReportSession] | None = None,
 ) -> str:
-    """One self-contained HTML page of the report, for a clinician to open, print or attach."""
+    """One self-contained HTML page of the report, for a clinician to open, print or attach.
+
+    ``sessions`` may be summaries: ``record_of`` then gives the full record (envelope) of the
+    few flagged sessions whose traces are drawn. Without it the sessions must be full records.
+    """
+    record_of = _as_record if record_of is None else record_of
     in_period = sorted(
         (
             s
@@ -1204,7 +1236,7 @@ def render_html(
         "<span>grey tick: no accuracy figure (session ended before settling)</span></div>",
         f"<h2>Flagged sessions ({flagged_sessions})</h2>",
         _flag_table(report),
-        _traces(report, in_period),
+        _traces(report, in_period, record_of),
         "<h2>Devices used</h2>",
         _device_table(report),
         "<h2>How the figures are counted</h2>",

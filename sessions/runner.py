@@ -50,7 +50,8 @@ from firmware_bridge.errors import LivError
 from sessions.adherence import PRESENCE_EVENT
 from sessions.log import LogError, SessionLog, SessionRecord
 from sessions.protocol import PatientProtocol
-from sessions.scheduling import Decision, decide
+from sessions.scheduling import Decision, decide, history_start
+from sessions.stops import STOP_CTRL_C, STOP_SIGHUP, STOP_SIGTERM
 
 _log = logging.getLogger(__name__)
 
@@ -85,10 +86,6 @@ class StopRequest(KeyboardInterrupt):
         self.reason = reason
 
 
-STOP_CTRL_C = "stopped by the patient (Ctrl-C)"
-STOP_SIGTERM = "stopped by the patient (a stop signal, SIGTERM)"
-STOP_SIGHUP = "the terminal was closed (SIGHUP)"
-STOP_PIPE = "the output pipe was closed"
 _SIGNAL_REASONS: dict[int, str] = {
     signal.SIGINT: STOP_CTRL_C,
     signal.SIGTERM: STOP_SIGTERM,
@@ -378,8 +375,9 @@ def _run_session(
     stops: _Stops,
 ) -> SessionOutcome:
     log.recover_interrupted(now())
-    history = log.sessions(patient_id=protocol.patient_id)
-    decision = decide(protocol, history, now(), override_reason)
+    moment = now()  # the decision reads only the window that can change it: no envelope
+    history = log.summaries(protocol.patient_id, since=history_start(protocol, moment))
+    decision = decide(protocol, history, moment, override_reason)
     if not decision.allowed:
         raise SessionRefusedError(decision)
     # Checked before the plate is opened and before the session row is written: settings the

@@ -24,6 +24,7 @@ Rules (docs/sessions.md):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -91,6 +92,18 @@ class Decision:
     resumed_from: str | None = None
     override_reason: str | None = None
     next_allowed_utc: datetime | None = None
+
+
+def history_start(protocol: Prescription, now_utc: datetime) -> date:
+    """The first local date whose sessions can change :func:`decide` at ``now_utc``.
+
+    ``decide`` reads today's slots and the last session's end (for the gap). A session of an
+    earlier local date ended within a day of its start (in any time zone), so one older than
+    the gap plus two days can no longer hold the next start back: reading from here gives
+    the same decision as reading the whole log, in time that does not grow with the log.
+    """
+    today = now_utc.astimezone(ZoneInfo(protocol.timezone)).date()
+    return today - timedelta(days=math.ceil(protocol.min_gap_hours / 24.0) + 2)
 
 
 def slot_minutes(sessions: Sequence[LoggedSession], day: date, slot: int) -> float:

@@ -21,7 +21,7 @@ from sessions.cli import build_parser, completion_script, main, subcommands
 from sessions.commands import start_exit_status
 from sessions.home import LivHome
 from sessions.log import SessionStatus
-from sessions.runner import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
+from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
 from tests.test_resume import DEVICE_ID, home, liv_start, records  # noqa: F401
 from tests.test_transports import served_pty  # noqa: F401
 

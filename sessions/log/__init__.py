@@ -69,6 +69,7 @@ from sessions.log.fields import _parse_moment as _parse_moment
 from sessions.log.fields import _quantize as _quantize
 from sessions.log.fields import _raw_from_row as _raw_from_row
 from sessions.log.fields import _record_from_raw as _record_from_raw
+from sessions.log.fields import _summary_from_raw as _summary_from_raw
 from sessions.log.fields import _text as _text
 from sessions.log.fields import _utc as _utc
 from sessions.log.fields import _want as _want
@@ -78,6 +79,7 @@ from sessions.log.records import _HEX64 as _HEX64
 from sessions.log.records import _JSON_COLUMNS as _JSON_COLUMNS
 from sessions.log.records import (
     CHECKPOINT_INTERVAL_S,
+    DETAIL_FIELDS,
     ENV_DB,
     ENVELOPE_G_DECIMALS,
     ENVELOPE_T_DECIMALS,
@@ -91,12 +93,14 @@ from sessions.log.records import (
     NUMBER_DECIMALS,
     RECOVERY_REASON,
     SCHEMA_VERSION,
+    SUMMARY_FIELDS,
     BadRecord,
     ImportResult,
     LogError,
     LogErrorReason,
     SessionRecord,
     SessionStatus,
+    SessionSummary,
     VerifyResult,
 )
 from sessions.log.storage import _MIGRATIONS as _MIGRATIONS
@@ -109,6 +113,7 @@ from sessions.log.storage import _tighten as _tighten
 
 __all__ = [
     "CHECKPOINT_INTERVAL_S",
+    "DETAIL_FIELDS",
     "ENVELOPE_G_DECIMALS",
     "ENVELOPE_T_DECIMALS",
     "ENV_DB",
@@ -123,6 +128,7 @@ __all__ = [
     "NUMBER_DECIMALS",
     "RECOVERY_REASON",
     "SCHEMA_VERSION",
+    "SUMMARY_FIELDS",
     "BadRecord",
     "ImportResult",
     "LogError",
@@ -131,6 +137,7 @@ __all__ = [
     "SessionRecord",
     "SessionStatus",
     "SessionStore",
+    "SessionSummary",
     "VerifyResult",
     "canonical_json",
     "default_db_path",

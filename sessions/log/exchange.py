@@ -10,16 +10,22 @@ import os
 import sqlite3
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from sessions.log.canonical import canonical_json, number_text
-from sessions.log.chain import _Entry, _index_key, _verify_chains
+from sessions.log.chain import (
+    _canonical_pairs,
+    _Entry,
+    _index_key,
+    _spliced_json,
+    _verify_chains,
+)
 from sessions.log.errors import _translate
 from sessions.log.fields import _columns_from_raw, _raw_from_row, _record_from_raw
 from sessions.log.records import EXPORT_FIELDS, BadRecord, ImportResult, LogError, LogErrorReason
-from sessions.log.storage import SessionStore
+from sessions.log.storage import _ALL_BUT_ENVELOPE, SessionStore
 
 if sys.platform != "win32":
     pass
@@ -35,19 +41,33 @@ class SessionLog(SessionStore):
     # --- export ---
 
     def _export_rows(self, conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+        for row in self._export_stored(conn):
+            yield self._parsed(row)
+
+    def _export_stored(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+        """Every finished row in export order, one at a time (memory does not grow)."""
         for log_id in self._chain_order(conn):
-            rows = conn.execute(
+            yield from conn.execute(
                 "SELECT * FROM sessions WHERE log_id = ? AND record_hash IS NOT NULL "
                 "ORDER BY chain_index",
                 (log_id,),
             )
-            for row in rows:
-                try:
-                    yield _raw_from_row(row)
-                except ValueError as exc:
-                    raise self._corrupt(
-                        f"session {row['session_id']} cannot be read ({exc}); run verify"
-                    ) from exc
+
+    def _parsed(self, row: sqlite3.Row, names: Sequence[str] = EXPORT_FIELDS) -> dict[str, Any]:
+        try:
+            return _raw_from_row(row, names)
+        except ValueError as exc:
+            raise self._corrupt(
+                f"session {row['session_id']} cannot be read ({exc}); run verify"
+            ) from exc
+
+    def _jsonl_line(self, row: sqlite3.Row) -> str:
+        """The record's canonical JSON; a canonical stored envelope is written as stored."""
+        envelope = row["envelope"]
+        if isinstance(envelope, str) and _canonical_pairs(envelope):
+            raw = self._parsed(row, _ALL_BUT_ENVELOPE)
+            return _spliced_json(raw, {"envelope": envelope})
+        return canonical_json(self._parsed(row))
 
     @contextlib.contextmanager
     def _output(self, out: TextIO | Path, newline: str) -> Iterator[TextIO]:
@@ -76,8 +96,8 @@ class SessionLog(SessionStore):
             self._read() as conn,
             self._output(out, "\n") as stream,
         ):
-            for raw in self._export_rows(conn):
-                stream.write(canonical_json(raw) + "\n")
+            for row in self._export_stored(conn):
+                stream.write(self._jsonl_line(row) + "\n")
                 count += 1
         return count
 

@@ -26,6 +26,7 @@ from sessions.log.records import (
     NUMBER_DECIMALS,
     SessionRecord,
     SessionStatus,
+    SessionSummary,
 )
 
 if sys.platform != "win32":
@@ -174,10 +175,13 @@ def _measured_columns(
 # --- raw records: the exported JSON object, as stored --------------------------------------------
 
 
-def _raw_from_row(row: sqlite3.Row) -> dict[str, Any]:
-    """The record as its export object (JSON columns parsed); raises ValueError on bad JSON."""
+def _raw_from_row(row: sqlite3.Row, names: Sequence[str] = EXPORT_FIELDS) -> dict[str, Any]:
+    """The record as its export object (JSON columns parsed); raises ValueError on bad JSON.
+
+    ``names`` picks the fields (default: all); a summary row is read with ``SUMMARY_FIELDS``.
+    """
     raw: dict[str, Any] = {}
-    for name in EXPORT_FIELDS:
+    for name in names:
         value = row[name]
         if name in _JSON_COLUMNS and value is not None:
             if not isinstance(value, str):
@@ -232,6 +236,31 @@ def _parse_moment(raw: Mapping[str, Any], name: str, nullable: bool) -> datetime
 
 def _record_from_raw(raw: Mapping[str, Any]) -> SessionRecord:
     """Typed record from its raw form; raises ValueError naming the first unusable field."""
+    summary = _summary_fields(raw)
+    envelope = _want(raw, "envelope", (list,), False)
+    points: list[tuple[float, float]] = []
+    for point in envelope:
+        if not (
+            isinstance(point, list)
+            and len(point) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in point)
+        ):
+            raise ValueError("field envelope must be a list of [t_s, amplitude_g] pairs")
+        points.append((float(point[0]), float(point[1])))
+    return SessionRecord(
+        **summary,
+        envelope=tuple(points),
+        last_checkpoint_utc=_parse_moment(raw, "last_checkpoint_utc", True),
+    )
+
+
+def _summary_from_raw(raw: Mapping[str, Any]) -> SessionSummary:
+    """Light typed record (no envelope) from a raw form without one; ValueError as above."""
+    return SessionSummary(**_summary_fields(raw))
+
+
+def _summary_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Every typed field of a record but the envelope, checked as :func:`_record_from_raw`."""
     texts = (str,)
     nums = (int, float)
     status_text = _want(raw, "status", texts, False)
@@ -266,23 +295,13 @@ def _record_from_raw(raw: Mapping[str, Any]) -> SessionRecord:
         isinstance(v, int | float) and not isinstance(v, bool) for v in exposure.values()
     ):
         raise ValueError("field exposure must map names to numbers")
-    envelope = _want(raw, "envelope", (list,), False)
-    points: list[tuple[float, float]] = []
-    for point in envelope:
-        if not (
-            isinstance(point, list)
-            and len(point) == 2
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in point)
-        ):
-            raise ValueError("field envelope must be a list of [t_s, amplitude_g] pairs")
-        points.append((float(point[0]), float(point[1])))
     started_utc = _parse_moment(raw, "started_utc", False)
     started_local = _parse_moment(raw, "started_local", False)
     assert started_utc is not None  # not nullable
     assert started_local is not None
     mean_error = _want(raw, "mean_error_pct", nums, True)
     p95_error = _want(raw, "p95_abs_error_pct", nums, True)
-    return SessionRecord(
+    return dict(  # noqa: C408 (keywords, like the dataclass they fill)
         session_id=_want(raw, "session_id", texts, False),
         log_id=_want(raw, "log_id", texts, False),
         chain_index=chain_index,
@@ -313,6 +332,4 @@ def _record_from_raw(raw: Mapping[str, Any]) -> SessionRecord:
         p95_abs_error_pct=None if p95_error is None else float(p95_error),
         safety_events=tuple(events),
         exposure=None if exposure is None else {k: float(v) for k, v in exposure.items()},
-        envelope=tuple(points),
-        last_checkpoint_utc=_parse_moment(raw, "last_checkpoint_utc", True),
     )

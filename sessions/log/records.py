@@ -19,7 +19,7 @@ if sys.platform != "win32":
 _log = logging.getLogger(__name__)
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: index sessions_day_minutes (docs/log-format.md)
 GENESIS_HASH = "0" * 64  # prev_hash of chain_index 0
 CHECKPOINT_INTERVAL_S = 5.0  # the caller checkpoints a running session at least this often
 NUMBER_DECIMALS = 6  # every number is stored and hashed rounded to 6 decimal places
@@ -101,8 +101,13 @@ class LogError(LivError):
 
 
 @dataclass(frozen=True)
-class SessionRecord:
-    """One therapy session as logged; ``chain_index``/``record_hash`` are None while running."""
+class SessionSummary:
+    """One therapy session as logged, without its envelope: what lists and schedules read.
+
+    Read from the summary columns (:meth:`SessionStore.summaries`), never from the bulky
+    envelope, so listing years of sessions stays fast and small. ``chain_index`` and
+    ``record_hash`` are None while running.
+    """
 
     session_id: str
     log_id: str
@@ -134,12 +139,18 @@ class SessionRecord:
     p95_abs_error_pct: float | None
     safety_events: tuple[dict[str, Any], ...]
     exposure: dict[str, float] | None
-    envelope: tuple[tuple[float, float], ...]  # (t_s, amplitude_g), about 10 points per second
-    last_checkpoint_utc: datetime | None
 
     @property
     def finished(self) -> bool:
         return self.status is not SessionStatus.RUNNING
+
+
+@dataclass(frozen=True)
+class SessionRecord(SessionSummary):
+    """One therapy session as logged, with its envelope: for charts, ``liv show`` and export."""
+
+    envelope: tuple[tuple[float, float], ...]  # (t_s, amplitude_g), about 10 points per second
+    last_checkpoint_utc: datetime | None
 
 
 @dataclass(frozen=True)
@@ -196,4 +207,8 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "last_checkpoint_utc",
 )
 HASH_EXCLUDED = frozenset({"prev_hash", "record_hash"})
+# Read only where drawn or exported: the envelope, and the column stored after it (reaching it
+# walks the envelope's overflow pages). A summary holds every other field.
+DETAIL_FIELDS = frozenset({"envelope", "last_checkpoint_utc"})
+SUMMARY_FIELDS: tuple[str, ...] = tuple(f for f in EXPORT_FIELDS if f not in DETAIL_FIELDS)
 _JSON_COLUMNS = frozenset({"freqs_hz", "safety_events", "exposure", "envelope"})

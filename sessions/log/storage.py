@@ -18,7 +18,14 @@ from types import TracebackType
 from typing import Any, Self
 
 from sessions.log.canonical import canonical_json, record_hash
-from sessions.log.chain import _content_problem, _Entry, _verify_chains
+from sessions.log.chain import (
+    _content_bad,
+    _content_problem,
+    _Entry,
+    _fast_content_ok,
+    _index_key,
+    _link_bad,
+)
 from sessions.log.errors import _invalid, _translate
 from sessions.log.fields import (
     _columns_from_raw,
@@ -27,6 +34,7 @@ from sessions.log.fields import (
     _quantize,
     _raw_from_row,
     _record_from_raw,
+    _summary_from_raw,
     _text,
     _utc,
     _zone,
@@ -36,16 +44,19 @@ from sessions.log.records import (
     _HEX64,
     _JSON_COLUMNS,
     ENV_DB,
+    EXPORT_FIELDS,
     FINAL_STATUSES,
     GENESIS_HASH,
     LOG_FAILURE_REASON,
     RECOVERY_REASON,
     SCHEMA_VERSION,
+    SUMMARY_FIELDS,
     BadRecord,
     LogError,
     LogErrorReason,
     SessionRecord,
     SessionStatus,
+    SessionSummary,
     VerifyResult,
 )
 
@@ -131,8 +142,18 @@ _SCHEMA_V1: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'meta entries are never deleted'); END""",
 )
 
+_ALL_BUT_ENVELOPE = tuple(f for f in EXPORT_FIELDS if f != "envelope")
+
 # Migrations: _MIGRATIONS[v] brings a database from schema v to v + 1 inside one transaction.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+# A new log is created at schema 1 and brought up by the same steps, so both paths agree.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: the minutes at dose per day and slot (status's streak, adherence) read from one
+    # covering index, never from the rows that hold the envelopes.
+    1: (
+        "CREATE INDEX IF NOT EXISTS sessions_day_minutes ON sessions "
+        "(patient_id, local_date, slot, started_utc, session_id, minutes_at_dose)",
+    ),
+}
 
 
 # --- paths ---------------------------------------------------------------------------------------
@@ -320,6 +341,9 @@ class SessionStore:
                         raise self._corrupt("it holds another kind of database")
                     for statement in _SCHEMA_V1:
                         tx.execute(statement)
+                    for step in range(1, SCHEMA_VERSION):
+                        for statement in _MIGRATIONS[step]:
+                            tx.execute(statement)
                     new_id = str(uuid.uuid4())
                     tx.executemany(
                         "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -773,6 +797,14 @@ class SessionStore:
             ) from exc
         return self._typed(raw)
 
+    def _summary_row(self, row: sqlite3.Row) -> SessionSummary:
+        try:
+            return _summary_from_raw(_raw_from_row(row, SUMMARY_FIELDS))
+        except ValueError as exc:
+            raise self._corrupt(
+                f"session {row['session_id']} cannot be read ({exc}); run verify"
+            ) from exc
+
     def get(self, session_id: str) -> SessionRecord:
         """The record of one session (running or finished)."""
         with _translate("read the session log", self.path), self._lock:
@@ -795,7 +827,51 @@ class SessionStore:
         since: date | None = None,
         until: date | None = None,
     ) -> list[SessionRecord]:
-        """Sessions (all chains, running included) by local date and slot; bounds inclusive."""
+        """Sessions (all chains, running included) by local date and slot; bounds inclusive.
+
+        Full records, envelopes included: for lists and schedules use :meth:`summaries`.
+        """
+        sql, params = self._select("*", patient_id, since, until)
+        with _translate("read the session log", self.path), self._lock:
+            rows = self._connection().execute(sql, params).fetchall()
+        return [self._typed_row(row) for row in rows]
+
+    def summaries(
+        self,
+        patient_id: str | None = None,
+        since: date | None = None,
+        until: date | None = None,
+    ) -> list[SessionSummary]:
+        """As :meth:`sessions`, without envelopes: one indexed query over the summary columns.
+
+        The envelope (and the column stored after it) is never read, so a year of sessions
+        lists in milliseconds whatever their envelopes hold.
+        """
+        sql, params = self._select(", ".join(SUMMARY_FIELDS), patient_id, since, until)
+        with _translate("read the session log", self.path), self._lock:
+            rows = self._connection().execute(sql, params).fetchall()
+        return [self._summary_row(row) for row in rows]
+
+    def slot_minutes(
+        self, patient_id: str, since: date | None = None, until: date | None = None
+    ) -> dict[tuple[date, int], float]:
+        """Minutes at dose per (local date, slot) of one patient, summed in listing order."""
+        sql, params = self._select("local_date, slot, minutes_at_dose", patient_id, since, until)
+        totals: dict[tuple[date, int], float] = {}
+        with _translate("read the session log", self.path), self._lock:
+            rows = self._connection().execute(sql, params).fetchall()
+        for day_text, slot, minutes in rows:
+            try:
+                key = (date.fromisoformat(day_text), int(slot))
+                totals[key] = totals.get(key, 0.0) + float(minutes)
+            except (TypeError, ValueError) as exc:
+                raise self._corrupt(f"a session cannot be read ({exc}); run verify") from exc
+        return totals
+
+    def _select(
+        self, columns: str, patient_id: str | None, since: date | None, until: date | None
+    ) -> tuple[str, list[str]]:
+        """The listing query (by local date and slot; bounds inclusive) and its parameters."""
         where: list[str] = []
         params: list[str] = []
         if patient_id is not None:
@@ -808,13 +884,11 @@ class SessionStore:
                 raise _invalid(f"{name} must be a date, not {bound!r}")
             where.append(f"local_date {op} ?")
             params.append(bound.isoformat())
-        sql = "SELECT * FROM sessions"
+        sql = f"SELECT {columns} FROM sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY local_date, slot, started_utc, session_id"
-        with _translate("read the session log", self.path), self._lock:
-            rows = self._connection().execute(sql, params).fetchall()
-        return [self._typed_row(row) for row in rows]
+        return sql, params
 
     def latest_for_slot(self, patient_id: str, local_date: date, slot: int) -> SessionRecord | None:
         """The most recently started session of one patient's slot on one local date, if any."""
@@ -850,29 +924,84 @@ class SessionStore:
         """Recompute every chain (own and imported), each from its genesis; name the first bad.
 
         Does not rely on the append-only triggers: whoever holds the file can drop them.
+        Streams: one record is held at a time (memory does not grow with the log) and each is
+        read once (time grows linearly). The outcome is the one :func:`_verify_chains` gives
+        over the whole log: content is judged in every chain before any link.
         """
-        chains: dict[str, list[_Entry]] = {}
+        chains: dict[str, list[tuple[tuple[int, int, str], int, str, Any]]] = {}
         unchained_bad: BadRecord | None = None
         with _translate("verify the session log", self.path), self._read() as conn:
-            for row in conn.execute("SELECT * FROM sessions ORDER BY log_id, chain_index"):
-                session_id = str(row["session_id"])
-                chained = row["record_hash"] is not None or row["chain_index"] is not None
-                if not chained:
-                    if unchained_bad is None and row["status"] != SessionStatus.RUNNING:
+            keys = conn.execute(
+                "SELECT rowid, log_id, chain_index, session_id, status, "
+                "record_hash IS NOT NULL FROM sessions ORDER BY log_id, chain_index, rowid"
+            ).fetchall()
+            for rowid, log_id, index, session_id, status, hashed in keys:
+                if not (hashed or index is not None):
+                    if unchained_bad is None and status != SessionStatus.RUNNING:
                         unchained_bad = BadRecord(
-                            str(row["log_id"]),
+                            str(log_id),
                             None,
-                            session_id,
-                            f"finished record (status {row['status']}) is not chained",
+                            str(session_id),
+                            f"finished record (status {status}) is not chained",
                         )
                     continue
-                try:
-                    entry = _Entry(session_id, row["chain_index"], _raw_from_row(row))
-                except ValueError as exc:
-                    entry = _Entry(session_id, row["chain_index"], None, str(exc))
-                chains.setdefault(str(row["log_id"]), []).append(entry)
+                entry = _Entry(str(session_id), index, None)
+                chains.setdefault(str(log_id), []).append(
+                    (_index_key(entry), rowid, str(session_id), index)
+                )
             order = self._chain_order(conn)
+            results = [
+                (log_id, self._verify_chain(conn, log_id, chains.get(log_id, [])))
+                for log_id in order
+            ]
         checked = sum(len(entries) for entries in chains.values())
-        first_bad, heads = _verify_chains([(log_id, chains[log_id]) for log_id in order])
-        first_bad = first_bad or unchained_bad
-        return VerifyResult(first_bad is None, checked, first_bad, heads)
+        contents = [content for _, (content, _, _) in results]
+        links = [link for _, (_, link, _) in results]
+        heads = {log_id: head for log_id, (_, _, head) in results if head is not None}
+        first_bad = next((b for b in contents if b is not None), None)
+        first_bad = first_bad or next((b for b in links if b is not None), None)
+        return VerifyResult((first_bad or unchained_bad) is None, checked, first_bad or
+                            unchained_bad, heads)  # fmt: skip
+
+    def _verify_chain(
+        self,
+        conn: sqlite3.Connection,
+        log_id: str,
+        keys: list[tuple[tuple[int, int, str], int, str, Any]],
+    ) -> tuple[BadRecord | None, BadRecord | None, str | None]:
+        """One chain, one record at a time: (first content fault, first link fault, head)."""
+        content_bad: BadRecord | None = None
+        link_bad: BadRecord | None = None
+        expected = 0
+        prev_hash = GENESIS_HASH
+        for _, rowid, session_id, index in sorted(keys, key=lambda k: k[0]):
+            row = conn.execute("SELECT * FROM sessions WHERE rowid = ?", (rowid,)).fetchone()
+            entry = self._stored_entry(row, session_id, index)
+            if content_bad is None:
+                content_bad = _content_bad(log_id, [entry])
+            if content_bad is not None or link_bad is not None:
+                continue
+            assert entry.raw is not None
+            link_bad = _link_bad(log_id, [entry], expected, prev_hash)
+            expected, prev_hash = (index + 1 if type(index) is int else 0), entry.raw["record_hash"]
+        if content_bad is not None:
+            return content_bad, None, None
+        if link_bad is not None or not keys:
+            return None, link_bad, None
+        return None, None, prev_hash
+
+    @staticmethod
+    def _stored_entry(row: sqlite3.Row, session_id: str, index: Any) -> _Entry:
+        """A chained row as a verification entry; a canonical envelope is hashed as stored."""
+        try:
+            raw = _raw_from_row(row, _ALL_BUT_ENVELOPE)
+        except ValueError:
+            raw = None
+        if raw is not None and _fast_content_ok(raw, row["envelope"]):
+            # Sound: the checks below only read the hashes and the index, so the envelope is
+            # not parsed.
+            return _Entry(session_id, index, {**raw, "envelope": None}, sound=True)
+        try:
+            return _Entry(session_id, index, _raw_from_row(row))
+        except ValueError as exc:
+            return _Entry(session_id, index, None, str(exc))
