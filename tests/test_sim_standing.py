@@ -32,8 +32,8 @@ from firmware_bridge.sim.profile import PlateProfile, load_profile
 from tests.simhelpers import load_truth, run_blocks, truth_amplitude
 
 FS = 1600.0
-STANDING = PlateProfile().with_overrides(posture="standing")
-SEATED = PlateProfile()
+STANDING = PlateProfile()  # the default profile's patient: standing, knees straight
+SEATED = PlateProfile().with_overrides(posture="seated")
 RUBIN_BAND_HZ = (25.0, 30.0, 35.0)  # "more than 25 Hz" within the 15-35 Hz tested
 BELOW_20_HZ = (15.0, 17.0, 19.0)
 
@@ -178,6 +178,19 @@ def test_standing_same_seed_same_samples_and_sway_moves_them() -> None:
 # ---- choosing the model --------------------------------------------------------------------
 
 
+def test_the_default_patient_stands_with_straight_knees() -> None:
+    """The default profile, its file and a plain sim:// device all carry a standing patient."""
+    for profile in (PlateProfile(), load_profile("default")):
+        assert profile.posture == "standing"
+        assert profile.standing.knee_deg == 180.0
+        assert body_model(profile).upper_fraction > 0.0  # the three-mass chain, not the seated fit
+    device = SimulatedDevice(parse_sim_url("sim://?mass=90&sway=0"))
+    try:
+        assert device.physics.profile.posture == "standing"
+    finally:
+        device.close()
+
+
 def test_posture_and_knee_come_from_the_profile_and_the_url(tmp_path: Path) -> None:
     path = tmp_path / "standing.yaml"
     path.write_text("posture: standing\nstanding:\n  knee_deg: 150\n")
@@ -216,11 +229,13 @@ def test_standing_device_plate_moves_less_for_the_same_drive(tmp_path: Path) -> 
         finally:
             device.close()
 
-    seated = device_response("sim://?mass=90&sway=0")
+    seated = device_response("sim://?mass=90&sway=0&posture=seated")
     straight = device_response("sim://?mass=90&sway=0&posture=standing")
     flexed = device_response("sim://?mass=90&sway=0&posture=standing&knee_deg=150")
+    default = device_response("sim://?mass=90&sway=0")
     assert abs(straight) < 0.85 * abs(seated)
     assert abs(straight) != abs(flexed)
+    assert default == straight
 
 
 # ---- stepping off and back on, several times ----------------------------------------------------
