@@ -61,8 +61,13 @@ class LawSettings:
     min_expected_fraction: float = 0.2  # learn only when the expected response is this large
     correction_bounds: tuple[float, float] = (0.5, 8.0)
     # Responses (relative to the calibrated empty plate) that a patient can cause; outside
-    # them the law stops learning (a 150 kg patient at 30 Hz is about 0.45 on the reference).
-    credible_ratio: tuple[float, float] = (0.2, 1.5)
+    # them the law stops learning. The lowest a patient causes is 0.15 (150 kg standing with
+    # straight knees at 30 Hz, coil at 120 C; docs/simulator.md): 0.12 leaves 20% for sway,
+    # sensor tolerance and a plate weaker than the model, and stays above the supervisor's
+    # no-response fraction (0.1), so a response the law refuses is one the supervisor trips
+    # on or, between the two, one that cannot reach the dose (cannot_reach_dose). The upper
+    # bound is the runaway ratio: no load makes a plate respond more than it does empty.
+    credible_ratio: tuple[float, float] = (0.12, 1.5)
 
     def __post_init__(self) -> None:
         if self.time_constant_s <= 0.0 or self.slew_per_s <= 0.0:
