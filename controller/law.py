@@ -58,7 +58,11 @@ class LawSettings:
     memory_max_sd: float = 0.01  # remembered only once learned this well (not mid-way)
     extrapolation_exponent: float = 2.0  # load share of c above a learned frequency: (f0/f)^p
     slew_per_s: float = 2.0  # the drive moves at most this much (fraction) per second
-    min_expected_fraction: float = 0.2  # learn only when the expected response is this large
+    # learn once the expected response is this large: early in the ramp, so a standing adult
+    # (0.2-0.6 of the empty plate) is learned before the ramp falls behind; the Kalman gain
+    # already weighs the small signal's noise (0.2 held learning back to 0.6 s of a 2 s ramp,
+    # 16% of the target behind at 0.85 s with 70 kg)
+    min_expected_fraction: float = 0.05
     correction_bounds: tuple[float, float] = (0.5, 8.0)
     # Responses (relative to the calibrated empty plate) that a patient can cause; outside
     # them the law stops learning. The lowest a patient causes is 0.15 (150 kg standing with
