@@ -311,6 +311,25 @@ class AmplitudeLaw:
         self.drive = min(max(desired, self.drive - step), self.drive + step)
         return self.drive
 
+    def landing_drive(self, freq_hz: float, setpoint_g: float, gain: float) -> float:
+        """The drive a step to ``freq_hz`` would start from (its prior; before any caution).
+
+        The prior is a lower bound on the correction needed there, so a drive at or below this
+        cannot overshoot once the frequency has changed.
+        """
+        desired = self.prior(freq_hz).correction * setpoint_g / gain
+        return min(max(desired, 0.0), self.drive_limit)
+
+    def descend(self, floor: float, dt: float) -> float:
+        """Bring the drive down towards ``floor`` at the slew limit (never up); the new drive.
+
+        Before a step to a frequency where the plate responds more per unit drive, the drive
+        comes down at the old frequency first: the plate shows a brief shortfall, never the
+        overshoot of a high drive slewing down at the new frequency.
+        """
+        self.drive = max(floor, self.drive - self.settings.slew_per_s * dt, 0.0)
+        return self.drive
+
     @property
     def response_ratio(self) -> float:
         """The plate's gain relative to the calibrated empty plate, as learned (1 / c)."""
