@@ -50,6 +50,9 @@ class LawSettings:
     # more, in proportion to the patient's share (c - 1) / c: a standing patient's sway moves a
     # larger share than the seated fit's did (0.03 left 0.52% p95 at 0.3 g, 30 Hz, 90 kg)
     load_drift_per_sqrt_s: float = 0.045
+    # ... counted as at least this share: a plate calibrated with somebody on it (c near 1)
+    # still carries their sway (the hil suite's default plate: 1.3% p95 at 0.3 g untracked)
+    min_load_share: float = 0.3
     initial_uncertainty: float = 0.3  # relative standard uncertainty of c before any learning
     change_gate_sigma: float = 4.0  # an innovation this many sigma away is a change ...
     change_confirm_s: float = 0.12  # ... once it holds, with one sign, for longer than a window
@@ -249,7 +252,7 @@ class AmplitudeLaw:
         ``dt`` of new samples and its noise counts ``window_s / dt`` times.
         """
         s = self.settings
-        share = max(0.0, 1.0 - 1.0 / self.correction)  # the patient's part of the correction
+        share = max(s.min_load_share, 1.0 - 1.0 / self.correction)  # patient share (floored)
         drift = s.drift_per_sqrt_s + s.load_drift_per_sqrt_s * share
         process = drift * drift * dt + self._sweep_process
         self._sweep_process = 0.0
