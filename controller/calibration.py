@@ -23,6 +23,7 @@ import numpy as np
 
 from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
 from controller.privatefiles import check_private_dir, write_private_file
+from controller.sensor import SensorCalibration, SensorCalibrationError
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
@@ -89,6 +90,9 @@ class Calibration:
     created_utc: str
     stale: bool = False
     notes: list[str] = field(default_factory=list)
+    # Coil temperature when calibrated (STATUS), None if the device does not report it or the
+    # file predates it: presence detection compensates the warm coil against it.
+    coil_temp_c: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.freqs_hz) < 2 or len(self.freqs_hz) != len(self.g_per_drive):
@@ -103,6 +107,10 @@ class Calibration:
             raise ValueError("calibration phases must be finite, one per frequency")
         if not (math.isfinite(self.drive) and 0.0 < self.drive <= 1.0):
             raise ValueError(f"calibration drive {self.drive!r} is not a fraction in (0, 1]")
+        if self.coil_temp_c is not None and not (
+            _is_number(self.coil_temp_c) and -50.0 <= self.coil_temp_c <= 300.0
+        ):
+            raise ValueError(f"calibration coil temperature {self.coil_temp_c!r} is not -50..300 C")
 
     def gain_at(self, freq_hz: float) -> float:
         """g per unit drive at ``freq_hz`` (linear interpolation; refuses extrapolation)."""
@@ -141,6 +149,7 @@ class Calibration:
             created_utc=_typed(data, "created_utc", str),
             stale=_typed(data, "stale", bool) if "stale" in data else False,
             notes=list(notes),
+            coil_temp_c=float(data["coil_temp_c"]) if data.get("coil_temp_c") is not None else None,
         )
 
 
@@ -158,6 +167,7 @@ def identify(
     fs = float(info.sample_rate_hz)
     gains: list[float] = []
     phases: list[float] = []
+    coil_temp_c = _coil_temperature(device)
     device.set_frequency(freqs_hz[0])
     device.start_output()
     try:
@@ -186,7 +196,15 @@ def identify(
         phase_rad=tuple(phases),
         drive=drive,
         created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+        coil_temp_c=coil_temp_c,
     )
+
+
+def _coil_temperature(device: DeviceClient) -> float | None:
+    """The coil temperature the device reports (STATUS), None if it does not report one."""
+    if "COIL_TEMPERATURE" not in device.info.capabilities:
+        return None
+    return device.request_status().coil_temperature_c
 
 
 class CalibrationStore:
@@ -233,6 +251,42 @@ class CalibrationStore:
     def save(self, calibration: Calibration) -> Path:
         path = self.path_for(calibration.device_id)
         text = json.dumps(calibration.to_dict(), indent=2, allow_nan=False)
+        write_private_file(path, text.encode("utf-8"))
+        return path
+
+    def sensor_path_for(self, device_id: str) -> Path:
+        """The sensor calibration's file: ``+`` never occurs in a safe device id, so it cannot
+        be the empty-plate file of another device."""
+        plate = self.path_for(device_id)
+        return plate.with_name(plate.stem + "+sensor.json")
+
+    def load_sensor(self, device_id: str) -> SensorCalibration | None:
+        """The stored sensor calibration of ``device_id`` (docs/sensor.md); None if none.
+
+        Raises SensorCalibrationError (one sentence: record it again) for a damaged file.
+        """
+        self.check()
+        path = self.sensor_path_for(device_id)
+        if not path.exists():
+            return None
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        try:
+            if len(raw) > MAX_FILE_BYTES:
+                raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            record = SensorCalibration.from_dict(data)
+            if record.device_id != device_id:
+                raise ValueError(f"it is the record of {record.device_id!r}")
+            return record
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            log.warning("sensor calibration file %s is unusable (%s)", path, detail)
+            raise SensorCalibrationError(str(path), detail) from None
+
+    def save_sensor(self, record: SensorCalibration) -> Path:
+        path = self.sensor_path_for(record.device_id)
+        text = json.dumps(record.to_dict(), indent=2, allow_nan=False)
         write_private_file(path, text.encode("utf-8"))
         return path
 

@@ -23,6 +23,12 @@ from controller.calibration import Calibration
 from controller.estimation import AmplitudeEstimator, block_phases, fit_sine
 from controller.exposure import ExposureFigures, ExposureMeter
 from controller.law import AmplitudeLaw, LawSettings, ramp_profile
+from controller.presence import (
+    LoadState,
+    PresenceDetector,
+    PresenceSummary,
+    response_over_empty,
+)
 from controller.safety import (
     TRIP_RAMP_S,
     SafetyLimits,
@@ -50,8 +56,7 @@ SETTLE_BAND = 0.02  # "settled" means within +/-2% of target
 FREQ_RESOLUTION_HZ = 0.05  # schedule changes smaller than this are not sent
 FREQ_STEP_HZ = 1.0  # a change this large pauses learning for one window (sweeps move less)
 DRIVE_RESOLUTION = 2e-4  # drive changes smaller than this are not sent (0.05% of 0.4)
-UNLOAD_MIN_GAP = 0.08  # loaded and empty responses must differ this much to tell them apart
-UNLOAD_HOLD_S = 0.3
+COIL_TEMP_POLL_S = 2.0  # STATUS (coil temperature, for presence detection) this often
 STALE_RATIO = 1.1  # response above the empty-plate calibration by this: calibration is stale
 STALE_HOLD_S = 1.0
 ACCURACY_WINDOW_S = 1.0  # the result's error figures: independent fits over 1-s windows ...
@@ -68,12 +73,6 @@ class Phase(enum.StrEnum):
     RAMP_UP = "ramping up"
     HOLD = "holding"
     RAMP_DOWN = "ramping down"
-
-
-class LoadState(enum.StrEnum):
-    UNKNOWN = "unknown"
-    LOADED = "loaded"
-    UNLOADED = "nobody on the plate"
 
 
 @dataclass(frozen=True)
@@ -153,6 +152,7 @@ class ExposureResult:
     error_uncertainty_pct: float | None = None
     unloaded_s: float = 0.0
     unload_detectable: bool | None = None
+    presence: PresenceSummary | None = None  # what presence detection could and could not see
     response_ratio: float = 1.0
     calibration_stale: bool = False
     compute_median_us: float = 0.0
@@ -168,6 +168,7 @@ class ExposureResult:
         data["status"] = self.status.value
         data["trip"] = self.trip.to_dict() if self.trip else None
         data["exposure"] = self.exposure.to_dict() if self.exposure else None
+        data["presence"] = self.presence.to_dict() if self.presence else None
         if not with_history:
             data.pop("history")
         return data
@@ -221,39 +222,6 @@ class _IndependentWindows:
             self.windows.append((start, peak, sigma))
 
 
-class _LoadTracker:
-    """Decides whether somebody stands on the plate from the learned response ratio."""
-
-    def __init__(self, block_s: float) -> None:
-        self.block_s = block_s
-        self.state = LoadState.UNKNOWN
-        self.reference: float | None = None
-        self.detectable: bool | None = None
-        self._pending_s = 0.0
-
-    def update(self, ratio: float, settled: bool) -> LoadState:
-        if not settled:
-            return self.state
-        if self.reference is None:
-            if ratio > 1.0 - UNLOAD_MIN_GAP / 2:
-                self.state = LoadState.UNLOADED
-                return self.state
-            self.reference = ratio
-            self.detectable = 1.0 - ratio >= UNLOAD_MIN_GAP
-            self.state = LoadState.LOADED
-            return self.state
-        gap = 1.0 - self.reference
-        if not self.detectable:
-            return self.state
-        mid = self.reference + gap / 2
-        flip = ratio > mid + gap / 8 if self.state == LoadState.LOADED else ratio < mid - gap / 8
-        self._pending_s = self._pending_s + self.block_s if flip else 0.0
-        if self._pending_s >= UNLOAD_HOLD_S:
-            self._pending_s = 0.0
-            self.state = LoadState.UNLOADED if self.state == LoadState.LOADED else LoadState.LOADED
-        return self.state
-
-
 def run_exposure(
     device: DeviceClient,
     calibration: Calibration,
@@ -286,7 +254,9 @@ def _run_exposure(
     law = AmplitudeLaw(settings.law, drive_limit, nodes_hz=calibration.freqs_hz)
     accuracy = _IndependentWindows(fs, settings.ramp_up_s)
     supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
-    loads = _LoadTracker(dt)
+    presence = PresenceDetector(dt, calibration.coil_temp_c)
+    reports_coil_temp = "COIL_TEMPERATURE" in info.capabilities
+    next_status_t = 0.0
     meter = ExposureMeter(fs) if settings.measure_exposure else None
     result = ExposureResult(
         status=ExposureStatus.COMPLETED,
@@ -344,6 +314,7 @@ def _run_exposure(
                     continue  # produced before the output came on
                 started = True
                 start = result.start_index = zero
+                log.info("exposure started: time zero at sample %d", zero)
             began = timer()
             t = (block.first_index + block.counts.size - start) / fs
             estimator.push(block.accel_g, block.phase_rad, block.freq_hz, block.drive)
@@ -400,7 +371,24 @@ def _run_exposure(
             )
             measured = estimate.fit.peak_g if estimate is not None else None
             in_hold = phase is Phase.HOLD
-            load = loads.update(law.response_ratio, settled=in_hold and t - ramp_end >= 0.5)
+            if reports_coil_temp:
+                # Asked for without waiting, read when it has come: never holds up an update.
+                status = device.take_status()
+                if status is not None:
+                    presence.set_coil_temperature(status.coil_temperature_c)
+                if t >= next_status_t:
+                    device.send_status_request()
+                    next_status_t = t + COIL_TEMP_POLL_S
+            load = presence.update(
+                block.freq_hz,
+                response_over_empty(
+                    estimate.fit.peak_g, estimate.mean_drive, gain, settings.target_g
+                )
+                if window_clean and estimate is not None
+                else None,
+                in_hold=in_hold,
+                settled=in_hold and t - ramp_end >= 0.5,
+            )
             if in_hold:
                 accuracy.push(t, block.accel_g, block.phase_rad, block.freq_hz)
                 result.held_s += dt
@@ -435,7 +423,7 @@ def _run_exposure(
             _soft_stop(device, TRIP_RAMP_S)
         else:
             _soft_stop(device, 0.0)
-    _summarise(result, hist, compute, settings, device, loads, hold_end, accuracy)
+    _summarise(result, hist, compute, settings, device, presence, hold_end, accuracy)
     if meter is not None:
         result.exposure = meter.figures()
     return result
@@ -481,13 +469,14 @@ def _summarise(
     compute: list[float],
     settings: ExposureSettings,
     device: DeviceClient,
-    loads: _LoadTracker,
+    presence: PresenceDetector,
     hold_end: float,
     accuracy: _IndependentWindows,
 ) -> None:
     result.history = hist
     result.response_ratio = hist["ratio"][-1] if hist["ratio"] else 1.0
-    result.unload_detectable = loads.detectable
+    result.presence = presence.summary()
+    result.unload_detectable = presence.detectable
     if compute:
         us = np.array(compute) * 1e6
         result.compute_median_us = float(np.median(us))

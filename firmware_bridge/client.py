@@ -9,6 +9,7 @@ port's read timeout, so the same client runs a real plate and ``sim://?speed=max
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -159,6 +160,8 @@ class DeviceClient:
         self._device_index = 0
         self._output_acked = False
         self._output_start_index: int | None = None
+        self._sensitivity = 1.0
+        self._offset_g = 0.0
         self.samples_missing = 0
         self.sample_frames_seen = 0  # SAMPLES frames, counted from the very first byte
         self.frames_sent = 0
@@ -266,6 +269,22 @@ class DeviceClient:
         self._expected_index = None
         return self._info
 
+    def set_sensor_correction(self, sensitivity: float, offset_g: float) -> None:
+        """Correct every later block's ``accel_g`` as ``(counts / counts_per_g - offset_g) /
+        sensitivity`` (the device's stored sensor calibration; ``counts`` stay raw)."""
+        if not (math.isfinite(sensitivity) and sensitivity > 0.0 and math.isfinite(offset_g)):
+            raise ValueError(
+                f"sensor correction {sensitivity!r}, {offset_g!r} g is not allowed: use a "
+                "positive sensitivity and a finite offset"
+            )
+        self._sensitivity = float(sensitivity)
+        self._offset_g = float(offset_g)
+
+    @property
+    def sensor_correction(self) -> tuple[float, float]:
+        """(sensitivity, offset_g) applied to ``accel_g``; (1.0, 0.0) unless set."""
+        return self._sensitivity, self._offset_g
+
     # ---- commands --------------------------------------------------------------------
 
     def set_frequency(self, freq_hz: float, wait: bool = True) -> None:
@@ -300,6 +319,20 @@ class DeviceClient:
         self._answers[Status].clear()
         self._send(StatusRequest())
         status = self._await_answer(Status, "STATUS_REQUEST", timeout_s)
+        assert isinstance(status, Status)
+        return status
+
+    def send_status_request(self) -> None:
+        """Ask for STATUS without waiting; the answer is picked up by :meth:`take_status`."""
+        self._send(StatusRequest())
+
+    def take_status(self) -> Status | None:
+        """The newest STATUS that arrived (older ones are dropped), or None if none did."""
+        answers = self._answers[Status]
+        if not answers:
+            return None
+        status = answers[-1]
+        answers.clear()
         assert isinstance(status, Status)
         return status
 
@@ -469,7 +502,8 @@ class DeviceClient:
             SampleBlock(
                 first_index=samples.first_index,
                 counts=samples.counts,
-                accel_g=samples.counts / float(info.counts_per_g),
+                accel_g=(samples.counts / float(info.counts_per_g) - self._offset_g)
+                / self._sensitivity,
                 phase_rad=samples.phase_rad,
                 freq_hz=samples.freq_hz,
                 drive=samples.drive,

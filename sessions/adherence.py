@@ -75,6 +75,7 @@ FLAG_KINDS = (
     "running",
     "under_dose",
     "amplitude_error",
+    "presence_not_verified",
     "override",
     "extra_session",
     "outside_study",
@@ -85,6 +86,9 @@ _STATUS_FLAGS = {
     "interrupted": "interrupted (crash, kill or power loss)",
     "stopped_by_patient": "stopped by the patient",
 }
+# The session record's event holding presence detection's facts (sessions/runner.py); its
+# ``values.verified`` false flags the session "presence_not_verified".
+PRESENCE_EVENT = "presence"
 _DECIMALS = 6  # numbers in to_dict(), as the session log stores them
 
 # A report holds one entry per day of its period: never more days than the longest study.
@@ -856,10 +860,20 @@ def _flags(
         found[status] = _STATUS_FLAGS[status] + (f": {detail}" if detail else "")
     if status == "running":
         found["running"] = "not finished: still running, or ended without being recovered yet"
-    if s.safety_events:
-        reasons = sorted({str(e.get("reason", "unknown")) for e in s.safety_events})
-        count = len(s.safety_events)
+    # The presence facts are stored as an event of their own; they are a fault of nobody's.
+    events = [e for e in s.safety_events if e.get("reason") != PRESENCE_EVENT]
+    if events:
+        reasons = sorted({str(e.get("reason", "unknown")) for e in events})
+        count = len(events)
         found["fault"] = f"{count} safety event{'s' * (count != 1)}: {', '.join(reasons)}"
+    for event in s.safety_events:
+        values = event.get("values")
+        if (
+            event.get("reason") == PRESENCE_EVENT
+            and isinstance(values, Mapping)
+            and values.get("verified") is False
+        ):
+            found["presence_not_verified"] = str(event.get("text", "presence not verified"))
     if status != "running" and s.minutes_at_dose < s.minutes_prescribed - AT_DOSE_EPSILON_MIN:
         text = f"{_minutes(s.minutes_at_dose)} of {_minutes(s.minutes_prescribed)} min at dose"
         if (s.local_date, s.slot) in complete_slots:

@@ -1,18 +1,22 @@
 """The ``liv`` command: what patients, clinicians and engineers type.
 
-Every expected failure ends in one clear sentence on stderr and a non-zero exit status:
-2 for a usage error (bad argument), 1 for a failure while running, 130 for Ctrl-C.
+Every expected failure ends in one clear sentence on stderr and a non-zero exit status
+(docs/cli.md): 0 ok, 1 a failure (refused, tripped, nobody on the plate, out of time, an
+error), 2 a usage error (bad argument), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP, a closed
+output pipe).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import logging
 import math
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
@@ -24,6 +28,18 @@ from controller.loop import ExposureSettings, ExposureStatus, run_exposure
 from controller.openloop import drive_open_loop
 from controller.safety import SafetyLimits
 from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
+from controller.sensor import (
+    OFFSET_RANGE_G,
+    SENSITIVITY_RANGE,
+    SOURCE_BENCH,
+    SOURCE_NOMINAL,
+    SensorCalibration,
+    SensorCheckError,
+    apply_sensor_calibration,
+    check_sensor,
+    check_tolerance,
+    record_sensor,
+)
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
@@ -79,12 +95,36 @@ def _add_home(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def package_version() -> str:
+    """The installed package's version (importlib.metadata), or 'unknown' when not installed."""
+    try:
+        return importlib.metadata.version("liv-platform")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="liv", description="Low-intensity vibration plate: control, sessions, simulator."
+        prog="liv",
+        description=(
+            "Low-intensity vibration plate: sessions for patients, reports for clinicians, "
+            "control and a simulator for engineers.\n\n"
+            "  patients    start, status, demo\n"
+            "  clinicians  protocol, sessions, show, report, verify, export, import\n"
+            "  engineers   device, calibrate, run, sim, completion"
+        ),
+        epilog=_EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {package_version()}",
+        help="print the version of liv and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_session_commands(commands)  # patients' and clinicians' commands first in the help
 
     device = commands.add_parser("device", help="talk to a plate directly (engineers)")
     device_cmds = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
@@ -95,18 +135,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     drive = device_cmds.add_parser("drive", help="open-loop drive with soft ramps")
     drive.add_argument("--device", required=True, metavar="URL", help="port path or URL")
-    drive.add_argument("--freq", required=True, type=_bounded_float("--freq", 1, 1000, " Hz"))
+    drive.add_argument(
+        "--freq", required=True, type=_bounded_float("--freq", 1, 1000, " Hz"), metavar="HZ",
+        help="drive frequency, 1-1000 Hz",
+    )  # fmt: skip
     drive.add_argument(
         "--drive", required=True, type=_bounded_float("--drive", 0, 1), help="fraction 0..1"
     )
-    drive.add_argument("--seconds", required=True, type=_bounded_float("--seconds", 0.1, 3600))
+    drive.add_argument(
+        "--seconds", required=True, type=_bounded_float("--seconds", 0.1, 3600), metavar="S",
+        help="time to hold the drive, 0.1-3600 s (ramps excluded)",
+    )  # fmt: skip
     drive.add_argument("--json", action="store_true", help="print JSON")
     drive.set_defaults(handler=cmd_device_drive)
 
     dset = device_cmds.add_parser("set", help="configure the plate this installation uses")
-    dset.add_argument("url", metavar="PORT_OR_URL", help="e.g. /dev/ttyACM0")
+    dset.add_argument(
+        "url", metavar="PORT_OR_URL",
+        help="e.g. hwgrep://SER=A1B2C3 (by USB identity, see 'liv device list') or /dev/ttyACM0",
+    )  # fmt: skip
     _add_home(dset)
     dset.set_defaults(handler=commands_mod.cmd_device_set)
+
+    dlist = device_cmds.add_parser("list", help="serial ports with their USB identity")
+    dlist.add_argument("--json", action="store_true", help="print JSON")
+    dlist.set_defaults(handler=commands_mod.cmd_device_list)
 
     calibrate = commands.add_parser(
         "calibrate",
@@ -115,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--device", required=True, metavar="URL", help="port path or URL")
     _add_home(calibrate)
     calibrate.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
+    calibrate.add_argument(
+        "--sensor", action="store_true",
+        help="record the accelerometer's sensitivity and offset instead (plate level, at rest, "
+        "empty; docs/sensor.md)",
+    )  # fmt: skip
+    calibrate.add_argument(
+        "--sensitivity", type=_bounded_float("--sensitivity", *SENSITIVITY_RANGE), metavar="X",
+        help="with --sensor: the part's bench-measured sensitivity relative to its announced "
+        "counts per g (default 1.0)",
+    )  # fmt: skip
+    calibrate.add_argument(
+        "--offset-g", type=_bounded_float("--offset-g", *OFFSET_RANGE_G, " g"), metavar="G",
+        help="with --sensor: the part's bench-measured offset in g (default 0.0)",
+    )  # fmt: skip
     calibrate.add_argument("--json", action="store_true", help="print JSON")
     calibrate.set_defaults(handler=cmd_calibrate)
 
@@ -144,8 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print JSON")
     run.set_defaults(handler=cmd_run)
 
-    _add_session_commands(commands)
-
     sim = commands.add_parser("sim", help="the simulated plate")
     sim_cmds = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
     serve = sim_cmds.add_parser("serve", help="run a simulated plate behind a pty or TCP port")
@@ -159,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulator settings as a sim:// URL, e.g. 'sim://?mass=90&seed=2' (real time)",
     )
     serve.set_defaults(handler=cmd_sim_serve)
+
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument(
+        "shell", choices=("bash", "zsh"), help="the shell to complete in: bash or zsh"
+    )
+    completion.set_defaults(handler=cmd_completion)
+    _document(parser)
     return parser
 
 
@@ -169,16 +241,6 @@ def _add_session_commands(commands: Any) -> None:
         p.add_argument("--db", type=Path, metavar="FILE", help="session log (default $LIV_DB or "
                        "the data directory's liv.db)")  # fmt: skip
         return _add_home(p)
-
-    protocol = commands.add_parser("protocol", help="check or install a patient protocol")
-    pcmds = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
-    check = pcmds.add_parser("check", help="validate a protocol file")
-    check.add_argument("file", metavar="FILE")
-    check.set_defaults(handler=commands_mod.cmd_protocol_check)
-    install = pcmds.add_parser("install", help="validate and install as the active protocol")
-    install.add_argument("file", metavar="FILE")
-    _add_home(install)
-    install.set_defaults(handler=commands_mod.cmd_protocol_install)
 
     start = with_db(commands.add_parser("start", help="run the session that is due now"))
     start.add_argument("--device", metavar="URL", help="plate to use (default: the configured one)")
@@ -191,39 +253,6 @@ def _add_session_commands(commands: Any) -> None:
     status = with_db(commands.add_parser("status", help="today's sessions, the next, the streak"))
     status.set_defaults(handler=commands_mod.cmd_status)
 
-    sessions = with_db(commands.add_parser("sessions", help="list logged sessions"))
-    sessions.add_argument("--patient", metavar="ID")
-    sessions.add_argument("--since", metavar="YYYY-MM-DD", type=_iso_date)
-    sessions.add_argument("--until", metavar="YYYY-MM-DD", type=_iso_date)
-    sessions.add_argument("--json", action="store_true")
-    sessions.set_defaults(handler=commands_mod.cmd_sessions)
-
-    show = with_db(commands.add_parser("show", help="one session, with its amplitude"))
-    show.add_argument("session_id", metavar="ID")
-    show.add_argument("--json", action="store_true")
-    show.add_argument("--svg", metavar="FILE", help="also write the amplitude chart as SVG")
-    show.set_defaults(handler=commands_mod.cmd_show)
-
-    report = with_db(commands.add_parser("report", help="adherence for clinicians"))
-    report.add_argument("--patient", metavar="ID")
-    report.add_argument("--since", metavar="YYYY-MM-DD", type=_iso_date)
-    report.add_argument("--until", metavar="YYYY-MM-DD", type=_iso_date)
-    report.add_argument("--format", choices=("table", "csv", "json", "html"), default="table")
-    report.add_argument("--out", metavar="FILE", help="default: standard output")
-    report.set_defaults(handler=commands_mod.cmd_report)
-
-    verify = with_db(commands.add_parser("verify", help="check the log's hash chains"))
-    verify.set_defaults(handler=commands_mod.cmd_verify)
-
-    export = with_db(commands.add_parser("export", help="write the log as JSONL or CSV"))
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    export.add_argument("--out", metavar="FILE", help="default: standard output")
-    export.set_defaults(handler=commands_mod.cmd_export)
-
-    imp = with_db(commands.add_parser("import", help="merge an exported JSONL log"))
-    imp.add_argument("file", metavar="FILE")
-    imp.set_defaults(handler=commands_mod.cmd_import)
-
     demo = commands.add_parser("demo", help="a clearly labelled simulated session for new users")
     demo.add_argument(
         "--home",
@@ -232,6 +261,65 @@ def _add_session_commands(commands: Any) -> None:
     )
     demo.set_defaults(handler=commands_mod.cmd_demo)
 
+    protocol = commands.add_parser("protocol", help="check or install a patient protocol")
+    pcmds = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
+    check = pcmds.add_parser("check", help="validate a protocol file")
+    check.add_argument("file", metavar="FILE", help="the protocol file (YAML)")
+    check.set_defaults(handler=commands_mod.cmd_protocol_check)
+    install = pcmds.add_parser("install", help="validate and install as the active protocol")
+    install.add_argument("file", metavar="FILE", help="the protocol file (YAML)")
+    _add_home(install)
+    install.set_defaults(handler=commands_mod.cmd_protocol_install)
+
+    sessions = with_db(commands.add_parser("sessions", help="list logged sessions"))
+    sessions.add_argument("--patient", metavar="ID", help="only this patient's sessions")
+    sessions.add_argument(
+        "--since", metavar="YYYY-MM-DD", type=_iso_date, help="from this local day on"
+    )
+    sessions.add_argument(
+        "--until", metavar="YYYY-MM-DD", type=_iso_date, help="up to this local day"
+    )
+    sessions.add_argument("--json", action="store_true", help="print JSON")
+    sessions.set_defaults(handler=commands_mod.cmd_sessions)
+
+    show = with_db(commands.add_parser("show", help="one session, with its amplitude"))
+    show.add_argument("session_id", metavar="ID", help="the session's id ('liv sessions')")
+    show.add_argument("--json", action="store_true", help="print JSON, with the amplitude")
+    show.add_argument("--svg", metavar="FILE", help="also write the amplitude chart as SVG")
+    show.set_defaults(handler=commands_mod.cmd_show)
+
+    report = with_db(commands.add_parser("report", help="adherence for clinicians"))
+    report.add_argument(
+        "--patient", metavar="ID", help="whose adherence (default: the only or installed one)"
+    )
+    report.add_argument(
+        "--since", metavar="YYYY-MM-DD", type=_iso_date, help="first day of the period"
+    )
+    report.add_argument(
+        "--until", metavar="YYYY-MM-DD", type=_iso_date, help="last day of the period"
+    )
+    report.add_argument(
+        "--format", choices=("table", "csv", "json", "html"), default="table",
+        help="table (default), csv, json or html",
+    )  # fmt: skip
+    report.add_argument("--out", metavar="FILE", help="default: standard output")
+    report.set_defaults(handler=commands_mod.cmd_report)
+
+    verify = with_db(commands.add_parser("verify", help="check the log's hash chains"))
+    verify.set_defaults(handler=commands_mod.cmd_verify)
+
+    export = with_db(commands.add_parser("export", help="write the log as JSONL or CSV"))
+    export.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl",
+        help="jsonl (default; 'liv import' reads it back) or csv",
+    )  # fmt: skip
+    export.add_argument("--out", metavar="FILE", help="default: standard output")
+    export.set_defaults(handler=commands_mod.cmd_export)
+
+    imp = with_db(commands.add_parser("import", help="merge an exported JSONL log"))
+    imp.add_argument("file", metavar="FILE", help="a file written by 'liv export'")
+    imp.set_defaults(handler=commands_mod.cmd_import)
+
 
 def _iso_date(text: str) -> str:
     try:
@@ -239,6 +327,203 @@ def _iso_date(text: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD") from None
     return text
+
+
+_EXIT_STATUS_HELP = """\
+exit status: 0 ok; 1 failure (refused, tripped, nobody on the plate, out of time, an error);
+2 usage error; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP, a closed output pipe)
+
+example:
+  liv status"""
+
+# Every command's description and an example, shown by `liv COMMAND --help` (a test checks
+# that no command is left without them).
+_DOCS: dict[str, tuple[str, str]] = {
+    "start": (
+        "Run the session that is due now on the configured plate, following the installed "
+        "protocol; refuses, with the reason, when none is due.",
+        "liv start",
+    ),
+    "status": (
+        "Show today's sessions (done and due), when the next one may start, and the streak of "
+        "complete days.",
+        "liv status",
+    ),
+    "demo": (
+        "A clearly labelled session on a simulated plate for a made-up patient, kept in a "
+        "directory of its own; real data is never touched.",
+        "liv demo",
+    ),
+    "protocol": (
+        "Check a patient protocol file, or install it as this installation's active one.",
+        "liv protocol check examples/twice-daily-30hz.yaml",
+    ),
+    "protocol check": (
+        "Validate a protocol file and describe it; warns when its study has ended or starts later.",
+        "liv protocol check examples/twice-daily-30hz.yaml",
+    ),
+    "protocol install": (
+        "Validate a protocol file and make it the active protocol; warns when its study has "
+        "ended or starts later.",
+        "liv protocol install examples/twice-daily-30hz.yaml",
+    ),
+    "sessions": ("List the logged sessions, one line each.", "liv sessions --since 2026-01-01"),
+    "show": (
+        "Show one logged session with its amplitude over time.",
+        "liv show SESSION_ID --svg session.svg",
+    ),
+    "report": (
+        "Adherence for clinicians: per day and week, missed days, flagged sessions.",
+        "liv report --format html --out report.html",
+    ),
+    "verify": (
+        "Check the log's hash chains; exits 1 when a finished record was changed.",
+        "liv verify",
+    ),
+    "export": (
+        "Write the whole log as JSONL (for 'liv import') or CSV.",
+        "liv export --format jsonl --out log.jsonl",
+    ),
+    "import": (
+        "Merge a log written by 'liv export'; records already present are skipped.",
+        "liv import log.jsonl",
+    ),
+    "device": (
+        "Talk to a plate directly (engineers): list the ports, show a plate's handshake, "
+        "drive it open loop, or set the plate this installation uses.",
+        "liv device list",
+    ),
+    "device info": ("Show the plate's handshake.", "liv device info --device hwgrep://SER=A1B2C3"),
+    "device drive": (
+        "Drive the plate open loop at a fixed fraction of full scale, with soft ramps, and "
+        "print the measured peak.",
+        "liv device drive --device sim:// --freq 45 --drive 0.2 --seconds 5",
+    ),
+    "device set": (
+        "Configure the plate this installation uses; only a plate that answers is accepted. "
+        "A hwgrep:// URL finds it by USB identity, which does not change between boots.",
+        "liv device set hwgrep://SER=A1B2C3",
+    ),
+    "device list": (
+        "List the serial ports with their USB identity (VID:PID, serial number) and the "
+        "--device URL that finds each one by it.",
+        "liv device list",
+    ),
+    "calibrate": (
+        "Measure the empty plate's response across the calibration band and store it for "
+        "the device; nobody may stand on the plate.",
+        "liv calibrate --device hwgrep://SER=A1B2C3",
+    ),
+    "run": (
+        "One closed-loop exposure at a fixed frequency or a schedule, without a protocol or "
+        "the log (engineers).",
+        "liv run --device sim:// --freq 45 --amplitude 0.3 --seconds 60",
+    ),
+    "sim": ("The simulated plate.", "liv sim serve --pty"),
+    "sim serve": (
+        "Run a simulated plate in real time behind a pty or a TCP port, for other programs.",
+        "liv sim serve --tcp 127.0.0.1:4000 --sim 'sim://?mass=90&seed=2'",
+    ),
+    "completion": (
+        "Print a shell completion script for liv, generated from its commands.",
+        'eval "$(liv completion bash)"   # or add it to ~/.bashrc',
+    ),
+}
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's subcommands by name, in the order of its help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _document(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every subcommand its description and an example (from _DOCS)."""
+    for name, sub in subcommands(parser).items():
+        key = f"{path} {name}".strip()
+        if key in _DOCS:
+            description, example = _DOCS[key]
+            sub.description = textwrap.fill(description, width=78)
+            sub.epilog = f"example:\n  {example}"
+            sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        _document(sub, key)
+
+
+def _takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0 and not isinstance(action, argparse._SubParsersAction)
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """A bash (or zsh, through bashcompinit) completion script generated from ``parser``."""
+    words: list[str] = []
+    values: list[str] = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        subs = subcommands(p)
+        flags = [f for a in p._actions for f in a.option_strings]
+        flags += [  # a positional with choices (liv completion bash|zsh) completes to them
+            str(c) for a in p._actions if not a.option_strings and not subs for c in a.choices or ()
+        ]
+        words.append(f'        "{path}") _liv_found="{" ".join([*subs, *flags])}" ;;')
+        for action in p._actions:
+            if action.option_strings and _takes_value(action):
+                choices = " ".join(str(c) for c in action.choices or ())
+                for flag in action.option_strings:
+                    key = f"{path} {flag}".strip()
+                    values.append(f'        "{key}") _liv_found="{choices}"; return 0 ;;')
+        for name, sub in subs.items():
+            walk(sub, f"{path} {name}".strip())
+
+    walk(parser, "")
+    nl = "\n"
+    script = f"""\
+# {shell} completion for liv, generated by 'liv completion {shell}' (liv {package_version()})
+_liv_words() {{
+    case "$1" in
+{nl.join(words)}
+        *) _liv_found="" ;;
+    esac
+}}
+_liv_values() {{
+    case "$1" in
+{nl.join(values)}
+    esac
+    return 1
+}}
+_liv_complete() {{
+    local cur prev cmdpath word i _liv_found
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+    cmdpath=""
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        word="${{COMP_WORDS[i]}}"
+        case "$word" in -*) continue ;; esac
+        _liv_words "${{cmdpath:+$cmdpath }}$word"
+        if [ -n "$_liv_found" ]; then cmdpath="${{cmdpath:+$cmdpath }}$word"; fi
+    done
+    if [ "$COMP_CWORD" -gt 1 ] && _liv_values "${{cmdpath:+$cmdpath }}$prev"; then
+        if [ -n "$_liv_found" ]; then
+            COMPREPLY=($(compgen -W "$_liv_found" -- "$cur"))
+        else
+            COMPREPLY=($(compgen -f -- "$cur"))
+        fi
+        return 0
+    fi
+    _liv_words "$cmdpath"
+    COMPREPLY=($(compgen -W "$_liv_found" -- "$cur"))
+}}
+complete -o default -F _liv_complete liv
+"""
+    if shell == "zsh":
+        script = f"autoload -U +X bashcompinit && bashcompinit\n{script}"
+    return script
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(completion_script(build_parser(), args.shell), end="")
+    return 0
 
 
 def _emit(data: dict[str, Any], as_json: bool, lines: Sequence[str]) -> None:
@@ -299,12 +584,64 @@ def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    bench = args.sensitivity is not None or args.offset_g is not None
+    if bench and not args.sensor:
+        raise UsageError("--sensitivity and --offset-g are only allowed with --sensor")
     store = _store(args)
     with DeviceClient.open(args.device) as device:
+        if args.sensor:
+            return _calibrate_sensor(args, store, device, bench)
+        sensor = store.load_sensor(device.info.device_id)
+        if sensor is not None:  # the empty plate's gains in true g, as sessions will read them
+            apply_sensor_calibration(device, sensor)
         cal = identify(device)
     where = store.save(cal)
     _emit({"path": str(where), **cal.to_dict()}, args.json, _calibration_lines(cal, where))
     return 0
+
+
+def _calibrate_sensor(
+    args: argparse.Namespace, store: CalibrationStore, device: DeviceClient, bench: bool
+) -> int:
+    """``liv calibrate --sensor``: store the bench values with the resting reading measured now."""
+    try:
+        record = record_sensor(
+            device,
+            sensitivity=1.0 if args.sensitivity is None else args.sensitivity,
+            offset_g=0.0 if args.offset_g is None else args.offset_g,
+            source=SOURCE_BENCH if bench else SOURCE_NOMINAL,
+        )
+    except SensorCheckError as exc:
+        raise LivError(
+            f"sensor calibration not saved: {exc.detail}; check that the plate is level, at "
+            "rest and empty, and that the values are this part's"
+        ) from None
+    where = store.save_sensor(record)
+    lines = [
+        f"sensor calibration of {terminal_line(record.device_id)} saved to {where}",
+        f"  sensitivity     {record.sensitivity:.4f} ({record.source})",
+        f"  offset          {record.offset_g:+.4f} g",
+        f"  resting reading {record.resting_g:.4f} g uncorrected, "
+        f"{record.correct(record.resting_g or 0.0):.4f} g corrected",
+    ]
+    _emit({"path": str(where), **record.to_dict()}, args.json, lines)
+    return 0
+
+
+def _check_sensor_for_run(store: CalibrationStore, device: DeviceClient) -> None:
+    """The pre-session sensor check for ``liv run``; the engineer sees the numbers."""
+    info = device.info
+    sensor = store.load_sensor(info.device_id) or SensorCalibration.nominal(
+        info.device_id, info.counts_per_g
+    )
+    try:
+        check_sensor(device, sensor, check_tolerance(None))
+    except SensorCheckError as exc:
+        raise LivError(
+            f"{exc.detail}; nothing was run: check the plate is level and at rest, and its "
+            "sensor calibration ('liv calibrate --sensor')"
+        ) from None
+    apply_sensor_calibration(device, sensor)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -338,6 +675,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         cleared = clear_latched_fault(device)  # refuses a fault that needs a person
+        _check_sensor_for_run(store, device)
         result = run_exposure(device, cal, settings)
     if result.calibration_stale:
         store.mark_stale(cal, f"response {result.response_ratio:.2f}x calibration in a run")

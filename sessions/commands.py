@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from serial.tools import list_ports
 
 from controller.calibration import identify
 from controller.privatefiles import write_private_file
@@ -39,8 +41,10 @@ from sessions.report import (
     render_table,
 )
 from sessions.runner import (
+    STOP_CTRL_C,
     STOP_PIPE,
     STOP_SIGHUP,
+    STOP_SIGTERM,
     Progress,
     SessionOutcome,
     StopRequest,
@@ -94,10 +98,33 @@ def describe_protocol(p: PatientProtocol) -> list[str]:
     ]
 
 
+def study_warning(protocol: PatientProtocol, now: datetime) -> str | None:
+    """One sentence when the study has ended or not yet started on the patient's today."""
+    today = now.astimezone(protocol.zone).date()
+    if today > protocol.study_end:
+        return (
+            f"this protocol's study ended on {protocol.study_end.isoformat()}, so no session "
+            "will be due under it; ask the clinic for a current protocol."
+        )
+    if today < protocol.study_start:
+        return (
+            f"this protocol's study starts on {protocol.study_start.isoformat()}, so no "
+            "session is due before then."
+        )
+    return None
+
+
+def _warn_about_study(protocol: PatientProtocol) -> None:
+    warning = study_warning(protocol, utc_now())
+    if warning is not None:
+        echo(f"liv: warning: {warning}", file=sys.stderr)
+
+
 def cmd_protocol_check(args: argparse.Namespace) -> int:
     protocol = load_protocol(Path(args.file))
     echo(f"{args.file}: valid")
     echo("\n".join(describe_protocol(protocol)))
+    _warn_about_study(protocol)
     return 0
 
 
@@ -106,6 +133,7 @@ def cmd_protocol_install(args: argparse.Namespace) -> int:
     protocol = home.install_protocol(Path(args.file))
     echo(f"installed {args.file} as the active protocol in {home.root}")
     echo("\n".join(describe_protocol(protocol)))
+    _warn_about_study(protocol)
     return 0
 
 
@@ -119,6 +147,49 @@ def cmd_device_set(args: argparse.Namespace) -> int:
         f"plate {terminal_line(info.device_id)} (firmware "
         f"{terminal_line(info.firmware_version)}) at {terminal_line(args.url)} configured"
     )
+    return 0
+
+
+def port_url(port: Any) -> str:
+    """The --device URL that finds this port by its USB identity, which survives a reboot:
+    its serial number when it has one, else VID:PID; a port with no USB identity by its path."""
+    if port.serial_number:
+        return f"hwgrep://SER={re.escape(port.serial_number)}"
+    if port.vid is not None and port.pid is not None:
+        return f"hwgrep://{port.vid:04X}:{port.pid:04X}"
+    return str(port.device)
+
+
+def cmd_device_list(args: argparse.Namespace) -> int:
+    ports = sorted(list_ports.comports(), key=lambda p: p.device)
+    rows = [
+        {
+            "device": p.device,
+            "description": p.description,
+            "vid_pid": None if p.vid is None else f"{p.vid:04X}:{p.pid or 0:04X}",
+            "serial_number": p.serial_number,
+            "manufacturer": p.manufacturer,
+            "url": port_url(p),
+        }
+        for p in ports
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        echo("No serial ports found: is the plate plugged in and switched on?")
+        return 0
+    header = ("port", "VID:PID", "serial number", "description", "use as --device")
+    table = [
+        tuple(
+            terminal_line(v or "-")
+            for v in (r["device"], r["vid_pid"], r["serial_number"], r["description"], r["url"])
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -210,13 +281,26 @@ def start_session(
     return outcome
 
 
+# The stops that interrupt a session (docs/cli.md, exit codes): Ctrl-C, SIGTERM, SIGHUP and a
+# closed output. Other sessions recorded as stopped by the patient (nobody on the plate, the
+# time ran out) are failures, not interruptions.
+INTERRUPTING_STOPS = frozenset({STOP_CTRL_C, STOP_SIGTERM, STOP_SIGHUP, STOP_PIPE})
+EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def start_exit_status(status: SessionStatus, reason: str | None) -> int:
+    """The exit status of ``liv start`` for a finished record: its reason tells which."""
+    if status is SessionStatus.COMPLETED:
+        return EXIT_OK
+    if status is SessionStatus.STOPPED_BY_PATIENT and reason in INTERRUPTING_STOPS:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     home = home_of(args)
     outcome = start_session(args, home, home.device(args.device), sys.stdout)
-    status = outcome.record.status
-    if status is SessionStatus.COMPLETED:
-        return 0
-    return 130 if status is SessionStatus.STOPPED_BY_PATIENT else 1
+    return start_exit_status(outcome.record.status, outcome.record.reason)
 
 
 def status_lines(
@@ -227,7 +311,9 @@ def status_lines(
     done = day_summary(protocol, sessions, today)
     goal = protocol.minutes_per_session
     lines = [f"today ({today.isoformat()}, {protocol.timezone})"]
-    for k, minutes in enumerate(done, start=1):
+    # Outside the study no slot is due; the next line says when it starts or that it ended.
+    in_study = protocol.study_start <= today <= protocol.study_end
+    for k, minutes in enumerate(done if in_study else [], start=1):
         mark = (
             "done"
             if minutes >= goal - 1e-6

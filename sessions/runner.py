@@ -1,10 +1,15 @@
 """Run the session that is due: decide, drive the plate closed loop, log it durably.
 
 The session clock counts only time at dose: in the hold, somebody on the plate, and the
-measured amplitude within the protocol's tolerance of the target. The row is written when the
-session starts and checkpointed every CHECKPOINT_S (wall clock or device time, whichever comes
-first), so a crash or a kill loses at most those seconds. The control loop only hands each
-checkpoint to a writer thread (:class:`_CheckpointWriter`): no control update waits on SQLite.
+measured amplitude within the protocol's tolerance of the target. Time in which presence
+detection cannot tell (loaded and empty too close at this frequency) is counted, so a light
+patient is neither sent away nor silently credited: the record's ``presence`` event says how
+long it was, and a session with too much of it is flagged "presence not verified".
+
+The row is written when the session starts and checkpointed every CHECKPOINT_S (wall clock
+or device time, whichever comes first), so a crash or a kill loses at most those seconds. The
+control loop only hands each checkpoint to a writer thread (:class:`_CheckpointWriter`): no
+control update waits on SQLite.
 Ctrl-C, SIGTERM, SIGHUP (terminal closed) and a closed output pipe raise :class:`StopRequest`:
 the plate ramps down and the session is recorded as stopped, with the true reason.
 """
@@ -29,13 +34,20 @@ from controller.loop import (
     ExposureResult,
     ExposureSettings,
     ExposureStatus,
-    LoadState,
     Phase,
     run_exposure,
 )
+from controller.presence import LoadState, PresenceSummary
 from controller.safety import SafetyLimits
+from controller.sensor import (
+    SensorCalibration,
+    apply_sensor_calibration,
+    check_sensor,
+    check_tolerance,
+)
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
+from sessions.adherence import PRESENCE_EVENT
 from sessions.log import LogError, SessionLog, SessionRecord
 from sessions.protocol import PatientProtocol
 from sessions.scheduling import Decision, decide
@@ -163,6 +175,12 @@ class _DoseClock:
             if unloaded:
                 state = "paused: nobody on the plate"
                 self.unloaded_run_s += dt
+            elif u.load is LoadState.CANNOT_TELL:
+                # Counted, and the record says for how long (the presence event): the plate
+                # cannot tell this patient from an empty plate at this frequency.
+                state = "at dose (presence not verified)" if in_band else "below dose"
+                if in_band:
+                    self.at_dose_s = min(self.goal_s, self.at_dose_s + dt)
             elif u.load is not LoadState.LOADED:
                 # Nobody is known to be on the plate yet (the detector takes its reference
                 # early in the hold): that time is not dose.
@@ -399,6 +417,14 @@ def _run_session(
         cleared = clear_latched_fault(device)
         if cleared is not None:
             _log.warning("cleared latched fault %s (plate at rest)", cleared.name)
+        # The accelerometer must read gravity at rest, corrected by the device's sensor
+        # calibration, before anything is recorded: SensorCheckError refuses with one sentence
+        # and leaves no row (docs/sensor.md). Every reading after is corrected the same way.
+        sensor = calibrations.load_sensor(info.device_id) or SensorCalibration.nominal(
+            info.device_id, info.counts_per_g
+        )
+        check_sensor(device, sensor, check_tolerance(protocol.dose_tolerance))
+        apply_sensor_calibration(device, sensor)
         started = now()
         stops.deferred = True  # a stop while the row is written takes effect right after it
         session_id = log.start_session(
@@ -464,6 +490,8 @@ def _measured(
         events.append(
             {k: trip[k] for k in ("reason", "t_s", "detail", "values")} | {"text": trip["text"]}
         )
+    if result is not None and result.presence is not None:
+        events.append(_presence_event(result.presence, clock.last_t_s))
     return {
         "minutes_at_dose": clock.at_dose_s / 60.0,
         "envelope": list(clock.envelope),
@@ -472,6 +500,29 @@ def _measured(
         "mean_error_pct": result.error_mean_pct if result else None,
         "p95_abs_error_pct": result.error_p95_abs_pct if result else None,
         "exposure": result.exposure.to_dict() if result and result.exposure else None,
+    }
+
+
+def _presence_event(presence: PresenceSummary, t_s: float) -> dict[str, Any]:
+    """The record's ``presence`` event: what presence detection could and could not see."""
+    values = {k: v for k, v in presence.to_dict().items() if v is not None}
+    if presence.verified:
+        text = "presence was judged throughout the hold"
+    else:
+        text = (
+            f"presence not verified: the plate could not tell for "
+            f"{presence.undetectable_s:.0f} s of the hold whether somebody was on it"
+        )
+    return {
+        "reason": PRESENCE_EVENT,
+        "t_s": t_s,
+        "text": text,
+        "detail": (
+            f"absent {presence.absent_s:.1f} s ({presence.absences} step-offs), cannot tell "
+            f"{presence.undetectable_s:.1f} s, reference {presence.reference}, "
+            f"smallest gap {presence.smallest_gap}"
+        ),
+        "values": values,
     }
 
 
@@ -489,6 +540,12 @@ def _status(
             f"nobody on the plate for {UNLOADED_LIMIT_S / 60:.0f} minutes"
         )
     if clock.done:
+        presence = result.presence
+        if presence is not None and not presence.verified:
+            return "completed", (
+                "prescribed minutes at dose delivered; presence not verified for "
+                f"{presence.undetectable_s:.0f} s"
+            )
         return "completed", "prescribed minutes at dose delivered"
     return "stopped_by_patient", "the session ran out of time before the dose was delivered"
 

@@ -15,14 +15,18 @@ Rules (docs/sessions.md):
   clock change neither shortens nor lengthens it) and, when daily windows are prescribed, must
   start inside one; extra sessions never count towards another day;
 - an explicit override lifts the gap, window, study-period and daily-count rules, and is
-  recorded with its reason.
+  recorded with its reason;
+- the time a refusal names is one that exists and says which: the wait honours the windows
+  ("tomorrow from 07:00"), a local time that occurs twice says "(before/after the clocks went
+  back)", and a window whose start falls in the skipped spring hour opens at the first time
+  after the jump.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -121,30 +125,33 @@ def decide(
         return _start(protocol, sessions, today, slot, override_reason, "override")
 
     if today < protocol.study_start:
+        first = _next_start(protocol, _local_start_of(protocol.study_start, zone))
         return Decision(
             False,
-            f"The study starts on {protocol.study_start.isoformat()}; no session is due yet.",
+            f"The study starts on {protocol.study_start.isoformat()}"
+            f"{_days_away(protocol.study_start, today)}; no session is due before then.",
             today,
-            next_allowed_utc=_local_start_of(protocol.study_start, zone),
+            next_allowed_utc=None if first is None else first.astimezone(UTC),
         )
     if today > protocol.study_end:
         return Decision(
-            False, f"The study ended on {protocol.study_end.isoformat()}; no session is due.", today
+            False,
+            f"The study ended on {protocol.study_end.isoformat()}; no more sessions are due.",
+            today,
         )
     if not open_slots:
         tomorrow = today + timedelta(days=1)
+        nxt = _next_start(protocol, _local_start_of(tomorrow, zone))
         when = (
-            f"tomorrow ({tomorrow.isoformat()})"
-            if tomorrow <= protocol.study_end
+            f"tomorrow ({tomorrow.isoformat()}){_from_clock(nxt, protocol)}"
+            if nxt is not None
             else "no more: the study ends today"
         )
         return Decision(
             False,
             f"Today's {protocol.sessions_per_day} sessions are done; the next one is due {when}.",
             today,
-            next_allowed_utc=_local_start_of(tomorrow, zone)
-            if tomorrow <= protocol.study_end
-            else None,
+            next_allowed_utc=None if nxt is None else nxt.astimezone(UTC),
         )
     slot = open_slots[0]
     # Any session already logged for an open slot today was cut short (stopped, tripped,
@@ -153,26 +160,46 @@ def decide(
     if not resuming and last is not None and last.ended_utc is not None:
         allowed_at = last.ended_utc + timedelta(hours=protocol.min_gap_hours)
         if now_utc < allowed_at:
-            local = allowed_at.astimezone(zone)
+            # The gap is absolute time; the windows may then push the start later still.
+            nxt = _next_start(protocol, allowed_at.astimezone(zone))
+            gap = f"{protocol.min_gap_hours:g} h after the last one ended"
+            if nxt is None:
+                text = (
+                    f"Please wait: no more sessions are due, because the study ends on "
+                    f"{protocol.study_end.isoformat()} before {gap}."
+                )
+            elif nxt.astimezone(UTC) == allowed_at.astimezone(UTC):
+                text = f"Please wait: the next session is allowed {_when(nxt, local_now)} ({gap})."
+            else:
+                text = (
+                    f"Please wait: the next session is allowed {_when(nxt, local_now)} "
+                    f"(at least {gap}, within the prescribed times)."
+                )
             return Decision(
                 False,
-                f"Please wait: the next session is allowed from {_clock(local, local_now)} "
-                f"({protocol.min_gap_hours:g} h after the last one ended).",
+                text,
                 today,
                 slot=slot,
-                next_allowed_utc=allowed_at,
+                next_allowed_utc=None if nxt is None else nxt.astimezone(UTC),
             )
     if not resuming and protocol.daily_windows:
         window_open = _window_containing(protocol, local_now)
         if not window_open:
-            nxt = _next_window_start(protocol, local_now, zone)
+            nxt = _next_start(protocol, local_now)
             text = (
                 f"Sessions can start only within the prescribed times; the next window opens "
-                f"at {_clock(nxt, local_now)}."
+                f"{_when(nxt, local_now, at=True)}."
                 if nxt is not None
-                else "Sessions can start only within the prescribed times; none is left today."
+                else "Sessions can start only within the prescribed times; none is left in "
+                "the study."
             )
-            return Decision(False, text, today, slot=slot, next_allowed_utc=nxt)
+            return Decision(
+                False,
+                text,
+                today,
+                slot=slot,
+                next_allowed_utc=None if nxt is None else nxt.astimezone(UTC),
+            )
     return _start(protocol, sessions, today, slot, None, "resume" if resuming else "new")
 
 
@@ -204,12 +231,72 @@ def _slot_sessions(sessions: Sequence[LoggedSession], day: date, slot: int) -> l
 
 
 def _local_start_of(day: date, zone: ZoneInfo) -> datetime:
-    return datetime.combine(day, time(0, 0), tzinfo=zone)
+    return wall_time(day, time(0, 0), zone)
 
 
-def _clock(when: datetime, now: datetime) -> str:
+def wall_time(day: date, clock: time, zone: ZoneInfo) -> datetime:
+    """``clock`` on ``day`` in ``zone`` as a time that exists: the earlier one when it occurs
+    twice (clocks going back), the first time after the jump when it does not occur at all
+    (clocks going forward: a window from 01:30 on the day London skips 01:00-02:00 opens at
+    02:00)."""
+    naive = datetime.combine(day, clock)
+    early = naive.replace(tzinfo=zone, fold=0)
+    late = naive.replace(tzinfo=zone, fold=1)
+    if _round_trips(early) or _round_trips(late):
+        return early if _round_trips(early) else late
+    # In the spring gap: the jump lies between the two readings of the offset. Find the
+    # first instant after it (transitions fall on whole seconds).
+    low = late.astimezone(UTC)  # read with the offset after the jump: before it
+    high = early.astimezone(UTC)  # read with the offset before the jump: after it
+    before = low.astimezone(zone).utcoffset()
+    while high - low > timedelta(seconds=1):
+        mid = low + (high - low) / 2
+        mid = mid.replace(microsecond=0)
+        if mid.astimezone(zone).utcoffset() == before:
+            low = mid
+        else:
+            high = mid
+    return high.astimezone(zone)
+
+
+def _round_trips(when: datetime) -> bool:
+    back = when.astimezone(UTC).astimezone(when.tzinfo)
+    return back.replace(tzinfo=None) == when.replace(tzinfo=None)
+
+
+def ambiguous(when: datetime) -> bool:
+    """Whether the local time of ``when`` occurs twice that day (clocks going back)."""
+    other = when.replace(fold=1 - when.fold)
+    return other.utcoffset() != when.utcoffset() and _round_trips(other)
+
+
+def clock_text(when: datetime) -> str:
+    """HH:MM, saying which one when the clocks went back and that time occurs twice."""
     text = when.strftime("%H:%M")
-    return text if when.date() == now.date() else f"{when.date().isoformat()} {text}"
+    if not ambiguous(when):
+        return text
+    return f"{text} ({'after' if when.fold else 'before'} the clocks went back)"
+
+
+def _days_away(day: date, today: date) -> str:
+    days = (day - today).days
+    return " (tomorrow)" if days == 1 else f" (in {days} days)"
+
+
+def _when(when: datetime, now: datetime, at: bool = False) -> str:
+    """'from 11:11', 'tomorrow from 07:00', 'from 2026-05-07 07:00' ('at' for a window)."""
+    word = "at" if at else "from"
+    if when.date() == now.date():
+        return f"{word} {clock_text(when)}"
+    if when.date() == now.date() + timedelta(days=1):
+        return f"tomorrow {word} {clock_text(when)}"
+    return f"on {when.date().isoformat()} {word} {clock_text(when)}"
+
+
+def _from_clock(when: datetime | None, protocol: Prescription) -> str:
+    if when is None or not protocol.daily_windows:
+        return ""
+    return f" from {clock_text(when)}"
 
 
 def _window_containing(protocol: Prescription, local_now: datetime) -> bool:
@@ -217,11 +304,25 @@ def _window_containing(protocol: Prescription, local_now: datetime) -> bool:
     return any(w.start <= t < w.end for w in protocol.daily_windows)
 
 
-def _next_window_start(
-    protocol: Prescription, local_now: datetime, zone: ZoneInfo
-) -> datetime | None:
-    t = local_now.time()
-    later = sorted(w.start for w in protocol.daily_windows if w.start > t)
-    if not later:
+def _next_start(protocol: Prescription, after: datetime) -> datetime | None:
+    """The first time at or after ``after`` (local) when a new session may start by the
+    windows and the study period; None when the study ends first."""
+    zone = after.tzinfo
+    assert isinstance(zone, ZoneInfo)
+    first_day = max(after.date(), protocol.study_start)
+    if first_day > after.date():
+        after = _local_start_of(first_day, zone)
+    if after.date() > protocol.study_end:
         return None
-    return datetime.combine(local_now.date(), later[0], tzinfo=zone)
+    if not protocol.daily_windows:
+        return after
+    if _window_containing(protocol, after):
+        return after
+    day = after.date()
+    while day <= min(protocol.study_end, after.date() + timedelta(days=2)):
+        for w in sorted(protocol.daily_windows, key=lambda w: w.start):
+            opens = wall_time(day, w.start, zone)
+            if opens.astimezone(UTC) >= after.astimezone(UTC):
+                return opens
+        day += timedelta(days=1)
+    return None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +63,21 @@ def truth_envelope(
         [truth_amplitude(truth, (t_exposure >= s) & (t_exposure < s + step_s)) for s in starts]
     )
     return starts + step_s / 2, amps
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> bool:
+    """Read ``proc``'s stderr (raw, unbuffered) until it holds ``needle``; False on timeout."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    seen = b""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return False
+            seen += chunk
+            if needle.encode() in seen:
+                return True
+    return False

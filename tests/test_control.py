@@ -21,7 +21,13 @@ from controller.loop import (
 )
 from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
 from firmware_bridge.client import DeviceClient
-from tests.simhelpers import exposure_time, load_truth, truth_amplitude, truth_envelope
+from tests.simhelpers import (
+    exposure_time,
+    load_truth,
+    truth_amplitude,
+    truth_envelope,
+    wait_for_line,
+)
 
 TARGET = 0.3
 RAMP_UP = 2.0
@@ -246,11 +252,13 @@ def test_ctrl_c_on_liv_run_ramps_down_and_exits_130(tmp_path: Path, empty_cal: C
 
     CalibrationStore(tmp_path).save(empty_cal)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sessions.cli", "run", "--device", "sim://?speed=1&mass=70",
+        [sys.executable, "-m", "sessions.cli", "-v", "run", "--device", "sim://?speed=1&mass=70",
          "--freq", "45", "--seconds", "60", "--calibration-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(3.0)
+    # Ctrl-C once the exposure runs (start-up takes seconds on a loaded machine), 1 s into it.
+    assert wait_for_line(proc, "exposure started", timeout_s=60.0), proc.communicate()
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err

@@ -9,7 +9,6 @@ shown to pass the controller's validation.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import re
 from datetime import UTC, datetime, timedelta
@@ -349,7 +348,11 @@ def test_liv_start_validates_the_settings_before_the_session_row(
 
     A stricter controller (ceiling 0.3 g) stands in for any disagreement between the layers.
     """
-    strict = functools.partial(ExposureSettings, limits=SafetyLimits(ceiling_g=0.3))
+
+    def strict(**kwargs: Any) -> ExposureSettings:
+        limits = kwargs.pop("limits", SafetyLimits())
+        return ExposureSettings(**kwargs, limits=dataclasses.replace(limits, ceiling_g=0.3))
+
     monkeypatch.setattr(runner, "ExposureSettings", strict)
     truth = tmp_path / "truth.npz"
     url = f"sim://?mass=70&seed=4&speed=max&device_id={DEVICE_ID}&truth={truth}"

@@ -32,6 +32,7 @@ from firmware_bridge.errors import DeviceFaultError
 from firmware_bridge.protocol import FaultCode
 from sessions.cli import main
 from sessions.log import SessionStatus
+from tests.simhelpers import wait_for_line
 from tests.test_fault_matrix import (
     DEVICE_ID,
     REPO,
@@ -112,11 +113,14 @@ def test_liv_run_after_a_killed_liv_run_clears_the_watchdog_fault(
 
     with served_plate(tmp_path, speed=SPEED) as plate:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sessions.cli", *liv_run(plate.device, 60)],
+            [sys.executable, "-m", "sessions.cli", "-v", *liv_run(plate.device, 60)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         try:
-            time.sleep(2.5)  # start-up, then some 10 s of plate time in the hold
+            # Wait for the exposure itself (start-up may take seconds on a loaded machine), then
+            # let some 5 s of plate time run into the hold before the kill.
+            assert wait_for_line(proc, "exposure started", timeout_s=60.0), proc.communicate()
+            time.sleep(1.0)
             assert proc.poll() is None, proc.communicate()
             os.kill(proc.pid, signal.SIGKILL)
         finally:

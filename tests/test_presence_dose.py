@@ -19,7 +19,7 @@ from tests.test_resume import DEVICE_ID, home, liv_start, protocol_text, sim  # 
 
 def test_a_patient_who_never_steps_on_gets_no_minutes_at_dose(home: LivHome) -> None:  # noqa: F811
     empty_plate = f"sim://?mass=0&seed=4&speed=max&device_id={DEVICE_ID}"
-    assert liv_start(home, empty_plate) == 130
+    assert liv_start(home, empty_plate) == 1  # a failure, not an interruption
     with SessionLog(home.db_path()) as log:
         (record,) = log.sessions()
     assert record.status is SessionStatus.STOPPED_BY_PATIENT

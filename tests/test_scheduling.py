@@ -134,7 +134,7 @@ def test_windows_gate_new_sessions() -> None:
     assert decide(plan, [], local(2026, 5, 4, 17, 30)).allowed
     late = decide(plan, [], local(2026, 5, 4, 22))
     assert not late.allowed
-    assert "none is left today" in late.message
+    assert "next window opens tomorrow at 07:00" in late.message
 
 
 def test_an_override_is_allowed_and_recorded() -> None:

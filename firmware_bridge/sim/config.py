@@ -65,6 +65,9 @@ class SimConfig:
     sensor_gain_error: float = 0.0
     # the device announces a counts_per_g this fraction off its sensor's true sensitivity
     counts_per_g_error: float = 0.0
+    # False: a firmware without the resting-sensor check of docs/protocol.md (a third-party
+    # plate), so that the host's own check can be shown to stand alone
+    rest_check: bool = True
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -175,7 +178,17 @@ _TEXT_KEYS = {
     "posture": "posture",
 }
 ALLOWED_KEYS = sorted(
-    [*_FLOAT_KEYS, *_TEXT_KEYS, "seed", "speed", "sway", "noise", "presence", "index_jump_samples"]
+    [
+        *_FLOAT_KEYS,
+        *_TEXT_KEYS,
+        "seed",
+        "speed",
+        "sway",
+        "rest_check",
+        "noise",
+        "presence",
+        "index_jump_samples",
+    ]
 )
 
 
@@ -215,6 +228,10 @@ def parse_sim_url(url: str) -> SimConfig:
             if raw not in ("0", "1"):
                 raise UnknownUrlError(url, f"sway={raw!r} must be 0 or 1")
             values["sway"] = raw == "1"
+        elif key == "rest_check":
+            if raw not in ("0", "1"):
+                raise UnknownUrlError(url, f"rest_check={raw!r} must be 0 or 1")
+            values["rest_check"] = raw == "1"
         elif key == "presence":
             values["presence_s"] = _presence(url, raw)
         elif key == "noise":

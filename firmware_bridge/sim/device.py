@@ -512,7 +512,7 @@ class SimulatedDevice:
                     if self._stopping:
                         return NakReason.BUSY
                     if not self._output_on:
-                        rest_mg = self._resting_mg()
+                        rest_mg = self._resting_mg() if self.config.rest_check else 1000
                         if rest_mg is None or abs(rest_mg - 1000) > REST_TOLERANCE * 1000:
                             # a sensor that misreads gravity misreads the dose: never switch on
                             self._trip(FaultCode.SENSOR_REST, 0 if rest_mg is None else rest_mg)
