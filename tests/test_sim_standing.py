@@ -24,12 +24,13 @@ import numpy.typing as npt
 import pytest
 
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import UnknownUrlError
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.device import SimulatedDevice
 from firmware_bridge.sim.physics import STANDARD_GRAVITY, PlatePhysics, body_model
 from firmware_bridge.sim.profile import PlateProfile, load_profile
-from tests.simhelpers import load_truth, run_blocks, truth_amplitude
+from tests.simhelpers import load_truth, measured_g_per_drive, run_blocks, truth_amplitude
 
 FS = 1600.0
 STANDING = PlateProfile()  # the default profile's patient: standing, knees straight
@@ -249,10 +250,14 @@ def test_presence_intervals_step_the_patient_off_and_on_and_the_truth_file_follo
     url = (
         f"sim://?speed=max&mass=80&sway=0&posture=standing&presence=0-3,5-8,10-&truth={truth_path}"
     )
+    # One drive throughout, chosen so the empty plate (the largest response) stays within the
+    # dose limits: a fixed 0.3 drove the empty standing-plant plate past its 0.6 g ceiling.
+    empty_g_per_drive = measured_g_per_drive("speed=max&mass=0", 30.0, tmp_path / "probe.npz")
+    allowed_g = DOSE_LIMITS.highest_target_g(DOSE_LIMITS.over_acceleration_ceiling_g)
     with DeviceClient.open(url) as dev:
         dev.set_frequency(30.0)
         dev.start_output()
-        dev.set_drive(0.3, 0.2)
+        dev.set_drive(allowed_g / empty_g_per_drive, 0.2)
         run_blocks(dev, 13.0)
     truth = load_truth(truth_path)
     block_t, mass = truth["block_t_s"], truth["patient_mass_kg"]
