@@ -31,14 +31,14 @@ import numpy as np
 import pytest
 
 from firmware_bridge.client import DeviceClient
-from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import CommandRefusedError
 from firmware_bridge.protocol import DeviceState, NakReason, SetDrive, drive_to_q16
 from hil_tests.plate import (
-    GUARD_G,
+    PROBE_BLOCKS,
     Q16_LSB,
     block_amplitudes,
     block_s,
+    drive_within_dose,
     fit_whole_cycles,
     max_drive_step,
     measure_noise_floor,
@@ -54,35 +54,7 @@ FREQ_HZ = 45.0
 RAMP_DRIVE = 0.2
 RAMP_S = 1.0
 MIN_CORRELATION = 0.98  # block amplitude against reported drive over the ramp
-PROBE_DRIVE = 0.02  # a small drive that measures the plate's response (0.08 g empty, 3.9 g/unit)
-PROBE_BLOCKS = 5  # the last blocks of the probe, settled, are fitted
 JUMP_BLOCKS = 3.0  # largest amplitude rise between blocks, in blocks' worth of ramp (+ noise)
-
-
-def drive_within_dose(
-    device: DeviceClient, wanted: float, qualification: QualificationReport, tag: str
-) -> tuple[float, float]:
-    """The test drive: ``wanted``, lowered so this plate stays within the dose limits.
-
-    The suite runs against any plate, so the amplitude a drive gives is measured, not assumed:
-    a small probe drive at ``FREQ_HZ`` gives g per unit drive, and the drive may reach at most
-    the dose limits' highest target under the ceiling the plate announces in HELLO (and the
-    suite's open-loop guard). Returns (drive, that highest amplitude in g).
-    """
-    info = device.info
-    allowed_g = DOSE_LIMITS.highest_target_g(min(info.ceiling_g, GUARD_G))
-    with output_on(device, FREQ_HZ):
-        device.set_drive(PROBE_DRIVE, 0.2)
-        probe = read_guarded(device, 0.4)[-PROBE_BLOCKS:]
-    response_g = fit_whole_cycles(probe, info.sample_rate_hz).peak_g / PROBE_DRIVE
-    drive = min(wanted, info.max_drive, allowed_g / max(response_g, 1e-6))
-    qualification.info(
-        f"{tag}.test_drive",
-        f"test drive: {response_g:.2f} g per unit drive at {FREQ_HZ:g} Hz, at most "
-        f"{allowed_g:.3f} g",
-        round(drive, 4),
-    )
-    return drive, allowed_g
 
 
 @pytest.mark.moves_plate
@@ -93,7 +65,7 @@ def test_a_ramp_up_is_linear_and_the_amplitude_rises_smoothly(
     info = device.info
     fs = info.sample_rate_hz
     blk = block_s(device)
-    target, _ = drive_within_dose(device, RAMP_DRIVE, qualification, "ramp")
+    target, _ = drive_within_dose(device, FREQ_HZ, RAMP_DRIVE, qualification, "ramp")
     noise = measure_noise_floor(device, FREQ_HZ)
     with output_on(device, FREQ_HZ):
         device.set_drive(target, RAMP_S)
@@ -167,7 +139,7 @@ def test_an_instant_drop_is_slew_limited(
     limit = slew_per_block(device)
     # More than one block's slew where the amplitude allows (the limit then shows across
     # blocks); a responsive plate (3.9 g per unit drive) would reach 1.2 g there.
-    drive, allowed_g = drive_within_dose(device, 1.5 * limit, qualification, "slew")
+    drive, allowed_g = drive_within_dose(device, FREQ_HZ, 1.5 * limit, qualification, "slew")
     with output_on(device, FREQ_HZ):
         device.set_drive(drive, 0.5)
         top_g = fit_whole_cycles(read_guarded(device, 0.7)[-PROBE_BLOCKS:], fs).peak_g
@@ -213,7 +185,7 @@ def test_output_off_ramps_down_and_refuses_drive_meanwhile(
     info = device.info
     fs = info.sample_rate_hz
     blk = block_s(device)
-    drive, _ = drive_within_dose(device, RAMP_DRIVE, qualification, "stop")
+    drive, _ = drive_within_dose(device, FREQ_HZ, RAMP_DRIVE, qualification, "stop")
     noise = measure_noise_floor(device, FREQ_HZ)
     with output_on(device, FREQ_HZ):
         device.set_drive(drive, 0.3)
