@@ -5,7 +5,8 @@
 Matrix: frequency (30, 45, 60, 90 Hz) x patient (0, 40, 90, 150 kg) x sensor noise (low:
 ADXL355 class, 22.5 ug/sqrt(Hz); high: ADXL345 class, 430 ug/sqrt(Hz)), coil heating on, each
 run closed-loop and, in the same run, open-loop with the drive fixed from a calibration made
-with a 70 kg patient (what an uncontrolled plate delivers). Plus a 30% load step per
+with a 70 kg patient (what an uncontrolled plate delivers), at 0.1 g so that the empty plate
+stays under the firmware's ceiling. Plus a 30% load step per
 frequency, the estimator against the Cramer-Rao bound, host compute per control update, and a
 full session through sim://?speed=max. Targets are issue 3's.
 
@@ -43,6 +44,11 @@ FREQS = (30.0, 45.0, 60.0, 90.0)
 MASSES = (0.0, 40.0, 90.0, 150.0)
 NOISES = {"low": NOISE_PRESETS_UG["low"], "high": NOISE_PRESETS_UG["high"]}
 TARGET_G = 0.3
+# The open-loop baseline aims lower: a drive fixed from a 70 kg calibration gives the empty
+# standing-patient plate up to 2.8x its target (30 Hz), and 0.3 g would become 0.8 g, past the
+# firmware's 0.6 g ceiling (the plate trips and the case has no hold to score). At the dose
+# table's lowest target the worst case stays near 0.28 g; errors are scored in % of target.
+OPEN_LOOP_TARGET_G = 0.1
 RAMP_UP_S, RAMP_DOWN_S = 2.0, 1.0
 TARGETS = {
     "p95_abs_error_pct": 0.5,
@@ -107,15 +113,16 @@ def score(truth: dict[str, np.ndarray], t: np.ndarray, hold_s: float) -> dict[st
 
 
 def steady_errors(
-    truth: dict[str, np.ndarray], t: np.ndarray, start: float, end: float
-) -> dict[str, float]:
-    """Amplitude error in 1-s windows of truth between two exposure times, in %."""
+    truth: dict[str, np.ndarray], t: np.ndarray, start: float, end: float,
+    target_g: float = TARGET_G,
+) -> dict[str, float]:  # fmt: skip
+    """Amplitude error in 1-s windows of truth between two exposure times, in % of target."""
     _, one_s = truth_windows(truth, t, start, end, 1.0)
     if one_s.size == 0:
         nan = float("nan")
         return {"p95_abs_error_pct": nan, "mean_error_pct": nan, "drift_pct": nan,
                 "coil_temp_end_c": float(truth["coil_temp_c"][-1])}  # fmt: skip
-    err = 100.0 * (one_s / TARGET_G - 1.0)
+    err = 100.0 * (one_s / target_g - 1.0)
     return {
         "p95_abs_error_pct": float(np.percentile(np.abs(err), 95)),
         "mean_error_pct": float(np.mean(err)),
@@ -160,7 +167,7 @@ def open_loop_case(
     workdir: Path,
 ) -> dict[str, Any]:  # fmt: skip
     truth_path = workdir / f"ol-{freq:g}-{mass:g}-{noise_ug:g}.npz"
-    drive = TARGET_G / cal70.gain_at(freq)
+    drive = OPEN_LOOP_TARGET_G / cal70.gain_at(freq)
     with DeviceClient.open(sim_url(mass, noise_ug, seed, truth_path)) as dev:
         start = dev.sample_index + 0  # index before the first command
         drive_open_loop(dev, freq, drive, hold_s, RAMP_UP_S, RAMP_DOWN_S)
@@ -170,7 +177,7 @@ def open_loop_case(
     first = int(np.flatnonzero(truth["drive"] > 0)[0])
     t = exposure_time(truth, int(truth["sample_index"][first]))
     del start
-    row = steady_errors(truth, t, RAMP_UP_S + 1.0, RAMP_UP_S + hold_s)
+    row = steady_errors(truth, t, RAMP_UP_S + 1.0, RAMP_UP_S + hold_s, OPEN_LOOP_TARGET_G)
     truth_path.unlink()
     return row
 
@@ -408,16 +415,20 @@ def main(argv: list[str] | None = None) -> int:
         ok = value >= limit if key == "session_speedup" else value <= limit
         print(f"{key:<28} {value:>15.3f} {limit:>10.3f}  {'met' if ok else 'MISSED'}")
     open_worst = max(abs(r["open"]["mean_error_pct"]) for r in rows)
-    print(f"open-loop baseline: worst mean amplitude error {open_worst:.1f}% of target")
+    print(
+        f"open-loop baseline (at {OPEN_LOOP_TARGET_G:g} g): worst mean amplitude error "
+        f"{open_worst:.1f}% of target"
+    )
     print("load steps:", ", ".join(f"{s['freq_hz']:g} Hz {s['recovery_s']:.2f}s" for s in steps))
     print("estimator var/CRB:", ", ".join(f"{k} {v:.3f}" for k, v in crb.items()))
     print(f"session: {speed['simulated_s']:.0f} s simulated in {speed['wall_s']:.1f} s wall")
     if args.json:
         args.json.write_text(json.dumps(
             {"benchmark": "bench_control", "hold_s": args.hold, "targets": TARGETS,
-             "summary": summary, "cases": rows, "load_steps": steps, "estimator_crb": crb,
-             "session": speed, "edge_targets": EDGE_TARGETS, "edge_summary": edge_summary,
-             "edges": edges}, indent=2))  # fmt: skip
+             "open_loop_target_g": OPEN_LOOP_TARGET_G, "summary": summary, "cases": rows,
+             "load_steps": steps, "estimator_crb": crb, "session": speed,
+             "edge_targets": EDGE_TARGETS, "edge_summary": edge_summary, "edges": edges},
+            indent=2))  # fmt: skip
     return 0
 
 

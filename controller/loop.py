@@ -341,17 +341,27 @@ def _run_exposure(
             if t >= hold_end + settings.ramp_down_s:
                 break
             next_freq = settings.schedule.freq_at(t)
-            if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
-                device.set_frequency(next_freq, wait=False)
-                step = abs(next_freq - freq) >= FREQ_STEP_HZ
-                if step:
-                    freq_changed_at = t
-                law.retune(next_freq, freq, step)  # start from what is known there
-                freq = next_freq
             next_setpoint = settings.target_g * ramp_profile(
                 t + dt, settings.ramp_up_s, hold_s, settings.ramp_down_s
             )
-            drive = law.command(next_setpoint, calibration.gain_at(next_freq), dt)
+            landing: float | None = None  # the drive to come down to before a step
+            if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
+                step = abs(next_freq - freq) >= FREQ_STEP_HZ
+                if step:
+                    gain_next = calibration.gain_at(next_freq)
+                    first = law.landing_drive(next_freq, next_setpoint, gain_next)
+                    if law.drive > first + DRIVE_RESOLUTION:
+                        landing = first  # the new frequency needs less: come down first
+                if landing is None:
+                    device.set_frequency(next_freq, wait=False)
+                    if step:
+                        freq_changed_at = t
+                    law.retune(next_freq, freq, step)  # start from what is known there
+                    freq = next_freq
+            if landing is not None:
+                drive = law.descend(landing, dt)
+            else:
+                drive = law.command(next_setpoint, calibration.gain_at(next_freq), dt)
             if abs(drive - sent_drive) >= DRIVE_RESOLUTION or (drive == 0.0) != (sent_drive == 0.0):
                 device.set_drive(drive, dt, wait=False)
                 sent_drive = drive

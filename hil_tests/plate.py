@@ -23,8 +23,10 @@ from controller.estimation import FloatArray, SineFit, block_phases, fit_sine, w
 from controller.safety import SafetyLimits
 from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.codec import FrameDecoder
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import BridgeError, CommandRefusedError, DeviceFaultError, ProtocolError
 from firmware_bridge.protocol import Fault, Message, NakReason, Samples, decode_message
+from hil_tests.report import QualificationReport
 
 log = logging.getLogger(__name__)
 
@@ -325,3 +327,37 @@ class StreamTap:
         tb: TracebackType | None,
     ) -> None:
         del self.device.read_block
+
+
+PROBE_DRIVE = 0.02  # a small drive that measures the plate's response (0.08 g empty, 3.9 g/unit)
+PROBE_BLOCKS = 5  # the last blocks of the probe, settled, are fitted
+
+
+def drive_within_dose(
+    device: DeviceClient,
+    freq_hz: float,
+    wanted: float,
+    qualification: QualificationReport,
+    tag: str,
+) -> tuple[float, float]:
+    """The test drive: ``wanted``, lowered so this plate stays within the dose limits.
+
+    The suite runs against any plate, so the amplitude a drive gives is measured, not assumed:
+    a small probe drive at ``freq_hz`` gives g per unit drive, and the drive may reach at most
+    the dose limits' highest target under the ceiling the plate announces in HELLO (and the
+    suite's open-loop guard). Returns (drive, that highest amplitude in g).
+    """
+    info = device.info
+    allowed_g = DOSE_LIMITS.highest_target_g(min(info.ceiling_g, GUARD_G))
+    with output_on(device, freq_hz):
+        device.set_drive(PROBE_DRIVE, 0.2)
+        probe = read_guarded(device, 0.4)[-PROBE_BLOCKS:]
+    response_g = fit_whole_cycles(probe, info.sample_rate_hz).peak_g / PROBE_DRIVE
+    drive = min(wanted, info.max_drive, allowed_g / max(response_g, 1e-6))
+    qualification.info(
+        f"{tag}.test_drive",
+        f"test drive: {response_g:.2f} g per unit drive at {freq_hz:g} Hz, at most "
+        f"{allowed_g:.3f} g",
+        round(drive, 4),
+    )
+    return drive, allowed_g

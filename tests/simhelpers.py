@@ -81,3 +81,25 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) ->
             if needle.encode() in seen:
                 return True
     return False
+
+
+PROBE_DRIVE = 0.02  # small enough for any simulated plate to stay far below its ceiling
+
+
+def measured_g_per_drive(query: str, freq_hz: float, truth_path: Path) -> float:
+    """The simulated plate's true response at ``freq_hz``, g per unit drive, from a probe.
+
+    ``query`` is the sim URL's query (without ``truth``); the probe runs on a fresh plate of the
+    same kind and is judged from its truth file, so tests pick drives from the plant as it is.
+    """
+    with DeviceClient.open(f"sim://?{query}&truth={truth_path}") as device:
+        device.set_frequency(freq_hz)
+        device.start_output()
+        device.set_drive(PROBE_DRIVE, 0.1)
+        device.read_for(0.6)
+        end_index = device.sample_index
+    truth = load_truth(truth_path)
+    fs = float(truth["sample_rate_hz"])
+    index = truth["sample_index"]
+    settled = (index >= end_index - 0.3 * fs) & (index < end_index)
+    return truth_amplitude(truth, settled) / PROBE_DRIVE

@@ -24,16 +24,17 @@ import numpy.typing as npt
 import pytest
 
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import UnknownUrlError
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.device import SimulatedDevice
 from firmware_bridge.sim.physics import STANDARD_GRAVITY, PlatePhysics, body_model
 from firmware_bridge.sim.profile import PlateProfile, load_profile
-from tests.simhelpers import load_truth, run_blocks, truth_amplitude
+from tests.simhelpers import load_truth, measured_g_per_drive, run_blocks, truth_amplitude
 
 FS = 1600.0
-STANDING = PlateProfile().with_overrides(posture="standing")
-SEATED = PlateProfile()
+STANDING = PlateProfile()  # the default profile's patient: standing, knees straight
+SEATED = PlateProfile().with_overrides(posture="seated")
 RUBIN_BAND_HZ = (25.0, 30.0, 35.0)  # "more than 25 Hz" within the 15-35 Hz tested
 BELOW_20_HZ = (15.0, 17.0, 19.0)
 
@@ -178,6 +179,19 @@ def test_standing_same_seed_same_samples_and_sway_moves_them() -> None:
 # ---- choosing the model --------------------------------------------------------------------
 
 
+def test_the_default_patient_stands_with_straight_knees() -> None:
+    """The default profile, its file and a plain sim:// device all carry a standing patient."""
+    for profile in (PlateProfile(), load_profile("default")):
+        assert profile.posture == "standing"
+        assert profile.standing.knee_deg == 180.0
+        assert body_model(profile).upper_fraction > 0.0  # the three-mass chain, not the seated fit
+    device = SimulatedDevice(parse_sim_url("sim://?mass=90&sway=0"))
+    try:
+        assert device.physics.profile.posture == "standing"
+    finally:
+        device.close()
+
+
 def test_posture_and_knee_come_from_the_profile_and_the_url(tmp_path: Path) -> None:
     path = tmp_path / "standing.yaml"
     path.write_text("posture: standing\nstanding:\n  knee_deg: 150\n")
@@ -216,11 +230,13 @@ def test_standing_device_plate_moves_less_for_the_same_drive(tmp_path: Path) -> 
         finally:
             device.close()
 
-    seated = device_response("sim://?mass=90&sway=0")
+    seated = device_response("sim://?mass=90&sway=0&posture=seated")
     straight = device_response("sim://?mass=90&sway=0&posture=standing")
     flexed = device_response("sim://?mass=90&sway=0&posture=standing&knee_deg=150")
+    default = device_response("sim://?mass=90&sway=0")
     assert abs(straight) < 0.85 * abs(seated)
     assert abs(straight) != abs(flexed)
+    assert default == straight
 
 
 # ---- stepping off and back on, several times ----------------------------------------------------
@@ -234,10 +250,14 @@ def test_presence_intervals_step_the_patient_off_and_on_and_the_truth_file_follo
     url = (
         f"sim://?speed=max&mass=80&sway=0&posture=standing&presence=0-3,5-8,10-&truth={truth_path}"
     )
+    # One drive throughout, chosen so the empty plate (the largest response) stays within the
+    # dose limits: a fixed 0.3 drove the empty standing-plant plate past its 0.6 g ceiling.
+    empty_g_per_drive = measured_g_per_drive("speed=max&mass=0", 30.0, tmp_path / "probe.npz")
+    allowed_g = DOSE_LIMITS.highest_target_g(DOSE_LIMITS.over_acceleration_ceiling_g)
     with DeviceClient.open(url) as dev:
         dev.set_frequency(30.0)
         dev.start_output()
-        dev.set_drive(0.3, 0.2)
+        dev.set_drive(allowed_g / empty_g_per_drive, 0.2)
         run_blocks(dev, 13.0)
     truth = load_truth(truth_path)
     block_t, mass = truth["block_t_s"], truth["patient_mass_kg"]

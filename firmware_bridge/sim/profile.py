@@ -2,8 +2,9 @@
 
 A profile is a frozen :class:`PlateProfile` made of one small frozen dataclass per section
 (actuator, amplifier, mechanics, thermal, body, standing, sway, stepping, distortion,
-accelerometer, numerics), plus the patient's ``posture`` (``seated`` or ``standing``), which picks
-the ``body`` (seated fit) or the ``standing`` model. Profiles ship as package data in
+accelerometer, numerics), plus the patient's ``posture`` (``standing``, the default, or
+``seated``), which picks the ``standing`` model or the ``body`` (seated fit). Profiles ship as
+package data in
 ``firmware_bridge/sim/profiles/<name>.yaml``;
 ``profiles/default.yaml`` names the source of every value or says it is an assumption, and
 ``docs/simulator.md`` explains the model they feed.
@@ -105,10 +106,10 @@ class ActuatorProfile(_Section):
     """
 
     SECTION: ClassVar[str] = "actuator"
-    coil_resistance_20c_ohm: float = _number(2.0, 0.0, 100.0, "ohm at 20 C", lo_open=True)
+    coil_resistance_20c_ohm: float = _number(4.0, 0.0, 100.0, "ohm at 20 C", lo_open=True)
     copper_tempco_per_k: float = _number(0.00393, 0.0, 0.01, "1/K")
-    coil_inductance_h: float = _number(0.002, 0.0, 1.0, "H", lo_open=True)
-    force_constant_n_per_a: float = _number(30.0, 0.0, 1000.0, "N/A = V s/m", lo_open=True)
+    coil_inductance_h: float = _number(0.004, 0.0, 1.0, "H", lo_open=True)
+    force_constant_n_per_a: float = _number(64.0, 0.0, 1000.0, "N/A = V s/m", lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class AmplifierProfile(_Section):
     """Voltage-mode power amplifier: output volts (peak) when the drive fraction is 1."""
 
     SECTION: ClassVar[str] = "amplifier"
-    volts_at_full_drive: float = _number(12.0, 0.0, 1000.0, "V peak", lo_open=True)
+    volts_at_full_drive: float = _number(43.0, 0.0, 1000.0, "V peak", lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,8 @@ class ThermalProfile(_Section):
     """One-node thermal model of the coil: dT/dt = (P - (T - T_amb)/R_th) / C_th."""
 
     SECTION: ClassVar[str] = "thermal"
-    thermal_resistance_k_per_w: float = _number(10.0, 0.0, 1000.0, "K/W", lo_open=True)
-    thermal_capacity_j_per_k: float = _number(120.0, 0.0, 1e6, "J/K", lo_open=True)
+    thermal_resistance_k_per_w: float = _number(4.0, 0.0, 1000.0, "K/W", lo_open=True)
+    thermal_capacity_j_per_k: float = _number(300.0, 0.0, 1e6, "J/K", lo_open=True)
     ambient_c: float = _number(20.0, -20.0, 60.0, "C")
 
 
@@ -295,7 +296,7 @@ class PlateProfile:
 
     name: str = "default"
     description: str = ""
-    posture: str = "seated"
+    posture: str = "standing"
     actuator: ActuatorProfile = field(default_factory=ActuatorProfile)
     amplifier: AmplifierProfile = field(default_factory=AmplifierProfile)
     mechanics: MechanicsProfile = field(default_factory=MechanicsProfile)
@@ -319,7 +320,8 @@ class PlateProfile:
     ) -> PlateProfile:
         """A copy with some values replaced, checked like a loaded file.
 
-        Example: ``profile.with_overrides(posture="standing", standing={"knee_deg": 160})``.
+        Example: ``profile.with_overrides(posture="seated")`` or
+        ``profile.with_overrides(standing={"knee_deg": 160})``.
         """
         changes: dict[str, Any] = {} if posture is None else {"posture": posture}
         for section, values in sections.items():
