@@ -141,10 +141,11 @@ def reason_class(status: str, reason: str, trip_codes: Sequence[str] = ()) -> st
     if status == "interrupted":
         return INTERRUPTED
     if status == "tripped":
-        if any(code.startswith("sensor") for code in codes) or _has(text, _SENSOR_WORDS):
-            return SENSOR
+        # The trip's code is exact; its text may name several causes ("actuator or sensor").
         if any(code in _CANNOT_CODES or "reach" in code or "deliver" in code for code in codes):
             return CANNOT_DELIVER
+        if any(code.startswith("sensor") for code in codes) or _has(text, _SENSOR_WORDS):
+            return SENSOR
         if _has(text, _CANNOT_WORDS):
             return CANNOT_DELIVER
         if _has(text, _NOBODY_WORDS):

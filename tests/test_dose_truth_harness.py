@@ -150,6 +150,9 @@ def test_the_verdicts_are_the_issue_targets() -> None:
          CANNOT_DELIVER),
         ("tripped", "accelerometer does not read about +1 g of gravity: 1.12 g",
          ["sensor_gravity"], SENSOR),
+        # the trip's code decides when its text names several causes
+        ("tripped", "drive applied but the plate does not respond (actuator or sensor): 9.4%",
+         ["no_response"], CANNOT_DELIVER),
         ("tripped", "link to the plate lost: no frame for 0.5 s", ["link_lost"], OTHER_TRIP),
         ("refused", "liv: the accelerometer reads 1.12 g at rest, not 1.00 g: call your clinic",
          [], SENSOR),
