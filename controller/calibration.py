@@ -236,23 +236,15 @@ class CalibrationStore:
         path = self.path_for(device_id)
         if not path.exists():
             return None
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_FILE_BYTES + 1)
         try:
-            if len(raw) > MAX_FILE_BYTES:
-                raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-            return Calibration.from_dict(data)
+            return Calibration.from_dict(_read_json(path))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
             log.warning("calibration file %s is unusable (%s)", path, detail)
             raise CalibrationError(path, detail) from None
 
     def save(self, calibration: Calibration) -> Path:
-        path = self.path_for(calibration.device_id)
-        text = json.dumps(calibration.to_dict(), indent=2, allow_nan=False)
-        write_private_file(path, text.encode("utf-8"))
-        return path
+        return _write_json(self.path_for(calibration.device_id), calibration.to_dict())
 
     def sensor_path_for(self, device_id: str) -> Path:
         """The sensor calibration's file: ``+`` never occurs in a safe device id, so it cannot
@@ -269,13 +261,8 @@ class CalibrationStore:
         path = self.sensor_path_for(device_id)
         if not path.exists():
             return None
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_FILE_BYTES + 1)
         try:
-            if len(raw) > MAX_FILE_BYTES:
-                raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-            record = SensorCalibration.from_dict(data)
+            record = SensorCalibration.from_dict(_read_json(path))
             if record.device_id != device_id:
                 raise ValueError(f"it is the record of {record.device_id!r}")
             return record
@@ -285,14 +272,26 @@ class CalibrationStore:
             raise SensorCalibrationError(str(path), detail) from None
 
     def save_sensor(self, record: SensorCalibration) -> Path:
-        path = self.sensor_path_for(record.device_id)
-        text = json.dumps(record.to_dict(), indent=2, allow_nan=False)
-        write_private_file(path, text.encode("utf-8"))
-        return path
+        return _write_json(self.sensor_path_for(record.device_id), record.to_dict())
 
     def mark_stale(self, calibration: Calibration, why: str) -> None:
         """Record that a run found the plate far from this calibration."""
         self.save(replace(calibration, stale=True, notes=[*calibration.notes, why]))
+
+
+def _read_json(path: Path) -> Any:
+    """A calibration file's JSON; ValueError for one too large, not UTF-8, or not JSON."""
+    with path.open("rb") as stream:
+        raw = stream.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+    return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` privately and atomically, never through a link (controller/privatefiles)."""
+    write_private_file(path, json.dumps(data, indent=2, allow_nan=False).encode("utf-8"))
+    return path
 
 
 def _refuse_constant(name: str) -> float:
