@@ -447,8 +447,8 @@ def _trip_for(exc: BridgeError, t: float, index: int) -> SafetyTrip:
 def _soft_stop(device: DeviceClient, ramp_s: float) -> None:
     """Ramp to zero over ``ramp_s`` while keeping the link fed, then switch the output off.
 
-    If the link or the device has failed this does what it can: the firmware's own watchdog
-    ramps the drive down when the host goes quiet.
+    If the link or the device has failed this does what it can: the firmware's own fault ramp
+    (a latched fault) or its watchdog (a host gone quiet) takes the drive to zero.
     """
     try:
         if ramp_s > 0.0:
@@ -460,7 +460,9 @@ def _soft_stop(device: DeviceClient, ramp_s: float) -> None:
                     break
         device.stop_output(wait=False)
     except BridgeError as exc:
-        log.warning("could not finish the soft stop (%s); the firmware watchdog will", exc)
+        log.warning(
+            "could not finish the soft stop (%s); the firmware's fault ramp or watchdog will", exc
+        )
 
 
 def _summarise(
