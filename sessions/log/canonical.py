@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from sessions.log.records import HASH_EXCLUDED, MAX_SAFE_INTEGER
-
-if sys.platform != "win32":
-    pass
-
-_log = logging.getLogger(__name__)
 
 # --- canonical JSON and the hash -----------------------------------------------------------------
 

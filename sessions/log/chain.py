@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sessions.log.canonical import canonical_json
 from sessions.log.records import GENESIS_HASH, HASH_EXCLUDED, BadRecord
-
-if sys.platform != "win32":
-    pass
-
-_log = logging.getLogger(__name__)
 
 # --- chain verification (shared by verify and import) --------------------------------------------
 

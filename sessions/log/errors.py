@@ -6,21 +6,67 @@ import contextlib
 import errno
 import logging
 import sqlite3
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from sessions.log.records import LogError, LogErrorReason
 
-if sys.platform != "win32":
-    pass
-
-_log = logging.getLogger(__name__)
-
 _log = logging.getLogger(__name__)
 
 
 # --- errors --------------------------------------------------------------------------------------
+
+
+# (sqlite error-name prefixes, message fragments, reason, sentence with {path}), tried in order.
+_SQLITE_CASES: tuple[tuple[tuple[str, ...], tuple[str, ...], LogErrorReason, str], ...] = (
+    (
+        ("SQLITE_BUSY", "SQLITE_LOCKED"),
+        ("locked", "busy"),
+        LogErrorReason.LOCKED,
+        "the session log {path} is in use by another program (another liv window or "
+        "process?); close it and try again",
+    ),
+    (
+        ("SQLITE_FULL",),
+        ("disk is full",),
+        LogErrorReason.DISK_FULL,
+        "the disk holding the session log {path} is full; free some space and try again "
+        "(records already saved are kept)",
+    ),
+    (
+        ("SQLITE_NOTADB", "SQLITE_CORRUPT"),
+        ("not a database", "malformed"),
+        LogErrorReason.CORRUPT,
+        "the file {path} is damaged or is not a liv session log; it was left unchanged, "
+        "keep it and contact service",
+    ),
+    (
+        ("SQLITE_READONLY",),
+        ("readonly", "read-only"),
+        LogErrorReason.READ_ONLY,
+        "the session log {path} can be read but not written (read-only file, folder or disk)",
+    ),
+    (
+        ("SQLITE_PERM", "SQLITE_AUTH"),
+        ("permission",),
+        LogErrorReason.PERMISSION,
+        "permission denied for the session log {path}; it belongs to another user or is protected",
+    ),
+    (
+        ("SQLITE_CANTOPEN",),
+        ("unable to open",),
+        LogErrorReason.CANNOT_OPEN,
+        "the session log {path} cannot be opened; check that its folder exists and that "
+        "you may write there",
+    ),
+    (
+        ("SQLITE_IOERR",),
+        ("i/o error",),
+        LogErrorReason.IO,
+        "the disk holding the session log {path} reported a read or write error; check "
+        "the disk or storage card",
+    ),
+)
 
 
 def _explain_sqlite(exc: sqlite3.Error, path: Path) -> tuple[LogErrorReason, str]:
@@ -32,49 +78,9 @@ def _explain_sqlite(exc: sqlite3.Error, path: Path) -> tuple[LogErrorReason, str
             LogErrorReason.INTEGRITY,
             f"the session log {path} refused a change that would alter its records ({exc})",
         )
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
-        return (
-            LogErrorReason.LOCKED,
-            f"the session log {path} is in use by another program (another liv window or "
-            "process?); close it and try again",
-        )
-    if name.startswith("SQLITE_FULL") or "disk is full" in text:
-        return (
-            LogErrorReason.DISK_FULL,
-            f"the disk holding the session log {path} is full; free some space and try again "
-            "(records already saved are kept)",
-        )
-    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or (
-        "not a database" in text or "malformed" in text
-    ):
-        return (
-            LogErrorReason.CORRUPT,
-            f"the file {path} is damaged or is not a liv session log; it was left unchanged, "
-            "keep it and contact service",
-        )
-    if name.startswith("SQLITE_READONLY") or "readonly" in text or "read-only" in text:
-        return (
-            LogErrorReason.READ_ONLY,
-            f"the session log {path} can be read but not written (read-only file, folder or disk)",
-        )
-    if name.startswith(("SQLITE_PERM", "SQLITE_AUTH")) or "permission" in text:
-        return (
-            LogErrorReason.PERMISSION,
-            f"permission denied for the session log {path}; it belongs to another user or is "
-            "protected",
-        )
-    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
-        return (
-            LogErrorReason.CANNOT_OPEN,
-            f"the session log {path} cannot be opened; check that its folder exists and that "
-            "you may write there",
-        )
-    if name.startswith("SQLITE_IOERR") or "i/o error" in text:
-        return (
-            LogErrorReason.IO,
-            f"the disk holding the session log {path} reported a read or write error; check "
-            "the disk or storage card",
-        )
+    for prefixes, texts, reason, sentence in _SQLITE_CASES:
+        if name.startswith(prefixes) or any(t in text for t in texts):
+            return reason, sentence.format(path=path)
     return LogErrorReason.OTHER, f"the session log {path} could not be used ({exc})"
 
 
@@ -107,12 +113,11 @@ def _translate(action: str, path: Path) -> Iterator[None]:
     """Turn sqlite3 and OS errors into one :class:`LogError` sentence: 'Could not <action>: ...'."""
     try:
         yield
-    except sqlite3.Error as exc:
-        reason, sentence = _explain_sqlite(exc, path)
-        _log.warning("session log: could not %s: %r", action, exc)
-        raise LogError(f"Could not {action}: {sentence}.", reason=reason, path=path) from exc
-    except OSError as exc:
-        reason, sentence = _explain_os(exc, path)
+    except (sqlite3.Error, OSError) as exc:
+        if isinstance(exc, sqlite3.Error):
+            reason, sentence = _explain_sqlite(exc, path)
+        else:
+            reason, sentence = _explain_os(exc, path)
         _log.warning("session log: could not %s: %r", action, exc)
         raise LogError(f"Could not {action}: {sentence}.", reason=reason, path=path) from exc
 

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,11 +25,6 @@ from sessions.log.errors import _translate
 from sessions.log.fields import _columns_from_raw, _raw_from_row, _record_from_raw
 from sessions.log.records import EXPORT_FIELDS, BadRecord, ImportResult, LogError, LogErrorReason
 from sessions.log.storage import _ALL_BUT_ENVELOPE, SessionStore
-
-if sys.platform != "win32":
-    pass
-
-_log = logging.getLogger(__name__)
 
 _log = logging.getLogger(__name__)
 
@@ -88,14 +82,22 @@ class SessionLog(SessionStore):
                 os.unlink(tmp)
             raise
 
-    def export_jsonl(self, out: TextIO | Path) -> int:
-        """Every finished record, one canonical JSON object per line; returns the count."""
-        count = 0
+    @contextlib.contextmanager
+    def _exporting(
+        self, out: TextIO | Path, newline: str
+    ) -> Iterator[tuple[sqlite3.Connection, TextIO]]:
+        """The log open for reading and the output stream, errors told as an export's."""
         with (
             _translate("export the session log", self.path),
             self._read() as conn,
-            self._output(out, "\n") as stream,
+            self._output(out, newline) as stream,
         ):
+            yield conn, stream
+
+    def export_jsonl(self, out: TextIO | Path) -> int:
+        """Every finished record, one canonical JSON object per line; returns the count."""
+        count = 0
+        with self._exporting(out, "\n") as (conn, stream):
             for row in self._export_stored(conn):
                 stream.write(self._jsonl_line(row) + "\n")
                 count += 1
@@ -104,11 +106,7 @@ class SessionLog(SessionStore):
     def export_csv(self, out: TextIO | Path) -> int:
         """Every finished record as a flat CSV row (lists/dicts as JSON text); returns the count."""
         count = 0
-        with (
-            _translate("export the session log", self.path),
-            self._read() as conn,
-            self._output(out, "") as stream,
-        ):
+        with self._exporting(out, "") as (conn, stream):
             writer = csv.writer(stream)
             writer.writerow(EXPORT_FIELDS)
             for raw in self._export_rows(conn):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import numbers
 import sqlite3
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -28,11 +26,6 @@ from sessions.log.records import (
     SessionStatus,
     SessionSummary,
 )
-
-if sys.platform != "win32":
-    pass
-
-_log = logging.getLogger(__name__)
 
 # --- input checks (writes) -----------------------------------------------------------------------
 
@@ -196,16 +189,19 @@ def _raw_from_row(row: sqlite3.Row, names: Sequence[str] = EXPORT_FIELDS) -> dic
     return raw
 
 
-def _columns_from_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
-    columns: dict[str, Any] = {}
-    for name in EXPORT_FIELDS:
-        value = raw[name]
+def _columns(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Raw fields as the sessions table stores them: JSON columns as canonical text."""
+    columns = dict(raw)
+    for name, value in raw.items():
         if name in _JSON_COLUMNS and value is not None:
-            value = canonical_json(value)
+            columns[name] = canonical_json(value)
         elif name == "override":
-            value = int(bool(value))
-        columns[name] = value
+            columns[name] = int(bool(value))
     return columns
+
+
+def _columns_from_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return _columns({name: raw[name] for name in EXPORT_FIELDS})
 
 
 def _want(raw: Mapping[str, Any], name: str, kinds: tuple[type, ...], nullable: bool) -> Any:

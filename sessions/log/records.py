@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import enum
-import logging
 import re
-import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from firmware_bridge.errors import LivError
-
-if sys.platform != "win32":
-    pass
-
-_log = logging.getLogger(__name__)
-
 
 SCHEMA_VERSION = 2  # 2: index sessions_day_minutes (docs/log-format.md)
 GENESIS_HASH = "0" * 64  # prev_hash of chain_index 0

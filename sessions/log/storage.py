@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -17,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from sessions.log.canonical import canonical_json, record_hash
+from sessions.log.canonical import record_hash
 from sessions.log.chain import (
     _content_bad,
     _content_problem,
@@ -28,6 +27,7 @@ from sessions.log.chain import (
 )
 from sessions.log.errors import _invalid, _translate
 from sessions.log.fields import (
+    _columns,
     _columns_from_raw,
     _iso,
     _measured_columns,
@@ -42,7 +42,6 @@ from sessions.log.fields import (
 from sessions.log.locks import _SessionLocks
 from sessions.log.records import (
     _HEX64,
-    _JSON_COLUMNS,
     ENV_DB,
     EXPORT_FIELDS,
     FINAL_STATUSES,
@@ -60,9 +59,6 @@ from sessions.log.records import (
     VerifyResult,
 )
 
-if sys.platform != "win32":
-    pass
-
 _log = logging.getLogger(__name__)
 
 # A final write that failed for one of these leaves a note for recovery (docs/log-format.md).
@@ -78,8 +74,6 @@ _STORAGE_FAILURES = frozenset(
     }
 )
 _NOTE_TEXT = 600  # characters kept of each text in a note
-
-_log = logging.getLogger(__name__)
 
 _SCHEMA_V1: tuple[str, ...] = (
     """CREATE TABLE meta (
@@ -557,21 +551,12 @@ class SessionStore:
             exposure=exposure,
         )
         measured["last_checkpoint_utc"] = _iso(_utc(now_utc, "now_utc"))
-        values = {
-            k: canonical_json(v) if k in _JSON_COLUMNS and v is not None else v
-            for k, v in measured.items()
-        }
+        columns = _columns(measured)
         with (
             _translate("save the session checkpoint", self.path),
             self._write(wait_s) as tx,
         ):
-            cursor = tx.execute(
-                f"UPDATE sessions SET {', '.join(f'{k} = ?' for k in values)} "
-                "WHERE session_id = ? AND status = 'running' AND record_hash IS NULL",
-                [*values.values(), session_id],
-            )
-            if cursor.rowcount != 1:
-                raise self._not_running(tx, session_id)
+            self._update_running(tx, session_id, columns)
 
     def finish_session(
         self,
@@ -755,7 +740,14 @@ class SessionStore:
         raw["chain_index"] = 0 if head is None else int(head["chain_index"]) + 1
         raw["prev_hash"] = GENESIS_HASH if head is None else head["record_hash"]
         raw["record_hash"] = record_hash(raw["prev_hash"], raw)
-        columns = _columns_from_raw(raw)
+        self._update_running(tx, session_id, _columns_from_raw(raw))
+        self._check_stored(tx, session_id)
+        return raw
+
+    def _update_running(
+        self, tx: sqlite3.Connection, session_id: str, columns: Mapping[str, Any]
+    ) -> None:
+        """Write ``columns`` into a session still running and unchained, else LogError."""
         cursor = tx.execute(
             f"UPDATE sessions SET {', '.join(f'{k} = ?' for k in columns)} "
             "WHERE session_id = ? AND status = 'running' AND record_hash IS NULL",
@@ -763,8 +755,6 @@ class SessionStore:
         )
         if cursor.rowcount != 1:
             raise self._not_running(tx, session_id)
-        self._check_stored(tx, session_id)
-        return raw
 
     def _check_stored(self, tx: sqlite3.Connection, session_id: str) -> None:
         """Read the row back and re-hash it: what is stored must verify (else roll back)."""
