@@ -6,6 +6,7 @@ import os
 import select
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,45 @@ import hil_tests.plate
 from controller.estimation import fit_sine
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.protocol import Message
+
+# The order protocol fields are written in; a field given that is not listed here follows them.
+PROTOCOL_FIELDS = (
+    "patient_id",
+    "target_g",
+    "frequency_hz",
+    "frequency_schedule",
+    "minutes_per_session",
+    "sessions_per_day",
+    "min_gap_hours",
+    "study_start",
+    "study_end",
+    "timezone",
+)
+
+
+def protocol_yaml(**fields: object) -> str:
+    """A protocol file's text, one `key: value` line per field, each value written as given.
+
+    Defaults: P-0123, 0.3 g at 45 Hz, 1 min twice a day 3 h apart, a study from 10 days before
+    today (UTC) to 100 days after, in UTC. A field set to None is left out.
+    """
+    today = datetime.now(UTC).date()
+    values: dict[str, object] = {
+        "patient_id": "P-0123",
+        "target_g": 0.3,
+        "frequency_hz": 45,
+        "minutes_per_session": 1,
+        "sessions_per_day": 2,
+        "min_gap_hours": 3,
+        "study_start": (today - timedelta(days=10)).isoformat(),
+        "study_end": (today + timedelta(days=100)).isoformat(),
+        "timezone": "UTC",
+        **fields,
+    }
+    order = [k for k in PROTOCOL_FIELDS if k in values] + [
+        k for k in values if k not in PROTOCOL_FIELDS
+    ]
+    return "".join(f"{k}: {values[k]}\n" for k in order if values[k] is not None)
 
 
 def load_truth(path: Path) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from sessions.protocol import (
     parse_protocol,
     protocol_from_dict,
 )
-from tests.simhelpers import exposure_time, load_truth, truth_envelope
+from tests.simhelpers import exposure_time, load_truth, protocol_yaml, truth_envelope
 
 LIMITS = DOSE_LIMITS
 DEVICE_ID = "SIM-DOSE"
@@ -51,18 +50,14 @@ def protocol_text(
     minutes: str = "1",
     tolerance: str = "0.1",
 ) -> str:
-    today = datetime.now(UTC).date()
-    return (
-        "patient_id: P-0500\n"
-        f"target_g: {target_g}\n"
-        f"{frequency}\n"
-        f"minutes_per_session: {minutes}\n"
-        "sessions_per_day: 2\n"
-        "min_gap_hours: 3\n"
-        f"study_start: {(today - timedelta(days=10)).isoformat()}\n"
-        f"study_end: {(today + timedelta(days=100)).isoformat()}\n"
-        "timezone: UTC\n"
-        f"dose_tolerance: {tolerance}\n"
+    key, value = frequency.split(": ", 1)  # frequency_hz or frequency_schedule, a whole line
+    fields: dict[str, object] = {"frequency_hz": None, key: value}
+    return protocol_yaml(
+        patient_id="P-0500",
+        target_g=target_g,
+        **fields,
+        minutes_per_session=minutes,
+        dose_tolerance=tolerance,
     )
 
 

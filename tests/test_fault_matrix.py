@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionRecord, SessionStatus
 from sessions.runner import CHECKPOINT_S
-from tests.simhelpers import load_truth, truth_amplitude
+from tests.simhelpers import load_truth, protocol_yaml, truth_amplitude
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_ID = "SIM-FM"
@@ -103,18 +103,7 @@ LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
 
 def protocol_text(target_g: float = 0.3, freq_hz: float = 45.0) -> str:
-    today = datetime.now(UTC).date()
-    return f"""\
-patient_id: P-0123
-target_g: {target_g:g}
-frequency_hz: {freq_hz:g}
-minutes_per_session: 1
-sessions_per_day: 2
-min_gap_hours: 3
-study_start: {(today - timedelta(days=10)).isoformat()}
-study_end: {(today + timedelta(days=100)).isoformat()}
-timezone: UTC
-"""
+    return protocol_yaml(target_g=f"{target_g:g}", frequency_hz=f"{freq_hz:g}")
 
 
 @pytest.fixture(scope="module")

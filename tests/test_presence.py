@@ -27,7 +27,7 @@ from sessions.adherence import compute_adherence
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionRecord
-from tests.simhelpers import load_truth
+from tests.simhelpers import load_truth, protocol_yaml
 from tests.test_adherence import Book, d, make_protocol
 
 DEVICE_ID = "SIM-PRES"
@@ -243,18 +243,7 @@ def test_a_heavy_patient_is_loaded_throughout(
 
 
 def _protocol_text(freq: float) -> str:
-    today = datetime.now(UTC).date()
-    return f"""\
-patient_id: P-0789
-target_g: 0.3
-frequency_hz: {freq:g}
-minutes_per_session: 2
-sessions_per_day: 2
-min_gap_hours: 3
-study_start: {(today - timedelta(days=10)).isoformat()}
-study_end: {(today + timedelta(days=100)).isoformat()}
-timezone: UTC
-"""
+    return protocol_yaml(patient_id="P-0789", frequency_hz=f"{freq:g}", minutes_per_session=2)
 
 
 @pytest.fixture

@@ -20,24 +20,14 @@ from sessions.home import LivHome
 from sessions.log import SessionLog, SessionRecord, SessionStatus
 from sessions.runner import Progress, run_session
 from sessions.scheduling import decide
+from tests.simhelpers import protocol_yaml
 from tests.test_scheduling import Plan, done, local
 
 DEVICE_ID = "SIM-RS"
 
 
 def protocol_text() -> str:
-    today = datetime.now(UTC).date()
-    return f"""\
-patient_id: P-0456
-target_g: 0.3
-frequency_hz: 45
-minutes_per_session: 1
-sessions_per_day: 2
-min_gap_hours: 3
-study_start: {(today - timedelta(days=10)).isoformat()}
-study_end: {(today + timedelta(days=100)).isoformat()}
-timezone: UTC
-"""
+    return protocol_yaml(patient_id="P-0456")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,15 @@ from firmware_bridge.client import DeviceClient
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
+from tests.simhelpers import protocol_yaml
 
 DEVICE_ID = "SIM-T1"
 
 
 def protocol_text(minutes: float = 1.0, gap_h: float = 3.0, target: float = 0.3) -> str:
-    today = datetime.now(UTC).date()
-    return f"""\
-patient_id: P-0123
-target_g: {target}
-frequency_hz: 45
-minutes_per_session: {minutes:g}
-sessions_per_day: 2
-min_gap_hours: {gap_h:g}
-study_start: {(today - timedelta(days=10)).isoformat()}
-study_end: {(today + timedelta(days=100)).isoformat()}
-timezone: UTC
-"""
+    return protocol_yaml(
+        minutes_per_session=f"{minutes:g}", min_gap_hours=f"{gap_h:g}", target_g=target
+    )
 
 
 @pytest.fixture
