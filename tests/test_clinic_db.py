@@ -154,19 +154,13 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A PostgreSQL server URL: $LIV_TEST_POSTGRES_URL, else a throwaway cluster."""
-    given = os.environ.get("LIV_TEST_POSTGRES_URL", "")
-    if given:
-        yield given
-        return
-    bindir = postgres_bindir()
-    if bindir is None:
-        pytest.skip(
-            "no PostgreSQL binaries under /usr/lib/postgresql/*/bin: apt-get install "
-            "postgresql, or set LIV_TEST_POSTGRES_URL"
-        )
+@contextlib.contextmanager
+def throwaway_postgres(bindir: Path) -> Iterator[str]:
+    """A new PostgreSQL cluster on a unix socket in a temp dir, for as long as the block runs.
+
+    As root (here and in CI) the server runs as the ``postgres`` user (``runuser``): PostgreSQL
+    refuses to run as root. No TCP port is opened; the port number only names the socket.
+    """
     root = os.geteuid() == 0
     as_postgres = ["runuser", "-u", "postgres", "--"] if root else []
     base = Path(tempfile.mkdtemp(prefix="liv-pg-"))
@@ -196,6 +190,23 @@ def postgres_server() -> Iterator[str]:
             check=False,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server URL: $LIV_TEST_POSTGRES_URL, else a throwaway cluster."""
+    given = os.environ.get("LIV_TEST_POSTGRES_URL", "")
+    if given:
+        yield given
+        return
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(
+            "no PostgreSQL binaries under /usr/lib/postgresql/*/bin: apt-get install "
+            "postgresql, or set LIV_TEST_POSTGRES_URL"
+        )
+    with throwaway_postgres(bindir) as url:
+        yield url
 
 
 def _with_dbname(url: str, name: str) -> str:

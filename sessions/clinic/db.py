@@ -234,13 +234,15 @@ class ClinicDb:
             raise
         except sqlite3.Error as exc:
             text = str(exc)
-            err = ClinicDbError(f"the clinic database {self.url} failed: {text}")
+            err = ClinicDbError(f"the clinic database {self.url} failed: {_one_line(exc)}")
             err.retryable = "locked" in text or "busy" in text
             raise err from exc
         except Exception as exc:
             if not self.postgres or not _is_psycopg_error(exc):
                 raise
-            err = ClinicDbError(f"the clinic database {redacted(self.url)} failed: {exc}")
+            err = ClinicDbError(
+                f"the clinic database {redacted(self.url)} failed: {_one_line(exc)}"
+            )
             err.retryable = _pg_retryable(exc)
             raise err from exc
 
@@ -289,6 +291,12 @@ class ClinicDb:
         self.version = max(current, target)
 
 
+def _one_line(exc: BaseException) -> str:
+    """A driver's message on one line (the CLI prints one sentence)."""
+    _log.info("clinic database error", exc_info=exc)
+    return " ".join(str(exc).split())
+
+
 def _connect_sqlite(url: str) -> sqlite3.Connection:
     path = Path(url.removeprefix("sqlite://")).expanduser()  # sqlite:///abs/path or a path
     if not path.parent.exists():
@@ -300,7 +308,9 @@ def _connect_sqlite(url: str) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.Error as exc:
-        raise ClinicDbError(f"the clinic database {path} cannot be opened: {exc}") from exc
+        raise ClinicDbError(
+            f"the clinic database {path} cannot be opened ({_one_line(exc)})"
+        ) from exc
     if fresh:
         os.chmod(path, 0o600)
     return conn
@@ -317,7 +327,8 @@ def _connect_postgres(url: str) -> Any:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
         raise ClinicDbError(
-            f"the clinic database {redacted(url)} cannot be reached: {str(exc).strip()}"
+            f"the clinic database {redacted(url)} cannot be reached ({_one_line(exc)}); check "
+            "the URL and that the server is running"
         ) from exc
 
 

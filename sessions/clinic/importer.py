@@ -23,7 +23,6 @@ from typing import Any
 
 from firmware_bridge.errors import LivError
 from sessions.clinic.db import ClinicDb, ClinicDbError, now_utc
-from sessions.log.canonical import canonical_json
 from sessions.log.chain import _verify_chains
 from sessions.log.exchange import _read_import
 from sessions.log.fields import _record_from_raw, _summary_from_raw
@@ -189,11 +188,16 @@ def _row(raw: Mapping[str, Any], import_id: str) -> tuple[Any, ...]:
         raw["minutes_at_dose"],
         raw["target_g"],
         raw["mean_error_pct"],
-        canonical_json(summary),
-        canonical_json(raw),
+        _json(summary),
+        _json(raw),
         import_id,
         str(raw.get("kind") or THERAPY),
     )
+
+
+def _json(value: Any) -> str:
+    """Stored JSON: exact (floats round-trip), compact, fast; canonical_json is for hashing."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 _INSERT_RECORD = (
