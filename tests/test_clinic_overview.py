@@ -19,6 +19,7 @@ from sessions.clinic.db import ClinicDb
 from sessions.clinic.importer import HeldSession, import_export, load_sessions
 from sessions.clinic.overview import (
     attention_key,
+    clinic_problems,
     current_protocol,
     overview,
     patient_report,
@@ -118,6 +119,24 @@ def test_integrity_problems_come_first_then_the_longest_silence(
     assert rows[0].flags["integrity"] == 1
     assert rows[1].days_since_last == 9
     assert rows[1].last_7.session_adherence == 0.0
+
+
+def test_a_tampered_export_flags_its_patient_and_a_stranger_is_listed_apart(
+    db_url: str, tmp_path: Path
+) -> None:
+    with ClinicDb(db_url) as db:
+        _import(db, tmp_path / "ok.jsonl", make_records("P1", 5, seed=11))
+        edited = make_records("P1", 6, seed=11)
+        edited[11]["minutes_at_dose"] = 10.0 if edited[11]["minutes_at_dose"] != 10.0 else 9.0
+        assert import_export(db, write_export(tmp_path / "edit.jsonl", edited)).refused
+        stranger = make_records("NEW-1", 2, seed=12)
+        stranger[0]["slot"] = 2
+        assert import_export(db, write_export(tmp_path / "new.jsonl", stranger)).refused
+        rows = overview(db, now=NOW)
+        problems = clinic_problems(db)
+    assert [(r.patient_id, r.flags["integrity"]) for r in rows] == [("P1", 1)]
+    assert len(problems) == 1
+    assert "new.jsonl" in problems[0]
 
 
 def test_simulated_sessions_never_count_and_are_flagged() -> None:

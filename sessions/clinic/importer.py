@@ -38,9 +38,10 @@ _CHUNK = 400  # ids per IN (...) query
 class ImportRefusedError(LivError):
     """An export the clinic did not take; ``kind`` says why (unverified, conflict)."""
 
-    def __init__(self, message: str, kind: str) -> None:
+    def __init__(self, message: str, kind: str, patients: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.kind = kind
+        self.patients = tuple(patients)  # whose records the file claimed to hold, if known
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,17 @@ def verify_export(path: Path) -> VerifiedExport:
         raise ImportRefusedError(f"{path}: {exc}", "unverified") from exc
     bad, heads = _verify_chains([(log_id, chains[log_id].values()) for log_id in sorted(chains)])
     if bad is not None:
+        claimed = {
+            str(entry.raw["patient_id"])
+            for chain in chains.values()
+            for entry in chain.values()
+            if entry.raw is not None and isinstance(entry.raw.get("patient_id"), str)
+        }
         raise ImportRefusedError(
             f"{path}: record {bad.chain_index} of log {bad.chain} (session {bad.session_id}) "
             f"does not verify: {bad.what}; nothing was imported from it",
             "unverified",
+            sorted(claimed),
         )
     records = tuple(
         entry.raw
@@ -140,7 +148,7 @@ def _record_refusal(
     records: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """A refused file is remembered (imports + problems) so the overview shows it."""
-    named: list[str | None] = [*sorted({str(r["patient_id"]) for r in records})]
+    named: list[str | None] = [*sorted({str(r["patient_id"]) for r in records} | set(exc.patients))]
     patients = named or [None]
     import_id = str(uuid.uuid4())
 

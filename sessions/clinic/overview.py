@@ -286,8 +286,15 @@ def overview(db: ClinicDb, now: datetime | None = None) -> list[OverviewRow]:
 
 
 def clinic_problems(db: ClinicDb) -> list[str]:
-    """Refused files that name no patient (unreadable, not an export)."""
-    return [str(d) for (d,) in db.query("SELECT detail FROM problems WHERE patient_id IS NULL")]
+    """Problems no overview row shows: files that name no patient (unreadable, not an export)
+    or only patients the clinic holds no record of (e.g. a first export that was refused)."""
+    return [
+        str(d)
+        for (d,) in db.query(
+            "SELECT detail FROM problems WHERE patient_id IS NULL OR patient_id NOT IN"
+            " (SELECT patient_id FROM patients) ORDER BY found_utc"
+        )
+    ]
 
 
 # --- rendering ------------------------------------------------------------------------------
