@@ -113,11 +113,6 @@ def verify_export(path: Path) -> VerifiedExport:
     return VerifiedExport(path, hashlib.sha256(data).hexdigest(), records, heads, duplicates)
 
 
-def import_files(db: ClinicDb, paths: Sequence[Path]) -> list[ImportOutcome]:
-    """Import each file on its own (one refused file does not stop the others)."""
-    return [import_export(db, path) for path in paths]
-
-
 def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
     """Verify and store one export; refresh the overview rows of its patients."""
     outcome = ImportOutcome(path)
