@@ -45,6 +45,22 @@ def test_a_missing_file_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFi
     assert "Traceback" not in err
 
 
+def test_a_file_that_is_not_an_export_is_refused_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "c.db")
+    binary = tmp_path / "photo.jpg"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 not text")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n", encoding="utf-8")
+    assert main(["clinic", "import", "--db", db, str(binary), str(text)]) == 1
+    err = capsys.readouterr().err
+    assert "photo.jpg is not a liv export (not UTF-8 text)" in err
+    assert "notes.txt: Refused the whole import file: line 1 is not valid JSON" in err
+    assert "Traceback" not in err
+    assert count(db, "SELECT COUNT(*) FROM problems WHERE patient_id IS NULL") == 2
+
+
 def test_an_unreachable_server_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
     url = "postgresql://liv:secret@/clinic?host=/nonexistent-dir&port=1"
     assert main(["clinic", "overview", "--db", url]) == 1

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -73,16 +73,23 @@ def verify_export(path: Path) -> VerifiedExport:
     Raises ImportRefusedError (kind ``unverified``) for a file that is not an export, a chain that
     does not verify from its genesis, or two different records claiming one place.
     """
+    digest = hashlib.sha256()
+
+    def lines(stream: Iterable[bytes]) -> Iterator[str]:
+        """The file's lines as text, hashed on the way (the file is never held whole)."""
+        for number, line in enumerate(stream):
+            digest.update(line)
+            text = line.decode("utf-8")
+            yield text.removeprefix("\ufeff") if number == 0 else text
+
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as stream:
+            chains, duplicates = _read_import(lines(stream))
     except OSError as exc:
         raise ImportRefusedError(
             f"{path} cannot be read ({exc.strerror or exc}); nothing was imported from it",
             "unverified",
         ) from exc
-    try:
-        text = data.decode("utf-8-sig")
-        chains, duplicates = _read_import(text.splitlines())
     except UnicodeDecodeError:
         raise ImportRefusedError(
             f"{path} is not a liv export (not UTF-8 text); nothing was imported from it",
@@ -110,7 +117,7 @@ def verify_export(path: Path) -> VerifiedExport:
         for _, entry in sorted(chains[log_id].items())
         if entry.raw is not None
     )
-    return VerifiedExport(path, hashlib.sha256(data).hexdigest(), records, heads, duplicates)
+    return VerifiedExport(path, digest.hexdigest(), records, heads, duplicates)
 
 
 def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
