@@ -164,6 +164,18 @@ def test_the_clinic_report_is_the_home_report_of_the_same_records(
     assert json.loads(clinic) == json.loads(home_report)
 
 
+def test_the_clinic_html_report_draws_flagged_sessions_from_the_stored_record(
+    db_url: str, tmp_path: Path
+) -> None:
+    trip = {"status": "tripped", "minutes_at_dose": 2.0, "reason": "overload"}
+    records = make_records("P1", 10, tweak={15: trip}, envelope_points=30)
+    with ClinicDb(db_url) as db:
+        _import(db, tmp_path / "p1.jsonl", records)
+        page = patient_report(db, "P1", "html", today=TODAY)
+    assert "Amplitude traces of flagged sessions" in page
+    assert f"<figcaption>{records[15]['session_id']} &#183; LIV-0001</figcaption>" in page
+
+
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} not found")
 def test_the_html_overview_opens_in_chromium_with_a_report_per_row(
     tmp_path: Path,
