@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Low-intensity vibration plate: sessions for patients, reports for clinicians, "
             "control and a simulator for engineers.\n\n"
             "  patients    start, status, demo\n"
-            "  clinicians  protocol, sessions, show, report, verify, export, import\n"
+            "  clinicians  protocol, sessions, show, report, verify, export, import, clinic\n"
             "  engineers   device, calibrate, run, sim, completion"
         ),
         epilog=_EXIT_STATUS_HELP,
@@ -301,17 +301,72 @@ def _add_session_commands(commands: Any) -> None:
     verify = with_db(commands.add_parser("verify", help="check the log's hash chains"))
     verify.set_defaults(handler=commands_mod.cmd_verify)
 
-    export = with_db(commands.add_parser("export", help="write the log as JSONL or CSV"))
+    export = with_db(commands.add_parser("export", help="write the log as JSONL, CSV or FHIR"))
     export.add_argument(
-        "--format", choices=("jsonl", "csv"), default="jsonl",
-        help="jsonl (default; 'liv import' reads it back) or csv",
+        "--format", choices=("jsonl", "csv", "fhir"), default="jsonl",
+        help="jsonl (default; 'liv import' reads it back), csv, or fhir (a FHIR R4 Bundle)",
     )  # fmt: skip
+    export.add_argument(
+        "--patient", metavar="ID", help="with --format fhir: whose sessions (default: the only one)"
+    )
     export.add_argument("--out", metavar="FILE", help="default: standard output")
     export.set_defaults(handler=commands_mod.cmd_export)
 
     imp = with_db(commands.add_parser("import", help="merge an exported JSONL log"))
     imp.add_argument("file", metavar="FILE", help="a file written by 'liv export'")
     imp.set_defaults(handler=commands_mod.cmd_import)
+
+    _add_clinic_commands(commands)
+
+
+def _add_clinic_commands(commands: Any) -> None:
+    """The clinic's database of many patients (handlers in sessions/clinic/commands.py)."""
+    from sessions.clinic import commands as clinic_mod
+
+    def with_clinic_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--db", metavar="URL", help="clinic database: a SQLite file or "
+                       "postgresql://... (default $LIV_CLINIC_DB, else clinic.db in the "
+                       "clinic directory)")  # fmt: skip
+        p.add_argument("--clinic-dir", metavar="DIR", help="the clinic's data directory "
+                       "(default $LIV_CLINIC_HOME or ~/.local/share/liv-clinic)")  # fmt: skip
+        return p
+
+    clinic = commands.add_parser("clinic", help="the clinic's view of many patients")
+    ccmds = clinic.add_subparsers(dest="clinic_command", required=True, metavar="ACTION")
+    cimport = with_clinic_db(ccmds.add_parser("import", help="take patients' exports in"))
+    cimport.add_argument("files", nargs="+", metavar="FILE", help="files written by 'liv export'")
+    cimport.set_defaults(handler=clinic_mod.cmd_clinic_import)
+
+    overview = with_clinic_db(ccmds.add_parser("overview", help="every patient, worst first"))
+    overview.add_argument(
+        "--format", choices=("table", "json", "html"), default="table",
+        help="table (default), json or html (html writes each patient's report beside it)",
+    )  # fmt: skip
+    overview.add_argument("--out", metavar="FILE", help="default: standard output")
+    overview.set_defaults(handler=clinic_mod.cmd_clinic_overview)
+
+    creport = with_clinic_db(ccmds.add_parser("report", help="one patient's full report"))
+    creport.add_argument("patient", metavar="PATIENT", help="the patient's id")
+    creport.add_argument(
+        "--since", metavar="YYYY-MM-DD", type=_iso_date, help="first day of the period"
+    )
+    creport.add_argument(
+        "--until", metavar="YYYY-MM-DD", type=_iso_date, help="last day of the period"
+    )
+    creport.add_argument(
+        "--format", choices=("table", "csv", "json", "html"), default="table",
+        help="table (default), csv, json or html",
+    )  # fmt: skip
+    creport.add_argument("--out", metavar="FILE", help="default: standard output")
+    creport.set_defaults(handler=clinic_mod.cmd_clinic_report)
+
+    cexport = with_clinic_db(ccmds.add_parser("export", help="one patient's records as FHIR"))
+    cexport.add_argument("patient", metavar="PATIENT", help="the patient's id")
+    cexport.add_argument(
+        "--format", choices=("fhir",), default="fhir", help="fhir: a FHIR R4 Bundle (JSON)"
+    )
+    cexport.add_argument("--out", metavar="FILE", help="default: standard output")
+    cexport.set_defaults(handler=clinic_mod.cmd_clinic_export)
 
 
 def _iso_date(text: str) -> str:
@@ -374,7 +429,8 @@ _DOCS: dict[str, tuple[str, str]] = {
         "liv verify",
     ),
     "export": (
-        "Write the whole log as JSONL (for 'liv import') or CSV.",
+        "Write the whole log as JSONL (for 'liv import') or CSV, or one patient's sessions as "
+        "a FHIR R4 Bundle (docs/fhir.md).",
         "liv export --format jsonl --out log.jsonl",
     ),
     "import": (
@@ -416,6 +472,29 @@ _DOCS: dict[str, tuple[str, str]] = {
     "sim serve": (
         "Run a simulated plate in real time behind a pty or a TCP port, for other programs.",
         "liv sim serve --tcp 127.0.0.1:4000 --sim 'sim://?mass=90&seed=2'",
+    ),
+    "clinic": (
+        "The clinic's database of many patients (docs/clinic.md): import patients' exports, "
+        "see every patient at once, one patient's report, FHIR export.",
+        "liv clinic overview",
+    ),
+    "clinic import": (
+        "Verify patients' exports and take them into the clinic database; a file that does "
+        "not verify or contradicts records already held is refused whole (exit 1).",
+        "liv clinic import P001.jsonl P002.jsonl",
+    ),
+    "clinic overview": (
+        "Every patient: adherence over 7 and 30 days and the study, days since the last "
+        "session, open flags, device and firmware; who needs attention first.",
+        "liv clinic overview --format html --out clinic/overview.html",
+    ),
+    "clinic report": (
+        "One patient's full adherence report (as 'liv report') from the clinic database.",
+        "liv clinic report P001 --format html --out P001.html",
+    ),
+    "clinic export": (
+        "One patient's sessions as a FHIR R4 Bundle (docs/fhir.md).",
+        "liv clinic export --format fhir P001 --out P001.fhir.json",
     ),
     "completion": (
         "Print a shell completion script for liv, generated from its commands.",

@@ -474,6 +474,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "fhir":
+        return _export_fhir(args)
     with _open_log(args, read_only=True) as log:
         out = Path(args.out) if args.out else None
         if out is None:
@@ -481,6 +483,35 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             count = (log.export_csv if args.format == "csv" else log.export_jsonl)(out)
     echo(f"exported {count} records", file=sys.stderr)
+    return 0
+
+
+def _export_fhir(args: argparse.Namespace) -> int:
+    """One patient's finished sessions as a FHIR R4 Bundle (docs/fhir.md)."""
+    from sessions.clinic.fhir import FhirSession, patient_bundle
+
+    with _open_log(args, read_only=True) as log:
+        records = [r for r in log.summaries() if r.finished]
+    patients = sorted({r.patient_id for r in records})
+    patient = args.patient
+    if patient is None:
+        if len(patients) != 1:
+            listed = ", ".join(patients) or "none"
+            raise ReportError(f"say which patient with --patient (in this log: {listed})")
+        patient = patients[0]
+    elif patient not in patients:
+        raise ReportError(f"this log holds no finished sessions of patient {patient!r}")
+    kinds = [FhirSession(r, str(getattr(r, "kind", "therapy"))) for r in records]
+    bundle = patient_bundle(patient, kinds, datetime.now(UTC))
+    text = json.dumps(bundle, indent=1, ensure_ascii=False) + "\n"
+    if args.out:  # health data: readable by its owner only, like the JSONL export
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+    else:
+        sys.stdout.write(text)
+    count = sum(r.patient_id == patient for r in records)
+    echo(f"exported {count} sessions of {patient} as FHIR", file=sys.stderr)
     return 0
 
 

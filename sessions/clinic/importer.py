@@ -1,0 +1,470 @@
+"""Patients' exports into the clinic database: verified, idempotent, safe to run concurrently.
+
+``verify_export`` is the one seam where an export is judged before the clinic takes any of it
+(today: the log's own shape checks and hash-chain verification; the device-signature checks of
+issue 10 belong there too). ``import_export`` then stores each record once: the unique keys
+(log_id, chain_index) and session_id make a second import of the same record a no-op, and a
+record that contradicts one already held (a *conflict*) refuses the whole file. A chain that
+ends before the copy the clinic holds (*rollback*) or a patient's new chain beside an old one
+(*new_chain*) is imported but recorded as a problem, shown on the overview as an integrity flag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from firmware_bridge.errors import LivError
+from sessions.clinic.db import ClinicDb, ClinicDbError, now_utc
+from sessions.log.chain import _verify_chains
+from sessions.log.exchange import _read_import
+from sessions.log.fields import _record_from_raw, _summary_from_raw
+from sessions.log.records import LogError, SessionRecord, SessionSummary
+
+_log = logging.getLogger(__name__)
+
+THERAPY = "therapy"  # the record kind that counts in adherence (issue 10: simulated never does)
+_DETAIL = frozenset({"envelope", "protocol_json"})  # kept only in record_json / protocols
+_CHUNK = 400  # ids per IN (...) query
+
+
+class ImportRefusedError(LivError):
+    """An export the clinic did not take; ``kind`` says why (unverified, conflict)."""
+
+    def __init__(self, message: str, kind: str, patients: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.patients = tuple(patients)  # whose records the file claimed to hold, if known
+
+
+@dataclass(frozen=True)
+class VerifiedExport:
+    """An export file that passed verification: every record, in chain order."""
+
+    path: Path
+    file_sha256: str
+    records: tuple[dict[str, Any], ...]  # raw export objects, sorted by (log_id, chain_index)
+    heads: dict[str, str]  # log_id -> record_hash of the chain's last record in the file
+    duplicates_in_file: int
+
+
+@dataclass
+class ImportOutcome:
+    """What one file's import did."""
+
+    path: Path
+    added: int = 0
+    duplicates: int = 0
+    patients: tuple[str, ...] = ()
+    problems: list[str] = field(default_factory=list)  # reported, not refused
+    refused: str | None = None  # the sentence saying why nothing was taken
+
+
+def verify_export(path: Path) -> VerifiedExport:
+    """Check an export as the home's own log would before taking it (the one seam to extend).
+
+    Raises ImportRefusedError (kind ``unverified``) for a file that is not an export, a chain that
+    does not verify from its genesis, or two different records claiming one place.
+    """
+    digest = hashlib.sha256()
+
+    def lines(stream: Iterable[bytes]) -> Iterator[str]:
+        """The file's lines as text, hashed on the way (the file is never held whole)."""
+        for number, line in enumerate(stream):
+            digest.update(line)
+            text = line.decode("utf-8")
+            yield text.removeprefix("\ufeff") if number == 0 else text
+
+    try:
+        with open(path, "rb") as stream:
+            chains, duplicates = _read_import(lines(stream))
+    except OSError as exc:
+        raise ImportRefusedError(
+            f"{path} cannot be read ({exc.strerror or exc}); nothing was imported from it",
+            "unverified",
+        ) from exc
+    except UnicodeDecodeError:
+        raise ImportRefusedError(
+            f"{path} is not a liv export (not UTF-8 text); nothing was imported from it",
+            "unverified",
+        ) from None
+    except LogError as exc:
+        raise ImportRefusedError(f"{path}: {exc}", "unverified") from exc
+    bad, heads = _verify_chains([(log_id, chains[log_id].values()) for log_id in sorted(chains)])
+    if bad is not None:
+        claimed = {
+            str(entry.raw["patient_id"])
+            for chain in chains.values()
+            for entry in chain.values()
+            if entry.raw is not None and isinstance(entry.raw.get("patient_id"), str)
+        }
+        raise ImportRefusedError(
+            f"{path}: record {bad.chain_index} of log {bad.chain} (session {bad.session_id}) "
+            f"does not verify: {bad.what}; nothing was imported from it",
+            "unverified",
+            sorted(claimed),
+        )
+    records = tuple(
+        entry.raw
+        for log_id in sorted(chains)
+        for _, entry in sorted(chains[log_id].items())
+        if entry.raw is not None
+    )
+    return VerifiedExport(path, digest.hexdigest(), records, heads, duplicates)
+
+
+def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
+    """Verify and store one export; refresh the overview rows of its patients."""
+    outcome = ImportOutcome(path)
+    try:
+        verified = verify_export(path)
+    except ImportRefusedError as exc:
+        _record_refusal(db, path, "", exc)
+        outcome.refused = str(exc)
+        return outcome
+    try:
+        db.retrying(lambda: _store(db, verified, outcome), f"import {path}")
+    except ImportRefusedError as exc:
+        _record_refusal(db, path, verified.file_sha256, exc, verified.records)
+        outcome.refused = str(exc)
+        outcome.added = 0
+        return outcome
+    for patient in outcome.patients:
+        refresh_patient(db, patient)
+    _log.info("imported %s: %d added, %d already held", path, outcome.added, outcome.duplicates)
+    return outcome
+
+
+def _record_refusal(
+    db: ClinicDb,
+    path: Path,
+    file_sha256: str,
+    exc: ImportRefusedError,
+    records: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """A refused file is remembered (imports + problems) so the overview shows it."""
+    named: list[str | None] = [*sorted({str(r["patient_id"]) for r in records} | set(exc.patients))]
+    patients = named or [None]
+    import_id = str(uuid.uuid4())
+
+    def work() -> None:
+        with db.transaction():
+            db.execute(
+                "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
+                " added, duplicates, detail) VALUES (?, ?, ?, ?, 'refused', 0, 0, ?)",
+                (import_id, str(path), file_sha256, now_utc(), str(exc)),
+            )
+            for patient in patients:
+                db.execute(
+                    "INSERT INTO problems (problem_id, import_id, kind, patient_id, detail,"
+                    " found_utc) VALUES (?, ?, ?, ?, ?, ?)",
+                    (str(uuid.uuid4()), import_id, exc.kind, patient, str(exc), now_utc()),
+                )
+
+    db.retrying(work, f"record the refusal of {path}")
+    for patient in patients:
+        if patient is not None and _held(db, patient):
+            refresh_patient(db, patient)
+
+
+def _held(db: ClinicDb, patient_id: str) -> bool:
+    return bool(db.query("SELECT 1 FROM records WHERE patient_id = ? LIMIT 1", (patient_id,)))
+
+
+def _row(raw: Mapping[str, Any], import_id: str) -> tuple[Any, ...]:
+    summary = {k: v for k, v in raw.items() if k not in _DETAIL}
+    return (
+        raw["log_id"],
+        raw["chain_index"],
+        raw["session_id"],
+        raw["prev_hash"],
+        raw["record_hash"],
+        raw["patient_id"],
+        raw["device_id"],
+        raw["firmware_version"],
+        raw["protocol_sha256"],
+        raw["started_utc"],
+        raw["local_date"],
+        raw["slot"],
+        raw["status"],
+        raw["minutes_prescribed"],
+        raw["minutes_at_dose"],
+        raw["target_g"],
+        raw["mean_error_pct"],
+        _json(summary),
+        _json(raw),
+        import_id,
+        str(raw.get("kind") or THERAPY),
+    )
+
+
+def _json(value: Any) -> str:
+    """Stored JSON: exact (floats round-trip), compact, fast; canonical_json is for hashing."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+_INSERT_RECORD = (
+    "INSERT INTO records (log_id, chain_index, session_id, prev_hash, record_hash, patient_id,"
+    " device_id, firmware_version, protocol_sha256, started_utc, local_date, slot, status,"
+    " minutes_prescribed, minutes_at_dose, target_g, mean_error_pct, summary_json, record_json,"
+    " import_id, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> None:
+    """One transaction: insert what is new, prove the rest is identical, note problems."""
+    import_id = str(uuid.uuid4())
+    records = verified.records
+    log_ids = sorted({str(r["log_id"]) for r in records})
+    patients = sorted({str(r["patient_id"]) for r in records})
+    problems: list[tuple[str, str, str, int | None, str]] = []
+    with db.transaction():
+        held_before = _chain_lengths(db, log_ids)
+        patient_logs = _logs_of(db, patients)
+        db.execute(
+            "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
+            " added, duplicates, detail) VALUES (?, ?, ?, ?, 'imported', 0, 0, '')",
+            (import_id, str(verified.path), verified.file_sha256, now_utc()),
+        )
+        protocols = {str(r["protocol_sha256"]): str(r["protocol_json"]) for r in records}
+        db.executemany(
+            "INSERT INTO protocols (sha256, protocol_json) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            sorted(protocols.items()),
+        )
+        db.executemany(_INSERT_RECORD, [_row(r, import_id) for r in records])
+        added = _check_held(db, records, import_id)
+        duplicates = len(records) - added + verified.duplicates_in_file
+        for log_id in log_ids:
+            mine = [r for r in records if r["log_id"] == log_id]
+            last = max(int(r["chain_index"]) for r in mine)
+            patient = str(mine[-1]["patient_id"])
+            before = held_before.get(log_id)
+            if before is not None and before - 1 > last:
+                problems.append(
+                    (
+                        "rollback",
+                        patient,
+                        log_id,
+                        last,
+                        f"the export ends at record {last} of log {log_id}, but the clinic "
+                        f"already holds records up to {before - 1}: the patient's log lost "
+                        f"{before - 1 - last} record(s) (deleted, or an older copy restored)",
+                    )
+                )
+            others = sorted(patient_logs.get(patient, set()) - {log_id})
+            if before is None and others:
+                problems.append(
+                    (
+                        "new_chain",
+                        patient,
+                        log_id,
+                        None,
+                        f"patient {patient} has a new log {log_id} beside {', '.join(others)}: "
+                        "a new plate, or a log that was emptied or replaced",
+                    )
+                )
+        for kind, patient, log_id, index, detail in problems:
+            db.execute(
+                "INSERT INTO problems (problem_id, import_id, kind, patient_id, log_id,"
+                " chain_index, detail, found_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (str(uuid.uuid4()), import_id, kind, patient, log_id, index, detail, now_utc()),
+            )
+        db.execute(
+            "UPDATE imports SET added = ?, duplicates = ?, detail = ? WHERE import_id = ?",
+            (added, duplicates, "; ".join(p[4] for p in problems), import_id),
+        )
+    outcome.added = added
+    outcome.duplicates = duplicates
+    outcome.patients = tuple(patients)
+    outcome.problems = [p[4] for p in problems]
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for k in range(0, len(items), _CHUNK):
+        yield items[k : k + _CHUNK]
+
+
+def _chain_lengths(db: ClinicDb, log_ids: Sequence[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for part in _chunks(log_ids):
+        marks = ", ".join("?" * len(part))
+        for log_id, top in db.query(
+            f"SELECT log_id, MAX(chain_index) FROM records WHERE log_id IN ({marks})"
+            " GROUP BY log_id",
+            part,
+        ):
+            found[str(log_id)] = int(top) + 1
+    return found
+
+
+def _logs_of(db: ClinicDb, patients: Sequence[str]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for part in _chunks(patients):
+        marks = ", ".join("?" * len(part))
+        for patient, log_id in db.query(
+            f"SELECT DISTINCT patient_id, log_id FROM records WHERE patient_id IN ({marks})", part
+        ):
+            found.setdefault(str(patient), set()).add(str(log_id))
+    return found
+
+
+def _check_held(db: ClinicDb, records: Sequence[Mapping[str, Any]], import_id: str) -> int:
+    """Every record is now held exactly as in the file; returns how many this import added.
+
+    A record skipped by ON CONFLICT is either the same record (a duplicate) or a conflict:
+    another record in its place, or its session under another place. Conflicts refuse the file.
+    """
+    by_session = {str(r["session_id"]): r for r in records}
+    held: dict[str, tuple[str, int, str, str]] = {}
+    for part in _chunks(sorted(by_session)):
+        marks = ", ".join("?" * len(part))
+        for session_id, log_id, index, digest, imp in db.query(
+            "SELECT session_id, log_id, chain_index, record_hash, import_id FROM records"
+            f" WHERE session_id IN ({marks})",
+            part,
+        ):
+            held[str(session_id)] = (str(log_id), int(index), str(digest), str(imp))
+    added = 0
+    for session_id, raw in by_session.items():
+        place = held.get(session_id)
+        want = (str(raw["log_id"]), int(raw["chain_index"]), str(raw["record_hash"]))
+        if place is None:
+            other = db.query(
+                "SELECT session_id FROM records WHERE log_id = ? AND chain_index = ?", want[:2]
+            )
+            theirs = other[0][0] if other else "?"
+            raise ImportRefusedError(
+                f"record {want[1]} of log {want[0]} (session {session_id}) conflicts with the "
+                f"clinic's record of session {theirs} in that place; nothing was imported from "
+                "this file",
+                "conflict",
+            )
+        if place[:3] != want:
+            raise ImportRefusedError(
+                f"session {session_id} (record {want[1]} of log {want[0]}) conflicts with the "
+                f"clinic's copy (record {place[1]} of log {place[0]}, another content); nothing "
+                "was imported from this file",
+                "conflict",
+            )
+        added += place[3] == import_id
+    return added
+
+
+# --- loading back ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldSession:
+    """One record as the clinic holds it: its summary and its kind."""
+
+    summary: SessionSummary
+    kind: str
+
+
+def load_sessions(db: ClinicDb, patient_id: str) -> list[HeldSession]:
+    """One patient's records (summaries, no envelope), oldest first."""
+    protocols: dict[str, str] = {}
+    found: list[HeldSession] = []
+    for summary_json, sha, protocol_json, kind in db.query(
+        "SELECT r.summary_json, r.protocol_sha256, p.protocol_json, r.kind FROM records r"
+        " JOIN protocols p ON p.sha256 = r.protocol_sha256 WHERE r.patient_id = ?"
+        " ORDER BY r.started_utc, r.session_id",
+        (patient_id,),
+    ):
+        raw = json.loads(summary_json)
+        raw["protocol_json"] = protocols.setdefault(sha, protocol_json)
+        found.append(HeldSession(_summary_from_raw(raw), str(kind)))
+    return found
+
+
+def load_record(db: ClinicDb, session_id: str) -> SessionRecord:
+    """One full record (with its envelope), for the charts of a report."""
+    rows = db.query("SELECT record_json FROM records WHERE session_id = ?", (session_id,))
+    if not rows:
+        raise ClinicDbError(f"the clinic database holds no session {session_id}")
+    return _record_from_raw(json.loads(rows[0][0]))
+
+
+def load_raw_records(db: ClinicDb, patient_id: str) -> list[dict[str, Any]]:
+    """One patient's records as exported (FHIR export), oldest first."""
+    return [
+        json.loads(text)
+        for (text,) in db.query(
+            "SELECT record_json FROM records WHERE patient_id = ? ORDER BY started_utc, session_id",
+            (patient_id,),
+        )
+    ]
+
+
+# --- the overview's summary rows -------------------------------------------------------------
+
+
+def refresh_patient(db: ClinicDb, patient_id: str) -> None:
+    """Recompute one patient's overview rows from their records (after every import).
+
+    The per-day judgement is ``compute_adherence``'s, run with "today" after every study day,
+    so a day's row does not change as days pass; the overview sums the days before its own
+    today. Run under a per-patient lock so concurrent importers leave the newest figures.
+    """
+    from sessions.clinic.overview import patient_summary  # the adherence code, loaded on use
+
+    def work() -> None:
+        with db.transaction():
+            if db.postgres:
+                db.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (patient_id,))
+            held = load_sessions(db, patient_id)
+            summary = patient_summary(patient_id, held)
+            db.execute("DELETE FROM patient_days WHERE patient_id = ?", (patient_id,))
+            db.execute("DELETE FROM patient_flags WHERE patient_id = ?", (patient_id,))
+            db.executemany(
+                "INSERT INTO patient_days (patient_id, day, status, slots_prescribed,"
+                " slots_completed, minutes_prescribed, minutes_at_dose)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(patient_id, *day) for day in summary.days],
+            )
+            db.executemany(
+                "INSERT INTO patient_flags (patient_id, session_id, kind, local_date, reason)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(patient_id, *flag) for flag in summary.flags],
+            )
+            db.execute(
+                "INSERT INTO patients (patient_id, timezone, sessions, last_session_day,"
+                " device_id, firmware_version, devices_json, refreshed_utc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient_id) DO UPDATE SET"
+                " timezone = excluded.timezone, sessions = excluded.sessions,"
+                " last_session_day = excluded.last_session_day,"
+                " device_id = excluded.device_id, firmware_version = excluded.firmware_version,"
+                " devices_json = excluded.devices_json, refreshed_utc = excluded.refreshed_utc",
+                (
+                    patient_id,
+                    summary.timezone,
+                    len(held),
+                    _day_text(summary.last_session_day),
+                    summary.device_id,
+                    summary.firmware_version,
+                    summary.devices_json,
+                    now_utc(),
+                ),
+            )
+
+    db.retrying(work, f"refresh patient {patient_id}")
+
+
+def refresh_all(db: ClinicDb) -> int:
+    """Every patient's overview rows (after a migration that added them)."""
+    patients = [str(p) for (p,) in db.query("SELECT DISTINCT patient_id FROM records")]
+    for patient in patients:
+        refresh_patient(db, patient)
+    return len(patients)
+
+
+def _day_text(day: date | None) -> str | None:
+    return None if day is None else day.isoformat()

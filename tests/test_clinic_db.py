@@ -1,0 +1,490 @@
+"""The clinic database: import, idempotence, conflicts, gaps, migrations, concurrency.
+
+Every test runs on SQLite and on a real PostgreSQL server: ``$LIV_TEST_POSTGRES_URL`` if set
+(a role that may CREATE DATABASE), else a throwaway cluster this module starts itself with the
+Debian binaries under /usr/lib/postgresql/*/bin (as the ``postgres`` user when run as root).
+Each test gets a fresh database. The exports are written exactly as ``liv export`` writes them
+(canonical JSON lines with a verifying hash chain; one test round-trips them through a
+SessionLog to prove it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from sessions.clinic.db import SCHEMA_VERSION, ClinicDb, ClinicDbError
+from sessions.clinic.importer import import_export, refresh_patient, verify_export
+from sessions.log import GENESIS_HASH, SessionLog, record_hash
+from sessions.log.canonical import canonical_json
+from sessions.log.fields import _iso
+from sessions.protocol import protocol_from_dict
+
+TODAY = date(2026, 3, 1)
+ZONE = "Europe/Berlin"
+
+# --------------------------------------------------------------------------------------------
+# exports as `liv export` writes them
+
+
+def protocol_dict(patient_id: str, study_start: date, days: int = 120) -> dict[str, Any]:
+    return {
+        "patient_id": patient_id,
+        "target_g": 0.3,
+        "frequency_hz": 30.0,
+        "minutes_per_session": 10.0,
+        "sessions_per_day": 2,
+        "min_gap_hours": 3.0,
+        "daily_windows": [],
+        "study_start": study_start.isoformat(),
+        "study_end": (study_start + timedelta(days=days - 1)).isoformat(),
+        "timezone": ZONE,
+        "dose_tolerance": 0.1,
+    }
+
+
+def make_records(
+    patient_id: str,
+    days: int,
+    *,
+    last_day: date = TODAY - timedelta(days=1),
+    log_id: str | None = None,
+    device_id: str = "LIV-0001",
+    firmware: str = "1.2.0",
+    seed: int = 1,
+    skip_days: frozenset[int] = frozenset(),
+    tweak: dict[int, dict[str, Any]] | None = None,
+    envelope_points: int = 4,
+) -> list[dict[str, Any]]:
+    """A verifying chain of ``days`` days of two 10-minute sessions (``tweak[k]``: record k's
+    field changes, applied before hashing)."""
+    rng = random.Random(seed)
+    zone = ZoneInfo(ZONE)
+    first_day = last_day - timedelta(days=days - 1)
+    protocol = protocol_from_dict(protocol_dict(patient_id, first_day - timedelta(days=10)))
+    log_id = log_id or str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    records: list[dict[str, Any]] = []
+    prev = GENESIS_HASH
+    for k in range(days):
+        if k in skip_days:
+            continue
+        day = first_day + timedelta(days=k)
+        for slot, hour in ((1, 8), (2, 18)):
+            started = datetime(day.year, day.month, day.day, hour, 5, tzinfo=zone).astimezone(UTC)
+            ended = started + timedelta(minutes=10, seconds=3)
+            raw: dict[str, Any] = {
+                "log_id": log_id,
+                "chain_index": len(records),
+                "prev_hash": prev,
+                "record_hash": None,
+                "session_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "patient_id": patient_id,
+                "device_id": device_id,
+                "firmware_version": firmware,
+                "protocol_sha256": protocol.sha256,
+                "protocol_json": protocol.canonical_json(),
+                "started_utc": _iso(started),
+                "started_local": _iso(started.astimezone(zone)),
+                "ended_utc": _iso(ended),
+                "ended_local": _iso(ended.astimezone(zone)),
+                "timezone": ZONE,
+                "local_date": day.isoformat(),
+                "slot": slot,
+                "status": "completed",
+                "reason": "",
+                "override": False,
+                "override_reason": None,
+                "resumed_from": None,
+                "minutes_prescribed": 10.0,
+                "minutes_at_dose": 10.0,
+                "target_g": 0.3,
+                "freqs_hz": [30.0],
+                "mean_error_pct": -0.4,
+                "p95_abs_error_pct": 1.2,
+                "safety_events": [],
+                "exposure": {"a8_m_s2": 0.129, "a_w_m_s2": 0.891, "vdv_m_s1_75": 4.112},
+                "envelope": [[round(0.1 * i, 3), 0.3] for i in range(envelope_points)],
+                "last_checkpoint_utc": _iso(ended),
+            }
+            raw.update((tweak or {}).get(len(records), {}))
+            raw["record_hash"] = record_hash(prev, raw)
+            prev = raw["record_hash"]
+            records.append(raw)
+    return records
+
+
+def write_export(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(canonical_json(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# a real PostgreSQL server
+
+
+def postgres_bindir() -> Path | None:
+    """The newest Debian PostgreSQL binaries (/usr/lib/postgresql/N/bin), or None."""
+    found = sorted(
+        (Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    return found[-1] if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def throwaway_postgres(bindir: Path) -> Iterator[str]:
+    """A new PostgreSQL cluster on a unix socket in a temp dir, for as long as the block runs.
+
+    As root (here and in CI) the server runs as the ``postgres`` user (``runuser``): PostgreSQL
+    refuses to run as root. No TCP port is opened; the port number only names the socket.
+    """
+    root = os.geteuid() == 0
+    as_postgres = ["runuser", "-u", "postgres", "--"] if root else []
+    base = Path(tempfile.mkdtemp(prefix="liv-pg-"))
+    os.chmod(base, 0o755)
+    if root:
+        shutil.chown(base, "postgres", "postgres")
+    data = base / "data"
+    port = _free_port()
+    try:
+        subprocess.run(
+            [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
+             "-U", "postgres", "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        options = f"-c listen_addresses='' -k {base} -p {port} -c fsync=off"
+        subprocess.run(
+            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"),
+             "-w", "-o", options, "start"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        yield f"postgresql://postgres@/postgres?host={base}&port={port}"
+    finally:
+        subprocess.run(
+            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server URL: $LIV_TEST_POSTGRES_URL, else a throwaway cluster."""
+    given = os.environ.get("LIV_TEST_POSTGRES_URL", "")
+    if given:
+        yield given
+        return
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(
+            "no PostgreSQL binaries under /usr/lib/postgresql/*/bin: apt-get install "
+            "postgresql, or set LIV_TEST_POSTGRES_URL"
+        )
+    with throwaway_postgres(bindir) as url:
+        yield url
+
+
+def _with_dbname(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@contextlib.contextmanager
+def fresh_postgres_db(server: str) -> Iterator[str]:
+    import psycopg
+
+    name = f"liv_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield _with_dbname(server, name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty clinic database on each backend."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "clinic" / "clinic.db")
+        return
+    server = request.getfixturevalue("postgres_server")
+    with fresh_postgres_db(server) as url:
+        yield url
+
+
+def count(url: str, sql: str) -> int:
+    with ClinicDb(url) as db:
+        return int(db.query(sql)[0][0])
+
+
+# --------------------------------------------------------------------------------------------
+# import
+
+
+def test_an_export_is_imported_once_and_reimporting_adds_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    export = write_export(tmp_path / "p1.jsonl", make_records("P1", 10))
+    with ClinicDb(db_url) as db:
+        first = import_export(db, export)
+        again = import_export(db, export)
+    assert (first.refused, first.added, first.duplicates) == (None, 20, 0)
+    assert (again.refused, again.added, again.duplicates) == (None, 0, 20)
+    assert count(db_url, "SELECT COUNT(*) FROM records") == 20
+    assert count(db_url, "SELECT COUNT(*) FROM problems") == 0
+    assert count(db_url, "SELECT COUNT(*) FROM patient_days WHERE patient_id = 'P1'") > 0
+
+
+def test_a_longer_export_of_the_same_log_adds_only_the_new_records(
+    db_url: str, tmp_path: Path
+) -> None:
+    records = make_records("P1", 10)
+    early = write_export(tmp_path / "early.jsonl", records[:8])
+    full = write_export(tmp_path / "full.jsonl", records)
+    with ClinicDb(db_url) as db:
+        assert import_export(db, early).added == 8
+        later = import_export(db, full)
+    assert (later.added, later.duplicates, later.problems) == (12, 8, [])
+
+
+def test_a_conflicting_record_refuses_the_whole_file_and_is_reported(
+    db_url: str, tmp_path: Path
+) -> None:
+    original = make_records("P1", 5, seed=3)
+    forked = make_records("P1", 6, seed=3, tweak={4: {"minutes_at_dose": 3.0}})
+    with ClinicDb(db_url) as db:
+        assert import_export(db, write_export(tmp_path / "a.jsonl", original)).added == 10
+        outcome = import_export(db, write_export(tmp_path / "b.jsonl", forked))
+    assert outcome.refused is not None
+    assert "conflicts" in outcome.refused
+    assert outcome.added == 0
+    # nothing of the conflicting file was merged, not even its new records
+    assert count(db_url, "SELECT COUNT(*) FROM records") == 10
+    assert count(db_url, "SELECT COUNT(*) FROM problems WHERE kind = 'conflict'") == 1
+    assert count(db_url, "SELECT COUNT(*) FROM imports WHERE outcome = 'refused'") == 1
+
+
+def test_the_same_session_under_another_place_is_a_conflict(db_url: str, tmp_path: Path) -> None:
+    first = make_records("P1", 2, seed=4)
+    stolen = first[1]["session_id"]
+    other = make_records("P2", 2, seed=5, tweak={0: {"session_id": stolen}})
+    with ClinicDb(db_url) as db:
+        import_export(db, write_export(tmp_path / "a.jsonl", first))
+        outcome = import_export(db, write_export(tmp_path / "b.jsonl", other))
+    assert outcome.refused is not None
+    assert stolen in outcome.refused
+    assert count(db_url, "SELECT COUNT(*) FROM records WHERE patient_id = 'P2'") == 0
+
+
+def test_an_edited_export_is_refused_by_the_verification_seam(db_url: str, tmp_path: Path) -> None:
+    records = make_records("P1", 3)
+    records[2]["minutes_at_dose"] = 9.5  # edited after hashing
+    export = write_export(tmp_path / "edited.jsonl", records)
+    with pytest.raises(Exception, match="does not verify"):
+        verify_export(export)
+    with ClinicDb(db_url) as db:
+        outcome = import_export(db, export)
+    assert outcome.refused is not None
+    assert "does not verify" in outcome.refused
+    assert count(db_url, "SELECT COUNT(*) FROM records") == 0
+    assert count(db_url, "SELECT COUNT(*) FROM problems WHERE kind = 'unverified'") == 1
+
+
+def test_an_export_shorter_than_the_clinics_copy_is_reported_as_a_rollback(
+    db_url: str, tmp_path: Path
+) -> None:
+    records = make_records("P1", 10)
+    with ClinicDb(db_url) as db:
+        import_export(db, write_export(tmp_path / "full.jsonl", records))
+        outcome = import_export(db, write_export(tmp_path / "old.jsonl", records[:6]))
+    assert outcome.refused is None
+    assert len(outcome.problems) == 1
+    assert "lost 14 record(s)" in outcome.problems[0]
+    assert count(db_url, "SELECT COUNT(*) FROM problems WHERE kind = 'rollback'") == 1
+
+
+def test_a_patients_new_log_beside_the_old_one_is_reported(db_url: str, tmp_path: Path) -> None:
+    old = make_records("P1", 4, last_day=TODAY - timedelta(days=10), seed=6)
+    new = make_records("P1", 4, seed=7)
+    with ClinicDb(db_url) as db:
+        import_export(db, write_export(tmp_path / "old.jsonl", old))
+        outcome = import_export(db, write_export(tmp_path / "new.jsonl", new))
+    assert outcome.added == 8
+    assert any("new log" in p for p in outcome.problems)
+    assert count(db_url, "SELECT COUNT(*) FROM problems WHERE kind = 'new_chain'") == 1
+
+
+def test_exports_written_by_the_session_log_are_imported(db_url: str, tmp_path: Path) -> None:
+    """Round trip through the home's own log: what `liv export` writes, the clinic reads."""
+    source = write_export(tmp_path / "made.jsonl", make_records("P1", 3))
+    with SessionLog(tmp_path / "home.db") as log:
+        log.import_jsonl(source)
+        exported = tmp_path / "exported.jsonl"
+        log.export_jsonl(exported)
+    with ClinicDb(db_url) as db:
+        outcome = import_export(db, exported)
+    assert (outcome.refused, outcome.added) == (None, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# migrations
+
+
+def _v1_database(url: str) -> None:
+    """A database as the first version of this schema left it, with one record in it."""
+    with ClinicDb(url, migrate=False) as db:
+        db._migrate(target=1)
+        assert db.version == 1
+        raw = make_records("P1", 1)[0]
+        db.execute(
+            "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
+            " added, duplicates, detail) VALUES ('i1', 'f', 'x', 't', 'imported', 1, 0, '')"
+        )
+        db.execute(
+            "INSERT INTO protocols (sha256, protocol_json) VALUES (?, ?)",
+            (raw["protocol_sha256"], raw["protocol_json"]),
+        )
+        summary = {k: v for k, v in raw.items() if k not in ("envelope", "protocol_json")}
+        db.execute(
+            "INSERT INTO records (log_id, chain_index, session_id, prev_hash, record_hash,"
+            " patient_id, device_id, firmware_version, protocol_sha256, started_utc,"
+            " local_date, slot, status, minutes_prescribed, minutes_at_dose, target_g,"
+            " mean_error_pct, summary_json, record_json, import_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'i1')",
+            (
+                *(raw[k] for k in ("log_id", "chain_index", "session_id", "prev_hash",
+                                   "record_hash", "patient_id", "device_id",
+                                   "firmware_version", "protocol_sha256", "started_utc",
+                                   "local_date", "slot", "status", "minutes_prescribed",
+                                   "minutes_at_dose", "target_g", "mean_error_pct")),
+                canonical_json(summary),
+                canonical_json(raw),
+            ),
+        )  # fmt: skip
+
+
+def test_an_old_version_database_is_migrated_step_by_step(db_url: str) -> None:
+    _v1_database(db_url)
+    with ClinicDb(db_url) as db:
+        assert db.migrated_from == 1
+        assert db.version == SCHEMA_VERSION
+        versions = [v for (v,) in db.query("SELECT version FROM schema_version ORDER BY 1")]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+        assert db.query("SELECT kind FROM records") == [("therapy",)]
+        refresh_patient(db, "P1")
+        assert db.query("SELECT sessions FROM patients WHERE patient_id = 'P1'") == [(1,)]
+    with ClinicDb(db_url) as db:  # opening again changes nothing
+        assert db.migrated_from is None
+
+
+def test_a_newer_database_is_refused_and_left_alone(db_url: str) -> None:
+    with ClinicDb(db_url) as db:
+        db.execute(
+            "INSERT INTO schema_version (version, applied_utc) VALUES (?, 'later')",
+            (SCHEMA_VERSION + 1,),
+        )
+    with pytest.raises(ClinicDbError, match="newer version"):
+        ClinicDb(db_url)
+    assert raw_scalar(db_url, "SELECT MAX(version) FROM schema_version") == SCHEMA_VERSION + 1
+
+
+def raw_scalar(url: str, sql: str) -> Any:
+    """One value read with the driver itself (for a database ClinicDb refuses to open)."""
+    if url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            row = conn.execute(sql).fetchone()
+    else:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(url)) as conn:
+            row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
+
+
+# --------------------------------------------------------------------------------------------
+# concurrency
+
+
+def test_clinicians_importing_at_once_lose_nothing(db_url: str, tmp_path: Path) -> None:
+    """Four importers, each with its own connection, take overlapping exports at once."""
+    ClinicDb(db_url).close()  # the schema exists (concurrent first opens: test below)
+    exports = [
+        write_export(tmp_path / f"p{k}.jsonl", make_records(f"P{k}", 15, seed=10 + k))
+        for k in range(6)
+    ]
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def importer(order: list[Path]) -> None:
+        try:
+            with ClinicDb(db_url) as db:
+                start.wait()
+                for path in order:
+                    outcome = import_export(db, path)
+                    assert outcome.refused is None, outcome.refused
+        except BaseException as exc:
+            errors.append(exc)
+
+    orders = [exports, exports[::-1], exports[2:] + exports[:2], exports[1::2] + exports[::2]]
+    threads = [threading.Thread(target=importer, args=(o,)) for o in orders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert count(db_url, "SELECT COUNT(*) FROM records") == 6 * 30
+    assert count(db_url, "SELECT COUNT(DISTINCT session_id) FROM records") == 6 * 30
+    assert count(db_url, "SELECT COUNT(*) FROM problems") == 0
+    assert count(db_url, "SELECT SUM(added) FROM imports") == 6 * 30
+    assert count(db_url, "SELECT SUM(sessions) FROM patients") == 6 * 30
+
+
+def test_two_programs_creating_the_database_at_once_both_succeed(db_url: str) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def opener() -> None:
+        try:
+            start.wait()
+            with ClinicDb(db_url) as db:
+                assert db.version == SCHEMA_VERSION
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert count(db_url, "SELECT COUNT(*) FROM schema_version") == SCHEMA_VERSION
