@@ -122,7 +122,7 @@ def test_calendar_cells_carry_text_not_colour_alone() -> None:
 def test_every_svg_is_well_formed() -> None:
     page = month_html()
     charts = re.findall(r"<svg.*?</svg>", page, flags=re.DOTALL)
-    assert len(charts) == 2 + 5  # minutes, accuracy, five traces of flagged sessions
+    assert len(charts) == 3 + 5  # weekly, minutes, accuracy, five traces of flagged sessions
     for chart in charts:
         root = ET.fromstring(chart)
         assert root.get("role") == "img"
@@ -195,7 +195,7 @@ def test_an_empty_report_still_renders() -> None:
     protocol = make_protocol()
     report = compute_adherence(protocol, [], today=d(20, 2))
     page = render_html(report, protocol, [])
-    assert "No day of the study has ended yet" in page
+    assert "the study has not started yet (it starts on 2026-03-02)" in page
     assert "no days yet" in page
     assert page.count('<td><div class="day future"') == 30
 
@@ -365,7 +365,7 @@ def test_chromium_parses_the_calendar_and_charts(report_file: Path, tmp_path: Pa
     assert "<title>LIV therapy adherence: P-0042</title>" in dom
     assert len(re.findall(r'<td><div class="day \w+" title="', dom)) == 35
     assert len(re.findall(r'<div class="day full"', dom)) == 25
-    assert dom.count("<svg") == 7
+    assert dom.count("<svg") == 8
     assert "Flagged sessions (9)" in dom
 
 
