@@ -12,7 +12,7 @@ each command prints.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -554,7 +554,7 @@ def documented_kinds(text: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():
-        if line.startswith("### liv."):
+        if line.startswith("### `liv."):
             current = found.setdefault(line[4:].strip().strip("`"), [])
         elif line.startswith("#"):
             current = None
@@ -563,5 +563,3 @@ def documented_kinds(text: str) -> dict[str, list[str]]:
     return found
 
 
-def all_statuses(objs: Iterable[Mapping[str, Any]]) -> set[str]:
-    return {str(o["status"]) for o in objs}
