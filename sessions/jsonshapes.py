@@ -561,5 +561,3 @@ def documented_kinds(text: str) -> dict[str, list[str]]:
         elif current is not None and line.startswith("| `"):
             current.append(line.split("`")[1])
     return found
-
-
