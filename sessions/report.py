@@ -1027,6 +1027,7 @@ h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px;
 .integrity.failed { background: #cf3f3f; color: #fff; font-size: 16px; padding: 12px 16px;
   border-radius: 6px; margin: 0 0 14px; }
 h2.changed { color: #6b3fa0; }
+.changed-note { color: #6b3fa0; font-weight: 600; margin: 6px 0 0; }
 .cal td.wk .mo { display: block; font-size: 11px; }
 .facts { display: grid; grid-template-columns: repeat(3, 1fr); gap: 2px 24px; margin: 0;
   font-size: 13px; }
@@ -1567,7 +1568,30 @@ def render_html(
         f'<header><h1>Therapy adherence <span class="pid">{_e(report.patient_id)}</span></h1>',
         '<p class="sub">Low-intensity vibration (LIV) plate: sessions as logged by the device. '
         f"{_e(_counted_to(report))} Dates and times are the patient's local ones "
-        f"({_e(report.timezone)}).</p></header>",
+        f"({_e(report.timezone)}).</p>",
+        *(
+            [
+                '<p class="changed-note">The prescription changed during this study on '
+                + _e(", ".join(_since_text(p) for p in report.protocol_changes))
+                + ": each day is judged by the protocol in force that day (see Protocol "
+                "changes).</p>"
+            ]
+            if several
+            else []
+        ),
+        "</header>",
+        "<h2>Overall adherence</h2>",
+        f'<div class="cards">{cards}</div>',
+        missed_line,
+        f"<h2>Weekly adherence against the {100 * ctx.target:g}% target</h2>",
+        _weekly_chart(report, ctx),
+        '<div class="chart-legend"><span><span class="swatch" style="background:#3f9e5f">'
+        "</span>week at or above the target</span><span>"
+        '<span class="swatch" style="background:#e9a62b"></span>week below the target</span>'
+        f"<span>dashed line: the target, {100 * ctx.target:g}% of prescribed sessions "
+        f"({_e(ctx.target_source)})</span></div>",
+        "<h2>Calendar</h2>",
+        _calendar(report, ctx),
         "<h2>Prescription in force now</h2>" if several else "<h2>Prescription</h2>",
         _protocol_facts(protocol, report, ctx),
         *(
@@ -1581,18 +1605,6 @@ def render_html(
             if several
             else []
         ),
-        "<h2>Overall adherence</h2>",
-        f'<div class="cards">{cards}</div>',
-        missed_line,
-        f"<h2>Weekly adherence against the {100 * ctx.target:g}% target</h2>",
-        _weekly_chart(report, ctx),
-        '<div class="chart-legend"><span><span class="swatch" style="background:#3f9e5f">'
-        "</span>week at or above the target</span><span>"
-        '<span class="swatch" style="background:#e9a62b"></span>week below the target</span>'
-        f"<span>dashed line: the target, {100 * ctx.target:g}% of prescribed sessions "
-        f"({_e(ctx.target_source)})</span></div>",
-        "<h2>Calendar</h2>",
-        _calendar(report, ctx),
         "<h2>Minutes at dose per day</h2>",
         _minutes_chart(report),
         '<div class="chart-legend">'
