@@ -966,7 +966,7 @@ def _accuracy_chart(report: AdherenceReport, sessions: Sequence[ReportSummary]) 
             p95 = s.p95_abs_error_pct
             mean = s.mean_error_pct
             text = (
-                f"{day.isoformat()} slot {s.slot} ({s.session_id}): "
+                f"{day.isoformat()} {_start_text(s)} slot {s.slot} ({s.session_id}): "
                 + (f"p95 |error| {p95:.2f}%" if p95 is not None else "no accuracy figure")
                 + (f", mean error {mean:+.2f}%" if mean is not None else "")
             )
@@ -1404,7 +1404,7 @@ def _flag_table(report: AdherenceReport) -> str:
         first = group[0]
         items = "".join(
             f'<li><span class="tag{_tag_class(f.kind)}">'
-            f"{_e(f.kind.replace('_', ' '))}</span>{_e(f.reason)}</li>"
+            f"{_e(status_word(f.kind).replace('_', ' '))}</span>{_e(f.reason)}</li>"
             for f in group
         )
         rows.append(
