@@ -379,13 +379,18 @@ _DOCS: dict[str, tuple[str, str]] = {
         "ended or starts later.",
         "liv protocol install examples/twice-daily-30hz.yaml",
     ),
-    "sessions": ("List the logged sessions, one line each.", "liv sessions --since 2026-01-01"),
+    "sessions": (
+        "List the logged sessions, one line each, with their local start time.",
+        "liv sessions --since 2026-01-01",
+    ),
     "show": (
-        "Show one logged session with its amplitude over time.",
-        "liv show SESSION_ID --svg session.svg",
+        "Show one logged session in plain values, with its amplitude over time; the id may be "
+        "shortened to any start of it that no other session shares.",
+        "liv show 3f2a --svg session.svg",
     ),
     "report": (
-        "Adherence for clinicians: per day and week, missed days, flagged sessions.",
+        "Adherence for clinicians over the report period (up to today): the log's integrity, "
+        "the last session, weekly adherence against the target, days, flagged sessions.",
         "liv report --format html --out report.html",
     ),
     "verify": (

@@ -113,12 +113,15 @@ class ReportContext:
         starts: dict[date, list[str]] = defaultdict(list)
         for s in theirs:
             starts[s.local_date].append(_start_text(s))
-        own = getattr(protocol, "adherence_target", None)
+        own: object = getattr(protocol, "adherence_target", None)
+        target = DEFAULT_ADHERENCE_TARGET
         known = isinstance(own, int | float) and not isinstance(own, bool) and 0 < own <= 1
+        if known and isinstance(own, int | float):
+            target = float(own)
         return cls(
             integrity=integrity,
             last_session=max(past) if past else None,
-            target=float(own) if known else DEFAULT_ADHERENCE_TARGET,  # type: ignore[arg-type]
+            target=target,
             target_source="the protocol's" if known else cls.target_source,
             starts={d: tuple(v) for d, v in starts.items()},
         )
