@@ -438,7 +438,13 @@ def render_table(report: AdherenceReport, context: ReportContext | None = None) 
                 "  ",
             )
         )
-    return "\n".join(out) + "\n"
+    # A table row made wide by unusual data (many sessions in a day, long ids) wraps too.
+    fitted = [
+        part
+        for line in out
+        for part in (_wrapped(line, " " * 12) if len(line) > LINE_WIDTH else [line])
+    ]
+    return "\n".join(fitted) + "\n"
 
 
 def _week_rows(weeks: Sequence[WeekAdherence], target: float) -> list[list[str]]:
@@ -480,8 +486,8 @@ def _day_rows(report: AdherenceReport, ctx: ReportContext) -> list[list[str]]:
                 f"{d.slots_completed}/{d.slots_prescribed}" if shown else "",
                 f"{_min(d.minutes_at_dose)}/{_min(d.minutes_prescribed)}" if shown else "",
                 f"{_min(d.minutes_logged)} min in {d.sessions_logged}" if d.sessions_logged else "",
-                " ".join(ctx.starts.get(d.day, ())[:4])
-                + (" ..." if len(ctx.starts.get(d.day, ())) > 4 else ""),
+                " ".join(ctx.starts.get(d.day, ())[:3])
+                + (f" +{len(ctx.starts[d.day]) - 3}" if len(ctx.starts.get(d.day, ())) > 3 else ""),
                 *([", ".join(marks)] if several else []),
             ]
         )

@@ -369,3 +369,15 @@ def test_show_accepts_a_unique_prefix_and_lists_an_ambiguous_one(
     code, out, err = run(capsys, clinic_template.argv("show", "zzz"))
     assert code == 1
     assert "no session id starts with 'zzz'" in err
+
+
+def test_every_text_line_fits_with_a_protocol_change_and_busy_days() -> None:
+    from sessions.report import ReportContext, render_table
+    from tests.test_adherence_protocols import NEW_RX, changed_report
+
+    report = changed_report()
+    busy = ("07:01", "09:15", "12:30", "15:45", "18:00")
+    text = render_table(report, ReportContext(starts={d.day: busy for d in report.days}))
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert f"changed to {NEW_RX.sha256[:12]}" in " ".join(text.split())
+    assert "07:01 09:15 12:30 +2" in text
