@@ -526,11 +526,15 @@ def show_lines(record: SessionRecord) -> list[str]:
         + (f": {text(e['detail'])}" if e.get("detail") not in (None, "") else "")
         for e in record.safety_events
     ]
-    exposure = record.exposure
+    names = {"a_w_m_s2": ("a_w", "m/s^2"), "a8_m_s2": ("A(8)", "m/s^2"),
+             "vdv_m_s1_75": ("VDV", "m/s^1.75"), "duration_s": ("over", "s")}  # fmt: skip
     exposure_text = (
-        "not recorded"
-        if not exposure
-        else ", ".join(f"{k} {v:.2f}" for k, v in sorted(exposure.items()))
+        ", ".join(
+            f"{names.get(k, (k, ''))[0]} {v:.2f} {names.get(k, (k, ''))[1]}".rstrip()
+            for k, v in sorted(record.exposure.items())
+        )
+        if record.exposure
+        else "not recorded"
     )
     rows = [
         ("session", text(record.session_id)),
@@ -705,6 +709,14 @@ def _report_subject(
 
 
 def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str) -> str:
+    """The report in ``fmt`` (table, csv, json, html) for the patient ``args`` name."""
+    return report_output(args, home, log, fmt)[0]
+
+
+def report_output(
+    args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str
+) -> tuple[str, VerifyResult]:
+    """The report in ``fmt`` and the log's verification it states."""
     from sessions.adherence import compute_adherence
     from sessions.jsonshapes import report_shape
     from sessions.report import ReportContext, render_csv, render_html, render_table
@@ -719,21 +731,29 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
         )
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None
-    context = ReportContext.of(report, protocol, theirs, log.verify())
+    integrity = log.verify()
+    context = ReportContext.of(report, protocol, theirs, integrity)
     if fmt == "html":
-        return render_html(report, protocol, theirs, lambda s: log.get(s.session_id), context)
-    if fmt == "json":
+        text = render_html(report, protocol, theirs, lambda s: log.get(s.session_id), context)
+    elif fmt == "json":
         data = report_shape(report, context.integrity, context.last_session, context.target)
-        return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    renderer = {"table": render_table, "csv": render_csv}[fmt]
-    return renderer(report, context)
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    else:
+        text = {"table": render_table, "csv": render_csv}[fmt](report, context)
+    return text, integrity
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     home = home_of(args)
     fmt = "json" if getattr(args, "json", False) else args.format
     with _open_log(args, home, read_only=True) as log:
-        text = report_text(args, home, log, fmt)
+        text, integrity = report_output(args, home, log, fmt)
+    if not integrity.ok:
+        echo(
+            "liv: warning: this log FAILED verification ('liv verify' says where); the report "
+            "says so at the top",
+            file=sys.stderr,
+        )
     if args.out:
         out = Path(args.out)
         out.write_text(text, encoding="utf-8")

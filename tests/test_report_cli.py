@@ -241,8 +241,9 @@ def test_a_log_that_fails_verification_says_so_at_the_top_of_every_report(
     rows = list(csv.DictReader(io.StringIO(out)))
     assert rows
     assert all(r["log_integrity"].startswith("LOG INTEGRITY FAILED") for r in rows)
-    code, out, _ = run(capsys, clinic.argv("report", "--json"))
+    code, out, err = run(capsys, clinic.argv("report", "--json"))
     assert json.loads(out)["integrity"]["status"] == "failed"
+    assert "FAILED verification" in err  # also said where a person looks when --out is used
 
 
 def test_since_after_until_is_a_usage_error(
@@ -381,3 +382,16 @@ def test_every_text_line_fits_with_a_protocol_change_and_busy_days() -> None:
     assert max(len(line) for line in text.splitlines()) <= 100
     assert f"changed to {NEW_RX.sha256[:12]}" in " ".join(text.split())
     assert "07:01 09:15 12:30 +2" in text
+
+
+def test_a_protocol_change_is_named_before_the_figures() -> None:
+    from sessions.report import render_html, render_table
+    from tests.test_adherence_protocols import NEW_RX, changed_report, mid_study_change
+
+    report = changed_report()
+    text = render_table(report)
+    assert "THE PROTOCOL CHANGED on 2026-03-05: see below." in text.splitlines()
+    assert text.index("THE PROTOCOL CHANGED") < text.index("Overall")
+    page = render_html(report, NEW_RX, mid_study_change())
+    note = page.index('<p class="changed-note">The prescription changed during this study on')
+    assert note < page.index("<h2>Overall adherence</h2>")
