@@ -458,13 +458,10 @@ def resolve_session_id(log: SessionLog, text: str) -> str:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise LivError(
-            f"no session id starts with {terminal_line(text)!r}: see 'liv sessions' for the ids"
-        )
+        raise LivError(f"no session id starts with '{text}': see 'liv sessions' for the ids")
     shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
     raise LivError(
-        f"{terminal_line(text)!r} is the start of {len(found)} session ids ({shown}): "
-        "give more characters"
+        f"'{text}' is the start of {len(found)} session ids ({shown}): give more characters"
     )
 
 
