@@ -573,7 +573,8 @@ def _run_case(case: Case, workdir: Path, row: Row) -> None:
         raise HarnessError(f"liv start refused the case's arguments: {row.message}")
     if export.returncode != 0 and (workdir / "home" / "liv.db").exists():
         _must(export)
-    records = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
+    lines = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
+    records = [r for r in lines if "schema" not in r]  # the export's header is not a record
     if len(records) > 1:
         raise HarnessError(f"expected at most one record in a fresh home, found {len(records)}")
     if records:

@@ -244,6 +244,7 @@ def _add_session_commands(commands: Any) -> None:
     start.set_defaults(handler=commands_mod.cmd_start)
 
     status = with_db(commands.add_parser("status", help="today's sessions, the next, the streak"))
+    status.add_argument("--json", action="store_true", help="print JSON (docs/json.md)")
     status.set_defaults(handler=commands_mod.cmd_status)
 
     demo = commands.add_parser("demo", help="a clearly labelled simulated session for new users")
@@ -258,6 +259,7 @@ def _add_session_commands(commands: Any) -> None:
     pcmds = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
     check = pcmds.add_parser("check", help="validate a protocol file")
     check.add_argument("file", metavar="FILE", help="the protocol file (YAML)")
+    check.add_argument("--json", action="store_true", help="print JSON (docs/json.md)")
     check.set_defaults(handler=commands_mod.cmd_protocol_check)
     install = pcmds.add_parser("install", help="validate and install as the active protocol")
     install.add_argument("file", metavar="FILE", help="the protocol file (YAML)")
@@ -276,7 +278,10 @@ def _add_session_commands(commands: Any) -> None:
     sessions.set_defaults(handler=commands_mod.cmd_sessions)
 
     show = with_db(commands.add_parser("show", help="one session, with its amplitude"))
-    show.add_argument("session_id", metavar="ID", help="the session's id ('liv sessions')")
+    show.add_argument(
+        "session_id", metavar="ID",
+        help="the session's id ('liv sessions'), or enough of its first characters to be unique",
+    )  # fmt: skip
     show.add_argument("--json", action="store_true", help="print JSON, with the amplitude")
     show.add_argument("--svg", metavar="FILE", help="also write the amplitude chart as SVG")
     show.set_defaults(handler=commands_mod.cmd_show)
@@ -295,21 +300,35 @@ def _add_session_commands(commands: Any) -> None:
         "--format", choices=("table", "csv", "json", "html"), default="table",
         help="table (default), csv, json or html",
     )  # fmt: skip
+    report.add_argument(
+        "--json", action="store_true", help="print JSON (docs/json.md), as --format json"
+    )
     report.add_argument("--out", metavar="FILE", help="default: standard output")
     report.set_defaults(handler=commands_mod.cmd_report)
 
     verify = with_db(commands.add_parser("verify", help="check the log's hash chains"))
+    verify.add_argument("--json", action="store_true", help="print JSON (docs/json.md)")
     verify.set_defaults(handler=commands_mod.cmd_verify)
 
     export = with_db(commands.add_parser("export", help="write the log as JSONL, CSV or FHIR"))
     export.add_argument(
-        "--format", choices=("jsonl", "csv", "fhir"), default="jsonl",
-        help="jsonl (default; 'liv import' reads it back), csv, or fhir (a FHIR R4 Bundle)",
+        "--format", choices=tuple(commands_mod.EXPORT_FORMATS), default="jsonl",
+        help="jsonl (default; every field, 'liv import' reads it back), csv (one plain row per "
+        "session), csv-records (every field but long envelopes), csv-envelopes (one row per "
+        "envelope point) or fhir (one patient's sessions as a FHIR R4 Bundle)",
     )  # fmt: skip
     export.add_argument(
         "--patient", metavar="ID", help="with --format fhir: whose sessions (default: the only one)"
     )
-    export.add_argument("--out", metavar="FILE", help="default: standard output")
+    export.add_argument(
+        "--out", metavar="FILE_OR_DIR",
+        help="a file, or a folder to write liv-log.jsonl, liv-sessions.csv, ... in "
+        "(default: standard output)",
+    )  # fmt: skip
+    export.add_argument(
+        "--json", action="store_true",
+        help="print a JSON summary of the export (docs/json.md); needs --out",
+    )  # fmt: skip
     export.set_defaults(handler=commands_mod.cmd_export)
 
     imp = with_db(commands.add_parser("import", help="merge an exported JSONL log"))
@@ -415,13 +434,18 @@ _DOCS: dict[str, tuple[str, str]] = {
         "ended or starts later.",
         "liv protocol install examples/twice-daily-30hz.yaml",
     ),
-    "sessions": ("List the logged sessions, one line each.", "liv sessions --since 2026-01-01"),
+    "sessions": (
+        "List the logged sessions, one line each, with their local start time.",
+        "liv sessions --since 2026-01-01",
+    ),
     "show": (
-        "Show one logged session with its amplitude over time.",
-        "liv show SESSION_ID --svg session.svg",
+        "Show one logged session in plain values, with its amplitude over time; the id may be "
+        "shortened to any start of it that no other session shares.",
+        "liv show 3f2a --svg session.svg",
     ),
     "report": (
-        "Adherence for clinicians: per day and week, missed days, flagged sessions.",
+        "Adherence for clinicians over the report period (up to today): the log's integrity, "
+        "the last session, weekly adherence against the target, days, flagged sessions.",
         "liv report --format html --out report.html",
     ),
     "verify": (
@@ -429,9 +453,10 @@ _DOCS: dict[str, tuple[str, str]] = {
         "liv verify",
     ),
     "export": (
-        "Write the whole log as JSONL (for 'liv import') or CSV, or one patient's sessions as "
-        "a FHIR R4 Bundle (docs/fhir.md).",
-        "liv export --format jsonl --out log.jsonl",
+        "Write the whole log as JSONL (for 'liv import'), a plain CSV with one row per session "
+        "or the detailed CSVs, or one patient's sessions as a FHIR R4 Bundle (docs/fhir.md); "
+        "every export but FHIR carries the log's verification status.",
+        "liv export --format csv --out ~/Documents",
     ),
     "import": (
         "Merge a log written by 'liv export'; records already present are skipped.",
@@ -607,9 +632,13 @@ def _emit(data: dict[str, Any], as_json: bool, lines: Sequence[str]) -> None:
 
 def cmd_device_info(args: argparse.Namespace) -> int:
     from firmware_bridge.client import DeviceClient
+    from sessions.jsonshapes import device_shape
 
     with DeviceClient.open(args.device) as device:
         info = device.info
+    if args.json:
+        _emit(device_shape(args.device, info.to_dict()), True, [])
+        return 0
     data = {"url": args.device, **info.to_dict()}
     width = max(len(k) for k in data)
     _emit(data, args.json, [f"{k:<{width}}  {v}" for k, v in data.items()])

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from controller.privatefiles import write_private_file
 from firmware_bridge.errors import LivError
 from sessions.home import LivHome, SetupError, resolve_home
-from sessions.log import SessionLog, SessionStatus, SessionSummary
+from sessions.log import SessionLog, SessionRecord, SessionStatus, SessionSummary, VerifyResult
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
 from sessions.scheduling import LoggedSession, day_summary, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
@@ -105,6 +105,12 @@ def _warn_about_study(protocol: PatientProtocol) -> None:
 
 def cmd_protocol_check(args: argparse.Namespace) -> int:
     protocol = load_protocol(Path(args.file))
+    if getattr(args, "json", False):
+        from sessions.jsonshapes import protocol_check_shape
+
+        warning = study_warning(protocol, datetime.now(UTC))
+        _print_json(protocol_check_shape(args.file, protocol, warning))
+        return 0
     echo(f"{args.file}: valid")
     echo("\n".join(describe_protocol(protocol)))
     _warn_about_study(protocol)
@@ -161,7 +167,9 @@ def cmd_device_list(args: argparse.Namespace) -> int:
         for p in ports
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        from sessions.jsonshapes import port_shape
+
+        _print_json([port_shape(r) for r in rows])
         return 0
     if not rows:
         echo("No serial ports found: is the plate plugged in and switched on?")
@@ -373,57 +381,114 @@ def _status_of_log(
     return recent, log.slot_minutes(protocol.patient_id)
 
 
+def status_shape(
+    protocol: PatientProtocol,
+    sessions: Sequence[LoggedSession],
+    now: datetime,
+    minutes: Mapping[tuple[date, int], float],
+) -> dict[str, Any]:
+    """``liv status --json`` (liv.status/1): the figures ``status_lines`` says in words."""
+    today = now.astimezone(protocol.zone).date()
+    in_study = protocol.study_start <= today <= protocol.study_end
+    goal = protocol.minutes_per_session
+    slots = []
+    for k, delivered in enumerate(day_summary(protocol, sessions, today) if in_study else [], 1):
+        state = "done" if delivered >= goal - 1e-6 else "partial" if delivered else "due"
+        slots.append({"slot": k, "state": state, "minutes_at_dose": round(delivered, 1) + 0.0})
+    decision = decide(protocol, sessions, now)
+    at = decision.next_allowed_utc
+    return {
+        "schema": "liv.status/1",
+        "today": today.isoformat(),
+        "timezone": protocol.timezone,
+        "in_study": in_study,
+        "slots": slots,
+        "next_allowed": decision.allowed,
+        "next_message": decision.message,
+        "next_allowed_local": None
+        if at is None
+        else at.astimezone(protocol.zone).isoformat(timespec="minutes"),
+        "streak_days": streak(protocol, minutes, today),
+    }
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     home = home_of(args)
     protocol = home.protocol()
     now = datetime.now(UTC)
     with _open_log(args, home) as log:
         recent, minutes = _status_of_log(log, protocol, now)
+    if getattr(args, "json", False):
+        _print_json(status_shape(protocol, recent, now, minutes))
+        return 0
     echo("\n".join(status_lines(protocol, recent, now, minutes)))
     return 0
+
+
+def _print_json(data: object) -> None:
+    """JSON for programs on standard output (JSON escapes every control character)."""
+    print(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
 
 
 def _parse_date(text: str | None) -> date | None:
     return None if text is None else date.fromisoformat(text)
 
 
-def cmd_sessions(args: argparse.Namespace) -> int:
-    with _open_log(args, read_only=True) as log:
-        records = log.summaries(
-            patient_id=args.patient, since=_parse_date(args.since), until=_parse_date(args.until)
+def _period(args: argparse.Namespace) -> tuple[date | None, date | None]:
+    """``--since`` and ``--until`` as dates; a period that ends before it starts is refused."""
+    since, until = _parse_date(args.since), _parse_date(args.until)
+    if since is not None and until is not None and since > until:
+        from sessions.cli import UsageError
+
+        raise UsageError(
+            f"--since {since.isoformat()} is after --until {until.isoformat()}: give a "
+            "--since on or before the --until day"
         )
+    return since, until
+
+
+def resolve_session_id(log: SessionLog, text: str) -> str:
+    """The session a full id or a unique prefix of one names ('liv show 3f2a')."""
+    wanted = text.strip().lower()
+    if not wanted:
+        raise LivError("give a session id (or its first characters): see 'liv sessions'")
+    found = sorted({r.session_id for r in log.summaries() if r.session_id.startswith(wanted)})
+    if wanted in found:
+        return wanted
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise LivError(f"no session id starts with '{text}': see 'liv sessions' for the ids")
+    shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+    raise LivError(
+        f"'{text}' is the start of {len(found)} session ids ({shown}): give more characters"
+    )
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from sessions.jsonshapes import start_time, status_word
+
+    since, until = _period(args)
+    with _open_log(args, read_only=True) as log:
+        records = log.summaries(patient_id=args.patient, since=since, until=until)
     if args.json:
-        print(json.dumps([_summary(r) for r in records], indent=2))
+        _print_json([_summary(r) for r in records])
         return 0
-    echo(f"{'session':<36} {'patient':<12} {'local day':<10} {'slot':>4} {'status':<18} "
-         f"{'at dose':>8}")  # fmt: skip
+    echo(f"{'session':<36} {'patient':<12} {'local day':<10} {'start':<5} {'slot':>4} "
+         f"{'status':<15} {'at dose':>8}")  # fmt: skip
     for r in records:
         session_id, patient_id = terminal_line(r.session_id), terminal_line(r.patient_id)
         echo(f"{session_id:<36} {patient_id:<12} {r.local_date.isoformat():<10} "
-             f"{r.slot:>4} {r.status.value:<18} {r.minutes_at_dose:>7.1f}m")  # fmt: skip
+             f"{start_time(r):<5} {r.slot:>4} {status_word(r.status.value):<15} "
+             f"{r.minutes_at_dose:>7.1f}m")  # fmt: skip
     return 0
 
 
 def _summary(r: SessionSummary) -> dict[str, Any]:
-    return {
-        "session_id": r.session_id,
-        "patient_id": r.patient_id,
-        "device_id": r.device_id,
-        "local_date": r.local_date.isoformat(),
-        "slot": r.slot,
-        "status": r.status.value,
-        "reason": r.reason,
-        "started_local": r.started_local.isoformat(),
-        "ended_local": r.ended_local.isoformat() if r.ended_local else None,
-        "minutes_prescribed": r.minutes_prescribed,
-        "minutes_at_dose": r.minutes_at_dose,
-        "mean_error_pct": r.mean_error_pct,
-        "p95_abs_error_pct": r.p95_abs_error_pct,
-        "exposure": r.exposure,
-        "safety_events": list(r.safety_events),
-        "override_reason": r.override_reason,
-        "resumed_from": r.resumed_from,
-    }
+    """A session as JSON (liv.session/1, sessions/jsonshapes.py)."""
+    from sessions.jsonshapes import session_shape
+
+    return session_shape(r)
 
 
 def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width: int = 60) -> str:
@@ -438,28 +503,89 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
     return "".join(bars[min(8, max(0, round(8 * v / top)))] for v in picked)
 
 
+def show_lines(record: SessionRecord) -> list[str]:
+    """One session in plain words and values rounded to their meaning (``liv show``)."""
+    from sessions.jsonshapes import start_time, status_word
+
+    def text(value: object) -> str:
+        return terminal_line(str(value)) if value not in (None, "") else "-"
+
+    ended = record.ended_local
+    errors = (
+        "not measured (the session ended before the amplitude settled)"
+        if record.p95_abs_error_pct is None
+        else f"95% of 1-s windows within {record.p95_abs_error_pct:.1f}% of the target"
+        + (f", mean {record.mean_error_pct:+.1f}%" if record.mean_error_pct is not None else "")
+    )
+    events = [
+        f"{text(e.get('reason', 'event'))}"
+        + (f" at {float(e['t_s']):.1f} s" if isinstance(e.get("t_s"), int | float) else "")
+        + (f": {text(e['detail'])}" if e.get("detail") not in (None, "") else "")
+        for e in record.safety_events
+    ]
+    names = {"a_w_m_s2": ("a_w", "m/s^2"), "a8_m_s2": ("A(8)", "m/s^2"),
+             "vdv_m_s1_75": ("VDV", "m/s^1.75"), "duration_s": ("over", "s")}  # fmt: skip
+    exposure_text = (
+        ", ".join(
+            f"{names.get(k, (k, ''))[0]} {v:.2f} {names.get(k, (k, ''))[1]}".rstrip()
+            for k, v in sorted(record.exposure.items())
+        )
+        if record.exposure
+        else "not recorded"
+    )
+    rows = [
+        ("session", text(record.session_id)),
+        ("patient", text(record.patient_id)),
+        ("plate", f"{text(record.device_id)} (firmware {text(record.firmware_version)})"),
+        ("day", f"{record.local_date.isoformat()}, session {record.slot} of the day"),
+        (
+            "time",
+            f"{start_time(record)} to {ended:%H:%M} ({text(record.timezone)})"
+            if ended is not None
+            else f"{start_time(record)}, still running ({text(record.timezone)})",
+        ),
+        ("outcome", status_word(record.status.value).replace("_", " ")),
+        ("why", text(record.reason)),
+        (
+            "at dose",
+            f"{record.minutes_at_dose:.1f} of {record.minutes_prescribed:.1f} minutes",
+        ),
+        ("target", f"{record.target_g:.2f} g peak"),
+        ("accuracy", errors),
+        ("safety events", "; ".join(events) if events else "none"),
+        ("exposure", exposure_text),
+        ("override", text(record.override_reason) if record.override else "no"),
+        ("resumes", text(record.resumed_from)),
+        ("amplitude", sparkline(record.envelope, record.target_g)),
+    ]
+    return [f"{key:<14} {value}" for key, value in rows]
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from sessions.report import render_session_svg
 
     with _open_log(args, read_only=True) as log:
-        record = log.get(args.session_id)
+        record = log.get(resolve_session_id(log, args.session_id))
     if args.svg:
         Path(args.svg).write_text(render_session_svg(record, standalone=True), encoding="utf-8")
-        echo(f"amplitude chart written to {args.svg}")
-    data = _summary(record)
+        echo(f"amplitude chart written to {args.svg}", file=sys.stderr if args.json else None)
     if args.json:
-        data["envelope"] = [list(p) for p in record.envelope]
-        print(json.dumps(data, indent=2))
+        from sessions.jsonshapes import session_detail_shape
+
+        _print_json(session_detail_shape(record, record.envelope, record.exposure))
         return 0
-    for key, value in data.items():
-        echo(f"{key:<20} {terminal_line(value)}")
-    echo(f"{'amplitude':<20} {sparkline(record.envelope, record.target_g)}")
+    echo("\n".join(show_lines(record)))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with _open_log(args, read_only=True) as log:
         result = log.verify()
+    if getattr(args, "json", False):
+        from sessions.jsonshapes import verification_shape
+
+        _print_json(verification_shape(result))
+        return 0 if result.ok else 1
     if result.ok:
         echo(f"log verified: {result.records_checked} finished records, every chain intact")
         return 0
@@ -473,20 +599,71 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+# `liv export --format`: what each writes and the file name it takes in an --out directory.
+EXPORT_FORMATS = {
+    "jsonl": "liv-log.jsonl",
+    "csv": "liv-sessions.csv",
+    "csv-records": "liv-records.csv",
+    "csv-envelopes": "liv-envelopes.csv",
+    "fhir": "liv-fhir.json",
+}
+
+
+def _integrity_text(result: VerifyResult) -> str:
+    """The log's verification status in one CSV cell."""
+    if result.ok:
+        return f"verified ({result.records_checked} records, every chain intact)"
+    bad = result.first_bad
+    assert bad is not None
+    return (
+        f"FAILED verification: record {bad.chain_index} ({bad.session_id}) of chain "
+        f"{bad.chain}: {bad.what}"
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from sessions.jsonshapes import export_shape, verification_shape
+
+    out: Path | None = None
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.is_dir():  # a folder: the export gets its usual name inside it
+            out = out / EXPORT_FORMATS[args.format]
+    if args.json and out is None:
+        from sessions.cli import UsageError
+
+        raise UsageError(
+            "--json needs --out FILE_OR_DIR: without it the export itself is the output"
+        )
     if args.format == "fhir":
-        return _export_fhir(args)
+        return _export_fhir(args, out)
     with _open_log(args, read_only=True) as log:
-        out = Path(args.out) if args.out else None
-        if out is None:
-            count = (log.export_csv if args.format == "csv" else log.export_jsonl)(sys.stdout)
+        integrity = log.verify()  # streams, as the export does; its status goes with the data
+        target: TextIO | Path = sys.stdout if out is None else out
+        if args.format == "jsonl":
+            header = {"schema": "liv.export_header/1", "integrity": verification_shape(integrity)}
+            count = log.export_jsonl(target, header=header)
+        elif args.format == "csv":
+            count = log.export_sessions_csv(target, _integrity_text(integrity))
+        elif args.format == "csv-records":
+            count = log.export_csv(target, _integrity_text(integrity))
         else:
-            count = (log.export_csv if args.format == "csv" else log.export_jsonl)(out)
-    echo(f"exported {count} records", file=sys.stderr)
+            count = log.export_envelopes_csv(target)
+    if args.json:
+        _print_json(export_shape(args.format, count, str(out), integrity))
+    else:
+        where = "" if out is None else f" to {out}"
+        echo(f"exported {count} records{where}", file=sys.stderr)
+    if not integrity.ok:
+        echo(
+            "liv: warning: this log FAILED verification ('liv verify' says where); the export "
+            "says so too",
+            file=sys.stderr,
+        )
     return 0
 
 
-def _export_fhir(args: argparse.Namespace) -> int:
+def _export_fhir(args: argparse.Namespace, out: Path | None) -> int:
     """One patient's finished sessions as a FHIR R4 Bundle (docs/fhir.md)."""
     from sessions.clinic.fhir import FhirSession, patient_bundle
 
@@ -504,8 +681,8 @@ def _export_fhir(args: argparse.Namespace) -> int:
     kinds = [FhirSession(r, str(getattr(r, "kind", "therapy"))) for r in records]
     bundle = patient_bundle(patient, kinds, datetime.now(UTC))
     text = json.dumps(bundle, indent=1, ensure_ascii=False) + "\n"
-    if args.out:  # health data: readable by its owner only, like the JSONL export
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if out is not None:  # health data: readable by its owner only, like the JSONL export
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w", encoding="utf-8") as stream:
             stream.write(text)
     else:
@@ -561,32 +738,51 @@ def _report_subject(
 
 
 def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str) -> str:
-    from sessions.adherence import compute_adherence
-    from sessions.report import render_csv, render_html, render_json, render_table
+    """The report in ``fmt`` (table, csv, json, html) for the patient ``args`` name."""
+    return report_output(args, home, log, fmt)[0]
 
+
+def report_output(
+    args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str
+) -> tuple[str, VerifyResult]:
+    """The report in ``fmt`` and the log's verification it states."""
+    from sessions.adherence import compute_adherence
+    from sessions.jsonshapes import report_shape
+    from sessions.report import ReportContext, render_csv, render_html, render_table
+
+    since, until = _period(args)
     records = log.summaries()
     patient, protocol, installed_utc = _report_subject(args, home, records)
     theirs = [r for r in records if r.patient_id == patient]
     try:
         report = compute_adherence(
-            protocol,
-            theirs,
-            since=_parse_date(args.since),
-            until=_parse_date(args.until),
-            installed_utc=installed_utc,
+            protocol, theirs, since=since, until=until, installed_utc=installed_utc
         )
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None
+    integrity = log.verify()
+    context = ReportContext.of(report, protocol, theirs, integrity)
     if fmt == "html":
-        return render_html(report, protocol, theirs, lambda s: log.get(s.session_id))
-    renderer = {"table": render_table, "csv": render_csv, "json": render_json}[fmt]
-    return renderer(report)
+        text = render_html(report, protocol, theirs, lambda s: log.get(s.session_id), context)
+    elif fmt == "json":
+        data = report_shape(report, context.integrity, context.last_session, context.target)
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    else:
+        text = {"table": render_table, "csv": render_csv}[fmt](report, context)
+    return text, integrity
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     home = home_of(args)
+    fmt = "json" if getattr(args, "json", False) else args.format
     with _open_log(args, home, read_only=True) as log:
-        text = report_text(args, home, log, args.format)
+        text, integrity = report_output(args, home, log, fmt)
+    if not integrity.ok:
+        echo(
+            "liv: warning: this log FAILED verification ('liv verify' says where); the report "
+            "says so at the top",
+            file=sys.stderr,
+        )
     if args.out:
         out = Path(args.out)
         out.write_text(text, encoding="utf-8")

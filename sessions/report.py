@@ -14,13 +14,17 @@ import html
 import io
 import json
 import math
+import re
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Protocol, cast
 
 from sessions.adherence import (
     AMPLITUDE_P95_LIMIT_PCT,
+    PRESENCE_EVENT,
     AdherenceReport,
     DayAdherence,
     Flag,
@@ -29,11 +33,15 @@ from sessions.adherence import (
     SessionLike,
     WeekAdherence,
 )
-from sessions.log import spreadsheet_text
+from sessions.jsonshapes import status_word
+from sessions.log import VerifyResult, spreadsheet_text
 from sessions.text import terminal_line
 
 __all__ = [
     "CSV_COLUMNS",
+    "DEFAULT_ADHERENCE_TARGET",
+    "LINE_WIDTH",
+    "ReportContext",
     "ReportProtocol",
     "ReportSession",
     "ReportSummary",
@@ -67,6 +75,95 @@ _TRACE_KINDS = frozenset(
     {"tripped", "fault", "interrupted", "stopped_by_patient", "under_dose", "amplitude_error"}
 )
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+LINE_WIDTH = 100  # the text report's lines never run longer
+# The weekly session adherence the trend is drawn against when the protocol names none: the
+# share of prescribed sessions commonly asked of home device therapy (e.g. CPAP's 70%, here a
+# little higher). A protocol's own ``adherence_target`` (a fraction) takes its place.
+DEFAULT_ADHERENCE_TARGET = 0.8
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the report says beside the adherence figures: facts from the log as a whole.
+
+    ``integrity`` is the log's verification (None: not checked); ``last_session`` the local day
+    of the patient's latest session up to today; ``target`` the weekly adherence target and
+    ``target_source`` where it comes from; ``starts`` the local start times (HH:MM) by day.
+    """
+
+    integrity: VerifyResult | None = None
+    last_session: date | None = None
+    target: float = DEFAULT_ADHERENCE_TARGET
+    target_source: str = "the report's default; the protocol sets none"
+    starts: Mapping[date, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        report: AdherenceReport,
+        protocol: object,
+        sessions: Iterable[SessionLike],
+        integrity: VerifyResult | None,
+    ) -> ReportContext:
+        theirs = sorted(
+            (s for s in sessions if s.patient_id == report.patient_id),
+            key=lambda s: (s.local_date, s.slot, _start_text(s)),
+        )
+        past = [s.local_date for s in theirs if s.local_date <= report.today]
+        starts: dict[date, list[str]] = defaultdict(list)
+        for s in theirs:
+            starts[s.local_date].append(_start_text(s))
+        own: object = getattr(protocol, "adherence_target", None)
+        target = DEFAULT_ADHERENCE_TARGET
+        known = isinstance(own, int | float) and not isinstance(own, bool) and 0 < own <= 1
+        if known and isinstance(own, int | float):
+            target = float(own)
+        return cls(
+            integrity=integrity,
+            last_session=max(past) if past else None,
+            target=target,
+            target_source="the protocol's" if known else cls.target_source,
+            starts={d: tuple(v) for d, v in starts.items()},
+        )
+
+    @property
+    def integrity_failed(self) -> bool:
+        return self.integrity is not None and not self.integrity.ok
+
+    def integrity_text(self) -> str:
+        """The log's verification status in one sentence."""
+        if self.integrity is None:
+            return "Log integrity: not checked."
+        if self.integrity.ok:
+            return (
+                f"Log integrity: verified ({self.integrity.records_checked} records, every "
+                "hash chain intact)."
+            )
+        bad = self.integrity.first_bad
+        where = (
+            ""
+            if bad is None
+            else f" Record {bad.chain_index} (session {bad.session_id}) of chain {bad.chain}: "
+            f"{bad.what}."
+        )
+        return (
+            "LOG INTEGRITY FAILED: the session log was changed after it was written, so these "
+            f"figures cannot be trusted.{where} Run 'liv verify' and contact the clinic."
+        )
+
+    def last_session_text(self, today: date) -> str:
+        if self.last_session is None:
+            return "no session logged"
+        days = (today - self.last_session).days
+        ago = "today" if days == 0 else "yesterday" if days == 1 else f"{days} days ago"
+        return f"{self.last_session.isoformat()} ({ago})"
+
+
+def _start_text(session: object) -> str:
+    """HH:MM of a session's local start (protocol's zone, as the log stores it)."""
+    started = getattr(session, "started_local", "")
+    text = started if isinstance(started, str) else started.isoformat()
+    return str(text)[11:16]
 
 
 class ReportProtocol(Plan, Protocol):
@@ -174,28 +271,101 @@ def _change_cell(report: AdherenceReport, day: date) -> str:
 # Text, CSV, JSON
 
 
-def render_table(report: AdherenceReport) -> str:
-    """The report as plain text for a terminal."""
-    out = [
-        f"Adherence of patient {_printable(report.patient_id)} "
-        f"(local dates in {_printable(report.timezone)})",
-        f"Study{' (protocol in force now)' if len(report.protocols) > 1 else ''} "
-        f"{report.study_start} to {report.study_end}; today is {report.today}.",
-        f"Prescribed{' now' if len(report.protocols) > 1 else ''}: "
-        f"{report.sessions_per_day} session(s) a day of "
-        f"{report.minutes_per_session:g} min at dose.",
-    ]
-    if len(report.protocols) > 1:
+def _wrapped(text: str, indent: str = "", first: str | None = None) -> list[str]:
+    """``text`` in lines of at most LINE_WIDTH characters (a long word is broken)."""
+    return textwrap.wrap(
+        text,
+        width=LINE_WIDTH,
+        initial_indent=indent if first is None else first,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+    ) or [indent.rstrip()]
+
+
+def empty_period_text(report: AdherenceReport) -> str:
+    """Why the report period has no days, in one sentence."""
+    first = min((p.study_start for p in report.protocols), default=report.study_start)
+    last = max((p.study_end for p in report.protocols), default=report.study_end)
+    if report.today < first and report.period_start <= first:
+        return (
+            f"The report period has no days: the study has not started yet (it starts on "
+            f"{first.isoformat()})."
+        )
+    if report.period_start > last:
+        return (
+            f"The report period has no days: it starts on {report.period_start.isoformat()}, "
+            f"after the study ended on {last.isoformat()}; choose an earlier --since."
+        )
+    if report.period_end < first:
+        return (
+            f"The report period has no days: it ends on {report.period_end.isoformat()}, "
+            f"before the study starts on {first.isoformat()}; choose a later --until."
+        )
+    if report.period_start > report.today:
+        return (
+            f"The report period has no days: it starts on {report.period_start.isoformat()}, "
+            f"after today ({report.today.isoformat()}); nothing has happened in it yet."
+        )
+    return "The report period has no days."
+
+
+def _bar(ratio: float | None, target: float, width: int = 20) -> str:
+    """A text bar of ``ratio`` (0..1) with the target marked ``|``."""
+    if ratio is None:
+        return ""
+    filled = math.floor(min(max(ratio, 0.0), 1.0) * width + 1e-9)
+    cells = ["#" if k < filled else "." for k in range(width)]
+    mark = min(width - 1, round(target * width))
+    cells[mark] = "|"
+    return "".join(cells)
+
+
+def render_table(report: AdherenceReport, context: ReportContext | None = None) -> str:
+    """The report as plain text for a terminal, no line longer than LINE_WIDTH."""
+    ctx = ReportContext() if context is None else context
+    out: list[str] = []
+    if ctx.integrity_failed:
+        out.append("!" * LINE_WIDTH)
+        out.extend(_wrapped(ctx.integrity_text(), "!! "))
+        out.append("!" * LINE_WIDTH)
+    several = len(report.protocols) > 1
+    out.extend(
+        [
+            f"Adherence of patient {_printable(report.patient_id)} "
+            f"(local dates and times in {_printable(report.timezone)})",
+            f"Study{' (protocol in force now)' if several else ''} "
+            f"{report.study_start} to {report.study_end}; today is {report.today}.",
+            f"Prescribed{' now' if several else ''}: "
+            f"{report.sessions_per_day} session(s) a day of "
+            f"{report.minutes_per_session:g} min at dose.",
+        ]
+    )
+    if not ctx.integrity_failed:
+        out.append(ctx.integrity_text())
+    out.append(f"Last session: {ctx.last_session_text(report.today)}.")
+    if several:
+        changed_on = ", ".join(_since_text(p) for p in report.protocol_changes)
+        out.extend(_wrapped(f"THE PROTOCOL CHANGED on {changed_on}: see below."))
         out.append("Protocols (each day is judged by the protocol in force that day):")
         for p in report.protocols:
-            out.append(
-                f"  {p.short_sha}  from {_since_text(p)} to {_until_text(p)}: "
-                f"{_printable(p.describe())}"
+            out.extend(
+                _wrapped(
+                    f"{p.short_sha} from {_since_text(p)} to {_until_text(p)}: "
+                    f"{_printable(p.describe())}",
+                    "      ",
+                    "  ",
+                )
             )
             if p.changes:
-                out.append(f"    changed on {_since_text(p)}: {_printable('; '.join(p.changes))}")
+                out.extend(
+                    _wrapped(
+                        f"changed on {_since_text(p)}: {_printable('; '.join(p.changes))}",
+                        "      ",
+                        "    ",
+                    )
+                )
     if not report.days:
-        out.append("The report period has no days (the study has not started yet).")
+        out.append(empty_period_text(report))
         return "\n".join(out) + "\n"
     out.append(f"Report period {report.period_start} to {report.period_end}.")
     out.append("")
@@ -224,28 +394,35 @@ def render_table(report: AdherenceReport) -> str:
         )
     )
     if report.missed_days:
-        out.append("  missed days: " + ", ".join(d.isoformat() for d in report.missed_days))
+        out.extend(
+            _wrapped(
+                ", ".join(d.isoformat() for d in report.missed_days), "    ", "  missed days: "
+            )
+        )
     out.append("")
-    out.extend(_columns(_week_rows(report.weeks), right=frozenset({1, 2, 3, 4, 5, 6})))
+    out.extend(
+        _wrapped(
+            f"Weekly session adherence against the target of {100 * ctx.target:g}% "
+            f"({ctx.target_source}; | marks it in the trend):"
+        )
+    )
+    out.extend(_columns(_week_rows(report.weeks, ctx.target), right=frozenset({1, 2, 3, 4, 5, 6})))
     out.append("")
-    out.extend(_columns(_day_rows(report), right=frozenset({3, 4, 5})))
+    out.extend(_columns(_day_rows(report, ctx), right=frozenset({3, 4})))
     out.append("")
     if report.flagged:
         sessions = _flags_by_session(report.flagged)
         out.append(f"Flagged sessions: {len(sessions)} ({len(report.flagged)} flags)")
-        rows = [["date", "slot", "start", "session", "device", "flag", "reason"]]
         for group in sessions:
             first = group[0]
-            for k, flag in enumerate(group):
-                head = [
-                    first.local_date.isoformat(),
-                    str(first.slot),
-                    first.started_local[11:16],
-                    _printable(first.session_id),
-                    _printable(first.device_id),
-                ]
-                rows.append([*(head if k == 0 else [""] * 5), flag.kind, _printable(flag.reason)])
-        out.extend(_columns(rows))
+            out.append(
+                f"  {first.local_date.isoformat()} {first.started_local[11:16]} slot "
+                f"{first.slot}  session {_printable(first.session_id)}  plate "
+                f"{_printable(first.device_id)}"[:LINE_WIDTH]
+            )
+            for flag in group:
+                kind = flag.kind.replace("stopped_by_patient", "stopped_by_user")
+                out.extend(_wrapped(_printable(flag.reason), " " * 26, f"    {kind:<20}  "))
     else:
         out.append("Flagged sessions: none.")
     out.append("")
@@ -253,34 +430,49 @@ def render_table(report: AdherenceReport) -> str:
     if not report.devices:
         out.append("  none in this period")
     for use in report.devices:
-        out.append(
-            f"  {_printable(use.device_id)}: {use.sessions} session(s) from {use.first_day} "
-            f"to {use.last_day}, firmware {_printable(', '.join(use.firmware_versions))}"
+        out.extend(
+            _wrapped(
+                f"{_printable(use.device_id)}: {use.sessions} session(s) from {use.first_day} "
+                f"to {use.last_day}, firmware {_printable(', '.join(use.firmware_versions))}",
+                "    ",
+                "  ",
+            )
         )
-    return "\n".join(out) + "\n"
+    # A table row made wide by unusual data (many sessions in a day, long ids) wraps too.
+    fitted = [
+        part
+        for line in out
+        for part in (_wrapped(line, " " * 12) if len(line) > LINE_WIDTH else [line])
+    ]
+    return "\n".join(fitted) + "\n"
 
 
-def _week_rows(weeks: Sequence[WeekAdherence]) -> list[list[str]]:
-    rows = [["week", "days", "sessions", "", "minutes at dose", "", "missed"]]
+def _week_rows(weeks: Sequence[WeekAdherence], target: float) -> list[list[str]]:
+    rows = [["week", "days", "sessions", "", "min at dose", "", "missed", "trend", ""]]
     for w in weeks:
+        if not w.days_counted:
+            continue  # this week has no day that has ended yet
+        ratio = w.session_adherence
         rows.append(
             [
                 w.label,
                 str(w.days_counted),
                 f"{w.slots_completed}/{w.slots_prescribed}",
-                _pct(w.session_adherence),
+                _pct(ratio),
                 f"{_min(w.minutes_at_dose)}/{_min(w.minutes_prescribed)}",
                 _pct(w.dose_adherence),
                 str(len(w.missed_days)),
+                _bar(ratio, target),
+                "" if ratio is None else "below" if ratio < target - 1e-9 else "",
             ]
         )
     return rows
 
 
-def _day_rows(report: AdherenceReport) -> list[list[str]]:
+def _day_rows(report: AdherenceReport, ctx: ReportContext) -> list[list[str]]:
     several = len(report.protocols) > 1  # then a column says where each protocol starts
     changes = _changes_on(report)
-    rows = [["date", "day", "status", "sessions", "minutes at dose", "logged"]]
+    rows = [["date", "day", "status", "sessions", "min at dose", "logged", "started at"]]
     if several:
         rows[0].append("protocol")
     for d in report.days:
@@ -293,20 +485,25 @@ def _day_rows(report: AdherenceReport) -> list[list[str]]:
                 d.status,
                 f"{d.slots_completed}/{d.slots_prescribed}" if shown else "",
                 f"{_min(d.minutes_at_dose)}/{_min(d.minutes_prescribed)}" if shown else "",
-                f"{_min(d.minutes_logged)} min, {d.sessions_logged} session(s)"
-                if d.sessions_logged
-                else "",
+                f"{_min(d.minutes_logged)} min in {d.sessions_logged}" if d.sessions_logged else "",
+                " ".join(ctx.starts.get(d.day, ())[:3])
+                + (f" +{len(ctx.starts[d.day]) - 3}" if len(ctx.starts.get(d.day, ())) > 3 else ""),
                 *([", ".join(marks)] if several else []),
             ]
         )
     return rows
 
 
-def render_csv(report: AdherenceReport) -> str:
-    """One row per day of the report period, columns ``CSV_COLUMNS`` (RFC 4180 line ends)."""
+def render_csv(report: AdherenceReport, context: ReportContext | None = None) -> str:
+    """One row per day of the report period, columns ``CSV_COLUMNS`` (RFC 4180 line ends).
+
+    With a checked log (``context.integrity``) a last column ``log_integrity`` holds the
+    log's verification status on every row, so no copy of the figures goes without it.
+    """
+    integrity = [] if context is None or context.integrity is None else [context.integrity_text()]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([*CSV_COLUMNS, *(["log_integrity"] if integrity else [])])
     for d in report.days:
         iso = d.day.isocalendar()
         writer.writerow(
@@ -327,6 +524,7 @@ def render_csv(report: AdherenceReport) -> str:
                 _number(d.dose_adherence),
                 (d.protocol_sha256 or "")[:12],
                 _change_cell(report, d.day),
+                *integrity,
             ]
         )
     return buffer.getvalue()
@@ -369,6 +567,9 @@ _SVG_LOOK = {  # presentation attributes, so an SVG looks right outside the page
     "event": 'stroke="#cf3f3f" stroke-width="2"',
     "change": 'stroke="#6b3fa0" stroke-width="2" stroke-dasharray="2 3"',
     "change-text": 'font-size="11" font-weight="600" fill="#6b3fa0"',
+    "event-text": 'font-size="11" font-weight="600" fill="#cf3f3f"',
+    "nobody": 'fill="#8a919c" fill-opacity="0.22"',
+    "nobody-text": 'font-size="11" font-weight="600" fill="#5b6472"',
 }
 _L = {name: f'class="{name}" {look}' for name, look in _SVG_LOOK.items()}
 _SVG_FONT = "Segoe UI, Helvetica Neue, Arial, Liberation Sans, DejaVu Sans, sans-serif"
@@ -436,10 +637,13 @@ def render_session_svg(
     tolerance = dose_tolerance if dose_tolerance is not None else _tolerance_of(record)
     target = record.target_g
     points = sorted((t, g) for t, g in record.envelope if math.isfinite(t) and math.isfinite(g))
-    left, right, top, bottom = 52, 26, 26, 34
+    left, right, top, bottom = 52, 26, 26, 50  # the legend sits under the time axis
     plot_w, plot_h = width - left - right, height - top - bottom
     t_end = max([points[-1][0] if points else 0.0, 60.0])
-    events = [e for e in record.safety_events if isinstance(e.get("t_s"), int | float)]
+    timed = [e for e in record.safety_events if isinstance(e.get("t_s"), int | float)]
+    events = [e for e in timed if e.get("reason") != PRESENCE_EVENT]
+    absent_s = _absent_s(record)
+    nobody = _nobody_span(record, points)
     t_end = max([t_end, *(float(e["t_s"]) for e in events)])
     g_top = max([target * 1.5, *(g * 1.05 for _, g in points)])
 
@@ -457,11 +661,21 @@ def render_session_svg(
         f"status {record.status}"
     )
     parts = [_svg_open(width, height, label, "trace", standalone)]
+    status = status_word(str(record.status)).replace("_", " ")
     parts.append(
         f'<text x="{left}" y="16" {_L["chart-title"]}>{_e(record.local_date.isoformat())} '
-        f"slot {record.slot} &#183; {_e(str(record.status).replace('_', ' '))} &#183; "
+        f"{_e(_start_text(record))} slot {record.slot} &#183; {_e(status)} &#183; "
         f"{record.minutes_at_dose:.1f}/{record.minutes_prescribed:.1f} min at dose</text>"
     )
+    if nobody is not None:
+        x0, x1 = x(nobody[0]), x(nobody[1])
+        parts.append(
+            f'<rect {_L["nobody"]} x="{_f(x0)}" y="{top}" width="{_f(max(x1 - x0, 1.0))}" '
+            f'height="{plot_h}"><title>nobody on the plate from {nobody[0]:.0f} s to '
+            f"{nobody[1]:.0f} s: the session stopped</title></rect>"
+            f'<text {_L["nobody-text"]} x="{_f(x0 + 3)}" y="{top + 12}">nobody on the plate'
+            "</text>"
+        )
     if tolerance is not None:
         band_top, band_bottom = y(target * (1 + tolerance)), y(target * (1 - tolerance))
         parts.append(
@@ -505,14 +719,74 @@ def render_session_svg(
         )
     for event in events:
         at = x(float(event["t_s"]))
+        name = str(event.get("reason", "safety event"))
+        kind = "trip" if record.status == "tripped" else "event"
         parts.append(
-            f'<line {_L["event"]} x1="{_f(at)}" x2="{_f(at)}" y1="{top}" '
-            f'y2="{top + plot_h}"><title>{_e(event.get("reason", "safety event"))} at '
-            f"{float(event['t_s']):.1f} s: {_e(event.get('detail', ''))}</title></line>"
+            f"<g><title>{_e(name)} at {float(event['t_s']):.1f} s: "
+            f'{_e(event.get("detail", ""))}</title><line {_L["event"]} x1="{_f(at)}" '
+            f'x2="{_f(at)}" y1="{top}" y2="{top + plot_h}"/><text {_L["event-text"]} '
+            f'x="{_f(at - 3)}" y="{top + 12}" text-anchor="end">{kind}: {_e(name)}</text></g>'
         )
-    parts.append(
-        f'<rect {_L["frame"]} x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/></svg>'
-    )
+    parts.append(f'<rect {_L["frame"]} x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/>')
+    parts.append(_trace_legend(left, height - 10, tolerance is not None, bool(events),
+                               nobody is not None, absent_s))  # fmt: skip
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_NOBODY = re.compile(r"nobody on the plate for (\d+(?:\.\d+)?) minute")
+
+
+def _nobody_span(
+    record: ReportSession, points: Sequence[tuple[float, float]]
+) -> tuple[float, float] | None:
+    """When nobody was on the plate, as far as the record tells: the minutes before a session
+    stopped because nobody was on it (its reason says how long). Earlier step-offs are only
+    counted (the presence event's ``absent_s``), not timed, so they are not drawn."""
+    found = _NOBODY.search(str(record.reason))
+    if found is None or not points:
+        return None
+    end = points[-1][0]
+    return max(0.0, end - 60.0 * float(found.group(1))), end
+
+
+def _absent_s(record: ReportSummary) -> float:
+    """Seconds nobody was on the plate during the hold, from the record's presence event."""
+    for event in record.safety_events:
+        values = event.get("values")
+        if event.get("reason") == PRESENCE_EVENT and isinstance(values, dict):
+            absent = values.get("absent_s")
+            if isinstance(absent, int | float) and not isinstance(absent, bool):
+                return float(absent)
+    return 0.0
+
+
+def _trace_legend(
+    left: float, base: float, band: bool, events: bool, nobody: bool, absent_s: float
+) -> str:
+    """The key under a session chart: only what the chart shows."""
+    items = [(f'<line {_L["envelope"]} x1="0" x2="14" y1="-4" y2="-4"/>', "measured amplitude")]
+    if band:
+        items.append((f'<rect {_L["band"]} x="0" y="-9" width="14" height="10"/>', "target band"))
+    if events:
+        items.append((f'<line {_L["event"]} x1="7" x2="7" y1="-10" y2="2"/>', "trip / event"))
+    if nobody:
+        items.append(
+            (f'<rect {_L["nobody"]} x="0" y="-9" width="14" height="10"/>', "nobody on the plate")
+        )
+    parts = []
+    x = left
+    for mark, text in items:
+        parts.append(
+            f'<g transform="translate({_f(x)},{_f(base)})">{mark}<text {_L["tick"]} x="18" '
+            f'y="0">{_e(text)}</text></g>'
+        )
+        x += 26 + 6.2 * len(text)
+    if absent_s > 0:
+        parts.append(
+            f'<text {_L["tick"]} x="{_f(x)}" y="{_f(base)}">off the plate {absent_s:.0f} s in '
+            "all</text>"
+        )
     return "".join(parts)
 
 
@@ -701,7 +975,7 @@ def _accuracy_chart(report: AdherenceReport, sessions: Sequence[ReportSummary]) 
             p95 = s.p95_abs_error_pct
             mean = s.mean_error_pct
             text = (
-                f"{day.isoformat()} slot {s.slot} ({s.session_id}): "
+                f"{day.isoformat()} {_start_text(s)} slot {s.slot} ({s.session_id}): "
                 + (f"p95 |error| {p95:.2f}%" if p95 is not None else "no accuracy figure")
                 + (f", mean error {mean:+.2f}%" if mean is not None else "")
             )
@@ -758,6 +1032,12 @@ h1 .pid { font-family: "DejaVu Sans Mono", Consolas, monospace; background: #eef
 h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px;
   border-bottom: 1px solid var(--line); }
 .sub { color: var(--muted); margin: 0; }
+.integrity.ok { color: var(--muted); font-size: 12.5px; margin: 0 0 6px; }
+.integrity.failed { background: #cf3f3f; color: #fff; font-size: 16px; padding: 12px 16px;
+  border-radius: 6px; margin: 0 0 14px; }
+h2.changed { color: #6b3fa0; }
+.changed-note { color: #6b3fa0; font-weight: 600; margin: 6px 0 0; }
+.cal td.wk .mo { display: block; font-size: 11px; }
 .facts { display: grid; grid-template-columns: repeat(3, 1fr); gap: 2px 24px; margin: 0;
   font-size: 13px; }
 .facts div { display: flex; gap: 8px; padding: 3px 0; border-bottom: 1px dotted var(--line); }
@@ -832,6 +1112,18 @@ svg { display: block; max-width: 100%; height: auto; font-family: inherit; }
   white-space: nowrap; }
 footer { margin-top: 28px; padding-top: 8px; border-top: 1px solid var(--line);
   color: var(--muted); font-size: 12px; }
+@media (max-width: 700px) {
+  main { padding: 12px 10px 24px; }
+  .facts { grid-template-columns: 1fr; }
+  .cards { grid-template-columns: 1fr 1fr; }
+  .traces { grid-template-columns: 1fr; }
+  .cal th.fig, .cal td.fig { display: none; }
+  .cal th.wk, .cal td.wk { width: 58px; font-size: 10px; }
+  .day { padding: 1px 2px; }
+  .day .c { right: 2px; font-size: 10px; }
+  .data { display: block; overflow-x: auto; }
+  .chart-legend { margin-left: 0; }
+}
 @media print { body { background: #fff; } main { padding: 0; max-width: none; }
   h2 { break-after: avoid; } .cal tr, .data tr, figure { break-inside: avoid; } }
 """
@@ -875,12 +1167,14 @@ _CALENDAR_PREVIEW_DAYS = 42
 def _calendar_span(report: AdherenceReport) -> tuple[date, date]:
     """First and last day the calendar shows: the report period, never the whole study."""
     if report.days:
-        return report.days[0].day, report.days[-1].day
+        first, last = report.days[0].day, report.days[-1].day
+        # a period that runs past today (an --until in the future) ends its calendar today
+        return first, min(last, max(report.today, first))
     start = report.study_start
     return start, min(report.study_end, start + timedelta(days=_CALENDAR_PREVIEW_DAYS - 1))
 
 
-def _calendar(report: AdherenceReport) -> str:
+def _calendar(report: AdherenceReport, ctx: ReportContext) -> str:
     days = {d.day: d for d in report.days}
     changes = _changes_on(report)
     weeks = {(w.iso_year, w.iso_week): w for w in report.weeks}
@@ -910,13 +1204,18 @@ def _calendar(report: AdherenceReport) -> str:
         )
         month = f" {month_day:%b %Y}" if month_day is not None else ""
         previous_month = (monday + timedelta(days=6)).month
-        cells = [f'<td class="wk"><b>W{iso.week:02d}</b>{_e(month)}</td>']
+        cells = [
+            f'<td class="wk"><b>{iso.year}-W{iso.week:02d}</b>'
+            f'<span class="mo">{_e(month.strip())}</span></td>'
+        ]
         for k in range(7):
             day = monday + timedelta(days=k)
             status = _calendar_status(report, day, days)
             found = days.get(day)
             count = ""
             title = f"{_long_date(day)}: {_STATUS_TEXT[status]}"
+            if ctx.starts.get(day):
+                title += f"; started at {', '.join(ctx.starts[day])}"
             if found is not None and status in {"full", "partial", "missed", "today"}:
                 count = f"{found.slots_completed}/{found.slots_prescribed}"
                 title += (
@@ -975,7 +1274,74 @@ def _calendar(report: AdherenceReport) -> str:
     return "".join(rows)
 
 
-def _protocol_facts(protocol: ReportProtocol, report: AdherenceReport) -> str:
+def _integrity_banner(ctx: ReportContext) -> str:
+    """The log's verification status; a failed one as a red block above everything else."""
+    if ctx.integrity_failed:
+        return (
+            '<div class="integrity failed" role="alert"><strong>LOG INTEGRITY FAILED</strong> '
+            f"{_e(ctx.integrity_text().removeprefix('LOG INTEGRITY FAILED: '))}</div>"
+        )
+    return f'<p class="integrity ok">{_e(ctx.integrity_text())}</p>'
+
+
+def _weekly_chart(report: AdherenceReport, ctx: ReportContext) -> str:
+    """Session adherence of each ISO week that has a counted day, against the target line."""
+    weeks = [w for w in report.weeks if w.days_counted and w.session_adherence is not None]
+    width, height = 1040, 190
+    left, right, top, bottom = 52, 16, 16, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
+    label = (
+        f"Weekly session adherence, {len(weeks)} week(s), against a target of {100 * ctx.target:g}%"
+    )
+    parts = [_svg_open(width, height, label, "chart weekly", False)]
+    if not weeks:
+        parts.append(
+            f'<text {_L["tick"]} x="{left}" y="{top + 20}">no week counted yet</text></svg>'
+        )
+        return "".join(parts)
+
+    def y(ratio: float) -> float:
+        return top + plot_h * (1.0 - min(max(ratio, 0.0), 1.0))
+
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(
+            f'<line {_L["grid"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(tick))}" '
+            f'y2="{_f(y(tick))}"/><text {_L["tick"]} x="{left - 6}" y="{_f(y(tick) + 4)}" '
+            f'text-anchor="end">{100 * tick:g}%</text>'
+        )
+    slot_w = plot_w / max(len(weeks), 4)
+    every = max(1, math.ceil(len(weeks) / 12))  # at most about 12 week labels
+    for k, w in enumerate(weeks):
+        ratio = w.session_adherence or 0.0
+        below = ratio < ctx.target - 1e-9
+        x0 = left + k * slot_w + slot_w * 0.15
+        title = (
+            f"{w.label}: {_pct(ratio)} of sessions ({w.slots_completed} of "
+            f"{w.slots_prescribed}), {_pct(w.dose_adherence)} of minutes"
+            + (" - below the target" if below else "")
+        )
+        parts.append(
+            f'<g><title>{_e(title)}</title><rect x="{_f(x0)}" y="{_f(y(ratio))}" '
+            f'width="{_f(slot_w * 0.7)}" height="{_f(max(y(0) - y(ratio), 1.0))}" '
+            f'fill="{_DAY_FILL["partial" if below else "full"]}"/></g>'
+        )
+        if k % every == 0:
+            parts.append(
+                f'<text {_L["tick"]} x="{_f(x0 + slot_w * 0.35)}" y="{top + plot_h + 16}" '
+                f'text-anchor="middle">{_e(w.label)}</text>'
+            )
+    parts.append(
+        f'<line {_L["prescribed"]} x1="{left}" x2="{left + plot_w}" y1="{_f(y(ctx.target))}" '
+        f'y2="{_f(y(ctx.target))}"/><text {_L["note"]} x="{left + plot_w - 4}" '
+        f'y="{_f(y(ctx.target) - 5)}" text-anchor="end">target {100 * ctx.target:g}%</text>'
+    )
+    parts.append(
+        f'<rect {_L["frame"]} x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/></svg>'
+    )
+    return "".join(parts)
+
+
+def _protocol_facts(protocol: ReportProtocol, report: AdherenceReport, ctx: ReportContext) -> str:
     windows = (
         ", ".join(f"{w.start:%H:%M}-{w.end:%H:%M}" for w in protocol.daily_windows)
         or "any time of day"
@@ -994,6 +1360,8 @@ def _protocol_facts(protocol: ReportProtocol, report: AdherenceReport) -> str:
         ("This report", f"{report.period_start.isoformat()} to {report.period_end.isoformat()}"
          if report.days else "no days yet"),
         ("Protocol", f"sha256 {protocol.sha256[:12]}"),
+        ("Last session", ctx.last_session_text(report.today)),
+        ("Weekly target", f"{100 * ctx.target:g}% of sessions"),
     ]  # fmt: skip
     return (
         '<dl class="facts">'
@@ -1045,7 +1413,7 @@ def _flag_table(report: AdherenceReport) -> str:
         first = group[0]
         items = "".join(
             f'<li><span class="tag{_tag_class(f.kind)}">'
-            f"{_e(f.kind.replace('_', ' '))}</span>{_e(f.reason)}</li>"
+            f"{_e(status_word(f.kind).replace('_', ' '))}</span>{_e(f.reason)}</li>"
             for f in group
         )
         rows.append(
@@ -1133,13 +1501,18 @@ def render_html(
     protocol: ReportProtocol,
     sessions: Iterable[ReportSummary],
     record_of: Callable[[ReportSummary], ReportSession] | None = None,
+    context: ReportContext | None = None,
 ) -> str:
     """One self-contained HTML page of the report, for a clinician to open, print or attach.
 
     ``sessions`` may be summaries: ``record_of`` then gives the full record (envelope) of the
     few flagged sessions whose traces are drawn. Without it the sessions must be full records.
+    ``context`` (default: worked out from ``sessions``, log not checked) adds the log's
+    integrity, the last session and the adherence target.
     """
     record_of = _as_record if record_of is None else record_of
+    sessions = list(sessions)
+    ctx = ReportContext.of(report, protocol, sessions, None) if context is None else context
     in_period = sorted(
         (
             s
@@ -1182,8 +1555,10 @@ def render_html(
                 ),
             ]
         )
-    else:
+    elif report.days:
         cards = '<p class="note-line">No day of the study has ended yet: nothing to count.</p>'
+    else:
+        cards = f'<p class="note-line">{_e(empty_period_text(report))}</p>'
     missed_line = (
         '<p class="note-line">Missed days: '
         + ", ".join(_e(_long_date(d)) for d in report.missed_days)
@@ -1198,15 +1573,40 @@ def render_html(
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
+        _integrity_banner(ctx),
         f'<header><h1>Therapy adherence <span class="pid">{_e(report.patient_id)}</span></h1>',
         '<p class="sub">Low-intensity vibration (LIV) plate: sessions as logged by the device. '
-        f"{_e(_counted_to(report))} Dates are the patient's local dates "
-        f"({_e(report.timezone)}).</p></header>",
-        "<h2>Prescription in force now</h2>" if several else "<h2>Prescription</h2>",
-        _protocol_facts(protocol, report),
+        f"{_e(_counted_to(report))} Dates and times are the patient's local ones "
+        f"({_e(report.timezone)}).</p>",
         *(
             [
-                f"<h2>Protocol changes ({len(report.protocol_changes)})</h2>",
+                '<p class="changed-note">The prescription changed during this study on '
+                + _e(", ".join(_since_text(p) for p in report.protocol_changes))
+                + ": each day is judged by the protocol in force that day (see Protocol "
+                "changes).</p>"
+            ]
+            if several
+            else []
+        ),
+        "</header>",
+        "<h2>Overall adherence</h2>",
+        f'<div class="cards">{cards}</div>',
+        missed_line,
+        f"<h2>Weekly adherence against the {100 * ctx.target:g}% target</h2>",
+        _weekly_chart(report, ctx),
+        '<div class="chart-legend"><span><span class="swatch" style="background:#3f9e5f">'
+        "</span>week at or above the target</span><span>"
+        '<span class="swatch" style="background:#e9a62b"></span>week below the target</span>'
+        f"<span>dashed line: the target, {100 * ctx.target:g}% of prescribed sessions "
+        f"({_e(ctx.target_source)})</span></div>",
+        "<h2>Calendar</h2>",
+        _calendar(report, ctx),
+        "<h2>Prescription in force now</h2>" if several else "<h2>Prescription</h2>",
+        _protocol_facts(protocol, report, ctx),
+        *(
+            [
+                f'<h2 class="changed">Protocol changes ({len(report.protocol_changes)}): the '
+                "prescription changed during the study</h2>",
                 '<p class="note-line">Each day is judged by the protocol in force that day; '
                 "a change is marked Rx in the calendar and by a purple line in the chart.</p>",
                 _protocol_table(report),
@@ -1214,11 +1614,6 @@ def render_html(
             if several
             else []
         ),
-        "<h2>Overall adherence</h2>",
-        f'<div class="cards">{cards}</div>',
-        missed_line,
-        "<h2>Calendar</h2>",
-        _calendar(report),
         "<h2>Minutes at dose per day</h2>",
         _minutes_chart(report),
         '<div class="chart-legend">'

@@ -395,14 +395,14 @@ def test_to_dict_is_plain_json() -> None:
 def test_the_terminal_table() -> None:
     text = render_table(month())
     lines = [" ".join(line.split()) for line in text.splitlines()]  # columns, not spacing
-    assert lines[0] == "Adherence of patient P-0042 (local dates in Europe/London)"
+    assert lines[0] == "Adherence of patient P-0042 (local dates and times in Europe/London)"
     assert "sessions completed at dose 54 of 60 90.0%" in lines
     assert "minutes at dose 557.5 of 600.0 92.9%" in lines
     assert "days full / partial / missed 25 / 4 / 1" in lines
     assert "missed days: 2026-03-05" in lines
-    assert "2026-W10 7 11/14 78.6% 118.0/140.0 84.3% 1" in lines
+    assert "2026-W10 7 11/14 78.6% 118.0/140.0 84.3% 1 ###############.|... below" in lines
     assert "2026-03-05 Thu missed 0/2 0.0/20.0" in lines
-    assert "2026-03-12 Thu full 2/2 20.0/20.0 30.0 min, 3 session(s)" in lines
+    assert "2026-03-12 Thu full 2/2 20.0/20.0 30.0 min in 3" in lines
     assert "Flagged sessions: 9 (16 flags)" in lines
     assert "LIV-0002: 32 session(s) from 2026-03-16 to 2026-04-01, firmware 1.2.0" in lines
     assert text.endswith("\n")

@@ -222,6 +222,7 @@ def test_device_list_json(mocker: MockerFixture, capsys: pytest.CaptureFixture[s
     assert main(["device", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0] == {
+        "schema": "liv.port/1",  # docs/json.md
         "device": "/dev/ttyACM0",
         "description": "LIV plate",
         "vid_pid": "2341:0043",

@@ -120,7 +120,9 @@ def test_a_read_only_copy_of_a_home_can_be_audited(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert "every chain intact" in (out / "verify.txt").read_text()
     assert [s["session_id"] for s in json.loads((out / "sessions.json").read_text())] == ids
-    assert len((out / "export.jsonl").read_text().splitlines()) == 2
+    lines = (out / "export.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["integrity"]["status"] == "verified"  # the export's header
+    assert len(lines) == 1 + 2
     assert (out / "report.csv").read_text().startswith("patient_id,date")
     assert sorted(p.name for p in copy.iterdir()) == sorted(["liv.db", home.protocol_path.name])
 

@@ -6,6 +6,8 @@ month of tests/test_adherence.py and checks both the DOM it parsed and the pixel
 
 from __future__ import annotations
 
+import html
+import json
 import math
 import os
 import re
@@ -122,7 +124,7 @@ def test_calendar_cells_carry_text_not_colour_alone() -> None:
 def test_every_svg_is_well_formed() -> None:
     page = month_html()
     charts = re.findall(r"<svg.*?</svg>", page, flags=re.DOTALL)
-    assert len(charts) == 2 + 5  # minutes, accuracy, five traces of flagged sessions
+    assert len(charts) == 3 + 5  # weekly, minutes, accuracy, five traces of flagged sessions
     for chart in charts:
         root = ET.fromstring(chart)
         assert root.get("role") == "img"
@@ -195,7 +197,7 @@ def test_an_empty_report_still_renders() -> None:
     protocol = make_protocol()
     report = compute_adherence(protocol, [], today=d(20, 2))
     page = render_html(report, protocol, [])
-    assert "No day of the study has ended yet" in page
+    assert "the study has not started yet (it starts on 2026-03-02)" in page
     assert "no days yet" in page
     assert page.count('<td><div class="day future"') == 30
 
@@ -365,7 +367,7 @@ def test_chromium_parses_the_calendar_and_charts(report_file: Path, tmp_path: Pa
     assert "<title>LIV therapy adherence: P-0042</title>" in dom
     assert len(re.findall(r'<td><div class="day \w+" title="', dom)) == 35
     assert len(re.findall(r'<div class="day full"', dom)) == 25
-    assert dom.count("<svg") == 7
+    assert dom.count("<svg") == 8
     assert "Flagged sessions (9)" in dom
 
 
@@ -394,3 +396,95 @@ def test_chromium_paints_the_report(report_file: Path, tmp_path: Path) -> None:
     # the calendar's colours were painted, in plausible amounts (25 full days, 1 missed)
     assert colours[FULL_RGB] > 20 * colours[MISSED_RGB] > 0
     assert colours[PARTIAL_RGB] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# The page at real screen sizes: an ongoing one-year study, five weeks in
+
+# Measures the page it is put in (a copy for the test; the product's page has no script) and
+# writes the figures into the harness page, which chromium dumps.
+_PROBE = """<script>
+window.addEventListener('load', function () {
+  var d = document.documentElement;
+  var box = function (e) { var r = e.getBoundingClientRect(); return [r.top, r.bottom]; };
+  var out = {scrollWidth: d.scrollWidth, innerWidth: window.innerWidth,
+    innerHeight: window.innerHeight, scrollHeight: d.scrollHeight,
+    charts: Array.from(document.querySelectorAll('svg.chart')).map(box),
+    calendar: box(document.querySelector('table.cal')),
+    futureDays: document.querySelectorAll('table.cal div.day.future').length};
+  var p = parent.document.createElement('pre');
+  p.className = 'probe'; p.textContent = JSON.stringify(out);
+  parent.document.body.appendChild(p);
+});
+</script>"""
+SCREENS = ((1280, 800), (390, 844))  # a laptop, a phone
+
+
+def _measured(page: str, tmp_path: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """The page's geometry in an iframe of each SCREENS size, as headless chromium lays it out."""
+    probed = html.escape(page.replace("</body>", _PROBE + "</body>"), quote=True)
+    frames = "".join(
+        f'<iframe width="{w}" height="{h}" style="border:0;display:block" srcdoc="{probed}">'
+        "</iframe>"
+        for w, h in SCREENS
+    )
+    harness = tmp_path / "harness.html"
+    harness.write_text(f"<!DOCTYPE html><html><body>{frames}</body></html>", encoding="utf-8")
+    args = [*_chromium_args(tmp_path / "profile-measure"), "--window-size=1400,1900"]
+    dom = _run_chromium([*args, "--dump-dom", harness.as_uri()], tmp_path).decode("utf-8")
+    found = [
+        json.loads(html.unescape(m)) for m in re.findall(r'<pre class="probe">(.*?)</pre>', dom)
+    ]
+    return {(m["innerWidth"], m["innerHeight"]): m for m in found}
+
+
+@needs_chromium
+def test_the_report_fits_a_laptop_and_a_phone_screen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sessions.cli import main
+    from tests.test_report_cli import make_clinic_home
+
+    home = make_clinic_home(tmp_path / "home")  # a one-year study: 11 of its 12 months ahead
+    assert main(home.argv("report", "--format", "html")) == 0
+    page = capsys.readouterr().out
+    measured = _measured(page, tmp_path)
+    assert set(measured) == set(SCREENS)
+    for (width, height), m in measured.items():
+        assert m["scrollWidth"] <= width, f"{width} px wide: the page scrolls sideways"
+        top, bottom = m["calendar"]
+        assert bottom - top < 8 * 60, "the calendar shows more than the report period"
+        assert m["futureDays"] <= 6  # the rest of this week, no grey future weeks
+        assert m["scrollHeight"] < 6000
+        first_chart_top = m["charts"][0][0]
+        if width >= 1280:  # the weekly trend is on the first screen, whole
+            assert m["charts"][0][1] <= height, m
+        else:  # on a phone it starts within the first two screens
+            assert first_chart_top < 2 * height, m
+
+
+@needs_chromium
+def test_chromium_screenshot_of_an_ongoing_study_is_screen_sized(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sessions.cli import main
+    from tests.test_report_cli import make_clinic_home
+
+    home = make_clinic_home(tmp_path / "home")
+    report = tmp_path / "report.html"
+    assert main(home.argv("report", "--format", "html", "--out", str(report))) == 0
+    shot = tmp_path / "shot.png"
+    args = [*_chromium_args(tmp_path / "profile-shot"), "--window-size=1280,800"]
+    _run_chromium([*args, f"--screenshot={shot}", "--hide-scrollbars", report.as_uri()], tmp_path)
+    width, height, rows = _png_pixels(shot.read_bytes())
+    assert (width, height) == (1280, 800)
+    # The weekly chart's bars are on this first screen: a column of at least 80 green pixels
+    # (calendar days are 32 px tall, card borders 5 px; the daily minutes chart is further down).
+    green = bytes(FULL_RGB)
+    longest = 0
+    for x in range(0, width, 4):
+        run = 0
+        for row in rows:
+            run = run + 1 if row[3 * x : 3 * x + 3] == green else 0
+            longest = max(longest, run)
+    assert longest >= 80

@@ -9,10 +9,11 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from sessions.jsonshapes import STATUS_WORDS
 from sessions.log.canonical import canonical_json, number_text
 from sessions.log.chain import (
     _canonical_pairs,
@@ -23,8 +24,40 @@ from sessions.log.chain import (
 )
 from sessions.log.errors import _translate
 from sessions.log.fields import _columns_from_raw, _raw_from_row, _record_from_raw
-from sessions.log.records import EXPORT_FIELDS, BadRecord, ImportResult, LogError, LogErrorReason
+from sessions.log.records import (
+    EXPORT_FIELDS,
+    SUMMARY_FIELDS,
+    BadRecord,
+    ImportResult,
+    LogError,
+    LogErrorReason,
+)
 from sessions.log.storage import _ALL_BUT_ENVELOPE, SessionStore
+
+# Excel's limit on the characters of one cell (LibreOffice and Google Sheets hold as many).
+CSV_CELL_LIMIT = 32_767
+
+# The plain CSV: one row per session, the columns a clinician reads (docs/sessions.md).
+SESSION_CSV_COLUMNS = (
+    "session_id",
+    "patient_id",
+    "device_id",
+    "local_date",
+    "slot",
+    "start_time",
+    "end_time",
+    "timezone",
+    "status",
+    "minutes_prescribed",
+    "minutes_at_dose",
+    "target_g",
+    "mean_error_pct",
+    "p95_abs_error_pct",
+    "safety_events",
+    "reason",
+    "override_reason",
+    "resumed_from",
+)
 
 _log = logging.getLogger(__name__)
 
@@ -38,11 +71,11 @@ class SessionLog(SessionStore):
         for row in self._export_stored(conn):
             yield self._parsed(row)
 
-    def _export_stored(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+    def _export_stored(self, conn: sqlite3.Connection, columns: str = "*") -> Iterator[sqlite3.Row]:
         """Every finished row in export order, one at a time (memory does not grow)."""
         for log_id in self._chain_order(conn):
             yield from conn.execute(
-                "SELECT * FROM sessions WHERE log_id = ? AND record_hash IS NOT NULL "
+                f"SELECT {columns} FROM sessions WHERE log_id = ? AND record_hash IS NOT NULL "
                 "ORDER BY chain_index",
                 (log_id,),
             )
@@ -94,23 +127,70 @@ class SessionLog(SessionStore):
         ):
             yield conn, stream
 
-    def export_jsonl(self, out: TextIO | Path) -> int:
-        """Every finished record, one canonical JSON object per line; returns the count."""
+    def export_jsonl(self, out: TextIO | Path, header: Mapping[str, Any] | None = None) -> int:
+        """Every finished record, one canonical JSON object per line; returns the count.
+
+        ``header`` (the log's verification status, docs/log-format.md) is written first as a
+        line of its own; ``import_jsonl`` reads past it.
+        """
         count = 0
         with self._exporting(out, "\n") as (conn, stream):
+            if header is not None:
+                stream.write(canonical_json(dict(header)) + "\n")
             for row in self._export_stored(conn):
                 stream.write(self._jsonl_line(row) + "\n")
                 count += 1
         return count
 
-    def export_csv(self, out: TextIO | Path) -> int:
-        """Every finished record as a flat CSV row (lists/dicts as JSON text); returns the count."""
+    def export_csv(self, out: TextIO | Path, integrity: str | None = None) -> int:
+        """Every finished record as a flat CSV row (lists/dicts as JSON text); returns the count.
+
+        No cell is longer than a spreadsheet holds (:data:`CSV_CELL_LIMIT`): a longer one (in
+        practice the envelope of any full session) says where its data is instead
+        (:meth:`export_envelopes_csv`, or the JSONL export). ``integrity`` adds a last column
+        ``log_integrity`` holding it on every row.
+        """
         count = 0
         with self._exporting(out, "") as (conn, stream):
             writer = csv.writer(stream)
-            writer.writerow(EXPORT_FIELDS)
+            writer.writerow([*EXPORT_FIELDS, *(["log_integrity"] if integrity else [])])
             for raw in self._export_rows(conn):
-                writer.writerow([_csv_cell(raw[name]) for name in EXPORT_FIELDS])
+                cells = [_fitted_cell(name, raw[name]) for name in EXPORT_FIELDS]
+                writer.writerow([*cells, *([integrity] if integrity else [])])
+                count += 1
+        return count
+
+    def export_sessions_csv(self, out: TextIO | Path, integrity: str | None = None) -> int:
+        """One plain row per finished session (:data:`SESSION_CSV_COLUMNS`); returns the count.
+
+        What a clinician opens in a spreadsheet: local start and end times, minutes, status in
+        the outputs' vocabulary, rounded values; the envelope is never read.
+        """
+        count = 0
+        names = ", ".join(SUMMARY_FIELDS)
+        with self._exporting(out, "") as (conn, stream):
+            writer = csv.writer(stream)
+            writer.writerow([*SESSION_CSV_COLUMNS, *(["log_integrity"] if integrity else [])])
+            for row in self._export_stored(conn, names):
+                raw = self._parsed(row, SUMMARY_FIELDS)
+                writer.writerow([*_session_row(raw), *([integrity] if integrity else [])])
+                count += 1
+        return count
+
+    def export_envelopes_csv(self, out: TextIO | Path) -> int:
+        """Every envelope point of every finished session, one row each; returns the sessions.
+
+        Columns ``session_id, t_s, amplitude_g``: the envelopes the record CSV cannot hold.
+        """
+        count = 0
+        with self._exporting(out, "") as (conn, stream):
+            writer = csv.writer(stream)
+            writer.writerow(("session_id", "t_s", "amplitude_g"))
+            for row in self._export_stored(conn, "session_id, envelope"):
+                raw = self._parsed(row, ("session_id", "envelope"))
+                sid = spreadsheet_text(str(raw["session_id"]))
+                for t_s, amplitude_g in raw["envelope"] or []:
+                    writer.writerow((sid, number_text(t_s), number_text(amplitude_g)))
                 count += 1
         return count
 
@@ -202,6 +282,51 @@ class SessionLog(SessionStore):
         )
 
 
+def _fitted_cell(name: str, value: Any) -> str:
+    """A record CSV cell, or a note saying where its data is when it is over the cell limit."""
+    text = _csv_cell(value)
+    if len(text) <= CSV_CELL_LIMIT:
+        return text
+    where = (
+        f"{len(value)} points: see the envelope CSV (--format csv-envelopes) or the JSONL export"
+        if name == "envelope" and isinstance(value, list)
+        else "see the JSONL export"
+    )
+    return f"(over {CSV_CELL_LIMIT:,} characters, more than a spreadsheet cell holds; {where})"
+
+
+def _round_text(value: Any, decimals: int) -> str:
+    return "" if value is None else f"{round(float(value), decimals) + 0.0:.{decimals}f}"
+
+
+def _session_row(raw: dict[str, Any]) -> list[str]:
+    """One row of :data:`SESSION_CSV_COLUMNS` from a record's summary fields."""
+    ended = raw["ended_local"]
+    events = raw["safety_events"] or []
+    return [
+        spreadsheet_text(str(raw["session_id"])),
+        spreadsheet_text(str(raw["patient_id"])),
+        spreadsheet_text(str(raw["device_id"])),
+        str(raw["local_date"]),
+        str(raw["slot"]),
+        str(raw["started_local"])[11:16],
+        "" if not ended else str(ended)[11:16],
+        spreadsheet_text(str(raw["timezone"])),
+        STATUS_WORDS.get(str(raw["status"]), str(raw["status"])),
+        _round_text(raw["minutes_prescribed"], 1),
+        _round_text(raw["minutes_at_dose"], 1),
+        _round_text(raw["target_g"], 2),
+        _round_text(raw["mean_error_pct"], 1),
+        _round_text(raw["p95_abs_error_pct"], 1),
+        spreadsheet_text(
+            "; ".join(str(e.get("reason", "event")) for e in events if isinstance(e, dict))
+        ),
+        spreadsheet_text(str(raw["reason"] or "")),
+        spreadsheet_text(str(raw["override_reason"] or "")),
+        spreadsheet_text(str(raw["resumed_from"] or "")),
+    ]
+
+
 def _csv_cell(value: Any) -> str:
     if value is None:
         return ""
@@ -214,6 +339,7 @@ def _csv_cell(value: Any) -> str:
     return canonical_json(value)
 
 
+EXPORT_HEADER_SCHEMA = "liv.export_header/1"
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -248,6 +374,8 @@ def _read_import(lines: Iterable[str]) -> tuple[dict[str, dict[int, _Entry]], in
             raise _bad_file(line_no, "is not valid JSON") from None
         if not isinstance(obj, dict):
             raise _bad_file(line_no, "is not a JSON object")
+        if line_no == 1 and obj.get("schema") == EXPORT_HEADER_SCHEMA:
+            continue  # the export's header: the exporting log's verification status
         missing = expected - set(obj)
         extra = set(obj) - expected
         if missing:
