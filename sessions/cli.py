@@ -31,6 +31,7 @@ from controller.sensor_limits import (
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
 from sessions import commands as commands_mod
+from sessions.clinic.commands import add_clinic_commands, add_protocol_sign
 from sessions.text import echo, terminal_line
 
 # The plate, the control loop and their numerics (numpy, scipy: most of a second to import)
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Low-intensity vibration plate: sessions for patients, reports for clinicians, "
             "control and a simulator for engineers.\n\n"
             "  patients    start, status, demo\n"
-            "  clinicians  protocol, sessions, show, report, verify, export, import\n"
+            "  clinicians  protocol, enroll, clinic, sessions, show, report, verify, export, "
+            "import\n"
             "  engineers   device, calibrate, run, sim, completion"
         ),
         epilog=_EXIT_STATUS_HELP,
@@ -254,15 +256,32 @@ def _add_session_commands(commands: Any) -> None:
     )
     demo.set_defaults(handler=commands_mod.cmd_demo)
 
-    protocol = commands.add_parser("protocol", help="check or install a patient protocol")
+    protocol = commands.add_parser("protocol", help="check, sign or install a patient protocol")
     pcmds = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
-    check = pcmds.add_parser("check", help="validate a protocol file")
+    check = pcmds.add_parser("check", help="validate a protocol file and show its signature")
     check.add_argument("file", metavar="FILE", help="the protocol file (YAML)")
+    _add_home(check)
     check.set_defaults(handler=commands_mod.cmd_protocol_check)
-    install = pcmds.add_parser("install", help="validate and install as the active protocol")
-    install.add_argument("file", metavar="FILE", help="the protocol file (YAML)")
+    add_protocol_sign(pcmds)
+    install = pcmds.add_parser(
+        "install", help="check the clinic's signature and install as the active protocol"
+    )
+    install.add_argument("file", metavar="FILE", help="the protocol file signed by the clinic")
     _add_home(install)
     install.set_defaults(handler=commands_mod.cmd_protocol_install)
+
+    enroll = commands.add_parser("enroll", help="enrol this home with the clinic's public key")
+    enroll.add_argument(
+        "key_file", metavar="CLINIC_PUBLIC_KEY_FILE",
+        help="the clinic's public key file (clinic-public.pem from 'liv clinic init')",
+    )  # fmt: skip
+    enroll.add_argument(
+        "--replace", action="store_true",
+        help="replace the clinic key this home is already enrolled with (recorded)",
+    )  # fmt: skip
+    _add_home(enroll)
+    enroll.set_defaults(handler=commands_mod.cmd_enroll)
+    add_clinic_commands(commands)
 
     sessions = with_db(commands.add_parser("sessions", help="list logged sessions"))
     sessions.add_argument("--patient", metavar="ID", help="only this patient's sessions")
@@ -348,17 +367,42 @@ _DOCS: dict[str, tuple[str, str]] = {
         "liv demo",
     ),
     "protocol": (
-        "Check a patient protocol file, or install it as this installation's active one.",
+        "Check a patient protocol file, sign it with the clinic's key (at the clinic), or "
+        "install a signed one as this installation's active protocol.",
         "liv protocol check examples/twice-daily-30hz.yaml",
     ),
     "protocol check": (
-        "Validate a protocol file and describe it; warns when its study has ended or starts later.",
+        "Validate a protocol file, describe it and say whether it is signed, by which clinic "
+        "key, and whether this home is enrolled with that key; warns when its study has ended "
+        "or starts later. Exits 1 when the file was changed after it was signed.",
         "liv protocol check examples/twice-daily-30hz.yaml",
     ),
+    "protocol sign": (
+        "At the clinic: validate a protocol file with the same rules and dose limits as every "
+        "other command, then write it signed with the clinic's private key.",
+        "liv protocol sign examples/twice-daily-30hz.yaml --out p-0042.signed.yaml",
+    ),
     "protocol install": (
-        "Validate a protocol file and make it the active protocol; warns when its study has "
-        "ended or starts later.",
-        "liv protocol install examples/twice-daily-30hz.yaml",
+        "Make a protocol signed by the clinic this home is enrolled with the active protocol; "
+        "refuses an unsigned, altered or foreign-signed file. Warns when its study has ended "
+        "or starts later.",
+        "liv protocol install p-0042.signed.yaml",
+    ),
+    "enroll": (
+        "Enrol this home with the clinic's public key, once at set-up; only prescriptions "
+        "signed with that key are installed and run. A different key needs --replace, and "
+        "every change is recorded.",
+        "liv enroll clinic-public.pem",
+    ),
+    "clinic": (
+        "The clinic's side, run on the clinic's computer: its signing key.",
+        "liv clinic init",
+    ),
+    "clinic init": (
+        "Make the clinic's Ed25519 key pair in the clinic's data directory (private key mode "
+        "600 in a 700 directory); never overwrites a key. Prints the public key file to give "
+        "to each home and its fingerprint.",
+        "liv clinic init --dir /srv/liv-clinic",
     ),
     "sessions": ("List the logged sessions, one line each.", "liv sessions --since 2026-01-01"),
     "show": (
