@@ -63,7 +63,7 @@ NOT_SIGNED_SENTENCE = (
 SIGNED_CONTEXT = b"liv prescription v1\n"
 SIGNATURE_MARK = b"# liv-signature:"
 _SIGNATURE_LINE_RE = re.compile(
-    rb"# liv-signature: ed25519 key=([A-Za-z0-9+/]{43}=) sig=([A-Za-z0-9+/]{86}==)\r?\n?"
+    rb"# liv-signature: ed25519 key=([A-Za-z0-9+/]{43}=) sig=([A-Za-z0-9+/]{86}==)\n"
 )
 _MAX_KEY_FILE_BYTES = 16_384
 
@@ -210,9 +210,14 @@ def check_signature(data: bytes, enrolled: Ed25519PublicKey | None) -> Signature
     if len(marks) > 1 or match is None:  # a second, moved or mangled signature line
         return SignatureCheck(SignatureStatus.ALTERED, None, enrolled_fp)
     try:
-        signer = Ed25519PublicKey.from_public_bytes(base64.b64decode(match.group(1)))
+        raw_key = base64.b64decode(match.group(1), validate=True)
         signature = base64.b64decode(match.group(2), validate=True)
+        signer = Ed25519PublicKey.from_public_bytes(raw_key)
     except (ValueError, binascii.Error):
+        return SignatureCheck(SignatureStatus.ALTERED, None, enrolled_fp)
+    if _b64(raw_key) != match.group(1) or _b64(signature) != match.group(2):
+        # base64 ignores the unused bits of its last character: a changed byte there would
+        # decode to the same key or signature, so only the one canonical spelling is accepted
         return SignatureCheck(SignatureStatus.ALTERED, None, enrolled_fp)
     signer_fp = fingerprint(signer)
     try:

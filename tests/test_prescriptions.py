@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmarks import truth_score
 from controller.calibration import identify
@@ -26,9 +28,15 @@ from sessions.cli import main
 from sessions.clinic.paths import ENV_CLINIC_HOME
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
-from sessions.prescription import NOT_SIGNED_SENTENCE, fingerprint, read_public_key
+from sessions.prescription import (
+    NOT_SIGNED_SENTENCE,
+    check_signature,
+    fingerprint,
+    read_public_key,
+)
 from tests.simhelpers import (
     clinic_public_key_file,
+    clinic_signing_key,
     enrol_home,
     install_signed,
     load_truth,
@@ -213,6 +221,46 @@ def test_install_refuses_when_the_home_is_not_enrolled(
     assert err.startswith(f"liv: {NOT_ENROLLED}")
     assert err.count("\n") == 1
     assert not (home / "protocol.yaml").exists()
+
+
+SIGNED = sign_text(protocol_yaml(study_start="2026-01-01", study_end="2026-12-31"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_no_single_byte_change_anywhere_in_a_signed_file_is_trusted(data: st.DataObject) -> None:
+    """Text, comment, key, signature, padding bits of its base64, the final newline."""
+    assert check_signature(SIGNED, clinic_signing_key().public_key()).trusted
+    at = data.draw(st.integers(0, len(SIGNED) - 1), label="byte")
+    new = data.draw(st.integers(0, 255).filter(lambda b: b != SIGNED[at]), label="value")
+    changed = SIGNED[:at] + bytes([new]) + SIGNED[at + 1 :]
+    assert not check_signature(changed, clinic_signing_key().public_key()).trusted
+
+
+@pytest.mark.parametrize("field", ["key=", "sig="])
+def test_a_base64_spelling_that_decodes_to_the_same_bytes_is_still_a_changed_file(
+    field: str,
+) -> None:
+    """The last base64 character carries unused bits: flipping one leaves the decoded key or
+    signature as it was, yet the file changed, so it is refused."""
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    start = SIGNED.index(field.encode()) + len(field)
+    last = SIGNED.index(b"=", start) - 1  # the character before the padding
+    value = alphabet.index(SIGNED[last : last + 1])
+    twin = alphabet[value ^ 1 : (value ^ 1) + 1]  # differs only in an unused bit
+    changed = SIGNED[:last] + twin + SIGNED[last + 1 :]
+    assert changed != SIGNED
+    assert not check_signature(changed, clinic_signing_key().public_key()).trusted
+
+
+@pytest.mark.parametrize("edit", ["drop the final newline", "CRLF", "a trailing blank line"])
+def test_the_end_of_the_signature_line_is_exact(edit: str) -> None:
+    changed = {
+        "drop the final newline": SIGNED[:-1],
+        "CRLF": SIGNED[:-1] + b"\r\n",
+        "a trailing blank line": SIGNED + b"\n",
+    }[edit]
+    assert not check_signature(changed, clinic_signing_key().public_key()).trusted
 
 
 # --------------------------------------------------------------------------------------------
