@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.privatefiles import (
+    UnsafePathError,
     check_private_dir,
     ensure_private_dir,
     write_private_file,
@@ -165,7 +166,13 @@ class LivHome:
             data = self.clinic_key_path.read_bytes()
         except FileNotFoundError:
             return None
-        return public_key_from_pem(data, str(self.clinic_key_path))
+        try:
+            return public_key_from_pem(data, str(self.clinic_key_path))
+        except LivError:
+            raise SetupError(
+                f"The clinic key this computer is enrolled with ({self.clinic_key_path}) is "
+                "damaged. Ask your clinic to enrol it again ('liv enroll FILE --replace')."
+            ) from None
 
     def enrol(self, key_file: Path, replace: bool = False) -> Enrolment:
         """Enrol this home with the clinic public key in ``key_file``.
@@ -177,8 +184,13 @@ class LivHome:
         """
         key = read_public_key(key_file)
         new_fp = fingerprint(key)
-        old = self.clinic_key()
-        old_fp = None if old is None else fingerprint(old)
+        try:
+            old = self.clinic_key()
+            old_fp = None if old is None else fingerprint(old)
+        except UnsafePathError:
+            raise
+        except LivError:  # the enrolled key file is damaged: only --replace may repair it
+            old_fp = "a damaged key"
         if old_fp == new_fp:
             return Enrolment(new_fp, None, changed=False)
         if old_fp is not None and not replace:
@@ -201,8 +213,10 @@ class LivHome:
         # the record is written before the key, so no key is ever enrolled unrecorded
         write_private_file(self.enrolment_history_path, history + line)
         write_private_file(self.clinic_key_path, public_key_pem(key))
-        _log.warning("home %s %s with clinic key %s (was %s)", self.root, entry["event"],
-                     new_fp, old_fp)  # fmt: skip
+        _log.log(
+            logging.INFO if old_fp is None else logging.WARNING,
+            "home %s %s with clinic key %s (was %s)", self.root, entry["event"], new_fp, old_fp,
+        )  # fmt: skip
         return Enrolment(new_fp, old_fp, changed=True)
 
     def _trusted_protocol(self, data: bytes, source: str) -> PatientProtocol:

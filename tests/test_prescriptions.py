@@ -339,6 +339,23 @@ def test_enrolling_again_with_the_same_key_changes_nothing(home: LivHome, tmp_pa
     assert home.enrolment_history_path.read_bytes() == before
 
 
+def test_a_damaged_enrolled_key_refuses_everything_until_replaced(
+    home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_signed(home)
+    home.clinic_key_path.write_text("not a key\n")
+    capsys.readouterr()
+    assert main(["start", "--device", sim(), "--home", str(home.root)]) == 1
+    assert "is damaged. Ask your clinic to enrol it again" in capsys.readouterr().err
+    key = clinic_public_key_file(tmp_path)
+    assert main(["enroll", str(key), "--home", str(home.root)]) == 1
+    assert "--replace" in capsys.readouterr().err
+    assert main(["enroll", str(key), "--replace", "--home", str(home.root)]) == 0
+    last = json.loads(home.enrolment_history_path.read_text().splitlines()[-1])
+    assert last["replaced_key"] == "a damaged key"
+    assert main(["status", "--home", str(home.root)]) == 0
+
+
 def test_enrol_refuses_a_file_that_is_not_a_public_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
