@@ -109,6 +109,7 @@ def test_a_read_only_copy_of_a_home_can_be_audited(tmp_path: Path) -> None:
         ids = [r.session_id for r in log.sessions()]
     shutil.copy2(db, copy / "liv.db")
     shutil.copy2(home.protocol_path, copy / home.protocol_path.name)
+    shutil.copy2(home.clinic_key_path, copy / home.clinic_key_path.name)  # checks the protocol
     assert not db.with_name("liv.db-wal").exists()  # a cleanly closed log: the main file only
     out = tmp_path / "out"
     out.mkdir()
@@ -123,7 +124,8 @@ def test_a_read_only_copy_of_a_home_can_be_audited(tmp_path: Path) -> None:
     assert [s["session_id"] for s in json.loads((out / "sessions.json").read_text())] == ids
     assert len((out / "export.jsonl").read_text().splitlines()) == 2
     assert (out / "report.csv").read_text().startswith("patient_id,date")
-    assert sorted(p.name for p in copy.iterdir()) == sorted(["liv.db", home.protocol_path.name])
+    copied = ["liv.db", home.protocol_path.name, home.clinic_key_path.name]
+    assert sorted(p.name for p in copy.iterdir()) == sorted(copied)
 
 
 def test_log_csv_cells_never_become_spreadsheet_formulas(tmp_path: Path) -> None:
