@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.make_log import DEVICE_ID, bench_protocol, make_log  # noqa: E402
+from benchmarks.signing import signed_by_bench_clinic  # noqa: E402
 from controller.calibration import CalibrationStore, identify  # noqa: E402
 from firmware_bridge.client import DeviceClient  # noqa: E402
 from sessions.home import LivHome  # noqa: E402
@@ -160,7 +161,7 @@ def _home(root: Path, first: Any, days: int) -> LivHome:
     home.ensure()
     plan = root.parent / f"{root.name}.yaml"
     plan.write_text(yaml.safe_dump(bench_protocol(first, days)), encoding="utf-8")
-    home.install_protocol(plan)
+    home.install_protocol(signed_by_bench_clinic(root.parent / f"{root.name}-clinic", home, plan))
     return home
 
 

@@ -5,11 +5,12 @@
 
 Each case of the matrix (``CASES``) is one patient session run through the real patient path,
 the ``liv`` command (``sessions.cli.main``, exactly as the ``liv`` script calls it), in a new
-home of its own; the four commands of a case run one after the other in one child process:
+home of its own; the commands of a case run one after the other in one child process:
 
-1. ``liv protocol install`` of a protocol written for the case (a study from yesterday to
-   tomorrow, UTC, one session a day; target, frequency or schedule, minutes and tolerance
-   from the case);
+1. ``liv clinic init``, ``liv protocol sign`` and ``liv enroll`` (the harness plays the clinic),
+   then ``liv protocol install`` of the signed protocol written for the case (a study from
+   yesterday to tomorrow, UTC, one session a day; target, frequency or schedule, minutes and
+   tolerance from the case);
 2. ``liv calibrate`` of the simulated plate **empty** and with a correct sensor
    (``sim://?mass=0&device_id=SIM-DOSE...``): the calibration the plate was set up with;
 3. ``liv start --device sim://?...&truth=PATH&speed=max`` with the case's plate, patient and
@@ -551,20 +552,28 @@ def _run_case(case: Case, workdir: Path, row: Row) -> None:
     protocol = workdir / "protocol.yaml"
     patient_id = "DOSE-" + case.name.replace("_", "-")[:50]
     protocol.write_text(protocol_yaml(case, patient_id, datetime.now(UTC).date()))
+    # the harness plays the clinic: its own key signs the case's protocol (docs/trust.md)
+    clinic, signed = workdir / "clinic", workdir / "protocol.signed.yaml"
+    setup = [
+        ["clinic", "init", "--dir", str(clinic)],
+        ["protocol", "sign", str(protocol), "--clinic-dir", str(clinic), "--out", str(signed)],
+        ["enroll", str(clinic / "clinic-public.pem"), "--home", home],
+        ["protocol", "install", str(signed), "--home", home],
+        ["calibrate", "--device", calibration_url(case), "--home", home],
+    ]
     steps = run_liv_steps(
         [
-            (["protocol", "install", str(protocol), "--home", home], True),
-            (["calibrate", "--device", calibration_url(case), "--home", home], True),
+            *[(argv, True) for argv in setup],
             (["start", "--device", sim_url(case, truth_path), "--home", home], False),
             (["export", "--format", "jsonl", "--home", home], False),
         ],
         workdir,
     )
-    for step in steps[:2]:
+    for step in steps[: len(setup)]:
         _must(step)
-    if len(steps) != 4:
-        raise HarnessError(f"{len(steps)} of the 4 liv commands ran")
-    start, export = steps[2], steps[3]
+    if len(steps) != len(setup) + 2:
+        raise HarnessError(f"{len(steps)} of the {len(setup) + 2} liv commands ran")
+    start, export = steps[-2], steps[-1]
     row.start_exit = start.returncode
     row.message = _last_sentence(start)
     crashed = "Traceback (most recent call last)" in start.stderr

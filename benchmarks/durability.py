@@ -52,6 +52,7 @@ from typing import Any
 from controller.calibration import identify
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LivError
+from sessions.clinic.keys import init_clinic_key, load_signing_key, sign_protocol_file
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
 from sessions.runner import CHECKPOINT_S
@@ -82,7 +83,12 @@ def make_home(root: Path) -> LivHome:
     home.ensure()
     source = root / "protocol.yaml"
     source.write_text(protocol_text())
-    home.install_protocol(source)
+    # the benchmark plays the clinic: its own key signs the protocol (docs/trust.md)
+    clinic = init_clinic_key(root / "clinic")
+    home.enrol(clinic.public_key)
+    signed = root / "protocol.signed.yaml"
+    signed.write_bytes(sign_protocol_file(source, load_signing_key(clinic.private_key)).data)
+    home.install_protocol(signed)
     with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as device:
         home.calibrations().save(identify(device))
     return home

@@ -31,6 +31,7 @@ from controller.sensor_limits import (
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
 from sessions import commands as commands_mod
+from sessions.clinic.keycommands import add_clinic_init, add_protocol_sign
 from sessions.text import echo, terminal_line
 
 # The plate, the control loop and their numerics (numpy, scipy: most of a second to import)
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Low-intensity vibration plate: sessions for patients, reports for clinicians, "
             "control and a simulator for engineers.\n\n"
             "  patients    start, status, demo\n"
-            "  clinicians  protocol, sessions, show, report, verify, export, import, clinic\n"
+            "  clinicians  protocol, enroll, clinic, sessions, show, report, verify, export, "
+            "import\n"
             "  engineers   device, calibrate, run, sim, completion"
         ),
         epilog=_EXIT_STATUS_HELP,
@@ -255,16 +257,32 @@ def _add_session_commands(commands: Any) -> None:
     )
     demo.set_defaults(handler=commands_mod.cmd_demo)
 
-    protocol = commands.add_parser("protocol", help="check or install a patient protocol")
+    protocol = commands.add_parser("protocol", help="check, sign or install a patient protocol")
     pcmds = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
-    check = pcmds.add_parser("check", help="validate a protocol file")
+    check = pcmds.add_parser("check", help="validate a protocol file and show its signature")
     check.add_argument("file", metavar="FILE", help="the protocol file (YAML)")
     check.add_argument("--json", action="store_true", help="print JSON (docs/json.md)")
+    _add_home(check)
     check.set_defaults(handler=commands_mod.cmd_protocol_check)
-    install = pcmds.add_parser("install", help="validate and install as the active protocol")
-    install.add_argument("file", metavar="FILE", help="the protocol file (YAML)")
+    add_protocol_sign(pcmds)
+    install = pcmds.add_parser(
+        "install", help="check the clinic's signature and install as the active protocol"
+    )
+    install.add_argument("file", metavar="FILE", help="the protocol file signed by the clinic")
     _add_home(install)
     install.set_defaults(handler=commands_mod.cmd_protocol_install)
+
+    enroll = commands.add_parser("enroll", help="enrol this home with the clinic's public key")
+    enroll.add_argument(
+        "key_file", metavar="CLINIC_PUBLIC_KEY_FILE",
+        help="the clinic's public key file (clinic-public.pem from 'liv clinic init')",
+    )  # fmt: skip
+    enroll.add_argument(
+        "--replace", action="store_true",
+        help="replace the clinic key this home is already enrolled with (recorded)",
+    )  # fmt: skip
+    _add_home(enroll)
+    enroll.set_defaults(handler=commands_mod.cmd_enroll)
 
     sessions = with_db(commands.add_parser("sessions", help="list logged sessions"))
     sessions.add_argument("--patient", metavar="ID", help="only this patient's sessions")
@@ -350,8 +368,9 @@ def _add_clinic_commands(commands: Any) -> None:
                        "(default $LIV_CLINIC_HOME or ~/.local/share/liv-clinic)")  # fmt: skip
         return p
 
-    clinic = commands.add_parser("clinic", help="the clinic's view of many patients")
+    clinic = commands.add_parser("clinic", help="the clinic's key and its view of many patients")
     ccmds = clinic.add_subparsers(dest="clinic_command", required=True, metavar="ACTION")
+    add_clinic_init(ccmds)
     cimport = with_clinic_db(ccmds.add_parser("import", help="take patients' exports in"))
     cimport.add_argument("files", nargs="+", metavar="FILE", help="files written by 'liv export'")
     cimport.set_defaults(handler=clinic_mod.cmd_clinic_import)
@@ -422,17 +441,38 @@ _DOCS: dict[str, tuple[str, str]] = {
         "liv demo",
     ),
     "protocol": (
-        "Check a patient protocol file, or install it as this installation's active one.",
+        "Check a patient protocol file, sign it with the clinic's key (at the clinic), or "
+        "install a signed one as this installation's active protocol.",
         "liv protocol check examples/twice-daily-30hz.yaml",
     ),
     "protocol check": (
-        "Validate a protocol file and describe it; warns when its study has ended or starts later.",
+        "Validate a protocol file, describe it and say whether it is signed, by which clinic "
+        "key, and whether this home is enrolled with that key; warns when its study has ended "
+        "or starts later. Exits 1 when the file was changed after it was signed.",
         "liv protocol check examples/twice-daily-30hz.yaml",
     ),
+    "protocol sign": (
+        "At the clinic: validate a protocol file with the same rules and dose limits as every "
+        "other command, then write it signed with the clinic's private key.",
+        "liv protocol sign examples/twice-daily-30hz.yaml --out p-0042.signed.yaml",
+    ),
     "protocol install": (
-        "Validate a protocol file and make it the active protocol; warns when its study has "
-        "ended or starts later.",
-        "liv protocol install examples/twice-daily-30hz.yaml",
+        "Make a protocol signed by the clinic this home is enrolled with the active protocol; "
+        "refuses an unsigned, altered or foreign-signed file. Warns when its study has ended "
+        "or starts later.",
+        "liv protocol install p-0042.signed.yaml",
+    ),
+    "enroll": (
+        "Enrol this home with the clinic's public key, once at set-up; only prescriptions "
+        "signed with that key are installed and run. A different key needs --replace, and "
+        "every change is recorded.",
+        "liv enroll clinic-public.pem",
+    ),
+    "clinic init": (
+        "Make the clinic's Ed25519 key pair in the clinic's data directory (private key mode "
+        "600 in a 700 directory); never overwrites a key. Prints the public key file to give "
+        "to each home and its fingerprint.",
+        "liv clinic init --dir /srv/liv-clinic",
     ),
     "sessions": (
         "List the logged sessions, one line each, with their local start time.",
@@ -499,8 +539,9 @@ _DOCS: dict[str, tuple[str, str]] = {
         "liv sim serve --tcp 127.0.0.1:4000 --sim 'sim://?mass=90&seed=2'",
     ),
     "clinic": (
-        "The clinic's database of many patients (docs/clinic.md): import patients' exports, "
-        "see every patient at once, one patient's report, FHIR export.",
+        "The clinic's side, run on the clinic's computer (docs/clinic.md): its signing key, and "
+        "its database of many patients: import patients' exports, see every patient at once, "
+        "one patient's report, FHIR export.",
         "liv clinic overview",
     ),
     "clinic import": (

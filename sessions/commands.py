@@ -26,7 +26,18 @@ from controller.privatefiles import write_private_file
 from firmware_bridge.errors import LivError
 from sessions.home import LivHome, SetupError, resolve_home
 from sessions.log import SessionLog, SessionRecord, SessionStatus, SessionSummary, VerifyResult
-from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
+from sessions.prescription import (
+    NOT_SIGNED_SENTENCE,
+    SignatureStatus,
+    check_signature,
+    sign_protocol_bytes,
+)
+from sessions.protocol import (
+    PatientProtocol,
+    protocol_from_bytes,
+    protocol_from_dict,
+    read_protocol_bytes,
+)
 from sessions.scheduling import LoggedSession, day_summary, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
 from sessions.text import echo, terminal_line, terminal_text
@@ -104,16 +115,30 @@ def _warn_about_study(protocol: PatientProtocol) -> None:
 
 
 def cmd_protocol_check(args: argparse.Namespace) -> int:
-    protocol = load_protocol(Path(args.file))
+    """Validate a protocol file and say whether (and by whom) it is signed.
+
+    An unsigned file is a valid template (exit 0); a signature that does not match the text
+    fails (exit 1), as it would at install.
+    """
+    data = read_protocol_bytes(args.file)
+    protocol = protocol_from_bytes(data, args.file)
+    home = home_of(args)
+    signature = check_signature(data, home.clinic_key())
     if getattr(args, "json", False):
         from sessions.jsonshapes import protocol_check_shape
 
         warning = study_warning(protocol, datetime.now(UTC))
-        _print_json(protocol_check_shape(args.file, protocol, warning))
-        return 0
+        shape = protocol_check_shape(args.file, protocol, warning)
+        shape["signature"] = signature.describe()
+        _print_json(shape)
+        return EXIT_REFUSED if signature.status is SignatureStatus.ALTERED else 0
     echo(f"{args.file}: valid")
     echo("\n".join(describe_protocol(protocol)))
+    echo(f"signature         {signature.describe()}")
     _warn_about_study(protocol)
+    if signature.status is SignatureStatus.ALTERED:
+        echo(f"liv: {args.file}: {NOT_SIGNED_SENTENCE}", file=sys.stderr)
+        return EXIT_REFUSED
     return 0
 
 
@@ -122,7 +147,24 @@ def cmd_protocol_install(args: argparse.Namespace) -> int:
     protocol = home.install_protocol(Path(args.file))
     echo(f"installed {args.file} as the active protocol in {home.root}")
     echo("\n".join(describe_protocol(protocol)))
+    echo(f"signature         {home.protocol_signature().describe()}")
     _warn_about_study(protocol)
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    done = home.enrol(Path(args.key_file), replace=args.replace)
+    if not done.changed:
+        echo(f"this home is already enrolled with clinic key {done.fingerprint}")
+    elif done.replaced is None:
+        echo(f"this home is enrolled with clinic key {done.fingerprint}")
+    else:
+        echo(
+            f"this home is now enrolled with clinic key {done.fingerprint} instead of "
+            f"{done.replaced} (recorded in {home.enrolment_history_path}); install a "
+            "prescription signed by the new clinic"
+        )
     return 0
 
 
@@ -422,6 +464,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(status_shape(protocol, recent, now, minutes))
         return 0
     echo("\n".join(status_lines(protocol, recent, now, minutes)))
+    echo(f"prescription      {home.protocol_signature().describe()}")
     return 0
 
 
@@ -844,10 +887,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     echo("=" * 72)
     zone = "UTC"
     protocol = demo_protocol(datetime.now(UTC).date(), zone)
-    protocol_file = root / "demo-protocol.yaml"
-    # the demo writes a real protocol file and installs it the way a clinic's would be
-    text = yaml.safe_dump(protocol.to_dict(), sort_keys=False)
-    write_private_file(protocol_file, text.encode("utf-8"))
+    # The demo plays the clinic too: a DEMO clinic key of its own, kept inside the demo's
+    # directory, enrols the demo home and signs the demo protocol, which is then installed
+    # the way a clinic's prescription is (docs/trust.md). No real home ever trusts this key.
+    from sessions.clinic.keys import init_clinic_key, load_signing_key
+
+    demo_clinic = init_clinic_key(root / "demo-clinic")
+    home.enrol(demo_clinic.public_key)
+    echo(f"DEMO clinic key {demo_clinic.fingerprint} (made for this demo only, in {root})")
+    protocol_file = root / "demo-protocol.signed.yaml"
+    text = "# DEMO prescription, signed by the DEMO clinic key: not a real patient's\n"
+    text += yaml.safe_dump(protocol.to_dict(), sort_keys=False)
+    signed = sign_protocol_bytes(text.encode("utf-8"), load_signing_key(demo_clinic.private_key))
+    write_private_file(protocol_file, signed)
     home.install_protocol(protocol_file)
     echo("\n".join(describe_protocol(protocol)))
     echo("\ncalibrating the empty simulated plate ...")

@@ -10,7 +10,9 @@
 
 It holds:
 
-- ``protocol.yaml``: the installed protocol (``liv protocol install``);
+- ``clinic-key.pem``: the public key of the clinic this home is enrolled with (``liv enroll``);
+  ``enrolment.jsonl`` records every enrolment and every replacement of that key;
+- ``protocol.yaml``: the installed protocol (``liv protocol install``), signed by that clinic;
 - ``device``: the plate's port or URL (``liv device set``), used when ``--device`` is absent;
 - ``calibration/``: one calibration per plate (``liv calibrate``);
 - ``liv.db``: the session log.
@@ -24,25 +26,46 @@ other users could change is refused, with the command that fixes it. Its files a
 atomically and never written through a symbolic link (controller/privatefiles.py).
 
 Nothing here ever falls back to a simulated plate: no device configured is an error.
+
+A protocol is installed only when the enrolled clinic key signed it (sessions/prescription.py),
+and it is checked again every time it is read (``liv start``, ``liv status``, ``liv report``),
+so an installed file edited afterwards is refused (docs/trust.md).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.privatefiles import (
+    UnsafePathError,
     check_private_dir,
     ensure_private_dir,
     write_private_file,
 )
 from firmware_bridge.errors import LivError
-from sessions.protocol import MAX_TEXT_CHARS, PatientProtocol, load_protocol, parse_protocol
+from sessions.prescription import (
+    SignatureCheck,
+    check_signature,
+    fingerprint,
+    public_key_from_pem,
+    public_key_pem,
+    read_public_key,
+    require_trusted,
+)
+from sessions.protocol import PatientProtocol, protocol_from_bytes, read_protocol_bytes
 
 if TYPE_CHECKING:  # imported where used: numpy is not needed to read the log (liv status)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from controller.calibration import CalibrationStore
+
+_log = logging.getLogger(__name__)
 
 ENV_HOME = "LIV_HOME"
 ENV_DB = "LIV_DB"
@@ -52,6 +75,21 @@ ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
 
 class SetupError(LivError):
     """Something the installation lacks (no protocol, no device); the message says what to do."""
+
+
+NOT_ENROLLED_SENTENCE = (
+    "This computer is not enrolled with your clinic. Ask your clinic to enrol it with their "
+    "clinic key file ('liv enroll FILE'), then install their prescription."
+)
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What ``LivHome.enrol`` did: the key now enrolled and the one it replaced, if any."""
+
+    fingerprint: str
+    replaced: str | None
+    changed: bool
 
 
 def default_root() -> Path:
@@ -92,6 +130,14 @@ class LivHome:
     def device_path(self) -> Path:
         return self.root / "device"
 
+    @property
+    def clinic_key_path(self) -> Path:
+        return self.root / "clinic-key.pem"
+
+    @property
+    def enrolment_history_path(self) -> Path:
+        return self.root / "enrolment.jsonl"
+
     def db_path(self, override: Path | None = None) -> Path:
         if override is not None:
             return override
@@ -113,25 +159,98 @@ class LivHome:
         """Create the home directory, private to the user, and check that it is."""
         ensure_private_dir(self.root)
 
+    def clinic_key(self) -> Ed25519PublicKey | None:
+        """The public key of the clinic this home is enrolled with (None: not enrolled)."""
+        self.check()
+        try:
+            data = self.clinic_key_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return public_key_from_pem(data, str(self.clinic_key_path))
+        except LivError:
+            raise SetupError(
+                f"The clinic key this computer is enrolled with ({self.clinic_key_path}) is "
+                "damaged. Ask your clinic to enrol it again ('liv enroll FILE --replace')."
+            ) from None
+
+    def enrol(self, key_file: Path, replace: bool = False) -> Enrolment:
+        """Enrol this home with the clinic public key in ``key_file``.
+
+        Enrolling again with the same key changes nothing. Another key replaces the enrolled
+        one only with ``replace``; every enrolment and replacement is appended to
+        ``enrolment.jsonl``. After a replacement the installed protocol (signed by the old key)
+        is refused until the new clinic's prescription is installed.
+        """
+        key = read_public_key(key_file)
+        new_fp = fingerprint(key)
+        try:
+            old = self.clinic_key()
+            old_fp = None if old is None else fingerprint(old)
+        except UnsafePathError:
+            raise
+        except LivError:  # the enrolled key file is damaged: only --replace may repair it
+            old_fp = "a damaged key"
+        if old_fp == new_fp:
+            return Enrolment(new_fp, None, changed=False)
+        if old_fp is not None and not replace:
+            raise SetupError(
+                f"this home is already enrolled with clinic key {old_fp}, not {new_fp}: to "
+                "change the clinic, run 'liv enroll FILE --replace' (the change is recorded)"
+            )
+        self.ensure()
+        entry = {
+            "at_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "event": "enrolled" if old_fp is None else "replaced",
+            "clinic_key": new_fp,
+            "replaced_key": old_fp,
+            "key_file": str(key_file),
+        }
+        history = b""
+        if self.enrolment_history_path.exists():
+            history = self.enrolment_history_path.read_bytes()
+        line = json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n"
+        # the record is written before the key, so no key is ever enrolled unrecorded
+        write_private_file(self.enrolment_history_path, history + line)
+        write_private_file(self.clinic_key_path, public_key_pem(key))
+        _log.log(
+            logging.INFO if old_fp is None else logging.WARNING,
+            "home %s %s with clinic key %s (was %s)", self.root, entry["event"], new_fp, old_fp,
+        )  # fmt: skip
+        return Enrolment(new_fp, old_fp, changed=True)
+
+    def _trusted_protocol(self, data: bytes, source: str) -> PatientProtocol:
+        """The protocol in ``data`` if the enrolled clinic key signed exactly these bytes."""
+        enrolled = self.clinic_key()
+        if enrolled is None:
+            raise SetupError(NOT_ENROLLED_SENTENCE)
+        require_trusted(data, enrolled, source)
+        return protocol_from_bytes(data, source)
+
     def install_protocol(self, source: Path) -> PatientProtocol:
-        """Validate ``source`` completely, then write those same bytes as the active protocol."""
-        load_protocol(source)  # every problem, with its line, in the file's own name
-        with source.open("rb") as stream:
-            data = stream.read(MAX_TEXT_CHARS * 4 + 1)
-        # what is written is what was checked, even if the file changed in between
-        protocol = parse_protocol(data.decode("utf-8-sig", errors="replace"), str(source))
+        """Check ``source`` (signature, then every field), then write those same bytes as the
+        active protocol."""
+        data = read_protocol_bytes(source)
+        protocol = self._trusted_protocol(data, str(source))
         self.ensure()
         write_private_file(self.protocol_path, data)
         return protocol
 
     def protocol(self) -> PatientProtocol:
+        """The installed protocol, its signature checked again (the file may have been edited)."""
         self.check()
         if not self.protocol_path.exists():
             raise SetupError(
                 f"no protocol is installed in {self.root}: ask your clinic for it, then run "
                 "'liv protocol install FILE'"
             )
-        return load_protocol(self.protocol_path)
+        return self._trusted_protocol(
+            read_protocol_bytes(self.protocol_path), str(self.protocol_path)
+        )
+
+    def protocol_signature(self) -> SignatureCheck:
+        """The signature of the installed protocol against the enrolled key (for ``status``)."""
+        return check_signature(read_protocol_bytes(self.protocol_path), self.clinic_key())
 
     def set_device(self, url: str) -> None:
         self.ensure()

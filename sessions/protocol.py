@@ -52,7 +52,9 @@ __all__ = [
     "ProtocolProblem",
     "load_protocol",
     "parse_protocol",
+    "protocol_from_bytes",
     "protocol_from_dict",
+    "read_protocol_bytes",
 ]
 
 # The limits no protocol can exceed, inclusive at both ends. Outside them a protocol is refused.
@@ -1215,13 +1217,17 @@ def parse_protocol(text: str, source: str = "<protocol>") -> PatientProtocol:
     return PatientProtocol(**_checked_fields(tree, source, problems))
 
 
-def load_protocol(path: pathlib.Path | str) -> PatientProtocol:
-    """Read and check a protocol file (UTF-8 YAML); ProtocolFileError says what is wrong."""
+def read_protocol_bytes(path: pathlib.Path | str) -> bytes:
+    """The bytes of a protocol file, read once; ProtocolFileError says why it cannot be read.
+
+    What is checked (signature, fields) and what is installed are these same bytes, so a file
+    that changes while it is read cannot slip a different text between the two.
+    """
     path = pathlib.Path(path)
     source = str(path)
 
-    def refuse(message: str, line: int | None = None) -> ProtocolFileError:
-        return ProtocolFileError(source, [ProtocolProblem(line, "", message)])
+    def refuse(message: str) -> ProtocolFileError:
+        return ProtocolFileError(source, [ProtocolProblem(None, "", message)])
 
     try:
         mode = path.stat().st_mode
@@ -1239,14 +1245,25 @@ def load_protocol(path: pathlib.Path | str) -> PatientProtocol:
         raise refuse(f"the protocol file cannot be read: {exc.strerror or exc}") from None
     if len(data) > MAX_TEXT_CHARS * 4:
         raise refuse("the file is far too large to be a protocol")
+    return data
+
+
+def protocol_from_bytes(data: bytes, source: str = "<protocol>") -> PatientProtocol:
+    """Read and check a protocol from a file's bytes (UTF-8, an optional BOM)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise refuse(
-            f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8", line
-        ) from None
+        problem = ProtocolProblem(
+            line, "", f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8"
+        )
+        raise ProtocolFileError(source, [problem]) from None
     return parse_protocol(text, source)
+
+
+def load_protocol(path: pathlib.Path | str) -> PatientProtocol:
+    """Read and check a protocol file (UTF-8 YAML); ProtocolFileError says what is wrong."""
+    return protocol_from_bytes(read_protocol_bytes(path), str(pathlib.Path(path)))
 
 
 def protocol_from_dict(data: dict[str, Any]) -> PatientProtocol:

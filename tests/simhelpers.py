@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import subprocess
@@ -11,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import hil_tests.plate
 from controller.estimation import fit_sine
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.protocol import Message
+from sessions.home import LivHome
+from sessions.prescription import public_key_pem, sign_protocol_bytes
+from sessions.protocol import PatientProtocol
 
 # The order protocol fields are written in; a field given that is not listed here follows them.
 PROTOCOL_FIELDS = (
@@ -55,6 +60,65 @@ def protocol_yaml(**fields: object) -> str:
         k for k in values if k not in PROTOCOL_FIELDS
     ]
     return "".join(f"{k}: {values[k]}\n" for k in order if values[k] is not None)
+
+
+# --- signed prescriptions (docs/trust.md) -------------------------------------------------------
+#
+# Every test that installs a protocol does it as a clinic would: the home is enrolled with the
+# test clinic's public key and the protocol is signed with its private key. One key serves the
+# whole test session (made once, in memory; never a real clinic's).
+
+
+@functools.cache
+def clinic_signing_key() -> Ed25519PrivateKey:
+    """The test session's clinic signing key."""
+    return Ed25519PrivateKey.generate()
+
+
+def clinic_public_key_file(directory: Path) -> Path:
+    """The test clinic's public key written as a file in ``directory`` (for ``liv enroll``)."""
+    path = directory / "test-clinic-public.pem"
+    path.write_bytes(public_key_pem(clinic_signing_key().public_key()))
+    return path
+
+
+def sign_text(text: str | bytes, key: Ed25519PrivateKey | None = None) -> bytes:
+    """A protocol text signed by the test clinic (or by ``key``), as a signed file's bytes."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return sign_protocol_bytes(data, key or clinic_signing_key())
+
+
+def write_signed(path: Path, text: str | bytes) -> Path:
+    """Write ``text`` signed by the test clinic to ``path``."""
+    path.write_bytes(sign_text(text))
+    return path
+
+
+def enrol_home(home: LivHome | Path) -> LivHome:
+    """Enrol ``home`` with the test clinic's public key (idempotent)."""
+    home = home if isinstance(home, LivHome) else LivHome(Path(home))
+    home.ensure()
+    home.enrol(clinic_public_key_file(home.root.parent))
+    return home
+
+
+def signed_protocol(home: LivHome | Path, text: str | None = None, **fields: object) -> Path:
+    """Enrol ``home`` and write a protocol signed by the test clinic beside it.
+
+    The protocol is ``text`` when given, else ``protocol_yaml(**fields)``; the path returned is
+    ready for ``liv protocol install``.
+    """
+    home = enrol_home(home)
+    path = home.root.parent / f"{home.root.name}-protocol.signed.yaml"
+    return write_signed(path, protocol_yaml(**fields) if text is None else text)
+
+
+def install_signed(
+    home: LivHome | Path, text: str | None = None, **fields: object
+) -> PatientProtocol:
+    """Enrol ``home``, sign the protocol (``text`` or ``protocol_yaml(**fields)``), install it."""
+    home = home if isinstance(home, LivHome) else LivHome(Path(home))
+    return home.install_protocol(signed_protocol(home, text, **fields))
 
 
 def load_truth(path: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from sessions.commands import status_lines
 from sessions.log import SessionLog
 from sessions.protocol import PatientProtocol
 from sessions.report import render_csv, render_html, render_json, render_table
+from tests.simhelpers import enrol_home, write_signed
 from tests.test_adherence import Book, Rec, at, d, make_protocol
 from tests.test_report_html import (
     _chromium_args,
@@ -100,8 +101,9 @@ def test_the_report_command_keeps_the_old_period(
     home = tmp_path / "home"
     new, records, installed = reinstall_scenario()
     rx_old, rx_new = tmp_path / "old.yaml", tmp_path / "new.yaml"
-    rx_old.write_text(yaml.safe_dump(OLD.to_dict()), encoding="utf-8")
-    rx_new.write_text(yaml.safe_dump(new.to_dict()), encoding="utf-8")
+    write_signed(rx_old, yaml.safe_dump(OLD.to_dict()))
+    write_signed(rx_new, yaml.safe_dump(new.to_dict()))
+    enrol_home(home)
     assert main(["protocol", "install", str(rx_old), "--home", str(home)]) == 0
     with SessionLog(home / "liv.db") as log:
         for r in records[:3]:

@@ -38,7 +38,15 @@ from sessions.protocol import (
     parse_protocol,
     protocol_from_dict,
 )
-from tests.simhelpers import exposure_time, load_truth, protocol_yaml, truth_envelope
+from tests.simhelpers import (
+    enrol_home,
+    exposure_time,
+    load_truth,
+    protocol_yaml,
+    sign_text,
+    truth_envelope,
+    write_signed,
+)
 
 LIMITS = DOSE_LIMITS
 DEVICE_ID = "SIM-DOSE"
@@ -307,8 +315,8 @@ def home(tmp_path: Path) -> LivHome:
     """An installation with a 0.3 g protocol, a calibrated simulated plate and no log yet."""
     h = LivHome(tmp_path / "home")
     h.ensure()
-    (tmp_path / "p.yaml").write_text(protocol_text())
-    h.install_protocol(tmp_path / "p.yaml")
+    write_signed(tmp_path / "p.yaml", protocol_text())
+    enrol_home(h).install_protocol(tmp_path / "p.yaml")
     with DeviceClient.open(f"sim://?mass=0&seed=1&speed=max&device_id={DEVICE_ID}") as dev:
         h.calibrations().save(identify(dev))
     return h
@@ -320,7 +328,7 @@ def test_a_protocol_above_the_dose_limits_is_refused_at_check_and_install(
     home: LivHome, tmp_path: Path, target: str, action: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "high.yaml"
-    path.write_text(protocol_text(target_g=target))
+    write_signed(path, protocol_text(target_g=target))  # signed, so only the limits refuse it
     before = home.protocol_path.read_bytes()
     argv = ["protocol", action, str(path)]
     if action == "install":
@@ -399,7 +407,8 @@ def test_a_protocol_installed_under_the_old_limits_is_refused_at_start(
     home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A 0.55 g protocol copied in before this table existed: one sentence, no row, no motion."""
-    home.protocol_path.write_text(protocol_text(target_g="0.55"))
+    # signed by the enrolled clinic, so only the limits can refuse it
+    home.protocol_path.write_bytes(sign_text(protocol_text(target_g="0.55")))
     truth = tmp_path / "truth.npz"
     url = f"sim://?mass=70&seed=4&speed=max&device_id={DEVICE_ID}&truth={truth}"
     assert main(["start", "--device", url, "--home", str(home.root)]) == 1

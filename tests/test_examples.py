@@ -1,7 +1,9 @@
 """The example protocols work the day they are read, and an out-of-date study is warned about.
 
 The examples' study dates are fixed in the files; this test fails as soon as one of them has
-ended or has not started yet, so CI catches it before a reader following the README does.
+ended or has not started yet, so CI catches it before a reader following the README does. The
+examples are unsigned templates: `liv protocol check` validates them as they are, and each one
+installs once a clinic has signed it (the README's steps, docs/trust.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 
 from sessions.cli import main
 from sessions.protocol import load_protocol
+from tests.simhelpers import enrol_home, write_signed
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
 
@@ -33,24 +36,43 @@ def test_every_example_study_is_current(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_installs_without_a_warning(
+def test_every_example_checks_as_an_unsigned_template(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["protocol", "check", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "signature         not signed" in captured.out
+    assert captured.err == ""
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_installs_without_a_warning_once_a_clinic_signed_it(
     path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["protocol", "install", str(path), "--home", str(tmp_path / "home")]) == 0
+    """The README's steps: the clinic makes its key and signs, the home enrols and installs."""
+    clinic, home = tmp_path / "clinic", ["--home", str(tmp_path / "home")]
+    signed = tmp_path / "rx.signed.yaml"
+    assert main(["clinic", "init", "--dir", str(clinic)]) == 0
+    sign = ["protocol", "sign", str(path), "--clinic-dir", str(clinic), "--out", str(signed)]
+    assert main(sign) == 0
+    assert main(["enroll", str(clinic / "clinic-public.pem"), *home]) == 0
+    capsys.readouterr()
+    assert main(["protocol", "install", str(signed), *home]) == 0
     captured = capsys.readouterr()
     assert "installed" in captured.out
     assert captured.err == ""
+    assert main(["protocol", "install", str(path), *home]) == 1  # the template itself: refused
 
 
 def protocol_file(tmp_path: Path, first_day: int, last_day: int) -> Path:
     today = datetime.now(UTC).date()
-    path = tmp_path / "p.yaml"
-    path.write_text(
+    enrol_home(tmp_path / "home")
+    return write_signed(
+        tmp_path / "p.yaml",
         "patient_id: P-1\ntarget_g: 0.3\nfrequency_hz: 30\nminutes_per_session: 10\n"
         f"study_start: {(today + timedelta(days=first_day)).isoformat()}\n"
-        f"study_end: {(today + timedelta(days=last_day)).isoformat()}\ntimezone: UTC\n"
+        f"study_end: {(today + timedelta(days=last_day)).isoformat()}\ntimezone: UTC\n",
     )
-    return path
 
 
 @pytest.mark.parametrize("command", [["check"], ["install"]])

@@ -66,7 +66,7 @@ from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionRecord, SessionStatus
 from sessions.runner import CHECKPOINT_S
-from tests.simhelpers import load_truth, protocol_yaml, truth_amplitude
+from tests.simhelpers import enrol_home, load_truth, protocol_yaml, truth_amplitude, write_signed
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_ID = "SIM-FM"
@@ -119,8 +119,8 @@ def make_home(root: Path, target_g: float = 0.3, freq_hz: float = 45.0) -> LivHo
     home = LivHome(root / "home")
     home.ensure()
     source = root / "protocol.yaml"
-    source.write_text(protocol_text(target_g, freq_hz))
-    home.install_protocol(source)
+    write_signed(source, protocol_text(target_g, freq_hz))
+    enrol_home(home).install_protocol(source)
     return home
 
 

@@ -27,6 +27,7 @@ from sessions.adherence import compute_adherence
 from sessions.log import SessionLog
 from sessions.protocol import MAX_STUDY_DAYS, ProtocolFileError, load_protocol
 from sessions.report import render_html, render_table
+from tests.simhelpers import enrol_home, write_signed
 
 SIM = "sim://?speed=max"
 EMPTY = "sim://?speed=max&mass=0"  # calibrations are of the empty plate
@@ -115,8 +116,8 @@ def test_liv_home_holds_the_calibration_that_calibrate_writes_and_run_and_start_
     )
 
     # the session commands find the same calibration through the same rule
-    source = tmp_path / "rx.yaml"
-    source.write_text(protocol_text())
+    source = write_signed(tmp_path / "rx.yaml", protocol_text())
+    enrol_home(home)
     assert machine.liv("protocol", "install", str(source), **env).returncode == 0
     assert machine.liv("device", "set", SIM, **env).returncode == 0
     start = machine.liv("start", **env)
@@ -201,8 +202,8 @@ def test_a_planted_symlink_is_refused_and_the_outside_file_untouched(
     }[what]
     link = home / (name if at == "file" else name + ".tmp")
     link.symlink_to(outside)
-    source = tmp_path / "rx.yaml"
-    source.write_text(protocol_text())
+    source = write_signed(tmp_path / "rx.yaml", protocol_text())
+    enrol_home(home)
     argv = {
         "protocol": ["protocol", "install", str(source)],
         "device": ["device", "set", SIM],
@@ -310,8 +311,8 @@ def test_a_damaged_calibration_stops_a_session_before_the_plate_moves(
     home = tmp_path / "home"
     (home / "calibration").mkdir(parents=True, mode=0o700)
     (home / "calibration" / "SIM-0001.json").write_bytes(DAMAGED["NaN gain"])
-    source = tmp_path / "rx.yaml"
-    source.write_text(protocol_text())
+    source = write_signed(tmp_path / "rx.yaml", protocol_text())
+    enrol_home(home)
     assert machine.liv("protocol", "install", str(source), "--home", str(home)).returncode == 0
     line = one_sentence(machine.liv("start", "--device", SIM, "--home", str(home)))
     assert "run 'liv calibrate' again" in line
@@ -324,8 +325,8 @@ def test_a_calibration_that_does_not_cover_the_protocol_is_one_sentence(
     (home / "calibration").mkdir(parents=True, mode=0o700)
     narrow = {**_good_calibration(), "freqs_hz": [40.0, 50.0, 60.0]}
     (home / "calibration" / "SIM-0001.json").write_text(json.dumps(narrow))
-    source = tmp_path / "rx.yaml"
-    source.write_text(protocol_text())  # 30 Hz: below the calibrated 40-60 Hz
+    source = write_signed(tmp_path / "rx.yaml", protocol_text())  # 30 Hz: below 40-60 Hz
+    enrol_home(home)
     assert machine.liv("protocol", "install", str(source), "--home", str(home)).returncode == 0
     done = machine.liv("start", "--device", SIM, "--home", str(home))
     line = one_sentence(done)
@@ -348,9 +349,9 @@ def test_the_calibration_round_trips(tmp_path: Path) -> None:
 
 
 def test_a_study_from_year_1_to_9999_is_not_installed(machine: Machine, tmp_path: Path) -> None:
-    source = tmp_path / "rx.yaml"
-    source.write_text(protocol_text(date(1, 1, 1), date(9999, 12, 31)))
+    source = write_signed(tmp_path / "rx.yaml", protocol_text(date(1, 1, 1), date(9999, 12, 31)))
     home = tmp_path / "home"
+    enrol_home(home)  # signed by the enrolled clinic: only the study's length can refuse it
     done = machine.liv("protocol", "install", str(source), "--home", str(home))
     assert done.returncode == 1
     assert "Traceback" not in done.stderr

@@ -20,6 +20,7 @@ from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import LogError, LogErrorReason, SessionLog
 from sessions.report import render_csv
+from tests.simhelpers import enrol_home, write_signed
 from tests.test_log import PROTOCOL, finish, start
 from tests.test_report_html import month_report
 from tests.test_resume import DEVICE_ID, protocol_text, sim
@@ -96,8 +97,8 @@ def test_a_read_only_copy_of_a_home_can_be_audited(tmp_path: Path) -> None:
         pytest.skip("needs 'unshare -rm' and a read-only bind mount in a user namespace")
     home = LivHome(tmp_path / "home")
     home.ensure()
-    (tmp_path / "p.yaml").write_text(protocol_text())
-    home.install_protocol(tmp_path / "p.yaml")
+    write_signed(tmp_path / "p.yaml", protocol_text())
+    enrol_home(home).install_protocol(tmp_path / "p.yaml")
     with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as dev:
         home.calibrations().save(identify(dev))
     db = home.db_path()
@@ -108,6 +109,7 @@ def test_a_read_only_copy_of_a_home_can_be_audited(tmp_path: Path) -> None:
         ids = [r.session_id for r in log.sessions()]
     shutil.copy2(db, copy / "liv.db")
     shutil.copy2(home.protocol_path, copy / home.protocol_path.name)
+    shutil.copy2(home.clinic_key_path, copy / home.clinic_key_path.name)  # checks the protocol
     assert not db.with_name("liv.db-wal").exists()  # a cleanly closed log: the main file only
     out = tmp_path / "out"
     out.mkdir()
@@ -124,7 +126,8 @@ def test_a_read_only_copy_of_a_home_can_be_audited(tmp_path: Path) -> None:
     assert json.loads(lines[0])["integrity"]["status"] == "verified"  # the export's header
     assert len(lines) == 1 + 2
     assert (out / "report.csv").read_text().startswith("patient_id,date")
-    assert sorted(p.name for p in copy.iterdir()) == sorted(["liv.db", home.protocol_path.name])
+    copied = ["liv.db", home.protocol_path.name, home.clinic_key_path.name]
+    assert sorted(p.name for p in copy.iterdir()) == sorted(copied)
 
 
 def test_log_csv_cells_never_become_spreadsheet_formulas(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from sessions.log.chain import _canonical_pairs, _Entry, _verify_chains
 from sessions.log.fields import _raw_from_row
 from sessions.log.storage import _SCHEMA_V1
 from sessions.protocol import protocol_from_dict
+from tests.simhelpers import enrol_home, write_signed
 
 DAYS = 14
 
@@ -51,8 +52,8 @@ def big_home(tmp_path: Path) -> LivHome:
     with SessionLog(home.db_path()) as log:
         first = min(s.local_date for s in log.summaries())
     plan = tmp_path / "plan.yaml"
-    plan.write_text(yaml.safe_dump(bench_protocol(first, DAYS)), encoding="utf-8")
-    home.install_protocol(plan)
+    write_signed(plan, yaml.safe_dump(bench_protocol(first, DAYS)))
+    enrol_home(home).install_protocol(plan)
     return home
 
 
@@ -328,9 +329,9 @@ def test_help_and_status_do_not_import_the_numerics(tmp_path: Path, argv: list[s
     home.ensure()
     plan = tmp_path / "plan.yaml"
     today = datetime.now(UTC).date()
-    plan.write_text(yaml.safe_dump(bench_protocol(today, 10)), encoding="utf-8")
+    write_signed(plan, yaml.safe_dump(bench_protocol(today, 10)))
     protocol_from_dict(bench_protocol(today, 10))  # the file is a valid protocol
-    home.install_protocol(plan)
+    enrol_home(home).install_protocol(plan)
     done = subprocess.run(
         [sys.executable, "-c", code, str(home.root)],
         capture_output=True,

@@ -27,7 +27,7 @@ from sessions.adherence import compute_adherence
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionRecord
-from tests.simhelpers import load_truth, protocol_yaml
+from tests.simhelpers import enrol_home, load_truth, protocol_yaml, write_signed
 from tests.test_adherence import Book, d, make_protocol
 
 DEVICE_ID = "SIM-PRES"
@@ -256,8 +256,8 @@ def cold_home(tmp_path: Path) -> tuple[LivHome, Path]:
 
 
 def _session(home: LivHome, tmp_path: Path, freq: float, params: str) -> SessionRecord:
-    (tmp_path / "p.yaml").write_text(_protocol_text(freq))
-    home.install_protocol(tmp_path / "p.yaml")
+    write_signed(tmp_path / "p.yaml", _protocol_text(freq))
+    enrol_home(home).install_protocol(tmp_path / "p.yaml")
     url = f"sim://?seed=4&speed=max&device_id={DEVICE_ID}&{params}"
     main(["start", "--device", url, "--home", str(home.root)])
     with SessionLog(home.db_path()) as log:
@@ -312,8 +312,8 @@ def test_a_patient_the_plate_cannot_tell_from_empty_is_credited_and_flagged(
     """20 kg seated: clearly loaded at 30 Hz, too close to empty at 90 Hz. Not sent away, and
     the record says presence was not verified; the adherence report flags it."""
     home, tmp_path = cold_home
-    (tmp_path / "p.yaml").write_text(_steps_protocol_text())
-    home.install_protocol(tmp_path / "p.yaml")
+    write_signed(tmp_path / "p.yaml", _steps_protocol_text())
+    enrol_home(home).install_protocol(tmp_path / "p.yaml")
     truth_path = tmp_path / "truth.npz"
     url = f"sim://?seed=4&speed=max&device_id={DEVICE_ID}&mass=20&posture=seated&truth={truth_path}"
     assert main(["start", "--device", url, "--home", str(home.root)]) == 0

@@ -14,6 +14,7 @@ from pytest_mock import MockerFixture
 from sessions import runner
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
+from tests.simhelpers import enrol_home, write_signed
 from tests.test_resume import DEVICE_ID, home, liv_start, protocol_text, sim  # noqa: F401
 
 
@@ -35,8 +36,8 @@ def test_the_shortfall_trip_uses_the_protocols_own_dose_band(
     """A plate below the protocol's at-dose band trips cannot_reach_dose instead of running out
     the clock, which would read as the patient's shortfall."""
     text = protocol_text().replace("timezone: UTC\n", "timezone: UTC\ndose_tolerance: 0.05\n")
-    (tmp_path / "tight.yaml").write_text(text)
-    home.install_protocol(tmp_path / "tight.yaml")
+    write_signed(tmp_path / "tight.yaml", text)
+    enrol_home(home).install_protocol(tmp_path / "tight.yaml")
     spy = mocker.spy(runner, "run_exposure")
     assert liv_start(home, sim()) == 0
     settings = spy.call_args.args[2]

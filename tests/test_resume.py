@@ -20,7 +20,7 @@ from sessions.home import LivHome
 from sessions.log import SessionLog, SessionRecord, SessionStatus
 from sessions.runner import Progress, run_session
 from sessions.scheduling import decide
-from tests.simhelpers import protocol_yaml
+from tests.simhelpers import enrol_home, protocol_yaml, write_signed
 from tests.test_scheduling import Plan, done, local
 
 DEVICE_ID = "SIM-RS"
@@ -34,8 +34,8 @@ def protocol_text() -> str:
 def home(tmp_path: Path) -> LivHome:
     h = LivHome(tmp_path / "home")
     h.ensure()
-    (tmp_path / "p.yaml").write_text(protocol_text())
-    h.install_protocol(tmp_path / "p.yaml")
+    write_signed(tmp_path / "p.yaml", protocol_text())
+    enrol_home(h).install_protocol(tmp_path / "p.yaml")
     with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as dev:
         h.calibrations().save(identify(dev))
     return h

@@ -28,7 +28,7 @@ from firmware_bridge.client import DeviceClient
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
-from tests.simhelpers import exposure_time, load_truth, truth_amplitude
+from tests.simhelpers import enrol_home, exposure_time, load_truth, truth_amplitude, write_signed
 from tests.test_sessions import protocol_text
 
 DEVICE_ID = "SIM-S9"
@@ -49,8 +49,8 @@ def make_home(tmp_path: Path, sensor: str = "", dose_tolerance: float | None = N
     text = protocol_text(minutes=1.0, target=TARGET_G)
     if dose_tolerance is not None:
         text += f"dose_tolerance: {dose_tolerance:g}\n"
-    (tmp_path / "p.yaml").write_text(text)
-    home.install_protocol(tmp_path / "p.yaml")
+    write_signed(tmp_path / "p.yaml", text)
+    enrol_home(home).install_protocol(tmp_path / "p.yaml")
     with DeviceClient.open(sim(sensor, mass=0)) as dev:
         home.calibrations().save(identify(dev))
     return home

@@ -18,7 +18,7 @@ from firmware_bridge.client import DeviceClient
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
-from tests.simhelpers import protocol_yaml
+from tests.simhelpers import enrol_home, protocol_yaml, write_signed
 
 DEVICE_ID = "SIM-T1"
 
@@ -34,8 +34,8 @@ def home(tmp_path: Path) -> LivHome:
     """An installation with a protocol, a calibrated simulated plate and an empty log."""
     h = LivHome(tmp_path / "home")
     h.ensure()
-    (tmp_path / "p.yaml").write_text(protocol_text())
-    h.install_protocol(tmp_path / "p.yaml")
+    write_signed(tmp_path / "p.yaml", protocol_text())
+    enrol_home(h).install_protocol(tmp_path / "p.yaml")
     with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as dev:
         h.calibrations().save(identify(dev))
     return h

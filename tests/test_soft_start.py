@@ -34,7 +34,7 @@ from firmware_bridge.sim.device import SimulatedDevice
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
-from tests.simhelpers import load_truth, truth_envelope
+from tests.simhelpers import enrol_home, load_truth, truth_envelope, write_signed
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 0.3
@@ -318,13 +318,14 @@ def test_a_session_with_an_index_jump_logs_only_true_minutes_at_dose(
     home = LivHome(tmp_path / "home")
     home.ensure()
     today = datetime.now(UTC).date()
-    (tmp_path / "p.yaml").write_text(
+    write_signed(
+        tmp_path / "p.yaml",
         "patient_id: P-0001\ntarget_g: 0.3\nfrequency_hz: 45\nminutes_per_session: 1\n"
         "sessions_per_day: 2\nmin_gap_hours: 3\n"
         f"study_start: {(today - timedelta(days=3)).isoformat()}\n"
-        f"study_end: {(today + timedelta(days=30)).isoformat()}\ntimezone: UTC\n"
+        f"study_end: {(today + timedelta(days=30)).isoformat()}\ntimezone: UTC\n",
     )
-    home.install_protocol(tmp_path / "p.yaml")
+    enrol_home(home).install_protocol(tmp_path / "p.yaml")
     with DeviceClient.open("sim://?mass=0&seed=1") as dev:
         home.calibrations().save(identify(dev))
     truth_path = tmp_path / "truth.npz"

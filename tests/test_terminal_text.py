@@ -19,6 +19,7 @@ from sessions.cli import main
 from sessions.log import SessionLog
 from sessions.protocol import parse_protocol
 from sessions.text import terminal_line, terminal_text
+from tests.simhelpers import enrol_home, write_signed
 
 ESC_CLEAR = "\x1b[2J"  # clears the screen
 OSC_TITLE = "\x1b]0;owned\x07"  # retitles the window
@@ -85,7 +86,7 @@ def hostile_home(tmp_path: Path) -> tuple[Path, str, str]:
     home.mkdir(mode=0o700)
     today = datetime.now(UTC).date()
     text = PROTOCOL.format(start=today - timedelta(days=5), end=today + timedelta(days=60))
-    (home / "protocol.yaml").write_text(text)
+    write_signed(enrol_home(home).protocol_path, text)
     protocol = parse_protocol(text)
     started = datetime.now(UTC) - timedelta(days=2)
     with SessionLog(home / "liv.db") as log:
