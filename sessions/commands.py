@@ -129,7 +129,9 @@ def cmd_protocol_check(args: argparse.Namespace) -> int:
 
         warning = study_warning(protocol, datetime.now(UTC))
         shape = protocol_check_shape(args.file, protocol, warning)
-        shape["signature"] = signature.describe()
+        shape["signature"] = signature.status.value
+        shape["signer"] = signature.signer_fingerprint
+        shape["signature_text"] = signature.describe()
         _print_json(shape)
         return EXIT_REFUSED if signature.status is SignatureStatus.ALTERED else 0
     echo(f"{args.file}: valid")

@@ -166,6 +166,9 @@ SHAPES: dict[str, dict[str, str]] = {
         "valid": "bool",
         "protocol": "liv.protocol/1",
         "warning": "str?",
+        "signature": "str",
+        "signer": "str?",
+        "signature_text": "str",
     },
     "liv.verification/1": {
         "schema": "str",

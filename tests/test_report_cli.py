@@ -24,7 +24,7 @@ from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog
 from sessions.protocol import PatientProtocol
-from tests.simhelpers import protocol_yaml
+from tests.simhelpers import install_signed, protocol_yaml
 from tests.test_log import raw_db
 
 ZONE = "Europe/Paris"
@@ -137,7 +137,7 @@ def make_clinic_home(root: Path, **protocol_fields: Any) -> ClinicHome:
     source.write_text(text, encoding="utf-8")
     home = LivHome(root)
     home.ensure()
-    protocol = home.install_protocol(source)
+    protocol = install_signed(home, text)
     with SessionLog(root / "liv.db") as log:
         write_history(log, protocol, today)
     return ClinicHome(root, today, text)
