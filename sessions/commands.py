@@ -419,6 +419,7 @@ def _summary(r: SessionSummary) -> dict[str, Any]:
         "minutes_at_dose": r.minutes_at_dose,
         "mean_error_pct": r.mean_error_pct,
         "p95_abs_error_pct": r.p95_abs_error_pct,
+        "error_uncertainty_pct": r.error_uncertainty_pct,
         "exposure": r.exposure,
         "safety_events": list(r.safety_events),
         "override_reason": r.override_reason,
@@ -439,7 +440,7 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from sessions.report import render_session_svg
+    from sessions.report import accuracy_text, render_session_svg
 
     with _open_log(args, read_only=True) as log:
         record = log.get(args.session_id)
@@ -453,6 +454,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     for key, value in data.items():
         echo(f"{key:<20} {terminal_line(value)}")
+    accuracy = accuracy_text(record.p95_abs_error_pct, record.error_uncertainty_pct)
+    echo(f"{'accuracy':<20} {accuracy}")
     echo(f"{'amplitude':<20} {sparkline(record.envelope, record.target_g)}")
     return 0
 
