@@ -289,6 +289,10 @@ class AmplitudeLaw:
             gross = innovation * innovation > 4.0 * s.change_gate_sigma**2 * spread
             if gross or self._change_s > s.change_confirm_s:
                 self.variance = max(self.variance, innovation * innovation)
+                # what was learned at other frequencies belongs to the load before the change
+                # (somebody stepped on or off): as a prior it would pull a sweep or a step back
+                # to the old load's correction, so it is forgotten and relearned as it is visited
+                self.memory.clear()
         else:
             self._change_s = 0.0
             self._change_sign = 0

@@ -560,6 +560,11 @@ def show_lines(record: SessionRecord) -> list[str]:
         "not measured (the session ended before the amplitude settled)"
         if record.p95_abs_error_pct is None
         else f"95% of 1-s windows within {record.p95_abs_error_pct:.1f}% of the target"
+        + (
+            f" (+/- {record.error_uncertainty_pct:.1f}%, one window's standard uncertainty)"
+            if record.error_uncertainty_pct is not None
+            else ""
+        )
         + (f", mean {record.mean_error_pct:+.1f}%" if record.mean_error_pct is not None else "")
     )
     events = [

@@ -271,6 +271,15 @@ def _change_cell(report: AdherenceReport, day: date) -> str:
 # Text, CSV, JSON
 
 
+def accuracy_text(p95_pct: float | None, uncertainty_pct: float | None) -> str:
+    """A session's accuracy as shown: "p95 error 0.80% +/- 0.30%" (the +/- is the standard
+    uncertainty of one 1-s window; records from before it was kept show the p95 alone)."""
+    if p95_pct is None:
+        return "no accuracy figure"
+    spread = f" +/- {uncertainty_pct:.2f}%" if uncertainty_pct is not None else ""
+    return f"p95 error {p95_pct:.2f}%{spread}"
+
+
 def _wrapped(text: str, indent: str = "", first: str | None = None) -> list[str]:
     """``text`` in lines of at most LINE_WIDTH characters (a long word is broken)."""
     return textwrap.wrap(
@@ -976,7 +985,8 @@ def _accuracy_chart(report: AdherenceReport, sessions: Sequence[ReportSummary]) 
             mean = s.mean_error_pct
             text = (
                 f"{day.isoformat()} {_start_text(s)} slot {s.slot} ({s.session_id}): "
-                + (f"p95 |error| {p95:.2f}%" if p95 is not None else "no accuracy figure")
+                # a summary that predates the field (or a test's stand-in) has no uncertainty
+                + accuracy_text(p95, getattr(s, "error_uncertainty_pct", None))
                 + (f", mean error {mean:+.2f}%" if mean is not None else "")
             )
             if p95 is None:

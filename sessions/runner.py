@@ -497,6 +497,7 @@ def _measured(
         "safety_events": events,
         "mean_error_pct": result.error_mean_pct if result else None,
         "p95_abs_error_pct": result.error_p95_abs_pct if result else None,
+        "error_uncertainty_pct": result.error_uncertainty_pct if result else None,
         "exposure": result.exposure.to_dict() if result and result.exposure else None,
     }
 

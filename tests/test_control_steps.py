@@ -196,3 +196,32 @@ def test_the_prior_after_a_step_never_exceeds_what_was_learned_nearer_the_load()
     law.retune(90.0, 30.0, step=True)
     assert law.correction == pytest.approx(up.correction)
     assert law.cautious_correction < law.correction  # uncertain: aim low, not high
+
+
+@pytest.mark.parametrize("seed", [5, 141])
+def test_a_patient_back_on_the_plate_mid_sweep_is_relearned_not_the_empty_plate(
+    tmp_path: Path, empty_cal: Calibration, seed: int
+) -> None:
+    """110 kg, noisy sensor, a 30-60 Hz sweep; off the plate 14-24 s, then back on.
+
+    While the plate was empty the law learned the empty plate's correction at 30-45 Hz. Those
+    corrections belong to another load: used as the sweep's prior once the patient is back,
+    they pulled the drive down to the empty plate's at every calibration frequency the sweep
+    crossed (the plate gave half the dose and tripped cannot_reach_dose in dose_truth's
+    combined_sweep_step_noise case).
+    """
+    target, hold = 0.3, 34.0
+    truth_path = tmp_path / "truth.npz"
+    settings = ExposureSettings(
+        target_g=target, hold_s=hold, schedule=parse_schedule("sweep:30-60/10")
+    )
+    url = f"sim://?seed={seed}&mass=110&noise=high&presence=0-14,24-&truth={truth_path}"
+    with DeviceClient.open(url) as dev:
+        result = run_exposure(dev, empty_cal, settings)
+    truth = load_truth(truth_path)
+    t = exposure_time(truth, result.start_index)
+    assert result.status is ExposureStatus.COMPLETED, result.trip
+    # from 2 s after stepping back on to the end of the hold: within the dose tolerance
+    # (0.25-s truth windows)
+    _, env = truth_envelope(truth, t, 26.0, RAMP_UP + hold, 0.25)
+    assert np.all(np.abs(env / target - 1.0) <= 0.05), env / target

@@ -24,7 +24,7 @@ from benchmarks.make_log import PATIENT_ID, bench_protocol, make_log
 from sessions.cli import main
 from sessions.commands import _status_of_log
 from sessions.home import LivHome
-from sessions.log import SessionLog, SessionStore, canonical_json
+from sessions.log import SCHEMA_VERSION, SessionLog, SessionStore, canonical_json
 from sessions.log.chain import _canonical_pairs, _Entry, _verify_chains
 from sessions.log.fields import _raw_from_row
 from sessions.log.storage import _SCHEMA_V1
@@ -279,6 +279,7 @@ def test_a_schema_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None:
     make_log(path, years=DAYS / 365)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:  # schema 1
         conn.execute("DROP INDEX IF EXISTS sessions_day_minutes")
+        conn.execute("ALTER TABLE sessions DROP COLUMN error_uncertainty_pct")  # schema 3's
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE sql NOT NULL")}
     assert names == {_name(s) for s in _SCHEMA_V1}
@@ -298,7 +299,7 @@ def test_a_schema_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None:
                 (PATIENT_ID,),
             )
         )
-    assert version == ("2",)
+    assert version == (str(SCHEMA_VERSION),)
     assert "COVERING INDEX sessions_day_minutes" in plan
 
 

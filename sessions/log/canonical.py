@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from sessions.log.records import HASH_EXCLUDED, MAX_SAFE_INTEGER
+from sessions.log.records import HASH_EXCLUDED, MAX_SAFE_INTEGER, OPTIONAL_FIELDS
 
 # --- canonical JSON and the hash -----------------------------------------------------------------
 
@@ -78,7 +78,18 @@ def _canon(value: Any, parts: list[str]) -> None:
         raise TypeError(f"{type(value).__name__} cannot be written to the log")
 
 
+def hash_body(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields a record's hash covers: all but both hashes, and an optional field
+    (``OPTIONAL_FIELDS``) only when it holds a value, so records written before it was added
+    hash as they always did."""
+    return {
+        k: v
+        for k, v in record.items()
+        if k not in HASH_EXCLUDED and not (v is None and k in OPTIONAL_FIELDS)
+    }
+
+
 def record_hash(prev_hash: str, record: Mapping[str, Any]) -> str:
-    """sha256 (lowercase hex) of UTF-8 ``prev_hash + canonical_json(record minus both hashes)``."""
-    body = {k: v for k, v in record.items() if k not in HASH_EXCLUDED}
+    """sha256 (lowercase hex) of UTF-8 ``prev_hash + canonical_json(hash_body(record))``."""
+    body = hash_body(record)
     return hashlib.sha256((prev_hash + canonical_json(body)).encode("utf-8")).hexdigest()

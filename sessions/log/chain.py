@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sessions.log.canonical import canonical_json
-from sessions.log.records import GENESIS_HASH, HASH_EXCLUDED, BadRecord
+from sessions.log.canonical import canonical_json, hash_body
+from sessions.log.records import GENESIS_HASH, BadRecord
 
 # --- chain verification (shared by verify and import) --------------------------------------------
 
@@ -29,7 +29,7 @@ class _Entry:
 
 def _content_problem(raw: Mapping[str, Any]) -> str | None:
     """Why this record does not hash to its own record_hash, or None if it does."""
-    body = {k: v for k, v in raw.items() if k not in HASH_EXCLUDED}
+    body = hash_body(raw)
     prev_hash = raw.get("prev_hash")
     stated = raw.get("record_hash")
     if not isinstance(prev_hash, str) or not isinstance(stated, str):
@@ -178,7 +178,7 @@ def _fast_content_ok(raw: Mapping[str, Any], envelope_text: Any) -> bool:
     prev_hash, stated = raw.get("prev_hash"), raw.get("record_hash")
     if not isinstance(prev_hash, str) or not isinstance(stated, str):
         return False
-    body = {k: v for k, v in raw.items() if k not in HASH_EXCLUDED and k != "envelope"}
+    body = {k: v for k, v in hash_body(raw).items() if k != "envelope"}
     try:
         parts = {k: f"{json.dumps(k, ensure_ascii=False)}:{canonical_json(body[k])}" for k in body}
     except (TypeError, ValueError):

@@ -26,6 +26,7 @@ from sessions.log.errors import _translate
 from sessions.log.fields import _columns_from_raw, _raw_from_row, _record_from_raw
 from sessions.log.records import (
     EXPORT_FIELDS,
+    OPTIONAL_FIELDS,
     SUMMARY_FIELDS,
     BadRecord,
     ImportResult,
@@ -155,7 +156,7 @@ class SessionLog(SessionStore):
             writer = csv.writer(stream)
             writer.writerow([*EXPORT_FIELDS, *(["log_integrity"] if integrity else [])])
             for raw in self._export_rows(conn):
-                cells = [_fitted_cell(name, raw[name]) for name in EXPORT_FIELDS]
+                cells = [_fitted_cell(name, raw.get(name)) for name in EXPORT_FIELDS]
                 writer.writerow([*cells, *([integrity] if integrity else [])])
                 count += 1
         return count
@@ -376,7 +377,7 @@ def _read_import(lines: Iterable[str]) -> tuple[dict[str, dict[int, _Entry]], in
             raise _bad_file(line_no, "is not a JSON object")
         if line_no == 1 and obj.get("schema") == EXPORT_HEADER_SCHEMA:
             continue  # the export's header: the exporting log's verification status
-        missing = expected - set(obj)
+        missing = expected - set(obj) - OPTIONAL_FIELDS  # absent from older exports
         extra = set(obj) - expected
         if missing:
             raise _bad_file(line_no, f"lacks the field(s) {', '.join(sorted(missing))}")

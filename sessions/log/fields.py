@@ -22,6 +22,7 @@ from sessions.log.records import (
     MAX_NUMBER,
     MAX_SAFE_INTEGER,
     NUMBER_DECIMALS,
+    OPTIONAL_FIELDS,
     SessionRecord,
     SessionStatus,
     SessionSummary,
@@ -114,6 +115,7 @@ def _measured_columns(
     mean_error_pct: Any,
     p95_abs_error_pct: Any,
     exposure: Any,
+    error_uncertainty_pct: Any = None,
 ) -> dict[str, Any]:
     """Check and quantize the measured fields shared by checkpoint and finish (raw form)."""
     minutes = _quantize(minutes_at_dose, "minutes_at_dose")
@@ -161,6 +163,7 @@ def _measured_columns(
         "safety_events": events,
         "mean_error_pct": _optional_quantize(mean_error_pct, "mean_error_pct"),
         "p95_abs_error_pct": _optional_quantize(p95_abs_error_pct, "p95_abs_error_pct"),
+        "error_uncertainty_pct": _optional_quantize(error_uncertainty_pct, "error_uncertainty_pct"),
         "exposure": figures,
     }
 
@@ -172,9 +175,15 @@ def _raw_from_row(row: sqlite3.Row, names: Sequence[str] = EXPORT_FIELDS) -> dic
     """The record as its export object (JSON columns parsed); raises ValueError on bad JSON.
 
     ``names`` picks the fields (default: all); a summary row is read with ``SUMMARY_FIELDS``.
+    An optional field (``OPTIONAL_FIELDS``) that is null is left out, as in records written
+    before it existed: the export object is exactly what the hash covers, bar the two hashes.
     """
     raw: dict[str, Any] = {}
     for name in names:
+        # null, or a read-only log from before the field's column existed (sqlite3.Row's
+        # "in" looks at values, hence keys())
+        if name in OPTIONAL_FIELDS and (name not in row.keys() or row[name] is None):  # noqa: SIM118
+            continue
         value = row[name]
         if name in _JSON_COLUMNS and value is not None:
             if not isinstance(value, str):
@@ -201,7 +210,7 @@ def _columns(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _columns_from_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return _columns({name: raw[name] for name in EXPORT_FIELDS})
+    return _columns({name: raw.get(name) for name in EXPORT_FIELDS})
 
 
 def _want(raw: Mapping[str, Any], name: str, kinds: tuple[type, ...], nullable: bool) -> Any:
@@ -297,6 +306,10 @@ def _summary_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     assert started_local is not None
     mean_error = _want(raw, "mean_error_pct", nums, True)
     p95_error = _want(raw, "p95_abs_error_pct", nums, True)
+    # optional (OPTIONAL_FIELDS): absent from records written before it existed
+    uncertainty = (
+        _want(raw, "error_uncertainty_pct", nums, True) if "error_uncertainty_pct" in raw else None
+    )
     return dict(  # noqa: C408 (keywords, like the dataclass they fill)
         session_id=_want(raw, "session_id", texts, False),
         log_id=_want(raw, "log_id", texts, False),
@@ -326,6 +339,7 @@ def _summary_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
         freqs_hz=tuple(float(f) for f in freqs),
         mean_error_pct=None if mean_error is None else float(mean_error),
         p95_abs_error_pct=None if p95_error is None else float(p95_error),
+        error_uncertainty_pct=None if uncertainty is None else float(uncertainty),
         safety_events=tuple(events),
         exposure=None if exposure is None else {k: float(v) for k, v in exposure.items()},
     )

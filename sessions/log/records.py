@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from firmware_bridge.errors import LivError
 
-SCHEMA_VERSION = 2  # 2: index sessions_day_minutes (docs/log-format.md)
+SCHEMA_VERSION = 3  # 2: index sessions_day_minutes; 3: error_uncertainty_pct (docs/log-format.md)
 GENESIS_HASH = "0" * 64  # prev_hash of chain_index 0
 CHECKPOINT_INTERVAL_S = 5.0  # the caller checkpoints a running session at least this often
 NUMBER_DECIMALS = 6  # every number is stored and hashed rounded to 6 decimal places
@@ -129,6 +129,7 @@ class SessionSummary:
     freqs_hz: tuple[float, ...]
     mean_error_pct: float | None
     p95_abs_error_pct: float | None
+    error_uncertainty_pct: float | None  # standard uncertainty of one 1-s accuracy window
     safety_events: tuple[dict[str, Any], ...]
     exposure: dict[str, float] | None
 
@@ -193,12 +194,16 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "freqs_hz",
     "mean_error_pct",
     "p95_abs_error_pct",
+    "error_uncertainty_pct",
     "safety_events",
     "exposure",
     "envelope",
     "last_checkpoint_utc",
 )
 HASH_EXCLUDED = frozenset({"prev_hash", "record_hash"})
+# Fields added after records were first written: null in a record, such a field is left out of
+# its hash and may be absent from an import, so records written before it existed still verify.
+OPTIONAL_FIELDS = frozenset({"error_uncertainty_pct"})
 # Read only where drawn or exported: the envelope, and the column stored after it (reaching it
 # walks the envelope's overflow pages). A summary holds every other field.
 DETAIL_FIELDS = frozenset({"envelope", "last_checkpoint_utc"})

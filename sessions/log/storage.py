@@ -147,6 +147,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS sessions_day_minutes ON sessions "
         "(patient_id, local_date, slot, started_utc, session_id, minutes_at_dose)",
     ),
+    # 2 -> 3: the accuracy's standard uncertainty next to the accuracy figures (null in older
+    # records, which therefore hash and verify as before: records.OPTIONAL_FIELDS)
+    2: ("ALTER TABLE sessions ADD COLUMN error_uncertainty_pct REAL",),
 }
 
 
@@ -187,6 +190,7 @@ class SessionStore:
         self._busy_timeout_s = busy_timeout_s
         self.path = Path(path)
         self.read_only = read_only
+        self._summary_columns = ", ".join(SUMMARY_FIELDS)
         self.log_id = ""
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -357,6 +361,12 @@ class SessionStore:
             )
         if version < SCHEMA_VERSION and not self.read_only:
             self._migrate(version)
+        elif version < 3:
+            # read-only, so not migrated: a log from before schema 3 has no error_uncertainty_pct
+            # column; its records hold none (null), and the summary query says so
+            self._summary_columns = self._summary_columns.replace(
+                "error_uncertainty_pct", "NULL AS error_uncertainty_pct"
+            )
         row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         if row is None or not isinstance(row[0], str) or not row[0]:
             raise self._corrupt("its log_id is missing")
@@ -493,6 +503,7 @@ class SessionStore:
             "freqs_hz": [],
             "mean_error_pct": None,
             "p95_abs_error_pct": None,
+            "error_uncertainty_pct": None,
             "safety_events": [],
             "exposure": None,
             "envelope": [],
@@ -535,6 +546,7 @@ class SessionStore:
         exposure: dict[str, float] | None,
         now_utc: datetime,
         wait_s: float | None = None,
+        error_uncertainty_pct: float | None = None,
     ) -> None:
         """Save what a running session has delivered so far, in one transaction.
 
@@ -549,6 +561,7 @@ class SessionStore:
             mean_error_pct=mean_error_pct,
             p95_abs_error_pct=p95_abs_error_pct,
             exposure=exposure,
+            error_uncertainty_pct=error_uncertainty_pct,
         )
         measured["last_checkpoint_utc"] = _iso(_utc(now_utc, "now_utc"))
         columns = _columns(measured)
@@ -572,6 +585,7 @@ class SessionStore:
         mean_error_pct: float | None,
         p95_abs_error_pct: float | None,
         exposure: dict[str, float] | None,
+        error_uncertainty_pct: float | None = None,
     ) -> SessionRecord:
         """Close a running session with its final figures and chain it; it never changes again."""
         try:
@@ -592,6 +606,7 @@ class SessionStore:
             mean_error_pct=mean_error_pct,
             p95_abs_error_pct=p95_abs_error_pct,
             exposure=exposure,
+            error_uncertainty_pct=error_uncertainty_pct,
         )
         changes.update(
             status=final.value,
@@ -837,7 +852,7 @@ class SessionStore:
         The envelope (and the column stored after it) is never read, so a year of sessions
         lists in milliseconds whatever their envelopes hold.
         """
-        sql, params = self._select(", ".join(SUMMARY_FIELDS), patient_id, since, until)
+        sql, params = self._select(self._summary_columns, patient_id, since, until)
         with _translate("read the session log", self.path), self._lock:
             rows = self._connection().execute(sql, params).fetchall()
         return [self._summary_row(row) for row in rows]
