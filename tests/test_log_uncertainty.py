@@ -20,7 +20,7 @@ import pytest
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, canonical_json
-from tests.simhelpers import protocol_yaml
+from tests.simhelpers import install_signed
 
 T0 = datetime(2025, 1, 10, 7, 30, tzinfo=UTC)
 PROTOCOL = '{"target_g":0.3}'
@@ -130,8 +130,7 @@ def test_a_session_records_it_and_show_prints_it_next_to_the_accuracy(
 
     home = LivHome(tmp_path / "home")
     home.ensure()
-    (tmp_path / "p.yaml").write_text(protocol_yaml(minutes_per_session="1"))
-    home.install_protocol(tmp_path / "p.yaml")
+    install_signed(home, minutes_per_session="1")
     with DeviceClient.open("sim://?mass=0&seed=1&device_id=SIM-U1") as dev:
         home.calibrations().save(identify(dev))
     url = "sim://?mass=70&seed=4&device_id=SIM-U1&speed=max"
@@ -144,7 +143,10 @@ def test_a_session_records_it_and_show_prints_it_next_to_the_accuracy(
     capsys.readouterr()
     assert main(["show", record.session_id, "--home", str(home.root)]) == 0
     out = capsys.readouterr().out
-    shown = f"p95 error {record.p95_abs_error_pct:.2f}% +/- {record.error_uncertainty_pct:.2f}%"
+    shown = (
+        f"within {record.p95_abs_error_pct:.1f}% of the target "
+        f"(+/- {record.error_uncertainty_pct:.1f}%"
+    )
     assert any(line.startswith("accuracy") and shown in line for line in out.splitlines())
 
 
