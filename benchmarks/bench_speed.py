@@ -15,9 +15,10 @@ exec, so the benchmark itself never spawns the measured command).
   (simulated seconds from the truth file when ``--minutes`` includes the run, else nominal).
 - **start until the plate moves**: spawn until the first ``SET_DRIVE`` with a non-zero drive is
   written to the plate (the child wraps ``DeviceClient._send`` and writes a line on stderr at
-  that moment; ``_MOVES``). The session is then stopped with SIGTERM; its peak memory includes
-  the soft stop and the record. Homes are fresh (empty log) unless ``--log-years`` asks for the
-  cached bench_log.py logs (building five years takes a few minutes once).
+  that moment, with its CPU time so far; ``_MOVES``): wall and CPU seconds. The session is
+  then stopped with SIGTERM; its peak memory includes the soft stop and the record. Homes are
+  fresh (empty log) unless ``--log-years`` asks for the cached bench_log.py logs (building
+  five years takes a few minutes once).
 - **session length scaling**: ``liv start`` sessions of ``--minutes`` with a truth file, wall
   time and peak memory; the one-hour drive and run with a truth file, peak memory.
 - **control delay by the log**: a 10-minute ``liv start`` whose child times every control update
@@ -26,8 +27,10 @@ exec, so the benchmark itself never spawns the measured command).
   off (``CHECKPOINT_S`` set to infinity): the log's share is the difference of the maxima, and
   the writer thread's own CPU per checkpoint (``time.thread_time``) is reported too.
 
-Prints a table and writes JSON with ``--json FILE`` (``-``: stdout). The machine is shared and
-noisy: figures are medians (min-max) of ``--repeats`` runs made in one run of this script.
+The project's bytecode is compiled once first (``compileall``) and children may write their
+caches, as an installed program runs. Prints a table and writes JSON with ``--json FILE``
+(``-``: stdout). The machine is shared and noisy: figures are medians (min-max) of
+``--repeats`` runs made in one run of this script.
 """
 
 from __future__ import annotations
@@ -69,12 +72,13 @@ import json, os, signal, subprocess, sys, time
 mode, argv = sys.argv[1], sys.argv[2:]
 begin = time.perf_counter()
 proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-moved = None
+moved = moved_cpu = None
 tail = []
 if mode == "moves":
     for line in proc.stderr:
         if line.startswith(b"PLATE-MOVES"):
             moved = time.perf_counter() - begin
+            moved_cpu = float(line.split()[1])
             proc.send_signal(signal.SIGTERM)
             break
         tail.append(line)
@@ -82,13 +86,14 @@ tail.extend(proc.stderr.readlines())
 _, status, usage = os.wait4(proc.pid, 0)
 wall = time.perf_counter() - begin
 print(json.dumps({"code": os.waitstatus_to_exitcode(status), "wall_s": wall, "moved_s": moved,
+                  "moved_cpu_s": moved_cpu,
                   "peak_kb": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime,
                   "err": b"".join(tail).decode(errors="replace")[-1500:]}))
 """
 
 # The child for "until the plate moves": liv itself, with the first non-zero drive announced.
 _MOVES = r"""
-import sys
+import sys, time
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.protocol import SetDrive
 _send = DeviceClient._send
@@ -97,7 +102,7 @@ def _send_and_tell(self, message):
     seq = _send(self, message)
     if not _told and isinstance(message, SetDrive) and message.drive_q16 > 0:
         _told.append(True)
-        sys.stderr.write("PLATE-MOVES\n")
+        sys.stderr.write(f"PLATE-MOVES {time.process_time():.6f}\n")
         sys.stderr.flush()
     return seq
 DeviceClient._send = _send_and_tell
@@ -147,7 +152,21 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     env.pop("LIV_DB", None)
     env.pop("LIV_HOME", None)
+    # An installed program runs from cached bytecode: compiling the project's sources again in
+    # every process (PYTHONDONTWRITEBYTECODE, set on some development machines) costs 0.3-0.7 s.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def compile_sources() -> None:
+    """Write the project's bytecode caches once, as an installation would have them."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "firmware_bridge", "controller", "sessions"],
+        cwd=ROOT,
+        env=_child_env(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _measured(mode: str, argv: list[str]) -> dict[str, Any]:
@@ -265,7 +284,7 @@ def measure_moves(home_root: Path, plate: str = PLATE) -> dict[str, Any]:
         raise RuntimeError(f"liv start never moved the plate: {result['err']}")
     return {
         "moved_s": result["moved_s"],
-        "cpu_s_whole_run": result["cpu_s"],
+        "moved_cpu_s": result["moved_cpu_s"],
         "peak_mb": result["peak_kb"] / 1024.0,
     }
 
@@ -300,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-moves", action="store_true", help="start-to-move rows only")
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
+    compile_sources()
     homes = Homes(args.cache)
     workdir = Path(tempfile.mkdtemp(prefix="bench-speed-", dir=args.cache))
     rows: list[dict[str, Any]] = []
