@@ -1,7 +1,7 @@
 """Simulator and loop speed, start-to-move time, memory and the log's delay of the loop (issue 11).
 
-    python benchmarks/bench_speed.py [--repeats 3] [--minutes 1 10 60] [--log-years 1 5]
-                                     [--cache DIR] [--json FILE]
+    python benchmarks/bench_speed.py [--repeats 3] [--parts moves speed delay scaling]
+        [--minutes 1 10 30] [--run-minutes 1 10 60] [--log-years 1 5] [--cache DIR] [--json FILE]
 
 Every figure comes from fresh ``python -m sessions.cli`` processes on ``sim://?speed=max``,
 each started by a small runner (``_RUNNER``, as in bench_log.py) that reads the child's peak
@@ -19,8 +19,9 @@ exec, so the benchmark itself never spawns the measured command).
   then stopped with SIGTERM; its peak memory includes the soft stop and the record. Homes are
   fresh (empty log) unless ``--log-years`` asks for the cached bench_log.py logs (building
   five years takes a few minutes once).
-- **session length scaling**: ``liv start`` sessions of ``--minutes`` with a truth file, wall
-  time and peak memory; the one-hour drive and run with a truth file, peak memory.
+- **session length scaling**: ``liv start`` sessions of ``--minutes`` (a protocol allows 1-30)
+  and ``liv run`` holds of ``--run-minutes``, each with a truth file, and a one-hour
+  ``liv device drive`` with a truth file: wall time, CPU time and peak memory.
 - **control delay by the log**: a 10-minute ``liv start`` whose child times every control update
   callback (``_DoseClock.update``: envelope, checkpoint hand-over, progress line) and every loop
   iteration (wall time between successive updates), once as is and once with checkpoints turned
@@ -312,11 +313,21 @@ def measure_delay(homes: Homes, checkpoints: str, workdir: Path) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--minutes", type=float, nargs="*", default=[1.0, 10.0, 60.0])
+    parser.add_argument(
+        "--minutes", type=float, nargs="*", default=[1.0, 10.0, 30.0], help="liv start sessions"
+    )
+    parser.add_argument(
+        "--run-minutes", type=float, nargs="*", default=[1.0, 10.0, 60.0], help="liv run holds"
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["moves", "speed", "delay", "scaling"],
+        default=["moves", "speed", "delay", "scaling"],
+    )
     parser.add_argument("--log-years", type=int, nargs="*", default=[])
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "liv-bench")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout)")
-    parser.add_argument("--only-moves", action="store_true", help="start-to-move rows only")
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     compile_sources()
@@ -328,46 +339,52 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_row(name, [once() for _ in range(args.repeats)], **extra))
         _print_row(rows[-1])
 
-    if args.only_moves:
-        args.repeats = max(args.repeats, 1)
-    measure(
-        "liv start until the plate moves (empty log)",
-        lambda: measure_moves(homes.fresh(10.0).root),
-    )
-    for years in args.log_years:
-        _, _, start_home = bench_log.build(Path(tempfile.gettempdir()) / "liv-bench-logs", years)
-        plate = f"sim://?speed=max&mass=70&seed=2&device_id={DEVICE_ID}"
+    parts = set(args.parts)
+    if "moves" in parts:
         measure(
-            f"liv start until the plate moves ({years} y log)",
-            lambda h=start_home.root, p=plate: measure_moves(h, p),  # type: ignore[misc]
-            years=years,
+            "liv start until the plate moves (empty log)",
+            lambda: measure_moves(homes.fresh(10.0).root),
         )
-    if args.only_moves:
-        args.minutes = []
-        return _finish(args, rows, workdir)
-    measure("open loop: liv device drive, 10 min", lambda: measure_open_loop(600.0))
-    measure("closed loop: liv run, 10 min", lambda: measure_run(homes, 600.0))
-    measure("patient session: liv start, 10 min", lambda: measure_session(homes, 10.0))
-    for checkpoints in ("on", "off"):
-        measure(
-            f"control delay, 10-min session, checkpoints {checkpoints}",
-            lambda c=checkpoints: measure_delay(homes, c, workdir),  # type: ignore[misc]
-        )
-    for minutes in args.minutes:
-        truth = workdir / f"start-{minutes:g}.npz"
-        measure(
-            f"liv start, {minutes:g} min, truth file",
-            lambda m=minutes, t=truth: measure_session(homes, m, t),  # type: ignore[misc]
-            minutes=minutes,
-        )
-    if 60.0 in args.minutes:
+        for years in args.log_years:
+            logs = Path(tempfile.gettempdir()) / "liv-bench-logs"
+            _, _, start_home = bench_log.build(logs, years)
+            plate = f"sim://?speed=max&mass=70&seed=2&device_id={DEVICE_ID}"
+            measure(
+                f"liv start until the plate moves ({years} y log)",
+                lambda h=start_home.root, p=plate: measure_moves(h, p),  # type: ignore[misc]
+                years=years,
+            )
+    if "speed" in parts:
+        measure("open loop: liv device drive, 10 min", lambda: measure_open_loop(600.0))
+        measure("closed loop: liv run, 10 min", lambda: measure_run(homes, 600.0))
+        measure("patient session: liv start, 10 min", lambda: measure_session(homes, 10.0))
+    if "delay" in parts:
+        for checkpoints in ("on", "off"):
+            measure(
+                f"control delay, 10-min session, checkpoints {checkpoints}",
+                lambda c=checkpoints: measure_delay(homes, c, workdir),  # type: ignore[misc]
+            )
+    if "scaling" in parts:
+        for minutes in args.minutes:
+            truth = workdir / f"start-{minutes:g}.npz"
+            measure(
+                f"liv start, {minutes:g} min, truth file",
+                lambda m=minutes, t=truth: measure_session(homes, m, t),  # type: ignore[misc]
+                minutes=minutes,
+            )
+        for minutes in args.run_minutes:
+            truth = workdir / f"run-{minutes:g}.npz"
+            measure(
+                f"liv run, {minutes:g} min, truth file",
+                lambda m=minutes, t=truth: measure_run(homes, m * 60.0, t),  # type: ignore[misc]
+                minutes=minutes,
+            )
         truth = workdir / "drive-60.npz"
         measure(
             "liv device drive, 60 min, truth file",
             lambda: measure_open_loop_truth(3600.0, truth),
+            minutes=60.0,
         )
-        truth = workdir / "run-60.npz"
-        measure("liv run, 60 min, truth file", lambda: measure_run(homes, 3600.0, truth))
     return _finish(args, rows, workdir)
 
 
