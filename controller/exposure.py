@@ -11,6 +11,12 @@ so the meter takes the raw accelerometer samples in g.
 
 a_w is the rms of the weighted acceleration, A(8) = a_w * sqrt(T / 8 h), and
 VDV = (integral of a_w(t)^4 dt)^(1/4), all in SI units.
+
+Numpy only (no scipy on the path that starts a session, issue 11): each of the four analog
+sections is made digital on its own (one biquad each, the same filter as the product), and the
+meter runs the cascade on a block as one matrix product ``[y; z'] = M @ [x; z]`` (``M`` built
+once per block length by running the biquads' recursion on unit inputs), which costs a few
+microseconds where a filter call per block cost about 30.
 """
 
 from __future__ import annotations
@@ -20,25 +26,30 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import scipy.signal
 
 G_M_S2 = 9.80665
 EIGHT_HOURS_S = 8 * 3600.0
 PREWARP_HZ = 50.0
+_BLOCK_MAX = 64  # longer pushes run block by block
 
 
-def wk_analog() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Numerator and denominator (powers of s, highest first) of the analog Wk weighting."""
+def _wk_parts() -> list[tuple[list[float], list[float]]]:
+    """The analog Wk as four sections (numerator, denominator; powers of s, highest first)."""
     w1, w2 = 2 * math.pi * 0.4, 2 * math.pi * 100.0
     w3, w4, q4 = 2 * math.pi * 12.5, 2 * math.pi * 12.5, 0.63
     w5, q5, w6, q6 = 2 * math.pi * 2.37, 0.91, 2 * math.pi * 3.35, 0.91
     sqrt2 = math.sqrt(2.0)
-    parts = [
+    return [
         ([1.0, 0.0, 0.0], [1.0, sqrt2 * w1, w1 * w1]),  # high-pass band limit
         ([w2 * w2], [1.0, sqrt2 * w2, w2 * w2]),  # low-pass band limit
         ([w4 * w4 / w3, w4 * w4], [1.0, w4 / q4, w4 * w4]),  # a-v transition
         ([1.0, w5 / q5, w5 * w5], [1.0, w6 / q6, w6 * w6]),  # upward step
     ]
+
+
+def wk_analog() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Numerator and denominator (powers of s, highest first) of the analog Wk weighting."""
+    parts = _wk_parts()
     num: npt.NDArray[np.float64] = np.array([1.0])
     den: npt.NDArray[np.float64] = np.array([1.0])
     for b, a in parts:
@@ -55,14 +66,62 @@ def wk_gain(freq_hz: float) -> float:
 
 
 def wk_sos(sample_rate_hz: float) -> npt.NDArray[np.float64]:
-    """Second-order sections of the digital Wk filter at ``sample_rate_hz``."""
-    num, den = wk_analog()
-    # Bilinear transform pre-warped so the digital response is exact at PREWARP_HZ.
-    warped_fs = math.pi * PREWARP_HZ / math.tan(math.pi * PREWARP_HZ / sample_rate_hz)
-    z, p, k = scipy.signal.tf2zpk(num, den)
-    zd, pd, kd = scipy.signal.bilinear_zpk(z, p, k, fs=warped_fs)
-    sos: npt.NDArray[np.float64] = scipy.signal.zpk2sos(zd, pd, kd)
-    return sos
+    """Second-order sections ``[b0, b1, b2, 1, a1, a2]`` of the digital Wk at ``sample_rate_hz``.
+
+    Each analog section through the bilinear transform pre-warped to be exact at PREWARP_HZ,
+    ``s = c (z - 1) / (z + 1)``: the cascade is the transform of the whole Wk.
+    """
+    c = 2.0 * math.pi * PREWARP_HZ / math.tan(math.pi * PREWARP_HZ / sample_rate_hz)
+    # (z-1)^2, (z-1)(z+1), (z+1)^2 in powers of z^-1 after dividing by z^2
+    basis = np.array([[1.0, -2.0, 1.0], [1.0, 0.0, -1.0], [1.0, 2.0, 1.0]])
+    rows = []
+    for b, a in _wk_parts():
+        b2, b1, b0 = [0.0] * (3 - len(b)) + b
+        a2, a1, a0 = a
+        num = (b2 * c * c) * basis[0] + (b1 * c) * basis[1] + b0 * basis[2]
+        den = (a2 * c * c) * basis[0] + (a1 * c) * basis[1] + a0 * basis[2]
+        rows.append(np.concatenate((num / den[0], den / den[0])))
+    return np.array(rows)
+
+
+def sos_steady_state(sos: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """State of the cascade (transposed direct form, (sections, 2)) after a unit input for ever.
+
+    What ``scipy.signal.sosfilt_zi`` returns: each section's steady state for its input, which
+    is the DC gain of the sections before it.
+    """
+    states = np.zeros((sos.shape[0], 2))
+    scale = 1.0
+    for k, (b0, b1, b2, _, a1, a2) in enumerate(sos):
+        # z1 = b2 - a2 y and z0 = b1 - a1 y + z1 with y = (b0 + b1 + b2) / (1 + a1 + a2)
+        y = (b0 + b1 + b2) / (1.0 + a1 + a2)
+        z1 = b2 - a2 * y
+        states[k] = scale * np.array([b1 - a1 * y + z1, z1])
+        scale *= y
+    return states
+
+
+def sos_block_form(sos: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
+    """The cascade over ``n`` samples as one matrix: ``[y; z'] = M @ [x; z]``.
+
+    ``z`` is the sections' states flattened ((sections * 2,), as :func:`sos_steady_state`);
+    the columns are the responses to each unit input sample and each unit initial state.
+    """
+    width = n + 2 * sos.shape[0]
+    state = np.zeros((sos.shape[0], 2, width))
+    state.reshape(-1, width)[:, n:] = np.eye(2 * sos.shape[0])
+    out = np.empty((n, width))
+    unit = np.eye(n, width)
+    for k in range(n):
+        x = unit[k]
+        for j, (b0, b1, b2, _, a1, a2) in enumerate(sos):
+            z = state[j]
+            y = b0 * x + z[0]
+            z[0] = b1 * x + z[1] - a1 * y
+            z[1] = b2 * x - a2 * y
+            x = y
+        out[k] = x
+    return np.vstack((out, state.reshape(-1, width)))
 
 
 @dataclass(frozen=True)
@@ -88,17 +147,28 @@ class ExposureMeter:
         self.sample_rate_hz = sample_rate_hz
         self._sos = wk_sos(sample_rate_hz)
         self._zi: npt.NDArray[np.float64] | None = None
+        self._forms: dict[int, npt.NDArray[np.float64]] = {}  # per block length, m/s^2 out
         self._sum2 = 0.0
         self._sum4 = 0.0
         self._n = 0
 
     def push(self, accel_g: npt.NDArray[np.float64]) -> None:
+        for start in range(0, accel_g.size, _BLOCK_MAX):
+            self._push_block(accel_g[start : start + _BLOCK_MAX])
+
+    def _push_block(self, accel_g: npt.NDArray[np.float64]) -> None:
+        n = accel_g.size
         if self._zi is None:
             # start the filter as if the sensor had been reading this value for ever (no
             # transient from the step onto gravity)
-            self._zi = scipy.signal.sosfilt_zi(self._sos) * float(accel_g[0])
-        weighted, self._zi = scipy.signal.sosfilt(self._sos, accel_g, zi=self._zi)
-        w = np.asarray(weighted) * G_M_S2
+            self._zi = sos_steady_state(self._sos).reshape(-1) * float(accel_g[0])
+        form = self._forms.get(n)
+        if form is None:
+            form = self._forms[n] = sos_block_form(self._sos, n)
+            form[:n] *= G_M_S2
+        out = form @ np.concatenate((accel_g, self._zi))
+        self._zi = out[n:]
+        w = out[:n]
         w2 = w * w
         self._sum2 += float(w2.sum())
         self._sum4 += float((w2 * w2).sum())

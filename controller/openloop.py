@@ -1,17 +1,21 @@
 """Open-loop drive of a plate: fixed drive, soft ramps, measured amplitude and link health.
 
 An engineer's tool (``liv device drive``) and the baseline the closed loop is compared with.
+The steady window is measured as it streams (running sums of the sine fit's normal equations),
+so an hour's drive holds a few hundred samples, not every block.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
+from controller.estimation import FloatArray, block_phases, whole_cycle_length
 from firmware_bridge.client import DeviceClient, SampleBlock
+from firmware_bridge.errors import LinkLostError
 
 RAMP_UP_S = 2.0
 RAMP_DOWN_S = 1.0
@@ -58,20 +62,21 @@ def drive_open_loop(
     if not 0.0 <= drive <= info.max_drive:
         raise ValueError(f"drive {drive:g} is outside 0..{info.max_drive:g} (device limit)")
     fs = float(info.sample_rate_hz)
-    steady: list[SampleBlock] = []
+    steady = SteadyFit(freq_hz, fs)
     interrupted = False
     device.set_frequency(freq_hz)
     device.start_output()
     try:
         device.set_drive(drive, ramp_up_s)
         device.read_for(ramp_up_s)
-        steady = device.read_for(seconds)
+        _read_into(device, seconds, steady)
     except KeyboardInterrupt:
         interrupted = True
     # A BridgeError propagates without a host ramp: the link or device has failed, and the
     # firmware watchdog takes the drive to zero on its own.
     _ramp_down(device, ramp_down_s)
-    fit_peak, total, dc, harm = _measure(steady, freq_hz, fs)
+    nan = float("nan")
+    fit_peak, total, dc, harm = (nan,) * 4 if interrupted else steady.result()
     stats = device.link_stats
     return OpenLoopResult(
         device_id=info.device_id,
@@ -97,13 +102,93 @@ def _ramp_down(device: DeviceClient, ramp_down_s: float) -> None:
     device.stop_output()
 
 
-def _measure(blocks: list[SampleBlock], freq_hz: float, fs: float) -> tuple[float, ...]:
-    if not blocks:
-        return (float("nan"),) * 4
-    accel: FloatArray = np.concatenate([b.accel_g for b in blocks])
-    phase: FloatArray = np.concatenate(
-        [block_phases(b.phase_rad, b.freq_hz, b.counts.size, fs) for b in blocks]
-    )
-    n = whole_cycle_length(accel.size, freq_hz, fs)
-    fit = fit_sine(accel[-n:], phase[-n:])
-    return fit.peak_g, fit.total_peak_g, fit.dc_g, fit.residual_rms_g
+def _read_into(
+    device: DeviceClient, seconds: float, steady: SteadyFit, timeout_s: float = 1.0
+) -> None:
+    """Stream the next ``seconds`` of the device's sample clock into ``steady``."""
+    end = device.sample_index + round(seconds * device.info.sample_rate_hz)
+    while device.sample_index < end:
+        block = device.read_block(timeout_s)
+        if block is None:
+            raise LinkLostError(f"no samples from the device for {timeout_s:g} s")
+        steady.push(block)
+
+
+class SteadyFit:
+    """The sine fit of :func:`controller.estimation.fit_sine` over a stream, in constant memory.
+
+    The fit spans the stream's last whole number of drive cycles (as ``fit_sine`` over
+    ``whole_cycle_length`` samples did over the kept blocks): running sums of the normal
+    equations over every sample, less the few samples at the start (under one cycle) that the
+    whole-cycle window leaves out, which are kept. Sums are taken about the first sample (the
+    fit is the same; the residual keeps its precision over an hour of gravity-sized samples).
+    """
+
+    # running sums: 1, c, s, cc, cs, ss, x, xc, xs, xx (x about the first sample)
+    def __init__(self, freq_hz: float, sample_rate_hz: float) -> None:
+        self.freq_hz = freq_hz
+        self.sample_rate_hz = sample_rate_hz
+        self._head_n = math.ceil(sample_rate_hz / freq_hz) + 2
+        self._head_x: list[float] = []
+        self._head_phase: list[float] = []
+        self._sums = np.zeros(10)
+        self._tail_max = -math.inf  # over samples after the kept head
+        self._tail_min = math.inf
+        self._x0: float | None = None
+        self.samples = 0
+
+    def push(self, block: SampleBlock) -> None:
+        x = block.accel_g
+        phase = block_phases(block.phase_rad, block.freq_hz, x.size, self.sample_rate_hz)
+        if self._x0 is None and x.size:
+            self._x0 = float(x[0])
+        room = self._head_n - len(self._head_x)
+        if room > 0:
+            self._head_x.extend(x[:room].tolist())
+            self._head_phase.extend(phase[:room].tolist())
+        tail = x[max(room, 0) :]
+        if tail.size:
+            self._tail_max = max(self._tail_max, float(tail.max()))
+            self._tail_min = min(self._tail_min, float(tail.min()))
+        self._sums += self._terms(x, phase)
+        self.samples += x.size
+
+    def _terms(self, x: FloatArray, phase: FloatArray) -> FloatArray:
+        assert self._x0 is not None
+        c, s = np.cos(phase), np.sin(phase)
+        d = x - self._x0
+        return np.array(
+            [d.size, c.sum(), s.sum(), c @ c, c @ s, s @ s, d.sum(), d @ c, d @ s, d @ d],
+            dtype=np.float64,
+        )
+
+    def result(self) -> tuple[float, float, float, float]:
+        """(peak, total peak about DC, DC, residual rms), all g; NaN when nothing streamed."""
+        if self._x0 is None:
+            return (float("nan"),) * 4
+        n = whole_cycle_length(self.samples, self.freq_hz, self.sample_rate_hz)
+        if n < 3:
+            raise ValueError(f"a sine fit needs at least 3 samples, got {n}")
+        skip = self.samples - n  # samples before the whole-cycle window: all in the head
+        head_x = np.array(self._head_x)
+        head_phase = np.array(self._head_phase)
+        sums = self._sums - self._terms(head_x[:skip], head_phase[:skip])
+        k, sc, ss, scc, scs, sss, sx, sxc, sxs, sxx = sums.tolist()
+        normal = np.array([[k, sc, ss], [sc, scc, scs], [ss, scs, sss]])
+        rhs = np.array([sx, sxc, sxs])
+        try:
+            coef = np.linalg.solve(normal, rhs)
+        except np.linalg.LinAlgError:
+            raise ValueError("samples do not span enough of a drive cycle to fit a sine") from None
+        dc_shifted, a, b = (float(v) for v in coef)
+        residual_ss = max(0.0, sxx - float(coef @ rhs))
+        dc = dc_shifted + self._x0
+        window_head = head_x[skip:]
+        high = max(self._tail_max, float(window_head.max()) if window_head.size else -math.inf)
+        low = min(self._tail_min, float(window_head.min()) if window_head.size else math.inf)
+        return (
+            float(np.hypot(a, b)),
+            max(high - dc, dc - low),
+            dc,
+            math.sqrt(residual_ss / n),
+        )

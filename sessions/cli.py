@@ -34,9 +34,10 @@ from sessions import commands as commands_mod
 from sessions.clinic.keycommands import add_clinic_init, add_protocol_sign
 from sessions.text import echo, terminal_line
 
-# The plate, the control loop and their numerics (numpy, scipy: most of a second to import)
-# are imported by the commands that drive a plate, never by `liv --help`, `liv status` or the
-# other log commands (docs/performance.md, tests/test_log_scale.py).
+# The plate, the control loop and their numerics (numpy, about 0.1 s to import; the path that
+# drives a plate imports no scipy, tests/test_perf_start.py) are imported by the commands that
+# drive a plate, never by `liv --help`, `liv status` or the other log commands
+# (docs/performance.md, tests/test_log_scale.py).
 if TYPE_CHECKING:
     from controller.calibration import Calibration, CalibrationStore
     from firmware_bridge.client import DeviceClient
@@ -948,7 +949,7 @@ def _numerics_for(command: str) -> contextlib.AbstractContextManager[Any]:
     """
     if command not in _PLATE_COMMANDS:
         return contextlib.nullcontext()
-    import controller.loop  # noqa: F401 (numpy and scipy, with their BLAS)
+    import controller.loop  # noqa: F401 (numpy, with its BLAS)
     from firmware_bridge.realtime import single_threaded_numerics
 
     return single_threaded_numerics()

@@ -15,7 +15,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,7 @@ from firmware_bridge.sim.config import SimConfig
 from firmware_bridge.sim.physics import PlatePhysics
 from firmware_bridge.sim.profile import load_profile
 from firmware_bridge.sim.sensor import Accelerometer
+from firmware_bridge.sim.truth import TruthWriter
 
 log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
@@ -141,20 +142,6 @@ class _Envelope:
         self.value = self.target = self.rate_per_sample = 0.0
         self.samples_left = self.target_q16 = 0
         self.value_q16 = 0
-
-
-@dataclass
-class _Truth:
-    """Ground truth kept per block, saved as an .npz when the device closes."""
-
-    t_s: list[npt.NDArray[np.float64]] = field(default_factory=list)
-    accel_g: list[npt.NDArray[np.float64]] = field(default_factory=list)
-    drive: list[npt.NDArray[np.float64]] = field(default_factory=list)
-    freq_hz: list[npt.NDArray[np.float32]] = field(default_factory=list)
-    sample_index: list[npt.NDArray[np.int64]] = field(default_factory=list)
-    coil_temp_c: list[float] = field(default_factory=list)
-    mass_kg: list[float] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
 
 
 FitSums = tuple[float, float, float, float, float]
@@ -283,7 +270,9 @@ class SimulatedDevice:
         self._link_rng = np.random.default_rng(link_seed)
         self._inbox: deque[tuple[float, bytes]] = deque()
         self._outbox: deque[tuple[float, bytes]] = deque()
-        self._truth = _Truth() if config.truth else None
+        self._truth = TruthWriter(Path(config.truth), self.sample_rate_hz) if config.truth else None
+        self._ramp_steps: dict[int, FloatArray] = {}  # arange(n), per segment length
+        self._block_times: dict[int, FloatArray] = {}  # arange(n) / fs, per block length
         self._pending_events = self._schedule(config)
         self._closed = False
         self._boot()
@@ -332,8 +321,8 @@ class SimulatedDevice:
         while self.time_s < end:
             self.step()
         self._outbox.clear()
-        if self._truth is not None and self.config.truth:
-            self._save_truth(Path(self.config.truth))
+        if self._truth is not None:
+            self._truth.close()
 
     # ---- firmware ---------------------------------------------------------------------
 
@@ -636,19 +625,30 @@ class SimulatedDevice:
         truth = self._truth
         assert truth is not None
         n = accel.size
-        truth.t_s.append(now + np.arange(n) / self.sample_rate_hz)
-        truth.accel_g.append(np.array(accel))
-        truth.drive.append(
-            np.concatenate([start + rate * np.arange(seg) for seg, start, rate, _ in pieces])
+        offsets = self._block_times.get(n)
+        if offsets is None:
+            offsets = self._block_times[n] = np.arange(n) / self.sample_rate_hz
+        columns = truth.sample_columns(n)
+        np.add(now, offsets, out=columns["t_s"])
+        columns["accel_g"][:] = accel
+        drive = columns["drive"]
+        at = 0
+        for seg, start, rate, _ in pieces:
+            steps = self._ramp_steps.get(seg)
+            if steps is None:
+                steps = self._ramp_steps[seg] = np.arange(seg).astype(np.float64)
+            np.multiply(rate, steps, out=drive[at : at + seg])
+            drive[at : at + seg] += start
+            at += seg
+        columns["freq_hz"][:] = np.float32(self._freq_hz)
+        index = columns["sample_index"]
+        if self._booted:
+            index[:] = np.arange(self._sample_index, self._sample_index + n, dtype=np.int64)
+        else:
+            index[:] = -1  # not streaming: boot or reset in progress
+        truth.commit_block(
+            n, float(now), self.physics.coil_temperature_c, self.physics.patient_mass_on_plate_kg
         )
-        truth.freq_hz.append(np.full(n, self._freq_hz, dtype=np.float32))
-        truth.sample_index.append(
-            self._sample_index + np.arange(n, dtype=np.int64)
-            if self._booted
-            else np.full(n, -1, np.int64)  # not streaming: boot or reset in progress
-        )
-        truth.coil_temp_c.append(self.physics.coil_temperature_c)
-        truth.mass_kg.append(self.physics.patient_mass_on_plate_kg)
 
     # ---- link and events --------------------------------------------------------------
 
@@ -709,23 +709,3 @@ class SimulatedDevice:
     def _record_event(self, name: str) -> None:
         if self._truth is not None:
             self._truth.events.append(f"{self.time_s:.6f} {name}")
-
-    def _save_truth(self, path: Path) -> None:
-        truth = self._truth
-        assert truth is not None
-        block_t = np.array([t[0] for t in truth.t_s])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as fh:
-            np.savez(
-                fh,
-                t_s=np.concatenate(truth.t_s),
-                accel_g=np.concatenate(truth.accel_g),
-                drive=np.concatenate(truth.drive),
-                freq_hz=np.concatenate(truth.freq_hz),
-                sample_index=np.concatenate(truth.sample_index),
-                block_t_s=block_t,
-                coil_temp_c=np.array(truth.coil_temp_c),
-                patient_mass_kg=np.array(truth.mass_kg),
-                events=np.array(truth.events, dtype=str),
-                sample_rate_hz=np.array(self.sample_rate_hz),
-            )

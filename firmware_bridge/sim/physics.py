@@ -18,7 +18,8 @@ all three, with the leg's w1 and zeta1 set by the knee angle. ``V = gain * V_ful
 How it is integrated: within one call of :meth:`PlatePhysics.run` the drive is a sine with a
 linear envelope, which an autonomous 4-state generator produces exactly. The plant plus that
 generator is a 9-state (standing: 11-state) linear system whose matrix exponential
-(``scipy.linalg.expm``) is taken once per (parameters, frequency); its powers for
+(:func:`expm`, Pade 13 with scaling and squaring in numpy, so that opening a simulated plate
+does not import scipy) is taken once per (parameters, frequency); its powers for
 ``k = 0..block_max`` are kept as tables, so ``run`` is a few small matrix-vector products with
 no loop over samples and no zero-order-hold error. Slow parameters (coil temperature, sway,
 stepping on or off) change only every ``numerics.param_update_s`` of plant time, on sample
@@ -31,15 +32,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import scipy.linalg
-import scipy.signal
 
 from firmware_bridge.sim.profile import PlateProfile
 
-__all__ = ["STANDARD_GRAVITY", "BodyModel", "PhysicsBlock", "PlatePhysics", "body_model"]
+if TYPE_CHECKING:
+    import scipy.signal
+
+__all__ = ["STANDARD_GRAVITY", "BodyModel", "PhysicsBlock", "PlatePhysics", "body_model", "expm"]
 
 STANDARD_GRAVITY = 9.80665  # m/s^2, the g of every "_g" value
 # Plant states: coil current, plate displacement, plate velocity, z1, z1', and with an upper
@@ -51,6 +54,23 @@ _N_OUT = 5  # accel g, current A, volts, hip accel g, force on the patient N
 _MAX_PATIENT_KG = 300.0
 _DRIVE_TOLERANCE = 1e-6
 # Pade 13 coefficients and the 1-norm up to which it is accurate to unit roundoff (Higham 2005).
+_PADE13 = (
+    64764752532480000.0,
+    32382376266240000.0,
+    7771770303897600.0,
+    1187353796428800.0,
+    129060195264000.0,
+    10559470521600.0,
+    670442572800.0,
+    33522128640.0,
+    1323241920.0,
+    40840800.0,
+    960960.0,
+    16380.0,
+    182.0,
+    1.0,
+)
+_THETA13 = 5.371920351148152
 # The plant input is the generator's tau*cos state. Started from a unit vector, the generator
 # makes that state tau cos, -tau sin, cos or -sin; so the drive weights g for (cos, sin,
 # tau cos, tau sin) start it at (g2, -g3, g0, -g1). _state_columns() applies this to the
@@ -343,12 +363,16 @@ class PlatePhysics:
 
         Includes ``amplifier_gain_factor`` and ``open_circuit``; excludes distortion.
         """
+        import scipy.signal  # noqa: PLC0415 (an analysis tool: not on the simulator's path)
+
+        a, b, c = self._linear_abc()
+        return scipy.signal.StateSpace(a, b[:, None], c[None, :], np.zeros((1, 1)))
+
+    def _linear_abc(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """A, B (gain included) and C of :meth:`linear_model` as plain arrays."""
         params = replace(self._params, open_circuit=self.open_circuit)
         a, b = self._plant_matrices(params)
-        c = a[2] / STANDARD_GRAVITY
-        return scipy.signal.StateSpace(
-            a, (b * self.amplifier_gain_factor)[:, None], c[None, :], np.zeros((1, 1))
-        )
+        return a, b * self.amplifier_gain_factor, a[2] / STANDARD_GRAVITY
 
     def frequency_response_g_per_drive(self, freqs_hz: npt.ArrayLike) -> npt.NDArray[np.complex128]:
         """Complex accel (g peak) per unit drive fraction at ``freqs_hz``, from the linear model.
@@ -356,11 +380,8 @@ class PlatePhysics:
         A steady drive ``d sin(theta)`` gives ``d |H| sin(theta + angle(H))``.
         """
         freqs = np.asarray(freqs_hz, dtype=np.float64)
-        model = self.linear_model()
-        a = np.asarray(model.A, dtype=np.float64)
-        b = np.asarray(model.B, dtype=np.float64)[:, 0]
-        c = np.asarray(model.C, dtype=np.float64)[0]
-        d = complex(np.asarray(model.D, dtype=np.float64)[0, 0])
+        a, b, c = self._linear_abc()
+        d = 0j
         s = 2j * np.pi * freqs.reshape(-1)
         # C (sI - A)^-1 B + D, evaluated directly: converting to a transfer function first
         # (scipy.signal.freqresp) is badly conditioned for this plant.
@@ -617,7 +638,7 @@ class PlatePhysics:
         aug[tc, ts] = -w
         aug[ts, s] = 1.0
         aug[ts, tc] = w
-        step = np.asarray(scipy.linalg.expm(aug * self._dt), dtype=np.float64)
+        step = expm(aug * self._dt)
         k_max = self._block_max
         powers = np.empty((k_max + 1, n_aug, n_aug))
         powers[0] = np.eye(n_aug)
@@ -664,6 +685,31 @@ class PlatePhysics:
                 column += 2
         self._drive_columns_cache = (w, columns)
         return columns
+
+
+def expm(a: FloatArray) -> FloatArray:
+    """Matrix exponential of a square ``a`` (Higham 2005: Pade 13, scaling and squaring).
+
+    The simulator's tables need one per (parameters, frequency); numpy alone keeps scipy off
+    the path that opens a plate (``liv start`` until the plate moves, issue 11).
+    """
+    n = a.shape[0]
+    norm = float(np.linalg.norm(a, 1))
+    squarings = max(0, math.ceil(math.log2(norm / _THETA13))) if norm > _THETA13 else 0
+    x = a / 2.0**squarings
+    b = _PADE13
+    ident = np.eye(n)
+    x2 = x @ x
+    x4 = x2 @ x2
+    x6 = x4 @ x2
+    odd = x6 @ (b[13] * x6 + b[11] * x4 + b[9] * x2) + b[7] * x6 + b[5] * x4 + b[3] * x2
+    u = x @ (odd + b[1] * ident)
+    even = x6 @ (b[12] * x6 + b[10] * x4 + b[8] * x2) + b[6] * x6 + b[4] * x4 + b[2] * x2
+    v = even + b[0] * ident
+    r = np.linalg.solve(v - u, v + u)
+    for _ in range(squarings):
+        r = r @ r
+    return np.asarray(r, dtype=np.float64)
 
 
 def _state_columns(n_plant: int) -> tuple[npt.NDArray[np.intp], FloatArray]:

@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-import scipy.signal
 
 from firmware_bridge.sim.profile import AccelerometerProfile
 
@@ -29,6 +28,58 @@ __all__ = ["Accelerometer"]
 FloatArray = npt.NDArray[np.float64]
 _BLOCK_FORM_MAX = 128  # longer inputs are filtered by lfilter directly
 _NOISE_CHUNK = 2048
+
+
+def butter2_lowpass(cutoff_hz: float, sample_rate_hz: float) -> tuple[FloatArray, FloatArray]:
+    """``(b, a)`` of the 2nd-order Butterworth low-pass (bilinear, pre-warped at the cutoff).
+
+    The design ``scipy.signal.butter(2, cutoff_hz, fs=sample_rate_hz)`` gives, in closed form:
+    numpy alone keeps scipy off the path that opens a plate.
+    """
+    k = math.tan(math.pi * cutoff_hz / sample_rate_hz)
+    k2 = k * k
+    norm = 1.0 / (1.0 + math.sqrt(2.0) * k + k2)
+    b0 = k2 * norm
+    b = np.array([b0, 2.0 * b0, b0])
+    a = np.array([1.0, 2.0 * (k2 - 1.0) * norm, (1.0 - math.sqrt(2.0) * k + k2) * norm])
+    return b, a
+
+
+def steady_state(b: FloatArray, a: FloatArray) -> FloatArray:
+    """The transposed-direct-form state of ``b/a`` after a unit input held for ever.
+
+    What ``scipy.signal.lfilter_zi`` returns: ``zi = (I - A)^-1 (b[1:] - a[1:] b[0])`` with
+    ``A`` the transposed companion matrix of ``a`` (``a[0] == 1``).
+    """
+    order = a.size - 1
+    companion_t = np.zeros((order, order))
+    companion_t[:, 0] = -a[1:]
+    companion_t[:-1, 1:] += np.eye(order - 1)
+    state: FloatArray = np.linalg.solve(np.eye(order) - companion_t, b[1:] - a[1:] * b[0])
+    return state
+
+
+def block_form(b: FloatArray, a: FloatArray, n: int) -> FloatArray:
+    """The filter ``b/a`` over ``n`` samples as one matrix: ``[y; z'] = M @ [x; z]``.
+
+    ``z`` is the transposed-direct-form state (as in ``scipy.signal.lfilter``); the columns are
+    the filter's response to each unit input sample and each unit initial state, computed by
+    running the filter's recursion on all of them at once (``a[0] == 1``).
+    """
+    order = a.size - 1
+    inputs = np.zeros((n, n + order))
+    inputs[:, :n] = np.eye(n)
+    state = np.zeros((order, n + order))
+    state[:, n:] = np.eye(order)
+    out = np.empty((n, n + order))
+    for k in range(n):
+        x = inputs[k]
+        y = b[0] * x + state[0]
+        for j in range(order - 1):
+            state[j] = b[j + 1] * x + state[j + 1] - a[j + 1] * y
+        state[order - 1] = b[order] * x - a[order] * y
+        out[k] = y
+    return np.vstack((out, state))
 
 
 class Accelerometer:
@@ -72,13 +123,9 @@ class Accelerometer:
         self._noise_buffer: FloatArray = np.empty(0)
         self._noise_pos = 0
         self._gain = 1.0 + profile.sensitivity_error_fraction
-        b, a = scipy.signal.butter(2, profile.anti_alias_cutoff_hz, fs=self.sample_rate_hz)
-        self._b: npt.NDArray[np.float64] = np.asarray(b, dtype=np.float64)
-        self._a: npt.NDArray[np.float64] = np.asarray(a, dtype=np.float64)
+        self._b, self._a = butter2_lowpass(profile.anti_alias_cutoff_hz, self.sample_rate_hz)
         resting_g = self._gain + profile.bias_g  # level plate at rest: gravity only
-        self._zi: npt.NDArray[np.float64] = (
-            np.asarray(scipy.signal.lfilter_zi(self._b, self._a), dtype=np.float64) * resting_g
-        )
+        self._zi: npt.NDArray[np.float64] = steady_state(self._b, self._a) * resting_g
         full_scale = round(profile.range_g * profile.counts_per_g)
         word = 2 ** (profile.bit_depth - 1)
         self.max_count = min(full_scale - 1, word - 1)
@@ -97,20 +144,14 @@ class Accelerometer:
         """
         n = x.size
         if n > _BLOCK_FORM_MAX:
+            import scipy.signal  # noqa: PLC0415 (long inputs only: tests and analysis)
+
             y, self._zi = scipy.signal.lfilter(self._b, self._a, x, zi=self._zi)
             return np.asarray(y, dtype=np.float64) * self.profile.counts_per_g
         block = self._block_forms.get(n)
         if block is None:
-            order = self._zi.size
-            forced, state_in = scipy.signal.lfilter(
-                self._b, self._a, np.eye(n), axis=1, zi=np.zeros((n, order))
-            )
-            free, state_keep = scipy.signal.lfilter(
-                self._b, self._a, np.zeros((order, n)), axis=1, zi=np.eye(order)
-            )
-            cpg = self.profile.counts_per_g
-            block = np.block([[cpg * np.asarray(forced).T, cpg * np.asarray(free).T],
-                              [np.asarray(state_in).T, np.asarray(state_keep).T]])  # fmt: skip
+            block = block_form(self._b, self._a, n)
+            block[:n] *= self.profile.counts_per_g
             self._block_forms[n] = block
         out = block @ np.concatenate((x, self._zi))
         self._zi = out[n:]
