@@ -32,10 +32,13 @@ from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
 from sessions import commands as commands_mod
 from sessions.text import echo, terminal_line
+from sessions.wording import refusal_sentence
 
 # The plate, the control loop and their numerics (numpy, scipy: most of a second to import)
 # are imported by the commands that drive a plate, never by `liv --help`, `liv status` or the
 # other log commands (docs/performance.md, tests/test_log_scale.py).
+_log = logging.getLogger("liv")
+
 if TYPE_CHECKING:
     from controller.calibration import Calibration, CalibrationStore
     from firmware_bridge.client import DeviceClient
@@ -774,10 +777,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except LivError as exc:
+        sentence = _patient_sentence(args.command, exc, args.verbose)
         if _session_stopped(exc):  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
-            _tell(f"liv: {exc}")
+            _tell(f"liv: {sentence}")
             return EXIT_INTERRUPTED
-        echo(f"liv: {exc}", file=sys.stderr)
+        echo(f"liv: {sentence}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         echo("liv: interrupted", file=sys.stderr)
@@ -803,6 +807,27 @@ def _numerics_for(command: str) -> contextlib.AbstractContextManager[Any]:
     from firmware_bridge.realtime import single_threaded_numerics
 
     return single_threaded_numerics()
+
+
+# Commands a patient runs: their refusals are told in plain words (sessions/wording.py); the
+# technical message goes to the log, shown with -v.
+_PATIENT_COMMANDS = frozenset({"start", "status", "demo"})
+
+
+def _patient_sentence(command: str, exc: LivError, verbose: bool) -> str:
+    """What the person reads: the plain sentence on a patient command, else the message.
+
+    The technical message goes to the log and, with ``-v``, to stderr as well.
+    """
+    if command not in _PATIENT_COMMANDS:
+        return str(exc)
+    sentence = refusal_sentence(exc)
+    if sentence is None:
+        return str(exc)
+    _log.warning("%s: %s", type(exc).__name__, exc)
+    if verbose:
+        _tell(f"liv: technical detail: {terminal_line(exc)}")
+    return sentence
 
 
 def _session_stopped(exc: BaseException) -> bool:

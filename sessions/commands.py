@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -27,9 +28,18 @@ from firmware_bridge.errors import LivError
 from sessions.home import LivHome, SetupError, resolve_home
 from sessions.log import SessionLog, SessionStatus, SessionSummary
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
-from sessions.scheduling import LoggedSession, day_summary, decide, history_start
+from sessions.scheduling import Decision, LoggedSession, day_summary, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
 from sessions.text import echo, terminal_line, terminal_text
+from sessions.wording import (
+    clock_left,
+    day_text,
+    minutes_text,
+    progress_text,
+    say,
+    start_sentence,
+    streak_sentence,
+)
 
 # What only some commands need (the plate, the control loop and its numerics, the report
 # renderers) is imported inside them, so `liv --help` and `liv status` start in a fraction
@@ -85,16 +95,24 @@ def study_warning(protocol: PatientProtocol, now: datetime) -> str | None:
     """One sentence when the study has ended or not yet started on the patient's today."""
     today = now.astimezone(protocol.zone).date()
     if today > protocol.study_end:
-        return (
-            f"this protocol's study ended on {protocol.study_end.isoformat()}, so no session "
-            "will be due under it; ask the clinic for a current protocol."
-        )
+        return say("install.study_ended", day=day_text(protocol.study_end))
     if today < protocol.study_start:
-        return (
-            f"this protocol's study starts on {protocol.study_start.isoformat()}, so no "
-            "session is due before then."
-        )
+        return say("install.study_later", day=day_text(protocol.study_start))
     return None
+
+
+def plain_protocol(p: PatientProtocol) -> str:
+    """The prescription in a patient's words (the technical lines are for ``-v`` and check)."""
+    per_day = (
+        "1 session a day" if p.sessions_per_day == 1 else f"{p.sessions_per_day} sessions a day"
+    )
+    return say(
+        "install.summary",
+        per_day=per_day,
+        minutes=minutes_text(p.minutes_per_session),
+        first=day_text(p.study_start),
+        last=day_text(p.study_end),
+    )
 
 
 def _warn_about_study(protocol: PatientProtocol) -> None:
@@ -114,8 +132,11 @@ def cmd_protocol_check(args: argparse.Namespace) -> int:
 def cmd_protocol_install(args: argparse.Namespace) -> int:
     home = home_of(args)
     protocol = home.install_protocol(Path(args.file))
-    echo(f"installed {args.file} as the active protocol in {home.root}")
-    echo("\n".join(describe_protocol(protocol)))
+    echo(say("install.done"))
+    echo(plain_protocol(protocol))
+    if getattr(args, "verbose", False):  # the engineer's view: what was installed, where
+        echo(f"installed {args.file} as the active protocol in {home.root}")
+        echo("\n".join(describe_protocol(protocol)))
     _warn_about_study(protocol)
     return 0
 
@@ -183,31 +204,79 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 # ---- sessions --------------------------------------------------------------------------------
 
 
+def terminal_columns() -> int:
+    """The terminal's width now (it can change while the patient stands): $COLUMNS, the
+    terminal itself, else 80."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+BAR_MIN = 10  # narrower than this, the bar tells nothing: the words alone are shown
+BAR_MAX = 40
+PLAIN_EVERY_S = 60.0  # off a terminal, a line a minute of dose (and at each change of state)
+
+
+def progress_bar(fraction: float, width: int, full: str = "#", empty: str = "-") -> str:
+    """``[####------]``, ``width`` characters in all, filled to ``fraction`` (0..1)."""
+    inner = max(0, width - 2)
+    filled = min(inner, max(0, int(fraction * inner + 1e-9)))
+    return "[" + full * filled + empty * (inner - filled) + "]"
+
+
+def progress_display(p: Progress, goal_s: float, width: int, unicode_bar: bool = False) -> str:
+    """The patient's progress line, never wider than ``width - 1`` (a terminal wraps a line
+    that fills its last column): the words first, then a bar where there is room."""
+    room = max(1, width - 1)
+    words = progress_text(p.state, p.remaining_s)
+    if len(words) > room:  # a very narrow terminal: the time left matters most
+        words = say("progress.left", left=clock_left(p.remaining_s))
+        return words[:room]
+    space = room - len(words) - 2
+    if space < BAR_MIN:
+        return words
+    fraction = 1.0 if goal_s <= 0 else min(1.0, p.at_dose_s / goal_s)
+    full, empty = ("█", "░") if unicode_bar else ("#", "-")
+    return f"{words}  {progress_bar(fraction, min(space, BAR_MAX), full, empty)}"
+
+
 class ProgressLine:
     """One line the patient watches; rewritten in place on a terminal, sparse otherwise.
 
+    On a terminal the line fits its width (read at every update) and carries a bar; off one
+    (a pipe, a log, CI) a plain line is written at each change of state and every
+    PLAIN_EVERY_S of dose, with no control characters. The words come from sessions/wording.py;
+    no numbers of the plate's own are shown.
     A closed output (``liv start | head``: EPIPE; a hung-up terminal: EIO) stops the session
     as Ctrl-C does, once (:class:`StopRequest`); later output goes to /dev/null instead.
     """
 
-    def __init__(self, out: TextIO, target_g: float) -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        target_g: float,
+        goal_s: float | None = None,
+        columns: Callable[[], int] = terminal_columns,
+    ) -> None:
         self.out = out
         self.tty = out.isatty()
         self.target_g = target_g
+        self.goal_s = goal_s
+        self.columns = columns
         self.closed = False
+        self.unicode_bar = "utf" in (getattr(out, "encoding", None) or "").lower()
         self._last_state = ""
         self._last_print = -1e9
+        self._shown = 0  # characters of the line now on the terminal
 
     def __call__(self, p: Progress) -> None:
-        minutes, seconds = divmod(round(p.remaining_s), 60)
-        amp = "  -   " if p.measured_g is None else f"{p.measured_g:.3f}"
-        text = (
-            f"{minutes:2d}:{seconds:02d} left at dose | {amp} g of {p.target_g:.3f} g | {p.state}"
-        )
+        goal_s = self.goal_s if self.goal_s is not None else p.at_dose_s + p.remaining_s
         if self.tty:
-            self.write("\r" + text.ljust(72))
-        elif p.state != self._last_state or p.at_dose_s - self._last_print >= 60.0:
-            self.write(text + "\n")
+            text = progress_display(p, goal_s, self.columns(), self.unicode_bar)
+            pad = " " * max(0, self._shown - len(text))  # clear what a longer line left
+            self.write("\r" + text + pad)
+            self._shown = len(text)
+        elif p.state != self._last_state or p.at_dose_s - self._last_print >= PLAIN_EVERY_S:
+            done = 0 if goal_s <= 0 else min(100, int(100 * p.at_dose_s / goal_s))
+            self.write(f"{progress_text(p.state, p.remaining_s)} ({done}% done)\n")
             self._last_print = p.at_dose_s
         self._last_state = p.state
 
@@ -255,6 +324,17 @@ def start_session(
 
     protocol = home.protocol()
     display = ProgressLine(out, protocol.target_g)
+
+    def begin(decision: Decision) -> None:  # what is starting, then when to step on and how to stop
+        what = start_sentence(
+            decision.slot,
+            protocol.sessions_per_day,
+            decision.minutes,
+            decision.resumed_from is not None,
+            decision.override_reason is not None,
+        )
+        display.write(f"{what} {say('progress.begin')}\n")
+
     with _open_log(args, home) as log:
         try:
             outcome = run_session(
@@ -264,7 +344,7 @@ def start_session(
                 calibrations=home.calibrations(getattr(args, "calibration_dir", None)),
                 override_reason=getattr(args, "override", None),
                 on_progress=display,
-                on_decision=lambda d: display.write(terminal_text(d.message) + "\n"),
+                on_decision=begin,
             )
         finally:
             display.finish()
@@ -313,25 +393,25 @@ def status_lines(
     today = now.astimezone(zone).date()
     done = day_summary(protocol, recent, today)
     goal = protocol.minutes_per_session
-    lines = [f"today ({today.isoformat()}, {protocol.timezone})"]
+    lines = [
+        say("status.today", day=f"{today:%A} {today.day} {today:%B %Y}", zone=protocol.timezone)
+    ]
     # Outside the study no slot is due; the next line says when it starts or that it ended.
     in_study = protocol.study_start <= today <= protocol.study_end
     for k, delivered in enumerate(done if in_study else [], start=1):
-        mark = (
-            "done"
-            if delivered >= goal - 1e-6
-            else f"{delivered:.1f} of {goal:g} min"
-            if delivered
-            else "due"
-        )
-        lines.append(f"  session {k}: {mark}")
+        if delivered >= goal - 1e-6:
+            lines.append("  " + say("status.slot_done", slot=k))
+        elif delivered > 0:
+            counted, of = minutes_text(delivered), minutes_text(goal)
+            lines.append("  " + say("status.slot_part", slot=k, counted=counted, goal=of))
+        else:
+            lines.append("  " + say("status.slot_due", slot=k))
     decision = decide(protocol, recent, now)
     if decision.allowed:
-        lines.append(f"next              now: {decision.message}")
+        lines.append(say("status.next_now", slot=decision.slot))
     else:
-        lines.append(f"next              {decision.message}")
-    days = streak(protocol, minutes, today)
-    lines.append(f"streak            {days} day(s) in a row with every session done")
+        lines.append(say("status.next", message=decision.message))
+    lines.append(streak_sentence(streak(protocol, minutes, today)))
     return lines
 
 
