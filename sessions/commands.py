@@ -226,10 +226,13 @@ def progress_display(p: Progress, goal_s: float, width: int, unicode_bar: bool =
     """The patient's progress line, never wider than ``width - 1`` (a terminal wraps a line
     that fills its last column): the words first, then a bar where there is room."""
     room = max(1, width - 1)
-    words = progress_text(p.state, p.remaining_s)
-    if len(words) > room:  # a very narrow terminal: the time left matters most
-        words = say("progress.left", left=clock_left(p.remaining_s))
-        return words[:room]
+    parts = progress_text(p.state, p.remaining_s).split(" - ")
+    # Narrower terminals drop the words from the end ('... - getting back to full strength'),
+    # then keep only the time left, which matters most while standing.
+    candidates = [" - ".join(parts[:n]) for n in range(len(parts), 1, -1)]
+    left = say("progress.left", left=clock_left(p.remaining_s))
+    candidates += [left, parts[0]] if left in parts else [parts[0]]
+    words = next((c for c in candidates if len(c) <= room), candidates[-1][:room])
     space = room - len(words) - 2
     if space < BAR_MIN:
         return words
