@@ -19,7 +19,8 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -45,6 +46,7 @@ from sessions.wording import (
 # renderers) is imported inside them, so `liv --help` and `liv status` start in a fraction
 # of a second (docs/performance.md); tests/test_log_scale.py checks that they stay out.
 if TYPE_CHECKING:
+    from controller.calibration import CalibrationStore
     from sessions.runner import Progress, SessionOutcome
 
 EXIT_REFUSED = 1
@@ -651,13 +653,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ---- demo ------------------------------------------------------------------------------------
 
 
-def demo_protocol(today: date, zone: str) -> PatientProtocol:
+DEMO_DEVICE = "SIM-DEMO"
+# Sessions of one minute, so that two weeks of history run in seconds on the simulated plate; a
+# real prescription is about ten (docs/cli.md).
+DEMO_MINUTES = 1.0
+DEMO_MARKER = "This directory holds a demo: simulated sessions of a made-up patient, not therapy.\n"
+
+
+def demo_protocol(
+    today: date, zone: str, minutes_per_session: float = DEMO_MINUTES
+) -> PatientProtocol:
+    """The made-up patient's prescription, its study starting on ``today``."""
     return protocol_from_dict(
         {
             "patient_id": "DEMO-001",
             "target_g": 0.3,
             "frequency_hz": 30.0,
-            "minutes_per_session": 10.0,
+            "minutes_per_session": minutes_per_session,
             "sessions_per_day": 2,
             "min_gap_hours": 3.0,
             "daily_windows": [],
@@ -682,6 +694,87 @@ def _demo_root(args: argparse.Namespace) -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class DemoSession:
+    """One session of the demo's history: when it starts, and what happens to it."""
+
+    day: int  # days before today
+    slot_time: time  # local start time
+    plate: str = ""  # extra sim:// settings (a fault to inject)
+    stop_after_s: float | None = None  # the patient presses Ctrl-C after this much dose
+
+
+# Two weeks before today: every day two sessions, except a missed day (9 days ago), a day with
+# only the morning session (5 days ago), a morning cut short by the patient and resumed (11
+# days ago) and an evening the plate stopped itself for safety, resumed (3 days ago).
+DEMO_DAYS = 14
+DEMO_MISSED_DAY = 9
+DEMO_MORNING_ONLY_DAY = 5
+
+
+def demo_history(days: int = DEMO_DAYS) -> list[DemoSession]:
+    plan: list[DemoSession] = []
+    for day in range(days, 0, -1):
+        if day == DEMO_MISSED_DAY:
+            continue
+        if day == 11:
+            plan.append(DemoSession(day, time(7, 40), stop_after_s=25.0))
+            plan.append(DemoSession(day, time(8, 10)))
+        else:
+            plan.append(DemoSession(day, time(7, 45) if day % 2 else time(8, 20)))
+        if day == DEMO_MORNING_ONLY_DAY:
+            continue
+        if day == 3:
+            plan.append(DemoSession(day, time(18, 30), plate="&sensor_stuck_at=16"))
+            plan.append(DemoSession(day, time(19, 5)))
+        else:
+            plan.append(DemoSession(day, time(18, 15) if day % 3 else time(20, 0)))
+    return plan
+
+
+class _DemoClock:
+    """The simulated clock of a history session: its start, advanced by the plate's own time."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.elapsed_s = 0.0
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.elapsed_s)
+
+
+def run_demo_history(
+    log: SessionLog,
+    protocol: PatientProtocol,
+    calibrations: CalibrationStore,
+    today: date,
+    plan: Sequence[DemoSession],
+) -> list[SessionOutcome]:
+    """Run ``plan`` on the simulated plate (fast, deterministic) under a simulated clock."""
+    from sessions.runner import StopRequest, run_session
+
+    outcomes = []
+    for n, item in enumerate(plan):
+        local = datetime.combine(today - timedelta(days=item.day), item.slot_time, protocol.zone)
+        clock = _DemoClock(local.astimezone(UTC))
+
+        def progress(p: Progress, clock: _DemoClock = clock, item: DemoSession = item) -> None:
+            clock.elapsed_s = p.elapsed_s
+            if item.stop_after_s is not None and p.at_dose_s >= item.stop_after_s:
+                raise StopRequest(STOP_CTRL_C)  # as the patient's Ctrl-C
+
+        outcome = run_session(
+            protocol=protocol,
+            log=log,
+            device_url=f"sim://?mass=70&seed={10 + n}&device_id={DEMO_DEVICE}{item.plate}",
+            calibrations=calibrations,
+            on_progress=progress,
+            now=clock.now,
+        )
+        outcomes.append(outcome)
+    return outcomes
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
@@ -693,25 +786,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = _demo_root(args)
     home = LivHome(root)
     home.ensure()
+    # Marks every session here as simulated: never counted as therapy (docs/sessions.md).
+    write_private_file(root / "DEMO", DEMO_MARKER.encode("utf-8"))
     args.home, args.db, args.calibration_dir = str(root), None, None
-    echo("=" * 72)
-    echo("DEMO: a SIMULATED plate and a made-up patient. Nothing here is a real session.")
+    echo(say("demo.banner"))
     echo(f"Demo data is kept in {root}")
-    echo("=" * 72)
     zone = "UTC"
-    protocol = demo_protocol(datetime.now(UTC).date(), zone)
+    today = datetime.now(UTC).date()
+    protocol = demo_protocol(today - timedelta(days=DEMO_DAYS), zone)
     protocol_file = root / "demo-protocol.yaml"
     # the demo writes a real protocol file and installs it the way a clinic's would be
     text = yaml.safe_dump(protocol.to_dict(), sort_keys=False)
     write_private_file(protocol_file, text.encode("utf-8"))
     home.install_protocol(protocol_file)
-    echo("\n".join(describe_protocol(protocol)))
-    echo("\ncalibrating the empty simulated plate ...")
-    with DeviceClient.open("sim://?mass=0&seed=1&device_id=SIM-DEMO") as device:
+    echo(plain_protocol(protocol))
+    echo("Setting up the empty simulated plate ...")
+    with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEMO_DEVICE}") as device:
         home.calibrations().save(identify(device))
-    sim_url = "sim://?mass=70&seed=2&device_id=SIM-DEMO"
+    plan = demo_history()
+    echo(
+        f"Running {len(plan)} simulated sessions of the last {DEMO_DAYS} days, with a missed "
+        "day, a session cut short and a safety stop ..."
+    )
+    with _open_log(args, home) as log:
+        run_demo_history(log, protocol, home.calibrations(), today, plan)
+    sim_url = f"sim://?mass=70&seed=2&device_id={DEMO_DEVICE}"
     home.set_device(sim_url)
-    echo(f"plate: {sim_url} (a 70 kg patient, as fast as the computer runs)\n")
+    echo("\nToday's first session, as the patient sees it:")
     args.device = None
     args.override = None
     start_session(args, home, sim_url, sys.stdout)
@@ -722,10 +823,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
     echo("\n".join(status_lines(protocol, recent, now, minutes)))
-    echo(f"log               {logged} session(s); chain verified: {verified.ok}")
-    echo("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
+    echo(
+        f"\nThe log holds {logged} sessions; its record checks {'pass' if verified.ok else 'FAIL'}."
+    )
     args.patient = args.since = args.until = None
+    report = root / "report.html"
     with _open_log(args, home) as log:
-        echo(report_text(args, home, log, "table"))
-    echo(f"Try: liv report --home {root} --format html --out report.html")
+        write_private_file(report, report_text(args, home, log, "html").encode("utf-8"))
+    echo(f"The clinician's report: {report}")
+    echo("To look again:")
+    echo(f"  liv status --home {root}")
+    echo(f"  liv report --home {root}")
+    echo(f"  liv report --home {root} --format html --out report.html")
     return 0

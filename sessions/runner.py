@@ -112,6 +112,7 @@ class Progress:
     measured_g: float | None
     target_g: float
     state: str  # ramping up, at dose, below dose, paused: nobody on the plate, stopping
+    elapsed_s: float = 0.0  # device time since the plate started streaming (a simulated clock)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class _DoseClock:
                 self._on_progress(
                     Progress(
                         max(0.0, self.goal_s - self.at_dose_s), self.at_dose_s, u.measured_g,
-                        target, state,
+                        target, state, u.t_s,
                     )
                 )  # fmt: skip
             except StopRequest as exc:  # e.g. the display found its output closed
