@@ -40,7 +40,7 @@ from sessions.wording import refusal_sentence
 _log = logging.getLogger("liv")
 
 if TYPE_CHECKING:
-    from controller.calibration import Calibration, CalibrationStore
+    from controller.calibration import Calibration, CalibrationStore, LoadCheck
     from firmware_bridge.client import DeviceClient
 
 # Commands that drive a plate or simulate one: numerics run single-threaded in them.
@@ -585,7 +585,7 @@ def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from controller.calibration import identify
+    from controller.calibration import check_for_load, identify
     from controller.sensor import apply_sensor_calibration
     from firmware_bridge.client import DeviceClient
 
@@ -599,10 +599,42 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         sensor = store.load_sensor(device.info.device_id)
         if sensor is not None:  # the empty plate's gains in true g, as sessions will read them
             apply_sensor_calibration(device, sensor)
+        earlier = _earlier_calibration(store, device.info.device_id)
         cal = identify(device)
+    load = check_for_load(cal, earlier)
     where = store.save(cal)
-    _emit({"path": str(where), **cal.to_dict()}, args.json, _calibration_lines(cal, where))
+    data = {"path": str(where), **cal.to_dict(), "load_check": load.to_dict()}
+    _emit(data, args.json, _calibration_lines(cal, where))
+    _warn_about_load(load)
     return 0
+
+
+def _earlier_calibration(store: CalibrationStore, device_id: str) -> Calibration | None:
+    """The plate's stored calibration, the reference a load is judged against (None: none)."""
+    from controller.calibration import CalibrationError
+
+    try:
+        return store.load(device_id)
+    except CalibrationError:  # a damaged file is replaced by this calibration
+        return None
+
+
+def _warn_about_load(load: LoadCheck) -> None:
+    """One sentence on stderr when something seemed to be on the plate, or when it cannot tell."""
+    if load.loaded:
+        echo(
+            f"liv: warning: something seems to be on the plate: it responded "
+            f"{100 * (1 - (load.low_ratio or 0)):.0f}% less than at its calibration of "
+            f"{load.reference_utc} at the low end of the band (a load lowers it most there); "
+            "take everything off the plate and run 'liv calibrate' again",
+            file=sys.stderr,
+        )
+    elif load.verdict == "cannot_tell":
+        echo(
+            "liv: note: this plate has no earlier calibration to compare with, so a load on it "
+            "cannot be detected: make sure nobody and nothing is on the plate",
+            file=sys.stderr,
+        )
 
 
 def _calibrate_sensor(
