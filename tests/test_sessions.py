@@ -210,14 +210,6 @@ def test_export_and_import_round_trip(
     assert listed[0]["patient_id"] == "P-0123"
 
 
-def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--home", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "SIMULATED plate" in out
-    assert "Session complete, well done" in out
-    assert "chain verified: True" in out
-
-
 @pytest.mark.parametrize("fmt", ["table", "csv", "json", "html"])
 def test_report_in_every_format(
     home: LivHome, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]

@@ -96,9 +96,9 @@ def test_a_closed_output_pipe_stops_the_session_as_ctrl_c_does(
 
 
 STARTUP_STOPS = {
-    "SIGINT": (signal.SIGINT, "You stopped"),
-    "SIGTERM": (signal.SIGTERM, "The computer stopped the session"),
-    "SIGHUP": (signal.SIGHUP, "The window was closed"),
+    "SIGINT": (signal.SIGINT, "You stopped before the session began"),
+    "SIGTERM": (signal.SIGTERM, "The computer stopped the session before it began"),
+    "SIGHUP": (signal.SIGHUP, "The window was closed before the session began"),
 }
 
 
@@ -127,7 +127,7 @@ def test_a_stop_during_start_up_is_one_sentence_and_records_nothing(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, err
-    sentence = assert_one_sentence(out, err, f"liv: {says} before the session began")
+    sentence = assert_one_sentence(out, err, f"liv: {says}, so ")
     assert re.search(r"no session was recorded\.$", sentence)
     assert records(home) == []
     truth = Truth.load(truth_path)
