@@ -278,3 +278,16 @@ def test_status_lines_for_a_part_done_day_read_plainly() -> None:
     assert streak(protocol, minutes, now.date()) == 1
     for line in lines:
         assert plain_problems(line) == [], line
+
+
+def test_device_text_in_the_technical_detail_is_made_safe(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The detail shown with -v can hold what a device or a URL said: never raw escapes."""
+    hostile = str(home.root / "port\x1b]0;owned\x07\x1b[2J")
+    assert main(["-v", "start", "--device", hostile, "--home", str(home.root)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "\x07" not in err
+    assert "\\x1b" in err  # shown, visibly
+    assert err.splitlines()[-1] == "liv: " + wording.say("refused.no_plate")
