@@ -37,11 +37,11 @@ from sessions.wording import refusal_sentence
 # The plate, the control loop and their numerics (numpy, scipy: most of a second to import)
 # are imported by the commands that drive a plate, never by `liv --help`, `liv status` or the
 # other log commands (docs/performance.md, tests/test_log_scale.py).
-_log = logging.getLogger("liv")
-
 if TYPE_CHECKING:
     from controller.calibration import Calibration, CalibrationStore, LoadCheck
     from firmware_bridge.client import DeviceClient
+
+_log = logging.getLogger("liv")
 
 # Commands that drive a plate or simulate one: numerics run single-threaded in them.
 _PLATE_COMMANDS = frozenset({"device", "calibrate", "run", "start", "demo", "sim"})
