@@ -249,7 +249,9 @@ def _add_session_commands(commands: Any) -> None:
     status = with_db(commands.add_parser("status", help="today's sessions, the next, the streak"))
     status.set_defaults(handler=commands_mod.cmd_status)
 
-    demo = commands.add_parser("demo", help="a clearly labelled simulated session for new users")
+    demo = commands.add_parser(
+        "demo", help="two weeks of clearly labelled simulated history, then its report"
+    )
     demo.add_argument(
         "--home",
         metavar="DIR",
@@ -346,8 +348,9 @@ _DOCS: dict[str, tuple[str, str]] = {
         "liv status",
     ),
     "demo": (
-        "A clearly labelled session on a simulated plate for a made-up patient, kept in a "
-        "directory of its own; real data is never touched.",
+        "Two weeks of clearly labelled sessions on a simulated plate for a made-up patient (a "
+        "missed day, a session cut short, a safety stop), today's session, the status and the "
+        "clinician's HTML report, kept in a directory of its own; real data is never touched.",
         "liv demo",
     ),
     "protocol": (
