@@ -847,7 +847,7 @@ def test_a_locked_log_mid_session_keeps_the_plate_safe(
     liv_verify(run.home, capsys)
     assert run.returncode in (1, 130)
     assert_one_sentence(
-        run.out, run.err, ("The plate stopped", "The session stopped", "You stopped")
+        run.out, run.err, ("The plate stopped", "The session stopped", "The computer stopped")
     )
 
 
