@@ -208,9 +208,16 @@ _STOPPED_BEFORE = {
 }
 
 
+# Errors whose own message stays: a --device URL that names no kind of plate is the setup's
+# mistake, and the message names the URL and what is allowed.
+KEEP_MESSAGE = frozenset({"UnknownUrlError"})
+
+
 def refusal_sentence(exc: BaseException) -> str | None:
     """The patient's sentence for an error that stopped a start, or None to keep its message."""
     for cls in type(exc).__mro__:
+        if cls.__name__ in KEEP_MESSAGE:
+            return None
         key = REFUSAL_WORDING.get(cls.__name__)
         if key is None:
             continue
