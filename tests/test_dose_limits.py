@@ -31,7 +31,6 @@ from sessions import runner
 from sessions.cli import build_parser, main
 from sessions.home import LivHome
 from sessions.log import SessionLog
-from sessions.wording import say
 from sessions.protocol import (
     HARD_LIMITS,
     PatientProtocol,
@@ -39,6 +38,7 @@ from sessions.protocol import (
     parse_protocol,
     protocol_from_dict,
 )
+from sessions.wording import say
 from tests.simhelpers import exposure_time, load_truth, protocol_yaml, truth_envelope
 
 LIMITS = DOSE_LIMITS
