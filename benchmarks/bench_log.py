@@ -85,7 +85,7 @@ if mode == "start":
         line = proc.stdout.readline()
         if not line:
             break
-        if b"left at dose" in line:
+        if b"% done)" in line:  # a progress line off a terminal (docs/cli.md)
             moved = time.perf_counter() - begin
             break
     proc.send_signal(signal.SIGTERM)

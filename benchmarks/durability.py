@@ -60,7 +60,7 @@ from sessions.runner import CHECKPOINT_S
 DEVICE_ID = "SIM-DUR"
 MINUTES = 1.0
 RAMP_UP_S = 2.0  # ExposureSettings default: not at dose yet
-PROGRESS = re.compile(r"(\d+):(\d\d) left at dose \|")
+PROGRESS = re.compile(r"(\d+):(\d\d) left")  # the progress line (docs/cli.md)
 
 
 def protocol_text() -> str:

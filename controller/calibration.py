@@ -200,6 +200,48 @@ def identify(
     )
 
 
+# A load on the plate during a calibration of the empty plate. One calibration alone cannot tell
+# an empty plate from a loaded one (plates differ), but the same plate's earlier calibration
+# can: a mass (a person, a box) lowers the response most at the low end of the band, while a
+# weaker actuator or sensor lowers it evenly. Judged on the ratio new/earlier, per frequency.
+LOAD_LOW_RATIO = 0.9  # the low third of the band this far below the earlier calibration ...
+LOAD_TILT = 0.04  # ... and this much further down than the high third: something is on it
+
+
+@dataclass(frozen=True)
+class LoadCheck:
+    """Whether a calibration of the empty plate looks as if something was on the plate."""
+
+    verdict: str  # "load", "empty" or "cannot_tell"
+    low_ratio: float | None = None  # new/earlier response, mean over the low third of the band
+    high_ratio: float | None = None  # the same over the high third
+    reference_utc: str | None = None  # when the earlier calibration was made
+
+    @property
+    def loaded(self) -> bool:
+        return self.verdict == "load"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_for_load(new: Calibration, earlier: Calibration | None) -> LoadCheck:
+    """Compare ``new`` with the same plate's ``earlier`` calibration (None: cannot tell)."""
+    if earlier is None or earlier.device_id != new.device_id:
+        return LoadCheck("cannot_tell")
+    common = [f for f in new.freqs_hz if earlier.freqs_hz[0] <= f <= earlier.freqs_hz[-1]]
+    if len(common) < 3:
+        return LoadCheck("cannot_tell", reference_utc=earlier.created_utc)
+    ratios = [new.gain_at(f) / earlier.gain_at(f) for f in common]
+    third = max(1, len(ratios) // 3)
+    low = sum(ratios[:third]) / third
+    high = sum(ratios[-third:]) / third
+    loaded = low < LOAD_LOW_RATIO and high - low > LOAD_TILT
+    return LoadCheck(
+        "load" if loaded else "empty", round(low, 3), round(high, 3), earlier.created_utc
+    )
+
+
 def _coil_temperature(device: DeviceClient) -> float | None:
     """The coil temperature the device reports (STATUS), None if it does not report one."""
     if "COIL_TEMPERATURE" not in device.info.capabilities:

@@ -33,14 +33,17 @@ from firmware_bridge.errors import LivError
 from sessions import commands as commands_mod
 from sessions.clinic.keycommands import add_clinic_init, add_protocol_sign
 from sessions.text import echo, terminal_line
+from sessions.wording import refusal_sentence
 
 # The plate, the control loop and their numerics (numpy, about 0.1 s to import; the path that
 # drives a plate imports no scipy, tests/test_perf_start.py) are imported by the commands that
 # drive a plate, never by `liv --help`, `liv status` or the other log commands
 # (docs/performance.md, tests/test_log_scale.py).
 if TYPE_CHECKING:
-    from controller.calibration import Calibration, CalibrationStore
+    from controller.calibration import Calibration, CalibrationStore, LoadCheck
     from firmware_bridge.client import DeviceClient
+
+_log = logging.getLogger("liv")
 
 # Commands that drive a plate or simulate one: numerics run single-threaded in them.
 _PLATE_COMMANDS = frozenset({"device", "calibrate", "run", "start", "demo", "sim"})
@@ -250,7 +253,9 @@ def _add_session_commands(commands: Any) -> None:
     status.add_argument("--json", action="store_true", help="print JSON (docs/json.md)")
     status.set_defaults(handler=commands_mod.cmd_status)
 
-    demo = commands.add_parser("demo", help="a clearly labelled simulated session for new users")
+    demo = commands.add_parser(
+        "demo", help="two weeks of clearly labelled simulated history, then its report"
+    )
     demo.add_argument(
         "--home",
         metavar="DIR",
@@ -437,8 +442,9 @@ _DOCS: dict[str, tuple[str, str]] = {
         "liv status",
     ),
     "demo": (
-        "A clearly labelled session on a simulated plate for a made-up patient, kept in a "
-        "directory of its own; real data is never touched.",
+        "Two weeks of clearly labelled sessions on a simulated plate for a made-up patient (a "
+        "missed day, a session cut short, a safety stop), today's session, the status and the "
+        "clinician's HTML report, kept in a directory of its own; real data is never touched.",
         "liv demo",
     ),
     "protocol": (
@@ -732,7 +738,7 @@ def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from controller.calibration import identify
+    from controller.calibration import check_for_load, identify
     from controller.sensor import apply_sensor_calibration
     from firmware_bridge.client import DeviceClient
 
@@ -746,10 +752,42 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         sensor = store.load_sensor(device.info.device_id)
         if sensor is not None:  # the empty plate's gains in true g, as sessions will read them
             apply_sensor_calibration(device, sensor)
+        earlier = _earlier_calibration(store, device.info.device_id)
         cal = identify(device)
+    load = check_for_load(cal, earlier)
     where = store.save(cal)
-    _emit({"path": str(where), **cal.to_dict()}, args.json, _calibration_lines(cal, where))
+    data = {"path": str(where), **cal.to_dict(), "load_check": load.to_dict()}
+    _emit(data, args.json, _calibration_lines(cal, where))
+    _warn_about_load(load)
     return 0
+
+
+def _earlier_calibration(store: CalibrationStore, device_id: str) -> Calibration | None:
+    """The plate's stored calibration, the reference a load is judged against (None: none)."""
+    from controller.calibration import CalibrationError
+
+    try:
+        return store.load(device_id)
+    except CalibrationError:  # a damaged file is replaced by this calibration
+        return None
+
+
+def _warn_about_load(load: LoadCheck) -> None:
+    """One sentence on stderr when something seemed to be on the plate, or when it cannot tell."""
+    if load.loaded:
+        echo(
+            f"liv: warning: something seems to be on the plate: it responded "
+            f"{100 * (1 - (load.low_ratio or 0)):.0f}% less than at its calibration of "
+            f"{load.reference_utc} at the low end of the band (a load lowers it most there); "
+            "take everything off the plate and run 'liv calibrate' again",
+            file=sys.stderr,
+        )
+    elif load.verdict == "cannot_tell":
+        echo(
+            "liv: note: this plate has no earlier calibration to compare with, so a load on it "
+            "cannot be detected: make sure nobody and nothing is on the plate",
+            file=sys.stderr,
+        )
 
 
 def _calibrate_sensor(
@@ -924,10 +962,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except LivError as exc:
+        sentence = _patient_sentence(args.command, exc, args.verbose)
         if _session_stopped(exc):  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
-            _tell(f"liv: {exc}")
+            _tell(f"liv: {sentence}")
             return EXIT_INTERRUPTED
-        echo(f"liv: {exc}", file=sys.stderr)
+        echo(f"liv: {sentence}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         echo("liv: interrupted", file=sys.stderr)
@@ -953,6 +992,27 @@ def _numerics_for(command: str) -> contextlib.AbstractContextManager[Any]:
     from firmware_bridge.realtime import single_threaded_numerics
 
     return single_threaded_numerics()
+
+
+# Commands a patient runs: their refusals are told in plain words (sessions/wording.py); the
+# technical message goes to the log, shown with -v.
+_PATIENT_COMMANDS = frozenset({"start", "status", "demo"})
+
+
+def _patient_sentence(command: str, exc: LivError, verbose: bool) -> str:
+    """What the person reads: the plain sentence on a patient command, else the message.
+
+    The technical message goes to the log and, with ``-v``, to stderr as well.
+    """
+    if command not in _PATIENT_COMMANDS:
+        return str(exc)
+    sentence = refusal_sentence(exc)
+    if sentence is None:
+        return str(exc)
+    _log.warning("%s: %s", type(exc).__name__, exc)
+    if verbose:
+        _tell(f"liv: technical detail: {terminal_line(exc)}")
+    return sentence
 
 
 def _session_stopped(exc: BaseException) -> bool:

@@ -14,11 +14,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -38,14 +40,24 @@ from sessions.protocol import (
     protocol_from_dict,
     read_protocol_bytes,
 )
-from sessions.scheduling import LoggedSession, day_summary, decide, history_start
+from sessions.scheduling import Decision, LoggedSession, day_summary, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
 from sessions.text import echo, terminal_line, terminal_text
+from sessions.wording import (
+    clock_left,
+    day_text,
+    minutes_text,
+    progress_text,
+    say,
+    start_sentence,
+    streak_sentence,
+)
 
 # What only some commands need (the plate, the control loop and its numerics, the report
 # renderers) is imported inside them, so `liv --help` and `liv status` start in a fraction
 # of a second (docs/performance.md); tests/test_log_scale.py checks that they stay out.
 if TYPE_CHECKING:
+    from controller.calibration import CalibrationStore
     from sessions.runner import Progress, SessionOutcome
 
 EXIT_REFUSED = 1
@@ -96,16 +108,24 @@ def study_warning(protocol: PatientProtocol, now: datetime) -> str | None:
     """One sentence when the study has ended or not yet started on the patient's today."""
     today = now.astimezone(protocol.zone).date()
     if today > protocol.study_end:
-        return (
-            f"this protocol's study ended on {protocol.study_end.isoformat()}, so no session "
-            "will be due under it; ask the clinic for a current protocol."
-        )
+        return say("install.study_ended", day=day_text(protocol.study_end))
     if today < protocol.study_start:
-        return (
-            f"this protocol's study starts on {protocol.study_start.isoformat()}, so no "
-            "session is due before then."
-        )
+        return say("install.study_later", day=day_text(protocol.study_start))
     return None
+
+
+def plain_protocol(p: PatientProtocol) -> str:
+    """The prescription in a patient's words (the technical lines are for ``-v`` and check)."""
+    per_day = (
+        "1 session a day" if p.sessions_per_day == 1 else f"{p.sessions_per_day} sessions a day"
+    )
+    return say(
+        "install.summary",
+        per_day=per_day,
+        minutes=minutes_text(p.minutes_per_session),
+        first=day_text(p.study_start),
+        last=day_text(p.study_end),
+    )
 
 
 def _warn_about_study(protocol: PatientProtocol) -> None:
@@ -147,9 +167,12 @@ def cmd_protocol_check(args: argparse.Namespace) -> int:
 def cmd_protocol_install(args: argparse.Namespace) -> int:
     home = home_of(args)
     protocol = home.install_protocol(Path(args.file))
-    echo(f"installed {args.file} as the active protocol in {home.root}")
-    echo("\n".join(describe_protocol(protocol)))
-    echo(f"signature         {home.protocol_signature().describe()}")
+    echo(say("install.done"))
+    echo(plain_protocol(protocol))
+    if getattr(args, "verbose", False):  # the engineer's view: what was installed, where
+        echo(f"installed {args.file} as the active protocol in {home.root}")
+        echo("\n".join(describe_protocol(protocol)))
+        echo(f"signature         {home.protocol_signature().describe()}")
     _warn_about_study(protocol)
     return 0
 
@@ -235,31 +258,82 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 # ---- sessions --------------------------------------------------------------------------------
 
 
+def terminal_columns() -> int:
+    """The terminal's width now (it can change while the patient stands): $COLUMNS, the
+    terminal itself, else 80."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+BAR_MIN = 10  # narrower than this, the bar tells nothing: the words alone are shown
+BAR_MAX = 40
+PLAIN_EVERY_S = 60.0  # off a terminal, a line a minute of dose (and at each change of state)
+
+
+def progress_bar(fraction: float, width: int, full: str = "#", empty: str = "-") -> str:
+    """``[####------]``, ``width`` characters in all, filled to ``fraction`` (0..1)."""
+    inner = max(0, width - 2)
+    filled = min(inner, max(0, int(fraction * inner + 1e-9)))
+    return "[" + full * filled + empty * (inner - filled) + "]"
+
+
+def progress_display(p: Progress, goal_s: float, width: int, unicode_bar: bool = False) -> str:
+    """The patient's progress line, never wider than ``width - 1`` (a terminal wraps a line
+    that fills its last column): the words first, then a bar where there is room."""
+    room = max(1, width - 1)
+    parts = progress_text(p.state, p.remaining_s).split(" - ")
+    # Narrower terminals drop the words from the end ('... - getting back to full strength'),
+    # then keep only the time left, which matters most while standing.
+    candidates = [" - ".join(parts[:n]) for n in range(len(parts), 1, -1)]
+    left = say("progress.left", left=clock_left(p.remaining_s))
+    candidates += [left, parts[0]] if left in parts else [parts[0]]
+    words = next((c for c in candidates if len(c) <= room), candidates[-1][:room])
+    space = room - len(words) - 2
+    if space < BAR_MIN:
+        return words
+    fraction = 1.0 if goal_s <= 0 else min(1.0, p.at_dose_s / goal_s)
+    full, empty = ("█", "░") if unicode_bar else ("#", "-")
+    return f"{words}  {progress_bar(fraction, min(space, BAR_MAX), full, empty)}"
+
+
 class ProgressLine:
     """One line the patient watches; rewritten in place on a terminal, sparse otherwise.
 
+    On a terminal the line fits its width (read at every update) and carries a bar; off one
+    (a pipe, a log, CI) a plain line is written at each change of state and every
+    PLAIN_EVERY_S of dose, with no control characters. The words come from sessions/wording.py;
+    no numbers of the plate's own are shown.
     A closed output (``liv start | head``: EPIPE; a hung-up terminal: EIO) stops the session
     as Ctrl-C does, once (:class:`StopRequest`); later output goes to /dev/null instead.
     """
 
-    def __init__(self, out: TextIO, target_g: float) -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        target_g: float,
+        goal_s: float | None = None,
+        columns: Callable[[], int] = terminal_columns,
+    ) -> None:
         self.out = out
         self.tty = out.isatty()
         self.target_g = target_g
+        self.goal_s = goal_s
+        self.columns = columns
         self.closed = False
+        self.unicode_bar = "utf" in (getattr(out, "encoding", None) or "").lower()
         self._last_state = ""
         self._last_print = -1e9
+        self._shown = 0  # characters of the line now on the terminal
 
     def __call__(self, p: Progress) -> None:
-        minutes, seconds = divmod(round(p.remaining_s), 60)
-        amp = "  -   " if p.measured_g is None else f"{p.measured_g:.3f}"
-        text = (
-            f"{minutes:2d}:{seconds:02d} left at dose | {amp} g of {p.target_g:.3f} g | {p.state}"
-        )
+        goal_s = self.goal_s if self.goal_s is not None else p.at_dose_s + p.remaining_s
         if self.tty:
-            self.write("\r" + text.ljust(72))
-        elif p.state != self._last_state or p.at_dose_s - self._last_print >= 60.0:
-            self.write(text + "\n")
+            text = progress_display(p, goal_s, self.columns(), self.unicode_bar)
+            pad = " " * max(0, self._shown - len(text))  # clear what a longer line left
+            self.write("\r" + text + pad)
+            self._shown = len(text)
+        elif p.state != self._last_state or p.at_dose_s - self._last_print >= PLAIN_EVERY_S:
+            done = 0 if goal_s <= 0 else min(100, int(100 * p.at_dose_s / goal_s))
+            self.write(f"{progress_text(p.state, p.remaining_s)} ({done}% done)\n")
             self._last_print = p.at_dose_s
         self._last_state = p.state
 
@@ -307,6 +381,17 @@ def start_session(
 
     protocol = home.protocol()
     display = ProgressLine(out, protocol.target_g)
+
+    def begin(decision: Decision) -> None:  # what is starting, then when to step on and how to stop
+        what = start_sentence(
+            decision.slot,
+            protocol.sessions_per_day,
+            decision.minutes,
+            decision.resumed_from is not None,
+            decision.override_reason is not None,
+        )
+        display.write(f"{what} {say('progress.begin')}\n")
+
     with _open_log(args, home) as log:
         try:
             outcome = run_session(
@@ -316,7 +401,7 @@ def start_session(
                 calibrations=home.calibrations(getattr(args, "calibration_dir", None)),
                 override_reason=getattr(args, "override", None),
                 on_progress=display,
-                on_decision=lambda d: display.write(terminal_text(d.message) + "\n"),
+                on_decision=begin,
             )
         finally:
             display.finish()
@@ -365,25 +450,25 @@ def status_lines(
     today = now.astimezone(zone).date()
     done = day_summary(protocol, recent, today)
     goal = protocol.minutes_per_session
-    lines = [f"today ({today.isoformat()}, {protocol.timezone})"]
+    lines = [
+        say("status.today", day=f"{today:%A} {today.day} {today:%B %Y}", zone=protocol.timezone)
+    ]
     # Outside the study no slot is due; the next line says when it starts or that it ended.
     in_study = protocol.study_start <= today <= protocol.study_end
     for k, delivered in enumerate(done if in_study else [], start=1):
-        mark = (
-            "done"
-            if delivered >= goal - 1e-6
-            else f"{delivered:.1f} of {goal:g} min"
-            if delivered
-            else "due"
-        )
-        lines.append(f"  session {k}: {mark}")
+        if delivered >= goal - 1e-6:
+            lines.append("  " + say("status.slot_done", slot=k))
+        elif delivered > 0:
+            counted, of = minutes_text(delivered), minutes_text(goal)
+            lines.append("  " + say("status.slot_part", slot=k, counted=counted, goal=of))
+        else:
+            lines.append("  " + say("status.slot_due", slot=k))
     decision = decide(protocol, recent, now)
     if decision.allowed:
-        lines.append(f"next              now: {decision.message}")
+        lines.append(say("status.next_now", slot=decision.slot))
     else:
-        lines.append(f"next              {decision.message}")
-    days = streak(protocol, minutes, today)
-    lines.append(f"streak            {days} day(s) in a row with every session done")
+        lines.append(say("status.next", message=decision.message))
+    lines.append(streak_sentence(streak(protocol, minutes, today)))
     return lines
 
 
@@ -845,13 +930,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ---- demo ------------------------------------------------------------------------------------
 
 
-def demo_protocol(today: date, zone: str) -> PatientProtocol:
+DEMO_DEVICE = "SIM-DEMO"
+# Sessions of one minute, so that two weeks of history run in seconds on the simulated plate; a
+# real prescription is about ten (docs/cli.md).
+DEMO_MINUTES = 1.0
+DEMO_MARKER = "This directory holds a demo: simulated sessions of a made-up patient, not therapy.\n"
+
+
+def demo_protocol(
+    today: date, zone: str, minutes_per_session: float = DEMO_MINUTES
+) -> PatientProtocol:
+    """The made-up patient's prescription, its study starting on ``today``."""
     return protocol_from_dict(
         {
             "patient_id": "DEMO-001",
             "target_g": 0.3,
             "frequency_hz": 30.0,
-            "minutes_per_session": 10.0,
+            "minutes_per_session": minutes_per_session,
             "sessions_per_day": 2,
             "min_gap_hours": 3.0,
             "daily_windows": [],
@@ -876,6 +971,87 @@ def _demo_root(args: argparse.Namespace) -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class DemoSession:
+    """One session of the demo's history: when it starts, and what happens to it."""
+
+    day: int  # days before today
+    slot_time: time  # local start time
+    plate: str = ""  # extra sim:// settings (a fault to inject)
+    stop_after_s: float | None = None  # the patient presses Ctrl-C after this much dose
+
+
+# Two weeks before today: every day two sessions, except a missed day (9 days ago), a day with
+# only the morning session (5 days ago), a morning cut short by the patient and resumed (11
+# days ago) and an evening the plate stopped itself for safety, resumed (3 days ago).
+DEMO_DAYS = 14
+DEMO_MISSED_DAY = 9
+DEMO_MORNING_ONLY_DAY = 5
+
+
+def demo_history(days: int = DEMO_DAYS) -> list[DemoSession]:
+    plan: list[DemoSession] = []
+    for day in range(days, 0, -1):
+        if day == DEMO_MISSED_DAY:
+            continue
+        if day == 11:
+            plan.append(DemoSession(day, time(7, 40), stop_after_s=25.0))
+            plan.append(DemoSession(day, time(8, 10)))
+        else:
+            plan.append(DemoSession(day, time(7, 45) if day % 2 else time(8, 20)))
+        if day == DEMO_MORNING_ONLY_DAY:
+            continue
+        if day == 3:
+            plan.append(DemoSession(day, time(18, 30), plate="&sensor_stuck_at=16"))
+            plan.append(DemoSession(day, time(19, 5)))
+        else:
+            plan.append(DemoSession(day, time(18, 15) if day % 3 else time(20, 0)))
+    return plan
+
+
+class _DemoClock:
+    """The simulated clock of a history session: its start, advanced by the plate's own time."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.elapsed_s = 0.0
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.elapsed_s)
+
+
+def run_demo_history(
+    log: SessionLog,
+    protocol: PatientProtocol,
+    calibrations: CalibrationStore,
+    today: date,
+    plan: Sequence[DemoSession],
+) -> list[SessionOutcome]:
+    """Run ``plan`` on the simulated plate (fast, deterministic) under a simulated clock."""
+    from sessions.runner import StopRequest, run_session
+
+    outcomes = []
+    for n, item in enumerate(plan):
+        local = datetime.combine(today - timedelta(days=item.day), item.slot_time, protocol.zone)
+        clock = _DemoClock(local.astimezone(UTC))
+
+        def progress(p: Progress, clock: _DemoClock = clock, item: DemoSession = item) -> None:
+            clock.elapsed_s = p.elapsed_s
+            if item.stop_after_s is not None and p.at_dose_s >= item.stop_after_s:
+                raise StopRequest(STOP_CTRL_C)  # as the patient's Ctrl-C
+
+        outcome = run_session(
+            protocol=protocol,
+            log=log,
+            device_url=f"sim://?mass=70&seed={10 + n}&device_id={DEMO_DEVICE}{item.plate}",
+            calibrations=calibrations,
+            on_progress=progress,
+            now=clock.now,
+        )
+        outcomes.append(outcome)
+    return outcomes
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
@@ -887,13 +1063,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = _demo_root(args)
     home = LivHome(root)
     home.ensure()
+    # Marks every session here as simulated: never counted as therapy (docs/sessions.md).
+    write_private_file(root / "DEMO", DEMO_MARKER.encode("utf-8"))
     args.home, args.db, args.calibration_dir = str(root), None, None
-    echo("=" * 72)
-    echo("DEMO: a SIMULATED plate and a made-up patient. Nothing here is a real session.")
+    echo(say("demo.banner"))
     echo(f"Demo data is kept in {root}")
-    echo("=" * 72)
     zone = "UTC"
-    protocol = demo_protocol(datetime.now(UTC).date(), zone)
+    today = datetime.now(UTC).date()
+    protocol = demo_protocol(today - timedelta(days=DEMO_DAYS), zone)
     # The demo plays the clinic too: a DEMO clinic key of its own, kept inside the demo's
     # directory, enrols the demo home and signs the demo protocol, which is then installed
     # the way a clinic's prescription is (docs/trust.md). No real home ever trusts this key.
@@ -908,13 +1085,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signed = sign_protocol_bytes(text.encode("utf-8"), load_signing_key(demo_clinic.private_key))
     write_private_file(protocol_file, signed)
     home.install_protocol(protocol_file)
-    echo("\n".join(describe_protocol(protocol)))
-    echo("\ncalibrating the empty simulated plate ...")
-    with DeviceClient.open("sim://?mass=0&seed=1&device_id=SIM-DEMO") as device:
+    echo(plain_protocol(protocol))
+    echo("Setting up the empty simulated plate ...")
+    with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEMO_DEVICE}") as device:
         home.calibrations().save(identify(device))
-    sim_url = "sim://?mass=70&seed=2&device_id=SIM-DEMO"
+    plan = demo_history()
+    echo(
+        f"Running {len(plan)} simulated sessions of the last {DEMO_DAYS} days, with a missed "
+        "day, a session cut short and a safety stop ..."
+    )
+    with _open_log(args, home) as log:
+        run_demo_history(log, protocol, home.calibrations(), today, plan)
+    sim_url = f"sim://?mass=70&seed=2&device_id={DEMO_DEVICE}"
     home.set_device(sim_url)
-    echo(f"plate: {sim_url} (a 70 kg patient, as fast as the computer runs)\n")
+    echo("\nToday's first session, as the patient sees it:")
     args.device = None
     args.override = None
     start_session(args, home, sim_url, sys.stdout)
@@ -925,10 +1109,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
     echo("\n".join(status_lines(protocol, recent, now, minutes)))
-    echo(f"log               {logged} session(s); chain verified: {verified.ok}")
-    echo("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
+    echo(
+        f"\nThe log holds {logged} sessions; its record checks {'pass' if verified.ok else 'FAIL'}."
+    )
     args.patient = args.since = args.until = None
+    report = root / "report.html"
     with _open_log(args, home) as log:
-        echo(report_text(args, home, log, "table"))
-    echo(f"Try: liv report --home {root} --format html --out report.html")
+        write_private_file(report, report_text(args, home, log, "html").encode("utf-8"))
+    echo(f"The clinician's report: {report}")
+    echo("To look again:")
+    echo(f"  liv status --home {root}")
+    echo(f"  liv report --home {root}")
+    echo(f"  liv report --home {root} --format html --out report.html")
     return 0

@@ -56,6 +56,7 @@ from sessions.log import LogError, SessionLog, SessionRecord
 from sessions.protocol import PatientProtocol
 from sessions.scheduling import Decision, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_SIGHUP, STOP_SIGTERM
+from sessions.wording import outcome_sentence
 
 _log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Progress:
     measured_g: float | None
     target_g: float
     state: str  # ramping up, at dose, below dose, paused: nobody on the plate, stopping
+    elapsed_s: float = 0.0  # device time since the plate started streaming (a simulated clock)
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ class _DoseClock:
                 self._on_progress(
                     Progress(
                         max(0.0, self.goal_s - self.at_dose_s), self.at_dose_s, u.measured_g,
-                        target, state,
+                        target, state, u.t_s,
                     )
                 )  # fmt: skip
             except StopRequest as exc:  # e.g. the display found its output closed
@@ -481,7 +483,8 @@ def _run_session(
     record = log.finish_session(
         session_id, status=status, reason=reason, ended_utc=now(), **measured
     )
-    return SessionOutcome(decision, record, result, _sentence(status, reason, clock))
+    trip = result.trip.reason.value if result is not None and result.trip is not None else None
+    return SessionOutcome(decision, record, result, _sentence(status, reason, clock, trip))
 
 
 def _measured(
@@ -559,13 +562,6 @@ def _status(
     return "stopped_by_patient", "the session ran out of time before the dose was delivered"
 
 
-def _sentence(status: str, reason: str, clock: _DoseClock) -> str:
-    minutes = clock.at_dose_s / 60.0
-    if status == "completed":
-        return f"Session complete: {minutes:.1f} minutes at dose. Well done."
-    if status == "tripped":
-        return (
-            f"The plate stopped itself for safety ({reason}); {minutes:.1f} minutes at dose were "
-            "recorded. You may try again; if it happens again, contact your clinic."
-        )
-    return f"Session stopped ({reason}); {minutes:.1f} minutes at dose were recorded."
+def _sentence(status: str, reason: str, clock: _DoseClock, trip: str | None = None) -> str:
+    """The patient's sentence (sessions/wording.py); the record keeps ``reason`` in full."""
+    return outcome_sentence(status, reason, clock.at_dose_s / 60.0, trip)

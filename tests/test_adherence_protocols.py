@@ -388,7 +388,7 @@ def test_status_uses_the_protocol_in_force_now() -> None:
     records: list[Any] = mid_study_change()
     now = at(d(6), 12)
     lines = status_lines(NEW_RX, records, now)
-    assert lines[1] == "  session 1: done"  # one 15-minute slot today, under the new protocol
-    assert len([line for line in lines if line.startswith("  session")]) == 1
+    assert lines[1] == "  Session 1: done."  # one 15-minute slot today, under the new protocol
+    assert len([line for line in lines if line.startswith("  Session")]) == 1
     # the streak counts days complete under today's prescription: 03-05 and 03-06
-    assert lines[-1] == "streak            2 day(s) in a row with every session done"
+    assert lines[-1] == "Every session done 2 days in a row."

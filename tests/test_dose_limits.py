@@ -38,6 +38,7 @@ from sessions.protocol import (
     parse_protocol,
     protocol_from_dict,
 )
+from sessions.wording import say
 from tests.simhelpers import (
     enrol_home,
     exposure_time,
@@ -362,8 +363,10 @@ def test_liv_start_validates_the_settings_before_the_session_row(
     code = main(["start", "--device", url, "--home", str(home.root)])
     err = capsys.readouterr().err
     assert code == 1
-    assert "safety ceiling 0.3 g" in err
-    assert err.count("\n") == 1
+    assert err == f"liv: {say('refused.prescription')}\n"  # the patient's one sentence
+    assert main(["-v", "start", "--device", url, "--home", str(home.root)]) == 1
+    err = capsys.readouterr().err
+    assert "safety ceiling 0.3 g" in err  # the engineer's detail, with -v
     assert "Traceback" not in err
     with SessionLog(home.db_path()) as log:
         assert log.sessions() == []  # nothing recorded as started

@@ -15,6 +15,7 @@ import pytest
 
 from sessions.cli import main
 from sessions.protocol import load_protocol
+from sessions.wording import day_text, say
 from tests.simhelpers import enrol_home, write_signed
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
@@ -80,16 +81,13 @@ def test_an_ended_study_is_warned_about_in_one_sentence(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = protocol_file(tmp_path, -400, -30)
-    ended = (datetime.now(UTC).date() - timedelta(days=30)).isoformat()
+    ended = datetime.now(UTC).date() - timedelta(days=30)
     argv = ["protocol", *command, str(path)]
     if command == ["install"]:
         argv += ["--home", str(tmp_path / "home")]
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert err == (
-        f"liv: warning: this protocol's study ended on {ended}, so no session will be due "
-        "under it; ask the clinic for a current protocol.\n"
-    )
+    assert err == f"liv: warning: {say('install.study_ended', day=day_text(ended))}\n"
 
 
 @pytest.mark.parametrize("command", [["check"], ["install"]])
@@ -97,13 +95,10 @@ def test_a_study_that_starts_later_is_warned_about_in_one_sentence(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = protocol_file(tmp_path, 10, 300)
-    starts = (datetime.now(UTC).date() + timedelta(days=10)).isoformat()
+    starts = datetime.now(UTC).date() + timedelta(days=10)
     argv = ["protocol", *command, str(path)]
     if command == ["install"]:
         argv += ["--home", str(tmp_path / "home")]
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert err == (
-        f"liv: warning: this protocol's study starts on {starts}, so no session is due "
-        "before then.\n"
-    )
+    assert err == f"liv: warning: {say('install.study_later', day=day_text(starts))}\n"

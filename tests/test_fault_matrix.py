@@ -66,6 +66,7 @@ from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionRecord, SessionStatus
 from sessions.runner import CHECKPOINT_S
+from sessions.wording import TRIP_WORDING, say
 from tests.simhelpers import enrol_home, load_truth, protocol_yaml, truth_amplitude, write_signed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +95,10 @@ RINGDOWN_S = 0.05
 CLOCK_SLACK_S = 5 * BLOCK_S
 STILL_G = 0.01
 
-PROGRESS_LINE = re.compile(r"^\s*\d+:\d\d left at dose \| ")
+# The plain progress lines written off a terminal (sessions/wording.py, progress.*).
+PROGRESS_LINE = re.compile(
+    r"^(Starting - |Step onto the plate now \(|Keep standing - \d+:\d\d left|Paused - |Stopping - )"
+)
 DECISION_LINE = re.compile(r"^(Starting|Resuming) session \d+ ")
 LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
@@ -421,7 +425,8 @@ def test_a_fault_mid_session_stops_the_plate_and_is_recorded(
 
     # (d) one sentence, no traceback
     assert code == 1
-    assert_one_sentence(out, err, f"The plate stopped itself for safety ({TRIP_TEXT[fault.reason]}")
+    said = say(TRIP_WORDING[fault.reason.value])  # the patient's words; the record has the text
+    assert_one_sentence(out, err, said)
 
 
 def test_diagnostics_do_not_reach_the_patient(tmp_path: Path, calibration_dir: Path) -> None:
@@ -581,7 +586,7 @@ def test_a_frozen_host_is_stopped_by_the_plates_watchdog(
     liv_verify(run.home, capsys)
     # (d)
     assert run.returncode == 1
-    assert_one_sentence(run.out, run.err, "The plate stopped itself for safety (")
+    assert_one_sentence(run.out, run.err, "The plate stopped")
 
 
 def test_a_frozen_host_is_recorded_as_the_plates_watchdog_fault(host_stalled: RealTimeRun) -> None:
@@ -635,7 +640,7 @@ def test_a_killed_host_is_stopped_by_the_watchdog_and_recovered_as_interrupted(
 
     # (c), (d)
     liv_verify(home, capsys)
-    assert_one_sentence(out, err, "Session complete: ")
+    assert_one_sentence(out, err, "Session complete, ")
 
 
 DISK_FULL_SPEED = 5.0  # the 1-minute session in about 13 s, the plate in its own process
@@ -842,7 +847,7 @@ def test_a_locked_log_mid_session_keeps_the_plate_safe(
     liv_verify(run.home, capsys)
     assert run.returncode in (1, 130)
     assert_one_sentence(
-        run.out, run.err, ("The plate stopped itself for safety (", "Session stopped (")
+        run.out, run.err, ("The plate stopped", "The session stopped", "The computer stopped")
     )
 
 

@@ -27,6 +27,7 @@ from sessions.adherence import compute_adherence
 from sessions.log import SessionLog
 from sessions.protocol import MAX_STUDY_DAYS, ProtocolFileError, load_protocol
 from sessions.report import render_html, render_table
+from sessions.wording import say
 from tests.simhelpers import enrol_home, write_signed
 
 SIM = "sim://?speed=max"
@@ -330,8 +331,10 @@ def test_a_calibration_that_does_not_cover_the_protocol_is_one_sentence(
     assert machine.liv("protocol", "install", str(source), "--home", str(home)).returncode == 0
     done = machine.liv("start", "--device", SIM, "--home", str(home))
     line = one_sentence(done)
-    assert "does not cover" in line, line
-    assert "liv calibrate" in line, line
+    assert line == f"liv: {say('refused.not_calibrated')}", line  # the patient's words
+    verbose = machine.liv("-v", "start", "--device", SIM, "--home", str(home))
+    assert "does not cover" in verbose.stderr  # the engineer's detail, with -v
+    assert "liv calibrate" in verbose.stderr
     with SessionLog(home / "liv.db", read_only=True) as log:
         assert log.sessions() == []  # refused before the session row
 

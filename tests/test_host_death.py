@@ -88,7 +88,7 @@ def test_a_killed_liv_start_leaves_a_plate_the_next_start_can_use(
     assert truth.drive[-1] == 0.0
 
     assert code == 0, out + err
-    assert_one_sentence(out, err, "Session complete: ")
+    assert_one_sentence(out, err, "Session complete, ")
     killed, resumed = records(home)
     assert killed.status is SessionStatus.INTERRUPTED
     assert resumed.status is SessionStatus.COMPLETED
@@ -174,7 +174,7 @@ def test_a_fault_the_host_may_not_clear_refuses_liv_start_and_records_nothing(
         code = liv_start(home, calibration_dir, plate.device)
         out, err = capsys.readouterr()
     assert code == 1
-    sentence = assert_one_sentence(out, err, "liv: The plate stopped because its motor got")
+    sentence = assert_one_sentence(out, err, "liv: The plate got too hot;")
     assert "cool" in sentence
     assert records(home) == [tripped], "a refused start was recorded as a session"
     liv_verify(home, capsys)

@@ -91,9 +91,9 @@ def test_status_sessions_and_start_never_read_an_envelope(
 
     assert _liv(big_home, "status") == 0
     out = capsys.readouterr().out
-    assert "session 1: done" in out
-    assert "session 2: done" in out
-    assert f"streak            {DAYS + 1} day(s)" in out
+    assert "Session 1: done." in out
+    assert "Session 2: done." in out
+    assert f"Every session done {DAYS + 1} days in a row." in out
 
     assert _liv(big_home, "sessions") == 0
     assert len(capsys.readouterr().out.splitlines()) == 1 + 2 * DAYS + 2

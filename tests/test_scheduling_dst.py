@@ -96,8 +96,8 @@ def test_status_lists_nothing_due_after_the_study_ended() -> None:
 def test_status_lists_the_slots_during_the_study() -> None:
     protocol = rx("2026-06-01", "2027-05-31")
     text = "\n".join(status_lines(protocol, [], utc(2026, 6, 2, 9)))  # type: ignore[arg-type]
-    assert "session 1: due" in text
-    assert "session 2: due" in text
+    assert "Session 1: not done yet." in text
+    assert "Session 2: not done yet." in text
 
 
 # ---- the wait honours the daily windows ------------------------------------------------------

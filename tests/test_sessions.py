@@ -59,7 +59,7 @@ def test_a_session_runs_is_logged_and_the_next_is_refused_until_the_gap(
 ) -> None:
     assert liv(home, "start", "--device", sim()) == 0
     out = capsys.readouterr().out
-    assert "Session complete: 1.0 minutes at dose" in out
+    assert "Session complete, well done" in out
     (rec,) = records(home)
     assert rec.status is SessionStatus.COMPLETED
     assert rec.slot == 1
@@ -78,8 +78,8 @@ def test_a_session_runs_is_logged_and_the_next_is_refused_until_the_gap(
     assert len(records(home)) == 1
     assert liv(home, "status") == 0
     status = capsys.readouterr().out
-    assert "session 1: done" in status
-    assert "session 2: due" in status
+    assert "Session 1: done." in status
+    assert "Session 2: not done yet." in status
     # an override runs it anyway and says so in the log
     assert liv(home, "start", "--device", sim(), "--override", "clinic visit") == 0
     second = records(home)[-1]
@@ -208,14 +208,6 @@ def test_export_and_import_round_trip(
     assert main(["sessions", "--json", "--db", str(other), "--home", str(home.root)]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[0]["patient_id"] == "P-0123"
-
-
-def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--home", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "SIMULATED plate" in out
-    assert "Session complete: 10.0 minutes at dose" in out
-    assert "chain verified: True" in out
 
 
 @pytest.mark.parametrize("fmt", ["table", "csv", "json", "html"])

@@ -20,6 +20,7 @@ import pytest
 
 from sessions.home import LivHome
 from sessions.log import SessionStatus
+from sessions.wording import minutes_text
 from tests.test_fault_matrix import Truth, assert_one_sentence, assert_still_after, records
 from tests.test_resume import DEVICE_ID, home  # noqa: F401  (home is a fixture)
 from tests.test_sessions import _wait_for_checkpoint
@@ -54,12 +55,12 @@ def test_closing_the_terminal_stops_the_session_as_ctrl_c_does(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, err
-    sentence = assert_one_sentence(out, err, "Session stopped (the terminal was closed (SIGHUP))")
+    sentence = assert_one_sentence(out, err, "The session stopped because its window was closed;")
     (rec,) = records(home)
     assert rec.status is SessionStatus.STOPPED_BY_PATIENT
     assert rec.reason == "the terminal was closed (SIGHUP)"
     assert rec.minutes_at_dose > 0.0
-    assert f"{rec.minutes_at_dose:.1f} minutes at dose" in sentence
+    assert f"; {minutes_text(rec.minutes_at_dose)} counted." in sentence
     truth = Truth.load(truth_path)
     assert not truth.faults_before(truth.zero_drive_s + 1.0), "the host left it to the watchdog"
     assert_still_after(truth, truth.zero_drive_s)  # a ramp, never a step
@@ -79,7 +80,7 @@ def test_a_closed_output_pipe_stops_the_session_as_ctrl_c_does(
     assert err_lines[-1] == "liv exit 130", proc.stderr
     assert proc.stdout == "Starting s"  # what head let through
     said = "\n".join(err_lines[:-1])
-    assert_one_sentence("", said, "Session stopped (the output pipe was closed)")
+    assert_one_sentence("", said, "The session stopped because its screen output was closed;")
     (rec,) = records(home)
     assert rec.status is SessionStatus.STOPPED_BY_PATIENT
     assert rec.reason == "the output pipe was closed"
@@ -95,9 +96,9 @@ def test_a_closed_output_pipe_stops_the_session_as_ctrl_c_does(
 
 
 STARTUP_STOPS = {
-    "SIGINT": (signal.SIGINT, "Stopped by the patient (Ctrl-C)"),
-    "SIGTERM": (signal.SIGTERM, "Stopped by the patient (a stop signal, SIGTERM)"),
-    "SIGHUP": (signal.SIGHUP, "The terminal was closed (SIGHUP)"),
+    "SIGINT": (signal.SIGINT, "You stopped before the session began"),
+    "SIGTERM": (signal.SIGTERM, "The computer stopped the session before it began"),
+    "SIGHUP": (signal.SIGHUP, "The window was closed before the session began"),
 }
 
 
@@ -126,7 +127,7 @@ def test_a_stop_during_start_up_is_one_sentence_and_records_nothing(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, err
-    sentence = assert_one_sentence(out, err, f"liv: {says} before the session started")
+    sentence = assert_one_sentence(out, err, f"liv: {says}, so ")
     assert re.search(r"no session was recorded\.$", sentence)
     assert records(home) == []
     truth = Truth.load(truth_path)

@@ -1,0 +1,349 @@
+"""Every sentence a patient reads, in one table: what happened and what to do next.
+
+A patient at home reads these on ``liv start``, ``liv status``, ``liv demo`` and ``liv protocol
+install``. They are short and plain: no units, no technical words, no raw numbers, no nested
+parentheses. What an engineer needs (the trip's measured values, the device's own text) goes to
+the session record and the log, and to the screen only with ``liv -v``.
+
+:data:`WORDING` is keyed by situation: ``outcome.*`` ends a session (by its status, stop reason
+or safety trip), ``refused.*`` is a start that did not happen, ``progress.*`` is the line the
+patient watches, ``status.*`` is ``liv status``. Templates take ``{counted}`` (time at dose, as
+:func:`minutes_text` says it), ``{left}`` (``9:28``), ``{days}`` and the like.
+docs/wording.md is generated from this table (:func:`wording_markdown`; a test keeps the two
+equal). Nothing here imports the plate or the control loop: ``liv status`` stays quick.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from datetime import date
+
+from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
+
+AGAIN = "run liv start again"
+CLINIC = "call your clinic"
+
+WORDING: dict[str, str] = {
+    # ---- how a session ends -----------------------------------------------------------------
+    "outcome.completed": "Session complete, well done: you can step off the plate now.",
+    "outcome.stop.ctrl_c": (
+        f"You stopped the session; {{counted}} counted. To finish it, {AGAIN} later today."
+    ),
+    "outcome.stop.sigterm": (
+        f"The computer stopped the session; {{counted}} counted. To finish it, {AGAIN}."
+    ),
+    "outcome.stop.sighup": (
+        f"The session stopped because its window was closed; {{counted}} counted. To finish it, "
+        f"{AGAIN}."
+    ),
+    "outcome.stop.pipe": (
+        f"The session stopped because its screen output was closed; {{counted}} counted. To "
+        f"finish it, {AGAIN}."
+    ),
+    "outcome.stop.nobody": (
+        f"Nobody was on the plate for two minutes, so the session stopped; {{counted}} counted. "
+        f"Step on and {AGAIN}."
+    ),
+    "outcome.stop.out_of_time": (
+        f"The session took too long and stopped; {{counted}} counted. {AGAIN.capitalize()}, "
+        f"and {CLINIC} if this keeps happening."
+    ),
+    "outcome.stop.other": f"The session stopped; {{counted}} counted. To finish it, {AGAIN}.",
+    # A safety trip: what the plate noticed, then the same next step for all.
+    "outcome.trip.strong": "The plate stopped itself for safety because it shook too hard.",
+    "outcome.trip.weak": (
+        "The plate stopped itself for safety because it could not reach full strength."
+    ),
+    "outcome.trip.still": (
+        "The plate stopped itself for safety because it did not move as it should."
+    ),
+    "outcome.trip.sensor": (
+        "The plate stopped itself for safety because its motion sensor gave wrong readings."
+    ),
+    "outcome.trip.connection": "The plate stopped because its connection to this computer failed.",
+    "outcome.trip.plate": "The plate stopped itself for safety because it reported a problem.",
+    "outcome.trip.next": (
+        f"{{counted_cap}} counted. Check the cable and power, then {AGAIN}; if it stops again, "
+        f"{CLINIC}."
+    ),
+    # ---- a start that did not happen --------------------------------------------------------
+    "refused.stopped": "You stopped before the session began, so no session was recorded.",
+    "refused.stopped_by_computer": (
+        "The computer stopped the session before it began, so no session was recorded."
+    ),
+    "refused.stopped_closed": (
+        "The window was closed before the session began, so no session was recorded."
+    ),
+    "refused.not_calibrated": (
+        f"The plate has not been set up for your prescription yet, so nothing was started; "
+        f"please {CLINIC}."
+    ),
+    "refused.sensor": (
+        "The plate's motion sensor failed its check, so nothing was started; please contact "
+        "your clinic."
+    ),
+    "refused.fault_hot": (
+        "The plate got too hot; leave it switched on with nobody on it for 30 minutes to cool, "
+        f"then {AGAIN}."
+    ),
+    "refused.fault_moving": (
+        f"The plate is still moving after a problem; step off, switch it off and on, then {AGAIN}."
+    ),
+    "refused.fault_service": (
+        f"The plate has a problem that needs a person; do not use it, switch it off and {CLINIC}."
+    ),
+    "refused.no_plate": (
+        f"This computer cannot reach the plate; check that it is plugged in and switched on, "
+        f"then {AGAIN}."
+    ),
+    "refused.plate_busy": (f"Another program is using the plate; close it, then {AGAIN}."),
+    "refused.plate_software": (
+        f"The plate's software does not match this program, so nothing was started; please "
+        f"{CLINIC}."
+    ),
+    "refused.prescription": (
+        f"Your prescription asks for a setting this plate does not allow, so nothing was "
+        f"started; please {CLINIC}."
+    ),
+    # ---- while the plate runs ---------------------------------------------------------------
+    "start.new": "Starting session {slot} of {per_day} today.",
+    "start.resume": "Resuming session {slot} of today, {left} to go.",
+    "start.override": "Starting session {slot} of today outside the schedule, as asked.",
+    "progress.begin": "Step onto the plate now and stand still; press Ctrl-C to stop.",
+    "progress.starting": "Starting - stay on the plate",
+    "progress.checking": "Step onto the plate now",
+    "progress.keep": "Keep standing",
+    "progress.weak": "Keep standing - getting back to full strength",
+    "progress.paused": "Paused - step back onto the plate",
+    "progress.stopping": "Stopping - step off when it is still",
+    "progress.left": "{left} left",
+    # ---- liv status -------------------------------------------------------------------------
+    "status.today": "Today is {day} ({zone} time).",
+    "status.slot_done": "Session {slot}: done.",
+    "status.slot_part": "Session {slot}: {counted} of {goal} done.",
+    "status.slot_due": "Session {slot}: not done yet.",
+    "status.next_now": "Next: session {slot} is due now; run liv start when you are ready.",
+    "status.next": "Next: {message}",
+    "status.streak_0": "No day with every session done yet: today can be the first.",
+    "status.streak_1": "Every session done 1 day in a row.",
+    "status.streak_n": "Every session done {days} days in a row.",
+    # ---- liv protocol install ---------------------------------------------------------------
+    "install.done": "Your new prescription is installed; run liv status to see what is due.",
+    "install.summary": "It asks for {per_day} of {minutes} each, from {first} to {last}.",
+    "install.study_ended": (
+        "This prescription's study ended on {day}, so no session is due under it; ask your "
+        "clinic for a current one."
+    ),
+    "install.study_later": (
+        "This prescription's study starts on {day}; no session is due before then."
+    ),
+    # ---- liv demo ---------------------------------------------------------------------------
+    "demo.banner": (
+        "DEMO: a simulated plate and a made-up patient; nothing here is a real session."
+    ),
+}
+
+# Safety trip codes (controller.safety.TripReason values) -> the sentence saying what happened.
+TRIP_WORDING: dict[str, str] = {
+    "over_acceleration": "outcome.trip.strong",
+    "excess_harmonics": "outcome.trip.strong",
+    "runaway": "outcome.trip.strong",
+    "drive_saturated": "outcome.trip.weak",
+    "cannot_reach_dose": "outcome.trip.weak",
+    "no_response": "outcome.trip.still",
+    "sensor_stuck": "outcome.trip.sensor",
+    "sensor_saturated": "outcome.trip.sensor",
+    "sensor_gravity": "outcome.trip.sensor",
+    "link_lost": "outcome.trip.connection",
+    "link_degraded": "outcome.trip.connection",
+    "device_fault": "outcome.trip.plate",
+    "device_reset": "outcome.trip.plate",
+    "device_refused": "outcome.trip.plate",
+    "sample_index_jump": "outcome.trip.plate",
+}
+
+# The runner's record reasons for a stop (sessions.stops and sessions.runner) -> the sentence.
+STOP_WORDING: dict[str, str] = {
+    STOP_CTRL_C: "outcome.stop.ctrl_c",
+    STOP_SIGTERM: "outcome.stop.sigterm",
+    STOP_SIGHUP: "outcome.stop.sighup",
+    STOP_PIPE: "outcome.stop.pipe",
+}
+NOBODY_PREFIX = "nobody on the plate"
+OUT_OF_TIME_PREFIX = "the session ran out of time"
+
+# Progress states (sessions.runner.Progress.state) -> what the patient reads while standing.
+PROGRESS_WORDING: dict[str, str] = {
+    "ramping up": "progress.starting",
+    "checking that somebody is on the plate": "progress.checking",
+    "at dose": "progress.keep",
+    "at dose (presence not verified)": "progress.keep",
+    "below dose": "progress.weak",
+    "paused: nobody on the plate": "progress.paused",
+    "stopping": "progress.stopping",
+}
+
+
+# Errors that refuse a start (by class name, so nothing here imports the plate) -> sentence.
+# An error not listed keeps its own message (a schedule refusal, a missing installation).
+REFUSAL_WORDING: dict[str, str] = {
+    "SessionStoppedError": "refused.stopped",
+    "NoCalibrationError": "refused.not_calibrated",
+    "SensorCheckError": "refused.sensor",
+    "PlateFaultLatchedError": "refused.fault_service",
+    "DeviceBusyError": "refused.plate_busy",
+    "IncompatibleVersionError": "refused.plate_software",
+    "InvalidDeviceInfoError": "refused.plate_software",
+    "DoseLimitError": "refused.prescription",
+    "BridgeError": "refused.no_plate",  # every other trouble reaching the plate
+}
+
+
+_STOPPED_BEFORE = {
+    STOP_SIGTERM: "refused.stopped_by_computer",
+    STOP_SIGHUP: "refused.stopped_closed",
+    STOP_PIPE: "refused.stopped_closed",
+}
+
+
+# Errors whose own message stays: a --device URL that names no kind of plate is the setup's
+# mistake, and the message names the URL and what is allowed.
+KEEP_MESSAGE = frozenset({"UnknownUrlError"})
+
+
+def refusal_sentence(exc: BaseException) -> str | None:
+    """The patient's sentence for an error that stopped a start, or None to keep its message."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ in KEEP_MESSAGE:
+            return None
+        key = REFUSAL_WORDING.get(cls.__name__)
+        if key is None:
+            continue
+        if key == "refused.stopped":
+            key = _STOPPED_BEFORE.get(getattr(exc, "reason", ""), key)
+        if key == "refused.fault_service":
+            hot = getattr(exc, "name", "") == "COIL_OVERTEMP"
+            if hot and not getattr(exc, "needs_person", True):
+                key = "refused.fault_hot"
+            elif "still moving" in str(exc):
+                key = "refused.fault_moving"
+        return say(key)
+    return None
+
+
+def say(key: str, **values: object) -> str:
+    """The sentence ``key`` with its blanks filled in."""
+    return WORDING[key].format(**values)
+
+
+def day_text(day: date) -> str:
+    """A day as a person writes it: '30 November 2026' (with the weekday: 'Monday 30 ...')."""
+    return f"{day.day} {day:%B %Y}"
+
+
+def minutes_text(minutes: float) -> str:
+    """Time at dose in words, never more than was delivered: 'no time', '9 minutes'."""
+    if minutes <= 0.0:
+        return "no time"
+    whole = math.floor(minutes + 1e-6)
+    if whole < 1:
+        return "less than a minute"
+    return "1 minute" if whole == 1 else f"{whole} minutes"
+
+
+def clock_left(seconds: float) -> str:
+    """Seconds still to go as the patient's clock: '9:28'."""
+    minutes, secs = divmod(max(0, math.ceil(seconds - 1e-6)), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def start_sentence(slot: int, per_day: int, minutes: float, resumed: bool, override: bool) -> str:
+    """What starts now, before the patient steps on ('Starting session 1 of 2 today.')."""
+    if override:
+        return say("start.override", slot=slot)
+    if resumed:
+        return say("start.resume", slot=slot, left=minutes_text(math.ceil(minutes - 1e-6)))
+    return say("start.new", slot=slot, per_day=per_day)
+
+
+def outcome_sentence(status: str, reason: str, minutes: float, trip: str | None) -> str:
+    """What the patient reads when a session ends (the record keeps ``reason`` in full)."""
+    counted = minutes_text(minutes)
+    if status == "completed":
+        return say("outcome.completed")
+    if status == "tripped":
+        what = say(TRIP_WORDING.get(trip or "", "outcome.trip.plate"))
+        return f"{what} {say('outcome.trip.next', counted_cap=counted.capitalize())}"
+    key = STOP_WORDING.get(reason)
+    if key is None:
+        if reason.startswith(NOBODY_PREFIX):
+            key = "outcome.stop.nobody"
+        elif reason.startswith(OUT_OF_TIME_PREFIX):
+            key = "outcome.stop.out_of_time"
+        else:
+            key = "outcome.stop.other"
+    return say(key, counted=counted)
+
+
+def progress_text(state: str, remaining_s: float) -> str:
+    """The words of the progress line: 'Keep standing - 9:28 left'."""
+    words = say(PROGRESS_WORDING.get(state, "progress.keep"))
+    if state in ("at dose", "at dose (presence not verified)", "below dose"):
+        head, sep, tail = words.partition(" - ")
+        left = say("progress.left", left=clock_left(remaining_s))
+        return f"{head} - {left}" + (f" - {tail}" if sep else "")
+    return words
+
+
+def streak_sentence(days: int) -> str:
+    if days <= 0:
+        return say("status.streak_0")
+    if days == 1:
+        return say("status.streak_1")
+    return say("status.streak_n", days=days)
+
+
+# ---- the person-readable table (docs/wording.md) ------------------------------------------
+
+_SECTIONS: Mapping[str, str] = {
+    "outcome": "How a session ends",
+    "refused": "A start that did not happen",
+    "start": "When a session starts",
+    "progress": "While the plate runs",
+    "status": "liv status",
+    "install": "liv protocol install",
+    "demo": "liv demo",
+}
+
+
+def wording_markdown() -> str:
+    """docs/wording.md: every patient sentence, by situation (generated; a test compares)."""
+    lines = [
+        "# What patients read",
+        "",
+        "Generated from `sessions/wording.py` (`python -m sessions.wording > docs/wording.md`);",
+        "`tests/test_wording.py` checks that this page matches the table and that every",
+        "sentence is short (at most 25 words) and free of technical words, raw numbers, reprs",
+        "and nested parentheses. Blanks in braces are filled in when the sentence is shown:",
+        "`{counted}` is the time at dose in whole minutes, never rounded up (for example",
+        '"9 minutes"); `{left}` is the time still to go (for example "9:28").',
+        "Technical detail (measured values, the plate's own text) goes to the session record,",
+        "the log and `liv -v`, never here.",
+    ]
+    for prefix, title in _SECTIONS.items():
+        lines += ["", f"## {title}", "", "| situation | what the patient reads |", "|---|---|"]
+        for key, text in WORDING.items():
+            if key.split(".", 1)[0] == prefix:
+                lines.append(f"| `{key}` | {text.replace('|', '/')} |")
+    lines += ["", "## Which safety stop says what", "", "| stop | sentence |", "|---|---|"]
+    lines += [f"| `{code}` | `{key}` |" for code, key in TRIP_WORDING.items()]
+    lines += ["", "## What the progress line says in each state", ""]
+    lines += ["| state | sentence |", "|---|---|"]
+    lines += [f"| {state} | `{key}` |" for state, key in PROGRESS_WORDING.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - writes docs/wording.md
+    sys.stdout.write(wording_markdown())

@@ -1,0 +1,293 @@
+"""Patient wording: one table, short plain sentences, and what the patient really reads.
+
+The sentences come from sessions/wording.py; these tests keep them short and free of jargon,
+check docs/wording.md against the table, and run ``liv start``/``liv status`` on the simulated
+plate to read what a patient sees at the end of a completed, a stopped and a tripped session
+and on a refused start, while the record keeps the technical reason.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from controller.calibration import identify
+from controller.safety import TripReason
+from firmware_bridge.client import DeviceClient
+from firmware_bridge.errors import DeviceNotFoundError, LinkLostError
+from sessions import wording
+from sessions.cli import main
+from sessions.commands import status_lines, streak
+from sessions.home import LivHome
+from sessions.log import SessionLog, SessionStatus
+from sessions.protocol import protocol_from_dict
+from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
+from tests.simhelpers import protocol_yaml
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "wording.md"
+DEVICE_ID = "SIM-W1"
+MAX_WORDS = 25
+
+# Words a patient should not have to know (whole words, any case).
+JARGON = (
+    "g", "hz", "link", "firmware", "accelerometer", "latched", "latch", "sigterm", "sighup",
+    "sigint", "pipe", "dose", "amplitude", "calibration", "calibrate", "protocol", "exception",
+    "error", "traceback", "none", "true", "false", "nak", "crc", "frame", "frames", "setpoint",
+    "hold", "ramp", "trip", "tripped", "stderr", "stdout", "peak", "mg", "usb", "url",
+)  # fmt: skip
+_JARGON_RE = re.compile(r"\b(" + "|".join(JARGON) + r")\b", re.IGNORECASE)
+_RAW_NUMBER_RE = re.compile(r"\d+\.\d+")  # 0.299, 9.7: numbers a patient should not parse
+_REPR_RE = re.compile(r"'[^']*'|\"[^\"]*\"|<[^>]*>|\w+\(")  # quoted values, <objects>, calls
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
+
+
+def plain_problems(text: str) -> list[str]:
+    """What makes ``text`` unfit for a patient (empty: fit)."""
+    problems = []
+    for sentence in _SENTENCE_END_RE.split(text.strip()):
+        if len(sentence.split()) > MAX_WORDS:
+            problems.append(f"over {MAX_WORDS} words: {sentence!r}")
+    if found := _JARGON_RE.findall(text):
+        problems.append(f"jargon {found}")
+    if _RAW_NUMBER_RE.search(text):
+        problems.append("an unrounded number")
+    if _REPR_RE.search(text.replace("prescription's", "").replace("plate's", "")):
+        problems.append("a repr or quoted value")
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth > 1:
+            problems.append("nested parentheses")
+            break
+    if any(ord(c) < 32 for c in text):
+        problems.append("a control character")
+    return problems
+
+
+SAMPLES: dict[str, object] = {
+    "counted": "9 minutes",
+    "counted_cap": "9 minutes",
+    "left": "9:28",
+    "slot": 2,
+    "per_day": 2,
+    "goal": "10 minutes",
+    "days": 12,
+    "day": "30 November 2026",
+    "zone": "Europe/London",
+    "message": "Please wait: the next session is allowed from 14:05.",
+    "minutes": "10 minutes",
+    "first": "1 January 2026",
+    "last": "31 December 2030",
+}
+
+
+def fill(template: str) -> str:
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    assert names <= SAMPLES.keys(), f"a blank without a sample: {names - SAMPLES.keys()}"
+    return template.format(**SAMPLES)
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(wording.WORDING))
+def test_every_sentence_in_the_table_is_short_and_plain(key: str) -> None:
+    text = fill(wording.WORDING[key])
+    assert plain_problems(text) == [], text
+
+
+def test_the_checker_catches_what_the_issue_found() -> None:
+    """The sentences the issue quoted fail the checks that the table passes."""
+    quoted = [
+        "Session stopped (stopped by the patient (Ctrl-C or a stop signal)); 0.5 minutes at dose "
+        "were recorded.",
+        "link to the plate lost: link to the device lost: no data.",
+        "accelerometer output is stuck: 32 identical samples (1.117 g).",
+        "streak 0 day(s) in a row, 0.299 g of 0.300 g.",
+        "no device at 'sim://?x=1'.",
+    ]
+    for text in quoted:
+        assert plain_problems(text), text
+    assert plain_problems(" ".join(["word"] * 26) + ".")
+
+
+def test_the_doc_is_the_table() -> None:
+    assert DOC.read_text(encoding="utf-8") == wording.wording_markdown(), (
+        "docs/wording.md is out of date: python -m sessions.wording > docs/wording.md"
+    )
+
+
+def test_every_safety_stop_and_stop_reason_has_a_plain_sentence() -> None:
+    assert set(wording.TRIP_WORDING) == {r.value for r in TripReason}
+    reasons = [STOP_CTRL_C, STOP_SIGTERM, STOP_SIGHUP, STOP_PIPE]
+    reasons += ["nobody on the plate for 2 minutes", "the session ran out of time before ..."]
+    said = set()
+    for reason in reasons:
+        text = wording.outcome_sentence("stopped_by_patient", reason, 4.98, None)
+        assert plain_problems(text) == [], text
+        assert "4 minutes counted" in text  # never rounded up to time not delivered
+        said.add(text)
+    assert len(said) == len(reasons)  # each reason says what happened in its own words
+    for trip in TripReason:
+        text = wording.outcome_sentence("tripped", "technical: 1.117 g", 0.2, trip.value)
+        assert plain_problems(text) == [], text
+        assert text.startswith("The plate stopped")
+        assert "Less than a minute counted" in text
+
+
+@pytest.mark.parametrize(
+    ("minutes", "said"),
+    [(0.0, "no time"), (0.4, "less than a minute"), (1.0, "1 minute"), (9.99, "9 minutes")],
+)
+def test_minutes_are_said_in_whole_minutes_never_rounded_up(minutes: float, said: str) -> None:
+    assert wording.minutes_text(minutes) == said
+
+
+@pytest.mark.parametrize(("days", "said"), [(0, "No day"), (1, "1 day in"), (12, "12 days in")])
+def test_the_streak_is_natural_text(days: int, said: str) -> None:
+    text = wording.streak_sentence(days)
+    assert said in text
+    assert "(s)" not in text
+    assert plain_problems(text) == []
+
+
+def test_device_errors_are_told_in_plain_words() -> None:
+    for exc in (DeviceNotFoundError("/dev/ttyACM9", "gone"), LinkLostError("socket closed")):
+        text = wording.refusal_sentence(exc)
+        assert text is not None
+        assert plain_problems(text) == [], text
+
+
+# ---- what a patient really reads -----------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> LivHome:
+    h = LivHome(tmp_path / "home")
+    h.ensure()
+    (tmp_path / "p.yaml").write_text(protocol_yaml(minutes_per_session="1"))
+    h.install_protocol(tmp_path / "p.yaml")
+    with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as dev:
+        h.calibrations().save(identify(dev))
+    return h
+
+
+def liv(home: LivHome, *argv: str) -> int:
+    return main([*argv, "--home", str(home.root)])
+
+
+def sim(params: str = "") -> str:
+    return f"sim://?mass=70&seed=4&device_id={DEVICE_ID}{params}"
+
+
+def patient_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def assert_plain(text: str) -> None:
+    for line in patient_lines(text):
+        said = re.sub(r"^liv: ", "", line)
+        assert plain_problems(said) == [], said
+
+
+def test_a_completed_session_and_the_status_after_it_read_plainly(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert liv(home, "start", "--device", sim()) == 0
+    out, err = capsys.readouterr()
+    assert_plain(out + err)
+    assert "Step onto the plate now" in out
+    assert "press Ctrl-C to stop" in out
+    assert patient_lines(out)[-1] == wording.say("outcome.completed")
+    assert liv(home, "status") == 0
+    status = capsys.readouterr().out
+    assert_plain(status)
+    assert "Session 1: done." in status
+    assert "day(s)" not in status
+
+
+def test_a_tripped_session_reads_plainly_and_the_record_keeps_the_detail(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert liv(home, "start", "--device", sim("&sensor_stuck_at=20")) == 1
+    out, err = capsys.readouterr()
+    assert_plain(out + err)
+    assert patient_lines(out)[-1].startswith(wording.say("outcome.trip.sensor"))
+    with SessionLog(home.db_path()) as log:
+        (record,) = log.sessions()
+    assert record.status is SessionStatus.TRIPPED
+    assert record.reason.startswith("accelerometer output is stuck: ")  # the engineer's words
+    assert liv(home, "status") == 0
+    assert_plain(capsys.readouterr().out)
+
+
+def test_a_start_that_cannot_reach_the_plate_reads_plainly_and_verbose_shows_why(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(home.root / "no-such-port")
+    assert liv(home, "start", "--device", missing) == 1
+    out, err = capsys.readouterr()
+    assert err.strip() == "liv: " + wording.say("refused.no_plate")
+    assert_plain(out + err)
+    assert main(["-v", "start", "--device", missing, "--home", str(home.root)]) == 1
+    assert "no-such-port" in capsys.readouterr().err  # the technical detail, for engineers
+
+
+def test_an_uncalibrated_plate_is_refused_in_plain_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = LivHome(tmp_path / "bare")
+    h.ensure()
+    (tmp_path / "p.yaml").write_text(protocol_yaml(minutes_per_session="1"))
+    h.install_protocol(tmp_path / "p.yaml")
+    assert liv(h, "start", "--device", sim()) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "liv: " + wording.say("refused.not_calibrated")
+
+
+def test_protocol_install_reads_plainly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "p.yaml").write_text(protocol_yaml())
+    assert (
+        main(["protocol", "install", str(tmp_path / "p.yaml"), "--home", str(tmp_path / "h")]) == 0
+    )
+    out, err = capsys.readouterr()
+    assert_plain(out + err)
+    assert patient_lines(out)[0] == wording.say("install.done")
+
+
+def test_status_lines_for_a_part_done_day_read_plainly() -> None:
+    protocol = protocol_from_dict(
+        {
+            "patient_id": "P1", "target_g": 0.3, "frequency_hz": 30.0,
+            "minutes_per_session": 10.0, "sessions_per_day": 2, "min_gap_hours": 3.0,
+            "daily_windows": [], "study_start": "2026-01-01", "study_end": "2026-12-31",
+            "timezone": "UTC", "dose_tolerance": 0.1,
+        }
+    )  # fmt: skip
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 6, 3, 12, 0, tzinfo=UTC)
+    minutes = {(date(2026, 6, 2), 1): 10.0, (date(2026, 6, 2), 2): 10.0}
+    lines = status_lines(protocol, [], now, minutes)
+    assert lines[0] == "Today is Wednesday 3 June 2026 (UTC time)."
+    assert lines[-1] == "Every session done 1 day in a row."
+    assert streak(protocol, minutes, now.date()) == 1
+    for line in lines:
+        assert plain_problems(line) == [], line
+
+
+def test_device_text_in_the_technical_detail_is_made_safe(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The detail shown with -v can hold what a device or a URL said: never raw escapes."""
+    hostile = str(home.root / "port\x1b]0;owned\x07\x1b[2J")
+    assert main(["-v", "start", "--device", hostile, "--home", str(home.root)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "\x07" not in err
+    assert "\\x1b" in err  # shown, visibly
+    assert err.splitlines()[-1] == "liv: " + wording.say("refused.no_plate")
