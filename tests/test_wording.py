@@ -26,7 +26,7 @@ from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
 from sessions.protocol import protocol_from_dict
 from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
-from tests.simhelpers import protocol_yaml
+from tests.simhelpers import install_signed, signed_protocol
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wording.md"
 DEVICE_ID = "SIM-W1"
@@ -169,8 +169,7 @@ def test_device_errors_are_told_in_plain_words() -> None:
 def home(tmp_path: Path) -> LivHome:
     h = LivHome(tmp_path / "home")
     h.ensure()
-    (tmp_path / "p.yaml").write_text(protocol_yaml(minutes_per_session="1"))
-    h.install_protocol(tmp_path / "p.yaml")
+    install_signed(h, minutes_per_session="1")
     with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as dev:
         h.calibrations().save(identify(dev))
     return h
@@ -242,18 +241,15 @@ def test_an_uncalibrated_plate_is_refused_in_plain_words(
 ) -> None:
     h = LivHome(tmp_path / "bare")
     h.ensure()
-    (tmp_path / "p.yaml").write_text(protocol_yaml(minutes_per_session="1"))
-    h.install_protocol(tmp_path / "p.yaml")
+    install_signed(h, minutes_per_session="1")
     assert liv(h, "start", "--device", sim()) == 1
     err = capsys.readouterr().err
     assert err.strip() == "liv: " + wording.say("refused.not_calibrated")
 
 
 def test_protocol_install_reads_plainly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "p.yaml").write_text(protocol_yaml())
-    assert (
-        main(["protocol", "install", str(tmp_path / "p.yaml"), "--home", str(tmp_path / "h")]) == 0
-    )
+    signed = signed_protocol(tmp_path / "h")
+    assert main(["protocol", "install", str(signed), "--home", str(tmp_path / "h")]) == 0
     out, err = capsys.readouterr()
     assert_plain(out + err)
     assert patient_lines(out)[0] == wording.say("install.done")
