@@ -23,7 +23,14 @@ from sessions.log.chain import (
 )
 from sessions.log.errors import _translate
 from sessions.log.fields import _columns_from_raw, _raw_from_row, _record_from_raw
-from sessions.log.records import EXPORT_FIELDS, BadRecord, ImportResult, LogError, LogErrorReason
+from sessions.log.records import (
+    EXPORT_FIELDS,
+    OPTIONAL_FIELDS,
+    BadRecord,
+    ImportResult,
+    LogError,
+    LogErrorReason,
+)
 from sessions.log.storage import _ALL_BUT_ENVELOPE, SessionStore
 
 _log = logging.getLogger(__name__)
@@ -110,7 +117,8 @@ class SessionLog(SessionStore):
             writer = csv.writer(stream)
             writer.writerow(EXPORT_FIELDS)
             for raw in self._export_rows(conn):
-                writer.writerow([_csv_cell(raw[name]) for name in EXPORT_FIELDS])
+                # an optional field a record lacks (kind, before kinds existed) is left empty
+                writer.writerow([_csv_cell(raw.get(name)) for name in EXPORT_FIELDS])
                 count += 1
         return count
 
@@ -248,7 +256,7 @@ def _read_import(lines: Iterable[str]) -> tuple[dict[str, dict[int, _Entry]], in
             raise _bad_file(line_no, "is not valid JSON") from None
         if not isinstance(obj, dict):
             raise _bad_file(line_no, "is not a JSON object")
-        missing = expected - set(obj)
+        missing = expected - set(obj) - OPTIONAL_FIELDS
         extra = set(obj) - expected
         if missing:
             raise _bad_file(line_no, f"lacks the field(s) {', '.join(sorted(missing))}")

@@ -22,6 +22,8 @@ from sessions.log.records import (
     MAX_NUMBER,
     MAX_SAFE_INTEGER,
     NUMBER_DECIMALS,
+    OPTIONAL_FIELDS,
+    SessionKind,
     SessionRecord,
     SessionStatus,
     SessionSummary,
@@ -175,7 +177,15 @@ def _raw_from_row(row: sqlite3.Row, names: Sequence[str] = EXPORT_FIELDS) -> dic
     """
     raw: dict[str, Any] = {}
     for name in names:
-        value = row[name]
+        if name in OPTIONAL_FIELDS:
+            try:
+                value = row[name]
+            except IndexError:  # a log of an older schema, read as it is
+                value = None
+            if value is None:  # a record written before the field existed: left out
+                continue
+        else:
+            value = row[name]
         if name in _JSON_COLUMNS and value is not None:
             if not isinstance(value, str):
                 raise ValueError(f"field {name} does not hold JSON text")
@@ -201,7 +211,7 @@ def _columns(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _columns_from_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return _columns({name: raw[name] for name in EXPORT_FIELDS})
+    return _columns({name: raw.get(name) for name in EXPORT_FIELDS})
 
 
 def _want(raw: Mapping[str, Any], name: str, kinds: tuple[type, ...], nullable: bool) -> Any:
@@ -295,6 +305,13 @@ def _summary_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     started_local = _parse_moment(raw, "started_local", False)
     assert started_utc is not None  # not nullable
     assert started_local is not None
+    kind = SessionKind.THERAPY  # a record from before kinds existed
+    if "kind" in raw:
+        kind_text = _want(raw, "kind", texts, False)
+        try:
+            kind = SessionKind(kind_text)
+        except ValueError as exc:
+            raise ValueError(f"field kind has an unknown value {kind_text!r}") from exc
     mean_error = _want(raw, "mean_error_pct", nums, True)
     p95_error = _want(raw, "p95_abs_error_pct", nums, True)
     return dict(  # noqa: C408 (keywords, like the dataclass they fill)
@@ -328,4 +345,5 @@ def _summary_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
         p95_abs_error_pct=None if p95_error is None else float(p95_error),
         safety_events=tuple(events),
         exposure=None if exposure is None else {k: float(v) for k, v in exposure.items()},
+        kind=kind,
     )

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from firmware_bridge.errors import LivError
 
-SCHEMA_VERSION = 2  # 2: index sessions_day_minutes (docs/log-format.md)
+SCHEMA_VERSION = 3  # 2: index sessions_day_minutes; 3: column kind (docs/log-format.md)
 GENESIS_HASH = "0" * 64  # prev_hash of chain_index 0
 CHECKPOINT_INTERVAL_S = 5.0  # the caller checkpoints a running session at least this often
 NUMBER_DECIMALS = 6  # every number is stored and hashed rounded to 6 decimal places
@@ -42,6 +42,17 @@ class SessionStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = frozenset(s for s in SessionStatus if s is not SessionStatus.RUNNING)
+
+
+class SessionKind(enum.StrEnum):
+    """What a record is; only therapy counts as therapy (docs/adherence.md).
+
+    A record without the field (written before kinds existed) is therapy.
+    """
+
+    THERAPY = "therapy"  # a session on a plate that does not announce itself as simulated
+    SIMULATED = "simulated"  # a session on the simulator (HELLO bit SIMULATED, sim:// URL)
+    ENGINEERING = "engineering"  # liv run, liv device drive, liv calibrate (--engineer)
 
 
 class LogErrorReason(enum.StrEnum):
@@ -131,6 +142,7 @@ class SessionSummary:
     p95_abs_error_pct: float | None
     safety_events: tuple[dict[str, Any], ...]
     exposure: dict[str, float] | None
+    kind: SessionKind = field(default=SessionKind.THERAPY, kw_only=True)
 
     @property
     def finished(self) -> bool:
@@ -183,6 +195,7 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "local_date",
     "slot",
     "status",
+    "kind",
     "reason",
     "override",
     "override_reason",
@@ -199,6 +212,9 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "last_checkpoint_utc",
 )
 HASH_EXCLUDED = frozenset({"prev_hash", "record_hash"})
+# Fields a record written before they existed lacks: absent from its raw form (NULL in the row),
+# so its hash is the one it was written with. ``kind`` absent means therapy.
+OPTIONAL_FIELDS = frozenset({"kind"})
 # Read only where drawn or exported: the envelope, and the column stored after it (reaching it
 # walks the envelope's overflow pages). A summary holds every other field.
 DETAIL_FIELDS = frozenset({"envelope", "last_checkpoint_utc"})
