@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from controller.privatefiles import write_private_file
 from firmware_bridge.errors import LivError
+from sessions.adherence import DEMO_LABEL, counted_kinds, session_kind
 from sessions.home import LivHome, SetupError, resolve_home
-from sessions.log import SessionLog, SessionStatus, SessionSummary
+from sessions.log import SessionKind, SessionLog, SessionStatus, SessionSummary
 from sessions.protocol import PatientProtocol, load_protocol, protocol_from_dict
 from sessions.scheduling import LoggedSession, day_summary, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
     from sessions.runner import Progress, SessionOutcome
 
 EXIT_REFUSED = 1
+
+# What the outcome sentence adds after a session on a simulator outside a demo home.
+SIMULATED_NOTE = "on a simulator: recorded as simulated, not counted as therapy"
+_counted = counted_kinds
+_kind_of = session_kind
 
 _log = logging.getLogger(__name__)
 
@@ -265,11 +271,21 @@ def start_session(
                 override_reason=getattr(args, "override", None),
                 on_progress=display,
                 on_decision=lambda d: display.write(terminal_text(d.message) + "\n"),
+                demo=home.is_demo,
             )
         finally:
             display.finish()
-    display.say(outcome.message)
+    display.say(_labelled(outcome.message, outcome.record.kind, home.is_demo))
     return outcome
+
+
+def _labelled(sentence: str, kind: SessionKind, demo: bool) -> str:
+    """The outcome sentence, saying (still one sentence) when the session is not therapy."""
+    if demo:
+        return f"{sentence.rstrip('.')} ({DEMO_LABEL})."
+    if kind is SessionKind.SIMULATED:
+        return f"{sentence.rstrip('.')} ({SIMULATED_NOTE})."
+    return sentence
 
 
 # The stops that interrupt a session (docs/cli.md, exit codes): Ctrl-C, SIGTERM, SIGHUP and a
@@ -299,21 +315,27 @@ def status_lines(
     sessions: Sequence[LoggedSession],
     now: datetime,
     minutes: Mapping[tuple[date, int], float] | None = None,
+    *,
+    demo: bool = False,
 ) -> list[str]:
     """Today, the next session and the streak.
 
     ``sessions`` needs to hold only the sessions since :func:`history_start` (all ``decide``
     reads); ``minutes`` the minutes at dose per (day, slot) the streak counts back through
-    (``SessionStore.slot_minutes``; by default summed from ``sessions``).
+    (``SessionStore.slot_minutes`` of the kinds that count; by default summed from
+    ``sessions``). Only therapy counts (and, in a demo home, ``demo``, simulated sessions):
+    today's other sessions are named on a line of their own.
     """
-    recent = sessions
+    counted = _counted(demo)
+    recent = [s for s in sessions if _kind_of(s) in counted]
     if minutes is None:
-        minutes = _minutes_by_slot(sessions)
+        minutes = _minutes_by_slot(recent)
     zone = protocol.zone
     today = now.astimezone(zone).date()
     done = day_summary(protocol, recent, today)
     goal = protocol.minutes_per_session
-    lines = [f"today ({today.isoformat()}, {protocol.timezone})"]
+    lines = [DEMO_LABEL.upper()] if demo else []
+    lines.append(f"today ({today.isoformat()}, {protocol.timezone})")
     # Outside the study no slot is due; the next line says when it starts or that it ended.
     in_study = protocol.study_start <= today <= protocol.study_end
     for k, delivered in enumerate(done if in_study else [], start=1):
@@ -325,6 +347,10 @@ def status_lines(
             else "due"
         )
         lines.append(f"  session {k}: {mark}")
+    apart = [s for s in sessions if s.local_date == today and _kind_of(s) not in counted]
+    if apart:
+        kinds = sorted({_kind_of(s).value for s in apart})
+        lines.append(f"  not counted: {len(apart)} {' and '.join(kinds)} session(s) (not therapy)")
     decision = decide(protocol, recent, now)
     if decision.allowed:
         lines.append(f"next              now: {decision.message}")
@@ -366,11 +392,12 @@ def _minutes_by_slot(sessions: Sequence[LoggedSession]) -> dict[tuple[date, int]
 
 
 def _status_of_log(
-    log: SessionLog, protocol: PatientProtocol, now: datetime
+    log: SessionLog, protocol: PatientProtocol, now: datetime, demo: bool = False
 ) -> tuple[list[SessionSummary], dict[tuple[date, int], float]]:
-    """What ``status`` reads: recent summaries and per-slot minutes, never an envelope."""
+    """What ``status`` reads: recent summaries (every kind) and the per-slot minutes of the
+    kinds that count, never an envelope."""
     recent = log.summaries(protocol.patient_id, since=history_start(protocol, now))
-    return recent, log.slot_minutes(protocol.patient_id)
+    return recent, log.slot_minutes(protocol.patient_id, kinds=_counted(demo))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -378,8 +405,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     protocol = home.protocol()
     now = datetime.now(UTC)
     with _open_log(args, home) as log:
-        recent, minutes = _status_of_log(log, protocol, now)
-    echo("\n".join(status_lines(protocol, recent, now, minutes)))
+        recent, minutes = _status_of_log(log, protocol, now, home.is_demo)
+    echo("\n".join(status_lines(protocol, recent, now, minutes, demo=home.is_demo)))
     return 0
 
 
@@ -387,26 +414,42 @@ def _parse_date(text: str | None) -> date | None:
     return None if text is None else date.fromisoformat(text)
 
 
+def _kind_text(kind: SessionKind) -> str:
+    """How a list names a record's kind: anything but therapy says it does not count."""
+    if kind is SessionKind.THERAPY:
+        return kind.value
+    return f"{kind.value} (not therapy)"
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
-    with _open_log(args, read_only=True) as log:
+    home = home_of(args)
+    with _open_log(args, home, read_only=True) as log:
         records = log.summaries(
             patient_id=args.patient, since=_parse_date(args.since), until=_parse_date(args.until)
         )
+    demo = home.is_demo
     if args.json:
-        print(json.dumps([_summary(r) for r in records], indent=2))
+        print(json.dumps([_summary(r, demo) for r in records], indent=2))
         return 0
+    if demo:
+        echo(DEMO_LABEL.upper())
     echo(f"{'session':<36} {'patient':<12} {'local day':<10} {'slot':>4} {'status':<18} "
-         f"{'at dose':>8}")  # fmt: skip
+         f"{'at dose':>8}  kind")  # fmt: skip
     for r in records:
         session_id, patient_id = terminal_line(r.session_id), terminal_line(r.patient_id)
         echo(f"{session_id:<36} {patient_id:<12} {r.local_date.isoformat():<10} "
-             f"{r.slot:>4} {r.status.value:<18} {r.minutes_at_dose:>7.1f}m")  # fmt: skip
+             f"{r.slot:>4} {r.status.value:<18} {r.minutes_at_dose:>7.1f}m  "
+             f"{_kind_text(r.kind)}")  # fmt: skip
     return 0
 
 
-def _summary(r: SessionSummary) -> dict[str, Any]:
+def _summary(r: SessionSummary, demo: bool = False) -> dict[str, Any]:
+    labelled = {"label": DEMO_LABEL} if demo else {}
     return {
+        **labelled,
         "session_id": r.session_id,
+        "kind": r.kind.value,
+        "counts_as_therapy": r.kind in _counted(demo),
         "patient_id": r.patient_id,
         "device_id": r.device_id,
         "local_date": r.local_date.isoformat(),
@@ -441,16 +484,20 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
 def cmd_show(args: argparse.Namespace) -> int:
     from sessions.report import render_session_svg
 
-    with _open_log(args, read_only=True) as log:
+    home = home_of(args)
+    with _open_log(args, home, read_only=True) as log:
         record = log.get(args.session_id)
     if args.svg:
         Path(args.svg).write_text(render_session_svg(record, standalone=True), encoding="utf-8")
         echo(f"amplitude chart written to {args.svg}")
-    data = _summary(record)
+    data = _summary(record, home.is_demo)
     if args.json:
         data["envelope"] = [list(p) for p in record.envelope]
         print(json.dumps(data, indent=2))
         return 0
+    if home.is_demo:
+        echo(DEMO_LABEL.upper())
+    data["kind"] = _kind_text(record.kind)
     for key, value in data.items():
         echo(f"{key:<20} {terminal_line(value)}")
     echo(f"{'amplitude':<20} {sparkline(record.envelope, record.target_g)}")
@@ -458,8 +505,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _open_log(args, read_only=True) as log:
+    home = home_of(args)
+    with _open_log(args, home, read_only=True) as log:
         result = log.verify()
+    if home.is_demo:
+        echo(DEMO_LABEL.upper())
     if result.ok:
         echo(f"log verified: {result.records_checked} finished records, every chain intact")
         return 0
@@ -474,13 +524,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with _open_log(args, read_only=True) as log:
+    home = home_of(args)
+    with _open_log(args, home, read_only=True) as log:
         out = Path(args.out) if args.out else None
         if out is None:
             count = (log.export_csv if args.format == "csv" else log.export_jsonl)(sys.stdout)
         else:
             count = (log.export_csv if args.format == "csv" else log.export_jsonl)(out)
-    echo(f"exported {count} records", file=sys.stderr)
+    label = f" ({DEMO_LABEL})" if home.is_demo else ""
+    echo(f"exported {count} records{label}", file=sys.stderr)
     return 0
 
 
@@ -507,7 +559,8 @@ def _report_subject(
     its file was written); otherwise the one their latest session ran under (no install time).
     The protocols of earlier sessions come from the sessions themselves (compute_adherence).
     """
-    patients = sorted({r.patient_id for r in records})
+    # engineering runs of an installation without a protocol are logged under no patient
+    patients = sorted({r.patient_id for r in records if r.kind is not SessionKind.ENGINEERING})
     patient = args.patient
     if patient is None:
         if len(patients) == 1:
@@ -522,7 +575,9 @@ def _report_subject(
         if installed.patient_id == patient:
             written = home.protocol_path.stat().st_mtime
             return patient, installed, datetime.fromtimestamp(written, UTC)
-    theirs = [r for r in records if r.patient_id == patient]
+    mine = [r for r in records if r.patient_id == patient]
+    counted = [r for r in mine if r.kind in _counted(home.is_demo)]
+    theirs = counted or [r for r in mine if r.kind is not SessionKind.ENGINEERING]
     if theirs:
         latest = max(theirs, key=lambda r: (r.started_utc, r.session_id))
         return patient, protocol_from_dict(json.loads(latest.protocol_json)), None
@@ -543,6 +598,7 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
             since=_parse_date(args.since),
             until=_parse_date(args.until),
             installed_utc=installed_utc,
+            demo=home.is_demo,
         )
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None

@@ -61,6 +61,8 @@ CSV_COLUMNS = (
     "dose_adherence",
     "protocol",
     "protocol_change",
+    "not_counted",  # sessions of the day that do not count: "simulated 1; engineering 2"
+    "label",  # "demo: simulated sessions, not therapy" in a demo home, else empty
 )
 MAX_TRACES = 6  # envelope charts of flagged sessions in the HTML report, most recent first
 _TRACE_KINDS = frozenset(
@@ -176,7 +178,8 @@ def _change_cell(report: AdherenceReport, day: date) -> str:
 
 def render_table(report: AdherenceReport) -> str:
     """The report as plain text for a terminal."""
-    out = [
+    out = [report.label.upper()] if report.label else []
+    out += [
         f"Adherence of patient {_printable(report.patient_id)} "
         f"(local dates in {_printable(report.timezone)})",
         f"Study{' (protocol in force now)' if len(report.protocols) > 1 else ''} "
@@ -257,7 +260,39 @@ def render_table(report: AdherenceReport) -> str:
             f"  {_printable(use.device_id)}: {use.sessions} session(s) from {use.first_day} "
             f"to {use.last_day}, firmware {_printable(', '.join(use.firmware_versions))}"
         )
+    out.extend(_set_apart_lines(report))
+    if report.label:
+        out.append(report.label.upper())
     return "\n".join(out) + "\n"
+
+
+def _set_apart_lines(report: AdherenceReport) -> list[str]:
+    """The sessions that do not count (simulated, engineering), apart from everything above."""
+    if not report.set_apart:
+        return []
+    rows = [["date", "slot", "start", "session", "device", "kind", "status", "minutes"]]
+    rows += [
+        [
+            s.local_date.isoformat(), str(s.slot), s.started_local[11:16],
+            _printable(s.session_id), _printable(s.device_id), s.kind, s.status,
+            _min(s.minutes_at_dose),
+        ]
+        for s in report.set_apart
+    ]  # fmt: skip
+    return [
+        "",
+        f"Not counted (not therapy): {len(report.set_apart)} session(s) on a simulator or "
+        "engineering run(s)",
+        *_columns(rows),
+    ]
+
+
+def _not_counted_cell(report: AdherenceReport, day: date) -> str:
+    kinds: dict[str, int] = {}
+    for s in report.set_apart:
+        if s.local_date == day:
+            kinds[s.kind] = kinds.get(s.kind, 0) + 1
+    return "; ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
 
 
 def _week_rows(weeks: Sequence[WeekAdherence]) -> list[list[str]]:
@@ -327,6 +362,8 @@ def render_csv(report: AdherenceReport) -> str:
                 _number(d.dose_adherence),
                 (d.protocol_sha256 or "")[:12],
                 _change_cell(report, d.day),
+                _not_counted_cell(report, d.day),
+                report.label or "",
             ]
         )
     return buffer.getvalue()
@@ -772,6 +809,7 @@ h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px;
 .card.good { border-top-color: var(--full); }
 .card.fair { border-top-color: var(--partial); }
 .card.poor { border-top-color: var(--missed); }
+.demo-banner { background: #fff3cd; border: 2px solid #c99a00; padding: 8px 12px; }
 .note-line { color: var(--muted); font-size: 12.5px; margin: 6px 0 0; }
 table { border-collapse: collapse; }
 .cal { width: 100%; table-layout: fixed; font-size: 12px; }
@@ -1128,6 +1166,27 @@ def _counted_to(report: AdherenceReport) -> str:
     return f"Counted from {_long_date(counted[0])} to {_long_date(counted[-1])}."
 
 
+def _set_apart_html(report: AdherenceReport) -> list[str]:
+    """The table of sessions that do not count, under a heading of its own."""
+    if not report.set_apart:
+        return []
+    rows = "".join(
+        f"<tr><td>{_e(s.local_date.isoformat())}</td><td>{s.slot}</td>"
+        f"<td>{_e(s.started_local[11:16])}</td><td>{_e(s.session_id)}</td>"
+        f"<td>{_e(s.device_id)}</td><td>{_e(s.kind)}</td><td>{_e(s.status)}</td>"
+        f"<td>{_e(_min(s.minutes_at_dose))}</td></tr>"
+        for s in report.set_apart
+    )
+    return [
+        f"<h2>Not counted: simulated sessions and engineering runs ({len(report.set_apart)})</h2>",
+        '<p class="note-line">Recorded on a simulated plate or by a service engineer: not '
+        "therapy, not in any figure above.</p>",
+        "<table><thead><tr><th>Date</th><th>Slot</th><th>Start</th><th>Session</th>"
+        "<th>Device</th><th>Kind</th><th>Status</th><th>Minutes</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>",
+    ]
+
+
 def render_html(
     report: AdherenceReport,
     protocol: ReportProtocol,
@@ -1140,11 +1199,13 @@ def render_html(
     few flagged sessions whose traces are drawn. Without it the sessions must be full records.
     """
     record_of = _as_record if record_of is None else record_of
+    apart = {s.session_id for s in report.set_apart}
     in_period = sorted(
         (
             s
             for s in sessions
             if s.patient_id == report.patient_id
+            and s.session_id not in apart
             and report.period_start <= s.local_date <= min(report.period_end, report.today)
         ),
         key=lambda s: (s.local_date, s.slot, s.started_utc, s.session_id),
@@ -1202,6 +1263,11 @@ def render_html(
         '<p class="sub">Low-intensity vibration (LIV) plate: sessions as logged by the device. '
         f"{_e(_counted_to(report))} Dates are the patient's local dates "
         f"({_e(report.timezone)}).</p></header>",
+        *(
+            [f'<p class="demo-banner"><strong>{_e(report.label.upper())}</strong></p>']
+            if report.label
+            else []
+        ),
         "<h2>Prescription in force now</h2>" if several else "<h2>Prescription</h2>",
         _protocol_facts(protocol, report),
         *(
@@ -1239,8 +1305,13 @@ def render_html(
         _traces(report, in_period, record_of),
         "<h2>Devices used</h2>",
         _device_table(report),
+        *_set_apart_html(report),
         "<h2>How the figures are counted</h2>",
         '<ul class="rules">',
+        "<li>Only therapy counts: sessions on a simulated plate and engineering runs are "
+        "recorded as such, listed apart and never counted"
+        + (" (this is a demo: its simulated sessions are counted)" if report.demo else "")
+        + ".</li>",
         "<li>A day has "
         f"{report.sessions_per_day} session slot(s) of {report.minutes_per_session:g} min. "
         "A slot is completed when the minutes at dose of its sessions reach the prescription; "
@@ -1257,7 +1328,9 @@ def render_html(
         "</ul>",
         f"<footer>Generated from the session log ({report.sessions_considered} session(s) "
         "of this patient in the period) by the LIV platform software. "
-        "The report is for clinical review; it does not diagnose.</footer>",
+        "The report is for clinical review; it does not diagnose."
+        + (f" {_e(report.label.upper())}." if report.label else "")
+        + "</footer>",
         "</main></body></html>",
     ]
     return "\n".join(body) + "\n"
