@@ -17,18 +17,20 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from controller.calibration import identify
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.dose_limits import DOSE_LIMITS
 from sessions.adherence import DEMO_LABEL, compute_adherence
 from sessions.cli import main
 from sessions.commands import status_lines
 from sessions.home import LivHome
-from sessions.log import SessionKind, SessionLog, record_hash
+from sessions.log import SessionKind, SessionLog, SessionStatus, record_hash
 from sessions.protocol import load_protocol
 from sessions.runner import device_kind
-from tests.simhelpers import protocol_yaml
+from tests.simhelpers import load_truth, protocol_yaml, truth_envelope
 
 DEVICE_ID = "LIV-0042"  # looks like a real plate's id: it must not make a simulator therapy
 PATIENT = "P-0123"
@@ -308,3 +310,176 @@ def test_a_demo_home_counts_simulated_sessions_and_labels_every_output(
     assert listed["counts_as_therapy"] is True
     assert liv(home, "export", "--out", str(tmp_path / "x.jsonl")) == 0
     assert DEMO_LABEL in capsys.readouterr().err
+
+
+# ---- engineer mode -----------------------------------------------------------------------------
+
+ENGINEERING_ARGV = {
+    "run": ["run", "--device", "DEVICE", "--freq", "45", "--amplitude", "0.3", "--seconds", "2"],
+    "drive": [
+        "device",
+        "drive",
+        "--device",
+        "DEVICE",
+        "--freq",
+        "45",
+        "--drive",
+        "0.05",
+        "--seconds",
+        "1",
+    ],
+    "calibrate": ["calibrate", "--device", "DEVICE"],
+    "calibrate --sensor": ["calibrate", "--sensor", "--device", "DEVICE"],
+}
+
+
+def empty_plate(truth: Path, params: str = "") -> str:
+    return f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}&truth={truth}{params}"
+
+
+@pytest.mark.parametrize("which", sorted(ENGINEERING_ARGV))
+def test_engineering_commands_refuse_without_engineer_mode(
+    home: LivHome, tmp_path: Path, which: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = tmp_path / "truth.npz"
+    argv = [empty_plate(truth) if a == "DEVICE" else a for a in ENGINEERING_ARGV[which]]
+    assert liv(home, *argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"liv: {REFUSAL}\n"
+    assert captured.out == ""
+    assert not truth.exists()  # the plate was never opened, let alone moved
+    assert not home.db_path().exists() or logged(home) == []
+    # typed bare, as a patient might: the same sentence, not a usage message
+    assert main([argv[0], *(["drive"] if argv[0] == "device" else [])]) == 1
+    assert capsys.readouterr().err == f"liv: {REFUSAL}\n"
+
+
+def test_help_of_an_engineering_command_needs_no_engineer_mode(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--help"])
+    assert done.value.code == 0
+    assert "--engineer" in capsys.readouterr().out
+
+
+def test_liv_run_in_engineer_mode_is_logged_as_engineering_and_stays_under_the_ceiling(
+    home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth_path = tmp_path / "truth.npz"
+    device = f"sim://?speed=max&mass=70&seed=4&device_id={DEVICE_ID}&truth={truth_path}"
+    argv = ["run", "--engineer", "--device", device, "--freq", "45", "--amplitude", "0.3"]
+    assert liv(home, *argv, "--seconds", "3") == 0
+    capsys.readouterr()
+    truth = load_truth(truth_path)
+    _, amp_g = truth_envelope(truth, truth["t_s"], 0.0, float(truth["t_s"][-1]), 1 / 45)
+    assert 0.25 < float(amp_g.max()) <= DOSE_LIMITS.over_acceleration_ceiling_g
+    (rec,) = logged(home)
+    assert rec.kind is SessionKind.ENGINEERING
+    assert rec.status is SessionStatus.COMPLETED
+    assert rec.patient_id == PATIENT  # filed under the installation's patient, apart
+    assert rec.minutes_at_dose == 0.0
+    assert rec.target_g == pytest.approx(0.3)
+    assert rec.minutes_prescribed == pytest.approx(3 / 60)
+    assert json.loads(rec.protocol_json)["command"] == "liv run"
+    assert "held 3.0 of 3 s at 0.3 g" in rec.reason
+    assert rec.envelope  # the measured amplitude, as for a session
+    assert liv(home, "status") == 0
+    status = capsys.readouterr().out
+    assert "session 1: due" in status
+    assert "not counted: 1 engineering session(s)" in status
+    make_demo(home)  # not even a demo home counts an engineering run
+    assert liv(home, "report", "--format", "json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overall"]["minutes_at_dose"] == 0
+    assert [s["kind"] for s in data["set_apart"]] == ["engineering"]
+
+
+def test_liv_run_in_engineer_mode_keeps_the_dose_table(
+    home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = tmp_path / "truth.npz"
+    for extra in (["--amplitude", "0.45"], ["--freq", "20"]):
+        argv = ["run", "--engineer", "--device", empty_plate(truth), "--seconds", "2"]
+        with pytest.raises(SystemExit) as usage:
+            liv(home, *argv, *(["--freq", "45"] if "--freq" not in extra else []), *extra)
+        assert usage.value.code == 2
+        assert "is not allowed" in capsys.readouterr().err
+    assert not truth.exists()
+
+
+def test_device_drive_is_refused_above_the_calibrated_limit(
+    home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """By the empty plate's calibration, drive 0.9 at 45 Hz is far above 0.5 g: refused."""
+    truth = tmp_path / "truth.npz"
+    argv = ["device", "drive", "--engineer", "--device", empty_plate(truth), "--freq", "45"]
+    assert liv(home, *argv, "--drive", "0.9", "--seconds", "1") == 2
+    err = capsys.readouterr().err
+    assert "--drive 0.9 at 45 Hz is not allowed" in err
+    assert "use at most" in err
+    assert "Traceback" not in err
+    assert not np.any(load_truth(truth)["drive"])  # opened to read its id; never driven
+    assert logged(home) == []
+
+
+def test_device_drive_within_the_calibrated_limit_runs_and_is_logged(
+    home: LivHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cal = home.calibrations().load(DEVICE_ID)
+    assert cal is not None
+    limit = DOSE_LIMITS.over_acceleration_ceiling_g / cal.gain_at(45.0)
+    truth_path = tmp_path / "truth.npz"
+    argv = ["device", "drive", "--engineer", "--device", empty_plate(truth_path), "--freq", "45"]
+    assert liv(home, *argv, "--drive", f"{0.9 * limit:.4f}", "--seconds", "1") == 0
+    capsys.readouterr()
+    truth = load_truth(truth_path)
+    _, amp_g = truth_envelope(truth, truth["t_s"], 0.0, float(truth["t_s"][-1]), 1 / 45)
+    assert float(amp_g.max()) <= DOSE_LIMITS.over_acceleration_ceiling_g
+    (rec,) = logged(home)
+    assert rec.kind is SessionKind.ENGINEERING
+    assert rec.status is SessionStatus.COMPLETED
+    assert json.loads(rec.protocol_json)["command"] == "liv device drive"
+    assert "peak" in rec.reason
+
+
+def test_device_drive_without_a_calibration_is_held_by_the_firmware_and_logged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No calibration: only the firmware's ceiling bounds it; the trip is the record's reason."""
+    from tests.test_firmware_limits import assert_held_to_the_ceiling
+
+    bare = LivHome(tmp_path / "bare")
+    truth_path = tmp_path / "truth.npz"
+    device = f"sim://?speed=max&seed=3&mass=0&device_id={DEVICE_ID}&truth={truth_path}"
+    argv = ["device", "drive", "--engineer", "--device", device, "--freq", "20", "--drive", "0.9"]
+    assert main([*argv, "--seconds", "2", "--home", str(bare.root)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    truth = load_truth(truth_path)
+    assert_held_to_the_ceiling(truth, 20.0)  # true peak within the documented margin
+    (rec,) = logged(bare)
+    assert rec.kind is SessionKind.ENGINEERING
+    assert rec.status is SessionStatus.TRIPPED
+    assert "the plate stopped itself" in rec.reason
+    assert rec.patient_id == "engineering"  # no protocol installed
+
+
+def test_liv_calibrate_in_engineer_mode_is_logged_as_engineering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = LivHome(tmp_path / "bare")
+    truth_path = tmp_path / "truth.npz"
+    argv = ["calibrate", "--engineer", "--device", empty_plate(truth_path)]
+    assert main([*argv, "--home", str(bare.root)]) == 0
+    capsys.readouterr()
+    truth = load_truth(truth_path)
+    assert (
+        np.max(np.abs(truth["accel_g"] - np.median(truth["accel_g"])))
+        < DOSE_LIMITS.firmware_ceiling_g
+    )
+    (rec,) = logged(bare)
+    assert rec.kind is SessionKind.ENGINEERING
+    assert rec.status is SessionStatus.COMPLETED
+    assert json.loads(rec.protocol_json)["command"] == "liv calibrate"
+    assert bare.calibrations().load(DEVICE_ID) is not None
