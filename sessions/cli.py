@@ -912,7 +912,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"no calibration for {terminal_line(device.info.device_id)} in "
                 f"{store.directory}: run "
-                f"'liv calibrate --device {args.device}' with nobody on the plate first"
+                f"'liv calibrate --engineer --device {args.device}' with nobody on the plate first"
             )
         if cal.stale:
             echo(
