@@ -691,10 +691,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     echo()
     now = datetime.now(UTC)
     with _open_log(args, home) as log:
-        recent, minutes = _status_of_log(log, protocol, now)
+        recent, minutes = _status_of_log(log, protocol, now, home.is_demo)
         logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
-    echo("\n".join(status_lines(protocol, recent, now, minutes)))
+    echo("\n".join(status_lines(protocol, recent, now, minutes, demo=home.is_demo)))
     echo(f"log               {logged} session(s); chain verified: {verified.ok}")
     echo("\nadherence report (what a clinician sees; 'liv report --format html' for the page):")
     args.patient = args.since = args.until = None
