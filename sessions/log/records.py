@@ -105,7 +105,7 @@ class LogError(LivError):
 
 @dataclass(frozen=True)
 class SessionSummary:
-    """One therapy session as logged, without its envelope: what lists and schedules read.
+    """One session (therapy, simulated or engineering) as logged, without its envelope.
 
     Read from the summary columns (:meth:`SessionStore.summaries`), never from the bulky
     envelope, so listing years of sessions stays fast and small. ``chain_index`` and
@@ -151,7 +151,7 @@ class SessionSummary:
 
 @dataclass(frozen=True)
 class SessionRecord(SessionSummary):
-    """One therapy session as logged, with its envelope: for charts, ``liv show`` and export."""
+    """One session as logged, with its envelope: for charts, ``liv show`` and export."""
 
     envelope: tuple[tuple[float, float], ...]  # (t_s, amplitude_g), about 10 points per second
     last_checkpoint_utc: datetime | None
