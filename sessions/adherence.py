@@ -13,6 +13,9 @@ for clinicians; in short:
 - only days that are over (before ``today``) are counted; today is shown as in progress;
 - session adherence = complete slots / prescribed slots, dose adherence = capped minutes at
   dose / prescribed minutes, per day, per ISO week and overall;
+- only therapy counts: sessions on a simulator (kind ``simulated``) and engineering runs (kind
+  ``engineering``) are listed apart and never counted; in a demo home (``LivHome.is_demo``)
+  simulated sessions count, and every output says so (:data:`DEMO_LABEL`);
 - every day is judged by the protocol in force that day: a protocol comes into force when its
   first session ran (the log keeps each session's protocol) or, for the protocol installed now,
   when it was installed, if that is earlier; the first protocol is in force from the start of
@@ -33,6 +36,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from sessions.log.records import SessionKind
 from sessions.protocol import MAX_STUDY_DAYS, ProtocolFileError, protocol_from_dict
 from sessions.scheduling import AT_DOSE_EPSILON_MIN, LoggedSession, Prescription, day_summary
 
@@ -40,6 +44,7 @@ __all__ = [
     "AMPLITUDE_P95_LIMIT_PCT",
     "COUNTED_STATUSES",
     "DAY_STATUSES",
+    "DEMO_LABEL",
     "FLAG_KINDS",
     "MAX_REPORT_DAYS",
     "AdherenceReport",
@@ -49,10 +54,33 @@ __all__ = [
     "Plan",
     "ProtocolPeriod",
     "SessionLike",
+    "SetApart",
     "Totals",
     "WeekAdherence",
     "compute_adherence",
+    "counted_kinds",
+    "session_kind",
 ]
+
+# Every output of a demo home carries this label (sessions there are simulated, and counted).
+DEMO_LABEL = "demo: simulated sessions, not therapy"
+
+
+def counted_kinds(demo: bool = False) -> frozenset[SessionKind]:
+    """The kinds of record that count as therapy: therapy; in a demo home simulated too.
+
+    Engineering runs never count, demo or not.
+    """
+    if demo:
+        return frozenset({SessionKind.THERAPY, SessionKind.SIMULATED})
+    return frozenset({SessionKind.THERAPY})
+
+
+def session_kind(session: object) -> SessionKind:
+    """A logged session's kind; a session without one (written before kinds) is therapy."""
+    kind = getattr(session, "kind", None)
+    return SessionKind.THERAPY if kind is None else SessionKind(kind)
+
 
 # A session whose 95th-percentile absolute amplitude error (1-s windows after settling) is above
 # this is flagged. The controller is specified to hold p95 within 0.5% and to stay within +/-2%
@@ -387,6 +415,34 @@ class DeviceUse:
 
 
 @dataclass(frozen=True)
+class SetApart:
+    """A session of the period that does not count: on a simulator, or an engineering run."""
+
+    session_id: str
+    kind: str  # "simulated" or "engineering" (SessionKind)
+    local_date: date
+    slot: int
+    started_local: str  # ISO 8601 with the offset, in the protocol's time zone
+    device_id: str
+    status: str
+    minutes_at_dose: float
+    target_g: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "kind": self.kind,
+            "local_date": self.local_date.isoformat(),
+            "slot": self.slot,
+            "started_local": self.started_local,
+            "device_id": self.device_id,
+            "status": self.status,
+            "minutes_at_dose": _num(self.minutes_at_dose),
+            "target_g": _num(self.target_g),
+        }
+
+
+@dataclass(frozen=True)
 class AdherenceReport:
     """Adherence of one patient over one period; ``to_dict()`` is plain JSON."""
 
@@ -407,6 +463,14 @@ class AdherenceReport:
     sessions_considered: int  # the patient's sessions dated in the requested (unclipped) period
     # every protocol of the patient's history, oldest first; the last one is in force now
     protocols: tuple[ProtocolPeriod, ...] = ()
+    # sessions of the period that do not count (simulated, engineering), listed apart
+    set_apart: tuple[SetApart, ...] = ()
+    demo: bool = False  # a demo home: simulated sessions count, every output says so
+
+    @property
+    def label(self) -> str | None:
+        """The label every output of this report carries, if any (:data:`DEMO_LABEL`)."""
+        return DEMO_LABEL if self.demo else None
 
     def protocol_on(self, day: date) -> ProtocolPeriod | None:
         """The protocol in force on ``day`` (the latest to come into force by then)."""
@@ -497,6 +561,10 @@ class AdherenceReport:
             "devices": [d.to_dict() for d in self.devices],
             "sessions_considered": self.sessions_considered,
             "protocols": [p.to_dict() for p in self.protocols],
+            "demo": self.demo,
+            "label": self.label,
+            "counted_kinds": sorted(k.value for k in counted_kinds(self.demo)),
+            "set_apart": [s.to_dict() for s in self.set_apart],
         }
 
 
@@ -508,6 +576,7 @@ def compute_adherence(
     today: date | None = None,
     *,
     installed_utc: datetime | None = None,
+    demo: bool = False,
 ) -> AdherenceReport:
     """Adherence of ``protocol``'s patient over ``[since, until]`` (local dates, inclusive).
 
@@ -520,13 +589,18 @@ def compute_adherence(
     counted but are flagged. ``today`` defaults to the current date in the protocol's time
     zone. The days of the report grow with the period, never with the study: a period longer
     than MAX_REPORT_DAYS is refused (ValueError naming --since/--until).
+
+    Only sessions of :func:`counted_kinds` (``demo``) count; the others of the period are
+    listed in ``set_apart`` and change nothing else (no day, flag, device or protocol).
     """
     if since is not None and until is not None and since > until:
         raise ValueError(f"since {since.isoformat()} is after until {until.isoformat()}")
     zone = ZoneInfo(protocol.timezone)
     if today is None:
         today = datetime.now(zone).date()
-    theirs = [s for s in sessions if s.patient_id == protocol.patient_id]
+    counted = counted_kinds(demo)
+    everything = [s for s in sessions if s.patient_id == protocol.patient_id]
+    theirs = [s for s in everything if session_kind(s) in counted]
     plans = _PlanReader(protocol)
     periods = _periods(protocol, theirs, plans, installed_utc, today)
     mine = sorted(
@@ -584,6 +658,28 @@ def compute_adherence(
         devices=_devices(mine),
         sessions_considered=len(mine),
         protocols=_described(periods),
+        set_apart=tuple(
+            _set_apart(s, zone)
+            for s in sorted(everything, key=_session_order)
+            if session_kind(s) not in counted
+            and (since is None or s.local_date >= since)
+            and (until is None or s.local_date <= until)
+        ),
+        demo=demo,
+    )
+
+
+def _set_apart(s: SessionLike, zone: ZoneInfo) -> SetApart:
+    return SetApart(
+        session_id=s.session_id,
+        kind=session_kind(s).value,
+        local_date=s.local_date,
+        slot=s.slot,
+        started_local=s.started_utc.astimezone(zone).isoformat(timespec="seconds"),
+        device_id=s.device_id,
+        status=str(s.status),
+        minutes_at_dose=s.minutes_at_dose,
+        target_g=float(getattr(s, "target_g", 0.0)),
     )
 
 

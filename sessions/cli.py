@@ -18,9 +18,10 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from controller.sensor_limits import (
     OFFSET_RANGE_G,
@@ -41,7 +42,7 @@ from sessions.wording import refusal_sentence
 # (docs/performance.md, tests/test_log_scale.py).
 if TYPE_CHECKING:
     from controller.calibration import Calibration, CalibrationStore, LoadCheck
-    from firmware_bridge.client import DeviceClient
+    from firmware_bridge.client import DeviceClient, DeviceInfo
 
 _log = logging.getLogger("liv")
 
@@ -60,6 +61,31 @@ _CAL_HZ = DOSE_LIMITS.calibration_hz
 
 class UsageError(Exception):
     """A command-line value that is not allowed; the message says what is."""
+
+
+class EngineerOnlyError(LivError):
+    """An engineering command typed without ``--engineer``: one sentence, exit 1."""
+
+    def __init__(self) -> None:
+        super().__init__(ENGINEER_SENTENCE)
+
+
+def _require_engineer(args: argparse.Namespace) -> None:
+    """Refuse an engineering command without engineer mode (also when called directly)."""
+    if not getattr(args, "engineer", False):
+        raise EngineerOnlyError()
+
+
+def _engineering_command(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` names an engineering command without ``--engineer`` (help is free).
+
+    Checked before the arguments are parsed, so a patient who types ``liv run`` gets the one
+    sentence, never a usage message about the options it needs.
+    """
+    if "--engineer" in argv or "-h" in argv or "--help" in argv:
+        return False
+    words = [w for w in argv if not w.startswith("-")]
+    return any(tuple(words[: len(c)]) == c for c in ENGINEER_COMMANDS)
 
 
 def _bounded_float(name: str, low: float, high: float, unit: str = "") -> Callable[[str], float]:
@@ -82,6 +108,20 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:4000)")
     return host or "127.0.0.1", int(port)
+
+
+ENGINEER_SENTENCE = "This is a command for service engineers. It is not needed for your sessions."
+# The commands that move the plate outside a session: each needs --engineer, and each run is
+# recorded in the log as an engineering run (docs/cli.md, "Engineer mode").
+ENGINEER_COMMANDS = (("run",), ("calibrate",), ("device", "drive"))
+_ENGINEER_HELP = "confirm that a service engineer runs this (recorded in the log; docs/cli.md)"
+_DB_HELP = "session log the run is recorded in (default $LIV_DB or the data directory's liv.db)"
+
+
+def _add_engineer(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--engineer", action="store_true", help=_ENGINEER_HELP)
+    p.add_argument("--db", type=Path, metavar="FILE", help=_DB_HELP)
+    return p
 
 
 _CAL_DIR_HELP = "where calibrations are kept (default: the data directory's calibration/)"
@@ -146,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="time to hold the drive, 0.1-3600 s (ramps excluded)",
     )  # fmt: skip
     drive.add_argument("--json", action="store_true", help="print JSON")
+    _add_home(drive)
+    drive.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
+    _add_engineer(drive)
     drive.set_defaults(handler=cmd_device_drive)
 
     dset = device_cmds.add_parser("set", help="configure the plate this installation uses")
@@ -182,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --sensor: the part's bench-measured offset in g (default 0.0)",
     )  # fmt: skip
     calibrate.add_argument("--json", action="store_true", help="print JSON")
+    _add_engineer(calibrate)
     calibrate.set_defaults(handler=cmd_calibrate)
 
     run = commands.add_parser(
-        "run", help="one closed-loop exposure (engineers: no protocol, no log)"
+        "run", help="one closed-loop exposure (engineers: no protocol; logged as engineering)"
     )
     run.add_argument("--device", required=True, metavar="URL", help="port path or URL")
     what = run.add_mutually_exclusive_group(required=True)
@@ -208,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(run)
     run.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
     run.add_argument("--json", action="store_true", help="print JSON")
+    _add_engineer(run)
     run.set_defaults(handler=cmd_run)
 
     sim = commands.add_parser("sim", help="the simulated plate")
@@ -517,8 +562,10 @@ _DOCS: dict[str, tuple[str, str]] = {
     "device info": ("Show the plate's handshake.", "liv device info --device hwgrep://SER=A1B2C3"),
     "device drive": (
         "Drive the plate open loop at a fixed fraction of full scale, with soft ramps, and "
-        "print the measured peak.",
-        "liv device drive --device sim:// --freq 45 --drive 0.2 --seconds 5",
+        "print the measured peak. Engineers only (--engineer); the drive is refused above what "
+        "the plate's calibration says reaches the host's ceiling, and the run is logged as "
+        "engineering.",
+        "liv device drive --engineer --device sim:// --freq 45 --drive 0.05 --seconds 5",
     ),
     "device set": (
         "Configure the plate this installation uses; only a plate that answers is accepted. "
@@ -532,13 +579,14 @@ _DOCS: dict[str, tuple[str, str]] = {
     ),
     "calibrate": (
         "Measure the empty plate's response across the calibration band and store it for "
-        "the device; nobody may stand on the plate.",
-        "liv calibrate --device hwgrep://SER=A1B2C3",
+        "the device; nobody may stand on the plate. Engineers only (--engineer); logged as an "
+        "engineering run.",
+        "liv calibrate --engineer --device hwgrep://SER=A1B2C3",
     ),
     "run": (
-        "One closed-loop exposure at a fixed frequency or a schedule, without a protocol or "
-        "the log (engineers).",
-        "liv run --device sim:// --freq 45 --amplitude 0.3 --seconds 60",
+        "One closed-loop exposure at a fixed frequency or a schedule, without a protocol "
+        "(engineers only: --engineer). Logged as an engineering run, never as therapy.",
+        "liv run --engineer --device sim:// --freq 45 --amplitude 0.3 --seconds 60",
     ),
     "sim": ("The simulated plate.", "liv sim serve --pty"),
     "sim serve": (
@@ -693,15 +741,160 @@ def cmd_device_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _EngineeringRun:
+    """One engineering run in the session log (kind ``engineering``, never therapy).
+
+    The row is written before the plate moves and finished with the true stop reason however
+    the run ends (done, a fault, Ctrl-C, a lost link), so no engineering run goes unrecorded.
+    It is filed under the installed protocol's patient, if any, so a clinician sees it apart in
+    that patient's report; otherwise under ``ENGINEERING_PATIENT``.
+    """
+
+    def __init__(
+        self, args: argparse.Namespace, command: str, info: DeviceInfo, target_g: float,
+        seconds: float, settings: dict[str, Any],
+    ) -> None:  # fmt: skip
+        self.args = args
+        self.command = command
+        self.info = info
+        self.target_g = target_g
+        self.seconds = seconds
+        self.settings = settings
+        self.status = "completed"
+        self.reason = ""
+        self.envelope: list[tuple[float, float]] = []
+        self.freqs_hz: list[float] = []
+        self.events: list[dict[str, Any]] = []
+        self.errors: tuple[float | None, float | None] = (None, None)
+
+    def __enter__(self) -> _EngineeringRun:
+        import hashlib
+
+        from sessions.log import SessionKind, canonical_json
+
+        home = commands_mod.home_of(self.args)
+        patient_id, zone = _engineering_subject(home)
+        text = canonical_json({"command": self.command, "engineer": True, **self.settings})
+        started = datetime.now(UTC)
+        self._log_cm = commands_mod._open_log(self.args, home)
+        self.log = self._log_cm.__enter__()
+        try:
+            self.session_id = self.log.start_session(
+                patient_id=patient_id,
+                device_id=self.info.device_id,
+                firmware_version=self.info.firmware_version,
+                protocol_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                protocol_json=text,
+                started_utc=started,
+                timezone=zone,
+                local_date=started.astimezone(ZoneInfo(zone)).date(),
+                slot=1,
+                minutes_prescribed=max(self.seconds, 0.001) / 60.0,
+                target_g=self.target_g,
+                kind=SessionKind.ENGINEERING,
+            )
+        except BaseException:
+            self._log_cm.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        from firmware_bridge.errors import DeviceFaultError
+        from sessions.log import LogError
+
+        if isinstance(exc, KeyboardInterrupt):
+            self.status, self.reason = "stopped_by_patient", "Ctrl-C: stopped by the engineer"
+        elif isinstance(exc, DeviceFaultError):
+            self.status, self.reason = "tripped", f"the plate stopped itself: {exc}"
+        elif exc is not None:
+            self.status, self.reason = "tripped", f"the run failed: {exc}"
+        try:
+            self.log.finish_session(
+                self.session_id,
+                status=self.status,
+                reason=self.reason or f"{self.command} ran to its end",
+                ended_utc=datetime.now(UTC),
+                minutes_at_dose=0.0,  # an engineering run never delivers a dose
+                envelope=self.envelope,
+                freqs_hz=self.freqs_hz,
+                safety_events=self.events,
+                mean_error_pct=self.errors[0],
+                p95_abs_error_pct=self.errors[1],
+                exposure=None,
+            )
+        except LogError as failure:
+            if exc is None:
+                raise
+            logging.getLogger(__name__).warning("engineering run not recorded: %s", failure)
+        finally:
+            self._log_cm.__exit__(None, None, None)
+
+
+ENGINEERING_PATIENT = "engineering"  # engineering runs of an installation with no protocol
+
+
+def _engineering_subject(home: Any) -> tuple[str, str]:
+    """(patient_id, time zone) an engineering run is filed under (see _EngineeringRun)."""
+    if home.protocol_path.exists():
+        with contextlib.suppress(LivError):
+            protocol = home.protocol()
+            return str(protocol.patient_id), str(protocol.timezone)
+    return ENGINEERING_PATIENT, "UTC"
+
+
+def _calibrated_gain(store: CalibrationStore, info: DeviceInfo, freq_hz: float) -> float | None:
+    """The empty plate's g per unit drive at ``freq_hz`` by its calibration, if one covers it."""
+    cal = store.load(info.device_id)
+    if cal is None or not cal.freqs_hz[0] <= freq_hz <= cal.freqs_hz[-1]:
+        return None
+    gain = cal.gain_at(freq_hz)
+    return gain if gain > 0 else None
+
+
 def cmd_device_drive(args: argparse.Namespace) -> int:
     from controller.openloop import drive_open_loop
     from firmware_bridge.client import DeviceClient
 
+    _require_engineer(args)
+    store = _store(args)
+    ceiling = DOSE_LIMITS.over_acceleration_ceiling_g
     with DeviceClient.open(args.device) as device:
-        try:
+        info = device.info
+        if not info.min_freq_hz <= args.freq <= info.max_freq_hz:
+            raise UsageError(
+                f"frequency {args.freq:g} Hz is outside the device's {info.min_freq_hz:g}-"
+                f"{info.max_freq_hz:g} Hz"
+            )
+        if args.drive > info.max_drive:
+            raise UsageError(
+                f"drive {args.drive:g} is outside 0..{info.max_drive:g} (device limit)"
+            )
+        # The host's own limit: the drive that, by the empty plate's calibration, reaches the
+        # supervisor's ceiling. Without a calibration only the firmware's ceiling bounds it.
+        gain = _calibrated_gain(store, info, args.freq)
+        if gain is not None and args.drive * gain > ceiling:
+            raise UsageError(
+                f"--drive {args.drive:g} at {args.freq:g} Hz is not allowed: by this plate's "
+                f"calibration it would reach {args.drive * gain:.2f} g; use at most "
+                f"{math.floor(ceiling / gain * 1000) / 1000:g} (the host's {ceiling:g} g ceiling)"
+            )
+        # the peak the run is expected to reach: by the calibration, else the firmware's ceiling
+        expected_g = args.drive * gain if gain is not None else info.ceiling_g
+        settings = {"freq_hz": args.freq, "drive": args.drive, "seconds": args.seconds,
+                    "calibrated": gain is not None}  # fmt: skip
+        with _EngineeringRun(
+            args, "liv device drive", info, max(expected_g, 0.001), args.seconds, settings
+        ) as run:
             result = drive_open_loop(device, args.freq, args.drive, args.seconds)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+            run.freqs_hz = [args.freq]
+            run.status = "stopped_by_patient" if result.interrupted else "completed"
+            run.reason = (
+                f"held drive {args.drive:g} at {args.freq:g} Hz for {args.seconds:g} s; peak "
+                f"{result.peak_g:.4f} g at the drive frequency"
+                + ("; Ctrl-C: stopped early by the engineer" if result.interrupted else "")
+            )
     data = result.to_dict()
     lines = [
         f"device            {result.device_id}",
@@ -742,18 +935,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from controller.sensor import apply_sensor_calibration
     from firmware_bridge.client import DeviceClient
 
+    _require_engineer(args)
     bench = args.sensitivity is not None or args.offset_g is not None
     if bench and not args.sensor:
         raise UsageError("--sensitivity and --offset-g are only allowed with --sensor")
     store = _store(args)
     with DeviceClient.open(args.device) as device:
-        if args.sensor:
+        if args.sensor:  # the plate stays at rest: nothing moves, nothing to record
             return _calibrate_sensor(args, store, device, bench)
         sensor = store.load_sensor(device.info.device_id)
         if sensor is not None:  # the empty plate's gains in true g, as sessions will read them
             apply_sensor_calibration(device, sensor)
         earlier = _earlier_calibration(store, device.info.device_id)
-        cal = identify(device)
+        with _EngineeringRun(
+            args, "liv calibrate", device.info, _calibration_peak_g(device.info),
+            _calibration_s(), {"freqs_hz": list(_cal_freqs()), "drive": _cal_drive()},
+        ) as run:  # fmt: skip
+            cal = identify(device)
+            run.freqs_hz = list(cal.freqs_hz)
+            run.reason = (
+                f"calibrated {cal.freqs_hz[0]:g}-{cal.freqs_hz[-1]:g} Hz at drive {cal.drive:g}; "
+                f"highest response {max(cal.g_per_drive) * cal.drive:.3f} g"
+            )
     load = check_for_load(cal, earlier)
     where = store.save(cal)
     data = {"path": str(where), **cal.to_dict(), "load_check": load.to_dict()}
@@ -788,6 +991,31 @@ def _warn_about_load(load: LoadCheck) -> None:
             "cannot be detected: make sure nobody and nothing is on the plate",
             file=sys.stderr,
         )
+
+
+def _cal_freqs() -> tuple[float, ...]:
+    from controller.calibration import DEFAULT_FREQS_HZ
+
+    return tuple(DEFAULT_FREQS_HZ)
+
+
+def _cal_drive() -> float:
+    from controller.calibration import IDENT_DRIVE
+
+    return float(IDENT_DRIVE)
+
+
+def _calibration_peak_g(info: DeviceInfo) -> float:
+    """The target an engineering record gives a calibration: the plate's own ceiling (the
+    sweep's drive is fixed; its g is what the calibration measures)."""
+    return float(info.ceiling_g)
+
+
+def _calibration_s() -> float:
+    """How long the sweep holds the drive (the record's planned duration)."""
+    from controller.calibration import MEASURE_S, SETTLE_S
+
+    return len(_cal_freqs()) * (SETTLE_S + MEASURE_S)
 
 
 def _calibrate_sensor(
@@ -846,11 +1074,12 @@ def _check_sensor_for_run(store: CalibrationStore, device: DeviceClient) -> None
 
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.faults import clear_latched_fault
-    from controller.loop import ExposureSettings, ExposureStatus, run_exposure
+    from controller.loop import ControlUpdate, ExposureSettings, ExposureStatus, run_exposure
     from controller.safety import SafetyLimits
     from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
     from firmware_bridge.client import DeviceClient
 
+    _require_engineer(args)
     try:
         band = (_BAND_HZ.low, _BAND_HZ.high)
         schedule = (
@@ -871,7 +1100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"no calibration for {terminal_line(device.info.device_id)} in "
                 f"{store.directory}: run "
-                f"'liv calibrate --device {args.device}' with nobody on the plate first"
+                f"'liv calibrate --engineer --device {args.device}' with nobody on the plate first"
             )
         if cal.stale:
             echo(
@@ -882,7 +1111,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         cleared = clear_latched_fault(device)  # refuses a fault that needs a person
         _check_sensor_for_run(store, device)
-        result = run_exposure(device, cal, settings)
+        spec = {"target_g": args.amplitude, "seconds": args.seconds,
+                "schedule": schedule.describe()}  # fmt: skip
+        with _EngineeringRun(
+            args, "liv run", device.info, args.amplitude, args.seconds, spec
+        ) as run:
+            next_point = [0.0]
+
+            def envelope(u: ControlUpdate) -> None:
+                if u.measured_g is not None and u.t_s >= next_point[0]:
+                    run.envelope.append((round(u.t_s, 3), round(u.measured_g, 5)))
+                    next_point[0] = u.t_s + 0.1
+
+            result = run_exposure(device, cal, settings, on_update=envelope)
+            run.freqs_hz = _schedule_freqs(schedule)
+            run.errors = (result.error_mean_pct, result.error_p95_abs_pct)
+            run.status, run.reason = _run_outcome(result)
+            if result.trip is not None:
+                trip = result.trip.to_dict()
+                run.events = [
+                    {k: trip[k] for k in ("reason", "t_s", "detail", "values")}
+                    | {"text": trip["text"]}
+                ]
     if result.calibration_stale:
         store.mark_stale(cal, f"response {result.response_ratio:.2f}x calibration in a run")
     data = result.to_dict()
@@ -922,6 +1172,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if result.status is ExposureStatus.TRIPPED else 0
 
 
+def _run_outcome(result: Any) -> tuple[str, str]:
+    """The record's status and reason for a ``liv run``: its true end."""
+    from controller.loop import ExposureStatus
+
+    held = f"held {result.held_s:.1f} of {result.hold_s_requested:g} s at {result.target_g:g} g"
+    if result.status is ExposureStatus.TRIPPED and result.trip is not None:
+        return "tripped", f"{result.trip.text}: {result.trip.detail}; {held}"
+    if result.status is ExposureStatus.STOPPED_BY_USER:
+        return "stopped_by_patient", f"Ctrl-C: stopped by the engineer; {held}"
+    return "completed", held
+
+
+def _schedule_freqs(schedule: Any) -> list[float]:
+    """The frequencies a schedule visits (its span's ends and its steps, as far as it says)."""
+    low, high = schedule.span_hz
+    return sorted({round(float(low), 1), round(float(high), 1)})
+
+
 def cmd_sim_serve(args: argparse.Namespace) -> int:
     from firmware_bridge.sim.config import parse_sim_url
     from firmware_bridge.sim.serve import serve_pty, serve_tcp
@@ -949,6 +1217,10 @@ def cmd_sim_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    if _engineering_command(words):
+        echo(f"liv: {ENGINEER_SENTENCE}", file=sys.stderr)
+        return EXIT_FAILURE
     args = parser.parse_args(argv)
     logging.basicConfig(
         # Diagnostics are for engineers (-v); a patient sees the one sentence each command prints.

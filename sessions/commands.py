@@ -26,8 +26,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from controller.privatefiles import write_private_file
 from firmware_bridge.errors import LivError
+from sessions.adherence import DEMO_LABEL, counted_kinds, session_kind
 from sessions.home import LivHome, SetupError, resolve_home
-from sessions.log import SessionLog, SessionRecord, SessionStatus, SessionSummary, VerifyResult
+from sessions.log import (
+    SessionKind,
+    SessionLog,
+    SessionRecord,
+    SessionStatus,
+    SessionSummary,
+    VerifyResult,
+)
 from sessions.prescription import (
     NOT_SIGNED_SENTENCE,
     SignatureStatus,
@@ -61,6 +69,11 @@ if TYPE_CHECKING:
     from sessions.runner import Progress, SessionOutcome
 
 EXIT_REFUSED = 1
+
+# What the outcome sentence adds after a session on a simulator outside a demo home.
+SIMULATED_NOTE = "on a simulator: recorded as simulated, not counted as therapy"
+_counted = counted_kinds
+_kind_of = session_kind
 
 _log = logging.getLogger(__name__)
 
@@ -402,11 +415,21 @@ def start_session(
                 override_reason=getattr(args, "override", None),
                 on_progress=display,
                 on_decision=begin,
+                demo=home.is_demo,
             )
         finally:
             display.finish()
-    display.say(outcome.message)
+    display.say(_labelled(outcome.message, outcome.record.kind, home.is_demo))
     return outcome
+
+
+def _labelled(sentence: str, kind: SessionKind, demo: bool) -> str:
+    """The outcome sentence, saying (still one sentence) when the session is not therapy."""
+    if demo:
+        return f"{sentence.rstrip('.')} ({DEMO_LABEL})."
+    if kind is SessionKind.SIMULATED:
+        return f"{sentence.rstrip('.')} ({SIMULATED_NOTE})."
+    return sentence
 
 
 # The stops that interrupt a session (docs/cli.md, exit codes): Ctrl-C, SIGTERM, SIGHUP and a
@@ -436,33 +459,41 @@ def status_lines(
     sessions: Sequence[LoggedSession],
     now: datetime,
     minutes: Mapping[tuple[date, int], float] | None = None,
+    *,
+    demo: bool = False,
 ) -> list[str]:
     """Today, the next session and the streak.
 
     ``sessions`` needs to hold only the sessions since :func:`history_start` (all ``decide``
     reads); ``minutes`` the minutes at dose per (day, slot) the streak counts back through
-    (``SessionStore.slot_minutes``; by default summed from ``sessions``).
+    (``SessionStore.slot_minutes`` of the kinds that count; by default summed from
+    ``sessions``). Only therapy counts (and, in a demo home, ``demo``, simulated sessions):
+    today's other sessions are named on a line of their own.
     """
-    recent = sessions
+    counted = _counted(demo)
+    recent = [s for s in sessions if _kind_of(s) in counted]
     if minutes is None:
-        minutes = _minutes_by_slot(sessions)
+        minutes = _minutes_by_slot(recent)
     zone = protocol.zone
     today = now.astimezone(zone).date()
     done = day_summary(protocol, recent, today)
     goal = protocol.minutes_per_session
-    lines = [
+    lines = [say("status.demo")] if demo else []
+    lines.append(
         say("status.today", day=f"{today:%A} {today.day} {today:%B %Y}", zone=protocol.timezone)
-    ]
+    )
     # Outside the study no slot is due; the next line says when it starts or that it ended.
     in_study = protocol.study_start <= today <= protocol.study_end
     for k, delivered in enumerate(done if in_study else [], start=1):
         if delivered >= goal - 1e-6:
             lines.append("  " + say("status.slot_done", slot=k))
         elif delivered > 0:
-            counted, of = minutes_text(delivered), minutes_text(goal)
-            lines.append("  " + say("status.slot_part", slot=k, counted=counted, goal=of))
+            counted_text, of = minutes_text(delivered), minutes_text(goal)
+            lines.append("  " + say("status.slot_part", slot=k, counted=counted_text, goal=of))
         else:
             lines.append("  " + say("status.slot_due", slot=k))
+    if any(s.local_date == today and _kind_of(s) not in counted for s in sessions):
+        lines.append("  " + say("status.not_counted"))
     decision = decide(protocol, recent, now)
     if decision.allowed:
         lines.append(say("status.next_now", slot=decision.slot))
@@ -503,11 +534,12 @@ def _minutes_by_slot(sessions: Sequence[LoggedSession]) -> dict[tuple[date, int]
 
 
 def _status_of_log(
-    log: SessionLog, protocol: PatientProtocol, now: datetime
+    log: SessionLog, protocol: PatientProtocol, now: datetime, demo: bool = False
 ) -> tuple[list[SessionSummary], dict[tuple[date, int], float]]:
-    """What ``status`` reads: recent summaries and per-slot minutes, never an envelope."""
+    """What ``status`` reads: recent summaries (every kind) and the per-slot minutes of the
+    kinds that count, never an envelope."""
     recent = log.summaries(protocol.patient_id, since=history_start(protocol, now))
-    return recent, log.slot_minutes(protocol.patient_id)
+    return recent, log.slot_minutes(protocol.patient_id, kinds=_counted(demo))
 
 
 def status_shape(
@@ -515,8 +547,14 @@ def status_shape(
     sessions: Sequence[LoggedSession],
     now: datetime,
     minutes: Mapping[tuple[date, int], float],
+    *,
+    demo: bool = False,
 ) -> dict[str, Any]:
-    """``liv status --json`` (liv.status/1): the figures ``status_lines`` says in words."""
+    """``liv status --json`` (liv.status/1): the figures ``status_lines`` says in words.
+
+    Only the kinds that count are in the figures (therapy; in a demo home, simulated too)."""
+    counted = _counted(demo)
+    sessions = [s for s in sessions if _kind_of(s) in counted]
     today = now.astimezone(protocol.zone).date()
     in_study = protocol.study_start <= today <= protocol.study_end
     goal = protocol.minutes_per_session
@@ -538,6 +576,7 @@ def status_shape(
         if at is None
         else at.astimezone(protocol.zone).isoformat(timespec="minutes"),
         "streak_days": streak(protocol, minutes, today),
+        "demo": demo,
     }
 
 
@@ -546,11 +585,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     protocol = home.protocol()
     now = datetime.now(UTC)
     with _open_log(args, home) as log:
-        recent, minutes = _status_of_log(log, protocol, now)
+        recent, minutes = _status_of_log(log, protocol, now, home.is_demo)
     if getattr(args, "json", False):
-        _print_json(status_shape(protocol, recent, now, minutes))
+        _print_json(status_shape(protocol, recent, now, minutes, demo=home.is_demo))
         return 0
-    echo("\n".join(status_lines(protocol, recent, now, minutes)))
+    echo("\n".join(status_lines(protocol, recent, now, minutes, demo=home.is_demo)))
     echo(f"prescription      {home.protocol_signature().describe()}")
     return 0
 
@@ -599,26 +638,37 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from sessions.jsonshapes import start_time, status_word
 
     since, until = _period(args)
-    with _open_log(args, read_only=True) as log:
+    home = home_of(args)
+    with _open_log(args, home, read_only=True) as log:
         records = log.summaries(patient_id=args.patient, since=since, until=until)
+    demo = home.is_demo
     if args.json:
-        _print_json([_summary(r) for r in records])
+        _print_json([_summary(r, demo) for r in records])
         return 0
+    if demo:
+        echo(DEMO_LABEL.upper())
     echo(f"{'session':<36} {'patient':<12} {'local day':<10} {'start':<5} {'slot':>4} "
-         f"{'status':<15} {'at dose':>8}")  # fmt: skip
+         f"{'status':<15} {'at dose':>8}  kind")  # fmt: skip
     for r in records:
         session_id, patient_id = terminal_line(r.session_id), terminal_line(r.patient_id)
         echo(f"{session_id:<36} {patient_id:<12} {r.local_date.isoformat():<10} "
              f"{start_time(r):<5} {r.slot:>4} {status_word(r.status.value):<15} "
-             f"{r.minutes_at_dose:>7.1f}m")  # fmt: skip
+             f"{r.minutes_at_dose:>7.1f}m  {_kind_text(r.kind)}")  # fmt: skip
     return 0
 
 
-def _summary(r: SessionSummary) -> dict[str, Any]:
+def _kind_text(kind: SessionKind) -> str:
+    """How a list names a record's kind: anything but therapy says it does not count."""
+    if kind is SessionKind.THERAPY:
+        return kind.value
+    return f"{kind.value} (not therapy)"
+
+
+def _summary(r: SessionSummary, demo: bool = False) -> dict[str, Any]:
     """A session as JSON (liv.session/1, sessions/jsonshapes.py)."""
     from sessions.jsonshapes import session_shape
 
-    return session_shape(r)
+    return session_shape(r, counts=r.kind in _counted(demo), label=DEMO_LABEL if demo else None)
 
 
 def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width: int = 60) -> str:
@@ -680,6 +730,7 @@ def show_lines(record: SessionRecord) -> list[str]:
             else f"{start_time(record)}, still running ({text(record.timezone)})",
         ),
         ("outcome", status_word(record.status.value).replace("_", " ")),
+        ("kind", _kind_text(record.kind)),
         ("why", text(record.reason)),
         (
             "at dose",
@@ -699,7 +750,8 @@ def show_lines(record: SessionRecord) -> list[str]:
 def cmd_show(args: argparse.Namespace) -> int:
     from sessions.report import render_session_svg
 
-    with _open_log(args, read_only=True) as log:
+    home = home_of(args)
+    with _open_log(args, home, read_only=True) as log:
         record = log.get(resolve_session_id(log, args.session_id))
     if args.svg:
         Path(args.svg).write_text(render_session_svg(record, standalone=True), encoding="utf-8")
@@ -709,18 +761,23 @@ def cmd_show(args: argparse.Namespace) -> int:
 
         _print_json(session_detail_shape(record, record.envelope, record.exposure))
         return 0
+    if home.is_demo:
+        echo(DEMO_LABEL.upper())
     echo("\n".join(show_lines(record)))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _open_log(args, read_only=True) as log:
+    home = home_of(args)
+    with _open_log(args, home, read_only=True) as log:
         result = log.verify()
     if getattr(args, "json", False):
         from sessions.jsonshapes import verification_shape
 
         _print_json(verification_shape(result))
         return 0 if result.ok else 1
+    if home.is_demo:
+        echo(DEMO_LABEL.upper())
     if result.ok:
         echo(f"log verified: {result.records_checked} finished records, every chain intact")
         return 0
@@ -772,7 +829,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if args.format == "fhir":
         return _export_fhir(args, out)
-    with _open_log(args, read_only=True) as log:
+    home = home_of(args)
+    with _open_log(args, home, read_only=True) as log:
         integrity = log.verify()  # streams, as the export does; its status goes with the data
         target: TextIO | Path = sys.stdout if out is None else out
         if args.format == "jsonl":
@@ -788,7 +846,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         _print_json(export_shape(args.format, count, str(out), integrity))
     else:
         where = "" if out is None else f" to {out}"
-        echo(f"exported {count} records{where}", file=sys.stderr)
+        label = f" ({DEMO_LABEL})" if home.is_demo else ""
+        echo(f"exported {count} records{where}{label}", file=sys.stderr)
     if not integrity.ok:
         echo(
             "liv: warning: this log FAILED verification ('liv verify' says where); the export "
@@ -850,7 +909,8 @@ def _report_subject(
     its file was written); otherwise the one their latest session ran under (no install time).
     The protocols of earlier sessions come from the sessions themselves (compute_adherence).
     """
-    patients = sorted({r.patient_id for r in records})
+    # engineering runs of an installation without a protocol are logged under no patient
+    patients = sorted({r.patient_id for r in records if r.kind is not SessionKind.ENGINEERING})
     patient = args.patient
     if patient is None:
         if len(patients) == 1:
@@ -865,7 +925,9 @@ def _report_subject(
         if installed.patient_id == patient:
             written = home.protocol_path.stat().st_mtime
             return patient, installed, datetime.fromtimestamp(written, UTC)
-    theirs = [r for r in records if r.patient_id == patient]
+    mine = [r for r in records if r.patient_id == patient]
+    counted = [r for r in mine if r.kind in _counted(home.is_demo)]
+    theirs = counted or [r for r in mine if r.kind is not SessionKind.ENGINEERING]
     if theirs:
         latest = max(theirs, key=lambda r: (r.started_utc, r.session_id))
         return patient, protocol_from_dict(json.loads(latest.protocol_json)), None
@@ -891,7 +953,12 @@ def report_output(
     theirs = [r for r in records if r.patient_id == patient]
     try:
         report = compute_adherence(
-            protocol, theirs, since=since, until=until, installed_utc=installed_utc
+            protocol,
+            theirs,
+            since=since,
+            until=until,
+            installed_utc=installed_utc,
+            demo=home.is_demo,
         )
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None
@@ -1105,10 +1172,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     echo()
     now = datetime.now(UTC)
     with _open_log(args, home) as log:
-        recent, minutes = _status_of_log(log, protocol, now)
+        recent, minutes = _status_of_log(log, protocol, now, home.is_demo)
         logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
-    echo("\n".join(status_lines(protocol, recent, now, minutes)))
+    echo("\n".join(status_lines(protocol, recent, now, minutes, demo=home.is_demo)))
     echo(
         f"\nThe log holds {logged} sessions; its record checks {'pass' if verified.ok else 'FAIL'}."
     )

@@ -15,7 +15,9 @@ It holds:
 - ``protocol.yaml``: the installed protocol (``liv protocol install``), signed by that clinic;
 - ``device``: the plate's port or URL (``liv device set``), used when ``--device`` is absent;
 - ``calibration/``: one calibration per plate (``liv calibrate``);
-- ``liv.db``: the session log.
+- ``liv.db``: the session log;
+- ``DEMO``: present only in a demo's home (``liv demo``): there simulated sessions count in the
+  figures, and every output says "demo: simulated sessions, not therapy" (``is_demo``).
 
 ``--db FILE`` and ``--calibration-dir DIR`` move one part elsewhere for one command. Without
 ``--home``, ``$LIV_DB`` and ``$LIV_CALIBRATION_DIR`` do the same from the environment; an
@@ -71,6 +73,7 @@ ENV_HOME = "LIV_HOME"
 ENV_DB = "LIV_DB"
 ENV_CALIBRATION_DIR = "LIV_CALIBRATION_DIR"
 ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
+DEMO_MARKER = "DEMO"  # a file of this name in the home's root makes it a demo home
 
 
 class SetupError(LivError):
@@ -137,6 +140,11 @@ class LivHome:
     @property
     def enrolment_history_path(self) -> Path:
         return self.root / "enrolment.jsonl"
+
+    @property
+    def is_demo(self) -> bool:
+        """A demo home (a file ``DEMO`` in its root): simulated sessions count, labelled so."""
+        return (self.root / DEMO_MARKER).is_file()
 
     def db_path(self, override: Path | None = None) -> Path:
         if override is not None:

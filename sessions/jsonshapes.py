@@ -81,6 +81,9 @@ SHAPES: dict[str, dict[str, str]] = {
     "liv.session/1": {
         "schema": "str",
         "session_id": "str",
+        "kind": "str",
+        "counts_as_therapy": "bool",
+        "label": "str?",
         "patient_id": "str",
         "device_id": "str",
         "local_date": "str",
@@ -218,6 +221,7 @@ SHAPES: dict[str, dict[str, str]] = {
         "next_message": "str",
         "next_allowed_local": "str?",
         "streak_days": "int",
+        "demo": "bool",
     },
     "liv.device/1": {
         "schema": "str",
@@ -330,10 +334,16 @@ def start_time(session: _Started) -> str:
     return text[11:16]
 
 
-def session_shape(r: SessionSummary) -> dict[str, Any]:
+def session_shape(
+    r: SessionSummary, *, counts: bool | None = None, label: str | None = None
+) -> dict[str, Any]:
+    """``counts``: whether it counts as therapy (default: it is therapy); ``label``: the demo's."""
     return {
         "schema": "liv.session/1",
         "session_id": r.session_id,
+        "kind": r.kind.value,
+        "counts_as_therapy": r.kind.value == "therapy" if counts is None else counts,
+        "label": label,
         "patient_id": r.patient_id,
         "device_id": r.device_id,
         "local_date": r.local_date.isoformat(),

@@ -69,6 +69,8 @@ CSV_COLUMNS = (
     "dose_adherence",
     "protocol",
     "protocol_change",
+    "not_counted",  # sessions of the day that do not count: "simulated 1; engineering 2"
+    "label",  # "demo: simulated sessions, not therapy" in a demo home, else empty
 )
 MAX_TRACES = 6  # envelope charts of flagged sessions in the HTML report, most recent first
 _TRACE_KINDS = frozenset(
@@ -332,7 +334,7 @@ def _bar(ratio: float | None, target: float, width: int = 20) -> str:
 def render_table(report: AdherenceReport, context: ReportContext | None = None) -> str:
     """The report as plain text for a terminal, no line longer than LINE_WIDTH."""
     ctx = ReportContext() if context is None else context
-    out: list[str] = []
+    out: list[str] = [report.label.upper()] if report.label else []
     if ctx.integrity_failed:
         out.append("!" * LINE_WIDTH)
         out.extend(_wrapped(ctx.integrity_text(), "!! "))
@@ -447,6 +449,9 @@ def render_table(report: AdherenceReport, context: ReportContext | None = None) 
                 "  ",
             )
         )
+    out.extend(_set_apart_lines(report))
+    if report.label:
+        out.append(report.label.upper())
     # A table row made wide by unusual data (many sessions in a day, long ids) wraps too.
     fitted = [
         part
@@ -454,6 +459,35 @@ def render_table(report: AdherenceReport, context: ReportContext | None = None) 
         for part in (_wrapped(line, " " * 12) if len(line) > LINE_WIDTH else [line])
     ]
     return "\n".join(fitted) + "\n"
+
+
+def _set_apart_lines(report: AdherenceReport) -> list[str]:
+    """The sessions that do not count (simulated, engineering), apart from everything above."""
+    if not report.set_apart:
+        return []
+    rows = [["date", "slot", "start", "session", "device", "kind", "status", "minutes"]]
+    rows += [
+        [
+            s.local_date.isoformat(), str(s.slot), s.started_local[11:16],
+            _printable(s.session_id), _printable(s.device_id), s.kind, s.status,
+            _min(s.minutes_at_dose),
+        ]
+        for s in report.set_apart
+    ]  # fmt: skip
+    return [
+        "",
+        f"Not counted (not therapy): {len(report.set_apart)} session(s) on a simulator or "
+        "engineering run(s)",
+        *_columns(rows),
+    ]
+
+
+def _not_counted_cell(report: AdherenceReport, day: date) -> str:
+    kinds: dict[str, int] = {}
+    for s in report.set_apart:
+        if s.local_date == day:
+            kinds[s.kind] = kinds.get(s.kind, 0) + 1
+    return "; ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
 
 
 def _week_rows(weeks: Sequence[WeekAdherence], target: float) -> list[list[str]]:
@@ -533,6 +567,8 @@ def render_csv(report: AdherenceReport, context: ReportContext | None = None) ->
                 _number(d.dose_adherence),
                 (d.protocol_sha256 or "")[:12],
                 _change_cell(report, d.day),
+                _not_counted_cell(report, d.day),
+                report.label or "",
                 *integrity,
             ]
         )
@@ -1062,6 +1098,7 @@ h2.changed { color: #6b3fa0; }
 .card.good { border-top-color: var(--full); }
 .card.fair { border-top-color: var(--partial); }
 .card.poor { border-top-color: var(--missed); }
+.demo-banner { background: #fff3cd; border: 2px solid #c99a00; padding: 8px 12px; }
 .note-line { color: var(--muted); font-size: 12.5px; margin: 6px 0 0; }
 table { border-collapse: collapse; }
 .cal { width: 100%; table-layout: fixed; font-size: 12px; }
@@ -1506,6 +1543,27 @@ def _counted_to(report: AdherenceReport) -> str:
     return f"Counted from {_long_date(counted[0])} to {_long_date(counted[-1])}."
 
 
+def _set_apart_html(report: AdherenceReport) -> list[str]:
+    """The table of sessions that do not count, under a heading of its own."""
+    if not report.set_apart:
+        return []
+    rows = "".join(
+        f"<tr><td>{_e(s.local_date.isoformat())}</td><td>{s.slot}</td>"
+        f"<td>{_e(s.started_local[11:16])}</td><td>{_e(s.session_id)}</td>"
+        f"<td>{_e(s.device_id)}</td><td>{_e(s.kind)}</td><td>{_e(s.status)}</td>"
+        f"<td>{_e(_min(s.minutes_at_dose))}</td></tr>"
+        for s in report.set_apart
+    )
+    return [
+        f"<h2>Not counted: simulated sessions and engineering runs ({len(report.set_apart)})</h2>",
+        '<p class="note-line">Recorded on a simulated plate or by a service engineer: not '
+        "therapy, not in any figure above.</p>",
+        "<table><thead><tr><th>Date</th><th>Slot</th><th>Start</th><th>Session</th>"
+        "<th>Device</th><th>Kind</th><th>Status</th><th>Minutes</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>",
+    ]
+
+
 def render_html(
     report: AdherenceReport,
     protocol: ReportProtocol,
@@ -1523,11 +1581,13 @@ def render_html(
     record_of = _as_record if record_of is None else record_of
     sessions = list(sessions)
     ctx = ReportContext.of(report, protocol, sessions, None) if context is None else context
+    apart = {s.session_id for s in report.set_apart}
     in_period = sorted(
         (
             s
             for s in sessions
             if s.patient_id == report.patient_id
+            and s.session_id not in apart
             and report.period_start <= s.local_date <= min(report.period_end, report.today)
         ),
         key=lambda s: (s.local_date, s.slot, s.started_utc, s.session_id),
@@ -1589,6 +1649,11 @@ def render_html(
         f"{_e(_counted_to(report))} Dates and times are the patient's local ones "
         f"({_e(report.timezone)}).</p>",
         *(
+            [f'<p class="demo-banner"><strong>{_e(report.label.upper())}</strong></p>']
+            if report.label
+            else []
+        ),
+        *(
             [
                 '<p class="changed-note">The prescription changed during this study on '
                 + _e(", ".join(_since_text(p) for p in report.protocol_changes))
@@ -1644,8 +1709,13 @@ def render_html(
         _traces(report, in_period, record_of),
         "<h2>Devices used</h2>",
         _device_table(report),
+        *_set_apart_html(report),
         "<h2>How the figures are counted</h2>",
         '<ul class="rules">',
+        "<li>Only therapy counts: sessions on a simulated plate and engineering runs are "
+        "recorded as such, listed apart and never counted"
+        + (" (this is a demo: its simulated sessions are counted)" if report.demo else "")
+        + ".</li>",
         "<li>A day has "
         f"{report.sessions_per_day} session slot(s) of {report.minutes_per_session:g} min. "
         "A slot is completed when the minutes at dose of its sessions reach the prescription; "
@@ -1662,7 +1732,9 @@ def render_html(
         "</ul>",
         f"<footer>Generated from the session log ({report.sessions_considered} session(s) "
         "of this patient in the period) by the LIV platform software. "
-        "The report is for clinical review; it does not diagnose.</footer>",
+        "The report is for clinical review; it does not diagnose."
+        + (f" {_e(report.label.upper())}." if report.label else "")
+        + "</footer>",
         "</main></body></html>",
     ]
     return "\n".join(body) + "\n"

@@ -49,10 +49,10 @@ from controller.sensor import (
     check_sensor,
     check_tolerance,
 )
-from firmware_bridge.client import DeviceClient
+from firmware_bridge.client import DeviceClient, DeviceInfo
 from firmware_bridge.errors import LivError
-from sessions.adherence import PRESENCE_EVENT
-from sessions.log import LogError, SessionLog, SessionRecord
+from sessions.adherence import PRESENCE_EVENT, counted_kinds, session_kind
+from sessions.log import LogError, SessionKind, SessionLog, SessionRecord
 from sessions.protocol import PatientProtocol
 from sessions.scheduling import Decision, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_SIGHUP, STOP_SIGTERM
@@ -130,6 +130,22 @@ class SessionOutcome:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+SIM_SCHEME = "sim://"
+
+
+def device_kind(info: DeviceInfo, device_url: str) -> SessionKind:
+    """What a session on this device is: simulated if the device or its URL says so.
+
+    A simulator announces itself (HELLO capability SIMULATED), also when served on a pty or TCP
+    port; a ``sim://`` URL is the in-process simulator whatever it announces. A device id that
+    looks like a real plate's changes nothing. A device that does not announce SIMULATED is
+    trusted on that bit only: what binds a record to a real plate is the plate's own key.
+    """
+    if "SIMULATED" in info.capabilities or device_url.strip().lower().startswith(SIM_SCHEME):
+        return SessionKind.SIMULATED
+    return SessionKind.THERAPY
 
 
 class _DoseClock:
@@ -355,8 +371,12 @@ def run_session(
     on_decision: Callable[[Decision], None] | None = None,
     now: Callable[[], datetime] = utc_now,
     wall: Callable[[], float] = time.monotonic,
+    demo: bool = False,
 ) -> SessionOutcome:
     """Run the session due now. Raises SessionRefusedError (with the reason) if none is.
+
+    The schedule reads only the sessions that count (therapy; simulated ones too in a demo
+    home, ``demo``); the record's kind says whether the plate was a simulator.
 
     A stop (Ctrl-C, SIGTERM, SIGHUP, a closed output pipe) before the session row is written
     raises :class:`SessionStoppedError` naming it; after, the session is recorded as stopped.
@@ -366,7 +386,7 @@ def run_session(
         try:
             return _run_session(
                 protocol, log, device_url, calibrations, override_reason, on_progress,
-                on_decision, now, wall, stops,
+                on_decision, now, wall, stops, demo,
             )  # fmt: skip
         except KeyboardInterrupt as exc:
             stops.note(exc)
@@ -385,10 +405,16 @@ def _run_session(
     now: Callable[[], datetime],
     wall: Callable[[], float],
     stops: _Stops,
+    demo: bool,
 ) -> SessionOutcome:
     log.recover_interrupted(now())
     moment = now()  # the decision reads only the window that can change it: no envelope
-    history = log.summaries(protocol.patient_id, since=history_start(protocol, moment))
+    counted = counted_kinds(demo)
+    history = [
+        s
+        for s in log.summaries(protocol.patient_id, since=history_start(protocol, moment))
+        if session_kind(s) in counted
+    ]
     decision = decide(protocol, history, moment, override_reason)
     if not decision.allowed:
         raise SessionRefusedError(decision)
@@ -451,6 +477,7 @@ def _run_session(
             target_g=protocol.target_g,
             override_reason=decision.override_reason,
             resumed_from=decision.resumed_from,
+            kind=device_kind(info, device_url),
         )
         # From here on the row exists: every way out records the session.
         stops.deferred = False

@@ -120,10 +120,12 @@ WORDING: dict[str, str] = {
     "progress.stopping": "Stopping - step off when it is still",
     "progress.left": "{left} left",
     # ---- liv status -------------------------------------------------------------------------
+    "status.demo": "This is the demo: its sessions are simulated and are not therapy.",
     "status.today": "Today is {day} ({zone} time).",
     "status.slot_done": "Session {slot}: done.",
     "status.slot_part": "Session {slot}: {counted} of {goal} done.",
     "status.slot_due": "Session {slot}: not done yet.",
+    "status.not_counted": "A test session today does not count toward your sessions.",
     "status.next_now": "Next: session {slot} is due now; run liv start when you are ready.",
     "status.next": "Next: {message}",
     "status.streak_0": "No day with every session done yet: today can be the first.",

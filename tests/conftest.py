@@ -42,3 +42,16 @@ def _single_threaded_numerics() -> Iterator[None]:
 
     with single_threaded_numerics():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _own_data_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test's ``liv`` gets a data directory of its own unless it names one.
+
+    Engineering commands (``liv run``, ``liv device drive``, ``liv calibrate``) record their
+    runs in the log: without this a test that gives no ``--home`` would write into the
+    machine's real data directory.
+    """
+    monkeypatch.setenv("LIV_HOME", str(tmp_path_factory.mktemp("liv-home")))

@@ -29,7 +29,7 @@ def test_device_drive_reports_amplitude_and_link(
     # passed the firmware's 0.6 g ceiling on the standing-patient plant (1.6 g/unit at 30 Hz).
     g_per_drive = measured_g_per_drive("speed=max", 30.0, tmp_path / "probe.npz")
     drive = DOSE_LIMITS.highest_target_g(DOSE_LIMITS.over_acceleration_ceiling_g) / g_per_drive
-    argv = ["device", "drive", "--device", "sim://?speed=max", "--freq", "30",
+    argv = ["device", "drive", "--engineer", "--device", "sim://?speed=max", "--freq", "30",
             "--drive", f"{drive:.3f}"]  # fmt: skip
     assert main([*argv, "--seconds", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -45,6 +45,7 @@ def test_device_drive_reports_amplitude_and_link(
             [
                 "device",
                 "drive",
+                "--engineer",
                 "--device",
                 "sim://",
                 "--freq",
@@ -60,6 +61,7 @@ def test_device_drive_reports_amplitude_and_link(
             [
                 "device",
                 "drive",
+                "--engineer",
                 "--device",
                 "sim://",
                 "--freq",
@@ -102,7 +104,17 @@ def test_unusable_devices_fail_with_one_sentence(
 
 
 def test_drive_beyond_device_limit_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["device", "drive", "--device", "sim://?speed=max", "--freq", "30", "--drive", "0.95"]
+    argv = [
+        "device",
+        "drive",
+        "--engineer",
+        "--device",
+        "sim://?speed=max",
+        "--freq",
+        "30",
+        "--drive",
+        "0.95",
+    ]
     assert main([*argv, "--seconds", "1"]) == 2
     assert "outside 0..0.9" in capsys.readouterr().err
 

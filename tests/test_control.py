@@ -252,7 +252,7 @@ def test_ctrl_c_on_liv_run_ramps_down_and_exits_130(tmp_path: Path, empty_cal: C
 
     CalibrationStore(tmp_path).save(empty_cal)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sessions.cli", "-v", "run", "--device", "sim://?speed=1&mass=70",
+        [sys.executable, "-m", "sessions.cli", "-v", "run", "--engineer", "--device", "sim://?speed=1&mass=70",
          "--freq", "45", "--seconds", "60", "--calibration-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -213,7 +213,7 @@ def test_liv_run_accepts_exactly_the_table(
     argv: list[str], accepted: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = build_parser()
-    full = ["run", "--device", "sim://", "--seconds", "5", *argv]
+    full = ["run", "--engineer", "--device", "sim://", "--seconds", "5", *argv]
     if accepted:
         parser.parse_args(full)
         return
@@ -224,7 +224,18 @@ def test_liv_run_accepts_exactly_the_table(
 
 
 def test_liv_run_schedules_use_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", "--device", "sim://", "--schedule", "sweep:30-95/60", "--seconds", "5"])
+    code = main(
+        [
+            "run",
+            "--engineer",
+            "--device",
+            "sim://",
+            "--schedule",
+            "sweep:30-95/60",
+            "--seconds",
+            "5",
+        ]
+    )
     assert code == 2
     assert "outside the allowed 30-90 Hz" in capsys.readouterr().err
 

@@ -120,8 +120,11 @@ def calibration_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_home(root: Path, target_g: float = 0.3, freq_hz: float = 45.0) -> LivHome:
+    """A demo home (a file DEMO): its simulated sessions count, so the scheduler's resumption
+    and gap after a fault are exercised end to end (elsewhere they never count: test_modes)."""
     home = LivHome(root / "home")
     home.ensure()
+    (home.root / "DEMO").write_text("demo\n")
     source = root / "protocol.yaml"
     write_signed(source, protocol_text(target_g, freq_hz))
     enrol_home(home).install_protocol(source)

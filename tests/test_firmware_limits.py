@@ -137,7 +137,7 @@ def test_liv_device_drive_open_loop_is_stopped_by_the_plate(
 ) -> None:
     """At 20 Hz the empty plate gives 5.7 g per unit drive: 0.9 of full scale would be 5.1 g."""
     truth_path = tmp_path / "truth.npz"
-    argv = ["device", "drive", "--device", sim_url(truth_path, "mass=0"),
+    argv = ["device", "drive", "--engineer", "--device", sim_url(truth_path, "mass=0"),
             "--freq", "20", "--drive", "0.9", "--seconds", "2"]  # fmt: skip
     code = main(argv)
     err = capsys.readouterr().err
@@ -189,7 +189,7 @@ def test_a_host_whose_ceiling_was_raised_is_stopped_by_the_plate(
     """The host refuses 0.8 g by the dose table; a host whose ceiling was raised does not."""
     refused_truth = tmp_path / "refused.npz"
     with pytest.raises(SystemExit) as usage:  # liv run refuses it before opening the plate
-        main(["run", "--device", sim_url(refused_truth, "mass=0"), "--freq", "45",
+        main(["run", "--engineer", "--device", sim_url(refused_truth, "mass=0"), "--freq", "45",
               "--amplitude", "0.8", "--seconds", "5"])  # fmt: skip
     assert usage.value.code == 2
     assert "0.1 to 0.4" in capsys.readouterr().err

@@ -103,14 +103,22 @@ def test_liv_home_holds_the_calibration_that_calibrate_writes_and_run_and_start_
 ) -> None:
     home = tmp_path / "clinic-home"
     env = {"LIV_HOME": str(home)}
-    assert machine.liv("calibrate", "--device", EMPTY, **env).returncode == 0
+    assert machine.liv("calibrate", "--engineer", "--device", EMPTY, **env).returncode == 0
     assert (home / "calibration" / "SIM-0001.json").is_file()
     assert not machine.default_home.exists()
 
-    run = machine.liv("run", "--device", SIM, "--freq", "30", "--seconds", "1", **env)
+    run = machine.liv("run", "--engineer", "--device", SIM, "--freq", "30", "--seconds", "1", **env)
     assert run.returncode == 0, run.stderr
     elsewhere = machine.liv(
-        "run", "--device", SIM, "--freq", "30", "--seconds", "1", LIV_HOME=str(tmp_path / "b")
+        "run",
+        "--engineer",
+        "--device",
+        SIM,
+        "--freq",
+        "30",
+        "--seconds",
+        "1",
+        LIV_HOME=str(tmp_path / "b"),
     )
     assert f"no calibration for SIM-0001 in {tmp_path / 'b' / 'calibration'}" in one_sentence(
         elsewhere, 2
@@ -133,18 +141,23 @@ def test_with_nothing_set_calibrate_and_run_use_the_default_home(
 ) -> None:
     env = {"XDG_DATA_HOME": str(tmp_path / "xdg")} if xdg else {}
     home = tmp_path / "xdg" / "liv" if xdg else machine.default_home
-    assert machine.liv("calibrate", "--device", EMPTY, **env).returncode == 0
+    assert machine.liv("calibrate", "--engineer", "--device", EMPTY, **env).returncode == 0
     assert (home / "calibration" / "SIM-0001.json").is_file()
-    run = machine.liv("run", "--device", SIM, "--freq", "30", "--seconds", "1", **env)
+    run = machine.liv("run", "--engineer", "--device", SIM, "--freq", "30", "--seconds", "1", **env)
     assert run.returncode == 0, run.stderr
     assert (home.stat().st_mode & 0o777) == 0o700
 
 
 def test_the_home_option_works_for_calibrate_and_run(machine: Machine, tmp_path: Path) -> None:
     home = tmp_path / "given"
-    assert machine.liv("calibrate", "--device", EMPTY, "--home", str(home)).returncode == 0
+    assert (
+        machine.liv("calibrate", "--engineer", "--device", EMPTY, "--home", str(home)).returncode
+        == 0
+    )
     assert (home / "calibration" / "SIM-0001.json").is_file()
-    run = machine.liv("run", "--device", SIM, "--freq", "30", "--seconds", "1", "--home", str(home))
+    run = machine.liv(
+        "run", "--engineer", "--device", SIM, "--freq", "30", "--seconds", "1", "--home", str(home)
+    )
     assert run.returncode == 0, run.stderr
     assert not machine.default_home.exists()
 
@@ -208,7 +221,7 @@ def test_a_planted_symlink_is_refused_and_the_outside_file_untouched(
     argv = {
         "protocol": ["protocol", "install", str(source)],
         "device": ["device", "set", SIM],
-        "calibration": ["calibrate", "--device", EMPTY],
+        "calibration": ["calibrate", "--engineer", "--device", EMPTY],
     }[what]
     line = one_sentence(machine.liv(*argv, "--home", str(home)))
     assert f"refusing to write {home / name}" in line
@@ -226,7 +239,11 @@ def test_a_default_home_other_users_can_write_is_refused(machine: Machine, mode:
     real.mkdir(parents=True)
     (real / "protocol.yaml").write_text(protocol_text())
     real.chmod(mode)
-    for argv in (["status"], ["start", "--device", SIM], ["calibrate", "--device", EMPTY]):
+    for argv in (
+        ["status"],
+        ["start", "--device", SIM],
+        ["calibrate", "--engineer", "--device", EMPTY],
+    ):
         line = one_sentence(machine.liv(*argv))
         assert f"{real} can be changed by other users" in line
         assert f"run 'chmod 700 {real}'" in line
@@ -239,8 +256,9 @@ def test_a_calibration_dir_other_users_can_write_is_refused(
     home = tmp_path / "home"
     (home / "calibration").mkdir(parents=True, mode=0o700)
     (home / "calibration").chmod(0o777)
-    for argv in (["calibrate", "--device", EMPTY], ["run", "--device", SIM, "--freq", "30",
-                 "--seconds", "1"]):  # fmt: skip
+    calibrate = ["calibrate", "--engineer", "--device", EMPTY]
+    run = ["run", "--engineer", "--device", SIM, "--freq", "30", "--seconds", "1"]
+    for argv in (calibrate, run):
         line = one_sentence(machine.liv(*argv, "--home", str(home)))
         assert f"chmod 700 {home / 'calibration'}" in line
     assert list((home / "calibration").iterdir()) == []
@@ -298,7 +316,18 @@ def test_a_damaged_calibration_is_one_sentence(machine: Machine, tmp_path: Path,
     path = home / "calibration" / "SIM-0001.json"
     path.write_bytes(DAMAGED[kind])
     line = one_sentence(
-        machine.liv("run", "--device", SIM, "--freq", "30", "--seconds", "1", "--home", str(home))
+        machine.liv(
+            "run",
+            "--engineer",
+            "--device",
+            SIM,
+            "--freq",
+            "30",
+            "--seconds",
+            "1",
+            "--home",
+            str(home),
+        )
     )
     assert line == (
         f"liv: the calibration file {path} is damaged or unreadable: run 'liv calibrate' "

@@ -108,8 +108,8 @@ def test_liv_run_after_a_killed_liv_run_clears_the_watchdog_fault(
     tmp_path: Path, calibration_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def liv_run(device: str, seconds: float) -> list[str]:
-        return ["run", "--device", device, "--freq", "45", "--seconds", f"{seconds:g}",
-                "--calibration-dir", str(calibration_dir)]  # fmt: skip
+        return ["run", "--engineer", "--device", device, "--freq", "45",
+                "--seconds", f"{seconds:g}", "--calibration-dir", str(calibration_dir)]  # fmt: skip
 
     with served_plate(tmp_path, speed=SPEED) as plate:
         proc = subprocess.Popen(

@@ -458,6 +458,8 @@ def _edit(column: str, value: Any) -> Any:
         return json.dumps(figures)
     if column == "status":
         return "completed"
+    if column == "kind":
+        return "therapy" if value != "therapy" else "simulated"
     if column in ("prev_hash", "record_hash"):
         return value[:-1] + ("0" if value[-1] != "0" else "1")
     if column == "override":

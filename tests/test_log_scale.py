@@ -24,7 +24,7 @@ from benchmarks.make_log import PATIENT_ID, bench_protocol, make_log
 from sessions.cli import main
 from sessions.commands import _status_of_log
 from sessions.home import LivHome
-from sessions.log import SCHEMA_VERSION, SessionLog, SessionStore, canonical_json
+from sessions.log import SCHEMA_VERSION, SessionKind, SessionLog, SessionStore, canonical_json
 from sessions.log.chain import _canonical_pairs, _Entry, _verify_chains
 from sessions.log.fields import _raw_from_row
 from sessions.log.storage import _SCHEMA_V1
@@ -274,21 +274,26 @@ def test_canonical_pairs_accepts_only_canonical_text() -> None:
 
 
 def test_a_schema_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None:
-    """A log written by the first schema opens, gains the summary index and still verifies."""
+    """A log written by the first schema opens, gains the summary index and the kind column, and
+    still verifies: its records (written without a kind) keep their hashes and read as therapy."""
     path = tmp_path / "old.db"
     make_log(path, years=DAYS / 365)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:  # schema 1
         conn.execute("DROP INDEX IF EXISTS sessions_day_minutes")
         conn.execute("ALTER TABLE sessions DROP COLUMN error_uncertainty_pct")  # schema 3's
+        conn.execute("ALTER TABLE sessions DROP COLUMN kind")  # schema 4 added it
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE sql NOT NULL")}
     assert names == {_name(s) for s in _SCHEMA_V1}
     with SessionLog(path, read_only=True) as log:  # an audit never migrates: reads as it is
         assert len(log.summaries()) == 2 * DAYS
+        assert {s.kind for s in log.summaries()} == {SessionKind.THERAPY}
+        assert len(log.slot_minutes(PATIENT_ID)) == 2 * DAYS
         assert log.verify().ok
     with SessionLog(path) as log:
         assert log.verify().ok
         assert len(log.slot_minutes(PATIENT_ID)) == 2 * DAYS
+        assert {s.kind for s in log.summaries()} == {SessionKind.THERAPY}
     with contextlib.closing(sqlite3.connect(path)) as conn:
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         plan = " ".join(

@@ -8,6 +8,7 @@ scenario names its posture (seated and standing), because the simulator's defaul
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from firmware_bridge.client import DeviceClient
 from sessions.adherence import compute_adherence
 from sessions.cli import main
 from sessions.home import LivHome
-from sessions.log import SessionLog, SessionRecord
+from sessions.log import SessionKind, SessionLog, SessionRecord
 from tests.simhelpers import enrol_home, load_truth, protocol_yaml, write_signed
 from tests.test_adherence import Book, d, make_protocol
 
@@ -329,7 +330,11 @@ def test_a_patient_the_plate_cannot_tell_from_empty_is_credited_and_flagged(
     assert presence["values"]["detectable"] is False
     assert presence["values"]["undetectable_s"] > 40.0
     assert presence["values"]["absent_s"] == 0.0
-    report = compute_adherence(home.protocol(), [record])
+    # The session ran on the simulator, so it is recorded as simulated and never counts; the
+    # same record as therapy (what a real plate writes) is what the report must flag.
+    assert record.kind is SessionKind.SIMULATED
+    as_therapy = dataclasses.replace(record, kind=SessionKind.THERAPY)
+    report = compute_adherence(home.protocol(), [as_therapy])
     kinds = [f.kind for f in report.flagged]
     assert "presence_not_verified" in kinds
     assert "fault" not in kinds  # the presence facts are not a safety fault

@@ -210,8 +210,9 @@ def test_csv_has_one_row_per_day() -> None:
     patient, rx = report.patient_id, make_protocol().sha256[:12]  # rx: the protocol that day
     missed = "missed,yes,2,0,20.0,0.0,0.0,0,0.0,0.0"
     partial = "partial,yes,2,1,20.0,18.0,20.0,2,0.5,0.9"
-    assert lines[4] == f"{patient},2026-03-05,Thu,2026-W10,{missed},{rx},"
-    assert lines[7] == f"{patient},2026-03-08,Sun,2026-W10,{partial},{rx},"
+    # the last two columns: sessions not counted that day (none here), the demo label (none)
+    assert lines[4] == f"{patient},2026-03-05,Thu,2026-W10,{missed},{rx},,,"
+    assert lines[7] == f"{patient},2026-03-08,Sun,2026-W10,{partial},{rx},,,"
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,8 +32,11 @@ def protocol_text() -> str:
 
 @pytest.fixture
 def home(tmp_path: Path) -> LivHome:
+    """A demo home (a file DEMO): sessions on the simulator count there, so resumption and the
+    gap are exercised end to end on it (outside a demo they never count: tests/test_modes.py)."""
     h = LivHome(tmp_path / "home")
     h.ensure()
+    (h.root / "DEMO").write_text("demo\n")
     write_signed(tmp_path / "p.yaml", protocol_text())
     enrol_home(h).install_protocol(tmp_path / "p.yaml")
     with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as dev:

@@ -138,7 +138,7 @@ def test_liv_run_refuses_a_sensor_12pct_high_and_never_drives(
     sensor = "&sensor_gain_error=0.12"
     home = make_home(tmp_path, sensor)
     truth_path = tmp_path / "truth.npz"
-    argv = ["run", "--device", sim(f"{sensor}&truth={truth_path}"), "--freq", "45"]
+    argv = ["run", "--engineer", "--device", sim(f"{sensor}&truth={truth_path}"), "--freq", "45"]
     assert liv(home, *argv, "--seconds", "2") == 1
     sentence = one_sentence(capsys.readouterr().err)
     assert "sensor check failed" in sentence
@@ -174,7 +174,16 @@ def test_a_stored_sensor_calibration_makes_the_true_amplitude_right(
     sensor = f"&sensor_gain_error={gain_error}&sensor_offset_g={offset_g}"
     home = make_home(tmp_path, sensor)
     hold_s = 4.0
-    run = ["run", "--freq", "45", "--amplitude", str(TARGET_G), "--seconds", str(hold_s)]
+    run = [
+        "run",
+        "--engineer",
+        "--freq",
+        "45",
+        "--amplitude",
+        str(TARGET_G),
+        "--seconds",
+        str(hold_s),
+    ]
     before = tmp_path / "before.npz"
     code = liv(home, *run, "--device", sim(f"{sensor}&truth={before}"), "--json")
     if refused_uncorrected:
@@ -188,7 +197,10 @@ def test_a_stored_sensor_calibration_makes_the_true_amplitude_right(
         assert all(amp / TARGET_G - 1.0 > 0.03 for amp in amps), amps
     capsys.readouterr()
     bench = ["--sensitivity", str(1.0 + gain_error), "--offset-g", str(offset_g)]
-    assert liv(home, "calibrate", "--sensor", "--device", sim(sensor, mass=0), *bench) == 0
+    assert (
+        liv(home, "calibrate", "--engineer", "--sensor", "--device", sim(sensor, mass=0), *bench)
+        == 0
+    )
     capsys.readouterr()
     record = home.calibrations().load_sensor(DEVICE_ID)
     assert record is not None
@@ -197,7 +209,7 @@ def test_a_stored_sensor_calibration_makes_the_true_amplitude_right(
     assert record.resting_g == pytest.approx(1.0 + gain_error + offset_g, abs=0.003)
     assert record.source == "bench"
     # the empty plate calibrated again through the corrected sensor, then a run
-    assert liv(home, "calibrate", "--device", sim(sensor, mass=0)) == 0
+    assert liv(home, "calibrate", "--engineer", "--device", sim(sensor, mass=0)) == 0
     capsys.readouterr()
     after = tmp_path / "after.npz"
     assert liv(home, *run, "--device", sim(f"{sensor}&truth={after}"), "--json") == 0
@@ -249,13 +261,13 @@ def test_calibrate_sensor_refuses_values_that_do_not_fit_the_plate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = make_home(tmp_path)
-    cmd = ["calibrate", "--sensor", "--device", sim(mass=0)]
+    cmd = ["calibrate", "--engineer", "--sensor", "--device", sim(mass=0)]
     assert liv(home, *cmd, "--sensitivity", "1.1") == 1  # the part reads 1.00 g at rest
     err = one_sentence(capsys.readouterr().err)
     assert "not saved" in err
     assert "corrected 0.90" in err
     assert home.calibrations().load_sensor(DEVICE_ID) is None
-    assert liv(home, "calibrate", "--device", sim(mass=0), "--offset-g", "0.1") == 2
+    assert liv(home, "calibrate", "--engineer", "--device", sim(mass=0), "--offset-g", "0.1") == 2
     assert "only allowed with --sensor" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:  # argparse: outside 0.8-1.2
         liv(home, *cmd, "--sensitivity", "2")

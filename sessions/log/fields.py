@@ -23,6 +23,7 @@ from sessions.log.records import (
     MAX_SAFE_INTEGER,
     NUMBER_DECIMALS,
     OPTIONAL_FIELDS,
+    SessionKind,
     SessionRecord,
     SessionStatus,
     SessionSummary,
@@ -304,6 +305,13 @@ def _summary_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     started_local = _parse_moment(raw, "started_local", False)
     assert started_utc is not None  # not nullable
     assert started_local is not None
+    kind = SessionKind.THERAPY  # a record from before kinds existed
+    if "kind" in raw:
+        kind_text = _want(raw, "kind", texts, False)
+        try:
+            kind = SessionKind(kind_text)
+        except ValueError as exc:
+            raise ValueError(f"field kind has an unknown value {kind_text!r}") from exc
     mean_error = _want(raw, "mean_error_pct", nums, True)
     p95_error = _want(raw, "p95_abs_error_pct", nums, True)
     # optional (OPTIONAL_FIELDS): absent from records written before it existed
@@ -342,4 +350,5 @@ def _summary_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
         error_uncertainty_pct=None if uncertainty is None else float(uncertainty),
         safety_events=tuple(events),
         exposure=None if exposure is None else {k: float(v) for k, v in exposure.items()},
+        kind=kind,
     )

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from firmware_bridge.errors import LivError
 
-SCHEMA_VERSION = 3  # 2: index sessions_day_minutes; 3: error_uncertainty_pct (docs/log-format.md)
+SCHEMA_VERSION = 4  # 2: index sessions_day_minutes; 3: error_uncertainty_pct; 4: column kind
 GENESIS_HASH = "0" * 64  # prev_hash of chain_index 0
 CHECKPOINT_INTERVAL_S = 5.0  # the caller checkpoints a running session at least this often
 NUMBER_DECIMALS = 6  # every number is stored and hashed rounded to 6 decimal places
@@ -42,6 +42,17 @@ class SessionStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = frozenset(s for s in SessionStatus if s is not SessionStatus.RUNNING)
+
+
+class SessionKind(enum.StrEnum):
+    """What a record is; only therapy counts as therapy (docs/adherence.md).
+
+    A record without the field (written before kinds existed) is therapy.
+    """
+
+    THERAPY = "therapy"  # a session on a plate that does not announce itself as simulated
+    SIMULATED = "simulated"  # a session on the simulator (HELLO bit SIMULATED, sim:// URL)
+    ENGINEERING = "engineering"  # liv run, liv device drive, liv calibrate (--engineer)
 
 
 class LogErrorReason(enum.StrEnum):
@@ -94,7 +105,7 @@ class LogError(LivError):
 
 @dataclass(frozen=True)
 class SessionSummary:
-    """One therapy session as logged, without its envelope: what lists and schedules read.
+    """One session (therapy, simulated or engineering) as logged, without its envelope.
 
     Read from the summary columns (:meth:`SessionStore.summaries`), never from the bulky
     envelope, so listing years of sessions stays fast and small. ``chain_index`` and
@@ -132,6 +143,7 @@ class SessionSummary:
     error_uncertainty_pct: float | None  # standard uncertainty of one 1-s accuracy window
     safety_events: tuple[dict[str, Any], ...]
     exposure: dict[str, float] | None
+    kind: SessionKind = field(default=SessionKind.THERAPY, kw_only=True)
 
     @property
     def finished(self) -> bool:
@@ -140,7 +152,7 @@ class SessionSummary:
 
 @dataclass(frozen=True)
 class SessionRecord(SessionSummary):
-    """One therapy session as logged, with its envelope: for charts, ``liv show`` and export."""
+    """One session as logged, with its envelope: for charts, ``liv show`` and export."""
 
     envelope: tuple[tuple[float, float], ...]  # (t_s, amplitude_g), about 10 points per second
     last_checkpoint_utc: datetime | None
@@ -184,6 +196,7 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "local_date",
     "slot",
     "status",
+    "kind",
     "reason",
     "override",
     "override_reason",
@@ -201,9 +214,10 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "last_checkpoint_utc",
 )
 HASH_EXCLUDED = frozenset({"prev_hash", "record_hash"})
-# Fields added after records were first written: null in a record, such a field is left out of
-# its hash and may be absent from an import, so records written before it existed still verify.
-OPTIONAL_FIELDS = frozenset({"error_uncertainty_pct"})
+# Fields added after records were first written: absent from the raw form of a record written
+# before they existed (NULL in its row), so its hash is the one it was written with, and they may
+# be absent from an import. ``kind`` absent means therapy.
+OPTIONAL_FIELDS = frozenset({"error_uncertainty_pct", "kind"})
 # Read only where drawn or exported: the envelope, and the column stored after it (reaching it
 # walks the envelope's overflow pages). A summary holds every other field.
 DETAIL_FIELDS = frozenset({"envelope", "last_checkpoint_utc"})

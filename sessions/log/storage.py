@@ -10,7 +10,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +53,7 @@ from sessions.log.records import (
     BadRecord,
     LogError,
     LogErrorReason,
+    SessionKind,
     SessionRecord,
     SessionStatus,
     SessionSummary,
@@ -150,7 +151,18 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 2 -> 3: the accuracy's standard uncertainty next to the accuracy figures (null in older
     # records, which therefore hash and verify as before: records.OPTIONAL_FIELDS)
     2: ("ALTER TABLE sessions ADD COLUMN error_uncertainty_pct REAL",),
+    # 3 -> 4: what each record is (therapy, simulated, engineering; NULL: a record from before,
+    # therapy). The summary index gains it, so status still counts therapy from the index alone.
+    3: (
+        "ALTER TABLE sessions ADD COLUMN kind TEXT "
+        "CHECK (kind IN ('therapy', 'simulated', 'engineering'))",
+        "DROP INDEX IF EXISTS sessions_day_minutes",
+        "CREATE INDEX sessions_day_minutes ON sessions "
+        "(patient_id, local_date, slot, started_utc, session_id, minutes_at_dose, kind)",
+    ),
 }
+# A record counts as therapy when its kind is therapy or absent (written before kinds existed).
+_KIND_SQL = "COALESCE(kind, 'therapy')"
 
 
 # --- paths ---------------------------------------------------------------------------------------
@@ -196,6 +208,7 @@ class SessionStore:
         self._conn: sqlite3.Connection | None = None
         self._locks = _SessionLocks(self.path)
         self._running: set[str] = set()
+        self._has_kind = False  # a log of schema 2 or older, opened read-only, has no kind column
         try:
             with _translate("open the session log", self.path):
                 if read_only:
@@ -211,6 +224,7 @@ class SessionStore:
                     self._conn.row_factory = sqlite3.Row
                     self._configure(self._conn)
                 self.log_id = self._open_schema()
+                self._has_kind = self._has_column("kind")
                 if not read_only:
                     for suffix in ("-wal", "-shm"):
                         _tighten(self.path.with_name(self.path.name + suffix))
@@ -372,6 +386,10 @@ class SessionStore:
             raise self._corrupt("its log_id is missing")
         return str(row[0])
 
+    def _has_column(self, name: str) -> bool:
+        rows = self._connection().execute("PRAGMA table_info(sessions)").fetchall()
+        return any(row[1] == name for row in rows)
+
     def _migrate(self, version: int) -> None:
         with self._write() as tx:
             current = self._schema_version(tx)
@@ -449,8 +467,18 @@ class SessionStore:
         target_g: float,
         override_reason: str | None = None,
         resumed_from: str | None = None,
+        kind: SessionKind = SessionKind.THERAPY,
     ) -> str:
-        """Write a ``running`` row for a session that starts now; returns its session_id."""
+        """Write a ``running`` row for a session that starts now; returns its session_id.
+
+        ``kind`` says what it is: a therapy session, one on a simulator, or an engineering run.
+        """
+        try:
+            kind = SessionKind(kind)
+        except ValueError:
+            raise _invalid(
+                f"kind must be one of {', '.join(k.value for k in SessionKind)}, not {kind!r}"
+            ) from None
         started = _utc(started_utc, "started_utc")
         zone_name = _text(timezone, "timezone")
         zone = _zone(zone_name)
@@ -493,6 +521,7 @@ class SessionStore:
             "local_date": local_date.isoformat(),
             "slot": slot,
             "status": SessionStatus.RUNNING.value,
+            "kind": kind.value,
             "reason": "",
             "override": override_reason is not None,
             "override_reason": override_reason,
@@ -852,16 +881,34 @@ class SessionStore:
         The envelope (and the column stored after it) is never read, so a year of sessions
         lists in milliseconds whatever their envelopes hold.
         """
-        sql, params = self._select(self._summary_columns, patient_id, since, until)
+        columns = ", ".join(
+            name if name != "kind" or self._has_kind else "NULL AS kind"
+            for name in self._summary_columns.split(", ")
+        )
+        sql, params = self._select(columns, patient_id, since, until)
         with _translate("read the session log", self.path), self._lock:
             rows = self._connection().execute(sql, params).fetchall()
         return [self._summary_row(row) for row in rows]
 
     def slot_minutes(
-        self, patient_id: str, since: date | None = None, until: date | None = None
+        self,
+        patient_id: str,
+        since: date | None = None,
+        until: date | None = None,
+        kinds: Collection[SessionKind] = (SessionKind.THERAPY,),
     ) -> dict[tuple[date, int], float]:
-        """Minutes at dose per (local date, slot) of one patient, summed in listing order."""
-        sql, params = self._select("local_date, slot, minutes_at_dose", patient_id, since, until)
+        """Minutes at dose per (local date, slot) of one patient, summed in listing order.
+
+        Only records of ``kinds`` are summed (default: therapy, which a record from before
+        kinds existed is).
+        """
+        counted = sorted(SessionKind(k).value for k in kinds)
+        sql, params = self._select(
+            "local_date, slot, minutes_at_dose", patient_id, since, until,
+            counted if self._has_kind else None,
+        )  # fmt: skip
+        if not self._has_kind and SessionKind.THERAPY not in counted:
+            return {}  # every record of a log from before kinds is therapy
         totals: dict[tuple[date, int], float] = {}
         with _translate("read the session log", self.path), self._lock:
             rows = self._connection().execute(sql, params).fetchall()
@@ -874,11 +921,19 @@ class SessionStore:
         return totals
 
     def _select(
-        self, columns: str, patient_id: str | None, since: date | None, until: date | None
+        self,
+        columns: str,
+        patient_id: str | None,
+        since: date | None,
+        until: date | None,
+        kinds: Sequence[str] | None = None,
     ) -> tuple[str, list[str]]:
         """The listing query (by local date and slot; bounds inclusive) and its parameters."""
         where: list[str] = []
         params: list[str] = []
+        if kinds is not None:
+            where.append(f"{_KIND_SQL} IN ({', '.join('?' * len(kinds))})")
+            params.extend(kinds)
         if patient_id is not None:
             where.append("patient_id = ?")
             params.append(patient_id)
