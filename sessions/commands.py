@@ -70,8 +70,6 @@ if TYPE_CHECKING:
 
 EXIT_REFUSED = 1
 
-# What the outcome sentence adds after a session on a simulator outside a demo home.
-SIMULATED_NOTE = "on a simulator: recorded as simulated, not counted as therapy"
 _counted = counted_kinds
 _kind_of = session_kind
 
@@ -419,17 +417,20 @@ def start_session(
             )
         finally:
             display.finish()
-    display.say(_labelled(outcome.message, outcome.record.kind, home.is_demo))
+    display.say(outcome.message)
+    note = _not_therapy_note(outcome.record.kind, home.is_demo)
+    if note is not None:
+        display.say(note)
     return outcome
 
 
-def _labelled(sentence: str, kind: SessionKind, demo: bool) -> str:
-    """The outcome sentence, saying (still one sentence) when the session is not therapy."""
+def _not_therapy_note(kind: SessionKind, demo: bool) -> str | None:
+    """A sentence after the outcome when the session is not therapy (docs/wording.md)."""
     if demo:
-        return f"{sentence.rstrip('.')} ({DEMO_LABEL})."
+        return say("status.demo")
     if kind is SessionKind.SIMULATED:
-        return f"{sentence.rstrip('.')} ({SIMULATED_NOTE})."
-    return sentence
+        return say("start.simulated")
+    return None
 
 
 # The stops that interrupt a session (docs/cli.md, exit codes): Ctrl-C, SIGTERM, SIGHUP and a

@@ -210,6 +210,9 @@ SHAPES: dict[str, dict[str, str]] = {
         "flagged": "[liv.flag/1]",
         "devices": "list",
         "protocols": "[liv.protocol_period/1]",
+        "set_apart": "list",
+        "label": "str?",
+        "demo": "bool",
     },
     "liv.status/1": {
         "schema": "str",
@@ -540,6 +543,9 @@ def report_shape(
             for u in report.devices
         ],
         "protocols": [_period_shape(p) for p in report.protocols],
+        "set_apart": [s.to_dict() for s in report.set_apart],
+        "label": report.label,
+        "demo": report.label is not None,
     }
 
 

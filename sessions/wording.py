@@ -120,6 +120,7 @@ WORDING: dict[str, str] = {
     "progress.stopping": "Stopping - step off when it is still",
     "progress.left": "{left} left",
     # ---- liv status -------------------------------------------------------------------------
+    "start.simulated": "This plate is a simulator, so this session does not count.",
     "status.demo": "This is the demo: its sessions are simulated and are not therapy.",
     "status.today": "Today is {day} ({zone} time).",
     "status.slot_done": "Session {slot}: done.",

@@ -19,7 +19,7 @@ import pytest
 
 from sessions.cli import main
 from sessions.home import LivHome
-from sessions.log import SessionLog, canonical_json
+from sessions.log import SCHEMA_VERSION, SessionLog, canonical_json
 from tests.simhelpers import install_signed
 
 T0 = datetime(2025, 1, 10, 7, 30, tzinfo=UTC)
@@ -101,15 +101,26 @@ def test_editing_the_uncertainty_breaks_the_chain(tmp_path: Path) -> None:
 
 
 def test_a_log_from_before_the_field_opens_read_only_and_migrates(tmp_path: Path) -> None:
+    """A schema-2 log (records written with neither the uncertainty nor a kind) reads as it is
+    read-only, and a writer migrates it without touching a hash."""
+    from benchmarks.make_log import make_log
+
     path = tmp_path / "old.db"
-    with SessionLog(path) as log:
-        ids = [_session(log, 1, None), _session(log, 2, None)]
+    count = make_log(path, years=4 / 365)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:  # schema 2
-        conn.execute("ALTER TABLE sessions DROP COLUMN error_uncertainty_pct")
+        conn.execute("DROP INDEX sessions_day_minutes")  # schema 4 rebuilt it with kind
+        conn.execute(
+            "CREATE INDEX sessions_day_minutes ON sessions "
+            "(patient_id, local_date, slot, started_utc, session_id, minutes_at_dose)"
+        )
+        conn.execute("ALTER TABLE sessions DROP COLUMN kind")  # schema 4's
+        conn.execute("ALTER TABLE sessions DROP COLUMN error_uncertainty_pct")  # schema 3's
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with SessionLog(path, read_only=True) as log:  # an audit reads it as it is
-        assert [s.error_uncertainty_pct for s in log.summaries()] == [None, None]
-        assert log.get(ids[0]).error_uncertainty_pct is None
+        summaries = log.summaries()
+        assert len(summaries) == count
+        assert {s.error_uncertainty_pct for s in summaries} == {None}
+        assert log.get(summaries[0].session_id).error_uncertainty_pct is None
         assert log.verify().ok
         assert all("error_uncertainty_pct" not in r for r in _export(log))
     with SessionLog(path) as log:  # a writer migrates it, and the old chain still verifies
@@ -118,7 +129,7 @@ def test_a_log_from_before_the_field_opens_read_only_and_migrates(tmp_path: Path
         assert log.verify().ok
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "3",
+            str(SCHEMA_VERSION),
         )
 
 

@@ -30,7 +30,8 @@ from sessions.home import LivHome
 from sessions.log import SessionKind, SessionLog, SessionStatus, record_hash
 from sessions.protocol import load_protocol
 from sessions.runner import device_kind
-from tests.simhelpers import load_truth, protocol_yaml, truth_envelope
+from sessions.wording import say
+from tests.simhelpers import install_signed, load_truth, protocol_yaml, truth_envelope
 
 DEVICE_ID = "LIV-0042"  # looks like a real plate's id: it must not make a simulator therapy
 PATIENT = "P-0123"
@@ -46,8 +47,7 @@ def home(tmp_path: Path) -> LivHome:
     """An installation with a 1-minute protocol and a calibrated simulated plate."""
     h = LivHome(tmp_path / "home")
     h.ensure()
-    (tmp_path / "p.yaml").write_text(protocol_yaml())
-    h.install_protocol(tmp_path / "p.yaml")
+    install_signed(h)
     with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}") as dev:
         h.calibrations().save(identify(dev))
     return h
@@ -75,8 +75,8 @@ def test_a_session_on_the_simulator_is_logged_as_simulated_and_does_not_count(
 ) -> None:
     assert liv(home, "start", "--device", sim()) == 0
     out = capsys.readouterr().out
-    assert "Session complete: 1.0 minutes at dose" in out
-    assert "(on a simulator: recorded as simulated, not counted as therapy)." in out
+    assert say("outcome.completed") in out
+    assert say("start.simulated") in out
     (rec,) = logged(home)
     assert rec.kind is SessionKind.SIMULATED
     assert rec.device_id == DEVICE_ID
@@ -84,9 +84,9 @@ def test_a_session_on_the_simulator_is_logged_as_simulated_and_does_not_count(
     # status: the slot is still due, and the simulated session is named apart
     assert liv(home, "status") == 0
     status = capsys.readouterr().out
-    assert "session 1: due" in status
-    assert "not counted: 1 simulated session(s)" in status
-    assert "streak            0 day(s)" in status
+    assert "Session 1: not done yet." in status
+    assert say("status.not_counted") in status
+    assert say("status.streak_0") in status
     # a second session right away is not refused by the gap: the first one was not therapy
     assert liv(home, "start", "--device", sim()) == 0
     assert [r.kind for r in logged(home)] == [SessionKind.SIMULATED] * 2
@@ -122,7 +122,7 @@ def test_report_adherence_leaves_simulated_sessions_out_and_lists_them_apart(
     assert rec.session_id in page
     assert liv(home, "report", "--format", "csv") == 0
     rows = capsys.readouterr().out.splitlines()
-    assert rows[0].endswith(",not_counted,label")
+    assert rows[0].split(",")[-3:-1] == ["not_counted", "label"]
     # sessions / show / export name the kind
     assert liv(home, "sessions") == 0
     assert "simulated (not therapy)" in capsys.readouterr().out
@@ -164,8 +164,8 @@ def test_status_and_adherence_count_therapy_records_only(home: LivHome) -> None:
         minutes = log.slot_minutes(PATIENT)
         assert minutes == {}
         lines = status_lines(protocol, recent, now, minutes)
-        assert "  session 1: due" in lines
-        assert any("not counted: 2 engineering and simulated" in line for line in lines)
+        assert "  Session 1: not done yet." in lines
+        assert "  " + say("status.not_counted") in lines
         report = compute_adherence(protocol, recent, today=today + timedelta(days=1))
         assert report.minutes_at_dose == 0
         assert {s.kind for s in report.set_apart} == {"simulated", "engineering"}
@@ -283,13 +283,13 @@ def test_a_demo_home_counts_simulated_sessions_and_labels_every_output(
     assert home.is_demo
     assert liv(home, "start", "--device", sim()) == 0
     out = capsys.readouterr().out
-    assert DEMO_LABEL in out
+    assert say("status.demo") in out
     (rec,) = logged(home)
     assert rec.kind is SessionKind.SIMULATED  # still recorded as what it was
     assert liv(home, "status") == 0
     status = capsys.readouterr().out
-    assert DEMO_LABEL.upper() in status
-    assert "session 1: done" in status
+    assert say("status.demo") in status
+    assert "Session 1: done." in status
     assert liv(home, "start", "--device", sim()) == 1  # the schedule counts it: the gap holds
     assert "allowed from" in capsys.readouterr().err
     assert liv(home, "report", "--format", "json") == 0
@@ -386,8 +386,8 @@ def test_liv_run_in_engineer_mode_is_logged_as_engineering_and_stays_under_the_c
     assert rec.envelope  # the measured amplitude, as for a session
     assert liv(home, "status") == 0
     status = capsys.readouterr().out
-    assert "session 1: due" in status
-    assert "not counted: 1 engineering session(s)" in status
+    assert "Session 1: not done yet." in status
+    assert say("status.not_counted") in status
     make_demo(home)  # not even a demo home counts an engineering run
     assert liv(home, "report", "--format", "json") == 0
     data = json.loads(capsys.readouterr().out)

@@ -201,11 +201,17 @@ def test_a_completed_session_and_the_status_after_it_read_plainly(
     assert_plain(out + err)
     assert "Step onto the plate now" in out
     assert "press Ctrl-C to stop" in out
-    assert patient_lines(out)[-1] == wording.say("outcome.completed")
+    # the outcome, then (on this simulated plate) that it does not count
+    assert patient_lines(out)[-2:] == [
+        wording.say("outcome.completed"),
+        wording.say("start.simulated"),
+    ]
     assert liv(home, "status") == 0
     status = capsys.readouterr().out
     assert_plain(status)
-    assert "Session 1: done." in status
+    # a simulated plate's session does not count: status says so in plain words
+    assert "Session 1: not done yet." in status
+    assert wording.say("status.not_counted") in status
     assert "day(s)" not in status
 
 
@@ -215,7 +221,7 @@ def test_a_tripped_session_reads_plainly_and_the_record_keeps_the_detail(
     assert liv(home, "start", "--device", sim("&sensor_stuck_at=20")) == 1
     out, err = capsys.readouterr()
     assert_plain(out + err)
-    assert patient_lines(out)[-1].startswith(wording.say("outcome.trip.sensor"))
+    assert patient_lines(out)[-2].startswith(wording.say("outcome.trip.sensor"))
     with SessionLog(home.db_path()) as log:
         (record,) = log.sessions()
     assert record.status is SessionStatus.TRIPPED
