@@ -134,7 +134,9 @@ def test_report_adherence_leaves_simulated_sessions_out_and_lists_them_apart(
     assert "simulated (not therapy)" in capsys.readouterr().out
     exported = tmp_path / "log.jsonl"
     assert liv(home, "export", "--out", str(exported)) == 0
-    assert json.loads(exported.read_text())["kind"] == "simulated"
+    header, record = (json.loads(line) for line in exported.read_text().splitlines())
+    assert header["schema"] == "liv.export_header/1"
+    assert record["kind"] == "simulated"
 
 
 def test_a_served_simulator_is_simulated_whatever_its_url(tmp_path: Path) -> None:
