@@ -19,7 +19,7 @@ import pytest
 
 from sessions.cli import main
 from sessions.home import LivHome
-from sessions.log import SessionLog, canonical_json
+from sessions.log import SCHEMA_VERSION, SessionLog, canonical_json
 from tests.simhelpers import install_signed
 
 T0 = datetime(2025, 1, 10, 7, 30, tzinfo=UTC)
@@ -118,7 +118,7 @@ def test_a_log_from_before_the_field_opens_read_only_and_migrates(tmp_path: Path
         assert log.verify().ok
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "3",
+            str(SCHEMA_VERSION),  # 3 and every later step
         )
 
 
