@@ -9,10 +9,11 @@ long it was, and a session with too much of it is flagged "presence not verified
 The row is written when the session starts and checkpointed every CHECKPOINT_S (wall clock
 or device time, whichever comes first), so a crash or a kill loses at most those seconds. The
 control loop only hands each checkpoint to a writer thread (:class:`_CheckpointWriter`): no
-control update waits on SQLite. The writer's serialising is Python work that holds the GIL
-(about 8-25 ms of CPU for a 10-minute envelope); while it runs the interpreter's switch
-interval is cut to WRITER_SWITCH_INTERVAL_S, so the control thread waits at most that (plus
-the longest single C call, the envelope's JSON, about 1 ms) instead of Python's default 5 ms.
+control update waits on SQLite. A checkpoint stores only the envelope points added since the
+one before (about 50; docs/log-format.md), so the writer's Python work, which holds the GIL,
+stays well under a millisecond however long the session; while the writer exists the
+interpreter's switch interval is cut to WRITER_SWITCH_INTERVAL_S, so the control thread waits
+at most that instead of Python's default 5 ms.
 Ctrl-C, SIGTERM, SIGHUP (terminal closed) and a closed output pipe raise :class:`StopRequest`:
 the plate ramps down and the session is recorded as stopped, with the true reason.
 """
@@ -281,7 +282,10 @@ class _CheckpointWriter:
 
     The control loop hands over a snapshot (:meth:`submit`: a lock held for a pointer swap);
     the thread writes the newest snapshot and drops older ones it had no time for, so a slow or
-    locked database delays the record, never the plate. Failures are counted and kept for the
+    locked database delays the record, never the plate. A snapshot holds the whole envelope so
+    far, but the log appends only the points it has not stored yet (one chunk per checkpoint):
+    the writer's work per checkpoint does not grow with the session, and a dropped or failed
+    snapshot loses nothing the next one does not carry. Failures are counted and kept for the
     record (``log_write_failed``).
     """
 
@@ -296,7 +300,8 @@ class _CheckpointWriter:
         self.first_failure: tuple[float, LogError] | None = None
         self.last_failure: LogError | None = None
         # The control thread must not wait a whole default switch interval (5 ms) for the GIL
-        # while this thread serialises a checkpoint: hand the GIL over ten times as often.
+        # while this thread checks and serialises a checkpoint's new points: hand the GIL over
+        # ten times as often.
         self._switch_interval_s = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval_s, WRITER_SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._run, name="liv-checkpoint", daemon=True)
@@ -333,8 +338,8 @@ class _CheckpointWriter:
                 )
                 self.written += 1
             except LogError as exc:
-                # The plate keeps running: the next checkpoint rewrites everything, and the
-                # final write reports a log that stays unwritable.
+                # The plate keeps running: the next checkpoint stores every point not stored
+                # yet, and the final write reports a log that stays unwritable.
                 _log.warning("checkpoint not written (%s); retrying with the next one", exc)
                 self.failures += 1
                 self.last_failure = exc

@@ -282,6 +282,7 @@ def test_a_schema_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None:
         conn.execute("DROP INDEX IF EXISTS sessions_day_minutes")
         conn.execute("ALTER TABLE sessions DROP COLUMN error_uncertainty_pct")  # schema 3's
         conn.execute("ALTER TABLE sessions DROP COLUMN kind")  # schema 4 added it
+        conn.execute("DROP TABLE envelope_chunks")  # schema 5's
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE sql NOT NULL")}
     assert names == {_name(s) for s in _SCHEMA_V1}

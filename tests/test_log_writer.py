@@ -21,6 +21,7 @@ from sessions import runner
 from sessions.home import LivHome
 from sessions.log import LogError, LogErrorReason, SessionLog, SessionStatus
 from sessions.runner import CHECKPOINT_S, Progress, run_session
+from tests.test_checkpoint_chunks import CountedEnvelope
 from tests.test_resume import home, sim  # noqa: F401  (home is a fixture)
 
 SLOW_WRITE_S = 0.5  # one checkpoint on a slow disk (or a busy one, under load)
@@ -33,6 +34,19 @@ class SlowLog(SessionLog):
     def checkpoint(self, session_id: str, **kwargs: Any) -> None:
         time.sleep(SLOW_WRITE_S)
         super().checkpoint(session_id, **kwargs)
+
+
+class CountingLog(SessionLog):
+    """Notes, per checkpoint, the envelope's length and how many of its points were read."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.checkpoints: list[tuple[int, int]] = []
+
+    def checkpoint(self, session_id: str, **kwargs: Any) -> None:
+        points = CountedEnvelope(kwargs.pop("envelope"))
+        super().checkpoint(session_id, envelope=points, **kwargs)
+        self.checkpoints.append((len(points), points.read))
 
 
 class UpdateGaps:
@@ -64,6 +78,26 @@ def test_a_slow_log_does_not_delay_control_updates(home: LivHome) -> None:  # no
     assert gaps.calls > 3000
     assert gaps.longest < SLOW_WRITE_S / 2, f"a control update waited {gaps.longest:.3f} s"
     assert record.minutes_at_dose == pytest.approx(1.0)
+
+
+def test_each_checkpoint_of_a_session_reads_only_its_new_points(home: LivHome) -> None:  # noqa: F811
+    """The writer thread's work per checkpoint is the points added since the last one.
+
+    Before, every checkpoint read (checked, rounded, serialised) the whole envelope so far: at
+    the end of a 10-minute session 6000 points, 25-67 ms of CPU holding the GIL.
+    """
+    with CountingLog(home.db_path()) as log:
+        outcome = run_session(
+            protocol=home.protocol(), log=log, device_url=sim(),
+            calibrations=home.calibrations(),
+        )  # fmt: skip
+    assert outcome.record.status is SessionStatus.COMPLETED
+    assert len(log.checkpoints) >= 10  # a 1-minute session, a checkpoint every 5 s
+    stored = 0
+    for length, read in log.checkpoints:
+        assert read <= length - stored + 1, f"read {read} points of {length}, {stored} stored"
+        stored = length
+    assert len(outcome.record.envelope) >= stored > 500
 
 
 def test_a_locked_log_mid_session_does_not_delay_updates_and_is_recorded(

@@ -107,25 +107,16 @@ def _free_json(value: Any, where: str) -> Any:
     raise _invalid(f"{where}: {type(value).__name__} cannot be written to the log")
 
 
-def _measured_columns(
-    *,
-    minutes_at_dose: Any,
-    envelope: Any,
-    freqs_hz: Any,
-    safety_events: Any,
-    mean_error_pct: Any,
-    p95_abs_error_pct: Any,
-    exposure: Any,
-    error_uncertainty_pct: Any = None,
-) -> dict[str, Any]:
-    """Check and quantize the measured fields shared by checkpoint and finish (raw form)."""
-    minutes = _quantize(minutes_at_dose, "minutes_at_dose")
-    if minutes < 0:
-        raise _invalid(f"minutes_at_dose must not be negative, not {minutes:g}")
-    if not isinstance(envelope, Sequence):
+def _envelope_points(envelope: Any, first: int = 0) -> list[list[float]]:
+    """Check and quantize ``envelope[first:]`` (pairs named by their index in the envelope).
+
+    A checkpoint passes the number of points already stored as ``first``: only the new points
+    are read, so its work does not grow with the session.
+    """
+    if not isinstance(envelope, Sequence) or isinstance(envelope, str):
         raise _invalid("envelope must be a list of (t_s, amplitude_g) pairs")
     points: list[list[float]] = []
-    for i, point in enumerate(envelope):
+    for i, point in enumerate(envelope[first:], start=first):
         if not isinstance(point, Sequence) or isinstance(point, str) or len(point) != 2:
             raise _invalid(f"envelope[{i}] must be a (t_s, amplitude_g) pair, not {point!r}")
         points.append(
@@ -134,6 +125,23 @@ def _measured_columns(
                 _quantize(point[1], f"envelope[{i}] amplitude_g", ENVELOPE_G_DECIMALS),
             ]
         )
+    return points
+
+
+def _measured_figures(
+    *,
+    minutes_at_dose: Any,
+    freqs_hz: Any,
+    safety_events: Any,
+    mean_error_pct: Any,
+    p95_abs_error_pct: Any,
+    exposure: Any,
+    error_uncertainty_pct: Any = None,
+) -> dict[str, Any]:
+    """Check and quantize the measured fields but the envelope (raw form): all small."""
+    minutes = _quantize(minutes_at_dose, "minutes_at_dose")
+    if minutes < 0:
+        raise _invalid(f"minutes_at_dose must not be negative, not {minutes:g}")
     if not isinstance(freqs_hz, Sequence) or isinstance(freqs_hz, str):
         raise _invalid("freqs_hz must be a list of frequencies in Hz")
     freqs = [_quantize(f, f"freqs_hz[{i}]") for i, f in enumerate(freqs_hz)]
@@ -159,7 +167,6 @@ def _measured_columns(
         }
     return {
         "minutes_at_dose": minutes,
-        "envelope": points,
         "freqs_hz": freqs,
         "safety_events": events,
         "mean_error_pct": _optional_quantize(mean_error_pct, "mean_error_pct"),
@@ -169,10 +176,23 @@ def _measured_columns(
     }
 
 
+def _measured_columns(*, envelope: Any, **figures: Any) -> dict[str, Any]:
+    """Check and quantize every measured field of a finished record, envelope included."""
+    measured = _measured_figures(**figures)
+    points = _envelope_points(envelope)
+    return {
+        "minutes_at_dose": measured.pop("minutes_at_dose"),
+        "envelope": points,
+        **measured,
+    }
+
+
 # --- raw records: the exported JSON object, as stored --------------------------------------------
 
 
-def _raw_from_row(row: sqlite3.Row, names: Sequence[str] = EXPORT_FIELDS) -> dict[str, Any]:
+def _raw_from_row(
+    row: sqlite3.Row | Mapping[str, Any], names: Sequence[str] = EXPORT_FIELDS
+) -> dict[str, Any]:
     """The record as its export object (JSON columns parsed); raises ValueError on bad JSON.
 
     ``names`` picks the fields (default: all); a summary row is read with ``SUMMARY_FIELDS``.

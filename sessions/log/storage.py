@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from sessions.log.canonical import record_hash
+from sessions.log.canonical import canonical_json, record_hash
 from sessions.log.chain import (
     _content_bad,
     _content_problem,
@@ -29,8 +29,10 @@ from sessions.log.errors import _invalid, _translate
 from sessions.log.fields import (
     _columns,
     _columns_from_raw,
+    _envelope_points,
     _iso,
     _measured_columns,
+    _measured_figures,
     _quantize,
     _raw_from_row,
     _record_from_raw,
@@ -160,6 +162,19 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX sessions_day_minutes ON sessions "
         "(patient_id, local_date, slot, started_utc, session_id, minutes_at_dose, kind)",
     ),
+    # 4 -> 5: a running session's envelope grows by appended chunks, one per checkpoint, so a
+    # checkpoint writes only the points that are new; the finished record holds the whole
+    # envelope in sessions.envelope as before, and its chunks are deleted when it is chained.
+    4: (
+        """CREATE TABLE IF NOT EXISTS envelope_chunks (
+            session_id TEXT NOT NULL REFERENCES sessions (session_id),
+            seq INTEGER NOT NULL CHECK (seq >= 0),
+            points_before INTEGER NOT NULL CHECK (points_before >= 0),
+            points INTEGER NOT NULL CHECK (points >= 1),
+            body TEXT NOT NULL,
+            UNIQUE (session_id, seq)
+        )""",
+    ),
 }
 # A record counts as therapy when its kind is therapy or absent (written before kinds existed).
 _KIND_SQL = "COALESCE(kind, 'therapy')"
@@ -209,6 +224,7 @@ class SessionStore:
         self._locks = _SessionLocks(self.path)
         self._running: set[str] = set()
         self._has_kind = False  # a log of schema 2 or older, opened read-only, has no kind column
+        self._chunked = True  # False: a read-only log from before envelope_chunks (schema 5)
         try:
             with _translate("open the session log", self.path):
                 if read_only:
@@ -375,12 +391,16 @@ class SessionStore:
             )
         if version < SCHEMA_VERSION and not self.read_only:
             self._migrate(version)
-        elif version < 3:
-            # read-only, so not migrated: a log from before schema 3 has no error_uncertainty_pct
-            # column; its records hold none (null), and the summary query says so
-            self._summary_columns = self._summary_columns.replace(
-                "error_uncertainty_pct", "NULL AS error_uncertainty_pct"
-            )
+        else:
+            if version < 3:
+                # read-only, so not migrated: a log from before schema 3 has no
+                # error_uncertainty_pct column; its records hold none (null), and the summary
+                # query says so
+                self._summary_columns = self._summary_columns.replace(
+                    "error_uncertainty_pct", "NULL AS error_uncertainty_pct"
+                )
+            # read-only from before schema 5: running envelopes are in sessions.envelope alone
+            self._chunked = version >= 5
         row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         if row is None or not isinstance(row[0], str) or not row[0]:
             raise self._corrupt("its log_id is missing")
@@ -579,12 +599,15 @@ class SessionStore:
     ) -> None:
         """Save what a running session has delivered so far, in one transaction.
 
-        ``wait_s`` bounds how long a locked database may hold this up (a caller inside a
-        control loop passes a fraction of the plate's watchdog time).
+        ``envelope`` is the whole envelope so far; it only ever grows. The log appends the
+        points added since the last checkpoint (one ``envelope_chunks`` row) and replaces the
+        other measured fields, so a checkpoint's work does not grow with the session. An
+        envelope that does not extend the stored one (shorter, or its last stored point
+        changed) replaces it. ``wait_s`` bounds how long a locked database may hold this up (a
+        caller inside a control loop passes a fraction of the plate's watchdog time).
         """
-        measured = _measured_columns(
+        figures = _measured_figures(
             minutes_at_dose=minutes_at_dose,
-            envelope=envelope,
             freqs_hz=freqs_hz,
             safety_events=safety_events,
             mean_error_pct=mean_error_pct,
@@ -592,13 +615,84 @@ class SessionStore:
             exposure=exposure,
             error_uncertainty_pct=error_uncertainty_pct,
         )
-        measured["last_checkpoint_utc"] = _iso(_utc(now_utc, "now_utc"))
-        columns = _columns(measured)
+        figures["last_checkpoint_utc"] = _iso(_utc(now_utc, "now_utc"))
+        columns = _columns(figures)
+        if not isinstance(envelope, Sequence) or isinstance(envelope, str):
+            raise _invalid("envelope must be a list of (t_s, amplitude_g) pairs")
         with (
             _translate("save the session checkpoint", self.path),
             self._write(wait_s) as tx,
         ):
             self._update_running(tx, session_id, columns)
+            self._append_envelope(tx, session_id, envelope)
+
+    def _append_envelope(
+        self, tx: sqlite3.Connection, session_id: str, envelope: Sequence[Any]
+    ) -> None:
+        """Store the points of ``envelope`` beyond those already stored, as one new chunk.
+
+        Reads one chunk row and the new points (plus the last stored one, to check that the
+        envelope extends what is stored): the work does not depend on the envelope's length.
+        """
+        last = tx.execute(
+            "SELECT seq, points_before + points, body FROM envelope_chunks "
+            "WHERE session_id = ? ORDER BY seq DESC LIMIT 1",
+            (session_id,),
+        ).fetchone()
+        seq, stored = (0, 0) if last is None else (int(last[0]) + 1, int(last[1]))
+        points: list[list[float]] = []
+        if stored and len(envelope) >= stored:
+            points = _envelope_points(envelope, stored - 1)
+            # "[" opens every point and nothing else, so this matches one whole point
+            if str(last[2]).endswith(canonical_json(points[0])):
+                points = points[1:]
+            else:
+                stored = 0
+        elif stored:
+            stored = 0
+        if not stored:
+            if last is not None:
+                _log.info("session %s: checkpoint envelope replaces the stored one", session_id)
+                tx.execute("DELETE FROM envelope_chunks WHERE session_id = ?", (session_id,))
+            seq, points = 0, _envelope_points(envelope)
+        if points:
+            tx.execute(
+                "INSERT INTO envelope_chunks (session_id, seq, points_before, points, body) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (session_id, seq, stored, len(points), canonical_json(points)[1:-1]),
+            )
+
+    def _envelope_text(self, conn: sqlite3.Connection, session_id: str, stored: Any) -> Any:
+        """A running session's envelope (JSON text): its column, then its chunks in order.
+
+        The column is ``[]`` for sessions started since schema 5; a session checkpointed by
+        older software holds its envelope there.
+        """
+        if not self._chunked or not isinstance(stored, str):
+            return stored
+        bodies = [
+            str(body)
+            for (body,) in conn.execute(
+                "SELECT body FROM envelope_chunks WHERE session_id = ? ORDER BY seq",
+                (session_id,),
+            )
+        ]
+        if not bodies:
+            return stored
+        head = stored.strip()
+        if head != "[]" and head.startswith("[") and head.endswith("]"):
+            bodies.insert(0, head[1:-1])
+        return "[" + ",".join(bodies) + "]"
+
+    def _assembled(
+        self, conn: sqlite3.Connection, row: sqlite3.Row
+    ) -> sqlite3.Row | dict[str, Any]:
+        """A running row with its in-progress envelope assembled; any other row as it is."""
+        if row["status"] != SessionStatus.RUNNING or not self._chunked:
+            return row
+        values = {key: row[key] for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+        values["envelope"] = self._envelope_text(conn, row["session_id"], row["envelope"])
+        return values
 
     def finish_session(
         self,
@@ -769,7 +863,8 @@ class SessionStore:
         if row is None or row["status"] != SessionStatus.RUNNING or row["record_hash"]:
             raise self._not_running(tx, session_id)
         try:
-            raw = _raw_from_row(row)
+            # recovery keeps the checkpointed envelope: assembled here, once
+            raw = _raw_from_row(row if "envelope" in changes else self._assembled(tx, row))
         except ValueError as exc:
             raise self._corrupt(f"session {session_id} cannot be read ({exc})") from exc
         raw.update(changes)
@@ -785,6 +880,7 @@ class SessionStore:
         raw["prev_hash"] = GENESIS_HASH if head is None else head["record_hash"]
         raw["record_hash"] = record_hash(raw["prev_hash"], raw)
         self._update_running(tx, session_id, _columns_from_raw(raw))
+        tx.execute("DELETE FROM envelope_chunks WHERE session_id = ?", (session_id,))
         self._check_stored(tx, session_id)
         return raw
 
@@ -822,7 +918,12 @@ class SessionStore:
                 f"session {raw.get('session_id')} cannot be read ({exc}); run verify"
             ) from exc
 
-    def _typed_row(self, row: sqlite3.Row) -> SessionRecord:
+    def _full_rows(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row | dict[str, Any]]:
+        """Whole rows, a running session's envelope assembled from its chunks (one snapshot)."""
+        with _translate("read the session log", self.path), self._read() as conn:
+            return [self._assembled(conn, row) for row in conn.execute(sql, params).fetchall()]
+
+    def _typed_row(self, row: sqlite3.Row | Mapping[str, Any]) -> SessionRecord:
         try:
             raw = _raw_from_row(row)
         except ValueError as exc:
@@ -841,19 +942,14 @@ class SessionStore:
 
     def get(self, session_id: str) -> SessionRecord:
         """The record of one session (running or finished)."""
-        with _translate("read the session log", self.path), self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
-                .fetchone()
-            )
-        if row is None:
+        rows = self._full_rows("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
+        if not rows:
             raise LogError(
                 f"There is no session {session_id} in this log.",
                 reason=LogErrorReason.UNKNOWN_SESSION,
                 path=self.path,
             )
-        return self._typed_row(row)
+        return self._typed_row(rows[0])
 
     def sessions(
         self,
@@ -866,9 +962,7 @@ class SessionStore:
         Full records, envelopes included: for lists and schedules use :meth:`summaries`.
         """
         sql, params = self._select("*", patient_id, since, until)
-        with _translate("read the session log", self.path), self._lock:
-            rows = self._connection().execute(sql, params).fetchall()
-        return [self._typed_row(row) for row in rows]
+        return [self._typed_row(row) for row in self._full_rows(sql, params)]
 
     def summaries(
         self,
@@ -954,15 +1048,10 @@ class SessionStore:
         """The most recently started session of one patient's slot on one local date, if any."""
         if not isinstance(local_date, date) or isinstance(local_date, datetime):
             raise _invalid(f"local_date must be a date, not {local_date!r}")
-        with _translate("read the session log", self.path), self._lock:
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT * FROM sessions WHERE patient_id = ? AND local_date = ? AND slot = ?",
-                    (patient_id, local_date.isoformat(), slot),
-                )
-                .fetchall()
-            )
+        rows = self._full_rows(
+            "SELECT * FROM sessions WHERE patient_id = ? AND local_date = ? AND slot = ?",
+            (patient_id, local_date.isoformat(), slot),
+        )
         records = [self._typed_row(row) for row in rows]
         if not records:
             return None
