@@ -40,13 +40,14 @@ from tests.test_log import (
     start,
 )
 
-# Golden values of the records written by _write_golden_log, from commit 7d8f794 (every
-# checkpoint rewrote the whole envelope).
+# Golden values of the records written by _write_golden_log, from the code before appended
+# chunks (every checkpoint rewrote the whole envelope): commit 7d8f794, re-taken on the main
+# line just before the chunks were merged, once records carried their kind (schema 4).
 GOLDEN = {
-    "finished_hash": "f4cfb29465e19588ac8cbcacf987b2e68767ec7caae7ce773135838854b0f192",
-    "recovered_hash": "cfe4e6fc903da6700d15f6e89a5d926913725ec0ff7b4262be6bcc19c90e5a6d",
+    "finished_hash": "22aa75a2b0f38ee3b6296061fa127ab0eec4dfb41bbf15c20645e2211cca2cad",
+    "recovered_hash": "86c5373ba51e2a3f1cdfdc2fdb9cdd4c98a75b8ab262589a528c91c1d80c6b06",
     "envelope_column_sha256": "162a5c429f40ce7cdb45a43b02b0bd7eb934f4eca1ed607c3338e58b67b424c7",
-    "export_sha256": "bdab09a436cb10f7c7cf08c41222770d240300197b7c011884c617ac74353d59",
+    "export_sha256": "dc58458b3c78754a95b686b213733cc5761e8f92d7ba63fd79c04d5c678c5b22",
 }
 
 

@@ -179,10 +179,13 @@ def patient_sentences(out: str, err: str) -> list[str]:
     test_diagnostics_do_not_reach_the_patient.
     """
     lines = [line.strip() for line in f"{out}\n{err}".splitlines()]
+    # the note after the outcome that a demo or simulated session does not count
+    notes = {say("status.demo"), say("start.simulated")}
     return [
         line
         for line in lines
         if line
+        and line not in notes
         and not PROGRESS_LINE.match(line)
         and not DECISION_LINE.match(line)
         and not LOG_RECORD.match(line)
