@@ -341,7 +341,11 @@ def test_wal_full_sync_and_meta(tmp_path: Path) -> None:
     with raw_db(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         meta = dict(raw.execute("SELECT key, value FROM meta").fetchall())
-    assert meta == {"schema_version": str(SCHEMA_VERSION), "log_id": log_id}
+    assert meta == {
+        "schema_version": str(SCHEMA_VERSION),
+        "log_id": log_id,
+        "vouched_from_index": "0",  # a new log: every record is countersigned by the plate
+    }
     with SessionLog(path) as again:
         assert again.log_id == log_id  # created once
 

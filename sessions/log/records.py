@@ -11,7 +11,9 @@ from typing import Any, NamedTuple
 
 from firmware_bridge.errors import LivError
 
-SCHEMA_VERSION = 2  # 2: index sessions_day_minutes (docs/log-format.md)
+SCHEMA_VERSION = (
+    3  # 2: index sessions_day_minutes; 3: device countersignatures (docs/log-format.md)
+)
 GENESIS_HASH = "0" * 64  # prev_hash of chain_index 0
 CHECKPOINT_INTERVAL_S = 5.0  # the caller checkpoints a running session at least this often
 NUMBER_DECIMALS = 6  # every number is stored and hashed rounded to 6 decimal places
@@ -159,6 +161,7 @@ class VerifyResult:
 class ImportResult:
     added: int
     skipped_duplicates: int
+    vouched: int = 0  # records whose plate countersignature was checked
 
 
 # --- fields --------------------------------------------------------------------------------------
@@ -198,7 +201,8 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "envelope",
     "last_checkpoint_utc",
 )
-HASH_EXCLUDED = frozenset({"prev_hash", "record_hash"})
+# The hashes themselves, and the plate's countersignature of record_hash (kept beside the record)
+HASH_EXCLUDED = frozenset({"prev_hash", "record_hash", "device_voucher"})
 # Read only where drawn or exported: the envelope, and the column stored after it (reaching it
 # walks the envelope's overflow pages). A summary holds every other field.
 DETAIL_FIELDS = frozenset({"envelope", "last_checkpoint_utc"})
