@@ -16,6 +16,7 @@ the plate ramps down and the session is recorded as stopped, with the true reaso
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -487,6 +488,10 @@ def _run_session(
         finally:
             stops.deferred = True
             writer.close()
+            # The record is written and countersigned with the plate still connected: make sure
+            # it is stopping first (a stop before the loop ran leaves the output to this).
+            with contextlib.suppress(BridgeError):
+                device.stop_output(wait=False)
         if clock.stop_reason is not None:
             stops.note(StopRequest(clock.stop_reason))
         if result is not None and result.status is ExposureStatus.STOPPED_BY_USER:

@@ -141,9 +141,18 @@ def liv_start(home: LivHome, calibration_dir: Path, device: str) -> int:
 
 
 def liv_verify(home: LivHome, capsys: pytest.CaptureFixture[str]) -> None:
+    """The chain verifies. A record the plate could not countersign because the link was lost
+    at its end is reported as not vouched for (exit 1, docs/cli.md), never as changed."""
     capsys.readouterr()
-    assert main(["verify", "--home", str(home.root)]) == 0
-    assert "every chain intact" in capsys.readouterr().out
+    code = main(["verify", "--home", str(home.root)])
+    out, err = capsys.readouterr()
+    if code == 1 and "could not countersign it (link to the device lost" in err:
+        assert "LOG CHANGED" not in err
+        with SessionLog(home.db_path(), read_only=True) as log:
+            assert log.verify().ok
+        return
+    assert code == 0, err
+    assert "every chain intact" in out
 
 
 def records(home: LivHome) -> list[SessionRecord]:
