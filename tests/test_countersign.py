@@ -181,3 +181,34 @@ def test_untrusted_identity_and_countersignature_are_refused() -> None:
         check_countersignature(answer, **{**args, "expected_counter": 2})  # type: ignore[arg-type]
     with pytest.raises(InvalidDeviceInfoError, match="digest"):
         check_countersignature(answer, **{**args, "digest": digest_of("q")})  # type: ignore[arg-type]
+
+
+def test_liv_sim_serve_keeps_the_plates_memory_across_runs(tmp_path: Path) -> None:
+    """A plate served from its own process (``liv sim serve``) keeps key and counter too."""
+    import subprocess
+    import sys
+
+    def serve() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sessions.cli", "sim", "serve", "--tcp", "127.0.0.1:0",
+             "--sim", f"sim://?speed=4&nv={tmp_path}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    seen = []
+    for _ in range(2):
+        proc = serve()
+        try:
+            assert proc.stdout is not None
+            address = proc.stdout.readline().strip()
+            with DeviceClient.open(address) as device:
+                identity = device.identity()
+                seen.append(identity)
+                device.countersign(digest_of(f"run {len(seen)}"), identity.counter + 1,
+                                   identity.public_key)  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+    assert seen[1].public_key == seen[0].public_key
+    assert (seen[0].counter, seen[1].counter) == (0, 1)
+    assert (tmp_path / "SIM-0001" / "device_key").exists()
