@@ -245,7 +245,12 @@ def auditor_verify(jsonl: str) -> dict[str, int]:
         for index, record in enumerate(sorted(records, key=lambda r: r["chain_index"])):
             assert record["chain_index"] == index
             assert record["prev_hash"] == prev
-            body = {k: v for k, v in record.items() if k not in ("prev_hash", "record_hash")}
+            # the two hashes and the plate's countersignature are not hashed (log-format.md 7)
+            body = {
+                k: v
+                for k, v in record.items()
+                if k not in ("prev_hash", "record_hash", "device_voucher")
+            }
             digest = hashlib.sha256((prev + auditor_canonical(body)).encode("utf-8")).hexdigest()
             assert digest == record["record_hash"]
             prev = digest
@@ -382,7 +387,7 @@ def _doc_block(language: str) -> str:
 def test_the_example_line_in_the_docs_verifies() -> None:
     line = _doc_block("json").strip()
     record = json.loads(line)
-    assert sorted(record) == sorted(EXPORT_FIELDS)
+    assert sorted(record) == sorted([*EXPORT_FIELDS, "device_voucher"])
     assert auditor_verify(line) == {record["log_id"]: 1}
     assert canonical_json(record) == line
 
@@ -693,7 +698,9 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
         fill(a)
         text = export_text(a)
         assert len(text.splitlines()) == 3
-        assert sorted(json.loads(text.splitlines()[0])) == sorted(EXPORT_FIELDS)
+        line = json.loads(text.splitlines()[0])
+        assert sorted(line) == sorted([*EXPORT_FIELDS, "device_voucher"])
+        assert line["device_voucher"] is None  # written by the log alone, no plate vouched
         result = b.import_jsonl(io.StringIO(text))
         assert (result.added, result.skipped_duplicates) == (3, 0)
         assert b.sessions() == a.sessions()
