@@ -292,6 +292,14 @@ class ProgressLine:
             os.close(devnull)
 
 
+def _notice(text: str) -> None:
+    """Something the patient should know that is not the session's outcome (a pairing): on
+    stderr, so that the outcome stays the one sentence of stdout and a closed stdout is still
+    noticed by the progress line, which stops the session (ProgressLine)."""
+    with contextlib.suppress(OSError):
+        echo(text, file=sys.stderr)
+
+
 def start_session(
     args: argparse.Namespace, home: LivHome, device_url: str, out: TextIO
 ) -> SessionOutcome:
@@ -311,7 +319,7 @@ def start_session(
                 on_progress=display,
                 on_decision=lambda d: display.write(terminal_text(d.message) + "\n"),
                 pins=pins_of(home),
-                on_notice=display.say,
+                on_notice=_notice,
             )
         finally:
             display.finish()
