@@ -44,8 +44,9 @@ from benchmarks.make_log import DEVICE_ID, bench_protocol, make_log  # noqa: E40
 from benchmarks.signing import signed_by_bench_clinic  # noqa: E402
 from controller.calibration import CalibrationStore, identify  # noqa: E402
 from firmware_bridge.client import DeviceClient  # noqa: E402
+from firmware_bridge.sim.nvstore import DeviceNv  # noqa: E402
 from sessions.home import LivHome  # noqa: E402
-from sessions.log import SessionLog  # noqa: E402
+from sessions.log import PINS_FILE, DevicePins, SessionLog  # noqa: E402
 
 PLATE = f"sim://?mass=70&seed=2&device_id={DEVICE_ID}"
 START_TIMEOUT_S = 120.0  # the runner's whole run is bounded by five times this
@@ -124,7 +125,8 @@ def run_command(argv: list[str]) -> Run:
 
 def run_start(home: LivHome) -> Run:
     """``liv start`` until its first progress line (the plate moving); then SIGTERM."""
-    result = _measured("start", _liv("start", "--home", str(home.root), "--device", PLATE))
+    plate = f"{PLATE}&nv={home.root / 'nv'}"  # the plate that signed the log (make_log)
+    result = _measured("start", _liv("start", "--home", str(home.root), "--device", plate))
     if result["moved_s"] is None:
         raise RuntimeError("liv start never reported the plate moving")
     return Run(result["moved_s"], result["peak_kb"] / 1024.0)
@@ -138,13 +140,19 @@ def build(cache: Path, years: int) -> tuple[Path, LivHome, LivHome]:
     if not db.exists():
         partial = cache / f".log-{years}y.{os.getpid()}.db"
         print(f"building {years} year(s) of log in {db} ...", file=sys.stderr)
-        make_log(partial, years=years)
+        make_log(partial, years=years, nv=cache / f"home-{years}y" / "nv")
         partial.replace(db)
     with SessionLog(db) as log:  # brings the schema up to date once; lists the first day
         first = min(s.local_date for s in log.summaries())
     home = _home(db.parent, first, round(years * 365))
     start_home = _home(cache / f"start-{years}y", first, round(years * 365))
     shutil.copyfile(db, start_home.db_path())
+    # the plate that countersigned the log (make_log --nv) is paired with both homes; the
+    # start home gets a copy of its memory, so that its sessions continue the log's counter
+    shutil.copytree(db.parent / "nv", start_home.root / "nv", dirs_exist_ok=True)
+    key = DeviceNv(db.parent / "nv", DEVICE_ID).public_key
+    for h in (home, start_home):
+        DevicePins(h.root / PINS_FILE).pin(DEVICE_ID, key, 1)
     calibration = cache / "calibration"
     if not calibration.exists():
         with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as device:

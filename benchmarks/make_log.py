@@ -9,6 +9,11 @@ session, ramps included: about 6000 points, 96 kB of JSON) and the protocol snap
 as ``SessionStore.start_session`` + ``finish_session`` would (same quantisation, same
 canonical JSON, same hash chain); ``SessionStore.verify`` passes on the result, which
 ``tests/test_log_scale.py`` checks. About 10 s per year of log on the development machine.
+
+With ``--nv DIR`` the generator also acts as the simulated plate ``SIM-BENCH`` whose
+non-volatile memory is in DIR (firmware_bridge/sim/nvstore.py): it countersigns every record as
+that plate would (protocol 2.1) and leaves the plate's counter and head at the log's last, so
+``liv verify`` checks a signature per record, as it does on a real home's log.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from firmware_bridge.countersign import next_head, signed_bytes
+from firmware_bridge.sim.nvstore import DeviceNv, LastSignature, NvState
 from sessions.log import GENESIS_HASH, SessionStore, record_hash
 from sessions.log.fields import _columns_from_raw, _iso
 from sessions.protocol import MAX_STUDY_DAYS, protocol_from_dict
@@ -76,8 +83,21 @@ def _envelope(rng: random.Random, points_per_s: float, target_g: float) -> list[
     return points
 
 
-def make_log(path: Path, *, years: float, seed: int = 1, points_per_s: float = 10.0) -> int:
-    """Write ``years`` of sessions ending yesterday into a new log at ``path``; the count."""
+def make_log(
+    path: Path,
+    *,
+    years: float,
+    seed: int = 1,
+    points_per_s: float = 10.0,
+    nv: Path | None = None,
+) -> int:
+    """Write ``years`` of sessions ending yesterday into a new log at ``path``; the count.
+
+    With ``nv``, every record is countersigned by the simulated plate whose memory is there.
+    """
+    plate = DeviceNv(nv, DEVICE_ID) if nv is not None else None
+    state = plate.state if plate is not None else None
+    device_id_raw = DEVICE_ID.encode("ascii").ljust(16, b"\x00")
     if path.exists():
         raise FileExistsError(f"{path} exists: make_log writes a new log only")
     rng = random.Random(seed)
@@ -144,6 +164,22 @@ def make_log(path: Path, *, years: float, seed: int = 1, points_per_s: float = 1
                     f"VALUES ({', '.join('?' * len(columns))})",
                     list(columns.values()),
                 )
+                if plate is not None and state is not None:
+                    digest = bytes.fromhex(raw["record_hash"])
+                    counter = state.counter + 1
+                    head = next_head(state.head, counter, digest)
+                    signature = plate.key.sign(
+                        signed_bytes(device_id_raw, counter, digest, state.head, head)
+                    )
+                    tx.execute(
+                        "INSERT INTO vouchers (session_id, device_key, counter, prev_head, "
+                        "head, signature) VALUES (?, ?, ?, ?, ?, ?)",
+                        (raw["session_id"], plate.public_key.hex(), counter, state.head.hex(),
+                         head.hex(), signature.hex()),
+                    )  # fmt: skip
+                    state = NvState(counter, head, LastSignature(digest, state.head, signature))
+    if plate is not None and state is not None:
+        plate.commit(state)
     return index
 
 
@@ -153,8 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--years", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--points-per-s", type=float, default=10.0)
+    parser.add_argument("--nv", type=Path, help="countersign as the simulated plate kept here")
     args = parser.parse_args(argv)
-    count = make_log(args.out, years=args.years, seed=args.seed, points_per_s=args.points_per_s)
+    count = make_log(
+        args.out,
+        years=args.years,
+        seed=args.seed,
+        points_per_s=args.points_per_s,
+        nv=args.nv,
+    )
     print(f"wrote {count} sessions to {args.out}", file=sys.stderr)
     return 0
 

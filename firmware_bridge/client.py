@@ -38,10 +38,14 @@ from firmware_bridge.protocol import (
     Ack,
     Capability,
     ClearFault,
+    Countersign,
+    Countersignature,
     Fault,
     Heartbeat,
     Hello,
     HelloRequest,
+    Identity,
+    IdentityRequest,
     Message,
     Nak,
     NakReason,
@@ -51,7 +55,9 @@ from firmware_bridge.protocol import (
     SetOutput,
     Status,
     StatusRequest,
+    check_countersignature,
     check_hello,
+    check_identity,
     decode_message,
     drive_to_q16,
     encode_message,
@@ -69,6 +75,7 @@ HELLO_TIMEOUT_S = 5.0
 HELLO_REPEAT_S = 0.5
 NOMINAL_FRAMES_PER_S = 50  # SAMPLES frames per second before the hello says otherwise
 COMMAND_TIMEOUT_S = 1.0
+COUNTERSIGN_ATTEMPTS = 3  # a lost answer is asked for again (the device answers a repeat alike)
 READ_CHUNK = 4096
 
 
@@ -117,6 +124,28 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class DeviceIdentity:
+    """What the device's IDENTITY said: its key, and its counter and head at that moment."""
+
+    device_id: str
+    public_key: bytes
+    counter: int
+    head: bytes
+
+
+@dataclass(frozen=True)
+class Voucher:
+    """A checked COUNTERSIGNATURE: the device vouched for ``digest`` as number ``counter``."""
+
+    public_key: bytes
+    counter: int
+    digest: bytes
+    prev_head: bytes
+    new_head: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class SampleBlock:
     """One block of accelerometer samples on the device's sample clock.
 
@@ -151,7 +180,12 @@ class DeviceClient:
         self._seq = 0
         self._blocks: deque[SampleBlock] = deque()
         self._pending: dict[int, _Pending] = {}
-        self._answers: dict[type[Message], deque[Message]] = {Hello: deque(), Status: deque()}
+        self._answers: dict[type[Message], deque[Message]] = {
+            Hello: deque(),
+            Status: deque(),
+            Identity: deque(),
+            Countersignature: deque(),
+        }
         self._refusals: deque[CommandRefusedError] = deque()
         self._faults: deque[DeviceFaultError] = deque()
         self._info: DeviceInfo | None = None
@@ -336,6 +370,82 @@ class DeviceClient:
         assert isinstance(status, Status)
         return status
 
+    @property
+    def can_countersign(self) -> bool:
+        """True when the device announced capability COUNTERSIGN (protocol 2.1)."""
+        return "COUNTERSIGN" in self.info.capabilities
+
+    def identity(
+        self, timeout_s: float = COMMAND_TIMEOUT_S, attempts: int = COUNTERSIGN_ATTEMPTS
+    ) -> DeviceIdentity:
+        """The device's public key, NV counter and chain head (IDENTITY_REQUEST).
+
+        Raises InvalidDeviceInfoError for an IDENTITY that cannot be true, CommandTimeoutError
+        when no answer came after ``attempts`` requests.
+        """
+        answer = self._request(IdentityRequest(), Identity, timeout_s, attempts)
+        assert isinstance(answer, Identity)
+        check_identity(answer)
+        return DeviceIdentity(self.info.device_id, answer.public_key, answer.counter, answer.head)
+
+    def countersign(
+        self,
+        digest: bytes,
+        expected_counter: int,
+        public_key: bytes,
+        timeout_s: float = COMMAND_TIMEOUT_S,
+        attempts: int = COUNTERSIGN_ATTEMPTS,
+    ) -> Voucher:
+        """Have the device vouch for ``digest`` as its counter ``expected_counter``.
+
+        A lost answer is asked for again with the same digest and counter, which the device
+        answers alike (docs/protocol.md 9.8). The answer is checked against ``public_key`` (the
+        key of the device's IDENTITY): InvalidDeviceInfoError if it does not verify;
+        CommandRefusedError (COUNTER_MISMATCH) if the device's counter is elsewhere.
+        """
+        request = Countersign(digest, expected_counter)
+        answer = self._request(request, Countersignature, timeout_s, attempts)
+        assert isinstance(answer, Countersignature)
+        device_id_raw = self.info.device_id.encode("ascii").ljust(16, b"\x00")
+        check_countersignature(
+            answer,
+            public_key=public_key,
+            device_id_raw=device_id_raw,
+            digest=digest,
+            expected_counter=expected_counter,
+        )
+        return Voucher(
+            public_key,
+            answer.counter,
+            answer.digest,
+            answer.prev_head,
+            answer.new_head,
+            answer.signature,
+        )
+
+    def _request(
+        self, message: Message, kind: type[Message], timeout_s: float, attempts: int
+    ) -> Message:
+        """Send ``message`` until a ``kind`` answer comes (at most ``attempts`` times)."""
+        name = type(message).__name__
+        answers = self._answers[kind]
+        for attempt in range(max(1, attempts)):
+            answers.clear()
+            seq = self._send(message)
+            self._pending[seq] = _Pending(name, seq, self._device_index)
+            clock = _Deadline(self, timeout_s)
+            while not answers:
+                if seq not in self._pending and self._refusals:
+                    self._raise_refusal()
+                if clock.expired():
+                    break
+                self._pump()
+            self._pending.pop(seq, None)
+            if answers:
+                return answers.popleft()
+            log.warning("no answer to %s (attempt %d of %d)", name, attempt + 1, attempts)
+        raise CommandTimeoutError(name, timeout_s)
+
     def command(self, message: Message, wait: bool = True) -> None:
         """Send a command; with ``wait`` block until its ACK (or raise on NAK or timeout).
 
@@ -479,8 +589,8 @@ class DeviceClient:
                         raise DeviceResetError(self._device_index)
                     return
                 self._answers[Hello].append(message)
-            case Status():
-                self._answers[Status].append(message)
+            case Status() | Identity() | Countersignature():
+                self._answers[type(message)].append(message)
             case _:
                 self.protocol_errors += 1
 

@@ -19,11 +19,19 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_bridge.codec import MAX_RAW_LEN, RawFrame, encode_frame
+from firmware_bridge.countersign import (
+    DIGEST_LEN,
+    GENESIS_HEAD,
+    KEY_LEN,
+    SIGNATURE_LEN,
+    signature_problem,
+    valid_public_key,
+)
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import InvalidDeviceInfoError, ProtocolError
 
 PROTOCOL_MAJOR = 2
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1  # 2.1: device identity and countersignatures (docs/protocol.md 14)
 
 Q16 = 65535
 PHASE_TURN = 2**32
@@ -102,6 +110,8 @@ class NakReason(enum.IntEnum):
     OUTPUT_OFF = 4
     FAULT_LATCHED = 5
     BUSY = 6
+    COUNTER_MISMATCH = 7
+    STORAGE = 8
 
 
 NAK_TEXT: dict[int, str] = {
@@ -111,6 +121,10 @@ NAK_TEXT: dict[int, str] = {
     NakReason.OUTPUT_OFF: "output is off (send OUTPUT on first)",
     NakReason.FAULT_LATCHED: "a fault is latched (send CLEAR_FAULT first)",
     NakReason.BUSY: "device busy (ramping down after stop or fault)",
+    NakReason.COUNTER_MISMATCH: (
+        "expected counter is not the device's next one (ask IDENTITY for its counter)"
+    ),
+    NakReason.STORAGE: "non-volatile memory could not be written; nothing was signed",
 }
 
 
@@ -162,6 +176,7 @@ class Capability(enum.IntFlag):
     CURRENT_SENSE = 2
     SIMULATED = 4
     FAULT_INJECTION = 8
+    COUNTERSIGN = 16
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -242,6 +257,21 @@ class StatusRequest(Message):
 @dataclass(frozen=True, slots=True)
 class ClearFault(Message):
     TYPE: ClassVar[int] = 0x07
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRequest(Message):
+    TYPE: ClassVar[int] = 0x08
+
+
+@dataclass(frozen=True, slots=True)
+class Countersign(Message):
+    """Ask the device to vouch for a record digest as its counter ``expected_counter``."""
+
+    TYPE: ClassVar[int] = 0x09
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct(f"<{DIGEST_LEN}sI")
+    digest: bytes
+    expected_counter: int
 
 
 # ---- device -> host -------------------------------------------------------------------------
@@ -399,6 +429,30 @@ class Fault(Message):
         return fault_text(self.code)
 
 
+@dataclass(frozen=True, slots=True)
+class Identity(Message):
+    """The device's public key, its non-volatile counter and the head of its chain."""
+
+    TYPE: ClassVar[int] = 0x87
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct(f"<{KEY_LEN}sI32s")
+    public_key: bytes
+    counter: int
+    head: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Countersignature(Message):
+    """The device vouched for ``digest`` as number ``counter``; its head moved on."""
+
+    TYPE: ClassVar[int] = 0x88
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct(f"<I{DIGEST_LEN}s32s32s{SIGNATURE_LEN}s")
+    counter: int
+    digest: bytes
+    prev_head: bytes
+    new_head: bytes
+    signature: bytes
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -409,12 +463,16 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Heartbeat,
         StatusRequest,
         ClearFault,
+        IdentityRequest,
+        Countersign,
         Hello,
         Ack,
         Nak,
         Samples,
         Status,
         Fault,
+        Identity,
+        Countersignature,
     )
 }
 
@@ -502,6 +560,52 @@ def check_hello(hello: Hello) -> None:
             f"fall from max_drive_q16 to zero within the {shortest_ramp_ms} ms stop and fault "
             "ramps",
         )
+
+
+def check_identity(identity: Identity) -> None:
+    """Refuse an IDENTITY that cannot be true (docs/protocol.md 7, IDENTITY).
+
+    The key must be a valid Ed25519 public key; a device that has countersigned nothing
+    (counter 0) has the all-zero genesis head, and one that has countersigned something has
+    another head. Raises InvalidDeviceInfoError naming the field.
+    """
+    if not valid_public_key(identity.public_key):
+        raise InvalidDeviceInfoError(
+            "public_key", identity.public_key.hex(), "a valid Ed25519 public key (32 bytes)"
+        )
+    if (identity.counter == 0) != (identity.head == GENESIS_HEAD):
+        raise InvalidDeviceInfoError(
+            "head", identity.head.hex(), "all zero exactly when the counter is 0"
+        )
+
+
+def check_countersignature(
+    answer: Countersignature,
+    *,
+    public_key: bytes,
+    device_id_raw: bytes,
+    digest: bytes,
+    expected_counter: int,
+) -> None:
+    """Refuse a COUNTERSIGNATURE that does not answer this request or does not verify.
+
+    Raises InvalidDeviceInfoError naming the first field found wrong.
+    """
+    if answer.counter != expected_counter:
+        raise InvalidDeviceInfoError("counter", answer.counter, f"{expected_counter} (asked for)")
+    if answer.digest != digest:
+        raise InvalidDeviceInfoError("digest", answer.digest.hex(), f"{digest.hex()} (asked for)")
+    problem = signature_problem(
+        public_key,
+        device_id_raw,
+        answer.counter,
+        answer.digest,
+        answer.prev_head,
+        answer.new_head,
+        answer.signature,
+    )
+    if problem is not None:
+        raise InvalidDeviceInfoError("signature", answer.signature.hex(), f"valid ({problem})")
 
 
 def decode_message(frame: RawFrame) -> Message:

@@ -19,6 +19,8 @@ without pytest-timeout (per-test timeouts are part of the suite's safety).
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from firmware_bridge.client import DeviceClient, DeviceInfo
 from firmware_bridge.errors import CommandRefusedError, UnknownUrlError
 from firmware_bridge.protocol import Capability, DeviceState, NakReason
 from firmware_bridge.sim.config import parse_sim_url
+from firmware_bridge.sim.nvstore import ENV_STATE_DIR
 from firmware_bridge.transport import KNOWN_SCHEMES
 from hil_tests.plate import NOT_APPLICABLE, is_simulator_url, not_applicable, stop_safely
 from hil_tests.report import QualificationReport, TestOutcome
@@ -46,6 +49,7 @@ MODULE_ORDER = (
     "test_watchdog",
     "test_closed_loop",
     "test_fault_injection",
+    "test_countersign",
 )
 REPORT_KEY = pytest.StashKey[QualificationReport]()
 STARTED_KEY = pytest.StashKey[float]()  # when the suite's first test started
@@ -113,6 +117,10 @@ def pytest_configure(config: pytest.Config) -> None:
             )
         if not path.is_dir():
             raise pytest.UsageError(f"--report {report_dir}: is a file, not a directory")
+    if is_simulator_url(url) and not os.environ.get(ENV_STATE_DIR) and "nv=" not in url:
+        # the simulated plate's key and counter live in a directory of this run, never in the
+        # user's own state directory (firmware_bridge/sim/nvstore.py)
+        os.environ[ENV_STATE_DIR] = tempfile.mkdtemp(prefix="liv-hil-nv-")
     options = {"allow_motion": allow, "no_motion": no_motion, "report": report_dir}
     config.stash[REPORT_KEY] = QualificationReport(url=url, options=options)
 

@@ -31,7 +31,7 @@ from hil_tests.report import QualificationReport
 
 LONGEST_RAMP_MS = 0xFFFF
 TINY_DRIVE_Q16 = drive_to_q16(0.01)
-UNASSIGNED_TYPE = 0x08  # no protocol 1.0 message has this type
+UNASSIGNED_TYPE = 0x0A  # no message of protocol 2.1 has this type (0x08, 0x09: identity)
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         "url", metavar="PORT_OR_URL",
         help="e.g. hwgrep://SER=A1B2C3 (by USB identity, see 'liv device list') or /dev/ttyACM0",
     )  # fmt: skip
+    dset.add_argument(
+        "--re-pair", action="store_true",
+        help="trust this plate's key from now on, replacing the key this home was paired with "
+        "(a replaced plate)",
+    )  # fmt: skip
     _add_home(dset)
     dset.set_defaults(handler=commands_mod.cmd_device_set)
 
@@ -375,7 +380,17 @@ def _add_session_commands(commands: Any) -> None:
     report.add_argument("--out", metavar="FILE", help="default: standard output")
     report.set_defaults(handler=commands_mod.cmd_report)
 
-    verify = with_db(commands.add_parser("verify", help="check the log's hash chains"))
+    verify = with_db(
+        commands.add_parser(
+            "verify", help="check the log's hash chains and what the plate vouches for"
+        )
+    )
+    verify.add_argument(
+        "--device", metavar="URL",
+        help="the plate to compare the log's last record with (default: the configured plate, "
+        "when it answers)",
+    )  # fmt: skip
+    verify.add_argument("--no-device", action="store_true", help="do not ask the configured plate")
     verify.add_argument("--json", action="store_true", help="print JSON (docs/json.md)")
     verify.set_defaults(handler=commands_mod.cmd_verify)
 
@@ -402,6 +417,11 @@ def _add_session_commands(commands: Any) -> None:
 
     imp = with_db(commands.add_parser("import", help="merge an exported JSONL log"))
     imp.add_argument("file", metavar="FILE", help="a file written by 'liv export'")
+    imp.add_argument(
+        "--device-key", action="append", metavar="HEX",
+        help="enroll the plate with this public key (64 hex digits, from the paired home's "
+        "device_keys.json): its records are accepted from now on (repeatable)",
+    )  # fmt: skip
     imp.set_defaults(handler=commands_mod.cmd_import)
 
     _add_clinic_commands(commands)

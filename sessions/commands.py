@@ -29,6 +29,10 @@ from firmware_bridge.errors import LivError
 from sessions.adherence import DEMO_LABEL, counted_kinds, session_kind
 from sessions.home import LivHome, SetupError, resolve_home
 from sessions.log import (
+    PINS_FILE,
+    DevicePins,
+    Pin,
+    PlateState,
     SessionKind,
     SessionLog,
     SessionRecord,
@@ -204,18 +208,55 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def pins_of(home: LivHome) -> DevicePins:
+    """The plates' keys this home trusts (sessions/log/vouch.py)."""
+    return DevicePins(home.root / PINS_FILE)
+
+
+def _first_held_counter(args: argparse.Namespace, home: LivHome, key: bytes) -> int | None:
+    """The lowest counter of this plate key in the home's log (None without log or key)."""
+    if not home.db_path(getattr(args, "db", None)).exists():
+        return None
+    with _open_log(args, home, read_only=True) as log:
+        return log.first_voucher_counter(key)
+
+
 def cmd_device_set(args: argparse.Namespace) -> int:
     home = home_of(args)
     home.check()  # before talking to the plate: a home that cannot be used is refused first
     from firmware_bridge.client import DeviceClient
+    from sessions.runner import PlateKeyChangedError
 
+    pins = pins_of(home)
     with DeviceClient.open(args.url) as device:  # only a plate that answers is configured
         info = device.info
+        identity = device.identity() if device.can_countersign else None
+    pinned = pins.get(info.device_id)
+    re_pair = getattr(args, "re_pair", False)
+    if (
+        identity is not None
+        and pinned is not None
+        and not re_pair
+        and pinned.device_key != identity.public_key.hex()
+    ):
+        raise PlateKeyChangedError(info.device_id, pinned.key_id, identity.public_key)
     home.set_device(args.url)
     echo(
         f"plate {terminal_line(info.device_id)} (firmware "
         f"{terminal_line(info.firmware_version)}) at {terminal_line(args.url)} configured"
     )
+    if identity is None:
+        echo("this plate cannot vouch for sessions (no device signatures): records stay unvouched")
+    elif pinned is None or re_pair:
+        held = _first_held_counter(args, home, identity.public_key)
+        pin = pins.pin(
+            info.device_id, identity.public_key, held if held is not None else identity.counter + 1
+        )
+        echo(
+            f"{'re-paired' if pinned is not None else 'paired'} with plate "
+            f"{terminal_line(info.device_id)} (key {pin.key_id}): only this "
+            "plate can vouch for this home's sessions"
+        )
     return 0
 
 
@@ -384,6 +425,14 @@ class ProgressLine:
             os.close(devnull)
 
 
+def _notice(text: str) -> None:
+    """Something the patient should know that is not the session's outcome (a pairing): on
+    stderr, so that the outcome stays the one sentence of stdout and a closed stdout is still
+    noticed by the progress line, which stops the session (ProgressLine)."""
+    with contextlib.suppress(OSError):
+        echo(text, file=sys.stderr)
+
+
 def start_session(
     args: argparse.Namespace, home: LivHome, device_url: str, out: TextIO
 ) -> SessionOutcome:
@@ -414,6 +463,8 @@ def start_session(
                 on_progress=display,
                 on_decision=begin,
                 demo=home.is_demo,
+                pins=pins_of(home),
+                on_notice=_notice,
             )
         finally:
             display.finish()
@@ -768,28 +819,84 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plate_state(args: argparse.Namespace, home: LivHome) -> tuple[PlateState | None, str]:
+    """The connected plate's IDENTITY for verify, or None and why not (one phrase)."""
+    url = getattr(args, "device", None)
+    if not url and not getattr(args, "no_device", False):
+        with contextlib.suppress(SetupError, OSError):
+            url = home.device()
+    if not url:
+        return None, "no plate given"
+    from firmware_bridge.client import DeviceClient
+    from firmware_bridge.errors import BridgeError
+
+    try:
+        with DeviceClient.open(url) as device:
+            if not device.can_countersign:
+                return None, "the plate does not countersign records"
+            identity = device.identity()
+    except BridgeError as exc:
+        if getattr(args, "device", None):
+            raise
+        _log.info("verify without the plate: %s", exc)
+        return None, "the plate is not connected"
+    plate = PlateState(
+        identity.device_id, identity.public_key.hex(), identity.counter, identity.head.hex()
+    )
+    return plate, ""
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    """Check the hash chains, what the plate vouches for and, connected, the plate's counter."""
     home = home_of(args)
+    plate, no_plate = _plate_state(args, home)
+    pins = pins_of(home).all()
     with _open_log(args, home, read_only=True) as log:
         result = log.verify()
+        trust = log.verify_vouchers(pins, plate) if result.ok else None
+    if trust is not None and trust.vouched and not pins:
+        trust.add("no plate is paired with this home, so nobody vouches for whose key signed")
     if getattr(args, "json", False):
         from sessions.jsonshapes import verification_shape
 
-        _print_json(verification_shape(result))
-        return 0 if result.ok else 1
+        _print_json(verification_shape(result, trust, plate is not None))
+        return 0 if result.ok and trust is not None and trust.ok else 1
     if home.is_demo:
         echo(DEMO_LABEL.upper())
-    if result.ok:
-        echo(f"log verified: {result.records_checked} finished records, every chain intact")
-        return 0
-    bad = result.first_bad
-    assert bad is not None
-    echo(
-        f"LOG CHANGED: record {bad.chain_index} ({terminal_line(bad.session_id)}) of chain "
-        f"{terminal_line(bad.chain)}: {terminal_line(bad.what)}",
-        file=sys.stderr,
-    )
-    return 1
+    if not result.ok:
+        bad = result.first_bad
+        assert bad is not None
+        echo(
+            f"LOG CHANGED: record {bad.chain_index} ({terminal_line(bad.session_id)}) of chain "
+            f"{terminal_line(bad.chain)}: {terminal_line(bad.what)}",
+            file=sys.stderr,
+        )
+        return 1
+    assert trust is not None
+    if not trust.ok:
+        more = trust.problem_count - 1
+        also = f" ({more} more problem{'s' if more != 1 else ''}, see -v)" if more else ""
+        for problem in trust.problems:
+            _log.warning("verify: %s", problem)
+        echo(
+            f"LOG NOT VOUCHED FOR BY THE PLATE: {terminal_line(trust.problems[0])}{also}.",
+            file=sys.stderr,
+        )
+        return 1
+    parts = [f"log verified: {result.records_checked} finished records, every chain intact"]
+    if trust.vouched:
+        parts.append(f"{trust.vouched} vouched for by the plate")
+    if trust.legacy:
+        parts.append(f"{trust.legacy} recorded before device signatures (not vouched for)")
+    if plate is not None:
+        parts.append(f"the plate's counter {plate.counter} matches the log")
+    elif trust.vouched:
+        parts.append(
+            f"{no_plate}: records deleted from the end can only be detected with the plate "
+            "connected (liv verify --device URL)"
+        )
+    echo("; ".join(parts))
+    return 0
 
 
 # `liv export --format`: what each writes and the file name it takes in an --out directory.
@@ -887,10 +994,52 @@ def _export_fhir(args: argparse.Namespace, out: Path | None) -> int:
     return 0
 
 
+def _enrolled_plates(args: argparse.Namespace, home: LivHome) -> tuple[dict[str, Pin], list[Pin]]:
+    """The plates whose records import accepts: the home's pins, plus ``--device-key``
+    keys for the plates whose records in the file they sign (enrolled on success)."""
+    pins = pins_of(home).all()
+    keys = [str(k).lower() for k in (getattr(args, "device_key", None) or [])]
+    new: list[Pin] = []
+    if not keys:
+        return pins, new
+    from sessions.log import Voucher
+
+    firsts: dict[tuple[str, str], int] = {}
+    with open(args.file, encoding="utf-8-sig") as stream:
+        for line in stream:
+            with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+                obj = json.loads(line)
+                voucher = Voucher.from_json(obj.get("device_voucher"))
+                if voucher.device_key in keys:
+                    place = (str(obj["device_id"]), voucher.device_key)
+                    firsts[place] = min(firsts.get(place, voucher.counter), voucher.counter)
+    for (device_id, key), first in sorted(firsts.items()):
+        pinned = pins.get(device_id)
+        if pinned is not None and pinned.device_key != key:
+            raise SetupError(
+                f"plate {device_id} is already enrolled here with key {pinned.key_id}; nothing "
+                "was imported (a replaced plate is paired with 'liv device set URL --re-pair')"
+            )
+        if pinned is None:
+            pin = Pin(device_id, key, first)
+            pins[device_id] = pin
+            new.append(pin)
+    return pins, new
+
+
 def cmd_import(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
-        result = log.import_jsonl(Path(args.file))
-    echo(f"imported {result.added} records ({result.skipped_duplicates} already present)")
+    home = home_of(args)
+    plates, new = _enrolled_plates(args, home)
+    with _open_log(args, home) as log:
+        result = log.import_jsonl(Path(args.file), plates=plates)
+    store = pins_of(home)
+    for pin in new:
+        store.pin(pin.device_id, bytes.fromhex(pin.device_key), pin.first_counter)
+        echo(f"enrolled plate {terminal_line(pin.device_id)} (key {pin.key_id})")
+    echo(
+        f"imported {result.added} records ({result.skipped_duplicates} already present), "
+        f"every one vouched for by its plate"
+    )
     return 0
 
 

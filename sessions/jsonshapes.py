@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sessions.adherence import AdherenceReport, DayAdherence, Flag, ProtocolPeriod
-    from sessions.log import SessionSummary, VerifyResult
+    from sessions.log import SessionSummary, TrustResult, VerifyResult
     from sessions.protocol import PatientProtocol
 
 __all__ = [
@@ -179,6 +179,11 @@ SHAPES: dict[str, dict[str, str]] = {
         "status": "str",
         "ok": "bool",
         "records_checked": "int",
+        "vouched": "int?",
+        "before_signatures": "int?",
+        "unvouched": "int?",
+        "device_problems": "list",
+        "plate_checked": "bool",
         "first_bad": "dict?",
     },
     "liv.flag/1": {
@@ -430,13 +435,23 @@ def protocol_check_shape(file: str, p: PatientProtocol, warning: str | None) -> 
     }
 
 
-def verification_shape(result: VerifyResult) -> dict[str, Any]:
+def verification_shape(
+    result: VerifyResult, trust: TrustResult | None = None, plate_checked: bool = False
+) -> dict[str, Any]:
+    """The hash chains' check, and with ``trust`` what the plate vouches for (liv verify)."""
     bad = result.first_bad
+    vouched_ok = trust is None or trust.ok
+    status = "failed" if not result.ok else "not_vouched" if not vouched_ok else "verified"
     return {
         "schema": "liv.verification/1",
-        "status": "verified" if result.ok else "failed",
-        "ok": result.ok,
+        "status": status,
+        "ok": result.ok and vouched_ok,
         "records_checked": result.records_checked,
+        "vouched": None if trust is None else trust.vouched,
+        "before_signatures": None if trust is None else trust.legacy,
+        "unvouched": None if trust is None else trust.unvouched,
+        "device_problems": [] if trust is None else list(trust.problems),
+        "plate_checked": plate_checked,
         "first_bad": None
         if bad is None
         else {

@@ -20,6 +20,7 @@ the plate ramps down and the session is recorded as stopped, with the true reaso
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -50,10 +51,12 @@ from controller.sensor import (
     check_sensor,
     check_tolerance,
 )
-from firmware_bridge.client import DeviceClient, DeviceInfo
-from firmware_bridge.errors import LivError
+from firmware_bridge.client import DeviceClient, DeviceIdentity, DeviceInfo
+from firmware_bridge.countersign import key_id
+from firmware_bridge.errors import BridgeError, CommandRefusedError, LivError
+from firmware_bridge.protocol import NakReason
 from sessions.adherence import PRESENCE_EVENT, counted_kinds, session_kind
-from sessions.log import LogError, SessionKind, SessionLog, SessionRecord
+from sessions.log import DevicePins, LogError, SessionKind, SessionLog, SessionRecord, Voucher
 from sessions.protocol import PatientProtocol
 from sessions.scheduling import Decision, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_SIGHUP, STOP_SIGTERM
@@ -83,6 +86,18 @@ class SessionRefusedError(LivError):
 
 class NoCalibrationError(LivError):
     pass
+
+
+class PlateKeyChangedError(LivError):
+    """The plate answers with another key than the one this home paired with."""
+
+    def __init__(self, device_id: str, pinned_key_id: str, key: bytes) -> None:
+        self.device_id = device_id
+        super().__init__(
+            f"This plate ({device_id}) does not prove it is the one this home was paired with "
+            f"(its key is {key_id(key)}, paired {pinned_key_id}), so no therapy is started: if "
+            "the plate was replaced, pair it with 'liv device set URL --re-pair'."
+        )
 
 
 class StopRequest(KeyboardInterrupt):
@@ -377,6 +392,8 @@ def run_session(
     now: Callable[[], datetime] = utc_now,
     wall: Callable[[], float] = time.monotonic,
     demo: bool = False,
+    pins: DevicePins | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> SessionOutcome:
     """Run the session due now. Raises SessionRefusedError (with the reason) if none is.
 
@@ -385,13 +402,18 @@ def run_session(
 
     A stop (Ctrl-C, SIGTERM, SIGHUP, a closed output pipe) before the session row is written
     raises :class:`SessionStoppedError` naming it; after, the session is recorded as stopped.
+
+    A plate that countersigns (protocol 2.1) is paired at first use through ``pins`` (a
+    different key later raises :class:`PlateKeyChangedError` before anything is recorded),
+    vouches for records left unvouched before, and for the finished record at the end.
+    ``on_notice`` hears what the patient should know about it (a pairing, a record missing).
     """
     stops = _Stops()
     with _stop_signals(stops):
         try:
             return _run_session(
                 protocol, log, device_url, calibrations, override_reason, on_progress,
-                on_decision, now, wall, stops, demo,
+                on_decision, now, wall, stops, demo, pins, on_notice,
             )  # fmt: skip
         except KeyboardInterrupt as exc:
             stops.note(exc)
@@ -411,6 +433,8 @@ def _run_session(
     wall: Callable[[], float],
     stops: _Stops,
     demo: bool,
+    pins: DevicePins | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> SessionOutcome:
     log.recover_interrupted(now())
     moment = now()  # the decision reads only the window that can change it: no envelope
@@ -436,8 +460,10 @@ def _run_session(
     )
     if on_decision is not None:
         on_decision(decision)
+    notice = on_notice or (lambda text: _log.info("%s", text))
     with DeviceClient.open(device_url) as device:
         info = device.info
+        voucher, no_voucher = PlateVoucher.connect(device, log, pins, notice)
         calibration = calibrations.load(info.device_id)
         if calibration is None:
             raise NoCalibrationError(
@@ -506,17 +532,155 @@ def _run_session(
         finally:
             stops.deferred = True
             writer.close()
-    if clock.stop_reason is not None:
-        stops.note(StopRequest(clock.stop_reason))
-    if result is not None and result.status is ExposureStatus.STOPPED_BY_USER:
-        stops.note(KeyboardInterrupt())
-    status, reason = _status(result, clock, stops.reason)
-    measured = _measured(clock, result, cleared, writer.failure_event())
-    record = log.finish_session(
-        session_id, status=status, reason=reason, ended_utc=now(), **measured
-    )
+            # The record is written and countersigned with the plate still connected: make sure
+            # it is stopping first (a stop before the loop ran leaves the output to this).
+            with contextlib.suppress(BridgeError):
+                device.stop_output(wait=False)
+        if clock.stop_reason is not None:
+            stops.note(StopRequest(clock.stop_reason))
+        if result is not None and result.status is ExposureStatus.STOPPED_BY_USER:
+            stops.note(KeyboardInterrupt())
+        status, reason = _status(result, clock, stops.reason)
+        measured = _measured(clock, result, cleared, writer.failure_event())
+        record = log.finish_session(
+            session_id, status=status, reason=reason, ended_utc=now(), **measured
+        )
+        # The record is stored first (never lost); the plate vouches for it after, off the
+        # control path. A link lost here leaves it noted as unvouched, for the next connection.
+        if voucher is not None:
+            voucher.vouch(record.session_id, str(record.record_hash))
+        else:
+            _note_no_countersign(log, record.session_id, no_voucher)
     trip = result.trip.reason.value if result is not None and result.trip is not None else None
     return SessionOutcome(decision, record, result, _sentence(status, reason, clock, trip))
+
+
+def _note_no_countersign(log: SessionLog, session_id: str, why: str) -> None:
+    try:
+        log.note_unvouched(session_id, why)
+    except LogError as exc:
+        _log.warning("could not note why session %s is not vouched for: %s", session_id, exc)
+
+
+class PlateVoucher:
+    """Has a connected plate vouch for finished records (protocol 2.1, docs/trust.md, "The session record").
+
+    Each record's ``record_hash`` is countersigned as the plate's next counter. The counter the
+    host expects is the log's last for this plate + 1; a plate ahead of that means records
+    missing from this log, which is said and left visible (a gap in the counters).
+    """
+
+    def __init__(
+        self,
+        device: DeviceClient,
+        log: SessionLog,
+        identity: DeviceIdentity,
+        notice: Callable[[str], None],
+    ) -> None:
+        self.device = device
+        self.log = log
+        self.identity = identity
+        self.notice = notice
+        self.plate_counter = identity.counter
+        self.broken: str | None = None  # why no more records can be vouched for here
+
+    @classmethod
+    def connect(
+        cls,
+        device: DeviceClient,
+        log: SessionLog,
+        pins: DevicePins | None,
+        notice: Callable[[str], None],
+    ) -> tuple[PlateVoucher | None, str]:
+        """Pair (or check the pairing of) the plate and vouch for records left unvouched.
+
+        (None, why) for a plate that does not or cannot countersign now: therapy goes on, its
+        record is noted as not vouched for. Raises PlateKeyChangedError for a plate whose key
+        is not the pinned one.
+        """
+        if not device.can_countersign:
+            return None, (
+                f"the plate does not countersign records (protocol {device.info.protocol_version}"
+                ", no COUNTERSIGN capability)"
+            )
+        try:
+            identity = device.identity()
+        except BridgeError as exc:
+            _log.warning("the plate did not tell its identity: %s", exc)
+            return None, f"the plate did not tell its identity ({exc})"
+        device_id = identity.device_id
+        if pins is not None:
+            pin = pins.get(device_id)
+            if pin is None:
+                held = log.first_voucher_counter(identity.public_key)
+                first = held if held is not None else identity.counter + 1
+                pin = pins.pin(device_id, identity.public_key, first)
+                notice(
+                    f"Paired this home with plate {device_id} (key {pin.key_id}); from now on "
+                    "only this plate can vouch for your sessions."
+                )
+            elif pin.device_key != identity.public_key.hex():
+                raise PlateKeyChangedError(device_id, pin.key_id, identity.public_key)
+        voucher = cls(device, log, identity, notice)
+        for session_id, digest in log.awaiting_vouchers(device_id):
+            if not voucher.vouch(session_id, digest):
+                break
+        return voucher, ""
+
+    def vouch(self, session_id: str, record_hash: str) -> bool:
+        """Have the plate countersign one finished record; False (and a note) if it could not."""
+        if self.broken is not None:
+            self._note(session_id, self.broken)
+            return False
+        key = self.identity.public_key
+        last = self.log.last_voucher(key)
+        expected = (last[0] if last is not None else self.plate_counter) + 1
+        digest = bytes.fromhex(record_hash)
+        try:
+            try:
+                signed = self.device.countersign(digest, expected, key)
+            except CommandRefusedError as exc:
+                if exc.reason_code != NakReason.COUNTER_MISMATCH:
+                    raise
+                plate = self.device.identity()
+                if plate.counter < expected - 1:
+                    self.broken = (
+                        f"the plate's counter ({plate.counter}) is behind this log's "
+                        f"({expected - 1}): the log holds records the plate never vouched for"
+                    )
+                    self.notice(f"Your session log does not match the plate: {self.broken}.")
+                    self._note(session_id, self.broken)
+                    return False
+                self.notice(
+                    f"The plate has vouched for records {expected}-{plate.counter} that this "
+                    "session log does not hold; 'liv verify' will show them missing."
+                )
+                signed = self.device.countersign(digest, plate.counter + 1, key)
+        except BridgeError as exc:
+            _log.warning("session %s not countersigned: %s", session_id, exc)
+            self._note(session_id, f"the plate could not countersign it ({exc})")
+            return False
+        self.plate_counter = signed.counter
+        voucher = Voucher(
+            key.hex(),
+            signed.counter,
+            signed.prev_head.hex(),
+            signed.new_head.hex(),
+            signed.signature.hex(),
+        )
+        try:
+            self.log.add_voucher(session_id, voucher)
+        except LogError as exc:
+            _log.warning("countersignature of session %s not stored: %s", session_id, exc)
+            self._note(session_id, f"its countersignature could not be stored ({exc})")
+            return False
+        return True
+
+    def _note(self, session_id: str, reason: str) -> None:
+        try:
+            self.log.note_unvouched(session_id, reason)
+        except LogError as exc:
+            _log.warning("could not note why session %s is not vouched for: %s", session_id, exc)
 
 
 def _measured(

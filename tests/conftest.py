@@ -55,3 +55,12 @@ def _own_data_directory(
     machine's real data directory.
     """
     monkeypatch.setenv("LIV_HOME", str(tmp_path_factory.mktemp("liv-home")))
+
+
+@pytest.fixture(autouse=True)
+def _sim_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulated plates keep their key and counter in a fresh directory per test, never in the
+    user's own state directory (firmware_bridge/sim/nvstore.py)."""
+    monkeypatch.setenv("LIV_SIM_STATE_DIR", str(tmp_path_factory.mktemp("sim-nv")))

@@ -8,6 +8,7 @@ sequence-gap rule, so a mistake shared by the codec and its dependencies still s
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 import tracemalloc
 from typing import Any
@@ -42,11 +43,15 @@ from firmware_bridge.protocol import (
     SAMPLES_HEADER,
     Ack,
     ClearFault,
+    Countersign,
+    Countersignature,
     Fault,
     FaultCode,
     Heartbeat,
     Hello,
     HelloRequest,
+    Identity,
+    IdentityRequest,
     Message,
     Nak,
     NakReason,
@@ -174,6 +179,11 @@ EXAMPLES: list[Message] = [
     Status(0, 0, 30_000, 0, 0, 0, 0, 0, 0, COIL_TEMP_UNKNOWN),
     Fault(int(FaultCode.HOST_WATCHDOG), 12_800, 520),
     Fault(int(FaultCode.INTERNAL), 0, -(2**31)),
+    IdentityRequest(),
+    Countersign(b"\x00" * 32, 0),
+    Countersign(b"\xff" * 32, 2**32 - 1),
+    Identity(b"\x11" * 32, 7, b"\x22" * 32),
+    Countersignature(2**32 - 1, b"\x00" * 32, b"\x01" * 32, b"\x02" * 32, b"\xff" * 64),
 ]
 
 
@@ -691,9 +701,9 @@ def layout_strategy(fmt: str) -> st.SearchStrategy[tuple[Any, ...]]:
     ranges = {"B": (1, False), "H": (2, False), "I": (4, False), "Q": (8, False)}
     ranges |= {"b": (1, True), "h": (2, True), "i": (4, True), "q": (8, True)}
     parts: list[st.SearchStrategy[Any]] = []
-    for code in struct.Struct(fmt).format.lstrip("<").replace(f"{DEVICE_ID_LEN}s", "s"):
-        if code == "s":
-            parts.append(st.binary(min_size=DEVICE_ID_LEN, max_size=DEVICE_ID_LEN))
+    for count, code in re.findall(r"(\d*)([A-Za-z])", struct.Struct(fmt).format.lstrip("<")):
+        if code == "s":  # fixed-length bytes: the device id, keys, digests, signatures
+            parts.append(st.binary(min_size=int(count), max_size=int(count)))
             continue
         size, signed = ranges[code]
         lo = -(2 ** (8 * size - 1)) if signed else 0

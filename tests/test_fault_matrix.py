@@ -100,6 +100,7 @@ PROGRESS_LINE = re.compile(
     r"^(Starting - |Step onto the plate now \(|Keep standing - \d+:\d\d left|Paused - |Stopping - )"
 )
 DECISION_LINE = re.compile(r"^(Starting|Resuming) session \d+ ")
+PAIRING_LINE = re.compile(r"^Paired this home with plate ")  # once, before the first session
 LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
 
@@ -148,9 +149,23 @@ def liv_start(home: LivHome, calibration_dir: Path, device: str) -> int:
 
 
 def liv_verify(home: LivHome, capsys: pytest.CaptureFixture[str]) -> None:
+    """The chain verifies. A record the plate could not countersign (the link was lost at its
+    end, or the record was only written by a later recovery, away from the plate) is reported
+    as not vouched for (exit 1, docs/cli.md), never as changed."""
     capsys.readouterr()
-    assert main(["verify", "--home", str(home.root)]) == 0
-    assert "every chain intact" in capsys.readouterr().out
+    code = main(["verify", "--home", str(home.root)])
+    out, err = capsys.readouterr()
+    unvouched = (
+        "could not countersign it (link to the device lost",
+        "awaiting the plate's countersignature",
+    )
+    if code == 1 and any(reason in err for reason in unvouched):
+        assert "LOG CHANGED" not in err
+        with SessionLog(home.db_path(), read_only=True) as log:
+            assert log.verify().ok
+        return
+    assert code == 0, err
+    assert "every chain intact" in out
 
 
 def records(home: LivHome) -> list[SessionRecord]:
@@ -188,6 +203,7 @@ def patient_sentences(out: str, err: str) -> list[str]:
         and line not in notes
         and not PROGRESS_LINE.match(line)
         and not DECISION_LINE.match(line)
+        and not PAIRING_LINE.match(line)
         and not LOG_RECORD.match(line)
     ]
 

@@ -247,7 +247,12 @@ def auditor_verify(jsonl: str) -> dict[str, int]:
         for index, record in enumerate(sorted(records, key=lambda r: r["chain_index"])):
             assert record["chain_index"] == index
             assert record["prev_hash"] == prev
-            body = {k: v for k, v in record.items() if k not in ("prev_hash", "record_hash")}
+            # the two hashes and the plate's countersignature are not hashed (log-format.md 7)
+            body = {
+                k: v
+                for k, v in record.items()
+                if k not in ("prev_hash", "record_hash", "device_voucher")
+            }
             digest = hashlib.sha256((prev + auditor_canonical(body)).encode("utf-8")).hexdigest()
             assert digest == record["record_hash"]
             prev = digest
@@ -344,7 +349,11 @@ def test_wal_full_sync_and_meta(tmp_path: Path) -> None:
     with raw_db(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         meta = dict(raw.execute("SELECT key, value FROM meta").fetchall())
-    assert meta == {"schema_version": str(SCHEMA_VERSION), "log_id": log_id}
+    assert meta == {
+        "schema_version": str(SCHEMA_VERSION),
+        "log_id": log_id,
+        "vouched_from_index": "0",  # a new log: every record is countersigned by the plate
+    }
     with SessionLog(path) as again:
         assert again.log_id == log_id  # created once
 
@@ -381,8 +390,9 @@ def _doc_block(language: str) -> str:
 def test_the_example_line_in_the_docs_verifies() -> None:
     line = _doc_block("json").strip()
     record = json.loads(line)
-    # every field a record must have, and optional ones (kind) only among the known fields
-    assert set(EXPORT_FIELDS) - OPTIONAL_FIELDS <= set(record) <= set(EXPORT_FIELDS)
+    # every field a record must have, its plate's countersignature, and optional ones (kind)
+    assert set(EXPORT_FIELDS) - OPTIONAL_FIELDS <= set(record) - {"device_voucher"}
+    assert set(record) <= {*EXPORT_FIELDS, "device_voucher"}
     assert auditor_verify(line) == {record["log_id"]: 1}
     assert canonical_json(record) == line
 
@@ -695,7 +705,9 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
         fill(a)
         text = export_text(a)
         assert len(text.splitlines()) == 3
-        assert sorted(json.loads(text.splitlines()[0])) == sorted(EXPORT_FIELDS)
+        line = json.loads(text.splitlines()[0])
+        assert sorted(line) == sorted([*EXPORT_FIELDS, "device_voucher"])
+        assert line["device_voucher"] is None  # written by the log alone, no plate vouched
         result = b.import_jsonl(io.StringIO(text))
         assert (result.added, result.skipped_duplicates) == (3, 0)
         assert b.sessions() == a.sessions()

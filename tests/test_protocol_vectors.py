@@ -298,7 +298,11 @@ def expected_table(cls: type[Message]) -> list[tuple[int, str, str]]:
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         rows = layout_rows(cls.LAYOUT.format)
     assert len(names) == len(rows)
-    return [(offset, name, kind) for (offset, kind), name in zip(rows, names, strict=True)]
+    # fixed-length byte fields: ASCII text (the device id) is char[n], anything else u8[n]
+    return [
+        (offset, name, kind if name == "device_id_raw" else kind.replace("char[", "u8["))
+        for (offset, kind), name in zip(rows, names, strict=True)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -486,3 +490,51 @@ def test_every_hello_vector_is_one_a_host_accepts(vector: Vector) -> None:
     hello = build(vector)
     assert isinstance(hello, Hello)
     check_hello(hello)
+
+
+# ---- 2.1: identity and countersignatures ------------------------------------------------------
+
+
+def _vector(name: str) -> Vector:
+    return next(v for v in VECTORS if v.name == name)
+
+
+def test_countersignature_vector_verifies_with_the_documented_test_key() -> None:
+    """The 2.1 vectors are one consistent exchange: the documented seed gives the IDENTITY's
+    key, the heads chain as section 7 says, and the signature verifies over the signed bytes."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from firmware_bridge.countersign import GENESIS_HEAD, next_head, signature_problem
+
+    seed = hashlib.sha256(b"LIV test vector key").digest()
+    assert f"`{seed.hex()}`" in DOC
+    public = (
+        Ed25519PrivateKey.from_private_bytes(seed)
+        .public_key()
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+    identity = _vector("identity").fields
+    request = _vector("countersign").fields
+    answer = _vector("countersignature").fields
+    assert identity["public_key"] == public.hex()
+    first = hashlib.sha256(b"first record").digest()
+    assert identity["head"] == next_head(GENESIS_HEAD, 1, first).hex()
+    assert request["digest"] == hashlib.sha256(b"record").digest().hex() == answer["digest"]
+    assert answer["counter"] == request["expected_counter"] == identity["counter"] + 1
+    assert answer["prev_head"] == identity["head"]
+    device_id_raw = b"SIM-0001".ljust(16, b"\x00")
+    args = [bytes.fromhex(answer[k]) for k in ("digest", "prev_head", "new_head", "signature")]
+    assert signature_problem(public, device_id_raw, answer["counter"], *args) is None
+    tampered = bytearray(args[0])
+    tampered[0] ^= 1
+    assert signature_problem(public, device_id_raw, answer["counter"], bytes(tampered), *args[1:])
+
+
+def test_document_states_the_signing_prefixes() -> None:
+    from firmware_bridge.countersign import HEAD_DOMAIN, SIGN_DOMAIN
+
+    assert f'"{SIGN_DOMAIN[:-1].decode()}" 0x00' in DOC
+    assert f'"{HEAD_DOMAIN[:-1].decode()}" 0x00' in DOC

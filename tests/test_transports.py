@@ -17,7 +17,7 @@ from firmware_bridge.errors import (
     HandshakeTimeoutError,
     IncompatibleVersionError,
 )
-from firmware_bridge.protocol import PROTOCOL_MAJOR
+from firmware_bridge.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR
 
 
 def _serve(*where: str) -> Iterator[str]:
@@ -96,5 +96,6 @@ def test_another_major_protocol_version_is_refused(monkeypatch: pytest.MonkeyPat
 
     other = PROTOCOL_MAJOR + 1
     monkeypatch.setattr(firmware_bridge.sim.device, "PROTOCOL_MAJOR", other)
-    with pytest.raises(IncompatibleVersionError, match=rf"device speaks protocol {other}\.0"):
+    minor = PROTOCOL_MINOR
+    with pytest.raises(IncompatibleVersionError, match=rf"device speaks protocol {other}\.{minor}"):
         DeviceClient.open("sim://?speed=max")

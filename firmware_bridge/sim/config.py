@@ -68,6 +68,9 @@ class SimConfig:
     # False: a firmware without the resting-sensor check of docs/protocol.md (a third-party
     # plate), so that the host's own check can be shown to stand alone
     rest_check: bool = True
+    # where the plate keeps its device key, counter and head (firmware_bridge/sim/nvstore.py;
+    # None: $LIV_SIM_STATE_DIR, else the user's state directory)
+    nv: str | None = None
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -176,6 +179,7 @@ _TEXT_KEYS = {
     "truth": "truth",
     "device_id": "device_id",
     "posture": "posture",
+    "nv": "nv",
 }
 ALLOWED_KEYS = sorted(
     [

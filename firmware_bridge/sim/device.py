@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_bridge.codec import FrameDecoder, RawFrame, encode_frame
+from firmware_bridge.countersign import next_head, signed_bytes
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import ProtocolError
 from firmware_bridge.protocol import (
@@ -37,12 +38,16 @@ from firmware_bridge.protocol import (
     Ack,
     Capability,
     ClearFault,
+    Countersign,
+    Countersignature,
     DeviceState,
     Fault,
     FaultCode,
     Heartbeat,
     Hello,
     HelloRequest,
+    Identity,
+    IdentityRequest,
     Message,
     Nak,
     NakReason,
@@ -59,6 +64,7 @@ from firmware_bridge.protocol import (
     round_half_up,
 )
 from firmware_bridge.sim.config import SimConfig
+from firmware_bridge.sim.nvstore import DeviceNv, LastSignature, NvState, state_root
 from firmware_bridge.sim.physics import PlatePhysics
 from firmware_bridge.sim.profile import load_profile
 from firmware_bridge.sim.sensor import Accelerometer
@@ -80,7 +86,18 @@ ACCEL_WINDOW_BLOCKS = 3  # the firmware's own peak measurement spans the last 3 
 REST_TOLERANCE = 0.03  # at rest the sensor must read 1 g within 3% before the output goes on
 REST_BLOCKS = 4  # the resting reading is the mean of up to 4 blocks streamed with the output off
 LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
-HOST_TYPES = {HelloRequest, SetFrequency, SetDrive, SetOutput, Heartbeat, StatusRequest, ClearFault}
+HOST_TYPES = {
+    HelloRequest,
+    SetFrequency,
+    SetDrive,
+    SetOutput,
+    Heartbeat,
+    StatusRequest,
+    ClearFault,
+    IdentityRequest,
+    Countersign,
+}
+ANSWERED_TYPES = (HelloRequest, StatusRequest, IdentityRequest, Countersign)  # no ACK
 
 
 def _clip01(value: float) -> float:
@@ -275,6 +292,8 @@ class SimulatedDevice:
         self._block_times: dict[int, FloatArray] = {}  # arange(n) / fs, per block length
         self._pending_events = self._schedule(config)
         self._closed = False
+        # non-volatile memory: key, counter, head (read at the first IDENTITY or COUNTERSIGN)
+        self.nv = DeviceNv(state_root(config.nv), config.device_id)
         self._boot()
         if config.uptime_s:
             self._power_on_unattended(config.uptime_s)
@@ -464,7 +483,7 @@ class SimulatedDevice:
             return
         reason = self._command(message)
         if reason is None:
-            if not isinstance(message, HelloRequest | StatusRequest):
+            if not isinstance(message, ANSWERED_TYPES):
                 self._send(Ack(frame.seq, frame.frame_type))
         else:
             self._nak(frame, reason)
@@ -514,8 +533,42 @@ class SimulatedDevice:
                 if self._stopping:
                     return NakReason.BUSY
                 self._fault_code = self._fault_index = self._fault_detail = 0
+            case IdentityRequest():
+                state = self.nv.state
+                self._send(Identity(self.nv.public_key, state.counter, state.head))
+            case Countersign(digest=digest, expected_counter=expected):
+                return self._countersign(digest, expected)
             case _:
                 return NakReason.UNKNOWN_TYPE
+        return None
+
+    def _countersign(self, digest: bytes, expected: int) -> NakReason | None:
+        """Vouch for ``digest`` as counter ``expected`` (docs/protocol.md 9.8).
+
+        The next counter is signed once: counter and head move on in non-volatile memory before
+        the answer leaves. A repeat of the last request (its answer was lost) gets the same
+        answer again; any other counter is refused.
+        """
+        state = self.nv.state
+        device_id_raw = self.config.device_id.encode("ascii").ljust(DEVICE_ID_LEN, b"\x00")
+        last = state.last
+        if expected == state.counter and last is not None and last.digest == digest:
+            self._send(
+                Countersignature(state.counter, digest, last.prev_head, state.head, last.signature)
+            )
+            return None
+        if expected != state.counter + 1 or expected > 0xFFFFFFFF:
+            return NakReason.COUNTER_MISMATCH
+        head = next_head(state.head, expected, digest)
+        signature = self.nv.key.sign(
+            signed_bytes(device_id_raw, expected, digest, state.head, head)
+        )
+        try:
+            self.nv.commit(NvState(expected, head, LastSignature(digest, state.head, signature)))
+        except OSError as exc:
+            log.error("simulated device could not write its non-volatile memory: %s", exc)
+            return NakReason.STORAGE
+        self._send(Countersignature(expected, digest, state.head, head, signature))
         return None
 
     def _nak(self, frame: RawFrame, reason: NakReason) -> None:
@@ -538,7 +591,12 @@ class SimulatedDevice:
             self.stop_ramp_ms,
             self.slew_full_scale_ms,
             self.ceiling_mg,
-            int(Capability.COIL_TEMPERATURE | Capability.SIMULATED | Capability.FAULT_INJECTION),
+            int(
+                Capability.COIL_TEMPERATURE
+                | Capability.SIMULATED
+                | Capability.FAULT_INJECTION
+                | Capability.COUNTERSIGN
+            ),
             boot,
         )
 

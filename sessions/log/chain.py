@@ -25,6 +25,7 @@ class _Entry:
     problem: str | None = None  # why raw could not be built
     where: str = ""  # ' (line N)' for import files
     sound: bool = False  # content already shown to hash to record_hash (_fast_content_ok)
+    voucher: Any = None  # an import line's device_voucher (sessions/log/vouch.py Voucher)
 
 
 def _content_problem(raw: Mapping[str, Any]) -> str | None:

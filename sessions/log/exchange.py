@@ -34,6 +34,9 @@ from sessions.log.records import (
     LogErrorReason,
 )
 from sessions.log.storage import _ALL_BUT_ENVELOPE, SessionStore
+from sessions.log.vouch import GENESIS_HEX, Pin, Voucher, key_name
+
+VOUCHER_FIELD = "device_voucher"  # the plate's countersignature, beside the record's fields
 
 # Excel's limit on the characters of one cell (LibreOffice and Google Sheets hold as many).
 CSV_CELL_LIMIT = 32_767
@@ -89,13 +92,25 @@ class SessionLog(SessionStore):
                 f"session {row['session_id']} cannot be read ({exc}); run verify"
             ) from exc
 
-    def _jsonl_line(self, row: sqlite3.Row) -> str:
-        """The record's canonical JSON; a canonical stored envelope is written as stored."""
+    def _jsonl_line(self, row: sqlite3.Row, voucher: Voucher | None) -> str:
+        """The record's canonical JSON with its ``device_voucher`` (null when the plate has
+        not vouched for it); a canonical stored envelope is written as stored."""
+        vouched = canonical_json(None if voucher is None else voucher.to_json())
         envelope = row["envelope"]
         if isinstance(envelope, str) and _canonical_pairs(envelope):
             raw = self._parsed(row, _ALL_BUT_ENVELOPE)
-            return _spliced_json(raw, {"envelope": envelope})
-        return canonical_json(self._parsed(row))
+            return _spliced_json(raw, {"envelope": envelope, VOUCHER_FIELD: vouched})
+        return _spliced_json(self._parsed(row), {VOUCHER_FIELD: vouched})
+
+    def _voucher(self, conn: sqlite3.Connection, session_id: str) -> Voucher | None:
+        if not self._has_vouchers(conn):
+            return None
+        row = conn.execute(
+            "SELECT device_key, counter, prev_head, head, signature FROM vouchers "
+            "WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
+        return None if row is None else Voucher(row[0], int(row[1]), row[2], row[3], row[4])
 
     @contextlib.contextmanager
     def _output(self, out: TextIO | Path, newline: str) -> Iterator[TextIO]:
@@ -139,7 +154,8 @@ class SessionLog(SessionStore):
             if header is not None:
                 stream.write(canonical_json(dict(header)) + "\n")
             for row in self._export_stored(conn):
-                stream.write(self._jsonl_line(row) + "\n")
+                voucher = self._voucher(conn, row["session_id"])
+                stream.write(self._jsonl_line(row, voucher) + "\n")
                 count += 1
         return count
 
@@ -197,12 +213,19 @@ class SessionLog(SessionStore):
 
     # --- import ---
 
-    def import_jsonl(self, source: TextIO | Path) -> ImportResult:
+    def import_jsonl(
+        self, source: TextIO | Path, *, plates: dict[str, Pin] | None = None
+    ) -> ImportResult:
         """Merge an export (any devices, any patients): all of it, or nothing.
 
         Every incoming chain is verified completely before anything is written; records
         already held (same log_id, chain_index and record_hash) are skipped; a record that
         contradicts one already held is refused with the whole file.
+
+        With ``plates`` (device id -> the pinned key; ``liv import`` always passes them) only
+        records the plate vouches for are accepted: each carries a countersignature that
+        verifies with its plate's enrolled key, and per plate the counters, with those already
+        held, run on without a gap or a conflict. Without, only the hash chains are checked.
         """
         with _translate("read the import file", self.path):
             if isinstance(source, Path):
@@ -219,6 +242,9 @@ class SessionLog(SessionStore):
                 path=self.path,
                 bad_record=bad,
             )
+        vouched = 0
+        if plates is not None:
+            vouched = self._check_import_vouchers(chains, plates)
         added = 0
         skipped = in_file_duplicates
         with _translate("import into the session log", self.path), self._write() as tx:
@@ -231,7 +257,91 @@ class SessionLog(SessionStore):
                     else:
                         skipped += 1
         _log.info("imported %d records, %d already present", added, skipped)
-        return ImportResult(added, skipped)
+        return ImportResult(added, skipped, vouched)
+
+    def _check_import_vouchers(
+        self, chains: dict[str, dict[int, _Entry]], plates: dict[str, Pin]
+    ) -> int:
+        """Refuse the file unless its plates vouch for every record (see import_jsonl)."""
+        by_key: dict[str, dict[int, tuple[str, str, str, str]]] = {}
+        count = 0
+        for log_id in sorted(chains):
+            for entry in sorted(chains[log_id].values(), key=_index_key):
+                raw = entry.raw
+                assert raw is not None
+                where = f"record {raw['chain_index']} of log {log_id} (session {entry.session_id})"
+                voucher = entry.voucher
+                if not isinstance(voucher, Voucher):
+                    raise self._refused(f"{where} is not vouched for by its plate")
+                problem = voucher.problem(raw["record_hash"], raw["device_id"])
+                if problem is not None:
+                    raise self._refused(f"{where}: {problem}")
+                pin = plates.get(raw["device_id"])
+                if pin is None or pin.device_key != voucher.device_key:
+                    raise self._refused(
+                        f"{where} is vouched for by plate key {key_name(voucher.device_key)}, "
+                        f"which is not enrolled here for plate {raw['device_id']} (enroll it "
+                        "with --device-key)"
+                    )
+                same = by_key.setdefault(voucher.device_key, {}).get(voucher.counter)
+                mine = (raw["record_hash"], voucher.prev_head, voucher.head, where)
+                if same is not None and same[0] != mine[0]:
+                    raise self._refused(
+                        f"{where} and {same[3]} both claim the plate's counter {voucher.counter}",
+                        conflict=True,
+                    )
+                by_key[voucher.device_key][voucher.counter] = mine
+                count += 1
+        with _translate("read the session log", self.path), self._read() as conn:
+            for device_key, incoming in by_key.items():
+                first = min(
+                    (p.first_counter for p in plates.values() if p.device_key == device_key),
+                    default=1,
+                )
+                held: dict[int, tuple[str, str, str, str]] = {}
+                if self._has_vouchers(conn):
+                    for counter, prev, head, digest, session_id in conn.execute(
+                        "SELECT v.counter, v.prev_head, v.head, s.record_hash, s.session_id "
+                        "FROM vouchers v JOIN sessions s USING (session_id) "
+                        "WHERE v.device_key = ?",
+                        (device_key,),
+                    ):
+                        held[int(counter)] = (digest, prev, head, f"held session {session_id}")
+                for counter, mine in incoming.items():
+                    have = held.get(counter)
+                    if have is not None and have[0] != mine[0]:
+                        raise self._refused(
+                            f"{mine[3]} claims the plate's counter {counter}, which this log "
+                            f"holds for another record ({have[3]})",
+                            conflict=True,
+                        )
+                merged = {**held, **incoming}
+                expected, head = first, GENESIS_HEX
+                for counter in sorted(merged):
+                    digest, prev, new_head, where = merged[counter]
+                    if counter > expected:
+                        missing = (
+                            f"{expected}"
+                            if counter == expected + 1
+                            else f"{expected}-{counter - 1}"
+                        )
+                        raise self._refused(
+                            f"the plate's record(s) {missing} before {where} are neither in this "
+                            "log nor in the file (a gap)"
+                        )
+                    if counter < expected:
+                        continue  # before the plate was enrolled here
+                    if (counter > first or first == 1) and prev != head:
+                        raise self._refused(f"{where} does not follow the plate's previous head")
+                    expected, head = counter + 1, new_head
+        return count
+
+    def _refused(self, detail: str, *, conflict: bool = False) -> LogError:
+        return LogError(
+            f"Refused the whole import file: {detail}; nothing was imported.",
+            reason=LogErrorReason.CONFLICT if conflict else LogErrorReason.TAMPERED,
+            path=self.path,
+        )
 
     def _merge(self, tx: sqlite3.Connection, entry: _Entry) -> bool:
         """Insert one verified record; False if already held; LogError on a conflict."""
@@ -267,6 +377,20 @@ class SessionLog(SessionStore):
             list(columns.values()),
         )
         self._check_stored(tx, raw["session_id"])
+        voucher = entry.voucher
+        if isinstance(voucher, Voucher):
+            tx.execute(
+                "INSERT INTO vouchers (session_id, device_key, counter, prev_head, head, "
+                "signature) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    raw["session_id"],
+                    voucher.device_key,
+                    voucher.counter,
+                    voucher.prev_head,
+                    voucher.head,
+                    voucher.signature,
+                ),
+            )
         return True
 
     def _conflict(self, entry: _Entry, detail: str) -> LogError:
@@ -377,6 +501,13 @@ def _read_import(lines: Iterable[str]) -> tuple[dict[str, dict[int, _Entry]], in
             raise _bad_file(line_no, "is not a JSON object")
         if line_no == 1 and obj.get("schema") == EXPORT_HEADER_SCHEMA:
             continue  # the export's header: the exporting log's verification status
+        voucher: Voucher | None = None
+        if obj.get(VOUCHER_FIELD) is not None:
+            try:
+                voucher = Voucher.from_json(obj[VOUCHER_FIELD])
+            except ValueError as exc:
+                raise _bad_file(line_no, f"has an unusable {VOUCHER_FIELD}: {exc}") from None
+        obj.pop(VOUCHER_FIELD, None)
         missing = expected - set(obj) - OPTIONAL_FIELDS  # absent from older exports
         extra = set(obj) - expected
         if missing:
@@ -389,7 +520,9 @@ def _read_import(lines: Iterable[str]) -> tuple[dict[str, dict[int, _Entry]], in
             raise _bad_file(line_no, f"is not a session record: {exc}") from None
         if not record.finished or record.chain_index is None:
             raise _bad_file(line_no, "is a running session (only finished records are imported)")
-        entry = _Entry(record.session_id, record.chain_index, obj, where=f" (line {line_no})")
+        entry = _Entry(
+            record.session_id, record.chain_index, obj, where=f" (line {line_no})", voucher=voucher
+        )
         chain = chains.setdefault(record.log_id, {})
         same = chain.get(record.chain_index)
         if same is not None:

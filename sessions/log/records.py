@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 
 from firmware_bridge.errors import LivError
 
-# 2: index sessions_day_minutes; 3: error_uncertainty_pct; 4: column kind; 5: envelope_chunks
-# (docs/log-format.md)
-SCHEMA_VERSION = 5
+# 2: index sessions_day_minutes; 3: error_uncertainty_pct; 4: column kind; 5: envelope_chunks;
+# 6: device countersignatures (docs/log-format.md)
+SCHEMA_VERSION = 6
 GENESIS_HASH = "0" * 64  # prev_hash of chain_index 0
 CHECKPOINT_INTERVAL_S = 5.0  # the caller checkpoints a running session at least this often
 NUMBER_DECIMALS = 6  # every number is stored and hashed rounded to 6 decimal places
@@ -174,6 +174,7 @@ class VerifyResult:
 class ImportResult:
     added: int
     skipped_duplicates: int
+    vouched: int = 0  # records whose plate countersignature was checked
 
 
 # --- fields --------------------------------------------------------------------------------------
@@ -215,7 +216,8 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "envelope",
     "last_checkpoint_utc",
 )
-HASH_EXCLUDED = frozenset({"prev_hash", "record_hash"})
+# The hashes themselves, and the plate's countersignature of record_hash (kept beside the record)
+HASH_EXCLUDED = frozenset({"prev_hash", "record_hash", "device_voucher"})
 # Fields added after records were first written: absent from the raw form of a record written
 # before they existed (NULL in its row), so its hash is the one it was written with, and they may
 # be absent from an import. ``kind`` absent means therapy.
