@@ -563,7 +563,8 @@ def _note_no_countersign(log: SessionLog, session_id: str, why: str) -> None:
 
 
 class PlateVoucher:
-    """Has a connected plate vouch for finished records (protocol 2.1, docs/trust.md, "The session record").
+    """Has a connected plate vouch for finished records (protocol 2.1; docs/trust.md, "The
+    session record").
 
     Each record's ``record_hash`` is countersigned as the plate's next counter. The counter the
     host expects is the log's last for this plate + 1; a plate ahead of that means records
