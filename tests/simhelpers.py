@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import select
+import sqlite3
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -207,3 +208,34 @@ def measured_g_per_drive(query: str, freq_hz: float, truth_path: Path) -> float:
     index = truth["sample_index"]
     settled = (index >= end_index - 0.3 * fs) & (index < end_index)
     return truth_amplitude(truth, settled) / PROBE_DRIVE
+
+
+def downgrade_log(conn: sqlite3.Connection, version: int) -> None:
+    """Undo the log's migrations above ``version`` on ``conn`` (autocommit), as if an older
+    program had written it: its records keep the columns' values they have (NULL where the
+    older schema had no column, so write them with an older program's fields only)."""
+    from sessions.log.storage import _SCHEMA_V1
+
+    if version < 6:  # the plate's countersignatures
+        for trigger in ("vouchers_never_change", "vouchers_never_deleted",
+                        "unvouched_never_deleted", "meta_never_deleted"):  # fmt: skip
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        conn.execute("DROP TABLE IF EXISTS vouchers")
+        conn.execute("DROP TABLE IF EXISTS unvouched")
+        conn.execute("DELETE FROM meta WHERE key = 'vouched_from_index'")
+        conn.execute(_SCHEMA_V1[-1])  # meta_never_deleted, as schema 1 made it
+    if version < 5:
+        conn.execute("DROP TABLE IF EXISTS envelope_chunks")
+    if version < 4:  # kind, and the summary index rebuilt with it
+        conn.execute("DROP INDEX IF EXISTS sessions_day_minutes")
+        conn.execute("ALTER TABLE sessions DROP COLUMN kind")
+        if version >= 2:
+            conn.execute(
+                "CREATE INDEX sessions_day_minutes ON sessions "
+                "(patient_id, local_date, slot, started_utc, session_id, minutes_at_dose)"
+            )
+    if version < 3:
+        conn.execute("ALTER TABLE sessions DROP COLUMN error_uncertainty_pct")
+    if version < 2:
+        conn.execute("DROP INDEX IF EXISTS sessions_day_minutes")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))

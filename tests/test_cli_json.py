@@ -44,7 +44,8 @@ def test_docs_document_exactly_the_shapes_printed() -> None:
 def test_the_validator_refuses_a_wrong_shape() -> None:
     good = {"schema": "liv.export_header/1", "integrity": {
         "schema": "liv.verification/1", "status": "verified", "ok": True,
-        "records_checked": 3, "first_bad": None}}  # fmt: skip
+        "records_checked": 3, "vouched": None, "before_signatures": None, "unvouched": None,
+        "device_problems": [], "plate_checked": False, "first_bad": None}}  # fmt: skip
     validate(good)
     for bad in (
         {**good, "extra": 1},
@@ -99,7 +100,11 @@ def test_every_reporting_command_prints_its_documented_shape(
             printed(capsys, home.argv("report", "--format", "json")),
             "liv.report/1",
         ),
-        "verify": (printed(capsys, home.argv("verify", "--json")), "liv.verification/1"),
+        # records written here without a plate: no plate vouches for them, so verify fails
+        "verify": (
+            printed(capsys, home.argv("verify", "--json", "--no-device"), code=1),
+            "liv.verification/1",
+        ),
         "protocol check": (
             printed(capsys, ["protocol", "check", str(protocol_file), "--json"]),
             "liv.protocol_check/1",

@@ -20,7 +20,7 @@ import pytest
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SCHEMA_VERSION, SessionLog, canonical_json
-from tests.simhelpers import install_signed
+from tests.simhelpers import downgrade_log, install_signed
 
 T0 = datetime(2025, 1, 10, 7, 30, tzinfo=UTC)
 PROTOCOL = '{"target_g":0.3}'
@@ -59,7 +59,9 @@ def test_the_uncertainty_is_stored_hashed_exported_and_imported(tmp_path: Path) 
         assert log.verify().ok
     assert exported["error_uncertainty_pct"] == 0.31
     # the hash covers it: an auditor's sha256 over every exported field but the two hashes
-    body = {k: v for k, v in exported.items() if k not in ("prev_hash", "record_hash")}
+    body = {
+        k: v for k, v in exported.items() if k not in ("prev_hash", "record_hash", "device_voucher")
+    }
     digest = hashlib.sha256((exported["prev_hash"] + canonical_json(body)).encode()).hexdigest()
     assert digest == exported["record_hash"]
     with SessionLog(tmp_path / "b.db") as other:
@@ -75,7 +77,9 @@ def test_a_record_without_it_hashes_as_records_did_before_the_field(tmp_path: Pa
         (exported,) = _export(log)
         assert log.verify().ok
     assert "error_uncertainty_pct" not in exported
-    body = {k: v for k, v in exported.items() if k not in ("prev_hash", "record_hash")}
+    body = {
+        k: v for k, v in exported.items() if k not in ("prev_hash", "record_hash", "device_voucher")
+    }
     digest = hashlib.sha256((exported["prev_hash"] + canonical_json(body)).encode()).hexdigest()
     assert digest == exported["record_hash"]
     # an export written before the field existed (no such key) imports and verifies
@@ -108,15 +112,7 @@ def test_a_log_from_before_the_field_opens_read_only_and_migrates(tmp_path: Path
     path = tmp_path / "old.db"
     count = make_log(path, years=4 / 365)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:  # schema 2
-        conn.execute("DROP INDEX sessions_day_minutes")  # schema 4 rebuilt it with kind
-        conn.execute(
-            "CREATE INDEX sessions_day_minutes ON sessions "
-            "(patient_id, local_date, slot, started_utc, session_id, minutes_at_dose)"
-        )
-        conn.execute("DROP TABLE envelope_chunks")  # schema 5's
-        conn.execute("ALTER TABLE sessions DROP COLUMN kind")  # schema 4's
-        conn.execute("ALTER TABLE sessions DROP COLUMN error_uncertainty_pct")  # schema 3's
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        downgrade_log(conn, 2)
     with SessionLog(path, read_only=True) as log:  # an audit reads it as it is
         summaries = log.summaries()
         assert len(summaries) == count

@@ -34,7 +34,7 @@ from sessions.log import (
     record_hash,
 )
 from sessions.log.fields import _raw_from_row
-from tests.simhelpers import protocol_yaml
+from tests.simhelpers import install_signed
 
 DEVICE_ID = "SIM-T1"
 SESSIONS = 4
@@ -78,8 +78,7 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Plant:
     plant = Plant(tmp_path_factory.mktemp("golden"))
     home = plant.home
     home.ensure()
-    (plant.root / "p.yaml").write_text(protocol_yaml())
-    home.install_protocol(plant.root / "p.yaml")
+    install_signed(home)
     with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}") as dev:
         home.calibrations().save(identify(dev))
     assert plant.liv("device", "set", plant.url) == 0
@@ -280,6 +279,7 @@ def test_a_log_replaced_by_another_plates_is_detected(
     other = LivHome(tmp_path / "other")
     other.ensure()
     shutil.copy(plant.home.protocol_path, other.protocol_path)
+    shutil.copy(plant.home.clinic_key_path, other.clinic_key_path)  # the same clinic
     shutil.copytree(plant.home.root / "calibration", other.root / "calibration")
     url = f"sim://?speed=max&mass=70&seed=4&device_id={DEVICE_ID}&nv={tmp_path / 'nv2'}"
     assert main(["start", "--device", url, "--home", str(other.root)]) == 0
@@ -340,7 +340,8 @@ def _column(value: Any) -> Any:
 def _export(plant: Plant, tmp_path: Path) -> list[dict[str, Any]]:
     out = tmp_path / "export.jsonl"
     assert plant.liv("export", "--out", str(out)) == 0
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    return [obj for obj in lines if "schema" not in obj]  # the export's header is no record
 
 
 def _write(lines: list[dict[str, Any]], path: Path) -> Path:
@@ -547,11 +548,11 @@ def test_an_old_log_migrates_and_its_records_are_shown_as_before_signatures(
             minutes_at_dose=1.0, envelope=[], freqs_hz=[], safety_events=[],
             mean_error_pct=None, p95_abs_error_pct=None, exposure=None,
         )  # fmt: skip
-    with tampered(db) as conn:  # as schema 2 left it
+    with tampered(db) as conn:  # as schema 5, the last before countersignatures, left it
         conn.execute("DROP TABLE vouchers")
         conn.execute("DROP TABLE unvouched")
         conn.execute("DELETE FROM meta WHERE key = 'vouched_from_index'")
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     with SessionLog(db, read_only=True) as log:  # an audit reads it unmigrated
         assert log.vouch_text(sid) == LEGACY_TEXT
         assert log.verify_vouchers().legacy == 1
