@@ -182,6 +182,20 @@ class _Params:
 
 
 @dataclass(frozen=True)
+class AheadRun:
+    """Blocks computed ahead by :meth:`PlatePhysics.run_ahead`, not yet committed.
+
+    ``accel_g[j]`` is block j's true acceleration (g), ``states[j]`` the plant state at its end
+    and ``i2[j]`` the sum of its squared coil current (for the coil's heating).
+    """
+
+    accel_g: FloatArray  # (blocks, n)
+    states: FloatArray  # (blocks, p)
+    i2: list[float]
+    samples_per_block: int
+
+
+@dataclass(frozen=True)
 class _Tables:
     """Per-sample responses for k = 0..block_max at one (parameters, frequency).
 
@@ -430,16 +444,65 @@ class PlatePhysics:
             done += seg
         return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
 
-    def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
-        """Advance n <= block_max samples at constant parameters.
+    @property
+    def samples_to_update(self) -> int:
+        """Samples left before the next slow-parameter update (temperature, sway, stepping)."""
+        return self._until_update
 
-        Returns a (5, n) array: accel in g, coil current in A, amplifier volts, hip accel in g,
-        force on the patient in N.
+    @property
+    def table_samples(self) -> int:
+        """The longest run one table covers (``numerics.block_max``)."""
+        return self._block_max
+
+    @property
+    def inputs_key(self) -> tuple[object, ...]:
+        """What a run's result depends on besides its drive and the plant state: equal keys,
+        equal plant (parameters, amplifier gain, open circuit)."""
+        return (self._params, self.amplifier_gain_factor, self.open_circuit)
+
+    def run_ahead(
+        self, blocks: int, n: int, freq_hz: float, phase0_rad: float, drive: float
+    ) -> AheadRun:
+        """Compute ``blocks`` blocks of ``n`` samples at the constant drive
+        ``drive sin(phase0 + 2 pi f tau)`` in one product, without advancing the plant.
+
+        The plant moves on only through :meth:`commit_ahead`, one block at a time, so a caller
+        can drop the blocks it has not committed (the drive changed) and carry on from the last
+        committed boundary with :meth:`run`. The blocks must end before the next slow-parameter
+        update and fit one table (``blocks * n < samples to the update``, ``<= block_max``);
+        the result differs from ``blocks`` calls of :meth:`run` only in the last bits.
         """
+        total = blocks * n
+        if blocks < 1 or n < 1 or total >= self._until_update or total > self._block_max:
+            raise ValueError(
+                f"{blocks} blocks of {n} samples do not fit before the next parameter update "
+                f"({self._until_update} samples) in a table of {self._block_max}"
+            )
+        if not (math.isfinite(drive) and abs(drive) <= 1.0 + _DRIVE_TOLERANCE):
+            raise ValueError(f"drive = {drive!r} is outside the drive range -1..1")
+        if not (math.isfinite(freq_hz) and freq_hz >= 0.0 and math.isfinite(phase0_rad)):
+            raise ValueError(f"freq_hz = {freq_hz!r}, phase0_rad = {phase0_rad!r} must be finite")
+        w = 2.0 * math.pi * freq_hz
+        tables = self._tables_for(w)
+        v = self._start_vector(tables, phase0_rad, drive, 0.0)
+        out = tables.outputs[:2, :total, :] @ v  # accel and coil current only
+        ends = tables.state[n : total + 1 : n] @ v[: self._n_aug]  # plant state after each block
+        current = out[1].reshape(blocks, n)
+        i2 = np.einsum("ij,ij->i", current, current)
+        return AheadRun(out[0].reshape(blocks, n), ends, i2.tolist(), n)
+
+    def commit_ahead(self, ahead: AheadRun, block: int) -> None:
+        """Advance the plant over block ``block`` of ``ahead`` (blocks are committed in order)."""
+        n = ahead.samples_per_block
+        self._x = ahead.states[block].copy()
+        self._i2_sum += ahead.i2[block]
+        self._i2_count += n
+        self._sample_index += n
+        self._until_update -= n
+
+    def _tables_for(self, w: float) -> _Tables:
         if self.open_circuit != self._params.open_circuit:
             self._params = replace(self._params, open_circuit=self.open_circuit)
-        if self._params.open_circuit:
-            self._x[0] = 0.0
         tables = self._tables
         if (
             tables is None
@@ -447,6 +510,14 @@ class PlatePhysics:
             or (tables.key[0] is not self._params and tables.key[0] != self._params)
         ):
             tables = self._tables = self._build_tables(self._params, w)
+        return tables
+
+    def _start_vector(
+        self, tables: _Tables, phase0: float, drive0: float, rate: float
+    ) -> FloatArray:
+        """``[x0, drive weights, distortion weights]`` for a segment starting now."""
+        if self._params.open_circuit:
+            self._x[0] = 0.0
         n_plant = self._n_plant
         v = np.zeros(self._n_aug + _N_DIST)
         v[:n_plant] = self._x
@@ -455,6 +526,16 @@ class PlatePhysics:
             v[n_plant:] = self._drive_weights(
                 gain * drive0, gain * rate, phase0, tables.response_g_per_drive
             )
+        return v
+
+    def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
+        """Advance n <= block_max samples at constant parameters.
+
+        Returns a (5, n) array: accel in g, coil current in A, amplifier volts, hip accel in g,
+        force on the patient in N.
+        """
+        tables = self._tables_for(w)
+        v = self._start_vector(tables, phase0, drive0, rate)
         out: FloatArray = tables.outputs[:, :n, :] @ v
         self._x = tables.state[n] @ v[: self._n_aug]
         current = out[1]
