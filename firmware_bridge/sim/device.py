@@ -644,11 +644,7 @@ class SimulatedDevice:
             return None  # a ramp: block by block
         n = self.block_samples
         physics = self.physics
-        blocks = min(
-            AHEAD_BLOCKS_MAX,
-            (physics.samples_to_update - 1) // n,
-            physics.table_samples // n,
-        )
+        blocks = min(AHEAD_BLOCKS_MAX, (physics.samples_to_update - 1) // n)
         end = now + blocks * self.block_s
         if self._pending_events and self._pending_events[0][0] <= end + 1e-9:
             return None
@@ -661,7 +657,7 @@ class SimulatedDevice:
             phases.append((phases[-1] + self._freq_hz * n / fs) % 1.0)
         drive = env.value if self._output_on else 0.0
         ahead_physics = physics.run_ahead(
-            blocks, n, self._freq_hz, 2.0 * math.pi * phases[0], drive
+            n, self._freq_hz, [2.0 * math.pi * turns for turns in phases[:blocks]], drive
         )
         ahead_sensor = self.sensor.measure_ahead(ahead_physics.accel_g)
         counts = ahead_sensor.counts

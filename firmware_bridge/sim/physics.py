@@ -450,51 +450,62 @@ class PlatePhysics:
         return self._until_update
 
     @property
-    def table_samples(self) -> int:
-        """The longest run one table covers (``numerics.block_max``)."""
-        return self._block_max
-
-    @property
     def inputs_key(self) -> tuple[object, ...]:
         """What a run's result depends on besides its drive and the plant state: equal keys,
         equal plant (parameters, amplifier gain, open circuit)."""
         return (self._params, self.amplifier_gain_factor, self.open_circuit)
 
     def run_ahead(
-        self, blocks: int, n: int, freq_hz: float, phase0_rad: float, drive: float
+        self, n: int, freq_hz: float, phases_rad: Sequence[float], drive: float
     ) -> AheadRun:
-        """Compute ``blocks`` blocks of ``n`` samples at the constant drive
-        ``drive sin(phase0 + 2 pi f tau)`` in one product, without advancing the plant.
+        """Compute one block of ``n`` samples per entry of ``phases_rad`` (the drive's phase at
+        each block's first sample) at the constant drive ``drive``, without advancing the plant.
 
-        The plant moves on only through :meth:`commit_ahead`, one block at a time, so a caller
-        can drop the blocks it has not committed (the drive changed) and carry on from the last
-        committed boundary with :meth:`run`. The blocks must end before the next slow-parameter
-        update and fit one table (``blocks * n < samples to the update``, ``<= block_max``);
-        the result differs from ``blocks`` calls of :meth:`run` only in the last bits.
+        Each block is what :meth:`run` gives for it (the same table and weights; the plant state
+        carried from block to block, the blocks' products taken at once). The plant moves on only
+        through :meth:`commit_ahead`, one block at a time, so a caller can drop the blocks it has
+        not committed (the drive changed) and go on from the last committed boundary. The blocks
+        must end before the next slow-parameter update.
         """
-        total = blocks * n
-        if blocks < 1 or n < 1 or total >= self._until_update or total > self._block_max:
+        blocks = len(phases_rad)
+        if blocks < 1 or n < 1 or blocks * n >= self._until_update or n > self._block_max:
             raise ValueError(
-                f"{blocks} blocks of {n} samples do not fit before the next parameter update "
-                f"({self._until_update} samples) in a table of {self._block_max}"
+                f"{blocks} blocks of {n} samples do not end before the next parameter update "
+                f"({self._until_update} samples) or a block exceeds a table ({self._block_max})"
             )
         if not (math.isfinite(drive) and abs(drive) <= 1.0 + _DRIVE_TOLERANCE):
             raise ValueError(f"drive = {drive!r} is outside the drive range -1..1")
-        if not (math.isfinite(freq_hz) and freq_hz >= 0.0 and math.isfinite(phase0_rad)):
-            raise ValueError(f"freq_hz = {freq_hz!r}, phase0_rad = {phase0_rad!r} must be finite")
-        w = 2.0 * math.pi * freq_hz
-        tables = self._tables_for(w)
-        v = self._start_vector(tables, phase0_rad, drive, 0.0)
-        out = tables.outputs[:2, :total, :] @ v  # accel and coil current only
-        ends = tables.state[n : total + 1 : n] @ v[: self._n_aug]  # plant state after each block
-        current = out[1].reshape(blocks, n)
-        i2 = np.einsum("ij,ij->i", current, current)
-        return AheadRun(out[0].reshape(blocks, n), ends, i2.tolist(), n)
+        if not (math.isfinite(freq_hz) and freq_hz >= 0.0):
+            raise ValueError(f"freq_hz = {freq_hz!r} must be a finite frequency >= 0")
+        tables = self._tables_for(2.0 * math.pi * freq_hz)
+        n_plant, n_aug = self._n_plant, self._n_aug
+        v = np.zeros((blocks, n_aug + _N_DIST))
+        gain = self.amplifier_gain_factor
+        if drive != 0.0 and gain != 0.0:
+            response = tables.response_g_per_drive
+            for j, phase in enumerate(phases_rad):
+                v[j, n_plant:] = self._drive_weights(gain * drive, 0.0, phase, response)
+        step = tables.state[n]  # (p, p + 4): plant state after n samples from [x0, generator]
+        step_x = step[:, :n_plant]
+        driven = v[:, n_plant:n_aug] @ step[:, n_plant:].T  # (blocks, p)
+        states = np.empty((blocks, n_plant))
+        x = self._x.copy()
+        open_circuit = self._params.open_circuit
+        for j in range(blocks):
+            if open_circuit:
+                x[0] = 0.0
+            v[j, :n_plant] = x
+            x = step_x @ x + driven[j]
+            states[j] = x
+        out = tables.outputs[:2, :n, :] @ v.T  # (2, n, blocks): accel and coil current
+        current = out[1]
+        i2 = np.einsum("kj,kj->j", current, current)
+        return AheadRun(np.ascontiguousarray(out[0].T), states, i2.tolist(), n)
 
     def commit_ahead(self, ahead: AheadRun, block: int) -> None:
         """Advance the plant over block ``block`` of ``ahead`` (blocks are committed in order)."""
         n = ahead.samples_per_block
-        self._x = ahead.states[block].copy()
+        self._x = ahead.states[block]
         self._i2_sum += ahead.i2[block]
         self._i2_count += n
         self._sample_index += n

@@ -265,7 +265,7 @@ class NumericsProfile(_Section):
 
     SECTION: ClassVar[str] = "numerics"
     param_update_s: float = _number(0.24, 0.0, 10.0, "s of plant time", lo_open=True)
-    block_max: int = _integer(384, 1, 4096, "samples")
+    block_max: int = _integer(32, 1, 4096, "samples")
 
 
 _SECTIONS: dict[str, type[_Section]] = {
