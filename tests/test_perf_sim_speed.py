@@ -85,3 +85,30 @@ def test_the_same_url_gives_the_same_bytes_with_blocks_simulated_ahead(tmp_path:
     two = _session(url + str(tmp_path / "two.npz"))
     np.testing.assert_array_equal(one, two)
     assert (tmp_path / "one.npz").read_bytes() == (tmp_path / "two.npz").read_bytes()
+
+
+def test_a_host_changing_the_drive_often_has_few_blocks_computed_for_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    computed, taken = [0], [0]
+    run_ahead, commit_ahead = PlatePhysics.run_ahead, PlatePhysics.commit_ahead
+
+    def counted_run(self: PlatePhysics, n: int, freq: float, phases: Any, drive: float) -> Any:
+        computed[0] += len(phases)
+        return run_ahead(self, n, freq, phases, drive)
+
+    def counted_commit(self: PlatePhysics, ahead: Any, block: int) -> None:
+        taken[0] += 1
+        commit_ahead(self, ahead, block)
+
+    monkeypatch.setattr(PlatePhysics, "run_ahead", counted_run)
+    monkeypatch.setattr(PlatePhysics, "commit_ahead", counted_commit)
+    with DeviceClient.open("sim://?speed=max&seed=3") as dev:
+        dev.start_output()
+        dev.set_drive(0.2, 0.2)
+        run_blocks(dev, 0.3)
+        for k in range(60):  # a closed loop's pattern: a small correction every other block
+            dev.set_drive(0.2 + 0.001 * (k % 2), 0.0, wait=False)
+            run_blocks(dev, 0.04)
+        wasted = computed[0] - taken[0]
+    assert wasted <= 12, f"{computed[0]} blocks simulated ahead, {taken[0]} used"

@@ -81,6 +81,7 @@ REST_TOLERANCE = 0.03  # at rest the sensor must read 1 g within 3% before the o
 REST_BLOCKS = 4  # the resting reading is the mean of up to 4 blocks streamed with the output off
 LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
 AHEAD_BLOCKS_MAX = 16  # blocks simulated in one product at a constant drive (see _run_ahead)
+_FIRMWARE_INPUTS = 8  # SimulatedDevice._inputs_key: the firmware's part
 HOST_TYPES = {HelloRequest, SetFrequency, SetDrive, SetOutput, Heartbeat, StatusRequest, ClearFault}
 
 
@@ -199,7 +200,7 @@ class _BlockFit:
     ) -> list[FitSums]:
         """:meth:`sums` for each row of ``counts`` (shape (blocks, n)) in one product."""
         self._prepare(freq_hz, counts.shape[1])
-        p, q = self._basis @ counts.T
+        p, q = self._basis @ counts.T.astype(np.float64)  # int16 would miss the BLAS product
         turns = 2.0 * math.pi * np.asarray(phase0_turns)
         c0, s0 = np.cos(turns), np.sin(turns)
         cc0, cs0, ss0 = self._cc, self._cs, self._ss
@@ -379,6 +380,8 @@ class SimulatedDevice:
         self._envelope = _Envelope()
         self._held_samples = None
         self._ahead: _Ahead | None = None
+        self._steady_blocks = 0  # blocks in a row run with the same inputs (see _run_ahead)
+        self._last_inputs: tuple[object, ...] | None = None
         self._inbox.clear()
         # per block: the sums of the least-squares sine fit (see _BlockFit) of its samples
         self._fit_window: deque[FitSums] = deque(maxlen=ACCEL_WINDOW_BLOCKS)
@@ -610,7 +613,7 @@ class SimulatedDevice:
         """Everything a block's samples depend on besides the plant and filter state and the
         phase: the firmware's output state and envelope, frequency, plant and sensor faults."""
         env, sensor = self._envelope, self.sensor
-        return (
+        return (  # the firmware's first (_FIRMWARE_INPUTS), then the plant's and sensor's
             self._booted,
             self._output_on,
             self._stopping,
@@ -618,15 +621,15 @@ class SimulatedDevice:
             env.rate_per_sample,
             env.samples_left,
             self._freq_hz,
+            self.samples_after_replies,
             self.physics.inputs_key,
             sensor.stuck,
             sensor.saturated,
             sensor.disconnected,
             sensor.noise_density_ug,
-            self.samples_after_replies,
         )
 
-    def _run_ahead(self, now: float) -> _Ahead | None:
+    def _run_ahead(self, now: float, inputs: tuple[object, ...]) -> _Ahead | None:
         """Simulate the next blocks at once if the drive is constant, else None.
 
         Up to AHEAD_BLOCKS_MAX blocks, ending before the plant's next slow-parameter update
@@ -644,7 +647,9 @@ class SimulatedDevice:
             return None  # a ramp: block by block
         n = self.block_samples
         physics = self.physics
-        blocks = min(AHEAD_BLOCKS_MAX, (physics.samples_to_update - 1) // n)
+        # Bet on the inputs staying as long as they have stayed: a host that changes the drive
+        # every few blocks (a closed loop) has few blocks computed for nothing.
+        blocks = min(AHEAD_BLOCKS_MAX, self._steady_blocks, (physics.samples_to_update - 1) // n)
         end = now + blocks * self.block_s
         if self._pending_events and self._pending_events[0][0] <= end + 1e-9:
             return None
@@ -663,7 +668,7 @@ class SimulatedDevice:
         counts = ahead_sensor.counts
         rest_g = (counts.mean(axis=1) - self._sensor_offset_counts) / self._sensor_counts_per_g
         return _Ahead(
-            key=self._inputs_key(),
+            key=inputs,
             physics=ahead_physics,
             sensor=ahead_sensor,
             phases=phases,
@@ -675,15 +680,22 @@ class SimulatedDevice:
     def _take_ahead(self, now: float) -> bool:
         """Run this block from blocks simulated ahead (computing them if it can); False if
         the block must be simulated on its own."""
+        inputs = self._inputs_key()
+        firmware_inputs = inputs[:_FIRMWARE_INPUTS]  # not the plant's own slow updates
+        if firmware_inputs == self._last_inputs:
+            self._steady_blocks += 1
+        else:
+            self._steady_blocks = 0
+            self._last_inputs = firmware_inputs
         ahead = self._ahead
         if ahead is not None and (
             ahead.next >= ahead.blocks
             or ahead.phases[ahead.next] != self._phase_turns
-            or ahead.key != self._inputs_key()
+            or ahead.key != inputs
         ):
             ahead = self._ahead = None
         if ahead is None:
-            ahead = self._ahead = self._run_ahead(now)
+            ahead = self._ahead = self._run_ahead(now, inputs)
             if ahead is None:
                 return False
         j = ahead.next
@@ -716,7 +728,6 @@ class SimulatedDevice:
     def _run_block(self, now: float) -> None:
         if self._take_ahead(now):
             return
-        self._ahead = None
         n = self.block_samples
         fs = self.sample_rate_hz
         env = self._envelope
