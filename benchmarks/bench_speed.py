@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_log  # noqa: E402
 from benchmarks.make_log import DEVICE_ID, bench_protocol  # noqa: E402
+from benchmarks.signing import signed_by_bench_clinic  # noqa: E402
 from controller.calibration import CalibrationStore, identify  # noqa: E402
 from firmware_bridge.client import DeviceClient  # noqa: E402
 from sessions.home import LivHome  # noqa: E402
@@ -211,7 +212,7 @@ class Homes:
         plan = dict(bench_protocol(date.today(), 1), minutes_per_session=minutes)
         plan_path = root.parent / f"{root.name}.yaml"
         plan_path.write_text(yaml.safe_dump(plan), encoding="utf-8")
-        home.install_protocol(plan_path)
+        home.install_protocol(signed_by_bench_clinic(self.root / "clinic", home, plan_path))
         shutil.copytree(self.calibration, root / "calibration", dirs_exist_ok=True)
         return home
 

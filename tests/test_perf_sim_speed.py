@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 import firmware_bridge.sim.device as sim_device
-from firmware_bridge.client import DeviceClient
+from controller.estimation import block_phases
+from controller.openloop import SteadyFit
+from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.sim.physics import PlatePhysics
 from tests.simhelpers import load_truth, run_blocks
 
@@ -112,3 +114,25 @@ def test_a_host_changing_the_drive_often_has_few_blocks_computed_for_nothing(
             run_blocks(dev, 0.04)
         wasted = computed[0] - taken[0]
     assert wasted <= 12, f"{computed[0]} blocks simulated ahead, {taken[0]} used"
+
+
+def test_the_open_loop_fit_takes_its_sums_many_blocks_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    products = [0]
+    terms = SteadyFit._terms
+
+    def counted(self: SteadyFit, x: Any, phase: Any) -> Any:
+        products[0] += 1
+        return terms(self, x, phase)
+
+    monkeypatch.setattr(SteadyFit, "_terms", counted)
+    fs, freq, n = 1600.0, 45.0, 32
+    steady = SteadyFit(freq, fs)
+    for k in range(300):
+        phase0 = 2.0 * np.pi * freq * k * n / fs
+        accel = 1.0 + 0.3 * np.cos(block_phases(phase0, freq, n, fs) - 0.4)
+        steady.push(SampleBlock(k * n, np.zeros(n, np.int16), accel, phase0, freq, 0.2, 0))
+    peak = steady.result()[0]
+    assert peak == pytest.approx(0.3, rel=1e-9)
+    assert products[0] <= 300 / 20, f"{products[0]} sum products for 300 blocks"
