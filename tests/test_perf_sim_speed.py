@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import firmware_bridge.sim.device as sim_device
-from controller.estimation import block_phases
+from controller.estimation import AmplitudeEstimator, block_phases, fit_sine
 from controller.openloop import SteadyFit
 from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.sim.physics import PlatePhysics
@@ -136,3 +136,30 @@ def test_the_open_loop_fit_takes_its_sums_many_blocks_at_a_time(
     peak = steady.result()[0]
     assert peak == pytest.approx(0.3, rel=1e-9)
     assert products[0] <= 300 / 20, f"{products[0]} sum products for 300 blocks"
+
+
+def test_the_estimator_window_is_exact_after_ten_minutes_of_blocks() -> None:
+    """The window's sums come from the window itself (one product), not from differences of
+    totals that grow for the whole session, so the fit stays exact however long it runs."""
+    fs, freq, n = 1600.0, 45.0, 32
+    rng = np.random.default_rng(4)
+    est = AmplitudeEstimator(fs, window_s=0.1)
+    blocks = 30000  # 10 minutes
+    phase0 = 2.0 * np.pi * freq * n / fs * np.arange(blocks)
+    steps = block_phases(0.0, freq, n, fs)
+    tail: list[tuple[np.ndarray, np.ndarray]] = []
+    for k in range(blocks):
+        phase = phase0[k] + steps
+        accel = 1.0 + 0.3 * np.cos(phase - 0.4) + 1e-4 * rng.standard_normal(n)
+        est.push(accel, float(phase0[k]), freq, 0.2)
+        if k >= blocks - 6:
+            tail.append((accel, phase))
+    estimate = est.estimate(freq)
+    assert estimate is not None
+    accel = np.concatenate([a for a, _ in tail])
+    phase = np.concatenate([p for _, p in tail])
+    m = estimate.fit.n_samples
+    fit = fit_sine(accel[-m:], phase[-m:])
+    assert estimate.fit.peak_g == pytest.approx(fit.peak_g, rel=1e-12)
+    assert estimate.fit.residual_rms_g == pytest.approx(fit.residual_rms_g, rel=1e-6)
+    assert estimate.mean_drive == pytest.approx(0.2, rel=1e-12)
