@@ -16,6 +16,7 @@ import pytest
 
 import firmware_bridge.sim.device as sim_device
 from controller.estimation import AmplitudeEstimator, block_phases, fit_sine
+from controller.exposure import ExposureMeter
 from controller.openloop import SteadyFit
 from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.sim.physics import PlatePhysics
@@ -163,3 +164,28 @@ def test_the_estimator_window_is_exact_after_ten_minutes_of_blocks() -> None:
     assert estimate.fit.peak_g == pytest.approx(fit.peak_g, rel=1e-12)
     assert estimate.fit.residual_rms_g == pytest.approx(fit.residual_rms_g, rel=1e-6)
     assert estimate.mean_drive == pytest.approx(0.2, rel=1e-12)
+
+
+def test_the_exposure_meter_filters_many_blocks_per_product(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    products = [0]
+    push_block = ExposureMeter._push_block
+
+    def counted(self: ExposureMeter, accel_g: Any) -> None:
+        products[0] += 1
+        push_block(self, accel_g)
+
+    monkeypatch.setattr(ExposureMeter, "_push_block", counted)
+    fs, n = 1600.0, 32
+    signal = 1.0 + 0.3 * np.sin(2.0 * np.pi * 45.0 * np.arange(300 * n + 7) / fs)
+    meter = ExposureMeter(fs)
+    for k in range(300):
+        meter.push(signal[k * n : (k + 1) * n])
+    meter.push(signal[300 * n :])  # a short last push is filtered too
+    figures = meter.figures()
+    assert products[0] <= 300 / 6
+    assert figures.duration_s == pytest.approx(signal.size / fs)
+    one = ExposureMeter(fs)  # the same figures as one push of everything
+    one.push(signal)
+    assert figures.a_w_m_s2 == pytest.approx(one.figures().a_w_m_s2, rel=1e-12)
