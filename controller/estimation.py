@@ -100,13 +100,13 @@ class AmplitudeEstimator:
     drive cycles that fits in ``window_s`` (at least one cycle). The drive phase of every sample
     comes from the device, so a frequency change inside the window is handled exactly.
 
-    The fit is the same as :func:`fit_sine`, computed from running sums: each block appends
-    cumulative totals of the fit's sufficient statistics, so a window's normal equations are
-    one subtraction, whatever the window length.
+    The fit is the same as :func:`fit_sine`. Each block's samples, the cosine and sine of
+    their drive phase and the drive are written once into a buffer; a window's normal
+    equations are then one (3 x n) x (n x 3) product and two sums over its columns.
     """
 
-    # rows of the running totals
-    _X, _XC, _XS, _C, _S, _CC, _SS, _CS, _XX, _D = range(10)
+    # rows of the buffer: samples, cos, sin (the fit's regressors with x) and the drive
+    _X, _C, _S, _D = range(4)
 
     def __init__(self, sample_rate_hz: float, window_s: float = 0.1) -> None:
         if window_s <= 0.0:
@@ -117,43 +117,33 @@ class AmplitudeEstimator:
         self.reset()
 
     def reset(self) -> None:
-        # Running totals live in a buffer several windows long, written in place; when it
-        # fills, the last window is moved to the front (amortised: once per few windows).
+        # The buffer is several windows long, written in place; when it fills, the last
+        # window is moved to the front (amortised: once per few windows).
         self._capacity = 4 * self._keep
-        self._totals: FloatArray = np.zeros((10, self._capacity))
-        self._x: FloatArray = np.zeros(self._capacity)
-        self._end = 1  # column 0 holds the totals before any sample
+        self._rows: FloatArray = np.zeros((4, self._capacity))
+        self._end = 0
         self._count = 0
-        self._terms: dict[int, FloatArray] = {}
+        self._steps: dict[tuple[float, int], FloatArray] = {}
 
     def push(self, accel_g: FloatArray, phase0_rad: float, freq_hz: float, drive: float) -> None:
         """Add one block: samples in g, the drive phase and amplitude at its first sample."""
         n = accel_g.size
         if self._end + n > self._capacity:
             keep = min(self._keep, self._end)
-            self._totals[:, :keep] = self._totals[:, self._end - keep : self._end]
-            self._x[:keep] = self._x[self._end - keep : self._end]
+            self._rows[:, :keep] = self._rows[:, self._end - keep : self._end]
             self._end = keep
-        terms = self._terms.get(n)
-        if terms is None:
-            terms = self._terms[n] = np.empty((10, n))
-        c, s = terms[self._C], terms[self._S]
-        phases = block_phases(phase0_rad, freq_hz, n, self.sample_rate_hz)
-        np.cos(phases, out=c)
-        np.sin(phases, out=s)
-        terms[self._X] = accel_g
-        np.multiply(accel_g, c, out=terms[self._XC])
-        np.multiply(accel_g, s, out=terms[self._XS])
-        np.multiply(c, c, out=terms[self._CC])
-        np.multiply(s, s, out=terms[self._SS])
-        np.multiply(c, s, out=terms[self._CS])
-        np.multiply(accel_g, accel_g, out=terms[self._XX])
-        terms[self._D] = drive
+        steps = self._steps.get((freq_hz, n))
+        if steps is None:
+            if len(self._steps) > 64:  # a sweep: do not keep every frequency's steps
+                self._steps.clear()
+            steps = self._steps[(freq_hz, n)] = block_phases(0.0, freq_hz, n, self.sample_rate_hz)
         end = self._end
-        window = self._totals[:, end : end + n]
-        np.cumsum(terms, axis=1, out=window)
-        window += self._totals[:, end - 1 : end]
-        self._x[end : end + n] = accel_g
+        rows = self._rows[:, end : end + n]
+        phases = phase0_rad + steps
+        np.cos(phases, out=rows[self._C])
+        np.sin(phases, out=rows[self._S])
+        rows[self._X] = accel_g
+        rows[self._D] = drive
         self._end = end + n
         self._count += n
 
@@ -163,19 +153,21 @@ class AmplitudeEstimator:
 
     def estimate(self, freq_hz: float) -> WindowEstimate | None:
         """Fit over the latest whole cycles; None until one full cycle has arrived."""
-        available = min(self._count, self.window_n, self._end - 1)
+        available = min(self._count, self.window_n, self._end)
         n = whole_cycle_length(available, freq_hz, self.sample_rate_hz)
         if n < self.sample_rate_hz / freq_hz - 1 or n < 3:
             return None
         end = self._end
-        sums = (self._totals[:, end - 1] - self._totals[:, end - 1 - n]).tolist()
-        sx, sxc, sxs, sc, ss, scc, sss, scs, sxx, sd = sums
+        regressors = self._rows[: self._D, end - n : end]  # x, cos, sin
+        (sxx, sxc, sxs), (_, scc, scs), (_, _, sss) = (regressors @ regressors.T).tolist()
+        sx, sc, ss = regressors.sum(axis=1).tolist()
+        sd = float(self._rows[self._D, end - n : end].sum())
         solved = _solve3(((float(n), sc, ss), (sc, scc, scs), (ss, scs, sss)), (sx, sxc, sxs))
         if solved is None:
             return None
         dc, a, b = solved
         residual_ss = max(0.0, sxx - (dc * sx + a * sxc + b * sxs))
-        window = self._x[end - n : end]
+        window = self._rows[self._X, end - n : end]
         fit = SineFit(
             peak_g=math.hypot(a, b),
             phase_rad=math.atan2(-b, a),

@@ -30,7 +30,7 @@ import numpy.typing as npt
 G_M_S2 = 9.80665
 EIGHT_HOURS_S = 8 * 3600.0
 PREWARP_HZ = 50.0
-_BLOCK_MAX = 64  # longer pushes run block by block
+_BLOCK_MAX = 256  # samples filtered in one product (eight 32-sample blocks)
 
 
 def _wk_parts() -> list[tuple[list[float], list[float]]]:
@@ -151,10 +151,28 @@ class ExposureMeter:
         self._sum2 = 0.0
         self._sum4 = 0.0
         self._n = 0
+        self._pending: list[npt.NDArray[np.float64]] = []  # pushed, not yet filtered
+        self._pending_n = 0
 
     def push(self, accel_g: npt.NDArray[np.float64]) -> None:
-        for start in range(0, accel_g.size, _BLOCK_MAX):
-            self._push_block(accel_g[start : start + _BLOCK_MAX])
+        """Add samples; they are filtered _BLOCK_MAX at a time (pending ones at :meth:`figures`)."""
+        self._pending.append(np.asarray(accel_g, dtype=np.float64))
+        self._pending_n += accel_g.size
+        if self._pending_n >= _BLOCK_MAX:
+            self._flush(whole_only=True)
+
+    def _flush(self, whole_only: bool = False) -> None:
+        if not self._pending:
+            return
+        samples = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending = []
+        self._pending_n = 0
+        whole = samples.size - samples.size % _BLOCK_MAX if whole_only else samples.size
+        for start in range(0, whole, _BLOCK_MAX):
+            self._push_block(samples[start : start + _BLOCK_MAX])
+        if whole < samples.size:
+            self._pending.append(samples[whole:])
+            self._pending_n = samples.size - whole
 
     def _push_block(self, accel_g: npt.NDArray[np.float64]) -> None:
         n = accel_g.size
@@ -175,6 +193,7 @@ class ExposureMeter:
         self._n += accel_g.size
 
     def figures(self) -> ExposureFigures:
+        self._flush()
         if self._n == 0:
             return ExposureFigures(0.0, 0.0, 0.0, 0.0)
         duration = self._n / self.sample_rate_hz

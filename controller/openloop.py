@@ -19,6 +19,7 @@ from firmware_bridge.errors import LinkLostError
 
 RAMP_UP_S = 2.0
 RAMP_DOWN_S = 1.0
+PENDING_BLOCKS = 64  # SteadyFit adds blocks to its sums this many at a time
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class SteadyFit:
     equations over every sample, less the few samples at the start (under one cycle) that the
     whole-cycle window leaves out, which are kept. Sums are taken about the first sample (the
     fit is the same; the residual keeps its precision over an hour of gravity-sized samples).
+    Blocks join the sums PENDING_BLOCKS at a time (a few products instead of many per block).
     """
 
     # running sums: 1, c, s, cc, cs, ss, x, xc, xs, xx (x about the first sample)
@@ -135,23 +137,51 @@ class SteadyFit:
         self._tail_max = -math.inf  # over samples after the kept head
         self._tail_min = math.inf
         self._x0: float | None = None
+        self._pending: list[SampleBlock] = []  # blocks not yet in the sums (see _flush)
+        self._pending_tail: list[FloatArray] = []
         self.samples = 0
 
     def push(self, block: SampleBlock) -> None:
         x = block.accel_g
-        phase = block_phases(block.phase_rad, block.freq_hz, x.size, self.sample_rate_hz)
         if self._x0 is None and x.size:
             self._x0 = float(x[0])
         room = self._head_n - len(self._head_x)
         if room > 0:
+            phase = block_phases(block.phase_rad, block.freq_hz, x.size, self.sample_rate_hz)
             self._head_x.extend(x[:room].tolist())
             self._head_phase.extend(phase[:room].tolist())
         tail = x[max(room, 0) :]
         if tail.size:
-            self._tail_max = max(self._tail_max, float(tail.max()))
-            self._tail_min = min(self._tail_min, float(tail.min()))
-        self._sums += self._terms(x, phase)
+            self._pending_tail.append(tail)
+        self._pending.append(block)
         self.samples += x.size
+        if len(self._pending) >= PENDING_BLOCKS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the pending blocks to the sums, all at once (one product per batch)."""
+        blocks, self._pending = self._pending, []
+        tails, self._pending_tail = self._pending_tail, []
+        if tails:
+            joined = np.concatenate(tails)
+            self._tail_max = max(self._tail_max, float(joined.max()))
+            self._tail_min = min(self._tail_min, float(joined.min()))
+        if not blocks:
+            return
+        n, freq = blocks[0].accel_g.size, blocks[0].freq_hz
+        if all(b.accel_g.size == n and b.freq_hz == freq for b in blocks):
+            x = np.concatenate([b.accel_g for b in blocks])
+            start = np.array([b.phase_rad for b in blocks])
+            phase = (start[:, None] + block_phases(0.0, freq, n, self.sample_rate_hz)).ravel()
+        else:  # blocks of other lengths or frequencies: one at a time
+            x = np.concatenate([b.accel_g for b in blocks])
+            phase = np.concatenate(
+                [
+                    block_phases(b.phase_rad, b.freq_hz, b.accel_g.size, self.sample_rate_hz)
+                    for b in blocks
+                ]
+            )
+        self._sums += self._terms(x, phase)
 
     def _terms(self, x: FloatArray, phase: FloatArray) -> FloatArray:
         assert self._x0 is not None
@@ -164,6 +194,7 @@ class SteadyFit:
 
     def result(self) -> tuple[float, float, float, float]:
         """(peak, total peak about DC, DC, residual rms), all g; NaN when nothing streamed."""
+        self._flush()
         if self._x0 is None:
             return (float("nan"),) * 4
         n = whole_cycle_length(self.samples, self.freq_hz, self.sample_rate_hz)

@@ -65,9 +65,9 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.sim.config import SimConfig
 from firmware_bridge.sim.nvstore import DeviceNv, LastSignature, NvState, state_root
-from firmware_bridge.sim.physics import PlatePhysics
+from firmware_bridge.sim.physics import AheadRun, PlatePhysics
 from firmware_bridge.sim.profile import load_profile
-from firmware_bridge.sim.sensor import Accelerometer
+from firmware_bridge.sim.sensor import Accelerometer, SensorAhead
 from firmware_bridge.sim.truth import TruthWriter
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ ACCEL_WINDOW_BLOCKS = 3  # the firmware's own peak measurement spans the last 3 
 REST_TOLERANCE = 0.03  # at rest the sensor must read 1 g within 3% before the output goes on
 REST_BLOCKS = 4  # the resting reading is the mean of up to 4 blocks streamed with the output off
 LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
+AHEAD_BLOCKS_MAX = 16  # blocks simulated in one product at a constant drive (see _run_ahead)
+_FIRMWARE_INPUTS = 8  # SimulatedDevice._inputs_key: the firmware's part
 HOST_TYPES = {
     HelloRequest,
     SetFrequency,
@@ -209,6 +211,42 @@ class _BlockFit:
             c0 * float(p) - s0 * float(q),
             s0 * float(p) + c0 * float(q),
         )
+
+    def sums_many(
+        self, counts: npt.NDArray[np.int16], phase0_turns: list[float], freq_hz: float
+    ) -> list[FitSums]:
+        """:meth:`sums` for each row of ``counts`` (shape (blocks, n)) in one product."""
+        self._prepare(freq_hz, counts.shape[1])
+        p, q = self._basis @ counts.T.astype(np.float64)  # int16 would miss the BLAS product
+        turns = 2.0 * math.pi * np.asarray(phase0_turns)
+        c0, s0 = np.cos(turns), np.sin(turns)
+        cc0, cs0, ss0 = self._cc, self._cs, self._ss
+        columns = (
+            c0 * c0 * cc0 - 2.0 * c0 * s0 * cs0 + s0 * s0 * ss0,
+            c0 * s0 * (cc0 - ss0) + (c0 * c0 - s0 * s0) * cs0,
+            s0 * s0 * cc0 + 2.0 * c0 * s0 * cs0 + c0 * c0 * ss0,
+            c0 * p - s0 * q,
+            s0 * p + c0 * q,
+        )
+        return list(zip(*(column.tolist() for column in columns), strict=True))
+
+
+@dataclass
+class _Ahead:
+    """Blocks simulated ahead at a constant drive (see SimulatedDevice._run_ahead).
+
+    Valid while ``key`` (everything the blocks depend on but the plant state) is unchanged;
+    ``phases[j]`` is the phase accumulator at block j's first sample (``blocks + 1`` values).
+    """
+
+    key: tuple[object, ...]
+    physics: AheadRun
+    sensor: SensorAhead
+    phases: list[float]
+    sums: list[FitSums]
+    rest_g: list[float]
+    blocks: int
+    next: int = 0
 
 
 def _fitted_peak_g(window: Iterable[FitSums]) -> float:
@@ -360,6 +398,9 @@ class SimulatedDevice:
         self._phase_turns = 0.0
         self._envelope = _Envelope()
         self._held_samples = None
+        self._ahead: _Ahead | None = None
+        self._steady_blocks = 0  # blocks in a row run with the same inputs (see _run_ahead)
+        self._last_inputs: tuple[object, ...] | None = None
         self._inbox.clear()
         # per block: the sums of the least-squares sine fit (see _BlockFit) of its samples
         self._fit_window: deque[FitSums] = deque(maxlen=ACCEL_WINDOW_BLOCKS)
@@ -626,7 +667,125 @@ class SimulatedDevice:
 
     # ---- one block of physics ---------------------------------------------------------
 
+    def _inputs_key(self) -> tuple[object, ...]:
+        """Everything a block's samples depend on besides the plant and filter state and the
+        phase: the firmware's output state and envelope, frequency, plant and sensor faults."""
+        env, sensor = self._envelope, self.sensor
+        return (  # the firmware's first (_FIRMWARE_INPUTS), then the plant's and sensor's
+            self._booted,
+            self._output_on,
+            self._stopping,
+            env.value,
+            env.rate_per_sample,
+            env.samples_left,
+            self._freq_hz,
+            self.samples_after_replies,
+            self.physics.inputs_key,
+            sensor.stuck,
+            sensor.saturated,
+            sensor.disconnected,
+            sensor.noise_density_ug,
+        )
+
+    def _run_ahead(self, now: float, inputs: tuple[object, ...]) -> _Ahead | None:
+        """Simulate the next blocks at once if the drive is constant, else None.
+
+        Up to AHEAD_BLOCKS_MAX blocks, ending before the plant's next slow-parameter update
+        and before any scheduled event, are computed in one physics product and one sensor
+        pass; they are then taken one per block boundary (plant, filter and noise advance one
+        block at a time), so the device's clock, its checks at every boundary (watchdog,
+        ceiling, commands) and the bytes it sends are block by block as before. A boundary
+        where anything the blocks depend on has changed (a command, a fault, an event, a test
+        poking the plant) drops the blocks not yet taken.
+        """
+        env = self._envelope
+        if not self._booted or self.samples_after_replies or self._held_samples is not None:
+            return None
+        if self._output_on and (env.samples_left or self._stopping):
+            return None  # a ramp: block by block
+        n = self.block_samples
+        physics = self.physics
+        # Bet on the inputs staying as long as they have stayed: a host that changes the drive
+        # every few blocks (a closed loop) has few blocks computed for nothing.
+        blocks = min(AHEAD_BLOCKS_MAX, self._steady_blocks, (physics.samples_to_update - 1) // n)
+        end = now + blocks * self.block_s
+        if self._pending_events and self._pending_events[0][0] <= end + 1e-9:
+            return None
+        disconnect = self.config.disconnect_at_s
+        if blocks < 2 or (disconnect is not None and disconnect <= end + 1e-9):
+            return None
+        fs = self.sample_rate_hz
+        phases = [self._phase_turns]
+        for _ in range(blocks):
+            phases.append((phases[-1] + self._freq_hz * n / fs) % 1.0)
+        drive = env.value if self._output_on else 0.0
+        ahead_physics = physics.run_ahead(
+            n, self._freq_hz, [2.0 * math.pi * turns for turns in phases[:blocks]], drive
+        )
+        ahead_sensor = self.sensor.measure_ahead(ahead_physics.accel_g)
+        counts = ahead_sensor.counts
+        rest_g = (counts.mean(axis=1) - self._sensor_offset_counts) / self._sensor_counts_per_g
+        return _Ahead(
+            key=inputs,
+            physics=ahead_physics,
+            sensor=ahead_sensor,
+            phases=phases,
+            sums=self._block_fit.sums_many(counts, phases[:blocks], self._freq_hz),
+            rest_g=rest_g.tolist(),
+            blocks=blocks,
+        )
+
+    def _take_ahead(self, now: float) -> bool:
+        """Run this block from blocks simulated ahead (computing them if it can); False if
+        the block must be simulated on its own."""
+        inputs = self._inputs_key()
+        firmware_inputs = inputs[:_FIRMWARE_INPUTS]  # not the plant's own slow updates
+        if firmware_inputs == self._last_inputs:
+            self._steady_blocks += 1
+        else:
+            self._steady_blocks = 0
+            self._last_inputs = firmware_inputs
+        ahead = self._ahead
+        if ahead is not None and (
+            ahead.next >= ahead.blocks
+            or ahead.phases[ahead.next] != self._phase_turns
+            or ahead.key != inputs
+        ):
+            ahead = self._ahead = None
+        if ahead is None:
+            ahead = self._ahead = self._run_ahead(now, inputs)
+            if ahead is None:
+                return False
+        j = ahead.next
+        ahead.next += 1
+        n = self.block_samples
+        self.physics.commit_ahead(ahead.physics, j)
+        self.sensor.commit_ahead(ahead.sensor, j)
+        first_phase = ahead.phases[j]
+        self._phase_turns = ahead.phases[j + 1]
+        drive = self._envelope.value if self._output_on else 0.0
+        accel = ahead.physics.accel_g[j]
+        counts = ahead.sensor.counts[j]
+        if self._truth is not None:
+            self._record_truth(now, accel, [(n, drive, 0.0, accel)])
+        self._fit_window.append(ahead.sums[j])
+        if not self._output_on:
+            self._rest_window.append(ahead.rest_g[j])
+        self._send(
+            Samples(
+                self._sample_index,
+                phase_to_q32(first_phase),
+                hz_to_mhz(self._freq_hz),
+                drive_to_q16(_clip01(drive)),
+                counts,
+            )
+        )
+        self._sample_index += n
+        return True
+
     def _run_block(self, now: float) -> None:
+        if self._take_ahead(now):
+            return
         n = self.block_samples
         fs = self.sample_rate_hz
         env = self._envelope

@@ -182,6 +182,20 @@ class _Params:
 
 
 @dataclass(frozen=True)
+class AheadRun:
+    """Blocks computed ahead by :meth:`PlatePhysics.run_ahead`, not yet committed.
+
+    ``accel_g[j]`` is block j's true acceleration (g), ``states[j]`` the plant state at its end
+    and ``i2[j]`` the sum of its squared coil current (for the coil's heating).
+    """
+
+    accel_g: FloatArray  # (blocks, n)
+    states: FloatArray  # (blocks, p)
+    i2: list[float]
+    samples_per_block: int
+
+
+@dataclass(frozen=True)
 class _Tables:
     """Per-sample responses for k = 0..block_max at one (parameters, frequency).
 
@@ -430,16 +444,76 @@ class PlatePhysics:
             done += seg
         return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
 
-    def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
-        """Advance n <= block_max samples at constant parameters.
+    @property
+    def samples_to_update(self) -> int:
+        """Samples left before the next slow-parameter update (temperature, sway, stepping)."""
+        return self._until_update
 
-        Returns a (5, n) array: accel in g, coil current in A, amplifier volts, hip accel in g,
-        force on the patient in N.
+    @property
+    def inputs_key(self) -> tuple[object, ...]:
+        """What a run's result depends on besides its drive and the plant state: equal keys,
+        equal plant (parameters, amplifier gain, open circuit)."""
+        return (self._params, self.amplifier_gain_factor, self.open_circuit)
+
+    def run_ahead(
+        self, n: int, freq_hz: float, phases_rad: Sequence[float], drive: float
+    ) -> AheadRun:
+        """Compute one block of ``n`` samples per entry of ``phases_rad`` (the drive's phase at
+        each block's first sample) at the constant drive ``drive``, without advancing the plant.
+
+        Each block is what :meth:`run` gives for it (the same table and weights; the plant state
+        carried from block to block, the blocks' products taken at once). The plant moves on only
+        through :meth:`commit_ahead`, one block at a time, so a caller can drop the blocks it has
+        not committed (the drive changed) and go on from the last committed boundary. The blocks
+        must end before the next slow-parameter update.
         """
+        blocks = len(phases_rad)
+        if blocks < 1 or n < 1 or blocks * n >= self._until_update or n > self._block_max:
+            raise ValueError(
+                f"{blocks} blocks of {n} samples do not end before the next parameter update "
+                f"({self._until_update} samples) or a block exceeds a table ({self._block_max})"
+            )
+        if not (math.isfinite(drive) and abs(drive) <= 1.0 + _DRIVE_TOLERANCE):
+            raise ValueError(f"drive = {drive!r} is outside the drive range -1..1")
+        if not (math.isfinite(freq_hz) and freq_hz >= 0.0):
+            raise ValueError(f"freq_hz = {freq_hz!r} must be a finite frequency >= 0")
+        tables = self._tables_for(2.0 * math.pi * freq_hz)
+        n_plant, n_aug = self._n_plant, self._n_aug
+        v = np.zeros((blocks, n_aug + _N_DIST))
+        gain = self.amplifier_gain_factor
+        if drive != 0.0 and gain != 0.0:
+            response = tables.response_g_per_drive
+            for j, phase in enumerate(phases_rad):
+                v[j, n_plant:] = self._drive_weights(gain * drive, 0.0, phase, response)
+        step = tables.state[n]  # (p, p + 4): plant state after n samples from [x0, generator]
+        step_x = step[:, :n_plant]
+        driven = v[:, n_plant:n_aug] @ step[:, n_plant:].T  # (blocks, p)
+        states = np.empty((blocks, n_plant))
+        x = self._x.copy()
+        open_circuit = self._params.open_circuit
+        for j in range(blocks):
+            if open_circuit:
+                x[0] = 0.0
+            v[j, :n_plant] = x
+            x = step_x @ x + driven[j]
+            states[j] = x
+        out = tables.outputs[:2, :n, :] @ v.T  # (2, n, blocks): accel and coil current
+        current = out[1]
+        i2 = np.einsum("kj,kj->j", current, current)
+        return AheadRun(np.ascontiguousarray(out[0].T), states, i2.tolist(), n)
+
+    def commit_ahead(self, ahead: AheadRun, block: int) -> None:
+        """Advance the plant over block ``block`` of ``ahead`` (blocks are committed in order)."""
+        n = ahead.samples_per_block
+        self._x = ahead.states[block]
+        self._i2_sum += ahead.i2[block]
+        self._i2_count += n
+        self._sample_index += n
+        self._until_update -= n
+
+    def _tables_for(self, w: float) -> _Tables:
         if self.open_circuit != self._params.open_circuit:
             self._params = replace(self._params, open_circuit=self.open_circuit)
-        if self._params.open_circuit:
-            self._x[0] = 0.0
         tables = self._tables
         if (
             tables is None
@@ -447,6 +521,14 @@ class PlatePhysics:
             or (tables.key[0] is not self._params and tables.key[0] != self._params)
         ):
             tables = self._tables = self._build_tables(self._params, w)
+        return tables
+
+    def _start_vector(
+        self, tables: _Tables, phase0: float, drive0: float, rate: float
+    ) -> FloatArray:
+        """``[x0, drive weights, distortion weights]`` for a segment starting now."""
+        if self._params.open_circuit:
+            self._x[0] = 0.0
         n_plant = self._n_plant
         v = np.zeros(self._n_aug + _N_DIST)
         v[:n_plant] = self._x
@@ -455,6 +537,16 @@ class PlatePhysics:
             v[n_plant:] = self._drive_weights(
                 gain * drive0, gain * rate, phase0, tables.response_g_per_drive
             )
+        return v
+
+    def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
+        """Advance n <= block_max samples at constant parameters.
+
+        Returns a (5, n) array: accel in g, coil current in A, amplifier volts, hip accel in g,
+        force on the patient in N.
+        """
+        tables = self._tables_for(w)
+        v = self._start_vector(tables, phase0, drive0, rate)
         out: FloatArray = tables.outputs[:, :n, :] @ v
         self._x = tables.state[n] @ v[: self._n_aug]
         current = out[1]

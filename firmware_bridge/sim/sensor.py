@@ -16,6 +16,7 @@ clearing it resumes the live reading.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -80,6 +81,15 @@ def block_form(b: FloatArray, a: FloatArray, n: int) -> FloatArray:
         state[order - 1] = b[order] * x - a[order] * y
         out[k] = y
     return np.vstack((out, state))
+
+
+@dataclass(frozen=True)
+class SensorAhead:
+    """Counts computed ahead by :meth:`Accelerometer.measure_ahead`, shape (blocks, n), and
+    the filter state after each block."""
+
+    counts: npt.NDArray[np.int16]
+    states: FloatArray
 
 
 class Accelerometer:
@@ -148,11 +158,7 @@ class Accelerometer:
 
             y, self._zi = scipy.signal.lfilter(self._b, self._a, x, zi=self._zi)
             return np.asarray(y, dtype=np.float64) * self.profile.counts_per_g
-        block = self._block_forms.get(n)
-        if block is None:
-            block = block_form(self._b, self._a, n)
-            block[:n] *= self.profile.counts_per_g
-            self._block_forms[n] = block
+        block = self._block_form(n)
         out = block @ np.concatenate((x, self._zi))
         self._zi = out[n:]
         return out[:n]
@@ -162,14 +168,67 @@ class Accelerometer:
 
         The sequence does not depend on how a run is cut into calls.
         """
+        self._refill_noise(n)
+        draws = self._noise_buffer[self._noise_pos : self._noise_pos + n]
+        self._noise_pos += n
+        return draws
+
+    def measure_ahead(self, accel_g: FloatArray) -> SensorAhead:
+        """Counts for ``accel_g`` of shape (blocks, n), block by block as :meth:`measure` would
+        give them, without consuming anything: :meth:`commit_ahead` takes them in order.
+
+        The noise is the same draws, the filter the same block product per block, so a
+        committed block equals the one :meth:`measure` gives for the same input.
+        """
+        blocks, n = accel_g.shape
+        total = blocks * n
+        noise_std_g = self.noise_density_ug * 1e-6 * math.sqrt(self.sample_rate_hz / 2.0)
+        self._refill_noise(total)
+        draws = self._noise_buffer[self._noise_pos : self._noise_pos + total].reshape(blocks, n)
+        sensed = accel_g * self._gain + noise_std_g * draws
+        sensed += self._gain + self.profile.bias_g
+        block = self._block_form(n)
+        states = np.empty((blocks, self._zi.size))
+        filtered = np.empty((blocks, n))
+        zi = self._zi
+        for j in range(blocks):
+            out = block @ np.concatenate((sensed[j], zi))
+            filtered[j] = out[:n]
+            zi = states[j] = out[n:]
+        scaled = np.rint(filtered)
+        clipped = np.minimum(np.maximum(scaled, self.min_count), self.max_count)
+        counts: npt.NDArray[np.int16] = clipped.astype(np.int16)
+        if self.disconnected:
+            counts[:] = 0
+        elif self.saturated:
+            counts[:] = self.max_count
+        elif self.stuck:
+            counts[:] = self._last
+        return SensorAhead(counts, states)
+
+    def commit_ahead(self, ahead: SensorAhead, block: int) -> None:
+        """Consume block ``block`` of ``ahead`` (in order): its noise draws and filter state."""
+        n = ahead.counts.shape[1]
+        self._noise_pos += n
+        self._zi = ahead.states[block]
+        if n:
+            self._last = int(ahead.counts[block, -1])
+
+    def _block_form(self, n: int) -> FloatArray:
+        block = self._block_forms.get(n)
+        if block is None:
+            block = block_form(self._b, self._a, n)
+            block[:n] *= self.profile.counts_per_g
+            self._block_forms[n] = block
+        return block
+
+    def _refill_noise(self, n: int) -> None:
+        """Make sure the buffer holds n draws from the current position (same sequence)."""
         if self._noise_pos + n > self._noise_buffer.size:
             rest = self._noise_buffer[self._noise_pos :]
             fresh = self._rng.standard_normal(max(_NOISE_CHUNK, n - rest.size))
             self._noise_buffer = np.concatenate((rest, fresh))
             self._noise_pos = 0
-        draws = self._noise_buffer[self._noise_pos : self._noise_pos + n]
-        self._noise_pos += n
-        return draws
 
     def measure(self, accel_g: npt.ArrayLike) -> npt.NDArray[np.int16]:
         """Counts for true vertical plate accelerations (g, gravity removed), shape (n,)."""
