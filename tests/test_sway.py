@@ -52,8 +52,9 @@ def test_a_heavy_standing_patient_at_0_1_g_is_not_held_low(
 ) -> None:
     """150 kg at 0.1 g, default sensor, sway on: the true mean of 1-s windows is on target.
 
-    Measured from truth before the change: -0.3% to -0.55% (the steady margin); after: within
-    +/-0.25% per 10-s run.
+    The mean of these 14 windows was -0.32% (30 Hz) and -0.26% (90 Hz) with the old steady
+    margin, and is +0.18% and -0.03% without it (the sway and noise of 14 windows leave about
+    +/-0.15% either way).
     """
     truth_path = tmp_path / "truth.npz"
     hold = 16.0
@@ -67,7 +68,8 @@ def test_a_heavy_standing_patient_at_0_1_g_is_not_held_low(
     t = exposure_time(truth, result.start_index)
     _, one_s = truth_envelope(truth, t, RAMP_UP + 2.0, RAMP_UP + hold, 1.0)
     error_pct = 100.0 * (one_s / 0.1 - 1.0)
-    assert abs(float(np.mean(error_pct))) <= 0.2, error_pct
+    mean_pct = float(np.mean(error_pct))
+    assert -0.15 <= mean_pct <= 0.4, (mean_pct, error_pct)
     # no better than the bound allows (about 0.85% p95), but no worse than about 1.5 x it
     assert float(np.percentile(np.abs(error_pct), 95)) <= 1.3, error_pct
 
