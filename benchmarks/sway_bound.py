@@ -165,20 +165,28 @@ def steady_gain(model: Model, r: float) -> FloatArray:
     return gain
 
 
-def p95_pct(model: Model, truth: FloatArray, sigma_per_sqrt_s: float, seed: int) -> float:
-    """True p95 (%) of 1-s windows of g(t+dt) / g_hat(t) - 1 with this estimator."""
+def p95_pct(
+    model: Model, truth: FloatArray, sigma_per_sqrt_s: float, seed: int, delay_blocks: int = 1
+) -> float:
+    """True p95 (%) of 1-s windows of g / g_hat - 1 with this estimator.
+
+    The drive for each block comes from the prediction made ``delay_blocks`` blocks before it
+    (1: from every measurement up to the block before; the closed loop's window, learning and
+    command add about 0.1 s, some 6 blocks).
+    """
     rng = np.random.default_rng(seed)
     r = sigma_per_sqrt_s**2 / DT_S  # one block's measurement variance
     gain = steady_gain(model, r)
+    ahead = model.h @ np.linalg.matrix_power(model.f, delay_blocks - 1)
     measured = 1.0 + truth + rng.normal(0.0, math.sqrt(r), size=truth.shape)
     x = np.zeros((model.f.shape[0], truth.shape[0]))
     x[0] = 1.0
-    predicted = np.empty_like(truth)
+    predicted = np.ones_like(truth)  # for block k + delay_blocks - 1
     for k in range(truth.shape[1]):
         x = model.f @ x  # predict this block
-        predicted[:, k] = (model.h @ x)[0]
+        if k + delay_blocks - 1 < truth.shape[1]:
+            predicted[:, k + delay_blocks - 1] = (ahead @ x)[0]
         x = x + gain @ (measured[:, k] - (model.h @ x)[0])[None, :]
-    # the drive for block k was set from the prediction made before it was measured
     error = (1.0 + truth) / predicted - 1.0
     per_s = round(1.0 / DT_S)
     scored = error[:, round(BURN_IN_S / DT_S) :]
@@ -188,26 +196,33 @@ def p95_pct(model: Model, truth: FloatArray, sigma_per_sqrt_s: float, seed: int)
 
 
 def best(
-    make: Callable[[float], Model], grid: FloatArray, truth: FloatArray, sigma: float
+    make: Callable[[float], Model],
+    grid: FloatArray,
+    truth: FloatArray,
+    sigma: float,
+    delay_blocks: int = 1,
 ) -> tuple[float, float]:
     """The best p95 over the process-noise grid, and the process noise that gave it."""
-    scores = [p95_pct(make(value), truth, sigma, seed=7) for value in grid]
+    scores = [p95_pct(make(value), truth, sigma, 7, delay_blocks) for value in grid]
     i = int(np.argmin(scores))
     return scores[i], float(grid[i])
 
 
-def evaluate(truth: FloatArray, rms: float, sigma: float) -> dict[str, tuple[float, float]]:
+def evaluate(
+    truth: FloatArray, rms: float, sigma: float, delay_blocks: int = 1
+) -> dict[str, tuple[float, float]]:
     """Best p95 (and its tuning) of each estimator class on one truth."""
+    d = delay_blocks
     out = {
-        "level": best(level_model, np.geomspace(0.002, 2.0, 16), truth, sigma),
-        "gain+rate": best(rate_model, np.geomspace(0.005, 20.0, 13), truth, sigma),
+        "level": best(level_model, np.geomspace(0.002, 2.0, 16), truth, sigma, d),
+        "gain+rate": best(rate_model, np.geomspace(0.005, 20.0, 13), truth, sigma, d),
     }
     for zeta in RESONATOR_ZETAS:
         # the resonator's assumed rms is tuned too (a line needs less drive than a band)
         def make(scale: float, zeta: float = zeta) -> Model:
             return resonator_model(zeta, rms * scale)
 
-        out[f"resonator {zeta:g}"] = best(make, np.geomspace(0.05, 8.0, 12), truth, sigma)
+        out[f"resonator {zeta:g}"] = best(make, np.geomspace(0.05, 8.0, 12), truth, sigma, d)
     return out
 
 
@@ -221,13 +236,19 @@ def truths(amplitude: float, blocks: int) -> dict[str, FloatArray]:
 
 
 def noise_for_target(
-    truth: FloatArray, rms: float, target_g: float, low_ug: float, high_ug: float
+    truth: FloatArray,
+    rms: float,
+    target_g: float,
+    low_ug: float,
+    high_ug: float,
+    delay_blocks: int = 1,
 ) -> float:
     """Largest noise density (ug/sqrt(Hz)) at which the best estimator reaches the target."""
 
     def ok(noise_ug: float) -> bool:
         sigma = noise_ug * 1e-6 / target_g
-        return min(v for v, _ in evaluate(truth, rms, sigma).values()) <= TARGET_P95_PCT
+        found = evaluate(truth, rms, sigma, delay_blocks)
+        return min(v for v, _ in found.values()) <= TARGET_P95_PCT
 
     if not ok(low_ug):
         return 0.0
@@ -246,8 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freq", type=float, default=30.0, help="Hz (30: the worst case)")
     parser.add_argument("--mass", type=float, default=150.0, help="kg (150: the worst case)")
     parser.add_argument("--no-search", action="store_true", help="skip the noise search")
+    parser.add_argument(
+        "--delay-blocks", type=int, default=1, help="blocks from measurement to drive (>= 1)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.delay_blocks < 1:
+        parser.error("--delay-blocks must be at least 1")
 
     amplitude = sway_amplitude(args.freq, args.mass)
     sigma = args.noise_ug * 1e-6 / args.target_g
@@ -261,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, Any] = {}
     names: list[str] = []
     for name, truth in cases.items():
-        result = evaluate(truth, amplitude / math.sqrt(2.0), sigma)
+        result = evaluate(truth, amplitude / math.sqrt(2.0), sigma, args.delay_blocks)
         names = list(result)
         rows[name] = {k: {"p95_pct": v, "tuning": t} for k, (v, t) in result.items()}
     print()
@@ -275,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sensor noise density at which the best estimator reaches {TARGET_P95_PCT}%:")
         for name, truth in cases.items():
             needed[name] = noise_for_target(
-                truth, amplitude / math.sqrt(2.0), args.target_g, 10.0, args.noise_ug
+                truth,
+                amplitude / math.sqrt(2.0),
+                args.target_g,
+                10.0,
+                args.noise_ug,
+                args.delay_blocks,
             )
             print(f"  {name:<24} {needed[name]:6.0f} ug/sqrt(Hz)")
     if args.json:
@@ -288,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                     "freq_hz": args.freq,
                     "mass_kg": args.mass,
                     "sway_amplitude": amplitude,
+                    "delay_blocks": args.delay_blocks,
                     "sigma_per_sqrt_s": sigma,
                     "p95": rows,
                     "noise_for_target_ug": needed,
