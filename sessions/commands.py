@@ -38,6 +38,7 @@ from sessions.log import (
     SessionRecord,
     SessionStatus,
     SessionSummary,
+    TrustResult,
     VerifyResult,
 )
 from sessions.prescription import (
@@ -850,12 +851,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check the hash chains, what the plate vouches for and, connected, the plate's counter."""
     home = home_of(args)
     plate, no_plate = _plate_state(args, home)
-    pins = pins_of(home).all()
     with _open_log(args, home, read_only=True) as log:
-        result = log.verify()
-        trust = log.verify_vouchers(pins, plate) if result.ok else None
-    if trust is not None and trust.vouched and not pins:
-        trust.add("no plate is paired with this home, so nobody vouches for whose key signed")
+        result, trust = log_integrity(log, home, plate)
     if getattr(args, "json", False):
         from sessions.jsonshapes import verification_shape
 
@@ -909,8 +906,28 @@ EXPORT_FORMATS = {
 }
 
 
-def _integrity_text(result: VerifyResult) -> str:
+def log_integrity(
+    log: SessionLog, home: LivHome, plate: PlateState | None = None
+) -> tuple[VerifyResult, TrustResult | None]:
+    """The log's hash chains and, when they hold, what the plate vouches for (with ``plate``,
+    against its counter and head too): what verify, every report and every export state."""
+    pins = pins_of(home).all()
+    result = log.verify()
+    trust = log.verify_vouchers(pins, plate) if result.ok else None
+    if trust is not None and trust.vouched and not pins:
+        trust.add("no plate is paired with this home, so nobody vouches for whose key signed")
+    return result, trust
+
+
+def _integrity_ok(result: VerifyResult, trust: TrustResult | None) -> bool:
+    return result.ok and (trust is None or trust.ok)
+
+
+def _integrity_text(result: VerifyResult, trust: TrustResult | None = None) -> str:
     """The log's verification status in one CSV cell."""
+    if result.ok and trust is not None and not trust.ok:
+        first = trust.problems[0] if trust.problems else "a countersignature does not hold"
+        return f"NOT VOUCHED FOR by the plate: {first}"
     if result.ok:
         return f"verified ({result.records_checked} records, every chain intact)"
     bad = result.first_bad
@@ -939,24 +956,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_fhir(args, out)
     home = home_of(args)
     with _open_log(args, home, read_only=True) as log:
-        integrity = log.verify()  # streams, as the export does; its status goes with the data
+        # streams, as the export does; its status goes with the data
+        integrity, trust = log_integrity(log, home)
         target: TextIO | Path = sys.stdout if out is None else out
         if args.format == "jsonl":
-            header = {"schema": "liv.export_header/1", "integrity": verification_shape(integrity)}
+            status = verification_shape(integrity, trust)
+            header = {"schema": "liv.export_header/1", "integrity": status}
             count = log.export_jsonl(target, header=header)
         elif args.format == "csv":
-            count = log.export_sessions_csv(target, _integrity_text(integrity))
+            count = log.export_sessions_csv(target, _integrity_text(integrity, trust))
         elif args.format == "csv-records":
-            count = log.export_csv(target, _integrity_text(integrity))
+            count = log.export_csv(target, _integrity_text(integrity, trust))
         else:
             count = log.export_envelopes_csv(target)
     if args.json:
-        _print_json(export_shape(args.format, count, str(out), integrity))
+        _print_json(export_shape(args.format, count, str(out), integrity, trust))
     else:
         where = "" if out is None else f" to {out}"
         label = f" ({DEMO_LABEL})" if home.is_demo else ""
         echo(f"exported {count} records{where}{label}", file=sys.stderr)
-    if not integrity.ok:
+    if not _integrity_ok(integrity, trust):
         echo(
             "liv: warning: this log FAILED verification ('liv verify' says where); the export "
             "says so too",
@@ -1091,8 +1110,8 @@ def report_text(args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: s
 
 def report_output(
     args: argparse.Namespace, home: LivHome, log: SessionLog, fmt: str
-) -> tuple[str, VerifyResult]:
-    """The report in ``fmt`` and the log's verification it states."""
+) -> tuple[str, bool]:
+    """The report in ``fmt``, and whether the log's integrity it states failed."""
     from sessions.adherence import compute_adherence
     from sessions.jsonshapes import report_shape
     from sessions.report import ReportContext, render_csv, render_html, render_table
@@ -1112,24 +1131,26 @@ def report_output(
         )
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None
-    integrity = log.verify()
-    context = ReportContext.of(report, protocol, theirs, integrity)
+    integrity, trust = log_integrity(log, home)
+    context = ReportContext.of(report, protocol, theirs, integrity, trust)
     if fmt == "html":
         text = render_html(report, protocol, theirs, lambda s: log.get(s.session_id), context)
     elif fmt == "json":
-        data = report_shape(report, context.integrity, context.last_session, context.target)
+        data = report_shape(
+            report, context.integrity, context.last_session, context.target, context.trust
+        )
         text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     else:
         text = {"table": render_table, "csv": render_csv}[fmt](report, context)
-    return text, integrity
+    return text, context.integrity_failed
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     home = home_of(args)
     fmt = "json" if getattr(args, "json", False) else args.format
     with _open_log(args, home, read_only=True) as log:
-        text, integrity = report_output(args, home, log, fmt)
-    if not integrity.ok:
+        text, failed = report_output(args, home, log, fmt)
+    if failed:
         echo(
             "liv: warning: this log FAILED verification ('liv verify' says where); the report "
             "says so at the top",

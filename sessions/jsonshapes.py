@@ -495,6 +495,7 @@ def report_shape(
     integrity: VerifyResult | None,
     last_session: date | None,
     target: float,
+    trust: TrustResult | None = None,
 ) -> dict[str, Any]:
     """The adherence report; ``target`` is the weekly adherence target as a ratio."""
     weeks = []
@@ -524,7 +525,7 @@ def report_shape(
         "today": report.today.isoformat(),
         "period_start": report.period_start.isoformat(),
         "period_end": report.period_end.isoformat(),
-        "integrity": None if integrity is None else verification_shape(integrity),
+        "integrity": None if integrity is None else verification_shape(integrity, trust),
         "last_session_date": _day(last_session),
         "days_since_last_session": None
         if last_session is None
@@ -574,14 +575,18 @@ def device_shape(url: str, info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def export_shape(
-    fmt: str, records: int, out: str | None, integrity: VerifyResult
+    fmt: str,
+    records: int,
+    out: str | None,
+    integrity: VerifyResult,
+    trust: TrustResult | None = None,
 ) -> dict[str, Any]:
     return {
         "schema": "liv.export/1",
         "format": fmt,
         "records": records,
         "out": out,
-        "integrity": verification_shape(integrity),
+        "integrity": verification_shape(integrity, trust),
     }
 
 

@@ -34,7 +34,7 @@ from sessions.adherence import (
     WeekAdherence,
 )
 from sessions.jsonshapes import status_word
-from sessions.log import VerifyResult, spreadsheet_text
+from sessions.log import TrustResult, VerifyResult, spreadsheet_text
 from sessions.text import terminal_line
 
 __all__ = [
@@ -94,6 +94,7 @@ class ReportContext:
     """
 
     integrity: VerifyResult | None = None
+    trust: TrustResult | None = None  # what the plate vouches for (None: not checked)
     last_session: date | None = None
     target: float = DEFAULT_ADHERENCE_TARGET
     target_source: str = "the report's default; the protocol sets none"
@@ -106,6 +107,7 @@ class ReportContext:
         protocol: object,
         sessions: Iterable[SessionLike],
         integrity: VerifyResult | None,
+        trust: TrustResult | None = None,
     ) -> ReportContext:
         theirs = sorted(
             (s for s in sessions if s.patient_id == report.patient_id),
@@ -122,6 +124,7 @@ class ReportContext:
             target = float(own)
         return cls(
             integrity=integrity,
+            trust=trust,
             last_session=max(past) if past else None,
             target=target,
             target_source="the protocol's" if known else cls.target_source,
@@ -130,16 +133,34 @@ class ReportContext:
 
     @property
     def integrity_failed(self) -> bool:
-        return self.integrity is not None and not self.integrity.ok
+        if self.integrity is None:
+            return False
+        return not self.integrity.ok or (self.trust is not None and not self.trust.ok)
 
     def integrity_text(self) -> str:
-        """The log's verification status in one sentence."""
+        """The log's verification status in one sentence (two when the plate's vouching fails)."""
         if self.integrity is None:
             return "Log integrity: not checked."
+        trust = self.trust
+        if self.integrity.ok and trust is not None and not trust.ok:
+            more = trust.problem_count - 1
+            also = f" ({more} more; 'liv verify' lists them)" if more > 0 else ""
+            first = trust.problems[0] if trust.problems else "a countersignature does not hold"
+            return (
+                "LOG NOT VOUCHED FOR BY THE PLATE: the hash chains are intact, but the plate's "
+                f"countersignatures do not cover these records as they stand: {first}{also}. "
+                "These figures cannot be trusted until 'liv verify' passes; contact the clinic."
+            )
         if self.integrity.ok:
+            vouched = (
+                ""
+                if trust is None
+                else f"; {trust.vouched} vouched for by the plate"
+                + (f", {trust.legacy} recorded before device signatures" if trust.legacy else "")
+            )
             return (
                 f"Log integrity: verified ({self.integrity.records_checked} records, every "
-                "hash chain intact)."
+                f"hash chain intact{vouched})."
             )
         bad = self.integrity.first_bad
         where = (

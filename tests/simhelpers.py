@@ -239,3 +239,22 @@ def downgrade_log(conn: sqlite3.Connection, version: int) -> None:
     if version < 2:
         conn.execute("DROP INDEX IF EXISTS sessions_day_minutes")
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+
+def vouch_all(home: LivHome | Path, device_id: str) -> None:
+    """Pair ``home`` with a simulated plate named ``device_id`` and have it countersign every
+    finished record of that plate in the home's log, as a session on it would have: for test
+    histories written straight into the log (docs/trust.md, "The session record")."""
+    from firmware_bridge.client import DeviceClient
+    from sessions.log import PINS_FILE, DevicePins, SessionLog
+    from sessions.runner import PlateVoucher
+
+    home = home if isinstance(home, LivHome) else LivHome(Path(home))
+    with (
+        DeviceClient.open(f"sim://?speed=max&device_id={device_id}") as device,
+        SessionLog(home.db_path()) as log,
+    ):
+        voucher, why = PlateVoucher.connect(
+            device, log, DevicePins(home.root / PINS_FILE), lambda _text: None
+        )
+        assert voucher is not None, why

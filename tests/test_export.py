@@ -15,6 +15,7 @@ import pytest
 from sessions.cli import main
 from sessions.log import SessionLog
 from sessions.log.exchange import CSV_CELL_LIMIT, SESSION_CSV_COLUMNS
+from tests.simhelpers import vouch_all
 from tests.test_report_cli import ClinicHome, make_clinic_home, run, tamper
 
 
@@ -39,6 +40,7 @@ def dense_template(tmp_path_factory: pytest.TempPathFactory) -> ClinicHome:
             freqs_hz=[30.0], safety_events=[], mean_error_pct=0.1, p95_abs_error_pct=0.4,
             exposure=None,
         )  # fmt: skip
+    vouch_all(home.root, first.device_id)  # the plate countersigns it, as after a session
     return home
 
 

@@ -24,7 +24,7 @@ from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog
 from sessions.protocol import PatientProtocol
-from tests.simhelpers import install_signed, protocol_yaml
+from tests.simhelpers import install_signed, protocol_yaml, vouch_all
 from tests.test_log import raw_db
 
 ZONE = "Europe/Paris"
@@ -140,6 +140,7 @@ def make_clinic_home(root: Path, **protocol_fields: Any) -> ClinicHome:
     protocol = install_signed(home, text)
     with SessionLog(root / "liv.db") as log:
         write_history(log, protocol, today)
+    vouch_all(home, "LIV-0007")  # the plate countersigns the history, as sessions would have
     return ClinicHome(root, today, text)
 
 

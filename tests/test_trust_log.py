@@ -563,3 +563,38 @@ def test_an_old_log_migrates_and_its_records_are_shown_as_before_signatures(
     capsys.readouterr()
     assert main(["verify", "--db", str(db), "--home", str(tmp_path / "h"), "--no-device"]) == 0
     assert "1 recorded before device signatures" in capsys.readouterr().out
+
+
+def test_reports_and_exports_of_a_rechained_log_say_it_is_not_vouched_for(
+    plant: Plant, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Simulated sessions relabelled as therapy, the chain rebuilt: the chain alone passes, but
+    every report and export says at the top that the plate does not vouch for the log."""
+    with tampered(plant.db) as conn:
+        conn.execute("UPDATE sessions SET kind = 'therapy'")
+        rechain(conn)
+    chain_alone_passes(plant)
+    capsys.readouterr()
+    assert plant.liv("report") == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1].startswith("!! LOG NOT VOUCHED FOR BY THE PLATE")
+    assert "FAILED verification" in err
+    html = tmp_path / "r.html"
+    assert plant.liv("report", "--format", "html", "--out", str(html)) == 0
+    assert html.read_text().index("LOG NOT VOUCHED FOR BY THE PLATE") < html.read_text().index(
+        "<header>"
+    )
+    capsys.readouterr()
+    assert plant.liv("report", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["integrity"]["status"] == "not_vouched"
+    exported = tmp_path / "log.jsonl"
+    assert plant.liv("export", "--out", str(exported)) == 0
+    header = json.loads(exported.read_text().splitlines()[0])
+    assert header["integrity"]["status"] == "not_vouched"
+    assert header["integrity"]["ok"] is False
+    rows = tmp_path / "s.csv"
+    assert plant.liv("export", "--format", "csv", "--out", str(rows)) == 0
+    assert all(
+        line.endswith("NOT VOUCHED FOR by the plate: " + line.split(": ", 1)[-1])
+        for line in rows.read_text().splitlines()[1:]
+    )
