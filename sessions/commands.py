@@ -427,11 +427,10 @@ class ProgressLine:
 
 
 def _notice(text: str) -> None:
-    """Something the patient should know that is not the session's outcome (a pairing): on
-    stderr, so that the outcome stays the one sentence of stdout and a closed stdout is still
-    noticed by the progress line, which stops the session (ProgressLine)."""
-    with contextlib.suppress(OSError):
-        echo(text, file=sys.stderr)
+    """A setup event beside the session (the plate paired with this home at its first
+    session): for the log and engineers (-v), not a sentence the patient has to act on; the
+    patient reads one sentence, the outcome (docs/wording.md)."""
+    _log.info("%s", text)
 
 
 def start_session(

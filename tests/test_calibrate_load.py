@@ -20,7 +20,7 @@ PLATE = "sim://?seed={seed}&device_id=SIM-LOAD&mass={mass}"
 
 def calibrate(home: Path, mass: float, seed: int, capsys: pytest.CaptureFixture[str]) -> str:
     url = PLATE.format(seed=seed, mass=mass)
-    assert main(["calibrate", "--device", url, "--home", str(home), "--json"]) == 0
+    assert main(["calibrate", "--engineer", "--device", url, "--home", str(home), "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["load_check"]["verdict"] in ("load", "empty", "cannot_tell")
     return err
