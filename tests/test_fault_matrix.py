@@ -100,7 +100,7 @@ PROGRESS_LINE = re.compile(
     r"^(Starting - |Step onto the plate now \(|Keep standing - \d+:\d\d left|Paused - |Stopping - )"
 )
 DECISION_LINE = re.compile(r"^(Starting|Resuming) session \d+ ")
-PAIRING_LINE = re.compile(r"^Paired this home with plate ")  # once, before the first session
+PAIRING_LINE = re.compile("^" + re.escape(say("start.paired")))  # once, before the first session
 LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
 
