@@ -7,8 +7,11 @@ the session record and the log, and to the screen only with ``liv -v``.
 
 :data:`WORDING` is keyed by situation: ``outcome.*`` ends a session (by its status, stop reason
 or safety trip), ``refused.*`` is a start that did not happen, ``progress.*`` is the line the
-patient watches, ``status.*`` is ``liv status``. Templates take ``{counted}`` (time at dose, as
-:func:`minutes_text` says it), ``{left}`` (``9:28``), ``{days}`` and the like.
+patient watches, ``status.*`` is ``liv status``, ``wait.*`` says why no session may start now
+and when one may (``when.*`` are its pieces; sessions.scheduling builds them), ``setup.*`` and
+``enroll.*`` are what this computer lacks to start (the prescription, the clinic's key, the
+plate), with the command an engineer would run sent to the log. Templates take ``{counted}``
+(time at dose, as :func:`minutes_text` says it), ``{left}`` (``9:28``), ``{days}`` and the like.
 docs/wording.md is generated from this table (:func:`wording_markdown`; a test keeps the two
 equal). Nothing here imports the plate or the control loop: ``liv status`` stays quick.
 """
