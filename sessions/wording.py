@@ -83,6 +83,10 @@ WORDING: dict[str, str] = {
         f"The plate has not been set up for your prescription yet, so nothing was started; "
         f"please {CLINIC}."
     ),
+    "refused.setup_damaged": (
+        "The plate's settings on this computer are damaged, so nothing was started; please "
+        f"{CLINIC}."
+    ),
     "refused.sensor": (
         "The plate's motion sensor failed its check, so nothing was started; please contact "
         "your clinic."
@@ -266,6 +270,8 @@ PROGRESS_WORDING: dict[str, str] = {
 REFUSAL_WORDING: dict[str, str] = {
     "SessionStoppedError": "refused.stopped",
     "NoCalibrationError": "refused.not_calibrated",
+    "CalibrationError": "refused.setup_damaged",  # a damaged calibration file
+    "SensorCalibrationError": "refused.setup_damaged",
     "SensorCheckError": "refused.sensor",
     "PlateFaultLatchedError": "refused.fault_service",
     "DeviceBusyError": "refused.plate_busy",
