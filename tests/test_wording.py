@@ -171,6 +171,14 @@ def test_minutes_are_said_in_whole_minutes_never_rounded_up(minutes: float, said
     assert wording.minutes_text(minutes) == said
 
 
+@pytest.mark.parametrize(
+    ("hours", "said"),
+    [(3.0, "3 hours"), (1.0, "1 hour"), (2.5, "2 hours 30 minutes"), (0.25, "15 minutes")],
+)
+def test_a_wait_is_said_in_hours_and_minutes_not_h(hours: float, said: str) -> None:
+    assert wording.hours_text(hours) == said
+
+
 @pytest.mark.parametrize(("days", "said"), [(0, "No day"), (1, "1 day in"), (12, "12 days in")])
 def test_the_streak_is_natural_text(days: int, said: str) -> None:
     text = wording.streak_sentence(days)
