@@ -61,6 +61,7 @@ from sessions.prescription import (
     require_trusted,
 )
 from sessions.protocol import PatientProtocol, protocol_from_bytes, read_protocol_bytes
+from sessions.wording import say
 
 if TYPE_CHECKING:  # imported where used: numpy is not needed to read the log (liv status)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -80,10 +81,7 @@ class SetupError(LivError):
     """Something the installation lacks (no protocol, no device); the message says what to do."""
 
 
-NOT_ENROLLED_SENTENCE = (
-    "This computer is not enrolled with your clinic. Ask your clinic to enrol it with their "
-    "clinic key file ('liv enroll FILE'), then install their prescription."
-)
+NOT_ENROLLED_SENTENCE = say("setup.not_enrolled")
 
 
 @dataclass(frozen=True)
@@ -176,11 +174,12 @@ class LivHome:
             return None
         try:
             return public_key_from_pem(data, str(self.clinic_key_path))
-        except LivError:
-            raise SetupError(
-                f"The clinic key this computer is enrolled with ({self.clinic_key_path}) is "
-                "damaged. Ask your clinic to enrol it again ('liv enroll FILE --replace')."
-            ) from None
+        except LivError as exc:
+            _log.warning(
+                "the enrolled clinic key %s is damaged (%s): enrol again with "
+                "liv enroll FILE --replace", self.clinic_key_path, exc,
+            )  # fmt: skip
+            raise SetupError(say("setup.key_damaged")) from None
 
     def enrol(self, key_file: Path, replace: bool = False) -> Enrolment:
         """Enrol this home with the clinic public key in ``key_file``.
@@ -202,10 +201,11 @@ class LivHome:
         if old_fp == new_fp:
             return Enrolment(new_fp, None, changed=False)
         if old_fp is not None and not replace:
-            raise SetupError(
-                f"this home is already enrolled with clinic key {old_fp}, not {new_fp}: to "
-                "change the clinic, run 'liv enroll FILE --replace' (the change is recorded)"
-            )
+            _log.warning(
+                "home %s is enrolled with clinic key %s, not %s: liv enroll FILE --replace "
+                "changes it", self.root, old_fp, new_fp,
+            )  # fmt: skip
+            raise SetupError(say("setup.other_clinic"))
         self.ensure()
         entry = {
             "at_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -231,6 +231,7 @@ class LivHome:
         """The protocol in ``data`` if the enrolled clinic key signed exactly these bytes."""
         enrolled = self.clinic_key()
         if enrolled is None:
+            _log.warning("home %s has no clinic key: enrol with liv enroll FILE", self.root)
             raise SetupError(NOT_ENROLLED_SENTENCE)
         require_trusted(data, enrolled, source)
         return protocol_from_bytes(data, source)
@@ -248,10 +249,11 @@ class LivHome:
         """The installed protocol, its signature checked again (the file may have been edited)."""
         self.check()
         if not self.protocol_path.exists():
-            raise SetupError(
-                f"no protocol is installed in {self.root}: ask your clinic for it, then run "
-                "'liv protocol install FILE'"
+            _log.warning(
+                "no protocol is installed in %s: install one with liv protocol install FILE",
+                self.root,
             )
+            raise SetupError(say("setup.no_prescription"))
         return self._trusted_protocol(
             read_protocol_bytes(self.protocol_path), str(self.protocol_path)
         )
@@ -272,7 +274,8 @@ class LivHome:
             url = self.device_path.read_text().strip()
             if url:
                 return url
-        raise SetupError(
-            "no plate is configured: connect it and run 'liv device set PORT' "
-            "(for example /dev/ttyACM0), or give --device"
-        )
+        _log.warning(
+            "no plate is configured in %s: run liv device set PORT (for example "
+            "/dev/ttyACM0), or give --device", self.root,
+        )  # fmt: skip
+        raise SetupError(say("setup.no_plate"))

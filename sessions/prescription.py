@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from firmware_bridge.errors import LivError
+from sessions.wording import say
 
 __all__ = [
     "NOT_SIGNED_SENTENCE",
@@ -55,9 +56,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 # What the patient reads when a prescription cannot be trusted, whatever the reason.
-NOT_SIGNED_SENTENCE = (
-    "This prescription is not signed by your clinic. Ask your clinic for a new prescription file."
-)
+NOT_SIGNED_SENTENCE = say("setup.not_signed")
 # Signed before the protocol's bytes, so that a signature made for anything else (a log record,
 # another format version) can never pass as a prescription's.
 SIGNED_CONTEXT = b"liv prescription v1\n"
@@ -139,10 +138,8 @@ def public_key_from_pem(data: bytes, source: str) -> Ed25519PublicKey:
     except (ValueError, TypeError):
         key = None
     if not isinstance(key, Ed25519PublicKey):
-        raise LivError(
-            f"{source} is not a clinic public key: use the clinic-public.pem file that "
-            "'liv clinic init' made"
-        )
+        _log.warning("%s holds no Ed25519 public key in PEM (liv clinic init makes one)", source)
+        raise LivError(say("enroll.not_a_key", path=source))
     return key
 
 
@@ -152,13 +149,14 @@ def read_public_key(path: Path) -> Ed25519PublicKey:
         with path.open("rb") as stream:
             data = stream.read(_MAX_KEY_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise LivError(f"{path}: the clinic key file does not exist") from None
+        raise LivError(say("enroll.missing", path=path)) from None
     except IsADirectoryError:
-        raise LivError(f"{path}: this is a folder, not a clinic key file") from None
+        raise LivError(say("enroll.folder", path=path)) from None
     except OSError as exc:
-        raise LivError(f"{path}: the clinic key file cannot be read: {exc.strerror}") from None
+        _log.warning("cannot read the clinic key file %s: %s", path, exc.strerror)
+        raise LivError(say("enroll.unreadable", path=path)) from None
     if len(data) > _MAX_KEY_FILE_BYTES:
-        raise LivError(f"{path} is far too large to be a clinic public key")
+        raise LivError(say("enroll.too_large", path=path))
     return public_key_from_pem(data, str(path))
 
 

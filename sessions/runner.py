@@ -60,7 +60,7 @@ from sessions.log import DevicePins, LogError, SessionKind, SessionLog, SessionR
 from sessions.protocol import PatientProtocol
 from sessions.scheduling import Decision, decide, history_start
 from sessions.stops import STOP_CTRL_C, STOP_SIGHUP, STOP_SIGTERM
-from sessions.wording import outcome_sentence
+from sessions.wording import outcome_sentence, say
 
 _log = logging.getLogger(__name__)
 
@@ -616,10 +616,8 @@ class PlateVoucher:
                 held = log.first_voucher_counter(identity.public_key)
                 first = held if held is not None else identity.counter + 1
                 pin = pins.pin(device_id, identity.public_key, first)
-                notice(
-                    f"Paired this home with plate {device_id} (key {pin.key_id}); from now on "
-                    "only this plate can vouch for your sessions."
-                )
+                _log.warning("paired this home with plate %s (key %s)", device_id, pin.key_id)
+                notice(say("start.paired"))
             elif pin.device_key != identity.public_key.hex():
                 raise PlateKeyChangedError(device_id, pin.key_id, identity.public_key)
         voucher = cls(device, log, identity, notice)

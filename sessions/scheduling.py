@@ -31,6 +31,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from sessions.wording import day_text, hours_text, say, start_sentence
+
 AT_DOSE_EPSILON_MIN = 1e-6
 TERMINAL = ("completed", "stopped_by_patient", "tripped", "interrupted")
 
@@ -85,7 +87,7 @@ class Decision:
     """Whether a session may start now, and which."""
 
     allowed: bool
-    message: str  # one sentence for the patient
+    message: str  # one sentence for the patient (sessions/wording.py)
     local_date: date
     slot: int = 0
     minutes: float = 0.0  # minutes at dose to deliver
@@ -141,28 +143,32 @@ def decide(
         first = _next_start(protocol, _local_start_of(protocol.study_start, zone))
         return Decision(
             False,
-            f"The study starts on {protocol.study_start.isoformat()}"
-            f"{_days_away(protocol.study_start, today)}; no session is due before then.",
+            say(
+                "wait.before_study",
+                day=day_text(protocol.study_start),
+                away=_days_away(protocol.study_start, today),
+            ),
             today,
             next_allowed_utc=None if first is None else first.astimezone(UTC),
         )
     if today > protocol.study_end:
         return Decision(
             False,
-            f"The study ended on {protocol.study_end.isoformat()}; no more sessions are due.",
+            say("wait.after_study", day=day_text(protocol.study_end)),
             today,
         )
     if not open_slots:
         tomorrow = today + timedelta(days=1)
         nxt = _next_start(protocol, _local_start_of(tomorrow, zone))
-        when = (
-            f"tomorrow ({tomorrow.isoformat()}){_from_clock(nxt, protocol)}"
+        per_day = protocol.sessions_per_day
+        text = (
+            say("wait.day_done", per_day=per_day, when=_from_clock(nxt, protocol))
             if nxt is not None
-            else "no more: the study ends today"
+            else say("wait.day_done_last", per_day=per_day)
         )
         return Decision(
             False,
-            f"Today's {protocol.sessions_per_day} sessions are done; the next one is due {when}.",
+            text,
             today,
             next_allowed_utc=None if nxt is None else nxt.astimezone(UTC),
         )
@@ -175,19 +181,13 @@ def decide(
         if now_utc < allowed_at:
             # The gap is absolute time; the windows may then push the start later still.
             nxt = _next_start(protocol, allowed_at.astimezone(zone))
-            gap = f"{protocol.min_gap_hours:g} h after the last one ended"
+            gap = hours_text(protocol.min_gap_hours)
             if nxt is None:
-                text = (
-                    f"Please wait: no more sessions are due, because the study ends on "
-                    f"{protocol.study_end.isoformat()} before {gap}."
-                )
+                text = say("wait.gap_study_ends", day=day_text(protocol.study_end), gap=gap)
             elif nxt.astimezone(UTC) == allowed_at.astimezone(UTC):
-                text = f"Please wait: the next session is allowed {_when(nxt, local_now)} ({gap})."
+                text = say("wait.gap", when=_when(nxt, local_now), gap=gap)
             else:
-                text = (
-                    f"Please wait: the next session is allowed {_when(nxt, local_now)} "
-                    f"(at least {gap}, within the prescribed times)."
-                )
+                text = say("wait.gap_window", when=_when(nxt, local_now), gap=gap)
             return Decision(
                 False,
                 text,
@@ -200,11 +200,9 @@ def decide(
         if not window_open:
             nxt = _next_start(protocol, local_now)
             text = (
-                f"Sessions can start only within the prescribed times; the next window opens "
-                f"{_when(nxt, local_now, at=True)}."
+                say("wait.window", when=_when(nxt, local_now, at=True))
                 if nxt is not None
-                else "Sessions can start only within the prescribed times; none is left in "
-                "the study."
+                else say("wait.window_none")
             )
             return Decision(
                 False,
@@ -228,12 +226,13 @@ def _start(
     minutes = max(protocol.minutes_per_session - delivered, 0.0) or protocol.minutes_per_session
     previous = _slot_sessions(sessions, today, slot)
     resumed_from = previous[-1].session_id if previous else None
-    if kind == "override":
-        message = f"Starting session {slot} of today by override ({override_reason})."
-    elif resumed_from is not None:
-        message = f"Resuming session {slot} of today: {minutes:.1f} minutes to go."
-    else:
-        message = f"Starting session {slot} of {protocol.sessions_per_day} today."
+    message = start_sentence(
+        slot,
+        protocol.sessions_per_day,
+        minutes,
+        resumed=resumed_from is not None,
+        override=kind == "override",
+    )
     return Decision(True, message, today, slot, minutes, resumed_from, override_reason)
 
 
@@ -288,28 +287,30 @@ def clock_text(when: datetime) -> str:
     text = when.strftime("%H:%M")
     if not ambiguous(when):
         return text
-    return f"{text} ({'after' if when.fold else 'before'} the clocks went back)"
+    return say("when.twice_after" if when.fold else "when.twice_before", clock=text)
 
 
 def _days_away(day: date, today: date) -> str:
     days = (day - today).days
-    return " (tomorrow)" if days == 1 else f" (in {days} days)"
+    return say("when.tomorrow") if days == 1 else say("when.days_away", days=days)
 
 
 def _when(when: datetime, now: datetime, at: bool = False) -> str:
-    """'from 11:11', 'tomorrow from 07:00', 'from 2026-05-07 07:00' ('at' for a window)."""
+    """'from 11:11', 'tomorrow from 07:00', 'on 7 May 2026 from 07:00' ('at' for a window)."""
     word = "at" if at else "from"
+    clock = clock_text(when)
     if when.date() == now.date():
-        return f"{word} {clock_text(when)}"
+        return say(f"when.{word}_today", clock=clock)
     if when.date() == now.date() + timedelta(days=1):
-        return f"tomorrow {word} {clock_text(when)}"
-    return f"on {when.date().isoformat()} {word} {clock_text(when)}"
+        return say(f"when.{word}_tomorrow", clock=clock)
+    return say(f"when.{word}_day", day=day_text(when.date()), clock=clock)
 
 
-def _from_clock(when: datetime | None, protocol: Prescription) -> str:
-    if when is None or not protocol.daily_windows:
-        return ""
-    return f" from {clock_text(when)}"
+def _from_clock(when: datetime, protocol: Prescription) -> str:
+    """'tomorrow', or 'tomorrow from 07:00' when daily windows say when."""
+    if not protocol.daily_windows:
+        return say("when.tomorrow")
+    return say("when.from_tomorrow", clock=clock_text(when))
 
 
 def _window_containing(protocol: Prescription, local_now: datetime) -> bool:

@@ -7,8 +7,11 @@ the session record and the log, and to the screen only with ``liv -v``.
 
 :data:`WORDING` is keyed by situation: ``outcome.*`` ends a session (by its status, stop reason
 or safety trip), ``refused.*`` is a start that did not happen, ``progress.*`` is the line the
-patient watches, ``status.*`` is ``liv status``. Templates take ``{counted}`` (time at dose, as
-:func:`minutes_text` says it), ``{left}`` (``9:28``), ``{days}`` and the like.
+patient watches, ``status.*`` is ``liv status``, ``wait.*`` says why no session may start now
+and when one may (``when.*`` are its pieces; sessions.scheduling builds them), ``setup.*`` and
+``enroll.*`` are what this computer lacks to start (the prescription, the clinic's key, the
+plate), with the command an engineer would run sent to the log. Templates take ``{counted}``
+(time at dose, as :func:`minutes_text` says it), ``{left}`` (``9:28``), ``{days}`` and the like.
 docs/wording.md is generated from this table (:func:`wording_markdown`; a test keeps the two
 equal). Nothing here imports the plate or the control loop: ``liv status`` stays quick.
 """
@@ -80,6 +83,10 @@ WORDING: dict[str, str] = {
         f"The plate has not been set up for your prescription yet, so nothing was started; "
         f"please {CLINIC}."
     ),
+    "refused.setup_damaged": (
+        "The plate's settings on this computer are damaged, so nothing was started; please "
+        f"{CLINIC}."
+    ),
     "refused.sensor": (
         "The plate's motion sensor failed its check, so nothing was started; please contact "
         "your clinic."
@@ -120,6 +127,10 @@ WORDING: dict[str, str] = {
     "progress.stopping": "Stopping - step off when it is still",
     "progress.left": "{left} left",
     # ---- liv status -------------------------------------------------------------------------
+    "start.paired": (
+        "This plate is now paired with this computer; from now on only this plate can record "
+        "your sessions."
+    ),
     "start.simulated": "This plate is a simulator, so this session does not count.",
     "status.demo": "This is the demo: its sessions are simulated and are not therapy.",
     "status.today": "Today is {day} ({zone} time).",
@@ -141,6 +152,71 @@ WORDING: dict[str, str] = {
     ),
     "install.study_later": (
         "This prescription's study starts on {day}; no session is due before then."
+    ),
+    # ---- liv status and liv start: why no session may start now ----------------------------
+    "wait.before_study": "Your study starts on {day}, {away}; no session is due before then.",
+    "wait.after_study": "Your study ended on {day}; no more sessions are due.",
+    "wait.day_done": "Today's {per_day} sessions are done; the next one is due {when}.",
+    "wait.day_done_last": (
+        "Today's {per_day} sessions are done, and they were the last ones of your study."
+    ),
+    "wait.gap": "Please wait: the next session is allowed {when}, {gap} after the last one ended.",
+    "wait.gap_window": (
+        "Please wait: the next session is allowed {when}, at least {gap} after the last one "
+        "and at one of your session times."
+    ),
+    "wait.gap_study_ends": (
+        "No more sessions are due: your study ends on {day}, before {gap} have passed since the "
+        "last one."
+    ),
+    "wait.window": (
+        "Sessions can start only at your prescribed times; the next one begins {when}."
+    ),
+    "wait.window_none": (
+        "Sessions can start only at your prescribed times, and no such time is left in your study."
+    ),
+    # pieces of the sentences above: when the next session may start
+    "when.from_today": "from {clock}",
+    "when.from_tomorrow": "tomorrow from {clock}",
+    "when.from_day": "on {day} from {clock}",
+    "when.at_today": "at {clock}",
+    "when.at_tomorrow": "tomorrow at {clock}",
+    "when.at_day": "on {day} at {clock}",
+    "when.tomorrow": "tomorrow",
+    "when.days_away": "in {days} days",
+    "when.twice_before": "{clock} (before the clocks went back)",
+    "when.twice_after": "{clock} (after the clocks went back)",
+    # ---- setting up this computer (any command that needs the prescription or the plate) ----
+    "setup.not_enrolled": (
+        "This computer is not enrolled with your clinic. Ask your clinic to enrol it, then "
+        "install your prescription."
+    ),
+    "setup.key_damaged": (
+        "The clinic key on this computer is damaged. Ask your clinic to enrol it again."
+    ),
+    "setup.other_clinic": (
+        "This computer is already enrolled with another clinic. To change clinic, run liv "
+        "enroll again with --replace; the change is recorded."
+    ),
+    "setup.no_prescription": (
+        "No prescription is installed on this computer yet. Ask your clinic for your "
+        "prescription file."
+    ),
+    "setup.no_plate": (
+        "No plate is set up on this computer yet. Plug it in and switch it on, then ask your "
+        "clinic to set it up."
+    ),
+    "setup.not_signed": (
+        "This prescription is not signed by your clinic. Ask your clinic for a new prescription "
+        "file."
+    ),
+    # ---- liv enroll: the clinic key file given --------------------------------------------------
+    "enroll.missing": "There is no clinic key file at {path}; check its name.",
+    "enroll.folder": "{path} is a folder, not a clinic key file.",
+    "enroll.unreadable": "The clinic key file {path} cannot be read; check that you may open it.",
+    "enroll.too_large": "{path} is far too large to be a clinic key file.",
+    "enroll.not_a_key": (
+        "{path} is not a clinic key file; use the public key file your clinic gave you."
     ),
     # ---- liv demo ---------------------------------------------------------------------------
     "demo.banner": (
@@ -194,6 +270,8 @@ PROGRESS_WORDING: dict[str, str] = {
 REFUSAL_WORDING: dict[str, str] = {
     "SessionStoppedError": "refused.stopped",
     "NoCalibrationError": "refused.not_calibrated",
+    "CalibrationError": "refused.setup_damaged",  # a damaged calibration file
+    "SensorCalibrationError": "refused.setup_damaged",
     "SensorCheckError": "refused.sensor",
     "PlateFaultLatchedError": "refused.fault_service",
     "DeviceBusyError": "refused.plate_busy",
@@ -256,6 +334,18 @@ def minutes_text(minutes: float) -> str:
     return "1 minute" if whole == 1 else f"{whole} minutes"
 
 
+def hours_text(hours: float) -> str:
+    """A wait in words: '3 hours', '1 hour', '2 hours 30 minutes', '45 minutes'."""
+    total = max(0, round(hours * 60.0))
+    whole, minutes = divmod(total, 60)
+    parts = []
+    if whole:
+        parts.append("1 hour" if whole == 1 else f"{whole} hours")
+    if minutes or not whole:
+        parts.append("1 minute" if minutes == 1 else f"{minutes} minutes")
+    return " ".join(parts)
+
+
 def clock_left(seconds: float) -> str:
     """Seconds still to go as the patient's clock: '9:28'."""
     minutes, secs = divmod(max(0, math.ceil(seconds - 1e-6)), 60)
@@ -316,6 +406,10 @@ _SECTIONS: Mapping[str, str] = {
     "start": "When a session starts",
     "progress": "While the plate runs",
     "status": "liv status",
+    "wait": "Why no session may start now (liv status, liv start)",
+    "when": "When the next session may start (pieces of the sentences above)",
+    "setup": "Setting up this computer",
+    "enroll": "liv enroll",
     "install": "liv protocol install",
     "demo": "liv demo",
 }

@@ -59,7 +59,7 @@ def liv(*argv: str) -> subprocess.CompletedProcess[str]:
         (["device", "info", "--device", "carrier-pigeon://plate"], 1, "unknown scheme"),
         (["device", "info", "--device", "/dev/ttyDOESNOTEXIST"], 1, "no such port"),
         (["protocol", "check", "/nonexistent/protocol.yaml"], 1, "/nonexistent/protocol.yaml"),
-        (["status", "--home", "/proc/liv-cannot-be-here"], 1, "no protocol is installed"),
+        (["status", "--home", "/proc/liv-cannot-be-here"], 1, "No prescription is installed"),
         (["demo", "--home", "/proc/liv-cannot-be-here"], 1, "/proc/liv-cannot-be-here"),
         (["verify", "--db", "/proc/liv-cannot-be-here/liv.db"], 1, "liv"),
     ],

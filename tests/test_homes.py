@@ -68,7 +68,8 @@ def one_sentence(done: subprocess.CompletedProcess[str], code: int = 1) -> str:
     """The command failed with ``code`` and one line on stderr, no traceback; that line."""
     assert done.returncode == code, (done.stdout, done.stderr)
     assert "Traceback" not in done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
+    # the first start on a plate pairs it and says so; the refusal is the one line after that
+    lines = [line for line in done.stderr.strip().splitlines() if line != say("start.paired")]
     assert len(lines) == 1, done.stderr
     return lines[0]
 
@@ -345,7 +346,9 @@ def test_a_damaged_calibration_stops_a_session_before_the_plate_moves(
     enrol_home(home)
     assert machine.liv("protocol", "install", str(source), "--home", str(home)).returncode == 0
     line = one_sentence(machine.liv("start", "--device", SIM, "--home", str(home)))
-    assert "run 'liv calibrate' again" in line
+    assert line == f"liv: {say('refused.setup_damaged')}", line  # the patient's words
+    verbose = machine.liv("-v", "start", "--device", SIM, "--home", str(home))
+    assert "run 'liv calibrate' again" in verbose.stderr  # the engineer's, with -v
 
 
 def test_a_calibration_that_does_not_cover_the_protocol_is_one_sentence(

@@ -365,7 +365,7 @@ def test_enrol_refuses_a_file_that_is_not_a_public_key(
     home = tmp_path / "home"
     private = clinic / "clinic-private.pem"
     assert main(["enroll", str(private), "--home", str(home)]) == 1
-    assert "is not a clinic public key" in capsys.readouterr().err
+    assert "is not a clinic key file" in capsys.readouterr().err
     assert not (home / "clinic-key.pem").exists()
 
 

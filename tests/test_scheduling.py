@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from sessions.scheduling import decide
+from sessions.wording import say
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -54,10 +55,10 @@ def test_outside_the_study_nothing_is_due() -> None:
     plan = Plan(study_start=date(2026, 3, 1), study_end=date(2026, 3, 31))
     before = decide(plan, [], local(2026, 2, 28, 9))
     assert not before.allowed
-    assert "starts on 2026-03-01" in before.message
+    assert before.message == say("wait.before_study", day="1 March 2026", away="tomorrow")
     after = decide(plan, [], local(2026, 4, 1, 9))
     assert not after.allowed
-    assert "ended on 2026-03-31" in after.message
+    assert after.message == say("wait.after_study", day="31 March 2026")
 
 
 def test_two_slots_a_gap_and_then_done_for_the_day() -> None:
@@ -76,8 +77,7 @@ def test_two_slots_a_gap_and_then_done_for_the_day() -> None:
     log.append(done("b", local(2026, 5, 4, 12), 2))
     finished = decide(plan, log, local(2026, 5, 4, 18))
     assert not finished.allowed
-    assert "Today's 2 sessions are done" in finished.message
-    assert "tomorrow (2026-05-05)" in finished.message
+    assert finished.message == say("wait.day_done", per_day=2, when="tomorrow")
 
 
 def test_a_cut_short_session_is_resumed_in_the_same_slot_without_a_gap() -> None:
@@ -130,11 +130,11 @@ def test_windows_gate_new_sessions() -> None:
     plan = Plan(daily_windows=(Window(time(7), time(11)), Window(time(17), time(21))))
     outside = decide(plan, [], local(2026, 5, 4, 12))
     assert not outside.allowed
-    assert "next window opens at 17:00" in outside.message
+    assert outside.message == say("wait.window", when="at 17:00")
     assert decide(plan, [], local(2026, 5, 4, 17, 30)).allowed
     late = decide(plan, [], local(2026, 5, 4, 22))
     assert not late.allowed
-    assert "next window opens tomorrow at 07:00" in late.message
+    assert late.message == say("wait.window", when="tomorrow at 07:00")
 
 
 def test_an_override_is_allowed_and_recorded() -> None:

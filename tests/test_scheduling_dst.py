@@ -17,6 +17,7 @@ import pytest
 from sessions.commands import status_lines
 from sessions.protocol import protocol_from_dict
 from sessions.scheduling import decide
+from sessions.wording import say
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def test_status_lists_nothing_due_before_the_study_starts() -> None:
     lines = status_lines(protocol, [], utc(2026, 5, 29, 9))  # type: ignore[arg-type]
     text = "\n".join(lines)
     assert ": due" not in text
-    assert "The study starts on 2026-06-01 (in 3 days); no session is due before then." in text
+    assert say("wait.before_study", day="1 June 2026", away="in 3 days") in text
 
 
 def test_status_lists_nothing_due_after_the_study_ended() -> None:
@@ -90,7 +91,7 @@ def test_status_lists_nothing_due_after_the_study_ended() -> None:
     lines = status_lines(protocol, [], utc(2026, 6, 2, 9))  # type: ignore[arg-type]
     text = "\n".join(lines)
     assert ": due" not in text
-    assert "The study ended on 2026-05-31; no more sessions are due." in text
+    assert say("wait.after_study", day="31 May 2026") in text
 
 
 def test_status_lists_the_slots_during_the_study() -> None:
@@ -122,7 +123,7 @@ def test_a_gap_ending_between_windows_waits_for_the_next_window() -> None:
     plan = Plan(zone, min_gap_hours=3.0, daily_windows=WINDOWS)
     end = datetime(2026, 6, 10, 9, 0, tzinfo=ZoneInfo(zone)).astimezone(UTC)  # gap ends 12:00
     decision = decide(plan, [ended_at(zone, end)], end + timedelta(minutes=20))
-    assert "allowed from 17:00 (at least 3 h after the last one ended" in decision.message
+    assert decision.message == say("wait.gap_window", when="from 17:00", gap="3 hours")
 
 
 def test_when_the_day_is_done_the_next_is_due_at_tomorrows_first_window() -> None:
@@ -130,7 +131,7 @@ def test_when_the_day_is_done_the_next_is_due_at_tomorrows_first_window() -> Non
     plan = Plan(zone, sessions_per_day=1, daily_windows=WINDOWS)
     end = datetime(2026, 6, 10, 8, 0, tzinfo=ZoneInfo(zone)).astimezone(UTC)
     decision = decide(plan, [ended_at(zone, end)], end + timedelta(hours=1))
-    assert "the next one is due tomorrow (2026-06-11) from 07:00" in decision.message
+    assert decision.message == say("wait.day_done", per_day=1, when="tomorrow from 07:00")
 
 
 # ---- clocks going back: a time that occurs twice says which ----------------------------------
@@ -161,7 +162,7 @@ def test_a_time_that_occurs_once_on_a_change_day_is_plain() -> None:
     zone = "Europe/London"
     end = utc(2026, 10, 25, 8, 0)  # 08:00 GMT
     decision = decide(Plan(zone), [ended_at(zone, end)], end + timedelta(minutes=5))
-    assert "allowed from 09:00 (1 h after" in decision.message
+    assert decision.message == say("wait.gap", when="from 09:00", gap="1 hour")
 
 
 # ---- clocks going forward: a window inside the missing hour ----------------------------------
@@ -192,7 +193,7 @@ def test_a_window_opening_in_the_missing_hour_opens_at_the_first_time_that_exist
     now = datetime.combine(day, now_local, tzinfo=ZoneInfo(zone)).astimezone(UTC)
     decision = decide(plan, [], now)
     assert not decision.allowed
-    assert f"the next window opens at {opens}." in decision.message
+    assert decision.message == say("wait.window", when=f"at {opens}")
     assert decision.next_allowed_utc == opens_utc
     assert decide(plan, [], opens_utc).allowed
 
@@ -202,4 +203,4 @@ def test_a_window_in_the_missing_hour_announced_the_evening_before() -> None:
     plan = Plan(zone, daily_windows=(Window(time(2, 15), time(5)),))
     now = datetime(2026, 3, 7, 22, 0, tzinfo=ZoneInfo(zone)).astimezone(UTC)
     decision = decide(plan, [], now)
-    assert "the next window opens tomorrow at 03:00." in decision.message
+    assert decision.message == say("wait.window", when="tomorrow at 03:00")

@@ -99,7 +99,7 @@ def test_no_configured_plate_is_an_error_not_a_simulator(
     home: LivHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert liv(home, "start") == 1
-    assert "no plate is configured" in capsys.readouterr().err
+    assert "No plate is set up on this computer" in capsys.readouterr().err
     assert records(home) == []
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 import string
-from datetime import date
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.calibration import identify
 from controller.safety import TripReason
@@ -24,9 +27,17 @@ from sessions.cli import main
 from sessions.commands import status_lines, streak
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
-from sessions.protocol import protocol_from_dict
+from sessions.prescription import public_key_pem
+from sessions.protocol import PatientProtocol, protocol_from_dict
 from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
-from tests.simhelpers import install_signed, signed_protocol
+from sessions.wording import say
+from tests.simhelpers import (
+    enrol_home,
+    install_signed,
+    protocol_yaml,
+    signed_protocol,
+    write_signed,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wording.md"
 DEVICE_ID = "SIM-W1"
@@ -37,10 +48,12 @@ JARGON = (
     "g", "hz", "link", "firmware", "accelerometer", "latched", "latch", "sigterm", "sighup",
     "sigint", "pipe", "dose", "amplitude", "calibration", "calibrate", "protocol", "exception",
     "error", "traceback", "none", "true", "false", "nak", "crc", "frame", "frames", "setpoint",
-    "hold", "ramp", "trip", "tripped", "stderr", "stdout", "peak", "mg", "usb", "url",
+    "hold", "ramp", "trip", "tripped", "stderr", "stdout", "peak", "mg", "usb", "url", "h",
+    "override",
 )  # fmt: skip
 _JARGON_RE = re.compile(r"\b(" + "|".join(JARGON) + r")\b", re.IGNORECASE)
 _RAW_NUMBER_RE = re.compile(r"\d+\.\d+")  # 0.299, 9.7: numbers a patient should not parse
+_MACHINE_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")  # 2026-06-11: a person writes 11 June 2026
 _REPR_RE = re.compile(r"'[^']*'|\"[^\"]*\"|<[^>]*>|\w+\(")  # quoted values, <objects>, calls
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
 
@@ -55,6 +68,8 @@ def plain_problems(text: str) -> list[str]:
         problems.append(f"jargon {found}")
     if _RAW_NUMBER_RE.search(text):
         problems.append("an unrounded number")
+    if _MACHINE_DATE_RE.search(text):
+        problems.append("a machine date")
     if _REPR_RE.search(text.replace("prescription's", "").replace("plate's", "")):
         problems.append("a repr or quoted value")
     depth = 0
@@ -82,6 +97,11 @@ SAMPLES: dict[str, object] = {
     "minutes": "10 minutes",
     "first": "1 January 2026",
     "last": "31 December 2030",
+    "when": "tomorrow from 07:00",
+    "gap": "3 hours",
+    "away": "in 3 days",
+    "clock": "01:30",
+    "path": "Downloads/clinic-public.pem",
 }
 
 
@@ -109,6 +129,10 @@ def test_the_checker_catches_what_the_issue_found() -> None:
         "accelerometer output is stuck: 32 identical samples (1.117 g).",
         "streak 0 day(s) in a row, 0.299 g of 0.300 g.",
         "no device at 'sim://?x=1'.",
+        "Please wait: the next session is allowed from 23:05 (3 h after the last one ended).",
+        "Today's 2 sessions are done; the next one is due tomorrow (2026-06-11) from 07:00.",
+        "no protocol is installed in /home/ann/.local/share/liv: ask your clinic for it, then "
+        "run 'liv protocol install FILE'",
     ]
     for text in quoted:
         assert plain_problems(text), text
@@ -145,6 +169,14 @@ def test_every_safety_stop_and_stop_reason_has_a_plain_sentence() -> None:
 )
 def test_minutes_are_said_in_whole_minutes_never_rounded_up(minutes: float, said: str) -> None:
     assert wording.minutes_text(minutes) == said
+
+
+@pytest.mark.parametrize(
+    ("hours", "said"),
+    [(3.0, "3 hours"), (1.0, "1 hour"), (2.5, "2 hours 30 minutes"), (0.25, "15 minutes")],
+)
+def test_a_wait_is_said_in_hours_and_minutes_not_h(hours: float, said: str) -> None:
+    assert wording.hours_text(hours) == said
 
 
 @pytest.mark.parametrize(("days", "said"), [(0, "No day"), (1, "1 day in"), (12, "12 days in")])
@@ -250,7 +282,8 @@ def test_an_uncalibrated_plate_is_refused_in_plain_words(
     install_signed(h, minutes_per_session="1")
     assert liv(h, "start", "--device", sim()) == 1
     err = capsys.readouterr().err
-    assert err.strip() == "liv: " + wording.say("refused.not_calibrated")
+    assert_plain(err)  # the first start also pairs the plate, and says so
+    assert err.splitlines()[-1] == "liv: " + wording.say("refused.not_calibrated")
 
 
 def test_protocol_install_reads_plainly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -270,8 +303,6 @@ def test_status_lines_for_a_part_done_day_read_plainly() -> None:
             "timezone": "UTC", "dose_tolerance": 0.1,
         }
     )  # fmt: skip
-    from datetime import UTC, datetime
-
     now = datetime(2026, 6, 3, 12, 0, tzinfo=UTC)
     minutes = {(date(2026, 6, 2), 1): 10.0, (date(2026, 6, 2), 2): 10.0}
     lines = status_lines(protocol, [], now, minutes)
@@ -293,3 +324,134 @@ def test_device_text_in_the_technical_detail_is_made_safe(
     assert "\x07" not in err
     assert "\\x1b" in err  # shown, visibly
     assert err.splitlines()[-1] == "liv: " + wording.say("refused.no_plate")
+
+
+# ---- every situation liv status, liv start and the setup commands can report -----------------
+
+
+@dataclass(frozen=True)
+class Logged:
+    """A logged session as scheduling reads it."""
+
+    session_id: str
+    local_date: date
+    slot: int
+    status: str
+    minutes_at_dose: float
+    started_utc: datetime
+    ended_utc: datetime | None
+
+
+def prescription(**fields: object) -> PatientProtocol:
+    values: dict[str, object] = {
+        "patient_id": "P1", "target_g": 0.3, "frequency_hz": 30.0,
+        "minutes_per_session": 10.0, "sessions_per_day": 2, "min_gap_hours": 3.0,
+        "daily_windows": [], "study_start": "2026-06-01", "study_end": "2027-05-31",
+        "timezone": "Europe/London", "dose_tolerance": 0.1,
+    }  # fmt: skip
+    return protocol_from_dict({**values, **fields})
+
+
+def london(y: int, mo: int, d: int, h: int, mi: int = 0) -> datetime:
+    return datetime(y, mo, d, h, mi, tzinfo=ZoneInfo("Europe/London")).astimezone(UTC)
+
+
+def status_says(protocol: PatientProtocol, sessions: list[Logged], now: datetime) -> str:
+    """``liv status``'s lines, each checked by the same rules as the table; the whole text."""
+    lines = status_lines(protocol, sessions, now, {})  # type: ignore[arg-type]
+    for line in lines:
+        assert plain_problems(line) == [], line
+    return "\n".join(lines)
+
+
+def test_status_before_the_study_reads_plainly() -> None:
+    text = status_says(prescription(), [], london(2026, 5, 29, 9))
+    assert (
+        say("status.next", message=say("wait.before_study", day="1 June 2026", away="in 3 days"))
+        in text
+    )
+    assert "not done yet" not in text
+
+
+def test_status_after_the_study_reads_plainly() -> None:
+    protocol = prescription(study_start="2025-06-01", study_end="2026-05-31")
+    text = status_says(protocol, [], london(2026, 6, 2, 9))
+    assert say("wait.after_study", day="31 May 2026") in text
+    assert "not done yet" not in text
+
+
+def test_status_between_windows_reads_plainly() -> None:
+    windows = [{"start": "07:00", "end": "11:00"}, {"start": "17:00", "end": "21:00"}]
+    text = status_says(prescription(daily_windows=windows), [], london(2026, 6, 10, 12))
+    assert say("wait.window", when="at 17:00") in text
+
+
+def test_status_during_the_gap_reads_plainly() -> None:
+    start = london(2026, 6, 10, 8)
+    done = Logged(
+        "a", date(2026, 6, 10), 1, "completed", 10.0, start, start + timedelta(minutes=11)
+    )
+    text = status_says(prescription(), [done], london(2026, 6, 10, 9))
+    assert say("wait.gap", when="from 11:11", gap="3 hours") in text
+
+
+def test_a_gap_of_part_hours_and_a_day_done_read_plainly() -> None:
+    start = london(2026, 6, 10, 8)
+    first = Logged(
+        "a", date(2026, 6, 10), 1, "completed", 10.0, start, start + timedelta(minutes=11)
+    )
+    text = status_says(prescription(min_gap_hours=2.5), [first], london(2026, 6, 10, 9))
+    assert say("wait.gap", when="from 10:41", gap="2 hours 30 minutes") in text
+    later = london(2026, 6, 10, 12)
+    second = Logged(
+        "b", date(2026, 6, 10), 2, "completed", 10.0, later, later + timedelta(minutes=11)
+    )
+    text = status_says(prescription(), [first, second], london(2026, 6, 10, 18))
+    assert say("wait.day_done", per_day=2, when="tomorrow") in text
+
+
+def setup_refusal(argv: list[str], home: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """What a setup command prints when it refuses: one plain line on stderr, exit 1."""
+    assert main([*argv, "--home", str(home)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("liv: ")
+    assert plain_problems(line.removeprefix("liv: ")) == [], line
+    return line.removeprefix("liv: ")
+
+
+def test_status_with_no_prescription_installed_reads_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    enrol_home(tmp_path / "home")
+    said = setup_refusal(["status"], tmp_path / "home", capsys)
+    assert said == say("setup.no_prescription")
+
+
+def test_install_on_a_computer_not_enrolled_reads_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signed = write_signed(tmp_path / "rx.yaml", protocol_yaml())
+    said = setup_refusal(["protocol", "install", str(signed)], tmp_path / "home", capsys)
+    assert said == say("setup.not_enrolled")
+
+
+def test_an_unsigned_prescription_reads_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    enrol_home(tmp_path / "home")
+    unsigned = tmp_path / "rx.yaml"
+    unsigned.write_text(protocol_yaml(), encoding="utf-8")
+    said = setup_refusal(["protocol", "install", str(unsigned)], tmp_path / "home", capsys)
+    assert said == say("setup.not_signed")
+
+
+def test_enrolling_with_another_clinic_reads_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    enrol_home(tmp_path / "home")
+    other = tmp_path / "other-clinic.pem"
+    other.write_bytes(public_key_pem(Ed25519PrivateKey.generate().public_key()))
+    said = setup_refusal(["enroll", str(other)], tmp_path / "home", capsys)
+    assert said == say("setup.other_clinic")
