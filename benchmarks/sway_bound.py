@@ -1,13 +1,15 @@
 """How close can any law hold 0.1 g through postural sway with the default sensor? (issue 9)
 
-    python benchmarks/sway_bound.py [--noise-ug 430] [--target-g 0.1] [--json out.json]
+    python benchmarks/sway_bound.py [--noise-ug 22.5] [--target-g 0.1] [--json out.json]
 
 The law sees the plate's gain only through the sensor. Over ``T`` seconds a sine of known
 frequency in white noise of one-sided density ``n`` (g/sqrt(Hz)) is fitted to a standard
 uncertainty of ``n / sqrt(T)`` in peak (Cramer-Rao: ``2 s^2 / N`` with ``s^2 = n^2 fs / 2``,
-``N = fs T``), i.e. ``n / target`` relative per sqrt(s): 0.43% at 0.1 g for the default sensor
-(430 ug/sqrt(Hz), ADXL345 z axis). Meanwhile the standing patient's sway moves the plate's gain
-(computed here from the simulator's own linear model at the sway's +/- depth).
+``N = fs T``), i.e. ``n / target`` relative per sqrt(s): 0.023% at 0.1 g for the default sensor
+(22.5 ug/sqrt(Hz), ADXL355 class; ``--noise-ug`` defaults to the default profile's figure),
+0.43% for the ADXL345's z axis (430, ``profiles/adxl345.yaml``). Meanwhile the standing
+patient's sway moves the plate's gain (computed here from the simulator's own linear model
+at the sway's +/- depth).
 
 The law can only put on the plate ``g(t+dt) / g_hat(t)``, with ``g_hat`` its estimate from the
 measurements up to ``t``. For a sway that is a Gaussian random process, the Kalman filter
@@ -25,8 +27,9 @@ scores from truth) for:
   class gives, not one tuning).
 
 It prints the table, then the sensor noise density at which the best estimator reaches the
-target p95 for each truth. Only the measurement noise and the sway are modelled: no plant
-transient, no drive resolution, no caution margin, so the closed loop can only be worse.
+target p95 for each truth (searched between 10 and 1000 ug/sqrt(Hz), whatever the sensor).
+Only the measurement noise and the sway are modelled: no plant transient, no drive
+resolution, no caution margin, so the closed loop can only be worse.
 """
 
 from __future__ import annotations
@@ -260,9 +263,19 @@ def noise_for_target(
     return low_ug
 
 
+SEARCH_LOW_UG = 10.0  # the noise search's range, ug/sqrt(Hz): from well below the default
+SEARCH_HIGH_UG = 1000.0  # sensor to well above the ADXL345's z axis
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--noise-ug", type=float, default=430.0, help="sensor, ug/sqrt(Hz)")
+    default_noise_ug = load_profile("default").accelerometer.noise_density_ug
+    parser.add_argument(
+        "--noise-ug",
+        type=float,
+        default=default_noise_ug,
+        help=f"sensor, ug/sqrt(Hz) (default: the default profile's, {default_noise_ug:g})",
+    )
     parser.add_argument("--target-g", type=float, default=0.1)
     parser.add_argument("--freq", type=float, default=30.0, help="Hz (30: the worst case)")
     parser.add_argument("--mass", type=float, default=150.0, help="kg (150: the worst case)")
@@ -304,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 truth,
                 amplitude / math.sqrt(2.0),
                 args.target_g,
-                10.0,
-                args.noise_ug,
+                SEARCH_LOW_UG,
+                SEARCH_HIGH_UG,
                 args.delay_blocks,
             )
             print(f"  {name:<24} {needed[name]:6.0f} ug/sqrt(Hz)")

@@ -32,6 +32,7 @@ from firmware_bridge.protocol import HELLO_RANGES, FaultCode, fault_text
 from firmware_bridge.sim import device as firmware
 from firmware_bridge.sim.config import parse_sim_url
 from firmware_bridge.sim.device import ACCEL_WINDOW_BLOCKS, BLOCK_S, MAX_DRIVE, SAFE_RAMP_S
+from firmware_bridge.sim.profile import load_profile
 from sessions.cli import main
 from tests.simhelpers import load_truth, measured_g_per_drive, truth_amplitude, truth_envelope
 
@@ -159,7 +160,8 @@ def test_a_misreported_counts_per_g_does_not_move_the_ceiling(tmp_path: Path, er
     """
     truth_path = tmp_path / "truth.npz"
     with DeviceClient.open(sim_url(truth_path, f"mass=0&counts_per_g_error={error}")) as device:
-        assert device.info.counts_per_g == int(256 * (1 + error))
+        nominal = load_profile("default").accelerometer.counts_per_g  # the part's true scale
+        assert device.info.counts_per_g == int(nominal * (1 + error))
         device.set_frequency(30.0)
         device.start_output()
         device.set_drive(MAX_DRIVE, 2.0)  # the host's own soft ramp

@@ -461,7 +461,7 @@ def test_bad_profiles_are_refused_with_the_key_named(
 
 
 def test_unknown_profile_name_lists_the_available_ones() -> None:
-    with pytest.raises(ValueError, match="available: default"):
+    with pytest.raises(ValueError, match="available: adxl345, default"):
         load_profile("no-such-plate")
 
 

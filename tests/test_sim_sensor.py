@@ -11,14 +11,19 @@ import numpy.typing as npt
 import pytest
 import scipy.signal
 
+from benchmarks import bench_control
+from controller.calibration import identify
 from controller.estimation import fit_sine
 from firmware_bridge.client import DeviceClient
-from firmware_bridge.sim.profile import AccelerometerProfile
+from firmware_bridge.protocol import HELLO_RANGES
+from firmware_bridge.sim.profile import AccelerometerProfile, load_profile
 from firmware_bridge.sim.sensor import Accelerometer
 from tests.simhelpers import load_truth, run_blocks, truth_amplitude
 
 FS = 1600.0
-ADXL345 = AccelerometerProfile()
+# The mechanics below are checked on the ADXL345 profile (256 counts/g, 1023 at +4 g): its
+# counts are few enough to pin by hand. The default sensor has its own tests further down.
+ADXL345 = load_profile("adxl345").accelerometer
 QUIET = dataclasses.replace(ADXL345, noise_density_ug=0.0)
 
 
@@ -173,3 +178,80 @@ def test_sensor_errors_from_the_url_show_at_rest_and_in_the_vibration(
     same_samples = (index >= late[0].first_index) & (index <= late[-1].first_index + 31)
     true_peak = truth_amplitude(truth, same_samples)
     assert fit_sine(reading, phases).peak_g == pytest.approx(gain * true_peak, rel=0.01)
+
+
+# ---- the default sensor: a low-noise part (issue 9) -------------------------------------------
+
+DEFAULT = load_profile("default").accelerometer
+
+
+def test_the_default_sensor_is_low_noise_and_its_counts_do_not_hide_the_noise() -> None:
+    """ADXL355 class: 22.5 ug/sqrt(Hz), scaled to 8192 counts/g (within HELLO's 32..16383).
+
+    At rest its noise is a few counts, so the rounding to counts (1 count / sqrt(12)) adds
+    little to it; the ADXL345's 256 counts/g would round the whole noise floor away.
+    """
+    low, high, _ = HELLO_RANGES["counts_per_g"]
+    assert low <= DEFAULT.counts_per_g <= high
+    counts = sensor(DEFAULT, seed=4).measure(np.zeros(64000)).astype(float)
+    b, a = scipy.signal.butter(2, DEFAULT.anti_alias_cutoff_hz, fs=FS)
+    impulse = scipy.signal.lfilter(b, a, np.r_[1.0, np.zeros(4095)])
+    noise_gain = float(np.sqrt(np.sum(impulse**2)))
+    expected_g = 22.5e-6 * np.sqrt(FS / 2) * noise_gain
+    assert counts.std() / DEFAULT.counts_per_g == pytest.approx(expected_g, rel=0.05)
+    assert counts.std() > 3.0  # counts of quantisation noise: 1 / sqrt(12) = 0.29
+    assert counts.mean() / DEFAULT.counts_per_g == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_default_plate_reads_a_0_1_g_vibration_to_a_tenth_of_a_percent_per_second(
+    tmp_path: Path,
+) -> None:
+    """Each 1-s fit of the sensor's reading agrees with the truth to 0.1% at 0.1 g.
+
+    The fit's noise is ``noise_density / sqrt(1 s)``: 0.02% of 0.1 g for the default sensor,
+    0.43% for the ADXL345 (``profile=adxl345``), which would miss this in most seconds.
+    """
+    truth_path = tmp_path / "truth.npz"
+    with DeviceClient.open(f"sim://?speed=max&seed=3&sway=0&truth={truth_path}") as dev:
+        assert dev.info.counts_per_g == 8192
+        dev.set_frequency(30.0)
+        dev.start_output()
+        dev.set_drive(0.05, 0.1)
+        blocks = run_blocks(dev, 6.0)
+    truth = load_truth(truth_path)
+    index = truth["sample_index"]
+    errors = []
+    for second in range(1, 6):  # whole seconds after the soft start
+        part = blocks[second * 50 : (second + 1) * 50]
+        reading = np.concatenate([b.accel_g for b in part])
+        phases = np.concatenate(
+            [b.phase_rad + 2 * np.pi * b.freq_hz * np.arange(b.accel_g.size) / FS for b in part]
+        )
+        same = (index >= part[0].first_index) & (index <= part[-1].first_index + 31)
+        true_peak = truth_amplitude(truth, same)
+        assert 0.05 < true_peak < 0.2
+        errors.append(fit_sine(reading, phases).peak_g / true_peak - 1.0)
+    assert max(abs(e) for e in errors) < 0.001, errors
+
+
+def test_the_adxl345_stays_available_as_a_profile() -> None:
+    with DeviceClient.open("sim://?speed=max&profile=adxl345") as dev:
+        assert dev.info.counts_per_g == 256
+        rest = np.concatenate([b.accel_g for b in run_blocks(dev, 1.0)])
+    assert rest.mean() == pytest.approx(1.0, abs=0.01)
+    assert rest.std() > 2.0 / 256  # its noise: a few of its 3.9 mg counts (default: 0.6 mg)
+
+
+def test_the_closed_loop_holds_0_1_g_within_half_a_percent_from_truth(tmp_path: Path) -> None:
+    """Issue 9's target with the default sensor: true p95 <= 0.5% at 0.1 g.
+
+    The hardest hold of benchmarks/bench_control.py --holds-only (150 kg at 30 Hz, the
+    biggest sway), scored from truth over 1-s windows; with the ADXL345 the bound for any law
+    there is 0.83-0.85% (docs/performance.md).
+    """
+    with DeviceClient.open("sim://?speed=max&mass=0&seed=11") as dev:
+        cal = identify(dev)
+    row = bench_control.edge_case(cal, "steady", "30", 150.0, 0.1, 20.0, 5003, tmp_path)
+    assert row["status"] == "completed"
+    assert row["true_p95_abs_error_pct"] <= 0.5, row
+    assert row["overshoot_pct"] <= 5.0, row

@@ -237,14 +237,14 @@ class DistortionProfile(_Section):
 
 @dataclass(frozen=True)
 class AccelerometerProfile(_Section):
-    """Plate accelerometer, vertical axis (defaults: ADXL345, +/-4 g, full resolution)."""
+    """Plate accelerometer, vertical axis (defaults: ADXL355 class, +/-4 g, 8192 counts/g)."""
 
     SECTION: ClassVar[str] = "accelerometer"
     sample_rate_hz: float = _number(1600.0, 0.0, 100_000.0, "Hz", lo_open=True)
-    counts_per_g: float = _number(256.0, 0.0, 1e6, "LSB/g", lo_open=True)
+    counts_per_g: float = _number(8192.0, 0.0, 1e6, "LSB/g", lo_open=True)
     sensitivity_error_fraction: float = _number(0.0, -0.5, 0.5, "fraction")
     bias_g: float = _number(0.0, -2.0, 2.0, "g")
-    noise_density_ug: float = _number(430.0, 0.0, 100_000.0, "ug/sqrt(Hz)")
+    noise_density_ug: float = _number(22.5, 0.0, 100_000.0, "ug/sqrt(Hz)")
     range_g: float = _number(4.0, 0.0, 1000.0, "g", lo_open=True)
     bit_depth: int = _integer(16, 2, 16, "bits, signed")
     anti_alias_cutoff_hz: float = _number(600.0, 0.0, 50_000.0, "Hz", lo_open=True)
