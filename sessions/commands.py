@@ -1263,8 +1263,11 @@ def run_demo_history(
     calibrations: CalibrationStore,
     today: date,
     plan: Sequence[DemoSession],
+    pins: DevicePins | None = None,
 ) -> list[SessionOutcome]:
-    """Run ``plan`` on the simulated plate (fast, deterministic) under a simulated clock."""
+    """Run ``plan`` on the simulated plate (fast, deterministic) under a simulated clock, as in
+    a demo home: its simulated sessions count (and resume) like therapy; ``pins``: the home's
+    paired plates, so that the demo's plate vouches for its records as a real one would."""
     from sessions.runner import StopRequest, run_session
 
     outcomes = []
@@ -1284,6 +1287,8 @@ def run_demo_history(
             calibrations=calibrations,
             on_progress=progress,
             now=clock.now,
+            demo=True,
+            pins=pins,
         )
         outcomes.append(outcome)
     return outcomes
@@ -1298,6 +1303,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The demo never uses the user's installation: no --home/$LIV_HOME resolution, no $LIV_DB,
     # no $LIV_CALIBRATION_DIR. Everything it writes is inside its own directory.
     root = _demo_root(args)
+    # The demo's simulated plate keeps its key and counter inside the demo's directory too
+    # (docs/simulator.md), unless the caller chose a place for simulated plates' memory.
+    os.environ.setdefault("LIV_SIM_STATE_DIR", str(root / "plate-memory"))
     home = LivHome(root)
     home.ensure()
     # Marks every session here as simulated: never counted as therapy (docs/sessions.md).
@@ -1332,7 +1340,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "day, a session cut short and a safety stop ..."
     )
     with _open_log(args, home) as log:
-        run_demo_history(log, protocol, home.calibrations(), today, plan)
+        run_demo_history(log, protocol, home.calibrations(), today, plan, pins_of(home))
     sim_url = f"sim://?mass=70&seed=2&device_id={DEMO_DEVICE}"
     home.set_device(sim_url)
     echo("\nToday's first session, as the patient sees it:")
