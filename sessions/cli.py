@@ -446,6 +446,19 @@ def _add_clinic_commands(commands: Any) -> None:
     cimport.add_argument("files", nargs="+", metavar="FILE", help="files written by 'liv export'")
     cimport.set_defaults(handler=clinic_mod.cmd_clinic_import)
 
+    plate = ccmds.add_parser("plate", help="the plates the clinic dispensed (their keys)")
+    pcmds = plate.add_subparsers(dest="plate_command", required=True, metavar="ACTION")
+    padd = with_clinic_db(pcmds.add_parser("add", help="register a plate's public key"))
+    padd.add_argument("device_id", metavar="DEVICE_ID", help="the plate's id, e.g. LIV-0042")
+    padd.add_argument("key", metavar="KEYHEX", help="its Ed25519 public key, 64 hex digits")
+    padd.add_argument(
+        "--first-counter", type=int, default=1, metavar="N",
+        help="the first counter it vouches with for this clinic (default 1: a new plate)",
+    )  # fmt: skip
+    padd.set_defaults(handler=clinic_mod.cmd_clinic_plate_add)
+    plist = with_clinic_db(pcmds.add_parser("list", help="the registered plates"))
+    plist.set_defaults(handler=clinic_mod.cmd_clinic_plate_list)
+
     overview = with_clinic_db(ccmds.add_parser("overview", help="every patient, worst first"))
     overview.add_argument(
         "--format", choices=("table", "json", "html"), default="table",

@@ -23,10 +23,12 @@ from typing import Any
 
 from firmware_bridge.errors import LivError
 from sessions.clinic.db import ClinicDb, ClinicDbError, now_utc
+from sessions.clinic.plates import PlateRegistry, check_export_vouchers
 from sessions.log.chain import _verify_chains
 from sessions.log.exchange import _read_import
 from sessions.log.fields import _record_from_raw, _summary_from_raw
 from sessions.log.records import LogError, SessionRecord, SessionSummary
+from sessions.log.vouch import Voucher
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class VerifiedExport:
     records: tuple[dict[str, Any], ...]  # raw export objects, sorted by (log_id, chain_index)
     heads: dict[str, str]  # log_id -> record_hash of the chain's last record in the file
     duplicates_in_file: int
+    vouchers: dict[str, Voucher] = field(default_factory=dict)  # session_id -> its voucher
 
 
 @dataclass
@@ -67,11 +70,14 @@ class ImportOutcome:
     refused: str | None = None  # the sentence saying why nothing was taken
 
 
-def verify_export(path: Path) -> VerifiedExport:
-    """Check an export as the home's own log would before taking it (the one seam to extend).
+def verify_export(path: Path, registry: PlateRegistry) -> VerifiedExport:
+    """Check an export before the clinic takes any of it: the one seam every import goes through.
 
-    Raises ImportRefusedError (kind ``unverified``) for a file that is not an export, a chain that
-    does not verify from its genesis, or two different records claiming one place.
+    Raises ImportRefusedError for a file that is not an export, a chain that does not verify
+    from its genesis, two different records claiming one place (kind ``unverified``), and for a
+    record its plate does not vouch for: no voucher or a voucher that does not verify
+    (``unvouched``), an unregistered plate (``unregistered``), counters that skip or repeat
+    (``gap``) or that the clinic holds for other records (``conflict``).
     """
     digest = hashlib.sha256()
 
@@ -111,20 +117,33 @@ def verify_export(path: Path) -> VerifiedExport:
             "unverified",
             sorted(claimed),
         )
-    records = tuple(
-        entry.raw
+    entries = [
+        entry
         for log_id in sorted(chains)
         for _, entry in sorted(chains[log_id].items())
         if entry.raw is not None
+    ]
+    refusal = check_export_vouchers(
+        ((entry.raw, entry.voucher) for entry in entries if entry.raw is not None), registry
     )
-    return VerifiedExport(path, digest.hexdigest(), records, heads, duplicates)
+    if refusal is not None:
+        raise ImportRefusedError(
+            f"{path}: {refusal.sentence}; nothing was imported from it",
+            refusal.kind,
+            sorted({str(entry.raw["patient_id"]) for entry in entries if entry.raw is not None}),
+        )
+    records = tuple(entry.raw for entry in entries if entry.raw is not None)
+    vouchers = {
+        entry.session_id: entry.voucher for entry in entries if isinstance(entry.voucher, Voucher)
+    }
+    return VerifiedExport(path, digest.hexdigest(), records, heads, duplicates, vouchers)
 
 
 def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
     """Verify and store one export; refresh the overview rows of its patients."""
     outcome = ImportOutcome(path)
     try:
-        verified = verify_export(path)
+        verified = verify_export(path, PlateRegistry(db))
     except ImportRefusedError as exc:
         _record_refusal(db, path, "", exc)
         outcome.refused = str(exc)
@@ -241,6 +260,24 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         )
         db.executemany(_INSERT_RECORD, [_row(r, import_id) for r in records])
         added = _check_held(db, records, import_id)
+        db.executemany(
+            "INSERT INTO vouchers (session_id, device_key, counter, prev_head, head, signature,"
+            " record_hash) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                (
+                    s,
+                    v.device_key,
+                    v.counter,
+                    v.prev_head,
+                    v.head,
+                    v.signature,
+                    str(r["record_hash"]),
+                )
+                for r in records
+                for s in (str(r["session_id"]),)
+                for v in (verified.vouchers[s],)
+            ],
+        )
         duplicates = len(records) - added + verified.duplicates_in_file
         for log_id in log_ids:
             mine = [r for r in records if r["log_id"] == log_id]
