@@ -147,23 +147,27 @@ def plate_key_hex(device_id: str) -> str:
 
 
 def vouched(
-    records: list[dict[str, Any]], first_counter: int = 1, key_of: str | None = None
+    records: list[dict[str, Any]],
+    first_counter: int = 1,
+    key_of: str | None = None,
+    head: str = GENESIS_HEAD.hex(),
 ) -> list[dict[str, Any]]:
     """The records with the ``device_voucher`` their plate gives them, counted from
-    ``first_counter`` in chain order (``key_of``: sign with another device's key instead)."""
+    ``first_counter`` after ``head`` in chain order (``key_of``: sign with another device's key
+    instead)."""
     out: list[dict[str, Any]] = []
     heads: dict[str, tuple[int, bytes]] = {}
     for raw in sorted(records, key=lambda r: (r["log_id"], r["chain_index"])):
         device_id = str(raw["device_id"])
-        counter, head = heads.get(device_id, (first_counter - 1, GENESIS_HEAD))
+        counter, prev = heads.get(device_id, (first_counter - 1, bytes.fromhex(head)))
         counter += 1
         digest = bytes.fromhex(raw["record_hash"])
-        new_head = next_head(head, counter, digest)
+        new_head = next_head(prev, counter, digest)
         key = plate_key(key_of or device_id)
         signature = key.sign(
-            signed_bytes(device_id_raw(device_id), counter, digest, head, new_head)
+            signed_bytes(device_id_raw(device_id), counter, digest, prev, new_head)
         )
-        voucher = Voucher(plate_key_hex(key_of or device_id), counter, head.hex(),
+        voucher = Voucher(plate_key_hex(key_of or device_id), counter, prev.hex(),
                           new_head.hex(), signature.hex())  # fmt: skip
         out.append({**raw, "device_voucher": voucher.to_json()})
         heads[device_id] = (counter, new_head)

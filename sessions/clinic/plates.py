@@ -118,6 +118,15 @@ class PlateRegistry:
                 found[int(counter)] = (str(digest), str(head))
         return found
 
+    def last_below(self, device_key: str, counter: int) -> tuple[int, str] | None:
+        """The clinic's highest counter of this key below ``counter``, with its head."""
+        rows = self._db.query(
+            "SELECT counter, head FROM vouchers WHERE device_key = ? AND counter < ?"
+            " ORDER BY counter DESC LIMIT 1",
+            (device_key, counter),
+        )
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
 
 @dataclass(frozen=True)
 class VoucherRefusal:
@@ -172,7 +181,7 @@ def check_export_vouchers(
         rows.sort(key=lambda row: row[0].counter)
         device_id = devices[key]
         plate = registry.plates[device_id]
-        held = registry.held(key, [row[0].counter for row in rows] + [rows[0][0].counter - 1])
+        held = registry.held(key, [row[0].counter for row in rows])
         for voucher, digest, _, session_id, _ in rows:
             mine = held.get(voucher.counter)
             if mine is not None and mine[0] != digest:
@@ -184,9 +193,17 @@ def check_export_vouchers(
                 )
         first = rows[0][0]
         start = plate.first_counter
-        before = held.get(first.counter - 1)
-        if first.counter > start and before is not None and before[1] == first.prev_head:
-            start = first.counter  # continues the records of this plate the clinic holds
+        last_held = registry.last_below(key, first.counter)
+        if last_held is not None and last_held[0] >= start:
+            # the file continues the records of this plate the clinic holds: from the next
+            # counter, after the head the clinic holds (else check_vouchers names the gap)
+            start = last_held[0] + 1
+            if first.counter == start and first.prev_head != last_held[1]:
+                return VoucherRefusal(
+                    f"plate {device_id}: counter {first.counter} does not follow the plate's "
+                    f"record {last_held[0]} the clinic holds (heads differ)",
+                    "gap",
+                )
         result = TrustResult()
         check_vouchers(rows, {device_id: Pin(device_id, key, start)}, result)
         if not result.ok:
