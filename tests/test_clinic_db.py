@@ -562,3 +562,22 @@ def test_two_programs_creating_the_database_at_once_both_succeed(db_url: str) ->
         t.join(60)
     assert not errors, errors
     assert count(db_url, "SELECT COUNT(*) FROM schema_version") == SCHEMA_VERSION
+
+
+def test_envelopes_are_kept_only_for_the_sessions_a_report_draws(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The bulk of a record is its envelope; the clinic keeps it only for flagged sessions."""
+    from sessions.clinic.importer import load_record
+
+    trip = {"status": "tripped", "minutes_at_dose": 2.0, "reason": "overload"}
+    records = make_records("P1", 5, tweak={3: trip}, envelope_points=50)
+    with ClinicDb(db_url) as db:
+        assert import_registered(db, write_export(tmp_path / "p1.jsonl", records)).added == 10
+        kept = [s for (s,) in db.query("SELECT session_id FROM envelopes")]
+        assert kept == [records[3]["session_id"]]
+        assert not [t for (t,) in db.query("SELECT record_json FROM records") if "envelope" in t]
+        flagged = load_record(db, records[3]["session_id"])
+        assert [list(p) for p in flagged.envelope] == records[3]["envelope"]
+        assert load_record(db, records[0]["session_id"]).envelope in ([], ())
+        assert load_record(db, records[0]["session_id"]).record_hash == records[0]["record_hash"]

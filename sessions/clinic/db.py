@@ -92,6 +92,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " head TEXT NOT NULL, signature TEXT NOT NULL, record_hash TEXT NOT NULL,"
         " UNIQUE (device_key, counter))",
     ),
+    # 4: envelopes apart from the records, kept only for the sessions a report draws
+    (
+        "CREATE TABLE envelopes ("
+        " session_id TEXT PRIMARY KEY REFERENCES records (session_id),"
+        " envelope_json TEXT NOT NULL)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -218,7 +218,7 @@ def _row(raw: Mapping[str, Any], import_id: str) -> tuple[Any, ...]:
         raw["target_g"],
         raw["mean_error_pct"],
         _json(summary),
-        _json(raw),
+        _json({k: v for k, v in raw.items() if k != "envelope"}),  # envelopes: own table
         import_id,
         str(raw.get("kind") or THERAPY),
     )
@@ -260,6 +260,15 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         )
         db.executemany(_INSERT_RECORD, [_row(r, import_id) for r in records])
         added = _check_held(db, records, import_id)
+        db.executemany(  # until refresh_patient keeps only those of flagged sessions
+            "INSERT INTO envelopes (session_id, envelope_json) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
+            [
+                (str(r["session_id"]), _json(r.get("envelope") or []))
+                for r in records
+                if r.get("envelope")
+            ],
+        )
         db.executemany(
             "INSERT INTO vouchers (session_id, device_key, counter, prev_head, head, signature,"
             " record_hash) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -424,10 +433,18 @@ def load_sessions(db: ClinicDb, patient_id: str) -> list[HeldSession]:
 
 def load_record(db: ClinicDb, session_id: str) -> SessionRecord:
     """One full record (with its envelope), for the charts of a report."""
-    rows = db.query("SELECT record_json FROM records WHERE session_id = ?", (session_id,))
+    rows = db.query(
+        "SELECT r.record_json, e.envelope_json FROM records r"
+        " LEFT JOIN envelopes e ON e.session_id = r.session_id WHERE r.session_id = ?",
+        (session_id,),
+    )
     if not rows:
         raise ClinicDbError(f"the clinic database holds no session {session_id}")
-    return _record_from_raw(json.loads(rows[0][0]))
+    raw = json.loads(rows[0][0])
+    if rows[0][1] is not None:
+        raw["envelope"] = json.loads(rows[0][1])
+    raw.setdefault("envelope", [])  # not kept: the session is not one a report draws
+    return _record_from_raw(raw)
 
 
 def load_raw_records(db: ClinicDb, patient_id: str) -> list[dict[str, Any]]:
@@ -452,6 +469,7 @@ def refresh_patient(db: ClinicDb, patient_id: str) -> None:
     today. Run under a per-patient lock so concurrent importers leave the newest figures.
     """
     from sessions.clinic.overview import patient_summary  # the adherence code, loaded on use
+    from sessions.report import _TRACE_KINDS as TRACE_KINDS  # the kinds a report draws
 
     def work() -> None:
         with db.transaction():
@@ -471,6 +489,14 @@ def refresh_patient(db: ClinicDb, patient_id: str) -> None:
                 "INSERT INTO patient_flags (patient_id, session_id, kind, local_date, reason)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(patient_id, *flag) for flag in summary.flags],
+            )
+            kinds = sorted(TRACE_KINDS)
+            db.execute(  # envelopes are kept only for the sessions a report draws
+                "DELETE FROM envelopes WHERE session_id IN"
+                " (SELECT session_id FROM records WHERE patient_id = ?) AND session_id NOT IN"
+                " (SELECT session_id FROM patient_flags WHERE patient_id = ? AND kind IN"
+                f" ({', '.join('?' * len(kinds))}))",
+                (patient_id, patient_id, *kinds),
             )
             db.execute(
                 "INSERT INTO patients (patient_id, timezone, sessions, last_session_day,"
