@@ -581,3 +581,32 @@ def test_envelopes_are_kept_only_for_the_sessions_a_report_draws(
         assert [list(p) for p in flagged.envelope] == records[3]["envelope"]
         assert load_record(db, records[0]["session_id"]).envelope in ([], ())
         assert load_record(db, records[0]["session_id"]).record_hash == records[0]["record_hash"]
+
+
+def test_verify_export_holds_one_chain_at_a_time(tmp_path: Path) -> None:
+    """A file of many chains (patients) is verified chain by chain: the envelopes of the other
+    chains are never held, so the peak does not grow with the number of chains."""
+    import tracemalloc
+
+    def peak(patients: int) -> int:
+        records = [
+            r
+            for k in range(patients)
+            for r in vouched(make_records(f"M{k}", 3, seed=k, envelope_points=2000))
+        ]
+        path = write_export(tmp_path / f"m{patients}.jsonl", records)
+        del records
+        with ClinicDb(str(tmp_path / f"c{patients}.db")) as db:
+            register_plates(db, *(f"LIV-M{k}" for k in range(patients)))
+            registry = PlateRegistry(db)
+            tracemalloc.start()
+            try:
+                verified = verify_export(path, registry)
+                top = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        assert len(verified.records) == 6 * patients
+        return top
+
+    one, six = peak(1), peak(6)
+    assert six < 2.5 * one, (one, six)

@@ -19,12 +19,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from firmware_bridge.errors import LivError
 from sessions.clinic.db import ClinicDb, ClinicDbError, now_utc
 from sessions.clinic.plates import PlateRegistry, check_export_vouchers
-from sessions.log.chain import _verify_chains
+from sessions.log.chain import _Entry, _verify_chains
 from sessions.log.exchange import _read_import
 from sessions.log.fields import _record_from_raw, _summary_from_raw
 from sessions.log.records import LogError, SessionRecord, SessionSummary
@@ -56,6 +56,7 @@ class VerifiedExport:
     heads: dict[str, str]  # log_id -> record_hash of the chain's last record in the file
     duplicates_in_file: int
     vouchers: dict[str, Voucher] = field(default_factory=dict)  # session_id -> its voucher
+    envelope_lines: dict[str, tuple[int, str]] = field(default_factory=dict)  # (offset, sha256)
 
 
 @dataclass
@@ -79,18 +80,25 @@ def verify_export(path: Path, registry: PlateRegistry) -> VerifiedExport:
     (``unvouched``), an unregistered plate (``unregistered``), counters that skip or repeat
     (``gap``) or that the clinic holds for other records (``conflict``).
     """
-    digest = hashlib.sha256()
-
-    def lines(stream: Iterable[bytes]) -> Iterator[str]:
-        """The file's lines as text, hashed on the way (the file is never held whole)."""
-        for number, line in enumerate(stream):
-            digest.update(line)
-            text = line.decode("utf-8")
-            yield text.removeprefix("\ufeff") if number == 0 else text
-
     try:
         with open(path, "rb") as stream:
-            chains, duplicates = _read_import(lines(stream))
+            file_sha256, places = _index_chains(stream)
+            records: list[dict[str, Any]] = []
+            vouchers: dict[str, Voucher] = {}
+            heads: dict[str, str] = {}
+            duplicates = 0
+            lines_of: dict[str, tuple[int, str]] = {}
+            for log_id in sorted(places):  # one chain in memory at a time
+                chain, found_heads, dup = _verify_chain(path, stream, places[log_id])
+                heads.update(found_heads)
+                duplicates += dup
+                for entry, place in chain:
+                    assert entry.raw is not None
+                    if entry.raw.get("envelope"):  # read again when stored (_envelopes)
+                        lines_of[entry.session_id] = place
+                    records.append({k: v for k, v in entry.raw.items() if k != "envelope"})
+                    if isinstance(entry.voucher, Voucher):
+                        vouchers[entry.session_id] = entry.voucher
     except OSError as exc:
         raise ImportRefusedError(
             f"{path} cannot be read ({exc.strerror or exc}); nothing was imported from it",
@@ -101,8 +109,64 @@ def verify_export(path: Path, registry: PlateRegistry) -> VerifiedExport:
             f"{path} is not a liv export (not UTF-8 text); nothing was imported from it",
             "unverified",
         ) from None
-    except LogError as exc:
-        raise ImportRefusedError(f"{path}: {exc}", "unverified") from exc
+    refusal = check_export_vouchers(((r, vouchers.get(r["session_id"])) for r in records), registry)
+    if refusal is not None:
+        raise ImportRefusedError(
+            f"{path}: {refusal.sentence}; nothing was imported from it",
+            refusal.kind,
+            sorted({str(r["patient_id"]) for r in records}),
+        )
+    return VerifiedExport(path, file_sha256, tuple(records), heads, duplicates, vouchers, lines_of)
+
+
+_Place = tuple[int, str, str]  # a line's offset, its SHA-256 and the session it claims
+
+
+def _index_chains(stream: BinaryIO) -> tuple[str, dict[str, list[_Place]]]:
+    """One pass over the file: its SHA-256 and, per log id, where its lines are. Nothing of a
+    record but its place is kept, so the pass is flat in memory."""
+    digest = hashlib.sha256()
+    places: dict[str, list[_Place]] = {}
+    offset = 0
+    for number, line in enumerate(iter(stream.readline, b"")):
+        digest.update(line)
+        here = offset
+        offset += len(line)
+        text = line.decode("utf-8")
+        if number == 0:
+            text = text.removeprefix("\ufeff")
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        log_id = obj.get("log_id") if isinstance(obj, dict) else ""
+        if number == 0 and isinstance(obj, dict) and "schema" in obj and log_id is None:
+            continue  # the export's header
+        session_id = obj.get("session_id") if isinstance(obj, dict) else None
+        places.setdefault(str(log_id or ""), []).append(
+            (here, hashlib.sha256(line).hexdigest(), str(session_id))
+        )
+    return digest.hexdigest(), places
+
+
+def _verify_chain(
+    path: Path, stream: BinaryIO, places: list[_Place]
+) -> tuple[list[tuple[_Entry, tuple[int, str]]], dict[str, str], int]:
+    """Parse and verify one chain from its lines: (entries with their place, heads, duplicates)."""
+
+    def lines() -> Iterator[str]:
+        for offset, _, _ in places:
+            stream.seek(offset)
+            yield stream.readline().decode("utf-8").removeprefix("\ufeff")
+
+    try:
+        chains, duplicates = _read_import(lines())
+    except LogError:
+        _whole_file_refusal(path)  # the same message, with the file's own line numbers
+        raise
+    place_of = {session_id: (offset, line_sha) for offset, line_sha, session_id in places}
     bad, heads = _verify_chains([(log_id, chains[log_id].values()) for log_id in sorted(chains)])
     if bad is not None:
         claimed = {
@@ -118,25 +182,21 @@ def verify_export(path: Path, registry: PlateRegistry) -> VerifiedExport:
             sorted(claimed),
         )
     entries = [
-        entry
+        (entry, place_of[entry.session_id])
         for log_id in sorted(chains)
         for _, entry in sorted(chains[log_id].items())
         if entry.raw is not None
     ]
-    refusal = check_export_vouchers(
-        ((entry.raw, entry.voucher) for entry in entries if entry.raw is not None), registry
-    )
-    if refusal is not None:
-        raise ImportRefusedError(
-            f"{path}: {refusal.sentence}; nothing was imported from it",
-            refusal.kind,
-            sorted({str(entry.raw["patient_id"]) for entry in entries if entry.raw is not None}),
-        )
-    records = tuple(entry.raw for entry in entries if entry.raw is not None)
-    vouchers = {
-        entry.session_id: entry.voucher for entry in entries if isinstance(entry.voucher, Voucher)
-    }
-    return VerifiedExport(path, digest.hexdigest(), records, heads, duplicates, vouchers)
+    return entries, heads, duplicates
+
+
+def _whole_file_refusal(path: Path) -> None:
+    """Raise the refusal the home's import would give for the whole file (error path only)."""
+    try:
+        with open(path, encoding="utf-8-sig") as text:
+            _read_import(text)
+    except LogError as exc:
+        raise ImportRefusedError(f"{path}: {exc}", "unverified") from exc
 
 
 def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
@@ -260,15 +320,12 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         )
         db.executemany(_INSERT_RECORD, [_row(r, import_id) for r in records])
         added = _check_held(db, records, import_id)
-        db.executemany(  # until refresh_patient keeps only those of flagged sessions
-            "INSERT INTO envelopes (session_id, envelope_json) VALUES (?, ?)"
-            " ON CONFLICT DO NOTHING",
-            [
-                (str(r["session_id"]), _json(r.get("envelope") or []))
-                for r in records
-                if r.get("envelope")
-            ],
-        )
+        for batch in _envelopes(verified):  # until refresh_patient keeps the flagged ones
+            db.executemany(
+                "INSERT INTO envelopes (session_id, envelope_json) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                batch,
+            )
         db.executemany(
             "INSERT INTO vouchers (session_id, device_key, counter, prev_head, head, signature,"
             " record_hash) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -331,6 +388,29 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
     outcome.duplicates = duplicates
     outcome.patients = tuple(patients)
     outcome.problems = [p[4] for p in problems]
+
+
+def _envelopes(verified: VerifiedExport, batch: int = 200) -> Iterator[list[tuple[str, str]]]:
+    """The envelopes of the file's records, read again from the file a batch at a time (the
+    verified records are held without them); a line changed since verification refuses."""
+    rows: list[tuple[str, str]] = []
+    with open(verified.path, "rb") as stream:
+        for session_id, (offset, line_sha) in verified.envelope_lines.items():
+            stream.seek(offset)
+            line = stream.readline()
+            if hashlib.sha256(line).hexdigest() != line_sha:
+                raise ImportRefusedError(
+                    f"{verified.path} changed while it was imported; nothing was imported from "
+                    "it, import it again",
+                    "unverified",
+                )
+            raw = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
+            rows.append((session_id, _json(raw["envelope"])))
+            if len(rows) == batch:
+                yield rows
+                rows = []
+    if rows:
+        yield rows
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
