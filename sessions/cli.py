@@ -632,9 +632,25 @@ _DOCS: dict[str, tuple[str, str]] = {
         "one patient's report, FHIR export.",
         "liv clinic overview",
     ),
+    "clinic plate": (
+        "The plates the clinic dispensed: the clinic takes in only records that a registered "
+        "plate vouches for.",
+        "liv clinic plate list",
+    ),
+    "clinic plate add": (
+        "Register a plate the clinic dispensed: its device id and its Ed25519 public key (64 "
+        "hex digits). Its exports can then be imported.",
+        "liv clinic plate add LIV-0042 "
+        "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29",
+    ),
+    "clinic plate list": (
+        "List the registered plates: device id, key id, first counter, when registered.",
+        "liv clinic plate list",
+    ),
     "clinic import": (
         "Verify patients' exports and take them into the clinic database; a file that does "
-        "not verify or contradicts records already held is refused whole (exit 1).",
+        "not verify, holds a record its registered plate does not vouch for, or contradicts "
+        "records already held is refused whole (exit 1).",
         "liv clinic import P001.jsonl P002.jsonl",
     ),
     "clinic overview": (
