@@ -208,3 +208,22 @@ def test_a_real_export_of_sessions_on_the_simulated_plate_is_imported(
         assert {k for (k,) in db.query("SELECT DISTINCT kind FROM records")} == kinds
     assert kinds == {"simulated"}
     assert count(db_url, "SELECT COUNT(*) FROM vouchers") == outcome.added
+
+
+def test_a_counter_taken_by_a_concurrent_import_refuses_the_later_file(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Two forks of a plate's log verified at once, before either is stored: the second to be
+    stored finds the counters taken (unique per plate key and counter) and is refused whole."""
+    from sessions.clinic.importer import ImportOutcome, ImportRefusedError, _store, verify_export
+    from sessions.clinic.plates import PlateRegistry
+
+    first = write_export(tmp_path / "a.jsonl", vouched(make_records("P1", 2, seed=6)))
+    fork = write_export(tmp_path / "b.jsonl", vouched(make_records("P1", 2, seed=8)))
+    with ClinicDb(db_url) as db:
+        register_plates(db, "LIV-P1")
+        verified_fork = verify_export(fork, PlateRegistry(db))  # before the first is stored
+        assert import_export(db, first).added == 4
+        with pytest.raises(ImportRefusedError, match="counter 1 of plate key"):
+            _store(db, verified_fork, ImportOutcome(fork))
+    assert count(db_url, "SELECT COUNT(*) FROM records") == 4

@@ -28,7 +28,7 @@ from sessions.log.chain import _Entry, _verify_chains
 from sessions.log.exchange import _read_import
 from sessions.log.fields import _record_from_raw, _summary_from_raw
 from sessions.log.records import LogError, SessionRecord, SessionSummary
-from sessions.log.vouch import Voucher
+from sessions.log.vouch import Voucher, key_name
 
 _log = logging.getLogger(__name__)
 
@@ -344,6 +344,7 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
                 for v in (verified.vouchers[s],)
             ],
         )
+        _check_vouchers_held(db, verified)
         duplicates = len(records) - added + verified.duplicates_in_file
         for log_id in log_ids:
             mine = [r for r in records if r["log_id"] == log_id]
@@ -388,6 +389,28 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
     outcome.duplicates = duplicates
     outcome.patients = tuple(patients)
     outcome.problems = [p[4] for p in problems]
+
+
+def _check_vouchers_held(db: ClinicDb, verified: VerifiedExport) -> None:
+    """Every record's voucher is now held: one skipped by the unique (plate key, counter) was
+    taken by another record stored at the same time (a forked log imported concurrently)."""
+    held: set[str] = set()
+    for part in _chunks(sorted(verified.vouchers)):
+        marks = ", ".join("?" * len(part))
+        held.update(
+            str(s)
+            for (s,) in db.query(
+                f"SELECT session_id FROM vouchers WHERE session_id IN ({marks})", part
+            )
+        )
+    for session_id, voucher in verified.vouchers.items():
+        if session_id not in held:
+            raise ImportRefusedError(
+                f"session {session_id} (counter {voucher.counter} of plate key "
+                f"{key_name(voucher.device_key)}) conflicts with the clinic's record of that "
+                "counter; nothing was imported from this file",
+                "conflict",
+            )
 
 
 def _envelopes(verified: VerifiedExport, batch: int = 200) -> Iterator[list[tuple[str, str]]]:
