@@ -1,16 +1,18 @@
 """Clinic database at scale: import throughput, overview, one report, memory; SQLite and PostgreSQL.
 
     python benchmarks/bench_clinic.py [--patients 1000] [--imported 100] [--days 365]
-        [--backend both] [--pg-url postgresql://...] [--json OUT.json]
+        [--envelope-points 4] [--backend both] [--pg-url postgresql://...] [--json OUT.json]
 
 Each patient has one export of ``days`` days of two sessions (``--days 365``: 730 records; 1,000
 patients: 730,000 sessions), written as ``liv export`` writes them (tests/test_clinic_db.py
-``make_records``; envelopes shortened to 4 points, since the clinic never reads them for the
-overview). The first ``--imported`` exports are imported with ``import_export`` (verification,
-insert, the patient's summary rows): that gives the import throughput. The other patients are
-copies of those, made in SQL (records, summary rows, new ids), because importing 730,000
-sessions one by one takes longer than this machine can spare (about 1.3 s a patient); the
-database then has the full number of rows, which is what the overview and the report read.
+``make_records``; envelopes of ``--envelope-points`` points, 4 by default, since the overview never
+reads them; the clinic keeps only those of flagged sessions), each record vouched for by its plate,
+whose key is registered before the import. The first ``--imported`` exports are imported with
+``import_export`` (verification, insert, the patient's summary rows): that gives the import
+throughput. The other patients are copies of those, made in SQL (records, summary rows, new ids),
+because importing 730,000 sessions one by one takes longer than this machine can spare (about 1.3 s
+a patient); the database then has the full number of rows, which is what the overview and the report
+read.
 At ``--imported`` patients and at all of them: the overview (``overview`` + JSON, what ``liv
 clinic overview --format json`` does; best of 3), one patient's full report (HTML, with
 compute_adherence; best of 3), and the peak Python memory (tracemalloc) of each.
@@ -41,6 +43,7 @@ from tests.test_clinic_db import (
     fresh_postgres_db,
     make_records,
     postgres_bindir,
+    register_plates,
     throwaway_postgres,
     write_export,
 )
@@ -63,14 +66,16 @@ def _best(fn: Callable[[], Any], runs: int = 3) -> tuple[float, int]:
     return min(times), peak
 
 
-def _exports(folder: Path, patients: int, days: int) -> list[Path]:
+def _exports(folder: Path, patients: int, days: int, points: int = 4) -> list[Path]:
     today = datetime.now(UTC).date()
     paths = []
     for k in range(patients):
         # a varied clinic: every 7th patient stopped 10 days ago, every 5th misses days
         last = today - timedelta(days=10 if k % 7 == 0 else 1)
         skip = frozenset(range(days - 20, days - 14)) if k % 5 == 0 else frozenset()
-        records = make_records(f"P{k:04d}", days, last_day=last, seed=k, skip_days=skip)
+        records = make_records(
+            f"P{k:04d}", days, last_day=last, seed=k, skip_days=skip, envelope_points=points
+        )
         paths.append(write_export(folder / f"P{k:04d}.jsonl", records))
     return paths
 
@@ -139,6 +144,7 @@ def run_backend(url: str, name: str, exports: list[Path], patients: int) -> dict
             tracing = k in (1, len(exports))
             if tracing:
                 tracemalloc.start()
+            register_plates(db, f"LIV-{path.stem}"[:16])  # the plate, registered beforehand
             start = time.perf_counter()
             outcome = import_export(db, path)
             import_s += time.perf_counter() - start
@@ -151,6 +157,16 @@ def run_backend(url: str, name: str, exports: list[Path], patients: int) -> dict
         figures["import_sessions_per_s"] = round(imported / import_s)
         figures["import_peak_mb"] = round(import_peak / 1e6, 2)
         figures["imported_sessions"] = imported
+        (record_bytes,) = db.query("SELECT COALESCE(SUM(LENGTH(record_json)), 0) FROM records")[0]
+        kept, envelope_bytes = db.query(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope_json)), 0) FROM envelopes"
+        )[0]
+        export_bytes = sum(path.stat().st_size for path in exports)
+        figures["export_bytes_per_session"] = round(export_bytes / imported)
+        figures["stored_bytes_per_session"] = round(
+            (int(record_bytes) + int(envelope_bytes)) / imported
+        )
+        figures["envelopes_kept"] = int(kept)
         print(f"  {name}: imported {len(exports)} patients, {imported} sessions",
               file=sys.stderr)  # fmt: skip
         figures["points"].append(_measure(db, name, len(exports), imported))
@@ -186,12 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--pg-url", help="a PostgreSQL server (default: a throwaway cluster)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--envelope-points", type=int, default=4,
+        help="points per session envelope (a real 10-minute session has about 12,000)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="liv-bench-clinic-") as tmp:
         folder = Path(tmp)
         start = time.perf_counter()
-        exports = _exports(folder, min(args.imported, args.patients), args.days)
+        exports = _exports(
+            folder, min(args.imported, args.patients), args.days, args.envelope_points
+        )
         print(f"wrote {len(exports)} exports in {time.perf_counter() - start:.0f} s",
               file=sys.stderr)  # fmt: skip
         if args.backend in ("sqlite", "both"):
@@ -211,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{backend['backend']:<11} import {backend['imported_sessions']} sessions in "
             f"{backend['import_s']} s = {backend['import_sessions_per_s']} sessions/s, "
-            f"peak {backend['import_peak_mb']} MB per export"
+            f"peak {backend['import_peak_mb']} MB per export; stored "
+            f"{backend['stored_bytes_per_session']} B/session (export "
+            f"{backend['export_bytes_per_session']} B/session), "
+            f"{backend['envelopes_kept']} envelopes kept"
         )
     last = [b["points"][-1] for b in results]
     ok = all(p["overview_s"] <= OVERVIEW_TARGET_S and p["report_s"] <= REPORT_TARGET_S

@@ -446,6 +446,19 @@ def _add_clinic_commands(commands: Any) -> None:
     cimport.add_argument("files", nargs="+", metavar="FILE", help="files written by 'liv export'")
     cimport.set_defaults(handler=clinic_mod.cmd_clinic_import)
 
+    plate = ccmds.add_parser("plate", help="the plates the clinic dispensed (their keys)")
+    pcmds = plate.add_subparsers(dest="plate_command", required=True, metavar="ACTION")
+    padd = with_clinic_db(pcmds.add_parser("add", help="register a plate's public key"))
+    padd.add_argument("device_id", metavar="DEVICE_ID", help="the plate's id, e.g. LIV-0042")
+    padd.add_argument("key", metavar="KEYHEX", help="its Ed25519 public key, 64 hex digits")
+    padd.add_argument(
+        "--first-counter", type=int, default=1, metavar="N",
+        help="the first counter it vouches with for this clinic (default 1: a new plate)",
+    )  # fmt: skip
+    padd.set_defaults(handler=clinic_mod.cmd_clinic_plate_add)
+    plist = with_clinic_db(pcmds.add_parser("list", help="the registered plates"))
+    plist.set_defaults(handler=clinic_mod.cmd_clinic_plate_list)
+
     overview = with_clinic_db(ccmds.add_parser("overview", help="every patient, worst first"))
     overview.add_argument(
         "--format", choices=("table", "json", "html"), default="table",
@@ -619,9 +632,25 @@ _DOCS: dict[str, tuple[str, str]] = {
         "one patient's report, FHIR export.",
         "liv clinic overview",
     ),
+    "clinic plate": (
+        "The plates the clinic dispensed: the clinic takes in only records that a registered "
+        "plate vouches for.",
+        "liv clinic plate list",
+    ),
+    "clinic plate add": (
+        "Register a plate the clinic dispensed: its device id and its Ed25519 public key (64 "
+        "hex digits). Its exports can then be imported.",
+        "liv clinic plate add LIV-0042 "
+        "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29",
+    ),
+    "clinic plate list": (
+        "List the registered plates: device id, key id, first counter, when registered.",
+        "liv clinic plate list",
+    ),
     "clinic import": (
         "Verify patients' exports and take them into the clinic database; a file that does "
-        "not verify or contradicts records already held is refused whole (exit 1).",
+        "not verify, holds a record its registered plate does not vouch for, or contradicts "
+        "records already held is refused whole (exit 1).",
         "liv clinic import P001.jsonl P002.jsonl",
     ),
     "clinic overview": (

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from sessions.cli import main
-from sessions.clinic.db import ClinicDb
 from tests import test_clinic_db
-from tests.test_clinic_db import count, make_records, write_export
+from tests.test_clinic_db import cli_register, count, make_records, write_export
 
 db_url = test_clinic_db.db_url  # the fixture: SQLite and PostgreSQL
 postgres_server = test_clinic_db.postgres_server
@@ -26,6 +25,7 @@ def test_import_names_each_file_and_exits_1_when_one_is_refused(
     edited = make_records("P2", 2, seed=2)
     edited[1]["minutes_at_dose"] = 2.0
     bad = write_export(tmp_path / "bad.jsonl", edited)
+    cli_register(db_url, "LIV-P1", "LIV-P2")
     assert main(["clinic", "import", "--db", db_url, str(good), str(bad)]) == 1
     out, err = capsys.readouterr()
     assert f"imported {good}: 4 new records, 0 already held (P1)" in out
@@ -76,11 +76,13 @@ def test_the_database_lives_in_the_clinic_directory_by_default(
     monkeypatch.delenv("LIV_CLINIC_DB", raising=False)
     monkeypatch.setenv("LIV_CLINIC_HOME", str(tmp_path / "clinic"))
     export = write_export(tmp_path / "e.jsonl", make_records("P1", 1))
+    cli_register("", "LIV-P1")
     assert main(["clinic", "import", str(export)]) == 0
     db = tmp_path / "clinic" / "clinic.db"
     assert db.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "clinic").stat().st_mode & 0o777 == 0o700
     monkeypatch.setenv("LIV_CLINIC_DB", str(tmp_path / "other.db"))
+    cli_register("", "LIV-P1")
     assert main(["clinic", "import", str(export)]) == 0
     assert count(str(tmp_path / "other.db"), "SELECT COUNT(*) FROM records") == 2
 
@@ -100,7 +102,7 @@ def test_two_clinicians_importing_at_once_from_two_programs(db_url: str, tmp_pat
         str(write_export(tmp_path / f"p{k}.jsonl", make_records(f"P{k}", 10, seed=20 + k)))
         for k in range(4)
     ]
-    ClinicDb(db_url).close()
+    cli_register(db_url, *(f"LIV-P{k}" for k in range(4)))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     programs = [
         subprocess.Popen(

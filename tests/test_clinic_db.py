@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -28,12 +30,17 @@ from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from firmware_bridge.countersign import GENESIS_HEAD, next_head, signed_bytes
 from sessions.clinic.db import SCHEMA_VERSION, ClinicDb, ClinicDbError
-from sessions.clinic.importer import import_export, refresh_patient, verify_export
+from sessions.clinic.importer import ImportOutcome, import_export, refresh_patient, verify_export
+from sessions.clinic.plates import PlateRegistry, add_plate
 from sessions.log import GENESIS_HASH, SessionLog, record_hash
 from sessions.log.canonical import canonical_json
 from sessions.log.fields import _iso
+from sessions.log.vouch import Voucher, device_id_raw
 from sessions.protocol import protocol_from_dict
 
 TODAY = date(2026, 3, 1)
@@ -65,7 +72,7 @@ def make_records(
     *,
     last_day: date = TODAY - timedelta(days=1),
     log_id: str | None = None,
-    device_id: str = "LIV-0001",
+    device_id: str | None = None,
     firmware: str = "1.2.0",
     seed: int = 1,
     skip_days: frozenset[int] = frozenset(),
@@ -75,6 +82,7 @@ def make_records(
     """A verifying chain of ``days`` days of two 10-minute sessions (``tweak[k]``: record k's
     field changes, applied before hashing)."""
     rng = random.Random(seed)
+    device_id = device_id or f"LIV-{patient_id}"[:16]  # each patient's own plate
     zone = ZoneInfo(ZONE)
     first_day = last_day - timedelta(days=days - 1)
     protocol = protocol_from_dict(protocol_dict(patient_id, first_day - timedelta(days=10)))
@@ -129,9 +137,75 @@ def make_records(
     return records
 
 
-def write_export(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(canonical_json(r) + "\n" for r in records), encoding="utf-8")
+def plate_key(device_id: str) -> Ed25519PrivateKey:
+    """A test plate's device key, the same for the same device id in every test."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(device_id.encode()).digest())
+
+
+def plate_key_hex(device_id: str) -> str:
+    return plate_key(device_id).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def vouched(
+    records: list[dict[str, Any]],
+    first_counter: int = 1,
+    key_of: str | None = None,
+    head: str = GENESIS_HEAD.hex(),
+) -> list[dict[str, Any]]:
+    """The records with the ``device_voucher`` their plate gives them, counted from
+    ``first_counter`` after ``head`` in chain order (``key_of``: sign with another device's key
+    instead)."""
+    out: list[dict[str, Any]] = []
+    heads: dict[str, tuple[int, bytes]] = {}
+    for raw in sorted(records, key=lambda r: (r["log_id"], r["chain_index"])):
+        device_id = str(raw["device_id"])
+        counter, prev = heads.get(device_id, (first_counter - 1, bytes.fromhex(head)))
+        counter += 1
+        digest = bytes.fromhex(raw["record_hash"])
+        new_head = next_head(prev, counter, digest)
+        key = plate_key(key_of or device_id)
+        signature = key.sign(
+            signed_bytes(device_id_raw(device_id), counter, digest, prev, new_head)
+        )
+        voucher = Voucher(plate_key_hex(key_of or device_id), counter, prev.hex(),
+                          new_head.hex(), signature.hex())  # fmt: skip
+        out.append({**raw, "device_voucher": voucher.to_json()})
+        heads[device_id] = (counter, new_head)
+    return out
+
+
+def write_export(path: Path, records: list[dict[str, Any]], *, vouch: bool = True) -> Path:
+    """The file `liv export` writes: each record with its plate's voucher (``vouch``)."""
+    lines = (
+        vouched(records) if vouch and records and "device_voucher" not in records[0] else records
+    )
+    path.write_text("".join(canonical_json(r) + "\n" for r in lines), encoding="utf-8")
     return path
+
+
+def register_plates(db: ClinicDb, *device_ids: str) -> None:
+    for device_id in device_ids:
+        add_plate(db, device_id, plate_key_hex(device_id))
+
+
+def cli_register(db: str, *device_ids: str) -> None:
+    """Register the test plates the way a clinician does: ``liv clinic plate add``."""
+    from sessions.cli import main
+
+    for device_id in device_ids:
+        argv = ["clinic", "plate", "add", device_id, plate_key_hex(device_id)]
+        assert main([*argv, *(["--db", db] if db else [])]) == 0
+
+
+def import_registered(db: ClinicDb, path: Path) -> ImportOutcome:
+    """``import_export`` after registering the test plates of the file's records."""
+    devices = {
+        json.loads(line)["device_id"]
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and line.lstrip().startswith("{") and '"device_id"' in line
+    }
+    register_plates(db, *sorted(devices))
+    return import_export(db, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,8 +327,8 @@ def test_an_export_is_imported_once_and_reimporting_adds_nothing(
 ) -> None:
     export = write_export(tmp_path / "p1.jsonl", make_records("P1", 10))
     with ClinicDb(db_url) as db:
-        first = import_export(db, export)
-        again = import_export(db, export)
+        first = import_registered(db, export)
+        again = import_registered(db, export)
     assert (first.refused, first.added, first.duplicates) == (None, 20, 0)
     assert (again.refused, again.added, again.duplicates) == (None, 0, 20)
     assert count(db_url, "SELECT COUNT(*) FROM records") == 20
@@ -269,8 +343,8 @@ def test_a_longer_export_of_the_same_log_adds_only_the_new_records(
     early = write_export(tmp_path / "early.jsonl", records[:8])
     full = write_export(tmp_path / "full.jsonl", records)
     with ClinicDb(db_url) as db:
-        assert import_export(db, early).added == 8
-        later = import_export(db, full)
+        assert import_registered(db, early).added == 8
+        later = import_registered(db, full)
     assert (later.added, later.duplicates, later.problems) == (12, 8, [])
 
 
@@ -280,8 +354,8 @@ def test_a_conflicting_record_refuses_the_whole_file_and_is_reported(
     original = make_records("P1", 5, seed=3)
     forked = make_records("P1", 6, seed=3, tweak={4: {"minutes_at_dose": 3.0}})
     with ClinicDb(db_url) as db:
-        assert import_export(db, write_export(tmp_path / "a.jsonl", original)).added == 10
-        outcome = import_export(db, write_export(tmp_path / "b.jsonl", forked))
+        assert import_registered(db, write_export(tmp_path / "a.jsonl", original)).added == 10
+        outcome = import_registered(db, write_export(tmp_path / "b.jsonl", forked))
     assert outcome.refused is not None
     assert "conflicts" in outcome.refused
     assert outcome.added == 0
@@ -296,8 +370,8 @@ def test_the_same_session_under_another_place_is_a_conflict(db_url: str, tmp_pat
     stolen = first[1]["session_id"]
     other = make_records("P2", 2, seed=5, tweak={0: {"session_id": stolen}})
     with ClinicDb(db_url) as db:
-        import_export(db, write_export(tmp_path / "a.jsonl", first))
-        outcome = import_export(db, write_export(tmp_path / "b.jsonl", other))
+        import_registered(db, write_export(tmp_path / "a.jsonl", first))
+        outcome = import_registered(db, write_export(tmp_path / "b.jsonl", other))
     assert outcome.refused is not None
     assert stolen in outcome.refused
     assert count(db_url, "SELECT COUNT(*) FROM records WHERE patient_id = 'P2'") == 0
@@ -307,10 +381,10 @@ def test_an_edited_export_is_refused_by_the_verification_seam(db_url: str, tmp_p
     records = make_records("P1", 3)
     records[2]["minutes_at_dose"] = 9.5  # edited after hashing
     export = write_export(tmp_path / "edited.jsonl", records)
-    with pytest.raises(Exception, match="does not verify"):
-        verify_export(export)
+    with pytest.raises(Exception, match="does not verify"), ClinicDb(db_url) as db:
+        verify_export(export, PlateRegistry(db))
     with ClinicDb(db_url) as db:
-        outcome = import_export(db, export)
+        outcome = import_registered(db, export)
     assert outcome.refused is not None
     assert "does not verify" in outcome.refused
     assert count(db_url, "SELECT COUNT(*) FROM records") == 0
@@ -322,8 +396,8 @@ def test_an_export_shorter_than_the_clinics_copy_is_reported_as_a_rollback(
 ) -> None:
     records = make_records("P1", 10)
     with ClinicDb(db_url) as db:
-        import_export(db, write_export(tmp_path / "full.jsonl", records))
-        outcome = import_export(db, write_export(tmp_path / "old.jsonl", records[:6]))
+        import_registered(db, write_export(tmp_path / "full.jsonl", records))
+        outcome = import_registered(db, write_export(tmp_path / "old.jsonl", records[:6]))
     assert outcome.refused is None
     assert len(outcome.problems) == 1
     assert "lost 14 record(s)" in outcome.problems[0]
@@ -332,10 +406,10 @@ def test_an_export_shorter_than_the_clinics_copy_is_reported_as_a_rollback(
 
 def test_a_patients_new_log_beside_the_old_one_is_reported(db_url: str, tmp_path: Path) -> None:
     old = make_records("P1", 4, last_day=TODAY - timedelta(days=10), seed=6)
-    new = make_records("P1", 4, seed=7)
+    new = make_records("P1", 4, seed=7, device_id="LIV-0002")  # a new plate
     with ClinicDb(db_url) as db:
-        import_export(db, write_export(tmp_path / "old.jsonl", old))
-        outcome = import_export(db, write_export(tmp_path / "new.jsonl", new))
+        import_registered(db, write_export(tmp_path / "old.jsonl", old))
+        outcome = import_registered(db, write_export(tmp_path / "new.jsonl", new))
     assert outcome.added == 8
     assert any("new log" in p for p in outcome.problems)
     assert count(db_url, "SELECT COUNT(*) FROM problems WHERE kind = 'new_chain'") == 1
@@ -349,7 +423,7 @@ def test_exports_written_by_the_session_log_are_imported(db_url: str, tmp_path: 
         exported = tmp_path / "exported.jsonl"
         log.export_jsonl(exported)
     with ClinicDb(db_url) as db:
-        outcome = import_export(db, exported)
+        outcome = import_registered(db, exported)
     assert (outcome.refused, outcome.added) == (None, 6)
 
 
@@ -450,7 +524,7 @@ def test_clinicians_importing_at_once_lose_nothing(db_url: str, tmp_path: Path) 
             with ClinicDb(db_url) as db:
                 start.wait()
                 for path in order:
-                    outcome = import_export(db, path)
+                    outcome = import_registered(db, path)
                     assert outcome.refused is None, outcome.refused
         except BaseException as exc:
             errors.append(exc)
@@ -488,3 +562,51 @@ def test_two_programs_creating_the_database_at_once_both_succeed(db_url: str) ->
         t.join(60)
     assert not errors, errors
     assert count(db_url, "SELECT COUNT(*) FROM schema_version") == SCHEMA_VERSION
+
+
+def test_envelopes_are_kept_only_for_the_sessions_a_report_draws(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The bulk of a record is its envelope; the clinic keeps it only for flagged sessions."""
+    from sessions.clinic.importer import load_record
+
+    trip = {"status": "tripped", "minutes_at_dose": 2.0, "reason": "overload"}
+    records = make_records("P1", 5, tweak={3: trip}, envelope_points=50)
+    with ClinicDb(db_url) as db:
+        assert import_registered(db, write_export(tmp_path / "p1.jsonl", records)).added == 10
+        kept = [s for (s,) in db.query("SELECT session_id FROM envelopes")]
+        assert kept == [records[3]["session_id"]]
+        assert not [t for (t,) in db.query("SELECT record_json FROM records") if "envelope" in t]
+        flagged = load_record(db, records[3]["session_id"])
+        assert [list(p) for p in flagged.envelope] == records[3]["envelope"]
+        assert load_record(db, records[0]["session_id"]).envelope in ([], ())
+        assert load_record(db, records[0]["session_id"]).record_hash == records[0]["record_hash"]
+
+
+def test_verify_export_holds_one_chain_at_a_time(tmp_path: Path) -> None:
+    """A file of many chains (patients) is verified chain by chain: the envelopes of the other
+    chains are never held, so the peak does not grow with the number of chains."""
+    import tracemalloc
+
+    def peak(patients: int) -> int:
+        records = [
+            r
+            for k in range(patients)
+            for r in vouched(make_records(f"M{k}", 3, seed=k, envelope_points=2000))
+        ]
+        path = write_export(tmp_path / f"m{patients}.jsonl", records)
+        del records
+        with ClinicDb(str(tmp_path / f"c{patients}.db")) as db:
+            register_plates(db, *(f"LIV-M{k}" for k in range(patients)))
+            registry = PlateRegistry(db)
+            tracemalloc.start()
+            try:
+                verified = verify_export(path, registry)
+                top = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        assert len(verified.records) == 6 * patients
+        return top
+
+    one, six = peak(1), peak(6)
+    assert six < 2.5 * one, (one, six)

@@ -25,7 +25,7 @@ from sessions.clinic.fhir import (
 )
 from sessions.log import SessionLog
 from sessions.log.fields import _summary_from_raw
-from tests.test_clinic_db import make_records, write_export
+from tests.test_clinic_db import cli_register, make_records, write_export
 
 # FHIR R4 required bindings the models do not enforce
 DEVICE_USE_STATUSES = {"active", "completed", "entered-in-error", "intended", "stopped", "on-hold"}
@@ -112,7 +112,7 @@ def test_the_mapping_field_by_field() -> None:
     assert set(patient) == {"resourceType", "id", "meta", "identifier"}  # a pseudonym only
     assert patient["identifier"][0]["value"] == "P7"
     device = next(r for r in resources if r["resourceType"] == "Device")
-    assert device["identifier"][0]["value"] == "LIV-0001"
+    assert device["identifier"][0]["value"] == "LIV-P7"
     assert [v["value"] for v in device["version"]] == ["1.2.0", "1.3.0"]
     uses = [r for r in resources if r["resourceType"] == "DeviceUseStatement"]
     for raw, use in zip(records, uses, strict=True):
@@ -175,6 +175,7 @@ def test_liv_export_format_fhir_on_the_home_side(
 def test_liv_clinic_export_format_fhir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "clinic.db")
     export = write_export(tmp_path / "e.jsonl", _records())
+    cli_register(db, "LIV-P7")
     assert main(["clinic", "import", "--db", db, str(export)]) == 0
     capsys.readouterr()
     assert main(["clinic", "export", "--db", db, "--format", "fhir", "P7"]) == 0

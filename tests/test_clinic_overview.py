@@ -16,7 +16,7 @@ import pytest
 from sessions.adherence import compute_adherence
 from sessions.cli import main
 from sessions.clinic.db import ClinicDb
-from sessions.clinic.importer import HeldSession, import_export, load_sessions
+from sessions.clinic.importer import HeldSession, load_sessions
 from sessions.clinic.overview import (
     attention_key,
     clinic_problems,
@@ -29,7 +29,7 @@ from sessions.log import SessionLog
 from sessions.log.fields import _summary_from_raw
 from sessions.report import render_json
 from tests import test_clinic_db
-from tests.test_clinic_db import TODAY, make_records, write_export
+from tests.test_clinic_db import TODAY, cli_register, import_registered, make_records, write_export
 from tests.test_report_html import CHROMIUM, _chromium_args, _run_chromium
 
 # the fixtures: every test with db_url runs on SQLite and on PostgreSQL
@@ -41,7 +41,7 @@ YESTERDAY = TODAY - timedelta(days=1)
 
 
 def _import(db: ClinicDb, path: Path, records: list[dict[str, object]]) -> None:
-    outcome = import_export(db, write_export(path, records))
+    outcome = import_registered(db, write_export(path, records))
     assert outcome.refused is None, outcome.refused
 
 
@@ -78,7 +78,7 @@ def test_overview_figures_are_compute_adherences_over_each_window(
     assert row.last_7.session_adherence == pytest.approx(11 / 14)  # day -3 missed, one short
     assert row.days_since_last == 1
     assert row.flags["under_dose"] == 1
-    assert (row.device_id, row.firmware_version) == ("LIV-0001", "1.2.0")
+    assert (row.device_id, row.firmware_version) == ("LIV-P1", "1.2.0")
 
 
 def test_flags_are_open_for_30_days_and_trips_sort_first(db_url: str, tmp_path: Path) -> None:
@@ -128,10 +128,10 @@ def test_a_tampered_export_flags_its_patient_and_a_stranger_is_listed_apart(
         _import(db, tmp_path / "ok.jsonl", make_records("P1", 5, seed=11))
         edited = make_records("P1", 6, seed=11)
         edited[11]["minutes_at_dose"] = 10.0 if edited[11]["minutes_at_dose"] != 10.0 else 9.0
-        assert import_export(db, write_export(tmp_path / "edit.jsonl", edited)).refused
+        assert import_registered(db, write_export(tmp_path / "edit.jsonl", edited)).refused
         stranger = make_records("NEW-1", 2, seed=12)
         stranger[0]["slot"] = 2
-        assert import_export(db, write_export(tmp_path / "new.jsonl", stranger)).refused
+        assert import_registered(db, write_export(tmp_path / "new.jsonl", stranger)).refused
         rows = overview(db, now=NOW)
         problems = clinic_problems(db)
     assert [(r.patient_id, r.flags["integrity"]) for r in rows] == [("P1", 1)]
@@ -159,7 +159,7 @@ def test_the_clinic_report_is_the_home_report_of_the_same_records(
         home = log.summaries()
     home_report = render_json(compute_adherence(current_protocol(home), home, today=TODAY))
     with ClinicDb(db_url) as db:
-        import_export(db, export)
+        import_registered(db, export)
         clinic = patient_report(db, "P1", "json", today=TODAY)
     assert json.loads(clinic) == json.loads(home_report)
 
@@ -173,7 +173,7 @@ def test_the_clinic_html_report_draws_flagged_sessions_from_the_stored_record(
         _import(db, tmp_path / "p1.jsonl", records)
         page = patient_report(db, "P1", "html", today=TODAY)
     assert "Amplitude traces of flagged sessions" in page
-    assert f"<figcaption>{records[15]['session_id']} &#183; LIV-0001</figcaption>" in page
+    assert f"<figcaption>{records[15]['session_id']} &#183; LIV-P1</figcaption>" in page
 
 
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} not found")
@@ -188,6 +188,7 @@ def test_the_html_overview_opens_in_chromium_with_a_report_per_row(
                      make_records("LATE.1", 10, seed=2,
                                   last_day=date.today() - timedelta(days=6))),
     ]  # fmt: skip
+    cli_register(str(db), "LIV-GOOD", "LIV-LATE.1")
     assert main(["clinic", "import", "--db", str(db), *map(str, exports)]) == 0
     page = tmp_path / "site" / "overview.html"
     page.parent.mkdir()

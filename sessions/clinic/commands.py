@@ -59,6 +59,33 @@ def cmd_clinic_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clinic_plate_add(args: argparse.Namespace) -> int:
+    from sessions.clinic.plates import add_plate
+
+    with open_db(args) as db:
+        plate = add_plate(db, args.device_id, args.key, args.first_counter)
+    echo(
+        f"plate {plate.device_id} registered with key {plate.key_id} (first counter "
+        f"{plate.first_counter}); its exports can now be imported"
+    )
+    return 0
+
+
+def cmd_clinic_plate_list(args: argparse.Namespace) -> int:
+    from sessions.clinic.plates import list_plates
+
+    with open_db(args) as db:
+        plates = list_plates(db)
+    if not plates:
+        echo("no plates registered; register each with 'liv clinic plate add DEVICE_ID KEYHEX'")
+        return 0
+    echo(f"{'device':<16}  {'key id':<16}  first  registered")
+    for p in plates:
+        echo(f"{p.device_id:<16}  {p.key_id:<16}  {p.first_counter:>5}  {p.added_utc}")
+        echo(f"  {p.device_key}")
+    return 0
+
+
 def cmd_clinic_overview(args: argparse.Namespace) -> int:
     from sessions.clinic.overview import (
         clinic_problems,
@@ -141,5 +168,7 @@ __all__ = [
     "cmd_clinic_export",
     "cmd_clinic_import",
     "cmd_clinic_overview",
+    "cmd_clinic_plate_add",
+    "cmd_clinic_plate_list",
     "cmd_clinic_report",
 ]

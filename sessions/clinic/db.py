@@ -81,6 +81,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " local_date TEXT NOT NULL, reason TEXT NOT NULL,"
         " PRIMARY KEY (patient_id, session_id, kind))",
     ),
+    # 3: the plates the clinic dispensed (their Ed25519 keys) and each record's countersignature
+    (
+        "CREATE TABLE plates ("
+        " device_id TEXT PRIMARY KEY, device_key TEXT NOT NULL, first_counter BIGINT NOT NULL,"
+        " added_utc TEXT NOT NULL)",
+        "CREATE TABLE vouchers ("
+        " session_id TEXT PRIMARY KEY REFERENCES records (session_id),"
+        " device_key TEXT NOT NULL, counter BIGINT NOT NULL, prev_head TEXT NOT NULL,"
+        " head TEXT NOT NULL, signature TEXT NOT NULL, record_hash TEXT NOT NULL,"
+        " UNIQUE (device_key, counter))",
+    ),
+    # 4: envelopes apart from the records, kept only for the sessions a report draws
+    (
+        "CREATE TABLE envelopes ("
+        " session_id TEXT PRIMARY KEY REFERENCES records (session_id),"
+        " envelope_json TEXT NOT NULL)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

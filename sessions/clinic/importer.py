@@ -19,14 +19,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from firmware_bridge.errors import LivError
 from sessions.clinic.db import ClinicDb, ClinicDbError, now_utc
-from sessions.log.chain import _verify_chains
+from sessions.clinic.plates import PlateRegistry, check_export_vouchers
+from sessions.log.chain import _Entry, _verify_chains
 from sessions.log.exchange import _read_import
 from sessions.log.fields import _record_from_raw, _summary_from_raw
 from sessions.log.records import LogError, SessionRecord, SessionSummary
+from sessions.log.vouch import Voucher, key_name
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class VerifiedExport:
     records: tuple[dict[str, Any], ...]  # raw export objects, sorted by (log_id, chain_index)
     heads: dict[str, str]  # log_id -> record_hash of the chain's last record in the file
     duplicates_in_file: int
+    vouchers: dict[str, Voucher] = field(default_factory=dict)  # session_id -> its voucher
+    envelope_lines: dict[str, tuple[int, str]] = field(default_factory=dict)  # (offset, sha256)
 
 
 @dataclass
@@ -67,24 +71,34 @@ class ImportOutcome:
     refused: str | None = None  # the sentence saying why nothing was taken
 
 
-def verify_export(path: Path) -> VerifiedExport:
-    """Check an export as the home's own log would before taking it (the one seam to extend).
+def verify_export(path: Path, registry: PlateRegistry) -> VerifiedExport:
+    """Check an export before the clinic takes any of it: the one seam every import goes through.
 
-    Raises ImportRefusedError (kind ``unverified``) for a file that is not an export, a chain that
-    does not verify from its genesis, or two different records claiming one place.
+    Raises ImportRefusedError for a file that is not an export, a chain that does not verify
+    from its genesis, two different records claiming one place (kind ``unverified``), and for a
+    record its plate does not vouch for: no voucher or a voucher that does not verify
+    (``unvouched``), an unregistered plate (``unregistered``), counters that skip or repeat
+    (``gap``) or that the clinic holds for other records (``conflict``).
     """
-    digest = hashlib.sha256()
-
-    def lines(stream: Iterable[bytes]) -> Iterator[str]:
-        """The file's lines as text, hashed on the way (the file is never held whole)."""
-        for number, line in enumerate(stream):
-            digest.update(line)
-            text = line.decode("utf-8")
-            yield text.removeprefix("\ufeff") if number == 0 else text
-
     try:
         with open(path, "rb") as stream:
-            chains, duplicates = _read_import(lines(stream))
+            file_sha256, places = _index_chains(stream)
+            records: list[dict[str, Any]] = []
+            vouchers: dict[str, Voucher] = {}
+            heads: dict[str, str] = {}
+            duplicates = 0
+            lines_of: dict[str, tuple[int, str]] = {}
+            for log_id in sorted(places):  # one chain in memory at a time
+                chain, found_heads, dup = _verify_chain(path, stream, places[log_id])
+                heads.update(found_heads)
+                duplicates += dup
+                for entry, place in chain:
+                    assert entry.raw is not None
+                    if entry.raw.get("envelope"):  # read again when stored (_envelopes)
+                        lines_of[entry.session_id] = place
+                    records.append({k: v for k, v in entry.raw.items() if k != "envelope"})
+                    if isinstance(entry.voucher, Voucher):
+                        vouchers[entry.session_id] = entry.voucher
     except OSError as exc:
         raise ImportRefusedError(
             f"{path} cannot be read ({exc.strerror or exc}); nothing was imported from it",
@@ -95,8 +109,64 @@ def verify_export(path: Path) -> VerifiedExport:
             f"{path} is not a liv export (not UTF-8 text); nothing was imported from it",
             "unverified",
         ) from None
-    except LogError as exc:
-        raise ImportRefusedError(f"{path}: {exc}", "unverified") from exc
+    refusal = check_export_vouchers(((r, vouchers.get(r["session_id"])) for r in records), registry)
+    if refusal is not None:
+        raise ImportRefusedError(
+            f"{path}: {refusal.sentence}; nothing was imported from it",
+            refusal.kind,
+            sorted({str(r["patient_id"]) for r in records}),
+        )
+    return VerifiedExport(path, file_sha256, tuple(records), heads, duplicates, vouchers, lines_of)
+
+
+_Place = tuple[int, str, str]  # a line's offset, its SHA-256 and the session it claims
+
+
+def _index_chains(stream: BinaryIO) -> tuple[str, dict[str, list[_Place]]]:
+    """One pass over the file: its SHA-256 and, per log id, where its lines are. Nothing of a
+    record but its place is kept, so the pass is flat in memory."""
+    digest = hashlib.sha256()
+    places: dict[str, list[_Place]] = {}
+    offset = 0
+    for number, line in enumerate(iter(stream.readline, b"")):
+        digest.update(line)
+        here = offset
+        offset += len(line)
+        text = line.decode("utf-8")
+        if number == 0:
+            text = text.removeprefix("\ufeff")
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        log_id = obj.get("log_id") if isinstance(obj, dict) else ""
+        if number == 0 and isinstance(obj, dict) and "schema" in obj and log_id is None:
+            continue  # the export's header
+        session_id = obj.get("session_id") if isinstance(obj, dict) else None
+        places.setdefault(str(log_id or ""), []).append(
+            (here, hashlib.sha256(line).hexdigest(), str(session_id))
+        )
+    return digest.hexdigest(), places
+
+
+def _verify_chain(
+    path: Path, stream: BinaryIO, places: list[_Place]
+) -> tuple[list[tuple[_Entry, tuple[int, str]]], dict[str, str], int]:
+    """Parse and verify one chain from its lines: (entries with their place, heads, duplicates)."""
+
+    def lines() -> Iterator[str]:
+        for offset, _, _ in places:
+            stream.seek(offset)
+            yield stream.readline().decode("utf-8").removeprefix("\ufeff")
+
+    try:
+        chains, duplicates = _read_import(lines())
+    except LogError:
+        _whole_file_refusal(path)  # the same message, with the file's own line numbers
+        raise
+    place_of = {session_id: (offset, line_sha) for offset, line_sha, session_id in places}
     bad, heads = _verify_chains([(log_id, chains[log_id].values()) for log_id in sorted(chains)])
     if bad is not None:
         claimed = {
@@ -111,20 +181,29 @@ def verify_export(path: Path) -> VerifiedExport:
             "unverified",
             sorted(claimed),
         )
-    records = tuple(
-        entry.raw
+    entries = [
+        (entry, place_of[entry.session_id])
         for log_id in sorted(chains)
         for _, entry in sorted(chains[log_id].items())
         if entry.raw is not None
-    )
-    return VerifiedExport(path, digest.hexdigest(), records, heads, duplicates)
+    ]
+    return entries, heads, duplicates
+
+
+def _whole_file_refusal(path: Path) -> None:
+    """Raise the refusal the home's import would give for the whole file (error path only)."""
+    try:
+        with open(path, encoding="utf-8-sig") as text:
+            _read_import(text)
+    except LogError as exc:
+        raise ImportRefusedError(f"{path}: {exc}", "unverified") from exc
 
 
 def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
     """Verify and store one export; refresh the overview rows of its patients."""
     outcome = ImportOutcome(path)
     try:
-        verified = verify_export(path)
+        verified = verify_export(path, PlateRegistry(db))
     except ImportRefusedError as exc:
         _record_refusal(db, path, "", exc)
         outcome.refused = str(exc)
@@ -199,7 +278,7 @@ def _row(raw: Mapping[str, Any], import_id: str) -> tuple[Any, ...]:
         raw["target_g"],
         raw["mean_error_pct"],
         _json(summary),
-        _json(raw),
+        _json({k: v for k, v in raw.items() if k != "envelope"}),  # envelopes: own table
         import_id,
         str(raw.get("kind") or THERAPY),
     )
@@ -241,6 +320,31 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         )
         db.executemany(_INSERT_RECORD, [_row(r, import_id) for r in records])
         added = _check_held(db, records, import_id)
+        for batch in _envelopes(verified):  # until refresh_patient keeps the flagged ones
+            db.executemany(
+                "INSERT INTO envelopes (session_id, envelope_json) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                batch,
+            )
+        db.executemany(
+            "INSERT INTO vouchers (session_id, device_key, counter, prev_head, head, signature,"
+            " record_hash) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                (
+                    s,
+                    v.device_key,
+                    v.counter,
+                    v.prev_head,
+                    v.head,
+                    v.signature,
+                    str(r["record_hash"]),
+                )
+                for r in records
+                for s in (str(r["session_id"]),)
+                for v in (verified.vouchers[s],)
+            ],
+        )
+        _check_vouchers_held(db, verified)
         duplicates = len(records) - added + verified.duplicates_in_file
         for log_id in log_ids:
             mine = [r for r in records if r["log_id"] == log_id]
@@ -285,6 +389,51 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
     outcome.duplicates = duplicates
     outcome.patients = tuple(patients)
     outcome.problems = [p[4] for p in problems]
+
+
+def _check_vouchers_held(db: ClinicDb, verified: VerifiedExport) -> None:
+    """Every record's voucher is now held: one skipped by the unique (plate key, counter) was
+    taken by another record stored at the same time (a forked log imported concurrently)."""
+    held: set[str] = set()
+    for part in _chunks(sorted(verified.vouchers)):
+        marks = ", ".join("?" * len(part))
+        held.update(
+            str(s)
+            for (s,) in db.query(
+                f"SELECT session_id FROM vouchers WHERE session_id IN ({marks})", part
+            )
+        )
+    for session_id, voucher in verified.vouchers.items():
+        if session_id not in held:
+            raise ImportRefusedError(
+                f"session {session_id} (counter {voucher.counter} of plate key "
+                f"{key_name(voucher.device_key)}) conflicts with the clinic's record of that "
+                "counter; nothing was imported from this file",
+                "conflict",
+            )
+
+
+def _envelopes(verified: VerifiedExport, batch: int = 200) -> Iterator[list[tuple[str, str]]]:
+    """The envelopes of the file's records, read again from the file a batch at a time (the
+    verified records are held without them); a line changed since verification refuses."""
+    rows: list[tuple[str, str]] = []
+    with open(verified.path, "rb") as stream:
+        for session_id, (offset, line_sha) in verified.envelope_lines.items():
+            stream.seek(offset)
+            line = stream.readline()
+            if hashlib.sha256(line).hexdigest() != line_sha:
+                raise ImportRefusedError(
+                    f"{verified.path} changed while it was imported; nothing was imported from "
+                    "it, import it again",
+                    "unverified",
+                )
+            raw = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
+            rows.append((session_id, _json(raw["envelope"])))
+            if len(rows) == batch:
+                yield rows
+                rows = []
+    if rows:
+        yield rows
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -387,10 +536,18 @@ def load_sessions(db: ClinicDb, patient_id: str) -> list[HeldSession]:
 
 def load_record(db: ClinicDb, session_id: str) -> SessionRecord:
     """One full record (with its envelope), for the charts of a report."""
-    rows = db.query("SELECT record_json FROM records WHERE session_id = ?", (session_id,))
+    rows = db.query(
+        "SELECT r.record_json, e.envelope_json FROM records r"
+        " LEFT JOIN envelopes e ON e.session_id = r.session_id WHERE r.session_id = ?",
+        (session_id,),
+    )
     if not rows:
         raise ClinicDbError(f"the clinic database holds no session {session_id}")
-    return _record_from_raw(json.loads(rows[0][0]))
+    raw = json.loads(rows[0][0])
+    if rows[0][1] is not None:
+        raw["envelope"] = json.loads(rows[0][1])
+    raw.setdefault("envelope", [])  # not kept: the session is not one a report draws
+    return _record_from_raw(raw)
 
 
 def load_raw_records(db: ClinicDb, patient_id: str) -> list[dict[str, Any]]:
@@ -415,6 +572,7 @@ def refresh_patient(db: ClinicDb, patient_id: str) -> None:
     today. Run under a per-patient lock so concurrent importers leave the newest figures.
     """
     from sessions.clinic.overview import patient_summary  # the adherence code, loaded on use
+    from sessions.report import _TRACE_KINDS as TRACE_KINDS  # the kinds a report draws
 
     def work() -> None:
         with db.transaction():
@@ -434,6 +592,14 @@ def refresh_patient(db: ClinicDb, patient_id: str) -> None:
                 "INSERT INTO patient_flags (patient_id, session_id, kind, local_date, reason)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(patient_id, *flag) for flag in summary.flags],
+            )
+            kinds = sorted(TRACE_KINDS)
+            db.execute(  # envelopes are kept only for the sessions a report draws
+                "DELETE FROM envelopes WHERE session_id IN"
+                " (SELECT session_id FROM records WHERE patient_id = ?) AND session_id NOT IN"
+                " (SELECT session_id FROM patient_flags WHERE patient_id = ? AND kind IN"
+                f" ({', '.join('?' * len(kinds))}))",
+                (patient_id, patient_id, *kinds),
             )
             db.execute(
                 "INSERT INTO patients (patient_id, timezone, sessions, last_session_day,"
