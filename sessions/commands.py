@@ -642,7 +642,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(status_shape(protocol, recent, now, minutes, demo=home.is_demo))
         return 0
     echo("\n".join(status_lines(protocol, recent, now, minutes, demo=home.is_demo)))
-    echo(f"prescription      {home.protocol_signature().describe()}")
+    # the patient reads that the prescription is the clinic's; the key's detail is for -v
+    echo(say("status.prescription_ok"))
+    if getattr(args, "verbose", False):
+        echo(f"liv: prescription {home.protocol_signature().describe()}", file=sys.stderr)
     return 0
 
 

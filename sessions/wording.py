@@ -133,6 +133,7 @@ WORDING: dict[str, str] = {
     ),
     "start.simulated": "This plate is a simulator, so this session does not count.",
     "status.demo": "This is the demo: its sessions are simulated and are not therapy.",
+    "status.prescription_ok": "Your prescription is the one your clinic signed.",
     "status.today": "Today is {day} ({zone} time).",
     "status.slot_done": "Session {slot}: done.",
     "status.slot_part": "Session {slot}: {counted} of {goal} done.",

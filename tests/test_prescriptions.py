@@ -34,6 +34,7 @@ from sessions.prescription import (
     fingerprint,
     read_public_key,
 )
+from sessions.wording import say
 from tests.simhelpers import (
     clinic_public_key_file,
     clinic_signing_key,
@@ -163,8 +164,12 @@ def test_sign_enrol_install_and_start_deliver_the_prescribed_dose(
 
     assert main(["status", *home]) == 0
     out = capsys.readouterr().out
-    assert "prescription      valid, by clinic key" in out
-    assert "the clinic this home is enrolled with" in out
+    assert say("status.prescription_ok") in out
+    assert "clinic key" not in out  # the key's detail is for engineers
+    assert main(["-v", "status", *home]) == 0
+    err = capsys.readouterr().err
+    assert "valid, by clinic key" in err
+    assert "the clinic this home is enrolled with" in err
 
 
 # --------------------------------------------------------------------------------------------
