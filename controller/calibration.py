@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,11 +158,14 @@ def identify(
     device: DeviceClient,
     freqs_hz: tuple[float, ...] = DEFAULT_FREQS_HZ,
     drive: float = IDENT_DRIVE,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> Calibration:
     """Step through ``freqs_hz`` at a low fixed drive and fit the response at each.
 
     The frequency changes phase-continuously with the output on; each point settles for
     SETTLE_S and is fitted over whole cycles in the next MEASURE_S. Ramps down and stops after.
+    ``on_step(k, n, freq_hz)`` is told as step k (1-based) of n starts, for a progress display;
+    an exception it raises ends the sweep as any other does (ramped down, stopped).
     """
     info = device.info
     fs = float(info.sample_rate_hz)
@@ -172,7 +176,9 @@ def identify(
     device.start_output()
     try:
         device.set_drive(drive, 0.3)
-        for freq in freqs_hz:
+        for k, freq in enumerate(freqs_hz, start=1):
+            if on_step is not None:
+                on_step(k, len(freqs_hz), freq)
             device.set_frequency(freq)
             device.read_for(SETTLE_S)
             blocks = device.read_for(MEASURE_S)

@@ -20,7 +20,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 from zoneinfo import ZoneInfo
 
 from controller.sensor_limits import (
@@ -979,8 +979,75 @@ def _calibration_lines(cal: Calibration, where: Path) -> list[str]:
     return lines
 
 
+ENGINEER_PLAIN_EVERY_S = 5.0  # off a terminal: a progress line every 5 s of plate time
+ENGINEER_REDRAW_S = 0.2  # on a terminal: the line is redrawn at most this often (plate time)
+
+
+def _clock(seconds: float, up: bool = True) -> str:
+    """``m:ss`` of a non-negative time, for a progress line: a time left is rounded up, a time
+    elapsed (``up=False``) down, so the two add up to the total."""
+    whole = max(0, math.ceil(seconds - 1e-9) if up else math.floor(seconds + 1e-9))
+    return f"{whole // 60}:{whole % 60:02d}"
+
+
+class EngineerProgress:
+    """The engineer's progress line on stderr during ``liv calibrate`` and ``liv run``.
+
+    On a terminal one line is redrawn in place, never wider than the terminal minus one column
+    (read at every redraw): the parts are dropped from the end until the line fits, and a bar
+    is added where at least BAR_MIN columns are left (the width logic of the patient's
+    ProgressLine). Off a terminal a plain line is written at the first update, every
+    ENGINEER_PLAIN_EVERY_S of plate time and at the last, with no control characters. Stdout
+    (and so ``--json``) is never touched; a closed stderr ends the display, never the run.
+    """
+
+    def __init__(self, out: TextIO | None = None, columns: Callable[[], int] | None = None) -> None:
+        self.out = sys.stderr if out is None else out
+        self.tty = self.out.isatty()
+        self.columns = commands_mod.terminal_columns if columns is None else columns
+        self.closed = False
+        self._last_s: float | None = None
+        self._shown = 0  # characters of the line now on the terminal
+
+    def show(self, plate_s: float, parts: Sequence[str], fraction: float, last: bool) -> None:
+        """One update at ``plate_s`` of plate time; ``parts`` most important first."""
+        every = ENGINEER_REDRAW_S if self.tty else ENGINEER_PLAIN_EVERY_S
+        if not last and self._last_s is not None and plate_s - self._last_s < every:
+            return
+        self._last_s = plate_s
+        parts = [terminal_line(part) for part in parts]
+        if not self.tty:
+            self._write(", ".join(parts) + "\n")
+            return
+        room = max(1, self.columns() - 1)
+        fits = [", ".join(parts[:n]) for n in range(len(parts), 0, -1)]
+        text = next((c for c in fits if len(c) <= room), fits[-1][:room])
+        space = room - len(text) - 2
+        if space >= commands_mod.BAR_MIN:
+            bar = commands_mod.progress_bar(fraction, min(space, commands_mod.BAR_MAX))
+            text = f"{text}  {bar}"
+        pad = " " * max(0, self._shown - len(text))  # clear what a longer line left
+        self._write("\r" + text + pad)
+        self._shown = len(text)
+
+    def finish(self) -> None:
+        if self.tty and self._shown:
+            self._write("\n")
+            self._shown = 0
+
+    def _write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError) as exc:
+            self.closed = True
+            _log.warning("progress display stopped: %s", exc)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from controller.calibration import check_for_load, identify
+    from controller.calibration import MEASURE_S, SETTLE_S, check_for_load, identify
     from controller.sensor import apply_sensor_calibration
     from firmware_bridge.client import DeviceClient
 
@@ -1000,7 +1067,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             args, "liv calibrate", device.info, _calibration_peak_g(device.info),
             _calibration_s(), {"freqs_hz": list(_cal_freqs()), "drive": _cal_drive()},
         ) as run:  # fmt: skip
-            cal = identify(device)
+            progress = EngineerProgress()
+            step_s = MEASURE_S + SETTLE_S
+
+            def step(k: int, n: int, freq_hz: float) -> None:
+                progress.show(
+                    (k - 1) * step_s,
+                    [f"calibrating: frequency {k} of {n}", f"{freq_hz:g} Hz",
+                     f"{_clock((n - k + 1) * step_s)} left"],
+                    (k - 1) / n,
+                    last=k == n,
+                )  # fmt: skip
+
+            try:
+                cal = identify(device, on_step=step)
+            finally:
+                progress.finish()
             run.freqs_hz = list(cal.freqs_hz)
             run.reason = (
                 f"calibrated {cal.freqs_hz[0]:g}-{cal.freqs_hz[-1]:g} Hz at drive {cal.drive:g}; "
@@ -1166,13 +1248,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             args, "liv run", device.info, args.amplitude, args.seconds, spec
         ) as run:
             next_point = [0.0]
+            progress = EngineerProgress()
+            total_s = settings.total_s
 
             def envelope(u: ControlUpdate) -> None:
                 if u.measured_g is not None and u.t_s >= next_point[0]:
                     run.envelope.append((round(u.t_s, 3), round(u.measured_g, 5)))
                     next_point[0] = u.t_s + 0.1
+                measured = "measuring" if u.measured_g is None else f"measured {u.measured_g:.3f} g"
+                progress.show(
+                    u.t_s,
+                    [f"run {_clock(u.t_s, up=False)} of {_clock(total_s)}",
+                     f"{_clock(total_s - u.t_s)} left",
+                     f"{measured}, target {args.amplitude:.3f} g",
+                     f"{u.freq_hz:.1f} Hz, {u.phase.value}"],
+                    u.t_s / total_s,
+                    last=False,
+                )  # fmt: skip
 
-            result = run_exposure(device, cal, settings, on_update=envelope)
+            try:
+                result = run_exposure(device, cal, settings, on_update=envelope)
+            finally:
+                progress.finish()
             run.freqs_hz = _schedule_freqs(schedule)
             run.errors = (result.error_mean_pct, result.error_p95_abs_pct)
             run.status, run.reason = _run_outcome(result)
