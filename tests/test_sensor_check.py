@@ -28,6 +28,7 @@ from firmware_bridge.client import DeviceClient
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
+from sessions.wording import say
 from tests.simhelpers import enrol_home, exposure_time, load_truth, truth_amplitude, write_signed
 from tests.test_sessions import protocol_text
 
@@ -253,7 +254,9 @@ def test_the_sensor_record_round_trips_and_a_damaged_one_refuses_in_one_sentence
         store.load_sensor(DEVICE_ID)
     assert liv(home, "start", "--device", sim()) == 1
     sentence = one_sentence(capsys.readouterr().err)
-    assert "liv calibrate --sensor" in sentence
+    assert sentence == "liv: " + say("refused.setup_damaged")  # plain for the patient
+    assert main(["-v", "start", "--device", sim(), "--home", str(home.root)]) == 1
+    assert "liv calibrate --sensor" in capsys.readouterr().err  # the remedy, for engineers
     assert records(home) == []
 
 
