@@ -68,8 +68,13 @@ def one_sentence(done: subprocess.CompletedProcess[str], code: int = 1) -> str:
     """The command failed with ``code`` and one line on stderr, no traceback; that line."""
     assert done.returncode == code, (done.stdout, done.stderr)
     assert "Traceback" not in done.stdout + done.stderr
-    # the first start on a plate pairs it and says so; the refusal is the one line after that
-    lines = [line for line in done.stderr.strip().splitlines() if line != say("start.paired")]
+    # the first start on a plate pairs it and says so, and an engineer's calibration shows its
+    # progress (docs/cli.md); the refusal is the one line after those
+    lines = [
+        line
+        for line in done.stderr.strip().splitlines()
+        if line != say("start.paired") and not line.startswith("calibrating: ")
+    ]
     assert len(lines) == 1, done.stderr
     return lines[0]
 
