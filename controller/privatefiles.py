@@ -103,13 +103,7 @@ def write_private_file(path: Path, data: bytes) -> None:
             tmp, f"refusing to write {path}: {tmp} appeared while writing; try again"
         ) from None
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_and_sync(fd, data)
         _refuse_link(path)
         os.replace(tmp, path)
     except BaseException:
@@ -117,6 +111,28 @@ def write_private_file(path: Path, data: bytes) -> None:
             tmp.unlink()
         raise
     _sync_dir(path.parent)
+
+
+def write_new_file(path: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Create ``path`` with ``data`` (durably); never replaces a file and never follows a link.
+
+    Raises FileExistsError when ``path`` exists (a link included): for files made once, such as
+    a key pair, that must never be overwritten.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    _write_and_sync(os.open(path, flags, mode), data)
+    _sync_dir(path.parent)
+
+
+def _write_and_sync(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, fsync it and close it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync_dir(directory: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controller.privatefiles import PRIVATE_FILE_MODE, ensure_private_dir
+from controller.privatefiles import PRIVATE_FILE_MODE, ensure_private_dir, write_new_file
 from firmware_bridge.errors import LivError
 from sessions.prescription import fingerprint, public_key_pem, sign_protocol_bytes, signature_lines
 from sessions.protocol import PatientProtocol, protocol_from_bytes, read_protocol_bytes
@@ -49,19 +49,6 @@ def key_files(root: Path) -> tuple[Path, Path]:
     return root / PRIVATE_KEY_NAME, root / PUBLIC_KEY_NAME
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with ``data``; never replaces a file and never follows a link."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def init_clinic_key(root: Path) -> ClinicKeyFiles:
     """Make the clinic's key pair in ``root`` (created mode 700); never overwrites a key."""
     private_path, public_path = key_files(root)
@@ -80,8 +67,8 @@ def init_clinic_key(root: Path) -> ClinicKeyFiles:
         serialization.NoEncryption(),
     )
     try:
-        _write_new(private_path, pem, PRIVATE_FILE_MODE)
-        _write_new(public_path, public_key_pem(key.public_key()), 0o644)
+        write_new_file(private_path, pem, PRIVATE_FILE_MODE)
+        write_new_file(public_path, public_key_pem(key.public_key()), 0o644)
     except FileExistsError as exc:
         raise ClinicKeyError(f"{exc.filename} appeared while the key was made; try again") from None
     return ClinicKeyFiles(private_path, public_path, fingerprint(key.public_key()))
