@@ -93,11 +93,16 @@ class Enrolment:
     changed: bool
 
 
-def default_root() -> Path:
-    """The data directory when neither ``--home`` nor ``$LIV_HOME`` names one."""
+def user_data_dir(name: str) -> Path:
+    """``$XDG_DATA_HOME/name`` (when that is an absolute path), else ``~/.local/share/name``."""
     xdg = os.environ.get(ENV_XDG_DATA_HOME, "")
     base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "liv"
+    return base / name
+
+
+def default_root() -> Path:
+    """The data directory when neither ``--home`` nor ``$LIV_HOME`` names one."""
+    return user_data_dir("liv")
 
 
 def resolve_home(explicit: str | os.PathLike[str] | None = None) -> LivHome:

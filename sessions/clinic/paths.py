@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sessions.home import user_data_dir
+
 ENV_CLINIC_HOME = "LIV_CLINIC_HOME"
 
 
@@ -25,6 +27,4 @@ def clinic_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(ENV_CLINIC_HOME, "")
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "liv-clinic"
+    return user_data_dir("liv-clinic")
