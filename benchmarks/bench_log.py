@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.make_log import DEVICE_ID, bench_protocol, make_log  # noqa: E402
+from benchmarks.output import machine_facts, write_json  # noqa: E402
 from benchmarks.signing import signed_by_bench_clinic  # noqa: E402
 from controller.calibration import CalibrationStore, identify  # noqa: E402
 from firmware_bridge.client import DeviceClient  # noqa: E402
@@ -226,17 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         measure("liv verify", years, lambda h=h: run_command(_liv("verify", "--home", h)))
         results[-1]["sessions"] = sessions
         results[-1]["log_mb"] = db.stat().st_size / 1e6
-    data = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "results": results,
-    }
-    if args.json == "-":
-        print(json.dumps(data, indent=2))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json, {**machine_facts(), "results": results})
     return 0
 
 

@@ -39,13 +39,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -59,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_log  # noqa: E402
 from benchmarks.make_log import DEVICE_ID, bench_protocol  # noqa: E402
+from benchmarks.output import machine_facts, write_json  # noqa: E402
 from benchmarks.signing import signed_by_bench_clinic  # noqa: E402
 from controller.calibration import CalibrationStore, identify  # noqa: E402
 from firmware_bridge.client import DeviceClient  # noqa: E402
@@ -391,19 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _finish(args: argparse.Namespace, rows: list[dict[str, Any]], workdir: Path) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
-    data = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "date": time.strftime("%Y-%m-%d"),
-        "results": rows,
-    }
-    if args.json == "-":
-        print(json.dumps(data, indent=2))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json, {**machine_facts(), "numpy": np.__version__, "results": rows})
     return 0
 
 
