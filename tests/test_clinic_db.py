@@ -543,25 +543,42 @@ def test_clinicians_importing_at_once_lose_nothing(db_url: str, tmp_path: Path) 
     assert count(db_url, "SELECT SUM(sessions) FROM patients") == 6 * 30
 
 
-def test_two_programs_creating_the_database_at_once_both_succeed(db_url: str) -> None:
+def _open_at_once(url: str, programs: int) -> list[BaseException]:
+    """``programs`` threads open (and so create and migrate) ``url`` at the same moment."""
     errors: list[BaseException] = []
-    start = threading.Barrier(3)
+    start = threading.Barrier(programs)
 
     def opener() -> None:
         try:
             start.wait()
-            with ClinicDb(db_url) as db:
+            with ClinicDb(url) as db:
                 assert db.version == SCHEMA_VERSION
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=opener) for _ in range(3)]
+    threads = [threading.Thread(target=opener) for _ in range(programs)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert not errors, errors
+    return errors
+
+
+def test_two_programs_creating_the_database_at_once_both_succeed(
+    db_url: str, tmp_path: Path
+) -> None:
+    assert not _open_at_once(db_url, 3)
     assert count(db_url, "SELECT COUNT(*) FROM schema_version") == SCHEMA_VERSION
+    if db_url.startswith("postgres"):
+        return
+    # SQLite answers "database is locked" at once (no busy wait) to a program switching a file
+    # being created to write-ahead logging: one new file in six to fifty lost that race before
+    # the switch was retried, so the race is run on many new files.
+    for attempt in range(200):
+        url = str(tmp_path / f"race{attempt}" / "clinic.db")
+        errors = _open_at_once(url, 3)
+        assert not errors, (attempt, errors)
+        assert count(url, "SELECT COUNT(*) FROM schema_version") == SCHEMA_VERSION
 
 
 def test_envelopes_are_kept_only_for_the_sessions_a_report_draws(

@@ -319,18 +319,41 @@ def _connect_sqlite(url: str) -> sqlite3.Connection:
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
     fresh = not path.exists()
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
         raise ClinicDbError(
             f"the clinic database {path} cannot be opened ({_one_line(exc)})"
         ) from exc
     if fresh:
         os.chmod(path, 0o600)
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to write-ahead logging, waiting out another program doing the same.
+
+    Changing the journal mode needs the database to itself, and SQLite answers "database is
+    locked" at once (without its busy timeout) while another connection opens or creates the
+    file; so the switch is retried with a random pause until BUSY_TIMEOUT_S has passed.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            busy = "locked" in text or "busy" in text
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def _connect_postgres(url: str) -> Any:
