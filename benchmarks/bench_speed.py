@@ -253,7 +253,17 @@ def _print_row(row: dict[str, Any]) -> None:
 
 
 def measure_open_loop(seconds: float) -> dict[str, Any]:
-    argv = ["device", "drive", "--device", PLATE, "--freq", f"{FREQ_HZ:g}", "--drive", "0.1"]
+    argv = [
+        "device",
+        "drive",
+        "--engineer",
+        "--device",
+        PLATE,
+        "--freq",
+        f"{FREQ_HZ:g}",
+        "--drive",
+        "0.1",
+    ]
     result = _measured("exit", _liv(*argv, "--seconds", f"{seconds:g}"))
     simulated = RAMP_UP_S + seconds + RAMP_DOWN_S
     return _speeds(simulated, result)
@@ -262,7 +272,7 @@ def measure_open_loop(seconds: float) -> dict[str, Any]:
 def measure_run(homes: Homes, seconds: float, truth: Path | None = None) -> dict[str, Any]:
     home = homes.fresh(10.0)
     plate = PLATE + (f"&truth={truth}" if truth else "")
-    argv = ["run", "--device", plate, "--freq", f"{FREQ_HZ:g}", "--amplitude", "0.3"]
+    argv = ["run", "--engineer", "--device", plate, "--freq", f"{FREQ_HZ:g}", "--amplitude", "0.3"]
     result = _measured("exit", _liv(*argv, "--seconds", f"{seconds:g}", "--home", str(home.root)))
     simulated = _truth_seconds(truth) if truth else RAMP_UP_S + seconds + RAMP_DOWN_S
     return _speeds(simulated, result)
@@ -395,7 +405,15 @@ def _finish(args: argparse.Namespace, rows: list[dict[str, Any]], workdir: Path)
 
 
 def measure_open_loop_truth(seconds: float, truth: Path) -> dict[str, Any]:
-    argv = ["device", "drive", "--device", f"{PLATE}&truth={truth}", "--freq", f"{FREQ_HZ:g}"]
+    argv = [
+        "device",
+        "drive",
+        "--engineer",
+        "--device",
+        f"{PLATE}&truth={truth}",
+        "--freq",
+        f"{FREQ_HZ:g}",
+    ]
     result = _measured("exit", _liv(*argv, "--drive", "0.1", "--seconds", f"{seconds:g}"))
     return _speeds(_truth_seconds(truth), result)
 
