@@ -12,7 +12,9 @@ home of its own; the commands of a case run one after the other in one child pro
    yesterday to tomorrow, UTC, one session a day; target, frequency or schedule, minutes and
    tolerance from the case);
 2. ``liv calibrate`` of the simulated plate **empty** and with a correct sensor
-   (``sim://?mass=0&device_id=SIM-DOSE...``): the calibration the plate was set up with;
+   (``sim://?mass=0&device_id=SIM-DOSE-SEED...``): the calibration the plate was set up with;
+   every case has a plate of its own (``Case.device_id``), so each has its own accelerometer
+   part and factory calibration residual (docs/simulator.md);
 3. ``liv start --device sim://?...&truth=PATH&speed=max`` with the case's plate, patient and
    faults (a sensor error is one the sensor acquired after that calibration);
 4. ``liv export --format jsonl``: the record the log kept, if any. A start that leaves no
@@ -194,6 +196,12 @@ class Case:
     seed: int = 0
 
     @property
+    def device_id(self) -> str:
+        """The plate of this case: its own id, so each case has a part of its own (the
+        simulator draws a device's accelerometer part and its calibration from its id)."""
+        return f"{DEVICE_ID}-{self.seed}"
+
+    @property
     def prescribed_s(self) -> float:
         return self.minutes * 60.0
 
@@ -371,7 +379,7 @@ class Row:
 
 def sim_url(case: Case, truth_path: Path | None = None) -> str:
     """The ``liv start`` device URL of a case (its truth file, when given, last)."""
-    keys = {"device_id": DEVICE_ID, "seed": str(case.seed), "speed": "max", **case.sim}
+    keys = {"device_id": case.device_id, "seed": str(case.seed), "speed": "max", **case.sim}
     if truth_path is not None:
         keys["truth"] = str(truth_path)
     return "sim://?" + "&".join(f"{k}={v}" for k, v in keys.items())
@@ -380,7 +388,7 @@ def sim_url(case: Case, truth_path: Path | None = None) -> str:
 def calibration_url(case: Case) -> str:
     """The empty plate with a correct sensor: what the plate was calibrated as."""
     profile = f"&profile={case.sim['profile']}" if "profile" in case.sim else ""
-    return f"sim://?mass=0&seed={case.seed}&speed=max&device_id={DEVICE_ID}{profile}"
+    return f"sim://?mass=0&seed={case.seed}&speed=max&device_id={case.device_id}{profile}"
 
 
 def _frequency_yaml(frequency: float | str) -> str:

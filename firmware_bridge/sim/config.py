@@ -43,7 +43,12 @@ class SimConfig:
     posture: str | None = None  # "seated" or "standing"
     knee_deg: float | None = None  # standing knee angle, 180 = straight
     presence_s: tuple[tuple[float, float | None], ...] | None = None  # on/off intervals
-    sensor_offset_g: float | None = None  # offset (bias) of the reading, g
+    # the reading's offset drift since the factory calibration, g (neither the firmware nor the
+    # host knows it; added to the profile's bias_g and the calibration's residual)
+    sensor_offset_g: float | None = None
+    # True: an exact part, exactly calibrated (no factory errors, no residual); for tests that
+    # need exact numbers. False: the part drawn for this device id (docs/simulator.md)
+    ideal_sensor: bool = False
     # link faults
     corrupt_rate: float = 0.0  # probability per byte, both directions
     drop_rate: float = 0.0  # probability per device frame
@@ -60,8 +65,9 @@ class SimConfig:
     # the sample index jumps by index_jump_samples at this time (a firmware clock fault)
     index_jump_at_s: float | None = None
     index_jump_samples: int = 16000
-    # the accelerometer's sensitivity is off its calibration by this fraction (the firmware does
-    # not know; its resting check sees gravity read 1 + sensor_gain_error g)
+    # the accelerometer's sensitivity has drifted this fraction since its factory calibration
+    # (neither the firmware nor the host knows; the firmware's resting check sees gravity read
+    # about 1 + sensor_gain_error g)
     sensor_gain_error: float = 0.0
     # the device announces a counts_per_g this fraction off its sensor's true sensitivity
     counts_per_g_error: float = 0.0
@@ -119,15 +125,14 @@ class SimConfig:
                 )
 
     def plate_profile(self, profile: PlateProfile) -> PlateProfile:
-        """``profile`` with this device's posture, knee angle and sensor errors applied."""
+        """``profile`` with this device's posture and knee angle applied.
+
+        The sensor's errors (the part drawn for the device id, its calibration's residual and
+        the drift keys) are applied by the device (``firmware_bridge.sim.sensor``).
+        """
         changes: dict[str, dict[str, float]] = {}
         if self.knee_deg is not None:
             changes["standing"] = {"knee_deg": self.knee_deg}
-        accel: dict[str, float] = {}
-        if self.sensor_offset_g is not None:
-            accel["bias_g"] = self.sensor_offset_g
-        if accel:
-            changes["accelerometer"] = accel
         if self.posture is None and not changes:
             return profile
         return profile.with_overrides(posture=self.posture, **changes)
@@ -189,6 +194,7 @@ ALLOWED_KEYS = sorted(
         "speed",
         "sway",
         "rest_check",
+        "ideal_sensor",
         "noise",
         "presence",
         "index_jump_samples",
@@ -236,6 +242,10 @@ def parse_sim_url(url: str) -> SimConfig:
             if raw not in ("0", "1"):
                 raise UnknownUrlError(url, f"rest_check={raw!r} must be 0 or 1")
             values["rest_check"] = raw == "1"
+        elif key == "ideal_sensor":
+            if raw not in ("0", "1"):
+                raise UnknownUrlError(url, f"ideal_sensor={raw!r} must be 0 or 1")
+            values["ideal_sensor"] = raw == "1"
         elif key == "presence":
             values["presence_s"] = _presence(url, raw)
         elif key == "noise":

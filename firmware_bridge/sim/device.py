@@ -67,7 +67,13 @@ from firmware_bridge.sim.config import SimConfig
 from firmware_bridge.sim.nvstore import DeviceNv, LastSignature, NvState, state_root
 from firmware_bridge.sim.physics import AheadRun, PlatePhysics
 from firmware_bridge.sim.profile import load_profile
-from firmware_bridge.sim.sensor import Accelerometer, SensorAhead
+from firmware_bridge.sim.sensor import (
+    IDEAL_PART,
+    Accelerometer,
+    SensorAhead,
+    draw_part,
+    reading_profile,
+)
 from firmware_bridge.sim.truth import TruthWriter
 
 log = logging.getLogger(__name__)
@@ -277,21 +283,20 @@ class SimulatedDevice:
                 f"sample rate {self.sample_rate_hz:g} Hz needs {self.block_samples} samples per "
                 f"block; a frame holds at most {MAX_BLOCK_SAMPLES}"
             )
-        # The firmware's own calibration of its sensor (the part's sensitivity and offset as
-        # measured at the factory). It converts the firmware's own samples to g for its ceiling
-        # and resting checks, whatever counts_per_g it announces to the host.
-        self._sensor_counts_per_g = accel_profile.counts_per_g * (
-            1.0 + accel_profile.sensitivity_error_fraction
+        # The part drawn for this device id and the factory calibration its firmware holds
+        # (firmware_bridge/sim/sensor.py). The firmware corrects every sample with that
+        # calibration before it sends it or measures with it, so its samples, its ceiling and
+        # resting checks are all at the nominal counts_per_g, whatever counts_per_g it announces
+        # to the host; the calibration's residual and any drift since remain, unknown to all.
+        self.sensor_part = (
+            IDEAL_PART if config.ideal_sensor else draw_part(accel_profile, config.device_id)
         )
-        self._sensor_offset_counts = accel_profile.bias_g * accel_profile.counts_per_g
+        self._sensor_counts_per_g = accel_profile.counts_per_g
+        self._sensor_offset_counts = 0.0
         self.counts_per_g = int(accel_profile.counts_per_g * (1.0 + config.counts_per_g_error))
-        if config.sensor_gain_error:  # the part has drifted from its calibration
-            drifted = (1.0 + accel_profile.sensitivity_error_fraction) * (
-                1.0 + config.sensor_gain_error
-            )
-            accel_profile = dataclasses.replace(
-                accel_profile, sensitivity_error_fraction=drifted - 1.0
-            )
+        accel_profile = reading_profile(
+            accel_profile, self.sensor_part, config.sensor_gain_error, config.sensor_offset_g or 0.0
+        )
         self.ceiling_mg = round_half_up(DOSE_LIMITS.firmware_ceiling_g * 1000)
         self._block_fit = _BlockFit(self.sample_rate_hz, self._sensor_counts_per_g)
         # The limits this firmware announces in HELLO (and obeys): one source for both.
@@ -326,6 +331,16 @@ class SimulatedDevice:
         self._inbox: deque[tuple[float, bytes]] = deque()
         self._outbox: deque[tuple[float, bytes]] = deque()
         self._truth = TruthWriter(Path(config.truth), self.sample_rate_hz) if config.truth else None
+        if self._truth is not None:  # the sensor as it truly is; the host never sees these
+            part = self.sensor_part
+            self._truth.constants |= {
+                "sensor_reading_gain": 1.0 + accel_profile.sensitivity_error_fraction,
+                "sensor_reading_offset_g": accel_profile.bias_g,
+                "sensor_part_sensitivity": part.sensitivity,
+                "sensor_part_offset_g": part.offset_g,
+                "sensor_calibrated_sensitivity": part.calibrated_sensitivity,
+                "sensor_calibrated_offset_g": part.calibrated_offset_g,
+            }
         self._ramp_steps: dict[int, FloatArray] = {}  # arange(n), per segment length
         self._block_times: dict[int, FloatArray] = {}  # arange(n) / fs, per block length
         self._pending_events = self._schedule(config)

@@ -237,13 +237,24 @@ class DistortionProfile(_Section):
 
 @dataclass(frozen=True)
 class AccelerometerProfile(_Section):
-    """Plate accelerometer, vertical axis (defaults: ADXL355 class, +/-4 g, 8192 counts/g)."""
+    """Plate accelerometer, vertical axis (defaults: ADXL355 class, +/-4 g, 8192 counts/g).
+
+    ``part_*`` and ``calibration_*`` are the spans each device's part and its factory
+    calibration are drawn from (``firmware_bridge.sim.sensor.draw_part``, seeded by the device
+    id and ``part_lot``); ``sensitivity_error_fraction`` and ``bias_g`` are errors of the
+    corrected reading that every device of the profile has and nobody knows (0 by default).
+    """
 
     SECTION: ClassVar[str] = "accelerometer"
     sample_rate_hz: float = _number(1600.0, 0.0, 100_000.0, "Hz", lo_open=True)
     counts_per_g: float = _number(8192.0, 0.0, 1e6, "LSB/g", lo_open=True)
-    sensitivity_error_fraction: float = _number(0.0, -0.5, 0.5, "fraction")
+    sensitivity_error_fraction: float = _number(0.0, -0.9, 1.0, "fraction")
     bias_g: float = _number(0.0, -2.0, 2.0, "g")
+    part_sensitivity_span_fraction: float = _number(0.08, 0.0, 0.5, "fraction, +/- part to part")
+    part_offset_span_g: float = _number(0.05, 0.0, 1.0, "g, +/- part to part")
+    calibration_sensitivity_residual_fraction: float = _number(0.003, 0.0, 0.1, "fraction, +/-")
+    calibration_offset_residual_g: float = _number(0.001, 0.0, 0.1, "g, +/-")
+    part_lot: int = _integer(0, 0, 2**32 - 1, "seed of the per-device draw")
     noise_density_ug: float = _number(22.5, 0.0, 100_000.0, "ug/sqrt(Hz)")
     range_g: float = _number(4.0, 0.0, 1000.0, "g", lo_open=True)
     bit_depth: int = _integer(16, 2, 16, "bits, signed")

@@ -15,15 +15,16 @@ clearing it resumes the live reading.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from firmware_bridge.sim.profile import AccelerometerProfile
 
-__all__ = ["Accelerometer"]
+__all__ = ["IDEAL_PART", "Accelerometer", "SensorPart", "draw_part", "reading_profile"]
 
 
 FloatArray = npt.NDArray[np.float64]
@@ -81,6 +82,82 @@ def block_form(b: FloatArray, a: FloatArray, n: int) -> FloatArray:
         state[order - 1] = b[order] * x - a[order] * y
         out[k] = y
     return np.vstack((out, state))
+
+
+@dataclass(frozen=True)
+class SensorPart:
+    """One device's accelerometer part and the factory calibration its firmware holds.
+
+    The part reads ``raw_g = sensitivity x true_g + offset_g`` (``true_g`` includes gravity;
+    ``sensitivity`` relative to the nominal ``counts_per_g``). The factory bench measured it as
+    ``calibrated_sensitivity`` and ``calibrated_offset_g``, and the firmware corrects every
+    sample with those before sending it: ``(raw_g - calibrated_offset_g) /
+    calibrated_sensitivity``. What is left is the calibration's residual (:attr:`residual_gain`,
+    :attr:`residual_offset_g`), which neither the firmware nor the host knows.
+    """
+
+    sensitivity: float
+    offset_g: float
+    calibrated_sensitivity: float
+    calibrated_offset_g: float
+
+    @property
+    def residual_gain(self) -> float:
+        """The corrected reading per true g (1.0: the calibration is exact)."""
+        return self.sensitivity / self.calibrated_sensitivity
+
+    @property
+    def residual_offset_g(self) -> float:
+        """The corrected reading at 0 g true acceleration, g."""
+        return (self.offset_g - self.calibrated_offset_g) / self.calibrated_sensitivity
+
+
+IDEAL_PART = SensorPart(1.0, 0.0, 1.0, 0.0)  # an exact part, exactly calibrated
+
+
+def draw_part(profile: AccelerometerProfile, device_id: str) -> SensorPart:
+    """The part of device ``device_id`` and its factory calibration, drawn from ``profile``.
+
+    Deterministic per device: the draw is seeded by the device id (SHA-256 of its text) and
+    the profile's ``part_lot``, never by the simulation's ``seed``, so the same device always
+    has the same part. Each error is uniform within its span (the datasheet gives bounds, not a
+    distribution; uniform is the widest distribution within them and puts parts near both
+    ends): the part's sensitivity within ``1 +/- part_sensitivity_span_fraction`` and its
+    offset within ``+/- part_offset_span_g``; the calibration misses the sensitivity by up to
+    ``calibration_sensitivity_residual_fraction`` of it and the offset by up to
+    ``calibration_offset_residual_g``.
+    """
+    digest = hashlib.sha256(device_id.encode("utf-8")).digest()
+    seed = np.random.SeedSequence([profile.part_lot, int.from_bytes(digest[:16], "little")])
+    u = np.random.default_rng(seed).uniform(-1.0, 1.0, 4)
+    sensitivity = 1.0 + profile.part_sensitivity_span_fraction * float(u[0])
+    offset_g = profile.part_offset_span_g * float(u[1])
+    calibrated_sensitivity = sensitivity * (
+        1.0 + profile.calibration_sensitivity_residual_fraction * float(u[2])
+    )
+    calibrated_offset_g = offset_g + profile.calibration_offset_residual_g * float(u[3])
+    return SensorPart(sensitivity, offset_g, calibrated_sensitivity, calibrated_offset_g)
+
+
+def reading_profile(
+    profile: AccelerometerProfile,
+    part: SensorPart,
+    gain_drift: float = 0.0,
+    offset_drift_g: float = 0.0,
+) -> AccelerometerProfile:
+    """``profile`` with the errors of the samples the firmware sends, for :class:`Accelerometer`.
+
+    The sent reading is ``(1 + e) (1 + gain_drift) r_s x true_g + b + offset_drift_g + r_b``:
+    the calibration's residual (``r_s``, ``r_b``, :class:`SensorPart`), the profile's own
+    ``sensitivity_error_fraction`` ``e`` and ``bias_g`` ``b`` and the URL's drift, all errors
+    after the factory calibration that neither the firmware nor the host knows. The firmware's
+    correction is linear, so applying it before the anti-alias filter and the rounding to
+    counts is the same as correcting each high-resolution reading (the part reads 20 bits)
+    before scaling it to the wire's i16, which is what the firmware does.
+    """
+    gain = (1.0 + profile.sensitivity_error_fraction) * (1.0 + gain_drift) * part.residual_gain
+    bias_g = profile.bias_g + offset_drift_g + part.residual_offset_g
+    return replace(profile, sensitivity_error_fraction=gain - 1.0, bias_g=bias_g)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ class TruthWriter:
             for name, dtype in BLOCK_FIELDS.items()
         }
         self.events: list[str] = []
+        self.constants: dict[str, float] = {}  # written as 0-d float64 arrays, e.g. the sensor's
         self._closed = False
 
     @property
@@ -148,6 +149,7 @@ class TruthWriter:
                 for name, array in (
                     ("events", np.array(self.events, dtype=str)),
                     ("sample_rate_hz", np.array(self.sample_rate_hz)),
+                    *((name, np.array(float(v))) for name, v in self.constants.items()),
                 ):
                     with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
                         np.lib.format.write_array(out, array, allow_pickle=False)
