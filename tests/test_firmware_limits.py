@@ -245,7 +245,9 @@ def test_a_sensor_that_misreads_gravity_keeps_the_output_off(
     tmp_path: Path, gain_error: float
 ) -> None:
     truth_path = tmp_path / "truth.npz"
-    with DeviceClient.open(sim_url(truth_path, f"sensor_gain_error={gain_error}")) as device:
+    # an exact part (no factory residual): the threshold is pinned to the tenth of a percent
+    query = f"sensor_gain_error={gain_error}&ideal_sensor=1"
+    with DeviceClient.open(sim_url(truth_path, query)) as device:
         device.read_for(0.2)
         with pytest.raises(DeviceFaultError) as fault:
             device.start_output()
@@ -263,7 +265,8 @@ def test_a_sensor_that_misreads_gravity_keeps_the_output_off(
 
 @pytest.mark.parametrize("gain_error", [0.0, 0.01, -0.01, 0.025, -0.025])
 def test_a_sensor_within_tolerance_switches_the_output_on(gain_error: float) -> None:
-    with DeviceClient.open(f"sim://?speed=max&sensor_gain_error={gain_error}") as device:
+    query = f"sensor_gain_error={gain_error}&ideal_sensor=1"  # exact part, as above
+    with DeviceClient.open(f"sim://?speed=max&{query}") as device:
         device.read_for(0.2)
         device.start_output()
         device.set_drive(0.1, 0.1)

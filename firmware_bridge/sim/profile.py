@@ -252,7 +252,7 @@ class AccelerometerProfile(_Section):
     bias_g: float = _number(0.0, -2.0, 2.0, "g")
     part_sensitivity_span_fraction: float = _number(0.08, 0.0, 0.5, "fraction, +/- part to part")
     part_offset_span_g: float = _number(0.05, 0.0, 1.0, "g, +/- part to part")
-    calibration_sensitivity_residual_fraction: float = _number(0.003, 0.0, 0.1, "fraction, +/-")
+    calibration_sensitivity_residual_fraction: float = _number(0.001, 0.0, 0.1, "fraction, +/-")
     calibration_offset_residual_g: float = _number(0.001, 0.0, 0.1, "g, +/-")
     part_lot: int = _integer(0, 0, 2**32 - 1, "seed of the per-device draw")
     noise_density_ug: float = _number(22.5, 0.0, 100_000.0, "ug/sqrt(Hz)")
