@@ -22,7 +22,11 @@ What it reports, all from the true plate motion:
 - overshoot: the largest envelope peak above the target, as a fraction of the target;
 - the error of 1-s windows in the hold (from first reaching 90% of the target to the last
   time at 90% or more, with somebody on the plate): p95 and max of |peak - target| / target;
-- seconds vibrating (above 10% of the target) with nobody on the plate.
+- seconds vibrating (above 10% of the target) with nobody on the plate;
+- the plate sensor's true gain (``sensor_reading_gain``: what the samples the plate sent read
+  per true g, its factory calibration's residual and any drift included), when the truth file
+  records it: the host servoes to its sensor, so a hold's true peak is about the target over
+  this gain. NaN for a truth file without it.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class TruthScore:
     hold_max_error_fraction: float
     hold_windows: int
     drive_freq_hz: float
+    sensor_reading_gain: float = math.nan
 
 
 def load_truth(path: str | Path) -> dict[str, Any]:
@@ -231,6 +236,7 @@ def score(
         hold_max_error_fraction=float(hold_errors.max()) if hold_errors.size else math.nan,
         hold_windows=int(hold_errors.size),
         drive_freq_hz=float(np.median(driven)) if driven.size else math.nan,
+        sensor_reading_gain=float(truth.get("sensor_reading_gain", math.nan)),
     )
 
 
@@ -247,6 +253,7 @@ def _table(result: TruthScore) -> str:
         ("hold mean peak", f"{result.hold_mean_peak_g:.4f} g"),
         ("hold error p95 (1-s)", f"{100 * result.hold_p95_error_fraction:.2f}%"),
         ("hold error max (1-s)", f"{100 * result.hold_max_error_fraction:.2f}%"),
+        ("sensor's true gain", f"{result.sensor_reading_gain:.5f} (reading per true g)"),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -186,6 +186,7 @@ def test_the_matrix_covers_the_issue_and_every_case_is_valid_input() -> None:
         assert needed in keys, needed
     assert any(case.minutes == 10.0 for case in CASES)
     assert sum(case.quick for case in CASES) >= 2
+    assert len({case.device_id for case in CASES}) == len(CASES)
     for case in CASES:
         # the protocol the harness installs parses, and the URL it starts with is a valid plate
         protocol = parse_protocol(dose_truth.protocol_yaml(case, "DOSE-T", date(2026, 6, 1)))
@@ -195,8 +196,11 @@ def test_the_matrix_covers_the_issue_and_every_case_is_valid_input() -> None:
         config = parse_sim_url(dose_truth.sim_url(case, Path("/tmp/t.npz")))
         assert config.truth == "/tmp/t.npz"
         assert config.speed is None
-        assert config.device_id == dose_truth.DEVICE_ID
-        assert parse_sim_url(dose_truth.calibration_url(case)).mass_kg == 0.0
+        # each case is a plate of its own (its own sensor part), calibrated as itself
+        assert config.device_id == case.device_id
+        calibration = parse_sim_url(dose_truth.calibration_url(case))
+        assert calibration.mass_kg == 0.0
+        assert calibration.device_id == case.device_id
         assert all(c in "abcdefghijklmnopqrstuvwxyz0123456789_" for c in case.name)
 
 

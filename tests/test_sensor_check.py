@@ -22,6 +22,8 @@ from controller.sensor import (
     CHECK_TOLERANCE_MIN,
     SensorCalibration,
     SensorCalibrationError,
+    SensorCheckError,
+    check_sensor,
     check_tolerance,
 )
 from firmware_bridge.client import DeviceClient
@@ -291,3 +293,27 @@ def test_calibrate_sensor_refuses_values_that_do_not_fit_the_plate(
     assert data["source"] == "nominal"
     assert data["sensitivity"] == 1.0
     assert data["resting_g"] == pytest.approx(1.0, abs=0.005)  # the calibration's residual
+
+
+@pytest.mark.parametrize("device_id", ["SIM-0001", "SIM-0002", "SIM-S9", "SIM-DOSE-101"])
+def test_the_check_passes_a_default_part_at_its_tightest_and_refuses_a_12pct_drift(
+    tmp_path: Path, device_id: str
+) -> None:
+    """Every simulated plate has a part several per cent off raw (docs/simulator.md); its
+    firmware's factory calibration corrects the samples, so the check passes it even at the
+    tightest tolerance (1%) with the nominal record, reading what truth says the sensor reads.
+    A 12% drift on the same part is still refused."""
+    truth_path = tmp_path / "truth.npz"
+    url = f"sim://?speed=max&mass=70&seed=4&device_id={device_id}&truth={truth_path}"
+    with DeviceClient.open(url) as dev:
+        nominal = SensorCalibration.nominal(device_id, dev.info.counts_per_g)
+        check = check_sensor(dev, nominal, CHECK_TOLERANCE_MIN)
+    assert check.passed
+    assert check.reading_g == pytest.approx(true_resting_g(truth_path), abs=1e-4)
+    assert abs(check.error) <= 0.0021  # the residual: 0.1% and 1 mg at most
+    drifted = tmp_path / "drifted.npz"
+    url = url.replace(str(truth_path), str(drifted)) + "&sensor_gain_error=0.12&rest_check=0"
+    with DeviceClient.open(url) as dev, pytest.raises(SensorCheckError) as refused:
+        check_sensor(dev, nominal, CHECK_TOLERANCE_MAX)
+    assert refused.value.check is not None
+    assert refused.value.check.reading_g == pytest.approx(true_resting_g(drifted), abs=1e-4)
