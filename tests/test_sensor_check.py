@@ -279,7 +279,7 @@ def test_calibrate_sensor_refuses_values_that_do_not_fit_the_plate(
     assert liv(home, *cmd, "--sensitivity", "1.1") == 1  # the part reads 1.00 g at rest
     err = one_sentence(capsys.readouterr().err)
     assert "not saved" in err
-    assert "corrected 0.91" in err  # 1.00 g (the part's calibration residual: 1.0036 g) / 1.1
+    assert "corrected 0.91" in err  # 1.00 g (the part's calibration residual: 1.0016 g) / 1.1
     assert home.calibrations().load_sensor(DEVICE_ID) is None
     assert liv(home, "calibrate", "--engineer", "--device", sim(mass=0), "--offset-g", "0.1") == 2
     assert "only allowed with --sensor" in capsys.readouterr().err

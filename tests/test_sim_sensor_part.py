@@ -26,8 +26,8 @@ from firmware_bridge.sim.sensor import IDEAL_PART, draw_part
 from tests.simhelpers import load_truth, run_blocks
 
 DEFAULT = load_profile("default").accelerometer
-# Two plates whose parts are far apart: SIM-0001 (the default id) reads 6.4% low raw, and its
-# calibration leaves +0.12%; SIM-0002 reads 3.9% high raw and its calibration leaves -0.10%.
+# Two plates whose parts are far apart: at rest SIM-0001 (the default id) reads 6.4% low raw
+# and 1.0012 g corrected (its calibration's residual); SIM-0002 3.9% high raw, 0.9990 g corrected.
 PLATE_A, PLATE_B = "SIM-0001", "SIM-0002"
 
 
