@@ -178,3 +178,15 @@ def test_a_session_on_a_default_plate_is_judged_from_truth_within_tolerance(
     # the residual shows in the dose the truth scorer judges
     ratio = default.hold_mean_peak_g / exact.hold_mean_peak_g
     assert ratio == pytest.approx(1.0 / gain, abs=1e-4)
+
+
+def test_the_truth_scorer_reports_the_sensors_gain_only_when_the_truth_file_has_it(
+    tmp_path: Path,
+) -> None:
+    truth_path = tmp_path / "truth.npz"
+    resting(PLATE_A, truth_path)
+    truth = truth_score.load_truth(truth_path)
+    gain = truth_score.score(truth, 0.3, 0.1).sensor_reading_gain
+    assert gain == pytest.approx(draw_part(DEFAULT, PLATE_A).residual_gain, abs=1e-12)
+    older = {k: v for k, v in truth.items() if not k.startswith("sensor_")}  # an older file
+    assert math.isnan(truth_score.score(older, 0.3, 0.1).sensor_reading_gain)
