@@ -11,10 +11,12 @@ Model (per device, vertical axis)::
     reading_g = sensitivity x true_g + offset_g        (true_g includes gravity)
     corrected_g = (reading_g - offset_g) / sensitivity
 
-``reading_g`` is counts / HELLO ``counts_per_g``; ``sensitivity`` is relative to that nominal
-scale (1.0 = as announced), ``offset_g`` is the reading's offset in g. Both are bench values an
-engineer enters (two orientations against gravity, or back-to-back against a reference, as in
-ISO 16063-21); without a record the nominal values (1.0, 0.0) apply.
+``reading_g`` is counts / HELLO ``counts_per_g``: samples the plate has already corrected with
+its own factory calibration of its part (docs/protocol.md, SAMPLES), so ``sensitivity`` and
+``offset_g`` are what that calibration left or what has drifted since. ``sensitivity`` is
+relative to the announced scale (1.0 = as announced), ``offset_g`` is the reading's offset in
+g. Both are bench values an engineer enters (two orientations against gravity, or back-to-back
+against a reference, as in ISO 16063-21); without a record the nominal values (1.0, 0.0) apply.
 """
 
 from __future__ import annotations
