@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         for years in args.log_years:
             logs = Path(tempfile.gettempdir()) / "liv-bench-logs"
             _, _, start_home = bench_log.build(logs, years)
-            plate = f"sim://?speed=max&mass=70&seed=2&device_id={DEVICE_ID}"
+            # the plate that countersigned the log, paired with the home (bench_log.run_start)
+            plate = f"{PLATE}&nv={start_home.root / 'nv'}"
             measure(
                 f"liv start until the plate moves ({years} y log)",
                 lambda h=start_home.root, p=plate: measure_moves(h, p),  # type: ignore[misc]
