@@ -105,3 +105,40 @@ def test_a_session_runs_without_importing_scipy() -> None:
     assert report["status"] == "completed"
     assert report["a_w"] > 0.1
     assert report["scipy"] == []
+
+
+# What `liv --help` may load: the parser and its help, nothing a command needs to run
+# (issue 11: start-up <= 0.3 s). The signing library, the numerics, the YAML reader, the log
+# and the command modules are imported by the commands that use them.
+_HELP_MODULES = textwrap.dedent(
+    """
+    import json, sys
+    from sessions.cli import main
+    try:
+        main(sys.argv[1:])
+    except SystemExit:
+        pass
+    loaded = sorted(
+        m for m in sys.modules
+        if m.split(".")[0] in ("cryptography", "numpy", "scipy", "yaml", "serial")
+        or m.startswith(("sessions.commands.", "sessions.log", "sessions.prescription",
+                         "sessions.adherence", "sessions.protocol", "sessions.clinic.keys"))
+    )
+    print(json.dumps(loaded))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["clinic", "--help"], ["protocol", "sign", "--help"], ["--version"]]
+)
+def test_help_loads_no_command_code_signing_or_numerics(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP_MODULES, *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == []
