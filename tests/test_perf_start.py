@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -142,3 +143,32 @@ def test_help_loads_no_command_code_signing_or_numerics(argv: list[str]) -> None
         check=True,
     )
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+_BLAS_THREADS = textwrap.dedent(
+    """
+    import json
+    import sessions.cli  # as the liv script does: before anything imports numpy
+    import numpy
+    from threadpoolctl import threadpool_info
+    print(json.dumps([pool["num_threads"] for pool in threadpool_info()]))
+    """
+)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts one thread per core")
+def test_the_entry_point_keeps_openblas_to_one_thread() -> None:
+    """OpenBLAS would start a thread per core when numpy is imported (CPU before the plate
+    moves); the entry point asks for one unless the user chose otherwise."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", _BLAS_THREADS],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=True,
+    )  # fmt: skip
+    assert set(json.loads(done.stdout.splitlines()[-1])) == {1}
+    chosen = subprocess.run(
+        [sys.executable, "-c", _BLAS_THREADS],
+        capture_output=True, text=True, cwd=ROOT, env={**env, "OPENBLAS_NUM_THREADS": "2"},
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert set(json.loads(chosen.stdout.splitlines()[-1])) == {2}

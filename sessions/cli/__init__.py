@@ -18,6 +18,14 @@ One module per seam:
 The patients' and clinicians' handlers are in ``sessions.commands``.
 """
 
+import os
+
+# The program computes on one thread (firmware_bridge/realtime.py). OpenBLAS reads this when
+# numpy is first imported, which the entry point ('liv', python -m sessions.cli, python -m liv)
+# always precedes: without it OpenBLAS starts a thread per core at import, CPU spent before the
+# plate moves (docs/performance.md). A value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from sessions.cli.app import main
 from sessions.cli.completion import completion_script
 from sessions.cli.errors import (
