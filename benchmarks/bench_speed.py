@@ -93,8 +93,10 @@ print(json.dumps({"code": os.waitstatus_to_exitcode(status), "wall_s": wall, "mo
 """
 
 # The child for "until the plate moves": liv itself, with the first non-zero drive announced.
+# sessions.cli is imported first, as the liv script does (its start-up settings come first).
 _MOVES = r"""
 import sys, time
+import sessions.cli
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.protocol import SetDrive
 _send = DeviceClient._send
