@@ -48,6 +48,7 @@ __all__ = [
     "FLAG_KINDS",
     "MAX_REPORT_DAYS",
     "AdherenceReport",
+    "CountedDaySums",
     "DayAdherence",
     "DeviceUse",
     "Flag",
@@ -323,8 +324,32 @@ class Totals:
         )
 
 
+class CountedDaySums:
+    """Sums over the counted days of a period and the adherence they give.
+
+    Session adherence is the completed slots over the prescribed ones, dose adherence the
+    minutes at dose over the minutes prescribed; ``None`` when nothing was prescribed. A
+    report's week (``WeekAdherence``) and a clinic overview's window
+    (``sessions.clinic.overview.Window``) are such sums.
+    """
+
+    days_counted: int
+    slots_prescribed: int
+    slots_completed: int
+    minutes_prescribed: float
+    minutes_at_dose: float
+
+    @property
+    def session_adherence(self) -> float | None:
+        return _ratio(self.slots_completed, self.slots_prescribed)
+
+    @property
+    def dose_adherence(self) -> float | None:
+        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
+
+
 @dataclass(frozen=True)
-class WeekAdherence:
+class WeekAdherence(CountedDaySums):
     """One ISO week (Monday to Sunday of local dates), over the days of it in the period."""
 
     iso_year: int
@@ -341,14 +366,6 @@ class WeekAdherence:
     @property
     def label(self) -> str:
         return f"{self.iso_year}-W{self.iso_week:02d}"
-
-    @property
-    def session_adherence(self) -> float | None:
-        return _ratio(self.slots_completed, self.slots_prescribed)
-
-    @property
-    def dose_adherence(self) -> float | None:
-        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
