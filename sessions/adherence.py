@@ -47,6 +47,7 @@ __all__ = [
     "DEMO_LABEL",
     "FLAG_KINDS",
     "MAX_REPORT_DAYS",
+    "AdherenceRatios",
     "AdherenceReport",
     "CountedDaySums",
     "DayAdherence",
@@ -178,8 +179,36 @@ def _ratio(part: float, whole: float) -> float | None:
     return part / whole if whole > 0 else None
 
 
+class AdherenceRatios:
+    """Session and dose adherence from slot and minute sums (a day, a week, a window).
+
+    Session adherence is the completed slots over the prescribed ones, dose adherence the
+    minutes at dose over the minutes prescribed; ``None`` when nothing was prescribed.
+    """
+
+    slots_prescribed: int
+    slots_completed: int
+    minutes_prescribed: float
+    minutes_at_dose: float
+
+    @property
+    def session_adherence(self) -> float | None:
+        return _ratio(self.slots_completed, self.slots_prescribed)
+
+    @property
+    def dose_adherence(self) -> float | None:
+        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
+
+
+class CountedDaySums(AdherenceRatios):
+    """Sums over the counted days of a period: a report's weeks and whole period (``Totals``,
+    ``WeekAdherence``), a clinic overview's window (``sessions.clinic.overview.Window``)."""
+
+    days_counted: int
+
+
 @dataclass(frozen=True)
-class DayAdherence:
+class DayAdherence(AdherenceRatios):
     """One local day of the report period."""
 
     day: date
@@ -196,14 +225,6 @@ class DayAdherence:
     @property
     def counted(self) -> bool:
         return self.status in COUNTED_STATUSES
-
-    @property
-    def session_adherence(self) -> float | None:
-        return _ratio(self.slots_completed, self.slots_prescribed)
-
-    @property
-    def dose_adherence(self) -> float | None:
-        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -297,7 +318,7 @@ class ProtocolPeriod:
 
 
 @dataclass(frozen=True)
-class Totals:
+class Totals(CountedDaySums):
     """Sums over the counted days of a period (a week, the whole report)."""
 
     days_counted: int
@@ -322,30 +343,6 @@ class Totals:
             partial_days=sum(d.status == "partial" for d in counted),
             missed_days=tuple(d.day for d in counted if d.status == "missed"),
         )
-
-
-class CountedDaySums:
-    """Sums over the counted days of a period and the adherence they give.
-
-    Session adherence is the completed slots over the prescribed ones, dose adherence the
-    minutes at dose over the minutes prescribed; ``None`` when nothing was prescribed. A
-    report's week (``WeekAdherence``) and a clinic overview's window
-    (``sessions.clinic.overview.Window``) are such sums.
-    """
-
-    days_counted: int
-    slots_prescribed: int
-    slots_completed: int
-    minutes_prescribed: float
-    minutes_at_dose: float
-
-    @property
-    def session_adherence(self) -> float | None:
-        return _ratio(self.slots_completed, self.slots_prescribed)
-
-    @property
-    def dose_adherence(self) -> float | None:
-        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
 
 
 @dataclass(frozen=True)
@@ -539,11 +536,11 @@ class AdherenceReport:
 
     @property
     def session_adherence(self) -> float | None:
-        return _ratio(self.slots_completed, self.slots_prescribed)
+        return self.totals.session_adherence
 
     @property
     def dose_adherence(self) -> float | None:
-        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
+        return self.totals.dose_adherence
 
     def day(self, day: date) -> DayAdherence | None:
         return next((d for d in self.days if d.day == day), None)
