@@ -6,15 +6,9 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from firmware_bridge.errors import LivError
-from sessions.text import echo, terminal_line
-from sessions.wording import refusal_sentence
-
-if TYPE_CHECKING:
-    pass
-
 from sessions.cli.errors import (
     ENGINEER_SENTENCE,
     EXIT_FAILURE,
@@ -23,6 +17,8 @@ from sessions.cli.errors import (
     UsageError,
 )
 from sessions.cli.parser import build_parser, engineering_command
+from sessions.text import echo, terminal_line
+from sessions.wording import refusal_sentence
 
 # Commands that drive a plate or simulate one: numerics run single-threaded in them.
 _PLATE_COMMANDS = frozenset({"device", "calibrate", "run", "start", "demo", "sim"})

@@ -11,12 +11,6 @@ from controller.sensor_limits import (
     SOURCE_NOMINAL,
 )
 from firmware_bridge.errors import LivError
-from sessions.text import echo, terminal_line
-
-if TYPE_CHECKING:
-    from controller.calibration import Calibration, CalibrationStore, LoadCheck
-    from firmware_bridge.client import DeviceClient, DeviceInfo
-
 from sessions.cli.engineering import (
     EngineeringRun,
     EngineerProgress,
@@ -26,6 +20,11 @@ from sessions.cli.engineering import (
     emit,
 )
 from sessions.cli.errors import UsageError, require_engineer
+from sessions.text import echo, terminal_line
+
+if TYPE_CHECKING:
+    from controller.calibration import Calibration, CalibrationStore, LoadCheck
+    from firmware_bridge.client import DeviceClient, DeviceInfo
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

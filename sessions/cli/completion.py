@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-from typing import TYPE_CHECKING
 
 from sessions.cli.helptext import subcommands
 from sessions.cli.parser import build_parser, package_version
-
-if TYPE_CHECKING:
-    pass
-
-_log = logging.getLogger("liv")
 
 
 def _takes_value(action: argparse.Action) -> bool:

@@ -8,13 +8,18 @@ import signal
 from typing import TYPE_CHECKING
 
 from firmware_bridge.dose_limits import DOSE_LIMITS
+from sessions.cli.engineering import EngineeringRun as _EngineeringRun
+from sessions.cli.engineering import calibration_store as _store
+from sessions.cli.engineering import emit as _emit
+from sessions.cli.errors import EXIT_INTERRUPTED, UsageError
+from sessions.cli.errors import require_engineer as _require_engineer
 
 if TYPE_CHECKING:
     from controller.calibration import CalibrationStore
     from firmware_bridge.client import DeviceInfo
 
-from sessions.cli.engineering import EngineeringRun, calibration_store, emit
-from sessions.cli.errors import EXIT_INTERRUPTED, UsageError, require_engineer
+# cmd_device_drive's body is kept word for word as it stood in sessions/cli.py (its helpers by
+# their old names), so that a change to it made elsewhere applies here unchanged.
 
 
 def cmd_device_info(args: argparse.Namespace) -> int:
@@ -24,11 +29,11 @@ def cmd_device_info(args: argparse.Namespace) -> int:
     with DeviceClient.open(args.device) as device:
         info = device.info
     if args.json:
-        emit(device_shape(args.device, info.to_dict()), True, [])
+        _emit(device_shape(args.device, info.to_dict()), True, [])
         return 0
     data = {"url": args.device, **info.to_dict()}
     width = max(len(k) for k in data)
-    emit(data, args.json, [f"{k:<{width}}  {v}" for k, v in data.items()])
+    _emit(data, args.json, [f"{k:<{width}}  {v}" for k, v in data.items()])
     return 0
 
 
@@ -45,8 +50,8 @@ def cmd_device_drive(args: argparse.Namespace) -> int:
     from controller.openloop import drive_open_loop
     from firmware_bridge.client import DeviceClient
 
-    require_engineer(args)
-    store = calibration_store(args)
+    _require_engineer(args)
+    store = _store(args)
     ceiling = DOSE_LIMITS.over_acceleration_ceiling_g
     with DeviceClient.open(args.device) as device:
         info = device.info
@@ -72,7 +77,7 @@ def cmd_device_drive(args: argparse.Namespace) -> int:
         expected_g = args.drive * gain if gain is not None else info.ceiling_g
         settings = {"freq_hz": args.freq, "drive": args.drive, "seconds": args.seconds,
                     "calibrated": gain is not None}  # fmt: skip
-        with EngineeringRun(
+        with _EngineeringRun(
             args, "liv device drive", info, max(expected_g, 0.001), args.seconds, settings
         ) as run:
             result = drive_open_loop(device, args.freq, args.drive, args.seconds)
@@ -96,7 +101,7 @@ def cmd_device_drive(args: argparse.Namespace) -> int:
     ]
     if result.interrupted:
         lines.append("interrupted       Ctrl-C: ramped down and stopped early")
-    emit(data, args.json, lines)
+    _emit(data, args.json, lines)
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 from zoneinfo import ZoneInfo
 
 from firmware_bridge.errors import LivError
+from sessions.commands.common import home_of, open_log
+from sessions.commands.start import BAR_MAX, BAR_MIN, progress_bar, terminal_columns
 from sessions.text import echo, terminal_line
 
 if TYPE_CHECKING:
     from controller.calibration import Calibration, CalibrationStore
     from firmware_bridge.client import DeviceInfo
-
-from sessions.commands.common import home_of, open_log
-from sessions.commands.start import BAR_MAX, BAR_MIN, progress_bar, terminal_columns
 
 _log = logging.getLogger("liv")
 

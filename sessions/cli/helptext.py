@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import textwrap
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
-_log = logging.getLogger("liv")
-
 
 EXIT_STATUS_HELP = """\
 exit status: 0 ok; 1 failure (refused, tripped, nobody on the plate, out of time, an error);

@@ -8,17 +8,13 @@ import math
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.sensor_limits import (
     OFFSET_RANGE_G,
     SENSITIVITY_RANGE,
 )
 from firmware_bridge.dose_limits import DOSE_LIMITS
-
-if TYPE_CHECKING:
-    pass
-
 from sessions.cli.helptext import EXIT_STATUS_HELP, document
 from sessions.clinic.keycommands import add_clinic_init, add_protocol_sign
 from sessions.commands import EXPORT_FORMATS

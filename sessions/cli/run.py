@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from firmware_bridge.dose_limits import DOSE_LIMITS
-from sessions.text import echo, terminal_line
-
-if TYPE_CHECKING:
-    pass
-
 from sessions.cli.calibrate import check_sensor_for_run
 from sessions.cli.engineering import (
     EngineeringRun,
@@ -21,6 +16,7 @@ from sessions.cli.engineering import (
     emit,
 )
 from sessions.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, UsageError, require_engineer
+from sessions.text import echo, terminal_line
 
 
 def cmd_run(args: argparse.Namespace) -> int:
