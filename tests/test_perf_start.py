@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ import scipy.signal
 from controller.exposure import ExposureMeter, sos_block_form, sos_steady_state, wk_analog, wk_sos
 from firmware_bridge.sim.physics import expm
 from firmware_bridge.sim.sensor import block_form, butter2_lowpass, steady_state
+from sessions.cli import build_parser, subcommands
+from sessions.cli.parser import Handler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,3 +178,23 @@ def test_the_entry_point_keeps_openblas_to_one_thread() -> None:
         timeout=60, check=True,
     )  # fmt: skip
     assert set(json.loads(chosen.stdout.splitlines()[-1])) == {2}
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, Any]]:
+    found = subcommands(parser)
+    if not found:
+        yield path, parser
+    for name, sub in found.items():
+        yield from _leaf_parsers(sub, f"{path} {name}".strip())
+
+
+def test_every_command_names_a_handler_that_imports() -> None:
+    """The parser names most handlers without importing them: each name must resolve (the
+    clinic key commands register their own, light, functions)."""
+    leaves = list(_leaf_parsers(build_parser()))
+    assert len(leaves) > 25
+    for path, parser in leaves:
+        handler = parser.get_default("handler")
+        if isinstance(handler, Handler):
+            handler = getattr(importlib.import_module(handler.module), handler.name)
+        assert callable(handler), path
