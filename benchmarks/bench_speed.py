@@ -93,8 +93,10 @@ print(json.dumps({"code": os.waitstatus_to_exitcode(status), "wall_s": wall, "mo
 """
 
 # The child for "until the plate moves": liv itself, with the first non-zero drive announced.
+# sessions.cli is imported first, as the liv script does (its start-up settings come first).
 _MOVES = r"""
 import sys, time
+import sessions.cli
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.protocol import SetDrive
 _send = DeviceClient._send
@@ -358,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         for years in args.log_years:
             logs = Path(tempfile.gettempdir()) / "liv-bench-logs"
             _, _, start_home = bench_log.build(logs, years)
-            plate = f"sim://?speed=max&mass=70&seed=2&device_id={DEVICE_ID}"
+            # the plate that countersigned the log, paired with the home (bench_log.run_start)
+            plate = f"{PLATE}&nv={start_home.root / 'nv'}"
             measure(
                 f"liv start until the plate moves ({years} y log)",
                 lambda h=start_home.root, p=plate: measure_moves(h, p),  # type: ignore[misc]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -49,13 +48,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from controller.calibration import identify
-from firmware_bridge.client import DeviceClient
-from firmware_bridge.errors import LivError
-from sessions.clinic.keys import init_clinic_key, load_signing_key, sign_protocol_file
-from sessions.home import LivHome
-from sessions.log import SessionLog, SessionStatus
-from sessions.runner import CHECKPOINT_S
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.output import write_json  # noqa: E402
+from controller.calibration import identify  # noqa: E402
+from firmware_bridge.client import DeviceClient  # noqa: E402
+from firmware_bridge.errors import LivError  # noqa: E402
+from sessions.clinic.keys import init_clinic_key, load_signing_key, sign_protocol_file  # noqa: E402
+from sessions.home import LivHome  # noqa: E402
+from sessions.log import SessionLog, SessionStatus  # noqa: E402
+from sessions.runner import CHECKPOINT_S  # noqa: E402
 
 DEVICE_ID = "SIM-DUR"
 MINUTES = 1.0
@@ -384,10 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": asdict(summary),
         "trials": [asdict(t) for t in trials],
     }
-    if args.json == "-":
-        print(json.dumps(data, indent=2, default=str))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_json(args.json, data)
     ok = summary.opened_every_time and summary.verified_every_time
     return 0 if ok and summary.integrity_ok_every_time else 1
 

@@ -22,6 +22,7 @@ import argparse
 import random
 import sys
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from firmware_bridge.countersign import next_head, signed_bytes
 from firmware_bridge.sim.nvstore import DeviceNv, LastSignature, NvState
 from sessions.log import GENESIS_HASH, SessionStore, record_hash
 from sessions.log.fields import _columns_from_raw, _iso
-from sessions.protocol import MAX_STUDY_DAYS, protocol_from_dict
+from sessions.protocol import MAX_STUDY_DAYS, PatientProtocol, protocol_from_dict
 
 PATIENT_ID = "BENCH-001"
 DEVICE_ID = "SIM-BENCH"
@@ -83,6 +84,72 @@ def _envelope(rng: random.Random, points_per_s: float, target_g: float) -> list[
     return points
 
 
+def completed_record(
+    *,
+    log_id: str,
+    chain_index: int,
+    prev_hash: str,
+    session_id: str,
+    device_id: str,
+    firmware_version: str,
+    protocol: PatientProtocol,
+    started: datetime,
+    ended: datetime,
+    slot: int,
+    mean_error_pct: float,
+    p95_abs_error_pct: float,
+    envelope: list[list[float]],
+    freq_hz: float = 30.0,
+    changes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One completed therapy record, every field as the log stores and exports it.
+
+    A finished record (``SessionStore.finish_session``): the whole prescribed time at dose, at
+    ``protocol``'s target and ``freq_hz``, in its time zone, hashed onto ``prev_hash``.
+    ``changes`` replace fields before the hash (a test's tampered or odd record). The
+    benchmark's logs (``make_log``) and the tests' exports are built by this one function.
+    """
+    zone = protocol.zone
+    minutes = protocol.minutes_per_session
+    raw: dict[str, Any] = {
+        "log_id": log_id,
+        "chain_index": chain_index,
+        "prev_hash": prev_hash,
+        "record_hash": None,
+        "session_id": session_id,
+        "patient_id": protocol.patient_id,
+        "device_id": device_id,
+        "firmware_version": firmware_version,
+        "protocol_sha256": protocol.sha256,
+        "protocol_json": protocol.canonical_json(),
+        "started_utc": _iso(started),
+        "started_local": _iso(started.astimezone(zone)),
+        "ended_utc": _iso(ended),
+        "ended_local": _iso(ended.astimezone(zone)),
+        "timezone": protocol.timezone,
+        "local_date": started.astimezone(zone).date().isoformat(),
+        "slot": slot,
+        "status": "completed",
+        "reason": "",
+        "override": False,
+        "override_reason": None,
+        "resumed_from": None,
+        "minutes_prescribed": minutes,
+        "minutes_at_dose": minutes,
+        "target_g": protocol.target_g,
+        "freqs_hz": [freq_hz],
+        "mean_error_pct": mean_error_pct,
+        "p95_abs_error_pct": p95_abs_error_pct,
+        "safety_events": [],
+        "exposure": {"a8_m_s2": 0.129, "a_w_m_s2": 0.891, "vdv_m_s1_75": 4.112},
+        "envelope": envelope,
+        "last_checkpoint_utc": _iso(ended),
+    }
+    raw.update(changes or {})
+    raw["record_hash"] = record_hash(prev_hash, raw)
+    return raw
+
+
 def make_log(
     path: Path,
     *,
@@ -106,7 +173,6 @@ def make_log(
     last_day = datetime.now(UTC).astimezone(zone).date() - timedelta(days=1)
     first_day = last_day - timedelta(days=days - 1)
     protocol = protocol_from_dict(bench_protocol(first_day, days))
-    protocol_json = protocol.canonical_json()
     envelope_cache = [_envelope(rng, points_per_s, protocol.target_g) for _ in range(16)]
     with SessionStore(path) as store, store._write() as tx:
         log_id = store.log_id
@@ -121,41 +187,21 @@ def make_log(
                 )  # fmt: skip
                 started = local_start.astimezone(UTC)
                 ended = started + timedelta(seconds=SESSION_MIN * 60 + RAMP_UP_S + RAMP_DOWN_S)
-                raw: dict[str, Any] = {
-                    "log_id": log_id,
-                    "chain_index": index,
-                    "prev_hash": prev_hash,
-                    "record_hash": None,
-                    "session_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    "patient_id": PATIENT_ID,
-                    "device_id": DEVICE_ID,
-                    "firmware_version": "sim-1.0",
-                    "protocol_sha256": protocol.sha256,
-                    "protocol_json": protocol_json,
-                    "started_utc": _iso(started),
-                    "started_local": _iso(started.astimezone(zone)),
-                    "ended_utc": _iso(ended),
-                    "ended_local": _iso(ended.astimezone(zone)),
-                    "timezone": ZONE,
-                    "local_date": day.isoformat(),
-                    "slot": slot,
-                    "status": "completed",
-                    "reason": "",
-                    "override": False,
-                    "override_reason": None,
-                    "resumed_from": None,
-                    "minutes_prescribed": SESSION_MIN,
-                    "minutes_at_dose": SESSION_MIN,
-                    "target_g": protocol.target_g,
-                    "freqs_hz": [30.0],
-                    "mean_error_pct": round(rng.gauss(0.0, 0.5), 6),
-                    "p95_abs_error_pct": round(abs(rng.gauss(2.0, 0.3)), 6),
-                    "safety_events": [],
-                    "exposure": {"a8_m_s2": 0.129, "a_w_m_s2": 0.891, "vdv_m_s1_75": 4.112},
-                    "envelope": envelope_cache[index % len(envelope_cache)],
-                    "last_checkpoint_utc": _iso(ended),
-                }
-                raw["record_hash"] = record_hash(prev_hash, raw)
+                raw = completed_record(
+                    log_id=log_id,
+                    chain_index=index,
+                    prev_hash=prev_hash,
+                    session_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    device_id=DEVICE_ID,
+                    firmware_version="sim-1.0",
+                    protocol=protocol,
+                    started=started,
+                    ended=ended,
+                    slot=slot,
+                    mean_error_pct=round(rng.gauss(0.0, 0.5), 6),
+                    p95_abs_error_pct=round(abs(rng.gauss(2.0, 0.3)), 6),
+                    envelope=envelope_cache[index % len(envelope_cache)],
+                )
                 prev_hash = raw["record_hash"]
                 index += 1
                 columns = _columns_from_raw(raw)

@@ -47,7 +47,9 @@ __all__ = [
     "DEMO_LABEL",
     "FLAG_KINDS",
     "MAX_REPORT_DAYS",
+    "AdherenceRatios",
     "AdherenceReport",
+    "CountedDaySums",
     "DayAdherence",
     "DeviceUse",
     "Flag",
@@ -177,8 +179,36 @@ def _ratio(part: float, whole: float) -> float | None:
     return part / whole if whole > 0 else None
 
 
+class AdherenceRatios:
+    """Session and dose adherence from slot and minute sums (a day, a week, a window).
+
+    Session adherence is the completed slots over the prescribed ones, dose adherence the
+    minutes at dose over the minutes prescribed; ``None`` when nothing was prescribed.
+    """
+
+    slots_prescribed: int
+    slots_completed: int
+    minutes_prescribed: float
+    minutes_at_dose: float
+
+    @property
+    def session_adherence(self) -> float | None:
+        return _ratio(self.slots_completed, self.slots_prescribed)
+
+    @property
+    def dose_adherence(self) -> float | None:
+        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
+
+
+class CountedDaySums(AdherenceRatios):
+    """Sums over the counted days of a period: a report's weeks and whole period (``Totals``,
+    ``WeekAdherence``), a clinic overview's window (``sessions.clinic.overview.Window``)."""
+
+    days_counted: int
+
+
 @dataclass(frozen=True)
-class DayAdherence:
+class DayAdherence(AdherenceRatios):
     """One local day of the report period."""
 
     day: date
@@ -195,14 +225,6 @@ class DayAdherence:
     @property
     def counted(self) -> bool:
         return self.status in COUNTED_STATUSES
-
-    @property
-    def session_adherence(self) -> float | None:
-        return _ratio(self.slots_completed, self.slots_prescribed)
-
-    @property
-    def dose_adherence(self) -> float | None:
-        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -296,7 +318,7 @@ class ProtocolPeriod:
 
 
 @dataclass(frozen=True)
-class Totals:
+class Totals(CountedDaySums):
     """Sums over the counted days of a period (a week, the whole report)."""
 
     days_counted: int
@@ -324,7 +346,7 @@ class Totals:
 
 
 @dataclass(frozen=True)
-class WeekAdherence:
+class WeekAdherence(CountedDaySums):
     """One ISO week (Monday to Sunday of local dates), over the days of it in the period."""
 
     iso_year: int
@@ -341,14 +363,6 @@ class WeekAdherence:
     @property
     def label(self) -> str:
         return f"{self.iso_year}-W{self.iso_week:02d}"
-
-    @property
-    def session_adherence(self) -> float | None:
-        return _ratio(self.slots_completed, self.slots_prescribed)
-
-    @property
-    def dose_adherence(self) -> float | None:
-        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -522,11 +536,11 @@ class AdherenceReport:
 
     @property
     def session_adherence(self) -> float | None:
-        return _ratio(self.slots_completed, self.slots_prescribed)
+        return self.totals.session_adherence
 
     @property
     def dose_adherence(self) -> float | None:
-        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
+        return self.totals.dose_adherence
 
     def day(self, day: date) -> DayAdherence | None:
         return next((d for d in self.days if d.day == day), None)

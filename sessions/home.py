@@ -51,6 +51,7 @@ from controller.privatefiles import (
     write_private_file,
 )
 from firmware_bridge.errors import LivError
+from firmware_bridge.userdirs import user_data_dir
 from sessions.prescription import (
     SignatureCheck,
     check_signature,
@@ -73,7 +74,6 @@ _log = logging.getLogger(__name__)
 ENV_HOME = "LIV_HOME"
 ENV_DB = "LIV_DB"
 ENV_CALIBRATION_DIR = "LIV_CALIBRATION_DIR"
-ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
 DEMO_MARKER = "DEMO"  # a file of this name in the home's root makes it a demo home
 
 
@@ -91,13 +91,6 @@ class Enrolment:
     fingerprint: str
     replaced: str | None
     changed: bool
-
-
-def user_data_dir(name: str) -> Path:
-    """``$XDG_DATA_HOME/name`` (when that is an absolute path), else ``~/.local/share/name``."""
-    xdg = os.environ.get(ENV_XDG_DATA_HOME, "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / name
 
 
 def default_root() -> Path:

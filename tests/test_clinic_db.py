@@ -33,13 +33,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from benchmarks.make_log import completed_record
 from firmware_bridge.countersign import GENESIS_HEAD, next_head, signed_bytes
 from sessions.clinic.db import SCHEMA_VERSION, ClinicDb, ClinicDbError
 from sessions.clinic.importer import ImportOutcome, import_export, refresh_patient, verify_export
 from sessions.clinic.plates import PlateRegistry, add_plate
-from sessions.log import GENESIS_HASH, SessionLog, record_hash
+from sessions.log import GENESIS_HASH, SessionLog
 from sessions.log.canonical import canonical_json
-from sessions.log.fields import _iso
 from sessions.log.vouch import Voucher, device_id_raw
 from sessions.protocol import protocol_from_dict
 
@@ -96,42 +96,22 @@ def make_records(
         for slot, hour in ((1, 8), (2, 18)):
             started = datetime(day.year, day.month, day.day, hour, 5, tzinfo=zone).astimezone(UTC)
             ended = started + timedelta(minutes=10, seconds=3)
-            raw: dict[str, Any] = {
-                "log_id": log_id,
-                "chain_index": len(records),
-                "prev_hash": prev,
-                "record_hash": None,
-                "session_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "patient_id": patient_id,
-                "device_id": device_id,
-                "firmware_version": firmware,
-                "protocol_sha256": protocol.sha256,
-                "protocol_json": protocol.canonical_json(),
-                "started_utc": _iso(started),
-                "started_local": _iso(started.astimezone(zone)),
-                "ended_utc": _iso(ended),
-                "ended_local": _iso(ended.astimezone(zone)),
-                "timezone": ZONE,
-                "local_date": day.isoformat(),
-                "slot": slot,
-                "status": "completed",
-                "reason": "",
-                "override": False,
-                "override_reason": None,
-                "resumed_from": None,
-                "minutes_prescribed": 10.0,
-                "minutes_at_dose": 10.0,
-                "target_g": 0.3,
-                "freqs_hz": [30.0],
-                "mean_error_pct": -0.4,
-                "p95_abs_error_pct": 1.2,
-                "safety_events": [],
-                "exposure": {"a8_m_s2": 0.129, "a_w_m_s2": 0.891, "vdv_m_s1_75": 4.112},
-                "envelope": [[round(0.1 * i, 3), 0.3] for i in range(envelope_points)],
-                "last_checkpoint_utc": _iso(ended),
-            }
-            raw.update((tweak or {}).get(len(records), {}))
-            raw["record_hash"] = record_hash(prev, raw)
+            raw = completed_record(
+                log_id=log_id,
+                chain_index=len(records),
+                prev_hash=prev,
+                session_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                device_id=device_id,
+                firmware_version=firmware,
+                protocol=protocol,
+                started=started,
+                ended=ended,
+                slot=slot,
+                mean_error_pct=-0.4,
+                p95_abs_error_pct=1.2,
+                envelope=[[round(0.1 * i, 3), 0.3] for i in range(envelope_points)],
+                changes=(tweak or {}).get(len(records)),
+            )
             prev = raw["record_hash"]
             records.append(raw)
     return records

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +21,8 @@ import scipy.signal
 from controller.exposure import ExposureMeter, sos_block_form, sos_steady_state, wk_analog, wk_sos
 from firmware_bridge.sim.physics import expm
 from firmware_bridge.sim.sensor import block_form, butter2_lowpass, steady_state
+from sessions.cli import build_parser, subcommands
+from sessions.cli.parser import Handler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,3 +112,89 @@ def test_a_session_runs_without_importing_scipy() -> None:
     assert report["status"] == "completed"
     assert report["a_w"] > 0.1
     assert report["scipy"] == []
+
+
+# What `liv --help` may load: the parser and its help, nothing a command needs to run
+# (issue 11: start-up <= 0.3 s). The signing library, the numerics, the YAML reader, the log
+# and the command modules are imported by the commands that use them.
+_HELP_MODULES = textwrap.dedent(
+    """
+    import json, sys
+    from sessions.cli import main
+    try:
+        main(sys.argv[1:])
+    except SystemExit:
+        pass
+    loaded = sorted(
+        m for m in sys.modules
+        if m.split(".")[0] in ("cryptography", "numpy", "scipy", "yaml", "serial")
+        or m.startswith(("sessions.commands.", "sessions.log", "sessions.prescription",
+                         "sessions.adherence", "sessions.protocol", "sessions.clinic.keys"))
+    )
+    print(json.dumps(loaded))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["clinic", "--help"], ["protocol", "sign", "--help"], ["--version"]]
+)
+def test_help_loads_no_command_code_signing_or_numerics(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP_MODULES, *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+_BLAS_THREADS = textwrap.dedent(
+    """
+    import json
+    import sessions.cli  # as the liv script does: before anything imports numpy
+    import numpy
+    from threadpoolctl import threadpool_info
+    print(json.dumps([pool["num_threads"] for pool in threadpool_info()]))
+    """
+)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts one thread per core")
+def test_the_entry_point_keeps_openblas_to_one_thread() -> None:
+    """OpenBLAS would start a thread per core when numpy is imported (CPU before the plate
+    moves); the entry point asks for one unless the user chose otherwise."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", _BLAS_THREADS],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=True,
+    )  # fmt: skip
+    assert set(json.loads(done.stdout.splitlines()[-1])) == {1}
+    chosen = subprocess.run(
+        [sys.executable, "-c", _BLAS_THREADS],
+        capture_output=True, text=True, cwd=ROOT, env={**env, "OPENBLAS_NUM_THREADS": "2"},
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert set(json.loads(chosen.stdout.splitlines()[-1])) == {2}
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, Any]]:
+    found = subcommands(parser)
+    if not found:
+        yield path, parser
+    for name, sub in found.items():
+        yield from _leaf_parsers(sub, f"{path} {name}".strip())
+
+
+def test_every_command_names_a_handler_that_imports() -> None:
+    """The parser names most handlers without importing them: each name must resolve (the
+    clinic key commands register their own, light, functions)."""
+    leaves = list(_leaf_parsers(build_parser()))
+    assert len(leaves) > 25
+    for path, parser in leaves:
+        handler = parser.get_default("handler")
+        if isinstance(handler, Handler):
+            handler = getattr(importlib.import_module(handler.module), handler.name)
+        assert callable(handler), path

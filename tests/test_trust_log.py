@@ -201,14 +201,18 @@ def test_a_rechained_log_is_detected(plant: Plant, capsys: pytest.CaptureFixture
     assert "changed after the plate signed it" in text
 
 
+def _delete_record(conn: sqlite3.Connection, session_id: str) -> None:
+    """Remove one record from every table that holds it (its voucher, its row)."""
+    for table in ("vouchers", "unvouched", "sessions"):
+        conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+
+
 def test_a_deleted_middle_record_is_detected(
     plant: Plant, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with tampered(plant.db) as conn:
         (victim,) = conn.execute("SELECT session_id FROM sessions WHERE chain_index = 1").fetchone()
-        conn.execute("DELETE FROM vouchers WHERE session_id = ?", (victim,))
-        conn.execute("DELETE FROM unvouched WHERE session_id = ?", (victim,))
-        conn.execute("DELETE FROM sessions WHERE session_id = ?", (victim,))
+        _delete_record(conn, victim)
         conn.execute("UPDATE sessions SET chain_index = chain_index - 1 WHERE chain_index > 1")
         rechain(conn)
     chain_alone_passes(plant)
@@ -219,13 +223,13 @@ def test_a_deleted_middle_record_is_detected(
 
 
 def _delete_last(plant: Plant, count: int) -> None:
+    """Delete the log's last ``count`` records, as someone holding the file could."""
     with tampered(plant.db) as conn:
         victims = conn.execute(
             "SELECT session_id FROM sessions ORDER BY chain_index DESC LIMIT ?", (count,)
         ).fetchall()
         for (victim,) in victims:
-            for table in ("vouchers", "unvouched", "sessions"):
-                conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (victim,))
+            _delete_record(conn, victim)
 
 
 def test_deleting_the_last_record_is_detected_with_the_plate_connected(

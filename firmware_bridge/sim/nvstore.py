@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from firmware_bridge.countersign import GENESIS_HEAD
+from firmware_bridge.userdirs import user_state_dir
 
 ENV_STATE_DIR = "LIV_SIM_STATE_DIR"
 KEY_FILE = "device_key"
@@ -41,9 +42,7 @@ def state_root(explicit: str | None = None) -> Path:
     env = os.environ.get(ENV_STATE_DIR, "")
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
-    return base / "liv" / "sim"
+    return user_state_dir("liv", "sim")
 
 
 def device_dir_name(device_id: str) -> str:

@@ -11,17 +11,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sessions.clinic.keys import (
-    PRIVATE_KEY_NAME,
-    ClinicKeyError,
-    default_signed_path,
-    init_clinic_key,
-    load_signing_key,
-    sign_protocol_file,
-)
-from sessions.clinic.paths import clinic_root
-from sessions.commands import describe_protocol
+from sessions.clinic.paths import PRIVATE_KEY_NAME, clinic_root
 from sessions.text import echo
+
+# The signing library (sessions.clinic.keys) is imported by the two commands when they run,
+# never when the parser is built: `liv --help` stays fast (docs/performance.md).
 
 CLINIC_DIR_HELP = (
     "the clinic's data directory (default: $LIV_CLINIC_HOME, else $XDG_DATA_HOME/liv-clinic, "
@@ -64,6 +58,8 @@ def add_protocol_sign(pcmds: Any) -> argparse.ArgumentParser:
 
 
 def cmd_clinic_init(args: argparse.Namespace) -> int:
+    from sessions.clinic.keys import init_clinic_key
+
     root = clinic_root(args.clinic_dir)
     made = init_clinic_key(root)
     echo(f"clinic key made in {root}")
@@ -74,6 +70,14 @@ def cmd_clinic_init(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol_sign(args: argparse.Namespace) -> int:
+    from sessions.clinic.keys import (
+        ClinicKeyError,
+        default_signed_path,
+        load_signing_key,
+        sign_protocol_file,
+    )
+    from sessions.commands.protocols import describe_protocol
+
     source = Path(args.file)
     key_path = args.key or clinic_root(args.clinic_dir) / PRIVATE_KEY_NAME
     key = load_signing_key(key_path)

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.privatefiles import PRIVATE_FILE_MODE, ensure_private_dir, write_new_file
 from firmware_bridge.errors import LivError
+from sessions.clinic.paths import PRIVATE_KEY_NAME
 from sessions.prescription import fingerprint, public_key_pem, sign_protocol_bytes, signature_lines
 from sessions.protocol import PatientProtocol, protocol_from_bytes, read_protocol_bytes
 
-PRIVATE_KEY_NAME = "clinic-private.pem"
 PUBLIC_KEY_NAME = "clinic-public.pem"
 _MAX_KEY_FILE_BYTES = 16_384
 

@@ -20,7 +20,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sessions.adherence import MAX_REPORT_DAYS, AdherenceReport, compute_adherence
+from sessions.adherence import (
+    MAX_REPORT_DAYS,
+    AdherenceReport,
+    CountedDaySums,
+    compute_adherence,
+)
 from sessions.clinic.db import ClinicDb
 from sessions.clinic.importer import THERAPY, HeldSession, load_record, load_sessions
 from sessions.log.records import SessionSummary
@@ -128,8 +133,8 @@ def _judged(protocol: PatientProtocol, therapy: Sequence[SessionSummary]) -> Adh
 
 
 @dataclass
-class Window:
-    """Sums over the counted days of one window (as sessions.adherence.Totals)."""
+class Window(CountedDaySums):
+    """The counted days of one window (7 days, 30 days, the study), summed a day at a time."""
 
     slots_prescribed: int = 0
     slots_completed: int = 0
@@ -143,14 +148,6 @@ class Window:
         self.minutes_prescribed += minutes
         self.minutes_at_dose += at_dose
         self.days_counted += 1
-
-    @property
-    def session_adherence(self) -> float | None:
-        return _ratio(self.slots_completed, self.slots_prescribed)
-
-    @property
-    def dose_adherence(self) -> float | None:
-        return _ratio(self.minutes_at_dose, self.minutes_prescribed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -298,10 +295,6 @@ def clinic_problems(db: ClinicDb) -> list[str]:
 
 
 # --- rendering ------------------------------------------------------------------------------
-
-
-def _ratio(part: float, whole: float) -> float | None:
-    return part / whole if whole > 0 else None
 
 
 def _round(value: float | None) -> float | None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sessions.home import user_data_dir
+from firmware_bridge.userdirs import user_data_dir
 
 ENV_CLINIC_HOME = "LIV_CLINIC_HOME"
+PRIVATE_KEY_NAME = "clinic-private.pem"  # the clinic's signing key in its directory
 
 
 def clinic_root(explicit: str | os.PathLike[str] | None = None) -> Path:
