@@ -10,6 +10,7 @@ same on a busy machine as on a quiet one; results are checked against the plain 
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -20,11 +21,22 @@ import pytest
 
 from controller.calibration import Calibration, identify
 from controller.estimation import AmplitudeEstimator, block_phases, fit_sine
-from controller.loop import ControlUpdate, ExposureSettings, ExposureStatus, run_exposure
-from controller.safety import SafetyLimits, SafetySupervisor, TripReason
+from controller.loop import (
+    ControlUpdate,
+    ExposureResult,
+    ExposureSettings,
+    ExposureStatus,
+    run_exposure,
+)
+from controller.safety import SafetyLimits, SafetySupervisor, SafetyTrip, TripReason
 from controller.schedule import FrequencySchedule
 from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.codec import LinkStats
+from sessions import runner
+from sessions.home import LivHome
+from sessions.log import SessionLog, SessionStatus
+from sessions.runner import Progress, run_session
+from tests.test_resume import home, sim  # noqa: F401  (home is a fixture)
 
 PLATE = "sim://?speed=max&mass=70&seed=5"
 FIRST, LAST = 300, 800  # the updates counted (a 20-s hold has about 1000)
@@ -188,3 +200,57 @@ def _calls_per_update(
         sys.setprofile(None)
     assert result.status is ExposureStatus.COMPLETED, result.trip
     return counted[0] / (LAST - FIRST)
+
+
+def test_the_patients_display_is_told_what_a_person_can_follow(home: LivHome) -> None:  # noqa: F811
+    """Every 0.1 s of plate time, at each change of state and at the end; not every block."""
+    shown: list[Progress] = []
+    with SessionLog(home.db_path()) as log:
+        outcome = run_session(
+            protocol=home.protocol(), log=log, device_url=sim(),
+            calibrations=home.calibrations(), on_progress=shown.append,
+        )  # fmt: skip
+    assert outcome.record.status is SessionStatus.COMPLETED
+    plate_s = shown[-1].elapsed_s
+    assert plate_s > 60.0
+    assert len(shown) <= plate_s / runner.PROGRESS_EVERY_S + 20  # blocks: 50 a second
+    gaps = np.diff([p.elapsed_s for p in shown])
+    assert gaps.max() <= runner.PROGRESS_EVERY_S + 0.021  # never more than a block late
+    states = [p.state for p in shown]
+    assert states[0] == "ramping up"
+    assert "checking that somebody is on the plate" in states
+    assert shown[-1].remaining_s == 0.0  # the update that delivered the last second is shown
+    assert shown[-1].at_dose_s == pytest.approx(60.0)
+
+
+def test_a_results_dictionary_copies_nothing_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 10-minute result's history (six columns of 30,000 floats) is not copied to be dropped."""
+    history = {name: [0.1] * 30000 for name in ("t_s", "setpoint_g", "measured_g", "drive")}
+    result = ExposureResult(
+        status=ExposureStatus.TRIPPED,
+        trip=SafetyTrip(TripReason.RUNAWAY, 1.0, 1600, "response 1.6x", {"ratio": 1.6}),
+        device_id="SIM-1",
+        target_g=0.3,
+        schedule="45 Hz",
+        hold_s_requested=600.0,
+        history=history,
+    )
+    copies = [0]
+    deepcopy = copy.deepcopy
+
+    def counted(value: Any, memo: Any = None) -> Any:
+        copies[0] += 1
+        return deepcopy(value, memo)
+
+    monkeypatch.setattr(copy, "deepcopy", counted)
+    data = result.to_dict()
+    assert copies[0] < 100
+    assert "history" not in data
+    assert data["status"] == "tripped"
+    assert data["trip"]["reason"] == "runaway"
+    assert data["trip"]["values"] == {"ratio": 1.6}
+    assert data["hold_s_requested"] == 600.0
+    assert data["presence"] is None
+    full = result.to_dict(with_history=True)
+    assert full["history"] == history
+    assert full["history"]["t_s"] is not history["t_s"]  # a copy the caller may change
