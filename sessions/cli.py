@@ -1009,10 +1009,14 @@ class EngineerProgress:
         self._last_s: float | None = None
         self._shown = 0  # characters of the line now on the terminal
 
+    def due(self, plate_s: float) -> bool:
+        """Whether an update at ``plate_s`` would be shown (the caller may skip composing it)."""
+        every = ENGINEER_REDRAW_S if self.tty else ENGINEER_PLAIN_EVERY_S
+        return self._last_s is None or plate_s - self._last_s >= every
+
     def show(self, plate_s: float, parts: Sequence[str], fraction: float, last: bool) -> None:
         """One update at ``plate_s`` of plate time; ``parts`` most important first."""
-        every = ENGINEER_REDRAW_S if self.tty else ENGINEER_PLAIN_EVERY_S
-        if not last and self._last_s is not None and plate_s - self._last_s < every:
+        if not last and not self.due(plate_s):
             return
         self._last_s = plate_s
         parts = [terminal_line(part) for part in parts]
@@ -1255,6 +1259,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if u.measured_g is not None and u.t_s >= next_point[0]:
                     run.envelope.append((round(u.t_s, 3), round(u.measured_g, 5)))
                     next_point[0] = u.t_s + 0.1
+                if not progress.due(u.t_s):
+                    return  # not shown: no line to compose (this runs once per block)
                 measured = "measuring" if u.measured_g is None else f"measured {u.measured_g:.3f} g"
                 progress.show(
                     u.t_s,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -32,10 +33,11 @@ from controller.safety import SafetyLimits, SafetySupervisor, SafetyTrip, TripRe
 from controller.schedule import FrequencySchedule
 from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.codec import LinkStats
-from sessions import runner
+from sessions import cli, runner
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
 from sessions.runner import Progress, run_session
+from tests import test_engineer_progress as engineer
 from tests.test_resume import home, sim  # noqa: F401  (home is a fixture)
 
 PLATE = "sim://?speed=max&mass=70&seed=5"
@@ -254,3 +256,25 @@ def test_a_results_dictionary_copies_nothing_per_block(monkeypatch: pytest.Monke
     full = result.to_dict(with_history=True)
     assert full["history"] == history
     assert full["history"]["t_s"] is not history["t_s"]  # a copy the caller may change
+
+
+def test_liv_run_composes_a_progress_line_only_when_it_shows_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engineer's line is composed (three clock texts) only for the lines shown, not for
+    each of the 750 blocks of a 15-s run."""
+    assert cli.main(engineer.calibrate(tmp_path)) == 0
+    clocks = [0]
+    clock = cli._clock
+
+    def counted(seconds: float, up: bool = True) -> str:
+        clocks[0] += 1
+        return clock(seconds, up)
+
+    monkeypatch.setattr(cli, "_clock", counted)
+    capsys.readouterr()
+    assert cli.main(engineer.run(tmp_path)) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("run ")]
+    assert len(lines) >= 3
+    assert clocks[0] <= 3 * len(lines) + 3  # the last line, at the end, may be composed apart
