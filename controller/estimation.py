@@ -17,7 +17,7 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SineFit:
     """Result of a fit: sine-equivalent peak at the drive frequency, plus what it ignored."""
 
@@ -263,7 +263,7 @@ def _solve3(
     return d0 / det, d1 / det, d2 / det
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WindowEstimate:
     """A fit plus the mean drive amplitude the device reported over the same samples."""
 

@@ -121,7 +121,7 @@ class ExposureSettings:
         return self.ramp_up_s + self.hold_s + self.ramp_down_s
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ControlUpdate:
     """What the loop did for one block (for progress displays and logs)."""
 
