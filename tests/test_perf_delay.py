@@ -10,6 +10,7 @@ left alone (it is process-wide).
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import sys
 import threading
@@ -112,8 +113,17 @@ def _run_checkpoints(db: Path, checkpoints: int, start_minutes: float, work: _Gi
 def test_a_checkpoint_holds_the_gil_for_well_under_two_ms(
     tmp_path: Path, gil_work: _GilWork
 ) -> None:
-    """At the end of a 10-minute session (6000 envelope points), as at its start."""
-    _run_checkpoints(tmp_path / "log.db", checkpoints=12, start_minutes=9.0, work=gil_work)
+    """At the end of a 10-minute session (6000 envelope points), as at its start.
+
+    The garbage collector is held off meanwhile: it runs in whichever thread allocates when it
+    is due, whatever the log does, and after a long test run its pauses are the test process's.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        _run_checkpoints(tmp_path / "log.db", checkpoints=12, start_minutes=9.0, work=gil_work)
+    finally:
+        gc.enable()
     assert len(gil_work.per_checkpoint) == 12
     assert max(gil_work.per_checkpoint) < DELAY_LIMIT_S, gil_work.per_checkpoint
 
