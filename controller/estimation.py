@@ -17,7 +17,7 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SineFit:
     """Result of a fit: sine-equivalent peak at the drive frequency, plus what it ignored."""
 
@@ -100,13 +100,18 @@ class AmplitudeEstimator:
     drive cycles that fits in ``window_s`` (at least one cycle). The drive phase of every sample
     comes from the device, so a frequency change inside the window is handled exactly.
 
-    The fit is the same as :func:`fit_sine`. Each block's samples, the cosine and sine of
-    their drive phase and the drive are written once into a buffer; a window's normal
-    equations are then one (3 x n) x (n x 3) product and two sums over its columns.
+    The fit is the same as :func:`fit_sine`. Each block's samples, the cosine and sine of their
+    drive phase (the block's first phase turned by a cached table of per-sample steps: one 2 x 2
+    by 2 x n product), the drive and the negated samples are written once into a buffer; a
+    window's normal equations, its sample count and its drive sum are then one product of the
+    window's first five rows with themselves, and its extremes one reduction of the last two.
+    :meth:`fit_span` fits any stretch of samples still held (the loop's independent 1-s
+    accuracy windows), so those need no work of their own per block.
     """
 
-    # rows of the buffer: samples, cos, sin (the fit's regressors with x) and the drive
-    _X, _C, _S, _D = range(4)
+    # rows of the buffer: ones, cos, sin, drive, samples (their Gram matrix holds every sum
+    # the fit needs) and the negated samples (a window's extremes from the last two rows)
+    _ONE, _C, _S, _D, _X, _NEG = range(6)
 
     def __init__(self, sample_rate_hz: float, window_s: float = 0.1) -> None:
         if window_s <= 0.0:
@@ -114,42 +119,84 @@ class AmplitudeEstimator:
         self.sample_rate_hz = sample_rate_hz
         self.window_n = max(3, round(window_s * sample_rate_hz))
         self._keep = self.window_n + round(sample_rate_hz / 20.0) + 1  # a 20 Hz cycle of slack
+        self._rotation: FloatArray = np.empty((2, 2))
         self.reset()
 
     def reset(self) -> None:
-        # The buffer is several windows long, written in place; when it fills, the last
-        # window is moved to the front (amortised: once per few windows).
+        # The buffer is several windows long, written in place; when it fills, what is still
+        # needed (the last window, or everything since :meth:`hold_from`) is moved to the
+        # front (amortised: once per few windows).
         self._capacity = 4 * self._keep
-        self._rows: FloatArray = np.zeros((4, self._capacity))
+        self._rows: FloatArray = np.zeros((6, self._capacity))
+        self._rows[self._ONE] = 1.0
         self._end = 0
         self._count = 0
+        self._last_n = 0
+        self._held_from: int | None = None
         self._steps: dict[tuple[float, int], FloatArray] = {}
+
+    @property
+    def pushed(self) -> int:
+        """Samples pushed since the start (or the last :meth:`reset`)."""
+        return self._count
+
+    def hold_from(self, sample: int | None) -> None:
+        """Keep every sample from the ``sample``-th pushed on (None: only the last window)."""
+        self._held_from = sample
 
     def push(self, accel_g: FloatArray, phase0_rad: float, freq_hz: float, drive: float) -> None:
         """Add one block: samples in g, the drive phase and amplitude at its first sample."""
         n = accel_g.size
         if self._end + n > self._capacity:
-            keep = min(self._keep, self._end)
-            self._rows[:, :keep] = self._rows[:, self._end - keep : self._end]
-            self._end = keep
+            self._make_room(n)
         steps = self._steps.get((freq_hz, n))
         if steps is None:
             if len(self._steps) > 64:  # a sweep: do not keep every frequency's steps
                 self._steps.clear()
-            steps = self._steps[(freq_hz, n)] = block_phases(0.0, freq_hz, n, self.sample_rate_hz)
+            phases = block_phases(0.0, freq_hz, n, self.sample_rate_hz)
+            steps = self._steps[(freq_hz, n)] = np.stack((np.cos(phases), np.sin(phases)))
         end = self._end
-        rows = self._rows[:, end : end + n]
-        phases = phase0_rad + steps
-        np.cos(phases, out=rows[self._C])
-        np.sin(phases, out=rows[self._S])
-        rows[self._X] = accel_g
-        rows[self._D] = drive
-        self._end = end + n
+        stop = end + n
+        rows = self._rows
+        # cos and sin of phase0 + step: the rotation of (cos step, sin step) by phase0
+        cos0, sin0 = math.cos(phase0_rad), math.sin(phase0_rad)
+        rotation = self._rotation
+        rotation[0, 0] = cos0
+        rotation[0, 1] = -sin0
+        rotation[1, 0] = sin0
+        rotation[1, 1] = cos0
+        np.matmul(rotation, steps, out=rows[self._C : self._S + 1, end:stop])
+        rows[self._X, end:stop] = accel_g
+        np.negative(accel_g, out=rows[self._NEG, end:stop])
+        rows[self._D, end:stop] = drive
+        self._end = stop
         self._count += n
+        self._last_n = n
+
+    def _make_room(self, n: int) -> None:
+        keep = min(self._keep, self._end)
+        if self._held_from is not None:
+            first = self._held_from - (self._count - self._end)  # its place in the buffer
+            keep = max(keep, self._end - max(first, 0))
+        if keep + n > self._capacity:  # a long held span: grow
+            self._capacity = 2 * (keep + n)
+            grown = np.zeros((6, self._capacity))
+            grown[self._ONE] = 1.0
+            grown[:, :keep] = self._rows[:, self._end - keep : self._end]
+            self._rows = grown
+        else:
+            self._rows[:, :keep] = self._rows[:, self._end - keep : self._end]
+        self._end = keep
 
     @property
     def samples(self) -> int:
         return min(self._count, self._keep)
+
+    def block_extremes(self) -> tuple[float, float]:
+        """Largest and smallest sample of the last block pushed."""
+        end = self._end
+        high, neg_low = self._rows[self._X :, end - self._last_n : end].max(axis=1).tolist()
+        return high, -neg_low
 
     def estimate(self, freq_hz: float) -> WindowEstimate | None:
         """Fit over the latest whole cycles; None until one full cycle has arrived."""
@@ -158,25 +205,47 @@ class AmplitudeEstimator:
         if n < self.sample_rate_hz / freq_hz - 1 or n < 3:
             return None
         end = self._end
-        regressors = self._rows[: self._D, end - n : end]  # x, cos, sin
-        (sxx, sxc, sxs), (_, scc, scs), (_, _, sss) = (regressors @ regressors.T).tolist()
-        sx, sc, ss = regressors.sum(axis=1).tolist()
-        sd = float(self._rows[self._D, end - n : end].sum())
-        solved = _solve3(((float(n), sc, ss), (sc, scc, scs), (ss, scs, sss)), (sx, sxc, sxs))
+        found = self._fit(end - n, end)
+        if found is None:
+            return None
+        fit, drive_sum = found
+        return WindowEstimate(fit=fit, mean_drive=drive_sum / n)
+
+    def fit_span(self, first: int, end: int) -> SineFit | None:
+        """Fit of the ``first``-th to the ``end - 1``-th sample pushed (:attr:`pushed` counts).
+
+        None if they are not all held any more (see :meth:`hold_from`) or do not span enough of
+        a cycle to fit.
+        """
+        base = self._count - self._end  # the count of the buffer's first sample
+        if first < base or end > self._count or end - first < 3:
+            return None
+        found = self._fit(first - base, end - base)
+        return None if found is None else found[0]
+
+    def _fit(self, start: int, stop: int) -> tuple[SineFit, float] | None:
+        """The fit over buffer columns ``start:stop`` and the sum of the drive there."""
+        window = self._rows[:, start:stop]
+        terms = window[: self._NEG]
+        gram = (terms @ terms.T).tolist()
+        (n, sc, ss, sd, sx), (_, scc, scs, _, sxc), (_, _, sss, _, sxs) = gram[:3]
+        sxx = gram[4][4]
+        solved = _solve3(((n, sc, ss), (sc, scc, scs), (ss, scs, sss)), (sx, sxc, sxs))
         if solved is None:
             return None
         dc, a, b = solved
         residual_ss = max(0.0, sxx - (dc * sx + a * sxc + b * sxs))
-        window = self._rows[self._X, end - n : end]
+        high, neg_low = window[self._X :].max(axis=1).tolist()
+        count = stop - start
         fit = SineFit(
             peak_g=math.hypot(a, b),
             phase_rad=math.atan2(-b, a),
             dc_g=dc,
-            total_peak_g=max(float(window.max()) - dc, dc - float(window.min())),
-            residual_rms_g=math.sqrt(residual_ss / n),
-            n_samples=n,
+            total_peak_g=max(high - dc, dc + neg_low),
+            residual_rms_g=math.sqrt(residual_ss / count),
+            n_samples=count,
         )
-        return WindowEstimate(fit=fit, mean_drive=sd / n)
+        return fit, sd
 
 
 def _solve3(
@@ -194,17 +263,9 @@ def _solve3(
     return d0 / det, d1 / det, d2 / det
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WindowEstimate:
     """A fit plus the mean drive amplitude the device reported over the same samples."""
 
     fit: SineFit
     mean_drive: float
-
-
-def _keep_tail(old: FloatArray, new: FloatArray, keep: int) -> FloatArray:
-    """The last ``keep`` samples of ``old`` followed by ``new``."""
-    room = keep - new.size
-    if room <= 0:
-        return new[-keep:]
-    return np.concatenate((old[-room:], new))

@@ -152,13 +152,27 @@ class AmplitudeLaw:
         self.steady = 0.0  # the variance learning settles to at the present noise
         self.drive = 0.0
         self.nodes_hz = tuple(sorted(nodes_hz))
-        self.memory: dict[int, Learned] = {}
+        self._memory: dict[int, Learned] = {}
+        # the last learned state, entered in the memory when the memory is next read (each
+        # update learns; the memory is read only at a frequency change)
+        self._unsaved: tuple[float, float, float] | None = None
         self.freq_hz: float | None = None  # where the live correction was last learned
         self._change_s = 0.0
         self._change_sign = 0
         self._sweep_process = 0.0  # variance a sweep added since the last update
 
     # ---- frequency memory ----------------------------------------------------------------
+
+    @property
+    def memory(self) -> dict[int, Learned]:
+        """What was learned, per calibration frequency (index into ``nodes_hz``)."""
+        unsaved = self._unsaved
+        if unsaved is not None:
+            self._unsaved = None
+            if self.nodes_hz:
+                freq_hz, correction, variance = unsaved
+                self._memory[self._node(freq_hz)] = Learned(freq_hz, correction, variance)
+        return self._memory
 
     def prior(self, freq_hz: float) -> Learned:
         """The best starting correction at ``freq_hz`` from what was learned elsewhere.
@@ -243,8 +257,7 @@ class AmplitudeLaw:
 
     def _remember(self, freq_hz: float) -> None:
         self.freq_hz = freq_hz
-        if self.nodes_hz:
-            self.memory[self._node(freq_hz)] = Learned(freq_hz, self.correction, self.variance)
+        self._unsaved = (freq_hz, self.correction, self.variance)
 
     # ---- learning and command ------------------------------------------------------------
 
@@ -303,7 +316,8 @@ class AmplitudeLaw:
                 # what was learned at other frequencies belongs to the load before the change
                 # (somebody stepped on or off): as a prior it would pull a sweep or a step back
                 # to the old load's correction, so it is forgotten and relearned as it is visited
-                self.memory.clear()
+                self._memory.clear()
+                self._unsaved = None
         else:
             self._change_s = 0.0
             self._change_sign = 0

@@ -14,13 +14,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from controller.calibration import Calibration
-from controller.estimation import AmplitudeEstimator, block_phases, fit_sine
+from controller.estimation import AmplitudeEstimator
 from controller.exposure import ExposureFigures, ExposureMeter
 from controller.law import AmplitudeLaw, LawSettings, ramp_profile
 from controller.presence import (
@@ -121,7 +121,7 @@ class ExposureSettings:
         return self.ramp_up_s + self.hold_s + self.ramp_down_s
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ControlUpdate:
     """What the loop did for one block (for progress displays and logs)."""
 
@@ -164,13 +164,15 @@ class ExposureResult:
     history: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     def to_dict(self, with_history: bool = False) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field, not dataclasses.asdict: that deep-copies the history (one float per
+        # block and column: 180,000 copies for a 10-minute run) only to drop it.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"}
         data["status"] = self.status.value
         data["trip"] = self.trip.to_dict() if self.trip else None
         data["exposure"] = self.exposure.to_dict() if self.exposure else None
         data["presence"] = self.presence.to_dict() if self.presence else None
-        if not with_history:
-            data.pop("history")
+        if with_history:
+            data["history"] = {name: list(values) for name, values in self.history.items()}
         return data
 
 
@@ -180,46 +182,48 @@ class _IndependentWindows:
     The loop servoes its 0.1-s estimate to the setpoint, so that estimate agrees with the
     setpoint by construction, noise included; an error computed from it understates the truth.
     These fits use every sample once, are never fed back, and carry their own standard
-    uncertainty from the residual (:attr:`SineFit.peak_sigma_g`).
+    uncertainty from the residual (:attr:`SineFit.peak_sigma_g`). The samples are the
+    estimator's (it holds a window's until it is fitted): nothing is copied per block.
     """
 
-    def __init__(self, sample_rate_hz: float, start_s: float) -> None:
-        self.fs = sample_rate_hz
+    def __init__(self, estimator: AmplitudeEstimator, start_s: float) -> None:
+        self.estimator = estimator
+        self.fs = estimator.sample_rate_hz
         self.start_s = start_s
         self._index = -1
-        self._accel: list[np.ndarray] = []
-        self._phase: list[np.ndarray] = []
+        self._first = 0  # the window's first sample, counted as the estimator counts them
+        self._end = 0
         self.windows: list[tuple[float, float, float]] = []  # (start s, peak g, sigma g)
 
-    def push(self, t_end_s: float, accel_g: np.ndarray, phase0: float, freq_hz: float) -> None:
-        """One hold block ending at exposure time ``t_end_s``."""
-        first_s = t_end_s - accel_g.size / self.fs
+    def push(self, t_end_s: float, n: int) -> None:
+        """One hold block of ``n`` samples ending at exposure time ``t_end_s``, just pushed to
+        the estimator."""
+        first_s = t_end_s - n / self.fs
         index = math.floor((first_s - self.start_s) / ACCURACY_WINDOW_S + 1e-9)
         if index != self._index:
             self._close()
             self._index = index
-        self._accel.append(accel_g)
-        self._phase.append(block_phases(phase0, freq_hz, accel_g.size, self.fs))
+            self._first = self.estimator.pushed - n
+            self.estimator.hold_from(self._first)
+        self._end = self.estimator.pushed
 
     def finish(self) -> None:
         """Fit the window in progress (kept only if it is whole)."""
         self._close()
         self._index = -1
+        self.estimator.hold_from(None)
 
     def _close(self) -> None:
-        accel = np.concatenate(self._accel) if self._accel else np.empty(0)
-        self._accel, self._phase, phase = (
-            [],
-            [],
-            (np.concatenate(self._phase) if self._phase else np.empty(0)),
-        )
         # only whole windows (a lost frame or two may be missing)
-        if accel.size >= 0.9 * ACCURACY_WINDOW_S * self.fs:
-            fit = fit_sine(accel, phase)
-            sigma = fit.peak_sigma_g
-            peak = math.sqrt(max(fit.peak_g**2 - sigma**2, 0.0))  # amplitude bias removed
-            start = self.start_s + self._index * ACCURACY_WINDOW_S
-            self.windows.append((start, peak, sigma))
+        if self._index < 0 or self._end - self._first < 0.9 * ACCURACY_WINDOW_S * self.fs:
+            return
+        fit = self.estimator.fit_span(self._first, self._end)
+        if fit is None:
+            return
+        sigma = fit.peak_sigma_g
+        peak = math.sqrt(max(fit.peak_g**2 - sigma**2, 0.0))  # amplitude bias removed
+        start = self.start_s + self._index * ACCURACY_WINDOW_S
+        self.windows.append((start, peak, sigma))
 
 
 def run_exposure(
@@ -252,7 +256,7 @@ def _run_exposure(
     drive_limit = info.max_drive
     estimator = AmplitudeEstimator(fs, settings.window_s)
     law = AmplitudeLaw(settings.law, drive_limit, nodes_hz=calibration.freqs_hz)
-    accuracy = _IndependentWindows(fs, settings.ramp_up_s)
+    accuracy = _IndependentWindows(estimator, settings.ramp_up_s)
     supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
     presence = PresenceDetector(dt, calibration.coil_temp_c)
     reports_coil_temp = "COIL_TEMPERATURE" in info.capabilities
@@ -272,6 +276,17 @@ def _run_exposure(
     hist_t, hist_setpoint, hist_measured = hist["t_s"], hist["setpoint_g"], hist["measured_g"]
     hist_drive, hist_freq, hist_ratio = hist["drive"], hist["freq_hz"], hist["ratio"]
     compute: list[float] = []
+    gains: dict[float, float] = {}
+
+    def gain_at(freq_hz: float) -> float:
+        """The calibration's gain at ``freq_hz`` (remembered: a fixed frequency asks each block)."""
+        gain = gains.get(freq_hz)
+        if gain is None:
+            if len(gains) > 64:  # a sweep: do not keep every frequency's gain
+                gains.clear()
+            gain = gains[freq_hz] = calibration.gain_at(freq_hz)
+        return gain
+
     ramp_end = settings.ramp_up_s
     hold_end = settings.ramp_up_s + settings.hold_s  # moved earlier when a stop is asked for
     freq = settings.schedule.freq_at(0.0)
@@ -321,7 +336,7 @@ def _run_exposure(
             if meter is not None:
                 meter.push(block.accel_g)
             estimate = estimator.estimate(block.freq_hz)
-            gain = calibration.gain_at(block.freq_hz)
+            gain = gain_at(block.freq_hz)
             window_clean = t - freq_changed_at > settings.window_s + dt
             law.learn(
                 estimate if window_clean else None, gain, settings.target_g, dt,
@@ -333,7 +348,7 @@ def _run_exposure(
             )
             trip = supervisor.check(
                 t, block, estimate, law.drive, drive_limit, setpoint, gain,
-                device.link_stats, device.samples_missing,
+                device.link_stats, device.samples_missing, estimator.block_extremes(),
             )  # fmt: skip
             if trip is not None:
                 result.trip = trip
@@ -361,7 +376,7 @@ def _run_exposure(
             if landing is not None:
                 drive = law.descend(landing, dt)
             else:
-                drive = law.command(next_setpoint, calibration.gain_at(next_freq), dt)
+                drive = law.command(next_setpoint, gain_at(next_freq), dt)
             if abs(drive - sent_drive) >= DRIVE_RESOLUTION or (drive == 0.0) != (sent_drive == 0.0):
                 device.set_drive(drive, dt, wait=False)
                 sent_drive = drive
@@ -390,7 +405,7 @@ def _run_exposure(
                 settled=in_hold and t - ramp_end >= 0.5,
             )
             if in_hold:
-                accuracy.push(t, block.accel_g, block.phase_rad, block.freq_hz)
+                accuracy.push(t, block.accel_g.size)
                 result.held_s += dt
                 if load is LoadState.UNLOADED:
                     result.unloaded_s += dt

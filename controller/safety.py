@@ -23,6 +23,7 @@ from firmware_bridge.dose_limits import DOSE_LIMITS, DoseLimitError
 HARD_CEILING_G = DOSE_LIMITS.hard_ceiling_g  # no protocol or setting raises the ceiling above it
 SATURATION_G = 2.0  # a plate at <= 1 g peak plus gravity never reads beyond this
 TRIP_RAMP_S = 0.25  # host ramp to zero after a trip
+_NO_COUNTS: npt.NDArray[np.int16] = np.empty(0, dtype=np.int16)
 
 
 class TripReason(enum.StrEnum):
@@ -147,7 +148,7 @@ class SafetySupervisor:
         self.fs = sample_rate_hz
         self.block_s = block_samples / sample_rate_hz
         self._stuck_n = max(2, round(limits.stuck_window_s * sample_rate_hz))
-        self._recent: npt.NDArray[np.int16] = np.empty(0, dtype=np.int16)
+        self._recent: npt.NDArray[np.int16] = _NO_COUNTS
         self._held: dict[TripReason, float] = {}
         window = max(2, round(1.0 / self.block_s))
         self._link_history: deque[tuple[int, int, int]] = deque(maxlen=window)
@@ -192,11 +193,16 @@ class SafetySupervisor:
         empty_gain: float,
         link: LinkStats,
         samples_missing: int,
+        extremes: tuple[float, float] | None = None,
     ) -> SafetyTrip | None:
-        """One block's verdict. ``empty_gain`` is the calibration's g per drive here."""
+        """One block's verdict. ``empty_gain`` is the calibration's g per drive here.
+
+        ``extremes`` are the block's largest and smallest sample in g if already known (the
+        estimator has them); otherwise they are found here.
+        """
         lim = self.limits
         index = block.first_index
-        trip = self._sensor(t_s, index, block)
+        trip = self._sensor(t_s, index, block, extremes)
         if trip is None:
             trip = self._link(t_s, index, link, samples_missing)
         if trip is None and estimate is not None:
@@ -207,24 +213,38 @@ class SafetySupervisor:
 
     # ---- individual checks -------------------------------------------------------------
 
-    def _sensor(self, t_s: float, index: int, block: SampleBlock) -> SafetyTrip | None:
+    def _sensor(
+        self,
+        t_s: float,
+        index: int,
+        block: SampleBlock,
+        extremes: tuple[float, float] | None = None,
+    ) -> SafetyTrip | None:
         counts = block.counts
         accel = block.accel_g
-        peak = int(np.argmax(np.abs(accel)))
-        pinned = int(np.count_nonzero(counts == counts[peak]))
-        if abs(accel[peak]) > SATURATION_G and pinned >= self.limits.saturated_run:
-            value_g = float(accel[peak])
-            return SafetyTrip(
-                TripReason.SENSOR_SATURATED, t_s, index,
-                f"{pinned} samples pinned at {value_g:.2f} g in one block", {"value_g": value_g},
-            )  # fmt: skip
+        # The samples in g are a function of the counts: a block whose samples all lie within
+        # +/- SATURATION_G has no sample beyond it, and one whose samples differ has no two
+        # equal counts all through. Those two cheap facts settle the common block.
+        high, low = extremes if extremes is not None else (float(accel.max()), float(accel.min()))
+        if high > SATURATION_G or low < -SATURATION_G:
+            peak = int(np.argmax(np.abs(accel)))
+            pinned = int(np.count_nonzero(counts == counts[peak]))
+            if abs(accel[peak]) > SATURATION_G and pinned >= self.limits.saturated_run:
+                value_g = float(accel[peak])
+                return SafetyTrip(
+                    TripReason.SENSOR_SATURATED, t_s, index,
+                    f"{pinned} samples pinned at {value_g:.2f} g in one block",
+                    {"value_g": value_g},
+                )  # fmt: skip
         if block.drive < self.limits.min_check_drive:
             # At rest a quiet sensor with coarse counts legitimately repeats itself; a stuck
             # sensor can only be told apart while the plate is being driven.
-            self._recent = np.empty(0, dtype=np.int16)
+            self._recent = _NO_COUNTS
             return None
         if counts.size >= self._stuck_n:
             self._recent = counts[-self._stuck_n :]
+            if counts.size == self._stuck_n and high != low:
+                return None  # the block is the stuck window, and its samples differ
         else:
             keep = self._stuck_n - counts.size
             self._recent = np.concatenate((self._recent[-keep:], counts))
@@ -273,40 +293,47 @@ class SafetySupervisor:
         lim: SafetyLimits,
     ) -> SafetyTrip | None:
         fit = est.fit
-        values = {
-            "peak_g": fit.peak_g,
-            "total_peak_g": fit.total_peak_g,
-            "dc_g": fit.dc_g,
-            "drive": drive,
-            "setpoint_g": setpoint_g,
-        }
+        ratio: float | None = None
+
+        def values() -> dict[str, float]:
+            """The values a trip records (made only for a trip: a block that passes needs none)."""
+            found = {
+                "peak_g": fit.peak_g,
+                "total_peak_g": fit.total_peak_g,
+                "dc_g": fit.dc_g,
+                "drive": drive,
+                "setpoint_g": setpoint_g,
+            }
+            if ratio is not None:
+                found["response_ratio"] = ratio
+            return found
+
         if abs(fit.dc_g - 1.0) > lim.gravity_tolerance_g:
             return SafetyTrip(
                 TripReason.SENSOR_GRAVITY, t_s, index, f"reads {fit.dc_g:.3f} g at rest level",
-                values,
+                values(),
             )  # fmt: skip
         if fit.peak_g > lim.ceiling_g or fit.total_peak_g > lim.ceiling_g * lim.total_peak_factor:
             return SafetyTrip(
                 TripReason.OVER_ACCELERATION, t_s, index,
                 f"peak {fit.peak_g:.3f} g (total {fit.total_peak_g:.3f} g), ceiling "
-                f"{lim.ceiling_g:g} g", values,
+                f"{lim.ceiling_g:g} g", values(),
             )  # fmt: skip
         if est.mean_drive >= lim.min_check_drive:
             ratio = fit.peak_g / (empty_gain * est.mean_drive)
-            values["response_ratio"] = ratio
             if self._held_for(TripReason.NO_RESPONSE, ratio < lim.no_response_fraction, t_s) >= (
                 lim.no_response_hold_s
             ):
                 return SafetyTrip(
                     TripReason.NO_RESPONSE, t_s, index,
-                    f"response is {100 * ratio:.1f}% of the calibrated plate's", values,
+                    f"response is {100 * ratio:.1f}% of the calibrated plate's", values(),
                 )  # fmt: skip
             if self._held_for(TripReason.RUNAWAY, ratio > lim.runaway_ratio, t_s) >= (
                 lim.runaway_hold_s
             ):
                 return SafetyTrip(
                     TripReason.RUNAWAY, t_s, index,
-                    f"response is {ratio:.2f}x the calibrated empty plate's", values,
+                    f"response is {ratio:.2f}x the calibrated empty plate's", values(),
                 )  # fmt: skip
         else:
             self._held.pop(TripReason.NO_RESPONSE, None)
@@ -318,7 +345,7 @@ class SafetySupervisor:
             return SafetyTrip(
                 TripReason.DRIVE_SATURATED, t_s, index,
                 f"drive {drive:.3f} at its limit {drive_limit:.3f}, peak {fit.peak_g:.3f} g of "
-                f"{setpoint_g:.3f} g", values,
+                f"{setpoint_g:.3f} g", values(),
             )  # fmt: skip
         trip = self._dose_shortfall(t_s, index, fit.peak_g, drive, drive_limit, setpoint_g)
         if trip is not None:
@@ -327,7 +354,7 @@ class SafetySupervisor:
         if self._held_for(TripReason.EXCESS_HARMONICS, harmonic, t_s) >= lim.harmonic_hold_s:
             return SafetyTrip(
                 TripReason.EXCESS_HARMONICS, t_s, index,
-                f"{fit.residual_rms_g:.3f} g rms away from the drive frequency", values,
+                f"{fit.residual_rms_g:.3f} g rms away from the drive frequency", values(),
             )  # fmt: skip
         return None
 

@@ -11,9 +11,8 @@ or device time, whichever comes first), so a crash or a kill loses at most those
 control loop only hands each checkpoint to a writer thread (:class:`_CheckpointWriter`): no
 control update waits on SQLite. A checkpoint stores only the envelope points added since the
 one before (about 50; docs/log-format.md), so the writer's Python work, which holds the GIL,
-stays well under a millisecond however long the session; while the writer exists the
-interpreter's switch interval is cut to WRITER_SWITCH_INTERVAL_S, so the control thread waits
-at most that instead of Python's default 5 ms.
+stays well under a millisecond however long the session: the control thread never waits long
+for it, and the interpreter's switch interval is left as it is (a process-wide setting).
 Ctrl-C, SIGTERM, SIGHUP (terminal closed) and a closed output pipe raise :class:`StopRequest`:
 the plate ramps down and the session is recorded as stopped, with the true reason.
 """
@@ -23,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -70,8 +68,8 @@ CHECKPOINT_S = 5.0
 # the next one.
 CHECKPOINT_WAIT_S = 2.0
 WRITER_JOIN_S = 10.0  # at the end, how long the last checkpoint write may still take
-WRITER_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while the writer thread exists (default 5 ms)
 ENVELOPE_EVERY_S = 0.1  # about 10 points a second for plots
+PROGRESS_EVERY_S = 0.1  # the patient's display is told this often (plate time), and on changes
 UNLOADED_LIMIT_S = 120.0  # nobody on the plate this long ends the session
 HOLD_CAP_FACTOR = 3.0  # the hold never exceeds 3x the minutes still due (pauses included)
 
@@ -190,6 +188,9 @@ class _DoseClock:
         self._last_device = 0.0
         self._last_t = 0.0
         self._next_envelope = 0.0
+        self._next_progress = 0.0
+        self._last_state = ""
+        self._last_freq: float | None = None
 
     @property
     def done(self) -> bool:
@@ -226,8 +227,10 @@ class _DoseClock:
                 state = "at dose" if in_band else "below dose"
                 if in_band:
                     self.at_dose_s = min(self.goal_s, self.at_dose_s + dt)
-        if u.setpoint_g > 0.05 * target:  # frequencies delivered, not the device's idle default
+        # frequencies delivered, not the device's idle default (a fixed frequency is added once)
+        if u.freq_hz != self._last_freq and u.setpoint_g > 0.05 * target:
             self.freqs.add(round(u.freq_hz, 1))
+            self._last_freq = u.freq_hz
         if u.t_s >= self._next_envelope and u.measured_g is not None:
             self.envelope.append((round(u.t_s, 3), round(u.measured_g, 5)))
             self._next_envelope = u.t_s + ENVELOPE_EVERY_S
@@ -235,7 +238,16 @@ class _DoseClock:
         if now - self._last_wall >= CHECKPOINT_S or u.t_s - self._last_device >= CHECKPOINT_S:
             self._checkpoint(self)
             self._last_wall, self._last_device = now, u.t_s
-        if self._on_progress is not None:
+        if self.unloaded_run_s >= UNLOADED_LIMIT_S:
+            self.stopped_unloaded = True
+        ending = self.done or self.stopped_unloaded
+        # The display is told what a person can follow: every PROGRESS_EVERY_S of plate time,
+        # at once when the state changes, and at the end.
+        if self._on_progress is not None and (
+            u.t_s >= self._next_progress or state != self._last_state or ending
+        ):
+            self._next_progress = u.t_s + PROGRESS_EVERY_S
+            self._last_state = state
             try:
                 self._on_progress(
                     Progress(
@@ -246,9 +258,7 @@ class _DoseClock:
             except StopRequest as exc:  # e.g. the display found its output closed
                 self.stop_reason = self.stop_reason or exc.reason
                 raise
-        if self.unloaded_run_s >= UNLOADED_LIMIT_S:
-            self.stopped_unloaded = True
-        return self.done or self.stopped_unloaded
+        return ending
 
 
 class _Stops:
@@ -314,11 +324,6 @@ class _CheckpointWriter:
         self.failures = 0
         self.first_failure: tuple[float, LogError] | None = None
         self.last_failure: LogError | None = None
-        # The control thread must not wait a whole default switch interval (5 ms) for the GIL
-        # while this thread checks and serialises a checkpoint's new points: hand the GIL over
-        # ten times as often.
-        self._switch_interval_s = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval_s, WRITER_SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._run, name="liv-checkpoint", daemon=True)
         self._thread.start()
 
@@ -336,7 +341,6 @@ class _CheckpointWriter:
         self._thread.join(WRITER_JOIN_S)
         if self._thread.is_alive():
             _log.warning("the checkpoint writer did not finish within %g s", WRITER_JOIN_S)
-        sys.setswitchinterval(self._switch_interval_s)
 
     def _run(self) -> None:
         while True:

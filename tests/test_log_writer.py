@@ -74,8 +74,9 @@ def test_a_slow_log_does_not_delay_control_updates(home: LivHome) -> None:  # no
         )  # fmt: skip
         record = log.get(outcome.record.session_id)
     assert record.status is SessionStatus.COMPLETED
-    # a 1-minute session checkpoints about 12 times; in-line, each would hold the loop 0.5 s
-    assert gaps.calls > 3000
+    # a 1-minute session checkpoints about 12 times; in-line, each would hold the loop 0.5 s.
+    # The display is told every 0.1 s of plate time (runner.PROGRESS_EVERY_S): 5 updates.
+    assert gaps.calls > 500
     assert gaps.longest < SLOW_WRITE_S / 2, f"a control update waited {gaps.longest:.3f} s"
     assert record.minutes_at_dose == pytest.approx(1.0)
 

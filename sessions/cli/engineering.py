@@ -184,10 +184,14 @@ class EngineerProgress:
         self._last_s: float | None = None
         self._shown = 0  # characters of the line now on the terminal
 
+    def due(self, plate_s: float) -> bool:
+        """Whether an update at ``plate_s`` would be shown (the caller may skip composing it)."""
+        every = ENGINEER_REDRAW_S if self.tty else ENGINEER_PLAIN_EVERY_S
+        return self._last_s is None or plate_s - self._last_s >= every
+
     def show(self, plate_s: float, parts: Sequence[str], fraction: float, last: bool) -> None:
         """One update at ``plate_s`` of plate time; ``parts`` most important first."""
-        every = ENGINEER_REDRAW_S if self.tty else ENGINEER_PLAIN_EVERY_S
-        if not last and self._last_s is not None and plate_s - self._last_s < every:
+        if not last and not self.due(plate_s):
             return
         self._last_s = plate_s
         parts = [terminal_line(part) for part in parts]

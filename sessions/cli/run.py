@@ -71,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if u.measured_g is not None and u.t_s >= next_point[0]:
                     run.envelope.append((round(u.t_s, 3), round(u.measured_g, 5)))
                     next_point[0] = u.t_s + 0.1
+                if not progress.due(u.t_s):
+                    return  # not shown: no line to compose (this runs once per block)
                 measured = "measuring" if u.measured_g is None else f"measured {u.measured_g:.3f} g"
                 progress.show(
                     u.t_s,
