@@ -264,14 +264,16 @@ def test_liv_run_composes_a_progress_line_only_when_it_shows_one(
     """The engineer's line is composed (three clock texts) only for the lines shown, not for
     each of the 750 blocks of a 15-s run."""
     assert cli.main(engineer.calibrate(tmp_path)) == 0
+    import sessions.cli.run as run_command
+
     clocks = [0]
-    clock = cli._clock
+    clock = run_command.clock
 
     def counted(seconds: float, up: bool = True) -> str:
         clocks[0] += 1
         return clock(seconds, up)
 
-    monkeypatch.setattr(cli, "_clock", counted)
+    monkeypatch.setattr(run_command, "clock", counted)
     capsys.readouterr()
     assert cli.main(engineer.run(tmp_path)) == 0
     err = capsys.readouterr().err
