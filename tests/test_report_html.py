@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 
 from sessions.adherence import AdherenceReport, compute_adherence
-from sessions.report import render_csv, render_html, render_session_svg, render_table
+from sessions.log import TrustResult, VerifyResult
+from sessions.report import (
+    ReportContext,
+    render_csv,
+    render_html,
+    render_session_svg,
+    render_table,
+)
 from tests.test_adherence import TODAY, Book, Rec, crafted_month, d, make_protocol
 
 CHROMIUM = "/usr/bin/chromium"
@@ -200,6 +207,29 @@ def test_an_empty_report_still_renders() -> None:
     assert "the study has not started yet (it starts on 2026-03-02)" in page
     assert "no days yet" in page
     assert page.count('<td><div class="day future"') == 30
+
+
+def test_the_banner_names_what_failed_chain_or_countersignature() -> None:
+    """A log whose hash chains hold but whose countersignatures do not is headed as not vouched
+    for, not as a failed integrity check that the sentence after it contradicts."""
+    report, protocol, records = month_report()
+    intact = VerifyResult(ok=True, records_checked=len(records), first_bad=None)
+    trust = TrustResult()
+    trust.add("record 3 is not covered by any countersignature")
+    page = render_html(
+        report, protocol, records, context=ReportContext(integrity=intact, trust=trust)
+    )
+    assert "LOG INTEGRITY FAILED" not in page
+    assert (
+        '<div class="integrity failed" role="alert"><strong>LOG NOT VOUCHED FOR BY THE PLATE'
+        "</strong> the hash chains are intact," in page
+    )
+    broken = VerifyResult(ok=False, records_checked=len(records), first_bad=None)
+    page = render_html(report, protocol, records, context=ReportContext(integrity=broken))
+    assert (
+        '<div class="integrity failed" role="alert"><strong>LOG INTEGRITY FAILED</strong> the '
+        "session log was changed after it was written" in page
+    )
 
 
 def test_csv_has_one_row_per_day() -> None:

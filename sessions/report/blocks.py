@@ -24,11 +24,14 @@ def _card(what: str, big: str, detail: str, ratio: float | None) -> str:
 
 
 def _integrity_banner(ctx: ReportContext) -> str:
-    """The log's verification status; a failed one as a red block above everything else."""
+    """The log's verification status; a failed one as a red block above everything else,
+    headed by what failed: the hash chains (LOG INTEGRITY FAILED) or the plate's
+    countersignatures (LOG NOT VOUCHED FOR BY THE PLATE)."""
     if ctx.integrity_failed:
+        heading, _, rest = ctx.integrity_text().partition(": ")
         return (
-            '<div class="integrity failed" role="alert"><strong>LOG INTEGRITY FAILED</strong> '
-            f"{_e(ctx.integrity_text().removeprefix('LOG INTEGRITY FAILED: '))}</div>"
+            f'<div class="integrity failed" role="alert"><strong>{_e(heading)}</strong> '
+            f"{_e(rest)}</div>"
         )
     return f'<p class="integrity ok">{_e(ctx.integrity_text())}</p>'
 
