@@ -12,6 +12,8 @@ from sessions.adherence import (
     AdherenceReport,
     Plan,
     SessionLike,
+    counted_kinds,
+    session_kind,
 )
 from sessions.log import TrustResult, VerifyResult
 
@@ -28,6 +30,7 @@ class ReportContext:
     ``integrity`` is the log's verification (None: not checked); ``last_session`` the local day
     of the patient's latest session up to today; ``target`` the weekly adherence target and
     ``target_source`` where it comes from; ``starts`` the local start times (HH:MM) by day.
+    Only sessions that count are read: simulated (outside a demo) and engineering runs are not.
     """
 
     integrity: VerifyResult | None = None
@@ -46,8 +49,13 @@ class ReportContext:
         integrity: VerifyResult | None,
         trust: TrustResult | None = None,
     ) -> ReportContext:
+        counted = counted_kinds(report.demo)  # simulated and engineering runs are apart
         theirs = sorted(
-            (s for s in sessions if s.patient_id == report.patient_id),
+            (
+                s
+                for s in sessions
+                if s.patient_id == report.patient_id and session_kind(s) in counted
+            ),
             key=lambda s: (s.local_date, s.slot, _start_text(s)),
         )
         past = [s.local_date for s in theirs if s.local_date <= report.today]
