@@ -39,7 +39,7 @@ from tests.test_adherence import TODAY, Book, Rec, at, crafted_month, d, make_pr
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_TIMEOUT_S = 60.0
 WINDOW = (1200, 1600)
-FULL_RGB = (0x3F, 0x9E, 0x5F)  # the calendar's colours (sessions/report.py _CSS)
+FULL_RGB = (0x3F, 0x9E, 0x5F)  # the calendar's colours (sessions/report/style.py _CSS)
 MISSED_RGB = (0xCF, 0x3F, 0x3F)
 PARTIAL_RGB = (0xE9, 0xA6, 0x2B)
 
