@@ -18,7 +18,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import date, time
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,20 @@ from typing import Any
 import pytest
 
 from sessions.adherence import AdherenceReport, compute_adherence
-from sessions.report import render_csv, render_html, render_session_svg, render_table
-from tests.test_adherence import TODAY, Book, Rec, crafted_month, d, make_protocol
+from sessions.log import TrustResult, VerifyResult
+from sessions.report import (
+    ReportContext,
+    render_csv,
+    render_html,
+    render_session_svg,
+    render_table,
+)
+from tests.test_adherence import TODAY, Book, Rec, at, crafted_month, d, make_protocol
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_TIMEOUT_S = 60.0
 WINDOW = (1200, 1600)
-FULL_RGB = (0x3F, 0x9E, 0x5F)  # the calendar's colours (sessions/report.py _CSS)
+FULL_RGB = (0x3F, 0x9E, 0x5F)  # the calendar's colours (sessions/report/style.py _CSS)
 MISSED_RGB = (0xCF, 0x3F, 0x3F)
 PARTIAL_RGB = (0xE9, 0xA6, 0x2B)
 
@@ -200,6 +207,60 @@ def test_an_empty_report_still_renders() -> None:
     assert "the study has not started yet (it starts on 2026-03-02)" in page
     assert "no days yet" in page
     assert page.count('<td><div class="day future"') == 30
+
+
+def test_the_banner_names_what_failed_chain_or_countersignature() -> None:
+    """A log whose hash chains hold but whose countersignatures do not is headed as not vouched
+    for, not as a failed integrity check that the sentence after it contradicts."""
+    report, protocol, records = month_report()
+    intact = VerifyResult(ok=True, records_checked=len(records), first_bad=None)
+    trust = TrustResult()
+    trust.add("record 3 is not covered by any countersignature")
+    page = render_html(
+        report, protocol, records, context=ReportContext(integrity=intact, trust=trust)
+    )
+    assert "LOG INTEGRITY FAILED" not in page
+    assert (
+        '<div class="integrity failed" role="alert"><strong>LOG NOT VOUCHED FOR BY THE PLATE'
+        "</strong> the hash chains are intact," in page
+    )
+    broken = VerifyResult(ok=False, records_checked=len(records), first_bad=None)
+    page = render_html(report, protocol, records, context=ReportContext(integrity=broken))
+    assert (
+        '<div class="integrity failed" role="alert"><strong>LOG INTEGRITY FAILED</strong> the '
+        "session log was changed after it was written" in page
+    )
+
+
+@dataclass(frozen=True)
+class KindRec(Rec):
+    """A logged session with its kind (therapy, simulated or engineering) and local start."""
+
+    kind: str = "therapy"
+    started_local: str = ""
+
+
+def test_sessions_that_do_not_count_change_neither_last_session_nor_start_times() -> None:
+    """An engineering run is listed apart and changes nothing else: not the last session the
+    report names, not the start times it lists for a day."""
+    _, protocol, records = month_report()
+    therapy = [r for r in records if r.local_date <= d(29)]
+    run = KindRec(**{f.name: getattr(therapy[-1], f.name) for f in fields(Rec)})
+    run = replace(
+        run,
+        session_id="ENG-1",
+        kind="engineering",
+        local_date=d(31),
+        started_utc=at(d(31), 11, 43),
+        started_local="2026-03-31T11:43:00+01:00",
+    )
+    logged = [*therapy, run]
+    report = compute_adherence(protocol, logged, today=TODAY)
+    assert [s.session_id for s in report.set_apart] == ["ENG-1"]
+    context = ReportContext.of(report, protocol, logged, None)
+    assert context.last_session == max(r.local_date for r in therapy) == d(29)
+    assert d(31) not in context.starts
+    assert "Last session: 2026-03-29 (4 days ago)." in render_table(report, context)
 
 
 def test_csv_has_one_row_per_day() -> None:
