@@ -778,3 +778,21 @@ def test_valid_protocols_round_trip_through_records_and_yaml(protocol: PatientPr
     from_yaml = parse_protocol(yaml.safe_dump(protocol.to_dict(), sort_keys=False))
     assert from_yaml == protocol
     assert from_yaml.sha256 == protocol.sha256
+
+
+def test_a_known_time_zone_is_checked_without_listing_every_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Listing all zones costs 20-50 ms of every `liv status` and `liv start`."""
+    import sessions.protocol.values as zone_values
+
+    def listing() -> set[str]:
+        raise AssertionError("every zone was listed to check one")
+
+    monkeypatch.setattr(zoneinfo, "available_timezones", listing)
+    zone_values._known_zones.cache_clear()
+    try:
+        protocol = parse_protocol(protocol_text(timezone="America/Indiana/Indianapolis"))
+    finally:
+        zone_values._known_zones.cache_clear()
+    assert protocol.timezone == "America/Indiana/Indianapolis"
