@@ -9,9 +9,13 @@ by a single 0x00. See docs/protocol.md.
 from __future__ import annotations
 
 import binascii
+import functools
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from cobs import cobs
 
 DELIMITER = b"\x00"
@@ -39,6 +43,87 @@ def encode_frame(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
         raise ValueError(f"frame of {len(body) + CRC.size} bytes exceeds {MAX_RAW_LEN}")
     encoded: bytes = cobs.encode(body + CRC.pack(crc16(body)))
     return encoded + DELIMITER
+
+
+SAMPLES_TYPE = 0x84  # protocol.Samples.TYPE (the codec does not import the message layer)
+
+
+@functools.cache
+def samples_payload_dtype(n: int) -> np.dtype[np.void]:
+    """The payload of a SAMPLES frame of ``n`` samples as one packed numpy record.
+
+    ``first_index:u64 | phase:u32 | freq_mhz:u32 | drive_q16:u16 | n:u8 | counts:n x i16``,
+    little-endian (docs/protocol.md, SAMPLES): ``np.frombuffer`` of many payloads joined gives
+    every field of every frame as an array, without unpacking frame by frame.
+    """
+    return np.dtype(
+        [
+            ("first_index", "<u8"),
+            ("phase", "<u4"),
+            ("freq_mhz", "<u4"),
+            ("drive_q16", "<u2"),
+            ("n", "u1"),
+            ("counts", "<i2", (n,)),
+        ]
+    )
+
+
+@functools.cache
+def samples_dtype(n: int) -> np.dtype[np.void]:
+    """The raw SAMPLES frame of ``n`` samples without its CRC, as one packed numpy record.
+
+    ``type:u8 | seq:u16 | first_index:u64 | phase:u32 | freq_mhz:u32 | drive_q16:u16 | n:u8 |
+    counts:n x i16``, little-endian (docs/protocol.md, SAMPLES): equal to the bytes
+    ``HEADER.pack(...) + Samples.pack()`` give.
+    """
+    return np.dtype(
+        [
+            ("type", "u1"),
+            ("seq", "<u2"),
+            ("first_index", "<u8"),
+            ("phase", "<u4"),
+            ("freq_mhz", "<u4"),
+            ("drive_q16", "<u2"),
+            ("n", "u1"),
+            ("counts", "<i2", (n,)),
+        ]
+    )
+
+
+def encode_samples_frames(
+    seqs: Sequence[int],
+    first_indices: Sequence[int],
+    phases_q32: Sequence[int],
+    freq_mhz: int,
+    drive_q16: int,
+    counts: npt.NDArray[np.int16],
+) -> list[bytes]:
+    """The wire bytes of one SAMPLES frame per row of ``counts`` (shape (frames, n)).
+
+    Each is what ``encode_frame(0x84, seq, Samples(...).pack())`` gives; the frames' bodies are
+    laid out by one numpy record array, and only the CRC and the COBS stuffing (both C) are
+    taken frame by frame.
+    """
+    frames, n = counts.shape
+    records = np.empty(frames, dtype=samples_dtype(n))
+    records["type"] = SAMPLES_TYPE
+    records["seq"] = seqs
+    records["first_index"] = first_indices
+    records["phase"] = phases_q32
+    records["freq_mhz"] = freq_mhz
+    records["drive_q16"] = drive_q16
+    records["n"] = n
+    records["counts"] = counts
+    size = records.dtype.itemsize
+    if size + CRC.size > MAX_RAW_LEN:
+        raise ValueError(f"frame of {size + CRC.size} bytes exceeds {MAX_RAW_LEN}")
+    raw = records.tobytes()
+    crc_hqx, pack_crc, encode = binascii.crc_hqx, CRC.pack, cobs.encode
+    out = []
+    for at in range(0, frames * size, size):
+        body = raw[at : at + size]
+        out.append(encode(body + pack_crc(crc_hqx(body, 0))) + DELIMITER)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -465,12 +465,12 @@ class PlatePhysics:
         carried from block to block, the blocks' products taken at once). The plant moves on only
         through :meth:`commit_ahead`, one block at a time, so a caller can drop the blocks it has
         not committed (the drive changed) and go on from the last committed boundary. The blocks
-        must end before the next slow-parameter update.
+        must end by the next slow-parameter update (which the last block's commit makes).
         """
         blocks = len(phases_rad)
-        if blocks < 1 or n < 1 or blocks * n >= self._until_update or n > self._block_max:
+        if blocks < 1 or n < 1 or blocks * n > self._until_update or n > self._block_max:
             raise ValueError(
-                f"{blocks} blocks of {n} samples do not end before the next parameter update "
+                f"{blocks} blocks of {n} samples do not end by the next parameter update "
                 f"({self._until_update} samples) or a block exceeds a table ({self._block_max})"
             )
         if not (math.isfinite(drive) and abs(drive) <= 1.0 + _DRIVE_TOLERANCE):
@@ -510,6 +510,20 @@ class PlatePhysics:
         self._i2_count += n
         self._sample_index += n
         self._until_update -= n
+        if self._until_update == 0:  # the run ended at the update, as run() would have
+            self._update_slow_parameters()
+
+    def commit_ahead_many(self, ahead: AheadRun, first: int, count: int) -> None:
+        """:meth:`commit_ahead` of blocks ``first .. first + count - 1`` at once."""
+        n = ahead.samples_per_block
+        for i2 in ahead.i2[first : first + count]:  # in order, as one commit at a time adds them
+            self._i2_sum += i2
+        self._x = ahead.states[first + count - 1]
+        self._i2_count += count * n
+        self._sample_index += count * n
+        self._until_update -= count * n
+        if self._until_update == 0:
+            self._update_slow_parameters()
 
     def _tables_for(self, w: float) -> _Tables:
         if self.open_circuit != self._params.open_circuit:

@@ -12,6 +12,7 @@ wall clock.
 
 from __future__ import annotations
 
+import math
 import time
 
 import serial
@@ -79,8 +80,15 @@ class Serial(serial.SerialBase):
         speed = device.config.speed
         if speed is None:
             end = device.time_s + max(max_sim_s, device.block_s)
+            frame = device.samples_frame_bytes
             while len(self._buffer) < want_bytes and device.time_s < end - 1e-12:
-                device.step()
+                # Never more blocks than the bytes asked for can hold (one at least), nor past
+                # ``end``: a host that asks for one frame's bytes gets the device stepped once.
+                # as many blocks as stepping one at a time would at least take (each frame
+                # leaves a block after its own)
+                blocks = max(1, -(-(want_bytes - len(self._buffer)) // frame))
+                left = math.ceil((end - 1e-12 - device.time_s) / device.block_s)
+                device.step_many(max(1, min(blocks, left)))
                 self._buffer += device.take_output()
                 self._check_link()
         else:
@@ -114,6 +122,13 @@ class Serial(serial.SerialBase):
                 time.sleep(nap if remaining is None else min(nap, remaining))
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
+        return data
+
+    def read_buffered(self) -> bytes:
+        """The bytes the device has already sent, without moving it on (``speed=max`` hosts
+        that read in batches take the rest of a frame with it)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
         return data
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
