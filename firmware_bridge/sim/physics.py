@@ -482,9 +482,9 @@ class PlatePhysics:
         v = np.zeros((blocks, n_aug + _N_DIST))
         gain = self.amplifier_gain_factor
         if drive != 0.0 and gain != 0.0:
-            response = tables.response_g_per_drive
-            for j, phase in enumerate(phases_rad):
-                v[j, n_plant:] = self._drive_weights(gain * drive, 0.0, phase, response)
+            v[:, n_plant:] = self._constant_drive_weights(
+                gain * drive, np.asarray(phases_rad, dtype=np.float64), tables.response_g_per_drive
+            )
         step = tables.state[n]  # (p, p + 4): plant state after n samples from [x0, generator]
         step_x = step[:, :n_plant]
         driven = v[:, n_plant:n_aug] @ step[:, n_plant:].T  # (blocks, p)
@@ -607,6 +607,30 @@ class PlatePhysics:
             q0 * c2, q0 * s2, q1 * c2, q1 * s2, q2 * c2, q2 * s2,
             r0 * c3, r0 * s3, r1 * c3, r1 * s3, r2 * c3, r2 * s3, r3 * c3, r3 * s3,
         ]  # fmt: skip
+
+    def _constant_drive_weights(
+        self, level: float, phases: FloatArray, response: complex
+    ) -> FloatArray:
+        """:meth:`_drive_weights` at a constant drive ``level`` for every phase of ``phases``
+        (shape (blocks,)) at once: shape (blocks, 18). With no ramp (``rate`` 0) only the
+        level's own columns are non-zero."""
+        dist = self.profile.distortion
+        ref = dist.reference_accel_g
+        angle = math.atan2(response.imag, response.real)
+        k2 = dist.second_harmonic_fraction / ref
+        k3 = dist.third_harmonic_fraction / (ref * ref)
+        a0 = abs(response) * level
+        q0, r0 = a0 * a0, a0 * a0 * a0
+        phi2 = 2.0 * (phases + angle) + dist.second_harmonic_phase_rad
+        phi3 = 3.0 * (phases + angle) + dist.third_harmonic_phase_rad
+        out = np.zeros((phases.size, _N_GEN + _N_DIST))
+        out[:, 0] = level * np.sin(phases)
+        out[:, 1] = level * np.cos(phases)
+        out[:, 4] = q0 * (k2 * np.sin(phi2))
+        out[:, 5] = q0 * (k2 * np.cos(phi2))
+        out[:, 10] = r0 * (k3 * np.sin(phi3))
+        out[:, 11] = r0 * (k3 * np.cos(phi3))
+        return out
 
     # ---- slow parameters ----------------------------------------------------------------
 
