@@ -808,12 +808,16 @@ class DeviceClient:
         info = self._info
         assert info is not None
         first = records["first_index"].astype(np.int64)
-        before = np.empty_like(first)  # where each block was expected to start
-        before[0] = first[0] if self._expected_index is None else self._expected_index
-        before[1:] = first[:-1] + n
-        missing = np.maximum(first - before, 0)
-        self.samples_missing += int(missing.sum())
-        end = int(first[-1]) + n
+        start, end = int(first[0]), int(first[-1]) + n
+        expected = start if self._expected_index is None else self._expected_index
+        if start == expected and bool((np.diff(first) == n).all()):  # no gap: the usual case
+            missing = np.zeros(first.size, dtype=np.int64)
+        else:
+            before = np.empty_like(first)  # where each block was expected to start
+            before[0] = expected
+            before[1:] = first[:-1] + n
+            missing = np.maximum(first - before, 0)
+            self.samples_missing += int(missing.sum())
         self._expected_index = self._device_index = end
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = int(first[0])

@@ -104,16 +104,31 @@ def encode_samples_frames(
     laid out by one numpy record array, and only the CRC and the COBS stuffing (both C) are
     taken frame by frame.
     """
-    frames, n = counts.shape
-    records = np.empty(frames, dtype=samples_dtype(n))
-    records["type"] = SAMPLES_TYPE
+    records = samples_records(phases_q32, freq_mhz, drive_q16, counts)
     records["seq"] = seqs
     records["first_index"] = first_indices
+    return encode_samples_records(records)
+
+
+def samples_records(
+    phases_q32: Sequence[int], freq_mhz: int, drive_q16: int, counts: npt.NDArray[np.int16]
+) -> npt.NDArray[np.void]:
+    """SAMPLES frame bodies (:func:`samples_dtype`) for the rows of ``counts``, all but their
+    ``seq`` and ``first_index`` filled in (a sender fills those when the frames leave)."""
+    frames, n = counts.shape
+    records = np.zeros(frames, dtype=samples_dtype(n))
+    records["type"] = SAMPLES_TYPE
     records["phase"] = phases_q32
     records["freq_mhz"] = freq_mhz
     records["drive_q16"] = drive_q16
     records["n"] = n
     records["counts"] = counts
+    return records
+
+
+def encode_samples_records(records: npt.NDArray[np.void]) -> list[bytes]:
+    """The wire bytes of each SAMPLES frame body of ``records`` (:func:`samples_dtype`)."""
+    frames = records.size
     size = records.dtype.itemsize
     if size + CRC.size > MAX_RAW_LEN:
         raise ValueError(f"frame of {size + CRC.size} bytes exceeds {MAX_RAW_LEN}")
@@ -213,11 +228,14 @@ class FrameDecoder:
             self.stats.short_frames += 1
             return None
         (crc,) = CRC.unpack_from(raw, len(raw) - CRC.size)
-        if crc16(raw[: -CRC.size]) != crc:
+        if binascii.crc_hqx(raw[: -CRC.size], 0) != crc:  # crc16(), without a call
             self.stats.crc_errors += 1
             return None
         frame_type, seq = HEADER.unpack_from(raw)
-        self._count_sequence(frame_type, seq)
+        if seq == self._expected_seq and seq:  # the next in sequence (not a restart at 0)
+            self._expected_seq = (seq + 1) & 0xFFFF
+        else:
+            self._count_sequence(frame_type, seq)
         self.stats.frames += 1
         return RawFrame(frame_type, seq, raw[HEADER.size : -CRC.size])
 

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from firmware_bridge.codec import FrameDecoder, RawFrame, encode_frame, encode_samples_frames
+from firmware_bridge.codec import (
+    FrameDecoder,
+    RawFrame,
+    encode_frame,
+    encode_samples_records,
+    samples_records,
+)
 from firmware_bridge.countersign import next_head, signed_bytes
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import ProtocolError
@@ -246,6 +252,7 @@ class _Ahead:
     sums: list[FitSums]
     rest_g: list[float]
     blocks: int
+    records: npt.NDArray[np.void]  # the blocks' SAMPLES frame bodies, seq and index not yet set
     next: int = 0
 
 
@@ -542,8 +549,6 @@ class SimulatedDevice:
         plant = [plant_before] * (k - 1)
         plant.append((physics.coil_temperature_c, physics.patient_mass_on_plate_kg))
         self.sensor.commit_ahead_many(ahead.sensor, j0, k)
-        counts = ahead.sensor.counts[j0 : j0 + k]
-        phases = ahead.phases[j0 : j0 + k]
         self._phase_turns = ahead.phases[j0 + k]
         drive = self._envelope.value if self._output_on else 0.0
         if self._truth is not None:
@@ -553,14 +558,10 @@ class SimulatedDevice:
             self._rest_window.extend(ahead.rest_g[j0 : j0 + k])
         index = self._sample_index
         seq = self._tx_seq
-        wires = encode_samples_frames(
-            [(seq + i) & 0xFFFF for i in range(k)],
-            [index + i * n for i in range(k)],
-            [phase_to_q32(turns) for turns in phases],
-            hz_to_mhz(self._freq_hz),
-            drive_to_q16(_clip01(drive)),
-            counts,
-        )
+        records = ahead.records[j0 : j0 + k]
+        records["seq"] = [(seq + i) & 0xFFFF for i in range(k)]
+        records["first_index"] = [index + i * n for i in range(k)]
+        wires = encode_samples_records(records)
         self._tx_seq = (seq + k) & 0xFFFF
         self._sample_index = index + k * n
         latency = self.config.latency_ms / 1000.0
@@ -875,6 +876,12 @@ class SimulatedDevice:
             sums=self._block_fit.sums_many(counts, phases[:blocks], self._freq_hz),
             rest_g=rest_g.tolist(),
             blocks=blocks,
+            records=samples_records(
+                [phase_to_q32(turns) for turns in phases[:blocks]],
+                hz_to_mhz(self._freq_hz),
+                drive_to_q16(_clip01(drive)),
+                counts,
+            ),
         )
 
     def _take_ahead(self, now: float) -> bool:
