@@ -195,3 +195,23 @@ def test_a_batch_read_refuses_a_batch_of_nothing() -> None:
         pytest.raises(ValueError, match="max_blocks"),
     ):
         dev.read_blocks(0)
+
+
+def test_a_batch_read_on_a_port_that_is_not_paced_by_reads_takes_what_has_arrived() -> None:
+    # speed=20: the device keeps its own clock (as a real plate does); the host reads what came
+    with DeviceClient.open("sim://?speed=20&seed=10&mass=70") as dev:
+        dev.set_frequency(45.0)
+        dev.start_output()
+        dev.set_drive(0.1, 0.2)
+        start = dev.sample_index
+        batches = []
+        while dev.sample_index < start + 3 * 1600:  # 3 s of device time, 0.15 s of wall time
+            batch = dev.read_blocks(64)
+            assert batch is not None
+            batches.append(batch)
+        dev.set_drive(0.0, 0.1)
+        dev.read_for(0.2)
+    joined = SampleBatch.join(batches)
+    assert np.all(np.diff(joined.first_index) == 32)
+    assert not joined.missing_before.any()
+    assert joined.drive[-1] == pytest.approx(0.1, abs=1e-4)
