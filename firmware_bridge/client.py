@@ -758,7 +758,16 @@ class DeviceClient:
         try:
             if not size:
                 size = max(1, min(READ_CHUNK, self._port.in_waiting))
-            data = self._port.read(size)
+                data = self._port.read(size)
+            else:
+                # At speed=max a read's timeout is simulated time: let this one span the
+                # blocks asked for and the block their last frame leaves after.
+                timeout = self._port.timeout
+                self._port.timeout = (blocks + 1) * n / info.sample_rate_hz
+                try:
+                    data = self._port.read(size)
+                finally:
+                    self._port.timeout = timeout
             if self._paced_by_reads and self._read_buffered is not None:
                 # Each read moves the device on by at most the port's timeout (simulated
                 # seconds); read on until the blocks came or a read brings nothing, then take
