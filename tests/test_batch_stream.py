@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from firmware_bridge.client import DeviceClient, SampleBatch, SampleBlock
-from firmware_bridge.errors import DeviceFaultError
+from firmware_bridge.errors import DeviceFaultError, LinkLostError
 from firmware_bridge.protocol import (
     FaultCode,
     Heartbeat,
@@ -215,3 +215,18 @@ def test_a_batch_read_on_a_port_that_is_not_paced_by_reads_takes_what_has_arrive
     assert np.all(np.diff(joined.first_index) == 32)
     assert not joined.missing_before.any()
     assert joined.drive[-1] == pytest.approx(0.1, abs=1e-4)
+
+
+def test_a_batch_read_reports_a_pulled_cable_as_a_lost_link() -> None:
+    with DeviceClient.open("sim://?speed=max&seed=1&disconnect_at=3") as dev:
+        dev.set_frequency(45.0)
+        dev.start_output()
+        dev.set_drive(0.1, 0.2)
+
+        def read_on() -> None:
+            for _ in range(200):
+                dev.read_blocks(64)
+
+        with pytest.raises(LinkLostError, match="disconnected"):
+            read_on()
+        assert dev.sample_index <= 3 * 1600
