@@ -90,26 +90,6 @@ def samples_dtype(n: int) -> np.dtype[np.void]:
     )
 
 
-def encode_samples_frames(
-    seqs: Sequence[int],
-    first_indices: Sequence[int],
-    phases_q32: Sequence[int],
-    freq_mhz: int,
-    drive_q16: int,
-    counts: npt.NDArray[np.int16],
-) -> list[bytes]:
-    """The wire bytes of one SAMPLES frame per row of ``counts`` (shape (frames, n)).
-
-    Each is what ``encode_frame(0x84, seq, Samples(...).pack())`` gives; the frames' bodies are
-    laid out by one numpy record array, and only the CRC and the COBS stuffing (both C) are
-    taken frame by frame.
-    """
-    records = samples_records(phases_q32, freq_mhz, drive_q16, counts)
-    records["seq"] = seqs
-    records["first_index"] = first_indices
-    return encode_samples_records(records)
-
-
 def samples_records(
     phases_q32: Sequence[int], freq_mhz: int, drive_q16: int, counts: npt.NDArray[np.int16]
 ) -> npt.NDArray[np.void]:

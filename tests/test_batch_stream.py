@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from firmware_bridge.client import DeviceClient, SampleBatch, SampleBlock
+from firmware_bridge.codec import encode_frame, encode_samples_records, samples_records
 from firmware_bridge.errors import DeviceFaultError, LinkLostError
 from firmware_bridge.protocol import (
     FaultCode,
     Heartbeat,
     Message,
+    Samples,
     SetDrive,
     SetFrequency,
     SetOutput,
@@ -98,12 +100,36 @@ def test_stepping_many_blocks_gives_the_bytes_of_stepping_one_at_a_time(
         assert any(f"fault:{code.name}" in e for e in first["events"])
 
 
-def test_stepping_many_blocks_takes_several_per_call_at_a_constant_drive() -> None:
+def test_stepping_many_blocks_takes_several_per_call_at_a_constant_drive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    taken: list[int] = []
+    take = SimulatedDevice._take_ahead_many
+
+    def counted(self: SimulatedDevice, max_blocks: int) -> int:
+        taken.append(take(self, max_blocks))
+        return taken[-1]
+
+    monkeypatch.setattr(SimulatedDevice, "_take_ahead_many", counted)
     device = SimulatedDevice(parse_sim_url("sim://?speed=max&seed=4&mass=70"))
     for _ in range(60):  # 300 blocks, the output off: constant inputs
         assert device.step_many(5) == 5
-    assert device._sample_index > 0
-    assert device._steady_blocks >= 250  # the blocks were taken from blocks simulated ahead
+    assert max(taken) == 5
+    assert sum(taken) >= 250  # the rest: the first block of each run-ahead, and the boot
+
+
+def test_samples_frames_laid_out_in_bulk_are_the_frames_one_at_a_time() -> None:
+    rng = np.random.default_rng(1)
+    counts = rng.integers(-32768, 32768, size=(6, 32)).astype(np.int16)
+    counts[2] = 0  # COBS with many zeros
+    phases = [0, 1, 2**31, 2**32 - 1, 12345, 777]
+    records = samples_records(phases, 45_000, 6554, counts)
+    records["seq"] = [65533, 65534, 65535, 0, 1, 2]
+    records["first_index"] = [0, 32, 64, 2**40, 2**63 - 1, 5]
+    wires = encode_samples_records(records)
+    for j, wire in enumerate(wires):
+        message = Samples(int(records["first_index"][j]), phases[j], 45_000, 6554, counts[j].copy())
+        assert wire == encode_frame(Samples.TYPE, int(records["seq"][j]), message.pack())
 
 
 def _stream(url: str, batched: bool, seconds: float) -> list[SampleBlock]:
