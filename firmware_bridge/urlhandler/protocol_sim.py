@@ -4,10 +4,11 @@
 ``firmware_bridge.urlhandler`` is in ``serial.protocol_handler_packages``
 (``firmware_bridge.transport.open_port`` does that).
 
-Pacing: with ``speed=max`` the device advances only when the host reads, block by block, so
-a run is deterministic for a given seed and as fast as the host can consume; a read timeout
-is counted in simulated seconds. With ``speed=F`` the device keeps F x real time against the
-wall clock.
+Pacing: with ``speed=max`` the device advances only when the host reads, as far as the read
+asks (several blocks in one ``SimulatedDevice.step_many`` call when the host reads several
+frames' bytes), so a run is deterministic for a given seed and as fast as the host can
+consume; a read timeout is counted in simulated seconds. With ``speed=F`` the device keeps
+F x real time against the wall clock.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ class Serial(serial.SerialBase):
             frame = device.samples_frame_bytes
             while len(self._buffer) < want_bytes and device.time_s < end - 1e-12:
                 # Never more blocks than the bytes asked for can hold (one at least), nor past
-                # ``end``: a host that asks for one frame's bytes gets the device stepped once.
-                # as many blocks as stepping one at a time would at least take (each frame
-                # leaves a block after its own)
+                # ``end``: never more than stepping one block at a time would have run (each
+                # frame leaves a block after its own), and a host that asks for one frame's
+                # bytes gets the device stepped once.
                 blocks = max(1, -(-(want_bytes - len(self._buffer)) // frame))
                 left = math.ceil((end - 1e-12 - device.time_s) / device.block_s)
                 device.step_many(max(1, min(blocks, left)))
