@@ -82,6 +82,13 @@ def _host_run(
         ),
         # the host goes silent at block 200: the watchdog trips mid-batch
         ("watchdog", "sim://?speed=max&seed=6&mass=70", _START, 200),
+        # a slow, lossy, noisy link: host bytes land mid-span, frames are dropped and damaged
+        (
+            "link",
+            "sim://?speed=max&seed=11&mass=70&latency_ms=7&drop_rate=0.02&corrupt_rate=0.0002",
+            _START,
+            400,
+        ),
         # a load step scheduled inside what would be a batch
         ("event", "sim://?speed=max&seed=7&mass=70&load_step_at=5.03&load_step_kg=20", _START, 400),
     ],
