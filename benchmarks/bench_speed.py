@@ -1,6 +1,6 @@
 """Simulator and loop speed, start-to-move time, memory and the log's delay of the loop (issue 11).
 
-    python benchmarks/bench_speed.py [--repeats 3] [--parts moves speed delay scaling]
+    python benchmarks/bench_speed.py [--repeats 3] [--parts moves speed drive delay scaling]
         [--minutes 1 10 30] [--run-minutes 1 10 60] [--log-years 1 5] [--cache DIR] [--json FILE]
 
 Every figure comes from fresh ``python -m sessions.cli`` processes on ``sim://?speed=max``,
@@ -334,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["moves", "speed", "delay", "scaling"],
+        choices=["moves", "speed", "drive", "delay", "scaling"],
         default=["moves", "speed", "delay", "scaling"],
+        help="drive: the open-loop row of speed alone",
     )
     parser.add_argument("--log-years", type=int, nargs="*", default=[])
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "liv-bench")
@@ -367,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                 lambda h=start_home.root, p=plate: measure_moves(h, p),  # type: ignore[misc]
                 years=years,
             )
-    if "speed" in parts:
+    if parts & {"speed", "drive"}:
         measure("open loop: liv device drive, 10 min", lambda: measure_open_loop(600.0))
+    if "speed" in parts:
         measure("closed loop: liv run, 10 min", lambda: measure_run(homes, 600.0))
         measure("patient session: liv start, 10 min", lambda: measure_session(homes, 10.0))
     if "delay" in parts:

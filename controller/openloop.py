@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from controller.estimation import FloatArray, block_phases, whole_cycle_length
-from firmware_bridge.client import DeviceClient, SampleBlock
+from firmware_bridge.client import DeviceClient, SampleBatch, SampleBlock
 from firmware_bridge.errors import LinkLostError
 
 RAMP_UP_S = 2.0
 RAMP_DOWN_S = 1.0
 PENDING_BLOCKS = 64  # SteadyFit adds blocks to its sums this many at a time
+READ_BLOCKS = 64  # blocks asked for per read (the client stops earlier when a heartbeat is due)
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,15 @@ def _read_into(
     device: DeviceClient, seconds: float, steady: SteadyFit, timeout_s: float = 1.0
 ) -> None:
     """Stream the next ``seconds`` of the device's sample clock into ``steady``."""
+    n = device.info.block_samples
     end = device.sample_index + round(seconds * device.info.sample_rate_hz)
     while device.sample_index < end:
-        block = device.read_block(timeout_s)
-        if block is None:
+        # Never past ``end`` by more than read_block would have gone (one block's overshoot).
+        wanted = max(1, min(READ_BLOCKS, -(-(end - device.sample_index) // n)))
+        batch = device.read_blocks(wanted, timeout_s)
+        if batch is None:
             raise LinkLostError(f"no samples from the device for {timeout_s:g} s")
-        steady.push(block)
+        steady.push_batch(batch)
 
 
 class SteadyFit:
@@ -137,9 +141,24 @@ class SteadyFit:
         self._tail_max = -math.inf  # over samples after the kept head
         self._tail_min = math.inf
         self._x0: float | None = None
-        self._pending: list[SampleBlock] = []  # blocks not yet in the sums (see _flush)
+        self._pending: list[SampleBatch] = []  # blocks not yet in the sums (see _flush)
+        self._pending_blocks = 0
         self._pending_tail: list[FloatArray] = []
         self.samples = 0
+
+    def push_batch(self, batch: SampleBatch) -> None:
+        """Add the blocks of ``batch`` (in order), as :meth:`push` of each would."""
+        if len(self._head_x) < self._head_n:  # the first cycle: kept sample by sample
+            for block in batch.blocks():
+                self.push(block)
+            return
+        x = batch.accel_g
+        self._pending_tail.append(x.ravel())
+        self._pending.append(batch)
+        self._pending_blocks += len(batch)
+        self.samples += x.size
+        if self._pending_blocks >= PENDING_BLOCKS:
+            self._flush()
 
     def push(self, block: SampleBlock) -> None:
         x = block.accel_g
@@ -153,35 +172,45 @@ class SteadyFit:
         tail = x[max(room, 0) :]
         if tail.size:
             self._pending_tail.append(tail)
-        self._pending.append(block)
+        self._pending.append(SampleBatch.of_block(block))
+        self._pending_blocks += 1
         self.samples += x.size
-        if len(self._pending) >= PENDING_BLOCKS:
+        if self._pending_blocks >= PENDING_BLOCKS:
             self._flush()
 
     def _flush(self) -> None:
         """Add the pending blocks to the sums, all at once (one product per batch)."""
-        blocks, self._pending = self._pending, []
+        batches, self._pending = self._pending, []
+        self._pending_blocks = 0
         tails, self._pending_tail = self._pending_tail, []
         if tails:
             joined = np.concatenate(tails)
             self._tail_max = max(self._tail_max, float(joined.max()))
             self._tail_min = min(self._tail_min, float(joined.min()))
-        if not blocks:
+        if not batches:
             return
-        n, freq = blocks[0].accel_g.size, blocks[0].freq_hz
-        if all(b.accel_g.size == n and b.freq_hz == freq for b in blocks):
-            x = np.concatenate([b.accel_g for b in blocks])
-            start = np.array([b.phase_rad for b in blocks])
-            phase = (start[:, None] + block_phases(0.0, freq, n, self.sample_rate_hz)).ravel()
-        else:  # blocks of other lengths or frequencies: one at a time
-            x = np.concatenate([b.accel_g for b in blocks])
-            phase = np.concatenate(
-                [
-                    block_phases(b.phase_rad, b.freq_hz, b.accel_g.size, self.sample_rate_hz)
-                    for b in blocks
-                ]
-            )
+        if len({b.counts.shape[1] for b in batches}) > 1:  # blocks of other lengths
+            x = np.concatenate([b.accel_g.ravel() for b in batches])
+            phase = np.concatenate([self._phases(b) for b in batches])
+        else:
+            pending = SampleBatch.join(batches)
+            x = pending.accel_g.ravel()
+            phase = self._phases(pending)
         self._sums += self._terms(x, phase)
+
+    def _phases(self, batch: SampleBatch) -> FloatArray:
+        """The drive phase of every sample of ``batch``, flattened."""
+        n = batch.counts.shape[1]
+        freq = float(batch.freq_hz[0])
+        if bool((batch.freq_hz == freq).all()):
+            step = block_phases(0.0, freq, n, self.sample_rate_hz)
+            return (batch.phase_rad[:, None] + step).ravel()
+        return np.concatenate(  # blocks at other frequencies: one at a time
+            [
+                block_phases(float(p), float(f), n, self.sample_rate_hz)
+                for p, f in zip(batch.phase_rad, batch.freq_hz, strict=True)
+            ]
+        )
 
     def _terms(self, x: FloatArray, phase: FloatArray) -> FloatArray:
         assert self._x0 is not None

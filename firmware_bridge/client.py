@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import serial
 
-from firmware_bridge.codec import FrameDecoder, LinkStats
+from firmware_bridge.codec import FrameDecoder, LinkStats, RawFrame, samples_payload_dtype
 from firmware_bridge.errors import (
     BridgeError,
     CommandRefusedError,
@@ -34,7 +35,9 @@ from firmware_bridge.errors import (
     ProtocolError,
 )
 from firmware_bridge.protocol import (
+    PHASE_TURN,
     PROTOCOL_MAJOR,
+    Q16,
     Ack,
     Capability,
     ClearFault,
@@ -162,6 +165,107 @@ class SampleBlock:
     missing_before: int  # samples lost between the previous block and this one
 
 
+@dataclass(frozen=True, eq=False)
+class SampleBatch:
+    """Consecutive sample blocks of one length, as arrays (what :meth:`DeviceClient.read_blocks`
+    returns). Row j is the block :meth:`DeviceClient.read_block` would have returned j-th.
+
+    Attributes
+    ----------
+    first_index, missing_before : (blocks,) int64
+    counts : (blocks, n) int16
+    accel_g : (blocks, n) float64
+        Includes gravity, as :attr:`SampleBlock.accel_g`.
+    phase_rad, freq_hz, drive : (blocks,) float64
+        The drive's phase at each block's first sample, its frequency and amplitude.
+    """
+
+    first_index: npt.NDArray[np.int64]
+    counts: npt.NDArray[np.int16]
+    accel_g: npt.NDArray[np.float64]
+    phase_rad: npt.NDArray[np.float64]
+    freq_hz: npt.NDArray[np.float64]
+    drive: npt.NDArray[np.float64]
+    missing_before: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.first_index.size)
+
+    @property
+    def samples(self) -> int:
+        """Samples in all blocks."""
+        return int(self.counts.size)
+
+    @property
+    def end_index(self) -> int:
+        """The sample index after the last block."""
+        return int(self.first_index[-1]) + int(self.counts.shape[1])
+
+    def block(self, j: int) -> SampleBlock:
+        """Row ``j`` as a :class:`SampleBlock`."""
+        return SampleBlock(
+            first_index=int(self.first_index[j]),
+            counts=self.counts[j],
+            accel_g=self.accel_g[j],
+            phase_rad=float(self.phase_rad[j]),
+            freq_hz=float(self.freq_hz[j]),
+            drive=float(self.drive[j]),
+            missing_before=int(self.missing_before[j]),
+        )
+
+    def blocks(self) -> list[SampleBlock]:
+        return [self.block(j) for j in range(len(self))]
+
+    def split(self, count: int) -> tuple[SampleBatch, SampleBatch]:
+        """The first ``count`` blocks and the rest."""
+        head = SampleBatch(
+            self.first_index[:count],
+            self.counts[:count],
+            self.accel_g[:count],
+            self.phase_rad[:count],
+            self.freq_hz[:count],
+            self.drive[:count],
+            self.missing_before[:count],
+        )
+        tail = SampleBatch(
+            self.first_index[count:],
+            self.counts[count:],
+            self.accel_g[count:],
+            self.phase_rad[count:],
+            self.freq_hz[count:],
+            self.drive[count:],
+            self.missing_before[count:],
+        )
+        return head, tail
+
+    @classmethod
+    def join(cls, parts: list[SampleBatch]) -> SampleBatch:
+        """The blocks of ``parts`` in order (blocks of one length)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.first_index for p in parts]),
+            np.concatenate([p.counts for p in parts]),
+            np.concatenate([p.accel_g for p in parts]),
+            np.concatenate([p.phase_rad for p in parts]),
+            np.concatenate([p.freq_hz for p in parts]),
+            np.concatenate([p.drive for p in parts]),
+            np.concatenate([p.missing_before for p in parts]),
+        )
+
+    @classmethod
+    def of_block(cls, block: SampleBlock) -> SampleBatch:
+        return cls(
+            np.array([block.first_index], dtype=np.int64),
+            block.counts[None, :],
+            block.accel_g[None, :],
+            np.array([block.phase_rad]),
+            np.array([block.freq_hz]),
+            np.array([block.drive]),
+            np.array([block.missing_before], dtype=np.int64),
+        )
+
+
 @dataclass
 class _Pending:
     name: str
@@ -178,7 +282,15 @@ class DeviceClient:
         self._port = port
         self._decoder = FrameDecoder()
         self._seq = 0
-        self._blocks: deque[SampleBlock] = deque()
+        self._blocks: deque[SampleBlock | SampleBatch] = deque()
+        self._blocks_in = 0  # blocks queued since opening
+        self._blocks_out = 0  # blocks handed out since opening
+        self._event_barrier: int | None = None  # _blocks_in when a fault or NAK was queued
+        # sim://?speed=max: the device moves on only as far as the host reads
+        self._read_buffered: Callable[[], bytes] | None = getattr(port, "read_buffered", None)
+        self._paced_by_reads = bool(getattr(port, "paced_by_reads", False)) and (
+            self._read_buffered is not None
+        )
         self._pending: dict[int, _Pending] = {}
         self._answers: dict[type[Message], deque[Message]] = {
             Hello: deque(),
@@ -299,7 +411,7 @@ class DeviceClient:
         self._info = DeviceInfo.from_hello(hello)
         # Opening a port mid-stream yields a partial first frame: count damage from here on.
         self._decoder.stats = LinkStats()
-        self._blocks.clear()
+        self._clear_queue()
         self._expected_index = None
         return self._info
 
@@ -485,18 +597,83 @@ class DeviceClient:
                 self._raise_events()
                 return None
         self._raise_events()
-        block = self._blocks.popleft()
+        block = self._pop_block()
         if self._info is not None:
             quiet = (self._device_index - self._last_tx_index) / self._info.sample_rate_hz
             if quiet >= HEARTBEAT_S:
                 self.heartbeat()
         return block
 
+    def read_blocks(self, max_blocks: int, timeout_s: float = 1.0) -> SampleBatch | None:
+        """The next 1..``max_blocks`` sample blocks as one :class:`SampleBatch`, or None if none
+        arrived within ``timeout_s``.
+
+        For a host that sends nothing while it streams but heartbeats: many blocks per call,
+        decoded from one buffer in bulk (``sim://?speed=max`` simulates them in one go). A batch
+        never reaches past a device event: the blocks the device sent before a FAULT or NAK are
+        returned first and the next call raises it (DeviceFaultError, CommandRefusedError,
+        DeviceResetError), so an event is delivered at its sample. A heartbeat goes out whenever
+        the host has been quiet for HEARTBEAT_S of the device's clock; at ``speed=max`` a call
+        reads no further than the next heartbeat is due, so the device hears the host exactly
+        as often as with :meth:`read_block`.
+        """
+        if max_blocks < 1:
+            raise ValueError(f"max_blocks = {max_blocks!r}; allowed: at least 1")
+        deadline = time.monotonic() + timeout_s
+        while not self._available():
+            self._raise_events()
+            expired = time.monotonic() > deadline
+            self._pump_batch(max_blocks)
+            if expired and not self._available():
+                self._raise_events()
+                return None
+        take = min(max_blocks, self._available())
+        parts: list[SampleBatch] = []
+        while take:
+            item = self._blocks.popleft()
+            batch = SampleBatch.of_block(item) if isinstance(item, SampleBlock) else item
+            if len(batch) > take:
+                batch, rest = batch.split(take)
+                self._blocks.appendleft(rest)
+            parts.append(batch)
+            take -= len(batch)
+            self._blocks_out += len(batch)
+        if self._info is not None:
+            quiet = (self._device_index - self._last_tx_index) / self._info.sample_rate_hz
+            if quiet >= HEARTBEAT_S:
+                self.heartbeat()
+        return SampleBatch.join(parts)
+
+    def _available(self) -> int:
+        """Blocks queued that may be handed out before the oldest pending device event."""
+        if self._event_barrier is not None and not (self._faults or self._refusals):
+            self._event_barrier = None
+        limit = self._blocks_in if self._event_barrier is None else self._event_barrier
+        return max(0, limit - self._blocks_out)
+
+    def _pop_block(self) -> SampleBlock:
+        item = self._blocks.popleft()
+        self._blocks_out += 1
+        if isinstance(item, SampleBlock):
+            return item
+        if len(item) > 1:
+            self._blocks.appendleft(item.split(1)[1])
+        return item.block(0)
+
     def take_queued(self) -> list[SampleBlock]:
         """The blocks already decoded and not yet read, without reading the port."""
-        blocks = list(self._blocks)
-        self._blocks.clear()
+        blocks: list[SampleBlock] = []
+        for item in self._blocks:
+            blocks.extend([item] if isinstance(item, SampleBlock) else item.blocks())
+        self._clear_queue()
         return blocks
+
+    def _clear_queue(self) -> int:
+        """Drop every queued block; return how many there were."""
+        dropped = self._blocks_in - self._blocks_out
+        self._blocks.clear()
+        self._blocks_out = self._blocks_in
+        return dropped
 
     def discard_backlog(self, max_blocks: int = 500) -> int:
         """Drop sample blocks already waiting (queued here or in the OS buffer); return how many.
@@ -506,8 +683,7 @@ class DeviceClient:
         start now starts at :attr:`output_start_index`. A transport paced by the reads
         themselves (``sim://?speed=max``) never has a backlog.
         """
-        dropped = len(self._blocks)
-        self._blocks.clear()
+        dropped = self._clear_queue()
         if getattr(self._port, "paced_by_reads", False):
             return dropped
         for _ in range(max_blocks):
@@ -518,8 +694,7 @@ class DeviceClient:
             if not waiting:
                 break
             self._pump()
-            dropped += len(self._blocks)
-            self._blocks.clear()
+            dropped += self._clear_queue()
         return dropped
 
     def read_for(self, seconds: float, timeout_s: float = 1.0) -> list[SampleBlock]:
@@ -557,15 +732,128 @@ class DeviceClient:
         if not data:
             return
         for frame in self._decoder.feed(data):
-            try:
-                message = decode_message(frame)
-            except ProtocolError as exc:
-                if expect_hello:
-                    self._check_foreign_hello(frame.frame_type, frame.payload)
-                self.protocol_errors += 1
-                log.warning("dropped a malformed frame: %s", exc)
+            self._dispatch_frame(frame, expect_hello)
+
+    def _pump_batch(self, max_blocks: int) -> None:
+        """Read and decode like :meth:`_pump`, runs of SAMPLES frames in bulk.
+
+        At ``speed=max`` it asks the port for the bytes of up to ``max_blocks`` SAMPLES frames
+        but no further than the next heartbeat is due (the device advances as far as the host
+        reads); a real port gives what has arrived.
+        """
+        info = self._info
+        if info is None:
+            self._pump()
+            return
+        n = info.block_samples
+        payload_size = samples_payload_dtype(n).itemsize
+        if self._paced_by_reads:
+            quiet = self._device_index - self._last_tx_index
+            due = math.ceil((HEARTBEAT_S * info.sample_rate_hz - quiet) / n)
+            blocks = max(1, min(max_blocks, due))
+            raw = 3 + payload_size + 2
+            size = blocks * (raw + raw // 254 + 2)
+        else:
+            size = 0
+        try:
+            if not size:
+                size = max(1, min(READ_CHUNK, self._port.in_waiting))
+                data = self._port.read(size)
+            else:
+                # At speed=max a read's timeout is simulated time: let this one span the
+                # blocks asked for and the block their last frame leaves after.
+                timeout = self._port.timeout
+                self._port.timeout = (blocks + 1) * n / info.sample_rate_hz
+                try:
+                    data = self._port.read(size)
+                finally:
+                    self._port.timeout = timeout
+            if self._paced_by_reads and self._read_buffered is not None:
+                # Each read moves the device on by at most the port's timeout (simulated
+                # seconds); read on until the blocks came or a read brings nothing, then take
+                # the rest of a frame the last read cut.
+                while 0 < len(data) < size:
+                    more = self._port.read(size - len(data))
+                    if not more:
+                        break
+                    data += more
+                data += self._read_buffered()
+        except (serial.SerialException, OSError) as exc:
+            raise LinkLostError(str(exc)) from None
+        if not data:
+            return
+        run: list[bytes] = []
+        for frame in self._decoder.feed(data):
+            if frame.frame_type == Samples.TYPE and len(frame.payload) == payload_size:
+                run.append(frame.payload)
                 continue
-            self._dispatch(message, expect_hello)
+            if run and not self._leaves_run(frame):
+                self._on_samples_run(run, n)
+                run = []
+            self._dispatch_frame(frame, False)
+        if run:
+            self._on_samples_run(run, n)
+
+    def _leaves_run(self, frame: RawFrame) -> bool:
+        """True for a frame whose handling does not depend on the SAMPLES before it nor change
+        those after it: an ACK of anything but SET_OUTPUT on (which starts the output clock),
+        a STATUS, IDENTITY or COUNTERSIGNATURE answer. FAULT, NAK, HELLO and the rest end a
+        run of SAMPLES so that they are handled at their place in the stream."""
+        if frame.frame_type == Ack.TYPE:
+            if len(frame.payload) < 2:
+                return False
+            pending = self._pending.get(frame.payload[0] | frame.payload[1] << 8)
+            return pending is None or not pending.output_on
+        return frame.frame_type in (Status.TYPE, Identity.TYPE, Countersignature.TYPE)
+
+    def _on_samples_run(self, payloads: list[bytes], n: int) -> None:
+        """Queue consecutive SAMPLES payloads of ``n`` samples as one SampleBatch."""
+        records = np.frombuffer(b"".join(payloads), dtype=samples_payload_dtype(n))
+        if not bool((records["n"] == n).all()):  # a damaged length field: frame by frame
+            for payload in payloads:
+                self._dispatch_frame(RawFrame(Samples.TYPE, 0, payload), False)
+            return
+        self.sample_frames_seen += len(payloads)
+        info = self._info
+        assert info is not None
+        first = records["first_index"].astype(np.int64)
+        start, end = int(first[0]), int(first[-1]) + n
+        expected = start if self._expected_index is None else self._expected_index
+        if start == expected and bool((np.diff(first) == n).all()):  # no gap: the usual case
+            missing = np.zeros(first.size, dtype=np.int64)
+        else:
+            before = np.empty_like(first)  # where each block was expected to start
+            before[0] = expected
+            before[1:] = first[:-1] + n
+            missing = np.maximum(first - before, 0)
+            self.samples_missing += int(missing.sum())
+        self._expected_index = self._device_index = end
+        if self._output_acked and self._output_start_index is None:
+            self._output_start_index = int(first[0])
+        counts = records["counts"].astype(np.int16)
+        self._blocks.append(
+            SampleBatch(
+                first_index=first,
+                counts=counts,
+                accel_g=(counts / float(info.counts_per_g) - self._offset_g) / self._sensitivity,
+                phase_rad=2.0 * np.pi * records["phase"] / PHASE_TURN,
+                freq_hz=records["freq_mhz"] / 1000.0,
+                drive=records["drive_q16"] / Q16,
+                missing_before=missing,
+            )
+        )
+        self._blocks_in += len(payloads)
+
+    def _dispatch_frame(self, frame: RawFrame, expect_hello: bool) -> None:
+        try:
+            message = decode_message(frame)
+        except ProtocolError as exc:
+            if expect_hello:
+                self._check_foreign_hello(frame.frame_type, frame.payload)
+            self.protocol_errors += 1
+            log.warning("dropped a malformed frame: %s", exc)
+            return
+        self._dispatch(message, expect_hello)
 
     def _dispatch(self, message: Message, expect_hello: bool) -> None:
         match message:
@@ -578,8 +866,10 @@ class DeviceClient:
             case Nak(refused_seq=refused, reason=reason):
                 pending = self._pending.pop(refused, None)
                 name = pending.name if pending else f"frame type 0x{message.refused_type:02x}"
+                self._note_event()
                 self._refusals.append(CommandRefusedError(name, reason, nak_text(reason)))
             case Fault(code=code, sample_index=index, detail=detail):
+                self._note_event()
                 self._faults.append(DeviceFaultError(code, message.text, index, detail))
             case Hello():
                 if self._info is not None and not expect_hello:
@@ -593,6 +883,11 @@ class DeviceClient:
                 self._answers[type(message)].append(message)
             case _:
                 self.protocol_errors += 1
+
+    def _note_event(self) -> None:
+        """A FAULT or NAK arrived: read_blocks hands out no block queued after it before it."""
+        if self._event_barrier is None or not (self._faults or self._refusals):
+            self._event_barrier = self._blocks_in
 
     def _on_samples(self, samples: Samples) -> None:
         self.sample_frames_seen += 1
@@ -620,6 +915,7 @@ class DeviceClient:
                 missing_before=missing,
             )
         )
+        self._blocks_in += 1
 
     def _await_answer(self, kind: type[Message], name: str, timeout_s: float) -> Message:
         clock = _Deadline(self, timeout_s)

@@ -9,9 +9,13 @@ by a single 0x00. See docs/protocol.md.
 from __future__ import annotations
 
 import binascii
+import functools
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from cobs import cobs
 
 DELIMITER = b"\x00"
@@ -39,6 +43,82 @@ def encode_frame(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
         raise ValueError(f"frame of {len(body) + CRC.size} bytes exceeds {MAX_RAW_LEN}")
     encoded: bytes = cobs.encode(body + CRC.pack(crc16(body)))
     return encoded + DELIMITER
+
+
+SAMPLES_TYPE = 0x84  # protocol.Samples.TYPE (the codec does not import the message layer)
+
+
+@functools.cache
+def samples_payload_dtype(n: int) -> np.dtype[np.void]:
+    """The payload of a SAMPLES frame of ``n`` samples as one packed numpy record.
+
+    ``first_index:u64 | phase:u32 | freq_mhz:u32 | drive_q16:u16 | n:u8 | counts:n x i16``,
+    little-endian (docs/protocol.md, SAMPLES): ``np.frombuffer`` of many payloads joined gives
+    every field of every frame as an array, without unpacking frame by frame.
+    """
+    return np.dtype(
+        [
+            ("first_index", "<u8"),
+            ("phase", "<u4"),
+            ("freq_mhz", "<u4"),
+            ("drive_q16", "<u2"),
+            ("n", "u1"),
+            ("counts", "<i2", (n,)),
+        ]
+    )
+
+
+@functools.cache
+def samples_dtype(n: int) -> np.dtype[np.void]:
+    """The raw SAMPLES frame of ``n`` samples without its CRC, as one packed numpy record.
+
+    ``type:u8 | seq:u16 | first_index:u64 | phase:u32 | freq_mhz:u32 | drive_q16:u16 | n:u8 |
+    counts:n x i16``, little-endian (docs/protocol.md, SAMPLES): equal to the bytes
+    ``HEADER.pack(...) + Samples.pack()`` give.
+    """
+    return np.dtype(
+        [
+            ("type", "u1"),
+            ("seq", "<u2"),
+            ("first_index", "<u8"),
+            ("phase", "<u4"),
+            ("freq_mhz", "<u4"),
+            ("drive_q16", "<u2"),
+            ("n", "u1"),
+            ("counts", "<i2", (n,)),
+        ]
+    )
+
+
+def samples_records(
+    phases_q32: Sequence[int], freq_mhz: int, drive_q16: int, counts: npt.NDArray[np.int16]
+) -> npt.NDArray[np.void]:
+    """SAMPLES frame bodies (:func:`samples_dtype`) for the rows of ``counts``, all but their
+    ``seq`` and ``first_index`` filled in (a sender fills those when the frames leave)."""
+    frames, n = counts.shape
+    records = np.zeros(frames, dtype=samples_dtype(n))
+    records["type"] = SAMPLES_TYPE
+    records["phase"] = phases_q32
+    records["freq_mhz"] = freq_mhz
+    records["drive_q16"] = drive_q16
+    records["n"] = n
+    records["counts"] = counts
+    return records
+
+
+def encode_samples_records(records: npt.NDArray[np.void]) -> list[bytes]:
+    """The wire bytes of each SAMPLES frame body of ``records`` (:func:`samples_dtype`)."""
+    frames = records.size
+    size = records.dtype.itemsize
+    if size + CRC.size > MAX_RAW_LEN:
+        raise ValueError(f"frame of {size + CRC.size} bytes exceeds {MAX_RAW_LEN}")
+    raw = records.tobytes()
+    crc_hqx, pack_crc, encode = binascii.crc_hqx, CRC.pack, cobs.encode
+    out = []
+    for at in range(0, frames * size, size):
+        body = raw[at : at + size]
+        out.append(encode(body + pack_crc(crc_hqx(body, 0))) + DELIMITER)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +208,14 @@ class FrameDecoder:
             self.stats.short_frames += 1
             return None
         (crc,) = CRC.unpack_from(raw, len(raw) - CRC.size)
-        if crc16(raw[: -CRC.size]) != crc:
+        if binascii.crc_hqx(raw[: -CRC.size], 0) != crc:  # crc16(), without a call
             self.stats.crc_errors += 1
             return None
         frame_type, seq = HEADER.unpack_from(raw)
-        self._count_sequence(frame_type, seq)
+        if seq == self._expected_seq and seq:  # the next in sequence (not a restart at 0)
+            self._expected_seq = (seq + 1) & 0xFFFF
+        else:
+            self._count_sequence(frame_type, seq)
         self.stats.frames += 1
         return RawFrame(frame_type, seq, raw[HEADER.size : -CRC.size])
 

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from firmware_bridge.codec import FrameDecoder, RawFrame, encode_frame
+from firmware_bridge.codec import (
+    FrameDecoder,
+    RawFrame,
+    encode_frame,
+    encode_samples_records,
+    samples_records,
+)
 from firmware_bridge.countersign import next_head, signed_bytes
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import ProtocolError
@@ -252,6 +258,7 @@ class _Ahead:
     sums: list[FitSums]
     rest_g: list[float]
     blocks: int
+    records: npt.NDArray[np.void]  # the blocks' SAMPLES frame bodies, seq and index not yet set
     next: int = 0
 
 
@@ -363,6 +370,12 @@ class SimulatedDevice:
         return self.block_samples / self.sample_rate_hz
 
     @property
+    def samples_frame_bytes(self) -> int:
+        """Wire bytes of one block's SAMPLES frame (COBS overhead and delimiter included)."""
+        raw = 3 + Samples.LAYOUT.size + 2 * self.block_samples + 2
+        return raw + raw // 254 + 2
+
+    @property
     def disconnected(self) -> bool:
         """True once the simulated cable has been pulled."""
         at = self.config.disconnect_at_s
@@ -461,6 +474,136 @@ class SimulatedDevice:
             self._send(self._held_samples)
             self._held_samples = None
         self._run_block(now)
+
+    def step_many(self, max_blocks: int) -> int:
+        """Simulate up to ``max_blocks`` blocks, as many calls of :meth:`step` would; return how
+        many were simulated (at least one).
+
+        Blocks already simulated ahead (see :meth:`_run_ahead`) are taken several at once while
+        nothing happens at their boundaries: no host bytes due, no scheduled event, no watchdog,
+        temperature or ceiling trip (the ceiling is checked at every boundary, vectorised, and a
+        boundary near the ceiling is left to :meth:`step`). Anything else is one :meth:`step`.
+        The bytes, the truth file and the state are those of block-by-block stepping.
+        """
+        done = 0
+        while done < max_blocks:
+            taken = self._take_ahead_many(max_blocks - done) if max_blocks - done > 1 else 0
+            if not taken:
+                self.step()
+                taken = 1
+            done += taken
+            if self.disconnected:  # the transport sees the pulled cable at once
+                break
+        return done
+
+    def _take_ahead_many(self, max_blocks: int) -> int:
+        """Take up to ``max_blocks`` blocks simulated ahead at once; 0 if the next boundary
+        needs :meth:`step` (see :meth:`step_many`)."""
+        ahead = self._ahead
+        if (
+            ahead is None
+            or not self._booted
+            or self._held_samples is not None
+            or self.samples_after_replies
+        ):
+            return 0
+        j0 = ahead.next
+        k = min(max_blocks, ahead.blocks - j0)
+        if k < 1 or ahead.phases[j0] != self._phase_turns or ahead.key != self._inputs_key():
+            return 0
+        n = self.block_samples
+        physics = self.physics
+        first = physics._sample_index
+        # time_s at each boundary, computed as PlatePhysics.time_s computes it
+        starts = [(first + i * n) * physics._dt for i in range(k + 1)]
+        now = starts[0]
+        if self._pending_events and self._pending_events[0][0] <= now + 1e-9:
+            return 0
+        checked = False  # the checks at boundary 0 were made here (host bytes were due)
+        if self._inbox and self._inbox[0][0] <= now:
+            # step()'s order at a boundary: ceiling, host bytes, watchdog, then the block
+            self._check_acceleration()
+            self._handle_inbox(now)
+            self._check_watchdog(now)
+            checked = True
+            if self._ahead is not ahead or ahead.key != self._inputs_key():
+                self._run_block(now)  # a command or a fault: this block as step() runs it
+                return 1
+
+        def clear(ok: list[bool]) -> int:  # boundaries 0.. that pass, boundary 0 if checked
+            count = 0
+            for i, passed in enumerate(ok):
+                if not (passed or (checked and i == 0)):
+                    break
+                count += 1
+            return count
+
+        if self._pending_events:
+            k = min(k, clear([self._pending_events[0][0] > t + 1e-9 for t in starts[:k]]))
+        if self._inbox:
+            due = self._inbox[0][0]
+            k = min(k, clear([due > t for t in starts[:k]]))
+        if self._output_on and not self._fault_code:
+            if physics.coil_temperature_c > OVERTEMP_C:
+                k = min(k, clear([False]))
+            limit = self.watchdog_ms / 1000.0
+            k = min(k, clear([not t - self._last_rx_s > limit for t in starts[:k]]))
+            if k:
+                k = self._ceiling_clear(ahead, j0, k, checked)
+        if k < 1:
+            if checked:
+                self._run_block(now)
+                return 1
+            return 0
+        self._steady_blocks += k
+        ahead.next = j0 + k
+        # The truth's per-block columns are read after each block's commit: the last block's
+        # commit may be the slow-parameter update (temperature, mass) and the others' not.
+        plant_before = (physics.coil_temperature_c, physics.patient_mass_on_plate_kg)
+        physics.commit_ahead_many(ahead.physics, j0, k)
+        plant = [plant_before] * (k - 1)
+        plant.append((physics.coil_temperature_c, physics.patient_mass_on_plate_kg))
+        self.sensor.commit_ahead_many(ahead.sensor, j0, k)
+        self._phase_turns = ahead.phases[j0 + k]
+        drive = self._envelope.value if self._output_on else 0.0
+        if self._truth is not None:
+            self._record_truth_many(starts[:k], ahead.physics.accel_g[j0 : j0 + k], drive, plant)
+        self._fit_window.extend(ahead.sums[j0 : j0 + k])
+        if not self._output_on:
+            self._rest_window.extend(ahead.rest_g[j0 : j0 + k])
+        index = self._sample_index
+        seq = self._tx_seq
+        records = ahead.records[j0 : j0 + k]
+        records["seq"] = [(seq + i) & 0xFFFF for i in range(k)]
+        records["first_index"] = [index + i * n for i in range(k)]
+        wires = encode_samples_records(records)
+        self._tx_seq = (seq + k) & 0xFFFF
+        self._sample_index = index + k * n
+        latency = self.config.latency_ms / 1000.0
+        block_s = self.block_s
+        for i, wire in enumerate(wires):
+            if self.config.drop_rate and self._link_rng.random() < self.config.drop_rate:
+                continue
+            self._outbox.append((starts[i + 1] + block_s + latency, self._corrupt(wire)))
+        return k
+
+    def _ceiling_clear(self, ahead: _Ahead, j0: int, k: int, checked: bool) -> int:
+        """How many of the next ``k`` boundaries the firmware ceiling does not trip at.
+
+        Boundary i's window is the last ACCEL_WINDOW_BLOCKS blocks before it: the blocks in
+        ``_fit_window``, then blocks ``j0..`` of ``ahead``; each is the fit
+        :meth:`_check_acceleration` makes there (boundary 0 is skipped when already checked).
+        """
+        rows = [*self._fit_window, *ahead.sums[j0 : j0 + k - 1]]
+        m = len(self._fit_window)
+        for i in range(1 if checked else 0, k):
+            end = m + i
+            if not end:
+                continue
+            window = rows[max(0, end - ACCEL_WINDOW_BLOCKS) : end]
+            if round_half_up(_fitted_peak_g(window) * 1000) > self.ceiling_mg:
+                return i
+        return k
 
     def _handle_inbox(self, now: float) -> None:
         while self._inbox and self._inbox[0][0] <= now:
@@ -722,7 +865,7 @@ class SimulatedDevice:
         physics = self.physics
         # Bet on the inputs staying as long as they have stayed: a host that changes the drive
         # every few blocks (a closed loop) has few blocks computed for nothing.
-        blocks = min(AHEAD_BLOCKS_MAX, self._steady_blocks, (physics.samples_to_update - 1) // n)
+        blocks = min(AHEAD_BLOCKS_MAX, self._steady_blocks, physics.samples_to_update // n)
         end = now + blocks * self.block_s
         if self._pending_events and self._pending_events[0][0] <= end + 1e-9:
             return None
@@ -748,6 +891,12 @@ class SimulatedDevice:
             sums=self._block_fit.sums_many(counts, phases[:blocks], self._freq_hz),
             rest_g=rest_g.tolist(),
             blocks=blocks,
+            records=samples_records(
+                [phase_to_q32(turns) for turns in phases[:blocks]],
+                hz_to_mhz(self._freq_hz),
+                drive_to_q16(_clip01(drive)),
+                counts,
+            ),
         )
 
     def _take_ahead(self, now: float) -> bool:
@@ -881,6 +1030,30 @@ class SimulatedDevice:
         truth.commit_block(
             n, float(now), self.physics.coil_temperature_c, self.physics.patient_mass_on_plate_kg
         )
+
+    def _record_truth_many(
+        self,
+        starts: list[float],
+        accel: FloatArray,
+        drive: float,
+        plant: list[tuple[float, float]],
+    ) -> None:
+        """:meth:`_record_truth` for blocks run at the constant ``drive`` (accel (blocks, n));
+        ``plant`` holds each block's (coil temperature, mass on the plate) after it."""
+        truth = self._truth
+        assert truth is not None
+        blocks, n = accel.shape
+        offsets = self._block_times.get(n)
+        if offsets is None:
+            offsets = self._block_times[n] = np.arange(n) / self.sample_rate_hz
+        columns = truth.sample_columns(blocks * n)
+        np.add(np.array(starts)[:, None], offsets, out=columns["t_s"].reshape(blocks, n))
+        columns["accel_g"][:] = accel.ravel()
+        columns["drive"][:] = drive
+        columns["freq_hz"][:] = np.float32(self._freq_hz)
+        first = self._sample_index
+        columns["sample_index"][:] = np.arange(first, first + blocks * n, dtype=np.int64)
+        truth.commit_blocks(n, starts, plant)
 
     # ---- link and events --------------------------------------------------------------
 

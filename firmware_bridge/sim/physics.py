@@ -73,8 +73,8 @@ _PADE13 = (
 _THETA13 = 5.371920351148152
 # The plant input is the generator's tau*cos state. Started from a unit vector, the generator
 # makes that state tau cos, -tau sin, cos or -sin; so the drive weights g for (cos, sin,
-# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _state_columns() applies this to the
-# columns of the augmented transition matrix so its tables act on [x0, g] directly.
+# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _state_columns() gives this change of basis,
+# applied to the augmented system matrix so that its tables act on [x0, g] directly.
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -195,20 +195,31 @@ class AheadRun:
     samples_per_block: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Tables:
     """Per-sample responses for k = 0..block_max at one (parameters, frequency).
 
     With ``v = [x0 (p), drive weights (4), distortion weights (14)]`` for a segment starting at
     state ``x0`` (p = 5 plant states, 7 with an upper body): ``outputs[:, k] @ v`` gives (accel
     g, current A, volts, hip accel g, force on the patient N) at sample k and
-    ``state[k] @ v[:p + 4]`` the plant state after k samples.
+    ``state[k] @ v[:p + 4]`` the plant state after k samples. Blocks simulated ahead need only
+    the first two outputs: the other three are made at the first :meth:`all_outputs`.
     """
 
     key: tuple[_Params, float]
     state: FloatArray  # (K+1, p, p + 4)
-    outputs: FloatArray  # (5, K+1, p + 18)
+    outputs: FloatArray  # (5, K+1, p + 18); rows 3 and 4 are zero until all_outputs()
     response_g_per_drive: complex  # steady-state accel per unit drive fraction at gain 1
+    other_rows: FloatArray  # (2, p): hip accel (g) and patient force (N) over the plant state
+    complete: bool = False
+
+    def all_outputs(self) -> FloatArray:
+        """``outputs`` with every row filled in."""
+        if not self.complete:
+            n_aug = self.state.shape[2]
+            self.outputs[3:5, :, :n_aug] = np.matmul(self.other_rows, self.state).transpose(1, 0, 2)
+            self.complete = True
+        return self.outputs
 
 
 class PlatePhysics:
@@ -303,7 +314,9 @@ class PlatePhysics:
         has_upper_body = body_model(profile).upper_fraction > 0.0
         self._n_plant = _N_PLANT_MAX if has_upper_body else _N_PLANT_MAX - 2
         self._n_aug = self._n_plant + _N_GEN
-        self._columns, self._signs = _state_columns(self._n_plant)
+        columns, signs = _state_columns(self._n_plant)
+        self._basis = np.ix_(columns, columns)
+        self._basis_signs = np.outer(signs, signs)
         self._x = np.zeros(self._n_plant)
         self._i2_sum = 0.0
         self._i2_count = 0
@@ -465,12 +478,12 @@ class PlatePhysics:
         carried from block to block, the blocks' products taken at once). The plant moves on only
         through :meth:`commit_ahead`, one block at a time, so a caller can drop the blocks it has
         not committed (the drive changed) and go on from the last committed boundary. The blocks
-        must end before the next slow-parameter update.
+        must end by the next slow-parameter update (which the last block's commit makes).
         """
         blocks = len(phases_rad)
-        if blocks < 1 or n < 1 or blocks * n >= self._until_update or n > self._block_max:
+        if blocks < 1 or n < 1 or blocks * n > self._until_update or n > self._block_max:
             raise ValueError(
-                f"{blocks} blocks of {n} samples do not end before the next parameter update "
+                f"{blocks} blocks of {n} samples do not end by the next parameter update "
                 f"({self._until_update} samples) or a block exceeds a table ({self._block_max})"
             )
         if not (math.isfinite(drive) and abs(drive) <= 1.0 + _DRIVE_TOLERANCE):
@@ -482,9 +495,9 @@ class PlatePhysics:
         v = np.zeros((blocks, n_aug + _N_DIST))
         gain = self.amplifier_gain_factor
         if drive != 0.0 and gain != 0.0:
-            response = tables.response_g_per_drive
-            for j, phase in enumerate(phases_rad):
-                v[j, n_plant:] = self._drive_weights(gain * drive, 0.0, phase, response)
+            v[:, n_plant:] = self._constant_drive_weights(
+                gain * drive, np.asarray(phases_rad, dtype=np.float64), tables.response_g_per_drive
+            )
         step = tables.state[n]  # (p, p + 4): plant state after n samples from [x0, generator]
         step_x = step[:, :n_plant]
         driven = v[:, n_plant:n_aug] @ step[:, n_plant:].T  # (blocks, p)
@@ -510,6 +523,20 @@ class PlatePhysics:
         self._i2_count += n
         self._sample_index += n
         self._until_update -= n
+        if self._until_update == 0:  # the run ended at the update, as run() would have
+            self._update_slow_parameters()
+
+    def commit_ahead_many(self, ahead: AheadRun, first: int, count: int) -> None:
+        """:meth:`commit_ahead` of blocks ``first .. first + count - 1`` at once."""
+        n = ahead.samples_per_block
+        for i2 in ahead.i2[first : first + count]:  # in order, as one commit at a time adds them
+            self._i2_sum += i2
+        self._x = ahead.states[first + count - 1]
+        self._i2_count += count * n
+        self._sample_index += count * n
+        self._until_update -= count * n
+        if self._until_update == 0:
+            self._update_slow_parameters()
 
     def _tables_for(self, w: float) -> _Tables:
         if self.open_circuit != self._params.open_circuit:
@@ -547,7 +574,7 @@ class PlatePhysics:
         """
         tables = self._tables_for(w)
         v = self._start_vector(tables, phase0, drive0, rate)
-        out: FloatArray = tables.outputs[:, :n, :] @ v
+        out: FloatArray = tables.all_outputs()[:, :n, :] @ v
         self._x = tables.state[n] @ v[: self._n_aug]
         current = out[1]
         self._i2_sum += float(current @ current)
@@ -593,6 +620,30 @@ class PlatePhysics:
             q0 * c2, q0 * s2, q1 * c2, q1 * s2, q2 * c2, q2 * s2,
             r0 * c3, r0 * s3, r1 * c3, r1 * s3, r2 * c3, r2 * s3, r3 * c3, r3 * s3,
         ]  # fmt: skip
+
+    def _constant_drive_weights(
+        self, level: float, phases: FloatArray, response: complex
+    ) -> FloatArray:
+        """:meth:`_drive_weights` at a constant drive ``level`` for every phase of ``phases``
+        (shape (blocks,)) at once: shape (blocks, 18). With no ramp (``rate`` 0) only the
+        level's own columns are non-zero."""
+        dist = self.profile.distortion
+        ref = dist.reference_accel_g
+        angle = math.atan2(response.imag, response.real)
+        k2 = dist.second_harmonic_fraction / ref
+        k3 = dist.third_harmonic_fraction / (ref * ref)
+        a0 = abs(response) * level
+        q0, r0 = a0 * a0, a0 * a0 * a0
+        phi2 = 2.0 * (phases + angle) + dist.second_harmonic_phase_rad
+        phi3 = 3.0 * (phases + angle) + dist.third_harmonic_phase_rad
+        out = np.zeros((phases.size, _N_GEN + _N_DIST))
+        out[:, 0] = level * np.sin(phases)
+        out[:, 1] = level * np.cos(phases)
+        out[:, 4] = q0 * (k2 * np.sin(phi2))
+        out[:, 5] = q0 * (k2 * np.cos(phi2))
+        out[:, 10] = r0 * (k3 * np.sin(phi3))
+        out[:, 11] = r0 * (k3 * np.cos(phi3))
+        return out
 
     # ---- slow parameters ----------------------------------------------------------------
 
@@ -730,6 +781,9 @@ class PlatePhysics:
         aug[tc, ts] = -w
         aug[ts, s] = 1.0
         aug[ts, tc] = w
+        # In the basis [x0, drive weights] (the generator's states reordered and signed: an
+        # exact change of basis) the plant rows of step^k are state[k] as they are.
+        aug = aug[self._basis] * self._basis_signs
         step = expm(aug * self._dt)
         k_max = self._block_max
         powers = np.empty((k_max + 1, n_aug, n_aug))
@@ -741,19 +795,22 @@ class PlatePhysics:
             more = min(have, k_max - have)
             powers[have + 1 : have + 1 + more] = powers[1 : 1 + more] @ powers[have]
             have += more
-        # Reorder and sign the generator columns so that state[k] acts on [x0, g].
-        state = powers[:, :n_plant, self._columns] * self._signs
+        state = powers[:, :n_plant, :]
         accel_row = a[2] / STANDARD_GRAVITY
         outputs = self._drive_columns(w).copy()
         outputs[0, :, :n_aug] = accel_row @ state
         outputs[1, :, :n_aug] = state[:, 0, :]
-        outputs[3, :, :n_aug] = (hip_row / STANDARD_GRAVITY) @ state
-        outputs[4, :, :n_aug] = force_row @ state
         response = 0j
         if w > 0.0 and b.any():
             x_ss = np.linalg.solve(1j * w * np.eye(n_plant) - a, b.astype(np.complex128))
             response = complex(accel_row @ x_ss)
-        return _Tables(key=(p, w), state=state, outputs=outputs, response_g_per_drive=response)
+        return _Tables(
+            key=(p, w),
+            state=state,
+            outputs=outputs,
+            response_g_per_drive=response,
+            other_rows=np.stack([hip_row / STANDARD_GRAVITY, force_row]),
+        )
 
     def _drive_columns(self, w: float) -> FloatArray:
         """The table columns that depend on frequency only: volts and distortion basis."""

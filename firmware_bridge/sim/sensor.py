@@ -291,6 +291,14 @@ class Accelerometer:
         if n:
             self._last = int(ahead.counts[block, -1])
 
+    def commit_ahead_many(self, ahead: SensorAhead, first: int, count: int) -> None:
+        """:meth:`commit_ahead` of blocks ``first .. first + count - 1`` at once."""
+        n = ahead.counts.shape[1]
+        self._noise_pos += count * n
+        self._zi = ahead.states[first + count - 1]
+        if n:
+            self._last = int(ahead.counts[first + count - 1, -1])
+
     def _block_form(self, n: int) -> FloatArray:
         block = self._block_forms.get(n)
         if block is None:

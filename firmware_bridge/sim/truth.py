@@ -124,6 +124,26 @@ class TruthWriter:
             column.buffer[column.fill] = value
             column.fill += 1
 
+    def commit_blocks(
+        self, n: int, block_t_s: list[float], plant: list[tuple[float, float]]
+    ) -> None:
+        """:meth:`commit_block` for ``len(block_t_s)`` blocks of ``n`` samples handed out by one
+        :meth:`sample_columns` call (of ``n * len(block_t_s)`` slots); ``plant[j]`` is block
+        j's (coil temperature C, mass on the plate kg)."""
+        for column in self._samples.values():
+            column.fill += n * len(block_t_s)
+        for t_s, (coil_temp_c, mass_kg) in zip(block_t_s, plant, strict=True):
+            for name, value in (
+                ("block_t_s", t_s),
+                ("coil_temp_c", coil_temp_c),
+                ("patient_mass_kg", mass_kg),
+            ):
+                column = self._blocks[name]
+                if not column.room():
+                    column.flush()
+                column.buffer[column.fill] = value
+                column.fill += 1
+
     def close(self) -> None:
         """Write the ``.npz`` (streamed from the scratch files) and remove the scratch files."""
         if self._closed:

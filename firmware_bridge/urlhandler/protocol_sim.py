@@ -4,14 +4,16 @@
 ``firmware_bridge.urlhandler`` is in ``serial.protocol_handler_packages``
 (``firmware_bridge.transport.open_port`` does that).
 
-Pacing: with ``speed=max`` the device advances only when the host reads, block by block, so
-a run is deterministic for a given seed and as fast as the host can consume; a read timeout
-is counted in simulated seconds. With ``speed=F`` the device keeps F x real time against the
-wall clock.
+Pacing: with ``speed=max`` the device advances only when the host reads, as far as the read
+asks (several blocks in one ``SimulatedDevice.step_many`` call when the host reads several
+frames' bytes), so a run is deterministic for a given seed and as fast as the host can
+consume; a read timeout is counted in simulated seconds. With ``speed=F`` the device keeps
+F x real time against the wall clock.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import serial
@@ -79,8 +81,15 @@ class Serial(serial.SerialBase):
         speed = device.config.speed
         if speed is None:
             end = device.time_s + max(max_sim_s, device.block_s)
+            frame = device.samples_frame_bytes
             while len(self._buffer) < want_bytes and device.time_s < end - 1e-12:
-                device.step()
+                # Never more blocks than the bytes asked for can hold (one at least), nor past
+                # ``end``: never more than stepping one block at a time would have run (each
+                # frame leaves a block after its own), and a host that asks for one frame's
+                # bytes gets the device stepped once.
+                blocks = max(1, -(-(want_bytes - len(self._buffer)) // frame))
+                left = math.ceil((end - 1e-12 - device.time_s) / device.block_s)
+                device.step_many(max(1, min(blocks, left)))
                 self._buffer += device.take_output()
                 self._check_link()
         else:
@@ -114,6 +123,13 @@ class Serial(serial.SerialBase):
                 time.sleep(nap if remaining is None else min(nap, remaining))
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
+        return data
+
+    def read_buffered(self) -> bytes:
+        """The bytes the device has already sent, without moving it on (``speed=max`` hosts
+        that read in batches take the rest of a frame with it)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
         return data
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
