@@ -632,6 +632,9 @@ class DeviceClient:
         while take:
             item = self._blocks.popleft()
             batch = SampleBatch.of_block(item) if isinstance(item, SampleBlock) else item
+            if parts and batch.counts.shape[1] != parts[0].counts.shape[1]:
+                self._blocks.appendleft(item)  # a block of another length starts the next batch
+                break
             if len(batch) > take:
                 batch, rest = batch.split(take)
                 self._blocks.appendleft(rest)

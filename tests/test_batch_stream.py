@@ -263,3 +263,46 @@ def test_a_batch_read_reports_a_pulled_cable_as_a_lost_link() -> None:
         with pytest.raises(LinkLostError, match="disconnected"):
             read_on()
         assert dev.sample_index <= 3 * 1600
+
+
+def test_a_block_of_another_length_ends_a_batch_and_starts_the_next() -> None:
+    """A device may send a SAMPLES frame of another length (docs/protocol.md does not forbid
+    it); a batch holds blocks of one length, so such a block starts the next batch instead of
+    failing the read (and the open-loop drive's ramp down with it)."""
+    with DeviceClient.open("sim://?speed=max&seed=1") as dev:
+        i = dev.sample_index
+        dev._on_samples(Samples(i, 0, 45000, 0, np.full(32, 8192, np.int16)))
+        dev._on_samples(Samples(i + 32, 0, 45000, 0, np.full(16, 8192, np.int16)))
+        first = dev.read_blocks(64)
+        second = dev.read_blocks(64)
+    assert first is not None
+    assert second is not None
+    assert (len(first), first.counts.shape[1]) == (1, 32)
+    assert (second.first_index[0], second.counts.shape[1]) == (i + 32, 16)
+
+
+def test_the_open_loop_drive_ramps_down_softly_when_the_host_itself_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host-side error inside the hold (not the link's) still ends in the soft ramp down
+    before it propagates, not in the firmware watchdog's fault ramp."""
+    from controller import openloop
+
+    def broken(self: openloop.SteadyFit, batch: SampleBatch) -> None:
+        raise RuntimeError("a host bug")
+
+    monkeypatch.setattr(openloop.SteadyFit, "push_batch", broken)
+    with DeviceClient.open("sim://?speed=max&seed=1") as dev:
+        drives: list[tuple[float, float]] = []
+        set_drive = dev.set_drive
+
+        def recorded(drive: float, ramp_s: float = 0.0) -> None:
+            drives.append((drive, ramp_s))
+            set_drive(drive, ramp_s)
+
+        monkeypatch.setattr(dev, "set_drive", recorded)
+        with pytest.raises(RuntimeError, match="a host bug"):
+            openloop.drive_open_loop(dev, 45.0, 0.1, 5.0, ramp_up_s=0.2, ramp_down_s=0.3)
+        status = dev.request_status()
+    assert drives[-1] == (0.0, 0.3)
+    assert (status.output_on, status.drive_q16, status.fault_code) == (0, 0, 0)
