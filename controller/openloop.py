@@ -7,6 +7,7 @@ so an hour's drive holds a few hundred samples, not every block.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 
 from controller.estimation import FloatArray, block_phases, whole_cycle_length
 from firmware_bridge.client import DeviceClient, SampleBatch, SampleBlock
-from firmware_bridge.errors import LinkLostError
+from firmware_bridge.errors import BridgeError, LinkLostError
 
 RAMP_UP_S = 2.0
 RAMP_DOWN_S = 1.0
@@ -74,8 +75,16 @@ def drive_open_loop(
         _read_into(device, seconds, steady)
     except KeyboardInterrupt:
         interrupted = True
-    # A BridgeError propagates without a host ramp: the link or device has failed, and the
-    # firmware watchdog takes the drive to zero on its own.
+    except BridgeError:
+        # The link or device has failed: no host ramp; the firmware watchdog takes the drive
+        # to zero on its own.
+        raise
+    except BaseException:
+        # A fault of the host's own (a bug, an unexpected reply): still the soft stop, then
+        # the error; a link that fails during the ramp leaves it to the watchdog.
+        with contextlib.suppress(BridgeError):
+            _ramp_down(device, ramp_down_s)
+        raise
     _ramp_down(device, ramp_down_s)
     nan = float("nan")
     fit_peak, total, dc, harm = (nan,) * 4 if interrupted else steady.result()
