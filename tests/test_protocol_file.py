@@ -472,6 +472,8 @@ def test_schedule_problems(schedule_text: str, fragment: str) -> None:
         ("localtime", "not a known IANA time zone"),
         ("../../etc/passwd", "not a known IANA time zone"),
         ("europe/london", "not a known IANA time zone"),
+        ("posix/Europe/London", "not a known IANA time zone"),
+        ("right/Europe/London", "not a known IANA time zone"),
     ],
 )
 def test_unknown_time_zone_is_refused(zone: str, fragment: str) -> None:

@@ -23,6 +23,9 @@ _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", _ASCII)
 _PATIENT_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}", _ASCII)
 _ZONE_NAME_RE = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*", _ASCII)
 _NOT_IANA_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+# copies of the zones some systems install (leap-second "right/" and "posix/"): not zone names,
+# and not listed by zoneinfo.available_timezones, so a file one computer accepts another refuses
+_ZONE_COPY_TREES = frozenset({"posix", "right"})
 _BOOL_WORDS = frozenset(
     w.lower() for w in ("y", "n", "yes", "no", "true", "false", "on", "off")
 )  # YAML 1.1 reads all of these (in any of its spellings) as booleans
@@ -293,6 +296,8 @@ def _is_known_zone(name: str) -> bool:
     that comes from the tzdata package instead of a directory.
     """
     if not _ZONE_NAME_RE.fullmatch(name) or name in _NOT_IANA_ZONES:
+        return False
+    if name.split("/", 1)[0] in _ZONE_COPY_TREES:
         return False
     try:
         zoneinfo.ZoneInfo(name)
