@@ -137,3 +137,24 @@ def test_chains_in_any_order_of_log_ids_are_taken(tmp_path: Path) -> None:
         register_plates(db, "LIV-P1", "LIV-P2")
         outcome = import_export(db, export)
     assert (outcome.refused, outcome.added) == (None, 8)
+
+
+def test_a_file_changed_between_verification_and_storing_is_refused_whole(
+    tmp_path: Path,
+) -> None:
+    """The records are read again when stored: a line that is not the one verified refuses."""
+    from sessions.clinic.importer import ImportOutcome, ImportRefusedError, _store, verify_export
+    from sessions.clinic.plates import PlateRegistry
+
+    records = make_records("P1", 3)
+    export = write_export(tmp_path / "p1.jsonl", records)
+    with ClinicDb(str(tmp_path / "clinic.db")) as db:
+        register_plates(db, "LIV-P1")
+        verified = verify_export(export, PlateRegistry(db))
+        lines = export.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines[4] = lines[4].replace('"minutes_at_dose":10', '"minutes_at_dose":1')
+        export.write_text("".join(lines), encoding="utf-8")
+        with pytest.raises(ImportRefusedError, match="changed while it was imported"):
+            _store(db, verified, ImportOutcome(export))
+        assert db.query("SELECT COUNT(*) FROM records") == [(0,)]
+        assert db.query("SELECT COUNT(*) FROM imports") == [(0,)]
