@@ -16,10 +16,11 @@ compute_adherence; best of 3) and the peak Python memory (tracemalloc) of each. 
 memory of an import is traced on the second and the last patient; the process's peak RSS is
 reported too.
 
-``--real-size``: also, separately, one patient's year with envelopes of a real 10-minute
-session's size (``REAL_ENVELOPE_POINTS`` points, measured from ``liv start`` on the simulator and
-``liv export``: about 94 kB a line) is imported into a new database of each backend by a child
-process, which reports the import's time and its peak RSS above the RSS it had before.
+``--real-size``: also (alone with ``--patients 0``), separately, one patient's year with
+envelopes of a real 10-minute session's size (``REAL_ENVELOPE_POINTS`` points, measured from
+``liv start`` on the simulator and ``liv export``: about 94 kB a line) is imported into a new
+database of each backend by a child process, which reports the import's time and its peak RSS
+above the RSS it had before.
 
 PostgreSQL: ``--pg-url``, else a throwaway cluster from /usr/lib/postgresql/*/bin. Prints a table;
 ``--json`` also writes the figures, after every measurement (a long run leaves what it has).
@@ -262,6 +263,8 @@ def _print(report: dict[str, Any]) -> None:
             f"(+{real['rss_growth_mb']} MB)"
         )
     last = [b["points"][-1] for b in report["results"]]
+    if not last:
+        return
     ok = all(p["overview_s"] <= OVERVIEW_TARGET_S and p["report_s"] <= REPORT_TARGET_S
              for p in last)  # fmt: skip
     print(f"targets (overview <= {OVERVIEW_TARGET_S:g} s, report <= {REPORT_TARGET_S:g} s): "
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="liv-bench-clinic-") as tmp:
         folder = Path(tmp)
-        for backend in backends:
+        for backend in backends if args.patients > 0 else ():  # 0: --real-size alone
             figures: dict[str, Any] = {}
             report["results"].append(figures)
             with _database(backend, folder, "clinic", args.pg_url) as url:
