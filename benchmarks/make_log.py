@@ -64,7 +64,7 @@ def bench_protocol(first_day: date, days: int) -> dict[str, Any]:
     }
 
 
-def _envelope(rng: random.Random, points_per_s: float, target_g: float) -> list[list[float]]:
+def envelope_points(rng: random.Random, points_per_s: float, target_g: float) -> list[list[float]]:
     """(t_s, amplitude_g) as the runner records it: ramp up, hold with noise, ramp down."""
     hold_s = SESSION_MIN * 60.0
     total_s = RAMP_UP_S + hold_s + RAMP_DOWN_S
@@ -173,7 +173,7 @@ def make_log(
     last_day = datetime.now(UTC).astimezone(zone).date() - timedelta(days=1)
     first_day = last_day - timedelta(days=days - 1)
     protocol = protocol_from_dict(bench_protocol(first_day, days))
-    envelope_cache = [_envelope(rng, points_per_s, protocol.target_g) for _ in range(16)]
+    envelope_cache = [envelope_points(rng, points_per_s, protocol.target_g) for _ in range(16)]
     with SessionStore(path) as store, store._write() as tx:
         log_id = store.log_id
         prev_hash = GENESIS_HASH

@@ -19,13 +19,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from firmware_bridge.errors import LivError
 from sessions.clinic.db import ClinicDb, ClinicDbError, now_utc
 from sessions.clinic.plates import PlateRegistry, check_export_vouchers
-from sessions.log.chain import _Entry, _verify_chains
-from sessions.log.exchange import _read_import
+from sessions.log.exchange import ImportLine, import_records, read_lines, scan_import
 from sessions.log.fields import _record_from_raw, _summary_from_raw
 from sessions.log.records import LogError, SessionRecord, SessionSummary
 from sessions.log.vouch import Voucher, key_name
@@ -48,15 +47,17 @@ class ImportRefusedError(LivError):
 
 @dataclass(frozen=True)
 class VerifiedExport:
-    """An export file that passed verification: every record, in chain order."""
+    """An export file that passed verification: a small summary of every record, no record.
+
+    The records themselves are read again from the file when they are stored (``_batches``),
+    a batch at a time; a line that changed since it was verified refuses the file.
+    """
 
     path: Path
     file_sha256: str
-    records: tuple[dict[str, Any], ...]  # raw export objects, sorted by (log_id, chain_index)
+    records: tuple[ImportLine, ...]  # in file order (each chain in chain order)
     heads: dict[str, str]  # log_id -> record_hash of the chain's last record in the file
     duplicates_in_file: int
-    vouchers: dict[str, Voucher] = field(default_factory=dict)  # session_id -> its voucher
-    envelope_lines: dict[str, tuple[int, str]] = field(default_factory=dict)  # (offset, sha256)
 
 
 @dataclass
@@ -75,30 +76,17 @@ def verify_export(path: Path, registry: PlateRegistry) -> VerifiedExport:
     """Check an export before the clinic takes any of it: the one seam every import goes through.
 
     Raises ImportRefusedError for a file that is not an export, a chain that does not verify
-    from its genesis, two different records claiming one place (kind ``unverified``), and for a
-    record its plate does not vouch for: no voucher or a voucher that does not verify
-    (``unvouched``), an unregistered plate (``unregistered``), counters that skip or repeat
-    (``gap``) or that the clinic holds for other records (``conflict``).
+    from its genesis, two different records claiming one place, a chain's records out of
+    order (kind ``unverified``), and for a record its plate does not vouch for: no voucher or a
+    voucher that does not verify (``unvouched``), an unregistered plate (``unregistered``),
+    counters that skip or repeat (``gap``) or that the clinic holds for other records
+    (``conflict``). The file is read once, a line at a time (``scan_import``): memory holds a
+    summary per record, never the records.
     """
+    digest = hashlib.sha256()
     try:
         with open(path, "rb") as stream:
-            file_sha256, places = _index_chains(stream)
-            records: list[dict[str, Any]] = []
-            vouchers: dict[str, Voucher] = {}
-            heads: dict[str, str] = {}
-            duplicates = 0
-            lines_of: dict[str, tuple[int, str]] = {}
-            for log_id in sorted(places):  # one chain in memory at a time
-                chain, found_heads, dup = _verify_chain(path, stream, places[log_id])
-                heads.update(found_heads)
-                duplicates += dup
-                for entry, place in chain:
-                    assert entry.raw is not None
-                    if entry.raw.get("envelope"):  # read again when stored (_envelopes)
-                        lines_of[entry.session_id] = place
-                    records.append({k: v for k, v in entry.raw.items() if k != "envelope"})
-                    if isinstance(entry.voucher, Voucher):
-                        vouchers[entry.session_id] = entry.voucher
+            scan = scan_import(read_lines(stream, digest))
     except OSError as exc:
         raise ImportRefusedError(
             f"{path} cannot be read ({exc.strerror or exc}); nothing was imported from it",
@@ -109,94 +97,36 @@ def verify_export(path: Path, registry: PlateRegistry) -> VerifiedExport:
             f"{path} is not a liv export (not UTF-8 text); nothing was imported from it",
             "unverified",
         ) from None
-    refusal = check_export_vouchers(((r, vouchers.get(r["session_id"])) for r in records), registry)
-    if refusal is not None:
-        raise ImportRefusedError(
-            f"{path}: {refusal.sentence}; nothing was imported from it",
-            refusal.kind,
-            sorted({str(r["patient_id"]) for r in records}),
-        )
-    return VerifiedExport(path, file_sha256, tuple(records), heads, duplicates, vouchers, lines_of)
-
-
-_Place = tuple[int, str, str]  # a line's offset, its SHA-256 and the session it claims
-
-
-def _index_chains(stream: BinaryIO) -> tuple[str, dict[str, list[_Place]]]:
-    """One pass over the file: its SHA-256 and, per log id, where its lines are. Nothing of a
-    record but its place is kept, so the pass is flat in memory."""
-    digest = hashlib.sha256()
-    places: dict[str, list[_Place]] = {}
-    offset = 0
-    for number, line in enumerate(iter(stream.readline, b"")):
-        digest.update(line)
-        here = offset
-        offset += len(line)
-        text = line.decode("utf-8")
-        if number == 0:
-            text = text.removeprefix("\ufeff")
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            obj = None
-        log_id = obj.get("log_id") if isinstance(obj, dict) else ""
-        if number == 0 and isinstance(obj, dict) and "schema" in obj and log_id is None:
-            continue  # the export's header
-        session_id = obj.get("session_id") if isinstance(obj, dict) else None
-        places.setdefault(str(log_id or ""), []).append(
-            (here, hashlib.sha256(line).hexdigest(), str(session_id))
-        )
-    return digest.hexdigest(), places
-
-
-def _verify_chain(
-    path: Path, stream: BinaryIO, places: list[_Place]
-) -> tuple[list[tuple[_Entry, tuple[int, str]]], dict[str, str], int]:
-    """Parse and verify one chain from its lines: (entries with their place, heads, duplicates)."""
-
-    def lines() -> Iterator[str]:
-        for offset, _, _ in places:
-            stream.seek(offset)
-            yield stream.readline().decode("utf-8").removeprefix("\ufeff")
-
-    try:
-        chains, duplicates = _read_import(lines())
-    except LogError:
-        _whole_file_refusal(path)  # the same message, with the file's own line numbers
-        raise
-    place_of = {session_id: (offset, line_sha) for offset, line_sha, session_id in places}
-    bad, heads = _verify_chains([(log_id, chains[log_id].values()) for log_id in sorted(chains)])
+    except LogError as exc:
+        raise ImportRefusedError(f"{path}: {exc}", "unverified") from exc
+    bad = scan.bad
     if bad is not None:
-        claimed = {
-            str(entry.raw["patient_id"])
-            for chain in chains.values()
-            for entry in chain.values()
-            if entry.raw is not None and isinstance(entry.raw.get("patient_id"), str)
-        }
         raise ImportRefusedError(
             f"{path}: record {bad.chain_index} of log {bad.chain} (session {bad.session_id}) "
             f"does not verify: {bad.what}; nothing was imported from it",
             "unverified",
-            sorted(claimed),
+            sorted(scan.patients),
         )
-    entries = [
-        (entry, place_of[entry.session_id])
-        for log_id in sorted(chains)
-        for _, entry in sorted(chains[log_id].items())
-        if entry.raw is not None
-    ]
-    return entries, heads, duplicates
+    records = tuple(scan.records)
+    refusal = check_export_vouchers(((_fields(r), r.voucher) for r in records), registry)
+    if refusal is not None:
+        raise ImportRefusedError(
+            f"{path}: {refusal.sentence}; nothing was imported from it",
+            refusal.kind,
+            sorted(scan.patients),
+        )
+    return VerifiedExport(path, digest.hexdigest(), records, scan.heads, scan.duplicates)
 
 
-def _whole_file_refusal(path: Path) -> None:
-    """Raise the refusal the home's import would give for the whole file (error path only)."""
-    try:
-        with open(path, encoding="utf-8-sig") as text:
-            _read_import(text)
-    except LogError as exc:
-        raise ImportRefusedError(f"{path}: {exc}", "unverified") from exc
+def _fields(line: ImportLine) -> dict[str, Any]:
+    """The record fields the plate checks name (check_export_vouchers)."""
+    return {
+        "device_id": line.device_id,
+        "chain_index": line.chain_index,
+        "log_id": line.log_id,
+        "session_id": line.session_id,
+        "record_hash": line.record_hash,
+    }
 
 
 def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
@@ -211,7 +141,8 @@ def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
     try:
         db.retrying(lambda: _store(db, verified, outcome), f"import {path}")
     except ImportRefusedError as exc:
-        _record_refusal(db, path, verified.file_sha256, exc, verified.records)
+        patients = [r.patient_id for r in verified.records]
+        _record_refusal(db, path, verified.file_sha256, exc, patients)
         outcome.refused = str(exc)
         outcome.added = 0
         return outcome
@@ -226,10 +157,10 @@ def _record_refusal(
     path: Path,
     file_sha256: str,
     exc: ImportRefusedError,
-    records: Sequence[Mapping[str, Any]] = (),
+    claimed: Iterable[str] = (),
 ) -> None:
     """A refused file is remembered (imports + problems) so the overview shows it."""
-    named: list[str | None] = [*sorted({str(r["patient_id"]) for r in records} | set(exc.patients))]
+    named: list[str | None] = [*sorted(set(claimed) | set(exc.patients))]
     patients = named or [None]
     import_id = str(uuid.uuid4())
 
@@ -298,12 +229,20 @@ _INSERT_RECORD = (
 )
 
 
+_BATCH = 200  # records read back from the file and written at a time ...
+_BATCH_ENVELOPE_CHARS = 4_000_000  # ... or fewer, once their envelopes reach this (~40 sessions)
+
+
 def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> None:
-    """One transaction: insert what is new, prove the rest is identical, note problems."""
+    """One transaction: insert what is new, prove the rest is identical, note problems.
+
+    The records are read again from the file and written in batches of ``_BATCH``, so memory
+    holds one batch of records, whatever the file's size; a refusal anywhere rolls it all back.
+    """
     import_id = str(uuid.uuid4())
     records = verified.records
-    log_ids = sorted({str(r["log_id"]) for r in records})
-    patients = sorted({str(r["patient_id"]) for r in records})
+    log_ids = sorted({r.log_id for r in records})
+    patients = sorted({r.patient_id for r in records})
     problems: list[tuple[str, str, str, int | None, str]] = []
     with db.transaction():
         held_before = _chain_lengths(db, log_ids)
@@ -313,43 +252,18 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
             " added, duplicates, detail) VALUES (?, ?, ?, ?, 'imported', 0, 0, '')",
             (import_id, str(verified.path), verified.file_sha256, now_utc()),
         )
-        protocols = {str(r["protocol_sha256"]): str(r["protocol_json"]) for r in records}
-        db.executemany(
-            "INSERT INTO protocols (sha256, protocol_json) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            sorted(protocols.items()),
-        )
-        db.executemany(_INSERT_RECORD, [_row(r, import_id) for r in records])
-        added = _check_held(db, records, import_id)
-        for batch in _envelopes(verified):  # until refresh_patient keeps the flagged ones
-            db.executemany(
-                "INSERT INTO envelopes (session_id, envelope_json) VALUES (?, ?)"
-                " ON CONFLICT DO NOTHING",
-                batch,
-            )
-        db.executemany(
-            "INSERT INTO vouchers (session_id, device_key, counter, prev_head, head, signature,"
-            " record_hash) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [
-                (
-                    s,
-                    v.device_key,
-                    v.counter,
-                    v.prev_head,
-                    v.head,
-                    v.signature,
-                    str(r["record_hash"]),
-                )
-                for r in records
-                for s in (str(r["session_id"]),)
-                for v in (verified.vouchers[s],)
-            ],
-        )
-        _check_vouchers_held(db, verified)
+        added = 0
+        for batch in _batches(verified, import_id):
+            _store_batch(db, batch)
+            added += _check_held(db, batch.lines, import_id)
         duplicates = len(records) - added + verified.duplicates_in_file
+        last_of: dict[str, ImportLine] = {}
+        for r in records:
+            if r.log_id not in last_of or r.chain_index > last_of[r.log_id].chain_index:
+                last_of[r.log_id] = r
         for log_id in log_ids:
-            mine = [r for r in records if r["log_id"] == log_id]
-            last = max(int(r["chain_index"]) for r in mine)
-            patient = str(mine[-1]["patient_id"])
+            last = last_of[log_id].chain_index
+            patient = last_of[log_id].patient_id
             before = held_before.get(log_id)
             if before is not None and before - 1 > last:
                 problems.append(
@@ -391,11 +305,56 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
     outcome.problems = [p[4] for p in problems]
 
 
-def _check_vouchers_held(db: ClinicDb, verified: VerifiedExport) -> None:
+@dataclass
+class _Batch:
+    """Records ready to insert, without their parsed form: rows, protocols and envelopes."""
+
+    lines: list[ImportLine] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    protocols: dict[str, str] = field(default_factory=dict)
+    envelopes: list[tuple[str, str]] = field(default_factory=list)
+    envelope_chars: int = 0
+
+    def add(self, line: ImportLine, raw: Mapping[str, Any], import_id: str) -> None:
+        self.lines.append(line)
+        self.rows.append(_row(raw, import_id))
+        self.protocols.setdefault(str(raw["protocol_sha256"]), str(raw["protocol_json"]))
+        if raw.get("envelope"):
+            text = _json(raw["envelope"])
+            self.envelopes.append((line.session_id, text))
+            self.envelope_chars += len(text)
+
+
+def _store_batch(db: ClinicDb, batch: _Batch) -> None:
+    """Insert one batch of records: protocols, records, envelopes (until refresh_patient keeps
+    the flagged ones) and vouchers; ON CONFLICT DO NOTHING, checked by the caller."""
+    db.executemany(
+        "INSERT INTO protocols (sha256, protocol_json) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        sorted(batch.protocols.items()),
+    )
+    db.executemany(_INSERT_RECORD, batch.rows)
+    db.executemany(
+        "INSERT INTO envelopes (session_id, envelope_json) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        batch.envelopes,
+    )
+    vouchers = [(line, line.voucher) for line in batch.lines if line.voucher is not None]
+    db.executemany(
+        "INSERT INTO vouchers (session_id, device_key, counter, prev_head, head, signature,"
+        " record_hash) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [
+            (line.session_id, v.device_key, v.counter, v.prev_head, v.head, v.signature,
+             line.record_hash)
+            for line, v in vouchers
+        ],
+    )  # fmt: skip
+    _check_vouchers_held(db, vouchers)
+
+
+def _check_vouchers_held(db: ClinicDb, vouchers: Sequence[tuple[ImportLine, Voucher]]) -> None:
     """Every record's voucher is now held: one skipped by the unique (plate key, counter) was
     taken by another record stored at the same time (a forked log imported concurrently)."""
     held: set[str] = set()
-    for part in _chunks(sorted(verified.vouchers)):
+    for part in _chunks(sorted(line.session_id for line, _ in vouchers)):
         marks = ", ".join("?" * len(part))
         held.update(
             str(s)
@@ -403,37 +362,41 @@ def _check_vouchers_held(db: ClinicDb, verified: VerifiedExport) -> None:
                 f"SELECT session_id FROM vouchers WHERE session_id IN ({marks})", part
             )
         )
-    for session_id, voucher in verified.vouchers.items():
-        if session_id not in held:
+    for line, voucher in vouchers:
+        if line.session_id not in held:
             raise ImportRefusedError(
-                f"session {session_id} (counter {voucher.counter} of plate key "
+                f"session {line.session_id} (counter {voucher.counter} of plate key "
                 f"{key_name(voucher.device_key)}) conflicts with the clinic's record of that "
                 "counter; nothing was imported from this file",
                 "conflict",
             )
 
 
-def _envelopes(verified: VerifiedExport, batch: int = 200) -> Iterator[list[tuple[str, str]]]:
-    """The envelopes of the file's records, read again from the file a batch at a time (the
-    verified records are held without them); a line changed since verification refuses."""
-    rows: list[tuple[str, str]] = []
-    with open(verified.path, "rb") as stream:
-        for session_id, (offset, line_sha) in verified.envelope_lines.items():
-            stream.seek(offset)
-            line = stream.readline()
-            if hashlib.sha256(line).hexdigest() != line_sha:
-                raise ImportRefusedError(
-                    f"{verified.path} changed while it was imported; nothing was imported from "
-                    "it, import it again",
-                    "unverified",
-                )
-            raw = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
-            rows.append((session_id, _json(raw["envelope"])))
-            if len(rows) == batch:
-                yield rows
-                rows = []
-    if rows:
-        yield rows
+def _batches(
+    verified: VerifiedExport,
+    import_id: str,
+    size: int = _BATCH,
+    envelope_chars: int = _BATCH_ENVELOPE_CHARS,
+) -> Iterator[_Batch]:
+    """The file's records, read again and made ready to insert a batch at a time (the verified
+    export holds none): at most ``size`` records or ``envelope_chars`` of envelopes a batch. A
+    line changed since verification refuses the file."""
+    batch = _Batch()
+    try:
+        with open(verified.path, "rb") as stream:
+            for line, raw in import_records(read_lines(stream), verified.records):
+                batch.add(line, raw, import_id)
+                if len(batch.lines) >= size or batch.envelope_chars >= envelope_chars:
+                    yield batch
+                    batch = _Batch()
+    except (OSError, UnicodeDecodeError, LogError) as exc:
+        raise ImportRefusedError(
+            f"{verified.path} changed while it was imported; nothing was imported from it, "
+            "import it again",
+            "unverified",
+        ) from exc
+    if batch.lines:
+        yield batch
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -465,13 +428,13 @@ def _logs_of(db: ClinicDb, patients: Sequence[str]) -> dict[str, set[str]]:
     return found
 
 
-def _check_held(db: ClinicDb, records: Sequence[Mapping[str, Any]], import_id: str) -> int:
+def _check_held(db: ClinicDb, records: Sequence[ImportLine], import_id: str) -> int:
     """Every record is now held exactly as in the file; returns how many this import added.
 
     A record skipped by ON CONFLICT is either the same record (a duplicate) or a conflict:
     another record in its place, or its session under another place. Conflicts refuse the file.
     """
-    by_session = {str(r["session_id"]): r for r in records}
+    by_session = {r.session_id: r for r in records}
     held: dict[str, tuple[str, int, str, str]] = {}
     for part in _chunks(sorted(by_session)):
         marks = ", ".join("?" * len(part))
@@ -482,9 +445,9 @@ def _check_held(db: ClinicDb, records: Sequence[Mapping[str, Any]], import_id: s
         ):
             held[str(session_id)] = (str(log_id), int(index), str(digest), str(imp))
     added = 0
-    for session_id, raw in by_session.items():
+    for session_id, line in by_session.items():
         place = held.get(session_id)
-        want = (str(raw["log_id"]), int(raw["chain_index"]), str(raw["record_hash"]))
+        want = (line.log_id, line.chain_index, line.record_hash)
         if place is None:
             other = db.query(
                 "SELECT session_id FROM records WHERE log_id = ? AND chain_index = ?", want[:2]

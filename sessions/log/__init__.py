@@ -59,7 +59,6 @@ from sessions.log.exchange import (
 )
 from sessions.log.exchange import _bad_file as _bad_file
 from sessions.log.exchange import _csv_cell as _csv_cell
-from sessions.log.exchange import _read_import as _read_import
 from sessions.log.fields import _columns_from_raw as _columns_from_raw
 from sessions.log.fields import _free_json as _free_json
 from sessions.log.fields import _iso as _iso

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sessions.log.canonical import canonical_json, hash_body
@@ -189,3 +189,77 @@ def _fast_content_ok(raw: Mapping[str, Any], envelope_text: Any) -> bool:
     parts["envelope"] = f'"envelope":{envelope_text}'
     text = "{" + ",".join(parts[k] for k in sorted(parts)) + "}"
     return hashlib.sha256((prev_hash + text).encode("utf-8")).hexdigest() == stated
+
+
+# --- streaming check of an import file -----------------------------------------------------------
+
+ORDER_FAULT = (
+    "the file lists it after record {later} of its log, but an export lists every log's records "
+    "in chain order (the file was reordered or spliced)"
+)
+
+
+@dataclass
+class _ChainRun:
+    """What checking one chain of a file needs from the records before the next one."""
+
+    expected: int = 0
+    prev_hash: str = GENESIS_HASH
+    top: int = -1  # the highest chain_index seen so far in the file
+    hashes: dict[int, str] = field(default_factory=dict)  # index -> record_hash (repeats)
+    content_bad: BadRecord | None = None
+    link_bad: BadRecord | None = None
+    order_bad: BadRecord | None = None
+
+
+class StreamingChains:
+    """Chains checked one record at a time, in the order a file lists them.
+
+    Keeps per chain only the expected index, the previous ``record_hash``, the hashes by index
+    (to tell a repeated line from a second record in one place) and the first faults found, so
+    memory does not grow with the records' size. The outcome is :func:`_verify_chains`'s over
+    the same records (content judged in every chain before any link, chains by ``log_id``), for
+    a file listing each chain in ``chain_index`` order, as ``export_jsonl`` writes it; a record
+    listed after a later one of its chain is refused as out of order (:data:`ORDER_FAULT`).
+    """
+
+    def __init__(self) -> None:
+        self._chains: dict[str, _ChainRun] = {}
+
+    def held_hash(self, log_id: str, chain_index: int) -> str | None:
+        """The ``record_hash`` of the record already seen in this place, or None."""
+        run = self._chains.get(log_id)
+        return None if run is None else run.hashes.get(chain_index)
+
+    def add(self, log_id: str, entry: _Entry) -> None:
+        """Check one record (``entry.raw`` parsed, ``chain_index`` an int) and remember it."""
+        raw = entry.raw
+        assert raw is not None
+        assert type(entry.chain_index) is int
+        index: int = entry.chain_index
+        run = self._chains.setdefault(log_id, _ChainRun())
+        if run.content_bad is None and not entry.sound:
+            problem = _content_problem(raw)
+            if problem is not None:
+                run.content_bad = _bad(log_id, entry, problem)
+        if run.order_bad is None and index < run.top:
+            run.order_bad = _bad(log_id, entry, ORDER_FAULT.format(later=run.top))
+        if run.link_bad is None and index >= run.top:
+            run.link_bad = _link_bad(log_id, [entry], run.expected, run.prev_hash)
+        run.expected = max(run.expected, index + 1)
+        run.prev_hash = str(raw["record_hash"])
+        run.top = max(run.top, index)
+        run.hashes[index] = str(raw["record_hash"])
+
+    def result(self) -> tuple[BadRecord | None, dict[str, str]]:
+        """(first bad record, head hash of each sound chain), as :func:`_verify_chains`."""
+        order = sorted(self._chains)
+        runs = [self._chains[log_id] for log_id in order]
+        content = next((r.content_bad for r in runs if r.content_bad is not None), None)
+        link = next((r.order_bad or r.link_bad for r in runs if r.order_bad or r.link_bad), None)
+        heads = {
+            log_id: run.prev_hash
+            for log_id, run in zip(order, runs, strict=True)
+            if not (run.content_bad or run.link_bad or run.order_bad)
+        }
+        return content or link, heads

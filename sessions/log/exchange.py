@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from sessions.jsonshapes import STATUS_WORDS
 from sessions.log.canonical import canonical_json, number_text
 from sessions.log.chain import (
+    StreamingChains,
     _canonical_pairs,
     _Entry,
-    _index_key,
     _spliced_json,
-    _verify_chains,
 )
 from sessions.log.errors import _translate
 from sessions.log.fields import _columns_from_raw, _raw_from_row, _record_from_raw
@@ -226,32 +229,37 @@ class SessionLog(SessionStore):
         records the plate vouches for are accepted: each carries a countersignature that
         verifies with its plate's enrolled key, and per plate the counters, with those already
         held, run on without a gap or a conflict. Without, only the hash chains are checked.
+
+        The file is read twice and never held: the first pass checks each record as it is read
+        (:func:`scan_import`), the second writes it (:func:`import_records`), so memory does not
+        grow with the records' size (docs/log-format.md section 8).
         """
-        with _translate("read the import file", self.path):
-            if isinstance(source, Path):
-                with open(source, encoding="utf-8-sig") as stream:
-                    chains, in_file_duplicates = _read_import(stream)
-            else:
-                chains, in_file_duplicates = _read_import(source)
-        bad, _ = _verify_chains([(log_id, chains[log_id].values()) for log_id in sorted(chains)])
-        if bad is not None:
-            raise LogError(
-                f"Refused the whole import file: record {bad.chain_index} of log {bad.chain} "
-                f"(session {bad.session_id}) does not verify: {bad.what}; nothing was imported.",
-                reason=LogErrorReason.TAMPERED,
-                path=self.path,
-                bad_record=bad,
-            )
-        vouched = 0
-        if plates is not None:
-            vouched = self._check_import_vouchers(chains, plates)
-        added = 0
-        skipped = in_file_duplicates
-        with _translate("import into the session log", self.path), self._write() as tx:
-            for log_id in sorted(chains):
-                entries = sorted(chains[log_id].values(), key=_index_key)
-                for entry in entries:
-                    assert entry.raw is not None  # verified above
+        with _translate("read the import file", self.path), _rereadable(source) as lines:
+            scan = scan_import(lines())
+            bad = scan.bad
+            if bad is not None:
+                raise LogError(
+                    f"Refused the whole import file: record {bad.chain_index} of log "
+                    f"{bad.chain} (session {bad.session_id}) does not verify: {bad.what}; "
+                    "nothing was imported.",
+                    reason=LogErrorReason.TAMPERED,
+                    path=self.path,
+                    bad_record=bad,
+                )
+            vouched = 0
+            if plates is not None:
+                vouched = self._check_import_vouchers(scan.records, plates)
+            added = 0
+            skipped = scan.duplicates
+            with _translate("import into the session log", self.path), self._write() as tx:
+                for line, raw in import_records(lines(), scan.records):
+                    entry = _Entry(
+                        line.session_id,
+                        line.chain_index,
+                        raw,
+                        where=f" (line {line.line_no})",
+                        voucher=line.voucher,
+                    )
                     if self._merge(tx, entry):
                         added += 1
                     else:
@@ -259,39 +267,34 @@ class SessionLog(SessionStore):
         _log.info("imported %d records, %d already present", added, skipped)
         return ImportResult(added, skipped, vouched)
 
-    def _check_import_vouchers(
-        self, chains: dict[str, dict[int, _Entry]], plates: dict[str, Pin]
-    ) -> int:
+    def _check_import_vouchers(self, records: Sequence[ImportLine], plates: dict[str, Pin]) -> int:
         """Refuse the file unless its plates vouch for every record (see import_jsonl)."""
         by_key: dict[str, dict[int, tuple[str, str, str, str]]] = {}
         count = 0
-        for log_id in sorted(chains):
-            for entry in sorted(chains[log_id].values(), key=_index_key):
-                raw = entry.raw
-                assert raw is not None
-                where = f"record {raw['chain_index']} of log {log_id} (session {entry.session_id})"
-                voucher = entry.voucher
-                if not isinstance(voucher, Voucher):
-                    raise self._refused(f"{where} is not vouched for by its plate")
-                problem = voucher.problem(raw["record_hash"], raw["device_id"])
-                if problem is not None:
-                    raise self._refused(f"{where}: {problem}")
-                pin = plates.get(raw["device_id"])
-                if pin is None or pin.device_key != voucher.device_key:
-                    raise self._refused(
-                        f"{where} is vouched for by plate key {key_name(voucher.device_key)}, "
-                        f"which is not enrolled here for plate {raw['device_id']} (enroll it "
-                        "with --device-key)"
-                    )
-                same = by_key.setdefault(voucher.device_key, {}).get(voucher.counter)
-                mine = (raw["record_hash"], voucher.prev_head, voucher.head, where)
-                if same is not None and same[0] != mine[0]:
-                    raise self._refused(
-                        f"{where} and {same[3]} both claim the plate's counter {voucher.counter}",
-                        conflict=True,
-                    )
-                by_key[voucher.device_key][voucher.counter] = mine
-                count += 1
+        for line in sorted(records, key=lambda r: (r.log_id, r.chain_index)):
+            where = f"record {line.chain_index} of log {line.log_id} (session {line.session_id})"
+            voucher = line.voucher
+            if not isinstance(voucher, Voucher):
+                raise self._refused(f"{where} is not vouched for by its plate")
+            problem = voucher.problem(line.record_hash, line.device_id)
+            if problem is not None:
+                raise self._refused(f"{where}: {problem}")
+            pin = plates.get(line.device_id)
+            if pin is None or pin.device_key != voucher.device_key:
+                raise self._refused(
+                    f"{where} is vouched for by plate key {key_name(voucher.device_key)}, "
+                    f"which is not enrolled here for plate {line.device_id} (enroll it "
+                    "with --device-key)"
+                )
+            same = by_key.setdefault(voucher.device_key, {}).get(voucher.counter)
+            mine = (line.record_hash, voucher.prev_head, voucher.head, where)
+            if same is not None and same[0] != mine[0]:
+                raise self._refused(
+                    f"{where} and {same[3]} both claim the plate's counter {voucher.counter}",
+                    conflict=True,
+                )
+            by_key[voucher.device_key][voucher.counter] = mine
+            count += 1
         with _translate("read the session log", self.path), self._read() as conn:
             for device_key, incoming in by_key.items():
                 first = min(
@@ -484,67 +487,196 @@ def _bad_file(line_no: int, detail: str) -> LogError:
     )
 
 
-def _read_import(lines: Iterable[str]) -> tuple[dict[str, dict[int, _Entry]], int]:
-    """Parse and check the shape of every line; group by chain. Returns (chains, duplicates)."""
-    chains: dict[str, dict[int, _Entry]] = {}
-    owners: dict[str, tuple[str, int]] = {}
-    duplicates = 0
-    expected = set(EXPORT_FIELDS)
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+@dataclass(frozen=True, slots=True)
+class ImportLine:
+    """One record line of an import file: what the checks and the writers keep of it.
+
+    The record itself (its envelope above all) is not kept: the writers read it again
+    (:func:`import_records`), and ``line_sha256`` proves it is the line that was checked.
+    """
+
+    line_no: int
+    line_sha256: bytes
+    log_id: str
+    chain_index: int
+    session_id: str
+    record_hash: str
+    patient_id: str
+    device_id: str
+    voucher: Voucher | None
+
+
+@dataclass
+class ImportScan:
+    """An import file checked as it streamed: its records' lines and the chains' verdict."""
+
+    records: list[ImportLine] = field(default_factory=list)  # file order, repeats left out
+    duplicates: int = 0  # lines repeating a record of the file
+    bad: BadRecord | None = None  # the first record whose chain does not verify
+    heads: dict[str, str] = field(default_factory=dict)  # log_id -> last record_hash
+    patients: set[str] = field(default_factory=set)  # whom the file's records name
+
+
+_Parsed = tuple[dict[str, Any], Voucher | None, int, str, str]  # raw, voucher, index, log, session
+
+
+def _parse_line(line_no: int, line: str) -> _Parsed | None:
+    """One line as a record (its voucher taken out), None for a blank line or the header.
+
+    Raises the ``bad_file`` LogError naming the line for anything that is not a finished
+    session record in the export's shape (docs/log-format.md section 8, step 1).
+    """
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise _bad_file(line_no, "is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise _bad_file(line_no, "is not a JSON object")
+    if line_no == 1 and obj.get("schema") == EXPORT_HEADER_SCHEMA:
+        return None  # the export's header: the exporting log's verification status
+    voucher: Voucher | None = None
+    if obj.get(VOUCHER_FIELD) is not None:
         try:
-            obj = json.loads(line)
-        except ValueError:
-            raise _bad_file(line_no, "is not valid JSON") from None
-        if not isinstance(obj, dict):
-            raise _bad_file(line_no, "is not a JSON object")
-        if line_no == 1 and obj.get("schema") == EXPORT_HEADER_SCHEMA:
-            continue  # the export's header: the exporting log's verification status
-        voucher: Voucher | None = None
-        if obj.get(VOUCHER_FIELD) is not None:
-            try:
-                voucher = Voucher.from_json(obj[VOUCHER_FIELD])
-            except ValueError as exc:
-                raise _bad_file(line_no, f"has an unusable {VOUCHER_FIELD}: {exc}") from None
-        obj.pop(VOUCHER_FIELD, None)
-        missing = expected - set(obj) - OPTIONAL_FIELDS  # absent from older exports
-        extra = set(obj) - expected
-        if missing:
-            raise _bad_file(line_no, f"lacks the field(s) {', '.join(sorted(missing))}")
-        if extra:
-            raise _bad_file(line_no, f"has unknown field(s) {', '.join(sorted(extra))}")
-        try:
-            record = _record_from_raw(obj)
+            voucher = Voucher.from_json(obj[VOUCHER_FIELD])
         except ValueError as exc:
-            raise _bad_file(line_no, f"is not a session record: {exc}") from None
-        if not record.finished or record.chain_index is None:
-            raise _bad_file(line_no, "is a running session (only finished records are imported)")
-        entry = _Entry(
-            record.session_id, record.chain_index, obj, where=f" (line {line_no})", voucher=voucher
-        )
-        chain = chains.setdefault(record.log_id, {})
-        same = chain.get(record.chain_index)
+            raise _bad_file(line_no, f"has an unusable {VOUCHER_FIELD}: {exc}") from None
+    obj.pop(VOUCHER_FIELD, None)
+    expected = set(EXPORT_FIELDS)
+    missing = expected - set(obj) - OPTIONAL_FIELDS  # absent from older exports
+    extra = set(obj) - expected
+    if missing:
+        raise _bad_file(line_no, f"lacks the field(s) {', '.join(sorted(missing))}")
+    if extra:
+        raise _bad_file(line_no, f"has unknown field(s) {', '.join(sorted(extra))}")
+    try:
+        record = _record_from_raw(obj)
+    except ValueError as exc:
+        raise _bad_file(line_no, f"is not a session record: {exc}") from None
+    if not record.finished or record.chain_index is None:
+        raise _bad_file(line_no, "is a running session (only finished records are imported)")
+    return obj, voucher, record.chain_index, record.log_id, record.session_id
+
+
+def scan_import(lines: Iterable[str]) -> ImportScan:
+    """Check an import file as it streams, one line at a time, holding no record.
+
+    Each line's shape is checked (a ``bad_file`` LogError names the first bad line), then its
+    content, hash and link to the record before it in its chain (:class:`StreamingChains`);
+    a line repeating a record is counted, a second record in one place or one session in two
+    places is refused. What is kept per record is an :class:`ImportLine`.
+    """
+    scan = ImportScan()
+    chains = StreamingChains()
+    owners: dict[str, tuple[str, int]] = {}
+    for line_no, line in enumerate(lines, 1):
+        parsed = _parse_line(line_no, line)
+        if parsed is None:
+            continue
+        obj, voucher, index, log_id, session_id = parsed
+        same = chains.held_hash(log_id, index)
         if same is not None:
-            assert same.raw is not None
-            if same.raw["record_hash"] == obj["record_hash"]:
-                duplicates += 1
+            if same == obj["record_hash"]:
+                scan.duplicates += 1
                 continue
-            bad = BadRecord(
-                record.log_id,
-                record.chain_index,
-                record.session_id,
-                f"two different records claim this place (line {line_no})",
-            )
+            what = f"two different records claim this place (line {line_no})"
+            bad = BadRecord(log_id, index, session_id, what)
             raise LogError(
-                f"Refused the whole import file: record {record.chain_index} of log "
-                f"{record.log_id} appears twice with different content (line {line_no}); "
-                "nothing was imported.",
+                f"Refused the whole import file: record {index} of log {log_id} appears twice "
+                f"with different content (line {line_no}); nothing was imported.",
                 reason=LogErrorReason.TAMPERED,
                 bad_record=bad,
             )
-        place = (record.log_id, record.chain_index)
-        if owners.setdefault(record.session_id, place) != place:
-            raise _bad_file(line_no, f"repeats session {record.session_id} in another record")
-        chain[record.chain_index] = entry
-    return chains, duplicates
+        place = (log_id, index)
+        if owners.setdefault(session_id, place) != place:
+            raise _bad_file(line_no, f"repeats session {session_id} in another record")
+        chains.add(log_id, _Entry(session_id, index, obj, where=f" (line {line_no})"))
+        scan.patients.add(str(obj["patient_id"]))
+        scan.records.append(
+            ImportLine(
+                line_no,
+                hashlib.sha256(line.encode("utf-8")).digest(),
+                log_id,
+                index,
+                session_id,
+                str(obj["record_hash"]),
+                str(obj["patient_id"]),
+                str(obj["device_id"]),
+                voucher,
+            )
+        )
+    scan.bad, scan.heads = chains.result()
+    return scan
+
+
+def import_records(
+    lines: Iterable[str], records: Sequence[ImportLine]
+) -> Iterator[tuple[ImportLine, dict[str, Any]]]:
+    """The second pass: each record of ``records`` (a scan of the same file) with its full
+    record, one at a time; a ``bad_file`` LogError if the file changed since it was scanned."""
+    wanted = iter(records)
+    line_of = next(wanted, None)
+    for line_no, line in enumerate(lines, 1):
+        if line_of is None:
+            return
+        if line_no != line_of.line_no:
+            continue
+        if hashlib.sha256(line.encode("utf-8")).digest() != line_of.line_sha256:
+            raise _changed(line_no)
+        parsed = _parse_line(line_no, line)
+        assert parsed is not None  # the same line as scanned
+        yield line_of, parsed[0]
+        line_of = next(wanted, None)
+    if line_of is not None:
+        raise _changed(line_of.line_no)
+
+
+def _changed(line_no: int) -> LogError:
+    return LogError(
+        f"Refused the whole import file: it changed while it was imported (line {line_no}); "
+        "nothing was imported, import it again.",
+        reason=LogErrorReason.BAD_FILE,
+    )
+
+
+def read_lines(stream: BinaryIO, digest: Any = None) -> Iterator[str]:
+    """The text lines of a UTF-8 file (a leading byte-order mark dropped), hashing its bytes
+    into ``digest`` (a hashlib object) when given. UnicodeDecodeError for a file not UTF-8."""
+    for number, data in enumerate(stream):
+        if digest is not None:
+            digest.update(data)
+        text = data.decode("utf-8")
+        yield text.removeprefix("\ufeff") if number == 0 else text
+
+
+@contextlib.contextmanager
+def _rereadable(source: TextIO | Path) -> Iterator[Callable[[], Iterator[str]]]:
+    """A way to read ``source``'s lines from its start, as often as needed: a file is opened
+    again; a stream is read from where it stood, copied to a temporary file if it cannot seek."""
+    if isinstance(source, Path):
+
+        def from_path() -> Iterator[str]:
+            with open(source, "rb") as stream:
+                yield from read_lines(stream)
+
+        yield from_path
+        return
+    if source.seekable():
+        stream: TextIO = source
+        start = source.tell()
+        spool = None
+    else:
+        spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115
+        shutil.copyfileobj(source, spool)
+        stream, start = spool, 0
+
+    def from_stream() -> Iterator[str]:
+        stream.seek(start)
+        yield from stream
+
+    try:
+        yield from_stream
+    finally:
+        if spool is not None:
+            spool.close()
