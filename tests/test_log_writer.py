@@ -93,7 +93,9 @@ def test_each_checkpoint_of_a_session_reads_only_its_new_points(home: LivHome) -
             calibrations=home.calibrations(),
         )  # fmt: skip
     assert outcome.record.status is SessionStatus.COMPLETED
-    assert len(log.checkpoints) >= 10  # a 1-minute session, a checkpoint every 5 s
+    # a 1-minute session asks for a checkpoint every 5 s (about 12); at speed=max the writer
+    # thread folds the ones it could not keep up with into the next (7 in a loaded run)
+    assert len(log.checkpoints) >= 4
     stored = 0
     for length, read in log.checkpoints:
         assert read <= length - stored + 1, f"read {read} points of {length}, {stored} stored"
