@@ -13,6 +13,7 @@ import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -56,16 +57,18 @@ def samples_payload_dtype(n: int) -> np.dtype[np.void]:
     little-endian (docs/protocol.md, SAMPLES): ``np.frombuffer`` of many payloads joined gives
     every field of every frame as an array, without unpacking frame by frame.
     """
-    return np.dtype(
-        [
-            ("first_index", "<u8"),
-            ("phase", "<u4"),
-            ("freq_mhz", "<u4"),
-            ("drive_q16", "<u2"),
-            ("n", "u1"),
-            ("counts", "<i2", (n,)),
-        ]
-    )
+    return np.dtype(_samples_payload_fields(n))
+
+
+def _samples_payload_fields(n: int) -> list[tuple[Any, ...]]:
+    return [
+        ("first_index", "<u8"),
+        ("phase", "<u4"),
+        ("freq_mhz", "<u4"),
+        ("drive_q16", "<u2"),
+        ("n", "u1"),
+        ("counts", "<i2", (n,)),
+    ]
 
 
 @functools.cache
@@ -76,18 +79,7 @@ def samples_dtype(n: int) -> np.dtype[np.void]:
     counts:n x i16``, little-endian (docs/protocol.md, SAMPLES): equal to the bytes
     ``HEADER.pack(...) + Samples.pack()`` give.
     """
-    return np.dtype(
-        [
-            ("type", "u1"),
-            ("seq", "<u2"),
-            ("first_index", "<u8"),
-            ("phase", "<u4"),
-            ("freq_mhz", "<u4"),
-            ("drive_q16", "<u2"),
-            ("n", "u1"),
-            ("counts", "<i2", (n,)),
-        ]
-    )
+    return np.dtype([("type", "u1"), ("seq", "<u2"), *_samples_payload_fields(n)])
 
 
 def samples_records(

@@ -111,18 +111,7 @@ class TruthWriter:
 
     def commit_block(self, n: int, block_t_s: float, coil_temp_c: float, mass_kg: float) -> None:
         """The ``n`` slots handed out by :meth:`sample_columns` are filled; add the block."""
-        for column in self._samples.values():
-            column.fill += n
-        for name, value in (
-            ("block_t_s", block_t_s),
-            ("coil_temp_c", coil_temp_c),
-            ("patient_mass_kg", mass_kg),
-        ):
-            column = self._blocks[name]
-            if not column.room():
-                column.flush()
-            column.buffer[column.fill] = value
-            column.fill += 1
+        self.commit_blocks(n, [block_t_s], [(coil_temp_c, mass_kg)])
 
     def commit_blocks(
         self, n: int, block_t_s: list[float], plant: list[tuple[float, float]]
