@@ -22,7 +22,7 @@ from sessions.home import LivHome
 from sessions.log import LogError, LogErrorReason, SessionLog, SessionStatus
 from sessions.runner import CHECKPOINT_S, Progress, run_session
 from tests.test_checkpoint_chunks import CountedEnvelope
-from tests.test_resume import home, sim  # noqa: F401  (home is a fixture)
+from tests.test_resume import DEVICE_ID, home, sim  # noqa: F401  (home is a fixture)
 
 SLOW_WRITE_S = 0.5  # one checkpoint on a slow disk (or a busy one, under load)
 LOCK_WAIT_S = 0.4  # how long a checkpoint waits for a locked log in these tests
@@ -132,10 +132,14 @@ def test_a_locked_log_mid_session_does_not_delay_updates_and_is_recorded(
             state["released"] = True
             gaps.last = time.perf_counter()
 
+    # At speed=max a fast computer passes 30-55 s at dose in under 2 x LOCK_WAIT_S of wall
+    # time, before any checkpoint has given up waiting: 20x real time keeps the lock held long
+    # enough on any computer that keeps up with 20x.
+    plate = f"sim://?mass=70&seed=4&speed=20&device_id={DEVICE_ID}"
     try:
         with SessionLog(home.db_path()) as log:
             outcome = run_session(
-                protocol=home.protocol(), log=log, device_url=sim(),
+                protocol=home.protocol(), log=log, device_url=plate,
                 calibrations=home.calibrations(), on_progress=progress,
             )  # fmt: skip
     finally:
