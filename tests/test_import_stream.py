@@ -14,6 +14,7 @@ import importlib
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,29 @@ def test_a_file_changed_between_verification_and_storing_is_refused_whole(
             _store(db, verified, ImportOutcome(export))
         assert db.query("SELECT COUNT(*) FROM records") == [(0,)]
         assert db.query("SELECT COUNT(*) FROM imports") == [(0,)]
+
+
+def test_the_home_refuses_a_file_changed_between_its_two_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``liv import`` reads the file again to store it: a record that is not the one it checked
+    (a file swapped after the check) refuses the whole file, as at the clinic."""
+    from sessions.log import LogError, exchange
+
+    export = write_export(tmp_path / "p1.jsonl", make_records("P1", 3))
+    scan = exchange.scan_import
+
+    def scanned_then_changed(lines: Any) -> Any:
+        result = scan(lines)
+        text = export.read_text(encoding="utf-8")
+        changed = text.replace('"minutes_at_dose":10', '"minutes_at_dose":1', 1)
+        assert changed != text
+        export.write_text(changed, encoding="utf-8")
+        return result
+
+    monkeypatch.setattr(exchange, "scan_import", scanned_then_changed)
+    plates = {"LIV-P1": Pin("LIV-P1", plate_key_hex("LIV-P1"), 1)}
+    with SessionLog(tmp_path / "home" / "liv.db") as log:
+        with pytest.raises(LogError, match="changed while it was imported"):
+            log.import_jsonl(export, plates=plates)
+        assert log.sessions() == []
