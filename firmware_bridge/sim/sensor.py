@@ -272,24 +272,11 @@ class Accelerometer:
             out = block @ np.concatenate((sensed[j], zi))
             filtered[j] = out[:n]
             zi = states[j] = out[n:]
-        scaled = np.rint(filtered)
-        clipped = np.minimum(np.maximum(scaled, self.min_count), self.max_count)
-        counts: npt.NDArray[np.int16] = clipped.astype(np.int16)
-        if self.disconnected:
-            counts[:] = 0
-        elif self.saturated:
-            counts[:] = self.max_count
-        elif self.stuck:
-            counts[:] = self._last
-        return SensorAhead(counts, states)
+        return SensorAhead(self._counts(filtered), states)
 
     def commit_ahead(self, ahead: SensorAhead, block: int) -> None:
         """Consume block ``block`` of ``ahead`` (in order): its noise draws and filter state."""
-        n = ahead.counts.shape[1]
-        self._noise_pos += n
-        self._zi = ahead.states[block]
-        if n:
-            self._last = int(ahead.counts[block, -1])
+        self.commit_ahead_many(ahead, block, 1)
 
     def commit_ahead_many(self, ahead: SensorAhead, first: int, count: int) -> None:
         """:meth:`commit_ahead` of blocks ``first .. first + count - 1`` at once."""
@@ -298,6 +285,18 @@ class Accelerometer:
         self._zi = ahead.states[first + count - 1]
         if n:
             self._last = int(ahead.counts[first + count - 1, -1])
+
+    def _counts(self, filtered: FloatArray) -> npt.NDArray[np.int16]:
+        """Filtered readings (in counts) rounded, clipped to the word, then any fault applied."""
+        clipped = np.minimum(np.maximum(np.rint(filtered), self.min_count), self.max_count)
+        counts: npt.NDArray[np.int16] = clipped.astype(np.int16)
+        if self.disconnected:
+            counts[:] = 0
+        elif self.saturated:
+            counts[:] = self.max_count
+        elif self.stuck:
+            counts[:] = self._last
+        return counts
 
     def _block_form(self, n: int) -> FloatArray:
         block = self._block_forms.get(n)
@@ -324,15 +323,7 @@ class Accelerometer:
         noise_std_g = self.noise_density_ug * 1e-6 * math.sqrt(self.sample_rate_hz / 2.0)
         sensed = true_g * self._gain + noise_std_g * self._noise(true_g.size)
         sensed += self._gain + self.profile.bias_g
-        scaled = np.rint(self._filter_to_counts(sensed))
-        clipped = np.minimum(np.maximum(scaled, self.min_count), self.max_count)
-        counts: npt.NDArray[np.int16] = clipped.astype(np.int16)
-        if self.disconnected:
-            counts[:] = 0
-        elif self.saturated:
-            counts[:] = self.max_count
-        elif self.stuck:
-            counts[:] = self._last
+        counts = self._counts(self._filter_to_counts(sensed))
         if counts.size:
             self._last = int(counts[-1])
         return counts
