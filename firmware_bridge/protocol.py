@@ -453,27 +453,33 @@ class Countersignature(Message):
     signature: bytes
 
 
+# What a host may send (a device answers any other type with NAK UNKNOWN_TYPE).
+HOST_MESSAGE_TYPES: tuple[type[Message], ...] = (
+    HelloRequest,
+    SetFrequency,
+    SetDrive,
+    SetOutput,
+    Heartbeat,
+    StatusRequest,
+    ClearFault,
+    IdentityRequest,
+    Countersign,
+)
+
+# What a device sends.
+DEVICE_MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Hello,
+    Ack,
+    Nak,
+    Samples,
+    Status,
+    Fault,
+    Identity,
+    Countersignature,
+)
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        HelloRequest,
-        SetFrequency,
-        SetDrive,
-        SetOutput,
-        Heartbeat,
-        StatusRequest,
-        ClearFault,
-        IdentityRequest,
-        Countersign,
-        Hello,
-        Ack,
-        Nak,
-        Samples,
-        Status,
-        Fault,
-        Identity,
-        Countersignature,
-    )
+    cls.TYPE: cls for cls in HOST_MESSAGE_TYPES + DEVICE_MESSAGE_TYPES
 }
 
 

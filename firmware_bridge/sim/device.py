@@ -36,6 +36,7 @@ from firmware_bridge.protocol import (
     DEVICE_ID_LEN,
     HELLO_ANSWER,
     HELLO_BOOT,
+    HOST_MESSAGE_TYPES,
     MAX_BLOCK_SAMPLES,
     MESSAGE_TYPES,
     PROTOCOL_MAJOR,
@@ -100,17 +101,7 @@ REST_BLOCKS = 4  # the resting reading is the mean of up to 4 blocks streamed wi
 LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
 AHEAD_BLOCKS_MAX = 16  # blocks simulated in one product at a constant drive (see _run_ahead)
 _FIRMWARE_INPUTS = 8  # SimulatedDevice._inputs_key: the firmware's part
-HOST_TYPES = {
-    HelloRequest,
-    SetFrequency,
-    SetDrive,
-    SetOutput,
-    Heartbeat,
-    StatusRequest,
-    ClearFault,
-    IdentityRequest,
-    Countersign,
-}
+HOST_TYPES = frozenset(HOST_MESSAGE_TYPES)
 ANSWERED_TYPES = (HelloRequest, StatusRequest, IdentityRequest, Countersign)  # no ACK
 
 
