@@ -33,6 +33,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Logged:
+    """A logged session as scheduling reads it (test_wording and test_scheduling_dst use it)."""
+
     session_id: str
     local_date: date
     slot: int

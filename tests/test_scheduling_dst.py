@@ -18,6 +18,7 @@ from sessions.commands import status_lines
 from sessions.protocol import protocol_from_dict
 from sessions.scheduling import decide
 from sessions.wording import say
+from tests.test_scheduling import Logged
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,6 @@ class Plan:
     study_start: date = date(2026, 1, 1)
     study_end: date = date(2026, 12, 31)
     daily_windows: tuple[Window, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class Logged:
-    session_id: str
-    local_date: date
-    slot: int
-    status: str
-    minutes_at_dose: float
-    started_utc: datetime
-    ended_utc: datetime | None
 
 
 def ended_at(zone: str, end_utc: datetime, slot: int = 1) -> Logged:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -38,6 +37,7 @@ from tests.simhelpers import (
     signed_protocol,
     write_signed,
 )
+from tests.test_scheduling import Logged
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wording.md"
 DEVICE_ID = "SIM-W1"
@@ -327,19 +327,6 @@ def test_device_text_in_the_technical_detail_is_made_safe(
 
 
 # ---- every situation liv status, liv start and the setup commands can report -----------------
-
-
-@dataclass(frozen=True)
-class Logged:
-    """A logged session as scheduling reads it."""
-
-    session_id: str
-    local_date: date
-    slot: int
-    status: str
-    minutes_at_dose: float
-    started_utc: datetime
-    ended_utc: datetime | None
 
 
 def prescription(**fields: object) -> PatientProtocol:
