@@ -334,7 +334,7 @@ def test_html_marks_the_change_in_the_calendar_and_the_chart_and_lists_it() -> N
     assert "prescribed 15 min" in page  # the prescribed line follows the protocol in force
 
 
-CHANGE_RGB = (0x6B, 0x3F, 0xA0)  # the protocol-change marker (sessions/report.py)
+CHANGE_RGB = (0x6B, 0x3F, 0xA0)  # the protocol-change marker (sessions/report/)
 
 
 def painted(page: str, tmp_path: Path, name: str) -> Counter[tuple[int, int, int]]:

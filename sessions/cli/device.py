@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from controller.calibration import CalibrationStore
     from firmware_bridge.client import DeviceInfo
 
-# cmd_device_drive's body is kept word for word as it stood in sessions/cli.py (its helpers by
-# their old names), so that a change to it made elsewhere applies here unchanged.
+# cmd_device_drive's helpers keep the names they had before the CLI became a package.
 
 
 def cmd_device_info(args: argparse.Namespace) -> int:

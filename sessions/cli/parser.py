@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_session_commands(commands: Any) -> None:
-    """What patients and clinicians type (handlers in sessions/commands.py)."""
+    """What patients and clinicians type (handlers in sessions/commands/)."""
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--db", type=Path, metavar="FILE", help="session log (default $LIV_DB or "

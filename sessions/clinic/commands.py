@@ -1,7 +1,7 @@
 """The clinic's commands: ``liv clinic import|overview|report|export`` (docs/clinic.md).
 
 Each handler takes the parsed arguments and returns an exit status; expected failures raise a
-LivError whose one sentence the person sees (sessions/cli.py prints it).
+LivError whose one sentence the person sees (sessions/cli/app.py prints it).
 """
 
 from __future__ import annotations

@@ -408,7 +408,7 @@ def patient_report(
     until: date | None = None,
     today: date | None = None,
 ) -> str:
-    """The existing clinician report (sessions/report.py) of one patient, from the clinic DB."""
+    """The existing clinician report (sessions/report/) of one patient, from the clinic DB."""
     from sessions.report import render_csv
     from sessions.report import render_html as report_html
     from sessions.report import render_json as report_json
