@@ -22,6 +22,7 @@ Prints a table and writes JSON (``--json -`` for stdout).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ from firmware_bridge.client import DeviceClient  # noqa: E402
 from firmware_bridge.sim.nvstore import DeviceNv  # noqa: E402
 from sessions.home import LivHome  # noqa: E402
 from sessions.log import PINS_FILE, DevicePins, SessionLog  # noqa: E402
+from sessions.log.records import SCHEMA_VERSION  # noqa: E402
 
 PLATE = f"sim://?mass=70&seed=2&device_id={DEVICE_ID}"
 START_TIMEOUT_S = 120.0  # the runner's whole run is bounded by five times this
@@ -131,16 +133,24 @@ def run_start(home: LivHome) -> Run:
     return Run(result["moved_s"], result["peak_kb"] / 1024.0)
 
 
-def build(cache: Path, years: int) -> tuple[Path, LivHome, LivHome]:
+def build(cache: Path, years: float) -> tuple[Path, LivHome, LivHome]:
     """The cached log of ``years`` years, a home reading it and a home for ``liv start``."""
     cache.mkdir(parents=True, exist_ok=True)
     db = cache / f"home-{years}y" / "liv.db"  # where `liv --home` finds it
     db.parent.mkdir(mode=0o700, exist_ok=True)
-    if not db.exists():
-        partial = cache / f".log-{years}y.{os.getpid()}.db"
+    stamp = db.parent / "built-by"
+    wanted = _builder_stamp()
+    if not (db.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == wanted):
+        # A log built by another version of the generator (one from before countersigning has
+        # no plate memory beside it) would measure another product: build it anew.
         print(f"building {years} year(s) of log in {db} ...", file=sys.stderr)
+        stamp.unlink(missing_ok=True)
+        db.unlink(missing_ok=True)
+        shutil.rmtree(db.parent / "nv", ignore_errors=True)
+        partial = cache / f".log-{years}y.{os.getpid()}.db"
         make_log(partial, years=years, nv=cache / f"home-{years}y" / "nv")
         partial.replace(db)
+        stamp.write_text(wanted, encoding="utf-8")
     with SessionLog(db) as log:  # brings the schema up to date once; lists the first day
         first = min(s.local_date for s in log.summaries())
     home = _home(db.parent, first, round(years * 365))
@@ -154,11 +164,17 @@ def build(cache: Path, years: int) -> tuple[Path, LivHome, LivHome]:
         DevicePins(h.root / PINS_FILE).pin(DEVICE_ID, key, 1)
     calibration = cache / "calibration"
     if not calibration.exists():
-        with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as device:
+        with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}") as device:
             CalibrationStore(calibration).save(identify(device))
     for h in (home, start_home):
         shutil.copytree(calibration, h.root / "calibration", dirs_exist_ok=True)
     return db, home, start_home
+
+
+def _builder_stamp() -> str:
+    """What a cached log was built by: the generator's source and the log's schema version."""
+    source = (ROOT / "benchmarks" / "make_log.py").read_bytes()
+    return f"schema {SCHEMA_VERSION} make_log {hashlib.sha256(source).hexdigest()}\n"
 
 
 def _home(root: Path, first: Any, days: int) -> LivHome:
