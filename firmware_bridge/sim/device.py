@@ -957,8 +957,8 @@ class SimulatedDevice:
             else:
                 seg, start, rate = n - done, env.value, 0.0
             phase_rad = 2.0 * math.pi * self._phase_turns
-            block = self.physics.run(seg, self._freq_hz, phase_rad, start, rate * fs)
-            pieces.append((seg, start, rate, block.accel_g))
+            accel_seg = self.physics.run_accel(seg, self._freq_hz, phase_rad, start, rate * fs)
+            pieces.append((seg, start, rate, accel_seg))
             self._phase_turns = (self._phase_turns + self._freq_hz * seg / fs) % 1.0
             done += seg
             if self._output_on and env.samples_left:

@@ -71,10 +71,8 @@ _PADE13 = (
     1.0,
 )
 _THETA13 = 5.371920351148152
-# The plant input is the generator's tau*cos state. Started from a unit vector, the generator
-# makes that state tau cos, -tau sin, cos or -sin; so the drive weights g for (cos, sin,
-# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _state_columns() gives this change of basis,
-# applied to the augmented system matrix so that its tables act on [x0, g] directly.
+# The tables act on [x0, drive weights] directly: PlatePhysics._generator orders and signs the
+# drive generator's states for that.
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -210,14 +208,16 @@ class _Tables:
     state: FloatArray  # (K+1, p, p + 4)
     outputs: FloatArray  # (5, K+1, p + 18); rows 3 and 4 are zero until all_outputs()
     response_g_per_drive: complex  # steady-state accel per unit drive fraction at gain 1
-    other_rows: FloatArray  # (2, p): hip accel (g) and patient force (N) over the plant state
+    hip_row: FloatArray  # (p,): hip accel (m/s^2) over the plant state
+    force_row: FloatArray  # (p,): patient force (N) over the plant state
     complete: bool = False
 
     def all_outputs(self) -> FloatArray:
         """``outputs`` with every row filled in."""
         if not self.complete:
             n_aug = self.state.shape[2]
-            self.outputs[3:5, :, :n_aug] = np.matmul(self.other_rows, self.state).transpose(1, 0, 2)
+            other_rows = np.stack([self.hip_row / STANDARD_GRAVITY, self.force_row])
+            self.outputs[3:5, :, :n_aug] = np.matmul(other_rows, self.state).transpose(1, 0, 2)
             self.complete = True
         return self.outputs
 
@@ -314,9 +314,6 @@ class PlatePhysics:
         has_upper_body = body_model(profile).upper_fraction > 0.0
         self._n_plant = _N_PLANT_MAX if has_upper_body else _N_PLANT_MAX - 2
         self._n_aug = self._n_plant + _N_GEN
-        columns, signs = _state_columns(self._n_plant)
-        self._basis = np.ix_(columns, columns)
-        self._basis_signs = np.outer(signs, signs)
         self._x = np.zeros(self._n_plant)
         self._i2_sum = 0.0
         self._i2_count = 0
@@ -324,6 +321,7 @@ class PlatePhysics:
         self._params = self._current_params()
         self._tables: _Tables | None = None
         self._drive_columns_cache: tuple[float, FloatArray] | None = None
+        self._generator_cache: tuple[float, FloatArray, npt.NDArray[np.complex128]] | None = None
 
     # ---- public state -------------------------------------------------------------------
 
@@ -431,31 +429,52 @@ class PlatePhysics:
         Returns the true values at ``tau_k = k / fs`` for ``k = 0..n-1`` and leaves the state at
         ``tau = n / fs``. The envelope is a fraction of full drive and must stay within -1..1.
         """
-        if n < 0:
-            raise ValueError(f"n = {n!r} must be >= 0 samples")
-        if not (math.isfinite(freq_hz) and freq_hz >= 0.0):
-            raise ValueError(f"freq_hz = {freq_hz!r} must be a finite frequency >= 0")
-        end_drive = drive0 + drive_rate_per_s * n * self._dt
-        for label, value in (("drive0", drive0), ("drive at the segment end", end_drive)):
-            if not (math.isfinite(value) and abs(value) <= 1.0 + _DRIVE_TOLERANCE):
-                raise ValueError(f"{label} = {value!r} is outside the drive range -1..1")
-        if not math.isfinite(phase0_rad):
-            raise ValueError(f"phase0_rad = {phase0_rad!r} must be finite")
+        out = self._run(n, freq_hz, phase0_rad, drive0, drive_rate_per_s, _N_OUT)
+        return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
+
+    def run_accel(
+        self,
+        n: int,
+        freq_hz: float,
+        phase0_rad: float,
+        drive0: float,
+        drive_rate_per_s: float,
+    ) -> FloatArray:
+        """:meth:`run`'s ``accel_g`` alone, shape (n,): the same plant, the same samples.
+
+        What the simulated device needs of a block (the coil current is computed too, for the
+        coil's heating); volts, hip acceleration and patient force are left out.
+        """
+        accel: FloatArray = self._run(n, freq_hz, phase0_rad, drive0, drive_rate_per_s, 2)[0]
+        return accel
+
+    def _run(
+        self, n: int, freq_hz: float, phase0_rad: float, drive0: float, rate: float, rows: int
+    ) -> FloatArray:
+        """:meth:`run` as an array of the first ``rows`` outputs, shape (rows, n)."""
+        end_drive = drive0 + rate * n * self._dt
+        if not (
+            n >= 0
+            and 0.0 <= freq_hz < math.inf
+            and abs(drive0) <= 1.0 + _DRIVE_TOLERANCE
+            and abs(end_drive) <= 1.0 + _DRIVE_TOLERANCE
+            and math.isfinite(phase0_rad)
+        ):
+            _refuse_run(n, freq_hz, phase0_rad, drive0, end_drive)
         w = 2.0 * math.pi * freq_hz
         seg = min(n, self._until_update, self._block_max)
         if seg == n:  # the usual case: one segment, return the product's rows as they are
-            out = self._segment(n, w, phase0_rad, drive0, drive_rate_per_s)
-            return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
-        out = np.empty((_N_OUT, n))
+            return self._segment(n, w, phase0_rad, drive0, rate, rows)
+        out = np.empty((rows, n))
         done = 0
         while done < n:
             seg = min(n - done, self._until_update, self._block_max)
             tau0 = done * self._dt
             out[:, done : done + seg] = self._segment(
-                seg, w, phase0_rad + w * tau0, drive0 + drive_rate_per_s * tau0, drive_rate_per_s
+                seg, w, phase0_rad + w * tau0, drive0 + rate * tau0, rate, rows
             )
             done += seg
-        return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
+        return out
 
     @property
     def samples_to_update(self) -> int:
@@ -566,15 +585,19 @@ class PlatePhysics:
             )
         return v
 
-    def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
+    def _segment(
+        self, n: int, w: float, phase0: float, drive0: float, rate: float, rows: int
+    ) -> FloatArray:
         """Advance n <= block_max samples at constant parameters.
 
-        Returns a (5, n) array: accel in g, coil current in A, amplifier volts, hip accel in g,
-        force on the patient in N.
+        Returns a (rows, n) array of the first ``rows`` of: accel in g, coil current in A,
+        amplifier volts, hip accel in g, force on the patient in N (``rows`` >= 2: the current
+        heats the coil).
         """
         tables = self._tables_for(w)
         v = self._start_vector(tables, phase0, drive0, rate)
-        out: FloatArray = tables.all_outputs()[:, :n, :] @ v
+        table = tables.outputs if rows <= 2 else tables.all_outputs()
+        out: FloatArray = table[:rows, :n, :] @ v
         self._x = tables.state[n] @ v[: self._n_aug]
         current = out[1]
         self._i2_sum += float(current @ current)
@@ -709,7 +732,11 @@ class PlatePhysics:
         return a, b
 
     def _plant_rows(self, p: _Params) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """A, b, and the output rows for the hip's acceleration (m/s^2) and the patient force."""
+        """A, b, and the output rows for the hip's acceleration (m/s^2) and the patient force.
+
+        Computed in plain floats (a rebuild every update: the arithmetic of each entry is that
+        of the equations above, element by element).
+        """
         prof = self.profile
         bl = prof.actuator.force_constant_n_per_a
         inductance = prof.actuator.coil_inductance_h
@@ -722,40 +749,46 @@ class PlatePhysics:
         w2 = 2.0 * math.pi * body.upper_hz
         k1, c1 = w1 * w1, 2.0 * body.leg_zeta * w1  # per kg of hip mass
         k2, c2 = w2 * w2, 2.0 * body.upper_zeta * w2  # per kg of upper-body mass
-        accel_row = (
-            np.array(
-                [
-                    bl,
-                    -prof.mechanics.suspension_stiffness_n_per_m,
-                    -prof.mechanics.suspension_damping_n_s_per_m,
-                    m1 * k1,
-                    m1 * c1,
-                    0.0,
-                    0.0,
-                ]
+        accel_row = [
+            value / mass
+            for value in (
+                bl,
+                -prof.mechanics.suspension_stiffness_n_per_m,
+                -prof.mechanics.suspension_damping_n_s_per_m,
+                m1 * k1,
+                m1 * c1,
+                0.0,
+                0.0,
             )
-            / mass
-        )
-        hip_row = np.array([0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2])
-        a = np.zeros((_N_PLANT_MAX, _N_PLANT_MAX))
-        b = np.zeros(_N_PLANT_MAX)
+        ]
+        hip_row = [0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2]
+        coil = [0.0] * _N_PLANT_MAX
+        drive = 0.0
         if not p.open_circuit:
-            a[0, 0] = -p.resistance_ohm / inductance
-            a[0, 2] = -bl / inductance
-            b[0] = prof.amplifier.volts_at_full_drive / inductance
-        a[1, 2] = 1.0
-        a[2] = accel_row
-        a[3, 4] = 1.0
-        a[4] = hip_row - accel_row
-        a[5, 6] = 1.0
-        a[6] = -hip_row
-        a[6, 5] -= k2
-        a[6, 6] -= c2
-        force_row = m0 * accel_row
+            coil[0] = -p.resistance_ohm / inductance
+            coil[2] = -bl / inductance
+            drive = prof.amplifier.volts_at_full_drive / inductance
+        upper = [-value for value in hip_row]
+        upper[5] -= k2
+        upper[6] -= c2
+        force_row = [m0 * value for value in accel_row]
         force_row[3] -= m1 * k1
         force_row[4] -= m1 * c1
+        a = np.array(
+            [
+                coil,
+                [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+                accel_row,
+                [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+                [h - x for h, x in zip(hip_row, accel_row, strict=True)],
+                [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                upper,
+            ]
+        )
+        b = np.zeros(_N_PLANT_MAX)
+        b[0] = drive
         n = self._n_plant  # without an upper body, z2 is neither driven back nor used: drop it
-        return a[:n, :n], b[:n], hip_row[:n], force_row[:n]
+        return a[:n, :n], b[:n], np.array(hip_row[:n]), np.array(force_row[:n])
 
     def patient_response(
         self, freqs_hz: npt.ArrayLike
@@ -771,19 +804,11 @@ class PlatePhysics:
         """Exact per-sample responses of plant + drive generator for k = 0..block_max."""
         a, b, hip_row, force_row = self._plant_rows(p)
         n_plant, n_aug = self._n_plant, self._n_aug
+        generator, jw_eye = self._generator(w)
         aug = np.zeros((n_aug, n_aug))
         aug[:n_plant, :n_plant] = a
-        aug[:n_plant, n_plant + 2] = b  # the plant input is the generator's tau*cos state
-        c, s, tc, ts = range(n_plant, n_aug)
-        aug[c, s] = -w
-        aug[s, c] = w
-        aug[tc, c] = 1.0
-        aug[tc, ts] = -w
-        aug[ts, s] = 1.0
-        aug[ts, tc] = w
-        # In the basis [x0, drive weights] (the generator's states reordered and signed: an
-        # exact change of basis) the plant rows of step^k are state[k] as they are.
-        aug = aug[self._basis] * self._basis_signs
+        aug[:n_plant, n_plant] = b  # the plant input is the generator's tau*cos state
+        aug[n_plant:, n_plant:] = generator
         step = expm(aug * self._dt)
         k_max = self._block_max
         powers = np.empty((k_max + 1, n_aug, n_aug))
@@ -802,15 +827,40 @@ class PlatePhysics:
         outputs[1, :, :n_aug] = state[:, 0, :]
         response = 0j
         if w > 0.0 and b.any():
-            x_ss = np.linalg.solve(1j * w * np.eye(n_plant) - a, b.astype(np.complex128))
+            x_ss = np.linalg.solve(jw_eye - a, b.astype(np.complex128))
             response = complex(accel_row @ x_ss)
         return _Tables(
             key=(p, w),
             state=state,
             outputs=outputs,
             response_g_per_drive=response,
-            other_rows=np.stack([hip_row / STANDARD_GRAVITY, force_row]),
+            hip_row=hip_row,
+            force_row=force_row,
         )
+
+    def _generator(self, w: float) -> tuple[FloatArray, npt.NDArray[np.complex128]]:
+        """The drive generator's block of the augmented matrix at ``w``, in the basis the tables
+        act in, and ``j w I`` (plant-sized) for the steady-state response; kept per frequency.
+
+        The generator's states are (tau cos, -tau sin, cos, -sin) of ``w tau``, the plant input
+        being the first: started from each unit vector, that input is cos, sin, tau cos and
+        tau sin of ``w tau``, so the drive weights for those four columns are the generator's
+        start and the plant rows of ``step^k`` act on [x0, drive weights] as they are.
+        """
+        cache = self._generator_cache
+        if cache is not None and cache[0] == w:
+            return cache[1], cache[2]
+        generator: FloatArray = np.array(
+            [  # rows and columns: tau cos, -tau sin, cos, -sin
+                [0.0, w, 1.0, 0.0],
+                [-w, 0.0, 0.0, 1.0],
+                [0.0, 0.0, 0.0, w],
+                [0.0, 0.0, -w, 0.0],
+            ]
+        )
+        jw_eye: npt.NDArray[np.complex128] = 1j * w * np.eye(self._n_plant, dtype=np.complex128)
+        self._generator_cache = (w, generator, jw_eye)
+        return generator, jw_eye
 
     def _drive_columns(self, w: float) -> FloatArray:
         """The table columns that depend on frequency only: volts and distortion basis."""
@@ -861,12 +911,16 @@ def expm(a: FloatArray) -> FloatArray:
     return np.asarray(r, dtype=np.float64)
 
 
-def _state_columns(n_plant: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
-    """Column order and signs that make the augmented tables act on [x0, drive weights]."""
-    gen = n_plant + np.array([2, 3, 0, 1])
-    columns = np.concatenate((np.arange(n_plant), gen))
-    signs = np.concatenate((np.ones(n_plant), [1.0, -1.0, 1.0, -1.0]))
-    return columns, signs
+def _refuse_run(n: int, freq_hz: float, phase0_rad: float, drive0: float, end: float) -> None:
+    """Raise the ValueError that says which argument of :meth:`PlatePhysics.run` is wrong."""
+    if n < 0:
+        raise ValueError(f"n = {n!r} must be >= 0 samples")
+    if not (math.isfinite(freq_hz) and freq_hz >= 0.0):
+        raise ValueError(f"freq_hz = {freq_hz!r} must be a finite frequency >= 0")
+    for label, value in (("drive0", drive0), ("drive at the segment end", end)):
+        if not (math.isfinite(value) and abs(value) <= 1.0 + _DRIVE_TOLERANCE):
+            raise ValueError(f"{label} = {value!r} is outside the drive range -1..1")
+    raise ValueError(f"phase0_rad = {phase0_rad!r} must be finite")
 
 
 def _checked_presence(
