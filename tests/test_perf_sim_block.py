@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from firmware_bridge.client import DeviceClient
+from firmware_bridge.errors import LinkLostError
+from firmware_bridge.sim.device import SimulatedDevice
 from firmware_bridge.sim.physics import PlatePhysics, _Tables
 from firmware_bridge.sim.profile import load_profile
 
@@ -53,3 +55,32 @@ def test_run_accel_is_runs_acceleration() -> None:
     assert lean.coil_temperature_c == full.coil_temperature_c
     with pytest.raises(ValueError, match="drive"):
         lean.run_accel(32, 45.0, 0.0, 1.5, 0.0)
+
+
+def test_a_read_without_a_scheduled_cable_pull_does_not_ask_for_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The link checks the simulated cable on every call only if the URL pulls it."""
+    asked = [0]
+    disconnected = SimulatedDevice.disconnected
+
+    def counted(self: SimulatedDevice) -> bool:
+        asked[0] += 1
+        return bool(disconnected.fget(self))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(SimulatedDevice, "disconnected", property(counted))
+    with DeviceClient.open("sim://?speed=max&seed=3") as dev:
+        asked[0] = 0
+        for _ in range(50):
+            dev.read_block(timeout_s=1.0)
+        assert asked[0] == 0
+    with (
+        DeviceClient.open("sim://?speed=max&seed=3&disconnect_at=1.0") as dev,
+        pytest.raises(LinkLostError),
+    ):
+        _read_blocks(dev, 100)
+
+
+def _read_blocks(dev: DeviceClient, blocks: int) -> None:
+    for _ in range(blocks):
+        dev.read_block(timeout_s=1.0)

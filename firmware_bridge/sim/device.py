@@ -374,7 +374,7 @@ class SimulatedDevice:
 
     def receive(self, data: bytes) -> None:
         """Bytes from the host; handled at the first block boundary after they arrive."""
-        if self.disconnected or not data:
+        if not data or (self.config.disconnect_at_s is not None and self.disconnected):
             return
         data = self._corrupt(data)
         self._inbox.append((self.time_s + self.config.latency_ms / 1000.0, data))
@@ -477,13 +477,14 @@ class SimulatedDevice:
         The bytes, the truth file and the state are those of block-by-block stepping.
         """
         done = 0
+        pull_at = self.config.disconnect_at_s
         while done < max_blocks:
             taken = self._take_ahead_many(max_blocks - done) if max_blocks - done > 1 else 0
             if not taken:
                 self.step()
                 taken = 1
             done += taken
-            if self.disconnected:  # the transport sees the pulled cable at once
+            if pull_at is not None and self.disconnected:  # the transport sees it at once
                 break
         return done
 
