@@ -7,12 +7,14 @@ same samples as before.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import pytest
 
+import firmware_bridge.sim.physics as sim_physics
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LinkLostError
 from firmware_bridge.sim.device import SimulatedDevice
@@ -84,3 +86,63 @@ def test_a_read_without_a_scheduled_cable_pull_does_not_ask_for_one(
 def _read_blocks(dev: DeviceClient, blocks: int) -> None:
     for _ in range(blocks):
         dev.read_block(timeout_s=1.0)
+
+
+def _heating_plant(resistance_update_every: int | None) -> PlatePhysics:
+    profile = load_profile("default")
+    if resistance_update_every is not None:
+        profile = profile.with_overrides(
+            numerics={"resistance_update_every": resistance_update_every}
+        )
+    return PlatePhysics(profile, 70.0, 1600.0, np.random.default_rng(2))
+
+
+def test_table_rebuilds_come_in_batches_of_four_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sway and stepping are known in advance and the coil resistance is held for four
+    updates, so the tables of four updates are built together: one matrix exponential call
+    (of a stack) per four updates instead of one per update."""
+    calls = [0]
+    expm = sim_physics.expm
+
+    def counted(a: Any) -> Any:
+        calls[0] += 1
+        return expm(a)
+
+    monkeypatch.setattr(sim_physics, "expm", counted)
+    plant = _heating_plant(None)  # the default profile
+    updates = 100  # 24 s of plant time at 0.24 s per update, swaying
+    for k in range(updates * 12):
+        plant.run(32, 45.0, 2.0 * math.pi * 45.0 * 32 * k / 1600.0, 0.5, 0.0)
+    assert calls[0] <= updates / 4 + 1
+
+
+def test_tables_built_together_are_those_built_one_at_a_time() -> None:
+    plant = _heating_plant(4)
+    w = 2.0 * math.pi * 45.0
+    params = [plant._params_at(0.24 * k) for k in range(4)]
+    params[2] = dataclasses.replace(params[2], resistance_ohm=4.7)
+    params[3] = dataclasses.replace(params[3], open_circuit=True)
+    together = plant._build_tables(params, w)
+    for p, table in zip(params, together, strict=True):
+        alone = plant._build_tables([p], w)[0]
+        np.testing.assert_array_equal(table.state, alone.state)
+        np.testing.assert_array_equal(table.all_outputs(), alone.all_outputs())
+        assert table.response_g_per_drive == alone.response_g_per_drive
+
+
+def test_holding_the_coil_resistance_for_four_updates_moves_the_plate_by_under_1e3() -> None:
+    """A fast-heating coil (drive 0.5 at 45 Hz on 70 kg: 20 -> 30 C in a minute, faster than
+    any dose needs): with the resistance refreshed every 0.96 s instead of every 0.24 s the
+    plate's acceleration stays within 1e-3 of its peak of the exact resistance's (5e-4 seen)
+    and the coil within 0.01 K (4e-3 K seen)."""
+    held, exact = _heating_plant(4), _heating_plant(1)
+    worst = peak = 0.0
+    for k in range(60 * 50):
+        phase = 2.0 * math.pi * 45.0 * 32 * k / 1600.0
+        a = held.run_accel(32, 45.0, phase, 0.5, 0.0)
+        b = exact.run_accel(32, 45.0, phase, 0.5, 0.0)
+        worst = max(worst, float(np.abs(a - b).max()))
+        peak = max(peak, float(np.abs(b).max()))
+    assert held.coil_temperature_c > 29.0
+    assert held.coil_temperature_c == pytest.approx(exact.coil_temperature_c, abs=0.01)
+    assert 0.0 < worst < 1e-3 * peak

@@ -311,15 +311,23 @@ class PlatePhysics:
 
         self._sample_index = 0
         self._until_update = self._update_every
-        has_upper_body = body_model(profile).upper_fraction > 0.0
+        self._body = body_model(profile)
+        has_upper_body = self._body.upper_fraction > 0.0
         self._n_plant = _N_PLANT_MAX if has_upper_body else _N_PLANT_MAX - 2
         self._n_aug = self._n_plant + _N_GEN
         self._x = np.zeros(self._n_plant)
         self._i2_sum = 0.0
         self._i2_count = 0
         self._coil_temp_c = profile.thermal.ambient_c
+        # The coil resistance the plant's equations use: refreshed from the temperature every
+        # numerics.resistance_update_every updates, so the parameters of the updates between
+        # are known in advance and their tables are built together (see _tables_for).
+        self._resistance_every = profile.numerics.resistance_update_every
+        self._updates = 0  # slow-parameter updates since power-up (or since skip_at_rest)
+        self._plant_resistance_ohm = self._resistance(self._coil_temp_c)
         self._params = self._current_params()
         self._tables: _Tables | None = None
+        self._tables_ahead: dict[tuple[_Params, float], _Tables] = {}
         self._drive_columns_cache: tuple[float, FloatArray] | None = None
         self._generator_cache: tuple[float, FloatArray, npt.NDArray[np.complex128]] | None = None
 
@@ -359,7 +367,8 @@ class PlatePhysics:
                 f"coil temperature {temperature_c!r} C is out of range; allowed: -50..400 C"
             )
         self._coil_temp_c = float(temperature_c)
-        self._params = replace(self._params, resistance_ohm=self._resistance(temperature_c))
+        self._plant_resistance_ohm = self._resistance(temperature_c)
+        self._params = replace(self._params, resistance_ohm=self._plant_resistance_ohm)
 
     def skip_at_rest(self, n: int) -> None:
         """Advance the clock ``n`` samples with no drive, without simulating them.
@@ -379,6 +388,8 @@ class PlatePhysics:
         self._i2_count = 0
         self._until_update = self._update_every
         self._sample_index += n
+        self._updates = 0
+        self._plant_resistance_ohm = self._resistance(self._coil_temp_c)
         self._params = self._current_params()
 
     # ---- linear model -------------------------------------------------------------------
@@ -558,15 +569,32 @@ class PlatePhysics:
             self._update_slow_parameters()
 
     def _tables_for(self, w: float) -> _Tables:
+        """The tables at the present parameters and ``w``.
+
+        A table is built for the parameters of this update and, in the same batch, for those
+        of the following updates until the coil resistance is next refreshed: sway and stepping
+        are functions of time, so those parameters are known now unless something changes them
+        (a load step, an open circuit, another frequency), and then they are built anew.
+        """
         if self.open_circuit != self._params.open_circuit:
             self._params = replace(self._params, open_circuit=self.open_circuit)
         tables = self._tables
         if (
-            tables is None
-            or tables.key[1] != w
-            or (tables.key[0] is not self._params and tables.key[0] != self._params)
+            tables is not None
+            and tables.key[1] == w
+            and (tables.key[0] is self._params or tables.key[0] == self._params)
         ):
-            tables = self._tables = self._build_tables(self._params, w)
+            return tables
+        tables = self._tables_ahead.pop((self._params, w), None)
+        if tables is None:
+            coming = [self._params]
+            first = self._sample_index + self._until_update
+            for k in range(self._resistance_every - 1 - self._updates % self._resistance_every):
+                coming.append(self._params_at((first + k * self._update_every) * self._dt))
+            built = self._build_tables(coming, w)
+            tables = built[0]
+            self._tables_ahead = {table.key: table for table in built[1:]}
+        self._tables = tables
         return tables
 
     def _start_vector(
@@ -684,6 +712,9 @@ class PlatePhysics:
         self._i2_sum = 0.0
         self._i2_count = 0
         self._until_update = self._update_every
+        self._updates += 1
+        if self._updates % self._resistance_every == 0:
+            self._plant_resistance_ohm = self._resistance(self._coil_temp_c)
         self._params = self._current_params()
 
     def _resistance(self, temperature_c: float) -> float:
@@ -705,7 +736,10 @@ class PlatePhysics:
 
     def _current_params(self) -> _Params:
         """Parameters at the current plant time (stepping ramp, sway, coil resistance)."""
-        t = self.time_s
+        return self._params_at(self.time_s)
+
+    def _params_at(self, t: float) -> _Params:
+        """Parameters at plant time ``t`` with the present mass, resistance and circuit."""
         standing_mass_kg = self._patient_mass_kg * self._standing_fraction(t)
         sway_factor = 1.0
         if self._sway and standing_mass_kg > 0.0:
@@ -714,7 +748,7 @@ class PlatePhysics:
                 2.0 * math.pi * sway.frequency_hz * t + self._sway_phase
             )
         return _Params(
-            resistance_ohm=self._resistance(self._coil_temp_c),
+            resistance_ohm=self._plant_resistance_ohm,
             standing_mass_kg=standing_mass_kg,
             sway_factor=sway_factor,
             open_circuit=self.open_circuit,
@@ -728,54 +762,59 @@ class PlatePhysics:
         State: coil current, plate displacement, plate velocity, hip-minus-plate displacement
         z1, z1', upper-body-minus-hip displacement z2, z2'.
         """
-        a, b, _, _ = self._plant_rows(p)
-        return a, b
+        a, b, _, _ = self._plant_rows([p])
+        return a[0], b[0]
 
-    def _plant_rows(self, p: _Params) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """A, b, and the output rows for the hip's acceleration (m/s^2) and the patient force.
+    def _plant_rows(
+        self, params: Sequence[_Params]
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """A, b, and the output rows for the hip's acceleration (m/s^2) and the patient force,
+        for each entry of ``params``: shapes (m, p, p), (m, p), (m, p), (m, p).
 
-        Computed in plain floats (a rebuild every update: the arithmetic of each entry is that
-        of the equations above, element by element).
+        Computed in plain floats, element by element from the equations above, and converted
+        to arrays once for all entries (a rebuild builds several).
         """
         prof = self.profile
         bl = prof.actuator.force_constant_n_per_a
         inductance = prof.actuator.coil_inductance_h
-        body = body_model(prof, p.sway_factor)
-        m0 = body.rigid_fraction * p.standing_mass_kg
-        m1 = body.hip_fraction * p.standing_mass_kg
+        n = self._n_plant  # without an upper body, z2 is neither driven back nor used: drop it
+        body = self._body  # at sway 1: its natural frequencies are scaled by each sway factor
         ratio = body.upper_fraction / body.hip_fraction
-        mass = prof.mechanics.moving_mass_kg + m0
-        w1 = 2.0 * math.pi * body.leg_hz
-        w2 = 2.0 * math.pi * body.upper_hz
-        k1, c1 = w1 * w1, 2.0 * body.leg_zeta * w1  # per kg of hip mass
-        k2, c2 = w2 * w2, 2.0 * body.upper_zeta * w2  # per kg of upper-body mass
-        accel_row = [
-            value / mass
-            for value in (
-                bl,
-                -prof.mechanics.suspension_stiffness_n_per_m,
-                -prof.mechanics.suspension_damping_n_s_per_m,
-                m1 * k1,
-                m1 * c1,
-                0.0,
-                0.0,
-            )
-        ]
-        hip_row = [0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2]
-        coil = [0.0] * _N_PLANT_MAX
-        drive = 0.0
-        if not p.open_circuit:
-            coil[0] = -p.resistance_ohm / inductance
-            coil[2] = -bl / inductance
-            drive = prof.amplifier.volts_at_full_drive / inductance
-        upper = [-value for value in hip_row]
-        upper[5] -= k2
-        upper[6] -= c2
-        force_row = [m0 * value for value in accel_row]
-        force_row[3] -= m1 * k1
-        force_row[4] -= m1 * c1
-        a = np.array(
-            [
+        a_rows, b_rows, hip_rows, force_rows = [], [], [], []
+        for p in params:
+            m0 = body.rigid_fraction * p.standing_mass_kg
+            m1 = body.hip_fraction * p.standing_mass_kg
+            mass = prof.mechanics.moving_mass_kg + m0
+            w1 = 2.0 * math.pi * (body.leg_hz * p.sway_factor)
+            w2 = 2.0 * math.pi * (body.upper_hz * p.sway_factor)
+            k1, c1 = w1 * w1, 2.0 * body.leg_zeta * w1  # per kg of hip mass
+            k2, c2 = w2 * w2, 2.0 * body.upper_zeta * w2  # per kg of upper-body mass
+            accel_row = [
+                value / mass
+                for value in (
+                    bl,
+                    -prof.mechanics.suspension_stiffness_n_per_m,
+                    -prof.mechanics.suspension_damping_n_s_per_m,
+                    m1 * k1,
+                    m1 * c1,
+                    0.0,
+                    0.0,
+                )
+            ]
+            hip_row = [0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2]
+            coil = [0.0] * _N_PLANT_MAX
+            drive = 0.0
+            if not p.open_circuit:
+                coil[0] = -p.resistance_ohm / inductance
+                coil[2] = -bl / inductance
+                drive = prof.amplifier.volts_at_full_drive / inductance
+            upper = [-value for value in hip_row]
+            upper[5] -= k2
+            upper[6] -= c2
+            force_row = [m0 * value for value in accel_row]
+            force_row[3] -= m1 * k1
+            force_row[4] -= m1 * c1
+            a = [
                 coil,
                 [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
                 accel_row,
@@ -784,11 +823,11 @@ class PlatePhysics:
                 [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
                 upper,
             ]
-        )
-        b = np.zeros(_N_PLANT_MAX)
-        b[0] = drive
-        n = self._n_plant  # without an upper body, z2 is neither driven back nor used: drop it
-        return a[:n, :n], b[:n], np.array(hip_row[:n]), np.array(force_row[:n])
+            a_rows.append([row[:n] for row in a[:n]])
+            b_rows.append([drive] + [0.0] * (n - 1))
+            hip_rows.append(hip_row[:n])
+            force_rows.append(force_row[:n])
+        return np.array(a_rows), np.array(b_rows), np.array(hip_rows), np.array(force_rows)
 
     def patient_response(
         self, freqs_hz: npt.ArrayLike
@@ -800,43 +839,57 @@ class PlatePhysics:
         """
         return body_model(self.profile, self._params.sway_factor).response(freqs_hz)
 
-    def _build_tables(self, p: _Params, w: float) -> _Tables:
-        """Exact per-sample responses of plant + drive generator for k = 0..block_max."""
-        a, b, hip_row, force_row = self._plant_rows(p)
+    def _build_tables(self, params: Sequence[_Params], w: float) -> list[_Tables]:
+        """Exact per-sample responses of plant + drive generator for k = 0..block_max, one
+        table per entry of ``params``, computed together (stacked matrix products)."""
+        a, b, hip_rows, force_rows = self._plant_rows(params)
+        m = len(params)
         n_plant, n_aug = self._n_plant, self._n_aug
         generator, jw_eye = self._generator(w)
-        aug = np.zeros((n_aug, n_aug))
-        aug[:n_plant, :n_plant] = a
-        aug[:n_plant, n_plant] = b  # the plant input is the generator's tau*cos state
-        aug[n_plant:, n_plant:] = generator
+        aug = np.zeros((m, n_aug, n_aug))
+        aug[:, :n_plant, :n_plant] = a
+        aug[:, :n_plant, n_plant] = b  # the plant input is the generator's tau*cos state
+        aug[:, n_plant:, n_plant:] = generator
         step = expm(aug * self._dt)
         k_max = self._block_max
-        powers = np.empty((k_max + 1, n_aug, n_aug))
-        powers[0] = np.eye(n_aug)
+        # state[k] is the plant rows of step^k; state[h + j] = state[j] @ step^h for j <= h, so
+        # each doubling of h is one product of all rows so far and one squaring of step^h.
+        state = np.empty((m, k_max + 1, n_plant, n_aug))
+        state[:, 0] = np.eye(n_plant, n_aug)
+        have, power = 0, step  # power = step^(have + 1) once have + 1 is a power of two
         if k_max >= 1:
-            powers[1] = step
-        have = 1
-        while have < k_max:  # powers[have+1 .. 2 have] = powers[1 .. have] @ powers[have]
+            state[:, 1] = step[:, :n_plant]
+            have = 1
+        while have < k_max:  # state[have + 1 .. 2 have] = state[1 .. have] @ step^have
             more = min(have, k_max - have)
-            powers[have + 1 : have + 1 + more] = powers[1 : 1 + more] @ powers[have]
+            rows = state[:, 1 : 1 + more].reshape(m, more * n_plant, n_aug)
+            state[:, have + 1 : have + 1 + more] = (rows @ power).reshape(m, more, n_plant, n_aug)
             have += more
-        state = powers[:, :n_plant, :]
-        accel_row = a[2] / STANDARD_GRAVITY
-        outputs = self._drive_columns(w).copy()
-        outputs[0, :, :n_aug] = accel_row @ state
-        outputs[1, :, :n_aug] = state[:, 0, :]
-        response = 0j
-        if w > 0.0 and b.any():
-            x_ss = np.linalg.solve(jw_eye - a, b.astype(np.complex128))
-            response = complex(accel_row @ x_ss)
-        return _Tables(
-            key=(p, w),
-            state=state,
-            outputs=outputs,
-            response_g_per_drive=response,
-            hip_row=hip_row,
-            force_row=force_row,
-        )
+            if have < k_max:
+                power = power @ power
+        accel_rows = a[:, 2] / STANDARD_GRAVITY
+        outputs = np.empty((m, *self._drive_columns(w).shape))
+        outputs[:] = self._drive_columns(w)
+        outputs[:, 0, :, :n_aug] = (accel_rows[:, None, None, :] @ state)[:, :, 0, :]
+        outputs[:, 1, :, :n_aug] = state[:, :, 0, :]
+        responses = [0j] * m
+        driven = [i for i, p in enumerate(params) if w > 0.0 and not p.open_circuit]
+        if driven:
+            x_ss = np.linalg.solve(jw_eye - a[driven], b[driven, :, None].astype(np.complex128))
+            accel_ss = accel_rows[driven, None, :] @ x_ss  # (driven, 1, 1)
+            for i, response in zip(driven, accel_ss.ravel().tolist(), strict=True):
+                responses[i] = complex(response)
+        return [
+            _Tables(
+                key=(p, w),
+                state=state[i],
+                outputs=outputs[i],
+                response_g_per_drive=responses[i],
+                hip_row=hip_rows[i],
+                force_row=force_rows[i],
+            )
+            for i, p in enumerate(params)
+        ]
 
     def _generator(self, w: float) -> tuple[FloatArray, npt.NDArray[np.complex128]]:
         """The drive generator's block of the augmented matrix at ``w``, in the basis the tables
@@ -887,15 +940,23 @@ class PlatePhysics:
 
 
 def expm(a: FloatArray) -> FloatArray:
-    """Matrix exponential of a square ``a`` (Higham 2005: Pade 13, scaling and squaring).
+    """Matrix exponential of a square ``a`` (Higham 2005: Pade 13, scaling and squaring), or of
+    each matrix of a stack ``a`` (shape (m, n, n)), each scaled by its own norm.
 
     The simulator's tables need one per (parameters, frequency); numpy alone keeps scipy off
     the path that opens a plate (``liv start`` until the plate moves, issue 11).
     """
-    n = a.shape[0]
-    norm = float(np.linalg.norm(a, 1))
-    squarings = max(0, math.ceil(math.log2(norm / _THETA13))) if norm > _THETA13 else 0
-    x = a / 2.0**squarings
+    n = a.shape[-1]
+    norms = np.abs(a).sum(axis=-2).max(axis=-1)  # the 1-norm of each matrix
+    squarings = [
+        max(0, math.ceil(math.log2(norm / _THETA13))) if norm > _THETA13 else 0
+        for norm in np.ravel(norms).tolist()
+    ]
+    most, least = max(squarings), min(squarings)
+    if most == least:
+        x = a / 2.0**most
+    else:
+        x = a / np.array([2.0**count for count in squarings])[:, None, None]
     b = _PADE13
     ident = np.eye(n)
     x2 = x @ x
@@ -906,8 +967,12 @@ def expm(a: FloatArray) -> FloatArray:
     even = x6 @ (b[12] * x6 + b[10] * x4 + b[8] * x2) + b[6] * x6 + b[4] * x4 + b[2] * x2
     v = even + b[0] * ident
     r = np.linalg.solve(v - u, v + u)
-    for _ in range(squarings):
-        r = r @ r
+    for done in range(most):
+        if done < least:
+            r = r @ r
+        else:  # a stack whose matrices need different numbers of squarings
+            more = np.array(squarings) > done
+            r[more] = r[more] @ r[more]
     return np.asarray(r, dtype=np.float64)
 
 
