@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import firmware_bridge.sim.device as sim_device
 import firmware_bridge.sim.physics as sim_physics
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import LinkLostError
 from firmware_bridge.sim.device import SimulatedDevice
 from firmware_bridge.sim.physics import PlatePhysics, _Tables
 from firmware_bridge.sim.profile import load_profile
+from firmware_bridge.sim.sensor import Accelerometer
+from tests.simhelpers import load_truth
 
 
 def test_a_closed_loop_block_computes_only_accel_and_coil_current(
@@ -146,3 +150,50 @@ def test_holding_the_coil_resistance_for_four_updates_moves_the_plate_by_under_1
     assert held.coil_temperature_c > 29.0
     assert held.coil_temperature_c == pytest.approx(exact.coil_temperature_c, abs=0.01)
     assert 0.0 < worst < 1e-3 * peak
+
+
+def _closed_loop_counts(url: str) -> np.ndarray:
+    """Output on, a ramp up, then a small correction on 4 blocks of 5: the streamed counts."""
+    with DeviceClient.open(url) as dev:
+        dev.set_frequency(45.0)
+        dev.start_output()
+        dev.set_drive(0.2, 0.2)
+        counts = []
+        for k in range(400):
+            counts.append(dev.read_block(timeout_s=1.0).counts)
+            if k % 5 != 4:
+                dev.set_drive(0.2 + 0.001 * (k % 3), 0.02, wait=False)
+        return np.concatenate(counts)
+
+
+def test_a_closed_loop_block_is_one_product_for_plate_and_sensor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A block at one drive segment (a one-block ramp, or a constant drive) is simulated by
+    one product for the plate and the sensor; the sensor is never run on its own."""
+    measured = [0]
+    measure = Accelerometer.measure
+
+    def counted(self: Accelerometer, accel: Any) -> Any:
+        measured[0] += 1
+        return measure(self, accel)
+
+    monkeypatch.setattr(Accelerometer, "measure", counted)
+    _closed_loop_counts("sim://?speed=max&seed=4&mass=70")
+    assert measured[0] < 20  # the blocks whose ramp ends inside them
+
+
+def test_one_product_per_block_is_the_plate_then_the_sensor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "sim://?speed=max&seed=5&mass=90&truth="
+    fused = _closed_loop_counts(url + str(tmp_path / "fused.npz"))
+    monkeypatch.setattr(sim_device._BlockKernel, "run", lambda *args: None)
+    apart = _closed_loop_counts(url + str(tmp_path / "apart.npz"))
+    first, second = load_truth(tmp_path / "fused.npz"), load_truth(tmp_path / "apart.npz")
+    np.testing.assert_array_equal(first["drive"], second["drive"])
+    np.testing.assert_array_equal(first["t_s"], second["t_s"])
+    np.testing.assert_allclose(first["accel_g"], second["accel_g"], rtol=0.0, atol=1e-12)
+    assert fused.shape == apart.shape
+    assert np.abs(fused.astype(np.int32) - apart).max() <= 1
+    assert np.mean(fused != apart) < 1e-3

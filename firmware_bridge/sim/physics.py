@@ -545,6 +545,41 @@ class PlatePhysics:
         i2 = np.einsum("kj,kj->j", current, current)
         return AheadRun(np.ascontiguousarray(out[0].T), states, i2.tolist(), n)
 
+    def segment_start(
+        self, n: int, freq_hz: float, phase0_rad: float, drive0: float, drive_rate_per_s: float
+    ) -> tuple[_Tables, FloatArray] | None:
+        """The tables and start vector ``v`` of :meth:`run`'s ``n`` samples from now, if they
+        are one segment (no parameter update inside, at most one table long), else None.
+
+        ``outputs[:, :n] @ v`` are the samples and ``state[n] @ v[:p + 4]`` the state after
+        them (see ``_Tables``); :meth:`commit_segment` then advances the plant. Checked as
+        :meth:`run` checks its arguments.
+        """
+        end_drive = drive0 + drive_rate_per_s * n * self._dt
+        if not (
+            n >= 0
+            and 0.0 <= freq_hz < math.inf
+            and abs(drive0) <= 1.0 + _DRIVE_TOLERANCE
+            and abs(end_drive) <= 1.0 + _DRIVE_TOLERANCE
+            and math.isfinite(phase0_rad)
+        ):
+            _refuse_run(n, freq_hz, phase0_rad, drive0, end_drive)
+        if n > self._until_update or n > self._block_max:
+            return None
+        tables = self._tables_for(2.0 * math.pi * freq_hz)
+        return tables, self._start_vector(tables, phase0_rad, drive0, drive_rate_per_s)
+
+    def commit_segment(self, n: int, state: FloatArray, current_squared_sum: float) -> None:
+        """Advance the plant over the ``n`` samples of :meth:`segment_start`, which ended in
+        ``state`` with the sum of the squared coil current ``current_squared_sum``."""
+        self._x = state
+        self._i2_sum += current_squared_sum
+        self._i2_count += n
+        self._sample_index += n
+        self._until_update -= n
+        if self._until_update == 0:
+            self._update_slow_parameters()
+
     def commit_ahead(self, ahead: AheadRun, block: int) -> None:
         """Advance the plant over block ``block`` of ``ahead`` (blocks are committed in order)."""
         n = ahead.samples_per_block
@@ -626,14 +661,8 @@ class PlatePhysics:
         v = self._start_vector(tables, phase0, drive0, rate)
         table = tables.outputs if rows <= 2 else tables.all_outputs()
         out: FloatArray = table[:rows, :n, :] @ v
-        self._x = tables.state[n] @ v[: self._n_aug]
         current = out[1]
-        self._i2_sum += float(current @ current)
-        self._i2_count += n
-        self._sample_index += n
-        self._until_update -= n
-        if self._until_update == 0:
-            self._update_slow_parameters()
+        self.commit_segment(n, tables.state[n] @ v[: self._n_aug], float(current @ current))
         return out
 
     def _drive_weights(
