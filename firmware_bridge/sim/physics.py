@@ -24,7 +24,9 @@ does not import scipy) is taken once per (parameters, frequency); its powers for
 no loop over samples and no zero-order-hold error. Slow parameters (coil temperature, sway,
 stepping on or off) change only every ``numerics.param_update_s`` of plant time, on sample
 boundaries fixed by the sample counter, so a run split into any number of calls gives the same
-samples as one call.
+samples as one call. The coil resistance the electrical equation uses follows the temperature
+every ``numerics.resistance_update_every`` updates, so the parameters of the updates between
+are known in advance and their tables are built in one batch.
 """
 
 from __future__ import annotations
