@@ -197,3 +197,27 @@ def test_one_product_per_block_is_the_plate_then_the_sensor(
     assert fused.shape == apart.shape
     assert np.abs(fused.astype(np.int32) - apart).max() <= 1
     assert np.mean(fused != apart) < 1e-3
+
+
+def test_a_few_steady_blocks_are_simulated_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of blocks simulated ahead costs about five single blocks before its first block,
+    so a host that changes the drive every few blocks (``liv run`` holds a drive for 2-7
+    blocks) has its blocks simulated one at a time, not in batches of two or three."""
+    batches: list[int] = []
+    run_ahead = PlatePhysics.run_ahead
+
+    def counted(self: PlatePhysics, n: int, freq: float, phases: Any, drive: float) -> Any:
+        batches.append(len(phases))
+        return run_ahead(self, n, freq, phases, drive)
+
+    monkeypatch.setattr(PlatePhysics, "run_ahead", counted)
+    with DeviceClient.open("sim://?speed=max&seed=3&mass=70") as dev:
+        dev.set_frequency(45.0)
+        dev.start_output()
+        for k in range(300):
+            dev.read_block(timeout_s=1.0)
+            if k % 6 == 0:  # a correction every sixth block: steady runs of five
+                dev.set_drive(0.1 + 0.001 * (k % 4), 0.02, wait=False)
+            if k == 6:
+                batches.clear()  # the output idle before the first corrections: a long run
+        assert batches == []  # (closing lets the plate run on alone: long runs again)
