@@ -45,6 +45,13 @@ def test_a_constant_drive_is_simulated_many_blocks_per_physics_product(
         return segment(self, *args)
 
     monkeypatch.setattr(PlatePhysics, "_segment", counted)
+    segment_start = PlatePhysics.segment_start  # a single block's product (device._BlockKernel)
+
+    def counted_start(self: PlatePhysics, *args: Any) -> Any:
+        products[0] += 1
+        return segment_start(self, *args)
+
+    monkeypatch.setattr(PlatePhysics, "segment_start", counted_start)
     run_ahead = getattr(PlatePhysics, "run_ahead", None)
     if run_ahead is not None:
 

@@ -100,6 +100,9 @@ REST_TOLERANCE = 0.03  # at rest the sensor must read 1 g within 3% before the o
 REST_BLOCKS = 4  # the resting reading is the mean of up to 4 blocks streamed with the output off
 LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
 AHEAD_BLOCKS_MAX = 16  # blocks simulated in one product at a constant drive (see _run_ahead)
+# Fewer blocks than this are cheaper one at a time: a batch costs about 90 us plus 4 us a block,
+# a block on its own (_BlockKernel) about 17 us with its fit (measured, session 5).
+AHEAD_BLOCKS_MIN = 8
 _FIRMWARE_INPUTS = 8  # SimulatedDevice._inputs_key: the firmware's part
 HOST_TYPES = frozenset(HOST_MESSAGE_TYPES)
 ANSWERED_TYPES = (HelloRequest, StatusRequest, IdentityRequest, Countersign)  # no ACK
@@ -234,6 +237,76 @@ class _BlockFit:
         return list(zip(*(column.tolist() for column in columns), strict=True))
 
 
+class _BlockKernel:
+    """One block at one drive segment, plate and accelerometer, as one matrix product.
+
+    The plate's acceleration, coil current and next state are linear in its start vector ``v``
+    (:meth:`PlatePhysics.segment_start`), and the sensor's filtered reading and filter state
+    are linear in the acceleration, its filter state, its noise draws and a constant
+    (:meth:`Accelerometer.block_map`). So ``[filtered; filter state; accel; current; plant
+    state] = W @ [v; filter state; noise; 1]``, with ``W`` made once per table and block
+    length (every parameter update) instead of the separate products per block. The result is
+    that of :meth:`PlatePhysics.run_accel` then :meth:`Accelerometer.measure` up to the last
+    bits (the sums are taken in another order; tests/test_perf_sim_block.py).
+    """
+
+    def __init__(self, physics: PlatePhysics, sensor: Accelerometer) -> None:
+        self._physics = physics
+        self._sensor = sensor
+        self._key: tuple[object, ...] | None = None
+        self._matrix: FloatArray = np.zeros((0, 0))
+        self._one = np.ones(1)
+
+    def run(
+        self, n: int, freq_hz: float, phase0_rad: float, drive0: float, rate_per_s: float
+    ) -> tuple[FloatArray, npt.NDArray[np.int16]] | None:
+        """The block's true acceleration and counts, plate and sensor advanced; None (nothing
+        advanced) if the block is not one plant segment or too long for the sensor's block form.
+        """
+        block = self._sensor.block_map(n)
+        if block is None:
+            return None
+        start = self._physics.segment_start(n, freq_hz, phase0_rad, drive0, rate_per_s)
+        if start is None:
+            return None
+        tables, v = start
+        form, gain, offset_g = block
+        key = self._key
+        if key is None or key[0] is not tables or key[1:] != (n, gain, offset_g):
+            self._matrix = self._make(tables.outputs, tables.state[n], form, n, gain, offset_g)
+            self._key = (tables, n, gain, offset_g)
+        sensor = self._sensor
+        noise = sensor.noise_std_g * sensor.draw_noise(n)
+        u = np.concatenate((v, sensor.filter_state, noise, self._one))
+        out = self._matrix @ u
+        z = form.shape[0] - n  # the filter's state size
+        current = out[2 * n + z : 3 * n + z]
+        counts = sensor.finish_block(out[:n], out[n : n + z])
+        self._physics.commit_segment(n, out[3 * n + z :], float(current @ current))
+        return out[n + z : 2 * n + z], counts
+
+    @staticmethod
+    def _make(
+        outputs: FloatArray, state: FloatArray, form: FloatArray, n: int, gain: float, offset: float
+    ) -> FloatArray:
+        """``W`` for one table (``outputs`` (5, K+1, k), ``state`` (p, p + 4)) and the
+        filter's block form ``form`` (n + z, n + z)."""
+        accel, current = outputs[0, :n, :], outputs[1, :n, :]
+        k = accel.shape[1]
+        z = form.shape[0] - n
+        p = state.shape[0]
+        inputs = form[:, :n]
+        w = np.zeros((n + z + 2 * n + p, k + z + n + 1))
+        w[: n + z, :k] = inputs @ (gain * accel)  # the plate's acceleration, sensed
+        w[: n + z, k : k + z] = form[:, n:]  # the filter's state
+        w[: n + z, k + z : k + z + n] = inputs  # the noise (already scaled)
+        w[: n + z, -1] = inputs.sum(axis=1) * offset  # gravity and bias
+        w[n + z : 2 * n + z, :k] = accel
+        w[2 * n + z : 3 * n + z, :k] = current
+        w[3 * n + z :, : state.shape[1]] = state
+        return w
+
+
 @dataclass
 class _Ahead:
     """Blocks simulated ahead at a constant drive (see SimulatedDevice._run_ahead).
@@ -339,6 +412,7 @@ class SimulatedDevice:
                 "sensor_calibrated_sensitivity": part.calibrated_sensitivity,
                 "sensor_calibrated_offset_g": part.calibrated_offset_g,
             }
+        self._kernel = _BlockKernel(self.physics, self.sensor)
         self._ramp_steps: dict[int, FloatArray] = {}  # arange(n), per segment length
         self._block_times: dict[int, FloatArray] = {}  # arange(n) / fs, per block length
         self._pending_events = self._schedule(config)
@@ -374,7 +448,7 @@ class SimulatedDevice:
 
     def receive(self, data: bytes) -> None:
         """Bytes from the host; handled at the first block boundary after they arrive."""
-        if self.disconnected or not data:
+        if not data or (self.config.disconnect_at_s is not None and self.disconnected):
             return
         data = self._corrupt(data)
         self._inbox.append((self.time_s + self.config.latency_ms / 1000.0, data))
@@ -477,13 +551,14 @@ class SimulatedDevice:
         The bytes, the truth file and the state are those of block-by-block stepping.
         """
         done = 0
+        pull_at = self.config.disconnect_at_s
         while done < max_blocks:
             taken = self._take_ahead_many(max_blocks - done) if max_blocks - done > 1 else 0
             if not taken:
                 self.step()
                 taken = 1
             done += taken
-            if self.disconnected:  # the transport sees the pulled cable at once
+            if pull_at is not None and self.disconnected:  # the transport sees it at once
                 break
         return done
 
@@ -839,13 +914,13 @@ class SimulatedDevice:
     def _run_ahead(self, now: float, inputs: tuple[object, ...]) -> _Ahead | None:
         """Simulate the next blocks at once if the drive is constant, else None.
 
-        Up to AHEAD_BLOCKS_MAX blocks, ending before the plant's next slow-parameter update
-        and before any scheduled event, are computed in one physics product and one sensor
-        pass; they are then taken one per block boundary (plant, filter and noise advance one
-        block at a time), so the device's clock, its checks at every boundary (watchdog,
-        ceiling, commands) and the bytes it sends are block by block as before. A boundary
-        where anything the blocks depend on has changed (a command, a fault, an event, a test
-        poking the plant) drops the blocks not yet taken.
+        AHEAD_BLOCKS_MIN to AHEAD_BLOCKS_MAX blocks, ending before the plant's next
+        slow-parameter update and before any scheduled event, are computed in one physics
+        product and one sensor pass; they are then taken one per block boundary (plant, filter
+        and noise advance one block at a time), so the device's clock, its checks at every
+        boundary (watchdog, ceiling, commands) and the bytes it sends are block by block as
+        before. A boundary where anything the blocks depend on has changed (a command, a fault,
+        an event, a test poking the plant) drops the blocks not yet taken.
         """
         env = self._envelope
         if not self._booted or self.samples_after_replies or self._held_samples is not None:
@@ -861,7 +936,7 @@ class SimulatedDevice:
         if self._pending_events and self._pending_events[0][0] <= end + 1e-9:
             return None
         disconnect = self.config.disconnect_at_s
-        if blocks < 2 or (disconnect is not None and disconnect <= end + 1e-9):
+        if blocks < AHEAD_BLOCKS_MIN or (disconnect is not None and disconnect <= end + 1e-9):
             return None
         fs = self.sample_rate_hz
         phases = [self._phase_turns]
@@ -957,8 +1032,14 @@ class SimulatedDevice:
             else:
                 seg, start, rate = n - done, env.value, 0.0
             phase_rad = 2.0 * math.pi * self._phase_turns
-            block = self.physics.run(seg, self._freq_hz, phase_rad, start, rate * fs)
-            pieces.append((seg, start, rate, block.accel_g))
+            fused = None
+            if seg == n:  # the block is one drive segment: plate and sensor in one product
+                fused = self._kernel.run(n, self._freq_hz, phase_rad, start, rate * fs)
+            if fused is None:
+                accel_seg = self.physics.run_accel(seg, self._freq_hz, phase_rad, start, rate * fs)
+            else:
+                accel_seg, counts = fused
+            pieces.append((seg, start, rate, accel_seg))
             self._phase_turns = (self._phase_turns + self._freq_hz * seg / fs) % 1.0
             done += seg
             if self._output_on and env.samples_left:
@@ -968,7 +1049,8 @@ class SimulatedDevice:
                     self._output_on = False
                     env.cut()
         accel = pieces[0][3] if len(pieces) == 1 else np.concatenate([p[3] for p in pieces])
-        counts = self.sensor.measure(accel)
+        if fused is None:
+            counts = self.sensor.measure(accel)
         if self._truth is not None:
             self._record_truth(now, accel, pieces)
         if self._booted:

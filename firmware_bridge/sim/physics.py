@@ -24,7 +24,9 @@ does not import scipy) is taken once per (parameters, frequency); its powers for
 no loop over samples and no zero-order-hold error. Slow parameters (coil temperature, sway,
 stepping on or off) change only every ``numerics.param_update_s`` of plant time, on sample
 boundaries fixed by the sample counter, so a run split into any number of calls gives the same
-samples as one call.
+samples as one call. The coil resistance the electrical equation uses follows the temperature
+every ``numerics.resistance_update_every`` updates, so the parameters of the updates between
+are known in advance and their tables are built in one batch.
 """
 
 from __future__ import annotations
@@ -71,10 +73,8 @@ _PADE13 = (
     1.0,
 )
 _THETA13 = 5.371920351148152
-# The plant input is the generator's tau*cos state. Started from a unit vector, the generator
-# makes that state tau cos, -tau sin, cos or -sin; so the drive weights g for (cos, sin,
-# tau cos, tau sin) start it at (g2, -g3, g0, -g1). _state_columns() gives this change of basis,
-# applied to the augmented system matrix so that its tables act on [x0, g] directly.
+# The tables act on [x0, drive weights] directly: PlatePhysics._generator orders and signs the
+# drive generator's states for that.
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -210,14 +210,16 @@ class _Tables:
     state: FloatArray  # (K+1, p, p + 4)
     outputs: FloatArray  # (5, K+1, p + 18); rows 3 and 4 are zero until all_outputs()
     response_g_per_drive: complex  # steady-state accel per unit drive fraction at gain 1
-    other_rows: FloatArray  # (2, p): hip accel (g) and patient force (N) over the plant state
+    hip_row: FloatArray  # (p,): hip accel (m/s^2) over the plant state
+    force_row: FloatArray  # (p,): patient force (N) over the plant state
     complete: bool = False
 
     def all_outputs(self) -> FloatArray:
         """``outputs`` with every row filled in."""
         if not self.complete:
             n_aug = self.state.shape[2]
-            self.outputs[3:5, :, :n_aug] = np.matmul(self.other_rows, self.state).transpose(1, 0, 2)
+            other_rows = np.stack([self.hip_row / STANDARD_GRAVITY, self.force_row])
+            self.outputs[3:5, :, :n_aug] = np.matmul(other_rows, self.state).transpose(1, 0, 2)
             self.complete = True
         return self.outputs
 
@@ -311,19 +313,25 @@ class PlatePhysics:
 
         self._sample_index = 0
         self._until_update = self._update_every
-        has_upper_body = body_model(profile).upper_fraction > 0.0
+        self._body = body_model(profile)
+        has_upper_body = self._body.upper_fraction > 0.0
         self._n_plant = _N_PLANT_MAX if has_upper_body else _N_PLANT_MAX - 2
         self._n_aug = self._n_plant + _N_GEN
-        columns, signs = _state_columns(self._n_plant)
-        self._basis = np.ix_(columns, columns)
-        self._basis_signs = np.outer(signs, signs)
         self._x = np.zeros(self._n_plant)
         self._i2_sum = 0.0
         self._i2_count = 0
         self._coil_temp_c = profile.thermal.ambient_c
+        # The coil resistance the plant's equations use: refreshed from the temperature every
+        # numerics.resistance_update_every updates, so the parameters of the updates between
+        # are known in advance and their tables are built together (see _tables_for).
+        self._resistance_every = profile.numerics.resistance_update_every
+        self._updates = 0  # slow-parameter updates since power-up (or since skip_at_rest)
+        self._plant_resistance_ohm = self._resistance(self._coil_temp_c)
         self._params = self._current_params()
         self._tables: _Tables | None = None
+        self._tables_ahead: dict[tuple[_Params, float], _Tables] = {}
         self._drive_columns_cache: tuple[float, FloatArray] | None = None
+        self._generator_cache: tuple[float, FloatArray, npt.NDArray[np.complex128]] | None = None
 
     # ---- public state -------------------------------------------------------------------
 
@@ -361,7 +369,8 @@ class PlatePhysics:
                 f"coil temperature {temperature_c!r} C is out of range; allowed: -50..400 C"
             )
         self._coil_temp_c = float(temperature_c)
-        self._params = replace(self._params, resistance_ohm=self._resistance(temperature_c))
+        self._plant_resistance_ohm = self._resistance(temperature_c)
+        self._params = replace(self._params, resistance_ohm=self._plant_resistance_ohm)
 
     def skip_at_rest(self, n: int) -> None:
         """Advance the clock ``n`` samples with no drive, without simulating them.
@@ -381,6 +390,8 @@ class PlatePhysics:
         self._i2_count = 0
         self._until_update = self._update_every
         self._sample_index += n
+        self._updates = 0
+        self._plant_resistance_ohm = self._resistance(self._coil_temp_c)
         self._params = self._current_params()
 
     # ---- linear model -------------------------------------------------------------------
@@ -431,31 +442,52 @@ class PlatePhysics:
         Returns the true values at ``tau_k = k / fs`` for ``k = 0..n-1`` and leaves the state at
         ``tau = n / fs``. The envelope is a fraction of full drive and must stay within -1..1.
         """
-        if n < 0:
-            raise ValueError(f"n = {n!r} must be >= 0 samples")
-        if not (math.isfinite(freq_hz) and freq_hz >= 0.0):
-            raise ValueError(f"freq_hz = {freq_hz!r} must be a finite frequency >= 0")
-        end_drive = drive0 + drive_rate_per_s * n * self._dt
-        for label, value in (("drive0", drive0), ("drive at the segment end", end_drive)):
-            if not (math.isfinite(value) and abs(value) <= 1.0 + _DRIVE_TOLERANCE):
-                raise ValueError(f"{label} = {value!r} is outside the drive range -1..1")
-        if not math.isfinite(phase0_rad):
-            raise ValueError(f"phase0_rad = {phase0_rad!r} must be finite")
+        out = self._run(n, freq_hz, phase0_rad, drive0, drive_rate_per_s, _N_OUT)
+        return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
+
+    def run_accel(
+        self,
+        n: int,
+        freq_hz: float,
+        phase0_rad: float,
+        drive0: float,
+        drive_rate_per_s: float,
+    ) -> FloatArray:
+        """:meth:`run`'s ``accel_g`` alone, shape (n,): the same plant, the same samples.
+
+        What the simulated device needs of a block (the coil current is computed too, for the
+        coil's heating); volts, hip acceleration and patient force are left out.
+        """
+        accel: FloatArray = self._run(n, freq_hz, phase0_rad, drive0, drive_rate_per_s, 2)[0]
+        return accel
+
+    def _run(
+        self, n: int, freq_hz: float, phase0_rad: float, drive0: float, rate: float, rows: int
+    ) -> FloatArray:
+        """:meth:`run` as an array of the first ``rows`` outputs, shape (rows, n)."""
+        end_drive = drive0 + rate * n * self._dt
+        if not (
+            n >= 0
+            and 0.0 <= freq_hz < math.inf
+            and abs(drive0) <= 1.0 + _DRIVE_TOLERANCE
+            and abs(end_drive) <= 1.0 + _DRIVE_TOLERANCE
+            and math.isfinite(phase0_rad)
+        ):
+            _refuse_run(n, freq_hz, phase0_rad, drive0, end_drive)
         w = 2.0 * math.pi * freq_hz
         seg = min(n, self._until_update, self._block_max)
         if seg == n:  # the usual case: one segment, return the product's rows as they are
-            out = self._segment(n, w, phase0_rad, drive0, drive_rate_per_s)
-            return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
-        out = np.empty((_N_OUT, n))
+            return self._segment(n, w, phase0_rad, drive0, rate, rows)
+        out = np.empty((rows, n))
         done = 0
         while done < n:
             seg = min(n - done, self._until_update, self._block_max)
             tau0 = done * self._dt
             out[:, done : done + seg] = self._segment(
-                seg, w, phase0_rad + w * tau0, drive0 + drive_rate_per_s * tau0, drive_rate_per_s
+                seg, w, phase0_rad + w * tau0, drive0 + rate * tau0, rate, rows
             )
             done += seg
-        return PhysicsBlock(out[0], out[1], out[2], out[3], out[4])
+        return out
 
     @property
     def samples_to_update(self) -> int:
@@ -515,6 +547,41 @@ class PlatePhysics:
         i2 = np.einsum("kj,kj->j", current, current)
         return AheadRun(np.ascontiguousarray(out[0].T), states, i2.tolist(), n)
 
+    def segment_start(
+        self, n: int, freq_hz: float, phase0_rad: float, drive0: float, drive_rate_per_s: float
+    ) -> tuple[_Tables, FloatArray] | None:
+        """The tables and start vector ``v`` of :meth:`run`'s ``n`` samples from now, if they
+        are one segment (no parameter update inside, at most one table long), else None.
+
+        ``outputs[:, :n] @ v`` are the samples and ``state[n] @ v[:p + 4]`` the state after
+        them (see ``_Tables``); :meth:`commit_segment` then advances the plant. Checked as
+        :meth:`run` checks its arguments.
+        """
+        end_drive = drive0 + drive_rate_per_s * n * self._dt
+        if not (
+            n >= 0
+            and 0.0 <= freq_hz < math.inf
+            and abs(drive0) <= 1.0 + _DRIVE_TOLERANCE
+            and abs(end_drive) <= 1.0 + _DRIVE_TOLERANCE
+            and math.isfinite(phase0_rad)
+        ):
+            _refuse_run(n, freq_hz, phase0_rad, drive0, end_drive)
+        if n > self._until_update or n > self._block_max:
+            return None
+        tables = self._tables_for(2.0 * math.pi * freq_hz)
+        return tables, self._start_vector(tables, phase0_rad, drive0, drive_rate_per_s)
+
+    def commit_segment(self, n: int, state: FloatArray, current_squared_sum: float) -> None:
+        """Advance the plant over the ``n`` samples of :meth:`segment_start`, which ended in
+        ``state`` with the sum of the squared coil current ``current_squared_sum``."""
+        self._x = state
+        self._i2_sum += current_squared_sum
+        self._i2_count += n
+        self._sample_index += n
+        self._until_update -= n
+        if self._until_update == 0:
+            self._update_slow_parameters()
+
     def commit_ahead(self, ahead: AheadRun, block: int) -> None:
         """Advance the plant over block ``block`` of ``ahead`` (blocks are committed in order)."""
         n = ahead.samples_per_block
@@ -539,15 +606,32 @@ class PlatePhysics:
             self._update_slow_parameters()
 
     def _tables_for(self, w: float) -> _Tables:
+        """The tables at the present parameters and ``w``.
+
+        A table is built for the parameters of this update and, in the same batch, for those
+        of the following updates until the coil resistance is next refreshed: sway and stepping
+        are functions of time, so those parameters are known now unless something changes them
+        (a load step, an open circuit, another frequency), and then they are built anew.
+        """
         if self.open_circuit != self._params.open_circuit:
             self._params = replace(self._params, open_circuit=self.open_circuit)
         tables = self._tables
         if (
-            tables is None
-            or tables.key[1] != w
-            or (tables.key[0] is not self._params and tables.key[0] != self._params)
+            tables is not None
+            and tables.key[1] == w
+            and (tables.key[0] is self._params or tables.key[0] == self._params)
         ):
-            tables = self._tables = self._build_tables(self._params, w)
+            return tables
+        tables = self._tables_ahead.pop((self._params, w), None)
+        if tables is None:
+            coming = [self._params]
+            first = self._sample_index + self._until_update
+            for k in range(self._resistance_every - 1 - self._updates % self._resistance_every):
+                coming.append(self._params_at((first + k * self._update_every) * self._dt))
+            built = self._build_tables(coming, w)
+            tables = built[0]
+            self._tables_ahead = {table.key: table for table in built[1:]}
+        self._tables = tables
         return tables
 
     def _start_vector(
@@ -566,23 +650,21 @@ class PlatePhysics:
             )
         return v
 
-    def _segment(self, n: int, w: float, phase0: float, drive0: float, rate: float) -> FloatArray:
+    def _segment(
+        self, n: int, w: float, phase0: float, drive0: float, rate: float, rows: int
+    ) -> FloatArray:
         """Advance n <= block_max samples at constant parameters.
 
-        Returns a (5, n) array: accel in g, coil current in A, amplifier volts, hip accel in g,
-        force on the patient in N.
+        Returns a (rows, n) array of the first ``rows`` of: accel in g, coil current in A,
+        amplifier volts, hip accel in g, force on the patient in N (``rows`` >= 2: the current
+        heats the coil).
         """
         tables = self._tables_for(w)
         v = self._start_vector(tables, phase0, drive0, rate)
-        out: FloatArray = tables.all_outputs()[:, :n, :] @ v
-        self._x = tables.state[n] @ v[: self._n_aug]
+        table = tables.outputs if rows <= 2 else tables.all_outputs()
+        out: FloatArray = table[:rows, :n, :] @ v
         current = out[1]
-        self._i2_sum += float(current @ current)
-        self._i2_count += n
-        self._sample_index += n
-        self._until_update -= n
-        if self._until_update == 0:
-            self._update_slow_parameters()
+        self.commit_segment(n, tables.state[n] @ v[: self._n_aug], float(current @ current))
         return out
 
     def _drive_weights(
@@ -661,6 +743,9 @@ class PlatePhysics:
         self._i2_sum = 0.0
         self._i2_count = 0
         self._until_update = self._update_every
+        self._updates += 1
+        if self._updates % self._resistance_every == 0:
+            self._plant_resistance_ohm = self._resistance(self._coil_temp_c)
         self._params = self._current_params()
 
     def _resistance(self, temperature_c: float) -> float:
@@ -682,7 +767,10 @@ class PlatePhysics:
 
     def _current_params(self) -> _Params:
         """Parameters at the current plant time (stepping ramp, sway, coil resistance)."""
-        t = self.time_s
+        return self._params_at(self.time_s)
+
+    def _params_at(self, t: float) -> _Params:
+        """Parameters at plant time ``t`` with the present mass, resistance and circuit."""
         standing_mass_kg = self._patient_mass_kg * self._standing_fraction(t)
         sway_factor = 1.0
         if self._sway and standing_mass_kg > 0.0:
@@ -691,7 +779,7 @@ class PlatePhysics:
                 2.0 * math.pi * sway.frequency_hz * t + self._sway_phase
             )
         return _Params(
-            resistance_ohm=self._resistance(self._coil_temp_c),
+            resistance_ohm=self._plant_resistance_ohm,
             standing_mass_kg=standing_mass_kg,
             sway_factor=sway_factor,
             open_circuit=self.open_circuit,
@@ -705,26 +793,36 @@ class PlatePhysics:
         State: coil current, plate displacement, plate velocity, hip-minus-plate displacement
         z1, z1', upper-body-minus-hip displacement z2, z2'.
         """
-        a, b, _, _ = self._plant_rows(p)
-        return a, b
+        a, b, _, _ = self._plant_rows([p])
+        return a[0], b[0]
 
-    def _plant_rows(self, p: _Params) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """A, b, and the output rows for the hip's acceleration (m/s^2) and the patient force."""
+    def _plant_rows(
+        self, params: Sequence[_Params]
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """A, b, and the output rows for the hip's acceleration (m/s^2) and the patient force,
+        for each entry of ``params``: shapes (m, p, p), (m, p), (m, p), (m, p).
+
+        Computed in plain floats, element by element from the equations above, and converted
+        to arrays once for all entries (a rebuild builds several).
+        """
         prof = self.profile
         bl = prof.actuator.force_constant_n_per_a
         inductance = prof.actuator.coil_inductance_h
-        body = body_model(prof, p.sway_factor)
-        m0 = body.rigid_fraction * p.standing_mass_kg
-        m1 = body.hip_fraction * p.standing_mass_kg
+        n = self._n_plant  # without an upper body, z2 is neither driven back nor used: drop it
+        body = self._body  # at sway 1: its natural frequencies are scaled by each sway factor
         ratio = body.upper_fraction / body.hip_fraction
-        mass = prof.mechanics.moving_mass_kg + m0
-        w1 = 2.0 * math.pi * body.leg_hz
-        w2 = 2.0 * math.pi * body.upper_hz
-        k1, c1 = w1 * w1, 2.0 * body.leg_zeta * w1  # per kg of hip mass
-        k2, c2 = w2 * w2, 2.0 * body.upper_zeta * w2  # per kg of upper-body mass
-        accel_row = (
-            np.array(
-                [
+        a_rows, b_rows, hip_rows, force_rows = [], [], [], []
+        for p in params:
+            m0 = body.rigid_fraction * p.standing_mass_kg
+            m1 = body.hip_fraction * p.standing_mass_kg
+            mass = prof.mechanics.moving_mass_kg + m0
+            w1 = 2.0 * math.pi * (body.leg_hz * p.sway_factor)
+            w2 = 2.0 * math.pi * (body.upper_hz * p.sway_factor)
+            k1, c1 = w1 * w1, 2.0 * body.leg_zeta * w1  # per kg of hip mass
+            k2, c2 = w2 * w2, 2.0 * body.upper_zeta * w2  # per kg of upper-body mass
+            accel_row = [
+                value / mass
+                for value in (
                     bl,
                     -prof.mechanics.suspension_stiffness_n_per_m,
                     -prof.mechanics.suspension_damping_n_s_per_m,
@@ -732,30 +830,35 @@ class PlatePhysics:
                     m1 * c1,
                     0.0,
                     0.0,
-                ]
-            )
-            / mass
-        )
-        hip_row = np.array([0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2])
-        a = np.zeros((_N_PLANT_MAX, _N_PLANT_MAX))
-        b = np.zeros(_N_PLANT_MAX)
-        if not p.open_circuit:
-            a[0, 0] = -p.resistance_ohm / inductance
-            a[0, 2] = -bl / inductance
-            b[0] = prof.amplifier.volts_at_full_drive / inductance
-        a[1, 2] = 1.0
-        a[2] = accel_row
-        a[3, 4] = 1.0
-        a[4] = hip_row - accel_row
-        a[5, 6] = 1.0
-        a[6] = -hip_row
-        a[6, 5] -= k2
-        a[6, 6] -= c2
-        force_row = m0 * accel_row
-        force_row[3] -= m1 * k1
-        force_row[4] -= m1 * c1
-        n = self._n_plant  # without an upper body, z2 is neither driven back nor used: drop it
-        return a[:n, :n], b[:n], hip_row[:n], force_row[:n]
+                )
+            ]
+            hip_row = [0.0, 0.0, 0.0, -k1, -c1, ratio * k2, ratio * c2]
+            coil = [0.0] * _N_PLANT_MAX
+            drive = 0.0
+            if not p.open_circuit:
+                coil[0] = -p.resistance_ohm / inductance
+                coil[2] = -bl / inductance
+                drive = prof.amplifier.volts_at_full_drive / inductance
+            upper = [-value for value in hip_row]
+            upper[5] -= k2
+            upper[6] -= c2
+            force_row = [m0 * value for value in accel_row]
+            force_row[3] -= m1 * k1
+            force_row[4] -= m1 * c1
+            a = [
+                coil,
+                [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+                accel_row,
+                [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+                [h - x for h, x in zip(hip_row, accel_row, strict=True)],
+                [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                upper,
+            ]
+            a_rows.append([row[:n] for row in a[:n]])
+            b_rows.append([drive] + [0.0] * (n - 1))
+            hip_rows.append(hip_row[:n])
+            force_rows.append(force_row[:n])
+        return np.array(a_rows), np.array(b_rows), np.array(hip_rows), np.array(force_rows)
 
     def patient_response(
         self, freqs_hz: npt.ArrayLike
@@ -767,50 +870,81 @@ class PlatePhysics:
         """
         return body_model(self.profile, self._params.sway_factor).response(freqs_hz)
 
-    def _build_tables(self, p: _Params, w: float) -> _Tables:
-        """Exact per-sample responses of plant + drive generator for k = 0..block_max."""
-        a, b, hip_row, force_row = self._plant_rows(p)
+    def _build_tables(self, params: Sequence[_Params], w: float) -> list[_Tables]:
+        """Exact per-sample responses of plant + drive generator for k = 0..block_max, one
+        table per entry of ``params``, computed together (stacked matrix products)."""
+        a, b, hip_rows, force_rows = self._plant_rows(params)
+        m = len(params)
         n_plant, n_aug = self._n_plant, self._n_aug
-        aug = np.zeros((n_aug, n_aug))
-        aug[:n_plant, :n_plant] = a
-        aug[:n_plant, n_plant + 2] = b  # the plant input is the generator's tau*cos state
-        c, s, tc, ts = range(n_plant, n_aug)
-        aug[c, s] = -w
-        aug[s, c] = w
-        aug[tc, c] = 1.0
-        aug[tc, ts] = -w
-        aug[ts, s] = 1.0
-        aug[ts, tc] = w
-        # In the basis [x0, drive weights] (the generator's states reordered and signed: an
-        # exact change of basis) the plant rows of step^k are state[k] as they are.
-        aug = aug[self._basis] * self._basis_signs
+        generator, jw_eye = self._generator(w)
+        aug = np.zeros((m, n_aug, n_aug))
+        aug[:, :n_plant, :n_plant] = a
+        aug[:, :n_plant, n_plant] = b  # the plant input is the generator's tau*cos state
+        aug[:, n_plant:, n_plant:] = generator
         step = expm(aug * self._dt)
         k_max = self._block_max
-        powers = np.empty((k_max + 1, n_aug, n_aug))
-        powers[0] = np.eye(n_aug)
+        # state[k] is the plant rows of step^k; state[h + j] = state[j] @ step^h for j <= h, so
+        # each doubling of h is one product of all rows so far and one squaring of step^h.
+        state = np.empty((m, k_max + 1, n_plant, n_aug))
+        state[:, 0] = np.eye(n_plant, n_aug)
+        have, power = 0, step  # power = step^(have + 1) once have + 1 is a power of two
         if k_max >= 1:
-            powers[1] = step
-        have = 1
-        while have < k_max:  # powers[have+1 .. 2 have] = powers[1 .. have] @ powers[have]
+            state[:, 1] = step[:, :n_plant]
+            have = 1
+        while have < k_max:  # state[have + 1 .. 2 have] = state[1 .. have] @ step^have
             more = min(have, k_max - have)
-            powers[have + 1 : have + 1 + more] = powers[1 : 1 + more] @ powers[have]
+            rows = state[:, 1 : 1 + more].reshape(m, more * n_plant, n_aug)
+            state[:, have + 1 : have + 1 + more] = (rows @ power).reshape(m, more, n_plant, n_aug)
             have += more
-        state = powers[:, :n_plant, :]
-        accel_row = a[2] / STANDARD_GRAVITY
-        outputs = self._drive_columns(w).copy()
-        outputs[0, :, :n_aug] = accel_row @ state
-        outputs[1, :, :n_aug] = state[:, 0, :]
-        response = 0j
-        if w > 0.0 and b.any():
-            x_ss = np.linalg.solve(1j * w * np.eye(n_plant) - a, b.astype(np.complex128))
-            response = complex(accel_row @ x_ss)
-        return _Tables(
-            key=(p, w),
-            state=state,
-            outputs=outputs,
-            response_g_per_drive=response,
-            other_rows=np.stack([hip_row / STANDARD_GRAVITY, force_row]),
+            if have < k_max:
+                power = power @ power
+        accel_rows = a[:, 2] / STANDARD_GRAVITY
+        outputs = np.empty((m, *self._drive_columns(w).shape))
+        outputs[:] = self._drive_columns(w)
+        outputs[:, 0, :, :n_aug] = (accel_rows[:, None, None, :] @ state)[:, :, 0, :]
+        outputs[:, 1, :, :n_aug] = state[:, :, 0, :]
+        responses = [0j] * m
+        driven = [i for i, p in enumerate(params) if w > 0.0 and not p.open_circuit]
+        if driven:
+            x_ss = np.linalg.solve(jw_eye - a[driven], b[driven, :, None].astype(np.complex128))
+            accel_ss = accel_rows[driven, None, :] @ x_ss  # (driven, 1, 1)
+            for i, response in zip(driven, accel_ss.ravel().tolist(), strict=True):
+                responses[i] = complex(response)
+        return [
+            _Tables(
+                key=(p, w),
+                state=state[i],
+                outputs=outputs[i],
+                response_g_per_drive=responses[i],
+                hip_row=hip_rows[i],
+                force_row=force_rows[i],
+            )
+            for i, p in enumerate(params)
+        ]
+
+    def _generator(self, w: float) -> tuple[FloatArray, npt.NDArray[np.complex128]]:
+        """The drive generator's block of the augmented matrix at ``w``, in the basis the tables
+        act in, and ``j w I`` (plant-sized) for the steady-state response; kept per frequency.
+
+        The generator's states are (tau cos, -tau sin, cos, -sin) of ``w tau``, the plant input
+        being the first: started from each unit vector, that input is cos, sin, tau cos and
+        tau sin of ``w tau``, so the drive weights for those four columns are the generator's
+        start and the plant rows of ``step^k`` act on [x0, drive weights] as they are.
+        """
+        cache = self._generator_cache
+        if cache is not None and cache[0] == w:
+            return cache[1], cache[2]
+        generator: FloatArray = np.array(
+            [  # rows and columns: tau cos, -tau sin, cos, -sin
+                [0.0, w, 1.0, 0.0],
+                [-w, 0.0, 0.0, 1.0],
+                [0.0, 0.0, 0.0, w],
+                [0.0, 0.0, -w, 0.0],
+            ]
         )
+        jw_eye: npt.NDArray[np.complex128] = 1j * w * np.eye(self._n_plant, dtype=np.complex128)
+        self._generator_cache = (w, generator, jw_eye)
+        return generator, jw_eye
 
     def _drive_columns(self, w: float) -> FloatArray:
         """The table columns that depend on frequency only: volts and distortion basis."""
@@ -837,15 +971,23 @@ class PlatePhysics:
 
 
 def expm(a: FloatArray) -> FloatArray:
-    """Matrix exponential of a square ``a`` (Higham 2005: Pade 13, scaling and squaring).
+    """Matrix exponential of a square ``a`` (Higham 2005: Pade 13, scaling and squaring), or of
+    each matrix of a stack ``a`` (shape (m, n, n)), each scaled by its own norm.
 
     The simulator's tables need one per (parameters, frequency); numpy alone keeps scipy off
     the path that opens a plate (``liv start`` until the plate moves, issue 11).
     """
-    n = a.shape[0]
-    norm = float(np.linalg.norm(a, 1))
-    squarings = max(0, math.ceil(math.log2(norm / _THETA13))) if norm > _THETA13 else 0
-    x = a / 2.0**squarings
+    n = a.shape[-1]
+    norms = np.abs(a).sum(axis=-2).max(axis=-1)  # the 1-norm of each matrix
+    squarings = [
+        max(0, math.ceil(math.log2(norm / _THETA13))) if norm > _THETA13 else 0
+        for norm in np.ravel(norms).tolist()
+    ]
+    most, least = max(squarings), min(squarings)
+    if most == least:
+        x = a / 2.0**most
+    else:
+        x = a / np.array([2.0**count for count in squarings])[:, None, None]
     b = _PADE13
     ident = np.eye(n)
     x2 = x @ x
@@ -856,17 +998,25 @@ def expm(a: FloatArray) -> FloatArray:
     even = x6 @ (b[12] * x6 + b[10] * x4 + b[8] * x2) + b[6] * x6 + b[4] * x4 + b[2] * x2
     v = even + b[0] * ident
     r = np.linalg.solve(v - u, v + u)
-    for _ in range(squarings):
-        r = r @ r
+    for done in range(most):
+        if done < least:
+            r = r @ r
+        else:  # a stack whose matrices need different numbers of squarings
+            more = np.array(squarings) > done
+            r[more] = r[more] @ r[more]
     return np.asarray(r, dtype=np.float64)
 
 
-def _state_columns(n_plant: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
-    """Column order and signs that make the augmented tables act on [x0, drive weights]."""
-    gen = n_plant + np.array([2, 3, 0, 1])
-    columns = np.concatenate((np.arange(n_plant), gen))
-    signs = np.concatenate((np.ones(n_plant), [1.0, -1.0, 1.0, -1.0]))
-    return columns, signs
+def _refuse_run(n: int, freq_hz: float, phase0_rad: float, drive0: float, end: float) -> None:
+    """Raise the ValueError that says which argument of :meth:`PlatePhysics.run` is wrong."""
+    if n < 0:
+        raise ValueError(f"n = {n!r} must be >= 0 samples")
+    if not (math.isfinite(freq_hz) and freq_hz >= 0.0):
+        raise ValueError(f"freq_hz = {freq_hz!r} must be a finite frequency >= 0")
+    for label, value in (("drive0", drive0), ("drive at the segment end", end)):
+        if not (math.isfinite(value) and abs(value) <= 1.0 + _DRIVE_TOLERANCE):
+            raise ValueError(f"{label} = {value!r} is outside the drive range -1..1")
+    raise ValueError(f"phase0_rad = {phase0_rad!r} must be finite")
 
 
 def _checked_presence(

@@ -277,6 +277,7 @@ class NumericsProfile(_Section):
     SECTION: ClassVar[str] = "numerics"
     param_update_s: float = _number(0.24, 0.0, 10.0, "s of plant time", lo_open=True)
     block_max: int = _integer(32, 1, 4096, "samples")
+    resistance_update_every: int = _integer(4, 1, 1000, "parameter updates")
 
 
 _SECTIONS: dict[str, type[_Section]] = {

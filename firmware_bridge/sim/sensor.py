@@ -314,6 +314,41 @@ class Accelerometer:
             self._noise_buffer = np.concatenate((rest, fresh))
             self._noise_pos = 0
 
+    @property
+    def noise_std_g(self) -> float:
+        """Standard deviation of the white noise added to each sample, g."""
+        return self.noise_density_ug * 1e-6 * math.sqrt(self.sample_rate_hz / 2.0)
+
+    def block_map(self, n: int) -> tuple[FloatArray, float, float] | None:
+        """:meth:`measure` of ``n`` samples as a linear map, or None if ``n`` is too long.
+
+        Returns ``(M, gain, offset_g)``: with ``sensed = gain x accel_g + noise_std_g x noise +
+        offset_g`` (gravity and bias in the offset), ``M @ [sensed; filter_state]`` gives the
+        filtered readings in counts (first ``n`` rows) and the filter state after them; then
+        :meth:`finish_block` makes the counts. ``noise`` is :meth:`draw_noise` (n).
+        """
+        if n > _BLOCK_FORM_MAX:
+            return None
+        return self._block_form(n), self._gain, self._gain + self.profile.bias_g
+
+    @property
+    def filter_state(self) -> FloatArray:
+        """The anti-alias filter's state (transposed direct form) before the next sample."""
+        return self._zi
+
+    def draw_noise(self, n: int) -> FloatArray:
+        """The next ``n`` standard normal draws of the noise (consumed)."""
+        return self._noise(n)
+
+    def finish_block(self, filtered: FloatArray, state: FloatArray) -> npt.NDArray[np.int16]:
+        """Counts of a block computed through :meth:`block_map`: ``filtered`` readings (counts)
+        rounded, clipped and faulted as :meth:`measure` does, the filter left at ``state``."""
+        self._zi = state
+        counts = self._counts(filtered)
+        if counts.size:
+            self._last = int(counts[-1])
+        return counts
+
     def measure(self, accel_g: npt.ArrayLike) -> npt.NDArray[np.int16]:
         """Counts for true vertical plate accelerations (g, gravity removed), shape (n,)."""
         true_g = np.asarray(accel_g, dtype=np.float64)

@@ -40,6 +40,11 @@ class Serial(serial.SerialBase):
         except (ValueError, OSError) as exc:
             raise UnknownUrlError(url, str(exc)) from None
         self._buffer = bytearray()
+        # Fixed for the device's life: read once, not on every call (a read per block).
+        self._speed = config.speed
+        self._paced = config.speed is None
+        self._can_disconnect = config.disconnect_at_s is not None
+        self._frame_bytes = self._device.samples_frame_bytes
         self._wall_start = time.monotonic()
         self._sim_start_s = self._device.time_s  # not 0 for a device that was up (uptime_s)
         self.is_open = True
@@ -66,8 +71,10 @@ class Serial(serial.SerialBase):
         return self._device
 
     def _check_link(self) -> SimulatedDevice:
-        device = self.device
-        if device.disconnected:
+        device = self._device
+        if device is None:
+            raise serial.PortNotOpenError()
+        if self._can_disconnect and device.disconnected:
             raise serial.SerialException("device disconnected (simulated cable pull)")
         return device
 
@@ -78,20 +85,26 @@ class Serial(serial.SerialBase):
         has passed (at least one block). Otherwise: step up to where the wall clock says.
         """
         device = self._check_link()
-        speed = device.config.speed
+        buffer = self._buffer
+        speed = self._speed
         if speed is None:
-            end = device.time_s + max(max_sim_s, device.block_s)
-            frame = device.samples_frame_bytes
-            while len(self._buffer) < want_bytes and device.time_s < end - 1e-12:
+            if len(buffer) >= want_bytes:
+                return
+            block_s = device.block_s
+            end = device.time_s + max(max_sim_s, block_s) - 1e-12
+            frame = self._frame_bytes
+            now = device.time_s
+            while len(buffer) < want_bytes and now < end:
                 # Never more blocks than the bytes asked for can hold (one at least), nor past
                 # ``end``: never more than stepping one block at a time would have run (each
                 # frame leaves a block after its own), and a host that asks for one frame's
                 # bytes gets the device stepped once.
-                blocks = max(1, -(-(want_bytes - len(self._buffer)) // frame))
-                left = math.ceil((end - 1e-12 - device.time_s) / device.block_s)
+                blocks = max(1, -(-(want_bytes - len(buffer)) // frame))
+                left = math.ceil((end - now) / block_s)
                 device.step_many(max(1, min(blocks, left)))
-                self._buffer += device.take_output()
+                buffer += device.take_output()
                 self._check_link()
+                now = device.time_s
         else:
             target = self._sim_start_s + (time.monotonic() - self._wall_start) * speed
             while device.time_s + device.block_s <= target:
@@ -107,7 +120,8 @@ class Serial(serial.SerialBase):
 
     def read(self, size: int = 1) -> bytes:
         device = self._check_link()
-        if device.config.speed is None:
+        speed = self._speed
+        if speed is None:
             budget = 3600.0 if self.timeout is None else self.timeout
             self._advance(size, budget)
         else:
@@ -119,7 +133,7 @@ class Serial(serial.SerialBase):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                nap = device.block_s / device.config.speed
+                nap = device.block_s / speed
                 time.sleep(nap if remaining is None else min(nap, remaining))
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
@@ -134,7 +148,7 @@ class Serial(serial.SerialBase):
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         device = self._check_link()
-        if device.config.speed is not None:
+        if not self._paced:
             self._advance(0, 0.0)
         payload = bytes(data)
         device.receive(payload)
