@@ -754,13 +754,13 @@ class DeviceClient:
             raise LinkLostError(str(exc)) from None
         if not data:
             return
-        samples_len = self._samples_payload_len
+        samples_len = self._samples_payload_len  # None before the hello
         for frame in self._decoder.feed(data):
             frame_type, _, payload = frame
             size = len(payload)
-            if frame_type == Samples.TYPE and size == samples_len and self._info is not None:
+            if frame_type == Samples.TYPE and size == samples_len:
                 # The count byte must agree with the length, as Samples.unpack checks.
-                if payload[SAMPLES_HEADER.size - 1] == self._info.block_samples:
+                if SAMPLES_HEADER.size + 2 * payload[SAMPLES_HEADER.size - 1] == size:
                     first, phase, freq, drive, _ = SAMPLES_HEADER.unpack_from(payload)
                     counts = np.frombuffer(payload, "<i2", offset=SAMPLES_HEADER.size)
                     self.sample_frames_seen += 1
@@ -965,8 +965,6 @@ class DeviceClient:
         counts: npt.NDArray[np.int16],
     ) -> None:
         """Queue one SAMPLES block (its wire fields; after the hello only)."""
-        info = self._info
-        assert info is not None
         n = counts.size
         missing = 0
         expected = self._expected_index
