@@ -129,7 +129,8 @@ def recording() -> Recording:
 
 def test_a_closed_loop_block_costs_the_host_few_calls(recording: Recording) -> None:
     """Reading a block (a SAMPLES and an ACK decoded) and sending a SET_DRIVE on 4 of 5.
-    Before this work a block made 96 calls (97 with the test's own list append)."""
+    Before this work a block made 97 calls
+    (this test's own bookkeeping included)."""
     port = ReplayPort(recording.reads)
     dev = DeviceClient(port, "replay")  # type: ignore[arg-type]
     dev.handshake()
