@@ -21,7 +21,13 @@ import numpy as np
 import numpy.typing as npt
 import serial
 
-from firmware_bridge.codec import FrameDecoder, LinkStats, RawFrame, samples_payload_dtype
+from firmware_bridge.codec import (
+    FrameDecoder,
+    LinkStats,
+    RawFrame,
+    encode_frame,
+    samples_payload_dtype,
+)
 from firmware_bridge.errors import (
     BridgeError,
     CommandRefusedError,
@@ -64,10 +70,10 @@ from firmware_bridge.protocol import (
     check_identity,
     decode_message,
     drive_to_q16,
-    encode_message,
     fault_text,
     hz_to_mhz,
     nak_text,
+    pack_message,
     round_half_up,
 )
 from firmware_bridge.transport import close_port, open_port
@@ -449,7 +455,10 @@ class DeviceClient:
     def set_drive(self, drive: float, ramp_s: float, wait: bool = True) -> None:
         """Ramp the drive amplitude (fraction of full scale) linearly over ``ramp_s``."""
         ramp_ms = max(0, min(0xFFFF, round_half_up(ramp_s * 1000.0)))
-        self.command(SetDrive(drive_to_q16(drive), ramp_ms), wait)
+        # The closed loop's command, sent on most blocks: packed as SetDrive packs, without
+        # making the message (both fields are in range: drive_to_q16 checks, ramp_ms is clamped).
+        payload = SetDrive.LAYOUT.pack(drive_to_q16(drive), ramp_ms)
+        self._command(SetDrive.__name__, SetDrive.TYPE, payload, wait)
 
     def start_output(self) -> None:
         """Enable the output at zero amplitude; ramp it up with :meth:`set_drive`.
@@ -572,9 +581,14 @@ class DeviceClient:
 
         Without ``wait`` a later NAK is raised from :meth:`read_block`.
         """
-        seq = self._send(message)
-        name = type(message).__name__
         output_on = isinstance(message, SetOutput) and message.enable == 1
+        self._command(type(message).__name__, message.TYPE, pack_message(message), wait, output_on)
+
+    def _command(
+        self, name: str, frame_type: int, payload: bytes, wait: bool, output_on: bool = False
+    ) -> None:
+        """:meth:`command` for a packed message ``name`` of ``frame_type``."""
+        seq = self._send_frame(frame_type, payload)
         self._pending[seq] = _Pending(name, seq, self._device_index, output_on)
         if not wait:
             return
@@ -731,10 +745,13 @@ class DeviceClient:
     # ---- internals -------------------------------------------------------------------
 
     def _send(self, message: Message) -> int:
+        return self._send_frame(message.TYPE, pack_message(message))
+
+    def _send_frame(self, frame_type: int, payload: bytes) -> int:
         seq = self._seq
-        self._seq = (self._seq + 1) & 0xFFFF
+        self._seq = (seq + 1) & 0xFFFF
         try:
-            self._port.write(encode_message(message, seq))
+            self._port.write(encode_frame(frame_type, seq, payload))
         except (serial.SerialException, OSError) as exc:
             raise LinkLostError(str(exc)) from None
         self._last_tx_index = self._device_index

@@ -490,16 +490,20 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 }
 
 
+def pack_message(message: Message) -> bytes:
+    """The payload of ``message``; ValueError if a field does not fit its wire type."""
+    try:
+        return message.pack()
+    except struct.error as exc:
+        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
+
+
 def encode_message(message: Message, seq: int) -> bytes:
     """Wire bytes for ``message`` with sequence number ``seq``.
 
     Raises ValueError if a field does not fit its wire type.
     """
-    try:
-        payload = message.pack()
-    except struct.error as exc:
-        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
-    return encode_frame(message.TYPE, seq, payload)
+    return encode_frame(message.TYPE, seq, pack_message(message))
 
 
 MAX_BLOCK_SAMPLES = (MAX_RAW_LEN - 5 - SAMPLES_HEADER.size) // 2
