@@ -15,13 +15,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import serial
 
-from firmware_bridge.codec import FrameDecoder, LinkStats, RawFrame, samples_payload_dtype
+from firmware_bridge.codec import (
+    FrameDecoder,
+    LinkStats,
+    RawFrame,
+    encode_frame,
+    samples_payload_dtype,
+)
 from firmware_bridge.errors import (
     BridgeError,
     CommandRefusedError,
@@ -38,6 +44,7 @@ from firmware_bridge.protocol import (
     PHASE_TURN,
     PROTOCOL_MAJOR,
     Q16,
+    SAMPLES_HEADER,
     Ack,
     Capability,
     ClearFault,
@@ -63,10 +70,10 @@ from firmware_bridge.protocol import (
     check_identity,
     decode_message,
     drive_to_q16,
-    encode_message,
     fault_text,
     hz_to_mhz,
     nak_text,
+    pack_message,
     round_half_up,
 )
 from firmware_bridge.transport import close_port, open_port
@@ -80,6 +87,7 @@ NOMINAL_FRAMES_PER_S = 50  # SAMPLES frames per second before the hello says oth
 COMMAND_TIMEOUT_S = 1.0
 COUNTERSIGN_ATTEMPTS = 3  # a lost answer is asked for again (the device answers a repeat alike)
 READ_CHUNK = 4096
+ACK_LEN = Ack.LAYOUT.size
 
 
 @dataclass(frozen=True)
@@ -266,8 +274,9 @@ class SampleBatch:
         )
 
 
-@dataclass
-class _Pending:
+class _Pending(NamedTuple):
+    """A command sent and not yet answered (one per command: a tuple is cheapest to make)."""
+
     name: str
     seq: int
     sent_at_sample: int
@@ -301,6 +310,8 @@ class DeviceClient:
         self._refusals: deque[CommandRefusedError] = deque()
         self._faults: deque[DeviceFaultError] = deque()
         self._info: DeviceInfo | None = None
+        # Payload length of a SAMPLES frame of the hello's block length (None before it)
+        self._samples_payload_len: int | None = None
         self._expected_index: int | None = None
         self._last_tx_index = 0
         self._device_index = 0
@@ -308,6 +319,7 @@ class DeviceClient:
         self._output_start_index: int | None = None
         self._sensitivity = 1.0
         self._offset_g = 0.0
+        self._accel_table: npt.NDArray[np.float64] | None = None  # see _accel_g_of
         self.samples_missing = 0
         self.sample_frames_seen = 0  # SAMPLES frames, counted from the very first byte
         self.frames_sent = 0
@@ -409,6 +421,8 @@ class DeviceClient:
             log.error("refusing the device at %s: %s (hello %r)", self.url, exc, hello)
             raise
         self._info = DeviceInfo.from_hello(hello)
+        self._samples_payload_len = SAMPLES_HEADER.size + 2 * hello.block_samples
+        self._accel_table = None
         # Opening a port mid-stream yields a partial first frame: count damage from here on.
         self._decoder.stats = LinkStats()
         self._clear_queue()
@@ -425,6 +439,7 @@ class DeviceClient:
             )
         self._sensitivity = float(sensitivity)
         self._offset_g = float(offset_g)
+        self._accel_table = None
 
     @property
     def sensor_correction(self) -> tuple[float, float]:
@@ -440,7 +455,10 @@ class DeviceClient:
     def set_drive(self, drive: float, ramp_s: float, wait: bool = True) -> None:
         """Ramp the drive amplitude (fraction of full scale) linearly over ``ramp_s``."""
         ramp_ms = max(0, min(0xFFFF, round_half_up(ramp_s * 1000.0)))
-        self.command(SetDrive(drive_to_q16(drive), ramp_ms), wait)
+        # The closed loop's command, sent on most blocks: packed as SetDrive packs, without
+        # making the message (both fields are in range: drive_to_q16 checks, ramp_ms is clamped).
+        payload = SetDrive.LAYOUT.pack(drive_to_q16(drive), ramp_ms)
+        self._command(SetDrive.__name__, SetDrive.TYPE, payload, wait)
 
     def start_output(self) -> None:
         """Enable the output at zero amplitude; ramp it up with :meth:`set_drive`.
@@ -563,9 +581,14 @@ class DeviceClient:
 
         Without ``wait`` a later NAK is raised from :meth:`read_block`.
         """
-        seq = self._send(message)
-        name = type(message).__name__
         output_on = isinstance(message, SetOutput) and message.enable == 1
+        self._command(type(message).__name__, message.TYPE, pack_message(message), wait, output_on)
+
+    def _command(
+        self, name: str, frame_type: int, payload: bytes, wait: bool, output_on: bool = False
+    ) -> None:
+        """:meth:`command` for a packed message ``name`` of ``frame_type``."""
+        seq = self._send_frame(frame_type, payload)
         self._pending[seq] = _Pending(name, seq, self._device_index, output_on)
         if not wait:
             return
@@ -586,20 +609,25 @@ class DeviceClient:
         Raises DeviceFaultError, CommandRefusedError or DeviceResetError when the device
         reports one; sends a heartbeat whenever the host has been quiet for HEARTBEAT_S.
         """
-        deadline = time.monotonic() + timeout_s
-        while not self._blocks:
+        if not self._blocks:
+            deadline = time.monotonic() + timeout_s
+            while not self._blocks:
+                if self._faults or self._refusals:
+                    self._raise_events()
+                expired = time.monotonic() > deadline
+                # Read before giving up: data that arrived while this process was not running
+                # (stopped, swapped out) still counts, and may hold the device's own fault
+                # report.
+                self._pump()
+                if expired and not self._blocks:
+                    self._raise_events()
+                    return None
+        if self._faults or self._refusals:
             self._raise_events()
-            expired = time.monotonic() > deadline
-            # Read before giving up: data that arrived while this process was not running
-            # (stopped, swapped out) still counts, and may hold the device's own fault report.
-            self._pump()
-            if expired and not self._blocks:
-                self._raise_events()
-                return None
-        self._raise_events()
         block = self._pop_block()
-        if self._info is not None:
-            quiet = (self._device_index - self._last_tx_index) / self._info.sample_rate_hz
+        info = self._info
+        if info is not None:
+            quiet = (self._device_index - self._last_tx_index) / info.sample_rate_hz
             if quiet >= HEARTBEAT_S:
                 self.heartbeat()
         return block
@@ -717,10 +745,13 @@ class DeviceClient:
     # ---- internals -------------------------------------------------------------------
 
     def _send(self, message: Message) -> int:
+        return self._send_frame(message.TYPE, pack_message(message))
+
+    def _send_frame(self, frame_type: int, payload: bytes) -> int:
         seq = self._seq
-        self._seq = (self._seq + 1) & 0xFFFF
+        self._seq = (seq + 1) & 0xFFFF
         try:
-            self._port.write(encode_message(message, seq))
+            self._port.write(encode_frame(frame_type, seq, payload))
         except (serial.SerialException, OSError) as exc:
             raise LinkLostError(str(exc)) from None
         self._last_tx_index = self._device_index
@@ -728,13 +759,33 @@ class DeviceClient:
         return seq
 
     def _pump(self, expect_hello: bool = False) -> None:
+        """Read what is waiting (at least one byte) and handle every frame it completes.
+
+        The frames of every block, a SAMPLES of the hello's length and an ACK, are handled
+        here without a message object; anything else goes through :meth:`_dispatch_frame`.
+        """
+        port = self._port
         try:
-            data = self._port.read(max(1, min(READ_CHUNK, self._port.in_waiting)))
+            data = port.read(max(1, min(READ_CHUNK, port.in_waiting)))
         except (serial.SerialException, OSError) as exc:
             raise LinkLostError(str(exc)) from None
         if not data:
             return
+        samples_len = self._samples_payload_len  # None before the hello
         for frame in self._decoder.feed(data):
+            frame_type, _, payload = frame
+            size = len(payload)
+            if frame_type == Samples.TYPE and size == samples_len:
+                # The count byte must agree with the length, as Samples.unpack checks.
+                if SAMPLES_HEADER.size + 2 * payload[SAMPLES_HEADER.size - 1] == size:
+                    first, phase, freq, drive, _ = SAMPLES_HEADER.unpack_from(payload)
+                    counts = np.frombuffer(payload, "<i2", offset=SAMPLES_HEADER.size)
+                    self.sample_frames_seen += 1
+                    self._queue_block(first, phase, freq, drive, counts.astype(np.int16))
+                    continue
+            elif frame_type == Ack.TYPE and size == ACK_LEN:
+                self._on_ack(payload[0] | payload[1] << 8)
+                continue
             self._dispatch_frame(frame, expect_hello)
 
     def _pump_batch(self, max_blocks: int) -> None:
@@ -838,7 +889,7 @@ class DeviceClient:
             SampleBatch(
                 first_index=first,
                 counts=counts,
-                accel_g=(counts / float(info.counts_per_g) - self._offset_g) / self._sensitivity,
+                accel_g=self._accel_g_of(counts),
                 phase_rad=2.0 * np.pi * records["phase"] / PHASE_TURN,
                 freq_hz=records["freq_mhz"] / 1000.0,
                 drive=records["drive_q16"] / Q16,
@@ -863,9 +914,7 @@ class DeviceClient:
             case Samples():
                 self._on_samples(message)
             case Ack(acked_seq=acked):
-                pending = self._pending.pop(acked, None)
-                if pending is not None and pending.output_on:
-                    self._output_acked = True
+                self._on_ack(acked)
             case Nak(refused_seq=refused, reason=reason):
                 pending = self._pending.pop(refused, None)
                 name = pending.name if pending else f"frame type 0x{message.refused_type:02x}"
@@ -892,30 +941,65 @@ class DeviceClient:
         if self._event_barrier is None or not (self._faults or self._refusals):
             self._event_barrier = self._blocks_in
 
+    def _accel_g_of(self, counts: npt.NDArray[np.int16]) -> npt.NDArray[np.float64]:
+        """``(counts / counts_per_g - offset_g) / sensitivity``, looked up in a table.
+
+        The table holds that expression for all 65536 counts, computed by the same numpy
+        operations, so a lookup gives every value bit for bit as the expression would, in one
+        operation instead of three. It is indexed by the count's 16 bits as unsigned, so that
+        a negative count, taken as a negative index, reads from the end: -1 is entry 65535.
+        """
+        table = self._accel_table
+        if table is None:
+            codes = np.arange(1 << 16, dtype=np.uint16).view(np.int16)
+            table = (codes / float(self.info.counts_per_g) - self._offset_g) / self._sensitivity
+            self._accel_table = table
+        return table.take(counts)
+
+    def _on_ack(self, acked_seq: int) -> None:
+        pending = self._pending.pop(acked_seq, None)
+        if pending is not None and pending.output_on:
+            self._output_acked = True
+
     def _on_samples(self, samples: Samples) -> None:
         self.sample_frames_seen += 1
-        info = self._info
-        if info is None:
+        if self._info is None:
             return
-        n = samples.counts.size
+        self._queue_block(
+            samples.first_index,
+            samples.phase_turns_q32,
+            samples.freq_mhz,
+            samples.drive_q16,
+            samples.counts,
+        )
+
+    def _queue_block(
+        self,
+        first_index: int,
+        phase_q32: int,
+        freq_mhz: int,
+        drive_q16: int,
+        counts: npt.NDArray[np.int16],
+    ) -> None:
+        """Queue one SAMPLES block (its wire fields; after the hello only)."""
+        n = counts.size
         missing = 0
-        if self._expected_index is not None and samples.first_index > self._expected_index:
-            missing = samples.first_index - self._expected_index
+        expected = self._expected_index
+        if expected is not None and first_index > expected:
+            missing = first_index - expected
             self.samples_missing += missing
-        self._expected_index = samples.first_index + n
-        self._device_index = samples.first_index + n
+        self._expected_index = self._device_index = first_index + n
         if self._output_acked and self._output_start_index is None:
-            self._output_start_index = samples.first_index
+            self._output_start_index = first_index
         self._blocks.append(
-            SampleBlock(
-                first_index=samples.first_index,
-                counts=samples.counts,
-                accel_g=(samples.counts / float(info.counts_per_g) - self._offset_g)
-                / self._sensitivity,
-                phase_rad=samples.phase_rad,
-                freq_hz=samples.freq_hz,
-                drive=samples.drive,
-                missing_before=missing,
+            SampleBlock(  # by position: keywords cost a third more for every block
+                first_index,
+                counts,
+                self._accel_g_of(counts),
+                2.0 * np.pi * phase_q32 / PHASE_TURN,  # phase_rad
+                freq_mhz / 1000.0,  # freq_hz
+                drive_q16 / Q16,  # drive
+                missing,  # missing_before
             )
         )
         self._blocks_in += 1

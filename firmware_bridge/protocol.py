@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import operator
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -179,15 +181,23 @@ class Capability(enum.IntFlag):
     COUNTERSIGN = 16
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_FIELD_GETTERS: dict[type, Callable[[object], tuple[object, ...]]] = {}
 
 
-def _field_names(cls: type) -> tuple[str, ...]:
-    """A message class's field names in payload order (looked up once per class)."""
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
+def _field_getter(cls: type) -> Callable[[object], tuple[object, ...]]:
+    """A function giving a message's field values in payload order (made once per class)."""
+    getter = _FIELD_GETTERS.get(cls)
+    if getter is None:
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        if len(names) > 1:
+            getter = operator.attrgetter(*names)
+        elif names:
+            one = operator.attrgetter(names[0])
+            getter = lambda message: (one(message),)  # noqa: E731
+        else:
+            getter = lambda message: ()  # noqa: E731
+        _FIELD_GETTERS[cls] = getter
+    return getter
 
 
 class Message:
@@ -197,10 +207,7 @@ class Message:
     LAYOUT: ClassVar[struct.Struct] = struct.Struct("<")
 
     def pack(self) -> bytes:
-        return self.LAYOUT.pack(*self._fields())
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _field_names(type(self)))
+        return self.LAYOUT.pack(*_field_getter(type(self))(self))
 
     @classmethod
     def unpack(cls, payload: bytes) -> Message:
@@ -483,16 +490,20 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 }
 
 
+def pack_message(message: Message) -> bytes:
+    """The payload of ``message``; ValueError if a field does not fit its wire type."""
+    try:
+        return message.pack()
+    except struct.error as exc:
+        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
+
+
 def encode_message(message: Message, seq: int) -> bytes:
     """Wire bytes for ``message`` with sequence number ``seq``.
 
     Raises ValueError if a field does not fit its wire type.
     """
-    try:
-        payload = message.pack()
-    except struct.error as exc:
-        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
-    return encode_frame(message.TYPE, seq, payload)
+    return encode_frame(message.TYPE, seq, pack_message(message))
 
 
 MAX_BLOCK_SAMPLES = (MAX_RAW_LEN - 5 - SAMPLES_HEADER.size) // 2
