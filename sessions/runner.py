@@ -604,6 +604,10 @@ class PlateVoucher:
         is not the pinned one.
         """
         if not device.can_countersign:
+            # Not a passing failure (those are vouched for at the next connection): no record of
+            # this plate will ever be vouched for, so the clinic cannot check it. The patient
+            # hears it before the session, which runs and is saved all the same.
+            notice(say("start.cannot_vouch"))
             return None, (
                 f"the plate does not countersign records (protocol {device.info.protocol_version}"
                 ", no COUNTERSIGN capability)"

@@ -131,6 +131,10 @@ WORDING: dict[str, str] = {
         "This plate is now paired with this computer; from now on only this plate can record "
         "your sessions."
     ),
+    "start.cannot_vouch": (
+        "This plate cannot sign your session records, so your clinic will not be able to check "
+        f"them; the session runs and is saved as usual. Please {CLINIC} about the plate."
+    ),
     "start.simulated": "This plate is a simulator, so this session does not count.",
     "status.demo": "This is the demo: its sessions are simulated and are not therapy.",
     "status.prescription_ok": "Your prescription is the one your clinic signed.",

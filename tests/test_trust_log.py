@@ -34,6 +34,7 @@ from sessions.log import (
     record_hash,
 )
 from sessions.log.fields import _raw_from_row
+from sessions.wording import say
 from tests.simhelpers import install_signed
 
 DEVICE_ID = "SIM-T1"
@@ -602,3 +603,24 @@ def test_reports_and_exports_of_a_rechained_log_say_it_is_not_vouched_for(
         line.endswith("NOT VOUCHED FOR by the plate: " + line.split(": ", 1)[-1])
         for line in rows.read_text().splitlines()[1:]
     )
+
+
+def test_a_plate_that_cannot_countersign_is_told_to_the_patient_before_the_session(
+    plant: Plant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2.0 plate (no COUNTERSIGN) is allowed, but none of its records will ever be vouched
+    for and a clinic refuses them on import: the patient hears it, in plain words, and the
+    session still runs and is saved, noted with the technical reason."""
+    from sessions.runner import PlateVoucher
+
+    monkeypatch.setattr(DeviceClient, "can_countersign", property(lambda self: False))
+    heard: list[str] = []
+    with SessionLog(plant.db) as log, DeviceClient.open(plant.url) as device:
+        voucher, why = PlateVoucher.connect(device, log, None, heard.append)
+    assert voucher is None
+    assert "no COUNTERSIGN capability" in why
+    assert heard == [say("start.cannot_vouch")]
+    assert plant.liv("start", "--device", plant.url, "--override", "old plate") == 0
+    with SessionLog(plant.db, read_only=True) as log:
+        last = max(log.summaries(), key=lambda s: s.started_utc)
+        assert "does not countersign records" in log.vouch_text(last.session_id)
