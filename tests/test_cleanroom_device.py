@@ -56,5 +56,7 @@ def test_handshake_stream_and_watchdog_trip(tmp_path: Path) -> None:
         after = fault.sample_index - silence.silent_from
         watchdog_samples = config.watchdog_ms * config.sample_rate_hz // 1000
         assert watchdog_samples < after <= watchdog_samples + block
-        late = [s for s in silence.samples if s.first_index >= fault.sample_index + 400]
-        assert late and all(s.drive == 0 for s in late)
+        ramp_end = fault.sample_index + config.watchdog_ramp_ms * config.sample_rate_hz // 1000
+        late = [s for s in silence.samples if s.first_index >= ramp_end + block]
+        assert late
+        assert all(s.drive == 0 for s in late)
