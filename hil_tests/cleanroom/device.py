@@ -274,12 +274,16 @@ class DeviceConfig:
     ceiling_mg: int = 650
     simulated: bool = False  # announce capability SIMULATED
     countersign: bool = True  # announce COUNTERSIGN and answer 0x08/0x09
+    nv_fails: bool = False  # the non-volatile memory refuses every write (NAK STORAGE)
     boot_ms: int = 100
     default_freq_mhz: int = 30000
     samples_first: bool = False  # send a finished block's SAMPLES before the boundary's replies
     # give a block's SAMPLES its sequence number when the block starts, not when it is sent (so
     # that the boundary's replies, sent first, carry higher numbers: a reordering on the wire)
     number_samples_when_built: bool = False
+    # STATUS `sample_index` as "the number of samples streamed since boot" (9.2/0x85): with the
+    # replies sent before the finished block's SAMPLES that is one block less than the boundary
+    status_index_streamed: bool = False
     # plate: acceleration per unit drive above resonance, suspension resonance and damping
     plate_gain_g: float = 3.2
     plate_mass_kg: float = 20.0
@@ -516,8 +520,11 @@ class Firmware:
             raise ValueError("a device with COUNTERSIGN needs its non-volatile store")
         self.config = config
         self.nv = nv
+        if nv is not None and config.nv_fails:
+            nv.fail_writes = True
         self.coil_temp_c = config.coil_ambient_c
         self.rx = FrameReceiver()
+        self.host_version: tuple[int, int] | None = None  # from the last HELLO_REQUEST
         self.boots = 0
         self._boot()
 
@@ -737,6 +744,7 @@ class Firmware:
             nak(NAK_BAD_LENGTH)
             return
         if t == HELLO_REQUEST:
+            self.host_version = (p[0], p[1])
             out.append(self._frame(HELLO, self._hello_payload(boot=0)))
         elif t == STATUS_REQUEST:
             out.append(self._frame(STATUS, self._status_payload()))
@@ -887,6 +895,9 @@ class Firmware:
         )
 
     def _status_payload(self) -> bytes:
+        index = self.sample_index
+        if self.config.status_index_streamed and self.pending_samples is not None:
+            index -= self.config.block_samples  # the finished block has not been sent yet
         return STATUS_FMT.pack(
             self.state,
             1 if self.output_on else 0,
@@ -894,7 +905,7 @@ class Firmware:
             self._drive_q16(),
             self.ramp.target if self.output_on else 0,
             self.fault_code,
-            self.sample_index,
+            index,
             min(65535, self.rx.crc_errors + self.rx.cobs_errors),
             min(65535, self.rx_lost),
             half_up(self.coil_temp_c * 100),
