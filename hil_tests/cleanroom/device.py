@@ -275,6 +275,7 @@ class DeviceConfig:
     simulated: bool = False  # announce capability SIMULATED
     countersign: bool = True  # announce COUNTERSIGN and answer 0x08/0x09
     nv_fails: bool = False  # the non-volatile memory refuses every write (NAK STORAGE)
+    reset_at_index: int = 0  # reset once (a brown-out) when the first boot's sample index gets here
     boot_ms: int = 100
     default_freq_mhz: int = 30000
     samples_first: bool = False  # send a finished block's SAMPLES before the boundary's replies
@@ -594,6 +595,8 @@ class Firmware:
         """Run the boundary at `sample_index`; return the wire frames it sends, in order."""
         cfg = self.config
         out: list[bytes] = []
+        if cfg.reset_at_index and self.boots == 1 and self.sample_index >= cfg.reset_at_index:
+            self.reset()
         if not self.booted:
             if self.boot_blocks_left > 0:
                 self.boot_blocks_left -= 1
