@@ -7,6 +7,14 @@ which the firmware corrects with the calibration it stores, and with white noise
 
     python -m hil_tests.cleanroom.device --nv DIR            # prints socket://127.0.0.1:PORT
 
+    python -m hil_tests.cleanroom.device --nv DIR --set block_samples=100 --set simulated=1
+
+`--set NAME=VALUE` changes any `DeviceConfig` field: what HELLO announces (every value the
+document allows), and the other readings of the document a firmware team might take
+(`status_index_streamed`, `number_samples_when_built`, `samples_first`), a failing memory
+(`nv_fails`), a hot coil (`coil_ambient_c`), a drifted sensor (`drift_gain`), a restart
+(`reset_at_index`); `--reset-on-connect` resets on every connection, like a DTR-reset board.
+
 Pieces, bottom up: framing (`crc16_xmodem`, `cobs_encode`, `cobs_decode`, `FrameReceiver`), the
 plate and its sensor (`Plate`, `Sensor`), non-volatile memory (`NvStore`), the firmware itself
 (`Firmware`, driven one block boundary at a time with `Firmware.boundary`) and the TCP server that
