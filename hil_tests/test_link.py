@@ -142,14 +142,14 @@ def test_stream_is_gapless_monotonic_and_reads_gravity(
         ),
         qualification.check(
             "stream.host_frames_damaged",
-            "host frames the device counted as damaged meanwhile (STATUS rx_crc_errors)",
+            "host frames the device counted as damaged meanwhile (STATUS rx_crc_errors: CRC, COBS)",
             status.rx_crc_errors - before.rx_crc_errors,
             0,
             "==",
         ),
         qualification.check(
             "stream.host_frames_lost",
-            "host frames the device counted as lost meanwhile (STATUS rx_lost_frames)",
+            "host frames the device counted as lost (STATUS rx_lost_frames; also short, overrun)",
             status.rx_lost_frames - before.rx_lost_frames,
             0,
             "==",

@@ -647,8 +647,8 @@ class Firmware:
         self.fault_detail = detail
         if self.output_on:
             present = self.ramp.present()
-            if present == 0 and self.ramp.target == 0:
-                self.output_on = False  # nothing to ramp down (not written in section 10)
+            if present == 0:
+                self.output_on = False  # at zero amplitude nothing to ramp down (section 10)
             else:
                 d0 = math.ceil(present)
                 n_fault = ramp_samples(
