@@ -2,14 +2,19 @@
 
 Kept in CI so that the host never starts to rely on something only the reference device does:
 a handshake, a short driven stream and a watchdog trip, through `DeviceClient`, over TCP, in
-real time (about two seconds).
+real time (about two seconds). And so that the qualification suite relies on nothing the
+document leaves open: the checks that once failed a plate at the edges of the protocol's HELLO
+ranges run against it, four times faster than real time (a few seconds each).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.protocol import DeviceState, FaultCode
@@ -60,3 +65,66 @@ def test_handshake_stream_and_watchdog_trip(tmp_path: Path) -> None:
         late = [s for s in silence.samples if s.first_index >= ramp_end + block]
         assert late
         assert all(s.drive == 0 for s in late)
+
+
+# Plates at the edges of docs/protocol.md's HELLO ranges, which once failed qualification
+# though the document allows them (docs/hil.md section 6 and 9). "slow": 50 ms blocks, a 2 s
+# watchdog and 1 s ramps; "edge": 8-sample blocks at 400 Hz and 10 ms ramps, a stop ramp
+# shorter than one block. SIMULATED so that the ceiling check runs.
+SLOW_PLATE = DeviceConfig(
+    sample_rate_hz=1000,
+    block_samples=50,
+    watchdog_ms=2000,
+    watchdog_ramp_ms=1000,
+    stop_ramp_ms=1000,
+    slew_full_scale_ms=1000,
+    counts_per_g=16383,
+    ceiling_mg=1000,
+    simulated=True,
+)
+EDGE_PLATE = DeviceConfig(
+    sample_rate_hz=400,
+    block_samples=8,
+    watchdog_ms=200,
+    watchdog_ramp_ms=10,
+    stop_ramp_ms=10,
+    slew_full_scale_ms=9,
+    counts_per_g=32,
+    ceiling_mg=500,
+    simulated=True,
+)
+REPO = Path(__file__).resolve().parents[1]
+# Device time runs this much faster than the wall's: the checks below judge the device clock.
+SUITE_SPEED = 4.0
+
+
+@pytest.mark.parametrize(
+    ("config", "checks"),
+    [
+        pytest.param(
+            SLOW_PLATE,
+            [
+                "hil_tests/test_link.py::test_handshake_is_compatible_and_complete",
+                "hil_tests/test_ramps.py::test_output_off_ramps_down_and_refuses_drive_meanwhile",
+                "hil_tests/test_ceiling.py::test_the_plate_stops_itself_above_its_ceiling",
+            ],
+            id="slow",
+        ),
+        pytest.param(
+            EDGE_PLATE,
+            ["hil_tests/test_ramps.py::test_output_off_ramps_down_and_refuses_drive_meanwhile"],
+            id="edge",
+        ),
+    ],
+)
+def test_the_suite_qualifies_a_plate_at_the_edges_of_the_protocol(
+    tmp_path: Path, config: DeviceConfig, checks: list[str]
+) -> None:
+    with serve(tmp_path / "nv", config, speed=SUITE_SPEED) as server:
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", *checks, "-q", "-p", "no:cacheprovider",
+             "--device-url", server.url, "--allow-motion"],
+            cwd=REPO, capture_output=True, text=True, timeout=100, check=False,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert f"{len(checks)} passed" in run.stdout, run.stdout[-2000:]
