@@ -21,8 +21,9 @@ no plate passes the dose limits' highest target under the ceiling it announces:
    a jump up: the slew limit is the same, and a device that fails it stops abruptly instead
    of jolting whoever might stand nearby;
 3. SET_OUTPUT off: the drive ramps to zero over the stop ramp the device announces
-   (``stop_ramp_ms``; not a cut), SET_DRIVE is refused with BUSY meanwhile, and the device ends
-   IDLE with the output off.
+   (``stop_ramp_ms``; not a cut), SET_DRIVE is refused with BUSY meanwhile (or OUTPUT_OFF when
+   the stop ramp is at most one block and may have ended before the SET_DRIVE was handled),
+   and the device ends IDLE with the output off.
 """
 
 from __future__ import annotations

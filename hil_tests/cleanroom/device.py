@@ -11,7 +11,8 @@ which the firmware corrects with the calibration it stores, and with white noise
 
 `--set NAME=VALUE` changes any `DeviceConfig` field: what HELLO announces (every value the
 document allows), and the other readings of the document a firmware team might take
-(`status_index_streamed`, `number_samples_when_built`, `samples_first`), a failing memory
+(`samples_first`; and `status_index_streamed`, `number_samples_when_built`, which the document
+now rules out, so that a host or suite that tolerates them shows up), a failing memory
 (`nv_fails`), a hot coil (`coil_ambient_c`), a drifted sensor (`drift_gain`), a restart
 (`reset_at_index`); `--reset-on-connect` resets on every connection, like a DTR-reset board.
 
@@ -288,10 +289,12 @@ class DeviceConfig:
     default_freq_mhz: int = 30000
     samples_first: bool = False  # send a finished block's SAMPLES before the boundary's replies
     # give a block's SAMPLES its sequence number when the block starts, not when it is sent (so
-    # that the boundary's replies, sent first, carry higher numbers: a reordering on the wire)
+    # that the boundary's replies, sent first, carry higher numbers: a reordering on the wire).
+    # A reading docs/protocol.md 2.5 now rules out: a frame is numbered when it leaves.
     number_samples_when_built: bool = False
-    # STATUS `sample_index` as "the number of samples streamed since boot" (9.2/0x85): with the
-    # replies sent before the finished block's SAMPLES that is one block less than the boundary
+    # STATUS `sample_index` as "the number of samples streamed since boot" (the 0x85 table's old
+    # wording): with the replies sent before the finished block's SAMPLES that is one block less
+    # than the boundary. docs/protocol.md now gives the boundary only (9.2, 0x85).
     status_index_streamed: bool = False
     # plate: acceleration per unit drive above resonance, suspension resonance and damping
     plate_gain_g: float = 3.2
