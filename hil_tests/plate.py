@@ -382,7 +382,8 @@ def drive_and_settle(device: DeviceClient, target: float, ramp_s: float) -> list
     blocks = read_guarded(device, ramp_s + 2 * block_s(device))
     _, ramp_end = blocks_after_ramp(device, blocks, target, ramp_s)
     fit_from = ramp_end + round(PROBE_SETTLE_S * fs)
-    wanted = fit_from + max(round(PROBE_FIT_S * fs), info.block_samples)
+    # the first block that starts at fit_from or later may start up to a block after it
+    wanted = fit_from + info.block_samples + round(PROBE_FIT_S * fs)
     if device.sample_index < wanted:
         blocks += read_guarded(device, (wanted - device.sample_index) / fs)
     return [b for b in blocks if b.first_index >= fit_from]
