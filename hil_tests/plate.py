@@ -25,7 +25,16 @@ from firmware_bridge.client import DeviceClient, SampleBlock
 from firmware_bridge.codec import FrameDecoder
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import BridgeError, CommandRefusedError, DeviceFaultError, ProtocolError
-from firmware_bridge.protocol import Fault, Message, NakReason, Samples, decode_message
+from firmware_bridge.protocol import (
+    Fault,
+    Message,
+    NakReason,
+    Samples,
+    decode_message,
+    drive_to_q16,
+    ramp_samples,
+    round_half_up,
+)
 from hil_tests.report import QualificationReport
 
 log = logging.getLogger(__name__)
@@ -330,7 +339,60 @@ class StreamTap:
 
 
 PROBE_DRIVE = 0.02  # a small drive that measures the plate's response (0.08 g empty, 3.9 g/unit)
-PROBE_BLOCKS = 5  # the last blocks of the probe, settled, are fitted
+PROBE_RAMP_S = 0.2  # the probe's ramp up
+PROBE_SETTLE_S = 0.1  # after the ramp: the plate's suspension settles before the fit starts
+PROBE_FIT_S = 0.1  # samples fitted, all after the ramp and the settling
+
+
+def blocks_after_ramp(
+    device: DeviceClient, blocks: Sequence[SampleBlock], target: float, ramp_s: float
+) -> tuple[int, int]:
+    """(boundary where a ramp from zero to ``target`` started, sample index where it ended).
+
+    Judged by sample index from what every plate reports: the block starting at the ramp's
+    boundary still reports its first sample at the old amplitude, zero (docs/protocol.md 9.4),
+    and the ramp lasts the ``ramp_samples`` of section 9.4 from there. Holds for any block
+    length, including blocks longer than the ramp. ``blocks`` must reach past the boundary.
+    """
+    info = device.info
+    rising = [i for i, b in enumerate(blocks) if b.drive > 0.0]
+    if not rising or rising[0] == 0:
+        raise AssertionError("no block at zero drive before the ramp: its start is unknown")
+    start = blocks[rising[0] - 1].first_index
+    n = ramp_samples(
+        drive_to_q16(target),
+        round_half_up(ramp_s * 1000.0),
+        info.sample_rate_hz,
+        round_half_up(info.full_scale_slew_s * 1000.0),
+    )
+    return start, start + n
+
+
+def drive_and_settle(device: DeviceClient, target: float, ramp_s: float) -> list[SampleBlock]:
+    """Ramp the drive from zero to ``target``; return the settled blocks after the ramp.
+
+    The output must be on at zero drive. Returns only the blocks that start at least
+    ``PROBE_SETTLE_S`` after the ramp ended (by sample index, ``blocks_after_ramp``), at least
+    ``PROBE_FIT_S`` of them, so a plate whose blocks are long (50 ms) is never judged partly
+    during its ramp, whatever its block length.
+    """
+    info = device.info
+    fs = info.sample_rate_hz
+    device.set_drive(target, ramp_s)
+    blocks = read_guarded(device, ramp_s + 2 * block_s(device))
+    _, ramp_end = blocks_after_ramp(device, blocks, target, ramp_s)
+    fit_from = ramp_end + round(PROBE_SETTLE_S * fs)
+    # the first block that starts at fit_from or later may start up to a block after it
+    wanted = fit_from + info.block_samples + round(PROBE_FIT_S * fs)
+    if device.sample_index < wanted:
+        blocks += read_guarded(device, (wanted - device.sample_index) / fs)
+    return [b for b in blocks if b.first_index >= fit_from]
+
+
+def probe_response(device: DeviceClient) -> float:
+    """g per unit drive at the present frequency: a small drive, fitted once settled."""
+    settled = drive_and_settle(device, PROBE_DRIVE, PROBE_RAMP_S)
+    return fit_whole_cycles(settled, device.info.sample_rate_hz).peak_g / PROBE_DRIVE
 
 
 def drive_within_dose(
@@ -350,9 +412,7 @@ def drive_within_dose(
     info = device.info
     allowed_g = DOSE_LIMITS.highest_target_g(min(info.ceiling_g, GUARD_G))
     with output_on(device, freq_hz):
-        device.set_drive(PROBE_DRIVE, 0.2)
-        probe = read_guarded(device, 0.4)[-PROBE_BLOCKS:]
-    response_g = fit_whole_cycles(probe, info.sample_rate_hz).peak_g / PROBE_DRIVE
+        response_g = probe_response(device)
     drive = min(wanted, info.max_drive, allowed_g / max(response_g, 1e-6))
     qualification.info(
         f"{tag}.test_drive",

@@ -30,7 +30,7 @@ OVERSHOOT_FRACTION = 0.1  # how far past its ceiling the plate may measure itsel
 AGREEMENT_FRACTION = 0.05  # the host's fit of the stream and the plate's own measurement
 RINGDOWN_S = 0.1
 STILL_G = 0.05
-HOST_FIT_BLOCKS = 3  # the host fits the last blocks before the trip (whole cycles of them)
+HOST_FIT_BLOCKS = 3  # the host fits the blocks that end at the trip (whole cycles of them)
 
 
 def test_the_announced_ceiling_lies_between_the_hosts_and_the_hard_ceiling(
@@ -112,7 +112,15 @@ def test_the_plate_stops_itself_above_its_ceiling(
         "ceiling.trip_above", "the plate's measured peak at the trip", measured_g,
         info.ceiling_g, ">", "g",
     )  # fmt: skip
-    host_g = fit_whole_cycles(before[-HOST_FIT_BLOCKS:], info.sample_rate_hz).peak_g
+    # The blocks the plate measured at the trip: the last ones that end at the boundary the
+    # FAULT names (its sample_index), chosen by index, never by where the FAULT sat in the
+    # stream (docs/protocol.md 9.2 leaves open whether it precedes that block's SAMPLES).
+    window = [b for b in (*before, *after) if b.first_index + b.counts.size <= fault.sample_index]
+    window = window[-HOST_FIT_BLOCKS:]
+    missing = f"the blocks that end at the trip (sample {fault.sample_index}) were not received"
+    assert window, missing
+    assert window[-1].first_index + window[-1].counts.size == fault.sample_index, missing
+    host_g = fit_whole_cycles(window, info.sample_rate_hz).peak_g
     agree = qualification.check(
         "ceiling.agrees_with_stream",
         "the plate's measured peak against the host's fit of the stream (relative difference)",

@@ -30,9 +30,12 @@ from hil_tests.report import QualificationReport
 
 REQUESTS = 50
 REAL_TIME_RATIO = (0.8, 1.25)  # device seconds per wall second of a real-time device
-# Device clock: the host's view lags by up to a block (a block is sent when complete), the
-# device answers at the next block boundary (up to a block): 2 blocks, plus 1 for the link.
-DEVICE_MAX_BLOCKS = 3.0
+# Device clock, from what docs/protocol.md 9.2 allows at a boundary, whichever order a plate
+# sends there: the host's view lags the device by up to a block (a block is sent when complete),
+# and by one more when the boundary's replies go before the finished block's SAMPLES (the host
+# may send right after a reply, before that block arrives); the device answers at the next
+# block boundary (up to a block); plus 1 for the link. Samples first: 3 blocks; replies first: 4.
+DEVICE_MAX_BLOCKS = 4.0
 # Wall clock: a typical request waits half a block for the boundary plus a block to come back;
 # 2.5 blocks (50 ms on the reference plate) leaves room for a USB or network hop.
 WALL_MEDIAN_BLOCKS = 2.5
@@ -91,7 +94,7 @@ def test_status_round_trip_latency(
             round(DEVICE_MAX_BLOCKS * blk * 1e3, 2),
             "<=",
             "ms",
-            note=f"{DEVICE_MAX_BLOCKS:g} blocks",
+            note=f"{DEVICE_MAX_BLOCKS:g} blocks, whichever order the plate sends at a boundary",
         ),
     ]
     median_ms = round(float(np.median(wall)) * 1e3, 2)
