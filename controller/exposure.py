@@ -14,7 +14,7 @@ VDV = (integral of a_w(t)^4 dt)^(1/4), all in SI units.
 
 Numpy only (no scipy on the path that starts a session, issue 11): each of the four analog
 sections is made digital on its own (one biquad each, the same filter as the product), and the
-meter runs the cascade on 128 samples (four blocks) at a time as one matrix product
+meter runs the cascade on 256 samples (eight blocks) at a time as one matrix product
 ``[y; z'] = M @ [x; z]`` (``M`` built once by running the biquads' recursion on unit inputs),
 written straight into an array of weighted samples whose squares are summed every 2048: a
 block costs one copy into a buffer, about 1.5 us, where a filter call per block cost about 30.
@@ -31,7 +31,7 @@ import numpy.typing as npt
 G_M_S2 = 9.80665
 EIGHT_HOURS_S = 8 * 3600.0
 PREWARP_HZ = 50.0
-_BLOCK_MAX = 128  # samples filtered in one product (four 32-sample blocks)
+_BLOCK_MAX = 256  # samples filtered in one product (eight 32-sample blocks)
 _WEIGHTED_MAX = 2048  # weighted samples summed at once
 
 
