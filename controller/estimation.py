@@ -139,6 +139,9 @@ class AmplitudeEstimator:
         self._last_n = 0
         self._held_from: int | None = None
         self._steps: dict[tuple[float, int], FloatArray] = {}
+        self._cuts: dict[int, npt.NDArray[np.intp]] = {}  # reduction cuts per window head
+        self._extremes = (0.0, 0.0)  # the last block's extremes, noted when ...
+        self._extremes_at = -1  # ... this many samples had been pushed
         # the window length for the last (samples available, frequency) asked (0: no fit)
         self._last_length: tuple[tuple[int, float], int] = ((-1, 0.0), 0)
 
@@ -200,7 +203,13 @@ class AmplitudeEstimator:
         return min(self._count, self._keep)
 
     def block_extremes(self) -> tuple[float, float]:
-        """Largest and smallest sample of the last block pushed."""
+        """Largest and smallest sample of the last block pushed.
+
+        :meth:`estimate` finds them with the window's own extremes (one reduction of the window
+        cut before the last block); otherwise they are found here.
+        """
+        if self._extremes_at == self._count:
+            return self._extremes
         end = self._end
         high, neg_low = self._rows[self._X :, end - self._last_n : end].max(axis=1).tolist()
         return high, -neg_low
@@ -219,7 +228,8 @@ class AmplitudeEstimator:
             self._last_length = (key, n)
         if n < 3:
             return None
-        found = self._fit(end - n, end)
+        head = n - self._last_n  # the window's samples before the last block
+        found = self._fit(end - n, end, head if head > 0 else 0)
         if found is None:
             return None
         fit, drive_sum = found
@@ -237,8 +247,12 @@ class AmplitudeEstimator:
         found = self._fit(first - base, end - base)
         return None if found is None else found[0]
 
-    def _fit(self, start: int, stop: int) -> tuple[SineFit, float] | None:
-        """The fit over buffer columns ``start:stop`` and the sum of the drive there."""
+    def _fit(self, start: int, stop: int, head: int = 0) -> tuple[SineFit, float] | None:
+        """The fit over buffer columns ``start:stop`` and the sum of the drive there.
+
+        ``head`` > 0: the last ``stop - start - head`` columns are the last block pushed, whose
+        extremes are noted for :meth:`block_extremes` from the same reduction.
+        """
         window = self._rows[:, start:stop]
         sums = (window[: self._NEG] @ window[self._ONE : self._NEG].T).ravel().tolist()
         sd, _, _, _, n, sc, ss, sx, _, scc, scs, sxc, _, _, sss, sxs, _, _, _, sxx = sums
@@ -247,7 +261,18 @@ class AmplitudeEstimator:
             return None
         dc, a, b = solved
         residual_ss = max(0.0, sxx - (dc * sx + a * sxc + b * sxs))
-        high, neg_low = window[self._X :].max(axis=1).tolist()
+        if head:
+            cuts = self._cuts.get(head)
+            if cuts is None:
+                cuts = self._cuts[head] = np.array((0, head))
+            maxima = np.maximum.reduceat(window[self._X :], cuts, axis=1).tolist()
+            (head_high, block_high), (head_neg_low, block_neg_low) = maxima
+            high = max(head_high, block_high)
+            neg_low = max(head_neg_low, block_neg_low)
+            self._extremes = (block_high, -block_neg_low)
+            self._extremes_at = self._count
+        else:
+            high, neg_low = window[self._X :].max(axis=1).tolist()
         count = stop - start
         fit = SineFit(
             peak_g=math.hypot(a, b),

@@ -380,7 +380,8 @@ def _run_exposure(
             if landing is not None:
                 drive = law.descend(landing, dt)
             else:
-                drive = law.command(next_setpoint, gain_at(next_freq), dt)
+                gain_next = gain if next_freq == block_freq else gain_at(next_freq)
+                drive = law.command(next_setpoint, gain_next, dt)
             if abs(drive - sent_drive) >= DRIVE_RESOLUTION or (drive == 0.0) != (sent_drive == 0.0):
                 device.set_drive(drive, dt, wait=False)
                 sent_drive = drive
