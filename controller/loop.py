@@ -274,9 +274,11 @@ def _run_exposure(
         schedule=settings.schedule.describe(),
         hold_s_requested=settings.hold_s,
     )
-    # One row per update (t, setpoint, measured, drive, frequency, response ratio), turned
-    # into the history's columns once at the end: one tuple per block, not six appends.
-    rows: list[tuple[float, float, float, float, float, float]] = []
+    # The history's columns, one entry per update (a tuple per update, made columns at the
+    # end, was as fast and held 5 MB more for 10 minutes)
+    hist: dict[str, list[float]] = {name: [] for name in HISTORY_COLUMNS}
+    hist_t, hist_setpoint, hist_measured = hist["t_s"], hist["setpoint_g"], hist["measured_g"]
+    hist_drive, hist_freq, hist_ratio = hist["drive"], hist["freq_hz"], hist["ratio"]
     compute: list[float] = []
     gains: dict[float, float] = {}
 
@@ -415,9 +417,12 @@ def _run_exposure(
                     result.unloaded_s += dt
                 stale_s = stale_s + dt if ratio > STALE_RATIO else 0.0
                 result.calibration_stale |= stale_s >= STALE_HOLD_S
-            rows.append(
-                (t, setpoint, np.nan if measured is None else measured, drive, block_freq, ratio)
-            )
+            hist_t.append(t)
+            hist_setpoint.append(setpoint)
+            hist_measured.append(np.nan if measured is None else measured)
+            hist_drive.append(drive)
+            hist_freq.append(block_freq)
+            hist_ratio.append(ratio)
             spent = timer() - began
             compute.append(spent)
             if on_update is not None:
@@ -438,8 +443,6 @@ def _run_exposure(
             _soft_stop(device, TRIP_RAMP_S)
         else:
             _soft_stop(device, 0.0)
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(HISTORY_COLUMNS)
-    hist = {name: list(column) for name, column in zip(HISTORY_COLUMNS, columns, strict=True)}
     _summarise(result, hist, compute, settings, device, presence, hold_end, accuracy)
     if meter is not None:
         result.exposure = meter.figures()
