@@ -9,7 +9,7 @@ Fundamentals of Statistical Signal Processing I).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -17,9 +17,12 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True, slots=True)
-class SineFit:
-    """Result of a fit: sine-equivalent peak at the drive frequency, plus what it ignored."""
+class SineFit(NamedTuple):
+    """Result of a fit: sine-equivalent peak at the drive frequency, plus what it ignored.
+
+    A named tuple (immutable; the loop makes one per block): a frozen dataclass's ``__init__``
+    sets each field through ``object.__setattr__``, about three times the cost.
+    """
 
     peak_g: float  # amplitude of the fundamental
     phase_rad: float  # phase of the response relative to the drive phase
@@ -104,14 +107,16 @@ class AmplitudeEstimator:
     drive phase (the block's first phase turned by a cached table of per-sample steps: one 2 x 2
     by 2 x n product), the drive and the negated samples are written once into a buffer; a
     window's normal equations, its sample count and its drive sum are then one product of the
-    window's first five rows with themselves, and its extremes one reduction of the last two.
+    window's rows (drive, 1, cos, sin, samples) with (1, cos, sin, samples), and its extremes
+    one reduction of the last two.
     :meth:`fit_span` fits any stretch of samples still held (the loop's independent 1-s
     accuracy windows), so those need no work of their own per block.
     """
 
-    # rows of the buffer: ones, cos, sin, drive, samples (their Gram matrix holds every sum
-    # the fit needs) and the negated samples (a window's extremes from the last two rows)
-    _ONE, _C, _S, _D, _X, _NEG = range(6)
+    # rows of the buffer: drive, ones, cos, sin, samples (the product of these five with the
+    # last four holds every sum the fit needs) and the negated samples (a window's extremes
+    # from the last two rows)
+    _D, _ONE, _C, _S, _X, _NEG = range(6)
 
     def __init__(self, sample_rate_hz: float, window_s: float = 0.1) -> None:
         if window_s <= 0.0:
@@ -134,6 +139,11 @@ class AmplitudeEstimator:
         self._last_n = 0
         self._held_from: int | None = None
         self._steps: dict[tuple[float, int], FloatArray] = {}
+        self._cuts: dict[int, npt.NDArray[np.intp]] = {}  # reduction cuts per window head
+        self._extremes = (0.0, 0.0)  # the last block's extremes, noted when ...
+        self._extremes_at = -1  # ... this many samples had been pushed
+        # the window length for the last (samples available, frequency) asked (0: no fit)
+        self._last_length: tuple[tuple[int, float], int] = ((-1, 0.0), 0)
 
     @property
     def pushed(self) -> int:
@@ -193,19 +203,33 @@ class AmplitudeEstimator:
         return min(self._count, self._keep)
 
     def block_extremes(self) -> tuple[float, float]:
-        """Largest and smallest sample of the last block pushed."""
+        """Largest and smallest sample of the last block pushed.
+
+        :meth:`estimate` finds them with the window's own extremes (one reduction of the window
+        cut before the last block); otherwise they are found here.
+        """
+        if self._extremes_at == self._count:
+            return self._extremes
         end = self._end
         high, neg_low = self._rows[self._X :, end - self._last_n : end].max(axis=1).tolist()
         return high, -neg_low
 
     def estimate(self, freq_hz: float) -> WindowEstimate | None:
         """Fit over the latest whole cycles; None until one full cycle has arrived."""
-        available = min(self._count, self.window_n, self._end)
-        n = whole_cycle_length(available, freq_hz, self.sample_rate_hz)
-        if n < self.sample_rate_hz / freq_hz - 1 or n < 3:
-            return None
         end = self._end
-        found = self._fit(end - n, end)
+        available = min(self._count, self.window_n, end)
+        key = (available, freq_hz)
+        if key == self._last_length[0]:
+            n = self._last_length[1]
+        else:
+            n = whole_cycle_length(available, freq_hz, self.sample_rate_hz)
+            if n < self.sample_rate_hz / freq_hz - 1:
+                n = 0  # less than a cycle
+            self._last_length = (key, n)
+        if n < 3:
+            return None
+        head = n - self._last_n  # the window's samples before the last block
+        found = self._fit(end - n, end, head if head > 0 else 0)
         if found is None:
             return None
         fit, drive_sum = found
@@ -223,19 +247,32 @@ class AmplitudeEstimator:
         found = self._fit(first - base, end - base)
         return None if found is None else found[0]
 
-    def _fit(self, start: int, stop: int) -> tuple[SineFit, float] | None:
-        """The fit over buffer columns ``start:stop`` and the sum of the drive there."""
+    def _fit(self, start: int, stop: int, head: int = 0) -> tuple[SineFit, float] | None:
+        """The fit over buffer columns ``start:stop`` and the sum of the drive there.
+
+        ``head`` > 0: the last ``stop - start - head`` columns are the last block pushed, whose
+        extremes are noted for :meth:`block_extremes` from the same reduction.
+        """
         window = self._rows[:, start:stop]
-        terms = window[: self._NEG]
-        gram = (terms @ terms.T).tolist()
-        (n, sc, ss, sd, sx), (_, scc, scs, _, sxc), (_, _, sss, _, sxs) = gram[:3]
-        sxx = gram[4][4]
+        sums = (window[: self._NEG] @ window[self._ONE : self._NEG].T).ravel().tolist()
+        sd, _, _, _, n, sc, ss, sx, _, scc, scs, sxc, _, _, sss, sxs, _, _, _, sxx = sums
         solved = _solve3(((n, sc, ss), (sc, scc, scs), (ss, scs, sss)), (sx, sxc, sxs))
         if solved is None:
             return None
         dc, a, b = solved
         residual_ss = max(0.0, sxx - (dc * sx + a * sxc + b * sxs))
-        high, neg_low = window[self._X :].max(axis=1).tolist()
+        if head:
+            cuts = self._cuts.get(head)
+            if cuts is None:
+                cuts = self._cuts[head] = np.array((0, head))
+            maxima = np.maximum.reduceat(window[self._X :], cuts, axis=1).tolist()
+            (head_high, block_high), (head_neg_low, block_neg_low) = maxima
+            high = max(head_high, block_high)
+            neg_low = max(head_neg_low, block_neg_low)
+            self._extremes = (block_high, -block_neg_low)
+            self._extremes_at = self._count
+        else:
+            high, neg_low = window[self._X :].max(axis=1).tolist()
         count = stop - start
         fit = SineFit(
             peak_g=math.hypot(a, b),
@@ -263,8 +300,7 @@ def _solve3(
     return d0 / det, d1 / det, d2 / det
 
 
-@dataclass(frozen=True, slots=True)
-class WindowEstimate:
+class WindowEstimate(NamedTuple):
     """A fit plus the mean drive amplitude the device reported over the same samples."""
 
     fit: SineFit

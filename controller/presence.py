@@ -120,6 +120,8 @@ class PresenceDetector:
         self._acquire_s = 0.0
         self._remembered: dict[int, float] = {}
         self._coil_temp_c: float | None = None
+        self._factor_key: tuple[float, float | None] = (math.nan, None)
+        self._factor_value = 1.0
         self._coil_temp_start_c: float | None = None
         self._smallest_gap: float | None = None
         self._undetectable_seen = False
@@ -140,8 +142,18 @@ class PresenceDetector:
         """``response`` (measured over calibrated gain) on the calibration's temperature scale."""
         if self._coil_temp_c is None:
             return response
-        warmer_k = self._coil_temp_c - self.calibration_temp_c
-        return response * (1.0 + tempco_per_k(freq_hz) * warmer_k)
+        return response * self._factor(freq_hz)
+
+    def _factor(self, freq_hz: float) -> float:
+        """The compensation factor at ``freq_hz`` and the latest coil temperature (remembered
+        until either changes: a fixed frequency and a STATUS every few seconds ask the same)."""
+        key = (freq_hz, self._coil_temp_c)
+        if key != self._factor_key:
+            assert self._coil_temp_c is not None
+            warmer_k = self._coil_temp_c - self.calibration_temp_c
+            self._factor_key = key
+            self._factor_value = 1.0 + tempco_per_k(freq_hz) * warmer_k
+        return self._factor_value
 
     def update(
         self, freq_hz: float, response: float | None, in_hold: bool, settled: bool

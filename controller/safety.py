@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from controller.estimation import WindowEstimate
+from controller.estimation import SineFit, WindowEstimate
 from firmware_bridge.client import SampleBlock
 from firmware_bridge.codec import LinkStats
 from firmware_bridge.dose_limits import DOSE_LIMITS, DoseLimitError
@@ -292,70 +292,68 @@ class SafetySupervisor:
         empty_gain: float,
         lim: SafetyLimits,
     ) -> SafetyTrip | None:
+        # Each held condition is timed by _held_for only while it holds; a block that breaks
+        # none (nearly every block) only clears what was held, if anything was.
         fit = est.fit
-        ratio: float | None = None
-
-        def values() -> dict[str, float]:
-            """The values a trip records (made only for a trip: a block that passes needs none)."""
-            found = {
-                "peak_g": fit.peak_g,
-                "total_peak_g": fit.total_peak_g,
-                "dc_g": fit.dc_g,
-                "drive": drive,
-                "setpoint_g": setpoint_g,
-            }
-            if ratio is not None:
-                found["response_ratio"] = ratio
-            return found
-
+        peak = fit.peak_g
+        held = self._held
         if abs(fit.dc_g - 1.0) > lim.gravity_tolerance_g:
             return SafetyTrip(
                 TripReason.SENSOR_GRAVITY, t_s, index, f"reads {fit.dc_g:.3f} g at rest level",
-                values(),
+                _values(fit, drive, setpoint_g, None),
             )  # fmt: skip
-        if fit.peak_g > lim.ceiling_g or fit.total_peak_g > lim.ceiling_g * lim.total_peak_factor:
+        if peak > lim.ceiling_g or fit.total_peak_g > lim.ceiling_g * lim.total_peak_factor:
             return SafetyTrip(
                 TripReason.OVER_ACCELERATION, t_s, index,
-                f"peak {fit.peak_g:.3f} g (total {fit.total_peak_g:.3f} g), ceiling "
-                f"{lim.ceiling_g:g} g", values(),
+                f"peak {peak:.3f} g (total {fit.total_peak_g:.3f} g), ceiling "
+                f"{lim.ceiling_g:g} g", _values(fit, drive, setpoint_g, None),
             )  # fmt: skip
         if est.mean_drive >= lim.min_check_drive:
-            ratio = fit.peak_g / (empty_gain * est.mean_drive)
-            if self._held_for(TripReason.NO_RESPONSE, ratio < lim.no_response_fraction, t_s) >= (
-                lim.no_response_hold_s
-            ):
-                return SafetyTrip(
-                    TripReason.NO_RESPONSE, t_s, index,
-                    f"response is {100 * ratio:.1f}% of the calibrated plate's", values(),
-                )  # fmt: skip
-            if self._held_for(TripReason.RUNAWAY, ratio > lim.runaway_ratio, t_s) >= (
-                lim.runaway_hold_s
-            ):
-                return SafetyTrip(
-                    TripReason.RUNAWAY, t_s, index,
-                    f"response is {ratio:.2f}x the calibrated empty plate's", values(),
-                )  # fmt: skip
+            ratio = peak / (empty_gain * est.mean_drive)
+            if ratio < lim.no_response_fraction:
+                if self._held_for(TripReason.NO_RESPONSE, t_s) >= lim.no_response_hold_s:
+                    return SafetyTrip(
+                        TripReason.NO_RESPONSE, t_s, index,
+                        f"response is {100 * ratio:.1f}% of the calibrated plate's",
+                        _values(fit, drive, setpoint_g, ratio),
+                    )  # fmt: skip
+            elif held:
+                held.pop(TripReason.NO_RESPONSE, None)
+            if ratio > lim.runaway_ratio:
+                if self._held_for(TripReason.RUNAWAY, t_s) >= lim.runaway_hold_s:
+                    return SafetyTrip(
+                        TripReason.RUNAWAY, t_s, index,
+                        f"response is {ratio:.2f}x the calibrated empty plate's",
+                        _values(fit, drive, setpoint_g, ratio),
+                    )  # fmt: skip
+            elif held:
+                held.pop(TripReason.RUNAWAY, None)
         else:
-            self._held.pop(TripReason.NO_RESPONSE, None)
-            self._held.pop(TripReason.RUNAWAY, None)
-        saturated = (
-            drive >= drive_limit - 1e-3 and fit.peak_g < lim.saturation_shortfall * setpoint_g
-        )
-        if self._held_for(TripReason.DRIVE_SATURATED, saturated, t_s) >= lim.saturation_hold_s:
-            return SafetyTrip(
-                TripReason.DRIVE_SATURATED, t_s, index,
-                f"drive {drive:.3f} at its limit {drive_limit:.3f}, peak {fit.peak_g:.3f} g of "
-                f"{setpoint_g:.3f} g", values(),
-            )  # fmt: skip
-        trip = self._dose_shortfall(t_s, index, fit.peak_g, drive, drive_limit, setpoint_g)
+            ratio = None
+            if held:
+                held.pop(TripReason.NO_RESPONSE, None)
+                held.pop(TripReason.RUNAWAY, None)
+        if drive >= drive_limit - 1e-3 and peak < lim.saturation_shortfall * setpoint_g:
+            if self._held_for(TripReason.DRIVE_SATURATED, t_s) >= lim.saturation_hold_s:
+                return SafetyTrip(
+                    TripReason.DRIVE_SATURATED, t_s, index,
+                    f"drive {drive:.3f} at its limit {drive_limit:.3f}, peak {peak:.3f} g of "
+                    f"{setpoint_g:.3f} g", _values(fit, drive, setpoint_g, ratio),
+                )  # fmt: skip
+        elif held:
+            held.pop(TripReason.DRIVE_SATURATED, None)
+        trip = self._dose_shortfall(t_s, index, peak, drive, drive_limit, setpoint_g)
         if trip is not None:
             return trip
-        harmonic = fit.residual_rms_g > lim.harmonic_rms_g
-        if self._held_for(TripReason.EXCESS_HARMONICS, harmonic, t_s) >= lim.harmonic_hold_s:
-            return SafetyTrip(
-                TripReason.EXCESS_HARMONICS, t_s, index,
-                f"{fit.residual_rms_g:.3f} g rms away from the drive frequency", values(),
-            )  # fmt: skip
+        if fit.residual_rms_g > lim.harmonic_rms_g:
+            if self._held_for(TripReason.EXCESS_HARMONICS, t_s) >= lim.harmonic_hold_s:
+                return SafetyTrip(
+                    TripReason.EXCESS_HARMONICS, t_s, index,
+                    f"{fit.residual_rms_g:.3f} g rms away from the drive frequency",
+                    _values(fit, drive, setpoint_g, ratio),
+                )  # fmt: skip
+        elif held:
+            held.pop(TripReason.EXCESS_HARMONICS, None)
         return None
 
     def _dose_shortfall(
@@ -384,8 +382,11 @@ class SafetySupervisor:
         sums[0] += peak_g
         sums[1] += setpoint_g
         full = len(self._dose) == self._dose.maxlen
-        short = full and sums[0] < (1.0 - lim.dose_shortfall_fraction) * sums[1]
-        held = self._held_for(TripReason.CANNOT_REACH_DOSE, short, t_s)
+        if not (full and sums[0] < (1.0 - lim.dose_shortfall_fraction) * sums[1]):
+            if self._held:
+                self._held.pop(TripReason.CANNOT_REACH_DOSE, None)
+            return None
+        held = self._held_for(TripReason.CANNOT_REACH_DOSE, t_s)
         if held < lim.dose_shortfall_hold_s:
             return None
         delivered = sums[0] / sums[1]
@@ -399,13 +400,26 @@ class SafetySupervisor:
              "held_s": held},
         )  # fmt: skip
 
-    def _held_for(self, reason: TripReason, condition: bool, t_s: float) -> float:
-        """How long ``condition`` has held without a break (0 when it does not hold)."""
-        if not condition:
-            self._held.pop(reason, None)
-            return 0.0
+    def _held_for(self, reason: TripReason, t_s: float) -> float:
+        """How long the condition of ``reason``, which holds in this block, has held without a
+        break (a block that breaks it removes ``reason`` from ``_held``)."""
         since = self._held.setdefault(reason, t_s)
         return t_s - since + self.block_s
+
+
+def _values(fit: SineFit, drive: float, setpoint_g: float, ratio: float | None) -> dict[str, float]:
+    """The values a response trip records (made only for a trip: a block that passes needs
+    none)."""
+    found = {
+        "peak_g": fit.peak_g,
+        "total_peak_g": fit.total_peak_g,
+        "dc_g": fit.dc_g,
+        "drive": drive,
+        "setpoint_g": setpoint_g,
+    }
+    if ratio is not None:
+        found["response_ratio"] = ratio
+    return found
 
 
 def trip_from_exception(

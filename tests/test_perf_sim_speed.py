@@ -177,13 +177,13 @@ def test_the_exposure_meter_filters_many_blocks_per_product(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     products = [0]
-    push_block = ExposureMeter._push_block
+    filter_full = ExposureMeter._filter_full
 
-    def counted(self: ExposureMeter, accel_g: Any) -> None:
+    def counted(self: ExposureMeter) -> None:
         products[0] += 1
-        push_block(self, accel_g)
+        filter_full(self)
 
-    monkeypatch.setattr(ExposureMeter, "_push_block", counted)
+    monkeypatch.setattr(ExposureMeter, "_filter_full", counted)
     fs, n = 1600.0, 32
     signal = 1.0 + 0.3 * np.sin(2.0 * np.pi * 45.0 * np.arange(300 * n + 7) / fs)
     meter = ExposureMeter(fs)
