@@ -465,15 +465,7 @@ class PlatePhysics:
         self, n: int, freq_hz: float, phase0_rad: float, drive0: float, rate: float, rows: int
     ) -> FloatArray:
         """:meth:`run` as an array of the first ``rows`` outputs, shape (rows, n)."""
-        end_drive = drive0 + rate * n * self._dt
-        if not (
-            n >= 0
-            and 0.0 <= freq_hz < math.inf
-            and abs(drive0) <= 1.0 + _DRIVE_TOLERANCE
-            and abs(end_drive) <= 1.0 + _DRIVE_TOLERANCE
-            and math.isfinite(phase0_rad)
-        ):
-            _refuse_run(n, freq_hz, phase0_rad, drive0, end_drive)
+        _check_run(n, freq_hz, phase0_rad, drive0, drive0 + rate * n * self._dt)
         w = 2.0 * math.pi * freq_hz
         seg = min(n, self._until_update, self._block_max)
         if seg == n:  # the usual case: one segment, return the product's rows as they are
@@ -557,15 +549,7 @@ class PlatePhysics:
         them (see ``_Tables``); :meth:`commit_segment` then advances the plant. Checked as
         :meth:`run` checks its arguments.
         """
-        end_drive = drive0 + drive_rate_per_s * n * self._dt
-        if not (
-            n >= 0
-            and 0.0 <= freq_hz < math.inf
-            and abs(drive0) <= 1.0 + _DRIVE_TOLERANCE
-            and abs(end_drive) <= 1.0 + _DRIVE_TOLERANCE
-            and math.isfinite(phase0_rad)
-        ):
-            _refuse_run(n, freq_hz, phase0_rad, drive0, end_drive)
+        _check_run(n, freq_hz, phase0_rad, drive0, drive0 + drive_rate_per_s * n * self._dt)
         if n > self._until_update or n > self._block_max:
             return None
         tables = self._tables_for(2.0 * math.pi * freq_hz)
@@ -1005,6 +989,19 @@ def expm(a: FloatArray) -> FloatArray:
             more = np.array(squarings) > done
             r[more] = r[more] @ r[more]
     return np.asarray(r, dtype=np.float64)
+
+
+def _check_run(n: int, freq_hz: float, phase0_rad: float, drive0: float, end: float) -> None:
+    """Check the arguments of :meth:`PlatePhysics.run` (``end``: the drive at the segment's end);
+    one comparison chain when they are right, :func:`_refuse_run`'s message when not."""
+    if not (
+        n >= 0
+        and 0.0 <= freq_hz < math.inf
+        and abs(drive0) <= 1.0 + _DRIVE_TOLERANCE
+        and abs(end) <= 1.0 + _DRIVE_TOLERANCE
+        and math.isfinite(phase0_rad)
+    ):
+        _refuse_run(n, freq_hz, phase0_rad, drive0, end)
 
 
 def _refuse_run(n: int, freq_hz: float, phase0_rad: float, drive0: float, end: float) -> None:
