@@ -103,6 +103,14 @@ class AmplitudeEstimator:
     drive cycles that fits in ``window_s`` (at least one cycle). The drive phase of every sample
     comes from the device, so a frequency change inside the window is handled exactly.
 
+    The drive amplitude of every sample is reconstructed from the one the device reports for
+    each block's first sample: the device ramps it linearly, starting at block boundaries
+    (docs/protocol.md 9.4), so a block's drive is the straight line from its first-sample value
+    to the next block's. The newest block's end is not known yet: its line continues the
+    previous block's slope, and is redrawn when the next block arrives. (Taking each block's
+    first-sample value for all of it biased the mean drive by half a block of drive change:
+    with 50 ms blocks the empty plate read 0.8 of itself at the end of a ramp-down.)
+
     The fit is the same as :func:`fit_sine`. Each block's samples, the cosine and sine of their
     drive phase (the block's first phase turned by a cached table of per-sample steps: one 2 x 2
     by 2 x n product), the drive and the negated samples are written once into a buffer; a
@@ -144,6 +152,9 @@ class AmplitudeEstimator:
         self._extremes_at = -1  # ... this many samples had been pushed
         # the window length for the last (samples available, frequency) asked (0: no fit)
         self._last_length: tuple[tuple[int, float], int] = ((-1, 0.0), 0)
+        self._line: FloatArray = np.empty(0)  # k / n for k = 0 .. 2n-1, n the block length
+        self._last_drive: float | None = None  # the newest block's first-sample drive ...
+        self._last_sloped = False  # ... and whether its drive was drawn as a sloping line
 
     @property
     def pushed(self) -> int:
@@ -155,7 +166,10 @@ class AmplitudeEstimator:
         self._held_from = sample
 
     def push(self, accel_g: FloatArray, phase0_rad: float, freq_hz: float, drive: float) -> None:
-        """Add one block: samples in g, the drive phase and amplitude at its first sample."""
+        """Add one block: samples in g, the drive phase and amplitude at its first sample.
+
+        Blocks must follow each other without a gap for the drive's line to be exact.
+        """
         n = accel_g.size
         if self._end + n > self._capacity:
             self._make_room(n)
@@ -178,10 +192,42 @@ class AmplitudeEstimator:
         np.matmul(rotation, steps, out=rows[self._C : self._S + 1, end:stop])
         rows[self._X, end:stop] = accel_g
         np.negative(accel_g, out=rows[self._NEG, end:stop])
-        rows[self._D, end:stop] = drive
+        previous = self._last_drive
+        if drive == previous and not self._last_sloped:
+            rows[self._D, end:stop] = drive  # a held drive (most blocks of a hold)
+        elif previous is not None and self._line.size == 2 * n == 2 * self._last_n and end >= n:
+            # one line through the previous block (it ended at ``drive``) and this one
+            change = drive - previous
+            rows[self._D, end - n : stop] = previous + change * self._line
+            self._last_sloped = change != 0.0
+            if not 0.0 <= drive + change * (n - 1) / n <= 1.0:  # a fraction of full scale
+                np.clip(rows[self._D, end:stop], 0.0, 1.0, out=rows[self._D, end:stop])
+        else:
+            self._write_drive(end, n, drive)
+        self._last_drive = drive
         self._end = stop
         self._count += n
         self._last_n = n
+
+    def _write_drive(self, end: int, n: int, drive: float) -> None:
+        """:meth:`push`'s drive line in general (the first block, a block of another length
+        than the one before, the previous block moved out of the buffer; the usual case is
+        written in place there, without a call: the loop's per-update budget)."""
+        row = self._rows[self._D]
+        previous, last_n = self._last_drive, self._last_n
+        if 2 * n != self._line.size:
+            self._line = np.arange(2 * n, dtype=np.float64) / n  # k / n, k = 0 .. 2n-1
+        if previous is None or last_n == 0:
+            row[end : end + n] = drive
+            self._last_sloped = False
+            return
+        change = drive - previous
+        first = max(end - last_n, 0)
+        k = np.arange(first - end, n, dtype=np.float64)  # from the new block's first sample
+        row[first : end + n] = previous + change * (k + last_n) / last_n
+        self._last_sloped = change != 0.0
+        if not 0.0 <= drive + change * (n - 1) / last_n <= 1.0:  # a fraction of full scale
+            np.clip(row[end : end + n], 0.0, 1.0, out=row[end : end + n])
 
     def _make_room(self, n: int) -> None:
         keep = min(self._keep, self._end)

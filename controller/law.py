@@ -3,8 +3,9 @@
 ``drive = c(f) * setpoint_g / G(f)`` where ``G(f)`` is the calibrated empty plate's response
 (g per unit drive, the gain schedule) and ``c(f)`` is the correction the loop learns. Each
 update measures the plate's actual gain over the estimator window,
-``rho = peak_g / (G * mean_drive)``, using the drive the device reported for those very
-samples, and moves ``c`` towards ``1 / rho``. In steady state ``rho * c = 1``, so the amplitude
+``rho = peak_g / (G * mean_drive)``, using the drive the device ran for those very samples
+(reconstructed by the estimator from the amplitude it reports at each block's first sample),
+and moves ``c`` towards ``1 / rho``. In steady state ``rho * c = 1``, so the amplitude
 equals the setpoint whatever the load, coil temperature or frequency (integral action on the
 plate's gain). Because ``c`` estimates a gain instead of accumulating an amplitude error:
 

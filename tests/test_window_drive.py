@@ -33,10 +33,6 @@ FREQ_HZ = 45.0
 TARGET_G = 0.3
 LEARN_FRACTION = 0.05  # the law learns from windows whose expected response is this much of it
 
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="the fix is /work/briefs/s5/h7.patch (controller/estimation.py)"
-)
-
 
 def _raised_cosine(t_s: np.ndarray, ramp_s: float, up: bool) -> np.ndarray:
     x = np.clip(t_s / ramp_s, 0.0, 1.0)
