@@ -14,10 +14,10 @@ exec, so the benchmark itself never spawns the measured command).
 - **patient session**: ``liv start`` of a 10-minute protocol session to its end, the same ratio
   (simulated seconds from the truth file when ``--minutes`` includes the run, else nominal).
 - **start until the plate moves**: spawn until the first ``SET_DRIVE`` with a non-zero drive is
-  written to the plate (the child wraps ``DeviceClient._send`` and writes a line on stderr at
-  that moment, with its CPU time so far; ``_MOVES``): wall and CPU seconds. The session is
-  then stopped with SIGTERM; its peak memory includes the soft stop and the record. Homes are
-  fresh (empty log) unless ``--log-years`` asks for the cached bench_log.py logs (building
+  written to the plate (the child wraps ``DeviceClient.set_drive`` and writes a line on stderr
+  when it has written one, with its CPU time so far; ``_MOVES``): wall and CPU seconds. The
+  session is then stopped with SIGTERM; its peak memory includes the soft stop and the record.
+  Homes are fresh (empty log) unless ``--log-years`` asks for the cached bench_log.py logs (building
   five years takes a few minutes once).
 - **session length scaling**: ``liv start`` sessions of ``--minutes`` (a protocol allows 1-30)
   and ``liv run`` holds of ``--run-minutes``, each with a truth file, and a one-hour
@@ -98,17 +98,16 @@ _MOVES = r"""
 import sys, time
 import sessions.cli
 from firmware_bridge.client import DeviceClient
-from firmware_bridge.protocol import SetDrive
-_send = DeviceClient._send
+from firmware_bridge.protocol import drive_to_q16
+_set_drive = DeviceClient.set_drive
 _told = []
-def _send_and_tell(self, message):
-    seq = _send(self, message)
-    if not _told and isinstance(message, SetDrive) and message.drive_q16 > 0:
+def _set_drive_and_tell(self, drive, ramp_s, wait=True):
+    _set_drive(self, drive, ramp_s, wait)  # written to the plate when this returns
+    if not _told and drive_to_q16(drive) > 0:
         _told.append(True)
         sys.stderr.write(f"PLATE-MOVES {time.process_time():.6f}\n")
         sys.stderr.flush()
-    return seq
-DeviceClient._send = _send_and_tell
+DeviceClient.set_drive = _set_drive_and_tell
 from sessions.cli import main
 sys.exit(main(sys.argv[1:]))
 """
