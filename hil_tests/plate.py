@@ -214,17 +214,34 @@ def output_on(device: DeviceClient, freq_hz: float) -> Iterator[None]:
 
 
 def read_guarded(
-    device: DeviceClient, seconds: float, guard_g: float = GUARD_G
+    device: DeviceClient,
+    seconds: float,
+    guard_g: float = GUARD_G,
+    *,
+    until_index: int | None = None,
 ) -> list[SampleBlock]:
-    """``read_for`` that stops the test if any block's fitted amplitude exceeds ``guard_g``."""
+    """``read_for`` that stops the test if any block's fitted amplitude exceeds ``guard_g``.
+
+    Reads until a block it has returned ends ``seconds`` of the device's clock past the index
+    decoded when called (or at ``until_index``). Progress is judged by the blocks read, never by
+    ``device.sample_index``: a host that stalled decodes many frames at once, and the index
+    decoded runs ahead of what has been read.
+    """
     info = device.info
-    blocks = []
-    end = device.sample_index + round(seconds * info.sample_rate_hz)
-    while device.sample_index < end:
+    blocks: list[SampleBlock] = []
+    if until_index is None:
+        if seconds <= 0.0:
+            return blocks
+        end = device.sample_index + round(seconds * info.sample_rate_hz)
+    else:
+        end = until_index
+    reached = -1
+    while reached < end:
         block = device.read_block(timeout_s=1.0)
         if block is None:
             raise AssertionError("the plate stopped streaming samples")
         blocks.append(block)
+        reached = block.first_index + block.counts.size
         peak = fit_block(block, info.sample_rate_hz, info.counts_per_g).peak_g
         if peak > guard_g:
             raise PlateGuardError(
@@ -384,9 +401,12 @@ def drive_and_settle(device: DeviceClient, target: float, ramp_s: float) -> list
     fit_from = ramp_end + round(PROBE_SETTLE_S * fs)
     # the first block that starts at fit_from or later may start up to a block after it
     wanted = fit_from + info.block_samples + round(PROBE_FIT_S * fs)
-    if device.sample_index < wanted:
-        blocks += read_guarded(device, (wanted - device.sample_index) / fs)
-    return [b for b in blocks if b.first_index >= fit_from]
+    if blocks[-1].first_index + blocks[-1].counts.size < wanted:
+        blocks += read_guarded(device, 0.0, until_index=wanted)
+    settled = [b for b in blocks if b.first_index >= fit_from]
+    if not settled:
+        raise AssertionError(f"no block read from sample {fit_from} on, after the drive's ramp")
+    return settled
 
 
 def probe_response(device: DeviceClient) -> float:
