@@ -606,8 +606,10 @@ class PlateVoucher:
         if not device.can_countersign:
             # Not a passing failure (those are vouched for at the next connection): no record of
             # this plate will ever be vouched for, so the clinic cannot check it. The patient
-            # hears it before the session, which runs and is saved all the same.
-            notice(say("start.cannot_vouch"))
+            # hears it before the session, which runs and is saved all the same (a simulator's
+            # sessions never count: nothing to tell).
+            if "SIMULATED" not in device.info.capabilities:
+                notice(say("start.cannot_vouch"))
             return None, (
                 f"the plate does not countersign records (protocol {device.info.protocol_version}"
                 ", no COUNTERSIGN capability)"
