@@ -165,11 +165,22 @@ class AmplitudeEstimator:
         """Keep every sample from the ``sample``-th pushed on (None: only the last window)."""
         self._held_from = sample
 
-    def push(self, accel_g: FloatArray, phase0_rad: float, freq_hz: float, drive: float) -> None:
+    def push(
+        self,
+        accel_g: FloatArray,
+        phase0_rad: float,
+        freq_hz: float,
+        drive: float,
+        after_gap: bool = False,
+    ) -> None:
         """Add one block: samples in g, the drive phase and amplitude at its first sample.
 
-        Blocks must follow each other without a gap for the drive's line to be exact.
+        ``after_gap``: blocks were lost before this one (``SampleBlock.missing_before``). The
+        block before the gap then keeps the line it was drawn with (its own slope continued),
+        since this block's drive is not where that block ended; this block starts a new line.
         """
+        if after_gap:
+            self._last_drive = None
         n = accel_g.size
         if self._end + n > self._capacity:
             self._make_room(n)

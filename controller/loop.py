@@ -345,7 +345,9 @@ def _run_exposure(
             accel = block.accel_g
             block_freq = block.freq_hz
             t = (block.first_index + block.counts.size - start) / fs
-            estimator.push(accel, block.phase_rad, block_freq, block.drive)
+            estimator.push(
+                accel, block.phase_rad, block_freq, block.drive, block.missing_before > 0
+            )
             if meter is not None:
                 meter.push(accel)
             estimate = estimator.estimate(block_freq)

@@ -172,3 +172,28 @@ def test_an_empty_plate_with_50_ms_blocks_reads_its_own_response(tmp_path: Path)
     assert result.response_ratio == pytest.approx(true_ratio, rel=0.03)
     worst = float(np.max(np.abs(_learned_ratios(result) / true_ratio - 1.0)))
     assert worst <= 0.05, f"learned response off the plate's by {100 * worst:.1f}%"
+
+
+def test_lost_frames_do_not_bend_the_line_of_the_block_before_them() -> None:
+    """A straight ramp with one block lost: every sample still fitted has its true drive (the
+    block before the gap keeps its own slope; a line drawn to the block after the gap would
+    have twice it)."""
+    fs, n = 1000, 50
+    starts = 0.01 + 0.002 * np.arange(12)
+    drives, reported = _protocol_blocks(starts, n)
+    lost = 8  # the block after the gap is then redrawn when the newest arrives
+    est = AmplitudeEstimator(float(fs), window_s=0.2)
+    phase0 = 0.0
+    kept: list[np.ndarray] = []
+    for k, (drive, head) in enumerate(zip(drives, reported, strict=True)):
+        phases = block_phases(phase0, FREQ_HZ, n, float(fs))
+        phase0 = float(phases[-1] + 2.0 * math.pi * FREQ_HZ / fs)
+        if k == lost:
+            continue
+        est.push(1.0 + 3.0 * drive * np.sin(phases), float(phases[0]), FREQ_HZ, head, k == lost + 1)
+        kept.append(drive)
+    window = est.estimate(FREQ_HZ)
+    assert window is not None
+    assert window.fit.n_samples > 3 * n  # the window reaches back past the gap
+    ran = np.concatenate(kept)[-window.fit.n_samples :]
+    assert window.mean_drive == pytest.approx(float(ran.mean()), rel=1e-12)
