@@ -398,6 +398,7 @@ def run_session(
     demo: bool = False,
     pins: DevicePins | None = None,
     on_notice: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> SessionOutcome:
     """Run the session due now. Raises SessionRefusedError (with the reason) if none is.
 
@@ -410,14 +411,16 @@ def run_session(
     A plate that countersigns (protocol 2.1) is paired at first use through ``pins`` (a
     different key later raises :class:`PlateKeyChangedError` before anything is recorded),
     vouches for records left unvouched before, and for the finished record at the end.
-    ``on_notice`` hears what the patient should know about it (a pairing, a record missing).
+    ``on_notice`` hears what the patient should know about it (a pairing, a record missing);
+    ``on_warning`` (default: ``on_notice``) the sentence the patient must read before the
+    session: the plate cannot countersign, so the clinic will not be able to check its records.
     """
     stops = _Stops()
     with _stop_signals(stops):
         try:
             return _run_session(
                 protocol, log, device_url, calibrations, override_reason, on_progress,
-                on_decision, now, wall, stops, demo, pins, on_notice,
+                on_decision, now, wall, stops, demo, pins, on_notice, on_warning,
             )  # fmt: skip
         except KeyboardInterrupt as exc:
             stops.note(exc)
@@ -439,6 +442,7 @@ def _run_session(
     demo: bool,
     pins: DevicePins | None = None,
     on_notice: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> SessionOutcome:
     log.recover_interrupted(now())
     moment = now()  # the decision reads only the window that can change it: no envelope
@@ -468,6 +472,13 @@ def _run_session(
     with DeviceClient.open(device_url) as device:
         info = device.info
         voucher, no_voucher = PlateVoucher.connect(device, log, pins, notice)
+        kind = device_kind(info, device_url)
+        if not device.can_countersign and kind is SessionKind.THERAPY:
+            # Not a passing failure (those are vouched for at the next connection): no record
+            # of this plate will ever be vouched for, so the clinic cannot check it. The patient
+            # reads it before the session, which runs and is saved all the same (a simulator's
+            # sessions never count: nothing to tell).
+            (on_warning or notice)(say("start.cannot_vouch"))
         calibration = calibrations.load(info.device_id)
         if calibration is None:
             raise NoCalibrationError(
@@ -512,7 +523,7 @@ def _run_session(
             target_g=protocol.target_g,
             override_reason=decision.override_reason,
             resumed_from=decision.resumed_from,
-            kind=device_kind(info, device_url),
+            kind=kind,
         )
         # From here on the row exists: every way out records the session.
         stops.deferred = False
@@ -604,12 +615,6 @@ class PlateVoucher:
         is not the pinned one.
         """
         if not device.can_countersign:
-            # Not a passing failure (those are vouched for at the next connection): no record of
-            # this plate will ever be vouched for, so the clinic cannot check it. The patient
-            # hears it before the session, which runs and is saved all the same (a simulator's
-            # sessions never count: nothing to tell).
-            if "SIMULATED" not in device.info.capabilities:
-                notice(say("start.cannot_vouch"))
             return None, (
                 f"the plate does not countersign records (protocol {device.info.protocol_version}"
                 ", no COUNTERSIGN capability)"

@@ -189,6 +189,7 @@ def start_session(
                 demo=home.is_demo,
                 pins=pins_of(home),
                 on_notice=_notice,
+                on_warning=display.say,
             )
         finally:
             display.finish()
