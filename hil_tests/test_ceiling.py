@@ -71,19 +71,23 @@ def test_the_plate_stops_itself_above_its_ceiling(
     fault: DeviceFaultError | None = None
     with output_on(device, FREQ_HZ):
         device.set_drive(info.max_drive, RAMP_S)
+        # Progress is judged by the blocks read (a stalled host decodes ahead of them), and the
+        # stretch after the trip is counted from the FAULT's own sample index.
         end = device.sample_index + round(READ_LIMIT_S * info.sample_rate_hz)
-        while device.sample_index < end:
+        reached = -1
+        while reached < end:
             try:
                 block = device.read_block(timeout_s=1.0)
             except DeviceFaultError as exc:
                 fault = exc
-                end = device.sample_index + round(
+                end = exc.sample_index + round(
                     (info.watchdog_ramp_s + RINGDOWN_S + 0.2) * info.sample_rate_hz
                 )
                 continue
             if block is None:
                 raise AssertionError("the plate stopped streaming samples")
             (after if fault is not None else before).append(block)
+            reached = block.first_index + block.counts.size
     if fault is None:
         reached = float(block_amplitudes(before, info.sample_rate_hz, info.counts_per_g).max())
         if reached < info.ceiling_g:
