@@ -363,7 +363,6 @@ class SimulatedDevice:
             IDEAL_PART if config.ideal_sensor else draw_part(accel_profile, config.device_id)
         )
         self._sensor_counts_per_g = accel_profile.counts_per_g
-        self._sensor_offset_counts = 0.0
         self.counts_per_g = int(accel_profile.counts_per_g * (1.0 + config.counts_per_g_error))
         accel_profile = reading_profile(
             accel_profile, self.sensor_part, config.sensor_gain_error, config.sensor_offset_g or 0.0
@@ -948,7 +947,7 @@ class SimulatedDevice:
         )
         ahead_sensor = self.sensor.measure_ahead(ahead_physics.accel_g)
         counts = ahead_sensor.counts
-        rest_g = (counts.mean(axis=1) - self._sensor_offset_counts) / self._sensor_counts_per_g
+        rest_g = counts.mean(axis=1) / self._sensor_counts_per_g
         return _Ahead(
             key=inputs,
             physics=ahead_physics,
@@ -1057,9 +1056,7 @@ class SimulatedDevice:
             self._fit_window.append(self._block_fit.sums(counts, first_phase, self._freq_hz))
             if not output_was_on:
                 mean_counts = float(np.mean(counts))
-                self._rest_window.append(
-                    (mean_counts - self._sensor_offset_counts) / self._sensor_counts_per_g
-                )
+                self._rest_window.append(mean_counts / self._sensor_counts_per_g)
             samples = Samples(
                 self._sample_index,
                 phase_to_q32(first_phase),
