@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from firmware_bridge.userdirs import user_data_dir
 from sessions.log.canonical import canonical_json, record_hash
 from sessions.log.chain import (
     _content_bad,
@@ -227,9 +228,7 @@ def default_db_path() -> Path:
     explicit = os.environ.get(ENV_DB, "")
     if explicit:
         return Path(explicit).expanduser()
-    data_home = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share"
-    return base / "liv" / "liv.db"
+    return user_data_dir("liv", "liv.db")
 
 
 # --- the log -------------------------------------------------------------------------------------
