@@ -343,7 +343,8 @@ class SimulatedDevice:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         physics_seed, sensor_seed, link_seed = np.random.SeedSequence(config.seed).spawn(3)
-        profile = config.plate_profile(load_profile(config.profile))  # posture, sensor errors
+        profile = config.plate_profile(load_profile(config.profile))  # posture and knee angle
+        # (the sensor's errors: reading_profile below)
         accel_profile = profile.accelerometer
         if config.noise_ug is not None:
             accel_profile = dataclasses.replace(accel_profile, noise_density_ug=config.noise_ug)

@@ -1,6 +1,8 @@
 """The plate's accelerometer, vertical axis: what the firmware reads, in output counts.
 
-Signal chain per sample (defaults model an ADXL345 at +/-4 g, full resolution)::
+Signal chain per sample (the default profile models an ADXL355-class low-noise part at +/-4 g;
+profiles/adxl345.yaml the older ADXL345). The sensitivity error and bias are what remains after
+the firmware's factory calibration of its part (:func:`draw_part`, :func:`reading_profile`)::
 
     true accel + 1 g gravity  ->  x (1 + sensitivity error) + bias  ->  + white noise
     ->  2nd-order Butterworth anti-alias low-pass  ->  round to counts  ->  clip to the range

@@ -42,7 +42,6 @@ class Serial(serial.SerialBase):
         self._buffer = bytearray()
         # Fixed for the device's life: read once, not on every call (a read per block).
         self._speed = config.speed
-        self._paced = config.speed is None
         self._can_disconnect = config.disconnect_at_s is not None
         self._frame_bytes = self._device.samples_frame_bytes
         self._wall_start = time.monotonic()
@@ -148,7 +147,7 @@ class Serial(serial.SerialBase):
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         device = self._check_link()
-        if not self._paced:
+        if self._speed is not None:
             self._advance(0, 0.0)
         payload = bytes(data)
         device.receive(payload)
