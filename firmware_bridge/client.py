@@ -625,11 +625,7 @@ class DeviceClient:
         if self._faults or self._refusals:
             self._raise_events()
         block = self._pop_block()
-        info = self._info
-        if info is not None:
-            quiet = (self._device_index - self._last_tx_index) / info.sample_rate_hz
-            if quiet >= HEARTBEAT_S:
-                self.heartbeat()
+        self._heartbeat_if_quiet()
         return block
 
     def read_blocks(self, max_blocks: int, timeout_s: float = 1.0) -> SampleBatch | None:
@@ -669,11 +665,16 @@ class DeviceClient:
             parts.append(batch)
             take -= len(batch)
             self._blocks_out += len(batch)
-        if self._info is not None:
-            quiet = (self._device_index - self._last_tx_index) / self._info.sample_rate_hz
+        self._heartbeat_if_quiet()
+        return SampleBatch.join(parts)
+
+    def _heartbeat_if_quiet(self) -> None:
+        """A heartbeat if the host has sent nothing for HEARTBEAT_S of the device's clock."""
+        info = self._info
+        if info is not None:
+            quiet = (self._device_index - self._last_tx_index) / info.sample_rate_hz
             if quiet >= HEARTBEAT_S:
                 self.heartbeat()
-        return SampleBatch.join(parts)
 
     def _available(self) -> int:
         """Blocks queued that may be handed out before the oldest pending device event."""
@@ -800,7 +801,8 @@ class DeviceClient:
             self._pump()
             return
         n = info.block_samples
-        payload_size = samples_payload_dtype(n).itemsize
+        payload_size = self._samples_payload_len  # set with the hello
+        assert payload_size is not None
         if self._paced_by_reads:
             quiet = self._device_index - self._last_tx_index
             due = math.ceil((HEARTBEAT_S * info.sample_rate_hz - quiet) / n)
