@@ -23,7 +23,7 @@ import yaml
 
 from sessions.adherence import AdherenceReport, compute_adherence, protocol_periods
 from sessions.cli import main
-from sessions.commands import status_lines
+from sessions.commands.status import status_lines
 from sessions.log import SessionLog
 from sessions.protocol import PatientProtocol
 from sessions.report import render_csv, render_html, render_json, render_table

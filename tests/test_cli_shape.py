@@ -18,7 +18,7 @@ from serial.tools.list_ports_common import ListPortInfo
 from firmware_bridge.errors import DeviceBusyError, DeviceNotFoundError
 from firmware_bridge.transport import close_port, open_port
 from sessions.cli import build_parser, completion_script, main, subcommands
-from sessions.commands import start_exit_status
+from sessions.commands.start import start_exit_status
 from sessions.home import LivHome
 from sessions.log import SessionStatus
 from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM

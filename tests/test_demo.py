@@ -16,9 +16,9 @@ import pytest
 
 from controller.calibration import identify
 from firmware_bridge.client import DeviceClient
-from sessions import commands
 from sessions.cli import main
-from sessions.commands import DemoSession, demo_protocol, run_demo_history
+from sessions.commands import demo
+from sessions.commands.demo import DemoSession, demo_protocol, run_demo_history
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
 from sessions.stops import STOP_CTRL_C
@@ -29,7 +29,7 @@ TODAY = date(2026, 3, 20)
 def history_home(tmp_path: Path, name: str) -> LivHome:
     home = LivHome(tmp_path / name)
     home.ensure()
-    with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={commands.DEMO_DEVICE}") as device:
+    with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={demo.DEMO_DEVICE}") as device:
         home.calibrations().save(identify(device))
     return home
 
@@ -77,11 +77,11 @@ def test_the_history_runs_under_a_simulated_clock_and_is_the_same_every_time(
 
 
 def test_the_plan_has_two_weeks_with_what_a_clinician_looks_for() -> None:
-    plan = commands.demo_history()
+    plan = demo.demo_history()
     days = {s.day for s in plan}
     assert max(days) >= 14
-    assert set(range(1, 15)) - days == {commands.DEMO_MISSED_DAY}
-    assert sum(1 for s in plan if s.day == commands.DEMO_MORNING_ONLY_DAY) == 1
+    assert set(range(1, 15)) - days == {demo.DEMO_MISSED_DAY}
+    assert sum(1 for s in plan if s.day == demo.DEMO_MORNING_ONLY_DAY) == 1
     assert any(s.stop_after_s is not None for s in plan)
     assert any("_at=" in s.plate for s in plan)
 
@@ -107,7 +107,7 @@ def test_liv_demo_shows_two_weeks_and_writes_the_report(
     days = {r.local_date for r in records}
     today = datetime.now(UTC).date()
     assert min(days) <= today - timedelta(days=14)
-    assert today - timedelta(days=commands.DEMO_MISSED_DAY) not in days
+    assert today - timedelta(days=demo.DEMO_MISSED_DAY) not in days
     statuses = {r.status for r in records}
     assert {SessionStatus.COMPLETED, SessionStatus.STOPPED_BY_PATIENT, SessionStatus.TRIPPED} <= (
         statuses

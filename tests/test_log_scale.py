@@ -22,7 +22,7 @@ import yaml
 
 from benchmarks.make_log import PATIENT_ID, bench_protocol, make_log
 from sessions.cli import main
-from sessions.commands import _status_of_log
+from sessions.commands.status import _status_of_log
 from sessions.home import LivHome
 from sessions.log import SCHEMA_VERSION, SessionKind, SessionLog, SessionStore, canonical_json
 from sessions.log.chain import _canonical_pairs, _Entry, _verify_chains

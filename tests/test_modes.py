@@ -25,7 +25,7 @@ from firmware_bridge.client import DeviceClient
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from sessions.adherence import DEMO_LABEL, compute_adherence
 from sessions.cli import main
-from sessions.commands import status_lines
+from sessions.commands.status import status_lines
 from sessions.home import LivHome
 from sessions.log import SessionKind, SessionLog, SessionStatus, record_hash
 from sessions.protocol import load_protocol

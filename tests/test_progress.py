@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from sessions.commands import ProgressLine
+from sessions.commands.start import ProgressLine
 from sessions.runner import Progress
 
 GOAL_S = 600.0

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sessions.commands import status_lines
+from sessions.commands.status import status_lines
 from sessions.protocol import protocol_from_dict
 from sessions.scheduling import decide
 from sessions.wording import say

@@ -23,7 +23,7 @@ from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import DeviceNotFoundError, LinkLostError
 from sessions import wording
 from sessions.cli import main
-from sessions.commands import status_lines, streak
+from sessions.commands.status import status_lines, streak
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
 from sessions.prescription import public_key_pem
