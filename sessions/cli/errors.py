@@ -6,6 +6,7 @@ import argparse
 
 from firmware_bridge.errors import LivError
 
+EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from sessions.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 from sessions.commands.common import home_of, open_log, pins_of
 from sessions.home import LivHome
 from sessions.log import (
@@ -213,7 +214,6 @@ def _not_therapy_note(kind: SessionKind, demo: bool) -> str | None:
 # closed output. Other sessions recorded as stopped by the patient (nobody on the plate, the
 # time ran out) are failures, not interruptions.
 INTERRUPTING_STOPS = frozenset({STOP_CTRL_C, STOP_SIGTERM, STOP_SIGHUP, STOP_PIPE})
-EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def start_exit_status(status: SessionStatus, reason: str | None) -> int:
