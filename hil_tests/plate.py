@@ -361,10 +361,10 @@ PROBE_SETTLE_S = 0.1  # after the ramp: the plate's suspension settles before th
 PROBE_FIT_S = 0.1  # samples fitted, all after the ramp and the settling
 
 
-def blocks_after_ramp(
+def ramp_end_index(
     device: DeviceClient, blocks: Sequence[SampleBlock], target: float, ramp_s: float
-) -> tuple[int, int]:
-    """(boundary where a ramp from zero to ``target`` started, sample index where it ended).
+) -> int:
+    """The sample index where a ramp from zero to ``target`` ended.
 
     Judged by sample index from what every plate reports: the block starting at the ramp's
     boundary still reports its first sample at the old amplitude, zero (docs/protocol.md 9.4),
@@ -382,14 +382,14 @@ def blocks_after_ramp(
         info.sample_rate_hz,
         round_half_up(info.full_scale_slew_s * 1000.0),
     )
-    return start, start + n
+    return start + n
 
 
 def drive_and_settle(device: DeviceClient, target: float, ramp_s: float) -> list[SampleBlock]:
     """Ramp the drive from zero to ``target``; return the settled blocks after the ramp.
 
     The output must be on at zero drive. Returns only the blocks that start at least
-    ``PROBE_SETTLE_S`` after the ramp ended (by sample index, ``blocks_after_ramp``), at least
+    ``PROBE_SETTLE_S`` after the ramp ended (by sample index, ``ramp_end_index``), at least
     ``PROBE_FIT_S`` of them, so a plate whose blocks are long (50 ms) is never judged partly
     during its ramp, whatever its block length.
     """
@@ -397,7 +397,7 @@ def drive_and_settle(device: DeviceClient, target: float, ramp_s: float) -> list
     fs = info.sample_rate_hz
     device.set_drive(target, ramp_s)
     blocks = read_guarded(device, ramp_s + 2 * block_s(device))
-    _, ramp_end = blocks_after_ramp(device, blocks, target, ramp_s)
+    ramp_end = ramp_end_index(device, blocks, target, ramp_s)
     fit_from = ramp_end + round(PROBE_SETTLE_S * fs)
     # the first block that starts at fit_from or later may start up to a block after it
     wanted = fit_from + info.block_samples + round(PROBE_FIT_S * fs)
