@@ -25,7 +25,7 @@ import numpy as np
 from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
 from controller.privatefiles import check_private_dir, write_private_file
 from controller.sensor import SensorCalibration, SensorCalibrationError
-from firmware_bridge.client import DeviceClient
+from firmware_bridge.client import DeviceClient, DeviceInfo
 from firmware_bridge.dose_limits import DOSE_LIMITS
 from firmware_bridge.errors import LivError
 
@@ -47,6 +47,48 @@ SETTLE_S = 0.4
 MEASURE_S = 0.3
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 1_000_000  # a calibration is a few kB; anything far larger is not one
+
+
+class CalibrationRangeError(LivError):
+    """The device's frequency range (HELLO) leaves too little of the calibration band to
+    calibrate, or a grid asks for a frequency outside it (docs/protocol.md 11)."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+def calibration_freqs(info: DeviceInfo) -> tuple[float, ...]:
+    """The calibration grid for a device: the 5 Hz grid of the calibration band inside the
+    device's HELLO range, with the ends of that overlap added (docs/control.md).
+
+    A 30-90 Hz plate is calibrated at 30, 35, ... 90 Hz; a 27-88 Hz one at 27, 30, ... 85, 88 Hz.
+    Raises CalibrationRangeError when the range and the band overlap by less than one step.
+    """
+    low = max(CALIBRATION_BAND_HZ.low, info.min_freq_hz)
+    high = min(CALIBRATION_BAND_HZ.high, info.max_freq_hz)
+    if high - low < CALIBRATION_STEP_HZ:
+        raise CalibrationRangeError(
+            f"the plate {info.device_id} drives {info.min_freq_hz:g}-{info.max_freq_hz:g} Hz, "
+            f"which leaves less than {CALIBRATION_STEP_HZ:g} Hz of the calibration band "
+            f"{CALIBRATION_BAND_HZ.low:g}-{CALIBRATION_BAND_HZ.high:g} Hz: it cannot be "
+            "calibrated for therapy"
+        )
+    inside = [f for f in DEFAULT_FREQS_HZ if low < f < high]
+    return (low, *inside, high)
+
+
+def calibrated_range_note(info: DeviceInfo, freqs_hz: tuple[float, ...]) -> str | None:
+    """A note for the record when the grid is narrower than the calibration band because of the
+    device's range (None when the whole band was calibrated)."""
+    if freqs_hz[0] <= CALIBRATION_BAND_HZ.low and freqs_hz[-1] >= CALIBRATION_BAND_HZ.high:
+        return None
+    return (
+        f"calibrated {freqs_hz[0]:g}-{freqs_hz[-1]:g} Hz only: the plate's range (HELLO) is "
+        f"{info.min_freq_hz:g}-{info.max_freq_hz:g} Hz, the calibration band "
+        f"{CALIBRATION_BAND_HZ.low:g}-{CALIBRATION_BAND_HZ.high:g} Hz; no session outside "
+        f"{freqs_hz[0]:g}-{freqs_hz[-1]:g} Hz can run on it"
+    )
 
 
 class CalibrationError(LivError):
@@ -156,18 +198,29 @@ class Calibration:
 
 def identify(
     device: DeviceClient,
-    freqs_hz: tuple[float, ...] = DEFAULT_FREQS_HZ,
+    freqs_hz: tuple[float, ...] | None = None,
     drive: float = IDENT_DRIVE,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> Calibration:
     """Step through ``freqs_hz`` at a low fixed drive and fit the response at each.
 
-    The frequency changes phase-continuously with the output on; each point settles for
+    ``freqs_hz`` defaults to :func:`calibration_freqs` of the device; a grid with a frequency
+    outside the device's HELLO range is refused (CalibrationRangeError) before the output comes
+    on. The frequency changes phase-continuously with the output on; each point settles for
     SETTLE_S and is fitted over whole cycles in the next MEASURE_S. Ramps down and stops after.
     ``on_step(k, n, freq_hz)`` is told as step k (1-based) of n starts, for a progress display;
     an exception it raises ends the sweep as any other does (ramped down, stopped).
     """
     info = device.info
+    if freqs_hz is None:
+        freqs_hz = calibration_freqs(info)
+    outside = [f for f in freqs_hz if not info.min_freq_hz <= f <= info.max_freq_hz]
+    if outside:
+        raise CalibrationRangeError(
+            f"calibration frequencies {', '.join(f'{f:g}' for f in outside)} Hz are outside "
+            f"the plate's {info.min_freq_hz:g}-{info.max_freq_hz:g} Hz"
+        )
+    note = calibrated_range_note(info, freqs_hz)
     fs = float(info.sample_rate_hz)
     gains: list[float] = []
     phases: list[float] = []
@@ -202,6 +255,7 @@ def identify(
         phase_rad=tuple(phases),
         drive=drive,
         created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+        notes=[] if note is None else [note],
         coil_temp_c=coil_temp_c,
     )
 

@@ -34,6 +34,7 @@ from firmware_bridge.errors import (
     CommandTimeoutError,
     DeviceFaultError,
     DeviceResetError,
+    HandshakeBacklogError,
     HandshakeTimeoutError,
     IncompatibleVersionError,
     InvalidDeviceInfoError,
@@ -50,6 +51,7 @@ from firmware_bridge.protocol import (
     ClearFault,
     Countersign,
     Countersignature,
+    DeviceState,
     Fault,
     Heartbeat,
     Hello,
@@ -83,8 +85,19 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.1
 HELLO_TIMEOUT_S = 5.0
 HELLO_REPEAT_S = 0.5
+# Before the hello, a read that finds this many bytes already waiting is reading a backlog:
+# output the device made before this host asked (docs/protocol.md 3, 9.7). The device's stream
+# fills this in no less than ~20 ms at the fastest HELLO the document allows.
+HELLO_BACKLOG_BYTES = 1024
+HELLO_DRAIN_MAX_BYTES = 8 * 1024 * 1024  # the most backlog the handshake reads before giving up
+HELLO_DRAIN_MAX_S = 30.0  # ... and the most wall-clock time it spends on the handshake for it
+HELLO_BOOT_WAIT_S = 1.0  # after a boot HELLO, how long an answer (boot = 0) may still replace it
 NOMINAL_FRAMES_PER_S = 50  # SAMPLES frames per second before the hello says otherwise
 COMMAND_TIMEOUT_S = 1.0
+# How much longer than the stop ramp of its HELLO a host waits for a STOPPING device to reach
+# IDLE (a previous host's stop, docs/protocol.md 9.7): the ramp ends at a block boundary and
+# the STATUS that shows it comes a block or two later.
+STOP_WAIT_MARGIN_S = 0.25
 COUNTERSIGN_ATTEMPTS = 3  # a lost answer is asked for again (the device answers a repeat alike)
 READ_CHUNK = 4096
 ACK_LEN = Ack.LAYOUT.size
@@ -383,6 +396,12 @@ class DeviceClient:
         return self._device_index
 
     @property
+    def blocks_waiting(self) -> int:
+        """Sample blocks already received and decoded but not yet read: more than zero after
+        a read means the host is behind the plate's stream (it was late)."""
+        return self._blocks_in - self._blocks_out
+
+    @property
     def output_start_index(self) -> int | None:
         """First sample of the first block the device produced after it accepted SET_OUTPUT on.
 
@@ -392,22 +411,85 @@ class DeviceClient:
         """
         return self._output_start_index
 
-    def handshake(self, timeout_s: float = HELLO_TIMEOUT_S) -> DeviceInfo:
+    def handshake(
+        self,
+        timeout_s: float = HELLO_TIMEOUT_S,
+        drain_max_bytes: int = HELLO_DRAIN_MAX_BYTES,
+        drain_max_s: float = HELLO_DRAIN_MAX_S,
+    ) -> DeviceInfo:
         """Wait for the device's hello (asking for it twice a second) and check it.
 
-        Raises IncompatibleVersionError for another protocol major version and
-        InvalidDeviceInfoError for a field outside its allowed range (docs/protocol.md 7).
+        The device answers within ``timeout_s`` of its own clock after the request reaches it,
+        but its answer queues behind any output it buffered before this host came
+        (docs/protocol.md 3, 9.7). A read that finds a backlog waiting re-arms the wait (the
+        frames it holds are stale, whatever their count), up to ``drain_max_bytes`` of backlog
+        and ``drain_max_s`` of wall clock in all: HandshakeBacklogError past either. A boot
+        HELLO may be stale too (buffered when the device booted): except at ``speed=max`` an
+        answer to a request (``boot`` = 0) replaces it if it comes within HELLO_BOOT_WAIT_S
+        after the boot HELLO or the last backlog read.
+
+        Raises HandshakeTimeoutError when no hello came, IncompatibleVersionError for another
+        protocol major version and InvalidDeviceInfoError for a field outside its allowed range
+        (docs/protocol.md 7).
         """
         clock = _Deadline(self, timeout_s)
         answers = self._answers[Hello]
         asked = None
-        while not answers:
+        started = time.monotonic()
+        drained = 0
+        # A boot HELLO may have been buffered when the device booted, before this host asked:
+        # it is kept, and taken only if no answer to a request follows within
+        # HELLO_BOOT_WAIT_S of wall clock after the last backlog read.
+        boot_hello: Hello | None = None
+        boot_wait_end = math.inf
+        while True:
+            if answers:
+                newest = answers[-1]
+                assert isinstance(newest, Hello)
+                if not newest.is_boot or self._paced_by_reads:
+                    break
+                boot_hello = newest
+                answers.clear()
+                boot_wait_end = time.monotonic() + HELLO_BOOT_WAIT_S
+                asked = None  # a device that just booted may have lost the request: ask again
+            if boot_hello is not None and time.monotonic() >= boot_wait_end:
+                answers.append(boot_hello)
+                break
             if clock.expired():
+                if boot_hello is not None:
+                    answers.append(boot_hello)
+                    break
                 raise HandshakeTimeoutError(self.url, timeout_s)
             if asked is None or asked.expired():
                 self._send(HelloRequest())
                 asked = _Deadline(self, HELLO_REPEAT_S)
-            self._pump(expect_hello=True)
+            waiting = 0 if self._paced_by_reads else self._waiting()
+            got = self._pump(expect_hello=True)
+            if waiting >= HELLO_BACKLOG_BYTES and not answers:
+                drained += got
+                elapsed = time.monotonic() - started
+                if drained > drain_max_bytes or elapsed > drain_max_s:
+                    log.error(
+                        "giving up on the hello at %s: %d bytes of backlog in %.2f s",
+                        self.url,
+                        drained,
+                        elapsed,
+                    )
+                    raise HandshakeBacklogError(
+                        self.url, drained, elapsed, drain_max_bytes, drain_max_s
+                    )
+                # Stale output: the device has not yet caught up with the request.
+                clock = _Deadline(self, timeout_s)
+                asked = _Deadline(self, HELLO_REPEAT_S)
+                if boot_hello is not None:
+                    boot_wait_end = time.monotonic() + HELLO_BOOT_WAIT_S
+        if drained:
+            log.info(
+                "read %d bytes of backlog before the hello from %s in %.2f s",
+                drained,
+                self.url,
+                time.monotonic() - started,
+            )
         hello = answers.popleft()
         assert isinstance(hello, Hello)
         answers.clear()
@@ -464,10 +546,36 @@ class DeviceClient:
         """Enable the output at zero amplitude; ramp it up with :meth:`set_drive`.
 
         Re-arms :attr:`output_start_index`, which the first block after the ACK then sets.
+        A device still ramping down a stop (a previous host's SET_OUTPUT off moments ago,
+        docs/protocol.md 9.7) refuses BUSY: then it waits for IDLE, at most the HELLO's stop
+        ramp plus STOP_WAIT_MARGIN_S (:meth:`wait_while_stopping`), and asks once more; the
+        refusal stands if the device is not IDLE by then.
         """
         self._output_acked = False
         self._output_start_index = None
-        self.command(SetOutput(1), wait=True)
+        try:
+            self.command(SetOutput(1), wait=True)
+        except CommandRefusedError as exc:
+            if exc.reason_code != NakReason.BUSY:
+                raise
+            status = self.wait_while_stopping()
+            if status.state != DeviceState.IDLE:
+                raise
+            log.info("the device was finishing a stop ramp; output on once it was IDLE")
+            self._clear_queue()  # blocks of the stop ramp: the past
+            self._output_acked = False
+            self._output_start_index = None
+            self.command(SetOutput(1), wait=True)
+
+    def wait_while_stopping(self, margin_s: float = STOP_WAIT_MARGIN_S) -> Status:
+        """Ask STATUS until the device is no longer STOPPING, for at most the HELLO's stop ramp
+        plus ``margin_s`` (device clock, or wall clock if that ends first); return the last
+        STATUS, which still says STOPPING if the bound was reached."""
+        clock = _Deadline(self, self.info.stop_ramp_s + margin_s)
+        status = self.request_status()
+        while status.state == DeviceState.STOPPING and not clock.expired():
+            status = self.request_status()
+        return status
 
     def stop_output(self, wait: bool = True) -> None:
         """Stop: the device ramps any remaining drive to zero, then switches off."""
@@ -719,11 +827,7 @@ class DeviceClient:
         if getattr(self._port, "paced_by_reads", False):
             return dropped
         for _ in range(max_blocks):
-            try:
-                waiting = self._port.in_waiting
-            except (serial.SerialException, OSError) as exc:
-                raise LinkLostError(str(exc)) from None
-            if not waiting:
+            if not self._waiting():
                 break
             self._pump()
             dropped += self._clear_queue()
@@ -759,8 +863,16 @@ class DeviceClient:
         self.frames_sent += 1
         return seq
 
-    def _pump(self, expect_hello: bool = False) -> None:
-        """Read what is waiting (at least one byte) and handle every frame it completes.
+    def _waiting(self) -> int:
+        """Bytes the port holds already read from the device."""
+        try:
+            return int(self._port.in_waiting)
+        except (serial.SerialException, OSError) as exc:
+            raise LinkLostError(str(exc)) from None
+
+    def _pump(self, expect_hello: bool = False) -> int:
+        """Read what is waiting (at least one byte) and handle every frame it completes; return
+        how many bytes were read.
 
         The frames of every block, a SAMPLES of the hello's length and an ACK, are handled
         here without a message object; anything else goes through :meth:`_dispatch_frame`.
@@ -771,7 +883,7 @@ class DeviceClient:
         except (serial.SerialException, OSError) as exc:
             raise LinkLostError(str(exc)) from None
         if not data:
-            return
+            return 0
         samples_len = self._samples_payload_len  # None before the hello
         for frame in self._decoder.feed(data):
             frame_type, _, payload = frame
@@ -788,6 +900,7 @@ class DeviceClient:
                 self._on_ack(payload[0] | payload[1] << 8)
                 continue
             self._dispatch_frame(frame, expect_hello)
+        return len(data)
 
     def _pump_batch(self, max_blocks: int) -> None:
         """Read and decode like :meth:`_pump`, runs of SAMPLES frames in bulk.

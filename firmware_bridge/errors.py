@@ -10,6 +10,7 @@
         ├── LinkLostError         the cable was pulled / the socket closed mid-session
         ├── DeviceResetError      the device restarted mid-session (its drive is off)
         ├── HandshakeTimeoutError no hello from the device within the timeout
+        │   └── HandshakeBacklogError  the device's backlog outran the host's drain bound
         ├── IncompatibleVersionError  device speaks another protocol major version
         ├── InvalidDeviceInfoError    the device's HELLO holds a value outside its allowed range
         ├── ProtocolError         a well-framed message with a malformed payload
@@ -74,6 +75,26 @@ class HandshakeTimeoutError(BridgeError):
             f"no hello from the device at {url!r} within {timeout_s:g} s "
             "(is it powered, is this the right port, is the firmware running?)"
         )
+
+
+class HandshakeBacklogError(HandshakeTimeoutError):
+    """The device kept delivering a backlog (stale frames from before this host) for longer or
+    more bytes than the host drains while it waits for the hello (docs/protocol.md 3)."""
+
+    def __init__(
+        self, url: str, drained_bytes: int, drained_s: float, max_bytes: int, max_s: float
+    ) -> None:
+        BridgeError.__init__(
+            self,
+            f"the device at {url!r} delivered {drained_bytes} bytes of old output in "
+            f"{drained_s:.1f} s without answering the hello (this host reads at most "
+            f"{max_bytes} bytes or {max_s:g} s of it): wait until it has caught up or restart "
+            "the plate, then try again",
+        )
+        self.url = url
+        self.timeout_s = drained_s
+        self.drained_bytes = drained_bytes
+        self.drained_s = drained_s
 
 
 class IncompatibleVersionError(BridgeError):

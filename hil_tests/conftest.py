@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.calibration import DEFAULT_FREQS_HZ, Calibration, identify
+from controller.calibration import Calibration, identify
 from firmware_bridge.client import DeviceClient, DeviceInfo
 from firmware_bridge.errors import CommandRefusedError, UnknownUrlError
 from firmware_bridge.protocol import Capability, DeviceState, NakReason
@@ -306,6 +306,13 @@ def _known_state(client: DeviceClient) -> None:
     status = client.request_status()
     if status.output_on:
         stop_safely(client)
+    # A previous host's stop ramp (SET_OUTPUT off moments before this connection) leaves the
+    # plate STOPPING for up to the HELLO's stop ramp; SET_OUTPUT on is refused BUSY meanwhile.
+    if client.wait_while_stopping().state == DeviceState.STOPPING:
+        raise AssertionError(
+            f"the plate is still STOPPING {client.info.stop_ramp_s:g} s (its stop ramp) and "
+            "more after this connection: it does not finish its stop ramp"
+        )
     deadline = client.sample_index + round(1.0 * client.info.sample_rate_hz)
     while client.request_status().state == DeviceState.FAULT:
         try:
@@ -333,13 +340,10 @@ def calibration(
     allowed, reason = motion_allowed(request.config)
     if not allowed:
         pytest.skip(f"calibration {reason}")
-    freqs = tuple(
-        f for f in DEFAULT_FREQS_HZ if device_info.min_freq_hz <= f <= device_info.max_freq_hz
-    )
     with DeviceClient.open(device_url) as client:
         _known_state(client)
         try:
-            result = identify(client, freqs)
+            result = identify(client)  # the calibration band inside the plate's range
         finally:
             stop_safely(client)
     qualification.note(
