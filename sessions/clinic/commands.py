@@ -49,6 +49,8 @@ def cmd_clinic_import(args: argparse.Namespace) -> int:
             )
             for problem in outcome.problems:
                 echo(f"warning: {terminal_line(problem)}", file=sys.stderr)
+            for note in outcome.notes:
+                echo(f"note: {terminal_line(note)}", file=sys.stderr)
     if refused:
         echo(
             f"{refused} of {len(args.files)} file(s) refused; ask for a new export from the "

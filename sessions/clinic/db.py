@@ -98,6 +98,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " session_id TEXT PRIMARY KEY REFERENCES records (session_id),"
         " envelope_json TEXT NOT NULL)",
     ),
+    # 5: the prescriptions this clinic signed (liv protocol sign), by their fingerprint
+    (
+        "CREATE TABLE prescriptions ("
+        " sha256 TEXT PRIMARY KEY, patient_id TEXT NOT NULL, key_fingerprint TEXT NOT NULL,"
+        " signed_utc TEXT NOT NULL)",
+    ),
+    # 6: the prescriptions of the therapy records the clinic accepted before it recorded what it
+    # signed (before migration 5, or before its first 'liv protocol sign' since): they were
+    # signed before the check existed, so sessions run under them are not flagged
+    (
+        "INSERT INTO prescriptions (sha256, patient_id, key_fingerprint, signed_utc)"
+        " SELECT r.protocol_sha256, MIN(r.patient_id), 'accepted before the check',"
+        " MIN(i.imported_utc) FROM records r JOIN imports i ON i.import_id = r.import_id"
+        " WHERE r.kind = 'therapy'"
+        " AND r.protocol_sha256 NOT IN (SELECT sha256 FROM prescriptions)"
+        " AND (NOT EXISTS (SELECT 1 FROM prescriptions)"
+        " OR i.imported_utc < (SELECT MIN(signed_utc) FROM prescriptions))"
+        " GROUP BY r.protocol_sha256",
+    ),
+    # 7: a record dated ahead of the importer's clock (the home computer's clock was ahead) is
+    # held and flagged, never counted in adherence
+    ("ALTER TABLE records ADD COLUMN clock_ahead INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -69,6 +69,7 @@ class ImportOutcome:
     duplicates: int = 0
     patients: tuple[str, ...] = ()
     problems: list[str] = field(default_factory=list)  # reported, not refused
+    notes: list[str] = field(default_factory=list)  # said to the clinician, about the clinic
     refused: str | None = None  # the sentence saying why nothing was taken
 
 
@@ -86,7 +87,8 @@ def verify_export(path: Path, registry: PlateRegistry) -> VerifiedExport:
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as stream:
-            scan = scan_import(read_lines(stream, digest))
+            # the clinic judges adherence against each therapy record's prescription
+            scan = scan_import(read_lines(stream, digest), valid_prescriptions=True)
     except OSError as exc:
         raise ImportRefusedError(
             f"{path} cannot be read ({exc.strerror or exc}); nothing was imported from it",
@@ -188,7 +190,7 @@ def _held(db: ClinicDb, patient_id: str) -> bool:
     return bool(db.query("SELECT 1 FROM records WHERE patient_id = ? LIMIT 1", (patient_id,)))
 
 
-def _row(raw: Mapping[str, Any], import_id: str) -> tuple[Any, ...]:
+def _row(raw: Mapping[str, Any], import_id: str, clock_ahead: bool = False) -> tuple[Any, ...]:
     summary = {k: v for k, v in raw.items() if k not in _DETAIL}
     return (
         raw["log_id"],
@@ -212,6 +214,7 @@ def _row(raw: Mapping[str, Any], import_id: str) -> tuple[Any, ...]:
         _json({k: v for k, v in raw.items() if k != "envelope"}),  # envelopes: own table
         import_id,
         str(raw.get("kind") or THERAPY),
+        int(clock_ahead),
     )
 
 
@@ -224,7 +227,8 @@ _INSERT_RECORD = (
     "INSERT INTO records (log_id, chain_index, session_id, prev_hash, record_hash, patient_id,"
     " device_id, firmware_version, protocol_sha256, started_utc, local_date, slot, status,"
     " minutes_prescribed, minutes_at_dose, target_g, mean_error_pct, summary_json, record_json,"
-    " import_id, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " import_id, kind, clock_ahead)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
 
@@ -289,6 +293,11 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
                         "a new plate, or a log that was emptied or replaced",
                     )
                 )
+        problems += _home_clocks(db, records, import_id)
+        problems += _shared_plates(db, records, import_id)
+        problems += _unsigned_prescriptions(db, import_id)
+        unchecked = _unchecked_therapy(db, import_id)
+        problems += _simulator_therapy(db, import_id)
         for kind, patient, log_id, index, detail in problems:
             db.execute(
                 "INSERT INTO problems (problem_id, import_id, kind, patient_id, log_id,"
@@ -297,12 +306,186 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
             )
         db.execute(
             "UPDATE imports SET added = ?, duplicates = ?, detail = ? WHERE import_id = ?",
-            (added, duplicates, "; ".join(p[4] for p in problems), import_id),
+            (added, duplicates, "; ".join(dict.fromkeys(p[4] for p in problems)), import_id),
         )
     outcome.added = added
     outcome.duplicates = duplicates
     outcome.patients = tuple(patients)
-    outcome.problems = [p[4] for p in problems]
+    if unchecked:
+        outcome.notes.append(
+            f"{unchecked} therapy record(s) arrived, but this database holds no prescription "
+            "signed with 'liv protocol sign', so no record's prescription was checked: sign "
+            "and import with the same database (--db, or LIV_CLINIC_DB for both)"
+        )
+    outcome.problems = list(dict.fromkeys(p[4] for p in problems))  # a sentence once
+
+
+def _home_clocks(
+    db: ClinicDb, records: Sequence[ImportLine], import_id: str
+) -> list[tuple[str, str, str, int | None, str]]:
+    """A problem per patient for the records this import added whose times show the home
+    computer's clock was wrong (``clock_problem``): stored, so the log can still be exported,
+    and shown; those dated ahead are never counted in adherence."""
+    wrong = {r.session_id: r for r in records if r.clock is not None}
+    added: set[str] = set()
+    for part in _chunks(sorted(wrong)):
+        marks = ", ".join("?" * len(part))
+        added.update(
+            str(s)
+            for (s,) in db.query(
+                f"SELECT session_id FROM records WHERE import_id = ? AND session_id IN ({marks})",
+                (import_id, *part),
+            )
+        )
+    by_patient: dict[str, list[ImportLine]] = {}
+    for session_id in sorted(added):
+        line = wrong[session_id]
+        by_patient.setdefault(line.patient_id, []).append(line)
+    found: list[tuple[str, str, str, int | None, str]] = []
+    for patient, lines in sorted(by_patient.items()):
+        lines.sort(key=lambda r: (r.log_id, r.chain_index))
+        ahead = sum(r.clock_ahead for r in lines)
+        uncounted = f"; {ahead} of them, dated ahead, not counted in adherence" if ahead else ""
+        found.append(
+            (
+                "home_clock",
+                patient,
+                lines[0].log_id,
+                lines[0].chain_index,
+                f"patient {patient}: {len(lines)} session(s) recorded while the home computer's "
+                f"clock was wrong (record {lines[0].chain_index}: {lines[0].clock}){uncounted}; "
+                "set the home computer's clock to the right time (automatic time)",
+            )
+        )
+    return found
+
+
+def _shared_plates(
+    db: ClinicDb, records: Sequence[ImportLine], import_id: str
+) -> list[tuple[str, str, str, int | None, str]]:
+    """A problem for each patient of a plate whose therapy periods now overlap another's.
+
+    A plate signs any digest its host hands it, and the hash covers ``patient_id``: a patient
+    who installs another patient's signed prescription records her own sessions under the
+    other's name, vouched for by her own registered plate, while the other's therapy goes on.
+    A plate handed on to the next patient vouches for one patient after the other: not flagged.
+    Two patients whose therapy on one plate overlaps in time (first to last session, or
+    interleaved) are shown, not refused, once: when this import (``import_id``, its records
+    already inserted) makes the overlap.
+    """
+    incoming: dict[str, str] = {}
+    for r in records:
+        if r.kind == THERAPY:
+            incoming.setdefault(r.device_id, r.log_id)
+    found: list[tuple[str, str, str, int | None, str]] = []
+    for device_id, log_id in sorted(incoming.items()):
+        after = _overlapping(db, device_id, None)
+        if not after or after <= _overlapping(db, device_id, import_id):
+            continue
+        everyone = sorted({p for pair in after for p in pair})
+        sentence = (
+            f"plate {device_id} has vouched for the therapy sessions of {len(everyone)} patients "
+            f"({', '.join(everyone)}) over the same days: sessions recorded under another "
+            "patient's prescription, or a plate shared; check who uses the plate"
+        )
+        found += [("shared_plate", patient, log_id, None, sentence) for patient in everyone]
+    return found
+
+
+def _overlapping(db: ClinicDb, device_id: str, without: str | None) -> set[tuple[str, str]]:
+    """The pairs of patients whose therapy on this plate overlaps in time (first to last
+    session), leaving out the records of import ``without``."""
+    periods = [
+        (str(patient), str(first), str(last))
+        for patient, first, last in db.query(
+            "SELECT patient_id, MIN(started_utc), MAX(started_utc) FROM records"
+            " WHERE device_id = ? AND kind = ? AND clock_ahead = 0 AND import_id <> ?"
+            " GROUP BY patient_id ORDER BY patient_id",
+            (device_id, THERAPY, without or ""),
+        )
+    ]
+    return {
+        (a, b)
+        for k, (a, a_first, a_last) in enumerate(periods)
+        for (b, b_first, b_last) in periods[k + 1 :]
+        if a_first <= b_last and b_first <= a_last
+    }
+
+
+def _simulator_therapy(db: ClinicDb, import_id: str) -> list[tuple[str, str, str, int | None, str]]:
+    """A problem per patient whose therapy a plate vouches for that also vouched for simulated
+    sessions, when this import added records of that plate.
+
+    Only a simulator announces SIMULATED, and a simulator's key is a file on the computer it
+    runs on: therapy signed with it is forged with the copied key, or ran on a simulator
+    changed to leave the bit out (docs/trust.md).
+    """
+    found: list[tuple[str, str, str, int | None, str]] = []
+    for device_id, patient, log_id, sessions in db.query(
+        "SELECT device_id, patient_id, MIN(log_id), COUNT(*) FROM records WHERE kind = ?"
+        " AND device_id IN (SELECT device_id FROM records WHERE import_id = ?)"
+        " AND device_id IN (SELECT device_id FROM records WHERE kind = 'simulated')"
+        " GROUP BY device_id, patient_id ORDER BY device_id, patient_id",
+        (THERAPY, import_id),
+    ):
+        found.append(
+            (
+                "simulator_therapy",
+                str(patient),
+                str(log_id),
+                None,
+                f"plate {device_id} has vouched for simulated sessions, so it is a simulator, and "
+                f"for {sessions} therapy session(s) of patient {patient}: a simulator's key is a "
+                "file on the computer it runs on, so these sessions may be forged",
+            )
+        )
+    return found
+
+
+def _unsigned_prescriptions(
+    db: ClinicDb, import_id: str
+) -> list[tuple[str, str, str, int | None, str]]:
+    """A problem per patient and prescription for the therapy records this import added that ran
+    under a prescription the clinic never signed (none while the clinic has recorded none).
+
+    The home trusts whichever clinic key it is enrolled with, and that key can be replaced on
+    the patient's computer: a prescription signed there (one minute once a day, within the dose
+    limits) makes every genuine, plate-vouched session of it "completed at dose".
+    """
+    if not db.query("SELECT 1 FROM prescriptions LIMIT 1"):
+        return []
+    found: list[tuple[str, str, str, int | None, str]] = []
+    for patient, sha, log_id, sessions, first in db.query(
+        "SELECT patient_id, protocol_sha256, MIN(log_id), COUNT(*), MIN(local_date) FROM records"
+        " WHERE import_id = ? AND kind = ? AND protocol_sha256 NOT IN"
+        " (SELECT sha256 FROM prescriptions) GROUP BY patient_id, protocol_sha256"
+        " ORDER BY patient_id, protocol_sha256",
+        (import_id, THERAPY),
+    ):
+        found.append(
+            (
+                "unsigned_prescription",
+                str(patient),
+                str(log_id),
+                None,
+                f"patient {patient}: {sessions} therapy session(s) ran under a prescription this "
+                f"clinic never signed (fingerprint {str(sha)[:12]}, from {first}): its adherence "
+                "is judged against that prescription; the home's clinic key may have been "
+                "replaced, check the prescription installed there",
+            )
+        )
+    return found
+
+
+def _unchecked_therapy(db: ClinicDb, import_id: str) -> int:
+    """The therapy records this import added while the database holds no signed prescription
+    (the unsigned-prescription check is off: signing may go to another database)."""
+    if db.query("SELECT 1 FROM prescriptions LIMIT 1"):
+        return 0
+    rows = db.query(
+        "SELECT COUNT(*) FROM records WHERE import_id = ? AND kind = ?", (import_id, THERAPY)
+    )
+    return int(rows[0][0])
 
 
 @dataclass
@@ -317,7 +500,7 @@ class _Batch:
 
     def add(self, line: ImportLine, raw: Mapping[str, Any], import_id: str) -> None:
         self.lines.append(line)
-        self.rows.append(_row(raw, import_id))
+        self.rows.append(_row(raw, import_id, line.clock_ahead))
         self.protocols.setdefault(str(raw["protocol_sha256"]), str(raw["protocol_json"]))
         if raw.get("envelope"):
             text = _json(raw["envelope"])
@@ -479,21 +662,23 @@ class HeldSession:
 
     summary: SessionSummary
     kind: str
+    counted: bool = True  # False: dated ahead by the home computer's clock (never counted)
 
 
 def load_sessions(db: ClinicDb, patient_id: str) -> list[HeldSession]:
     """One patient's records (summaries, no envelope), oldest first."""
     protocols: dict[str, str] = {}
     found: list[HeldSession] = []
-    for summary_json, sha, protocol_json, kind in db.query(
-        "SELECT r.summary_json, r.protocol_sha256, p.protocol_json, r.kind FROM records r"
+    for summary_json, sha, protocol_json, kind, ahead in db.query(
+        "SELECT r.summary_json, r.protocol_sha256, p.protocol_json, r.kind, r.clock_ahead"
+        " FROM records r"
         " JOIN protocols p ON p.sha256 = r.protocol_sha256 WHERE r.patient_id = ?"
         " ORDER BY r.started_utc, r.session_id",
         (patient_id,),
     ):
         raw = json.loads(summary_json)
         raw["protocol_json"] = protocols.setdefault(sha, protocol_json)
-        found.append(HeldSession(_summary_from_raw(raw), str(kind)))
+        found.append(HeldSession(_summary_from_raw(raw), str(kind), not ahead))
     return found
 
 

@@ -52,6 +52,16 @@ def add_protocol_sign(pcmds: Any) -> argparse.ArgumentParser:
         "--out", type=Path, metavar="FILE",
         help="where to write the signed protocol (default: FILE with .signed.yaml)",
     )  # fmt: skip
+    sign.add_argument(
+        "--record-signed", action="store_true", dest="record_signed",
+        help="FILE is a prescription this clinic signed before it recorded what it signs: "
+        "check its signature is this clinic's and record it, write nothing",
+    )  # fmt: skip
+    sign.add_argument(
+        "--db", metavar="URL",
+        help="the clinic database that records the signed prescription, so that sessions run "
+        "under any other are flagged at import (default: as for 'liv clinic import')",
+    )  # fmt: skip
     add_clinic_dir(sign)
     sign.set_defaults(handler=cmd_protocol_sign)
     return sign
@@ -81,11 +91,36 @@ def cmd_protocol_sign(args: argparse.Namespace) -> int:
     source = Path(args.file)
     key_path = args.key or clinic_root(args.clinic_dir) / PRIVATE_KEY_NAME
     key = load_signing_key(key_path)
+    if args.record_signed:
+        return _record_signed(args, source, key)
     signed = sign_protocol_file(source, key)
     out = args.out or default_signed_path(source)
     if out.resolve() == source.resolve():
         raise ClinicKeyError(f"--out {out} is the file being signed: write it elsewhere")
+    from sessions.clinic.db import ClinicDb, redacted, resolve_db_url
+    from sessions.clinic.plates import record_prescription
+
+    url = resolve_db_url(args.db, args.clinic_dir)
+    with ClinicDb(url) as db:  # recorded first: no signed file the clinic does not know
+        record_prescription(db, signed.protocol, signed.fingerprint)
     out.write_bytes(signed.data)
     echo(f"signed {source} with clinic key {signed.fingerprint}; wrote {out}")
+    echo(f"recorded as prescription {signed.protocol.sha256[:12]} in {redacted(url)}")
     echo("\n".join(describe_protocol(signed.protocol)))
+    return 0
+
+
+def _record_signed(args: argparse.Namespace, source: Path, key: Any) -> int:
+    """``liv protocol sign --record-signed``: a file signed before the clinic recorded what it
+    signs (an upgrade), checked to carry this clinic's valid signature, then recorded."""
+    from sessions.clinic.db import ClinicDb, redacted, resolve_db_url
+    from sessions.clinic.keys import check_own_signed_file
+    from sessions.clinic.plates import record_prescription
+
+    signed = check_own_signed_file(source, key)
+    url = resolve_db_url(args.db, args.clinic_dir)
+    with ClinicDb(url) as db:
+        record_prescription(db, signed.protocol, signed.fingerprint)
+    echo(f"{source} carries this clinic's signature ({signed.fingerprint}); nothing written")
+    echo(f"recorded as prescription {signed.protocol.sha256[:12]} in {redacted(url)}")
     return 0

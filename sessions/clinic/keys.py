@@ -24,7 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from controller.privatefiles import PRIVATE_FILE_MODE, ensure_private_dir, write_new_file
 from firmware_bridge.errors import LivError
 from sessions.clinic.paths import PRIVATE_KEY_NAME
-from sessions.prescription import fingerprint, public_key_pem, sign_protocol_bytes, signature_lines
+from sessions.prescription import (
+    SignatureStatus,
+    check_signature,
+    fingerprint,
+    public_key_pem,
+    sign_protocol_bytes,
+    signature_lines,
+)
 from sessions.protocol import PatientProtocol, protocol_from_bytes, read_protocol_bytes
 
 PUBLIC_KEY_NAME = "clinic-public.pem"
@@ -123,10 +130,36 @@ def sign_protocol_file(source: Path, key: Ed25519PrivateKey) -> SignedProtocol:
     data = read_protocol_bytes(source)
     if signature_lines(data):
         raise ClinicKeyError(
-            f"{source} is already signed: sign the protocol file without its signature line"
+            f"{source} is already signed: sign the protocol file without its signature line "
+            "(or record it with --record-signed, if this clinic signed it)"
         )
     protocol = protocol_from_bytes(data, str(source))
     return SignedProtocol(protocol, sign_protocol_bytes(data, key), fingerprint(key.public_key()))
+
+
+def check_own_signed_file(source: Path, key: Ed25519PrivateKey) -> SignedProtocol:
+    """A prescription file this clinic already signed (before it recorded what it signs): the
+    file checked whole, its signature intact and made with ``key``'s public half.
+
+    Raises ClinicKeyError for a file that is not signed, altered since signing, or signed with
+    another key: only the clinic's own signature may be recorded as its prescription.
+    """
+    data = read_protocol_bytes(source)
+    check = check_signature(data, key.public_key())
+    if check.status is not SignatureStatus.VALID:
+        why = {
+            SignatureStatus.UNSIGNED: "is not signed",
+            SignatureStatus.ALTERED: "was changed after it was signed (its signature does not "
+            "match its text)",
+            SignatureStatus.OTHER_KEY: f"is signed with another key ({check.signer_fingerprint}),"
+            " not this clinic's",
+        }[check.status]
+        raise ClinicKeyError(
+            f"{source} {why}: only a prescription signed with this clinic's key "
+            f"({fingerprint(key.public_key())}) can be recorded; nothing was recorded"
+        )
+    protocol = protocol_from_bytes(data, str(source))
+    return SignedProtocol(protocol, data, fingerprint(key.public_key()))
 
 
 def default_signed_path(source: Path) -> Path:

@@ -42,6 +42,7 @@ FLAG_COLUMNS: dict[str, tuple[str, ...]] = {
     "simulated": ("simulated", "engineering"),
 }
 INTEGRITY = "integrity"
+CLOCK_AHEAD = "clock_ahead"  # a session flag: dated ahead by the home's clock, not counted
 
 
 # --- at import: one patient's summary rows ------------------------------------------------------
@@ -73,11 +74,21 @@ def patient_summary(patient_id: str, held: Sequence[HeldSession]) -> PatientSumm
     be once it is over; the overview counts only the days before its own today. Records that
     are not therapy (simulated, engineering) are never counted: they become flags.
     """
-    therapy = [h.summary for h in held if h.kind == THERAPY]
+    therapy = [h.summary for h in held if h.kind == THERAPY and h.counted]
     others = [h for h in held if h.kind != THERAPY]
     flags: list[tuple[str, str, str, str]] = [
         (h.summary.session_id, h.kind, h.summary.local_date.isoformat(), f"{h.kind} session")
         for h in others
+    ]
+    flags += [
+        (
+            h.summary.session_id,
+            CLOCK_AHEAD,
+            h.summary.local_date.isoformat(),
+            "dated ahead by the home computer's clock: not counted",
+        )
+        for h in held
+        if not h.counted
     ]
     days: list[tuple[str, str, int, int, float, float]] = []
     devices_json = "[]"
@@ -415,7 +426,7 @@ def patient_report(
     from sessions.report import render_table as report_table
 
     held = load_sessions(db, patient_id)
-    therapy = [h.summary for h in held if h.kind == THERAPY]
+    therapy = [h.summary for h in held if h.kind == THERAPY and h.counted]
     if not therapy:
         raise LookupError(patient_id)
     protocol = current_protocol(therapy)

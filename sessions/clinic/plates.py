@@ -20,6 +20,7 @@ from firmware_bridge.countersign import MAX_COUNTER, valid_public_key
 from firmware_bridge.errors import LivError
 from sessions.clinic.db import ClinicDb, now_utc
 from sessions.log.vouch import Pin, TrustResult, Voucher, check_vouchers, key_name
+from sessions.protocol import PatientProtocol
 
 _KEY_HEX = re.compile(r"[0-9a-f]{64}")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,15}")
@@ -52,8 +53,8 @@ def add_plate(db: ClinicDb, device_id: str, key_hex: str, first_counter: int = 1
     key = key_hex.strip().lower()
     if not _KEY_HEX.fullmatch(key) or not valid_public_key(bytes.fromhex(key)):
         raise PlateError(
-            "the plate key must be its Ed25519 public key as 64 hexadecimal digits "
-            "(the home's device_keys.json holds it)"
+            "the plate key must be its Ed25519 public key as 64 hexadecimal digits, read from "
+            "the plate itself at the clinic (docs/clinic.md)"
         )
     if not 1 <= first_counter <= MAX_COUNTER:
         raise PlateError(f"--first-counter must be a whole number from 1 to {MAX_COUNTER}")
@@ -94,6 +95,16 @@ def list_plates(db: ClinicDb) -> list[Plate]:
             "SELECT device_id, device_key, first_counter, added_utc FROM plates ORDER BY device_id"
         )
     ]
+
+
+def record_prescription(db: ClinicDb, protocol: PatientProtocol, key_fingerprint: str) -> None:
+    """Remember a prescription this clinic signed (``liv protocol sign``), by its fingerprint:
+    the ``protocol_sha256`` every session run under it carries (docs/trust.md)."""
+    db.execute(
+        "INSERT INTO prescriptions (sha256, patient_id, key_fingerprint, signed_utc)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (protocol.sha256, protocol.patient_id, key_fingerprint, now_utc()),
+    )
 
 
 class PlateRegistry:
@@ -152,7 +163,10 @@ def check_export_vouchers(
         if plate is None:
             return VoucherRefusal(
                 f"plate {device_id} is not registered with this clinic; register the plate's key "
-                f"with 'liv clinic plate add {device_id} KEYHEX', then import the file again",
+                f"with 'liv clinic plate add {device_id} KEYHEX', then import the file again, "
+                "only if the clinic dispensed this plate and with the key read from the plate "
+                "itself (a key taken from this file or the patient's computer could be any "
+                "program's)",
                 "unregistered",
             )
         if voucher is None:

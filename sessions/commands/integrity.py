@@ -18,6 +18,8 @@ from sessions.commands import EXPORT_FORMATS
 from sessions.commands.common import ReportError, home_of, open_log, pins_of, print_json
 from sessions.home import LivHome, SetupError
 from sessions.log import (
+    LogError,
+    LogErrorReason,
     Pin,
     PlateState,
     SessionLog,
@@ -27,6 +29,13 @@ from sessions.log import (
 from sessions.text import echo, terminal_line
 
 _log = logging.getLogger(__name__)
+
+# What no check on the patient's computer alone can see: the log, its pins and its meta rows are
+# all the computer's to rewrite (docs/trust.md, "What an attacker ... can still do").
+UNSEEN_OFFLINE = (
+    "records deleted from the end, or the whole log re-signed after the plate's pairing was "
+    "changed, can only be detected with the plate connected, or at the clinic"
+)
 
 
 def _plate_state(args: argparse.Namespace, home: LivHome) -> tuple[PlateState | None, str]:
@@ -96,11 +105,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         parts.append(f"{trust.legacy} recorded before device signatures (not vouched for)")
     if plate is not None:
         parts.append(f"the plate's counter {plate.counter} matches the log")
-    elif trust.vouched:
-        parts.append(
-            f"{no_plate}: records deleted from the end can only be detected with the plate "
-            "connected (liv verify --device URL)"
-        )
+    elif trust.vouched or trust.legacy:
+        parts.append(f"{no_plate}: {UNSEEN_OFFLINE} (liv verify --device URL)")
     echo("; ".join(parts))
     return 0
 
@@ -128,7 +134,11 @@ def _integrity_text(result: VerifyResult, trust: TrustResult | None = None) -> s
         first = trust.problems[0] if trust.problems else "a countersignature does not hold"
         return f"NOT VOUCHED FOR by the plate: {first}"
     if result.ok:
-        return f"verified ({result.records_checked} records, every chain intact)"
+        offline = trust is not None and not trust.plate_checked
+        return (
+            f"verified{' without the plate' if offline else ''} ({result.records_checked} "
+            "records, every chain intact)"
+        )
     bad = result.first_bad
     assert bad is not None
     return (
@@ -219,12 +229,20 @@ def _enrolled_plates(args: argparse.Namespace, home: LivHome) -> tuple[dict[str,
     if not keys:
         return pins, new
     from sessions.log import Voucher
+    from sessions.log.exchange import read_lines, utf8_import_file
 
     firsts: dict[tuple[str, str], int] = {}
-    with open(args.file, encoding="utf-8-sig") as stream:
-        for line in stream:
+    with utf8_import_file(), open(args.file, "rb") as stream:
+        for n, line in enumerate(read_lines(stream), 1):  # the import refuses what this skips
             with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
-                obj = json.loads(line)
+                try:
+                    obj = json.loads(line)
+                except RecursionError:
+                    raise LogError(
+                        f"Refused the whole import file: line {n} is nested too deeply to be a "
+                        "session record; nothing was imported.",
+                        reason=LogErrorReason.BAD_FILE,
+                    ) from None
                 voucher = Voucher.from_json(obj.get("device_voucher"))
                 if voucher.device_key in keys:
                     place = (str(obj["device_id"]), voucher.device_key)
@@ -256,4 +274,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"imported {result.added} records ({result.skipped_duplicates} already present), "
         f"every one vouched for by its plate"
     )
+    if result.clock:
+        echo(
+            f"{result.clock} of them were recorded while the home computer's clock was wrong "
+            "(dated in the future, or ending before they started): set its clock to the right "
+            "time (automatic time)"
+        )
     return 0

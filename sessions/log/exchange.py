@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -26,7 +27,13 @@ from sessions.log.chain import (
     _spliced_json,
 )
 from sessions.log.errors import _translate
-from sessions.log.fields import _columns_from_raw, _raw_from_row, _record_from_raw
+from sessions.log.fields import (
+    _columns_from_raw,
+    _implausible,
+    _raw_from_row,
+    _record_from_raw,
+    clock_problem,
+)
 from sessions.log.records import (
     EXPORT_FIELDS,
     OPTIONAL_FIELDS,
@@ -40,6 +47,14 @@ from sessions.log.storage import _ALL_BUT_ENVELOPE, SessionStore
 from sessions.log.vouch import GENESIS_HEX, Pin, Voucher, key_name
 
 VOUCHER_FIELD = "device_voucher"  # the plate's countersignature, beside the record's fields
+
+# The longest line an import reads: a record is a few hundred kB (a 10-minute session about
+# 94 kB, a 60-minute engineering run at 10 envelope points a second about 0.7 MB); a longer line
+# is refused before it is read whole, so a hostile file cannot fill the importer's memory.
+MAX_LINE_BYTES = 8_000_000
+# The most records one import file may hold: the checks keep a small summary per record
+# (ImportLine, a few hundred bytes), so a file of forged lines cannot fill memory with them.
+MAX_IMPORT_RECORDS = 100_000
 
 # Excel's limit on the characters of one cell (LibreOffice and Google Sheets hold as many).
 CSV_CELL_LIMIT = 32_767
@@ -100,10 +115,15 @@ class SessionLog(SessionStore):
         not vouched for it); a canonical stored envelope is written as stored."""
         vouched = canonical_json(None if voucher is None else voucher.to_json())
         envelope = row["envelope"]
-        if isinstance(envelope, str) and _canonical_pairs(envelope):
-            raw = self._parsed(row, _ALL_BUT_ENVELOPE)
-            return _spliced_json(raw, {"envelope": envelope, VOUCHER_FIELD: vouched})
-        return _spliced_json(self._parsed(row), {VOUCHER_FIELD: vouched})
+        try:
+            if isinstance(envelope, str) and _canonical_pairs(envelope):
+                raw = self._parsed(row, _ALL_BUT_ENVELOPE)
+                return _spliced_json(raw, {"envelope": envelope, VOUCHER_FIELD: vouched})
+            return _spliced_json(self._parsed(row), {VOUCHER_FIELD: vouched})
+        except (ValueError, TypeError) as exc:  # a value written into the file by hand
+            raise self._corrupt(
+                f"session {row['session_id']} cannot be exported ({exc}); run verify"
+            ) from exc
 
     def _voucher(self, conn: sqlite3.Connection, session_id: str) -> Voucher | None:
         if not self._has_vouchers(conn):
@@ -234,7 +254,11 @@ class SessionLog(SessionStore):
         (:func:`scan_import`), the second writes it (:func:`import_records`), so memory does not
         grow with the records' size (docs/log-format.md section 8).
         """
-        with _translate("read the import file", self.path), _rereadable(source) as lines:
+        with (
+            utf8_import_file(),
+            _translate("read the import file", self.path),
+            _rereadable(source) as lines,
+        ):
             scan = scan_import(lines())
             bad = scan.bad
             if bad is not None:
@@ -250,6 +274,7 @@ class SessionLog(SessionStore):
             if plates is not None:
                 vouched = self._check_import_vouchers(scan.records, plates)
             added = 0
+            clock = 0
             skipped = scan.duplicates
             with _translate("import into the session log", self.path), self._write() as tx:
                 for line, raw in import_records(lines(), scan.records):
@@ -262,10 +287,13 @@ class SessionLog(SessionStore):
                     )
                     if self._merge(tx, entry):
                         added += 1
+                        clock += line.clock is not None
+                        if line.clock is not None:
+                            _log.warning("imported record %s: %s", line.session_id, line.clock)
                     else:
                         skipped += 1
         _log.info("imported %d records, %d already present", added, skipped)
-        return ImportResult(added, skipped, vouched)
+        return ImportResult(added, skipped, vouched, clock)
 
     def _check_import_vouchers(self, records: Sequence[ImportLine], plates: dict[str, Pin]) -> int:
         """Refuse the file unless its plates vouch for every record (see import_jsonl)."""
@@ -480,6 +508,20 @@ def spreadsheet_text(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
 
 
+@contextlib.contextmanager
+def utf8_import_file() -> Iterator[None]:
+    """An import file that is not UTF-8 text (read_lines decodes it) refused in one sentence,
+    not a UnicodeDecodeError traceback."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise LogError(
+            "Refused the whole import file: it is not a liv export (not UTF-8 text); nothing "
+            "was imported.",
+            reason=LogErrorReason.BAD_FILE,
+        ) from None
+
+
 def _bad_file(line_no: int, detail: str) -> LogError:
     return LogError(
         f"Refused the whole import file: line {line_no} {detail}; nothing was imported.",
@@ -504,6 +546,9 @@ class ImportLine:
     patient_id: str
     device_id: str
     voucher: Voucher | None
+    kind: str = "therapy"  # the record's kind (a record without the field is therapy)
+    clock: str | None = None  # why its times show the home computer's clock was wrong
+    clock_ahead: bool = False  # ... dated ahead of the importer's clock: never counted
 
 
 @dataclass
@@ -517,14 +562,18 @@ class ImportScan:
     patients: set[str] = field(default_factory=set)  # whom the file's records name
 
 
-_Parsed = tuple[dict[str, Any], Voucher | None, int, str, str]  # raw, voucher, index, log, session
+# raw, voucher, index, log, session, the home clock's error (clock_problem)
+_Parsed = tuple[dict[str, Any], Voucher | None, int, str, str, tuple[str, bool] | None]
 
 
-def _parse_line(line_no: int, line: str) -> _Parsed | None:
+def _parse_line(
+    line_no: int, line: str, now: datetime, valid_prescription: bool = False
+) -> _Parsed | None:
     """One line as a record (its voucher taken out), None for a blank line or the header.
 
     Raises the ``bad_file`` LogError naming the line for anything that is not a finished
-    session record in the export's shape (docs/log-format.md section 8, step 1).
+    session record in the export's shape (docs/log-format.md section 8, step 1), or whose
+    figures no session can have (``_implausible``, judged against ``now``).
     """
     if not line.strip():
         return None
@@ -532,6 +581,8 @@ def _parse_line(line_no: int, line: str) -> _Parsed | None:
         obj = json.loads(line)
     except ValueError:
         raise _bad_file(line_no, "is not valid JSON") from None
+    except RecursionError:  # json.loads nests by recursion: thousands of [ or {
+        raise _bad_file(line_no, "is nested too deeply to be a session record") from None
     if not isinstance(obj, dict):
         raise _bad_file(line_no, "is not a JSON object")
     if line_no == 1 and obj.get("schema") == EXPORT_HEADER_SCHEMA:
@@ -556,10 +607,16 @@ def _parse_line(line_no: int, line: str) -> _Parsed | None:
         raise _bad_file(line_no, f"is not a session record: {exc}") from None
     if not record.finished or record.chain_index is None:
         raise _bad_file(line_no, "is a running session (only finished records are imported)")
-    return obj, voucher, record.chain_index, record.log_id, record.session_id
+    absurd = _implausible(record, valid_prescription=valid_prescription)
+    if absurd is not None:
+        raise _bad_file(line_no, f"is not a plausible session record: {absurd}")
+    clock = clock_problem(record, now)
+    return obj, voucher, record.chain_index, record.log_id, record.session_id, clock
 
 
-def scan_import(lines: Iterable[str]) -> ImportScan:
+def scan_import(
+    lines: Iterable[str], now: datetime | None = None, *, valid_prescriptions: bool = False
+) -> ImportScan:
     """Check an import file as it streams, one line at a time, holding no record.
 
     Each line's shape is checked (a ``bad_file`` LogError names the first bad line), then its
@@ -570,11 +627,12 @@ def scan_import(lines: Iterable[str]) -> ImportScan:
     scan = ImportScan()
     chains = StreamingChains()
     owners: dict[str, tuple[str, int]] = {}
+    moment = datetime.now(UTC) if now is None else now
     for line_no, line in enumerate(lines, 1):
-        parsed = _parse_line(line_no, line)
+        parsed = _parse_line(line_no, line, moment, valid_prescriptions)
         if parsed is None:
             continue
-        obj, voucher, index, log_id, session_id = parsed
+        obj, voucher, index, log_id, session_id, clock = parsed
         same = chains.held_hash(log_id, index)
         if same is not None:
             if same == obj["record_hash"]:
@@ -593,6 +651,12 @@ def scan_import(lines: Iterable[str]) -> ImportScan:
             raise _bad_file(line_no, f"repeats session {session_id} in another record")
         chains.add(log_id, _Entry(session_id, index, obj, where=f" (line {line_no})"))
         scan.patients.add(str(obj["patient_id"]))
+        if len(scan.records) >= MAX_IMPORT_RECORDS:
+            raise _bad_file(
+                line_no,
+                f"is record {MAX_IMPORT_RECORDS + 1:,} of the file: an export holds at most "
+                f"{MAX_IMPORT_RECORDS:,} records (a five-year study is under 4,000); split it",
+            )
         scan.records.append(
             ImportLine(
                 line_no,
@@ -604,6 +668,9 @@ def scan_import(lines: Iterable[str]) -> ImportScan:
                 str(obj["patient_id"]),
                 str(obj["device_id"]),
                 voucher,
+                str(obj.get("kind") or "therapy"),
+                None if clock is None else clock[0],
+                clock is not None and clock[1],
             )
         )
     scan.bad, scan.heads = chains.result()
@@ -644,12 +711,36 @@ def _changed(line_no: int) -> LogError:
 
 def read_lines(stream: BinaryIO, digest: Any = None) -> Iterator[str]:
     """The text lines of a UTF-8 file (a leading byte-order mark dropped), hashing its bytes
-    into ``digest`` (a hashlib object) when given. UnicodeDecodeError for a file not UTF-8."""
-    for number, data in enumerate(stream):
+    into ``digest`` (a hashlib object) when given. UnicodeDecodeError for a file not UTF-8;
+    the ``bad_file`` LogError for a line longer than :data:`MAX_LINE_BYTES`, read no further.
+    """
+    number = 0
+    while data := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(data) > MAX_LINE_BYTES:
+            raise _too_long(number)
         if digest is not None:
             digest.update(data)
         text = data.decode("utf-8")
-        yield text.removeprefix("\ufeff") if number == 0 else text
+        yield text.removeprefix("\ufeff") if number == 1 else text
+
+
+def _too_long(line_no: int) -> LogError:
+    return _bad_file(
+        line_no,
+        f"is longer than {MAX_LINE_BYTES // 1_000_000} MB, far more than any session record",
+    )
+
+
+def limited_lines(stream: TextIO) -> Iterator[str]:
+    """The lines of a text stream, each at most :data:`MAX_LINE_BYTES` characters (a longer
+    one is the ``bad_file`` LogError, read no further)."""
+    number = 0
+    while text := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(text) > MAX_LINE_BYTES:
+            raise _too_long(number)
+        yield text
 
 
 @contextlib.contextmanager
@@ -675,7 +766,7 @@ def _rereadable(source: TextIO | Path) -> Iterator[Callable[[], Iterator[str]]]:
 
     def from_stream() -> Iterator[str]:
         stream.seek(start)
-        yield from stream
+        yield from limited_lines(stream)
 
     try:
         yield from_stream

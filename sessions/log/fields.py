@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import math
 import numbers
+import re
 import sqlite3
+import threading
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from firmware_bridge.errors import LivError
 from sessions.log.canonical import canonical_json
 from sessions.log.errors import _invalid
 from sessions.log.records import (
@@ -23,11 +28,13 @@ from sessions.log.records import (
     MAX_SAFE_INTEGER,
     NUMBER_DECIMALS,
     OPTIONAL_FIELDS,
+    LogError,
     SessionKind,
     SessionRecord,
     SessionStatus,
     SessionSummary,
 )
+from sessions.protocol import protocol_from_dict
 
 # --- input checks (writes) -----------------------------------------------------------------------
 
@@ -213,6 +220,8 @@ def _raw_from_row(
                 value = json.loads(value)
             except ValueError as exc:
                 raise ValueError(f"field {name} is not valid JSON") from exc
+            except RecursionError:  # thousands of [ or { written into the file
+                raise ValueError(f"field {name} is nested too deeply to be read") from None
         elif name == "override" and type(value) is int and value in (0, 1):
             value = bool(value)
         raw[name] = value
@@ -278,6 +287,188 @@ def _record_from_raw(raw: Mapping[str, Any]) -> SessionRecord:
         envelope=tuple(points),
         last_checkpoint_utc=_parse_moment(raw, "last_checkpoint_utc", True),
     )
+
+
+# An imported record's figures must be ones a session can have (docs/log-format.md section 8):
+# no plate of this software ran before this day, and no session lasts longer than a day.
+EARLIEST_DAY = date(2000, 1, 1)
+# A date past this cannot be stored and judged (a day's arithmetic near year 9999 overflows);
+# dates between the importer's tomorrow and this are a home clock's error (clock_problem).
+LATEST_DAY = date(2999, 12, 31)
+MAX_SESSION_MINUTES = 24 * 60.0
+_CLOCK_SLACK = timedelta(days=1)  # a home's clock ahead of the importer's, and time zones
+
+
+# An imported record's ids (docs/log-format.md section 8): what the import keeps per record
+# until the file is stored, so their size is bounded. session_id and log_id are UUIDs when this
+# software writes them, patient_id follows the protocol's rule, a device id is the 16 bytes
+# the plate announces; protocol_sha256 is a SHA-256 in hex.
+MAX_ID_CHARS = 64
+_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
+_ID_RULE = f"1 to {MAX_ID_CHARS} letters, digits, '.', '_' or '-'"
+
+
+def _id_problem(record: SessionSummary) -> str | None:
+    """Why one of a record's ids cannot be one this software writes, or None."""
+    for name in ("session_id", "log_id", "patient_id"):
+        value = getattr(record, name)
+        if not _ID_RE.fullmatch(value):
+            return f"{name} {_shown(value)} is not an id ({_ID_RULE})"
+    if not 0 < len(record.device_id) <= MAX_ID_CHARS:
+        return f"device_id {_shown(record.device_id)} is not 1 to {MAX_ID_CHARS} characters"
+    if not _HEX64.fullmatch(record.protocol_sha256):
+        return f"protocol_sha256 {_shown(record.protocol_sha256)} is not a SHA-256 in hex"
+    return None
+
+
+def _shown(value: str) -> str:
+    """A value for a message: at most 40 characters of it."""
+    return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value):,} characters)"
+
+
+def _implausible(record: SessionSummary, *, valid_prescription: bool = False) -> str | None:
+    """Why an imported record cannot be a session that happened, or None.
+
+    Its hash chain and its plate's signature say who wrote it, not that it makes sense: a
+    plate countersigns any digest its host hands it (docs/trust.md). A record dated before
+    any plate or beyond what can be stored, with negative minutes or more minutes at dose than
+    prescribed, or in a time zone that does not exist, is refused with its file. A date in the
+    future or an end before the start is the home clock's error, imported and flagged
+    (:func:`clock_problem`). With ``valid_prescription`` (the clinic, which judges adherence
+    against it) a therapy record's prescription must also be a valid protocol.
+    """
+    problem = _id_problem(record)
+    if problem is not None:
+        return problem
+    for name in ("started_utc", "ended_utc", "started_local", "ended_local"):
+        moment: datetime | None = getattr(record, name)
+        if moment is None:
+            continue
+        text = _iso(moment)
+        if moment.date() < EARLIEST_DAY:
+            return f"{name} {text} is before {EARLIEST_DAY.isoformat()}"
+        if moment.date() > LATEST_DAY:
+            return f"{name} {text} is after {LATEST_DAY.isoformat()}"
+        try:
+            moment.astimezone(UTC)
+        except OverflowError:
+            return f"{name} {text} is out of range"
+    if record.local_date < EARLIEST_DAY:
+        return f"local_date {record.local_date.isoformat()} is before {EARLIEST_DAY.isoformat()}"
+    if record.local_date > LATEST_DAY:
+        return f"local_date {record.local_date.isoformat()} is after {LATEST_DAY.isoformat()}"
+    if not 0.0 < record.minutes_prescribed <= MAX_SESSION_MINUTES:
+        return (
+            f"minutes_prescribed {record.minutes_prescribed:g} is outside 0-{MAX_SESSION_MINUTES:g}"
+        )
+    if record.minutes_at_dose < 0.0:
+        return f"minutes_at_dose {record.minutes_at_dose:g} is negative"
+    if record.minutes_at_dose > record.minutes_prescribed + 1e-6:
+        return (
+            f"minutes_at_dose {record.minutes_at_dose:g} is more than the "
+            f"{record.minutes_prescribed:g} minutes prescribed"
+        )
+    try:
+        _zone(record.timezone)
+    except LogError:
+        return f"timezone {record.timezone!r} is not a known time zone"
+    therapy = record.kind is SessionKind.THERAPY
+    problem = _protocol_problem(
+        record.protocol_json, record.protocol_sha256, therapy, therapy and valid_prescription
+    )
+    if problem is not None:
+        return problem
+    if therapy:
+        named = json.loads(record.protocol_json).get("patient_id")
+        if isinstance(named, str) and named != record.patient_id:
+            return (
+                f"patient_id {record.patient_id!r} is not the patient its prescription names "
+                f"({named!r})"
+            )
+    return None
+
+
+def clock_problem(record: SessionSummary, now: datetime) -> tuple[str, bool] | None:
+    """Why a record's times show the home computer's clock was wrong, and whether it is dated
+    ahead of ``now`` (the importer's clock); None when they do not.
+
+    A clock days ahead writes a session dated in the future (more than a day after ``now``); a
+    clock stepped back during a session (NTP correcting a fast clock) writes an end before the
+    start. Such a record is a session that happened: it is imported and flagged
+    (docs/log-format.md section 8), never refused, else the log could never be exported again.
+    A record dated ahead could credit a day that has not come, so the clinic never counts it.
+    """
+    latest = now.astimezone(UTC) + _CLOCK_SLACK
+    ahead = "the home computer's clock was ahead when the session ran"
+    for name in ("started_utc", "ended_utc"):
+        moment: datetime | None = getattr(record, name)
+        if moment is not None and moment > latest:
+            return f"{name} {_iso(moment)} is in the future: {ahead}", True
+    if record.local_date > latest.date():
+        return f"local_date {record.local_date.isoformat()} is in the future: {ahead}", True
+    if record.ended_utc is not None and record.ended_utc < record.started_utc:
+        return (
+            f"ended_utc {_iso(record.ended_utc)} is before started_utc "
+            f"{_iso(record.started_utc)}: the home computer's clock was set back during the "
+            "session",
+            False,
+        )
+    return None
+
+
+_PROTOCOL_CACHE_SIZE = 64  # a log's records share a few prescriptions
+_protocol_cache: collections.OrderedDict[tuple[bytes, str, bool, bool], str | None] = (
+    collections.OrderedDict()
+)
+_protocol_cache_lock = threading.Lock()
+
+
+def _protocol_problem(
+    protocol_json: str, protocol_sha256: str, therapy: bool, valid: bool
+) -> str | None:
+    """``_judged_protocol``, remembered by the SHA-256 of the prescription's text: the cache
+    holds digests, never the text, which a hostile file can make megabytes long (before, an
+    lru_cache keyed by the text could hold 64 lines of 8 MB)."""
+    digest = hashlib.sha256(protocol_json.encode("utf-8", errors="surrogatepass")).digest()
+    key = (digest, protocol_sha256, therapy, valid)
+    with _protocol_cache_lock:
+        if key in _protocol_cache:
+            _protocol_cache.move_to_end(key)
+            return _protocol_cache[key]
+    found = _judged_protocol(protocol_json, protocol_sha256, valid)
+    with _protocol_cache_lock:
+        _protocol_cache[key] = found
+        while len(_protocol_cache) > _PROTOCOL_CACHE_SIZE:
+            _protocol_cache.popitem(last=False)
+    return found
+
+
+def _judged_protocol(protocol_json: str, protocol_sha256: str, valid: bool) -> str | None:
+    """Why a record's prescription cannot be the one it ran under, or None.
+
+    Every record's ``protocol_json`` is a JSON object. With ``valid`` (a therapy record at the
+    clinic) it is a valid protocol whose SHA-256 is ``protocol_sha256``: the clinic judges
+    adherence against the one and checks the other against the prescriptions it signed
+    (docs/clinic.md).
+    """
+    try:
+        protocol = json.loads(protocol_json)
+    except ValueError:
+        return "protocol_json is not JSON"
+    except RecursionError:
+        return "protocol_json is nested too deeply to be a prescription"
+    if not isinstance(protocol, dict):
+        return "protocol_json is not a JSON object"
+    if not valid:
+        return None
+    if hashlib.sha256(protocol_json.encode("utf-8")).hexdigest() != protocol_sha256:
+        return "protocol_sha256 is not the SHA-256 of its protocol_json"
+    try:
+        protocol_from_dict(protocol)  # the prescription's own checks
+    except (ValueError, TypeError, LivError) as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        return f"its prescription (protocol_json) is not a valid protocol: {first}"
+    return None
 
 
 def _summary_from_raw(raw: Mapping[str, Any]) -> SessionSummary:

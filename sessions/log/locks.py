@@ -98,6 +98,27 @@ class _SessionLocks:
         self._noted.discard(session_id)
         os.close(fd)
 
+    def is_held(self, session_id: str) -> bool:
+        """As :meth:`is_live`, but only looks: a stale lock file (and its note) is left for
+        recovery. For readers (``liv status``) and for a start that must not touch the plate."""
+        if session_id in self._held:
+            return True
+        if sys.platform == "win32":
+            return False
+        try:
+            fd = os.open(self._file(session_id), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # (closing releases a lock taken here)
+        return False
+
     def is_live(self, session_id: str) -> bool:
         """True when a living process (this one included) holds the session's lock."""
         if session_id in self._held:

@@ -175,6 +175,7 @@ class ImportResult:
     added: int
     skipped_duplicates: int
     vouched: int = 0  # records whose plate countersignature was checked
+    clock: int = 0  # added records whose times show the home computer's clock was wrong
 
 
 # --- fields --------------------------------------------------------------------------------------

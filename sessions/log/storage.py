@@ -269,6 +269,7 @@ class SessionStore:
                     self._conn = self._connect_read_only()
                 else:
                     self._prepare_file()
+                    self._refuse_foreign()
                     self._conn = sqlite3.connect(
                         self.path,
                         timeout=busy_timeout_s,
@@ -280,7 +281,7 @@ class SessionStore:
                 self.log_id = self._open_schema()
                 self._has_kind = self._has_column("kind")
                 if not read_only:
-                    for suffix in ("-wal", "-shm"):
+                    for suffix in ("", "-wal", "-shm"):
                         _tighten(self.path.with_name(self.path.name + suffix))
         except BaseException:
             self.close()
@@ -351,6 +352,17 @@ class SessionStore:
         self.close()
 
     def _prepare_file(self) -> None:
+        if self.path.is_symlink():
+            # a write would go wherever the link points (a planted link can make the log
+            # rewrite any file of the user's); reading through one (verify, export) is harmless
+            target = os.path.realpath(self.path)
+            raise LogError(
+                f"The session log {self.path} is a link to another file, so nothing was written "
+                f"to it; if you moved the log there yourself, give its real path instead: --db "
+                f"{target} (or set LIV_DB to it), else keep it and contact service.",
+                reason=LogErrorReason.CANNOT_OPEN,
+                path=self.path,
+            )
         folder = self.path.parent
         if not folder.exists():
             folder.mkdir(mode=0o700, parents=True)
@@ -360,7 +372,48 @@ class SessionStore:
             os.close(fd)
         elif self.path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "is a folder", str(self.path))
-        _tighten(self.path)
+
+    def _refuse_foreign(self) -> None:
+        """Refuse, before anything is written (write-ahead mode, permissions), another program's
+        SQLite database: one that is not empty and lacks a session log's tables (meta, chains,
+        sessions) or meta's ``schema_version`` (digits) and ``log_id`` rows (a Chromium History
+        file has a ``meta`` table too). Read without writing or creating a file: with
+        ``mode=ro`` (locks honoured) while a write-ahead log beside it shows a writer may be at
+        work, else with ``immutable=1`` (``mode=ro`` would create -wal and -shm files beside a
+        WAL database)."""
+        with open(self.path, "rb") as stream:
+            header = stream.read(16)
+        if header != b"SQLite format 3\x00":
+            return  # a new log (empty), or not SQLite: SQLite refuses it, unchanged
+        beside = [self.path.with_name(self.path.name + x) for x in ("-wal", "-shm")]
+        flag = "mode=ro" if any(p.exists() for p in beside) else "immutable=1"
+        probe = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?{flag}", uri=True, timeout=self._busy_timeout_s
+        )
+        try:
+            names = {
+                str(name)
+                for (name,) in probe.execute(
+                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                )
+            }
+            if not names:
+                return  # an empty database: a new log is created in it
+            ours = {"meta", "chains", "sessions"} <= names
+            if ours:
+                try:  # a meta table of another program has other columns or other keys
+                    meta = dict(
+                        probe.execute(
+                            "SELECT key, value FROM meta WHERE key IN ('schema_version', 'log_id')"
+                        ).fetchall()
+                    )
+                except sqlite3.Error:
+                    meta = {}
+                ours = str(meta.get("schema_version", "")).isdigit() and bool(meta.get("log_id"))
+        finally:
+            probe.close()
+        if not ours:
+            raise self._corrupt("it holds another kind of database")
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -799,6 +852,18 @@ class SessionStore:
         }
         if self._locks.write_note(session_id, note):
             _log.warning("session %s: the log could not be written; noted why", session_id)
+
+    def live_sessions(self) -> list[str]:
+        """The running sessions a living process (this one included) still holds, oldest first.
+
+        Only looks (a crashed session's row and lock file are left for recover_interrupted):
+        ``liv status`` says a session is running, and ``liv start`` refuses a second one.
+        """
+        with _translate("read the session log", self.path), self._lock:
+            sql = "SELECT session_id FROM sessions WHERE status = 'running' ORDER BY started_utc"
+            rows = self._connection().execute(sql).fetchall()
+        ids = [str(row["session_id"]) for row in rows]
+        return [i for i in ids if i in self._running or self._locks.is_held(i)]
 
     def recover_interrupted(self, now_utc: datetime) -> list[SessionRecord]:
         """Close every running session whose process has ended as ``interrupted`` and chain it.

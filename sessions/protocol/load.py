@@ -42,13 +42,19 @@ def read_protocol_bytes(path: pathlib.Path | str) -> bytes:
     try:
         mode = path.stat().st_mode
         if stat.S_ISDIR(mode):
-            raise refuse("this is a folder, not a protocol file")
+            raise refuse(
+                "this is a folder, not a prescription file: give the signed prescription file "
+                "in it (its name ends in .yaml)"
+            )
         if not stat.S_ISREG(mode):
             raise refuse("this is not a regular file")
         with path.open("rb") as stream:
             data = stream.read(MAX_TEXT_CHARS * 4 + 1)
     except FileNotFoundError:
-        raise refuse("the protocol file does not exist") from None
+        raise refuse(
+            "the prescription file does not exist: check its name and the folder it is in, or "
+            "ask your clinic to send it again"
+        ) from None
     except PermissionError:
         raise refuse("the protocol file cannot be read: permission denied") from None
     except OSError as exc:
