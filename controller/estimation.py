@@ -9,6 +9,7 @@ Fundamentals of Statistical Signal Processing I).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -30,20 +31,110 @@ class SineFit(NamedTuple):
     total_peak_g: float  # largest |x - dc| in the window
     residual_rms_g: float  # what the fundamental does not explain (harmonics + noise)
     n_samples: int
+    # how many of the samples have different drive phases (0: all of them, or not known)
+    distinct_phases: int = 0
+    resolution_g: float = 0.0  # one count of the sensor (0: not known)
+    # correlation of the rounding errors at a repeated phase (negative: from this residual)
+    rounding_rho: float = -1.0
 
     @property
     def peak_sigma_g(self) -> float:
-        """Standard uncertainty of ``peak_g`` from the residual: ``sqrt(2 s^2 / N)``.
+        """Standard uncertainty of ``peak_g``: ``sqrt(2 s^2 / N)`` when every error is its own.
 
-        ``s^2`` is the residual variance with the fit's three parameters taken out. Harmonics
-        count as noise here although the fit over whole cycles ignores them, so the figure errs
-        on the side of more uncertainty, never less.
+        ``s^2`` is the residual variance with the fit's three parameters taken out, at least
+        the rounding's ``q^2 / 12`` for a sensor of one count ``q``. Harmonics count as noise
+        here although the fit over whole cycles ignores them, so the figure errs on the side of
+        more uncertainty, never less.
+
+        Rounding errors are not all independent: when the drive frequency divides the sample
+        rate into a short period (60 Hz at 400 Hz repeats every 20 samples), the window sees
+        each drive phase ``m = N / D`` times, and a sensor whose noise is small against one
+        count rounds each repeat the same way. Within each group of repeats the rounding errors
+        then correlate by ``rho`` (:func:`rounding_correlation`), which adds
+        ``(m - 1) rho q^2 / 12`` to ``s^2``: a noiseless coarse sensor has about ``D``
+        independent errors, not ``N``. A noisy or fine sensor (noise of a count or more) has
+        ``rho = 0`` and the figure is the plain one.
         """
         n = self.n_samples
         if n <= 3:
             return math.inf
         variance = self.residual_rms_g**2 * n / (n - 3)
+        q = self.resolution_g
+        if q > 0.0:
+            rounding = q * q / 12.0
+            if variance < rounding:  # noqa: PLR1730 (not max(): no call in the loop's budget)
+                variance = rounding
+            distinct = self.distinct_phases
+            if 0 < distinct < n:
+                rho = self.rounding_rho
+                if rho < 0.0:
+                    rho = rounding_correlation(variance - rounding, q)
+                if rho > 0.0:
+                    variance += (n / distinct - 1.0) * rho * rounding
         return math.sqrt(2.0 * variance / n)
+
+
+def rounding_correlation(noise_variance: float, resolution: float) -> float:
+    """Correlation of the rounding errors of two readings of one value, each with its own noise.
+
+    For a value spread evenly over a count ``q`` and Gaussian noise of variance ``s^2``, the
+    rounding error's Fourier series gives
+    ``rho = (6 / pi^2) sum_k exp(-a k^2) / k^2`` with ``a = 4 pi^2 s^2 / q^2``: 1 without noise,
+    0.62 at a noise of 0.064 count, below 1e-17 from one count on (returned as 0). For small
+    ``a`` the series is summed in closed form (Poisson summation):
+    ``1 - (6 / pi^2) (sqrt(pi a) - a / 2)``, exact but for terms below ``exp(-pi^2 / a)``.
+    """
+    if resolution <= 0.0 or noise_variance >= resolution * resolution:
+        return 0.0
+    a = 4.0 * math.pi**2 * max(noise_variance, 0.0) / (resolution * resolution)
+    if a < 1.0:
+        return max(0.0, 1.0 - 6.0 / math.pi**2 * (math.sqrt(math.pi * a) - 0.5 * a))
+    return 6.0 / math.pi**2 * sum(math.exp(-a * k * k) / (k * k) for k in range(1, 7))
+
+
+# each window moves the averaged noise variance this share of the way to its own
+NOISE_AVERAGING = 0.05
+# the drive phase counts as repeating when its slip over the span stays below this (cycles)
+PHASE_REPEAT_SLIP_CYCLES = 0.01
+
+
+def phase_period(span: int, freq_hz: float, sample_rate_hz: float) -> int:
+    """After how many samples the drive phase repeats, within ``span`` samples (0: it does not).
+
+    The phase advances ``f / fs`` cycles a sample; when that is a fraction ``p / r`` it repeats
+    every ``r`` samples (60/400 = 3/20: every 20). A ratio that slips less than
+    :data:`PHASE_REPEAT_SLIP_CYCLES` over the span from such a fraction counts as it.
+    """
+    if span < 2 or freq_hz <= 0.0 or sample_rate_hz <= 0.0:
+        return 0
+    ratio = freq_hz / sample_rate_hz
+    nearest = Fraction(ratio).limit_denominator(span)
+    if abs(ratio - float(nearest)) * span > PHASE_REPEAT_SLIP_CYCLES:
+        return 0
+    return nearest.denominator
+
+
+def distinct_phase_count(n: int, freq_hz: float, sample_rate_hz: float) -> int:
+    """How many of ``n`` consecutive samples have different drive phases (at most the period)."""
+    period = phase_period(n, freq_hz, sample_rate_hz)
+    return period if 0 < period < n else n
+
+
+def repeating_peak_sigma_g(fit: SineFit, period: int) -> float:
+    """The part of ``fit.peak_sigma_g`` that every window over the same drive phases repeats.
+
+    A steady plate read by a sensor whose noise is small against one count rounds the sample at
+    each drive phase the same way every time that phase comes round, so that part of the error
+    does not average out over successive windows: with a phase period of ``r`` samples it is
+    ``sqrt(2 rho (q^2 / 12) / r)`` (:func:`rounding_correlation` for ``rho``). 0 without a
+    known resolution, a period or a correlation (the fit's ``rounding_rho``).
+    """
+    q = fit.resolution_g
+    n = fit.n_samples
+    if q <= 0.0 or period <= 0 or n <= 3 or fit.rounding_rho <= 0.0:
+        return 0.0
+    rounding = q * q / 12.0
+    return math.sqrt(2.0 * fit.rounding_rho * rounding / max(period, fit.distinct_phases or n))
 
 
 def whole_cycle_length(n_available: int, freq_hz: float, sample_rate_hz: float) -> int:
@@ -126,10 +217,17 @@ class AmplitudeEstimator:
     # from the last two rows)
     _D, _ONE, _C, _S, _X, _NEG = range(6)
 
-    def __init__(self, sample_rate_hz: float, window_s: float = 0.1) -> None:
+    def __init__(
+        self, sample_rate_hz: float, window_s: float = 0.1, resolution_g: float = 0.0
+    ) -> None:
+        """``resolution_g``: one count of the sensor (``1 / counts_per_g``; 0 if not known),
+        which :attr:`SineFit.peak_sigma_g` needs to count rounding errors honestly."""
         if window_s <= 0.0:
             raise ValueError(f"window_s {window_s!r} must be positive")
+        if not resolution_g >= 0.0:
+            raise ValueError(f"resolution_g {resolution_g!r} must be 0 or more")
         self.sample_rate_hz = sample_rate_hz
+        self.resolution_g = resolution_g
         self.window_n = max(3, round(window_s * sample_rate_hz))
         self._keep = self.window_n + round(sample_rate_hz / 20.0) + 1  # a 20 Hz cycle of slack
         self._rotation: FloatArray = np.empty((2, 2))
@@ -150,9 +248,12 @@ class AmplitudeEstimator:
         self._cuts: dict[int, npt.NDArray[np.intp]] = {}  # reduction cuts per window head
         self._extremes = (0.0, 0.0)  # the last block's extremes, noted when ...
         self._extremes_at = -1  # ... this many samples had been pushed
-        # the window length for the last (samples available, frequency) asked (0: no fit)
-        self._last_length: tuple[tuple[int, float], int] = ((-1, 0.0), 0)
+        # the window length and its distinct drive phases for the last (samples available,
+        # frequency) asked (length 0: no fit)
+        self._last_length: tuple[tuple[int, float], int, int, int] = ((-1, 0.0), 0, 0, 0)
         self._line: FloatArray = np.empty(0)  # k / n for k = 0 .. 2n-1, n the block length
+        self._noise_variance = -1.0  # the sensor's noise (g^2), averaged over windows ...
+        self._rho = -1.0  # ... and the rounding correlation it gives (negative: not yet known)
         self._last_drive: float | None = None  # the newest block's first-sample drive ...
         self._last_sloped = False  # ... and whether its drive was drawn as a sloping line
 
@@ -276,20 +377,40 @@ class AmplitudeEstimator:
         end = self._end
         available = min(self._count, self.window_n, end)
         key = (available, freq_hz)
-        if key == self._last_length[0]:
-            n = self._last_length[1]
-        else:
+        last_key, n, distinct, period = self._last_length
+        if key != last_key:
             n = whole_cycle_length(available, freq_hz, self.sample_rate_hz)
             if n < self.sample_rate_hz / freq_hz - 1:
                 n = 0  # less than a cycle
-            self._last_length = (key, n)
+            distinct = distinct_phase_count(n, freq_hz, self.sample_rate_hz)
+            # phases that come round again within a second: successive windows repeat them
+            period = phase_period(round(self.sample_rate_hz), freq_hz, self.sample_rate_hz)
+            self._last_length = (key, n, distinct, period)
         if n < 3:
             return None
         head = n - self._last_n  # the window's samples before the last block
-        found = self._fit(end - n, end, head if head > 0 else 0)
+        rho = self._rho
+        found = self._fit(end - n, end, head if head > 0 else 0, distinct, rho)
         if found is None:
             return None
         fit, drive_sum = found
+        q = self.resolution_g
+        if q <= 0.0:
+            return WindowEstimate(fit=fit, mean_drive=drive_sum / n)
+        # How alike the roundings at a repeated phase are depends on the noise against one
+        # count. One window's residual measures the noise too roughly for that (a 40-sample
+        # residual varies by a quarter), so it is averaged over the windows, and the next
+        # window's fit uses the average. A noisy or fine sensor (a count or more) costs no call.
+        noise = fit.residual_rms_g**2 * n / (n - 3) - q * q / 12.0
+        if noise < 0.0:  # noqa: PLR1730 (not max(): no call in the loop's budget)
+            noise = 0.0
+        average = self._noise_variance
+        average = noise if average < 0.0 else average + NOISE_AVERAGING * (noise - average)
+        self._noise_variance = average
+        self._rho = rounding_correlation(average, q) if average < q * q else 0.0
+        if rho > 0.0 and period > 0:
+            repeating = repeating_peak_sigma_g(fit, period)
+            return WindowEstimate(fit=fit, mean_drive=drive_sum / n, repeat_sigma_g=repeating)
         return WindowEstimate(fit=fit, mean_drive=drive_sum / n)
 
     def fit_span(self, first: int, end: int) -> SineFit | None:
@@ -304,11 +425,15 @@ class AmplitudeEstimator:
         found = self._fit(first - base, end - base)
         return None if found is None else found[0]
 
-    def _fit(self, start: int, stop: int, head: int = 0) -> tuple[SineFit, float] | None:
+    def _fit(
+        self, start: int, stop: int, head: int = 0, distinct: int = 0, rho: float = -1.0
+    ) -> tuple[SineFit, float] | None:
         """The fit over buffer columns ``start:stop`` and the sum of the drive there.
 
         ``head`` > 0: the last ``stop - start - head`` columns are the last block pushed, whose
-        extremes are noted for :meth:`block_extremes` from the same reduction.
+        extremes are noted for :meth:`block_extremes` from the same reduction. ``distinct``:
+        how many of the samples have different drive phases (0: all, or not known); ``rho``:
+        the rounding correlation at a repeated phase (negative: from the fit's own residual).
         """
         window = self._rows[:, start:stop]
         sums = (window[: self._NEG] @ window[self._ONE : self._NEG].T).ravel().tolist()
@@ -338,6 +463,9 @@ class AmplitudeEstimator:
             total_peak_g=max(high - dc, dc + neg_low),
             residual_rms_g=math.sqrt(residual_ss / count),
             n_samples=count,
+            distinct_phases=distinct,
+            resolution_g=self.resolution_g,
+            rounding_rho=rho,
         )
         return fit, sd
 
@@ -362,3 +490,6 @@ class WindowEstimate(NamedTuple):
 
     fit: SineFit
     mean_drive: float
+    # the part of ``fit.peak_sigma_g`` that successive windows repeat (rounding at drive
+    # phases that come round again; :func:`repeating_peak_sigma_g`), 0 if none
+    repeat_sigma_g: float = 0.0
