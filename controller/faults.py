@@ -17,6 +17,7 @@ Errors::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,14 @@ from typing import Any
 
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import CommandRefusedError, DeviceFaultError, LivError
-from firmware_bridge.protocol import FaultCode, NakReason, Status, fault_text, q16_to_drive
+from firmware_bridge.protocol import (
+    DeviceState,
+    FaultCode,
+    NakReason,
+    Status,
+    fault_text,
+    q16_to_drive,
+)
 
 # A coil over temperature is cleared by the host only once STATUS reads it at or below this
 # (the simulated firmware trips at 120 C): cool enough that the next session cannot trip again
@@ -100,6 +108,8 @@ class ClearedFault:
     output_on: bool
     coil_temperature_c: float | None
     sample_index: int
+    fault_index: int = 0  # STATUS fault_index: the sample at which the fault latched
+    fault_detail: int = 0  # STATUS fault_detail: the code's figure (docs/protocol.md 8.2)
 
     @property
     def name(self) -> str:
@@ -113,6 +123,8 @@ class ClearedFault:
             "target_drive": self.target_drive,
             "output_on": self.output_on,
             "sample_index": self.sample_index,
+            "fault_index": self.fault_index,
+            "fault_detail": self.fault_detail,
         }
         if self.coil_temperature_c is not None:
             values["coil_temp_c"] = self.coil_temperature_c
@@ -136,6 +148,7 @@ def _at_rest(status: Status) -> bool:
 def clear_latched_fault(
     device: DeviceClient,
     *,
+    status: Status | None = None,
     wait_s: float = AT_REST_WAIT_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -144,9 +157,11 @@ def clear_latched_fault(
 
     Returns None when no fault is latched, the cleared fault when one was; raises
     :class:`PlateFaultLatchedError` (with the patient's sentence) when a person is needed or
-    the plate is not at rest. Nothing here starts the output.
+    the plate is not at rest. Nothing here starts the output. ``status``: a STATUS the caller
+    has just read (saves a round trip).
     """
-    status = device.request_status()
+    if status is None:
+        status = device.request_status()
     if not status.fault_code:
         return None
     rule = rule_for(status.fault_code)
@@ -171,6 +186,8 @@ def clear_latched_fault(
         bool(status.output_on),
         status.coil_temperature_c,
         status.sample_index,
+        status.fault_index,
+        status.fault_detail,
     )
     try:
         device.clear_fault()
@@ -183,6 +200,130 @@ def clear_latched_fault(
         raise PlateFaultLatchedError(after.fault_code, CALL_SERVICE, needs_person=True)
     _drop_stale_fault_reports(device, after.sample_index)
     return cleared
+
+
+# A plate found running before a session is brought down as softly as a session ends.
+LEFT_RUNNING_RAMP_S = 1.0
+STILL_MOVING = (
+    "The plate is still moving from an earlier session; step off, switch it off and on "
+    "again, then start again."
+)
+
+
+@dataclass(frozen=True)
+class StoppedPlate:
+    """A plate found running with no fault latched, and brought to rest by the host.
+
+    An earlier host ended (killed, crashed) and this one connected before the plate's watchdog
+    fired: the plate still runs the dead host's drive, and this host's frames feed the
+    watchdog, so nothing else would stop it.
+    """
+
+    drive: float
+    target_drive: float
+    output_on: bool
+    sample_index: int
+
+    def to_event(self) -> dict[str, Any]:
+        """The record's safety event (docs/log-format.md, ``plate_left_running``)."""
+        return {
+            "reason": "plate_left_running",
+            "t_s": 0.0,
+            "text": "the plate was still running from an earlier session; stopped before this one",
+            "detail": (
+                f"STATUS showed drive {self.drive:.4f}, target drive {self.target_drive:.4f} "
+                f"and output {'on' if self.output_on else 'off'} with no fault latched; the "
+                f"host ramped it to zero over {LEFT_RUNNING_RAMP_S:g} s and switched it off"
+            ),
+            "values": {
+                "drive": self.drive,
+                "target_drive": self.target_drive,
+                "output_on": self.output_on,
+                "sample_index": self.sample_index,
+            },
+        }
+
+
+def stop_plate_left_running(
+    device: DeviceClient,
+    *,
+    status: Status | None = None,
+    wait_s: float = AT_REST_WAIT_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> StoppedPlate | None:
+    """Before anything else: bring a plate left running by an earlier host softly to rest.
+
+    Returns None when the plate is at rest or has a fault latched (its firmware ramps to zero
+    by itself; :func:`clear_latched_fault` waits for that); the plate as it was found when it
+    had to be stopped. Raises :class:`PlateFaultLatchedError` (the patient's sentence) if it is
+    not at rest ``LEFT_RUNNING_RAMP_S + wait_s`` later. ``status``: a STATUS the caller has
+    just read (saves a round trip).
+    """
+    if status is None:
+        status = device.request_status()
+    if status.fault_code or _at_rest(status):
+        return None
+    end = clock() + LEFT_RUNNING_RAMP_S + wait_s
+    if status.state == DeviceState.STOPPING:
+        # the previous session's own stop, still ramping down (a start right after the last
+        # one ended): nothing was left running, only wait for it
+        while not _at_rest(status):
+            if status.fault_code:
+                return None
+            if clock() >= end:
+                raise PlateFaultLatchedError(0, STILL_MOVING, needs_person=True)
+            sleep(AT_REST_POLL_S)
+            status = device.request_status()
+        _drop_blocks_before(device, status.sample_index)
+        return None
+    found = StoppedPlate(
+        q16_to_drive(status.drive_q16),
+        q16_to_drive(status.target_drive_q16),
+        bool(status.output_on),
+        status.sample_index,
+    )
+    # refused: already stopping (SET_OUTPUT off was the dead host's last word): wait for it
+    with contextlib.suppress(CommandRefusedError):
+        device.set_drive(0.0, LEFT_RUNNING_RAMP_S)
+    while status.drive_q16 or status.target_drive_q16:
+        if status.fault_code or clock() >= end:
+            break
+        sleep(AT_REST_POLL_S)
+        status = device.request_status()
+    device.stop_output()
+    while not _at_rest(status):
+        if status.fault_code:  # it faulted meanwhile: the latched-fault rules apply
+            return found
+        if clock() >= end:
+            raise PlateFaultLatchedError(0, STILL_MOVING, needs_person=True)
+        sleep(AT_REST_POLL_S)
+        status = device.request_status()
+    _drop_blocks_before(device, status.sample_index)  # the moving plate's, already sent
+    return found
+
+
+def bring_plate_to_rest(
+    device: DeviceClient,
+) -> tuple[StoppedPlate | None, ClearedFault | None]:
+    """Before a session or a run: a plate left running by an earlier host is ramped softly to
+    rest (:func:`stop_plate_left_running`), then a latched fault is cleared if the host may
+    (:func:`clear_latched_fault`). One STATUS is read for both; it still holds for the second
+    unless the plate was moving (stopped here, or finishing its own stop ramp)."""
+    status = device.request_status()
+    left_running = stop_plate_left_running(device, status=status)
+    settled = left_running is None and status.state != DeviceState.STOPPING
+    cleared = clear_latched_fault(device, status=status if settled else None)
+    return left_running, cleared
+
+
+def _drop_blocks_before(device: DeviceClient, index: int) -> None:
+    """Read and forget the sample blocks the plate sent before ``index``."""
+    device.discard_backlog()
+    for _ in range(64):
+        block = device.read_block(timeout_s=0.5)
+        if block is None or block.first_index + block.counts.size >= index:
+            return
 
 
 def _drop_stale_fault_reports(device: DeviceClient, cleared_at: int) -> None:

@@ -52,7 +52,10 @@ from firmware_bridge.realtime import single_threaded_numerics
 
 log = logging.getLogger(__name__)
 
-SETTLE_BAND = 0.02  # "settled" means within +/-2% of target
+SETTLE_BAND = 0.02  # "settled" means within +/-2% of target ...
+# ... widened by this many of the estimate's repeated rounding error (a coarse sensor: the
+# estimate at a steady plate is off by that much, window after window; 0 for a fine sensor)
+SETTLE_ROUNDING_COVERAGE = 1.0
 FREQ_RESOLUTION_HZ = 0.05  # schedule changes smaller than this are not sent
 FREQ_STEP_HZ = 1.0  # a change this large pauses learning for one window (sweeps move less)
 DRIVE_RESOLUTION = 2e-4  # drive changes smaller than this are not sent (0.05% of 0.4)
@@ -258,7 +261,7 @@ def _run_exposure(
     fs = float(info.sample_rate_hz)
     dt = info.block_samples / fs
     drive_limit = info.max_drive
-    estimator = AmplitudeEstimator(fs, settings.window_s)
+    estimator = AmplitudeEstimator(fs, settings.window_s, 1.0 / info.counts_per_g)
     law = AmplitudeLaw(settings.law, drive_limit, nodes_hz=calibration.freqs_hz)
     accuracy = _IndependentWindows(estimator, settings.ramp_up_s)
     supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
@@ -278,6 +281,7 @@ def _run_exposure(
     # end, was as fast and held 5 MB more for 10 minutes)
     hist: dict[str, list[float]] = {name: [] for name in HISTORY_COLUMNS}
     hist_t, hist_setpoint, hist_measured = hist["t_s"], hist["setpoint_g"], hist["measured_g"]
+    rounding_g: list[float] = []  # each update's repeated rounding error (settling's band)
     hist_drive, hist_freq, hist_ratio = hist["drive"], hist["freq_hz"], hist["ratio"]
     compute: list[float] = []
     gains: dict[float, float] = {}
@@ -301,6 +305,13 @@ def _run_exposure(
     ramp_end = ramp_up_s
     hold_end = ramp_up_s + settings.hold_s  # moved earlier when a stop is asked for
     freq = freq_at(0.0)
+    # The setpoint never rises faster than the ramp-up's steepest slope, and not at all while
+    # the host is behind the plate's stream (blocks already waiting): a host late in the
+    # ramp-up (a busy computer) would otherwise send the ramp it missed in one burst, and the
+    # plate would take it as a step. The ramp then ends later; the dose clock counts only time
+    # in band.
+    rise_per_block = 0.5 * math.pi * target_g * dt / ramp_up_s
+    next_setpoint = 0.0
     freq_changed_at = 0.0
     stale_s = 0.0
     sent_drive = 0.0
@@ -355,7 +366,9 @@ def _run_exposure(
             window_clean = t - freq_changed_at > window_s + dt
             law.learn(estimate if window_clean else None, gain, target_g, dt, block_freq, window_s)
             hold_s = hold_end - ramp_end
-            setpoint = target_g * ramp_profile(t, ramp_up_s, hold_s, ramp_down_s)
+            setpoint = min(
+                target_g * ramp_profile(t, ramp_up_s, hold_s, ramp_down_s), next_setpoint
+            )
             trip = supervisor.check(
                 t, block, estimate, law.drive, drive_limit, setpoint, gain,
                 device.link_stats, device.samples_missing, estimator.block_extremes(),
@@ -366,7 +379,12 @@ def _run_exposure(
             if t >= hold_end + ramp_down_s:
                 break
             next_freq = freq_at(t)
-            next_setpoint = target_g * ramp_profile(t + dt, ramp_up_s, hold_s, ramp_down_s)
+            planned = target_g * ramp_profile(t + dt, ramp_up_s, hold_s, ramp_down_s)
+            if planned > setpoint:
+                planned = min(
+                    planned, setpoint + (0.0 if device.blocks_waiting else rise_per_block)
+                )
+            next_setpoint = planned
             landing: float | None = None  # the drive to come down to before a step
             if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
                 step = abs(next_freq - freq) >= FREQ_STEP_HZ
@@ -422,6 +440,7 @@ def _run_exposure(
             hist_t.append(t)
             hist_setpoint.append(setpoint)
             hist_measured.append(np.nan if measured is None else measured)
+            rounding_g.append(0.0 if estimate is None else estimate.repeat_sigma_g)
             hist_drive.append(drive)
             hist_freq.append(block_freq)
             hist_ratio.append(ratio)
@@ -436,6 +455,12 @@ def _run_exposure(
                 if stop and t < hold_end:
                     hold_end = max(t, ramp_end)
     except KeyboardInterrupt:
+        # A session (sessions/runner.py) raises its stops only between two updates (from
+        # on_update); a caller that lets SIGINT raise anywhere (``liv run``) may interrupt an
+        # update halfway through its history appends: only whole updates are kept.
+        whole = min(len(rounding_g), *(len(column) for column in hist.values()))
+        for column in (*hist.values(), rounding_g):
+            del column[whole:]
         result.status = ExposureStatus.STOPPED_BY_USER
         _soft_stop(device, settings.ramp_down_s)
     else:
@@ -445,7 +470,7 @@ def _run_exposure(
             _soft_stop(device, TRIP_RAMP_S)
         else:
             _soft_stop(device, 0.0)
-    _summarise(result, hist, compute, settings, device, presence, hold_end, accuracy)
+    _summarise(result, hist, compute, settings, device, presence, hold_end, accuracy, rounding_g)
     if meter is not None:
         result.exposure = meter.figures()
     return result
@@ -496,6 +521,7 @@ def _summarise(
     presence: PresenceDetector,
     hold_end: float,
     accuracy: _IndependentWindows,
+    rounding_g: list[float],
 ) -> None:
     result.history = hist
     result.response_ratio = hist["ratio"][-1] if hist["ratio"] else 1.0
@@ -516,7 +542,8 @@ def _summarise(
         return
     err = measured[hold] / settings.target_g - 1.0
     th = t[hold] - settings.ramp_up_s
-    outside = np.flatnonzero(~(np.abs(err) <= SETTLE_BAND))
+    band = SETTLE_BAND + SETTLE_ROUNDING_COVERAGE * np.array(rounding_g)[hold] / settings.target_g
+    outside = np.flatnonzero(~(np.abs(err) <= band))
     # settled from the first time after which the estimate stays in band for at least 1 s
     # (or the whole hold, if shorter); a noisy estimate may never do so: settle is then None
     settle = None

@@ -137,6 +137,7 @@ class _Replay:
         self.samples_missing = 0
         self.sample_index = 0
         self.output_start_index = 0
+        self.blocks_waiting = 0  # never behind: the blocks are replayed as they are asked for
         self._blocks = blocks
         self.served = 0
 
