@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 from sessions.log.records import SessionKind
 from sessions.protocol import MAX_STUDY_DAYS, ProtocolFileError, protocol_from_dict
 from sessions.scheduling import AT_DOSE_EPSILON_MIN, LoggedSession, Prescription, day_summary
+from sessions.stops import stop_word
 
 __all__ = [
     "AMPLITUDE_P95_LIMIT_PCT",
@@ -715,7 +716,7 @@ class _PlanReader:
         if plan is None:
             try:
                 plan = protocol_from_dict(json.loads(text))
-            except (ValueError, TypeError, ProtocolFileError) as exc:
+            except (ValueError, TypeError, ProtocolFileError, RecursionError) as exc:
                 # the log checks this text when it is written; judge by the current protocol
                 logger.warning(
                     "session %s: its protocol cannot be read (%s); judged by the current one",
@@ -967,7 +968,10 @@ def _flags(
     status = str(s.status)
     if status in _STATUS_FLAGS:
         detail = s.reason.strip()
-        found[status] = _STATUS_FLAGS[status] + (f": {detail}" if detail else "")
+        flag = _STATUS_FLAGS[status]
+        if status == "stopped_by_patient" and stop_word(detail) != "stopped_by_user":
+            flag = "stopped"  # by the computer, or by itself (nobody on the plate, out of time)
+        found[status] = flag + (f": {detail}" if detail else "")
     if status == "running":
         found["running"] = "not finished: still running, or ended without being recovered yet"
     # The presence facts are stored as an event of their own; they are a fault of nobody's.

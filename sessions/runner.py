@@ -13,8 +13,11 @@ control update waits on SQLite. A checkpoint stores only the envelope points add
 one before (about 50; docs/log-format.md), so the writer's Python work, which holds the GIL,
 stays well under a millisecond however long the session: the control thread never waits long
 for it, and the interpreter's switch interval is left as it is (a process-wide setting).
-Ctrl-C, SIGTERM, SIGHUP (terminal closed) and a closed output pipe raise :class:`StopRequest`:
-the plate ramps down and the session is recorded as stopped, with the true reason.
+Ctrl-C, SIGTERM, SIGHUP (terminal closed) and a closed output pipe stop the session softly: the
+plate ramps down and the session is recorded as stopped, with the true reason. Before the control
+loop runs a signal raises :class:`StopRequest` at once (nothing can be torn while connecting);
+while it runs a signal is only noted, and the loop stops at its next block boundary (the
+``on_update`` callback raises it there), never in the middle of an update or a frame.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from types import FrameType
 from typing import Any
 
 from controller.calibration import CalibrationStore
-from controller.faults import ClearedFault, clear_latched_fault
+from controller.faults import bring_plate_to_rest
 from controller.loop import (
     ControlUpdate,
     ExposureResult,
@@ -51,6 +54,7 @@ from controller.sensor import (
 )
 from firmware_bridge.client import DeviceClient, DeviceIdentity, DeviceInfo
 from firmware_bridge.countersign import key_id
+from firmware_bridge.dose_limits import DoseLimitError
 from firmware_bridge.errors import BridgeError, CommandRefusedError, LivError
 from firmware_bridge.protocol import NakReason
 from sessions.adherence import PRESENCE_EVENT, counted_kinds, session_kind
@@ -84,6 +88,22 @@ class SessionRefusedError(LivError):
 
 class NoCalibrationError(LivError):
     pass
+
+
+class PlateRangeError(DoseLimitError):
+    """The prescription's frequencies lie outside what the plate drives (its HELLO range): the
+    patient hears the prescription sentence (a setting this plate does not allow)."""
+
+
+class SessionRunningError(LivError):
+    """A session of this home is running in a living process: a second start would only find
+    its plate busy (or unreachable), so it is refused before the plate is touched."""
+
+    def __init__(self, session_ids: list[str]) -> None:
+        self.session_ids = session_ids
+        super().__init__(
+            f"session {session_ids[0]} is still running in another liv process on this computer"
+        )
 
 
 class PlateKeyChangedError(LivError):
@@ -264,8 +284,11 @@ class _DoseClock:
 class _Stops:
     """Why the session is being stopped; signals become :class:`StopRequest` with the reason.
 
-    While ``deferred`` (the row is being written at the start, the record at the end) a signal
-    is only noted and acted on after, so a stop cannot leave a session unrecorded.
+    While ``deferred`` (the row is being written at the start, the control loop runs, the record
+    is written at the end) a signal is only noted and acted on after: a stop cannot leave a
+    session unrecorded, nor interrupt the loop halfway through an update (its history columns
+    half appended, a frame half written). The loop acts on it at a block boundary
+    (:meth:`check`).
     """
 
     def __init__(self) -> None:
@@ -277,6 +300,11 @@ class _Stops:
             self.reason = reason
         if not self.deferred:
             raise StopRequest(reason)
+
+    def check(self) -> None:
+        """Raise the stop asked for meanwhile, if any (called where nothing can be torn)."""
+        if self.reason is not None:
+            raise StopRequest(self.reason)
 
     def note(self, exc: BaseException) -> None:
         """Remember the reason of a KeyboardInterrupt that did not come from a handler here."""
@@ -405,6 +433,10 @@ def run_session(
     The schedule reads only the sessions that count (therapy; simulated ones too in a demo
     home, ``demo``); the record's kind says whether the plate was a simulator.
 
+    ``on_decision`` hears the decision once the plate is open and has passed its checks (the
+    pairing, the calibration, the at-rest sensor check), just before the session row is written:
+    a start refused by the plate is never announced as starting.
+
     A stop (Ctrl-C, SIGTERM, SIGHUP, a closed output pipe) before the session row is written
     raises :class:`SessionStoppedError` naming it; after, the session is recorded as stopped.
 
@@ -445,6 +477,9 @@ def _run_session(
     on_warning: Callable[[str], None] | None = None,
 ) -> SessionOutcome:
     log.recover_interrupted(now())
+    running = log.live_sessions()  # (a crashed one was just recovered: these are alive)
+    if running:
+        raise SessionRunningError(running)
     moment = now()  # the decision reads only the window that can change it: no envelope
     counted = counted_kinds(demo)
     history = [
@@ -466,8 +501,6 @@ def _run_session(
         # so a shortfall is recorded as the plate's, never left to run out as the patient's.
         limits=SafetyLimits(dose_shortfall_fraction=protocol.dose_tolerance),
     )
-    if on_decision is not None:
-        on_decision(decision)
     notice = on_notice or (lambda text: _log.info("%s", text))
     with DeviceClient.open(device_url) as device:
         info = device.info
@@ -486,6 +519,13 @@ def _run_session(
                 "'liv calibrate' to be run with nobody on the plate"
             )
         low, high = protocol.schedule.span_hz
+        if not info.min_freq_hz <= low <= high <= info.max_freq_hz:
+            # No calibration can help: the plate itself refuses these frequencies (its HELLO).
+            raise PlateRangeError(
+                f"the plate {info.device_id} drives {info.min_freq_hz:g}-"
+                f"{info.max_freq_hz:g} Hz; the prescription asks for {low:g}-{high:g} Hz: it "
+                "needs another plate or another prescription"
+            )
         cal_low, cal_high = calibration.freqs_hz[0], calibration.freqs_hz[-1]
         if not cal_low <= low <= high <= cal_high:
             raise NoCalibrationError(
@@ -496,9 +536,15 @@ def _run_session(
         # A fault latched by an earlier session (a host killed or frozen) is cleared here if
         # the host may (docs/safety.md); otherwise PlateFaultLatchedError refuses before any
         # row is written: no therapy ran, so nothing is recorded as if it had.
-        cleared = clear_latched_fault(device)
+        # A plate still running an earlier host's drive (that host died, and this one came
+        # before the plate's watchdog fired) is brought softly to rest first: this host's
+        # frames feed the watchdog, and the sensor check needs the plate at rest.
+        left_running, cleared = bring_plate_to_rest(device)
+        if left_running is not None:
+            _log.warning("stopped a plate left running (drive %.4f)", left_running.drive)
         if cleared is not None:
             _log.warning("cleared latched fault %s (plate at rest)", cleared.name)
+        before = [e.to_event() for e in (left_running, cleared) if e is not None]
         # The accelerometer must read gravity at rest, corrected by the device's sensor
         # calibration, before anything is recorded: SensorCheckError refuses with one sentence
         # and leaves no row (docs/sensor.md). Every reading after is corrected the same way.
@@ -507,6 +553,10 @@ def _run_session(
         )
         check_sensor(device, sensor, check_tolerance(protocol.dose_tolerance))
         apply_sensor_calibration(device, sensor)
+        # Only now is the patient told to step on: the plate is open, paired, calibrated and
+        # its sensor passed its at-rest check (somebody stepping on during it could fail it).
+        if on_decision is not None:
+            on_decision(decision)
         started = now()
         stops.deferred = True  # a stop while the row is written takes effect right after it
         session_id = log.start_session(
@@ -525,24 +575,30 @@ def _run_session(
             resumed_from=decision.resumed_from,
             kind=kind,
         )
-        # From here on the row exists: every way out records the session.
-        stops.deferred = False
+        # From here on the row exists: every way out records the session. A signal stays
+        # noted only (deferred) to the record: the loop acts on it at a block boundary.
         writer = _CheckpointWriter(log, session_id)
         result: ExposureResult | None = None
         clock = _DoseClock(
             protocol,
             decision.minutes,
-            lambda c: writer.submit(_measured(c, None, cleared), now(), c.last_t_s),
+            lambda c: writer.submit(_measured(c, None, before), now(), c.last_t_s),
             on_progress,
             wall,
         )
+
+        def on_update(update: ControlUpdate) -> bool:
+            # once per block, between two updates: a signal noted meanwhile stops the loop here
+            # (a StopRequest: the loop ramps down softly and ends as stopped by the user)
+            stops.check()
+            return clock.update(update)
+
         try:
-            if stops.reason is not None:
-                raise StopRequest(stops.reason)
-            result = run_exposure(device, calibration, settings, on_update=clock.update)
+            stops.check()
+            result = run_exposure(device, calibration, settings, on_update=on_update)
         except KeyboardInterrupt as exc:
-            # Before the loop ran, or a second stop during its ramp-down: the client's close
-            # switches the output off (the firmware ramps it to zero).
+            # Before the loop ran: the client's close switches the output off (the firmware
+            # ramps it to zero).
             stops.note(exc)
         finally:
             stops.deferred = True
@@ -556,7 +612,7 @@ def _run_session(
         if result is not None and result.status is ExposureStatus.STOPPED_BY_USER:
             stops.note(KeyboardInterrupt())
         status, reason = _status(result, clock, stops.reason)
-        measured = _measured(clock, result, cleared, writer.failure_event())
+        measured = _measured(clock, result, before, writer.failure_event())
         record = log.finish_session(
             session_id, status=status, reason=reason, ended_utc=now(), **measured
         )
@@ -700,10 +756,10 @@ class PlateVoucher:
 def _measured(
     clock: _DoseClock,
     result: ExposureResult | None,
-    cleared: ClearedFault | None,
+    before: list[dict[str, Any]],
     log_failure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    events: list[dict[str, Any]] = [] if cleared is None else [cleared.to_event()]
+    events = list(before)  # what the host did to the plate before the session
     if log_failure is not None:
         events.append(log_failure)
     if result is not None and result.trip is not None:
@@ -725,6 +781,11 @@ def _measured(
     }
 
 
+def _figure(value: float | None) -> str:
+    """A response ratio as a person reads it: three decimals, '-' when unknown."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _presence_event(presence: PresenceSummary, t_s: float) -> dict[str, Any]:
     """The record's ``presence`` event: what presence detection could and could not see."""
     values = {k: v for k, v in presence.to_dict().items() if v is not None}
@@ -741,8 +802,8 @@ def _presence_event(presence: PresenceSummary, t_s: float) -> dict[str, Any]:
         "text": text,
         "detail": (
             f"absent {presence.absent_s:.1f} s ({presence.absences} step-offs), cannot tell "
-            f"{presence.undetectable_s:.1f} s, reference {presence.reference}, "
-            f"smallest gap {presence.smallest_gap}"
+            f"{presence.undetectable_s:.1f} s, reference {_figure(presence.reference)}, "
+            f"smallest gap {_figure(presence.smallest_gap)}"
         ),
         "values": values,
     }
@@ -753,22 +814,31 @@ def _status(
 ) -> tuple[str, str]:
     if result is None:
         return "stopped_by_patient", stop_reason or STOP_CTRL_C
+    # A trip or a stop ends the session as such unless the dose was already delivered: the
+    # loop asks for the ramp-down the update the dose clock is done, so a trip or stop after
+    # that (a computer that stalled past the plate's watchdog, Ctrl-C while the plate comes
+    # down) only ended the ramp-down. The session is complete; the reason says how it ended.
+    ended_by: str | None = None
     if result.status is ExposureStatus.TRIPPED and result.trip is not None:
-        return "tripped", f"{result.trip.text}: {result.trip.detail}"
-    if result.status is ExposureStatus.STOPPED_BY_USER:
-        return "stopped_by_patient", stop_reason or STOP_CTRL_C
+        ended_by = f"{result.trip.text}: {result.trip.detail}"
+        if not clock.done:
+            return "tripped", ended_by
+    elif result.status is ExposureStatus.STOPPED_BY_USER:
+        ended_by = stop_reason or STOP_CTRL_C
+        if not clock.done:
+            return "stopped_by_patient", ended_by
     if clock.stopped_unloaded:
         return "stopped_by_patient", (
             f"nobody on the plate for {UNLOADED_LIMIT_S / 60:.0f} minutes"
         )
     if clock.done:
+        reason = "prescribed minutes at dose delivered"
         presence = result.presence
         if presence is not None and not presence.verified:
-            return "completed", (
-                "prescribed minutes at dose delivered; presence not verified for "
-                f"{presence.undetectable_s:.0f} s"
-            )
-        return "completed", "prescribed minutes at dose delivered"
+            reason += f"; presence not verified for {presence.undetectable_s:.0f} s"
+        if ended_by is not None:
+            reason += f"; the ramp-down was ended by a stop ({ended_by})"
+        return "completed", reason
     return "stopped_by_patient", "the session ran out of time before the dose was delivered"
 
 

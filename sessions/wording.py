@@ -23,7 +23,15 @@ import sys
 from collections.abc import Mapping
 from datetime import date
 
-from sessions.stops import STOP_CTRL_C, STOP_PIPE, STOP_SIGHUP, STOP_SIGTERM
+from sessions.stops import (
+    NOBODY_PREFIX,
+    OUT_OF_TIME_PREFIX,
+    STOP_CTRL_C,
+    STOP_PIPE,
+    STOP_SIGHUP,
+    STOP_SIGTERM,
+    STOP_SIGTERM_V1,
+)
 
 AGAIN = "run liv start again"
 CLINIC = "call your clinic"
@@ -47,14 +55,14 @@ WORDING: dict[str, str] = {
     ),
     "outcome.stop.nobody": (
         f"Nobody was on the plate for two minutes, so the session stopped; {{counted}} counted. "
-        f"Step on and {AGAIN}."
+        f"{AGAIN.capitalize()} and step on when it tells you."
     ),
     "outcome.stop.out_of_time": (
         f"The session took too long and stopped; {{counted}} counted. {AGAIN.capitalize()}, "
         f"and {CLINIC} if this keeps happening."
     ),
     "outcome.stop.other": f"The session stopped; {{counted}} counted. To finish it, {AGAIN}.",
-    # A safety trip: what the plate noticed, then the same next step for all.
+    # A safety trip: what the plate noticed, then the next step that fits it (outcome.trip_next).
     "outcome.trip.strong": "The plate stopped itself for safety because it shook too hard.",
     "outcome.trip.weak": (
         "The plate stopped itself for safety because it could not reach full strength."
@@ -67,17 +75,40 @@ WORDING: dict[str, str] = {
     ),
     "outcome.trip.connection": "The plate stopped because its connection to this computer failed.",
     "outcome.trip.plate": "The plate stopped itself for safety because it reported a problem.",
-    "outcome.trip.next": (
-        f"{{counted_cap}} counted. Check the cable and power, then {AGAIN}; if it stops again, "
-        f"{CLINIC}."
+    "outcome.trip_next.strong": (
+        f"{{counted_cap}} counted. Step off and do not use the plate again before you {CLINIC}."
+    ),
+    "outcome.trip_next.weak": (
+        f"{{counted_cap}} counted. Make sure the plate stands flat on a hard floor, then {AGAIN}; "
+        f"if it stops again, {CLINIC}."
+    ),
+    "outcome.trip_next.still": (
+        f"{{counted_cap}} counted. Check that the plate's power is plugged in, then {AGAIN}; if it "
+        f"stops again, {CLINIC}."
+    ),
+    "outcome.trip_next.sensor": (
+        f"{{counted_cap}} counted. Do not use the plate again before you {CLINIC}."
+    ),
+    "outcome.trip_next.connection": (
+        f"{{counted_cap}} counted. Check the cable between the plate and this computer, then "
+        f"{AGAIN}; if it stops again, {CLINIC}."
+    ),
+    "outcome.trip_next.plate": (
+        f"{{counted_cap}} counted. Switch the plate off and on again, then {AGAIN}; if it stops "
+        f"again, {CLINIC}."
     ),
     # ---- a start that did not happen --------------------------------------------------------
-    "refused.stopped": "You stopped before the session began, so no session was recorded.",
+    "refused.stopped": (
+        f"You stopped before the session began, so no session was recorded; {AGAIN} when you "
+        "are ready."
+    ),
     "refused.stopped_by_computer": (
-        "The computer stopped the session before it began, so no session was recorded."
+        f"The computer stopped the session before it began, so no session was recorded; {AGAIN} "
+        "when you are ready."
     ),
     "refused.stopped_closed": (
-        "The window was closed before the session began, so no session was recorded."
+        f"The window was closed before the session began, so no session was recorded; {AGAIN} "
+        "when you are ready."
     ),
     "refused.not_calibrated": (
         f"The plate has not been set up for your prescription yet, so nothing was started; "
@@ -106,6 +137,10 @@ WORDING: dict[str, str] = {
         f"then {AGAIN}."
     ),
     "refused.plate_busy": (f"Another program is using the plate; close it, then {AGAIN}."),
+    "refused.session_running": (
+        "A session is already running on this computer; let it finish, or stop it in its own "
+        "window with Ctrl-C."
+    ),
     "refused.plate_software": (
         f"The plate's software does not match this program, so nothing was started; please "
         f"{CLINIC}."
@@ -120,7 +155,7 @@ WORDING: dict[str, str] = {
     "start.override": "Starting session {slot} of today outside the schedule, as asked.",
     "progress.begin": "Step onto the plate now and stand still; press Ctrl-C to stop.",
     "progress.starting": "Starting - stay on the plate",
-    "progress.checking": "Step onto the plate now",
+    "progress.checking": "Checking that you are on the plate - keep standing",
     "progress.keep": "Keep standing",
     "progress.weak": "Keep standing - getting back to full strength",
     "progress.paused": "Paused - step back onto the plate",
@@ -142,9 +177,14 @@ WORDING: dict[str, str] = {
     "status.slot_done": "Session {slot}: done.",
     "status.slot_part": "Session {slot}: {counted} of {goal} done.",
     "status.slot_due": "Session {slot}: not done yet.",
-    "status.not_counted": "A test session today does not count toward your sessions.",
+    "status.not_counted": (
+        "Today's setup or practice runs of the plate do not count toward your sessions."
+    ),
     "status.next_now": "Next: session {slot} is due now; run liv start when you are ready.",
-    "status.next": "Next: {message}",
+    "status.running": (
+        "Now: a session is running on this computer; it ends by itself when its time is done."
+    ),
+    "status.next": "{message}",  # the message says what is next ("Please wait: ...")
     "status.streak_0": "No day with every session done yet: today can be the first.",
     "status.streak_1": "Every session done 1 day in a row.",
     "status.streak_n": "Every session done {days} days in a row.",
@@ -252,11 +292,10 @@ TRIP_WORDING: dict[str, str] = {
 STOP_WORDING: dict[str, str] = {
     STOP_CTRL_C: "outcome.stop.ctrl_c",
     STOP_SIGTERM: "outcome.stop.sigterm",
+    STOP_SIGTERM_V1: "outcome.stop.sigterm",  # records written before said it so
     STOP_SIGHUP: "outcome.stop.sighup",
     STOP_PIPE: "outcome.stop.pipe",
 }
-NOBODY_PREFIX = "nobody on the plate"
-OUT_OF_TIME_PREFIX = "the session ran out of time"
 
 # Progress states (sessions.runner.Progress.state) -> what the patient reads while standing.
 PROGRESS_WORDING: dict[str, str] = {
@@ -280,6 +319,7 @@ REFUSAL_WORDING: dict[str, str] = {
     "SensorCheckError": "refused.sensor",
     "PlateFaultLatchedError": "refused.fault_service",
     "DeviceBusyError": "refused.plate_busy",
+    "SessionRunningError": "refused.session_running",
     "IncompatibleVersionError": "refused.plate_software",
     "InvalidDeviceInfoError": "refused.plate_software",
     "DoseLimitError": "refused.prescription",
@@ -289,6 +329,7 @@ REFUSAL_WORDING: dict[str, str] = {
 
 _STOPPED_BEFORE = {
     STOP_SIGTERM: "refused.stopped_by_computer",
+    STOP_SIGTERM_V1: "refused.stopped_by_computer",
     STOP_SIGHUP: "refused.stopped_closed",
     STOP_PIPE: "refused.stopped_closed",
 }
@@ -372,8 +413,9 @@ def outcome_sentence(status: str, reason: str, minutes: float, trip: str | None)
     if status == "completed":
         return say("outcome.completed")
     if status == "tripped":
-        what = say(TRIP_WORDING.get(trip or "", "outcome.trip.plate"))
-        return f"{what} {say('outcome.trip.next', counted_cap=counted.capitalize())}"
+        what = TRIP_WORDING.get(trip or "", "outcome.trip.plate")
+        then = what.replace("outcome.trip.", "outcome.trip_next.")
+        return f"{say(what)} {say(then, counted_cap=counted.capitalize())}"
     key = STOP_WORDING.get(reason)
     if key is None:
         if reason.startswith(NOBODY_PREFIX):

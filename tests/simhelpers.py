@@ -122,6 +122,15 @@ def install_signed(
     return home.install_protocol(signed_protocol(home, text, **fields))
 
 
+def calibrate_empty_plate(directory: Path, device_id: str) -> Path:
+    """``directory`` holding the calibration of the empty simulated plate ``device_id``."""
+    from controller.calibration import CalibrationStore, identify
+
+    with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={device_id}") as device:
+        CalibrationStore(directory).save(identify(device))
+    return directory
+
+
 def load_truth(path: Path) -> dict[str, Any]:
     with np.load(path) as data:
         return {k: data[k] for k in data.files}

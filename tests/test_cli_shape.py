@@ -63,7 +63,7 @@ def test_a_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["status", "--no-such-option"])
     assert stop.value.code == 2
-    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    assert "liv status has no option --no-such-option" in capsys.readouterr().err
 
 
 def test_the_exit_codes_are_documented() -> None:

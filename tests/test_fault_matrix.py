@@ -97,7 +97,8 @@ STILL_G = 0.01
 
 # The plain progress lines written off a terminal (sessions/wording.py, progress.*).
 PROGRESS_LINE = re.compile(
-    r"^(Starting - |Step onto the plate now \(|Keep standing - \d+:\d\d left|Paused - |Stopping - )"
+    r"^(Starting - |Checking that you are on the plate - keep standing \(|"
+    r"Keep standing - \d+:\d\d left|Paused - |Stopping - )"
 )
 DECISION_LINE = re.compile(r"^(Starting|Resuming) session \d+ ")
 PAIRING_LINE = re.compile("^" + re.escape(say("start.paired")))  # once, before the first session

@@ -27,12 +27,13 @@ class FakeTerminal(io.StringIO):
 
 def session(states: list[tuple[str, float]], step_s: float = 1.0) -> list[Progress]:
     """Progress updates for (state, seconds) spans; dose counts only in the at-dose states."""
-    updates, at_dose = [], 0.0
+    updates, at_dose, t = [], 0.0, 0.0
     for state, seconds in states:
         for _ in range(int(seconds / step_s)):
             if state.startswith("at dose") or state == "below dose":
                 at_dose = min(GOAL_S, at_dose + step_s)
-            updates.append(Progress(GOAL_S - at_dose, at_dose, 0.3, 0.3, state))
+            updates.append(Progress(GOAL_S - at_dose, at_dose, 0.3, 0.3, state, t))
+            t += step_s
     return updates
 
 
@@ -75,7 +76,7 @@ def test_the_line_never_fills_the_terminal_and_says_keep_standing(
         assert any(line.startswith("Keep standing - 9:28 left") for line in at_dose)
         assert all(re.search(r"\[[█░]{8,}\] *$", line) for line in at_dose), at_dose[:3]
     if width >= 80:
-        assert any("Step onto the plate now" in line for line in lines)
+        assert any("Checking that you are on the plate" in line for line in lines)
         assert any(line.startswith("Paused - step back onto the plate") for line in lines)
 
 
@@ -118,6 +119,6 @@ def test_off_a_terminal_a_plain_line_now_and_then() -> None:
     seconds = [int(m.group(1)) * 60 + int(m.group(2)) for m in lefts if m]
     assert len(seconds) >= 10  # about one a minute of the ten
     assert seconds == sorted(seconds, reverse=True)
-    assert lines[0].startswith("Step onto the plate now")
+    assert lines[0].startswith("Checking that you are on the plate - keep standing")
     assert lines[-1].startswith("Stopping - step off when it is still")
     assert all(len(line) <= 80 for line in lines)

@@ -128,7 +128,49 @@ def test_a_stop_during_start_up_is_one_sentence_and_records_nothing(
             proc.communicate()
     assert proc.returncode == 130, err
     sentence = assert_one_sentence(out, err, f"liv: {says}, so ")
-    assert re.search(r"no session was recorded\.$", sentence)
+    assert re.search(
+        r"no session was recorded; run liv start again when you are ready\.$", sentence
+    )
     assert records(home) == []
     truth = Truth.load(truth_path)
     assert not (abs(truth.drive) > 0.0).any(), "the plate moved"
+
+
+def test_a_pipe_closed_after_the_first_lines_stops_the_session_at_the_next_update(
+    home: LivHome,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Off a terminal a line is written only at a change of state or a minute of dose; the
+    display's own thread finds the pipe closed when it writes, and the session stops at the
+    next update, not at the next line (a second reader saw a minute at dose run on)."""
+    truth_path = tmp_path / "truth.npz"
+    command = " ".join(f"'{part}'" for part in start_command(home, plate(truth_path, "&speed=4")))
+    proc = subprocess.run(
+        ["bash", "-c", f'{command} | head -n 2 >/dev/null; echo "liv exit ${{PIPESTATUS[0]}}" >&2'],
+        capture_output=True, text=True, cwd=REPO, timeout=90, check=False,
+    )  # fmt: skip
+    assert proc.stderr.splitlines()[-1] == "liv exit 130", proc.stderr
+    (rec,) = records(home)
+    assert rec.status is SessionStatus.STOPPED_BY_PATIENT
+    assert rec.reason == "the output pipe was closed"
+    truth = Truth.load(truth_path)
+    # found at the next update after the third line's write failed: well within the ramp-up
+    assert truth.zero_drive_s < 10.0, truth.zero_drive_s
+
+
+def test_a_screen_that_cannot_be_written_does_not_end_the_therapy_nor_print_a_traceback(
+    home: LivHome,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """stdout on a full disk (ENOSPC, not a closed pipe): the display goes quiet, the session
+    runs to its end, no traceback from the display's thread (a second reader saw one)."""
+    truth_path = tmp_path / "truth.npz"
+    command = " ".join(f"'{part}'" for part in start_command(home, plate(truth_path, "&speed=4")))
+    proc = subprocess.run(
+        ["bash", "-c", f"{command} > /dev/full"],
+        capture_output=True, text=True, cwd=REPO, timeout=90, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    (rec,) = records(home)
+    assert rec.status is SessionStatus.COMPLETED, rec.reason
+    assert proc.returncode == 0, proc.stderr

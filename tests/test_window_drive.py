@@ -170,7 +170,10 @@ def test_an_empty_plate_with_50_ms_blocks_reads_its_own_response(tmp_path: Path)
     true_ratio = fit_sine(accel, phase).peak_g / float(drives.mean()) / cal.gain_at(FREQ_HZ)
     assert true_ratio == pytest.approx(1.0, abs=0.01)  # the calibration describes the plate
     assert result.response_ratio == pytest.approx(true_ratio, rel=0.03)
-    worst = float(np.max(np.abs(_learned_ratios(result) / true_ratio - 1.0)))
+    # From the second learning on: the first is taken from the ramp's first window, a few
+    # percent of the target, and moves by 0.7% when time zero is one 50-ms block later (1.047
+    # or 1.054); the flaw this guards read 0.80 and 1.18 through the ramps, not once.
+    worst = float(np.max(np.abs(_learned_ratios(result)[1:] / true_ratio - 1.0)))
     assert worst <= 0.05, f"learned response off the plate's by {100 * worst:.1f}%"
 
 

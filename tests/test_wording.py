@@ -358,6 +358,8 @@ def test_status_before_the_study_reads_plainly() -> None:
         in text
     )
     assert "not done yet" not in text
+    assert say("status.streak_0") not in text  # not "today can be the first" before the study
+    assert "Next: Please wait:" not in text
 
 
 def test_status_after_the_study_reads_plainly() -> None:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from firmware_bridge.errors import LivError
+from firmware_bridge.errors import DeviceNotFoundError, LivError
 from sessions.cli.errors import (
     ENGINEER_SENTENCE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     EXIT_USAGE,
     UsageError,
 )
+from sessions.cli.help import parse_command_line
 from sessions.cli.parser import build_parser, engineering_command
 from sessions.text import echo, terminal_line
 from sessions.wording import refusal_sentence
@@ -32,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if engineering_command(words):
         echo(f"liv: {ENGINEER_SENTENCE}", file=sys.stderr)
         return EXIT_FAILURE
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     logging.basicConfig(
         # Diagnostics are for engineers (-v); a patient sees the one sentence each command prints.
         level=logging.INFO if args.verbose else logging.CRITICAL,
@@ -41,11 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _numerics_for(args.command):
             code: int = args.handler(args)
+            sys.stdout.flush()  # a reader that left is found here, not by the exit's flush
     except UsageError as exc:
         echo(f"liv: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except LivError as exc:
-        sentence = _patient_sentence(args.command, exc, args.verbose)
+        sentence = _patient_sentence(_command_name(args), exc, args.verbose)
         if _session_stopped(exc):  # Ctrl-C, SIGTERM, SIGHUP or a closed pipe at start-up
             _tell(f"liv: {sentence}")
             return EXIT_INTERRUPTED
@@ -54,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         echo("liv: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of the output left (`liv status | head -1`): nothing went wrong and there
+        # is nothing to say; the interpreter's last flush must not fail either.
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_OK
     except OSError as exc:
         # A file or directory the command needs (missing, unwritable, a full disk): one
         # sentence naming it, never a traceback.
@@ -82,12 +96,29 @@ def _numerics_for(command: str) -> contextlib.AbstractContextManager[Any]:
 _PATIENT_COMMANDS = frozenset({"start", "status", "demo"})
 
 
+# Engineers' tools: their messages keep the technical detail (a port's own error text).
+_ENGINEER_TOOLS = frozenset({"calibrate", "run", "sim", "device info", "device drive"})
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``start``, or ``device set`` for a command with actions."""
+    if args.command == "device":
+        return f"device {args.device_command}"
+    return str(args.command)
+
+
 def _patient_sentence(command: str, exc: LivError, verbose: bool) -> str:
     """What the person reads: the plain sentence on a patient command, else the message.
 
     The technical message goes to the log and, with ``-v``, to stderr as well.
     """
     if command not in _PATIENT_COMMANDS:
+        if isinstance(exc, DeviceNotFoundError) and command not in _ENGINEER_TOOLS:
+            # 'liv device set', 'liv verify': the port's own error text is for the log
+            _log.warning("%s: %s", type(exc).__name__, exc)
+            if verbose:
+                _tell(f"liv: technical detail: {terminal_line(exc)}")
+            return no_plate_sentence(exc.url)
         return str(exc)
     sentence = refusal_sentence(exc)
     if sentence is None:
@@ -96,6 +127,19 @@ def _patient_sentence(command: str, exc: LivError, verbose: bool) -> str:
     if verbose:
         _tell(f"liv: technical detail: {terminal_line(exc)}")
     return sentence
+
+
+def no_plate_sentence(url: str) -> str:
+    """A port that opened no plate, in plain words: what to check, and where to find the port."""
+    if url.startswith(("socket://", "rfc2217://")):
+        return (
+            f"No plate answers at {terminal_line(url)}: check that its server is running and "
+            "that the address is right."
+        )
+    return (
+        f"No plate answers at {terminal_line(url)}: check that it is plugged in and switched "
+        "on, and that this is its port ('liv device list' shows the ports)."
+    )
 
 
 def _session_stopped(exc: BaseException) -> bool:

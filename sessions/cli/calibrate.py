@@ -44,9 +44,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if sensor is not None:  # the empty plate's gains in true g, as sessions will read them
             apply_sensor_calibration(device, sensor)
         earlier = _earlier_calibration(store, device.info.device_id)
+        freqs_hz = _cal_freqs(device.info)  # the band inside the plate's HELLO range
         with EngineeringRun(
             args, "liv calibrate", device.info, _calibration_peak_g(device.info),
-            _calibration_s(), {"freqs_hz": list(_cal_freqs()), "drive": _cal_drive()},
+            _calibration_s(freqs_hz), {"freqs_hz": list(freqs_hz), "drive": _cal_drive()},
         ) as run:  # fmt: skip
             progress = EngineerProgress()
             step_s = MEASURE_S + SETTLE_S
@@ -61,7 +62,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 )  # fmt: skip
 
             try:
-                cal = identify(device, on_step=step)
+                cal = identify(device, freqs_hz, on_step=step)
             finally:
                 progress.finish()
             run.freqs_hz = list(cal.freqs_hz)
@@ -105,10 +106,10 @@ def _warn_about_load(load: LoadCheck) -> None:
         )
 
 
-def _cal_freqs() -> tuple[float, ...]:
-    from controller.calibration import DEFAULT_FREQS_HZ
+def _cal_freqs(info: DeviceInfo) -> tuple[float, ...]:
+    from controller.calibration import calibration_freqs
 
-    return tuple(DEFAULT_FREQS_HZ)
+    return calibration_freqs(info)
 
 
 def _cal_drive() -> float:
@@ -123,11 +124,11 @@ def _calibration_peak_g(info: DeviceInfo) -> float:
     return float(info.ceiling_g)
 
 
-def _calibration_s() -> float:
+def _calibration_s(freqs_hz: tuple[float, ...]) -> float:
     """How long the sweep holds the drive (the record's planned duration)."""
     from controller.calibration import MEASURE_S, SETTLE_S
 
-    return len(_cal_freqs()) * (SETTLE_S + MEASURE_S)
+    return len(freqs_hz) * (SETTLE_S + MEASURE_S)
 
 
 def _calibrate_sensor(

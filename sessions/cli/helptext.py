@@ -172,6 +172,10 @@ _DOCS: dict[str, tuple[str, str]] = {
         "One patient's sessions as a FHIR R4 Bundle (docs/fhir.md).",
         "liv clinic export --format fhir P001 --out P001.fhir.json",
     ),
+    "help": (
+        "Show the help of liv, or of the command named: the same page as 'liv COMMAND --help'.",
+        "liv help start",
+    ),
     "completion": (
         "Print a shell completion script for liv, generated from its commands.",
         'eval "$(liv completion bash)"   # or add it to ~/.bashrc',

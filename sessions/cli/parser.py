@@ -8,13 +8,14 @@ import math
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.sensor_limits import (
     OFFSET_RANGE_G,
     SENSITIVITY_RANGE,
 )
 from firmware_bridge.dose_limits import DOSE_LIMITS
+from sessions.cli.help import LivParser
 from sessions.cli.helptext import EXIT_STATUS_HELP, document
 from sessions.clinic.keycommands import add_clinic_init, add_protocol_sign
 from sessions.commands import EXPORT_FORMATS
@@ -76,7 +77,10 @@ _CAL_DIR_HELP = "where calibrations are kept (default: the data directory's cali
 _HOME_HELP = "data directory (default: $LIV_HOME, else $XDG_DATA_HOME/liv, else ~/.local/share/liv)"
 
 
-def _add_home(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+_Options = TypeVar("_Options", bound=argparse._ActionsContainer)
+
+
+def _add_home(p: _Options) -> _Options:
     p.add_argument("--home", metavar="DIR", help=_HOME_HELP)
     return p
 
@@ -132,7 +136,7 @@ class Handler:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = LivParser(
         prog="liv",
         description=(
             "Low-intensity vibration plate: sessions for patients, reports for clinicians, "
@@ -268,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         "shell", choices=("bash", "zsh"), help="the shell to complete in: bash or zsh"
     )
     completion.set_defaults(handler=Handler("sessions.cli.completion", "cmd_completion"))
+
+    helpcmd = commands.add_parser("help", help="the help of liv or of one command")
+    helpcmd.add_argument(
+        "topic", nargs="*", metavar="COMMAND", help="the command to describe, e.g. start"
+    )
+    helpcmd.set_defaults(handler=Handler("sessions.cli.help", "cmd_help"))
     document(parser)
     return parser
 
@@ -275,17 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_session_commands(commands: Any) -> None:
     """What patients and clinicians type (handlers in sessions/commands/)."""
 
-    def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    def with_db(p: _Options) -> _Options:
         p.add_argument("--db", type=Path, metavar="FILE", help="session log (default $LIV_DB or "
                        "the data directory's liv.db)")  # fmt: skip
         return _add_home(p)
 
-    start = with_db(commands.add_parser("start", help="run the session that is due now"))
-    start.add_argument("--device", metavar="URL", help="plate to use (default: the configured one)")
-    start.add_argument(
+    # A patient types 'liv start' alone: its page shows that first, and the options the clinic
+    # or an engineer uses under a heading of their own (docs/cli.md).
+    start = commands.add_parser(
+        "start", help="run the session that is due now",
+        usage="%(prog)s [-h] [options for the clinic or engineers]",
+    )  # fmt: skip
+    staff = start.add_argument_group(
+        "options for the clinic or service engineers (a patient needs none of these)"
+    )
+    with_db(staff)
+    staff.add_argument("--device", metavar="URL", help="plate to use (default: the configured one)")
+    staff.add_argument(
         "--override", metavar="REASON", help="start although the schedule says no (recorded)"
     )
-    start.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
+    staff.add_argument("--calibration-dir", type=Path, metavar="DIR", help=_CAL_DIR_HELP)
     start.set_defaults(handler=Handler("sessions.commands.start", "cmd_start"))
 
     status = with_db(commands.add_parser("status", help="today's sessions, the next, the streak"))

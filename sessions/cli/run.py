@@ -20,7 +20,7 @@ from sessions.text import echo, terminal_line
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from controller.faults import clear_latched_fault
+    from controller.faults import bring_plate_to_rest
     from controller.loop import ControlUpdate, ExposureSettings, ExposureStatus, run_exposure
     from controller.safety import SafetyLimits
     from controller.schedule import FrequencySchedule, ScheduleError, parse_schedule
@@ -56,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "'liv calibrate' with nobody on the plate",
                 file=sys.stderr,
             )
-        cleared = clear_latched_fault(device)  # refuses a fault that needs a person
+        # a host died mid-run; refuses a fault that needs a person
+        left_running, cleared = bring_plate_to_rest(device)
         check_sensor_for_run(store, device)
         spec = {"target_g": args.amplitude, "seconds": args.seconds,
                 "schedule": schedule.describe()}  # fmt: skip
@@ -125,6 +126,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"link              {result.frames} frames, {result.crc_errors} CRC errors, "
         f"{result.lost_frames} lost frames"
     )
+    if left_running is not None:
+        lines.append(
+            f"stopped plate     left running by an earlier host (drive {left_running.drive:.4f})"
+        )
+        data["plate_left_running"] = left_running.to_event()
     if cleared is not None:
         lines.append(f"cleared fault     {cleared.name} latched before the run (plate at rest)")
         data["fault_cleared"] = cleared.to_event()

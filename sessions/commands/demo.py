@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -11,8 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from controller.privatefiles import write_private_file
+from firmware_bridge.sim.nvstore import ENV_STATE_DIR
 from sessions.commands.common import open_log, pins_of
 from sessions.commands.protocols import plain_protocol
 from sessions.commands.reporting import report_text
@@ -137,10 +142,12 @@ def run_demo_history(
     today: date,
     plan: Sequence[DemoSession],
     pins: DevicePins | None = None,
+    plate: str = f"device_id={DEMO_DEVICE}",
 ) -> list[SessionOutcome]:
     """Run ``plan`` on the simulated plate (fast, deterministic) under a simulated clock, as in
     a demo home: its simulated sessions count (and resume) like therapy; ``pins``: the home's
-    paired plates, so that the demo's plate vouches for its records as a real one would."""
+    paired plates, so that the demo's plate vouches for its records as a real one would;
+    ``plate``: the sim:// keys naming the plate (its id and where its memory is)."""
     from sessions.runner import StopRequest, run_session
 
     outcomes = []
@@ -156,7 +163,7 @@ def run_demo_history(
         outcome = run_session(
             protocol=protocol,
             log=log,
-            device_url=f"sim://?mass=70&seed={10 + n}&device_id={DEMO_DEVICE}{item.plate}",
+            device_url=f"sim://?mass=70&seed={10 + n}&{plate}{item.plate}",
             calibrations=calibrations,
             on_progress=progress,
             now=clock.now,
@@ -176,11 +183,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The demo never uses the user's installation: no --home/$LIV_HOME resolution, no $LIV_DB,
     # no $LIV_CALIBRATION_DIR. Everything it writes is inside its own directory.
     root = _demo_root(args)
-    # The demo's simulated plate keeps its key and counter inside the demo's directory too
-    # (docs/simulator.md), unless the caller chose a place for simulated plates' memory.
-    os.environ.setdefault("LIV_SIM_STATE_DIR", str(root / "plate-memory"))
     home = LivHome(root)
     home.ensure()
+    # The demo's simulated plate keeps its key and counter inside the demo's directory too
+    # (docs/simulator.md), unless the caller chose a place for simulated plates' memory. The
+    # place is written into the plate's URL, so that the commands the demo suggests afterwards
+    # talk to the same plate, with the key this home was paired with.
+    memory = os.environ.get(ENV_STATE_DIR) or str(root / "plate-memory")
+    Path(memory).mkdir(mode=0o700, parents=True, exist_ok=True)  # private, like the rest
+    plate = f"device_id={DEMO_DEVICE}&nv={quote(memory, safe='/')}"
     # Marks every session here as simulated: never counted as therapy (docs/sessions.md).
     write_private_file(root / "DEMO", DEMO_MARKER.encode("utf-8"))
     args.home, args.db, args.calibration_dir = str(root), None, None
@@ -205,7 +216,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home.install_protocol(protocol_file)
     echo(plain_protocol(protocol))
     echo("Setting up the empty simulated plate ...")
-    with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEMO_DEVICE}") as device:
+    with DeviceClient.open(f"sim://?mass=0&seed=1&{plate}") as device:
         home.calibrations().save(identify(device))
     plan = demo_history()
     echo(
@@ -213,8 +224,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "day, a session cut short and a safety stop ..."
     )
     with open_log(args, home) as log:
-        run_demo_history(log, protocol, home.calibrations(), today, plan, pins_of(home))
-    sim_url = f"sim://?mass=70&seed=2&device_id={DEMO_DEVICE}"
+        run_demo_history(
+            log, protocol, home.calibrations(), today, plan, pins_of(home), plate=plate
+        )
+    sim_url = f"sim://?mass=70&seed=2&{plate}"
     home.set_device(sim_url)
     echo("\nToday's first session, as the patient sees it:")
     args.device = None
@@ -226,7 +239,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         recent, minutes = _status_of_log(log, protocol, now, home.is_demo)
         logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
-    echo("\n".join(status_lines(protocol, recent, now, minutes, demo=home.is_demo)))
+    lines = status_lines(protocol, recent, now, minutes, demo=home.is_demo)
+    if lines[:1] == [say("status.demo")]:
+        lines = lines[1:]  # today's session just ended with the same line
+    echo("\n".join(lines))
     echo(
         f"\nThe log holds {logged} sessions; its record checks {'pass' if verified.ok else 'FAIL'}."
     )
@@ -235,8 +251,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with open_log(args, home) as log:
         write_private_file(report, report_text(args, home, log, "html").encode("utf-8"))
     echo(f"The clinician's report: {report}")
+    # No session runs any more: the empty folder of running sessions' locks goes.
+    with contextlib.suppress(OSError):
+        home.db_path().with_name(home.db_path().name + ".running").rmdir()
+    liv, where = invoked_as(), shlex.quote(str(root))
     echo("To look again:")
-    echo(f"  liv status --home {root}")
-    echo(f"  liv report --home {root}")
-    echo(f"  liv report --home {root} --format html --out report.html")
+    echo(f"  {liv} status --home {where}")
+    echo(f"  {liv} report --home {where}")
+    echo(f"  {liv} report --home {where} --format html --out report.html")
     return 0
+
+
+def invoked_as(argv0: str | None = None) -> str:
+    """How to type ``liv`` again, as this run was started: ``liv`` when that is what the shell
+    finds, else the program's own path (e.g. a venv's ``.venv/bin/liv``, not on PATH), or
+    ``PYTHON -m liv`` for ``python -m liv``."""
+    program = sys.argv[0] if argv0 is None else argv0
+    if Path(program).name == "__main__.py":
+        return f"{shlex.quote(sys.executable)} -m liv"
+    if Path(program).name != "liv":
+        return "liv"  # started some other way (a test, an embedding program)
+    found = shutil.which("liv")
+    if found and os.path.samefile(found, program):
+        return "liv"
+    return shlex.quote(os.path.abspath(program))

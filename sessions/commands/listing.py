@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sessions.log import (
     SessionKind,
     SessionLog,
     SessionRecord,
+    SessionStatus,
     SessionSummary,
 )
 from sessions.text import echo, terminal_line
@@ -38,7 +40,7 @@ def resolve_session_id(log: SessionLog, text: str) -> str:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    from sessions.jsonshapes import start_time, status_word
+    from sessions.jsonshapes import start_time
 
     since, until = period(args)
     home = home_of(args)
@@ -55,9 +57,19 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     for r in records:
         session_id, patient_id = terminal_line(r.session_id), terminal_line(r.patient_id)
         echo(f"{session_id:<36} {patient_id:<12} {r.local_date.isoformat():<10} "
-             f"{start_time(r):<5} {r.slot:>4} {status_word(r.status.value):<15} "
+             f"{start_time(r):<5} {r.slot:>4} {_outcome_word(r.status, r.reason):<15} "
              f"{r.minutes_at_dose:>7.1f}m  {_kind_text(r.kind)}")  # fmt: skip
     return 0
+
+
+def _outcome_word(status: SessionStatus, reason: str) -> str:
+    """A record's outcome in text lists; a stop says by what (sessions.stops.stop_word)."""
+    from sessions.jsonshapes import status_word
+    from sessions.stops import stop_word
+
+    if status is SessionStatus.STOPPED_BY_PATIENT:
+        return stop_word(reason)
+    return status_word(status.value)
 
 
 def _kind_text(kind: SessionKind) -> str:
@@ -88,9 +100,25 @@ def sparkline(envelope: tuple[tuple[float, float], ...], target_g: float, width:
     return "".join(bars[min(8, max(0, round(8 * v / top)))] for v in picked)
 
 
+# A decimal written with more digits than anyone reads (records made before the runner rounded
+# its presence figures: "reference 0.36370668811857587")
+_LONG_DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d{4,}(?![\w.])")
+
+
+def _rounded(line: str) -> str:
+    """``line`` with every long decimal shown to three decimals (three significant digits
+    below 0.01); what is stored is unchanged."""
+
+    def short(match: re.Match[str]) -> str:
+        x = float(match.group())
+        return f"{x:.3f}" if abs(x) >= 0.01 else f"{x:.3g}"
+
+    return _LONG_DECIMAL.sub(short, line)
+
+
 def show_lines(record: SessionRecord) -> list[str]:
     """One session in plain words and values rounded to their meaning (``liv show``)."""
-    from sessions.jsonshapes import start_time, status_word
+    from sessions.jsonshapes import start_time
 
     def text(value: object) -> str:
         return terminal_line(str(value)) if value not in (None, "") else "-"
@@ -110,7 +138,7 @@ def show_lines(record: SessionRecord) -> list[str]:
     events = [
         f"{text(e.get('reason', 'event'))}"
         + (f" at {float(e['t_s']):.1f} s" if isinstance(e.get("t_s"), int | float) else "")
-        + (f": {text(e['detail'])}" if e.get("detail") not in (None, "") else "")
+        + (f": {_rounded(text(e['detail']))}" if e.get("detail") not in (None, "") else "")
         for e in record.safety_events
     ]
     names = {"a_w_m_s2": ("a_w", "m/s^2"), "a8_m_s2": ("A(8)", "m/s^2"),
@@ -134,7 +162,7 @@ def show_lines(record: SessionRecord) -> list[str]:
             if ended is not None
             else f"{start_time(record)}, still running ({text(record.timezone)})",
         ),
-        ("outcome", status_word(record.status.value).replace("_", " ")),
+        ("outcome", _outcome_word(record.status, record.reason).replace("_", " ")),
         ("kind", _kind_text(record.kind)),
         ("why", text(record.reason)),
         (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,8 @@ from sessions.protocol import (
     protocol_from_dict,
 )
 from sessions.text import echo
+
+_log = logging.getLogger(__name__)
 
 
 def _report_subject(
@@ -54,7 +57,15 @@ def _report_subject(
     theirs = counted or [r for r in mine if r.kind is not SessionKind.ENGINEERING]
     if theirs:
         latest = max(theirs, key=lambda r: (r.started_utc, r.session_id))
-        return patient, protocol_from_dict(json.loads(latest.protocol_json)), None
+        try:
+            return patient, protocol_from_dict(json.loads(latest.protocol_json)), None
+        except (ValueError, RecursionError) as exc:  # the log's text, written by hand
+            _log.warning("prescription of session %s unreadable: %s", latest.session_id, exc)
+            raise ReportError(
+                f"the prescription recorded with session {latest.session_id} cannot be read, so "
+                "the sessions cannot be judged against it; run 'liv verify', or install the "
+                "protocol with 'liv protocol install FILE'"
+            ) from None
     raise ReportError(f"no sessions and no protocol for patient {patient!r} in this log")
 
 

@@ -33,8 +33,10 @@ def status_lines(
     minutes: Mapping[tuple[date, int], float] | None = None,
     *,
     demo: bool = False,
+    running: bool = False,
 ) -> list[str]:
-    """Today, the next session and the streak.
+    """Today, the next session and the streak (``running``: a session is running now, in a
+    living process, which is said instead of the next one).
 
     ``sessions`` needs to hold only the sessions since :func:`history_start` (all ``decide``
     reads); ``minutes`` the minutes at dose per (day, slot) the streak counts back through
@@ -67,11 +69,14 @@ def status_lines(
     if any(s.local_date == today and session_kind(s) not in counted for s in sessions):
         lines.append("  " + say("status.not_counted"))
     decision = decide(protocol, recent, now)
-    if decision.allowed:
+    if running:
+        lines.append(say("status.running"))
+    elif decision.allowed:
         lines.append(say("status.next_now", slot=decision.slot))
     else:
         lines.append(say("status.next", message=decision.message))
-    lines.append(streak_sentence(streak(protocol, minutes, today)))
+    if in_study:  # before or after the study, "today can be the first" is not true
+        lines.append(streak_sentence(streak(protocol, minutes, today)))
     return lines
 
 
@@ -121,8 +126,10 @@ def status_shape(
     minutes: Mapping[tuple[date, int], float],
     *,
     demo: bool = False,
+    running: bool = False,
 ) -> dict[str, Any]:
-    """``liv status --json`` (liv.status/1): the figures ``status_lines`` says in words.
+    """``liv status --json`` (liv.status/1): the figures ``status_lines`` says in words
+    (``running``: a session runs now, so none may start and the message says so).
 
     Only the kinds that count are in the figures (therapy; in a demo home, simulated too)."""
     counted = counted_kinds(demo)
@@ -142,8 +149,8 @@ def status_shape(
         "timezone": protocol.timezone,
         "in_study": in_study,
         "slots": slots,
-        "next_allowed": decision.allowed,
-        "next_message": decision.message,
+        "next_allowed": decision.allowed and not running,
+        "next_message": say("status.running") if running else decision.message,
         "next_allowed_local": None
         if at is None
         else at.astimezone(protocol.zone).isoformat(timespec="minutes"),
@@ -158,10 +165,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     with open_log(args, home) as log:
         recent, minutes = _status_of_log(log, protocol, now, home.is_demo)
+        running = bool(log.live_sessions())
     if getattr(args, "json", False):
-        print_json(status_shape(protocol, recent, now, minutes, demo=home.is_demo))
+        print_json(status_shape(protocol, recent, now, minutes, demo=home.is_demo, running=running))
         return 0
-    echo("\n".join(status_lines(protocol, recent, now, minutes, demo=home.is_demo)))
+    lines = status_lines(protocol, recent, now, minutes, demo=home.is_demo, running=running)
+    echo("\n".join(lines))
     # the patient reads that the prescription is the clinic's; the key's detail is for -v
     echo(say("status.prescription_ok"))
     if getattr(args, "verbose", False):

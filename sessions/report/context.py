@@ -97,15 +97,25 @@ class ReportContext:
                 "These figures cannot be trusted until 'liv verify' passes; contact the clinic."
             )
         if self.integrity.ok:
-            vouched = (
-                ""
-                if trust is None
-                else f"; {trust.vouched} vouched for by the plate"
-                + (f", {trust.legacy} recorded before device signatures" if trust.legacy else "")
-            )
+            if trust is None:
+                return (
+                    f"Log integrity: verified ({self.integrity.records_checked} records, every "
+                    "hash chain intact)."
+                )
+            legacy = f", {trust.legacy} recorded before device signatures" if trust.legacy else ""
+            if trust.plate_checked:
+                return (
+                    f"Log integrity: verified ({self.integrity.records_checked} records, every "
+                    f"hash chain intact; {trust.vouched} vouched for by the plate{legacy}; the "
+                    "plate's counter matches)."
+                )
+            # Offline every check reads files the patient's computer can rewrite together
             return (
-                f"Log integrity: verified ({self.integrity.records_checked} records, every "
-                f"hash chain intact{vouched})."
+                f"Log integrity: verified without the plate ({self.integrity.records_checked} "
+                f"records, every hash chain intact; {trust.vouched} vouched for by the paired "
+                f"plate's key{legacy}). Records deleted from the end, or the whole log re-signed "
+                "after the plate's pairing was changed, can only be detected with the plate "
+                "connected ('liv verify'), or at the clinic."
             )
         bad = self.integrity.first_bad
         where = (

@@ -35,7 +35,7 @@ def _downsampled(points: Sequence[tuple[float, float]], buckets: int) -> list[tu
 def _tolerance_of(record: ReportSummary) -> float | None:
     try:
         value = json.loads(record.protocol_json).get("dose_tolerance")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1:
         return float(value)
