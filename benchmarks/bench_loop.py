@@ -57,6 +57,7 @@ class Replay:
         self.link_stats: LinkStats = recorded["link_stats"]
         self.samples_missing = 0
         self.blocks_waiting = 0  # never behind: the blocks are replayed as they are asked for
+        self.blocks_behind = 0
         self.sample_index: int = recorded["start_index"]
         self.output_start_index: int = recorded["output_start_index"]
         self._blocks: list[SampleBlock] = recorded["blocks"]

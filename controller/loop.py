@@ -373,6 +373,12 @@ def _run_exposure(
                 t, block, estimate, law.drive, drive_limit, setpoint, gain,
                 device.link_stats, device.samples_missing, estimator.block_extremes(),
             )  # fmt: skip
+            if trip is None:
+                # a host steadily slower than the plate acts on ever older feedback; one that
+                # keeps up has nothing waiting, and nothing to check
+                behind = device.blocks_behind
+                if behind or supervisor.behind_held:
+                    trip = supervisor.check_backlog(t, block, behind)
             if trip is not None:
                 result.trip = trip
                 break
@@ -467,7 +473,11 @@ def _run_exposure(
         if result.trip is not None:
             result.status = ExposureStatus.TRIPPED
             log.warning("safety trip: %s (%s)", result.trip.reason, result.trip.detail)
-            _soft_stop(device, TRIP_RAMP_S)
+            # Nothing is wrong with the plate when the computer is too slow: it comes down
+            # as at a normal end, over ramp_down_s, by the firmware's own ramp (one command:
+            # a ramp run by the late host would itself be late).
+            slow = result.trip.reason is TripReason.HOST_TOO_SLOW
+            _soft_stop(device, settings.ramp_down_s if slow else TRIP_RAMP_S)
         else:
             _soft_stop(device, 0.0)
     _summarise(result, hist, compute, settings, device, presence, hold_end, accuracy, rounding_g)

@@ -8,6 +8,7 @@ reason codes are documented in docs/safety.md. On a trip the loop ramps the driv
 from __future__ import annotations
 
 import enum
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from controller.estimation import SineFit, WindowEstimate
 from firmware_bridge.client import SampleBlock
 from firmware_bridge.codec import LinkStats
 from firmware_bridge.dose_limits import DOSE_LIMITS, DoseLimitError
+
+log = logging.getLogger(__name__)
 
 HARD_CEILING_G = DOSE_LIMITS.hard_ceiling_g  # no protocol or setting raises the ceiling above it
 SATURATION_G = 2.0  # a plate at <= 1 g peak plus gravity never reads beyond this
@@ -44,6 +47,7 @@ class TripReason(enum.StrEnum):
     DEVICE_REFUSED = "device_refused"
     SAMPLE_INDEX_JUMP = "sample_index_jump"
     CANNOT_REACH_DOSE = "cannot_reach_dose"
+    HOST_TOO_SLOW = "host_too_slow"
 
 
 TRIP_TEXT: dict[TripReason, str] = {
@@ -62,6 +66,7 @@ TRIP_TEXT: dict[TripReason, str] = {
     TripReason.DEVICE_REFUSED: "the plate refused a command",
     TripReason.SAMPLE_INDEX_JUMP: "the plate's sample clock jumped, so its time cannot be counted",
     TripReason.CANNOT_REACH_DOSE: "the plate cannot reach the prescribed dose",
+    TripReason.HOST_TOO_SLOW: "this computer fell behind the plate's samples and stayed behind",
 }
 
 
@@ -93,6 +98,13 @@ class SafetyLimits:
     link_timeout_s: float = 0.3
     link_error_rate: float = 0.05  # damaged + lost frames per expected frame over 1 s
     index_gap_s: float = 0.1  # samples a block may skip (lost frames); beyond, or back: trip
+    # A host steadily slower than the plate: blocks received but not yet read, in plate time,
+    # above this ... (a host behind by B acts on feedback B old and its heartbeat, timed on
+    # the blocks it has read, goes quiet for up to B / its pace: docs/safety.md, section 2.7)
+    host_backlog_s: float = 0.15
+    # ... for this long of plate time: one stall shorter than limit + hold (0.45 s, under the
+    # plate's 0.5 s watchdog) drains before it trips; a host at 0.75x is stopped 0.25 s behind
+    host_backlog_hold_s: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.dose_shortfall_fraction < 1.0:
@@ -105,6 +117,11 @@ class SafetyLimits:
                 f"dose averaging {self.dose_average_s:g} s and hold "
                 f"{self.dose_shortfall_hold_s:g} s are not allowed: use 0 < average <= hold "
                 "<= 60 s"
+            )
+        if not (0.0 < self.host_backlog_s <= 1.0 and 0.0 <= self.host_backlog_hold_s <= 10.0):
+            raise ValueError(
+                f"host backlog {self.host_backlog_s:g} s held {self.host_backlog_hold_s:g} s is "
+                "not allowed: use a backlog above 0 and at most 1 s, held 0-10 s"
             )
         if not 0.0 <= self.index_gap_s <= 1.0:
             raise ValueError(f"index gap {self.index_gap_s:g} s is not allowed: use 0-1 s")
@@ -157,6 +174,10 @@ class SafetySupervisor:
         dose_n = max(1, round(limits.dose_average_s / self.block_s))
         self._dose: deque[tuple[float, float]] = deque(maxlen=dose_n)
         self._dose_sums = [0.0, 0.0]  # measured peak, setpoint over the blocks in _dose
+        self._behind_peak_s = 0.0  # the largest backlog of the episode behind, if one is held
+        # an episode behind is being timed: check_backlog must see the next block too, even
+        # one that finds nothing waiting (a caller may skip blocks with nothing waiting)
+        self.behind_held = False
 
     def check_index(self, t_s: float, block: SampleBlock) -> SafetyTrip | None:
         """Trip if ``block`` does not continue the sample clock of the blocks seen before.
@@ -180,6 +201,43 @@ class SafetySupervisor:
             f"sample index went {direction} from {expected} to {block.first_index} "
             f"({jump:+d} samples; up to {self._max_gap} ahead allowed)",
             {"expected_index": float(expected), "jump_samples": float(jump)},
+        )  # fmt: skip
+
+    def check_backlog(
+        self, t_s: float, block: SampleBlock, blocks_behind: int
+    ) -> SafetyTrip | None:
+        """Trip HOST_TOO_SLOW if the host has stayed behind the plate's stream.
+
+        ``blocks_behind`` is what the device has sent and the host has not read yet, after
+        ``block`` was read (:attr:`DeviceClient.blocks_behind`). Above ``host_backlog_s`` of
+        plate time in consecutive blocks for ``host_backlog_hold_s`` (timed on the blocks'
+        own clock, as every hold here) the host is too slow for this plate.
+        """
+        lim = self.limits
+        behind_s = blocks_behind * self.block_s
+        if behind_s <= lim.host_backlog_s:
+            if self._held:
+                since = self._held.pop(TripReason.HOST_TOO_SLOW, None)
+                if since is not None:  # an episode behind that ended before the hold: a note
+                    log.info(
+                        "the host fell %.2f s behind the plate (limit %g s) for %.2f s of "
+                        "plate time, then caught up",
+                        self._behind_peak_s, lim.host_backlog_s, t_s - since,
+                    )  # fmt: skip
+                    self._behind_peak_s = 0.0
+                    self.behind_held = False
+            return None
+        self._behind_peak_s = max(self._behind_peak_s, behind_s)
+        self.behind_held = True
+        held = self._held_for(TripReason.HOST_TOO_SLOW, t_s)
+        if held < lim.host_backlog_hold_s:
+            return None
+        return SafetyTrip(
+            TripReason.HOST_TOO_SLOW, t_s, block.first_index,
+            f"{behind_s:.2f} s of samples waiting unread, above {lim.host_backlog_s:g} s for "
+            f"{held:.2f} s of plate time: the computer is slower than the plate",
+            {"behind_s": behind_s, "blocks_behind": float(blocks_behind), "held_s": held,
+             "limit_s": lim.host_backlog_s},
         )  # fmt: skip
 
     def check(

@@ -402,6 +402,20 @@ class DeviceClient:
         return self._blocks_in - self._blocks_out
 
     @property
+    def blocks_behind(self) -> int:
+        """Sample blocks the device has sent that the host has not read yet: those decoded
+        (:attr:`blocks_waiting`) and the whole SAMPLES frames whose bytes still wait in the
+        port. How far the host is behind the plate's clock, in blocks; a host that reads in
+        time sees 0 or 1. A transport paced by the reads (``sim://?speed=max``) is never
+        behind: its port is not asked (asking would move the device on)."""
+        waiting = self._blocks_in - self._blocks_out
+        payload = self._samples_payload_len
+        if self._paced_by_reads or payload is None:
+            return waiting
+        raw = 3 + payload + 2  # a SAMPLES frame's bytes, COBS overhead and delimiter added
+        return waiting + self._waiting() // (raw + raw // 254 + 2)
+
+    @property
     def output_start_index(self) -> int | None:
         """First sample of the first block the device produced after it accepted SET_OUTPUT on.
 

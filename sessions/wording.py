@@ -75,6 +75,9 @@ WORDING: dict[str, str] = {
     ),
     "outcome.trip.connection": "The plate stopped because its connection to this computer failed.",
     "outcome.trip.plate": "The plate stopped itself for safety because it reported a problem.",
+    "outcome.trip.host": (
+        "The plate stopped safely because this computer was too busy to keep up with it."
+    ),
     "outcome.trip_next.strong": (
         f"{{counted_cap}} counted. Step off and do not use the plate again before you {CLINIC}."
     ),
@@ -96,6 +99,10 @@ WORDING: dict[str, str] = {
     "outcome.trip_next.plate": (
         f"{{counted_cap}} counted. Switch the plate off and on again, then {AGAIN}; if it stops "
         f"again, {CLINIC}."
+    ),
+    "outcome.trip_next.host": (
+        f"{{counted_cap}} counted. Close the other programs on this computer, then {AGAIN}; if it "
+        f"stops again, {CLINIC}."
     ),
     # ---- a start that did not happen --------------------------------------------------------
     "refused.stopped": (
@@ -286,6 +293,7 @@ TRIP_WORDING: dict[str, str] = {
     "device_reset": "outcome.trip.plate",
     "device_refused": "outcome.trip.plate",
     "sample_index_jump": "outcome.trip.plate",
+    "host_too_slow": "outcome.trip.host",
 }
 
 # The runner's record reasons for a stop (sessions.stops and sessions.runner) -> the sentence.

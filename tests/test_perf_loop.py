@@ -138,6 +138,7 @@ class _Replay:
         self.sample_index = 0
         self.output_start_index = 0
         self.blocks_waiting = 0  # never behind: the blocks are replayed as they are asked for
+        self.blocks_behind = 0
         self._blocks = blocks
         self.served = 0
 
