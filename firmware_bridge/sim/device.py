@@ -39,6 +39,7 @@ from firmware_bridge.protocol import (
     HOST_MESSAGE_TYPES,
     MAX_BLOCK_SAMPLES,
     MESSAGE_TYPES,
+    PHASE_TURN,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     Q16,
@@ -227,10 +228,14 @@ class _BlockFit:
         turns = 2.0 * math.pi * np.asarray(phase0_turns)
         c0, s0 = np.cos(turns), np.sin(turns)
         cc0, cs0, ss0 = self._cc, self._cs, self._ss
+        # :meth:`sums`'s expressions with their common products taken once; doubling is exact,
+        # so (2 c0) s0 and 2 (c0 s0) are the same number and every column the same bits.
+        cc, cs, ss = c0 * c0, c0 * s0, s0 * s0
+        cross = 2.0 * cs * cs0
         columns = (
-            c0 * c0 * cc0 - 2.0 * c0 * s0 * cs0 + s0 * s0 * ss0,
-            c0 * s0 * (cc0 - ss0) + (c0 * c0 - s0 * s0) * cs0,
-            s0 * s0 * cc0 + 2.0 * c0 * s0 * cs0 + c0 * c0 * ss0,
+            cc * cc0 - cross + ss * ss0,
+            cs * (cc0 - ss0) + (cc - ss) * cs0,
+            ss * cc0 + cross + cc * ss0,
             c0 * p - s0 * q,
             s0 * p + c0 * q,
         )
@@ -963,17 +968,21 @@ class SimulatedDevice:
         )
         ahead_sensor = self.sensor.measure_ahead(ahead_physics.accel_g)
         counts = ahead_sensor.counts
-        rest_g = counts.mean(axis=1) / self._sensor_counts_per_g
+        # the resting reading is kept only while the output is off (the key holds that state)
+        rest_g: list[float] = []
+        if not self._output_on:
+            rest_g = (counts.mean(axis=1) / self._sensor_counts_per_g).tolist()
+        turn = PHASE_TURN  # phase_to_q32 of each block's first phase, written out
         return _Ahead(
             key=inputs,
             physics=ahead_physics,
             sensor=ahead_sensor,
             phases=phases,
             sums=self._block_fit.sums_many(counts, phases[:blocks], self._freq_hz),
-            rest_g=rest_g.tolist(),
+            rest_g=rest_g,
             blocks=blocks,
             records=samples_records(
-                [phase_to_q32(turns) for turns in phases[:blocks]],
+                [math.floor(turns * turn + 0.5) % turn for turns in phases[:blocks]],
                 hz_to_mhz(self._freq_hz),
                 drive_to_q16(_clip01(drive)),
                 counts,
