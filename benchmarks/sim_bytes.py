@@ -3,12 +3,14 @@
     python benchmarks/sim_bytes.py [--json FILE]
 
 Runs a few short scripted hosts against ``sim://`` ports (open loop, a closed loop that moves
-the drive every few blocks, heating, a patient stepping on and off, link and device faults, the
-firmware ceiling, a plate that was up before the host came) and prints, per case, the SHA-256
-of every byte the host read and of the truth file's arrays and events. A change to the
-simulator's speed must leave every digest as it was: tests/test_sim_same_bytes.py holds the
-digests of the code before session 7 and compares. To check another tree's code, put it first
-on the path: ``PYTHONPATH=/path/to/tree python benchmarks/sim_bytes.py``.
+the drive every few blocks, a warm coil, a patient stepping on and off, link and device faults,
+the firmware ceiling, an open coil circuit, a pulled cable, a plate that was up before the host
+came) and prints, per case, the SHA-256 of every byte the host read, of the truth file's arrays
+and events, and of the plate's and anti-alias filter's state at the end (a change below the
+counts' rounding shows there first). A change to the simulator's speed must leave every digest
+as it was: tests/test_sim_same_bytes.py holds the digests of the code before session 7 and
+compares. To check another tree's code, put it first on the path:
+``PYTHONPATH=/path/to/tree python benchmarks/sim_bytes.py``.
 
 Each host writes its commands at fixed simulated times and reads in a fixed cycle of sizes
 (one byte, one frame, a few frames, many frames), so the device is stepped both block by block
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import serial
 
 if __package__ in (None, ""):  # run as a script: the tree on PYTHONPATH, else this one
     sys.path.append(str(Path(__file__).resolve().parents[1]))
@@ -147,6 +150,18 @@ def cases() -> list[Case]:
             tuple(_at(30.2, _start(freq_mhz=30_000, drive=0.2, ramp_ms=600))),
         ),
         Case(
+            "the coil's circuit opens under a steady drive",
+            "seed=14&mass=70&open_circuit_at=3",
+            6.0,
+            tuple(_at(0.3, _start(drive=0.12, ramp_ms=400))),
+        ),
+        Case(
+            "the cable is pulled mid-batch",
+            "seed=15&mass=70&disconnect_at=4.33",
+            6.0,
+            tuple(_at(0.3, _start(drive=0.1, ramp_ms=400))),
+        ),
+        Case(
             "open loop, 90 Hz and sensor noise",
             "seed=12&mass=110&noise=high",
             6.0,
@@ -193,14 +208,24 @@ def run_case(case: Case, workdir: Path, truth_file: bool = True) -> dict[str, ob
                 seq = (seq + 1) & 0xFFFF
             size = READ_CYCLE[i % len(READ_CYCLE)]
             i += 1
-            data = port.read(-size if size < 0 else size * frame)
+            try:
+                data = port.read(-size if size < 0 else size * frame)
+            except serial.SerialException:  # the cable was pulled: what came before counts
+                break
             wire.update(data)
             total += len(data)
         simulated = device.time_s - start_s
     finally:  # the device lingers, then writes its truth file
         port.close()
+    # The plate's and filter's state at the end, to the bit: a change below the counts'
+    # rounding shows here before it shows on the wire.
+    state = hashlib.sha256()
+    for part in (device.physics._x, device.sensor.filter_state):
+        state.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+    state.update(repr((device.physics.coil_temperature_c, device.sensor._noise_pos)).encode())
     return {
         "wire": wire.hexdigest(),
+        "state": state.hexdigest(),
         "truth": _digest_truth(truth) if truth_file else "",
         "bytes": total,
         "seconds": round(simulated, 6),
