@@ -1007,6 +1007,8 @@ class SimulatedDevice:
         ):
             ahead = self._ahead = None
         if ahead is None:
+            if self._steady_blocks < AHEAD_BLOCKS_MIN:  # _run_ahead would refuse: too few
+                return False
             ahead = self._ahead = self._run_ahead(now, inputs)
             if ahead is None:
                 return False
