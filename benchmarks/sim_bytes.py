@@ -12,6 +12,9 @@ as it was: tests/test_sim_same_bytes.py holds the digests of the code before ses
 compares. To check another tree's code, put it first on the path:
 ``PYTHONPATH=/path/to/tree python benchmarks/sim_bytes.py``.
 
+``--time REPEATS`` times the device alone instead: a 10-minute open loop and a 2-minute closed
+loop read five frames at a time, CPU seconds per run.
+
 Each host writes its commands at fixed simulated times and reads in a fixed cycle of sizes
 (one byte, one frame, a few frames, many frames), so the device is stepped both block by block
 and many blocks per call.
@@ -24,6 +27,7 @@ import hashlib
 import json
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,7 +184,12 @@ def _digest_truth(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_case(case: Case, workdir: Path, truth_file: bool = True) -> dict[str, object]:
+def run_case(
+    case: Case,
+    workdir: Path,
+    truth_file: bool = True,
+    read_cycle: tuple[int, ...] = READ_CYCLE,
+) -> dict[str, object]:
     """Run one host script; its wire and truth digests, bytes read and simulated seconds
     (without ``truth_file`` the truth digest is empty: for timing the device as hosts run it)."""
     truth = workdir / f"truth-{hashlib.sha256(case.name.encode()).hexdigest()[:12]}.npz"
@@ -206,7 +215,7 @@ def run_case(case: Case, workdir: Path, truth_file: bool = True) -> dict[str, ob
             while script and script[0][0] <= device.time_s:
                 port.write(encode_message(script.pop(0)[1], seq))
                 seq = (seq + 1) & 0xFFFF
-            size = READ_CYCLE[i % len(READ_CYCLE)]
+            size = read_cycle[i % len(read_cycle)]
             i += 1
             try:
                 data = port.read(-size if size < 0 else size * frame)
@@ -237,11 +246,45 @@ def run_all() -> dict[str, dict[str, object]]:
         return {case.name: run_case(case, Path(tmp)) for case in cases()}
 
 
+def timing_cases() -> list[Case]:
+    """Long runs for timing the device alone: a 10-minute open loop and a 2-minute closed loop
+    (the drive moved every 4-14 blocks), read five frames at a time as a batched host reads."""
+    return [
+        Case("open loop, 600 s", "seed=2&mass=70", 600.0, tuple(_at(0.3, _start(ramp_ms=2000)))),
+        Case(
+            "closed loop, 120 s",
+            "seed=3&mass=70",
+            120.0,
+            (*_at(0.3, _start(drive=0.12, ramp_ms=500)), *_closed_loop(1.0, 119.0, 11)),
+        ),
+    ]
+
+
+def time_device(repeats: int) -> dict[str, list[float]]:
+    """CPU seconds of each timing case (no truth file, as ``liv`` runs without one)."""
+    out: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="sim-bytes-") as tmp:
+        for case in timing_cases():
+            for _ in range(repeats):
+                begin = time.process_time()
+                run_case(case, Path(tmp), truth_file=False, read_cycle=(5,))
+                out.setdefault(case.name, []).append(time.process_time() - begin)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the digests here")
+    parser.add_argument(
+        "--time", type=int, metavar="REPEATS", help="time the device alone instead (CPU s)"
+    )
     args = parser.parse_args(argv)
     print(f"# code under {Path(firmware_bridge.__file__).parent.parent}", file=sys.stderr)
+    if args.time:
+        for name, seconds in time_device(args.time).items():
+            runs = " ".join(f"{s:.3f}" for s in seconds)
+            print(f"{name}: CPU s {runs} (min {min(seconds):.3f})")
+        return 0
     result = run_all()
     text = json.dumps(result, indent=1)
     if args.json:
