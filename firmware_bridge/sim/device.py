@@ -39,6 +39,7 @@ from firmware_bridge.protocol import (
     HOST_MESSAGE_TYPES,
     MAX_BLOCK_SAMPLES,
     MESSAGE_TYPES,
+    PHASE_TURN,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     Q16,
@@ -227,10 +228,14 @@ class _BlockFit:
         turns = 2.0 * math.pi * np.asarray(phase0_turns)
         c0, s0 = np.cos(turns), np.sin(turns)
         cc0, cs0, ss0 = self._cc, self._cs, self._ss
+        # :meth:`sums`'s expressions with their common products taken once; doubling is exact,
+        # so (2 c0) s0 and 2 (c0 s0) are the same number and every column the same bits.
+        cc, cs, ss = c0 * c0, c0 * s0, s0 * s0
+        cross = 2.0 * cs * cs0
         columns = (
-            c0 * c0 * cc0 - 2.0 * c0 * s0 * cs0 + s0 * s0 * ss0,
-            c0 * s0 * (cc0 - ss0) + (c0 * c0 - s0 * s0) * cs0,
-            s0 * s0 * cc0 + 2.0 * c0 * s0 * cs0 + c0 * c0 * ss0,
+            cc * cc0 - cross + ss * ss0,
+            cs * (cc0 - ss0) + (cc - ss) * cs0,
+            ss * cc0 + cross + cc * ss0,
             c0 * p - s0 * q,
             s0 * p + c0 * q,
         )
@@ -328,7 +333,7 @@ class _Ahead:
 
 def _fitted_peak_g(window: Iterable[FitSums]) -> float:
     """Peak ``sqrt(a^2 + b^2)`` of the sine fitted to a window of blocks, from their sums."""
-    cc, cs, ss, xc, xs = (math.fsum(column) for column in zip(*window, strict=True))
+    cc, cs, ss, xc, xs = map(math.fsum, zip(*window, strict=True))  # C loops, no generator
     det = cc * ss - cs * cs
     if det <= 1e-9 * (cc + ss) ** 2:  # too short a window to tell a sine from a constant
         return 0.0
@@ -596,24 +601,31 @@ class SimulatedDevice:
                 self._run_block(now)  # a command or a fault: this block as step() runs it
                 return 1
 
-        def clear(ok: list[bool]) -> int:  # boundaries 0.. that pass, boundary 0 if checked
-            count = 0
-            for i, passed in enumerate(ok):
-                if not (passed or (checked and i == 0)):
+        # Boundaries 0.. that pass every check below (boundary 0 passes when already checked):
+        # each check lowers k to its first failing boundary, as block-by-block stepping would
+        # stop there.
+        first_check = 1 if checked else 0
+        events = self._pending_events
+        if events:
+            due = events[0][0]
+            for i in range(first_check, k):
+                if not due > starts[i] + 1e-9:
+                    k = i
                     break
-                count += 1
-            return count
-
-        if self._pending_events:
-            k = min(k, clear([self._pending_events[0][0] > t + 1e-9 for t in starts[:k]]))
         if self._inbox:
             due = self._inbox[0][0]
-            k = min(k, clear([due > t for t in starts[:k]]))
+            for i in range(first_check, k):
+                if not due > starts[i]:
+                    k = i
+                    break
         if self._output_on and not self._fault_code:
             if physics.coil_temperature_c > OVERTEMP_C:
-                k = min(k, clear([False]))
-            limit = self.watchdog_ms / 1000.0
-            k = min(k, clear([not t - self._last_rx_s > limit for t in starts[:k]]))
+                k = min(k, first_check)
+            last_rx, limit = self._last_rx_s, self.watchdog_ms / 1000.0
+            for i in range(first_check, k):
+                if starts[i] - last_rx > limit:
+                    k = i
+                    break
             if k:
                 k = self._ceiling_clear(ahead, j0, k, checked)
         if k < 1:
@@ -645,12 +657,20 @@ class SimulatedDevice:
         wires = encode_samples_records(records)
         self._tx_seq = (seq + k) & 0xFFFF
         self._sample_index = index + k * n
-        latency = self.config.latency_ms / 1000.0
+        config = self.config
+        latency = config.latency_ms / 1000.0
         block_s = self.block_s
+        outbox = self._outbox
+        if not (config.drop_rate or config.corrupt_rate):  # a clean link: no draws per frame
+            outbox.extend(
+                (start + block_s + latency, wire)
+                for start, wire in zip(starts[1 : k + 1], wires, strict=True)
+            )
+            return k
         for i, wire in enumerate(wires):
-            if self.config.drop_rate and self._link_rng.random() < self.config.drop_rate:
+            if config.drop_rate and self._link_rng.random() < config.drop_rate:
                 continue
-            self._outbox.append((starts[i + 1] + block_s + latency, self._corrupt(wire)))
+            outbox.append((starts[i + 1] + block_s + latency, self._corrupt(wire)))
         return k
 
     def _ceiling_clear(self, ahead: _Ahead, j0: int, k: int, checked: bool) -> int:
@@ -948,17 +968,21 @@ class SimulatedDevice:
         )
         ahead_sensor = self.sensor.measure_ahead(ahead_physics.accel_g)
         counts = ahead_sensor.counts
-        rest_g = counts.mean(axis=1) / self._sensor_counts_per_g
+        # the resting reading is kept only while the output is off (the key holds that state)
+        rest_g: list[float] = []
+        if not self._output_on:
+            rest_g = (counts.mean(axis=1) / self._sensor_counts_per_g).tolist()
+        turn = PHASE_TURN  # phase_to_q32 of each block's first phase, written out
         return _Ahead(
             key=inputs,
             physics=ahead_physics,
             sensor=ahead_sensor,
             phases=phases,
             sums=self._block_fit.sums_many(counts, phases[:blocks], self._freq_hz),
-            rest_g=rest_g.tolist(),
+            rest_g=rest_g,
             blocks=blocks,
             records=samples_records(
-                [phase_to_q32(turns) for turns in phases[:blocks]],
+                [math.floor(turns * turn + 0.5) % turn for turns in phases[:blocks]],
                 hz_to_mhz(self._freq_hz),
                 drive_to_q16(_clip01(drive)),
                 counts,
@@ -983,6 +1007,8 @@ class SimulatedDevice:
         ):
             ahead = self._ahead = None
         if ahead is None:
+            if self._steady_blocks < AHEAD_BLOCKS_MIN:  # _run_ahead would refuse: too few
+                return False
             ahead = self._ahead = self._run_ahead(now, inputs)
             if ahead is None:
                 return False

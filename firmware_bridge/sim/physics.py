@@ -526,14 +526,20 @@ class PlatePhysics:
         step_x = step[:, :n_plant]
         driven = v[:, n_plant:n_aug] @ step[:, n_plant:].T  # (blocks, p)
         states = np.empty((blocks, n_plant))
-        x = self._x.copy()
-        open_circuit = self._params.open_circuit
-        for j in range(blocks):
-            if open_circuit:
+        if self._params.open_circuit:  # no current at each block's start
+            x = self._x.copy()
+            for j in range(blocks):
                 x[0] = 0.0
-            v[j, :n_plant] = x
-            x = step_x @ x + driven[j]
-            states[j] = x
+                v[j, :n_plant] = x
+                x = step_x @ x + driven[j]
+                states[j] = x
+        else:  # each block starts where the last ended: its start vector is the state before
+            x = self._x
+            for j in range(blocks):
+                x = np.matmul(step_x, x, out=states[j])
+                x += driven[j]
+            v[0, :n_plant] = self._x
+            v[1:, :n_plant] = states[:-1]
         out = tables.outputs[:2, :n, :] @ v.T  # (2, n, blocks): accel and coil current
         current = out[1]
         i2 = np.einsum("kj,kj->j", current, current)

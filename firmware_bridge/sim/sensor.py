@@ -267,14 +267,16 @@ class Accelerometer:
         sensed = accel_g * self._gain + noise_std_g * draws
         sensed += self._gain + self.profile.bias_g
         block = self._block_form(n)
-        states = np.empty((blocks, self._zi.size))
-        filtered = np.empty((blocks, n))
+        # Row j of ``inputs`` is block j's [sensed; filter state], row j of ``outputs`` its
+        # [filtered; filter state after]: the same product per block, without a new array each.
+        inputs = np.empty((blocks, n + self._zi.size))
+        inputs[:, :n] = sensed
+        outputs = np.empty_like(inputs)
         zi = self._zi
         for j in range(blocks):
-            out = block @ np.concatenate((sensed[j], zi))
-            filtered[j] = out[:n]
-            zi = states[j] = out[n:]
-        return SensorAhead(self._counts(filtered), states)
+            inputs[j, n:] = zi
+            zi = np.matmul(block, inputs[j], out=outputs[j])[n:]
+        return SensorAhead(self._counts(outputs[:, :n]), outputs[:, n:])
 
     def commit_ahead(self, ahead: SensorAhead, block: int) -> None:
         """Consume block ``block`` of ``ahead`` (in order): its noise draws and filter state."""

@@ -44,6 +44,7 @@ class Serial(serial.SerialBase):
         self._speed = config.speed
         self._can_disconnect = config.disconnect_at_s is not None
         self._frame_bytes = self._device.samples_frame_bytes
+        self._block_s = self._device.block_s
         self._wall_start = time.monotonic()
         self._sim_start_s = self._device.time_s  # not 0 for a device that was up (uptime_s)
         self.is_open = True
@@ -89,10 +90,11 @@ class Serial(serial.SerialBase):
         if speed is None:
             if len(buffer) >= want_bytes:
                 return
-            block_s = device.block_s
-            end = device.time_s + max(max_sim_s, block_s) - 1e-12
-            frame = self._frame_bytes
+            block_s = self._block_s
             now = device.time_s
+            end = now + max(max_sim_s, block_s) - 1e-12
+            frame = self._frame_bytes
+            can_disconnect = self._can_disconnect
             while len(buffer) < want_bytes and now < end:
                 # Never more blocks than the bytes asked for can hold (one at least), nor past
                 # ``end``: never more than stepping one block at a time would have run (each
@@ -102,7 +104,8 @@ class Serial(serial.SerialBase):
                 left = math.ceil((end - now) / block_s)
                 device.step_many(max(1, min(blocks, left)))
                 buffer += device.take_output()
-                self._check_link()
+                if can_disconnect:  # nothing else can break a simulated link
+                    self._check_link()
                 now = device.time_s
         else:
             target = self._sim_start_s + (time.monotonic() - self._wall_start) * speed
