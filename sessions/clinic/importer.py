@@ -296,7 +296,7 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
                     )
                 )
         problems += _home_clocks(db, records, import_id)
-        problems += _clocks_set_back(db, patients, import_id)
+        problems += _clocks_set_back(db, records, patients, import_id)
         problems += _shared_plates(db, records, import_id)
         problems += _unsigned_prescriptions(db, import_id)
         unchecked = _unchecked_therapy(db, import_id)
@@ -364,13 +364,16 @@ def _home_clocks(
 
 
 def _clocks_set_back(
-    db: ClinicDb, patients: Sequence[str], import_id: str
+    db: ClinicDb, records: Sequence[ImportLine], patients: Sequence[str], import_id: str
 ) -> list[tuple[str, str, str, int | None, str]]:
     """A problem per patient for the records found dated before a record recorded before them
     (the home computer's clock set back between sessions) once this import's records are held:
     judged over every record of the patient the clinic holds, in the plate's countersignature
-    order and each log's chain order (sessions/log/clockorder.py), one query per patient.
+    order and each log's chain order (sessions/log/clockorder.py), one query per patient;
+    the times of the file's records come from its scan, so only a held record the file does
+    not repeat (an earlier export's) is read from its stored summary.
     Such a record is stored (a session that happened) and credited to no day."""
+    in_file = {r.session_id: r for r in records}
     found: list[tuple[str, str, str, int | None, str]] = []
     for patient in patients:
         timed: list[TimedRecord] = []
@@ -381,25 +384,31 @@ def _clocks_set_back(
             " WHERE r.patient_id = ?",
             (patient,),
         ):
-            raw = json.loads(summary_json)
+            line = in_file.get(str(session_id))
+            if line is not None and line.started_utc is not None:
+                log_id, index, started, ended = (
+                    line.log_id, line.chain_index, line.started_utc, line.ended_utc
+                )  # fmt: skip
+            else:
+                raw = json.loads(summary_json)
+                log_id, index = str(raw["log_id"]), int(raw["chain_index"])
+                started = datetime.fromisoformat(raw["started_utc"])
+                ended = datetime.fromisoformat(raw["ended_utc"])
+            key_text = None if key is None else str(key)
+            at = None if counter is None else int(counter)
             timed.append(
-                TimedRecord(
-                    str(session_id),
-                    str(raw["log_id"]),
-                    int(raw["chain_index"]),
-                    datetime.fromisoformat(raw["started_utc"]),
-                    datetime.fromisoformat(raw["ended_utc"]),
-                    None if key is None else str(key),
-                    None if counter is None else int(counter),
-                    bool(ahead),
-                )
-            )
+                TimedRecord(str(session_id), log_id, index, started, ended, key_text, at,
+                            bool(ahead))
+            )  # fmt: skip
             if imp == import_id:
                 theirs.add(str(session_id))
         if not theirs:
             continue
+        after = set_back_records(timed)
+        if not after:
+            continue
         before = set_back_records(t for t in timed if t.session_id not in theirs)
-        new = [b for k, b in set_back_records(timed).items() if k not in before]
+        new = [b for k, b in after.items() if k not in before]
         if new:
             found.append(_set_back_problem(patient, new))
     return found

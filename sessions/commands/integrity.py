@@ -100,6 +100,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"LOG NOT VOUCHED FOR BY THE PLATE: {terminal_line(trust.problems[0])}{also}.",
             file=sys.stderr,
         )
+        _say_set_back(log_set_back)
         return 1
     parts = [f"log verified: {result.records_checked} finished records, every chain intact"]
     if trust.vouched:
