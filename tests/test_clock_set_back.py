@@ -112,7 +112,8 @@ def test_a_session_run_with_the_clock_set_back_is_flagged_at_home_and_not_credit
     assert code == 0
     assert json.loads(out)["streak_days"] == 1  # yesterday only: the day before is not full
     code, out, _ = _liv(home, capsys, "status")
-    assert "the computer's clock was set back" in out
+    assert "A session is dated earlier than one recorded before it" in out
+    assert "this computer's clock was set back" in out
     assert "Set the computer's clock to the right time" in out
 
     with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}") as device:

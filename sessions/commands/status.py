@@ -112,10 +112,16 @@ def _minutes_by_slot(sessions: Sequence[LoggedSession]) -> dict[tuple[date, int]
 
 # Said under the status when sessions are dated before one already recorded (a clock set back,
 # sessions/log/clockorder.py); kept here, not in sessions/wording.py, which another change owns.
-SET_BACK_SENTENCE = (
-    "{count} session(s) are dated earlier than a session already recorded, so the computer's "
-    "clock was set back: they are not counted for the day they show. Set the computer's clock "
-    "to the right time (automatic time); your clinic sees these sessions."
+# Short sentences, no numbers, as docs/wording.md asks.
+SET_BACK_ONE = (
+    "A session is dated earlier than one recorded before it, so this computer's clock was set "
+    "back. It does not count for the day it shows. Set the computer's clock to the right time; "
+    "your clinic will see this."
+)
+SET_BACK_MANY = (
+    "Some sessions are dated earlier than ones recorded before them, so this computer's clock "
+    "was set back. They do not count for the days they show. Set the computer's clock to the "
+    "right time; your clinic will see this."
 )
 
 
@@ -198,7 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     lines = status_lines(protocol, recent, now, minutes, demo=home.is_demo, running=running)
     if set_back:
-        lines.append(SET_BACK_SENTENCE.format(count=set_back))
+        lines.append(SET_BACK_ONE if set_back == 1 else SET_BACK_MANY)
     echo("\n".join(lines))
     # the patient reads that the prescription is the clinic's; the key's detail is for -v
     echo(say("status.prescription_ok"))
