@@ -38,6 +38,7 @@ from tests.simhelpers import install_signed
 from tests.test_clinic_db import (
     import_registered,
     protocol_dict,
+    vouched,
     write_export,
 )
 from tests.test_states_rhythm import PlateClock, local
@@ -268,6 +269,28 @@ def test_a_later_export_that_backdates_against_what_the_clinic_holds_is_flagged(
         assert outcome.added == 1
         assert any("dated earlier than a session" in p for p in outcome.problems)
         assert _slots(db, "P1", first + timedelta(days=1)) == 1
+
+
+def test_a_new_log_backdated_against_the_old_one_is_caught_by_the_plates_order(
+    tmp_path: Path,
+) -> None:
+    """A fresh log escapes the chain order (its first record has nothing before it), not the
+    plate's: the plate's counters run on from the old log's, which the clinic holds."""
+    first = date(2026, 2, 1)
+    days = _twice_a_day(first, 3)
+    old = vouched(_chain("P1", [*days[:3], days[4]]))  # day 2's evening missed
+    head = old[-1]["device_voucher"]["head"]
+    new = _chain("P1", [(_berlin(first + timedelta(days=1), 19), 2, "LIV-P1")])
+    db = ClinicDb(str(tmp_path / "clinic.db"))
+    with db:
+        assert import_registered(db, write_export(tmp_path / "old.jsonl", old)).added == 4
+        newer = vouched(new, first_counter=5, head=head)
+        outcome = import_registered(db, write_export(tmp_path / "new.jsonl", newer))
+        assert outcome.refused is None, outcome.refused
+        (problem,) = _problems(db, "clock_set_back")
+        assert "the plate countersigned it after" in problem
+        assert _slots(db, "P1", first + timedelta(days=1)) == 1
+        assert _problems(db, "new_chain")  # and the new log beside the old one, as before
 
 
 @pytest.mark.parametrize(

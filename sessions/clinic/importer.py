@@ -378,22 +378,21 @@ def _clocks_set_back(
     for patient in patients:
         timed: list[TimedRecord] = []
         theirs: set[str] = set()
-        for session_id, summary_json, ahead, imp, key, counter in db.query(
-            "SELECT r.session_id, r.summary_json, r.clock_ahead, r.import_id, v.device_key,"
-            " v.counter FROM records r LEFT JOIN vouchers v ON v.session_id = r.session_id"
+        rows = db.query(
+            "SELECT r.session_id, r.clock_ahead, r.import_id, v.device_key, v.counter"
+            " FROM records r LEFT JOIN vouchers v ON v.session_id = r.session_id"
             " WHERE r.patient_id = ?",
             (patient,),
-        ):
+        )
+        stored = _stored_times([str(r[0]) for r in rows if str(r[0]) not in in_file], db)
+        for session_id, ahead, imp, key, counter in rows:
             line = in_file.get(str(session_id))
             if line is not None and line.started_utc is not None:
                 log_id, index, started, ended = (
                     line.log_id, line.chain_index, line.started_utc, line.ended_utc
                 )  # fmt: skip
             else:
-                raw = json.loads(summary_json)
-                log_id, index = str(raw["log_id"]), int(raw["chain_index"])
-                started = datetime.fromisoformat(raw["started_utc"])
-                ended = datetime.fromisoformat(raw["ended_utc"])
+                log_id, index, started, ended = stored[str(session_id)]
             key_text = None if key is None else str(key)
             at = None if counter is None else int(counter)
             timed.append(
@@ -411,6 +410,28 @@ def _clocks_set_back(
         new = [b for k, b in after.items() if k not in before]
         if new:
             found.append(_set_back_problem(patient, new))
+    return found
+
+
+def _stored_times(
+    session_ids: Sequence[str], db: ClinicDb
+) -> dict[str, tuple[str, int, datetime, datetime | None]]:
+    """Log, chain index and times of held records an import's file does not repeat, from their
+    stored summaries (an earlier export's records; none when the file holds the whole log)."""
+    found: dict[str, tuple[str, int, datetime, datetime | None]] = {}
+    for part in _chunks(sorted(session_ids)):
+        marks = ", ".join("?" * len(part))
+        for session_id, summary_json in db.query(
+            f"SELECT session_id, summary_json FROM records WHERE session_id IN ({marks})", part
+        ):
+            raw = json.loads(summary_json)
+            ended = raw.get("ended_utc")
+            found[str(session_id)] = (
+                str(raw["log_id"]),
+                int(raw["chain_index"]),
+                datetime.fromisoformat(raw["started_utc"]),
+                None if ended is None else datetime.fromisoformat(ended),
+            )
     return found
 
 
