@@ -30,7 +30,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -593,7 +593,7 @@ def compute_adherence(
     *,
     installed_utc: datetime | None = None,
     demo: bool = False,
-    set_back: Mapping[str, str] | None = None,
+    set_back: Collection[str] = (),
 ) -> AdherenceReport:
     """Adherence of ``protocol``'s patient over ``[since, until]`` (local dates, inclusive).
 
@@ -610,8 +610,8 @@ def compute_adherence(
     Only sessions of :func:`counted_kinds` (``demo``) count; the others of the period are
     listed in ``set_apart`` and change nothing else (no day, flag, device or protocol).
 
-    ``set_back`` maps the session ids of records dated before a record recorded before them
-    (the home computer's clock was set back, ``SessionLog.set_back``) to why: such a session
+    ``set_back`` holds the session ids of records dated before a record recorded before them
+    (the home computer's clock was set back, ``SessionLog.set_back``): such a session
     happened, but not on the day it claims, so it is flagged ``clock_set_back`` and credited
     to no day.
     """
@@ -645,7 +645,7 @@ def compute_adherence(
             "days: choose a shorter period with --since and --until"
         )
 
-    backdated = set_back or {}
+    backdated = frozenset(set_back)
     by_day: dict[date, list[LoggedSession]] = defaultdict(list)
     for s in mine:
         if s.session_id not in backdated:
@@ -974,7 +974,7 @@ def _flags(
     zone: ZoneInfo,
     today: date,
     complete_slots: set[tuple[date, int]],
-    set_back: Mapping[str, str],
+    set_back: Collection[str],
 ) -> list[Flag]:
     found: dict[str, str] = {}
     if s.session_id in set_back:

@@ -129,14 +129,14 @@ def patient_summary(patient_id: str, held: Sequence[HeldSession]) -> PatientSumm
     )
 
 
-def _set_back(held: Sequence[HeldSession]) -> dict[str, str]:
+def _set_back(held: Sequence[HeldSession]) -> frozenset[str]:
     """The held records dated before one recorded before them (the home's clock set back):
     flagged ``clock_set_back`` by compute_adherence and credited to no day."""
-    return {h.summary.session_id: h.set_back for h in held if h.set_back is not None}
+    return frozenset(h.summary.session_id for h in held if h.set_back is not None)
 
 
 def _judged(
-    protocol: PatientProtocol, therapy: Sequence[SessionSummary], set_back: dict[str, str]
+    protocol: PatientProtocol, therapy: Sequence[SessionSummary], set_back: frozenset[str]
 ) -> AdherenceReport:
     plans = {protocol_from_dict(json.loads(t)) for t in {s.protocol_json for s in therapy}}
     horizon = max(
