@@ -30,7 +30,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -101,6 +101,7 @@ COUNTED_STATUSES = frozenset({"full", "partial", "missed"})
 FLAG_KINDS = (
     "tripped",
     "fault",
+    "clock_set_back",
     "interrupted",
     "stopped_by_patient",
     "running",
@@ -592,6 +593,7 @@ def compute_adherence(
     *,
     installed_utc: datetime | None = None,
     demo: bool = False,
+    set_back: Collection[str] = (),
 ) -> AdherenceReport:
     """Adherence of ``protocol``'s patient over ``[since, until]`` (local dates, inclusive).
 
@@ -607,6 +609,11 @@ def compute_adherence(
 
     Only sessions of :func:`counted_kinds` (``demo``) count; the others of the period are
     listed in ``set_apart`` and change nothing else (no day, flag, device or protocol).
+
+    ``set_back`` holds the session ids of records dated before a record recorded before them
+    (the home computer's clock was set back, ``SessionLog.set_back``): such a session
+    happened, but not on the day it claims, so it is flagged ``clock_set_back`` and credited
+    to no day.
     """
     if since is not None and until is not None and since > until:
         raise ValueError(f"since {since.isoformat()} is after until {until.isoformat()}")
@@ -638,9 +645,11 @@ def compute_adherence(
             "days: choose a shorter period with --since and --until"
         )
 
+    backdated = frozenset(set_back)
     by_day: dict[date, list[LoggedSession]] = defaultdict(list)
     for s in mine:
-        by_day[s.local_date].append(s)
+        if s.session_id not in backdated:
+            by_day[s.local_date].append(s)
     days = []
     complete_slots: set[tuple[date, int]] = set()
     for day in (start + timedelta(days=k) for k in range((end - start).days + 1)):
@@ -668,7 +677,9 @@ def compute_adherence(
         flagged=tuple(
             f
             for s in mine
-            for f in _flags(_in_force(periods, s.local_date).plan, s, zone, today, complete_slots)
+            for f in _flags(
+                _in_force(periods, s.local_date).plan, s, zone, today, complete_slots, backdated
+            )
         ),
         devices=_devices(mine),
         sessions_considered=len(mine),
@@ -963,8 +974,14 @@ def _flags(
     zone: ZoneInfo,
     today: date,
     complete_slots: set[tuple[date, int]],
+    set_back: Collection[str],
 ) -> list[Flag]:
     found: dict[str, str] = {}
+    if s.session_id in set_back:
+        found["clock_set_back"] = (
+            "dated before a session already recorded (the computer's clock was set back): not "
+            "counted"
+        )
     status = str(s.status)
     if status in _STATUS_FLAGS:
         detail = s.reason.strip()

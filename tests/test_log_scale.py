@@ -283,6 +283,7 @@ def test_a_schema_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None:
     make_log(path, years=DAYS / 365)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:  # schema 1
         conn.execute("DROP INDEX IF EXISTS sessions_day_minutes")
+        conn.execute("DROP INDEX sessions_clock_order")  # schema 7's
         conn.execute("ALTER TABLE sessions DROP COLUMN error_uncertainty_pct")  # schema 3's
         conn.execute("ALTER TABLE sessions DROP COLUMN kind")  # schema 4 added it
         conn.execute("DROP TABLE envelope_chunks")  # schema 5's

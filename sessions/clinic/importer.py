@@ -17,13 +17,14 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from firmware_bridge.errors import LivError
 from sessions.clinic.db import ClinicDb, ClinicDbError, now_utc
 from sessions.clinic.plates import PlateRegistry, check_export_vouchers
+from sessions.log.clockorder import PLATE, SetBack, TimedRecord, set_back_records, span_text
 from sessions.log.exchange import ImportLine, import_records, read_lines, scan_import
 from sessions.log.fields import _record_from_raw, _summary_from_raw
 from sessions.log.records import LogError, SessionRecord, SessionSummary
@@ -34,6 +35,7 @@ _log = logging.getLogger(__name__)
 THERAPY = "therapy"  # the record kind that counts in adherence (issue 10: simulated never does)
 _DETAIL = frozenset({"envelope", "protocol_json"})  # kept only in record_json / protocols
 _CHUNK = 400  # ids per IN (...) query
+CLOCK_SET_BACK = "clock_set_back"  # a problem: records dated before one recorded before them
 
 
 class ImportRefusedError(LivError):
@@ -294,6 +296,7 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
                     )
                 )
         problems += _home_clocks(db, records, import_id)
+        problems += _clocks_set_back(db, records, patients, import_id)
         problems += _shared_plates(db, records, import_id)
         problems += _unsigned_prescriptions(db, import_id)
         unchecked = _unchecked_therapy(db, import_id)
@@ -358,6 +361,101 @@ def _home_clocks(
             )
         )
     return found
+
+
+def _clocks_set_back(
+    db: ClinicDb, records: Sequence[ImportLine], patients: Sequence[str], import_id: str
+) -> list[tuple[str, str, str, int | None, str]]:
+    """A problem per patient for the records found dated before a record recorded before them
+    (the home computer's clock set back between sessions) once this import's records are held:
+    judged over every record of the patient the clinic holds, in the plate's countersignature
+    order and each log's chain order (sessions/log/clockorder.py), one query per patient;
+    the times of the file's records come from its scan, so only a held record the file does
+    not repeat (an earlier export's) is read from its stored summary.
+    Such a record is stored (a session that happened) and credited to no day."""
+    in_file = {r.session_id: r for r in records}
+    found: list[tuple[str, str, str, int | None, str]] = []
+    for patient in patients:
+        timed: list[TimedRecord] = []
+        theirs: set[str] = set()
+        rows = db.query(
+            "SELECT r.session_id, r.clock_ahead, r.import_id, v.device_key, v.counter"
+            " FROM records r LEFT JOIN vouchers v ON v.session_id = r.session_id"
+            " WHERE r.patient_id = ?",
+            (patient,),
+        )
+        stored = _stored_times([str(r[0]) for r in rows if str(r[0]) not in in_file], db)
+        for session_id, ahead, imp, key, counter in rows:
+            line = in_file.get(str(session_id))
+            if line is not None and line.started_utc is not None:
+                log_id, index, started, ended = (
+                    line.log_id, line.chain_index, line.started_utc, line.ended_utc
+                )  # fmt: skip
+            else:
+                log_id, index, started, ended = stored[str(session_id)]
+            key_text = None if key is None else str(key)
+            at = None if counter is None else int(counter)
+            timed.append(
+                TimedRecord(str(session_id), log_id, index, started, ended, key_text, at,
+                            bool(ahead))
+            )  # fmt: skip
+            if imp == import_id:
+                theirs.add(str(session_id))
+        if not theirs:
+            continue
+        after = set_back_records(timed)
+        if not after:
+            continue
+        before = set_back_records(t for t in timed if t.session_id not in theirs)
+        new = [b for k, b in after.items() if k not in before]
+        if new:
+            found.append(_set_back_problem(patient, new))
+    return found
+
+
+def _stored_times(
+    session_ids: Sequence[str], db: ClinicDb
+) -> dict[str, tuple[str, int, datetime, datetime | None]]:
+    """Log, chain index and times of held records an import's file does not repeat, from their
+    stored summaries (an earlier export's records; none when the file holds the whole log)."""
+    found: dict[str, tuple[str, int, datetime, datetime | None]] = {}
+    for part in _chunks(sorted(session_ids)):
+        marks = ", ".join("?" * len(part))
+        for session_id, summary_json in db.query(
+            f"SELECT session_id, summary_json FROM records WHERE session_id IN ({marks})", part
+        ):
+            raw = json.loads(summary_json)
+            ended = raw.get("ended_utc")
+            found[str(session_id)] = (
+                str(raw["log_id"]),
+                int(raw["chain_index"]),
+                datetime.fromisoformat(raw["started_utc"]),
+                None if ended is None else datetime.fromisoformat(ended),
+            )
+    return found
+
+
+def _set_back_problem(
+    patient: str, found: Sequence[SetBack]
+) -> tuple[str, str, str, int | None, str]:
+    """The clinician's sentence for the records of one patient found set back by an import."""
+    ordered = sorted(found, key=lambda b: (b.started_utc, b.session_id))
+    first = ordered[0]
+    more = f"; {len(ordered) - 1} more like it" if len(ordered) > 1 else ""
+    seen = "the plate countersigned it after" if first.order == PLATE else "it was logged after"
+    return (
+        CLOCK_SET_BACK,
+        patient,
+        first.log_id,
+        first.chain_index,
+        f"patient {patient}: {len(ordered)} session(s) are dated earlier than a session recorded "
+        f"before them, so the home computer's clock was set back when they ran (record "
+        f"{first.chain_index} of log {first.log_id}, session {first.session_id}, dated "
+        f"{first.started_utc.isoformat(timespec='minutes')}, {span_text(first.behind)} before "
+        f"session {first.earlier_session} ended, though {seen} that session{more}): kept but "
+        "credited to no day in adherence; ask the patient about the computer's clock and the "
+        "day these sessions really ran",
+    )
 
 
 def _shared_plates(
@@ -663,23 +761,58 @@ class HeldSession:
     summary: SessionSummary
     kind: str
     counted: bool = True  # False: dated ahead by the home computer's clock (never counted)
+    # why it is dated before a record recorded before it (the home's clock set back): credited
+    # to no day (sessions/log/clockorder.py); None when it is not
+    set_back: str | None = None
 
 
 def load_sessions(db: ClinicDb, patient_id: str) -> list[HeldSession]:
-    """One patient's records (summaries, no envelope), oldest first."""
+    """One patient's records (summaries, no envelope), oldest first, each with whether its
+    home's clock was set back when it ran (judged over all the patient's records held, in the
+    plate's countersignature order and each log's chain order: one query)."""
     protocols: dict[str, str] = {}
-    found: list[HeldSession] = []
-    for summary_json, sha, protocol_json, kind, ahead in db.query(
-        "SELECT r.summary_json, r.protocol_sha256, p.protocol_json, r.kind, r.clock_ahead"
-        " FROM records r"
-        " JOIN protocols p ON p.sha256 = r.protocol_sha256 WHERE r.patient_id = ?"
+    loaded: list[tuple[SessionSummary, str, bool]] = []
+    timed: list[TimedRecord] = []
+    for summary_json, sha, protocol_json, kind, ahead, key, counter in db.query(
+        "SELECT r.summary_json, r.protocol_sha256, p.protocol_json, r.kind, r.clock_ahead,"
+        " v.device_key, v.counter FROM records r"
+        " JOIN protocols p ON p.sha256 = r.protocol_sha256"
+        " LEFT JOIN vouchers v ON v.session_id = r.session_id WHERE r.patient_id = ?"
         " ORDER BY r.started_utc, r.session_id",
         (patient_id,),
     ):
         raw = json.loads(summary_json)
         raw["protocol_json"] = protocols.setdefault(sha, protocol_json)
-        found.append(HeldSession(_summary_from_raw(raw), str(kind), not ahead))
-    return found
+        summary = _summary_from_raw(raw)
+        loaded.append((summary, str(kind), not ahead))
+        timed.append(_timed(summary, key, counter, bool(ahead)))
+    set_back = set_back_records(timed)
+    return [
+        HeldSession(
+            summary,
+            kind,
+            counted,
+            None if summary.session_id not in set_back else set_back[summary.session_id].detail(),
+        )
+        for summary, kind, counted in loaded
+    ]
+
+
+def _timed(
+    summary: SessionSummary, key: str | None, counter: int | None, ahead: bool
+) -> TimedRecord:
+    """What the set-back check reads of a held record (one dated ahead of the clinic's clock is
+    never counted, and left out of the check)."""
+    return TimedRecord(
+        summary.session_id,
+        summary.log_id,
+        summary.chain_index,
+        summary.started_utc,
+        summary.ended_utc,
+        None if key is None else str(key),
+        None if counter is None else int(counter),
+        ahead,
+    )
 
 
 def load_record(db: ClinicDb, session_id: str) -> SessionRecord:

@@ -75,6 +75,7 @@ def patient_summary(patient_id: str, held: Sequence[HeldSession]) -> PatientSumm
     are not therapy (simulated, engineering) are never counted: they become flags.
     """
     therapy = [h.summary for h in held if h.kind == THERAPY and h.counted]
+    set_back = _set_back(held)
     others = [h for h in held if h.kind != THERAPY]
     flags: list[tuple[str, str, str, str]] = [
         (h.summary.session_id, h.kind, h.summary.local_date.isoformat(), f"{h.kind} session")
@@ -96,7 +97,7 @@ def patient_summary(patient_id: str, held: Sequence[HeldSession]) -> PatientSumm
     if therapy:
         protocol = current_protocol(therapy)
         timezone = protocol.timezone
-        report = _judged(protocol, therapy)
+        report = _judged(protocol, therapy, set_back)
         days = [
             (
                 d.day.isoformat(),
@@ -128,16 +129,24 @@ def patient_summary(patient_id: str, held: Sequence[HeldSession]) -> PatientSumm
     )
 
 
-def _judged(protocol: PatientProtocol, therapy: Sequence[SessionSummary]) -> AdherenceReport:
+def _set_back(held: Sequence[HeldSession]) -> frozenset[str]:
+    """The held records dated before one recorded before them (the home's clock set back):
+    flagged ``clock_set_back`` by compute_adherence and credited to no day."""
+    return frozenset(h.summary.session_id for h in held if h.set_back is not None)
+
+
+def _judged(
+    protocol: PatientProtocol, therapy: Sequence[SessionSummary], set_back: frozenset[str]
+) -> AdherenceReport:
     plans = {protocol_from_dict(json.loads(t)) for t in {s.protocol_json for s in therapy}}
     horizon = max(
         [p.study_end for p in plans] + [s.local_date for s in therapy] + [protocol.study_end]
     ) + timedelta(days=1)
     try:
-        return compute_adherence(protocol, therapy, today=horizon)
+        return compute_adherence(protocol, therapy, today=horizon, set_back=set_back)
     except ValueError:  # studies spanning more than a report covers: the most recent days
         since = horizon - timedelta(days=MAX_REPORT_DAYS)
-        return compute_adherence(protocol, therapy, since=since, today=horizon)
+        return compute_adherence(protocol, therapy, since=since, today=horizon, set_back=set_back)
 
 
 # --- the overview ---------------------------------------------------------------------------
@@ -430,7 +439,9 @@ def patient_report(
     if not therapy:
         raise LookupError(patient_id)
     protocol = current_protocol(therapy)
-    report = compute_adherence(protocol, therapy, since=since, until=until, today=today)
+    report = compute_adherence(
+        protocol, therapy, since=since, until=until, today=today, set_back=_set_back(held)
+    )
     if fmt == "html":
         return report_html(report, protocol, therapy, lambda s: load_record(db, s.session_id))
     renderer = {"table": report_table, "csv": render_csv, "json": report_json}[fmt]

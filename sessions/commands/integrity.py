@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -26,6 +27,7 @@ from sessions.log import (
     TrustResult,
     VerifyResult,
 )
+from sessions.log.clockorder import SetBack
 from sessions.text import echo, terminal_line
 
 _log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     plate, no_plate = _plate_state(args, home)
     with open_log(args, home, read_only=True) as log:
         result, trust = log_integrity(log, home, plate)
+        log_set_back = log.set_back() if result.ok else {}
     if getattr(args, "json", False):
         from sessions.jsonshapes import verification_shape
 
@@ -97,6 +100,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"LOG NOT VOUCHED FOR BY THE PLATE: {terminal_line(trust.problems[0])}{also}.",
             file=sys.stderr,
         )
+        _say_set_back(log_set_back)
         return 1
     parts = [f"log verified: {result.records_checked} finished records, every chain intact"]
     if trust.vouched:
@@ -108,7 +112,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     elif trust.vouched or trust.legacy:
         parts.append(f"{no_plate}: {UNSEEN_OFFLINE} (liv verify --device URL)")
     echo("; ".join(parts))
+    _say_set_back(log_set_back)
     return 0
+
+
+def _say_set_back(found: Mapping[str, SetBack]) -> None:
+    """Verify's warning for records dated before one recorded before them (a clock set back):
+    the log is intact, so verify still succeeds; what was seen goes to the log (-v) too."""
+    if not found:
+        return
+    ordered = sorted(found.values(), key=lambda b: (b.log_id, b.chain_index or 0))
+    for item in ordered:
+        _log.warning("verify: %s", item.detail())
+    first = ordered[0]
+    more = f" and {len(ordered) - 1} more (see -v)" if len(ordered) > 1 else ""
+    dated = first.started_utc.isoformat(timespec="minutes")
+    earlier = first.earlier_ended_utc.isoformat(timespec="minutes")
+    echo(
+        f"CLOCK SET BACK: {len(ordered)} session(s) are dated earlier than a session recorded "
+        f"before them, so the computer's clock was set back when they ran (first: record "
+        f"{first.chain_index}, session {terminal_line(first.session_id)}, dated {dated}, before "
+        f"session {terminal_line(first.earlier_session)} ended at {earlier}{more}). They are "
+        "kept but not counted for the day they show; set the computer's clock to the right "
+        "time (automatic time).",
+        file=sys.stderr,
+    )
 
 
 def log_integrity(

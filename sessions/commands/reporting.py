@@ -94,6 +94,7 @@ def report_output(
             until=until,
             installed_utc=installed_utc,
             demo=home.is_demo,
+            set_back=log.set_back(patient).keys(),
         )
     except ValueError as exc:  # a period the report cannot cover: the message says why
         raise ReportError(str(exc)) from None

@@ -110,6 +110,21 @@ def _minutes_by_slot(sessions: Sequence[LoggedSession]) -> dict[tuple[date, int]
     return totals
 
 
+# Said under the status when sessions are dated before one already recorded (a clock set back,
+# sessions/log/clockorder.py); kept here, not in sessions/wording.py, which another change owns.
+# Short sentences, no numbers, as docs/wording.md asks.
+SET_BACK_ONE = (
+    "A session is dated earlier than one recorded before it, so this computer's clock was set "
+    "back. It does not count for the day it shows. Set the computer's clock to the right time; "
+    "your clinic will see this."
+)
+SET_BACK_MANY = (
+    "Some sessions are dated earlier than ones recorded before them, so this computer's clock "
+    "was set back. They do not count for the days they show. Set the computer's clock to the "
+    "right time; your clinic will see this."
+)
+
+
 def _status_of_log(
     log: SessionLog, protocol: PatientProtocol, now: datetime, demo: bool = False
 ) -> tuple[list[SessionSummary], dict[tuple[date, int], float]]:
@@ -117,6 +132,24 @@ def _status_of_log(
     kinds that count, never an envelope."""
     recent = log.summaries(protocol.patient_id, since=history_start(protocol, now))
     return recent, log.slot_minutes(protocol.patient_id, kinds=counted_kinds(demo))
+
+
+def _status_reads(
+    log: SessionLog, protocol: PatientProtocol, now: datetime, demo: bool = False
+) -> tuple[list[SessionSummary], dict[tuple[date, int], float], int]:
+    """What ``status`` reads: recent summaries (every kind) and the per-slot minutes of the
+    kinds that count, never an envelope, both without the sessions recorded with the clock set
+    back (credited to no day), and how many those are."""
+    recent, minutes = _status_of_log(log, protocol, now, demo)
+    set_back = log.set_back(protocol.patient_id, now, quick=True)
+    if not set_back:
+        return recent, minutes, 0
+    counted = counted_kinds(demo)
+    for s in log.summaries(protocol.patient_id):
+        if s.session_id in set_back and session_kind(s) in counted:
+            key = (s.local_date, s.slot)
+            minutes[key] = minutes.get(key, 0.0) - s.minutes_at_dose
+    return [s for s in recent if s.session_id not in set_back], minutes, len(set_back)
 
 
 def status_shape(
@@ -164,12 +197,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     protocol = home.protocol()
     now = datetime.now(UTC)
     with open_log(args, home) as log:
-        recent, minutes = _status_of_log(log, protocol, now, home.is_demo)
+        recent, minutes, set_back = _status_reads(log, protocol, now, home.is_demo)
         running = bool(log.live_sessions())
     if getattr(args, "json", False):
         print_json(status_shape(protocol, recent, now, minutes, demo=home.is_demo, running=running))
         return 0
     lines = status_lines(protocol, recent, now, minutes, demo=home.is_demo, running=running)
+    if set_back:
+        lines.append(SET_BACK_ONE if set_back == 1 else SET_BACK_MANY)
     echo("\n".join(lines))
     # the patient reads that the prescription is the clinic's; the key's detail is for -v
     echo(say("status.prescription_ok"))

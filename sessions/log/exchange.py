@@ -549,6 +549,8 @@ class ImportLine:
     kind: str = "therapy"  # the record's kind (a record without the field is therapy)
     clock: str | None = None  # why its times show the home computer's clock was wrong
     clock_ahead: bool = False  # ... dated ahead of the importer's clock: never counted
+    started_utc: datetime | None = None  # its times, for the order checks (clockorder)
+    ended_utc: datetime | None = None
 
 
 @dataclass
@@ -562,8 +564,10 @@ class ImportScan:
     patients: set[str] = field(default_factory=set)  # whom the file's records name
 
 
-# raw, voucher, index, log, session, the home clock's error (clock_problem)
-_Parsed = tuple[dict[str, Any], Voucher | None, int, str, str, tuple[str, bool] | None]
+# raw, voucher, index, log, session, the home clock's error (clock_problem), start, end
+_Parsed = tuple[
+    dict[str, Any], Voucher | None, int, str, str, tuple[str, bool] | None, datetime, datetime
+]
 
 
 def _parse_line(
@@ -611,7 +615,17 @@ def _parse_line(
     if absurd is not None:
         raise _bad_file(line_no, f"is not a plausible session record: {absurd}")
     clock = clock_problem(record, now)
-    return obj, voucher, record.chain_index, record.log_id, record.session_id, clock
+    assert record.ended_utc is not None  # finished
+    return (
+        obj,
+        voucher,
+        record.chain_index,
+        record.log_id,
+        record.session_id,
+        clock,
+        record.started_utc,
+        record.ended_utc,
+    )
 
 
 def scan_import(
@@ -632,7 +646,7 @@ def scan_import(
         parsed = _parse_line(line_no, line, moment, valid_prescriptions)
         if parsed is None:
             continue
-        obj, voucher, index, log_id, session_id, clock = parsed
+        obj, voucher, index, log_id, session_id, clock, started, ended = parsed
         same = chains.held_hash(log_id, index)
         if same is not None:
             if same == obj["record_hash"]:
@@ -671,6 +685,8 @@ def scan_import(
                 str(obj.get("kind") or "therapy"),
                 None if clock is None else clock[0],
                 clock is not None and clock[1],
+                started,
+                ended,
             )
         )
     scan.bad, scan.heads = chains.result()

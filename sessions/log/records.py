@@ -13,7 +13,7 @@ from firmware_bridge.errors import LivError
 
 # 2: index sessions_day_minutes; 3: error_uncertainty_pct; 4: column kind; 5: envelope_chunks;
 # 6: device countersignatures (docs/log-format.md)
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 GENESIS_HASH = "0" * 64  # prev_hash of chain_index 0
 CHECKPOINT_INTERVAL_S = 5.0  # the caller checkpoints a running session at least this often
 NUMBER_DECIMALS = 6  # every number is stored and hashed rounded to 6 decimal places

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -26,6 +26,7 @@ from sessions.log.chain import (
     _index_key,
     _link_bad,
 )
+from sessions.log.clockorder import SetBack, TimedRecord, dated_ahead, set_back_records
 from sessions.log.errors import _invalid, _translate
 from sessions.log.fields import (
     _columns,
@@ -214,6 +215,12 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             CAST(COALESCE(MAX(chain_index) + 1, 0) AS TEXT) FROM sessions
             WHERE record_hash IS NOT NULL
             AND log_id = (SELECT value FROM meta WHERE key = 'log_id')""",
+    ),
+    # 6 -> 7: each record's times in chain order, read from one covering index, so the check
+    # for a clock set back between sessions (status, every time) never reads the rows
+    6: (
+        "CREATE INDEX IF NOT EXISTS sessions_clock_order ON sessions "
+        "(patient_id, log_id, chain_index, started_utc, ended_utc)",
     ),
 }
 # A record counts as therapy when its kind is therapy or absent (written before kinds existed).
@@ -1262,6 +1269,90 @@ class SessionStore:
             return _Entry(session_id, index, _raw_from_row(row))
         except ValueError as exc:
             return _Entry(session_id, index, None, str(exc))
+
+    def set_back(
+        self, patient_id: str | None = None, now: datetime | None = None, *, quick: bool = False
+    ) -> dict[str, SetBack]:
+        """The records (of ``patient_id``, or all) dated before a record recorded before them
+        ended: the home computer's clock was set back (sessions/log/clockorder.py), in each
+        log's chain order and each plate's countersignature order. Records dated more than a
+        day after ``now`` (default: this computer's clock) are left out. No envelope is read.
+
+        ``quick`` (status, every time): first one pass over each log's times in chain order
+        from a covering index (``sessions_clock_order``), comparing the times as text; a log
+        whose times never go back, in one chain, is answered from that pass alone, and only a
+        log where they may (or in several chains) is read and checked in both orders.
+        """
+        moment = datetime.now(UTC) if now is None else now
+        if quick and not self._may_be_set_back(patient_id):
+            return {}
+        with _translate("read the session log", self.path), self._lock:
+            conn = self._connection()
+            plate = (
+                "v.device_key, v.counter FROM sessions s LEFT JOIN vouchers v USING (session_id)"
+                if self._has_vouchers(conn)
+                else "NULL, NULL FROM sessions s"
+            )
+            where = "" if patient_id is None else " WHERE s.patient_id = ?"
+            rows = conn.execute(
+                "SELECT s.session_id, s.log_id, s.chain_index, s.started_utc, s.ended_utc, "
+                + plate
+                + where,
+                () if patient_id is None else (patient_id,),
+            ).fetchall()
+        try:
+            timed = []
+            for session_id, log_id, index, started, ended, key, counter in rows:
+                start = datetime.fromisoformat(started)
+                end = None if ended is None else datetime.fromisoformat(ended)
+                timed.append(
+                    TimedRecord(
+                        str(session_id),
+                        str(log_id),
+                        None if index is None else int(index),
+                        start,
+                        end,
+                        None if key is None else str(key),
+                        None if counter is None else int(counter),
+                        dated_ahead(start, end, moment),
+                    )
+                )
+        except (TypeError, ValueError) as exc:
+            raise self._corrupt(f"a session's times cannot be read ({exc}); run verify") from exc
+        return set_back_records(timed)
+
+    def _may_be_set_back(self, patient_id: str | None) -> bool:
+        """Whether the full check can find anything: records in more than one chain (the
+        plate's order may then differ from each chain's) or in another log's chain (its times
+        were written elsewhere, maybe in another form), or a record of this log's own chain
+        that does not start after the record before it ended, or ends before it starts. The
+        own chain's times are all in the one form ``_iso`` writes (UTC, milliseconds), so
+        comparing them as text compares the times: one comparison or two per record."""
+        where = "chain_index IS NOT NULL" + ("" if patient_id is None else " AND patient_id = ?")
+        params = () if patient_id is None else (patient_id,)
+        with _translate("read the session log", self.path), self._lock:
+            conn = self._connection()
+            chains = conn.execute(
+                f"SELECT MIN(log_id), MAX(log_id) FROM sessions WHERE {where}", params
+            ).fetchone()
+            if chains[0] is None:
+                return False
+            if chains[0] != chains[1] or chains[0] != self.log_id:
+                return True
+            rows = conn.execute(
+                f"SELECT started_utc, ended_utc FROM sessions WHERE {where} "
+                "ORDER BY log_id, chain_index",
+                params,
+            ).fetchall()
+        latest = ""
+        try:
+            for started, ended in rows:
+                if started < latest or ended < started:
+                    return True
+                latest = ended
+        except TypeError:  # a time that is not text: the full check says what it is
+            return True
+        return False
 
     # --- what the plate vouches for (protocol 2.1; sessions/log/vouch.py) ---
 
