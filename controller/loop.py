@@ -469,6 +469,16 @@ def _run_exposure(
             del column[whole:]
         result.status = ExposureStatus.STOPPED_BY_USER
         _soft_stop(device, settings.ramp_down_s)
+    except BridgeError as exc:
+        # A command sent between two reads failed (a cable pulled while the host computed the
+        # update): a trip like one met on a read, never an exception out of the exposure.
+        whole = min(len(rounding_g), *(len(column) for column in hist.values()))
+        for column in (*hist.values(), rounding_g):
+            del column[whole:]
+        result.trip = _trip_for(exc, t, device.sample_index)
+        result.status = ExposureStatus.TRIPPED
+        log.warning("safety trip: %s (%s)", result.trip.reason, result.trip.detail)
+        _soft_stop(device, TRIP_RAMP_S)
     else:
         if result.trip is not None:
             result.status = ExposureStatus.TRIPPED

@@ -1,0 +1,95 @@
+"""How far behind the plate the host is, asked of every transport without ever failing.
+
+``DeviceClient.blocks_behind`` is asked on every block (the ``host_too_slow`` stop). A port
+that fails there (a cable pulled) must not end the session with an exception and a record left
+``running``; over TCP (``socket://``, ser2net) pyserial says at most 1 byte waits, so the count
+has to come from the socket itself or a slow host is never stopped.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+
+import pytest
+import serial
+
+from firmware_bridge.client import DeviceClient, SampleBlock
+from firmware_bridge.urlhandler import protocol_sim
+from sessions.home import LivHome
+from sessions.log import SessionLog, SessionStatus
+from tests.test_soft_start import served
+from tests.test_states_slow_host import slow_session
+
+PULLED_AT_PLATE_S = 15.0
+
+
+def test_a_cable_pulled_between_two_reads_is_recorded_as_a_lost_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From plate time 15 s every port call fails as pyserial's do on Linux once the USB cable
+    is out (in_waiting: OSError EIO; read and write: SerialException), the pull landing while
+    the host computes an update: the session is recorded ``tripped`` ``link_lost``, never left
+    ``running`` by an exception out of the session."""
+    pulled = [False]
+    sim = protocol_sim.Serial
+    read, write, in_waiting = sim.read, sim.write, sim.in_waiting
+
+    def pulled_read(self: protocol_sim.Serial, size: int = 1) -> bytes:
+        if pulled[0]:
+            raise serial.SerialException("device reports readiness to read but returned no data")
+        return read(self, size)
+
+    def pulled_write(self: protocol_sim.Serial, data: bytes) -> int:
+        if pulled[0]:
+            raise serial.SerialException("write failed: [Errno 5] Input/output error")
+        return write(self, data)
+
+    def pulled_in_waiting(self: protocol_sim.Serial) -> int:
+        if pulled[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        return int(in_waiting.fget(self))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(sim, "read", pulled_read)
+    monkeypatch.setattr(sim, "write", pulled_write)
+    monkeypatch.setattr(sim, "in_waiting", property(pulled_in_waiting))
+    read_block = DeviceClient.read_block
+
+    def read_then_pull(self: DeviceClient, timeout_s: float = 1.0) -> SampleBlock | None:
+        block = read_block(self, timeout_s)
+        port = self.port
+        if isinstance(port, protocol_sim.Serial) and "truth=" in str(port.portstr):
+            pulled[0] = pulled[0] or port.device.time_s > PULLED_AT_PLATE_S
+        return block
+
+    monkeypatch.setattr(DeviceClient, "read_block", read_then_pull)
+    run = slow_session(tmp_path, lambda _p: 0.0)
+    assert pulled[0], "the cable was never pulled"
+    rec = run.record
+    assert rec.status is SessionStatus.TRIPPED, rec.reason
+    assert rec.safety_events[0]["reason"] == "link_lost", rec.safety_events
+    with SessionLog(LivHome(tmp_path / "home").db_path()) as log:
+        stored = log.get(rec.session_id)
+    assert stored.status is SessionStatus.TRIPPED
+
+
+def test_a_host_behind_a_tcp_plate_counts_the_blocks_waiting_in_the_socket(
+    tmp_path: Path,
+) -> None:
+    """A served plate over TCP (``liv sim serve --tcp``, as ser2net) streams in real time
+    with the output off; a host that reads nothing for 0.6 s is about 30 blocks (20 ms each)
+    behind, and blocks_behind says so (pyserial's in_waiting alone said 0)."""
+    with (
+        served(["--tcp", "127.0.0.1:0"], tmp_path / "truth.npz", linger_s=0.0) as address,
+        DeviceClient.open(address) as dev,
+    ):
+        assert address.startswith("socket://")
+        for _ in range(20):
+            assert dev.read_block(1.0) is not None
+        caught_up = dev.blocks_behind
+        time.sleep(0.6)  # the host is busy
+        assert dev.read_block(1.0) is not None
+        behind = dev.blocks_behind
+    assert caught_up <= 2
+    assert 20 <= behind <= 40
