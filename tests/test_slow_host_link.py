@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import serial
 
+from controller.loop import STOP_MARGIN_S, _soft_stop
+from controller.safety import TripReason
 from firmware_bridge.client import DeviceClient, SampleBlock
+from firmware_bridge.errors import DeviceFaultError
 from firmware_bridge.urlhandler import protocol_sim
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
@@ -93,3 +96,45 @@ def test_a_host_behind_a_tcp_plate_counts_the_blocks_waiting_in_the_socket(
         behind = dev.blocks_behind
     assert caught_up <= 2
     assert 20 <= behind <= 40
+
+
+def test_a_fault_the_plate_reports_during_the_soft_stop_is_returned_for_the_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The soft stop reads the plate down; a fault it meets there (the watchdog FAULT a host
+    behind the stream had not read yet) is a trip for the record, not a log line alone."""
+    with DeviceClient.open("sim://?speed=max&mass=70&seed=3") as dev:
+        dev.set_frequency(40.0)
+        dev.start_output()
+        dev.set_drive(0.1, 0.2)
+        dev.read_for(0.5)
+        read_block = dev.read_block
+        reads = [0]
+
+        def fault_on_the_third(timeout_s: float = 1.0) -> SampleBlock | None:
+            reads[0] += 1
+            if reads[0] == 3:
+                raise DeviceFaultError(1, "no valid host frame within the watchdog time", 0)
+            return read_block(timeout_s)
+
+        monkeypatch.setattr(dev, "read_block", fault_on_the_third)
+        trip = _soft_stop(dev, 1.0, 12.5)
+    assert reads[0] == 3
+    assert trip is not None
+    assert trip.reason is TripReason.DEVICE_FAULT
+    assert trip.t_s == 12.5
+    assert "watchdog" in trip.detail
+
+
+def test_the_soft_stop_ends_when_a_block_reports_the_drive_at_zero() -> None:
+    """At speed=max nothing is behind: the output goes off once the plate reports drive 0,
+    about ramp_s after SET_DRIVE(0), not STOP_MARGIN_S later."""
+    with DeviceClient.open("sim://?speed=max&mass=70&seed=3") as dev:
+        dev.set_frequency(40.0)
+        dev.start_output()
+        dev.set_drive(0.1, 0.2)
+        dev.read_for(0.5)
+        began = dev.sample_index
+        assert _soft_stop(dev, 1.0) is None
+        took_s = (dev.sample_index - began) / dev.info.sample_rate_hz
+    assert 1.0 <= took_s < 1.0 + STOP_MARGIN_S
