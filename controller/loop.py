@@ -270,7 +270,7 @@ def _run_exposure(
     estimator = AmplitudeEstimator(fs, settings.window_s, 1.0 / info.counts_per_g)
     law = AmplitudeLaw(settings.law, drive_limit, nodes_hz=calibration.freqs_hz)
     accuracy = _IndependentWindows(estimator, settings.ramp_up_s)
-    supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
+    supervisor = SafetySupervisor(settings.limits, fs, info.block_samples, info.watchdog_s)
     presence = PresenceDetector(dt, calibration.coil_temp_c)
     reports_coil_temp = "COIL_TEMPERATURE" in info.capabilities
     next_status_t = 0.0

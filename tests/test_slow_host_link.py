@@ -18,7 +18,9 @@ import serial
 from controller.loop import STOP_MARGIN_S, _soft_stop
 from controller.safety import TripReason
 from firmware_bridge.client import DeviceClient, SampleBlock
+from firmware_bridge.codec import encode_frame
 from firmware_bridge.errors import DeviceFaultError
+from firmware_bridge.protocol import Samples
 from firmware_bridge.urlhandler import protocol_sim
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
@@ -138,3 +140,26 @@ def test_the_soft_stop_ends_when_a_block_reports_the_drive_at_zero() -> None:
         assert _soft_stop(dev, 1.0) is None
         took_s = (dev.sample_index - began) / dev.info.sample_rate_hz
     assert 1.0 <= took_s < 1.0 + STOP_MARGIN_S
+
+
+class _PortHolding:
+    """A port that says ``waiting`` bytes are waiting (and nothing else)."""
+
+    def __init__(self, waiting: int) -> None:
+        self.in_waiting = waiting
+
+
+def test_blocks_behind_counts_whole_samples_frames_of_their_longest_encoding() -> None:
+    """Bytes waiting count as SAMPLES frames of their longest encoding (COBS overhead, a
+    delimiter): never more blocks than whole frames wait, and a SAMPLES frame's worth is a
+    block. 83 payload bytes (32 samples) make 88 raw bytes, at most 90 on the wire."""
+    with DeviceClient.open("sim://?speed=max&seed=3") as dev:
+        assert dev.read_block(1.0) is not None
+        payload = dev._samples_payload_len
+        frame = encode_frame(Samples.TYPE, 0xFFFF, bytes(range(1, payload + 1)))  # no zeros
+    assert payload == 83
+    assert len(frame) == 90
+    for waiting, blocks in [(0, 0), (89, 0), (90, 1), (179, 1), (900, 10), (901, 10)]:
+        client = DeviceClient(_PortHolding(waiting), "test://")  # type: ignore[arg-type]
+        client._samples_payload_len = payload
+        assert client.blocks_behind == blocks, waiting

@@ -79,6 +79,32 @@ def test_the_supervisor_trips_only_a_backlog_held_past_its_hold() -> None:
     assert trip.values["held_s"] == pytest.approx(LIMITS.host_backlog_hold_s)
 
 
+@pytest.mark.parametrize(
+    ("watchdog_s", "hold_s"), [(None, 0.3), (0.5, 0.3), (2.0, 0.3), (0.3, 0.12), (0.2, 0.03)]
+)
+def test_the_hold_keeps_limit_plus_hold_under_the_plates_watchdog(
+    watchdog_s: float | None, hold_s: float
+) -> None:
+    """The protocol allows watchdog_ms 200-2000: a plate with a short watchdog gets a shorter
+    hold (limit + hold within 90% of its watchdog), so the host's soft stop comes first; a
+    long one keeps the limits' hold. The trip comes after that many blocks over the limit."""
+    sup = SafetySupervisor(LIMITS, FS, N, watchdog_s)
+    assert sup.backlog_hold_s == pytest.approx(hold_s, abs=1e-9)
+    if watchdog_s is not None:
+        assert LIMITS.host_backlog_s + sup.backlog_hold_s <= 0.9 * watchdog_s + 1e-9
+    over = int(LIMITS.host_backlog_s / BLOCK_S) + 1
+    counts = np.zeros(N, dtype=np.int16)
+    k = 0
+    while sup.check_backlog(k * BLOCK_S, _block_at(k, counts), over) is None:
+        k += 1
+        assert k < 100
+    assert k * BLOCK_S == pytest.approx(hold_s, abs=BLOCK_S)
+
+
+def _block_at(k: int, counts: np.ndarray[tuple[int], np.dtype[np.int16]]) -> SampleBlock:
+    return SampleBlock(k * N, counts, np.ones(N), 0.0, 30.0, 0.0, 0)
+
+
 @pytest.mark.slow
 def test_a_host_steadily_slower_than_the_plate_is_stopped_softly_as_too_slow(
     tmp_path: Path,
