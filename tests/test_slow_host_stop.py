@@ -37,7 +37,7 @@ SLOW_STALL_S = 0.125
 ONSET_AT_DOSE_S = 10.0
 # From the first stall to the plate at rest (truth): the backlog passes host_backlog_s within
 # about 0.6 s of plate time at 0.75x, is held host_backlog_hold_s, the plate is then up to
-# 0.5 s ahead of the host, and the ramp-down takes ramp_down_s (1 s). Measured: 2.7 s.
+# 0.5 s ahead of the host, and the ramp-down takes ramp_down_s (1 s). Measured: 2.2-2.6 s.
 STOPPED_WITHIN_S = 3.5
 
 
