@@ -97,7 +97,7 @@ def test_a_host_behind_a_tcp_plate_counts_the_blocks_waiting_in_the_socket(
         assert dev.read_block(1.0) is not None
         behind = dev.blocks_behind
     assert caught_up <= 2
-    assert 20 <= behind <= 40
+    assert 20 <= behind <= 75  # about 30; more if the sleep overran on a loaded machine
 
 
 def test_a_fault_the_plate_reports_during_the_soft_stop_is_returned_for_the_record(
