@@ -59,6 +59,9 @@ SETTLE_ROUNDING_COVERAGE = 1.0
 FREQ_RESOLUTION_HZ = 0.05  # schedule changes smaller than this are not sent
 FREQ_STEP_HZ = 1.0  # a change this large pauses learning for one window (sweeps move less)
 DRIVE_RESOLUTION = 2e-4  # drive changes smaller than this are not sent (0.05% of 0.4)
+# A soft stop waits for a block at drive 0 at most this long past the ramp (plate time): the
+# command's way to the plate and a round trip of the link
+STOP_MARGIN_S = 0.3
 COIL_TEMP_POLL_S = 2.0  # STATUS (coil temperature, for presence detection) this often
 STALE_RATIO = 1.1  # response above the empty-plate calibration by this: calibration is stale
 STALE_HOLD_S = 1.0
@@ -168,6 +171,8 @@ class ExposureResult:
     frames: int = 0
     crc_errors: int = 0
     lost_frames: int = 0
+    # A fault the plate reported while the host brought it down (after the exposure ended)
+    stop_fault: SafetyTrip | None = None
     history: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     def to_dict(self, with_history: bool = False) -> dict[str, Any]:
@@ -176,6 +181,7 @@ class ExposureResult:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"}
         data["status"] = self.status.value
         data["trip"] = self.trip.to_dict() if self.trip else None
+        data["stop_fault"] = self.stop_fault.to_dict() if self.stop_fault else None
         data["exposure"] = self.exposure.to_dict() if self.exposure else None
         data["presence"] = self.presence.to_dict() if self.presence else None
         if with_history:
@@ -264,7 +270,7 @@ def _run_exposure(
     estimator = AmplitudeEstimator(fs, settings.window_s, 1.0 / info.counts_per_g)
     law = AmplitudeLaw(settings.law, drive_limit, nodes_hz=calibration.freqs_hz)
     accuracy = _IndependentWindows(estimator, settings.ramp_up_s)
-    supervisor = SafetySupervisor(settings.limits, fs, info.block_samples)
+    supervisor = SafetySupervisor(settings.limits, fs, info.block_samples, info.watchdog_s)
     presence = PresenceDetector(dt, calibration.coil_temp_c)
     reports_coil_temp = "COIL_TEMPERATURE" in info.capabilities
     next_status_t = 0.0
@@ -468,7 +474,17 @@ def _run_exposure(
         for column in (*hist.values(), rounding_g):
             del column[whole:]
         result.status = ExposureStatus.STOPPED_BY_USER
-        _soft_stop(device, settings.ramp_down_s)
+        result.stop_fault = _soft_stop(device, settings.ramp_down_s, t)
+    except BridgeError as exc:
+        # A command sent between two reads failed (a cable pulled while the host computed the
+        # update): a trip like one met on a read, never an exception out of the exposure.
+        whole = min(len(rounding_g), *(len(column) for column in hist.values()))
+        for column in (*hist.values(), rounding_g):
+            del column[whole:]
+        result.trip = _trip_for(exc, t, device.sample_index)
+        result.status = ExposureStatus.TRIPPED
+        log.warning("safety trip: %s (%s)", result.trip.reason, result.trip.detail)
+        result.stop_fault = _soft_stop(device, TRIP_RAMP_S, t)
     else:
         if result.trip is not None:
             result.status = ExposureStatus.TRIPPED
@@ -477,9 +493,9 @@ def _run_exposure(
             # as at a normal end, over ramp_down_s, by the firmware's own ramp (one command:
             # a ramp run by the late host would itself be late).
             slow = result.trip.reason is TripReason.HOST_TOO_SLOW
-            _soft_stop(device, settings.ramp_down_s if slow else TRIP_RAMP_S)
+            result.stop_fault = _soft_stop(device, settings.ramp_down_s if slow else TRIP_RAMP_S, t)
         else:
-            _soft_stop(device, 0.0)
+            result.stop_fault = _soft_stop(device, 0.0, t)
     _summarise(result, hist, compute, settings, device, presence, hold_end, accuracy, rounding_g)
     if meter is not None:
         result.exposure = meter.figures()
@@ -501,25 +517,40 @@ def _trip_for(exc: BridgeError, t: float, index: int) -> SafetyTrip:
     return trip_from_exception(reason, t, index, exc)
 
 
-def _soft_stop(device: DeviceClient, ramp_s: float) -> None:
+def _soft_stop(device: DeviceClient, ramp_s: float, t: float = 0.0) -> SafetyTrip | None:
     """Ramp to zero over ``ramp_s`` while keeping the link fed, then switch the output off.
 
+    The ramp is timed on the plate's clock, not on the newest block decoded: blocks still
+    waiting (a host behind the plate's stream) were sent before SET_DRIVE reached the plate.
+    The output goes off once a block reports the drive at zero, or at the latest when the
+    plate's clock has passed the blocks waiting, ``ramp_s`` and :data:`STOP_MARGIN_S` (an
+    output switched off early drops the rest of the ramp in the plate's short stop ramp).
+
     If the link or the device has failed this does what it can: the firmware's own fault ramp
-    (a latched fault) or its watchdog (a host gone quiet) takes the drive to zero.
+    (a latched fault) or its watchdog (a host gone quiet) takes the drive to zero. A fault the
+    plate reports meanwhile (its watchdog fired while the host was behind) is returned as a
+    trip for the record; other failures are logged.
     """
     try:
         if ramp_s > 0.0:
             device.set_drive(0.0, ramp_s, wait=False)
-            end = device.sample_index + round(ramp_s * device.info.sample_rate_hz)
+            info = device.info
+            waiting = device.blocks_behind * info.block_samples
+            end = device.sample_index + waiting
+            end += round((ramp_s + STOP_MARGIN_S) * info.sample_rate_hz)
             while device.sample_index < end:
                 block: SampleBlock | None = device.read_block(timeout_s=0.5)
-                if block is None:
+                if block is None or block.drive <= 0.0:
                     break
         device.stop_output(wait=False)
+    except DeviceFaultError as exc:
+        log.warning("the plate reported a fault during the soft stop: %s", exc)
+        return trip_from_exception(TripReason.DEVICE_FAULT, t, device.sample_index, exc)
     except BridgeError as exc:
         log.warning(
             "could not finish the soft stop (%s); the firmware's fault ramp or watchdog will", exc
         )
+    return None
 
 
 def _summarise(

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 HARD_CEILING_G = DOSE_LIMITS.hard_ceiling_g  # no protocol or setting raises the ceiling above it
 SATURATION_G = 2.0  # a plate at <= 1 g peak plus gravity never reads beyond this
 TRIP_RAMP_S = 0.25  # host ramp to zero after a trip
+# host_too_slow's backlog limit + hold stay within this share of the plate's watchdog
+# (0.45 s of a 0.5 s watchdog)
+BACKLOG_WATCHDOG_SHARE = 0.9
 _NO_COUNTS: npt.NDArray[np.int16] = np.empty(0, dtype=np.int16)
 
 
@@ -103,7 +106,9 @@ class SafetyLimits:
     # the blocks it has read, goes quiet for up to B / its pace: docs/safety.md, section 2.7)
     host_backlog_s: float = 0.15
     # ... for this long of plate time: one stall shorter than limit + hold (0.45 s, under the
-    # plate's 0.5 s watchdog) drains before it trips; a host at 0.75x is stopped 0.25 s behind
+    # plate's 0.5 s watchdog) drains before it trips; a host at 0.75x is stopped about 0.4 s
+    # behind (the backlog grows while the hold runs; measured 0.38-0.44 s, docs/safety.md 2.7).
+    # A plate with a shorter watchdog gets a shorter hold (SafetySupervisor.backlog_hold_s).
     host_backlog_hold_s: float = 0.3
 
     def __post_init__(self) -> None:
@@ -160,10 +165,24 @@ class SafetyTrip:
 class SafetySupervisor:
     """Checks each block; returns a SafetyTrip the first time a limit is broken."""
 
-    def __init__(self, limits: SafetyLimits, sample_rate_hz: float, block_samples: int) -> None:
+    def __init__(
+        self,
+        limits: SafetyLimits,
+        sample_rate_hz: float,
+        block_samples: int,
+        watchdog_s: float | None = None,
+    ) -> None:
         self.limits = limits
         self.fs = sample_rate_hz
         self.block_s = block_samples / sample_rate_hz
+        # host_too_slow's hold, shortened for a plate whose watchdog (DeviceInfo.watchdog_s,
+        # 0.2-2 s by the protocol) is short: backlog limit + hold stays within
+        # BACKLOG_WATCHDOG_SHARE of it, so a host that stays behind is stopped by the host (a
+        # soft stop) before the watchdog could be (a fault). Never longer than the limits say.
+        self.backlog_hold_s = limits.host_backlog_hold_s
+        if watchdog_s is not None:
+            room = BACKLOG_WATCHDOG_SHARE * watchdog_s - limits.host_backlog_s
+            self.backlog_hold_s = min(self.backlog_hold_s, max(0.0, room))
         self._stuck_n = max(2, round(limits.stuck_window_s * sample_rate_hz))
         self._recent: npt.NDArray[np.int16] = _NO_COUNTS
         self._held: dict[TripReason, float] = {}
@@ -230,7 +249,7 @@ class SafetySupervisor:
         self._behind_peak_s = max(self._behind_peak_s, behind_s)
         self.behind_held = True
         held = self._held_for(TripReason.HOST_TOO_SLOW, t_s)
-        if held < lim.host_backlog_hold_s:
+        if held < self.backlog_hold_s:
             return None
         return SafetyTrip(
             TripReason.HOST_TOO_SLOW, t_s, block.first_index,
@@ -488,6 +507,7 @@ def trip_from_exception(
 
 
 __all__ = [
+    "BACKLOG_WATCHDOG_SHARE",
     "HARD_CEILING_G",
     "TRIP_RAMP_S",
     "SafetyLimits",

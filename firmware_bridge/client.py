@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
+import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +23,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 import serial
+
+if sys.platform != "win32":
+    import fcntl
+    import termios
 
 from firmware_bridge.codec import (
     FrameDecoder,
@@ -413,7 +420,25 @@ class DeviceClient:
         if self._paced_by_reads or payload is None:
             return waiting
         raw = 3 + payload + 2  # a SAMPLES frame's bytes, COBS overhead and delimiter added
-        return waiting + self._waiting() // (raw + raw // 254 + 2)
+        return waiting + self._backlog_bytes() // (raw + raw // 254 + 2)
+
+    def _backlog_bytes(self) -> int:
+        """Bytes waiting in the port, for :attr:`blocks_behind`; never raises.
+
+        A port that fails here (a cable pulled: ``in_waiting`` raises EIO) counts 0: the next
+        read meets the same failure and reports it as a lost link, inside the loop's handling.
+        Over ``socket://`` pyserial's ``in_waiting`` is at most 1 (it only asks ``select``), so
+        the bytes the kernel holds for the socket are asked for directly (FIONREAD).
+        """
+        sock = getattr(self._port, "_socket", None)
+        if isinstance(sock, socket.socket):
+            held = _socket_bytes_waiting(sock)
+            if held is not None:
+                return held
+        try:
+            return max(0, int(self._port.in_waiting))
+        except (serial.SerialException, OSError, ValueError, TypeError):
+            return 0  # the next read meets it and reports it
 
     @property
     def output_start_index(self) -> int | None:
@@ -1215,3 +1240,15 @@ class _Deadline:
             time.monotonic() >= self._wall_end
             or self._client.sample_frames_seen >= self._frames_end
         )
+
+
+def _socket_bytes_waiting(sock: socket.socket) -> int | None:
+    """Bytes received on ``sock`` and not yet read (FIONREAD), or None where it cannot be
+    asked (not POSIX, a closed socket, any OS error)."""
+    if sys.platform == "win32":
+        return None
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return max(0, int(struct.unpack("i", raw)[0]))
+    except (OSError, ValueError, struct.error):
+        return None

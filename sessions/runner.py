@@ -767,6 +767,16 @@ def _measured(
         events.append(
             {k: trip[k] for k in ("reason", "t_s", "detail", "values")} | {"text": trip["text"]}
         )
+    stop_fault = result.stop_fault if result is not None else None
+    ended_by = result.trip if result is not None else None
+    if stop_fault is not None and ended_by is not None and ended_by.detail == stop_fault.detail:
+        stop_fault = None  # the fault that ended the exposure, met again
+    if stop_fault is not None:
+        # the plate's own fault met while the host brought it down: the record says so too
+        fault = stop_fault.to_dict()
+        events.append(
+            {k: fault[k] for k in ("reason", "t_s", "detail", "values")} | {"text": fault["text"]}
+        )
     if result is not None and result.presence is not None:
         events.append(_presence_event(result.presence, clock.last_t_s))
     return {

@@ -23,9 +23,11 @@ from sessions.log import SessionStatus
 from sessions.runner import Progress, StopRequest
 from sessions.stops import STOP_CTRL_C
 from sessions.wording import outcome_sentence, say
+from tests.test_fault_matrix import Truth
 from tests.test_states_slow_host import delivered_s, slow_session
 
 LIMITS = SafetyLimits()
+LIMITS_RAMP_DOWN_S = 1.0  # the sessions' ramp-down (ExposureSettings.ramp_down_s)
 FS = 1600.0
 N = 32
 BLOCK_S = N / FS
@@ -35,8 +37,19 @@ SLOW_STALL_S = 0.125
 ONSET_AT_DOSE_S = 10.0
 # From the first stall to the plate at rest (truth): the backlog passes host_backlog_s within
 # about 0.6 s of plate time at 0.75x, is held host_backlog_hold_s, the plate is then up to
-# 0.5 s ahead of the host, and the ramp-down takes ramp_down_s (1 s). Measured: 2.7 s.
+# 0.5 s ahead of the host, and the ramp-down takes ramp_down_s (1 s). Measured: 2.2-2.6 s.
 STOPPED_WITHIN_S = 3.5
+
+
+def descent_s(truth: Truth) -> float:
+    """Plate seconds from the drive's last sample at 80% of its hold level to zero (truth).
+    A 1-s linear ramp-down takes 0.8 s; one cut short by the output switched off early
+    (the plate's 0.2 s stop ramp takes the rest) takes less."""
+    zero_s = truth.zero_drive_s
+    t, drive = truth.t_s, np.abs(truth.drive)
+    hold = float(np.median(drive[(t >= zero_s - 2.0) & (t < zero_s - 1.2)]))
+    high = np.flatnonzero((drive >= 0.8 * hold) & (t < zero_s))
+    return zero_s - float(t[high[-1]])
 
 
 def test_the_supervisor_trips_only_a_backlog_held_past_its_hold() -> None:
@@ -64,6 +77,32 @@ def test_the_supervisor_trips_only_a_backlog_held_past_its_hold() -> None:
     assert trip.reason is TripReason.HOST_TOO_SLOW
     assert trip.values["behind_s"] == pytest.approx(over * BLOCK_S)
     assert trip.values["held_s"] == pytest.approx(LIMITS.host_backlog_hold_s)
+
+
+@pytest.mark.parametrize(
+    ("watchdog_s", "hold_s"), [(None, 0.3), (0.5, 0.3), (2.0, 0.3), (0.3, 0.12), (0.2, 0.03)]
+)
+def test_the_hold_keeps_limit_plus_hold_under_the_plates_watchdog(
+    watchdog_s: float | None, hold_s: float
+) -> None:
+    """The protocol allows watchdog_ms 200-2000: a plate with a short watchdog gets a shorter
+    hold (limit + hold within 90% of its watchdog), so the host's soft stop comes first; a
+    long one keeps the limits' hold. The trip comes after that many blocks over the limit."""
+    sup = SafetySupervisor(LIMITS, FS, N, watchdog_s)
+    assert sup.backlog_hold_s == pytest.approx(hold_s, abs=1e-9)
+    if watchdog_s is not None:
+        assert LIMITS.host_backlog_s + sup.backlog_hold_s <= 0.9 * watchdog_s + 1e-9
+    over = int(LIMITS.host_backlog_s / BLOCK_S) + 1
+    counts = np.zeros(N, dtype=np.int16)
+    k = 0
+    while sup.check_backlog(k * BLOCK_S, _block_at(k, counts), over) is None:
+        k += 1
+        assert k < 100
+    assert k * BLOCK_S == pytest.approx(hold_s, abs=BLOCK_S)
+
+
+def _block_at(k: int, counts: np.ndarray[tuple[int], np.dtype[np.int16]]) -> SampleBlock:
+    return SampleBlock(k * N, counts, np.ones(N), 0.0, 30.0, 0.0, 0)
 
 
 @pytest.mark.slow
@@ -96,14 +135,63 @@ def test_a_host_steadily_slower_than_the_plate_is_stopped_softly_as_too_slow(
     zero_s = truth.zero_drive_s
     assert zero_s - truth.output_start_s - onset[0] <= STOPPED_WITHIN_S
     # softly: the plate came down over the normal ramp-down (1 s), not the 0.25 s trip ramp
-    hold_drive = truth.drive_at(zero_s - 1.2)
-    assert 0.3 * hold_drive < truth.drive_at(zero_s - 0.5) < 0.7 * hold_drive
+    # nor cut short by an output switched off early (its 0.2 s stop ramp)
+    assert descent_s(truth) == pytest.approx(0.8 * LIMITS_RAMP_DOWN_S, abs=0.03)
     # the dose it keeps is dose the plate delivered, and it kept what came before the stop
     assert ONSET_AT_DOSE_S <= rec.minutes_at_dose * 60.0 <= delivered_s(truth)
     assert run.outcome.message == outcome_sentence(
         "tripped", rec.reason, rec.minutes_at_dose, "host_too_slow"
     )
     assert run.outcome.message.startswith(say("outcome.trip.host"))
+
+
+@pytest.mark.slow
+def test_a_host_at_a_third_of_the_plates_pace_still_ramps_the_plate_down_over_1_s(
+    tmp_path: Path,
+) -> None:
+    """At about 0.33x (a 0.2 s stall per 0.1 s update) the host is 0.3-1 s behind when it
+    trips: the ramp-down is timed on the plate's clock, not on the newest block decoded, so
+    the output is not switched off while the plate is still high (the truth's descent: before
+    the fix the last half or more of the drive went in the plate's 0.2 s stop ramp)."""
+    onset: list[float] = []
+
+    def slow_from_10_s_at_dose(p: Progress) -> float:
+        if onset or (p.state.startswith("at dose") and p.at_dose_s >= ONSET_AT_DOSE_S):
+            onset.append(p.elapsed_s)
+            return 0.2
+        return 0.0
+
+    run = slow_session(tmp_path, slow_from_10_s_at_dose)
+    rec = run.record
+    assert "fault:HOST_WATCHDOG" not in run.truth.events, run.truth.events
+    assert rec.safety_events[0]["reason"] == "host_too_slow", rec.safety_events
+    assert descent_s(run.truth) == pytest.approx(0.8 * LIMITS_RAMP_DOWN_S, abs=0.03)
+
+
+@pytest.mark.slow
+def test_a_watchdog_fault_met_in_the_soft_stop_after_host_too_slow_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """At about 0.25x (a 0.3 s stall per 0.1 s update) the plate's watchdog fires while the
+    host is behind, and host_too_slow usually trips on blocks older than the plate's FAULT,
+    which the soft stop then reads: the record names the fault (the truth shows the watchdog
+    fired), never host_too_slow alone. Before, the fault only reached a log warning."""
+    onset: list[float] = []
+
+    def slow_from_10_s_at_dose(p: Progress) -> float:
+        if onset or (p.state.startswith("at dose") and p.at_dose_s >= ONSET_AT_DOSE_S):
+            onset.append(p.elapsed_s)
+            return 0.3
+        return 0.0
+
+    run = slow_session(tmp_path, slow_from_10_s_at_dose)
+    rec = run.record
+    assert "fault:HOST_WATCHDOG" in run.truth.events, run.truth.events
+    reasons = [e["reason"] for e in rec.safety_events]
+    assert rec.status is SessionStatus.TRIPPED, rec.reason
+    assert "device_fault" in reasons, rec.safety_events
+    fault = next(e for e in rec.safety_events if e["reason"] == "device_fault")
+    assert "watchdog" in fault["detail"], fault
 
 
 @pytest.mark.slow
