@@ -26,7 +26,13 @@ from sessions.log.chain import (
     _index_key,
     _link_bad,
 )
-from sessions.log.clockorder import SetBack, TimedRecord, dated_ahead, set_back_records
+from sessions.log.clockorder import (
+    SET_BACK_SLACK,
+    SetBack,
+    TimedRecord,
+    dated_ahead,
+    set_back_records,
+)
 from sessions.log.errors import _invalid, _translate
 from sessions.log.fields import (
     _columns,
@@ -1276,7 +1282,10 @@ class SessionStore:
         """The records (of ``patient_id``, or all) dated before a record recorded before them
         ended: the home computer's clock was set back (sessions/log/clockorder.py), in each
         log's chain order and each plate's countersignature order. Records dated more than a
-        day after ``now`` (default: this computer's clock) are left out. No envelope is read.
+        day after ``now`` (default: this computer's clock) are left out, unless this log's own
+        chain ends after ``now`` (:meth:`clock_behind`): then the reader's clock is behind, maybe
+        still set back, and leaving them out would hide the record it backdated. No envelope is
+        read.
 
         ``quick`` (status, every time): first one pass over each log's times in chain order
         from a covering index (``sessions_clock_order``), comparing the times as text; a log
@@ -1300,6 +1309,7 @@ class SessionStore:
                 + where,
                 () if patient_id is None else (patient_id,),
             ).fetchall()
+        behind = self.clock_behind(moment) is not None
         try:
             timed = []
             for session_id, log_id, index, started, ended, key, counter in rows:
@@ -1314,7 +1324,7 @@ class SessionStore:
                         end,
                         None if key is None else str(key),
                         None if counter is None else int(counter),
-                        dated_ahead(start, end, moment),
+                        not behind and dated_ahead(start, end, moment),
                     )
                 )
         except (TypeError, ValueError) as exc:
@@ -1347,12 +1357,45 @@ class SessionStore:
         latest = ""
         try:
             for started, ended in rows:
-                if started < latest or ended < started:
+                if ended < started:
                     return True
-                latest = ended
-        except TypeError:  # a time that is not text: the full check says what it is
+                if started < latest:
+                    # the text goes back: an NTP step of a few seconds is within the slack, and
+                    # must not send every later status to the full check
+                    back = datetime.fromisoformat(latest) - datetime.fromisoformat(started)
+                    if back > SET_BACK_SLACK:
+                        return True
+                latest = max(latest, ended)
+        except (TypeError, ValueError):  # a time that is not text: the full check says so
             return True
         return False
+
+    def clock_behind(self, now: datetime | None = None) -> datetime | None:
+        """The end of this log's newest chained record when it is more than
+        :data:`SET_BACK_SLACK` after ``now`` (default: this computer's clock), else None.
+
+        This log's records were written by this computer's clock: one ending after that clock's
+        now says the clock is behind now (still set back), or that it ran fast earlier and was
+        put right. One indexed read (``sessions_clock_order``), the times compared as text in
+        the one form ``_iso`` writes."""
+        moment = datetime.now(UTC) if now is None else now
+        with _translate("read the session log", self.path), self._lock:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT MAX(ended_utc) FROM sessions "
+                    "WHERE log_id = ? AND chain_index IS NOT NULL",
+                    (self.log_id,),
+                )
+                .fetchone()
+            )
+        if row is None or not isinstance(row[0], str):
+            return None
+        try:
+            newest = datetime.fromisoformat(row[0])
+            return newest if newest - moment.astimezone(UTC) > SET_BACK_SLACK else None
+        except (TypeError, ValueError):  # not a time: verify says what it is
+            return None
 
     # --- what the plate vouches for (protocol 2.1; sessions/log/vouch.py) ---
 
