@@ -113,9 +113,9 @@ def test_a_session_run_with_the_clock_set_back_is_flagged_at_home_and_not_credit
     assert code == 0
     assert json.loads(out)["streak_days"] == 1  # yesterday only: the day before is not full
     code, out, _ = _liv(home, capsys, "status")
-    assert "A session is dated earlier than one recorded before it" in out
-    assert "this computer's clock was set back" in out
-    assert "Set the computer's clock to the right time" in out
+    assert "started before one recorded before it ended" in out
+    assert "This computer's clock was set back" in out
+    assert "Check that the clock is right" in out
 
     with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}") as device:
         key = device.identity().public_key
@@ -371,3 +371,92 @@ def test_a_five_year_home_log_raises_no_flag(tmp_path: Path) -> None:
         patient = log.summaries()[0].patient_id
         assert log.set_back() == {}  # both orders, every record read
         assert log.set_back(patient, quick=True) == {}
+
+
+# --- the second reader's findings -----------------------------------------------------------
+
+
+def test_a_record_ending_in_the_first_minutes_of_year_one_is_compared_without_overflow() -> None:
+    from sessions.log.clockorder import set_back_records
+
+    year1 = datetime(1, 1, 1, tzinfo=UTC)  # a hand-edited record: end - 5 min does not exist
+    records = [
+        _record("a", "L", 0, year1, 2),
+        _record("b", "L", 1, datetime(2026, 5, 4, tzinfo=UTC)),
+    ]
+    assert set_back_records(records) == {}
+    back = [_record("a", "L", 0, year1 + timedelta(minutes=30)), _record("b", "L", 1, year1)]
+    assert list(set_back_records(back)) == ["b"]
+
+
+def test_after_an_ntp_step_the_quick_path_answers_without_the_full_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessions.log import storage
+
+    protocol = protocol_from_dict(protocol_dict("P1", date(2026, 1, 1), 365))
+    day = date(2026, 2, 2)
+    calls: list[int] = []
+    full = storage.set_back_records
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return full(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "set_back_records", counted)
+    with SessionLog(tmp_path / "liv.db") as log:
+        _write(log, protocol, _berlin(day, 8), 1)
+        # NTP stepped the clock back 30 s: the next record starts before the last one "ended"
+        _write(log, protocol, _berlin(day, 8, 5 + 10) - timedelta(seconds=30), 1)
+        _write(log, protocol, _berlin(day, 18), 2)
+        assert log.set_back("P1", quick=True) == {}
+        assert calls == []  # answered by the one pass over the index, as before the step
+        sid = _write(log, protocol, _berlin(day, 18, 5 + 10) - timedelta(minutes=6), 2)
+        assert list(log.set_back("P1", quick=True)) == [sid]  # beyond the slack: checked
+        assert calls == [1]
+
+
+def test_a_clock_still_set_back_by_days_does_not_hide_the_record_it_backdated(
+    tmp_path: Path,
+) -> None:
+    protocol = protocol_from_dict(protocol_dict("P1", date(2026, 1, 1), 365))
+    day = date(2026, 3, 10)
+    with SessionLog(tmp_path / "liv.db") as log:
+        _write(log, protocol, _berlin(day - timedelta(days=1), 8), 1)
+        _write(log, protocol, _berlin(day + timedelta(days=1), 8), 1)
+        _write(log, protocol, _berlin(day + timedelta(days=1), 18), 2)
+        fake_now = _berlin(day - timedelta(days=1), 19)  # the true time: two days later
+        sid = _write(log, protocol, fake_now, 2)
+        reader = fake_now + timedelta(minutes=11)  # status right after, the clock still back
+        assert list(log.set_back("P1", reader, quick=True)) == [sid]
+        assert list(log.set_back("P1", reader)) == [sid]
+        assert log.clock_behind(reader) == _berlin(day + timedelta(days=1), 18, 15)
+        assert log.clock_behind(_berlin(day + timedelta(days=2), 7)) is None
+
+
+def test_status_says_the_clock_is_behind_and_names_the_set_back_day(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    today = datetime.now(ZoneInfo(ZONE)).date()
+    install_signed(
+        home, timezone=ZONE, study_start=(today - timedelta(days=5)).isoformat(),
+        study_end=(today + timedelta(days=30)).isoformat(),
+    )  # fmt: skip
+    protocol = home.protocol()
+    now = datetime.now(UTC)
+    with SessionLog(home.db_path()) as log:
+        _write(log, protocol, now - timedelta(days=1, hours=2), 1)
+        sid = _write(log, protocol, now - timedelta(days=2), 2)  # backdated a day
+    code, out, _ = _liv(home, capsys, "status")
+    assert code == 0
+    day = (now - timedelta(days=2)).astimezone(protocol.zone).date()
+    assert f"{day:%A} {day.day} {day:%B}" in out
+    assert "clock was set back" in out
+    data = json.loads(_liv(home, capsys, "status", "--json")[1])
+    assert data["clock_set_back_sessions"] == [sid]
+    data = json.loads(_liv(home, capsys, "verify", "--json")[1])
+    assert data["clock_set_back_sessions"] == [sid]
+    with SessionLog(home.db_path()) as log:  # now a session dated two days ahead of the clock
+        _write(log, protocol, now + timedelta(days=2), 1)
+    out = _liv(home, capsys, "status")[1]
+    assert "clock may be behind" in out
