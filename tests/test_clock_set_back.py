@@ -460,3 +460,59 @@ def test_status_says_the_clock_is_behind_and_names_the_set_back_day(
         _write(log, protocol, now + timedelta(days=2), 1)
     out = _liv(home, capsys, "status")[1]
     assert "clock may be behind" in out
+
+
+@pytest.mark.parametrize("history", ["two_plates_interleaved", "plate_replaced", "new_computer"])
+def test_honest_vouched_histories_raise_no_flag_at_the_clinic(tmp_path: Path, history: str) -> None:
+    """Signed by their plates: two plates used in turn, a plate replaced mid-study, and the
+    computer replaced (a new log) with the same plate counting on."""
+    first = date(2026, 3, 20)
+    times = _twice_a_day(first, 14)
+    if history == "two_plates_interleaved":
+        two = [(t, s, "LIV-P1" if k % 3 else "LIV-P2") for k, (t, s, _p) in enumerate(times)]
+        exports = [vouched(_chain("P1", two))]
+    elif history == "plate_replaced":
+        replaced = [(t, s, "LIV-P1" if k < 12 else "LIV-P2") for k, (t, s, _p) in enumerate(times)]
+        exports = [vouched(_chain("P1", replaced))]
+    else:
+        old = vouched(_chain("P1", times[:10]))
+        head = old[-1]["device_voucher"]["head"]
+        exports = [old, vouched(_chain("P1", times[10:]), first_counter=11, head=head)]
+    db = ClinicDb(str(tmp_path / "clinic.db"))
+    with db:
+        for k, records in enumerate(exports):
+            outcome = import_registered(db, write_export(tmp_path / f"e{k}.jsonl", records))
+            assert outcome.refused is None, outcome.refused
+            assert not any("set back" in p for p in outcome.problems)
+        assert _problems(db, "clock_set_back") == []
+        flagged = db.query("SELECT COUNT(*) FROM patient_flags WHERE kind = 'clock_set_back'")
+        assert flagged[0][0] == 0
+        assert _slots(db, "P1", first + timedelta(days=12)) == 2
+
+
+def test_status_names_a_set_back_session_for_two_weeks_only(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A false flag (a fast clock put right) cannot be cleared at home: status stops naming it
+    after two weeks; the JSON and verify still list it."""
+    today = datetime.now(ZoneInfo(ZONE)).date()
+    install_signed(
+        home, timezone=ZONE, study_start=(today - timedelta(days=40)).isoformat(),
+        study_end=(today + timedelta(days=30)).isoformat(),
+    )  # fmt: skip
+    protocol = home.protocol()
+    now = datetime.now(UTC)
+    with SessionLog(home.db_path()) as log:
+        _write(log, protocol, now - timedelta(days=20), 1)
+        sid = _write(log, protocol, now - timedelta(days=21), 2)  # set back a day, 20 days ago
+        _write(log, protocol, now - timedelta(days=3), 1)
+    out = _liv(home, capsys, "status")[1]
+    assert "recorded before" not in out
+    assert json.loads(_liv(home, capsys, "status", "--json")[1])["clock_set_back_sessions"] == [sid]
+    with SessionLog(home.db_path()) as log:  # and a recent one is named, alone
+        recent = _write(log, protocol, now - timedelta(days=4), 2)
+    out = _liv(home, capsys, "status")[1]
+    day = (now - timedelta(days=4)).astimezone(protocol.zone).date()
+    assert f"The session dated {day:%A} {day.day} {day:%B %Y} started before" in out
+    data = json.loads(_liv(home, capsys, "status", "--json")[1])
+    assert data["clock_set_back_sessions"] == [sid, recent]
