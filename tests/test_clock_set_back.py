@@ -431,6 +431,7 @@ def test_a_clock_still_set_back_by_days_does_not_hide_the_record_it_backdated(
         assert list(log.set_back("P1", reader, quick=True)) == [sid]
         assert list(log.set_back("P1", reader)) == [sid]
         assert log.clock_behind(reader) == _berlin(day + timedelta(days=1), 18, 15)
+        assert log.clock_behind(reader, "P1") == log.clock_behind(reader)
         assert log.clock_behind(_berlin(day + timedelta(days=2), 7)) is None
 
 
@@ -516,3 +517,40 @@ def test_status_names_a_set_back_session_for_two_weeks_only(
     assert f"The session dated {day:%A} {day.day} {day:%B %Y} started before" in out
     data = json.loads(_liv(home, capsys, "status", "--json")[1])
     assert data["clock_set_back_sessions"] == [sid, recent]
+
+
+def test_after_an_import_the_quick_path_reads_both_orders_without_the_full_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second chain (``liv import`` of the old computer's log) no longer sends every status
+    to the full check; a record backdated against the other chain is still found, by the
+    plate's order."""
+    from sessions.log import storage
+
+    calls: list[int] = []
+    full = storage.set_back_records
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return full(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "set_back_records", counted)
+    first = date(2026, 2, 1)
+    days = _twice_a_day(first, 3)
+    old = vouched(_chain("P1", [*days[:3], days[4]]))  # day 2's evening missed
+    head = old[-1]["device_voucher"]["head"]
+    honest = vouched(_chain("P1", days[5:]), first_counter=5, head=head)
+    with SessionLog(tmp_path / "honest.db") as log:
+        log.import_jsonl(write_export(tmp_path / "old.jsonl", old))
+        log.import_jsonl(write_export(tmp_path / "new.jsonl", honest))
+        assert log.set_back("P1", quick=True) == {}
+        assert calls == []
+    backdated = vouched(
+        _chain("P1", [(_berlin(first + timedelta(days=1), 19), 2, "LIV-P1")]),
+        first_counter=5, head=head,
+    )  # fmt: skip
+    with SessionLog(tmp_path / "backdated.db") as log:
+        log.import_jsonl(write_export(tmp_path / "old.jsonl", old))
+        log.import_jsonl(write_export(tmp_path / "back.jsonl", backdated))
+        assert [b.order for b in log.set_back("P1", quick=True).values()] == ["plate"]
+        assert calls == [1]

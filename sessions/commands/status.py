@@ -218,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with open_log(args, home) as log:
         recent, minutes, set_back = _status_reads(log, protocol, now, home.is_demo)
         running = bool(log.live_sessions())
-        behind = log.clock_behind(now) is not None
+        behind = log.clock_behind(now, protocol.patient_id) is not None
     if getattr(args, "json", False):
         shape = status_shape(
             protocol, recent, now, minutes, demo=home.is_demo, running=running, set_back=set_back
