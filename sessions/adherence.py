@@ -979,8 +979,8 @@ def _flags(
     found: dict[str, str] = {}
     if s.session_id in set_back:
         found["clock_set_back"] = (
-            "dated before a session already recorded (the computer's clock was set back): not "
-            "counted"
+            "dated before a session already recorded (the computer's clock was set back, or a "
+            "clock that ran fast was put right): not counted"
         )
     status = str(s.status)
     if status in _STATUS_FLAGS:

@@ -185,6 +185,7 @@ SHAPES: dict[str, dict[str, str]] = {
         "device_problems": "list",
         "plate_checked": "bool",
         "first_bad": "dict?",
+        "clock_set_back_sessions": "list?",
     },
     "liv.flag/1": {
         "schema": "str",
@@ -230,6 +231,7 @@ SHAPES: dict[str, dict[str, str]] = {
         "next_allowed_local": "str?",
         "streak_days": "int",
         "demo": "bool",
+        "clock_set_back_sessions": "list",
     },
     "liv.device/1": {
         "schema": "str",
@@ -436,9 +438,13 @@ def protocol_check_shape(file: str, p: PatientProtocol, warning: str | None) -> 
 
 
 def verification_shape(
-    result: VerifyResult, trust: TrustResult | None = None, plate_checked: bool = False
+    result: VerifyResult,
+    trust: TrustResult | None = None,
+    plate_checked: bool = False,
+    set_back: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The hash chains' check, and with ``trust`` what the plate vouches for (liv verify)."""
+    """The hash chains' check, and with ``trust`` what the plate vouches for (liv verify);
+    ``set_back``: the session ids recorded with the clock set back (liv verify only)."""
     bad = result.first_bad
     vouched_ok = trust is None or trust.ok
     status = "failed" if not result.ok else "not_vouched" if not vouched_ok else "verified"
@@ -460,6 +466,7 @@ def verification_shape(
             "session_id": bad.session_id,
             "what": bad.what,
         },
+        "clock_set_back_sessions": None if set_back is None else list(set_back),
     }
 
 

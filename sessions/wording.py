@@ -195,6 +195,23 @@ WORDING: dict[str, str] = {
     "status.streak_0": "No day with every session done yet: today can be the first.",
     "status.streak_1": "Every session done 1 day in a row.",
     "status.streak_n": "Every session done {days} days in a row.",
+    # a record dated before one recorded before it (sessions/log/clockorder.py), recent only
+    # (status.py SET_BACK_WINDOW): the clinic sees every one, the patient cannot clear it
+    "status.set_back_one": (
+        "The session dated {day} started before one recorded before it ended. This computer's "
+        "clock was set back, or a clock that ran fast was put right. It does not count for "
+        "that day. Check that the clock is right; your clinic will see this."
+    ),
+    "status.set_back_many": (
+        "Sessions dated {day} started before ones recorded before them ended. This computer's "
+        "clock was set back, or a clock that ran fast was put right. They do not count for "
+        "those days. Check that the clock is right; your clinic will see this."
+    ),
+    # this log holds sessions that end after this computer's clock (SessionLog.clock_behind)
+    "status.clock_behind": (
+        "This computer's clock may be behind: some sessions are dated later than now. Set the "
+        "clock to the right date and time. If it is right already, it ran fast before."
+    ),
     # ---- liv protocol install ---------------------------------------------------------------
     "install.done": "Your new prescription is installed; run liv status to see what is due.",
     "install.summary": "It asks for {per_day} of {minutes} each, from {first} to {last}.",

@@ -45,7 +45,8 @@ def test_the_validator_refuses_a_wrong_shape() -> None:
     good = {"schema": "liv.export_header/1", "integrity": {
         "schema": "liv.verification/1", "status": "verified", "ok": True,
         "records_checked": 3, "vouched": None, "before_signatures": None, "unvouched": None,
-        "device_problems": [], "plate_checked": False, "first_bad": None}}  # fmt: skip
+        "device_problems": [], "plate_checked": False, "first_bad": None,
+        "clock_set_back_sessions": None}}  # fmt: skip
     validate(good)
     for bad in (
         {**good, "extra": 1},

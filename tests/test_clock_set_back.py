@@ -113,9 +113,9 @@ def test_a_session_run_with_the_clock_set_back_is_flagged_at_home_and_not_credit
     assert code == 0
     assert json.loads(out)["streak_days"] == 1  # yesterday only: the day before is not full
     code, out, _ = _liv(home, capsys, "status")
-    assert "A session is dated earlier than one recorded before it" in out
-    assert "this computer's clock was set back" in out
-    assert "Set the computer's clock to the right time" in out
+    assert "started before one recorded before it ended" in out
+    assert "This computer's clock was set back" in out
+    assert "Check that the clock is right" in out
 
     with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}") as device:
         key = device.identity().public_key
@@ -371,3 +371,186 @@ def test_a_five_year_home_log_raises_no_flag(tmp_path: Path) -> None:
         patient = log.summaries()[0].patient_id
         assert log.set_back() == {}  # both orders, every record read
         assert log.set_back(patient, quick=True) == {}
+
+
+# --- the second reader's findings -----------------------------------------------------------
+
+
+def test_a_record_ending_in_the_first_minutes_of_year_one_is_compared_without_overflow() -> None:
+    from sessions.log.clockorder import set_back_records
+
+    year1 = datetime(1, 1, 1, tzinfo=UTC)  # a hand-edited record: end - 5 min does not exist
+    records = [
+        _record("a", "L", 0, year1, 2),
+        _record("b", "L", 1, datetime(2026, 5, 4, tzinfo=UTC)),
+    ]
+    assert set_back_records(records) == {}
+    back = [_record("a", "L", 0, year1 + timedelta(minutes=30)), _record("b", "L", 1, year1)]
+    assert list(set_back_records(back)) == ["b"]
+
+
+def test_after_an_ntp_step_the_quick_path_answers_without_the_full_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessions.log import storage
+
+    protocol = protocol_from_dict(protocol_dict("P1", date(2026, 1, 1), 365))
+    day = date(2026, 2, 2)
+    calls: list[int] = []
+    full = storage.set_back_records
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return full(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "set_back_records", counted)
+    with SessionLog(tmp_path / "liv.db") as log:
+        _write(log, protocol, _berlin(day, 8), 1)
+        # NTP stepped the clock back 30 s: the next record starts before the last one "ended"
+        _write(log, protocol, _berlin(day, 8, 5 + 10) - timedelta(seconds=30), 1)
+        _write(log, protocol, _berlin(day, 18), 2)
+        assert log.set_back("P1", quick=True) == {}
+        assert calls == []  # answered by the one pass over the index, as before the step
+        sid = _write(log, protocol, _berlin(day, 18, 5 + 10) - timedelta(minutes=6), 2)
+        assert list(log.set_back("P1", quick=True)) == [sid]  # beyond the slack: checked
+        assert calls == [1]
+
+
+def test_a_clock_still_set_back_by_days_does_not_hide_the_record_it_backdated(
+    tmp_path: Path,
+) -> None:
+    protocol = protocol_from_dict(protocol_dict("P1", date(2026, 1, 1), 365))
+    day = date(2026, 3, 10)
+    with SessionLog(tmp_path / "liv.db") as log:
+        _write(log, protocol, _berlin(day - timedelta(days=1), 8), 1)
+        _write(log, protocol, _berlin(day + timedelta(days=1), 8), 1)
+        _write(log, protocol, _berlin(day + timedelta(days=1), 18), 2)
+        fake_now = _berlin(day - timedelta(days=1), 19)  # the true time: two days later
+        sid = _write(log, protocol, fake_now, 2)
+        reader = fake_now + timedelta(minutes=11)  # status right after, the clock still back
+        assert list(log.set_back("P1", reader, quick=True)) == [sid]
+        assert list(log.set_back("P1", reader)) == [sid]
+        assert log.clock_behind(reader) == _berlin(day + timedelta(days=1), 18, 15)
+        assert log.clock_behind(reader, "P1") == log.clock_behind(reader)
+        assert log.clock_behind(_berlin(day + timedelta(days=2), 7)) is None
+
+
+def test_status_says_the_clock_is_behind_and_names_the_set_back_day(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    today = datetime.now(ZoneInfo(ZONE)).date()
+    install_signed(
+        home, timezone=ZONE, study_start=(today - timedelta(days=5)).isoformat(),
+        study_end=(today + timedelta(days=30)).isoformat(),
+    )  # fmt: skip
+    protocol = home.protocol()
+    now = datetime.now(UTC)
+    with SessionLog(home.db_path()) as log:
+        _write(log, protocol, now - timedelta(days=1, hours=2), 1)
+        sid = _write(log, protocol, now - timedelta(days=2), 2)  # backdated a day
+    code, out, _ = _liv(home, capsys, "status")
+    assert code == 0
+    day = (now - timedelta(days=2)).astimezone(protocol.zone).date()
+    assert f"{day:%A} {day.day} {day:%B}" in out
+    assert "clock was set back" in out
+    data = json.loads(_liv(home, capsys, "status", "--json")[1])
+    assert data["clock_set_back_sessions"] == [sid]
+    data = json.loads(_liv(home, capsys, "verify", "--json")[1])
+    assert data["clock_set_back_sessions"] == [sid]
+    with SessionLog(home.db_path()) as log:  # now a session dated two days ahead of the clock
+        _write(log, protocol, now + timedelta(days=2), 1)
+    out = _liv(home, capsys, "status")[1]
+    assert "clock may be behind" in out
+
+
+@pytest.mark.parametrize("history", ["two_plates_interleaved", "plate_replaced", "new_computer"])
+def test_honest_vouched_histories_raise_no_flag_at_the_clinic(tmp_path: Path, history: str) -> None:
+    """Signed by their plates: two plates used in turn, a plate replaced mid-study, and the
+    computer replaced (a new log) with the same plate counting on."""
+    first = date(2026, 3, 20)
+    times = _twice_a_day(first, 14)
+    if history == "two_plates_interleaved":
+        two = [(t, s, "LIV-P1" if k % 3 else "LIV-P2") for k, (t, s, _p) in enumerate(times)]
+        exports = [vouched(_chain("P1", two))]
+    elif history == "plate_replaced":
+        replaced = [(t, s, "LIV-P1" if k < 12 else "LIV-P2") for k, (t, s, _p) in enumerate(times)]
+        exports = [vouched(_chain("P1", replaced))]
+    else:
+        old = vouched(_chain("P1", times[:10]))
+        head = old[-1]["device_voucher"]["head"]
+        exports = [old, vouched(_chain("P1", times[10:]), first_counter=11, head=head)]
+    db = ClinicDb(str(tmp_path / "clinic.db"))
+    with db:
+        for k, records in enumerate(exports):
+            outcome = import_registered(db, write_export(tmp_path / f"e{k}.jsonl", records))
+            assert outcome.refused is None, outcome.refused
+            assert not any("set back" in p for p in outcome.problems)
+        assert _problems(db, "clock_set_back") == []
+        flagged = db.query("SELECT COUNT(*) FROM patient_flags WHERE kind = 'clock_set_back'")
+        assert flagged[0][0] == 0
+        assert _slots(db, "P1", first + timedelta(days=12)) == 2
+
+
+def test_status_names_a_set_back_session_for_two_weeks_only(
+    home: LivHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A false flag (a fast clock put right) cannot be cleared at home: status stops naming it
+    after two weeks; the JSON and verify still list it."""
+    today = datetime.now(ZoneInfo(ZONE)).date()
+    install_signed(
+        home, timezone=ZONE, study_start=(today - timedelta(days=40)).isoformat(),
+        study_end=(today + timedelta(days=30)).isoformat(),
+    )  # fmt: skip
+    protocol = home.protocol()
+    now = datetime.now(UTC)
+    with SessionLog(home.db_path()) as log:
+        _write(log, protocol, now - timedelta(days=20), 1)
+        sid = _write(log, protocol, now - timedelta(days=21), 2)  # set back a day, 20 days ago
+        _write(log, protocol, now - timedelta(days=3), 1)
+    out = _liv(home, capsys, "status")[1]
+    assert "recorded before" not in out
+    assert json.loads(_liv(home, capsys, "status", "--json")[1])["clock_set_back_sessions"] == [sid]
+    with SessionLog(home.db_path()) as log:  # and a recent one is named, alone
+        recent = _write(log, protocol, now - timedelta(days=4), 2)
+    out = _liv(home, capsys, "status")[1]
+    day = (now - timedelta(days=4)).astimezone(protocol.zone).date()
+    assert f"The session dated {day:%A} {day.day} {day:%B %Y} started before" in out
+    data = json.loads(_liv(home, capsys, "status", "--json")[1])
+    assert data["clock_set_back_sessions"] == [sid, recent]
+
+
+def test_after_an_import_the_quick_path_reads_both_orders_without_the_full_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second chain (``liv import`` of the old computer's log) no longer sends every status
+    to the full check; a record backdated against the other chain is still found, by the
+    plate's order."""
+    from sessions.log import storage
+
+    calls: list[int] = []
+    full = storage.set_back_records
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return full(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "set_back_records", counted)
+    first = date(2026, 2, 1)
+    days = _twice_a_day(first, 3)
+    old = vouched(_chain("P1", [*days[:3], days[4]]))  # day 2's evening missed
+    head = old[-1]["device_voucher"]["head"]
+    honest = vouched(_chain("P1", days[5:]), first_counter=5, head=head)
+    with SessionLog(tmp_path / "honest.db") as log:
+        log.import_jsonl(write_export(tmp_path / "old.jsonl", old))
+        log.import_jsonl(write_export(tmp_path / "new.jsonl", honest))
+        assert log.set_back("P1", quick=True) == {}
+        assert calls == []
+    backdated = vouched(
+        _chain("P1", [(_berlin(first + timedelta(days=1), 19), 2, "LIV-P1")]),
+        first_counter=5, head=head,
+    )  # fmt: skip
+    with SessionLog(tmp_path / "backdated.db") as log:
+        log.import_jsonl(write_export(tmp_path / "old.jsonl", old))
+        log.import_jsonl(write_export(tmp_path / "back.jsonl", backdated))
+        assert [b.order for b in log.set_back("P1", quick=True).values()] == ["plate"]
+        assert calls == [1]

@@ -454,7 +454,8 @@ def _set_back_problem(
         f"{first.started_utc.isoformat(timespec='minutes')}, {span_text(first.behind)} before "
         f"session {first.earlier_session} ended, though {seen} that session{more}): kept but "
         "credited to no day in adherence; ask the patient about the computer's clock and the "
-        "day these sessions really ran",
+        "day these sessions really ran (or whether a clock that ran fast was put right before "
+        "them: then they are honest, docs/trust.md)",
     )
 
 

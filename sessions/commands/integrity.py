@@ -27,7 +27,7 @@ from sessions.log import (
     TrustResult,
     VerifyResult,
 )
-from sessions.log.clockorder import SetBack
+from sessions.log.clockorder import SetBack, set_back_ids
 from sessions.text import echo, terminal_line
 
 _log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         from sessions.jsonshapes import verification_shape
 
-        print_json(verification_shape(result, trust, plate is not None))
+        ids = set_back_ids(log_set_back) if result.ok else None
+        print_json(verification_shape(result, trust, plate is not None, ids))
         return 0 if result.ok and trust is not None and trust.ok else 1
     if home.is_demo:
         echo(DEMO_LABEL.upper())

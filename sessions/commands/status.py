@@ -14,12 +14,14 @@ from sessions.log import (
     SessionLog,
     SessionSummary,
 )
+from sessions.log.clockorder import SetBack, set_back_ids
 from sessions.protocol import (
     PatientProtocol,
 )
 from sessions.scheduling import LoggedSession, day_summary, decide, history_start
 from sessions.text import echo
 from sessions.wording import (
+    day_text,
     minutes_text,
     say,
     streak_sentence,
@@ -110,19 +112,33 @@ def _minutes_by_slot(sessions: Sequence[LoggedSession]) -> dict[tuple[date, int]
     return totals
 
 
-# Said under the status when sessions are dated before one already recorded (a clock set back,
-# sessions/log/clockorder.py); kept here, not in sessions/wording.py, which another change owns.
-# Short sentences, no numbers, as docs/wording.md asks.
-SET_BACK_ONE = (
-    "A session is dated earlier than one recorded before it, so this computer's clock was set "
-    "back. It does not count for the day it shows. Set the computer's clock to the right time; "
-    "your clinic will see this."
-)
-SET_BACK_MANY = (
-    "Some sessions are dated earlier than ones recorded before them, so this computer's clock "
-    "was set back. They do not count for the days they show. Set the computer's clock to the "
-    "right time; your clinic will see this."
-)
+# How long ``liv status`` names a session recorded with the clock set back: the two weeks a
+# patient looks back on, long enough to be seen by one who runs status a few times a week. A
+# false flag (a clock that ran fast put right, docs/trust.md) cannot be cleared by the patient,
+# so it must not be said for the rest of the study; the clinic sees every one, for good.
+SET_BACK_WINDOW = timedelta(days=14)
+
+
+def set_back_lines(
+    protocol: PatientProtocol, found: Mapping[str, SetBack], now: datetime
+) -> list[str]:
+    """The sentence naming the days of the sessions recorded with the clock set back within
+    :data:`SET_BACK_WINDOW` of ``now``. A set-back record's own date is not when it ran: it
+    ran after the record it is dated before ended, so the later of the two times is used."""
+    recent = sorted(
+        {
+            b.started_utc.astimezone(protocol.zone).date()
+            for b in found.values()
+            if max(b.started_utc, b.earlier_ended_utc) >= now - SET_BACK_WINDOW
+        }
+    )
+    if not recent:
+        return []
+    named = [f"{day:%A} {day_text(day)}" for day in recent]
+    days = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    many = len([b for b in found.values() if b.started_utc.astimezone(protocol.zone).date()
+                in recent]) > 1  # fmt: skip
+    return [say("status.set_back_many" if many else "status.set_back_one", day=days)]
 
 
 def _status_of_log(
@@ -136,20 +152,20 @@ def _status_of_log(
 
 def _status_reads(
     log: SessionLog, protocol: PatientProtocol, now: datetime, demo: bool = False
-) -> tuple[list[SessionSummary], dict[tuple[date, int], float], int]:
+) -> tuple[list[SessionSummary], dict[tuple[date, int], float], dict[str, SetBack]]:
     """What ``status`` reads: recent summaries (every kind) and the per-slot minutes of the
     kinds that count, never an envelope, both without the sessions recorded with the clock set
-    back (credited to no day), and how many those are."""
+    back (credited to no day), and those."""
     recent, minutes = _status_of_log(log, protocol, now, demo)
     set_back = log.set_back(protocol.patient_id, now, quick=True)
     if not set_back:
-        return recent, minutes, 0
+        return recent, minutes, {}
     counted = counted_kinds(demo)
     for s in log.summaries(protocol.patient_id):
         if s.session_id in set_back and session_kind(s) in counted:
             key = (s.local_date, s.slot)
             minutes[key] = minutes.get(key, 0.0) - s.minutes_at_dose
-    return [s for s in recent if s.session_id not in set_back], minutes, len(set_back)
+    return [s for s in recent if s.session_id not in set_back], minutes, set_back
 
 
 def status_shape(
@@ -160,9 +176,11 @@ def status_shape(
     *,
     demo: bool = False,
     running: bool = False,
+    set_back: Mapping[str, SetBack] | None = None,
 ) -> dict[str, Any]:
     """``liv status --json`` (liv.status/1): the figures ``status_lines`` says in words
-    (``running``: a session runs now, so none may start and the message says so).
+    (``running``: a session runs now, so none may start and the message says so;
+    ``set_back``: the sessions recorded with the clock set back, left out of the figures).
 
     Only the kinds that count are in the figures (therapy; in a demo home, simulated too)."""
     counted = counted_kinds(demo)
@@ -189,6 +207,7 @@ def status_shape(
         else at.astimezone(protocol.zone).isoformat(timespec="minutes"),
         "streak_days": streak(protocol, minutes, today),
         "demo": demo,
+        "clock_set_back_sessions": set_back_ids(set_back or {}),
     }
 
 
@@ -199,12 +218,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     with open_log(args, home) as log:
         recent, minutes, set_back = _status_reads(log, protocol, now, home.is_demo)
         running = bool(log.live_sessions())
+        behind = log.clock_behind(now, protocol.patient_id) is not None
     if getattr(args, "json", False):
-        print_json(status_shape(protocol, recent, now, minutes, demo=home.is_demo, running=running))
+        shape = status_shape(
+            protocol, recent, now, minutes, demo=home.is_demo, running=running, set_back=set_back
+        )
+        print_json(shape)
         return 0
     lines = status_lines(protocol, recent, now, minutes, demo=home.is_demo, running=running)
-    if set_back:
-        lines.append(SET_BACK_ONE if set_back == 1 else SET_BACK_MANY)
+    lines += set_back_lines(protocol, set_back, now)
+    if behind:
+        lines.append(say("status.clock_behind"))
     echo("\n".join(lines))
     # the patient reads that the prescription is the clinic's; the key's detail is for -v
     echo(say("status.prescription_ok"))

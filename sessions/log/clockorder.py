@@ -18,7 +18,7 @@ record in an order the caller already reads: no query per record.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -92,6 +92,13 @@ def dated_ahead(started_utc: datetime, ended_utc: datetime | None, now: datetime
     return started_utc > latest or (ended_utc is not None and ended_utc > latest)
 
 
+def set_back_ids(found: Mapping[str, SetBack]) -> list[str]:
+    """The session ids of ``found`` (``set_back_records``), by the time they claim."""
+    return [
+        b.session_id for b in sorted(found.values(), key=lambda b: (b.started_utc, b.session_id))
+    ]
+
+
 def span_text(delta: timedelta) -> str:
     """A time span in words: '12 min', '9 h', '3 days'."""
     minutes = int(delta.total_seconds() // 60)
@@ -135,7 +142,9 @@ def _walk(
     latest: TimedRecord | None = None
     latest_end: datetime | None = None
     for r in ordered:
-        if latest is not None and latest_end is not None and r.started_utc < latest_end - slack:
+        # compared as a difference: ``latest_end - slack`` overflows for an end within the slack
+        # of the earliest datetime (a hand-edited year-1 record)
+        if latest is not None and latest_end is not None and latest_end - r.started_utc > slack:
             found.setdefault(
                 r.session_id,
                 SetBack(

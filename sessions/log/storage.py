@@ -26,7 +26,13 @@ from sessions.log.chain import (
     _index_key,
     _link_bad,
 )
-from sessions.log.clockorder import SetBack, TimedRecord, dated_ahead, set_back_records
+from sessions.log.clockorder import (
+    SET_BACK_SLACK,
+    SetBack,
+    TimedRecord,
+    dated_ahead,
+    set_back_records,
+)
 from sessions.log.errors import _invalid, _translate
 from sessions.log.fields import (
     _columns,
@@ -247,6 +253,33 @@ def _tighten(path: Path) -> None:
         info = path.stat()
         if info.st_mode & 0o077 and info.st_uid == os.geteuid():
             os.chmod(path, 0o600)
+
+
+# A time as ``_iso`` writes it in UTC: text in this one form compares as the time does.
+_ISO_UTC_GLOB = (
+    "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
+    ".[0-9][0-9][0-9]+00:00"
+)
+
+
+def _text_goes_back(rows: Sequence[Sequence[Any]]) -> bool:
+    """Whether, in ``rows`` ((group, started, ended) in order, the times in
+    ``_ISO_UTC_GLOB``'s form), a record ends before it starts or starts more than
+    :data:`SET_BACK_SLACK` before the latest end of the records before it in its group (an
+    NTP step back within the slack passes)."""
+    group: Any = None
+    latest = ""
+    for key, started, ended in rows:
+        if key != group:
+            group, latest = key, ""
+        if ended < started:
+            return True
+        if started < latest:
+            back = datetime.fromisoformat(latest) - datetime.fromisoformat(started)
+            if back > SET_BACK_SLACK:
+                return True
+        latest = max(latest, ended)
+    return False
 
 
 class SessionStore:
@@ -1276,7 +1309,10 @@ class SessionStore:
         """The records (of ``patient_id``, or all) dated before a record recorded before them
         ended: the home computer's clock was set back (sessions/log/clockorder.py), in each
         log's chain order and each plate's countersignature order. Records dated more than a
-        day after ``now`` (default: this computer's clock) are left out. No envelope is read.
+        day after ``now`` (default: this computer's clock) are left out, unless this log's own
+        chain ends after ``now`` (:meth:`clock_behind`): then the reader's clock is behind, maybe
+        still set back, and leaving them out would hide the record it backdated. No envelope is
+        read.
 
         ``quick`` (status, every time): first one pass over each log's times in chain order
         from a covering index (``sessions_clock_order``), comparing the times as text; a log
@@ -1300,6 +1336,7 @@ class SessionStore:
                 + where,
                 () if patient_id is None else (patient_id,),
             ).fetchall()
+        behind = self.clock_behind(moment, patient_id) is not None
         try:
             timed = []
             for session_id, log_id, index, started, ended, key, counter in rows:
@@ -1314,7 +1351,7 @@ class SessionStore:
                         end,
                         None if key is None else str(key),
                         None if counter is None else int(counter),
-                        dated_ahead(start, end, moment),
+                        not behind and dated_ahead(start, end, moment),
                     )
                 )
         except (TypeError, ValueError) as exc:
@@ -1322,37 +1359,82 @@ class SessionStore:
         return set_back_records(timed)
 
     def _may_be_set_back(self, patient_id: str | None) -> bool:
-        """Whether the full check can find anything: records in more than one chain (the
-        plate's order may then differ from each chain's) or in another log's chain (its times
-        were written elsewhere, maybe in another form), or a record of this log's own chain
-        that does not start after the record before it ended, or ends before it starts. The
-        own chain's times are all in the one form ``_iso`` writes (UTC, milliseconds), so
-        comparing them as text compares the times: one comparison or two per record."""
-        where = "chain_index IS NOT NULL" + ("" if patient_id is None else " AND patient_id = ?")
-        params = () if patient_id is None else (patient_id,)
+        """Whether the full check can find anything: a record that, in its log's chain order or
+        (with more than one chain, as after ``liv import``) its plate's countersignature order,
+        starts more than the slack before the records before it ended, or ends before it
+        starts, or a time not in the one form ``_iso`` writes (UTC, milliseconds). In that form
+        comparing the times as text compares the times, so this is one pass over the covering
+        index (and the vouchers, with several chains), one comparison or two per record; the
+        two times are parsed only where the text goes back. It never misses what the full check
+        finds: it reads every record the full check reads, and more (a record dated ahead).
+        The own chain's times are all written by ``_iso``; those of another log (imported)
+        are first checked to be in that form."""
+        where = "s.chain_index IS NOT NULL" + (
+            "" if patient_id is None else " AND s.patient_id = ?"
+        )
+        params: tuple[str, ...] = () if patient_id is None else (patient_id,)
         with _translate("read the session log", self.path), self._lock:
             conn = self._connection()
             chains = conn.execute(
-                f"SELECT MIN(log_id), MAX(log_id) FROM sessions WHERE {where}", params
-            ).fetchone()
-            if chains[0] is None:
-                return False
-            if chains[0] != chains[1] or chains[0] != self.log_id:
-                return True
-            rows = conn.execute(
-                f"SELECT started_utc, ended_utc FROM sessions WHERE {where} "
-                "ORDER BY log_id, chain_index",
+                f"SELECT s.log_id, s.started_utc, s.ended_utc FROM sessions s WHERE {where} "
+                "ORDER BY s.log_id, s.chain_index",
                 params,
             ).fetchall()
-        latest = ""
-        try:
-            for started, ended in rows:
-                if started < latest or ended < started:
+            several = len({row[0] for row in chains}) > 1
+            plates: list[Any] = []
+            if several or (chains and chains[0][0] != self.log_id):
+                # another log's times were written elsewhere: in the one form, or the full check
+                odd = conn.execute(
+                    f"SELECT 1 FROM sessions s WHERE {where} AND NOT (COALESCE(s.started_utc "
+                    "GLOB ?, 0) AND COALESCE(s.ended_utc GLOB ?, 0)) LIMIT 1",
+                    (*params, _ISO_UTC_GLOB, _ISO_UTC_GLOB),
+                ).fetchone()
+                if odd is not None:
                     return True
-                latest = ended
-        except TypeError:  # a time that is not text: the full check says what it is
+            if several and self._has_vouchers(conn):
+                plates = conn.execute(
+                    "SELECT v.device_key, s.started_utc, s.ended_utc FROM sessions s "
+                    f"JOIN vouchers v USING (session_id) WHERE {where} "
+                    "ORDER BY v.device_key, v.counter",
+                    params,
+                ).fetchall()
+        # one chain: the plate countersigns it in chain order, so each plate's order is a part
+        # of the chain's and cannot go back where the chain's does not
+        try:
+            return _text_goes_back(chains) or _text_goes_back(plates)
+        except (TypeError, ValueError):  # a time that is not text: the full check says what
             return True
-        return False
+
+    def clock_behind(
+        self, now: datetime | None = None, patient_id: str | None = None
+    ) -> datetime | None:
+        """The end of this log's newest chained record (of ``patient_id``, or any) when it is
+        more than :data:`SET_BACK_SLACK` after ``now`` (default: this computer's clock), else
+        None.
+
+        This log's records were written by this computer's clock: one ending after that clock's
+        now says the clock is behind now (still set back), or that it ran fast earlier and was
+        put right. The times are compared as text in the one form ``_iso`` writes; with
+        ``patient_id`` (status, every time) from the covering index ``sessions_clock_order``
+        (under a millisecond on five years; without, the rows are read: some milliseconds)."""
+        moment = datetime.now(UTC) if now is None else now
+        where = "log_id = ? AND chain_index IS NOT NULL"
+        params: tuple[str, ...] = (self.log_id,)
+        if patient_id is not None:
+            where, params = "patient_id = ? AND " + where, (patient_id, self.log_id)
+        with _translate("read the session log", self.path), self._lock:
+            row = (
+                self._connection()
+                .execute(f"SELECT MAX(ended_utc) FROM sessions WHERE {where}", params)
+                .fetchone()
+            )
+        if row is None or not isinstance(row[0], str):
+            return None
+        try:
+            newest = datetime.fromisoformat(row[0])
+            return newest if newest - moment.astimezone(UTC) > SET_BACK_SLACK else None
+        except (TypeError, ValueError):  # not a time: verify says what it is
+            return None
 
     # --- what the plate vouches for (protocol 2.1; sessions/log/vouch.py) ---
 
