@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 import serial
+from serial.urlhandler import protocol_socket
 
 if sys.platform != "win32":
     import fcntl
@@ -309,6 +310,7 @@ class DeviceClient:
     def __init__(self, port: serial.Serial, url: str) -> None:
         self.url = url
         self._port = port
+        self._tcp = isinstance(port, protocol_socket.Serial)  # socket://: reads sized by FIONREAD
         self._decoder = FrameDecoder()
         self._seq = 0
         self._blocks: deque[SampleBlock | SampleBatch] = deque()
@@ -909,6 +911,18 @@ class DeviceClient:
         except (serial.SerialException, OSError) as exc:
             raise LinkLostError(str(exc)) from None
 
+    def _socket_read_size(self) -> int:
+        """How many bytes the next read of a ``socket://`` port asks for. pyserial's
+        ``in_waiting`` is at most 1 there, so every frame of a TCP plate (ser2net) was read a
+        byte per call, about 90 calls a block; the socket's own count (FIONREAD) is asked
+        instead, at least 1 (the read then waits for it), at most READ_CHUNK. Only there: an
+        RFC 2217 port's socket also holds telnet bytes that its read never returns."""
+        sock = getattr(self._port, "_socket", None)
+        held = _socket_bytes_waiting(sock) if isinstance(sock, socket.socket) else None
+        if held:
+            return min(READ_CHUNK, held)
+        return max(1, min(READ_CHUNK, self._waiting()))
+
     def _pump(self, expect_hello: bool = False) -> int:
         """Read what is waiting (at least one byte) and handle every frame it completes; return
         how many bytes were read.
@@ -918,7 +932,10 @@ class DeviceClient:
         """
         port = self._port
         try:
-            data = port.read(max(1, min(READ_CHUNK, port.in_waiting)))
+            if self._tcp:
+                data = port.read(self._socket_read_size())
+            else:
+                data = port.read(max(1, min(READ_CHUNK, port.in_waiting)))
         except (serial.SerialException, OSError) as exc:
             raise LinkLostError(str(exc)) from None
         if not data:
@@ -965,7 +982,10 @@ class DeviceClient:
             size = 0
         try:
             if not size:
-                size = max(1, min(READ_CHUNK, self._port.in_waiting))
+                if self._tcp:
+                    size = self._socket_read_size()
+                else:
+                    size = max(1, min(READ_CHUNK, self._port.in_waiting))
                 data = self._port.read(size)
             else:
                 # At speed=max a read's timeout is simulated time: let this one span the

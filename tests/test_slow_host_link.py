@@ -163,3 +163,31 @@ def test_blocks_behind_counts_whole_samples_frames_of_their_longest_encoding() -
         client = DeviceClient(_PortHolding(waiting), "test://")  # type: ignore[arg-type]
         client._samples_payload_len = payload
         assert client.blocks_behind == blocks, waiting
+
+
+def test_a_tcp_plate_is_read_a_burst_per_call_not_a_byte_per_call(tmp_path: Path) -> None:
+    """Over ``socket://`` pyserial's in_waiting says at most 1, so the client read a TCP plate
+    (ser2net) one byte per call: about 90 calls for each 20-ms block, a cost a slow home
+    computer pays 50 times a second. It now asks the socket how much has arrived."""
+    with (
+        served(["--tcp", "127.0.0.1:0"], tmp_path / "truth.npz", linger_s=0.0) as address,
+        DeviceClient.open(address) as dev,
+    ):
+        assert dev.read_block(1.0) is not None
+        port = dev._port
+        calls = 0
+        read = port.read
+
+        def counted(size: int = 1) -> bytes:
+            nonlocal calls
+            calls += 1
+            return read(size)
+
+        time.sleep(0.3)  # about 15 blocks arrive meanwhile
+        port.read = counted  # type: ignore[method-assign]
+        blocks = [dev.read_block(1.0) for _ in range(15)]
+    assert all(b is not None for b in blocks)
+    firsts = [b.first_index for b in blocks if b is not None]
+    assert firsts == sorted(firsts)
+    assert len(set(firsts)) == 15
+    assert calls <= 3 * 15, f"{calls} reads for 15 blocks"
