@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sessions.adherence import AdherenceReport, DayAdherence, Flag, ProtocolPeriod
+    from sessions.clinic.problems import Problem
     from sessions.log import SessionSummary, TrustResult, VerifyResult
     from sessions.protocol import PatientProtocol
 
@@ -25,6 +26,7 @@ __all__ = [
     "SHAPES",
     "STATUS_WORDS",
     "ShapeError",
+    "clinic_problem_shape",
     "day_shape",
     "protocol_shape",
     "report_shape",
@@ -271,6 +273,23 @@ SHAPES: dict[str, dict[str, str]] = {
         "records": "int",
         "out": "str?",
         "integrity": "liv.verification/1",
+    },
+    "liv.clinic_problem/1": {
+        "schema": "str",
+        "problem_id": "str",
+        "short_id": "str",
+        "kind": "str",
+        "patient_id": "str?",
+        "log_id": "str?",
+        "chain_index": "int?",
+        "detail": "str",
+        "found_utc": "str",
+        "file_name": "str",
+        "open": "bool",
+        "acknowledged_utc": "str?",
+        "acknowledged_by": "str?",
+        "note": "str?",
+        "acknowledged_as": "str?",
     },
 }
 
@@ -594,6 +613,28 @@ def export_shape(
         "records": records,
         "out": out,
         "integrity": verification_shape(integrity, trust),
+    }
+
+
+def clinic_problem_shape(p: Problem, short_id: str) -> dict[str, Any]:
+    """A problem an import recorded in the clinic database, and its acknowledgement if any."""
+    note = p.note
+    return {
+        "schema": "liv.clinic_problem/1",
+        "problem_id": p.problem_id,
+        "short_id": short_id,
+        "kind": p.kind,
+        "patient_id": p.patient_id,
+        "log_id": p.log_id,
+        "chain_index": p.chain_index,
+        "detail": p.detail,
+        "found_utc": p.found_utc,
+        "file_name": p.file_name,
+        "open": note is None,
+        "acknowledged_utc": None if note is None else note.acknowledged_utc,
+        "acknowledged_by": None if note is None else note.acknowledged_by,
+        "note": None if note is None else note.note,
+        "acknowledged_as": None if note is None else note.problem_id,
     }
 
 

@@ -66,6 +66,7 @@ def _downgrade(db: Path) -> None:
     """The database as of schema 4: what a clinic of before the red team's change holds."""
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE prescriptions")
+        conn.execute("DROP TABLE IF EXISTS problem_notes")  # migration 8's
         if any(col[1] == "clock_ahead" for col in conn.execute("PRAGMA table_info(records)")):
             conn.execute("ALTER TABLE records DROP COLUMN clock_ahead")  # migration 7's
         conn.execute("DELETE FROM schema_version WHERE version >= 5")
@@ -409,10 +410,11 @@ def test_the_upgrade_does_not_record_a_prescription_flagged_after_the_first_sign
     assert main(["clinic", "import", str(export), *where]) == 0
     with sqlite3.connect(db) as conn:  # the database as schema 5 left it
         conn.execute("ALTER TABLE records DROP COLUMN clock_ahead")
+        conn.execute("DROP TABLE problem_notes")
         conn.execute("DELETE FROM schema_version WHERE version >= 6")
     conn.close()
     capsys.readouterr()
-    assert main(["clinic", "overview", *where]) == 0  # opens it: migrations 6 and 7
+    assert main(["clinic", "overview", *where]) == 0  # opens it: migrations 6, 7 and 8
     with sqlite3.connect(db) as conn:
         held = {r[0] for r in conn.execute("SELECT sha256 FROM prescriptions")}
     conn.close()

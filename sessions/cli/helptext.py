@@ -164,6 +164,19 @@ _DOCS: dict[str, tuple[str, str]] = {
         "session, open flags, device and firmware; who needs attention first.",
         "liv clinic overview --format html --out clinic/overview.html",
     ),
+    "clinic problems": (
+        "The problems imports found that no clinician has acknowledged yet, oldest first, each "
+        "with the short id 'liv clinic acknowledge' takes; --all adds the acknowledged ones "
+        "with who acknowledged them, when and the note.",
+        "liv clinic problems --all",
+    ),
+    "clinic acknowledge": (
+        "Record that a problem was dealt with (e.g. the patient was called), with a short "
+        "note: it then no longer counts on the overview. The problem itself is kept unchanged; "
+        "the same problem found again in the same file stays acknowledged, a new occurrence "
+        "is open.",
+        "liv clinic acknowledge 3f2a9c1b --note 'called the patient; clock set to automatic'",
+    ),
     "clinic report": (
         "One patient's full adherence report (as 'liv report') from the clinic database.",
         "liv clinic report P001 --format html --out P001.html",

@@ -474,6 +474,24 @@ def _add_clinic_commands(commands: Any) -> None:
     overview.add_argument("--out", metavar="FILE", help="default: standard output")
     overview.set_defaults(handler=Handler("sessions.clinic.commands", "cmd_clinic_overview"))
 
+    problems = with_clinic_db(ccmds.add_parser("problems", help="the problems imports found"))
+    problems.add_argument(
+        "--all", action="store_true", help="also the acknowledged ones, with who, when and why"
+    )
+    problems.add_argument("--json", action="store_true", help="print JSON (docs/json.md)")
+    problems.set_defaults(handler=Handler("sessions.clinic.commands", "cmd_clinic_problems"))
+
+    ack = with_clinic_db(ccmds.add_parser("acknowledge", help="mark a problem as dealt with"))
+    ack.add_argument(
+        "problem_id", metavar="PROBLEM_ID", help="its id as 'liv clinic problems' shows it"
+    )
+    ack.add_argument(
+        "--note", required=True, metavar="TEXT",
+        help="what was done, one line of at most 500 characters",
+    )  # fmt: skip
+    ack.add_argument("--by", metavar="NAME", help="who (default: your user name)")
+    ack.set_defaults(handler=Handler("sessions.clinic.commands", "cmd_clinic_acknowledge"))
+
     creport = with_clinic_db(ccmds.add_parser("report", help="one patient's full report"))
     creport.add_argument("patient", metavar="PATIENT", help="the patient's id")
     creport.add_argument(

@@ -1,4 +1,5 @@
-"""The clinic's commands: ``liv clinic import|overview|report|export`` (docs/clinic.md).
+"""The clinic's commands: ``liv clinic import|overview|problems|acknowledge|report|export``
+(docs/clinic.md).
 
 Each handler takes the parsed arguments and returns an exit status; expected failures raise a
 LivError whose one sentence the person sees (sessions/cli/app.py prints it).
@@ -90,6 +91,7 @@ def cmd_clinic_plate_list(args: argparse.Namespace) -> int:
 
 def cmd_clinic_overview(args: argparse.Namespace) -> int:
     from sessions.clinic.overview import (
+        acknowledged_problems,
         clinic_problems,
         overview,
         patient_report,
@@ -103,11 +105,15 @@ def cmd_clinic_overview(args: argparse.Namespace) -> int:
         raise ClinicCommandError(
             "the HTML overview links to each patient's report: give --out FILE.html"
         )
+    from sessions.clinic.problems import all_problems
+
     with open_db(args) as db:
-        rows = overview(db)
-        problems = clinic_problems(db)
+        found = all_problems(db)
+        rows = overview(db, problems=found)
+        problems = clinic_problems(db, found)
+        acknowledged = acknowledged_problems(db, found)
         renderer = {"table": render_table, "json": render_json, "html": render_html}[args.format]
-        text = renderer(rows, problems)
+        text = renderer(rows, problems, acknowledged)
         if args.format == "html":
             out = Path(args.out)
             for row in rows:
@@ -115,6 +121,59 @@ def cmd_clinic_overview(args: argparse.Namespace) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(patient_report(db, row.patient_id, "html"), encoding="utf-8")
     _write(args.out, text, "overview")
+    return 0
+
+
+def cmd_clinic_problems(args: argparse.Namespace) -> int:
+    from sessions.clinic.problems import all_problems, short_id_length
+    from sessions.jsonshapes import clinic_problem_shape
+
+    with open_db(args) as db:
+        everything = all_problems(db)
+    width = short_id_length(p.problem_id for p in everything)
+    shown = [p for p in everything if args.all or p.open]
+    if args.json:
+        data = [clinic_problem_shape(p, p.problem_id[:width]) for p in shown]
+        echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    acknowledged = sum(1 for p in everything if not p.open)
+    for p in shown:
+        where = p.patient_id if p.patient_id is not None else "no patient"
+        state = "open" if p.open else "acknowledged"
+        echo(terminal_line(f"{p.problem_id[:width]}  {p.found_utc[:16].replace('T', ' ')} UTC  "
+                           f"{where}  {p.kind}  {state}"))  # fmt: skip
+        echo(f"  {terminal_line(p.detail)}")
+        if p.note is not None:
+            echo(terminal_line(f"  acknowledged {p.note.acknowledged_utc[:16].replace('T', ' ')} "
+                               f"UTC by {p.note.acknowledged_by}: {p.note.note}"))  # fmt: skip
+    opened = len(everything) - acknowledged
+    if args.all:
+        echo(f"{len(everything)} problem(s): {opened} open, {acknowledged} acknowledged")
+    elif opened:
+        echo(
+            f"{opened} open problem(s) ({acknowledged} acknowledged: --all shows them); once "
+            "one is dealt with: liv clinic acknowledge ID --note TEXT"
+        )
+    else:
+        echo(f"no open problems ({acknowledged} acknowledged: --all shows them)")
+    return 0
+
+
+def cmd_clinic_acknowledge(args: argparse.Namespace) -> int:
+    from sessions.clinic.problems import acknowledge
+
+    with open_db(args) as db:
+        problem = acknowledge(db, args.problem_id, args.note, args.by)
+    note = problem.note
+    assert note is not None
+    who = problem.patient_id if problem.patient_id is not None else "no patient"
+    echo(
+        terminal_line(
+            f"problem {problem.problem_id} ({problem.kind}, {who}) acknowledged by "
+            f"{note.acknowledged_by}; it no longer counts on the overview, and 'liv clinic "
+            "problems --all' shows it with the note"
+        )
+    )
     return 0
 
 
@@ -167,10 +226,12 @@ def _write(out: str | None, text: str, what: str) -> None:
 
 __all__ = [
     "ClinicCommandError",
+    "cmd_clinic_acknowledge",
     "cmd_clinic_export",
     "cmd_clinic_import",
     "cmd_clinic_overview",
     "cmd_clinic_plate_add",
     "cmd_clinic_plate_list",
+    "cmd_clinic_problems",
     "cmd_clinic_report",
 ]

@@ -120,6 +120,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 7: a record dated ahead of the importer's clock (the home computer's clock was ahead) is
     # held and flagged, never counted in adherence
     ("ALTER TABLE records ADD COLUMN clock_ahead INTEGER NOT NULL DEFAULT 0",),
+    # 8: a clinician's acknowledgement of a problem (liv clinic acknowledge): added beside the
+    # problem, never an edit of it; a problem without a note stays open
+    (
+        "CREATE TABLE problem_notes ("
+        " problem_id TEXT PRIMARY KEY REFERENCES problems (problem_id),"
+        " acknowledged_utc TEXT NOT NULL, acknowledged_by TEXT NOT NULL, note TEXT NOT NULL)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -139,7 +139,7 @@ def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
     try:
         verified = verify_export(path, PlateRegistry(db))
     except ImportRefusedError as exc:
-        _record_refusal(db, path, "", exc)
+        _record_refusal(db, path, _file_sha256(path), exc)
         outcome.refused = str(exc)
         return outcome
     try:
@@ -154,6 +154,19 @@ def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
         refresh_patient(db, patient)
     _log.info("imported %s: %d added, %d already held", path, outcome.added, outcome.duplicates)
     return outcome
+
+
+def _file_sha256(path: Path) -> str:
+    """A refused file's SHA-256 (empty when it cannot be read): the same file refused again is
+    the same problem, which an acknowledgement keeps closed (sessions/clinic/problems.py)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
 
 
 def _record_refusal(

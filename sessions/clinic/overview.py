@@ -28,6 +28,7 @@ from sessions.adherence import (
 )
 from sessions.clinic.db import ClinicDb
 from sessions.clinic.importer import THERAPY, HeldSession, load_record, load_sessions
+from sessions.clinic.problems import Problem, acknowledged_counts, all_problems
 from sessions.log.records import SessionSummary
 from sessions.protocol import PatientProtocol, protocol_from_dict
 from sessions.text import terminal_line
@@ -194,6 +195,7 @@ class OverviewRow:
     firmware_version: str | None = None
     flags: dict[str, int] = field(default_factory=dict)
     recent_trips: int = 0  # trips in the last 7 days (the attention rule)
+    acknowledged_problems: int = 0  # problems a clinician acknowledged (not in the flags)
 
     @property
     def days_since_last(self) -> int | None:
@@ -214,6 +216,7 @@ class OverviewRow:
             else self.last_session_day.isoformat(),
             "days_since_last_session": self.days_since_last,
             "open_flags": dict(self.flags),
+            "acknowledged_problems": self.acknowledged_problems,
             "device_id": self.device_id,
             "firmware_version": self.firmware_version,
             "report_command": f"liv clinic report {self.patient_id}",
@@ -224,7 +227,8 @@ class OverviewRow:
 def attention_key(row: OverviewRow) -> tuple[Any, ...]:
     """Who needs attention first (docs/clinic.md):
 
-    1. an integrity problem (a refused, conflicting or rolled-back export);
+    1. an open integrity problem (a refused, conflicting or rolled-back export), one no
+       clinician has acknowledged;
     2. a safety trip or fault in the last 7 days;
     3. the lowest session adherence over the last 7 days (no counted day: after every figure);
     4. the longest time since the last session (never: first);
@@ -248,8 +252,11 @@ def _today_in(zone: str, now: datetime) -> date:
         return now.astimezone(UTC).date()
 
 
-def overview(db: ClinicDb, now: datetime | None = None) -> list[OverviewRow]:
-    """Every patient's overview row, sorted by ``attention_key``. Reads summary rows only."""
+def overview(
+    db: ClinicDb, now: datetime | None = None, problems: Sequence[Problem] | None = None
+) -> list[OverviewRow]:
+    """Every patient's overview row, sorted by ``attention_key``. Reads summary rows only
+    (and ``problems``, every recorded problem, when the caller has not read them)."""
     now = datetime.now(UTC) if now is None else now
     rows: dict[str, OverviewRow] = {}
     for patient_id, zone, last_day, device, firmware in db.query(
@@ -294,24 +301,38 @@ def overview(db: ClinicDb, now: datetime | None = None) -> list[OverviewRow]:
             row.flags[name] += 1
             if name == "trips" and age <= 7:
                 row.recent_trips += 1
-    for patient_id, count in db.query(
-        "SELECT patient_id, COUNT(*) FROM problems WHERE patient_id IS NOT NULL GROUP BY patient_id"
-    ):
-        if patient_id in rows:
-            rows[patient_id].flags[INTEGRITY] = int(count)
+    for problem in all_problems(db) if problems is None else problems:  # open ones counted
+        row = rows.get(problem.patient_id or "")
+        if row is None:
+            continue
+        if problem.open:
+            row.flags[INTEGRITY] += 1
+        else:
+            row.acknowledged_problems += 1
     return sorted(rows.values(), key=attention_key)
 
 
-def clinic_problems(db: ClinicDb) -> list[str]:
-    """Problems no overview row shows: files that name no patient (unreadable, not an export)
-    or only patients the clinic holds no record of (e.g. a first export that was refused)."""
+def clinic_problems(db: ClinicDb, problems: Sequence[Problem] | None = None) -> list[str]:
+    """Open problems no overview row shows: files that name no patient (unreadable, not an
+    export) or only patients the clinic holds no record of (e.g. a first export refused)."""
+    held = set(patients(db))
     return [
-        str(d)
-        for (d,) in db.query(
-            "SELECT detail FROM problems WHERE patient_id IS NULL OR patient_id NOT IN"
-            " (SELECT patient_id FROM patients) ORDER BY found_utc"
-        )
+        p.detail
+        for p in (all_problems(db) if problems is None else problems)
+        if p.open and (p.patient_id is None or p.patient_id not in held)
     ]
+
+
+def acknowledged_problems(db: ClinicDb, problems: Sequence[Problem] | None = None) -> int:
+    """How many recorded problems a clinician acknowledged (liv clinic problems --all)."""
+    return acknowledged_counts(all_problems(db) if problems is None else problems)[1]
+
+
+def _acknowledged_text(count: int) -> str:
+    return (
+        f"{count} problem(s) acknowledged, not counted above: 'liv clinic problems --all' "
+        "shows them with their notes"
+    )
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -365,7 +386,9 @@ def _cells(row: OverviewRow) -> list[str]:
     ]
 
 
-def render_table(rows: Sequence[OverviewRow], problems: Sequence[str] = ()) -> str:
+def render_table(
+    rows: Sequence[OverviewRow], problems: Sequence[str] = (), acknowledged: int = 0
+) -> str:
     table = [list(_HEADERS)] + [[terminal_line(c) for c in _cells(r)] for r in rows]
     widths = [max(len(line[k]) for line in table) for k in range(len(_HEADERS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
@@ -373,19 +396,26 @@ def render_table(rows: Sequence[OverviewRow], problems: Sequence[str] = ()) -> s
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"{len(rows)} patient(s); adherence = prescribed sessions completed at dose")
     lines += [f"problem: {terminal_line(p)}" for p in problems]
+    if acknowledged:
+        lines.append(_acknowledged_text(acknowledged))
     return "\n".join(lines) + "\n"
 
 
-def render_json(rows: Sequence[OverviewRow], problems: Sequence[str] = ()) -> str:
+def render_json(
+    rows: Sequence[OverviewRow], problems: Sequence[str] = (), acknowledged: int = 0
+) -> str:
     data = {
         "patients": [r.to_dict() for r in rows],
         "problems": list(problems),
+        "acknowledged_problems": acknowledged,
         "attention_rule": (attention_key.__doc__ or "").strip(),
     }
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def render_html(rows: Sequence[OverviewRow], problems: Sequence[str] = ()) -> str:
+def render_html(
+    rows: Sequence[OverviewRow], problems: Sequence[str] = (), acknowledged: int = 0
+) -> str:
     """One self-contained page; each row links to the patient's report file next to it."""
     e = html.escape
     body = []
@@ -413,6 +443,11 @@ def render_html(rows: Sequence[OverviewRow], problems: Sequence[str] = ()) -> st
         f'<table id="overview"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
         "</table>"
         + (f'<h2>Problems</h2><ul id="problems">{problem_items}</ul>' if problems else "")
+        + (
+            f'<p id="acknowledged">{e(_acknowledged_text(acknowledged))}</p>'
+            if acknowledged
+            else ""
+        )
         + "</body></html>\n"
     )
 
