@@ -157,7 +157,9 @@ def test_a_served_simulator_is_simulated_whatever_its_url(tmp_path: Path) -> Non
 def test_status_and_adherence_count_therapy_records_only(home: LivHome) -> None:
     """Records built directly: one therapy, one simulated, one engineering in the same slot."""
     protocol = load_protocol(home.protocol_path)
-    now = datetime.now(UTC)
+    # noon today (the protocol's zone is UTC): "five hours ago" run before 05:00 was yesterday,
+    # and the test failed every night
+    now = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     today = now.date()
     with SessionLog(home.db_path()) as log:
         for kind in (SessionKind.SIMULATED, SessionKind.ENGINEERING):
