@@ -8,6 +8,8 @@ problem. Runs on SQLite and PostgreSQL (the fixture of tests/test_clinic_db.py).
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from sessions.cli import main
 from sessions.clinic.db import SCHEMA_VERSION, ClinicDb
+from sessions.clinic.importer import import_export
 from sessions.clinic.problems import MAX_NOTE_CHARS
 from sessions.jsonshapes import validate
 from tests import test_clinic_db
@@ -264,3 +267,64 @@ def test_ids_that_share_a_prefix_are_shown_longer_and_a_shared_prefix_is_refused
                        "--note", "n", "--by", "A", "--db", db)  # fmt: skip
     assert code == 0, err
     assert len(problems_json(capsys, db)) == 2
+
+
+def test_the_same_old_backup_restored_twice_is_a_new_problem_the_second_time(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exports are deterministic: the same backup restored again gives a byte-identical file,
+    but what it loses depends on what the clinic held by then (4 records, then 14)."""
+    recs = make_records("P1", 20)
+    with ClinicDb(db_url) as db:
+        import_registered(db, write_export(tmp_path / "ten.jsonl", recs[:10]))
+        import_registered(db, write_export(tmp_path / "old.jsonl", recs[:6]))
+    (first,) = problems_json(capsys, db_url)
+    acknowledge = ("clinic", "acknowledge", first["short_id"], "--note", "restored")
+    assert run(capsys, *acknowledge, "--by", "A", "--db", db_url)[0] == 0
+    with ClinicDb(db_url) as db:
+        import_registered(db, write_export(tmp_path / "twenty.jsonl", recs))
+        import_registered(db, write_export(tmp_path / "old_again.jsonl", recs[:6]))
+    assert (tmp_path / "old.jsonl").read_bytes() == (tmp_path / "old_again.jsonl").read_bytes()
+    (second,) = problems_json(capsys, db_url)
+    assert second["detail"] != first["detail"]
+
+
+def test_a_note_that_is_not_text_is_refused_without_a_traceback(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bytes that are not UTF-8 on the command line arrive as lone surrogates, which neither
+    database can store: before, the command ended in a traceback."""
+    rolled_back(db_url, tmp_path)
+    (problem,) = problems_json(capsys, db_url)
+    code, _, err = run(
+        capsys, "clinic", "acknowledge", problem["short_id"], "--note", "caf\udce9 called",
+        "--by", "A", "--db", db_url,
+    )  # fmt: skip
+    assert code == 1
+    assert "not text (UTF-8)" in err
+    code, _, err = run(
+        capsys, "clinic", "acknowledge", problem["short_id"], "--note", "called",
+        "--by", "j\udce9r\udcf4me", "--db", db_url,
+    )  # fmt: skip
+    assert code == 1
+    assert "(UTF-8)" in err
+    assert count(db_url, "SELECT COUNT(*) FROM problem_notes") == 0
+
+
+def test_a_refused_file_read_from_a_pipe_is_told_apart_by_what_was_found(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A pipe is empty once the check has read it (and /dev/zero never ends): its digest was
+    that of no bytes for every piped file, so one note hid every later piped refusal."""
+    first = make_records("P1", 3, seed=3)
+    first[1]["minutes_at_dose"] = 1.0
+    path = write_export(tmp_path / "a.jsonl", first)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(path.read_bytes()))
+    writer.start()
+    with ClinicDb(db_url) as db:
+        outcome = import_export(db, fifo)
+    writer.join(timeout=10)
+    assert outcome.refused
+    assert count(db_url, "SELECT COUNT(*) FROM imports WHERE file_sha256 = ''") == 1

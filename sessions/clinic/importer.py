@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -157,10 +159,13 @@ def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
 
 
 def _file_sha256(path: Path) -> str:
-    """A refused file's SHA-256 (empty when it cannot be read): the same file refused again is
-    the same problem, which an acknowledgement keeps closed (sessions/clinic/problems.py)."""
+    """A refused file's SHA-256 (empty when it cannot be read or is not a regular file, as a
+    pipe): the same file refused again is the same problem, which an acknowledgement keeps
+    closed (sessions/clinic/problems.py)."""
     digest = hashlib.sha256()
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return ""  # a pipe the check emptied, /dev/zero that never ends: its sentence tells
         with open(path, "rb") as stream:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)

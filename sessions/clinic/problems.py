@@ -80,14 +80,18 @@ def problem_key(
     file_sha256: str,
     detail: str,
 ) -> ProblemKey:
-    """What makes two problem rows the same problem: kind, patient, record and file."""
+    """What makes two problem rows the same problem: kind, patient, record, file and what was
+    found. The sentence counts even for the same file: a refusal can depend on what the
+    database held when the file came (the same old backup restored twice loses 4 records the
+    first time and 34 the second), and the same file against the same database gives the same
+    sentence, so a plain re-import stays acknowledged."""
     return (
         kind,
         patient_id or "",
         log_id or "",
         -1 if chain_index is None else int(chain_index),
         file_sha256,
-        "" if file_sha256 else detail,  # no file digest (unreadable): its sentence tells it
+        detail,
     )
 
 
@@ -184,6 +188,10 @@ def check_note(note: str) -> str:
             f"the note is {len(text)} characters long; at most {MAX_NOTE_CHARS} are allowed "
             "(keep the details in the patient's file)"
         )
+    if _not_text(text):
+        raise ProblemNoteError(
+            "the note holds bytes that are not text (UTF-8): write it again in plain letters"
+        )
     if _has_control(text):
         raise ProblemNoteError(
             "the note holds a line break or another control character; write it on one line"
@@ -203,15 +211,22 @@ def check_by(by: str | None) -> str:
                 "the operating system gives no user name: say who acknowledges with --by NAME"
             )
     text = by.strip()
-    if not text or len(text) > MAX_BY_CHARS or _has_control(text):
+    if not text or len(text) > MAX_BY_CHARS or _has_control(text) or _not_text(text):
         raise ProblemNoteError(
-            f"--by must be a name of 1 to {MAX_BY_CHARS} characters on one line, not {by!r}"
+            f"--by must be a name of 1 to {MAX_BY_CHARS} characters of text (UTF-8) on one "
+            f"line, not {by!r}"
         )
     return text
 
 
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
+
+
+def _not_text(text: str) -> bool:
+    """Bytes that were not UTF-8 on the command line or in the environment arrive as lone
+    surrogates, which no database can store."""
+    return any(unicodedata.category(c) == "Cs" for c in text)
 
 
 def find_problem(db: ClinicDb, given: str) -> Problem:
