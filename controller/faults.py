@@ -268,14 +268,9 @@ def stop_plate_left_running(
     if status.state == DeviceState.STOPPING:
         # the previous session's own stop, still ramping down (a start right after the last
         # one ended): nothing was left running, only wait for it
-        while not _at_rest(status):
-            if status.fault_code:
-                return None
-            if clock() >= end:
-                raise PlateFaultLatchedError(0, STILL_MOVING, needs_person=True)
-            sleep(AT_REST_POLL_S)
-            status = device.request_status()
-        _drop_blocks_before(device, status.sample_index)
+        status = _wait_at_rest_or_fault(device, status, end, clock, sleep)
+        if _at_rest(status):
+            _drop_blocks_before(device, status.sample_index)
         return None
     found = StoppedPlate(
         q16_to_drive(status.drive_q16),
@@ -292,15 +287,29 @@ def stop_plate_left_running(
         sleep(AT_REST_POLL_S)
         status = device.request_status()
     device.stop_output()
-    while not _at_rest(status):
-        if status.fault_code:  # it faulted meanwhile: the latched-fault rules apply
-            return found
+    status = _wait_at_rest_or_fault(device, status, end, clock, sleep)
+    if _at_rest(status):  # else it faulted meanwhile: the latched-fault rules apply
+        _drop_blocks_before(device, status.sample_index)  # the moving plate's, already sent
+    return found
+
+
+def _wait_at_rest_or_fault(
+    device: DeviceClient,
+    status: Status,
+    end: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> Status:
+    """Poll STATUS until the plate is at rest or a fault is latched; the last STATUS read.
+
+    Raises :class:`PlateFaultLatchedError` (:data:`STILL_MOVING`) if neither by ``end``.
+    """
+    while not _at_rest(status) and not status.fault_code:
         if clock() >= end:
             raise PlateFaultLatchedError(0, STILL_MOVING, needs_person=True)
         sleep(AT_REST_POLL_S)
         status = device.request_status()
-    _drop_blocks_before(device, status.sample_index)  # the moving plate's, already sent
-    return found
+    return status
 
 
 def bring_plate_to_rest(
