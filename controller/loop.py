@@ -470,17 +470,13 @@ def _run_exposure(
         # A session (sessions/runner.py) raises its stops only between two updates (from
         # on_update); a caller that lets SIGINT raise anywhere (``liv run``) may interrupt an
         # update halfway through its history appends: only whole updates are kept.
-        whole = min(len(rounding_g), *(len(column) for column in hist.values()))
-        for column in (*hist.values(), rounding_g):
-            del column[whole:]
+        _keep_whole_updates(hist, rounding_g)
         result.status = ExposureStatus.STOPPED_BY_USER
         result.stop_fault = _soft_stop(device, settings.ramp_down_s, t)
     except BridgeError as exc:
         # A command sent between two reads failed (a cable pulled while the host computed the
         # update): a trip like one met on a read, never an exception out of the exposure.
-        whole = min(len(rounding_g), *(len(column) for column in hist.values()))
-        for column in (*hist.values(), rounding_g):
-            del column[whole:]
+        _keep_whole_updates(hist, rounding_g)
         result.trip = _trip_for(exc, t, device.sample_index)
         result.status = ExposureStatus.TRIPPED
         log.warning("safety trip: %s (%s)", result.trip.reason, result.trip.detail)
@@ -509,6 +505,14 @@ _EXCEPTION_REASONS: dict[type[BridgeError], TripReason] = {
     CommandRefusedError: TripReason.DEVICE_REFUSED,
     CommandTimeoutError: TripReason.LINK_DEGRADED,
 }
+
+
+def _keep_whole_updates(hist: dict[str, list[float]], rounding_g: list[float]) -> None:
+    """Trim the history columns to the updates appended in full (an exception may have come
+    halfway through one update's appends)."""
+    whole = min(len(rounding_g), *(len(column) for column in hist.values()))
+    for column in (*hist.values(), rounding_g):
+        del column[whole:]
 
 
 def _trip_for(exc: BridgeError, t: float, index: int) -> SafetyTrip:
