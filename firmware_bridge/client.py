@@ -432,11 +432,9 @@ class DeviceClient:
         Over ``socket://`` pyserial's ``in_waiting`` is at most 1 (it only asks ``select``), so
         the bytes the kernel holds for the socket are asked for directly (FIONREAD).
         """
-        sock = getattr(self._port, "_socket", None)
-        if isinstance(sock, socket.socket):
-            held = _socket_bytes_waiting(sock)
-            if held is not None:
-                return held
+        held = self._socket_held()
+        if held is not None:
+            return held
         try:
             return max(0, int(self._port.in_waiting))
         except (serial.SerialException, OSError, ValueError, TypeError):
@@ -917,11 +915,16 @@ class DeviceClient:
         byte per call, about 90 calls a block; the socket's own count (FIONREAD) is asked
         instead, at least 1 (the read then waits for it), at most READ_CHUNK. Only there: an
         RFC 2217 port's socket also holds telnet bytes that its read never returns."""
-        sock = getattr(self._port, "_socket", None)
-        held = _socket_bytes_waiting(sock) if isinstance(sock, socket.socket) else None
+        held = self._socket_held()
         if held:
             return min(READ_CHUNK, held)
         return max(1, min(READ_CHUNK, self._waiting()))
+
+    def _socket_held(self) -> int | None:
+        """Bytes the kernel holds for the port's socket (FIONREAD), or None for a port with
+        no socket or one that cannot be asked."""
+        sock = getattr(self._port, "_socket", None)
+        return _socket_bytes_waiting(sock) if isinstance(sock, socket.socket) else None
 
     def _pump(self, expect_hello: bool = False) -> int:
         """Read what is waiting (at least one byte) and handle every frame it completes; return
