@@ -374,7 +374,7 @@ def _implausible(record: SessionSummary, *, valid_prescription: bool = False) ->
         return f"timezone {record.timezone!r} is not a known time zone"
     therapy = record.kind is SessionKind.THERAPY
     problem = _protocol_problem(
-        record.protocol_json, record.protocol_sha256, therapy, therapy and valid_prescription
+        record.protocol_json, record.protocol_sha256, therapy and valid_prescription
     )
     if problem is not None:
         return problem
@@ -417,20 +417,18 @@ def clock_problem(record: SessionSummary, now: datetime) -> tuple[str, bool] | N
 
 
 _PROTOCOL_CACHE_SIZE = 64  # a log's records share a few prescriptions
-_protocol_cache: collections.OrderedDict[tuple[bytes, str, bool, bool], str | None] = (
+_protocol_cache: collections.OrderedDict[tuple[bytes, str, bool], str | None] = (
     collections.OrderedDict()
 )
 _protocol_cache_lock = threading.Lock()
 
 
-def _protocol_problem(
-    protocol_json: str, protocol_sha256: str, therapy: bool, valid: bool
-) -> str | None:
+def _protocol_problem(protocol_json: str, protocol_sha256: str, valid: bool) -> str | None:
     """``_judged_protocol``, remembered by the SHA-256 of the prescription's text: the cache
     holds digests, never the text, which a hostile file can make megabytes long (before, an
     lru_cache keyed by the text could hold 64 lines of 8 MB)."""
     digest = hashlib.sha256(protocol_json.encode("utf-8", errors="surrogatepass")).digest()
-    key = (digest, protocol_sha256, therapy, valid)
+    key = (digest, protocol_sha256, valid)  # the arguments _judged_protocol's answer depends on
     with _protocol_cache_lock:
         if key in _protocol_cache:
             _protocol_cache.move_to_end(key)
