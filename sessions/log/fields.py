@@ -459,7 +459,11 @@ def _judged_protocol(protocol_json: str, protocol_sha256: str, valid: bool) -> s
         return "protocol_json is not a JSON object"
     if not valid:
         return None
-    if hashlib.sha256(protocol_json.encode("utf-8")).hexdigest() != protocol_sha256:
+    try:
+        text = protocol_json.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a \ud800 escape in the file
+        return "protocol_json is not text: it holds a character UTF-8 cannot encode"
+    if hashlib.sha256(text).hexdigest() != protocol_sha256:
         return "protocol_sha256 is not the SHA-256 of its protocol_json"
     try:
         protocol_from_dict(protocol)  # the prescription's own checks
