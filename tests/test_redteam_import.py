@@ -237,3 +237,18 @@ def test_a_file_of_more_records_than_any_study_is_refused_before_memory_grows(
     assert "line 7 is record 7 of the file: an export holds at most 6 records" in err
     refused = _home_import(tmp_path, path)
     assert "an export holds at most 6 records" in str(refused)
+
+
+def test_a_prescription_holding_a_lone_surrogate_is_refused_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``\\ud800`` escape in the file decodes to a character UTF-8 cannot encode: hashing the
+    prescription's text to check its SHA-256 raised UnicodeEncodeError (a traceback)."""
+    record = vouched(make_records("P1", 1))[0]
+    line = canonical_json(record)
+    start = line.index('"protocol_json":"') + len('"protocol_json":"')
+    line = line[:start] + '{\\"x\\":\\"\\ud800\\",' + line[start + 1 :]
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    err = _clinic_import(tmp_path, path, capsys)
+    assert "nothing was imported" in err

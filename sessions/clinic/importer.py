@@ -316,8 +316,13 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         problems += _home_clocks(db, records, import_id)
         problems += _clocks_set_back(db, records, patients, import_id)
         problems += _shared_plates(db, records, import_id)
-        problems += _unsigned_prescriptions(db, import_id)
-        unchecked = _unchecked_therapy(db, import_id)
+        # the unsigned-prescription check is on once the database holds a signed prescription
+        # (asked once here); while it holds none, the therapy records added go unchecked
+        if db.query("SELECT 1 FROM prescriptions LIMIT 1"):
+            problems += _unsigned_prescriptions(db, import_id)
+            unchecked = 0
+        else:
+            unchecked = _therapy_added(db, import_id)
         problems += _simulator_therapy(db, import_id)
         for kind, patient, log_id, index, detail in problems:
             db.execute(
@@ -563,14 +568,12 @@ def _unsigned_prescriptions(
     db: ClinicDb, import_id: str
 ) -> list[tuple[str, str, str, int | None, str]]:
     """A problem per patient and prescription for the therapy records this import added that ran
-    under a prescription the clinic never signed (none while the clinic has recorded none).
+    under a prescription the clinic never signed (asked only while the clinic has signed one).
 
     The home trusts whichever clinic key it is enrolled with, and that key can be replaced on
     the patient's computer: a prescription signed there (one minute once a day, within the dose
     limits) makes every genuine, plate-vouched session of it "completed at dose".
     """
-    if not db.query("SELECT 1 FROM prescriptions LIMIT 1"):
-        return []
     found: list[tuple[str, str, str, int | None, str]] = []
     for patient, sha, log_id, sessions, first in db.query(
         "SELECT patient_id, protocol_sha256, MIN(log_id), COUNT(*), MIN(local_date) FROM records"
@@ -594,11 +597,9 @@ def _unsigned_prescriptions(
     return found
 
 
-def _unchecked_therapy(db: ClinicDb, import_id: str) -> int:
-    """The therapy records this import added while the database holds no signed prescription
-    (the unsigned-prescription check is off: signing may go to another database)."""
-    if db.query("SELECT 1 FROM prescriptions LIMIT 1"):
-        return 0
+def _therapy_added(db: ClinicDb, import_id: str) -> int:
+    """The therapy records this import added (counted as unchecked while the database holds no
+    signed prescription: the unsigned-prescription check is off, signing may go elsewhere)."""
     rows = db.query(
         "SELECT COUNT(*) FROM records WHERE import_id = ? AND kind = ?", (import_id, THERAPY)
     )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, AnyStr, BinaryIO, TextIO
 
 from sessions.jsonshapes import STATUS_WORDS
 from sessions.log.canonical import canonical_json, number_text
@@ -730,15 +730,22 @@ def read_lines(stream: BinaryIO, digest: Any = None) -> Iterator[str]:
     into ``digest`` (a hashlib object) when given. UnicodeDecodeError for a file not UTF-8;
     the ``bad_file`` LogError for a line longer than :data:`MAX_LINE_BYTES`, read no further.
     """
-    number = 0
-    while data := stream.readline(MAX_LINE_BYTES + 1):
-        number += 1
-        if len(data) > MAX_LINE_BYTES:
-            raise _too_long(number)
+    for number, data in enumerate(_bounded(stream.readline), 1):
         if digest is not None:
             digest.update(data)
         text = data.decode("utf-8")
         yield text.removeprefix("\ufeff") if number == 1 else text
+
+
+def _bounded(readline: Callable[[int], AnyStr]) -> Iterator[AnyStr]:
+    """The lines ``readline`` gives, each at most :data:`MAX_LINE_BYTES` long (bytes or
+    characters); a longer one is the ``bad_file`` LogError, read no further."""
+    number = 0
+    while line := readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise _too_long(number)
+        yield line
 
 
 def _too_long(line_no: int) -> LogError:
@@ -751,12 +758,7 @@ def _too_long(line_no: int) -> LogError:
 def limited_lines(stream: TextIO) -> Iterator[str]:
     """The lines of a text stream, each at most :data:`MAX_LINE_BYTES` characters (a longer
     one is the ``bad_file`` LogError, read no further)."""
-    number = 0
-    while text := stream.readline(MAX_LINE_BYTES + 1):
-        number += 1
-        if len(text) > MAX_LINE_BYTES:
-            raise _too_long(number)
-        yield text
+    return _bounded(stream.readline)
 
 
 @contextlib.contextmanager

@@ -374,7 +374,7 @@ def _implausible(record: SessionSummary, *, valid_prescription: bool = False) ->
         return f"timezone {record.timezone!r} is not a known time zone"
     therapy = record.kind is SessionKind.THERAPY
     problem = _protocol_problem(
-        record.protocol_json, record.protocol_sha256, therapy, therapy and valid_prescription
+        record.protocol_json, record.protocol_sha256, therapy and valid_prescription
     )
     if problem is not None:
         return problem
@@ -417,20 +417,18 @@ def clock_problem(record: SessionSummary, now: datetime) -> tuple[str, bool] | N
 
 
 _PROTOCOL_CACHE_SIZE = 64  # a log's records share a few prescriptions
-_protocol_cache: collections.OrderedDict[tuple[bytes, str, bool, bool], str | None] = (
+_protocol_cache: collections.OrderedDict[tuple[bytes, str, bool], str | None] = (
     collections.OrderedDict()
 )
 _protocol_cache_lock = threading.Lock()
 
 
-def _protocol_problem(
-    protocol_json: str, protocol_sha256: str, therapy: bool, valid: bool
-) -> str | None:
+def _protocol_problem(protocol_json: str, protocol_sha256: str, valid: bool) -> str | None:
     """``_judged_protocol``, remembered by the SHA-256 of the prescription's text: the cache
     holds digests, never the text, which a hostile file can make megabytes long (before, an
     lru_cache keyed by the text could hold 64 lines of 8 MB)."""
     digest = hashlib.sha256(protocol_json.encode("utf-8", errors="surrogatepass")).digest()
-    key = (digest, protocol_sha256, therapy, valid)
+    key = (digest, protocol_sha256, valid)  # the arguments _judged_protocol's answer depends on
     with _protocol_cache_lock:
         if key in _protocol_cache:
             _protocol_cache.move_to_end(key)
@@ -461,7 +459,11 @@ def _judged_protocol(protocol_json: str, protocol_sha256: str, valid: bool) -> s
         return "protocol_json is not a JSON object"
     if not valid:
         return None
-    if hashlib.sha256(protocol_json.encode("utf-8")).hexdigest() != protocol_sha256:
+    try:
+        text = protocol_json.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a \ud800 escape in the file
+        return "protocol_json is not text: it holds a character UTF-8 cannot encode"
+    if hashlib.sha256(text).hexdigest() != protocol_sha256:
         return "protocol_sha256 is not the SHA-256 of its protocol_json"
     try:
         protocol_from_dict(protocol)  # the prescription's own checks
