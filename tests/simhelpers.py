@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import select
 import sqlite3
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -267,3 +270,22 @@ def vouch_all(home: LivHome | Path, device_id: str) -> None:
             device, log, DevicePins(home.root / PINS_FILE), lambda _text: None
         )
         assert voucher is not None, why
+
+
+@contextlib.contextmanager
+def sim_served(where: list[str], url: str) -> Iterator[str]:
+    """``liv sim serve`` of ``url`` in its own process; yields the first line it prints (the
+    address, unchecked) and, once closed, requires a clean exit without a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessions.cli", "sim", "serve", *where, "--sim", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

@@ -345,6 +345,21 @@ def _write(log: SessionLog, protocol: PatientProtocol, start: datetime, slot: in
     return sid
 
 
+def _count_full_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Wrap the full set-back check so a test can count how often the quick path fell back."""
+    from sessions.log import storage
+
+    calls: list[int] = []
+    full = storage.set_back_records
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return full(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "set_back_records", counted)
+    return calls
+
+
 def test_at_home_an_ntp_step_passes_and_a_set_back_is_found_by_the_quick_and_full_check(
     tmp_path: Path,
 ) -> None:
@@ -392,18 +407,9 @@ def test_a_record_ending_in_the_first_minutes_of_year_one_is_compared_without_ov
 def test_after_an_ntp_step_the_quick_path_answers_without_the_full_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sessions.log import storage
-
     protocol = protocol_from_dict(protocol_dict("P1", date(2026, 1, 1), 365))
     day = date(2026, 2, 2)
-    calls: list[int] = []
-    full = storage.set_back_records
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return full(*args, **kwargs)
-
-    monkeypatch.setattr(storage, "set_back_records", counted)
+    calls = _count_full_checks(monkeypatch)
     with SessionLog(tmp_path / "liv.db") as log:
         _write(log, protocol, _berlin(day, 8), 1)
         # NTP stepped the clock back 30 s: the next record starts before the last one "ended"
@@ -525,16 +531,7 @@ def test_after_an_import_the_quick_path_reads_both_orders_without_the_full_check
     """A second chain (``liv import`` of the old computer's log) no longer sends every status
     to the full check; a record backdated against the other chain is still found, by the
     plate's order."""
-    from sessions.log import storage
-
-    calls: list[int] = []
-    full = storage.set_back_records
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return full(*args, **kwargs)
-
-    monkeypatch.setattr(storage, "set_back_records", counted)
+    calls = _count_full_checks(monkeypatch)
     first = date(2026, 2, 1)
     days = _twice_a_day(first, 3)
     old = vouched(_chain("P1", [*days[:3], days[4]]))  # day 2's evening missed

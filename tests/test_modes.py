@@ -33,6 +33,7 @@ from sessions.protocol import load_protocol
 from sessions.runner import device_kind
 from sessions.wording import say
 from tests.simhelpers import install_signed, load_truth, protocol_yaml, truth_envelope
+from tests.test_sessions import liv
 
 DEVICE_ID = "LIV-0042"  # looks like a real plate's id: it must not make a simulator therapy
 PATIENT = "P-0123"
@@ -52,10 +53,6 @@ def home(tmp_path: Path) -> LivHome:
     with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}") as dev:
         h.calibrations().save(identify(dev))
     return h
-
-
-def liv(home: LivHome, *argv: str) -> int:
-    return main([*argv, "--home", str(home.root)])
 
 
 def logged(home: LivHome) -> list[Any]:

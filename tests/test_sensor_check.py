@@ -32,7 +32,7 @@ from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
 from sessions.wording import say
 from tests.simhelpers import enrol_home, exposure_time, load_truth, truth_amplitude, write_signed
-from tests.test_sessions import protocol_text
+from tests.test_sessions import liv, protocol_text
 
 DEVICE_ID = "SIM-S9"
 TARGET_G = 0.3
@@ -64,10 +64,6 @@ def make_home(tmp_path: Path, sensor: str = "", dose_tolerance: float | None = N
     with DeviceClient.open(sim(sensor, mass=0)) as dev:
         home.calibrations().save(identify(dev))
     return home
-
-
-def liv(home: LivHome, *argv: str) -> int:
-    return main([*argv, "--home", str(home.root)])
 
 
 def records(home: LivHome) -> list[object]:

@@ -43,7 +43,7 @@ def home(tmp_path: Path) -> LivHome:
 
 
 def liv(home: LivHome, *argv: str) -> int:
-    return main([*argv[:1], *argv[1:], "--home", str(home.root)])
+    return main([*argv, "--home", str(home.root)])
 
 
 def sim(params: str = "") -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,21 @@ def descent_s(truth: Truth) -> float:
     hold = float(np.median(drive[(t >= zero_s - 2.0) & (t < zero_s - 1.2)]))
     high = np.flatnonzero((drive >= 0.8 * hold) & (t < zero_s))
     return zero_s - float(t[high[-1]])
+
+
+def slow_from_10_s_at_dose(stall_s: float) -> tuple[list[float], Callable[[Progress], float]]:
+    """A progress display that stalls ``stall_s`` on every update from 10 s at dose on, and
+    the list that receives the session time of the first stall."""
+    onset: list[float] = []
+
+    def stall(p: Progress) -> float:
+        if onset or (p.state.startswith("at dose") and p.at_dose_s >= ONSET_AT_DOSE_S):
+            if not onset:
+                onset.append(p.elapsed_s)
+            return stall_s
+        return 0.0
+
+    return onset, stall
 
 
 def test_the_supervisor_trips_only_a_backlog_held_past_its_hold() -> None:
@@ -113,16 +129,8 @@ def test_a_host_steadily_slower_than_the_plate_is_stopped_softly_as_too_slow(
     a bounded time as ``host_too_slow`` (not as the plate's watchdog), the plate ramps down
     over the normal 1 s, the record keeps no more dose than the truth shows, and the patient
     reads that this computer was too busy."""
-    onset: list[float] = []
-
-    def slow_from_10_s_at_dose(p: Progress) -> float:
-        if onset or (p.state.startswith("at dose") and p.at_dose_s >= ONSET_AT_DOSE_S):
-            if not onset:
-                onset.append(p.elapsed_s)
-            return SLOW_STALL_S
-        return 0.0
-
-    run = slow_session(tmp_path, slow_from_10_s_at_dose)
+    onset, stall = slow_from_10_s_at_dose(SLOW_STALL_S)
+    run = slow_session(tmp_path, stall)
     truth, rec = run.truth, run.record
     assert onset, "the host was never made slow"
     assert "fault:HOST_WATCHDOG" not in truth.events, truth.events
@@ -153,15 +161,7 @@ def test_a_host_at_a_third_of_the_plates_pace_still_ramps_the_plate_down_over_1_
     trips: the ramp-down is timed on the plate's clock, not on the newest block decoded, so
     the output is not switched off while the plate is still high (the truth's descent: before
     the fix the last half or more of the drive went in the plate's 0.2 s stop ramp)."""
-    onset: list[float] = []
-
-    def slow_from_10_s_at_dose(p: Progress) -> float:
-        if onset or (p.state.startswith("at dose") and p.at_dose_s >= ONSET_AT_DOSE_S):
-            onset.append(p.elapsed_s)
-            return 0.2
-        return 0.0
-
-    run = slow_session(tmp_path, slow_from_10_s_at_dose)
+    run = slow_session(tmp_path, slow_from_10_s_at_dose(0.2)[1])
     rec = run.record
     assert "fault:HOST_WATCHDOG" not in run.truth.events, run.truth.events
     assert rec.safety_events[0]["reason"] == "host_too_slow", rec.safety_events
@@ -176,15 +176,7 @@ def test_a_watchdog_fault_met_in_the_soft_stop_after_host_too_slow_is_recorded(
     host is behind, and host_too_slow usually trips on blocks older than the plate's FAULT,
     which the soft stop then reads: the record names the fault (the truth shows the watchdog
     fired), never host_too_slow alone. Before, the fault only reached a log warning."""
-    onset: list[float] = []
-
-    def slow_from_10_s_at_dose(p: Progress) -> float:
-        if onset or (p.state.startswith("at dose") and p.at_dose_s >= ONSET_AT_DOSE_S):
-            onset.append(p.elapsed_s)
-            return 0.3
-        return 0.0
-
-    run = slow_session(tmp_path, slow_from_10_s_at_dose)
+    run = slow_session(tmp_path, slow_from_10_s_at_dose(0.3)[1])
     rec = run.record
     assert "fault:HOST_WATCHDOG" in run.truth.events, run.truth.events
     reasons = [e["reason"] for e in rec.safety_events]

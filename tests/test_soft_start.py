@@ -8,8 +8,6 @@ drive), never from the controller's own estimate.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,9 +32,8 @@ from firmware_bridge.sim.device import SimulatedDevice
 from sessions.cli import main
 from sessions.home import LivHome
 from sessions.log import SessionLog, SessionStatus
-from tests.simhelpers import enrol_home, load_truth, truth_envelope, write_signed
+from tests.simhelpers import enrol_home, load_truth, sim_served, truth_envelope, write_signed
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET = 0.3
 RAMP_UP_S = 2.0  # liv run and liv start
 RAMP_DOWN_S = 1.0
@@ -215,21 +212,10 @@ def test_time_zero_ignores_a_stale_index_and_a_backlog(
 def served(where: list[str], truth_path: Path, linger_s: float) -> Iterator[str]:
     """``liv sim serve`` in its own process, up for minutes and left alone for ``linger_s``."""
     url = f"sim://?seed=8&uptime_s={UPTIME_S:g}&truth={truth_path}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sessions.cli", "sim", "serve", *where, "--sim", url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
+    with sim_served(where, url) as address:
         assert address, "the server printed no address"
         time.sleep(linger_s)  # nobody connected: a pty fills with old samples meanwhile
         yield address
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("where", [["--pty"], ["--tcp", "127.0.0.1:0"]], ids=["pty", "tcp"])

@@ -22,6 +22,7 @@ import pytest
 
 from controller.calibration import CalibrationStore, identify
 from firmware_bridge.client import DeviceClient
+from tests.simhelpers import sim_served
 from tests.test_fault_matrix import REPO, Truth, make_home, records
 
 SPEED = 5.0
@@ -36,21 +37,9 @@ def served_tcp(truth_path: Path, uptime_s: float) -> Iterator[str]:
         f"sim://?mass=70&seed=6&device_id={DEVICE_ID}&uptime_s={uptime_s:g}"
         f"&speed={SPEED:g}&truth={truth_path}"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sessions.cli", "sim", "serve", "--tcp", "127.0.0.1:0",
-         "--sim", url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
+    with sim_served(["--tcp", "127.0.0.1:0"], url) as address:
         assert address.startswith("socket://"), address
         yield address
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
 
 
 @pytest.mark.slow

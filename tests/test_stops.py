@@ -37,6 +37,20 @@ def start_command(home: LivHome, device: str) -> list[str]:  # noqa: F811
             "--home", str(home.root)]  # fmt: skip
 
 
+def piped_start(
+    home: LivHome,  # noqa: F811
+    truth_path: Path,
+    shell_tail: str,
+    timeout_s: float,
+) -> subprocess.CompletedProcess[str]:
+    """``liv start`` on the plate at speed 4, its output redirected by ``shell_tail`` in bash."""
+    command = " ".join(f"'{part}'" for part in start_command(home, plate(truth_path, "&speed=4")))
+    return subprocess.run(
+        ["bash", "-c", command + shell_tail],
+        capture_output=True, text=True, cwd=REPO, timeout=timeout_s, check=False,
+    )  # fmt: skip
+
+
 def test_closing_the_terminal_stops_the_session_as_ctrl_c_does(
     home: LivHome,  # noqa: F811
     tmp_path: Path,
@@ -71,11 +85,7 @@ def test_a_closed_output_pipe_stops_the_session_as_ctrl_c_does(
     tmp_path: Path,
 ) -> None:
     truth_path = tmp_path / "truth.npz"
-    command = " ".join(f"'{part}'" for part in start_command(home, plate(truth_path, "&speed=4")))
-    proc = subprocess.run(
-        ["bash", "-c", f'{command} | head -c 10; echo "liv exit ${{PIPESTATUS[0]}}" >&2'],
-        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
-    )  # fmt: skip
+    proc = piped_start(home, truth_path, ' | head -c 10; echo "liv exit ${PIPESTATUS[0]}" >&2', 60)
     err_lines = proc.stderr.splitlines()
     assert err_lines[-1] == "liv exit 130", proc.stderr
     assert proc.stdout == "Starting s"  # what head let through
@@ -144,11 +154,9 @@ def test_a_pipe_closed_after_the_first_lines_stops_the_session_at_the_next_updat
     display's own thread finds the pipe closed when it writes, and the session stops at the
     next update, not at the next line (a second reader saw a minute at dose run on)."""
     truth_path = tmp_path / "truth.npz"
-    command = " ".join(f"'{part}'" for part in start_command(home, plate(truth_path, "&speed=4")))
-    proc = subprocess.run(
-        ["bash", "-c", f'{command} | head -n 2 >/dev/null; echo "liv exit ${{PIPESTATUS[0]}}" >&2'],
-        capture_output=True, text=True, cwd=REPO, timeout=90, check=False,
-    )  # fmt: skip
+    proc = piped_start(
+        home, truth_path, ' | head -n 2 >/dev/null; echo "liv exit ${PIPESTATUS[0]}" >&2', 90
+    )
     assert proc.stderr.splitlines()[-1] == "liv exit 130", proc.stderr
     (rec,) = records(home)
     assert rec.status is SessionStatus.STOPPED_BY_PATIENT
@@ -165,11 +173,7 @@ def test_a_screen_that_cannot_be_written_does_not_end_the_therapy_nor_print_a_tr
     """stdout on a full disk (ENOSPC, not a closed pipe): the display goes quiet, the session
     runs to its end, no traceback from the display's thread (a second reader saw one)."""
     truth_path = tmp_path / "truth.npz"
-    command = " ".join(f"'{part}'" for part in start_command(home, plate(truth_path, "&speed=4")))
-    proc = subprocess.run(
-        ["bash", "-c", f"{command} > /dev/full"],
-        capture_output=True, text=True, cwd=REPO, timeout=90, check=False,
-    )  # fmt: skip
+    proc = piped_start(home, truth_path, " > /dev/full", 90)
     assert "Traceback" not in proc.stderr, proc.stderr
     (rec,) = records(home)
     assert rec.status is SessionStatus.COMPLETED, rec.reason

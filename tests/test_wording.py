@@ -38,6 +38,7 @@ from tests.simhelpers import (
     write_signed,
 )
 from tests.test_scheduling import Logged
+from tests.test_sessions import liv
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wording.md"
 DEVICE_ID = "SIM-W1"
@@ -205,10 +206,6 @@ def home(tmp_path: Path) -> LivHome:
     with DeviceClient.open(f"sim://?mass=0&seed=1&device_id={DEVICE_ID}") as dev:
         h.calibrations().save(identify(dev))
     return h
-
-
-def liv(home: LivHome, *argv: str) -> int:
-    return main([*argv, "--home", str(home.root)])
 
 
 def sim(params: str = "") -> str:
