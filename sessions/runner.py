@@ -61,7 +61,13 @@ from sessions.adherence import PRESENCE_EVENT, counted_kinds, session_kind
 from sessions.log import DevicePins, LogError, SessionKind, SessionLog, SessionRecord, Voucher
 from sessions.protocol import PatientProtocol
 from sessions.scheduling import Decision, decide, history_start
-from sessions.stops import STOP_CTRL_C, STOP_SIGHUP, STOP_SIGTERM
+from sessions.stops import (
+    NOBODY_PREFIX,
+    OUT_OF_TIME_PREFIX,
+    STOP_CTRL_C,
+    STOP_SIGHUP,
+    STOP_SIGTERM,
+)
 from sessions.wording import outcome_sentence, say
 
 _log = logging.getLogger(__name__)
@@ -838,9 +844,7 @@ def _status(
         if not clock.done:
             return "stopped_by_patient", ended_by
     if clock.stopped_unloaded:
-        return "stopped_by_patient", (
-            f"nobody on the plate for {UNLOADED_LIMIT_S / 60:.0f} minutes"
-        )
+        return "stopped_by_patient", f"{NOBODY_PREFIX} for {UNLOADED_LIMIT_S / 60:.0f} minutes"
     if clock.done:
         reason = "prescribed minutes at dose delivered"
         presence = result.presence
@@ -849,7 +853,7 @@ def _status(
         if ended_by is not None:
             reason += f"; the ramp-down was ended by a stop ({ended_by})"
         return "completed", reason
-    return "stopped_by_patient", "the session ran out of time before the dose was delivered"
+    return "stopped_by_patient", f"{OUT_OF_TIME_PREFIX} before the dose was delivered"
 
 
 def _sentence(status: str, reason: str, clock: _DoseClock, trip: str | None = None) -> str:
