@@ -36,9 +36,11 @@ def status_lines(
     *,
     demo: bool = False,
     running: bool = False,
+    heading: bool = True,
 ) -> list[str]:
     """Today, the next session and the streak (``running``: a session is running now, in a
-    living process, which is said instead of the next one).
+    living process, which is said instead of the next one; ``heading``: a demo home's lines
+    open with the sentence saying so, which a caller that has just said it leaves out).
 
     ``sessions`` needs to hold only the sessions since :func:`history_start` (all ``decide``
     reads); ``minutes`` the minutes at dose per (day, slot) the streak counts back through
@@ -54,7 +56,7 @@ def status_lines(
     today = now.astimezone(zone).date()
     done = day_summary(protocol, recent, today)
     goal = protocol.minutes_per_session
-    lines = [say("status.demo")] if demo else []
+    lines = [say("status.demo")] if demo and heading else []
     lines.append(
         say("status.today", day=f"{today:%A} {today.day} {today:%B %Y}", zone=protocol.timezone)
     )
