@@ -759,6 +759,12 @@ class PlateVoucher:
             _log.warning("could not note why session %s is not vouched for: %s", session_id, exc)
 
 
+def _trip_event(trip: dict[str, Any]) -> dict[str, Any]:
+    """A trip or plate fault (its ``to_dict``) as the record's event: its reason, time, detail
+    and values, then the text."""
+    return {k: trip[k] for k in ("reason", "t_s", "detail", "values")} | {"text": trip["text"]}
+
+
 def _measured(
     clock: _DoseClock,
     result: ExposureResult | None,
@@ -769,20 +775,14 @@ def _measured(
     if log_failure is not None:
         events.append(log_failure)
     if result is not None and result.trip is not None:
-        trip = result.trip.to_dict()
-        events.append(
-            {k: trip[k] for k in ("reason", "t_s", "detail", "values")} | {"text": trip["text"]}
-        )
+        events.append(_trip_event(result.trip.to_dict()))
     stop_fault = result.stop_fault if result is not None else None
     ended_by = result.trip if result is not None else None
     if stop_fault is not None and ended_by is not None and ended_by.detail == stop_fault.detail:
         stop_fault = None  # the fault that ended the exposure, met again
     if stop_fault is not None:
         # the plate's own fault met while the host brought it down: the record says so too
-        fault = stop_fault.to_dict()
-        events.append(
-            {k: fault[k] for k in ("reason", "t_s", "detail", "values")} | {"text": fault["text"]}
-        )
+        events.append(_trip_event(stop_fault.to_dict()))
     if result is not None and result.presence is not None:
         events.append(_presence_event(result.presence, clock.last_t_s))
     return {
