@@ -61,7 +61,13 @@ from sessions.adherence import PRESENCE_EVENT, counted_kinds, session_kind
 from sessions.log import DevicePins, LogError, SessionKind, SessionLog, SessionRecord, Voucher
 from sessions.protocol import PatientProtocol
 from sessions.scheduling import Decision, decide, history_start
-from sessions.stops import STOP_CTRL_C, STOP_SIGHUP, STOP_SIGTERM
+from sessions.stops import (
+    NOBODY_PREFIX,
+    OUT_OF_TIME_PREFIX,
+    STOP_CTRL_C,
+    STOP_SIGHUP,
+    STOP_SIGTERM,
+)
 from sessions.wording import outcome_sentence, say
 
 _log = logging.getLogger(__name__)
@@ -753,6 +759,12 @@ class PlateVoucher:
             _log.warning("could not note why session %s is not vouched for: %s", session_id, exc)
 
 
+def _trip_event(trip: dict[str, Any]) -> dict[str, Any]:
+    """A trip or plate fault (its ``to_dict``) as the record's event: its reason, time, detail
+    and values, then the text."""
+    return {k: trip[k] for k in ("reason", "t_s", "detail", "values")} | {"text": trip["text"]}
+
+
 def _measured(
     clock: _DoseClock,
     result: ExposureResult | None,
@@ -763,20 +775,14 @@ def _measured(
     if log_failure is not None:
         events.append(log_failure)
     if result is not None and result.trip is not None:
-        trip = result.trip.to_dict()
-        events.append(
-            {k: trip[k] for k in ("reason", "t_s", "detail", "values")} | {"text": trip["text"]}
-        )
+        events.append(_trip_event(result.trip.to_dict()))
     stop_fault = result.stop_fault if result is not None else None
     ended_by = result.trip if result is not None else None
     if stop_fault is not None and ended_by is not None and ended_by.detail == stop_fault.detail:
         stop_fault = None  # the fault that ended the exposure, met again
     if stop_fault is not None:
         # the plate's own fault met while the host brought it down: the record says so too
-        fault = stop_fault.to_dict()
-        events.append(
-            {k: fault[k] for k in ("reason", "t_s", "detail", "values")} | {"text": fault["text"]}
-        )
+        events.append(_trip_event(stop_fault.to_dict()))
     if result is not None and result.presence is not None:
         events.append(_presence_event(result.presence, clock.last_t_s))
     return {
@@ -838,9 +844,7 @@ def _status(
         if not clock.done:
             return "stopped_by_patient", ended_by
     if clock.stopped_unloaded:
-        return "stopped_by_patient", (
-            f"nobody on the plate for {UNLOADED_LIMIT_S / 60:.0f} minutes"
-        )
+        return "stopped_by_patient", f"{NOBODY_PREFIX} for {UNLOADED_LIMIT_S / 60:.0f} minutes"
     if clock.done:
         reason = "prescribed minutes at dose delivered"
         presence = result.presence
@@ -849,7 +853,7 @@ def _status(
         if ended_by is not None:
             reason += f"; the ramp-down was ended by a stop ({ended_by})"
         return "completed", reason
-    return "stopped_by_patient", "the session ran out of time before the dose was delivered"
+    return "stopped_by_patient", f"{OUT_OF_TIME_PREFIX} before the dose was delivered"
 
 
 def _sentence(status: str, reason: str, clock: _DoseClock, trip: str | None = None) -> str:

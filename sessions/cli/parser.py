@@ -85,6 +85,16 @@ def _add_home(p: _Options) -> _Options:
     return p
 
 
+def _add_report_period(p: argparse.ArgumentParser) -> None:
+    """The period and format options that 'liv report' and 'liv clinic report' share."""
+    p.add_argument("--since", metavar="YYYY-MM-DD", type=_iso_date, help="first day of the period")
+    p.add_argument("--until", metavar="YYYY-MM-DD", type=_iso_date, help="last day of the period")
+    p.add_argument(
+        "--format", choices=("table", "csv", "json", "html"), default="table",
+        help="table (default), csv, json or html",
+    )  # fmt: skip
+
+
 def package_version() -> str:
     """The installed package's version (importlib.metadata), or 'unknown' when not installed."""
     import importlib.metadata  # slow to import: only for --version and completion scripts
@@ -372,16 +382,7 @@ def _add_session_commands(commands: Any) -> None:
     report.add_argument(
         "--patient", metavar="ID", help="whose adherence (default: the only or installed one)"
     )
-    report.add_argument(
-        "--since", metavar="YYYY-MM-DD", type=_iso_date, help="first day of the period"
-    )
-    report.add_argument(
-        "--until", metavar="YYYY-MM-DD", type=_iso_date, help="last day of the period"
-    )
-    report.add_argument(
-        "--format", choices=("table", "csv", "json", "html"), default="table",
-        help="table (default), csv, json or html",
-    )  # fmt: skip
+    _add_report_period(report)
     report.add_argument(
         "--json", action="store_true", help="print JSON (docs/json.md), as --format json"
     )
@@ -494,16 +495,7 @@ def _add_clinic_commands(commands: Any) -> None:
 
     creport = with_clinic_db(ccmds.add_parser("report", help="one patient's full report"))
     creport.add_argument("patient", metavar="PATIENT", help="the patient's id")
-    creport.add_argument(
-        "--since", metavar="YYYY-MM-DD", type=_iso_date, help="first day of the period"
-    )
-    creport.add_argument(
-        "--until", metavar="YYYY-MM-DD", type=_iso_date, help="last day of the period"
-    )
-    creport.add_argument(
-        "--format", choices=("table", "csv", "json", "html"), default="table",
-        help="table (default), csv, json or html",
-    )  # fmt: skip
+    _add_report_period(creport)
     creport.add_argument("--out", metavar="FILE", help="default: standard output")
     creport.set_defaults(handler=Handler("sessions.clinic.commands", "cmd_clinic_report"))
 

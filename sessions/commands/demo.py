@@ -239,9 +239,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         recent, minutes = _status_of_log(log, protocol, now, home.is_demo)
         logged = len(log.summaries(patient_id=protocol.patient_id))
         verified = log.verify()
-    lines = status_lines(protocol, recent, now, minutes, demo=home.is_demo)
-    if lines[:1] == [say("status.demo")]:
-        lines = lines[1:]  # today's session just ended with the same line
+    # today's session just ended with the sentence that opens a demo home's status
+    lines = status_lines(protocol, recent, now, minutes, demo=home.is_demo, heading=False)
     echo("\n".join(lines))
     echo(
         f"\nThe log holds {logged} sessions; its record checks {'pass' if verified.ok else 'FAIL'}."

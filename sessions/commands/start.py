@@ -36,7 +36,7 @@ from sessions.wording import (
 
 if TYPE_CHECKING:
     from sessions.protocol.model import PatientProtocol
-    from sessions.runner import Progress, SessionOutcome
+    from sessions.runner import Progress, SessionOutcome, StopRequest
 
 _log = logging.getLogger(__name__)
 
@@ -281,9 +281,7 @@ class ProgressLine:
         """Raise, once, the stop for an output the writer thread found closed."""
         if self._broken is not None and not self._stop_told:
             self._stop_told = True
-            from sessions.runner import StopRequest
-
-            raise StopRequest(STOP_SIGHUP if self._broken == errno.EIO else STOP_PIPE)
+            raise _closed_output_stop(self._broken)
 
     def emit(self, text: str, stop: bool = True) -> None:
         """Write now (this thread waits for the output); a closed output is noted, and with
@@ -300,9 +298,7 @@ class ProgressLine:
             self._broken = exc.errno
             if stop:
                 self._stop_told = True
-                from sessions.runner import StopRequest
-
-                raise StopRequest(STOP_SIGHUP if exc.errno == errno.EIO else STOP_PIPE) from None
+                raise _closed_output_stop(exc.errno) from None
 
     def _close_output(self) -> None:
         self.closed = True
@@ -311,6 +307,13 @@ class ProgressLine:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self.out.fileno())  # the interpreter's last flush cannot fail
             os.close(devnull)
+
+
+def _closed_output_stop(err: int) -> StopRequest:
+    """The stop for an output found closed: a hung-up terminal (EIO) or a closed pipe."""
+    from sessions.runner import StopRequest
+
+    return StopRequest(STOP_SIGHUP if err == errno.EIO else STOP_PIPE)
 
 
 def _notice(text: str) -> None:

@@ -36,9 +36,11 @@ def status_lines(
     *,
     demo: bool = False,
     running: bool = False,
+    heading: bool = True,
 ) -> list[str]:
     """Today, the next session and the streak (``running``: a session is running now, in a
-    living process, which is said instead of the next one).
+    living process, which is said instead of the next one; ``heading``: a demo home's lines
+    open with the sentence saying so, which a caller that has just said it leaves out).
 
     ``sessions`` needs to hold only the sessions since :func:`history_start` (all ``decide``
     reads); ``minutes`` the minutes at dose per (day, slot) the streak counts back through
@@ -54,7 +56,7 @@ def status_lines(
     today = now.astimezone(zone).date()
     done = day_summary(protocol, recent, today)
     goal = protocol.minutes_per_session
-    lines = [say("status.demo")] if demo else []
+    lines = [say("status.demo")] if demo and heading else []
     lines.append(
         say("status.today", day=f"{today:%A} {today.day} {today:%B %Y}", zone=protocol.timezone)
     )
@@ -125,19 +127,14 @@ def set_back_lines(
     """The sentence naming the days of the sessions recorded with the clock set back within
     :data:`SET_BACK_WINDOW` of ``now``. A set-back record's own date is not when it ran: it
     ran after the record it is dated before ended, so the later of the two times is used."""
-    recent = sorted(
-        {
-            b.started_utc.astimezone(protocol.zone).date()
-            for b in found.values()
-            if max(b.started_utc, b.earlier_ended_utc) >= now - SET_BACK_WINDOW
-        }
-    )
+    dated = [(b.started_utc.astimezone(protocol.zone).date(), b) for b in found.values()]
+    since = now - SET_BACK_WINDOW
+    recent = sorted({day for day, b in dated if max(b.started_utc, b.earlier_ended_utc) >= since})
     if not recent:
         return []
     named = [f"{day:%A} {day_text(day)}" for day in recent]
     days = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
-    many = len([b for b in found.values() if b.started_utc.astimezone(protocol.zone).date()
-                in recent]) > 1  # fmt: skip
+    many = sum(day in recent for day, _ in dated) > 1
     return [say("status.set_back_many" if many else "status.set_back_one", day=days)]
 
 
