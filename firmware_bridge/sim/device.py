@@ -260,7 +260,9 @@ class _BlockKernel:
         self._sensor = sensor
         self._key: tuple[object, ...] | None = None
         self._matrix: FloatArray = np.zeros((0, 0))
-        self._one = np.ones(1)
+        # u, reused from block to block: every entry is written before each product (the last,
+        # the constant 1, once)
+        self._u: FloatArray = np.ones(0)
 
     def run(
         self, n: int, freq_hz: float, phase0_rad: float, drive0: float, rate_per_s: float
@@ -268,23 +270,27 @@ class _BlockKernel:
         """The block's true acceleration and counts, plate and sensor advanced; None (nothing
         advanced) if the block is not one plant segment or too long for the sensor's block form.
         """
-        block = self._sensor.block_map(n)
+        sensor = self._sensor
+        block = sensor.block_map(n)
         if block is None:
             return None
-        start = self._physics.segment_start(n, freq_hz, phase0_rad, drive0, rate_per_s)
+        form, gain, offset_g = block
+        z = form.shape[0] - n  # the filter's state size
+        u = self._u
+        if u.size != self._physics.start_vector_size + z + n + 1:
+            u = self._u = np.ones(self._physics.start_vector_size + z + n + 1)
+        start = self._physics.segment_start(n, freq_hz, phase0_rad, drive0, rate_per_s, u)
         if start is None:
             return None
         tables, v = start
-        form, gain, offset_g = block
         key = self._key
         if key is None or key[0] is not tables or key[1:] != (n, gain, offset_g):
             self._matrix = self._make(tables.outputs, tables.state[n], form, n, gain, offset_g)
             self._key = (tables, n, gain, offset_g)
-        sensor = self._sensor
-        noise = sensor.noise_std_g * sensor.draw_noise(n)
-        u = np.concatenate((v, sensor.filter_state, noise, self._one))
+        k = v.size
+        u[k : k + z] = sensor.filter_state
+        np.multiply(sensor.draw_noise(n), sensor.noise_std_g, out=u[k + z : k + z + n])
         out = self._matrix @ u
-        z = form.shape[0] - n  # the filter's state size
         current = out[2 * n + z : 3 * n + z]
         counts = sensor.finish_block(out[:n], out[n : n + z])
         self._physics.commit_segment(n, out[3 * n + z :], float(current @ current))

@@ -482,6 +482,11 @@ class PlatePhysics:
         return out
 
     @property
+    def start_vector_size(self) -> int:
+        """Entries of a segment's start vector ``v`` (:meth:`segment_start`)."""
+        return self._n_aug + _N_DIST
+
+    @property
     def samples_to_update(self) -> int:
         """Samples left before the next slow-parameter update (temperature, sway, stepping)."""
         return self._until_update
@@ -546,20 +551,31 @@ class PlatePhysics:
         return AheadRun(np.ascontiguousarray(out[0].T), states, i2.tolist(), n)
 
     def segment_start(
-        self, n: int, freq_hz: float, phase0_rad: float, drive0: float, drive_rate_per_s: float
+        self,
+        n: int,
+        freq_hz: float,
+        phase0_rad: float,
+        drive0: float,
+        drive_rate_per_s: float,
+        into: FloatArray | None = None,
     ) -> tuple[_Tables, FloatArray] | None:
         """The tables and start vector ``v`` of :meth:`run`'s ``n`` samples from now, if they
         are one segment (no parameter update inside, at most one table long), else None.
 
         ``outputs[:, :n] @ v`` are the samples and ``state[n] @ v[:p + 4]`` the state after
         them (see ``_Tables``); :meth:`commit_segment` then advances the plant. Checked as
-        :meth:`run` checks its arguments.
+        :meth:`run` checks its arguments. ``v`` is written into the start of ``into`` when
+        given (a caller's buffer, every entry of ``v`` overwritten), else a new array.
         """
         _check_run(n, freq_hz, phase0_rad, drive0, drive0 + drive_rate_per_s * n * self._dt)
         if n > self._until_update or n > self._block_max:
             return None
         tables = self._tables_for(2.0 * math.pi * freq_hz)
-        return tables, self._start_vector(tables, phase0_rad, drive0, drive_rate_per_s)
+        if into is None:
+            return tables, self._start_vector(tables, phase0_rad, drive0, drive_rate_per_s)
+        v = into[: self._n_aug + _N_DIST]
+        self._write_start_vector(v, tables, phase0_rad, drive0, drive_rate_per_s)
+        return tables, v
 
     def commit_segment(self, n: int, state: FloatArray, current_squared_sum: float) -> None:
         """Advance the plant over the ``n`` samples of :meth:`segment_start`, which ended in
@@ -628,17 +644,25 @@ class PlatePhysics:
         self, tables: _Tables, phase0: float, drive0: float, rate: float
     ) -> FloatArray:
         """``[x0, drive weights, distortion weights]`` for a segment starting now."""
+        v = np.empty(self._n_aug + _N_DIST)
+        self._write_start_vector(v, tables, phase0, drive0, rate)
+        return v
+
+    def _write_start_vector(
+        self, v: FloatArray, tables: _Tables, phase0: float, drive0: float, rate: float
+    ) -> None:
+        """:meth:`_start_vector` written into ``v`` (every entry)."""
         if self._params.open_circuit:
             self._x[0] = 0.0
         n_plant = self._n_plant
-        v = np.zeros(self._n_aug + _N_DIST)
         v[:n_plant] = self._x
         gain = self.amplifier_gain_factor
         if (drive0 != 0.0 or rate != 0.0) and gain != 0.0:
             v[n_plant:] = self._drive_weights(
                 gain * drive0, gain * rate, phase0, tables.response_g_per_drive
             )
-        return v
+        else:
+            v[n_plant:] = 0.0
 
     def _segment(
         self, n: int, w: float, phase0: float, drive0: float, rate: float, rows: int
