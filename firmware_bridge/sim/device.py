@@ -25,6 +25,7 @@ from firmware_bridge.codec import (
     FrameDecoder,
     RawFrame,
     encode_frame,
+    encode_samples_frame,
     encode_samples_records,
     samples_records,
 )
@@ -207,16 +208,18 @@ class _BlockFit:
     def sums(self, counts: npt.NDArray[np.int16], phase0_turns: float, freq_hz: float) -> FitSums:
         """The sums for one block of ``counts`` (shape (n,)) whose first sample has the phase
         ``phase0_turns``. A constant offset of the counts drops out (the arrays are centred)."""
-        self._prepare(freq_hz, counts.size)
-        p, q = self._basis @ counts
-        c0, s0 = math.cos(2.0 * math.pi * phase0_turns), math.sin(2.0 * math.pi * phase0_turns)
+        if self._key != (freq_hz, counts.size):
+            self._prepare(freq_hz, counts.size)
+        p, q = (self._basis @ counts).tolist()  # Python floats: float(p) of each, at once
+        turn = 2.0 * math.pi * phase0_turns
+        c0, s0 = math.cos(turn), math.sin(turn)
         cc0, cs0, ss0 = self._cc, self._cs, self._ss
         return (
             c0 * c0 * cc0 - 2.0 * c0 * s0 * cs0 + s0 * s0 * ss0,
             c0 * s0 * (cc0 - ss0) + (c0 * c0 - s0 * s0) * cs0,
             s0 * s0 * cc0 + 2.0 * c0 * s0 * cs0 + c0 * c0 * ss0,
-            c0 * float(p) - s0 * float(q),
-            s0 * float(p) + c0 * float(q),
+            c0 * p - s0 * q,
+            s0 * p + c0 * q,
         )
 
     def sums_many(
@@ -380,6 +383,9 @@ class SimulatedDevice:
             accel_profile, self.sensor_part, config.sensor_gain_error, config.sensor_offset_g or 0.0
         )
         self.ceiling_mg = round_half_up(DOSE_LIMITS.firmware_ceiling_g * 1000)
+        # fixed for the device's life, read at every frame sent: block_s's and the latency's value
+        self._block_s = self.block_samples / self.sample_rate_hz
+        self._latency_s = config.latency_ms / 1000.0
         self._block_fit = _BlockFit(self.sample_rate_hz, self._sensor_counts_per_g)
         # The limits this firmware announces in HELLO (and obeys): one source for both.
         self.max_drive_q16 = drive_to_q16(MAX_DRIVE)
@@ -439,11 +445,12 @@ class SimulatedDevice:
     @property
     def time_s(self) -> float:
         """Simulated time since power-up (the plant's clock, monotonic across resets)."""
-        return self.physics.time_s
+        physics = self.physics  # PlatePhysics.time_s, computed here (read several times a block)
+        return physics._sample_index * physics._dt
 
     @property
     def block_s(self) -> float:
-        return self.block_samples / self.sample_rate_hz
+        return self._block_s
 
     @property
     def samples_frame_bytes(self) -> int:
@@ -466,10 +473,13 @@ class SimulatedDevice:
 
     def take_output(self) -> bytes:
         """Device bytes that have reached the host by now."""
+        outbox = self._outbox
+        if not outbox:
+            return b""
         now = self.time_s + 1e-12
         chunks = []
-        while self._outbox and self._outbox[0][0] <= now:
-            chunks.append(self._outbox.popleft()[1])
+        while outbox and outbox[0][0] <= now:
+            chunks.append(outbox.popleft()[1])
         return b"".join(chunks)
 
     def close(self) -> None:
@@ -537,7 +547,9 @@ class SimulatedDevice:
     def step(self) -> None:
         """Simulate one block of samples and queue whatever the firmware sends."""
         now = self.time_s
-        self._fire_events(now)
+        events = self._pending_events
+        if events and events[0][0] <= now + 1e-9:  # _fire_events' own test, made here first
+            self._fire_events(now)
         if not self._booted and now >= self._boot_done_at:
             self._booted = True
             self._last_rx_s = now
@@ -920,8 +932,23 @@ class SimulatedDevice:
     def _inputs_key(self) -> tuple[object, ...]:
         """Everything a block's samples depend on besides the plant and filter state and the
         phase: the firmware's output state and envelope, frequency, plant and sensor faults."""
-        env, sensor = self._envelope, self.sensor
-        return (  # the firmware's first (_FIRMWARE_INPUTS), then the plant's and sensor's
+        return self._firmware_inputs() + self._plant_inputs()
+
+    def _plant_inputs(self) -> tuple[object, ...]:
+        """The plant's and sensor's part of :meth:`_inputs_key` (after the firmware's)."""
+        sensor = self.sensor
+        return (
+            self.physics.inputs_key,
+            sensor.stuck,
+            sensor.saturated,
+            sensor.disconnected,
+            sensor.noise_density_ug,
+        )
+
+    def _firmware_inputs(self) -> tuple[object, ...]:
+        """The firmware's part of :meth:`_inputs_key` (its first _FIRMWARE_INPUTS entries)."""
+        env = self._envelope
+        return (
             self._booted,
             self._output_on,
             self._stopping,
@@ -930,11 +957,6 @@ class SimulatedDevice:
             env.samples_left,
             self._freq_hz,
             self.samples_after_replies,
-            self.physics.inputs_key,
-            sensor.stuck,
-            sensor.saturated,
-            sensor.disconnected,
-            sensor.noise_density_ug,
         )
 
     def _run_ahead(self, now: float, inputs: tuple[object, ...]) -> _Ahead | None:
@@ -998,14 +1020,16 @@ class SimulatedDevice:
     def _take_ahead(self, now: float) -> bool:
         """Run this block from blocks simulated ahead (computing them if it can); False if
         the block must be simulated on its own."""
-        inputs = self._inputs_key()
-        firmware_inputs = inputs[:_FIRMWARE_INPUTS]  # not the plant's own slow updates
+        firmware_inputs = self._firmware_inputs()  # not the plant's own slow updates
         if firmware_inputs == self._last_inputs:
             self._steady_blocks += 1
         else:
             self._steady_blocks = 0
             self._last_inputs = firmware_inputs
         ahead = self._ahead
+        if ahead is None and self._steady_blocks < AHEAD_BLOCKS_MIN:
+            return False  # _run_ahead would refuse (below): too few; the full key is not needed
+        inputs = firmware_inputs + self._plant_inputs()
         if ahead is not None and (
             ahead.next >= ahead.blocks
             or ahead.phases[ahead.next] != self._phase_turns
@@ -1033,8 +1057,9 @@ class SimulatedDevice:
         self._fit_window.append(ahead.sums[j])
         if not self._output_on:
             self._rest_window.append(ahead.rest_g[j])
-        self._send(
-            Samples(
+        self._send_wire(
+            encode_samples_frame(
+                self._tx_seq,
                 self._sample_index,
                 phase_to_q32(first_phase),
                 hz_to_mhz(self._freq_hz),
@@ -1090,17 +1115,16 @@ class SimulatedDevice:
             if not output_was_on:
                 mean_counts = float(np.mean(counts))
                 self._rest_window.append(mean_counts / self._sensor_counts_per_g)
-            samples = Samples(
-                self._sample_index,
-                phase_to_q32(first_phase),
-                hz_to_mhz(self._freq_hz),
-                drive_to_q16(_clip01(first_drive)),
-                counts,
-            )
-            if self.samples_after_replies:
-                self._held_samples = samples  # sent at the next boundary, after its replies
-            else:
-                self._send(samples)
+            index, phase_q32 = self._sample_index, phase_to_q32(first_phase)
+            freq_mhz, drive_q16 = hz_to_mhz(self._freq_hz), drive_to_q16(_clip01(first_drive))
+            if self.samples_after_replies:  # sent at the next boundary, after its replies
+                self._held_samples = Samples(index, phase_q32, freq_mhz, drive_q16, counts)
+            else:  # Samples(...).pack()'s frame, packed in one call
+                self._send_wire(
+                    encode_samples_frame(
+                        self._tx_seq, index, phase_q32, freq_mhz, drive_q16, counts
+                    )
+                )
             self._sample_index += n
 
     def _record_truth(
@@ -1161,12 +1185,17 @@ class SimulatedDevice:
     # ---- link and events --------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
-        wire = encode_frame(message.TYPE, self._tx_seq, message.pack())
+        self._send_wire(encode_frame(message.TYPE, self._tx_seq, message.pack()))
+
+    def _send_wire(self, wire: bytes) -> None:
+        """Queue one frame's wire bytes (sent with the sequence number ``_tx_seq``)."""
         self._tx_seq = (self._tx_seq + 1) & 0xFFFF
-        if self.config.drop_rate and self._link_rng.random() < self.config.drop_rate:
+        config = self.config
+        if config.drop_rate and self._link_rng.random() < config.drop_rate:
             return
-        release = self.time_s + self.block_s + self.config.latency_ms / 1000.0
-        self._outbox.append((release, self._corrupt(wire)))
+        physics = self.physics  # time_s, as PlatePhysics.time_s computes it
+        release = physics._sample_index * physics._dt + self._block_s + self._latency_s
+        self._outbox.append((release, self._corrupt(wire) if config.corrupt_rate else wire))
 
     def _corrupt(self, data: bytes) -> bytes:
         rate = self.config.corrupt_rate
