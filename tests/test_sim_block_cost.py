@@ -1,18 +1,22 @@
 """The simulated plate's cost per block (issue 11, session 8): cheaper paths, the same bytes.
 
 Each faster path is checked against the one it replaces: a SAMPLES frame packed in one call
-against ``encode_frame`` of ``Samples.pack()``, and the closed loop's per-block input vector,
-written into one reused buffer, against a buffer spoilt before every block.
+against ``encode_frame`` of ``Samples.pack()``, the closed loop's per-block input vector,
+written into one reused buffer, against a buffer spoilt before every block, and runs ahead
+through several slow-parameter windows against runs ahead that end at the next update.
 """
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import firmware_bridge.sim.device as sim_device
+from benchmarks.sim_bytes import Case, cases, run_case
 from firmware_bridge.codec import encode_frame, encode_samples_frame
 from firmware_bridge.protocol import (
     MAX_BLOCK_SAMPLES,
@@ -20,9 +24,11 @@ from firmware_bridge.protocol import (
     SetDrive,
     SetFrequency,
     SetOutput,
+    StatusRequest,
     drive_to_q16,
     encode_message,
 )
+from firmware_bridge.sim.physics import PlatePhysics
 from firmware_bridge.transport import open_port
 
 
@@ -90,3 +96,66 @@ def test_the_closed_loops_reused_input_vector_is_written_whole_every_block(
     poisoned = _wire(monkeypatch, poisoned_vector_each_block=True)
     assert len(reused) > 40 * 80
     assert reused == poisoned
+
+
+def _digests(case: Case, tmp_path: Path, one_window: bool) -> dict[str, object]:
+    with pytest.MonkeyPatch.context() as patch:
+        if one_window:  # every run ahead ends at the next slow-parameter update, as before
+            patch.setattr(sim_device.SimulatedDevice, "_windows_after", lambda *_: [])
+        return run_case(case, tmp_path / ("one" if one_window else "many"))
+
+
+# A steady open loop, then a drive step, a status request and a frequency change landing inside
+# runs ahead that span several windows (the blocks not yet taken are dropped there).
+_INTERRUPTED = Case(
+    "a steady drive interrupted inside long runs ahead",
+    "seed=31&mass=75",
+    9.0,
+    (
+        (0.3, SetFrequency(45_000)),
+        (0.32, SetOutput(1)),
+        (0.34, SetDrive(drive_to_q16(0.12), 400)),
+        (3.13, SetDrive(drive_to_q16(0.14), 0)),
+        (5.57, StatusRequest()),
+        (6.71, SetFrequency(50_000)),
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [_INTERRUPTED, *(c for c in cases() if c.name in ("open loop", "closed loop"))],
+    ids=lambda c: c.name,
+)
+def test_runs_ahead_through_several_windows_are_the_one_window_runs(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    longest = [0]
+    run_ahead = PlatePhysics.run_ahead
+
+    def counted(self: PlatePhysics, n: int, freq: float, phases: Any, drive: float) -> Any:
+        longest[0] = max(longest[0], len(phases))
+        return run_ahead(self, n, freq, phases, drive)
+
+    monkeypatch.setattr(PlatePhysics, "run_ahead", counted)
+    many = _digests(case, tmp_path, one_window=False)
+    if case.name != "closed loop":  # a closed loop never holds a drive that long
+        assert longest[0] > sim_device.AHEAD_BLOCKS_MAX  # more than one window at once
+    one = _digests(case, tmp_path, one_window=True)
+    # wire bytes, truth file, and the plate's, filter's and noise buffer's state at the end
+    assert many == one
+
+
+def test_a_run_ahead_past_an_update_whose_tables_are_not_built_is_refused() -> None:
+    port = open_port("sim://?speed=max&seed=2&mass=70")
+    try:
+        physics = port.device.physics  # type: ignore[attr-defined]
+        n = 32
+        windows = physics.windows_ahead(n, 45.0)
+        blocks = physics.samples_to_update // n + (windows + 1) * physics.samples_per_update // n
+        with pytest.raises(ValueError, match="do not end by the next parameter update"):
+            physics.run_ahead(n, 45.0, [0.0] * blocks, 0.1)
+        with pytest.raises(ValueError, match="do not end by the next parameter update"):
+            physics.run_ahead(n, 45.0, [0.0] * (physics.samples_to_update // n + 1), 0.1)
+    finally:
+        port.close()

@@ -11,6 +11,7 @@ boundary; commands therefore take effect at the first sample of a block.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from collections import deque
@@ -325,11 +326,15 @@ class _BlockKernel:
 class _Ahead:
     """Blocks simulated ahead at a constant drive (see SimulatedDevice._run_ahead).
 
-    Valid while ``key`` (everything the blocks depend on but the plant state) is unchanged;
-    ``phases[j]`` is the phase accumulator at block j's first sample (``blocks + 1`` values).
+    Block j is valid while the device's inputs key (everything the blocks depend on but the
+    plant state) is ``keys[i]``, i the window holding j: the blocks before ``ends[0]``, then
+    those before ``ends[1]`` ... (one window per slow-parameter update the blocks run through;
+    the plant's part of the key moves on at each). ``phases[j]`` is the phase accumulator at
+    block j's first sample (``blocks + 1`` values).
     """
 
-    key: tuple[object, ...]
+    keys: list[tuple[object, ...]]
+    ends: list[int]
     physics: AheadRun
     sensor: SensorAhead
     phases: list[float]
@@ -338,6 +343,20 @@ class _Ahead:
     blocks: int
     records: npt.NDArray[np.void]  # the blocks' SAMPLES frame bodies, seq and index not yet set
     next: int = 0
+
+    def key_at(self, j: int) -> tuple[object, ...]:
+        """The inputs key block ``j`` (< blocks) was computed for."""
+        for end, key in zip(self.ends, self.keys, strict=True):
+            if j < end:
+                return key
+        return self.keys[-1]
+
+    def window_end(self, j: int) -> int:
+        """The end (exclusive) of the window holding block ``j`` (< blocks)."""
+        for end in self.ends:
+            if j < end:
+                return end
+        return self.blocks
 
 
 def _fitted_peak_g(window: Iterable[FitSums]) -> float:
@@ -597,8 +616,10 @@ class SimulatedDevice:
         ):
             return 0
         j0 = ahead.next
-        k = min(max_blocks, ahead.blocks - j0)
-        if k < 1 or ahead.phases[j0] != self._phase_turns or ahead.key != self._inputs_key():
+        # Not past the window's end: its last block's commit is the plant's slow-parameter
+        # update, and the next window's blocks are valid for the key after it (checked then).
+        k = min(max_blocks, ahead.window_end(j0) - j0) if j0 < ahead.blocks else 0
+        if k < 1 or ahead.phases[j0] != self._phase_turns or ahead.key_at(j0) != self._inputs_key():
             return 0
         n = self.block_samples
         physics = self.physics
@@ -615,7 +636,7 @@ class SimulatedDevice:
             self._handle_inbox(now)
             self._check_watchdog(now)
             checked = True
-            if self._ahead is not ahead or ahead.key != self._inputs_key():
+            if self._ahead is not ahead or ahead.key_at(j0) != self._inputs_key():
                 self._run_block(now)  # a command or a fault: this block as step() runs it
                 return 1
 
@@ -981,11 +1002,14 @@ class SimulatedDevice:
         # every few blocks (a closed loop) has few blocks computed for nothing.
         blocks = min(AHEAD_BLOCKS_MAX, self._steady_blocks, physics.samples_to_update // n)
         end = now + blocks * self.block_s
-        if self._pending_events and self._pending_events[0][0] <= end + 1e-9:
+        events = self._pending_events
+        if events and events[0][0] <= end + 1e-9:
             return None
         disconnect = self.config.disconnect_at_s
         if blocks < AHEAD_BLOCKS_MIN or (disconnect is not None and disconnect <= end + 1e-9):
             return None
+        windows = [blocks, *self._windows_after(blocks, disconnect)]
+        blocks = sum(windows)
         fs = self.sample_rate_hz
         phases = [self._phase_turns]
         for _ in range(blocks):
@@ -994,19 +1018,30 @@ class SimulatedDevice:
         ahead_physics = physics.run_ahead(
             n, self._freq_hz, [2.0 * math.pi * turns for turns in phases[:blocks]], drive
         )
-        ahead_sensor = self.sensor.measure_ahead(ahead_physics.accel_g)
+        ahead_sensor = self.sensor.measure_ahead(ahead_physics.accel_g, windows)
         counts = ahead_sensor.counts
-        # the resting reading is kept only while the output is off (the key holds that state)
+        # The fit's sums and the resting reading window by window: the products of the shapes a
+        # run ahead started at each window would take (a product's last bits can depend on its
+        # number of columns).
+        sums: list[FitSums] = []
         rest_g: list[float] = []
-        if not self._output_on:
-            rest_g = (counts.mean(axis=1) / self._sensor_counts_per_g).tolist()
+        at = 0
+        for size in windows:
+            part = counts[at : at + size]
+            sums += self._block_fit.sums_many(part, phases[at : at + size], self._freq_hz)
+            # the resting reading is kept only while the output is off (the key holds that state)
+            if not self._output_on:
+                rest_g += (part.mean(axis=1) / self._sensor_counts_per_g).tolist()
+            at += size
+        firmware, sensor_key = inputs[:_FIRMWARE_INPUTS], inputs[_FIRMWARE_INPUTS + 1 :]
         turn = PHASE_TURN  # phase_to_q32 of each block's first phase, written out
         return _Ahead(
-            key=inputs,
+            keys=[(*firmware, plant, *sensor_key) for plant in ahead_physics.keys],
+            ends=list(itertools.accumulate(windows)),
             physics=ahead_physics,
             sensor=ahead_sensor,
             phases=phases,
-            sums=self._block_fit.sums_many(counts, phases[:blocks], self._freq_hz),
+            sums=sums,
             rest_g=rest_g,
             blocks=blocks,
             records=samples_records(
@@ -1016,6 +1051,38 @@ class SimulatedDevice:
                 counts,
             ),
         )
+
+    def _windows_after(self, first: int, disconnect: float | None) -> list[int]:
+        """The blocks of each whole slow-parameter window a run ahead of ``first`` blocks
+        (ending at an update) goes on through: those a run ahead started at each window's
+        first block would compute (the same blocks, as _run_ahead would size and refuse them
+        there), while the inputs have stayed at least as long as the run would reach (the bet
+        of _run_ahead) and the tables are built (PlatePhysics.windows_ahead)."""
+        n, physics = self.block_samples, self.physics
+        per = physics.samples_per_update // n
+        steady = self._steady_blocks
+        if (
+            first * n != physics.samples_to_update
+            or per * n != physics.samples_per_update
+            or not AHEAD_BLOCKS_MIN <= per <= AHEAD_BLOCKS_MAX
+            or steady < first + per
+        ):
+            return []
+        windows: list[int] = []
+        ready = physics.windows_ahead(n, self._freq_hz)
+        events = self._pending_events
+        at = first
+        while len(windows) < ready and steady >= at + per:
+            # _run_ahead at this window's first block: now, end and its refusals
+            now = (physics._sample_index + at * n) * physics._dt  # time_s there
+            end = now + per * self.block_s
+            if events and events[0][0] <= end + 1e-9:
+                break
+            if disconnect is not None and disconnect <= end + 1e-9:
+                break
+            windows.append(per)
+            at += per
+        return windows
 
     def _take_ahead(self, now: float) -> bool:
         """Run this block from blocks simulated ahead (computing them if it can); False if
@@ -1033,7 +1100,7 @@ class SimulatedDevice:
         if ahead is not None and (
             ahead.next >= ahead.blocks
             or ahead.phases[ahead.next] != self._phase_turns
-            or ahead.key != inputs
+            or ahead.key_at(ahead.next) != inputs
         ):
             ahead = self._ahead = None
         if ahead is None:

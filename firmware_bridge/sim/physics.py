@@ -186,13 +186,17 @@ class AheadRun:
     """Blocks computed ahead by :meth:`PlatePhysics.run_ahead`, not yet committed.
 
     ``accel_g[j]`` is block j's true acceleration (g), ``states[j]`` the plant state at its end
-    and ``i2[j]`` the sum of its squared coil current (for the coil's heating).
+    and ``i2[j]`` the sum of its squared coil current (for the coil's heating). A run through
+    later slow-parameter updates has one window per update: ``window_blocks[i]`` blocks whose
+    plant has the inputs key ``keys[i]`` (:attr:`PlatePhysics.inputs_key` while they run).
     """
 
     accel_g: FloatArray  # (blocks, n)
     states: FloatArray  # (blocks, p)
     i2: list[float]
     samples_per_block: int
+    window_blocks: list[int]
+    keys: list[tuple[object, ...]]
 
 
 @dataclass
@@ -497,6 +501,39 @@ class PlatePhysics:
         equal plant (parameters, amplifier gain, open circuit)."""
         return (self._params, self.amplifier_gain_factor, self.open_circuit)
 
+    def windows_ahead(self, n: int, freq_hz: float) -> int:
+        """How many whole slow-parameter windows after the present one :meth:`run_ahead` can
+        run through in blocks of ``n`` samples at ``freq_hz``: those whose tables are built
+        (with this window's: see :meth:`_tables_for`, which builds them if they are not), when
+        the updates fall on block boundaries. Each holds ``samples_per_update // n`` blocks."""
+        if n < 1 or self._until_update % n or self._update_every % n:
+            return 0
+        w = 2.0 * math.pi * freq_hz
+        return len(self._tables_coming(w, self._tables_for(w)))
+
+    @property
+    def samples_per_update(self) -> int:
+        """Samples between two slow-parameter updates."""
+        return self._update_every
+
+    def _tables_coming(self, w: float, tables: _Tables) -> list[_Tables]:
+        """The tables :meth:`_tables_for` will give at each update after this window's (whose
+        tables are ``tables``), in order, while the parameters there are known now (until the
+        coil resistance is next refreshed) and their tables are built: its own choice, made
+        ahead without changing what it keeps."""
+        coming: list[_Tables] = []
+        left = dict(self._tables_ahead)
+        first = self._sample_index + self._until_update
+        for k in range(self._resistance_every - 1 - self._updates % self._resistance_every):
+            params = self._params_at((first + k * self._update_every) * self._dt)  # as built
+            if not (tables.key[1] == w and tables.key[0] == params):
+                found = left.pop((params, w), None)
+                if found is None:
+                    break
+                tables = found
+            coming.append(tables)
+        return coming
+
     def run_ahead(
         self, n: int, freq_hz: float, phases_rad: Sequence[float], drive: float
     ) -> AheadRun:
@@ -507,19 +544,64 @@ class PlatePhysics:
         carried from block to block, the blocks' products taken at once). The plant moves on only
         through :meth:`commit_ahead`, one block at a time, so a caller can drop the blocks it has
         not committed (the drive changed) and go on from the last committed boundary. The blocks
-        must end by the next slow-parameter update (which the last block's commit makes).
+        must end by the next slow-parameter update (which the last block's commit makes), or
+        run on through whole windows of :meth:`windows_ahead`: each window's blocks are
+        computed as a run ahead started at its first block would compute them (the same products
+        of the same shapes), with the plant state carried from the window before.
         """
         blocks = len(phases_rad)
-        if blocks < 1 or n < 1 or blocks * n > self._until_update or n > self._block_max:
+        until = self._until_update
+        extra = blocks * n - until  # samples after the next update
+        more = 0
+        if n >= 1 and extra > 0 and until % n == 0 and extra % self._update_every == 0:
+            more = extra // self._update_every  # whole windows after this one
+        if (
+            blocks < 1
+            or n < 1
+            or (extra > 0 and not more)
+            or n > self._block_max
+            or (more and more > self.windows_ahead(n, freq_hz))
+        ):
             raise ValueError(
                 f"{blocks} blocks of {n} samples do not end by the next parameter update "
-                f"({self._until_update} samples) or a block exceeds a table ({self._block_max})"
+                f"({until} samples) or at a later one whose tables are built, or a block "
+                f"exceeds a table ({self._block_max})"
             )
         if not (math.isfinite(drive) and abs(drive) <= 1.0 + _DRIVE_TOLERANCE):
             raise ValueError(f"drive = {drive!r} is outside the drive range -1..1")
         if not (math.isfinite(freq_hz) and freq_hz >= 0.0):
             raise ValueError(f"freq_hz = {freq_hz!r} must be a finite frequency >= 0")
-        tables = self._tables_for(2.0 * math.pi * freq_hz)
+        w = 2.0 * math.pi * freq_hz
+        tables = self._tables_for(w)
+        if not more:
+            accel, states, i2 = self._run_window(tables, n, phases_rad, drive, self._x)
+            return AheadRun(accel, states, i2, n, [blocks], [self.inputs_key])
+        window_tables = [tables, *self._tables_coming(w, tables)[:more]]
+        sizes = [until // n] + [self._update_every // n] * more
+        gain, circuit = self.amplifier_gain_factor, self.open_circuit
+        keys: list[tuple[object, ...]] = [self.inputs_key]
+        keys += [(table.key[0], gain, circuit) for table in window_tables[1:]]
+        accels, all_states, all_i2 = [], [], []
+        x, at = self._x, 0
+        for table, size in zip(window_tables, sizes, strict=True):
+            accel, states, i2 = self._run_window(table, n, phases_rad[at : at + size], drive, x)
+            accels.append(accel)
+            all_states.append(states)
+            all_i2 += i2
+            x, at = states[-1], at + size
+        return AheadRun(np.concatenate(accels), np.concatenate(all_states), all_i2, n, sizes, keys)
+
+    def _run_window(
+        self,
+        tables: _Tables,
+        n: int,
+        phases_rad: Sequence[float],
+        drive: float,
+        x0: FloatArray,
+    ) -> tuple[FloatArray, FloatArray, list[float]]:
+        """:meth:`run_ahead`'s blocks within one window from the plant state ``x0``:
+        (accel (blocks, n), states (blocks, p), i2)."""
+        blocks = len(phases_rad)
         n_plant, n_aug = self._n_plant, self._n_aug
         v = np.zeros((blocks, n_aug + _N_DIST))
         gain = self.amplifier_gain_factor
@@ -532,23 +614,23 @@ class PlatePhysics:
         driven = v[:, n_plant:n_aug] @ step[:, n_plant:].T  # (blocks, p)
         states = np.empty((blocks, n_plant))
         if self._params.open_circuit:  # no current at each block's start
-            x = self._x.copy()
+            x = x0.copy()
             for j in range(blocks):
                 x[0] = 0.0
                 v[j, :n_plant] = x
                 x = step_x @ x + driven[j]
                 states[j] = x
         else:  # each block starts where the last ended: its start vector is the state before
-            x = self._x
+            x = x0
             for j in range(blocks):
                 x = np.matmul(step_x, x, out=states[j])
                 x += driven[j]
-            v[0, :n_plant] = self._x
+            v[0, :n_plant] = x0
             v[1:, :n_plant] = states[:-1]
         out = tables.outputs[:2, :n, :] @ v.T  # (2, n, blocks): accel and coil current
         current = out[1]
         i2 = np.einsum("kj,kj->j", current, current)
-        return AheadRun(np.ascontiguousarray(out[0].T), states, i2.tolist(), n)
+        return np.ascontiguousarray(out[0].T), states, i2.tolist()
 
     def segment_start(
         self,

@@ -18,7 +18,9 @@ clearing it resumes the live reading.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -165,10 +167,12 @@ def reading_profile(
 @dataclass(frozen=True)
 class SensorAhead:
     """Counts computed ahead by :meth:`Accelerometer.measure_ahead`, shape (blocks, n), and
-    the filter state after each block."""
+    the filter state after each block; ``window_starts``: the first block of each window after
+    the first (see :meth:`Accelerometer.measure_ahead`)."""
 
     counts: npt.NDArray[np.int16]
     states: FloatArray
+    window_starts: tuple[int, ...] = ()
 
 
 class Accelerometer:
@@ -211,6 +215,9 @@ class Accelerometer:
         self._block_forms: dict[int, FloatArray] = {}
         self._noise_buffer: FloatArray = np.empty(0)
         self._noise_pos = 0
+        # draws taken from the rng ahead of the buffer (measure_ahead past a refill the buffer
+        # has not made yet): the next refills take them first, so the sequence is unchanged
+        self._noise_reserve: FloatArray = np.empty(0)
         self._gain = 1.0 + profile.sensitivity_error_fraction
         self._b, self._a = butter2_lowpass(profile.anti_alias_cutoff_hz, self.sample_rate_hz)
         resting_g = self._gain + profile.bias_g  # level plate at rest: gravity only
@@ -252,18 +259,21 @@ class Accelerometer:
         self._noise_pos += n
         return draws
 
-    def measure_ahead(self, accel_g: FloatArray) -> SensorAhead:
+    def measure_ahead(self, accel_g: FloatArray, windows: Sequence[int] = ()) -> SensorAhead:
         """Counts for ``accel_g`` of shape (blocks, n), block by block as :meth:`measure` would
         give them, without consuming anything: :meth:`commit_ahead` takes them in order.
 
         The noise is the same draws, the filter the same block product per block, so a
-        committed block equals the one :meth:`measure` gives for the same input.
+        committed block equals the one :meth:`measure` gives for the same input. ``windows``
+        (block counts, summing to ``blocks``) cuts the blocks into runs the noise buffer is to
+        see as separate calls, each made when its first block is committed: the buffer is
+        refilled where and as those calls would refill it (its layout is part of the state).
         """
         blocks, n = accel_g.shape
         total = blocks * n
         noise_std_g = self.noise_density_ug * 1e-6 * math.sqrt(self.sample_rate_hz / 2.0)
-        self._refill_noise(total)
-        draws = self._noise_buffer[self._noise_pos : self._noise_pos + total].reshape(blocks, n)
+        self._refill_noise((windows[0] if windows else blocks) * n)
+        draws = self._peek_noise(total).reshape(blocks, n)
         sensed = accel_g * self._gain + noise_std_g * draws
         sensed += self._gain + self.profile.bias_g
         block = self._block_form(n)
@@ -276,7 +286,8 @@ class Accelerometer:
         for j in range(blocks):
             inputs[j, n:] = zi
             zi = np.matmul(block, inputs[j], out=outputs[j])[n:]
-        return SensorAhead(self._counts(outputs[:, :n]), outputs[:, n:])
+        starts = tuple(itertools.accumulate(windows[:-1])) if windows else ()
+        return SensorAhead(self._counts(outputs[:, :n]), outputs[:, n:], starts)
 
     def commit_ahead(self, ahead: SensorAhead, block: int) -> None:
         """Consume block ``block`` of ``ahead`` (in order): its noise draws and filter state."""
@@ -285,7 +296,13 @@ class Accelerometer:
     def commit_ahead_many(self, ahead: SensorAhead, first: int, count: int) -> None:
         """:meth:`commit_ahead` of blocks ``first .. first + count - 1`` at once."""
         n = ahead.counts.shape[1]
-        self._noise_pos += count * n
+        end = first + count
+        for start in ahead.window_starts:  # a window's own refill, made as it begins
+            if first <= start < end:
+                self._noise_pos += (start - first) * n
+                self._refill_noise((self._window_end(ahead, start) - start) * n)
+                first = start
+        self._noise_pos += (end - first) * n
         self._zi = ahead.states[first + count - 1]
         if n:
             self._last = int(ahead.counts[first + count - 1, -1])
@@ -314,9 +331,40 @@ class Accelerometer:
         """Make sure the buffer holds n draws from the current position (same sequence)."""
         if self._noise_pos + n > self._noise_buffer.size:
             rest = self._noise_buffer[self._noise_pos :]
-            fresh = self._rng.standard_normal(max(_NOISE_CHUNK, n - rest.size))
+            fresh = self._fresh_noise(max(_NOISE_CHUNK, n - rest.size))
             self._noise_buffer = np.concatenate((rest, fresh))
             self._noise_pos = 0
+
+    def _fresh_noise(self, count: int) -> FloatArray:
+        """The next ``count`` draws after the buffer: the reserve's, then the rng's."""
+        reserve = self._noise_reserve
+        if not reserve.size:
+            return self._rng.standard_normal(count)
+        if reserve.size >= count:
+            self._noise_reserve = reserve[count:]
+            return reserve[:count]
+        self._noise_reserve = reserve[:0]
+        return np.concatenate((reserve, self._rng.standard_normal(count - reserve.size)))
+
+    def _peek_noise(self, total: int) -> FloatArray:
+        """The next ``total`` draws from the current position, consuming nothing: those past
+        the buffer are drawn into the reserve (the buffer is not refilled)."""
+        held = self._noise_buffer[self._noise_pos : self._noise_pos + total]
+        if held.size == total:
+            return held
+        more = total - held.size
+        reserve = self._noise_reserve
+        if reserve.size < more:
+            fresh = self._rng.standard_normal(max(_NOISE_CHUNK, more - reserve.size))
+            reserve = self._noise_reserve = np.concatenate((reserve, fresh))
+        return np.concatenate((held, reserve[:more]))
+
+    @staticmethod
+    def _window_end(ahead: SensorAhead, start: int) -> int:
+        for later in ahead.window_starts:
+            if later > start:
+                return later
+        return int(ahead.counts.shape[0])
 
     @property
     def noise_std_g(self) -> float:
