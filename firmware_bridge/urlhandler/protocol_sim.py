@@ -124,8 +124,9 @@ class Serial(serial.SerialBase):
         device = self._check_link()
         speed = self._speed
         if speed is None:
-            budget = 3600.0 if self.timeout is None else self.timeout
-            self._advance(size, budget)
+            if len(self._buffer) < size:  # else _advance would return at once
+                budget = 3600.0 if self.timeout is None else self.timeout
+                self._advance(size, budget)
         else:
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
             while True:
