@@ -109,6 +109,24 @@ STOP_WAIT_MARGIN_S = 0.25
 COUNTERSIGN_ATTEMPTS = 3  # a lost answer is asked for again (the device answers a repeat alike)
 READ_CHUNK = 4096
 ACK_LEN = Ack.LAYOUT.size
+# What every SAMPLES frame read is decoded with, looked up once.
+_SAMPLES_TYPE = Samples.TYPE
+_ACK_TYPE = Ack.TYPE
+_SAMPLES_AT = SAMPLES_HEADER.size  # offset of the counts in a SAMPLES payload
+_COUNT_AT = SAMPLES_HEADER.size - 1  # offset of the count byte
+_unpack_samples_header = SAMPLES_HEADER.unpack_from
+_frombuffer = np.frombuffer
+_WIRE_I2 = np.dtype("<i2")
+_INT16 = np.dtype(np.int16)
+_set_attribute = object.__setattr__
+_tuple_new = tuple.__new__
+_pack_set_drive = SetDrive.LAYOUT.pack
+_SET_DRIVE_TYPE = SetDrive.TYPE
+# Radians per unit of a wire phase (2**-32 turn). ``phase * RAD_PER_PHASE_UNIT`` is bit for
+# bit ``2.0 * np.pi * phase / PHASE_TURN``: PHASE_TURN is a power of two, so dividing by it and
+# multiplying by its reciprocal both only change the exponent (exactly), before or after the
+# one rounding of ``2.0 * np.pi * phase``.
+RAD_PER_PHASE_UNIT = 2.0 * np.pi / PHASE_TURN
 
 
 @dataclass(frozen=True)
@@ -177,7 +195,7 @@ class Voucher:
     signature: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SampleBlock:
     """One block of accelerometer samples on the device's sample clock.
 
@@ -192,6 +210,32 @@ class SampleBlock:
     freq_hz: float
     drive: float
     missing_before: int  # samples lost between the previous block and this one
+
+    def __init__(
+        self,
+        first_index: int,
+        counts: npt.NDArray[np.int16],
+        accel_g: npt.NDArray[np.float64],
+        phase_rad: float,
+        freq_hz: float,
+        drive: float,
+        missing_before: int,
+    ) -> None:
+        # One block is made for every block read: the fields set as one dict, half the cost
+        # of the frozen dataclass's own __init__ (a guarded setattr per field).
+        _set_attribute(
+            self,
+            "__dict__",
+            {
+                "first_index": first_index,
+                "counts": counts,
+                "accel_g": accel_g,
+                "phase_rad": phase_rad,
+                "freq_hz": freq_hz,
+                "drive": drive,
+                "missing_before": missing_before,
+            },
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -313,6 +357,7 @@ class DeviceClient:
         self._tcp = isinstance(port, protocol_socket.Serial)  # socket://: reads sized by FIONREAD
         self._decoder = FrameDecoder()
         self._seq = 0
+        self._last_ramp = (math.nan, 0)  # set_drive's last (ramp_s, ramp_ms)
         self._blocks: deque[SampleBlock | SampleBatch] = deque()
         self._blocks_in = 0  # blocks queued since opening
         self._blocks_out = 0  # blocks handed out since opening
@@ -334,6 +379,7 @@ class DeviceClient:
         self._info: DeviceInfo | None = None
         # Payload length of a SAMPLES frame of the hello's block length (None before it)
         self._samples_payload_len: int | None = None
+        self._block_samples = -1  # the hello's block length (no count byte is -1)
         self._expected_index: int | None = None
         self._last_tx_index = 0
         self._device_index = 0
@@ -543,6 +589,7 @@ class DeviceClient:
             raise
         self._info = DeviceInfo.from_hello(hello)
         self._samples_payload_len = SAMPLES_HEADER.size + 2 * hello.block_samples
+        self._block_samples = hello.block_samples
         self._accel_table = None
         # Opening a port mid-stream yields a partial first frame: count damage from here on.
         self._decoder.stats = LinkStats()
@@ -575,11 +622,13 @@ class DeviceClient:
 
     def set_drive(self, drive: float, ramp_s: float, wait: bool = True) -> None:
         """Ramp the drive amplitude (fraction of full scale) linearly over ``ramp_s``."""
-        ramp_ms = max(0, min(0xFFFF, round_half_up(ramp_s * 1000.0)))
+        ramp = self._last_ramp  # the closed loop ramps every command over one block
+        if ramp_s != ramp[0]:
+            ramp = self._last_ramp = (ramp_s, max(0, min(0xFFFF, round_half_up(ramp_s * 1000.0))))
         # The closed loop's command, sent on most blocks: packed as SetDrive packs, without
         # making the message (both fields are in range: drive_to_q16 checks, ramp_ms is clamped).
-        payload = SetDrive.LAYOUT.pack(drive_to_q16(drive), ramp_ms)
-        self._command(SetDrive.__name__, SetDrive.TYPE, payload, wait)
+        payload = _pack_set_drive(drive_to_q16(drive), ramp[1])
+        self._command("SetDrive", _SET_DRIVE_TYPE, payload, wait)
 
     def start_output(self) -> None:
         """Enable the output at zero amplitude; ramp it up with :meth:`set_drive`.
@@ -624,7 +673,7 @@ class DeviceClient:
         self.command(ClearFault(), wait=True)
 
     def heartbeat(self) -> None:
-        self.command(Heartbeat(), wait=False)
+        self._command("Heartbeat", Heartbeat.TYPE, b"", wait=False)  # command(Heartbeat())
 
     def request_status(self, timeout_s: float = COMMAND_TIMEOUT_S) -> Status:
         self._answers[Status].clear()
@@ -736,7 +785,8 @@ class DeviceClient:
     ) -> None:
         """:meth:`command` for a packed message ``name`` of ``frame_type``."""
         seq = self._send_frame(frame_type, payload)
-        self._pending[seq] = _Pending(name, seq, self._device_index, output_on)
+        # _Pending(name, seq, ...) without the Python-level __new__ of a named tuple
+        self._pending[seq] = _tuple_new(_Pending, (name, seq, self._device_index, output_on))
         if not wait:
             return
         clock = _Deadline(self, COMMAND_TIMEOUT_S)
@@ -771,9 +821,18 @@ class DeviceClient:
                     return None
         if self._faults or self._refusals:
             self._raise_events()
-        block = self._pop_block()
-        self._heartbeat_if_quiet()
-        return block
+        item = self._blocks.popleft()  # the next block, and a heartbeat if quiet, inlined
+        self._blocks_out += 1
+        if not isinstance(item, SampleBlock):
+            if len(item) > 1:
+                self._blocks.appendleft(item.split(1)[1])
+            item = item.block(0)
+        info = self._info
+        if info is not None:
+            quiet = (self._device_index - self._last_tx_index) / info.sample_rate_hz
+            if quiet >= HEARTBEAT_S:
+                self.heartbeat()
+        return item
 
     def read_blocks(self, max_blocks: int, timeout_s: float = 1.0) -> SampleBatch | None:
         """The next 1..``max_blocks`` sample blocks as one :class:`SampleBatch`, or None if none
@@ -829,15 +888,6 @@ class DeviceClient:
             self._event_barrier = None
         limit = self._blocks_in if self._event_barrier is None else self._event_barrier
         return max(0, limit - self._blocks_out)
-
-    def _pop_block(self) -> SampleBlock:
-        item = self._blocks.popleft()
-        self._blocks_out += 1
-        if isinstance(item, SampleBlock):
-            return item
-        if len(item) > 1:
-            self._blocks.appendleft(item.split(1)[1])
-        return item.block(0)
 
     def take_queued(self) -> list[SampleBlock]:
         """The blocks already decoded and not yet read, without reading the port."""
@@ -944,18 +994,20 @@ class DeviceClient:
         if not data:
             return 0
         samples_len = self._samples_payload_len  # None before the hello
+        n = self._block_samples
         for frame in self._decoder.feed(data):
             frame_type, _, payload = frame
             size = len(payload)
-            if frame_type == Samples.TYPE and size == samples_len:
-                # The count byte must agree with the length, as Samples.unpack checks.
-                if SAMPLES_HEADER.size + 2 * payload[SAMPLES_HEADER.size - 1] == size:
-                    first, phase, freq, drive, _ = SAMPLES_HEADER.unpack_from(payload)
-                    counts = np.frombuffer(payload, "<i2", offset=SAMPLES_HEADER.size)
+            if frame_type == _SAMPLES_TYPE and size == samples_len:
+                # The count byte must agree with the length, as Samples.unpack checks: with
+                # the length that of ``n`` samples, the count must be ``n``.
+                if payload[_COUNT_AT] == n:
+                    first, phase, freq, drive, _ = _unpack_samples_header(payload)
+                    counts = _frombuffer(payload, _WIRE_I2, offset=_SAMPLES_AT)
                     self.sample_frames_seen += 1
-                    self._queue_block(first, phase, freq, drive, counts.astype(np.int16))
+                    self._queue_block(first, phase, freq, drive, counts.astype(_INT16))
                     continue
-            elif frame_type == Ack.TYPE and size == ACK_LEN:
+            elif frame_type == _ACK_TYPE and size == ACK_LEN:
                 self._on_ack(payload[0] | payload[1] << 8)
                 continue
             self._dispatch_frame(frame, expect_hello)
@@ -1067,7 +1119,7 @@ class DeviceClient:
                 first_index=first,
                 counts=counts,
                 accel_g=self._accel_g_of(counts),
-                phase_rad=2.0 * np.pi * records["phase"] / PHASE_TURN,
+                phase_rad=records["phase"] * RAD_PER_PHASE_UNIT,
                 freq_hz=records["freq_mhz"] / 1000.0,
                 drive=records["drive_q16"] / Q16,
                 missing_before=missing,
@@ -1128,10 +1180,15 @@ class DeviceClient:
         """
         table = self._accel_table
         if table is None:
-            codes = np.arange(1 << 16, dtype=np.uint16).view(np.int16)
-            table = (codes / float(self.info.counts_per_g) - self._offset_g) / self._sensitivity
-            self._accel_table = table
+            table = self._accel_g_table()
         return table.take(counts)
+
+    def _accel_g_table(self) -> npt.NDArray[np.float64]:
+        """Make (and keep) the table of :meth:`_accel_g_of`."""
+        codes = np.arange(1 << 16, dtype=np.uint16).view(np.int16)
+        table = (codes / float(self.info.counts_per_g) - self._offset_g) / self._sensitivity
+        self._accel_table = table
+        return table
 
     def _on_ack(self, acked_seq: int) -> None:
         pending = self._pending.pop(acked_seq, None)
@@ -1159,21 +1216,23 @@ class DeviceClient:
         counts: npt.NDArray[np.int16],
     ) -> None:
         """Queue one SAMPLES block (its wire fields; after the hello only)."""
-        n = counts.size
         missing = 0
         expected = self._expected_index
         if expected is not None and first_index > expected:
             missing = first_index - expected
             self.samples_missing += missing
-        self._expected_index = self._device_index = first_index + n
+        self._expected_index = self._device_index = first_index + counts.size
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = first_index
+        table = self._accel_table
+        if table is None:
+            table = self._accel_g_table()
         self._blocks.append(
-            SampleBlock(  # by position: keywords cost a third more for every block
+            SampleBlock(  # by position: keywords cost more for every block
                 first_index,
                 counts,
-                self._accel_g_of(counts),
-                2.0 * np.pi * phase_q32 / PHASE_TURN,  # phase_rad
+                table.take(counts),  # accel_g, see _accel_g_of
+                phase_q32 * RAD_PER_PHASE_UNIT,  # phase_rad
                 freq_mhz / 1000.0,  # freq_hz
                 drive_q16 / Q16,  # drive
                 missing,  # missing_before
