@@ -238,7 +238,7 @@ class SampleBlock:
         )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class SampleBatch:
     """Consecutive sample blocks of one length, as arrays (what :meth:`DeviceClient.read_blocks`
     returns). Row j is the block :meth:`DeviceClient.read_block` would have returned j-th.
@@ -260,6 +260,31 @@ class SampleBatch:
     freq_hz: npt.NDArray[np.float64]
     drive: npt.NDArray[np.float64]
     missing_before: npt.NDArray[np.int64]
+
+    def __init__(
+        self,
+        first_index: npt.NDArray[np.int64],
+        counts: npt.NDArray[np.int16],
+        accel_g: npt.NDArray[np.float64],
+        phase_rad: npt.NDArray[np.float64],
+        freq_hz: npt.NDArray[np.float64],
+        drive: npt.NDArray[np.float64],
+        missing_before: npt.NDArray[np.int64],
+    ) -> None:
+        # The fields set as one dict, as SampleBlock's (one batch is made for every read).
+        _set_attribute(
+            self,
+            "__dict__",
+            {
+                "first_index": first_index,
+                "counts": counts,
+                "accel_g": accel_g,
+                "phase_rad": phase_rad,
+                "freq_hz": freq_hz,
+                "drive": drive,
+                "missing_before": missing_before,
+            },
+        )
 
     def __len__(self) -> int:
         return int(self.first_index.size)
@@ -1067,8 +1092,24 @@ class DeviceClient:
             return
         run: list[bytes] = []
         for frame in self._decoder.feed(data):
-            if frame.frame_type == Samples.TYPE and len(frame.payload) == payload_size:
-                run.append(frame.payload)
+            frame_type, _, payload = frame
+            if frame_type == _SAMPLES_TYPE and len(payload) == payload_size:
+                # The count byte must agree with the length, as Samples.unpack checks (with
+                # the length that of ``n`` samples, the count must be ``n``): one that does
+                # not ends the run and is refused as a malformed frame, at its place.
+                if payload[_COUNT_AT] == n:
+                    run.append(payload)
+                    continue
+            elif frame_type == _ACK_TYPE and len(payload) == ACK_LEN:
+                # An ACK as _pump handles it, after the run only if it starts the output
+                # clock (_leaves_run).
+                acked = payload[0] | payload[1] << 8
+                if run:
+                    pending = self._pending.get(acked)
+                    if pending is not None and pending.output_on:
+                        self._on_samples_run(run, n)
+                        run = []
+                self._on_ack(acked)
                 continue
             if run and not self._leaves_run(frame):
                 self._on_samples_run(run, n)
@@ -1090,20 +1131,23 @@ class DeviceClient:
         return frame.frame_type in (Status.TYPE, Identity.TYPE, Countersignature.TYPE)
 
     def _on_samples_run(self, payloads: list[bytes], n: int) -> None:
-        """Queue consecutive SAMPLES payloads of ``n`` samples as one SampleBatch."""
-        records = np.frombuffer(b"".join(payloads), dtype=samples_payload_dtype(n))
-        if not bool((records["n"] == n).all()):  # a damaged length field: frame by frame
-            for payload in payloads:
-                self._dispatch_frame(RawFrame(Samples.TYPE, 0, payload), False)
-            return
-        self.sample_frames_seen += len(payloads)
-        info = self._info
-        assert info is not None
+        """Queue consecutive SAMPLES payloads of ``n`` samples (count byte checked) as one
+        SampleBatch."""
+        records = _frombuffer(b"".join(payloads), dtype=samples_payload_dtype(n))
+        blocks = len(payloads)
+        self.sample_frames_seen += blocks
         first = records["first_index"].astype(np.int64)
-        start, end = int(first[0]), int(first[-1]) + n
+        firsts = first.tolist()
+        start = firsts[0]
+        end = firsts[-1] + n
         expected = start if self._expected_index is None else self._expected_index
-        if start == expected and bool((np.diff(first) == n).all()):  # no gap: the usual case
-            missing = np.zeros(first.size, dtype=np.int64)
+        # No gap, the usual case: np.diff(first) == n everywhere. It holds when the indices
+        # are start, start + n, ... as Python integers (then int64 differences are exact);
+        # only when they are not is the int64 test itself asked (it wraps where they do not).
+        if start == expected and (
+            firsts == list(range(start, start + blocks * n, n)) or bool((np.diff(first) == n).all())
+        ):
+            missing = np.zeros(blocks, dtype=np.int64)
         else:
             before = np.empty_like(first)  # where each block was expected to start
             before[0] = expected
@@ -1112,20 +1156,23 @@ class DeviceClient:
             self.samples_missing += int(missing.sum())
         self._expected_index = self._device_index = end
         if self._output_acked and self._output_start_index is None:
-            self._output_start_index = int(first[0])
+            self._output_start_index = start
         counts = records["counts"].astype(np.int16)
+        table = self._accel_table
+        if table is None:
+            table = self._accel_g_table()
         self._blocks.append(
             SampleBatch(
-                first_index=first,
-                counts=counts,
-                accel_g=self._accel_g_of(counts),
-                phase_rad=records["phase"] * RAD_PER_PHASE_UNIT,
-                freq_hz=records["freq_mhz"] / 1000.0,
-                drive=records["drive_q16"] / Q16,
-                missing_before=missing,
+                first,
+                counts,
+                table.take(counts),  # accel_g, see _accel_g_of
+                records["phase"] * RAD_PER_PHASE_UNIT,  # phase_rad
+                records["freq_mhz"] / 1000.0,  # freq_hz
+                records["drive_q16"] / Q16,  # drive
+                missing,  # missing_before
             )
         )
-        self._blocks_in += len(payloads)
+        self._blocks_in += blocks
 
     def _dispatch_frame(self, frame: RawFrame, expect_hello: bool) -> None:
         try:
