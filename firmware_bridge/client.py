@@ -890,12 +890,14 @@ class DeviceClient:
             if parts and batch.counts.shape[1] != parts[0].counts.shape[1]:
                 self._blocks.appendleft(item)  # a block of another length starts the next batch
                 break
-            if len(batch) > take:
+            size = len(batch)
+            if size > take:
                 batch, rest = batch.split(take)
                 self._blocks.appendleft(rest)
+                size = take
             parts.append(batch)
-            take -= len(batch)
-            self._blocks_out += len(batch)
+            take -= size
+            self._blocks_out += size
         self._heartbeat_if_quiet()
         return SampleBatch.join(parts)
 
