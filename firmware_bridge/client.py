@@ -118,6 +118,7 @@ _unpack_samples_header = SAMPLES_HEADER.unpack_from
 _frombuffer = np.frombuffer
 _WIRE_I2 = np.dtype("<i2")
 _INT16 = np.dtype(np.int16)
+_INT64 = np.dtype(np.int64)
 _set_attribute = object.__setattr__
 _tuple_new = tuple.__new__
 _pack_set_drive = SetDrive.LAYOUT.pack
@@ -1030,12 +1031,16 @@ class DeviceClient:
                 # the length that of ``n`` samples, the count must be ``n``.
                 if payload[_COUNT_AT] == n:
                     first, phase, freq, drive, _ = _unpack_samples_header(payload)
-                    counts = _frombuffer(payload, _WIRE_I2, offset=_SAMPLES_AT)
+                    # positional: numpy parses a keyword argument slower than the work
+                    counts = _frombuffer(payload, _WIRE_I2, -1, _SAMPLES_AT)
                     self.sample_frames_seen += 1
                     self._queue_block(first, phase, freq, drive, counts.astype(_INT16))
                     continue
             elif frame_type == _ACK_TYPE and size == ACK_LEN:
-                self._on_ack(payload[0] | payload[1] << 8)
+                # _on_ack, inlined (most blocks bring one)
+                pending = self._pending.pop(payload[0] | payload[1] << 8, None)
+                if pending is not None and pending.output_on:
+                    self._output_acked = True
                 continue
             self._dispatch_frame(frame, expect_hello)
         return len(data)
@@ -1135,10 +1140,10 @@ class DeviceClient:
     def _on_samples_run(self, payloads: list[bytes], n: int) -> None:
         """Queue consecutive SAMPLES payloads of ``n`` samples (count byte checked) as one
         SampleBatch."""
-        records = _frombuffer(b"".join(payloads), dtype=samples_payload_dtype(n))
+        records = _frombuffer(b"".join(payloads), samples_payload_dtype(n))
         blocks = len(payloads)
         self.sample_frames_seen += blocks
-        first = records["first_index"].astype(np.int64)
+        first = records["first_index"].astype(_INT64)
         firsts = first.tolist()
         start = firsts[0]
         end = firsts[-1] + n
@@ -1149,7 +1154,7 @@ class DeviceClient:
         if start == expected and (
             firsts == list(range(start, start + blocks * n, n)) or bool((np.diff(first) == n).all())
         ):
-            missing = np.zeros(blocks, dtype=np.int64)
+            missing = np.zeros(blocks, _INT64)
         else:
             before = np.empty_like(first)  # where each block was expected to start
             before[0] = expected
@@ -1159,7 +1164,7 @@ class DeviceClient:
         self._expected_index = self._device_index = end
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = start
-        counts = records["counts"].astype(np.int16)
+        counts = records["counts"].astype(_INT16)
         table = self._accel_table
         if table is None:
             table = self._accel_g_table()
