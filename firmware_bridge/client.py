@@ -489,7 +489,7 @@ class DeviceClient:
         port. How far the host is behind the plate's clock, in blocks; a host that reads in
         time sees 0 or 1. A transport paced by the reads (``sim://?speed=max``) is never
         behind: its port is not asked (asking would move the device on)."""
-        waiting = self.blocks_waiting
+        waiting = self._blocks_in - self._blocks_out  # blocks_waiting (asked every block)
         payload = self._samples_payload_len
         if self._paced_by_reads or payload is None:
             return waiting
