@@ -109,6 +109,25 @@ STOP_WAIT_MARGIN_S = 0.25
 COUNTERSIGN_ATTEMPTS = 3  # a lost answer is asked for again (the device answers a repeat alike)
 READ_CHUNK = 4096
 ACK_LEN = Ack.LAYOUT.size
+# What every SAMPLES frame read is decoded with, looked up once.
+_SAMPLES_TYPE = Samples.TYPE
+_ACK_TYPE = Ack.TYPE
+_SAMPLES_AT = SAMPLES_HEADER.size  # offset of the counts in a SAMPLES payload
+_COUNT_AT = SAMPLES_HEADER.size - 1  # offset of the count byte
+_unpack_samples_header = SAMPLES_HEADER.unpack_from
+_frombuffer = np.frombuffer
+_WIRE_I2 = np.dtype("<i2")
+_INT16 = np.dtype(np.int16)
+_INT64 = np.dtype(np.int64)
+_set_attribute = object.__setattr__
+_tuple_new = tuple.__new__
+_pack_set_drive = SetDrive.LAYOUT.pack
+_SET_DRIVE_TYPE = SetDrive.TYPE
+# Radians per unit of a wire phase (2**-32 turn). ``phase * RAD_PER_PHASE_UNIT`` is bit for
+# bit ``2.0 * np.pi * phase / PHASE_TURN``: PHASE_TURN is a power of two, so dividing by it and
+# multiplying by its reciprocal both only change the exponent (exactly), before or after the
+# one rounding of ``2.0 * np.pi * phase``.
+RAD_PER_PHASE_UNIT = 2.0 * np.pi / PHASE_TURN
 
 
 @dataclass(frozen=True)
@@ -177,7 +196,7 @@ class Voucher:
     signature: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SampleBlock:
     """One block of accelerometer samples on the device's sample clock.
 
@@ -193,8 +212,34 @@ class SampleBlock:
     drive: float
     missing_before: int  # samples lost between the previous block and this one
 
+    def __init__(
+        self,
+        first_index: int,
+        counts: npt.NDArray[np.int16],
+        accel_g: npt.NDArray[np.float64],
+        phase_rad: float,
+        freq_hz: float,
+        drive: float,
+        missing_before: int,
+    ) -> None:
+        # One block is made for every block read: the fields set as one dict, half the cost
+        # of the frozen dataclass's own __init__ (a guarded setattr per field).
+        _set_attribute(
+            self,
+            "__dict__",
+            {
+                "first_index": first_index,
+                "counts": counts,
+                "accel_g": accel_g,
+                "phase_rad": phase_rad,
+                "freq_hz": freq_hz,
+                "drive": drive,
+                "missing_before": missing_before,
+            },
+        )
 
-@dataclass(frozen=True, eq=False)
+
+@dataclass(frozen=True, eq=False, init=False)
 class SampleBatch:
     """Consecutive sample blocks of one length, as arrays (what :meth:`DeviceClient.read_blocks`
     returns). Row j is the block :meth:`DeviceClient.read_block` would have returned j-th.
@@ -216,6 +261,31 @@ class SampleBatch:
     freq_hz: npt.NDArray[np.float64]
     drive: npt.NDArray[np.float64]
     missing_before: npt.NDArray[np.int64]
+
+    def __init__(
+        self,
+        first_index: npt.NDArray[np.int64],
+        counts: npt.NDArray[np.int16],
+        accel_g: npt.NDArray[np.float64],
+        phase_rad: npt.NDArray[np.float64],
+        freq_hz: npt.NDArray[np.float64],
+        drive: npt.NDArray[np.float64],
+        missing_before: npt.NDArray[np.int64],
+    ) -> None:
+        # The fields set as one dict, as SampleBlock's (one batch is made for every read).
+        _set_attribute(
+            self,
+            "__dict__",
+            {
+                "first_index": first_index,
+                "counts": counts,
+                "accel_g": accel_g,
+                "phase_rad": phase_rad,
+                "freq_hz": freq_hz,
+                "drive": drive,
+                "missing_before": missing_before,
+            },
+        )
 
     def __len__(self) -> int:
         return int(self.first_index.size)
@@ -313,6 +383,7 @@ class DeviceClient:
         self._tcp = isinstance(port, protocol_socket.Serial)  # socket://: reads sized by FIONREAD
         self._decoder = FrameDecoder()
         self._seq = 0
+        self._last_ramp = (math.nan, 0)  # set_drive's last (ramp_s, ramp_ms)
         self._blocks: deque[SampleBlock | SampleBatch] = deque()
         self._blocks_in = 0  # blocks queued since opening
         self._blocks_out = 0  # blocks handed out since opening
@@ -334,6 +405,7 @@ class DeviceClient:
         self._info: DeviceInfo | None = None
         # Payload length of a SAMPLES frame of the hello's block length (None before it)
         self._samples_payload_len: int | None = None
+        self._block_samples = -1  # the hello's block length (no count byte is -1)
         self._expected_index: int | None = None
         self._last_tx_index = 0
         self._device_index = 0
@@ -417,7 +489,7 @@ class DeviceClient:
         port. How far the host is behind the plate's clock, in blocks; a host that reads in
         time sees 0 or 1. A transport paced by the reads (``sim://?speed=max``) is never
         behind: its port is not asked (asking would move the device on)."""
-        waiting = self.blocks_waiting
+        waiting = self._blocks_in - self._blocks_out  # blocks_waiting (asked every block)
         payload = self._samples_payload_len
         if self._paced_by_reads or payload is None:
             return waiting
@@ -543,6 +615,7 @@ class DeviceClient:
             raise
         self._info = DeviceInfo.from_hello(hello)
         self._samples_payload_len = SAMPLES_HEADER.size + 2 * hello.block_samples
+        self._block_samples = hello.block_samples
         self._accel_table = None
         # Opening a port mid-stream yields a partial first frame: count damage from here on.
         self._decoder.stats = LinkStats()
@@ -575,11 +648,13 @@ class DeviceClient:
 
     def set_drive(self, drive: float, ramp_s: float, wait: bool = True) -> None:
         """Ramp the drive amplitude (fraction of full scale) linearly over ``ramp_s``."""
-        ramp_ms = max(0, min(0xFFFF, round_half_up(ramp_s * 1000.0)))
+        ramp = self._last_ramp  # the closed loop ramps every command over one block
+        if ramp_s != ramp[0]:
+            ramp = self._last_ramp = (ramp_s, max(0, min(0xFFFF, round_half_up(ramp_s * 1000.0))))
         # The closed loop's command, sent on most blocks: packed as SetDrive packs, without
         # making the message (both fields are in range: drive_to_q16 checks, ramp_ms is clamped).
-        payload = SetDrive.LAYOUT.pack(drive_to_q16(drive), ramp_ms)
-        self._command(SetDrive.__name__, SetDrive.TYPE, payload, wait)
+        payload = _pack_set_drive(drive_to_q16(drive), ramp[1])
+        self._command("SetDrive", _SET_DRIVE_TYPE, payload, wait)
 
     def start_output(self) -> None:
         """Enable the output at zero amplitude; ramp it up with :meth:`set_drive`.
@@ -624,7 +699,7 @@ class DeviceClient:
         self.command(ClearFault(), wait=True)
 
     def heartbeat(self) -> None:
-        self.command(Heartbeat(), wait=False)
+        self._command("Heartbeat", Heartbeat.TYPE, b"", wait=False)  # command(Heartbeat())
 
     def request_status(self, timeout_s: float = COMMAND_TIMEOUT_S) -> Status:
         self._answers[Status].clear()
@@ -736,7 +811,8 @@ class DeviceClient:
     ) -> None:
         """:meth:`command` for a packed message ``name`` of ``frame_type``."""
         seq = self._send_frame(frame_type, payload)
-        self._pending[seq] = _Pending(name, seq, self._device_index, output_on)
+        # _Pending(name, seq, ...) without the Python-level __new__ of a named tuple
+        self._pending[seq] = _tuple_new(_Pending, (name, seq, self._device_index, output_on))
         if not wait:
             return
         clock = _Deadline(self, COMMAND_TIMEOUT_S)
@@ -771,9 +847,18 @@ class DeviceClient:
                     return None
         if self._faults or self._refusals:
             self._raise_events()
-        block = self._pop_block()
-        self._heartbeat_if_quiet()
-        return block
+        item = self._blocks.popleft()  # the next block, and a heartbeat if quiet, inlined
+        self._blocks_out += 1
+        if not isinstance(item, SampleBlock):
+            if len(item) > 1:
+                self._blocks.appendleft(item.split(1)[1])
+            item = item.block(0)
+        info = self._info
+        if info is not None:
+            quiet = (self._device_index - self._last_tx_index) / info.sample_rate_hz
+            if quiet >= HEARTBEAT_S:
+                self.heartbeat()
+        return item
 
     def read_blocks(self, max_blocks: int, timeout_s: float = 1.0) -> SampleBatch | None:
         """The next 1..``max_blocks`` sample blocks as one :class:`SampleBatch`, or None if none
@@ -806,12 +891,14 @@ class DeviceClient:
             if parts and batch.counts.shape[1] != parts[0].counts.shape[1]:
                 self._blocks.appendleft(item)  # a block of another length starts the next batch
                 break
-            if len(batch) > take:
+            size = len(batch)
+            if size > take:
                 batch, rest = batch.split(take)
                 self._blocks.appendleft(rest)
+                size = take
             parts.append(batch)
-            take -= len(batch)
-            self._blocks_out += len(batch)
+            take -= size
+            self._blocks_out += size
         self._heartbeat_if_quiet()
         return SampleBatch.join(parts)
 
@@ -829,15 +916,6 @@ class DeviceClient:
             self._event_barrier = None
         limit = self._blocks_in if self._event_barrier is None else self._event_barrier
         return max(0, limit - self._blocks_out)
-
-    def _pop_block(self) -> SampleBlock:
-        item = self._blocks.popleft()
-        self._blocks_out += 1
-        if isinstance(item, SampleBlock):
-            return item
-        if len(item) > 1:
-            self._blocks.appendleft(item.split(1)[1])
-        return item.block(0)
 
     def take_queued(self) -> list[SampleBlock]:
         """The blocks already decoded and not yet read, without reading the port."""
@@ -944,19 +1022,25 @@ class DeviceClient:
         if not data:
             return 0
         samples_len = self._samples_payload_len  # None before the hello
+        n = self._block_samples
         for frame in self._decoder.feed(data):
             frame_type, _, payload = frame
             size = len(payload)
-            if frame_type == Samples.TYPE and size == samples_len:
-                # The count byte must agree with the length, as Samples.unpack checks.
-                if SAMPLES_HEADER.size + 2 * payload[SAMPLES_HEADER.size - 1] == size:
-                    first, phase, freq, drive, _ = SAMPLES_HEADER.unpack_from(payload)
-                    counts = np.frombuffer(payload, "<i2", offset=SAMPLES_HEADER.size)
+            if frame_type == _SAMPLES_TYPE and size == samples_len:
+                # The count byte must agree with the length, as Samples.unpack checks: with
+                # the length that of ``n`` samples, the count must be ``n``.
+                if payload[_COUNT_AT] == n:
+                    first, phase, freq, drive, _ = _unpack_samples_header(payload)
+                    # positional: numpy parses a keyword argument slower than the work
+                    counts = _frombuffer(payload, _WIRE_I2, -1, _SAMPLES_AT)
                     self.sample_frames_seen += 1
-                    self._queue_block(first, phase, freq, drive, counts.astype(np.int16))
+                    self._queue_block(first, phase, freq, drive, counts.astype(_INT16))
                     continue
-            elif frame_type == Ack.TYPE and size == ACK_LEN:
-                self._on_ack(payload[0] | payload[1] << 8)
+            elif frame_type == _ACK_TYPE and size == ACK_LEN:
+                # _on_ack, inlined (most blocks bring one)
+                pending = self._pending.pop(payload[0] | payload[1] << 8, None)
+                if pending is not None and pending.output_on:
+                    self._output_acked = True
                 continue
             self._dispatch_frame(frame, expect_hello)
         return len(data)
@@ -1015,8 +1099,24 @@ class DeviceClient:
             return
         run: list[bytes] = []
         for frame in self._decoder.feed(data):
-            if frame.frame_type == Samples.TYPE and len(frame.payload) == payload_size:
-                run.append(frame.payload)
+            frame_type, _, payload = frame
+            if frame_type == _SAMPLES_TYPE and len(payload) == payload_size:
+                # The count byte must agree with the length, as Samples.unpack checks (with
+                # the length that of ``n`` samples, the count must be ``n``): one that does
+                # not ends the run and is refused as a malformed frame, at its place.
+                if payload[_COUNT_AT] == n:
+                    run.append(payload)
+                    continue
+            elif frame_type == _ACK_TYPE and len(payload) == ACK_LEN:
+                # An ACK as _pump handles it, after the run only if it starts the output
+                # clock (_leaves_run).
+                acked = payload[0] | payload[1] << 8
+                if run:
+                    pending = self._pending.get(acked)
+                    if pending is not None and pending.output_on:
+                        self._on_samples_run(run, n)
+                        run = []
+                self._on_ack(acked)
                 continue
             if run and not self._leaves_run(frame):
                 self._on_samples_run(run, n)
@@ -1038,20 +1138,23 @@ class DeviceClient:
         return frame.frame_type in (Status.TYPE, Identity.TYPE, Countersignature.TYPE)
 
     def _on_samples_run(self, payloads: list[bytes], n: int) -> None:
-        """Queue consecutive SAMPLES payloads of ``n`` samples as one SampleBatch."""
-        records = np.frombuffer(b"".join(payloads), dtype=samples_payload_dtype(n))
-        if not bool((records["n"] == n).all()):  # a damaged length field: frame by frame
-            for payload in payloads:
-                self._dispatch_frame(RawFrame(Samples.TYPE, 0, payload), False)
-            return
-        self.sample_frames_seen += len(payloads)
-        info = self._info
-        assert info is not None
-        first = records["first_index"].astype(np.int64)
-        start, end = int(first[0]), int(first[-1]) + n
+        """Queue consecutive SAMPLES payloads of ``n`` samples (count byte checked) as one
+        SampleBatch."""
+        records = _frombuffer(b"".join(payloads), samples_payload_dtype(n))
+        blocks = len(payloads)
+        self.sample_frames_seen += blocks
+        first = records["first_index"].astype(_INT64)
+        firsts = first.tolist()
+        start = firsts[0]
+        end = firsts[-1] + n
         expected = start if self._expected_index is None else self._expected_index
-        if start == expected and bool((np.diff(first) == n).all()):  # no gap: the usual case
-            missing = np.zeros(first.size, dtype=np.int64)
+        # No gap, the usual case: np.diff(first) == n everywhere. It holds when the indices
+        # are start, start + n, ... as Python integers (then int64 differences are exact);
+        # only when they are not is the int64 test itself asked (it wraps where they do not).
+        if start == expected and (
+            firsts == list(range(start, start + blocks * n, n)) or bool((np.diff(first) == n).all())
+        ):
+            missing = np.zeros(blocks, _INT64)
         else:
             before = np.empty_like(first)  # where each block was expected to start
             before[0] = expected
@@ -1060,20 +1163,23 @@ class DeviceClient:
             self.samples_missing += int(missing.sum())
         self._expected_index = self._device_index = end
         if self._output_acked and self._output_start_index is None:
-            self._output_start_index = int(first[0])
-        counts = records["counts"].astype(np.int16)
+            self._output_start_index = start
+        counts = records["counts"].astype(_INT16)
+        table = self._accel_table
+        if table is None:
+            table = self._accel_g_table()
         self._blocks.append(
             SampleBatch(
-                first_index=first,
-                counts=counts,
-                accel_g=self._accel_g_of(counts),
-                phase_rad=2.0 * np.pi * records["phase"] / PHASE_TURN,
-                freq_hz=records["freq_mhz"] / 1000.0,
-                drive=records["drive_q16"] / Q16,
-                missing_before=missing,
+                first,
+                counts,
+                table.take(counts),  # accel_g, see _accel_g_of
+                records["phase"] * RAD_PER_PHASE_UNIT,  # phase_rad
+                records["freq_mhz"] / 1000.0,  # freq_hz
+                records["drive_q16"] / Q16,  # drive
+                missing,  # missing_before
             )
         )
-        self._blocks_in += len(payloads)
+        self._blocks_in += blocks
 
     def _dispatch_frame(self, frame: RawFrame, expect_hello: bool) -> None:
         try:
@@ -1128,10 +1234,15 @@ class DeviceClient:
         """
         table = self._accel_table
         if table is None:
-            codes = np.arange(1 << 16, dtype=np.uint16).view(np.int16)
-            table = (codes / float(self.info.counts_per_g) - self._offset_g) / self._sensitivity
-            self._accel_table = table
+            table = self._accel_g_table()
         return table.take(counts)
+
+    def _accel_g_table(self) -> npt.NDArray[np.float64]:
+        """Make (and keep) the table of :meth:`_accel_g_of`."""
+        codes = np.arange(1 << 16, dtype=np.uint16).view(np.int16)
+        table = (codes / float(self.info.counts_per_g) - self._offset_g) / self._sensitivity
+        self._accel_table = table
+        return table
 
     def _on_ack(self, acked_seq: int) -> None:
         pending = self._pending.pop(acked_seq, None)
@@ -1159,21 +1270,23 @@ class DeviceClient:
         counts: npt.NDArray[np.int16],
     ) -> None:
         """Queue one SAMPLES block (its wire fields; after the hello only)."""
-        n = counts.size
         missing = 0
         expected = self._expected_index
         if expected is not None and first_index > expected:
             missing = first_index - expected
             self.samples_missing += missing
-        self._expected_index = self._device_index = first_index + n
+        self._expected_index = self._device_index = first_index + counts.size
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = first_index
+        table = self._accel_table
+        if table is None:
+            table = self._accel_g_table()
         self._blocks.append(
-            SampleBlock(  # by position: keywords cost a third more for every block
+            SampleBlock(  # by position: keywords cost more for every block
                 first_index,
                 counts,
-                self._accel_g_of(counts),
-                2.0 * np.pi * phase_q32 / PHASE_TURN,  # phase_rad
+                table.take(counts),  # accel_g, see _accel_g_of
+                phase_q32 * RAD_PER_PHASE_UNIT,  # phase_rad
                 freq_mhz / 1000.0,  # freq_hz
                 drive_q16 / Q16,  # drive
                 missing,  # missing_before

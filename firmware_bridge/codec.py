@@ -22,6 +22,7 @@ from cobs import cobs
 DELIMITER = b"\x00"
 _cobs_encode = cobs.encode  # C functions, looked up once (every frame passes through them)
 _cobs_decode = cobs.decode
+_crc_hqx = binascii.crc_hqx
 HEADER = struct.Struct("<BH")
 CRC = struct.Struct("<H")
 MIN_RAW_LEN = HEADER.size + CRC.size
@@ -154,6 +155,10 @@ class RawFrame(NamedTuple):
     payload: bytes
 
 
+# RawFrame's own __new__ is a Python function that calls this: the decoder calls it directly.
+_tuple_new = tuple.__new__
+
+
 @dataclass
 class LinkStats:
     """Counters of what arrived on one direction of the link."""
@@ -206,14 +211,40 @@ class FrameDecoder:
                     chunks[0] = bytes(self._buffer) + head
                 self._buffer.clear()
                 self._overrun = False
-            decode = self._decode
+            # COBS, length, CRC and sequence checks of each chunk in this one loop: cheaper
+            # than a method call a frame (every block brings a SAMPLES, most an ACK). The
+            # expected sequence number is kept in a local, written back before
+            # _count_sequence reads it.
+            stats_frames = 0
+            expected = self._expected_seq
             for chunk in chunks:
                 if len(chunk) > MAX_ENCODED_LEN:
                     stats.overruns += 1
-                elif chunk:
-                    frame = decode(chunk)
-                    if frame is not None:
-                        frames.append(frame)
+                    continue
+                if not chunk:
+                    continue
+                try:
+                    raw: bytes = _cobs_decode(chunk)
+                except cobs.DecodeError:
+                    stats.cobs_errors += 1
+                    continue
+                if len(raw) < MIN_RAW_LEN:
+                    stats.short_frames += 1
+                    continue
+                if _crc_hqx(raw[:-2], 0) != raw[-2] | raw[-1] << 8:
+                    stats.crc_errors += 1
+                    continue
+                seq = raw[1] | raw[2] << 8
+                if seq == expected and seq:  # the next in sequence (not a restart at 0)
+                    expected = (seq + 1) & 0xFFFF
+                else:
+                    self._expected_seq = expected
+                    self._count_sequence(raw[0], seq)
+                    expected = self._expected_seq
+                stats_frames += 1
+                frames.append(_tuple_new(RawFrame, (raw[0], seq, raw[3:-2])))
+            self._expected_seq = expected
+            stats.frames += stats_frames
         if rest:
             self._append(rest)
         return frames
@@ -226,29 +257,6 @@ class FrameDecoder:
             # Too long to be a frame: drop it now, count it once its delimiter arrives.
             self._buffer.clear()
             self._overrun = True
-
-    def _decode(self, chunk: bytes) -> RawFrame | None:
-        try:
-            raw: bytes = _cobs_decode(chunk)
-        except cobs.DecodeError:
-            self.stats.cobs_errors += 1
-            return None
-        if len(raw) < MIN_RAW_LEN:
-            self.stats.short_frames += 1
-            return None
-        # The layout of HEADER and CRC (little-endian), read byte by byte: cheaper than struct
-        # calls for the three numbers every frame has.
-        if binascii.crc_hqx(raw[:-2], 0) != raw[-2] | raw[-1] << 8:
-            self.stats.crc_errors += 1
-            return None
-        frame_type = raw[0]
-        seq = raw[1] | raw[2] << 8
-        if seq == self._expected_seq and seq:  # the next in sequence (not a restart at 0)
-            self._expected_seq = (seq + 1) & 0xFFFF
-        else:
-            self._count_sequence(frame_type, seq)
-        self.stats.frames += 1
-        return RawFrame(frame_type, seq, raw[3:-2])
 
     def _count_sequence(self, frame_type: int, seq: int) -> None:
         expected = self._expected_seq

@@ -56,7 +56,7 @@ def drive_to_q16(fraction: float) -> int:
     """Drive fraction 0..1 to its wire value ``floor(fraction * 65535 + 0.5)``."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"drive fraction {fraction!r} is outside 0..1")
-    return round_half_up(fraction * Q16)
+    return math.floor(fraction * Q16 + 0.5)  # round_half_up, inlined (called every block)
 
 
 def q16_to_drive(value: int) -> float:
@@ -67,12 +67,12 @@ def hz_to_mhz(freq_hz: float) -> int:
     """Frequency in Hz to its wire value ``floor(freq_hz * 1000 + 0.5)`` millihertz."""
     if not 0.0 <= freq_hz < 4_000_000.0:
         raise ValueError(f"frequency {freq_hz!r} Hz is outside 0..4e6")
-    return round_half_up(freq_hz * 1000.0)
+    return math.floor(freq_hz * 1000.0 + 0.5)  # round_half_up, inlined (called every block)
 
 
 def phase_to_q32(phase_turns: float) -> int:
     """Phase in turns to its wire value ``floor(phase * 2**32 + 0.5) mod 2**32``."""
-    return round_half_up(phase_turns * PHASE_TURN) % PHASE_TURN
+    return math.floor(phase_turns * PHASE_TURN + 0.5) % PHASE_TURN  # round_half_up, inlined
 
 
 def ramp_time_samples(ramp_ms: int, sample_rate_hz: int) -> int:
