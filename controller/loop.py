@@ -323,6 +323,9 @@ def _run_exposure(
     append_measured, append_rounding = hist_measured.append, rounding_g.append
     append_drive, append_freq, append_ratio = hist_drive.append, hist_freq.append, hist_ratio.append
     append_compute = compute.append
+    # enum members as locals (an Enum class attribute is a slow look-up), and nan
+    ramping_up, holding, ramping_down = Phase.RAMP_UP, Phase.HOLD, Phase.RAMP_DOWN
+    unloaded, nan = LoadState.UNLOADED, np.nan
     gain_freq = math.nan  # the frequency of ``gain``, the last gain asked (nan: none yet)
     gain = 0.0
     ramp_end = ramp_up_s
@@ -448,11 +451,9 @@ def _run_exposure(
                 device.set_drive(drive, dt, wait=False)
                 sent_drive = drive
 
-            phase = (
-                Phase.RAMP_UP if t < ramp_end else Phase.HOLD if t < hold_end else Phase.RAMP_DOWN
-            )
+            phase = ramping_up if t < ramp_end else holding if t < hold_end else ramping_down
             measured = estimate.fit.peak_g if estimate is not None else None
-            in_hold = phase is Phase.HOLD
+            in_hold = phase is holding
             if reports_coil_temp:
                 # Asked for without waiting, read when it has come: never holds up an update.
                 status = device.take_status()
@@ -473,13 +474,13 @@ def _run_exposure(
             if in_hold:
                 accuracy_push(t, accel.size)
                 result.held_s += dt
-                if load is LoadState.UNLOADED:
+                if load is unloaded:
                     result.unloaded_s += dt
                 stale_s = stale_s + dt if ratio > STALE_RATIO else 0.0
                 result.calibration_stale |= stale_s >= STALE_HOLD_S
             append_t(t)
             append_setpoint(setpoint)
-            append_measured(np.nan if measured is None else measured)
+            append_measured(nan if measured is None else measured)
             append_rounding(0.0 if estimate is None else estimate.repeat_sigma_g)
             append_drive(drive)
             append_freq(block_freq)

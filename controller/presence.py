@@ -65,6 +65,9 @@ class LoadState(enum.StrEnum):
     CANNOT_TELL = "cannot tell whether somebody is on the plate"
 
 
+_LOADED = LoadState.LOADED  # the state of nearly every judged block (a local look-up)
+
+
 @dataclass(frozen=True)
 class PresenceSummary:
     """What presence detection could and could not see in one exposure's hold.
@@ -191,12 +194,13 @@ class PresenceDetector:
             self._fresh = False
             self._decide_fresh(x, freq_hz)
             return
-        if self.state is LoadState.LOADED:
+        state = self.state
+        if state is _LOADED:
             self._while_loaded(x, freq_hz)
-        elif self.state is LoadState.UNLOADED:
+        elif state is LoadState.UNLOADED:
             if self._held(x < 1.0 - EMPTY_BAND):
                 self._to_loaded(x)
-        elif self.state is LoadState.CANNOT_TELL:
+        elif state is LoadState.CANNOT_TELL:
             known = self._remembered.get(self._bin(freq_hz))
             empty = known is not None and x > _step_off_level(known)
             if self._held(x <= 1.0 - MIN_GAP or empty):
