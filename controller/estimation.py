@@ -440,25 +440,29 @@ class AmplitudeEstimator:
         how many of the samples have different drive phases (0: all, or not known); ``rho``:
         the rounding correlation at a repeated phase (negative: from the fit's own residual).
 
-        The normal equations are solved by Cramer's rule written out here (a call and its
-        tuples cost a tenth of the fit's Python time); each minor is computed once, with the
-        very operations of the textbook formula, so the bits are the same.
+        The normal equations are solved by Cramer's rule written out here (a solver's call,
+        its tuples and the fit's keyword arguments were a fifth of the fit's time); each 2 x 2
+        minor is made once, by the very operations of the textbook expansion along the first
+        row, so the bits are those of that formula.
         """
         window = self._rows[:, start:stop]
         sums = (window[: self._NEG] @ window[self._ONE : self._NEG].T).ravel().tolist()
         sd, _, _, _, n, sc, ss, sx, _, scc, scs, sxc, _, _, sss, sxs, _, _, _, sxx = sums
-        # Cramer's rule on ((n, sc, ss), (sc, scc, scs), (ss, scs, sss)) . x = (sx, sxc, sxs)
-        m_ei_ff = scc * sss - scs * scs
-        m_bi_fc = sc * sss - scs * ss
-        m_bf_ec = sc * scs - scc * ss
-        det = n * m_ei_ff - sc * m_bi_fc + ss * m_bf_ec
+        # Cramer's rule on ((n, sc, ss), (sc, scc, scs), (ss, scs, sss)) . (dc, a, b) =
+        # (sx, sxc, sxs). minor_<row><column>: the matrix's 2 x 2 minor without that row and
+        # column; minor_x1, minor_x2: minor_01 and minor_02 with (sxc, sxs) in place of their
+        # column 0 and column 1.
+        minor_00 = scc * sss - scs * scs
+        minor_01 = sc * sss - scs * ss
+        minor_02 = sc * scs - scc * ss
+        det = n * minor_00 - sc * minor_01 + ss * minor_02
         if abs(det) < 1e-12 * max(1.0, abs(n * scc * sss)):
             return None
-        m_r1i_fr2 = sxc * sss - scs * sxs
-        m_br2_r1c = sc * sxs - sxc * ss
-        dc = (sx * m_ei_ff - sc * m_r1i_fr2 + ss * (sxc * scs - scc * sxs)) / det
-        a = (n * m_r1i_fr2 - sx * m_bi_fc + ss * m_br2_r1c) / det
-        b = (n * (scc * sxs - sxc * scs) - sc * m_br2_r1c + sx * m_bf_ec) / det
+        minor_x1 = sxc * sss - scs * sxs
+        minor_x2 = sc * sxs - sxc * ss
+        dc = (sx * minor_00 - sc * minor_x1 + ss * (sxc * scs - scc * sxs)) / det
+        a = (n * minor_x1 - sx * minor_01 + ss * minor_x2) / det
+        b = (n * (scc * sxs - sxc * scs) - sc * minor_x2 + sx * minor_02) / det
         residual_ss = sxx - (dc * sx + a * sxc + b * sxs)
         if not residual_ss > 0.0:  # max(0.0, x), without the call (and as it treats -0.0, nan)
             residual_ss = 0.0
