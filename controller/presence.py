@@ -124,6 +124,8 @@ class PresenceDetector:
         self._pending_s = 0.0
         self._acquire_s = 0.0
         self._remembered: dict[int, float] = {}
+        self._bin_hz = math.nan  # the frequency whose _bin is _bin_index (nan: none yet)
+        self._bin_index = 0
         self._coil_temp_c: float | None = None
         self._factor_key: tuple[float, float | None] = (math.nan, None)
         self._factor_value = 1.0
@@ -262,8 +264,14 @@ class PresenceDetector:
         if abs(x - reference) < gap / 4:
             reference += self._track_alpha * (x - reference)
             self.reference = reference
-            self._note_gap(reference)
-            self._remember(freq_hz, reference)
+            # _note_gap(reference) and _remember(freq_hz, reference), without the calls
+            tracked_gap = 1.0 - reference
+            smallest = self._smallest_gap
+            # min(smallest, tracked_gap) as the builtin picks
+            if smallest is None or tracked_gap < smallest:
+                self._smallest_gap = tracked_gap
+            if tracked_gap >= MIN_GAP:
+                self._remembered[self._bin(freq_hz)] = reference
 
     def _held(self, condition: bool) -> bool:
         self._pending_s = self._pending_s + self.block_s if condition else 0.0
@@ -293,7 +301,10 @@ class PresenceDetector:
         self._smallest_gap = gap if self._smallest_gap is None else min(self._smallest_gap, gap)
 
     def _bin(self, freq_hz: float) -> int:
-        return round(freq_hz / FREQ_BIN_HZ)
+        if freq_hz != self._bin_hz:  # the last frequency's bin is remembered (a fixed one)
+            self._bin_index = round(freq_hz / FREQ_BIN_HZ)
+            self._bin_hz = freq_hz
+        return self._bin_index
 
     def _remember(self, freq_hz: float, reference: float) -> None:
         if 1.0 - reference >= MIN_GAP:
