@@ -319,10 +319,6 @@ def _run_exposure(
     check = supervisor.check
     presence_update = presence.update
     accuracy_push = accuracy.push
-    append_t, append_setpoint = hist_t.append, hist_setpoint.append
-    append_measured, append_rounding = hist_measured.append, rounding_g.append
-    append_drive, append_freq, append_ratio = hist_drive.append, hist_freq.append, hist_ratio.append
-    append_compute = compute.append
     # enum members as locals (an Enum class attribute is a slow look-up), and nan
     ramping_up, holding, ramping_down = Phase.RAMP_UP, Phase.HOLD, Phase.RAMP_DOWN
     unloaded, nan = LoadState.UNLOADED, np.nan
@@ -478,15 +474,15 @@ def _run_exposure(
                     result.unloaded_s += dt
                 stale_s = stale_s + dt if ratio > STALE_RATIO else 0.0
                 result.calibration_stale |= stale_s >= STALE_HOLD_S
-            append_t(t)
-            append_setpoint(setpoint)
-            append_measured(nan if measured is None else measured)
-            append_rounding(0.0 if estimate is None else estimate.repeat_sigma_g)
-            append_drive(drive)
-            append_freq(block_freq)
-            append_ratio(ratio)
+            hist_t.append(t)
+            hist_setpoint.append(setpoint)
+            hist_measured.append(nan if measured is None else measured)
+            rounding_g.append(0.0 if estimate is None else estimate.repeat_sigma_g)
+            hist_drive.append(drive)
+            hist_freq.append(block_freq)
+            hist_ratio.append(ratio)
             spent = timer() - began
-            append_compute(spent)
+            compute.append(spent)
             if on_update is not None:
                 stop = on_update(
                     ControlUpdate(
