@@ -276,18 +276,28 @@ class AmplitudeLaw:
         ``window_s`` is the window's length: windows overlap, so each update brings only
         ``dt`` of new samples and its noise counts ``window_s / dt`` times.
         """
+        # Every max(x, y) and min(x, y) of the rule is written as the comparison the builtin
+        # makes (x unless y is larger, or smaller), without the call: the law runs every block.
         s = self.settings
-        share = max(s.min_load_share, 1.0 - 1.0 / self.correction)  # patient share (floored)
+        correction = self.correction
+        share = 1.0 - 1.0 / correction
+        floor = s.min_load_share
+        if not share > floor:  # patient share, floored: max(floor, share)
+            share = floor
         drift = s.drift_per_sqrt_s + s.load_drift_per_sqrt_s * share
         process = drift * drift * dt + self._sweep_process
         self._sweep_process = 0.0
-        if estimate is None or estimate.mean_drive * gain < s.min_expected_fraction * target_g:
+        if estimate is None:
             self.variance += process
             return False
-        fit = estimate.fit
-        if fit.peak_g <= 0.0:
+        fit, mean_drive, _ = estimate
+        if mean_drive * gain < s.min_expected_fraction * target_g:
+            self.variance += process
             return False
-        rho = fit.peak_g / (gain * estimate.mean_drive)
+        peak_g = fit.peak_g
+        if peak_g <= 0.0:
+            return False
+        rho = peak_g / (gain * mean_drive)
         low, high = s.credible_ratio
         if not low <= rho <= high:
             # No load makes a plate respond like this: a fault the supervisor is confirming.
@@ -295,16 +305,28 @@ class AmplitudeLaw:
             return False
         # relative variance of one window's rho (and so of 1 / rho), debiased peak
         sigma = fit.peak_sigma_g
-        peak_sq = max(fit.peak_g**2 - sigma * sigma, 0.25 * fit.peak_g**2)
-        rho *= math.sqrt(peak_sq) / fit.peak_g
+        peak_sq = peak_g**2 - sigma * sigma
+        quarter = 0.25 * peak_g**2
+        if quarter > peak_sq:  # noqa: PLR1730 (max(peak_sq, quarter))
+            peak_sq = quarter
+        rho *= math.sqrt(peak_sq) / peak_g
         single = sigma * sigma / peak_sq
-        overlap = max(1.0, (window_s if window_s is not None else dt) / dt)
+        overlap = (window_s if window_s is not None else dt) / dt
+        if not overlap > 1.0:  # max(1.0, overlap)
+            overlap = 1.0
         measurement = single * overlap
-        wanted = min(max(1.0 / rho, s.correction_bounds[0]), s.correction_bounds[1])
-        max_gain = min(1.0, dt / s.time_constant_s)
+        lowest, highest = s.correction_bounds
+        wanted = 1.0 / rho
+        if lowest > wanted:  # noqa: PLR1730 (min(max(wanted, lowest), highest))
+            wanted = lowest
+        if highest < wanted:  # noqa: PLR1730
+            wanted = highest
+        max_gain = dt / s.time_constant_s
+        if not max_gain < 1.0:  # min(1.0, max_gain)
+            max_gain = 1.0
         self.steady = steady_variance(process, measurement, max_gain)
         self.variance += process
-        innovation = wanted / self.correction - 1.0
+        innovation = wanted / correction - 1.0
         if innovation * innovation > s.change_gate_sigma**2 * (single + self.variance):
             sign = 1 if innovation > 0 else -1
             self._change_s = self._change_s + dt if sign == self._change_sign else dt
@@ -322,31 +344,64 @@ class AmplitudeLaw:
         else:
             self._change_s = 0.0
             self._change_sign = 0
-        k = min(max_gain, self.variance / (self.variance + measurement))
-        self.correction += k * (wanted - self.correction)
-        self.variance = (1.0 - k) ** 2 * self.variance + k * k * measurement
+        variance = self.variance
+        k = variance / (variance + measurement)
+        if not k < max_gain:  # min(max_gain, k)
+            k = max_gain
+        correction += k * (wanted - correction)
+        self.correction = correction
+        variance = (1.0 - k) ** 2 * variance + k * k * measurement
+        self.variance = variance
         if freq_hz is not None:
-            self._remember(freq_hz)
+            self.freq_hz = freq_hz  # _remember, without the call
+            self._unsaved = (freq_hz, correction, variance)
         return True
 
     @property
     def cautious_correction(self) -> float:
         """The correction the drive uses: lowered by the uncertainty beyond the steady one."""
+        # max() and min() written as the comparisons the builtins make (see learn)
         s = self.settings
         steady_sd = math.sqrt(self.steady)
-        excess = max(0.0, math.sqrt(self.variance) - steady_sd)
-        span = s.cautious_full_sd - s.cautious_free_sd
-        weight = min(max((steady_sd - s.cautious_free_sd) / span, 0.0), 1.0)
-        excess += weight * max(0.0, steady_sd - s.cautious_base_sd)
-        return self.correction * (1.0 - min(s.cautious_max, s.cautious_sigma * excess))
+        excess = math.sqrt(self.variance) - steady_sd
+        if not excess > 0.0:  # max(0.0, excess)
+            excess = 0.0
+        free_sd = s.cautious_free_sd
+        span = s.cautious_full_sd - free_sd
+        weight = (steady_sd - free_sd) / span
+        if weight < 0.0:  # noqa: PLR1730 (min(max(weight, 0.0), 1.0))
+            weight = 0.0
+        if weight > 1.0:  # noqa: PLR1730
+            weight = 1.0
+        beyond = steady_sd - s.cautious_base_sd
+        if not beyond > 0.0:  # max(0.0, beyond)
+            beyond = 0.0
+        excess += weight * beyond
+        margin = s.cautious_sigma * excess
+        most = s.cautious_max
+        if not margin < most:  # min(most, margin)
+            margin = most
+        return self.correction * (1.0 - margin)
 
     def command(self, setpoint_g: float, gain: float, dt: float) -> float:
         """The drive for this update: scheduled feedforward times correction, limited."""
         desired = self.cautious_correction * setpoint_g / gain
-        desired = min(max(desired, 0.0), self.drive_limit)
+        # min(max(desired, 0.0), limit), then min(max(desired, low), high), without the calls
+        if desired < 0.0:  # noqa: PLR1730
+            desired = 0.0
+        limit = self.drive_limit
+        if limit < desired:  # noqa: PLR1730
+            desired = limit
         step = self.settings.slew_per_s * dt
-        self.drive = min(max(desired, self.drive - step), self.drive + step)
-        return self.drive
+        drive = self.drive
+        low = drive - step
+        if low > desired:  # noqa: PLR1730
+            desired = low
+        high = drive + step
+        if high < desired:  # noqa: PLR1730
+            desired = high
+        self.drive = desired
+        return desired
 
     def landing_drive(self, freq_hz: float, setpoint_g: float, gain: float) -> float:
         """The drive a step to ``freq_hz`` would start from (its prior; before any caution).

@@ -301,13 +301,29 @@ def _run_exposure(
             gain = gains[freq_hz] = calibration.gain_at(freq_hz)
         return gain
 
-    # what every update reads, looked up once
+    # what every update reads or calls, looked up once
     target_g = settings.target_g
     window_s = settings.window_s
+    clean_after_s = window_s + dt  # a window this long after a frequency step is clean
     ramp_up_s = settings.ramp_up_s
     ramp_down_s = settings.ramp_down_s
     link_timeout_s = settings.limits.link_timeout_s
     freq_at = settings.schedule.freq_at
+    constant_hz = settings.schedule.constant_hz  # None: freq_at(t) varies, so it is asked
+    estimator_push = estimator.push
+    estimator_estimate = estimator.estimate
+    block_extremes = estimator.block_extremes
+    law_learn = law.learn
+    law_command = law.command
+    check_index = supervisor.check_index
+    check = supervisor.check
+    presence_update = presence.update
+    accuracy_push = accuracy.push
+    # enum members as locals (an Enum class attribute is a slow look-up), and nan
+    ramping_up, holding, ramping_down = Phase.RAMP_UP, Phase.HOLD, Phase.RAMP_DOWN
+    unloaded, nan = LoadState.UNLOADED, np.nan
+    gain_freq = math.nan  # the frequency of ``gain``, the last gain asked (nan: none yet)
+    gain = 0.0
     ramp_end = ramp_up_s
     hold_end = ramp_up_s + settings.hold_s  # moved earlier when a stop is asked for
     freq = freq_at(0.0)
@@ -348,7 +364,7 @@ def _run_exposure(
                 )  # fmt: skip
                 break
             # A jump in the sample clock is never time at dose nor ramp progress: trip first.
-            result.trip = supervisor.check_index(t, block)
+            result.trip = check_index(t, block)
             if result.trip is not None:
                 break
             if not started:
@@ -362,22 +378,29 @@ def _run_exposure(
             accel = block.accel_g
             block_freq = block.freq_hz
             t = (block.first_index + block.counts.size - start) / fs
-            estimator.push(
+            estimator_push(
                 accel, block.phase_rad, block_freq, block.drive, block.missing_before > 0
             )
             if meter is not None:
                 meter.push(accel)
-            estimate = estimator.estimate(block_freq)
-            gain = gain_at(block_freq)
-            window_clean = t - freq_changed_at > window_s + dt
-            law.learn(estimate if window_clean else None, gain, target_g, dt, block_freq, window_s)
+            estimate = estimator_estimate(block_freq)
+            if block_freq != gain_freq:  # the same frequency as the last block: the same gain
+                gain = gain_at(block_freq)
+                gain_freq = block_freq
+            window_clean = t - freq_changed_at > clean_after_s
+            law_learn(estimate if window_clean else None, gain, target_g, dt, block_freq, window_s)
             hold_s = hold_end - ramp_end
-            setpoint = min(
-                target_g * ramp_profile(t, ramp_up_s, hold_s, ramp_down_s), next_setpoint
-            )
-            trip = supervisor.check(
+            # the hold's ramp_profile (1.0: target_g * 1.0 is target_g) without the call, the
+            # ramps by it; then min(profiled, next_setpoint) as the builtin picks
+            if ramp_up_s <= t and t - ramp_up_s - hold_s <= 0.0:
+                setpoint = target_g
+            else:
+                setpoint = target_g * ramp_profile(t, ramp_up_s, hold_s, ramp_down_s)
+            if next_setpoint < setpoint:  # noqa: PLR1730
+                setpoint = next_setpoint
+            trip = check(
                 t, block, estimate, law.drive, drive_limit, setpoint, gain,
-                device.link_stats, device.samples_missing, estimator.block_extremes(),
+                device.link_stats, device.samples_missing, block_extremes(),
             )  # fmt: skip
             if trip is None:
                 # a host steadily slower than the plate acts on ever older feedback; one that
@@ -390,15 +413,19 @@ def _run_exposure(
                 break
             if t >= hold_end + ramp_down_s:
                 break
-            next_freq = freq_at(t)
-            planned = target_g * ramp_profile(t + dt, ramp_up_s, hold_s, ramp_down_s)
+            next_freq = constant_hz if constant_hz is not None else freq_at(t)
+            t_next = t + dt
+            if ramp_up_s <= t_next and t_next - ramp_up_s - hold_s <= 0.0:
+                planned = target_g
+            else:
+                planned = target_g * ramp_profile(t_next, ramp_up_s, hold_s, ramp_down_s)
             if planned > setpoint:
                 planned = min(
                     planned, setpoint + (0.0 if device.blocks_waiting else rise_per_block)
                 )
             next_setpoint = planned
             landing: float | None = None  # the drive to come down to before a step
-            if abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
+            if next_freq != freq and abs(next_freq - freq) >= FREQ_RESOLUTION_HZ:
                 step = abs(next_freq - freq) >= FREQ_STEP_HZ
                 if step:
                     gain_next = calibration.gain_at(next_freq)
@@ -415,16 +442,14 @@ def _run_exposure(
                 drive = law.descend(landing, dt)
             else:
                 gain_next = gain if next_freq == block_freq else gain_at(next_freq)
-                drive = law.command(next_setpoint, gain_next, dt)
+                drive = law_command(next_setpoint, gain_next, dt)
             if abs(drive - sent_drive) >= DRIVE_RESOLUTION or (drive == 0.0) != (sent_drive == 0.0):
                 device.set_drive(drive, dt, wait=False)
                 sent_drive = drive
 
-            phase = (
-                Phase.RAMP_UP if t < ramp_end else Phase.HOLD if t < hold_end else Phase.RAMP_DOWN
-            )
+            phase = ramping_up if t < ramp_end else holding if t < hold_end else ramping_down
             measured = estimate.fit.peak_g if estimate is not None else None
-            in_hold = phase is Phase.HOLD
+            in_hold = phase is holding
             if reports_coil_temp:
                 # Asked for without waiting, read when it has come: never holds up an update.
                 status = device.take_status()
@@ -433,7 +458,7 @@ def _run_exposure(
                 if t >= next_status_t:
                     device.send_status_request()
                     next_status_t = t + COIL_TEMP_POLL_S
-            load = presence.update(
+            load = presence_update(
                 block_freq,
                 response_over_empty(measured, estimate.mean_drive, gain, target_g)
                 if window_clean and estimate is not None and measured is not None
@@ -443,15 +468,15 @@ def _run_exposure(
             )
             ratio = law.response_ratio
             if in_hold:
-                accuracy.push(t, accel.size)
+                accuracy_push(t, accel.size)
                 result.held_s += dt
-                if load is LoadState.UNLOADED:
+                if load is unloaded:
                     result.unloaded_s += dt
                 stale_s = stale_s + dt if ratio > STALE_RATIO else 0.0
                 result.calibration_stale |= stale_s >= STALE_HOLD_S
             hist_t.append(t)
             hist_setpoint.append(setpoint)
-            hist_measured.append(np.nan if measured is None else measured)
+            hist_measured.append(nan if measured is None else measured)
             rounding_g.append(0.0 if estimate is None else estimate.repeat_sigma_g)
             hist_drive.append(drive)
             hist_freq.append(block_freq)

@@ -65,6 +65,9 @@ class LoadState(enum.StrEnum):
     CANNOT_TELL = "cannot tell whether somebody is on the plate"
 
 
+_LOADED = LoadState.LOADED  # the state of nearly every judged block (a local look-up)
+
+
 @dataclass(frozen=True)
 class PresenceSummary:
     """What presence detection could and could not see in one exposure's hold.
@@ -113,12 +116,16 @@ class PresenceDetector:
         self.state = LoadState.UNKNOWN
         self.reference: float | None = None
         self.feature: float | None = None
-        self._window: deque[float] = deque(maxlen=max(1, round(FEATURE_WINDOW_S / block_s)))
+        self._window_n = max(1, round(FEATURE_WINDOW_S / block_s))
+        self._window: deque[float] = deque(maxlen=self._window_n)
+        self._track_alpha = min(1.0, block_s / TRACK_TAU_S)  # the reference's step per block
         self._fresh = True
         self._freq_hz: float | None = None
         self._pending_s = 0.0
         self._acquire_s = 0.0
         self._remembered: dict[int, float] = {}
+        self._bin_hz = math.nan  # the frequency whose _bin is _bin_index (nan: none yet)
+        self._bin_index = 0
         self._coil_temp_c: float | None = None
         self._factor_key: tuple[float, float | None] = (math.nan, None)
         self._factor_value = 1.0
@@ -162,16 +169,22 @@ class PresenceDetector:
 
         Only settled hold blocks are judged; ``in_hold`` blocks are counted in the summary.
         """
-        if self._freq_hz is not None and abs(freq_hz - self._freq_hz) >= FREQ_STEP_HZ:
+        last_hz = self._freq_hz
+        # (the same frequency as the last block: no step, without the arithmetic)
+        if last_hz is not None and freq_hz != last_hz and abs(freq_hz - last_hz) >= FREQ_STEP_HZ:
             self._window.clear()
             self._fresh = True
             self._pending_s = 0.0
         self._freq_hz = freq_hz
+        window = self._window
         if settled and response is not None and math.isfinite(response) and response > 0.0:
-            self._window.append(self.compensated(response, freq_hz))
-        if settled and len(self._window) == self._window.maxlen:
-            self.feature = sum(self._window) / len(self._window)
-            self._judge(self.feature, freq_hz)
+            # self.compensated(response, freq_hz), without the call
+            window.append(
+                response if self._coil_temp_c is None else response * self._factor(freq_hz)
+            )
+        if settled and len(window) == self._window_n:
+            feature = self.feature = sum(window) / len(window)
+            self._judge(feature, freq_hz)
         if in_hold:
             self._seconds[self.state] += self.block_s
         return self.state
@@ -183,12 +196,13 @@ class PresenceDetector:
             self._fresh = False
             self._decide_fresh(x, freq_hz)
             return
-        if self.state is LoadState.LOADED:
+        state = self.state
+        if state is _LOADED:
             self._while_loaded(x, freq_hz)
-        elif self.state is LoadState.UNLOADED:
+        elif state is LoadState.UNLOADED:
             if self._held(x < 1.0 - EMPTY_BAND):
                 self._to_loaded(x)
-        elif self.state is LoadState.CANNOT_TELL:
+        elif state is LoadState.CANNOT_TELL:
             known = self._remembered.get(self._bin(freq_hz))
             empty = known is not None and x > _step_off_level(known)
             if self._held(x <= 1.0 - MIN_GAP or empty):
@@ -232,19 +246,32 @@ class PresenceDetector:
                 else:
                     self._remember(freq_hz, x)
             return
-        gap = 1.0 - self.reference
+        reference = self.reference
+        gap = 1.0 - reference
         if gap < MIN_GAP:
             self._to_cannot_tell()
             return
-        if self._held(x > _step_off_level(self.reference)):
-            self._absences += 1
-            self._to_unloaded()
-            return
-        if abs(x - self.reference) < gap / 4:
-            alpha = min(1.0, self.block_s / TRACK_TAU_S)
-            self.reference += alpha * (x - self.reference)
-            self._note_gap(self.reference)
-            self._remember(freq_hz, self.reference)
+        # _held(x > _step_off_level(reference)) written out (this runs every block loaded)
+        if x > reference + (1.0 - reference) / 2:
+            pending = self._pending_s = self._pending_s + self.block_s
+            if pending >= HOLD_S - 1e-9:
+                self._pending_s = 0.0
+                self._absences += 1
+                self._to_unloaded()
+                return
+        else:
+            self._pending_s = 0.0
+        if abs(x - reference) < gap / 4:
+            reference += self._track_alpha * (x - reference)
+            self.reference = reference
+            # _note_gap(reference) and _remember(freq_hz, reference), without the calls
+            tracked_gap = 1.0 - reference
+            smallest = self._smallest_gap
+            # min(smallest, tracked_gap) as the builtin picks
+            if smallest is None or tracked_gap < smallest:
+                self._smallest_gap = tracked_gap
+            if tracked_gap >= MIN_GAP:
+                self._remembered[self._bin(freq_hz)] = reference
 
     def _held(self, condition: bool) -> bool:
         self._pending_s = self._pending_s + self.block_s if condition else 0.0
@@ -274,7 +301,10 @@ class PresenceDetector:
         self._smallest_gap = gap if self._smallest_gap is None else min(self._smallest_gap, gap)
 
     def _bin(self, freq_hz: float) -> int:
-        return round(freq_hz / FREQ_BIN_HZ)
+        if freq_hz != self._bin_hz:  # the last frequency's bin is remembered (a fixed one)
+            self._bin_index = round(freq_hz / FREQ_BIN_HZ)
+            self._bin_hz = freq_hz
+        return self._bin_index
 
     def _remember(self, freq_hz: float, reference: float) -> None:
         if 1.0 - reference >= MIN_GAP:

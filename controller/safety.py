@@ -188,11 +188,18 @@ class SafetySupervisor:
         self._held: dict[TripReason, float] = {}
         window = max(2, round(1.0 / self.block_s))
         self._link_history: deque[tuple[int, int, int]] = deque(maxlen=window)
+        self._link_window = window
         self._max_gap = round(limits.index_gap_s * sample_rate_hz)
         self._next_index: int | None = None
         dose_n = max(1, round(limits.dose_average_s / self.block_s))
         self._dose: deque[tuple[float, float]] = deque(maxlen=dose_n)
-        self._dose_sums = [0.0, 0.0]  # measured peak, setpoint over the blocks in _dose
+        self._dose_n = dose_n
+        self._dose_full = False  # _dose holds dose_n blocks (from then on, always)
+        self._dose_peak_sum = 0.0  # measured peak over the blocks in _dose ...
+        self._dose_setpoint_sum = 0.0  # ... and setpoint
+        # the limits' products the checks compare with (the same products, made once)
+        self._total_peak_ceiling_g = limits.ceiling_g * limits.total_peak_factor
+        self._dose_delivered_floor = 1.0 - limits.dose_shortfall_fraction
         self._behind_peak_s = 0.0  # the largest backlog of the episode behind, if one is held
         # an episode behind is being timed: check_backlog must see the next block too, even
         # one that finds nothing waiting (a caller may skip blocks with nothing waiting)
@@ -318,10 +325,13 @@ class SafetySupervisor:
             # sensor can only be told apart while the plate is being driven.
             self._recent = _NO_COUNTS
             return None
-        if counts.size >= self._stuck_n:
+        size = counts.size
+        if size == self._stuck_n:  # the block is the stuck window (all of it: no slice)
+            self._recent = counts
+            if high != low:
+                return None  # ... and its samples differ
+        elif size > self._stuck_n:
             self._recent = counts[-self._stuck_n :]
-            if counts.size == self._stuck_n and high != low:
-                return None  # the block is the stuck window, and its samples differ
         else:
             keep = self._stuck_n - counts.size
             self._recent = np.concatenate((self._recent[-keep:], counts))
@@ -342,14 +352,18 @@ class SafetySupervisor:
     def _link(
         self, t_s: float, index: int, link: LinkStats, samples_missing: int
     ) -> SafetyTrip | None:
-        self._link_history.append((link.damaged_frames, link.lost_frames, link.frames))
-        if len(self._link_history) < (self._link_history.maxlen or 0):
+        history = self._link_history
+        damaged_now, lost_now, frames_now = link.damaged_frames, link.lost_frames, link.frames
+        history.append((damaged_now, lost_now, frames_now))
+        if len(history) < self._link_window:
             return None
-        damaged0, lost0, frames0 = self._link_history[0]
-        damaged = link.damaged_frames - damaged0
-        lost = link.lost_frames - lost0
-        sent = max(1, link.frames - frames0 + lost)  # what the device sent in about 1 s
-        rate = max(damaged, lost) / sent
+        damaged0, lost0, frames0 = history[0]
+        damaged = damaged_now - damaged0
+        lost = lost_now - lost0
+        sent = frames_now - frames0 + lost  # what the device sent in about 1 s ...
+        if sent < 1:  # noqa: PLR1730 (... at least 1: max(1, sent), counts give the same value)
+            sent = 1
+        rate = (damaged if damaged >= lost else lost) / sent  # max(damaged, lost)
         if rate > self.limits.link_error_rate:
             return SafetyTrip(
                 TripReason.LINK_DEGRADED, t_s, index,
@@ -379,7 +393,7 @@ class SafetySupervisor:
                 TripReason.SENSOR_GRAVITY, t_s, index, f"reads {fit.dc_g:.3f} g at rest level",
                 _values(fit, drive, setpoint_g, None),
             )  # fmt: skip
-        if peak > lim.ceiling_g or fit.total_peak_g > lim.ceiling_g * lim.total_peak_factor:
+        if peak > lim.ceiling_g or fit.total_peak_g > self._total_peak_ceiling_g:
             return SafetyTrip(
                 TripReason.OVER_ACCELERATION, t_s, index,
                 f"peak {peak:.3f} g (total {fit.total_peak_g:.3f} g), ceiling "
@@ -450,30 +464,34 @@ class SafetySupervisor:
         no patient causes. Averaging over ``dose_average_s`` keeps sensor noise from deciding.
         """
         lim = self.limits
-        sums = self._dose_sums
-        if len(self._dose) == self._dose.maxlen:
-            old_peak, old_setpoint = self._dose[0]
-            sums[0] -= old_peak
-            sums[1] -= old_setpoint
-        self._dose.append((peak_g, setpoint_g))
-        sums[0] += peak_g
-        sums[1] += setpoint_g
-        full = len(self._dose) == self._dose.maxlen
-        if not (full and sums[0] < (1.0 - lim.dose_shortfall_fraction) * sums[1]):
+        dose = self._dose
+        peak_sum, setpoint_sum = self._dose_peak_sum, self._dose_setpoint_sum
+        full = self._dose_full
+        if full:
+            old_peak, old_setpoint = dose[0]
+            peak_sum -= old_peak
+            setpoint_sum -= old_setpoint
+        dose.append((peak_g, setpoint_g))
+        peak_sum += peak_g
+        setpoint_sum += setpoint_g
+        self._dose_peak_sum, self._dose_setpoint_sum = peak_sum, setpoint_sum
+        if not full:
+            full = self._dose_full = len(dose) == self._dose_n
+        if not (full and peak_sum < self._dose_delivered_floor * setpoint_sum):
             if self._held:
                 self._held.pop(TripReason.CANNOT_REACH_DOSE, None)
             return None
         held = self._held_for(TripReason.CANNOT_REACH_DOSE, t_s)
         if held < lim.dose_shortfall_hold_s:
             return None
-        delivered = sums[0] / sums[1]
-        n = len(self._dose)
+        delivered = peak_sum / setpoint_sum
+        n = len(dose)
         return SafetyTrip(
             TripReason.CANNOT_REACH_DOSE, t_s, index,
             f"for {held:.1f} s the plate gave {100 * delivered:.0f}% of the "
-            f"{sums[1] / n:.3f} g asked (drive {drive:.3f}, limit {drive_limit:.3f})",
-            {"delivered_fraction": delivered, "measured_g": sums[0] / n,
-             "setpoint_g": sums[1] / n, "drive": drive, "drive_limit": drive_limit,
+            f"{setpoint_sum / n:.3f} g asked (drive {drive:.3f}, limit {drive_limit:.3f})",
+            {"delivered_fraction": delivered, "measured_g": peak_sum / n,
+             "setpoint_g": setpoint_sum / n, "drive": drive, "drive_limit": drive_limit,
              "held_s": held},
         )  # fmt: skip
 

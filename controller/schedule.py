@@ -46,6 +46,14 @@ class FrequencySchedule:
         freqs = [f for _, f in self.steps]
         return min(freqs), max(freqs)
 
+    @property
+    def constant_hz(self) -> float | None:
+        """The one frequency of a fixed schedule (what :meth:`freq_at` returns at any time), or
+        None for steps and sweeps: the loop asks a fixed schedule once, not every block."""
+        if self.sweep is None and len(self.steps) == 1:
+            return self.steps[0][1]
+        return None
+
     def freq_at(self, t_s: float) -> float:
         if self.sweep is not None:
             low, high, one_way = self.sweep
