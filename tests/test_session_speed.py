@@ -21,7 +21,7 @@ from sessions.log import LogError, canonical_json, number_text
 from sessions.log.fields import _envelope_points, _quantize
 from sessions.log.records import ENVELOPE_G_DECIMALS, ENVELOPE_T_DECIMALS
 from sessions.protocol import PatientProtocol
-from sessions.runner import _DoseClock
+from sessions.runner import StopRequest, _DoseClock, _Stops
 from tests.test_adherence import make_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +131,22 @@ def test_the_dose_clock_counts_as_documented_at_its_edges() -> None:
     points = [(10.0, target), (12.0, high), (20.0, target), (30.0, target), (200.0, target)]
     assert clock.envelope == points  # every 0.1 s of plate time at most, when measured
     assert clock.freqs == {45.0}
+
+
+def test_a_stop_noted_meanwhile_ends_the_loop_at_the_next_update_before_it_counts() -> None:
+    """The loop calls the dose clock directly: a signal noted during the loop (a deferred
+    stop) is raised by the next update, before that update counts anything."""
+    protocol = make_protocol(minutes_per_session=1.0)
+    stops = _Stops()
+    stops.deferred = True
+    clock = _DoseClock(protocol, 1.0, lambda c: None, None, lambda: 0.0, stops)
+    clock.update(_update(10.0, protocol.target_g))
+    stops.stop("terminated (SIGTERM)")  # what the signal handler does while the loop runs
+    with pytest.raises(StopRequest) as stopped:
+        clock.update(_update(20.0, protocol.target_g))
+    assert stopped.value.reason == "terminated (SIGTERM)"
+    assert clock.at_dose_s == 10.0
+    assert clock.last_t_s == 10.0
 
 
 _DRIVE_MODULES = textwrap.dedent(
