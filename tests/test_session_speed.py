@@ -17,12 +17,13 @@ import pytest
 
 from controller.loop import ControlUpdate, Phase
 from controller.presence import LoadState
-from sessions.log import LogError, canonical_json, number_text
-from sessions.log.fields import _envelope_points, _quantize
+from sessions.log import LogError, SessionLog, canonical_json, number_text
+from sessions.log.fields import _envelope_points, _quantize, _record_from_raw
 from sessions.log.records import ENVELOPE_G_DECIMALS, ENVELOPE_T_DECIMALS
 from sessions.protocol import PatientProtocol
 from sessions.runner import StopRequest, _DoseClock, _Stops
 from tests.test_adherence import make_protocol
+from tests.test_log import export_text, fill
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,11 @@ def _number(rng: random.Random) -> float:
     if pick < 0.25:  # nan, inf and huge values among them
         return float(struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0])
     return rng.uniform(-1.0, 1.0) * 10.0 ** rng.randint(-9, 9)
+
+
+def _whole(rng: random.Random) -> int:
+    """Whole numbers as JSON gives them back (ints), some beyond 2**53 (refused)."""
+    return rng.choice([0, 1, -1, 7, 600, 2**53, -(2**53), 2**53 + 1, -(2**53) - 1, 10**20])
 
 
 def _per_number(envelope: list[Any]) -> str:
@@ -52,9 +58,13 @@ def _outcome(call: Any) -> Any:
 
 def test_an_envelope_is_written_as_each_of_its_numbers_is() -> None:
     rng = random.Random(11)
+
+    def number() -> float:
+        return _whole(rng) if rng.random() < 0.1 else _number(rng)
+
     for _ in range(2000):
         envelope: list[Any] = [
-            [_number(rng), _number(rng)] if rng.random() < 0.8 else (_number(rng), _number(rng))
+            [number(), number()] if rng.random() < 0.8 else (number(), number())
             for _ in range(rng.randint(2, 12))
         ]
         assert _outcome(lambda e=envelope: canonical_json(e)) == _outcome(
@@ -65,6 +75,10 @@ def test_an_envelope_is_written_as_each_of_its_numbers_is() -> None:
     # not pairs of floats: the general path, which writes an integer as an integer
     assert canonical_json([[1, 2.5], [3.0, 4.0]]) == "[[1,2.5],[3,4]]"
     assert canonical_json([[1.0, 2.0, 3.0], [4.0]]) == "[[1,2,3],[4]]"
+    assert canonical_json([[True, 1.0], [0.5, None]]) == "[[true,1],[0.5,null]]"
+    assert canonical_json({"envelope": [[0, 0.25], [1, 0.3]]}) == '{"envelope":[[0,0.25],[1,0.3]]}'
+    with pytest.raises(ValueError, match="too large to be logged"):
+        canonical_json([[0.0, 0.1], [2**53 + 1, 0.2]])
     for bad in ([[1.0, math.nan], [1.0, 1.0]], [[1.0, 1.0], [-math.inf, 1.0]]):
         with pytest.raises(ValueError, match="is not a finite number"):
             canonical_json(bad)
@@ -94,6 +108,51 @@ def test_envelope_points_quantize_as_every_number_is() -> None:
         _envelope_points([(0.0, 0.1), (0.1, 0.2, 0.3)])
     with pytest.raises(LogError, match=r"envelope\[0\] amplitude_g must be a number"):
         _envelope_points([(0.0, True)])
+
+
+def test_a_stored_envelope_is_read_as_the_general_check_reads_it(tmp_path: Path) -> None:
+    """_record_from_raw reads the pairs JSON gives (ints and floats) by a fast path; anything
+    else is judged by the general check, as before."""
+    rng = random.Random(9)
+    with SessionLog(tmp_path / "home" / "liv.db") as log:
+        fill(log)
+        good = json.loads(export_text(log).splitlines()[0])
+
+    def general(envelope: list[Any]) -> Any:
+        points = []
+        for point in envelope:
+            if not (
+                isinstance(point, list)
+                and len(point) == 2
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in point)
+            ):
+                return ("ValueError", "field envelope must be a list of [t_s, amplitude_g] pairs")
+            points.append((float(point[0]), float(point[1])))
+        return tuple(points)
+
+    choices: list[Any] = [0, 3, 0.25, -1.5, True, None, "0.3", [0.1], 10**400]
+    for _ in range(1000):
+        envelope = [
+            [rng.choice(choices), rng.choice(choices)]
+            if rng.random() < 0.9
+            else rng.choice([(0.1, 0.2), [0.1], [0.1, 0.2, 0.3], "x", 5])
+            for _ in range(rng.randint(0, 6))
+        ]
+        raw = {**good, "envelope": envelope}
+
+        def ours(r: dict[str, Any] = raw) -> Any:
+            try:
+                return _record_from_raw(r).envelope
+            except (ValueError, OverflowError) as exc:
+                return (type(exc).__name__, str(exc))
+
+        def theirs(e: list[Any] = envelope) -> Any:
+            try:
+                return general(e)
+            except OverflowError as exc:
+                return (type(exc).__name__, str(exc))
+
+        assert repr(ours()) == repr(theirs()), envelope
 
 
 def _update(

@@ -289,14 +289,21 @@ def _record_from_raw(raw: Mapping[str, Any]) -> SessionRecord:
     summary = _summary_fields(raw)
     envelope = _want(raw, "envelope", (list,), False)
     points: list[tuple[float, float]] = []
+    append = points.append
     for point in envelope:
+        if type(point) is list and len(point) == 2:  # as JSON gives it: checked without calls
+            t_s, g = point
+            kind_t, kind_g = type(t_s), type(g)
+            if (kind_t is float or kind_t is int) and (kind_g is float or kind_g is int):
+                append((float(t_s), float(g)))
+                continue
         if not (
             isinstance(point, list)
             and len(point) == 2
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in point)
         ):
             raise ValueError("field envelope must be a list of [t_s, amplitude_g] pairs")
-        points.append((float(point[0]), float(point[1])))
+        append((float(point[0]), float(point[1])))
     return SessionRecord(
         **summary,
         envelope=tuple(points),
