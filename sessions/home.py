@@ -52,22 +52,17 @@ from controller.privatefiles import (
 )
 from firmware_bridge.errors import LivError
 from firmware_bridge.userdirs import user_data_dir
-from sessions.prescription import (
-    SignatureCheck,
-    check_signature,
-    fingerprint,
-    public_key_from_pem,
-    public_key_pem,
-    read_public_key,
-    require_trusted,
-)
-from sessions.protocol import PatientProtocol, protocol_from_bytes, read_protocol_bytes
 from sessions.wording import say
 
-if TYPE_CHECKING:  # imported where used: numpy is not needed to read the log (liv status)
+# Imported where used: numpy is not needed to read the log (liv status), and the signing library
+# and the YAML reader only where a key or a protocol is read (an engineer's open-loop drive reads
+# neither: docs/performance.md).
+if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from controller.calibration import CalibrationStore
+    from sessions.prescription import SignatureCheck
+    from sessions.protocol import PatientProtocol
 
 _log = logging.getLogger(__name__)
 
@@ -165,6 +160,8 @@ class LivHome:
 
     def clinic_key(self) -> Ed25519PublicKey | None:
         """The public key of the clinic this home is enrolled with (None: not enrolled)."""
+        from sessions.prescription import public_key_from_pem
+
         self.check()
         try:
             data = self.clinic_key_path.read_bytes()
@@ -187,6 +184,8 @@ class LivHome:
         ``enrolment.jsonl``. After a replacement the installed protocol (signed by the old key)
         is refused until the new clinic's prescription is installed.
         """
+        from sessions.prescription import fingerprint, public_key_pem, read_public_key
+
         key = read_public_key(key_file)
         new_fp = fingerprint(key)
         try:
@@ -227,6 +226,9 @@ class LivHome:
 
     def _trusted_protocol(self, data: bytes, source: str) -> PatientProtocol:
         """The protocol in ``data`` if the enrolled clinic key signed exactly these bytes."""
+        from sessions.prescription import require_trusted
+        from sessions.protocol import protocol_from_bytes
+
         enrolled = self.clinic_key()
         if enrolled is None:
             _log.warning("home %s has no clinic key: enrol with liv enroll FILE", self.root)
@@ -237,6 +239,8 @@ class LivHome:
     def install_protocol(self, source: Path) -> PatientProtocol:
         """Check ``source`` (signature, then every field), then write those same bytes as the
         active protocol."""
+        from sessions.protocol import read_protocol_bytes
+
         data = read_protocol_bytes(source)
         protocol = self._trusted_protocol(data, str(source))
         self.ensure()
@@ -245,6 +249,8 @@ class LivHome:
 
     def protocol(self) -> PatientProtocol:
         """The installed protocol, its signature checked again (the file may have been edited)."""
+        from sessions.protocol import read_protocol_bytes
+
         self.check()
         if not self.protocol_path.exists():
             _log.warning(
@@ -258,6 +264,9 @@ class LivHome:
 
     def protocol_signature(self) -> SignatureCheck:
         """The signature of the installed protocol against the enrolled key (for ``status``)."""
+        from sessions.prescription import check_signature
+        from sessions.protocol import read_protocol_bytes
+
         return check_signature(read_protocol_bytes(self.protocol_path), self.clinic_key())
 
     def set_device(self, url: str) -> None:

@@ -85,7 +85,10 @@ def _numerics_for(command: str) -> contextlib.AbstractContextManager[Any]:
     """
     if command not in _PLATE_COMMANDS:
         return contextlib.nullcontext()
-    import controller.loop  # noqa: F401 (numpy, with its BLAS)
+    # numpy loads its BLAS when imported; the control loop is imported by the commands that
+    # run it (an engineer's open-loop drive does not)
+    import numpy  # noqa: F401
+
     from firmware_bridge.realtime import single_threaded_numerics
 
     return single_threaded_numerics()

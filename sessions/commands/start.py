@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import functools
 import io
 import logging
 import os
@@ -63,10 +64,14 @@ def progress_bar(fraction: float, width: int, full: str = "#", empty: str = "-")
     return "[" + full * filled + empty * (inner - filled) + "]"
 
 
+@functools.lru_cache(maxsize=32)
 def bar_layout(width: int, goal_s: float) -> tuple[int, int]:
     """(words column, bar width) of the progress line on a terminal ``width`` wide; (0, 0): no
     bar. Fixed for a session whatever its state says, so the bar never jumps or changes width:
-    the words column holds the longest words (all of them where there is room)."""
+    the words column holds the longest words (all of them where there is room).
+
+    Remembered per (width, goal): the sentences are constants, and on a terminal the line is
+    laid out every 0.1 s of plate time (composing every state's words took 8 us a time)."""
     room = max(1, width - 1)
     longest = max(len(progress_text(state, goal_s)) for state in PROGRESS_WORDING)
     shortest = len(say("progress.left", left=clock_left(goal_s)))

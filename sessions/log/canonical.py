@@ -38,6 +38,39 @@ def canonical_json(value: Any) -> str:
     return "".join(parts)
 
 
+def _safe_int(value: Any) -> bool:
+    """An int (not a bool) that :func:`number_text` writes as it is: within 2**53, where its
+    float is exact, so '.6f' stripped gives its digits too."""
+    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+
+
+def _float_pairs(value: list[Any] | tuple[Any, ...]) -> str | None:
+    """``value`` as canonical JSON if it is a list of pairs of numbers (an envelope: thousands
+    of points in a finished record; read back from JSON, its whole numbers are ints), else None
+    (the general path writes it, or refuses it).
+
+    The text is :func:`number_text`'s for every number, written without a call per number: a
+    non-finite float (its text holds an "n": nan, inf) is left to the general path, which
+    refuses it; a -0 can only stand first or second in a pair, where it is made 0.
+    """
+    out: list[str] = []
+    append = out.append
+    for pair in value:
+        kind = type(pair)
+        if (kind is not list and kind is not tuple) or len(pair) != 2:
+            return None
+        a, b = pair
+        if (type(a) is not float and not _safe_int(a)) or (
+            type(b) is not float and not _safe_int(b)
+        ):
+            return None
+        append(f"[{f'{a:.6f}'.rstrip('0').rstrip('.')},{f'{b:.6f}'.rstrip('0').rstrip('.')}]")
+    text = "[" + ",".join(out) + "]"
+    if "n" in text:
+        return None
+    return text.replace("[-0,", "[0,").replace(",-0]", ",0]")
+
+
 def _canon(value: Any, parts: list[str]) -> None:
     kind = type(value)
     if kind is float:
@@ -45,6 +78,11 @@ def _canon(value: Any, parts: list[str]) -> None:
     elif (kind is list or kind is tuple) and all(type(item) is float for item in value):
         parts.append("[" + ",".join(map(_float_text, value)) + "]")  # fast path: envelopes
     elif kind is list or kind is tuple:
+        first = type(value[0]) if len(value) > 1 else None
+        pairs = _float_pairs(value) if first is list or first is tuple else None
+        if pairs is not None:
+            parts.append(pairs)
+            return
         parts.append("[")
         for i, item in enumerate(value):
             if i:

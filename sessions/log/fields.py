@@ -34,7 +34,6 @@ from sessions.log.records import (
     SessionStatus,
     SessionSummary,
 )
-from sessions.protocol import protocol_from_dict
 
 # --- input checks (writes) -----------------------------------------------------------------------
 
@@ -123,7 +122,23 @@ def _envelope_points(envelope: Any, first: int = 0) -> list[list[float]]:
     if not isinstance(envelope, Sequence) or isinstance(envelope, str):
         raise _invalid("envelope must be a list of (t_s, amplitude_g) pairs")
     points: list[list[float]] = []
+    append = points.append
     for i, point in enumerate(envelope[first:], start=first):
+        kind = type(point)
+        if (kind is tuple or kind is list) and len(point) == 2:
+            t_s, g = point
+            # The runner's points (two floats in range) take this path, which is _quantize's
+            # for a float: abs(nan) and abs(inf) are not below MAX_NUMBER, and -0.0 becomes 0.0.
+            if (
+                type(t_s) is float
+                and type(g) is float
+                and abs(t_s) < MAX_NUMBER
+                and abs(g) < MAX_NUMBER
+            ):
+                t_s = round(t_s, ENVELOPE_T_DECIMALS)
+                g = round(g, ENVELOPE_G_DECIMALS)
+                append([t_s if t_s != 0 else 0.0, g if g != 0 else 0.0])
+                continue
         if not isinstance(point, Sequence) or isinstance(point, str) or len(point) != 2:
             raise _invalid(f"envelope[{i}] must be a (t_s, amplitude_g) pair, not {point!r}")
         points.append(
@@ -274,14 +289,21 @@ def _record_from_raw(raw: Mapping[str, Any]) -> SessionRecord:
     summary = _summary_fields(raw)
     envelope = _want(raw, "envelope", (list,), False)
     points: list[tuple[float, float]] = []
+    append = points.append
     for point in envelope:
+        if type(point) is list and len(point) == 2:  # as JSON gives it: checked without calls
+            t_s, g = point
+            kind_t, kind_g = type(t_s), type(g)
+            if (kind_t is float or kind_t is int) and (kind_g is float or kind_g is int):
+                append((float(t_s), float(g)))
+                continue
         if not (
             isinstance(point, list)
             and len(point) == 2
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in point)
         ):
             raise ValueError("field envelope must be a list of [t_s, amplitude_g] pairs")
-        points.append((float(point[0]), float(point[1])))
+        append((float(point[0]), float(point[1])))
     return SessionRecord(
         **summary,
         envelope=tuple(points),
@@ -465,6 +487,10 @@ def _judged_protocol(protocol_json: str, protocol_sha256: str, valid: bool) -> s
         return "protocol_json is not text: it holds a character UTF-8 cannot encode"
     if hashlib.sha256(text).hexdigest() != protocol_sha256:
         return "protocol_sha256 is not the SHA-256 of its protocol_json"
+    # imported here: only a record's prescription being judged needs the protocol checks (and
+    # their YAML reader), not every command that opens the log (an engineer's drive)
+    from sessions.protocol import protocol_from_dict  # noqa: PLC0415
+
     try:
         protocol_from_dict(protocol)  # the prescription's own checks
     except (ValueError, TypeError, LivError) as exc:
