@@ -109,6 +109,8 @@ AHEAD_BLOCKS_MIN = 8
 _FIRMWARE_INPUTS = 8  # SimulatedDevice._inputs_key: the firmware's part
 HOST_TYPES = frozenset(HOST_MESSAGE_TYPES)
 ANSWERED_TYPES = (HelloRequest, StatusRequest, IdentityRequest, Countersign)  # no ACK
+_HEARTBEAT_TYPE = Heartbeat.TYPE  # a host type, ACKed, with an empty payload (see _handle)
+_ACK_TYPE, _ACK_LAYOUT = Ack.TYPE, Ack.LAYOUT
 
 
 def _clip01(value: float) -> float:
@@ -796,6 +798,13 @@ class SimulatedDevice:
         return round_half_up(self.sample_rate_hz)
 
     def _handle(self, frame: RawFrame) -> None:
+        if frame.frame_type == _HEARTBEAT_TYPE and not frame.payload:
+            # A well-formed HEARTBEAT (the host's most frequent frame): the general path below
+            # unpacks it, applies nothing and ACKs it; these are the ACK's wire bytes as
+            # _send(Ack(frame.seq, HEARTBEAT)) makes them.
+            payload = _ACK_LAYOUT.pack(frame.seq, _HEARTBEAT_TYPE)
+            self._send_wire(encode_frame(_ACK_TYPE, self._tx_seq, payload))
+            return
         cls = MESSAGE_TYPES.get(frame.frame_type)
         if cls is None or cls not in HOST_TYPES:
             self._nak(frame, NakReason.UNKNOWN_TYPE)
