@@ -73,3 +73,16 @@ def test_a_heartbeat_is_acked_and_one_with_a_payload_is_refused() -> None:
     assert [(n.refused_type, n.reason) for n in naks] == [
         (Heartbeat.TYPE, int(NakReason.BAD_LENGTH))
     ]
+
+
+@pytest.mark.parametrize("seq", [0, 1, 0x7FFF, 0xFFFF])
+@pytest.mark.parametrize("frame_type", [Heartbeat.TYPE, SetDrive.TYPE, 0x00, 0xFF])
+def test_an_ack_packed_directly_is_the_ack_messages_frame(seq: int, frame_type: int) -> None:
+    direct, general = (SimulatedDevice(parse_sim_url("sim://?seed=4")) for _ in range(2))
+    for device in (direct, general):
+        device._tx_seq = 0xFFFF  # the device's own sequence number wraps after this frame
+    for _ in range(2):
+        direct._ack(seq, frame_type)
+        general._send(Ack(seq, frame_type))
+    assert direct._outbox == general._outbox
+    assert direct._tx_seq == general._tx_seq == 1
