@@ -36,7 +36,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sessions.log.records import SessionKind
+# defined in sessions.kinds (liv start reads them without the reports), exported from here too
+from sessions.kinds import PRESENCE_EVENT, counted_kinds, session_kind
 from sessions.protocol import MAX_STUDY_DAYS, ProtocolFileError, protocol_from_dict
 from sessions.scheduling import AT_DOSE_EPSILON_MIN, LoggedSession, Prescription, day_summary
 from sessions.stops import stop_word
@@ -48,6 +49,7 @@ __all__ = [
     "DEMO_LABEL",
     "FLAG_KINDS",
     "MAX_REPORT_DAYS",
+    "PRESENCE_EVENT",
     "AdherenceRatios",
     "AdherenceReport",
     "CountedDaySums",
@@ -67,22 +69,6 @@ __all__ = [
 
 # Every output of a demo home carries this label (sessions there are simulated, and counted).
 DEMO_LABEL = "demo: simulated sessions, not therapy"
-
-
-def counted_kinds(demo: bool = False) -> frozenset[SessionKind]:
-    """The kinds of record that count as therapy: therapy; in a demo home simulated too.
-
-    Engineering runs never count, demo or not.
-    """
-    if demo:
-        return frozenset({SessionKind.THERAPY, SessionKind.SIMULATED})
-    return frozenset({SessionKind.THERAPY})
-
-
-def session_kind(session: object) -> SessionKind:
-    """A logged session's kind; a session without one (written before kinds) is therapy."""
-    kind = getattr(session, "kind", None)
-    return SessionKind.THERAPY if kind is None else SessionKind(kind)
 
 
 # A session whose 95th-percentile absolute amplitude error (1-s windows after settling) is above
@@ -118,9 +104,6 @@ _STATUS_FLAGS = {
     "interrupted": "interrupted (crash, kill or power loss)",
     "stopped_by_patient": "stopped by the patient",
 }
-# The session record's event holding presence detection's facts (sessions/runner.py); its
-# ``values.verified`` false flags the session "presence_not_verified".
-PRESENCE_EVENT = "presence"
 _DECIMALS = 6  # numbers in to_dict(), as the session log stores them
 
 # A report holds one entry per day of its period: never more days than the longest study.

@@ -57,7 +57,7 @@ from firmware_bridge.countersign import key_id
 from firmware_bridge.dose_limits import DoseLimitError
 from firmware_bridge.errors import BridgeError, CommandRefusedError, LivError
 from firmware_bridge.protocol import NakReason
-from sessions.adherence import PRESENCE_EVENT, counted_kinds, session_kind
+from sessions.kinds import PRESENCE_EVENT, counted_kinds, session_kind
 from sessions.log import DevicePins, LogError, SessionKind, SessionLog, SessionRecord, Voucher
 from sessions.protocol import PatientProtocol
 from sessions.scheduling import Decision, decide, history_start

@@ -237,3 +237,35 @@ def test_an_open_loop_drive_loads_no_prescription_protocol_or_control_loop(
     assert "sessions.log" in loaded  # the run is recorded
     unwanted = {"sessions.protocol", "sessions.prescription", "sessions.runner", "controller.loop"}
     assert loaded & unwanted == set()
+
+
+_START_MODULES = textwrap.dedent(
+    """
+    import json, sys
+    from sessions.cli import main
+    code = main(sys.argv[1:])
+    print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+    """
+)
+
+
+def test_a_session_loads_no_adherence_reports_before_or_after_the_plate_moves(
+    tmp_path: Path,
+) -> None:
+    """`liv start` decides what is due with the counted kinds alone (sessions.kinds): the
+    adherence reports are not loaded (start until the plate moves, issue 11)."""
+    from benchmarks.bench_speed import Homes
+    from benchmarks.make_log import DEVICE_ID
+
+    home = Homes(tmp_path / "homes").fresh(1.0)
+    done = subprocess.run(
+        [sys.executable, "-c", _START_MODULES, "start", "--home", str(home.root), "--device",
+         f"sim://?speed=max&mass=70&seed=2&device_id={DEVICE_ID}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=100, check=True,
+    )  # fmt: skip
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["code"] == 0
+    loaded = set(report["modules"])
+    assert "sessions.runner" in loaded
+    assert "sessions.kinds" in loaded
+    assert "sessions.adherence" not in loaded

@@ -109,6 +109,8 @@ AHEAD_BLOCKS_MIN = 8
 _FIRMWARE_INPUTS = 8  # SimulatedDevice._inputs_key: the firmware's part
 HOST_TYPES = frozenset(HOST_MESSAGE_TYPES)
 ANSWERED_TYPES = (HelloRequest, StatusRequest, IdentityRequest, Countersign)  # no ACK
+_HEARTBEAT_TYPE = Heartbeat.TYPE  # a host type, ACKed, with an empty payload (see _handle)
+_ACK_TYPE, _ACK_LAYOUT = Ack.TYPE, Ack.LAYOUT
 
 
 def _clip01(value: float) -> float:
@@ -796,6 +798,11 @@ class SimulatedDevice:
         return round_half_up(self.sample_rate_hz)
 
     def _handle(self, frame: RawFrame) -> None:
+        if frame.frame_type == _HEARTBEAT_TYPE and not frame.payload:
+            # A well-formed HEARTBEAT (the host's most frequent frame): the general path below
+            # unpacks it, applies nothing and ACKs it.
+            self._ack(frame.seq, _HEARTBEAT_TYPE)
+            return
         cls = MESSAGE_TYPES.get(frame.frame_type)
         if cls is None or cls not in HOST_TYPES:
             self._nak(frame, NakReason.UNKNOWN_TYPE)
@@ -808,9 +815,14 @@ class SimulatedDevice:
         reason = self._command(message)
         if reason is None:
             if not isinstance(message, ANSWERED_TYPES):
-                self._send(Ack(frame.seq, frame.frame_type))
+                self._ack(frame.seq, frame.frame_type)
         else:
             self._nak(frame, reason)
+
+    def _ack(self, seq: int, frame_type: int) -> None:
+        """Send ``Ack(seq, frame_type)``: the bytes of ``_send(Ack(seq, frame_type))``, packed
+        without making the message (a closed loop ACKs a command nearly every block)."""
+        self._send_wire(encode_frame(_ACK_TYPE, self._tx_seq, _ACK_LAYOUT.pack(seq, frame_type)))
 
     def _command(self, message: Message) -> NakReason | None:
         """Apply one host command; return why it is refused, or None."""
