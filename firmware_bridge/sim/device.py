@@ -111,6 +111,7 @@ HOST_TYPES = frozenset(HOST_MESSAGE_TYPES)
 ANSWERED_TYPES = (HelloRequest, StatusRequest, IdentityRequest, Countersign)  # no ACK
 _HEARTBEAT_TYPE = Heartbeat.TYPE  # a host type, ACKed, with an empty payload (see _handle)
 _ACK_TYPE, _ACK_LAYOUT = Ack.TYPE, Ack.LAYOUT
+_SET_DRIVE_TYPE, _SET_DRIVE_LAYOUT = SetDrive.TYPE, SetDrive.LAYOUT  # see _handle
 
 
 def _clip01(value: float) -> float:
@@ -803,6 +804,15 @@ class SimulatedDevice:
             # unpacks it, applies nothing and ACKs it.
             self._ack(frame.seq, _HEARTBEAT_TYPE)
             return
+        if frame.frame_type == _SET_DRIVE_TYPE and len(frame.payload) == _SET_DRIVE_LAYOUT.size:
+            # A well-formed SET_DRIVE (a closed loop's frame nearly every block): what the
+            # general path does with it, without making the message or matching its class.
+            reason = self._set_drive(*_SET_DRIVE_LAYOUT.unpack(frame.payload))
+            if reason is None:
+                self._ack(frame.seq, _SET_DRIVE_TYPE)
+            else:
+                self._nak(frame, reason)
+            return
         cls = MESSAGE_TYPES.get(frame.frame_type)
         if cls is None or cls not in HOST_TYPES:
             self._nak(frame, NakReason.UNKNOWN_TYPE)
@@ -838,15 +848,7 @@ class SimulatedDevice:
                     return NakReason.OUT_OF_RANGE
                 self._freq_hz = freq_mhz / 1000.0
             case SetDrive(drive_q16=drive_q16, ramp_ms=ramp_ms):
-                if self._fault_code:
-                    return NakReason.FAULT_LATCHED
-                if self._stopping:
-                    return NakReason.BUSY
-                if not self._output_on:
-                    return NakReason.OUTPUT_OFF
-                if drive_q16 > self.max_drive_q16:
-                    return NakReason.OUT_OF_RANGE
-                self._envelope.ramp_to(drive_q16, ramp_ms, self._fs_int, self.slew_full_scale_ms)
+                return self._set_drive(drive_q16, ramp_ms)
             case SetOutput(enable=enable):
                 if enable > 1:
                     return NakReason.OUT_OF_RANGE
@@ -876,6 +878,19 @@ class SimulatedDevice:
                 return self._countersign(digest, expected)
             case _:
                 return NakReason.UNKNOWN_TYPE
+        return None
+
+    def _set_drive(self, drive_q16: int, ramp_ms: int) -> NakReason | None:
+        """Apply SET_DRIVE; return why it is refused, or None."""
+        if self._fault_code:
+            return NakReason.FAULT_LATCHED
+        if self._stopping:
+            return NakReason.BUSY
+        if not self._output_on:
+            return NakReason.OUTPUT_OFF
+        if drive_q16 > self.max_drive_q16:
+            return NakReason.OUT_OF_RANGE
+        self._envelope.ramp_to(drive_q16, ramp_ms, self._fs_int, self.slew_full_scale_ms)
         return None
 
     def _countersign(self, digest: bytes, expected: int) -> NakReason | None:
