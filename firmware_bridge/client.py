@@ -53,6 +53,7 @@ from firmware_bridge.protocol import (
     PHASE_TURN,
     PROTOCOL_MAJOR,
     Q16,
+    SAMPLE_INDEX_MAX,
     SAMPLES_HEADER,
     Ack,
     Capability,
@@ -128,6 +129,15 @@ _SET_DRIVE_TYPE = SetDrive.TYPE
 # multiplying by its reciprocal both only change the exponent (exactly), before or after the
 # one rounding of ``2.0 * np.pi * phase``.
 RAD_PER_PHASE_UNIT = 2.0 * np.pi / PHASE_TURN
+
+
+def _first_index_error(first_index: int, n: int) -> ProtocolError:
+    """The refusal of a SAMPLES block of ``n`` samples whose indices run past what the host
+    keeps (SAMPLE_INDEX_MAX, docs/protocol.md 9.5)."""
+    return ProtocolError(
+        f"Samples first_index {first_index} with {n} samples runs past sample index "
+        "2**63 - 1, the largest a host accepts (docs/protocol.md 9.5)"
+    )
 
 
 @dataclass(frozen=True)
@@ -406,6 +416,8 @@ class DeviceClient:
         # Payload length of a SAMPLES frame of the hello's block length (None before it)
         self._samples_payload_len: int | None = None
         self._block_samples = -1  # the hello's block length (no count byte is -1)
+        # The largest first_index of a block of that length (docs/protocol.md 9.5).
+        self._first_index_max = SAMPLE_INDEX_MAX
         self._expected_index: int | None = None
         self._last_tx_index = 0
         self._device_index = 0
@@ -616,6 +628,7 @@ class DeviceClient:
         self._info = DeviceInfo.from_hello(hello)
         self._samples_payload_len = SAMPLES_HEADER.size + 2 * hello.block_samples
         self._block_samples = hello.block_samples
+        self._first_index_max = SAMPLE_INDEX_MAX - hello.block_samples
         self._accel_table = None
         # Opening a port mid-stream yields a partial first frame: count damage from here on.
         self._decoder.stats = LinkStats()
@@ -1023,6 +1036,7 @@ class DeviceClient:
             return 0
         samples_len = self._samples_payload_len  # None before the hello
         n = self._block_samples
+        first_max = self._first_index_max
         for frame in self._decoder.feed(data):
             frame_type, _, payload = frame
             size = len(payload)
@@ -1031,11 +1045,13 @@ class DeviceClient:
                 # the length that of ``n`` samples, the count must be ``n``.
                 if payload[_COUNT_AT] == n:
                     first, phase, freq, drive, _ = _unpack_samples_header(payload)
-                    # positional: numpy parses a keyword argument slower than the work
-                    counts = _frombuffer(payload, _WIRE_I2, -1, _SAMPLES_AT)
-                    self.sample_frames_seen += 1
-                    self._queue_block(first, phase, freq, drive, counts.astype(_INT16))
-                    continue
+                    # An index past the host's range is refused by _on_samples, below.
+                    if first <= first_max:
+                        # positional: numpy parses a keyword argument slower than the work
+                        counts = _frombuffer(payload, _WIRE_I2, -1, _SAMPLES_AT)
+                        self.sample_frames_seen += 1
+                        self._queue_block(first, phase, freq, drive, counts.astype(_INT16))
+                        continue
             elif frame_type == _ACK_TYPE and size == ACK_LEN:
                 # _on_ack, inlined (most blocks bring one)
                 pending = self._pending.pop(payload[0] | payload[1] << 8, None)
@@ -1139,28 +1155,32 @@ class DeviceClient:
 
     def _on_samples_run(self, payloads: list[bytes], n: int) -> None:
         """Queue consecutive SAMPLES payloads of ``n`` samples (count byte checked) as one
-        SampleBatch."""
+        SampleBatch; a block whose indices run past the host's range is refused at its place,
+        as _on_samples refuses it."""
         records = _frombuffer(b"".join(payloads), samples_payload_dtype(n))
         blocks = len(payloads)
-        self.sample_frames_seen += blocks
-        first = records["first_index"].astype(_INT64)
-        firsts = first.tolist()
+        firsts = records["first_index"].tolist()  # the wire's u64 as Python integers: exact
         start = firsts[0]
+        consecutive = firsts == list(range(start, start + blocks * n, n))
+        # Consecutive, the last is the largest (the usual case, without a call).
+        if (firsts[-1] if consecutive else max(firsts)) > self._first_index_max:
+            self._on_samples_run_past_range(payloads, firsts, n)
+            return
+        self.sample_frames_seen += blocks
+        # Every index and the one after each block (first + n) is at most 2**63 - 1 from here
+        # on, so the int64 values and the differences of any two are exact.
+        first = records["first_index"].astype(_INT64)
         end = firsts[-1] + n
         expected = start if self._expected_index is None else self._expected_index
-        # No gap, the usual case: np.diff(first) == n everywhere. It holds when the indices
-        # are start, start + n, ... as Python integers (then int64 differences are exact);
-        # only when they are not is the int64 test itself asked (it wraps where they do not).
-        if start == expected and (
-            firsts == list(range(start, start + blocks * n, n)) or bool((np.diff(first) == n).all())
-        ):
+        if consecutive and start == expected:  # no gap, the usual case
             missing = np.zeros(blocks, _INT64)
         else:
             before = np.empty_like(first)  # where each block was expected to start
             before[0] = expected
             before[1:] = first[:-1] + n
             missing = np.maximum(first - before, 0)
-            self.samples_missing += int(missing.sum())
+            # summed as Python integers: several jumps to the top may exceed int64
+            self.samples_missing += sum(missing.tolist())
         self._expected_index = self._device_index = end
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = start
@@ -1181,16 +1201,37 @@ class DeviceClient:
         )
         self._blocks_in += blocks
 
+    def _on_samples_run_past_range(self, payloads: list[bytes], firsts: list[int], n: int) -> None:
+        """A run of SAMPLES payloads (first indices ``firsts``) of which some run past the
+        host's range: the others queued in stretches, the past ones dropped as malformed
+        between them, each at its place (as _on_samples drops them on the other paths)."""
+        first_max = self._first_index_max
+        good: list[bytes] = []
+        for payload, first in zip(payloads, firsts, strict=True):
+            if first <= first_max:
+                good.append(payload)
+                continue
+            if good:
+                self._on_samples_run(good, n)
+                good = []
+            self._drop_malformed(_first_index_error(first, n))
+        if good:
+            self._on_samples_run(good, n)
+
     def _dispatch_frame(self, frame: RawFrame, expect_hello: bool) -> None:
         try:
             message = decode_message(frame)
         except ProtocolError as exc:
             if expect_hello:
                 self._check_foreign_hello(frame.frame_type, frame.payload)
-            self.protocol_errors += 1
-            log.warning("dropped a malformed frame: %s", exc)
+            self._drop_malformed(exc)
             return
         self._dispatch(message, expect_hello)
+
+    def _drop_malformed(self, exc: ProtocolError) -> None:
+        """A well-framed message with a malformed payload: counted and logged, not raised."""
+        self.protocol_errors += 1
+        log.warning("dropped a malformed frame: %s", exc)
 
     def _dispatch(self, message: Message, expect_hello: bool) -> None:
         match message:
@@ -1250,6 +1291,10 @@ class DeviceClient:
             self._output_acked = True
 
     def _on_samples(self, samples: Samples) -> None:
+        n = samples.counts.size
+        if samples.first_index > SAMPLE_INDEX_MAX - n:
+            self._drop_malformed(_first_index_error(samples.first_index, n))
+            return
         self.sample_frames_seen += 1
         if self._info is None:
             return

@@ -349,6 +349,10 @@ class Nak(Message):
 
 
 SAMPLES_HEADER = struct.Struct("<QIIHB")
+# The largest sample index a host accepts (docs/protocol.md 9.5). The wire's u64 is decoded
+# whole here; the host (DeviceClient) keeps indices as signed 64-bit integers and refuses a
+# SAMPLES block whose ``first_index + n`` is past this as malformed, never wrapping it.
+SAMPLE_INDEX_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -199,6 +199,16 @@ CASES: dict[str, Callable[[int], bytes]] = {
         + _frames([(SAMPLES, _samples(32 * k)) for k in range(5, 9)], start_seq=105)
     ),
     "indices at the top of the range": lambda _: _run([2**62 + 32 * k for k in range(6)]),
+    # A block reaching past 2**63 - 1 (docs/protocol.md 9.5) is refused, at its place.
+    "indices at the int64 boundary": lambda _: _run(
+        [2**63 - 1 - 32 * k for k in (4, 3, 2, 1)] + [2**63 - 32, 2**63 - 1, 2**63, 2**64 - 32]
+    ),
+    "an index past 2**63 mid-run": lambda _: _run(
+        [0, 32, 64, 2**63, 96, 2**64 - 1, 2**63 + 128, 160, 192]
+    ),
+    "jumps to the top and back, summing past int64": lambda _: _run(
+        [0, 2**63 - 33, 0, 2**63 - 33, 0, 2**63 - 33, 32]
+    ),
     "phase, frequency and drive edges": lambda _: _frames(
         [
             (SAMPLES, _samples(32 * k, phase=(0, 1, 2**31, 2**32 - 1)[k % 4], freq=k * 997))

@@ -111,6 +111,7 @@ HOST_TYPES = frozenset(HOST_MESSAGE_TYPES)
 ANSWERED_TYPES = (HelloRequest, StatusRequest, IdentityRequest, Countersign)  # no ACK
 _HEARTBEAT_TYPE = Heartbeat.TYPE  # a host type, ACKed, with an empty payload (see _handle)
 _ACK_TYPE, _ACK_LAYOUT = Ack.TYPE, Ack.LAYOUT
+_SET_DRIVE_TYPE, _SET_DRIVE_LAYOUT = SetDrive.TYPE, SetDrive.LAYOUT  # see _handle
 
 
 def _clip01(value: float) -> float:
@@ -344,6 +345,9 @@ class _Ahead:
     rest_g: list[float]
     blocks: int
     records: npt.NDArray[np.void]  # the blocks' SAMPLES frame bodies, seq and index not yet set
+    # clear[e]: the ceiling surely does not trip on the window of sums[e - 3 : e] (e >= 3;
+    # see _surely_clear)
+    clear: list[bool]
     next: int = 0
 
     def key_at(self, j: int) -> tuple[object, ...]:
@@ -370,6 +374,43 @@ def _fitted_peak_g(window: Iterable[FitSums]) -> float:
     a = (ss * xc - cs * xs) / det
     b = (cc * xs - cs * xc) / det
     return float(math.hypot(a, b))
+
+
+# A window's fit is taken as surely under the ceiling (see _surely_clear) when its peak, fitted
+# with plain sums, is below this share of the ceiling and its determinant this share of the
+# scale _fitted_peak_g compares it with.
+_CLEAR_SHARE = 0.9
+_CLEAR_DET_SHARE = 1e-6
+
+
+def _surely_clear(sums: list[FitSums], ceiling_mg: int) -> list[bool]:
+    """For each e (0 .. len(sums)): True where the firmware ceiling surely does not trip on the
+    window ``sums[e - ACCEL_WINDOW_BLOCKS : e]`` (False for e < ACCEL_WINDOW_BLOCKS).
+
+    The window's fit is made for all e at once with plain floating-point sums instead of
+    :func:`_fitted_peak_g`'s exactly rounded ones. Those differ by a few units in the last place
+    of the terms summed; with the determinant at least _CLEAR_DET_SHARE of its scale the 2 x 2
+    solve magnifies that at most about 1/_CLEAR_DET_SHARE times, so the two peaks agree to
+    about 1e-9 of the fit's size, far inside the _CLEAR_SHARE margin: where this says True,
+    ``round_half_up(_fitted_peak_g(window) * 1000) <= ceiling_mg`` (or the exact fit finds the
+    window too short and returns 0). Anything else (False, NaN) is left to the exact fit.
+    """
+    w = ACCEL_WINDOW_BLOCKS
+    if len(sums) < w:
+        return [False] * (len(sums) + 1)
+    rows = np.array(sums, dtype=np.float64)  # (blocks, 5)
+    window = rows[: len(sums) - w + 1].copy()
+    for shift in range(1, w):
+        window += rows[shift : len(sums) - w + 1 + shift]
+    cc, cs, ss, xc, xs = window.T
+    det = cc * ss - cs * cs
+    with np.errstate(all="ignore"):
+        peak = np.hypot((ss * xc - cs * xs) / det, (cc * xs - cs * xc) / det)
+        clear = (det > _CLEAR_DET_SHARE * (cc + ss) ** 2) & (
+            peak * 1000 < _CLEAR_SHARE * ceiling_mg
+        )
+    flags: list[bool] = clear.tolist()
+    return [False] * w + flags
 
 
 class SimulatedDevice:
@@ -634,7 +675,8 @@ class SimulatedDevice:
         checked = False  # the checks at boundary 0 were made here (host bytes were due)
         if self._inbox and self._inbox[0][0] <= now:
             # step()'s order at a boundary: ceiling, host bytes, watchdog, then the block
-            self._check_acceleration()
+            if not self._surely_clear_at(ahead, j0):
+                self._check_acceleration()
             self._handle_inbox(now)
             self._check_watchdog(now)
             checked = True
@@ -714,6 +756,16 @@ class SimulatedDevice:
             outbox.append((starts[i + 1] + block_s + latency, self._corrupt(wire)))
         return k
 
+    def _surely_clear_at(self, ahead: _Ahead, j0: int) -> bool:
+        """Whether :meth:`_check_acceleration` surely does not trip before block ``j0`` of
+        ``ahead``: its window, ``_fit_window``, is ahead's blocks before j0 and ahead.clear
+        says so."""
+        w = ACCEL_WINDOW_BLOCKS
+        fit = self._fit_window
+        return (
+            j0 >= w and ahead.clear[j0] and len(fit) == w and list(fit) == ahead.sums[j0 - w : j0]
+        )
+
     def _ceiling_clear(self, ahead: _Ahead, j0: int, k: int, checked: bool) -> int:
         """How many of the next ``k`` boundaries the firmware ceiling does not trip at.
 
@@ -721,11 +773,18 @@ class SimulatedDevice:
         ``_fit_window``, then blocks ``j0..`` of ``ahead``; each is the fit
         :meth:`_check_acceleration` makes there (boundary 0 is skipped when already checked).
         """
-        rows = [*self._fit_window, *ahead.sums[j0 : j0 + k - 1]]
-        m = len(self._fit_window)
+        fit = self._fit_window
+        rows = [*fit, *ahead.sums[j0 : j0 + k - 1]]
+        m = len(fit)
+        w = ACCEL_WINDOW_BLOCKS
+        # Boundary i's window is ahead.sums[j0 + i - w : j0 + i] when i >= w, and for i < w
+        # too when the blocks in _fit_window are ahead's blocks before j0: then ahead.clear
+        # tells at once whether the ceiling surely does not trip there.
+        clear = ahead.clear
+        tail = w if m == w and j0 >= w and rows[:m] == ahead.sums[j0 - w : j0] else 0
         for i in range(1 if checked else 0, k):
             end = m + i
-            if not end:
+            if not end or (clear[j0 + i] and i >= w - tail):
                 continue
             window = rows[max(0, end - ACCEL_WINDOW_BLOCKS) : end]
             if round_half_up(_fitted_peak_g(window) * 1000) > self.ceiling_mg:
@@ -803,6 +862,15 @@ class SimulatedDevice:
             # unpacks it, applies nothing and ACKs it.
             self._ack(frame.seq, _HEARTBEAT_TYPE)
             return
+        if frame.frame_type == _SET_DRIVE_TYPE and len(frame.payload) == _SET_DRIVE_LAYOUT.size:
+            # A well-formed SET_DRIVE (a closed loop's frame nearly every block): what the
+            # general path does with it, without making the message or matching its class.
+            reason = self._set_drive(*_SET_DRIVE_LAYOUT.unpack(frame.payload))
+            if reason is None:
+                self._ack(frame.seq, _SET_DRIVE_TYPE)
+            else:
+                self._nak(frame, reason)
+            return
         cls = MESSAGE_TYPES.get(frame.frame_type)
         if cls is None or cls not in HOST_TYPES:
             self._nak(frame, NakReason.UNKNOWN_TYPE)
@@ -838,15 +906,7 @@ class SimulatedDevice:
                     return NakReason.OUT_OF_RANGE
                 self._freq_hz = freq_mhz / 1000.0
             case SetDrive(drive_q16=drive_q16, ramp_ms=ramp_ms):
-                if self._fault_code:
-                    return NakReason.FAULT_LATCHED
-                if self._stopping:
-                    return NakReason.BUSY
-                if not self._output_on:
-                    return NakReason.OUTPUT_OFF
-                if drive_q16 > self.max_drive_q16:
-                    return NakReason.OUT_OF_RANGE
-                self._envelope.ramp_to(drive_q16, ramp_ms, self._fs_int, self.slew_full_scale_ms)
+                return self._set_drive(drive_q16, ramp_ms)
             case SetOutput(enable=enable):
                 if enable > 1:
                     return NakReason.OUT_OF_RANGE
@@ -876,6 +936,19 @@ class SimulatedDevice:
                 return self._countersign(digest, expected)
             case _:
                 return NakReason.UNKNOWN_TYPE
+        return None
+
+    def _set_drive(self, drive_q16: int, ramp_ms: int) -> NakReason | None:
+        """Apply SET_DRIVE; return why it is refused, or None."""
+        if self._fault_code:
+            return NakReason.FAULT_LATCHED
+        if self._stopping:
+            return NakReason.BUSY
+        if not self._output_on:
+            return NakReason.OUTPUT_OFF
+        if drive_q16 > self.max_drive_q16:
+            return NakReason.OUT_OF_RANGE
+        self._envelope.ramp_to(drive_q16, ramp_ms, self._fs_int, self.slew_full_scale_ms)
         return None
 
     def _countersign(self, digest: bytes, expected: int) -> NakReason | None:
@@ -1062,6 +1135,7 @@ class SimulatedDevice:
                 drive_to_q16(_clip01(drive)),
                 counts,
             ),
+            clear=_surely_clear(sums, self.ceiling_mg),
         )
 
     def _windows_after(self, first: int, disconnect: float | None) -> list[int]:

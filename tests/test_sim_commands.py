@@ -1,5 +1,6 @@
-"""The simulated firmware's short path for a HEARTBEAT (issue 11): the same ACK bytes as the
-general command path, and a malformed HEARTBEAT still refused as the general path refuses it."""
+"""The simulated firmware's short paths for a HEARTBEAT and a SET_DRIVE, and its ACK packed
+without the message (issue 11): the bytes of the general command path, and malformed or refused
+frames still refused as the general path refuses them."""
 
 from __future__ import annotations
 
@@ -40,14 +41,36 @@ _HOST: list[tuple[int, Message | bytes]] = [
 ]
 
 
-def _run(blocks: int = 60) -> bytes:
+# SET_DRIVE refused while the output is off, accepted, out of range, malformed, while the
+# output ramps down (busy), after the output is on again, with a fault latched
+_DRIVES: list[tuple[int, Message | bytes]] = [
+    (30, SetFrequency(45_000)),
+    (31, SetDrive(drive_to_q16(0.1), 0)),
+    (32, SetOutput(1)),
+    (33, SetDrive(drive_to_q16(0.1), 100)),
+    (36, SetDrive(drive_to_q16(0.12), 0)),
+    (37, SetDrive(0xFFFF, 0)),
+    (38, SetDrive(drive_to_q16(0.11), 40)),
+    (39, SetOutput(0)),
+    (40, SetDrive(drive_to_q16(0.1), 0)),
+    (75, SetOutput(1)),
+    (76, SetDrive(drive_to_q16(0.1), 0)),
+    (77, SetFrequency(10)),  # refused: out of range, no fault
+    (78, SetDrive(drive_to_q16(0.1), 20)),
+    (110, SetDrive(drive_to_q16(0.1), 0)),  # the host was silent: the watchdog tripped
+]
+
+
+def _run(
+    blocks: int = 60, host: list[tuple[int, Message | bytes]] = _HOST, frame_type: int = 0x05
+) -> bytes:
     device = SimulatedDevice(parse_sim_url("sim://?speed=max&seed=4&mass=70"))
-    writes = dict(_HOST)
+    writes = dict(host)
     out = bytearray()
     for seq, block in enumerate(range(blocks)):
         sent = writes.get(block)
         if isinstance(sent, bytes):
-            device.receive(encode_frame(Heartbeat.TYPE, seq, sent))
+            device.receive(encode_frame(frame_type, seq, sent))
         elif sent is not None:
             device.receive(encode_message(sent, seq))
         device.step()
@@ -86,3 +109,21 @@ def test_an_ack_packed_directly_is_the_ack_messages_frame(seq: int, frame_type: 
         general._send(Ack(seq, frame_type))
     assert direct._outbox == general._outbox
     assert direct._tx_seq == general._tx_seq == 1
+
+
+def test_the_set_drive_path_sends_the_bytes_of_the_general_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = [*_DRIVES, (41, b"\x00\x10\x00")]  # a SET_DRIVE a byte short
+    short = _run(115, host, SetDrive.TYPE)
+    monkeypatch.setattr(device_module, "_SET_DRIVE_TYPE", -1)  # no frame takes the short path
+    assert _run(115, host, SetDrive.TYPE) == short
+    naks = [m for m in map(decode_message, FrameDecoder().feed(short)) if isinstance(m, Nak)]
+    assert [(n.refused_type, NakReason(n.reason)) for n in naks] == [
+        (SetDrive.TYPE, NakReason.OUTPUT_OFF),
+        (SetDrive.TYPE, NakReason.OUT_OF_RANGE),
+        (SetDrive.TYPE, NakReason.BUSY),
+        (SetDrive.TYPE, NakReason.BAD_LENGTH),
+        (SetFrequency.TYPE, NakReason.OUT_OF_RANGE),
+        (SetDrive.TYPE, NakReason.FAULT_LATCHED),
+    ]
