@@ -119,3 +119,18 @@ def test_a_window_that_is_not_the_run_aheads_own_is_fitted_exactly(host_bytes_du
     assert batched.step_many(6) == 6
     assert stepped._fault_code == batched._fault_code == int(FaultCode.OVER_ACCELERATION)
     assert stepped.take_output() == batched.take_output()
+
+
+def test_a_ceiling_lowered_after_the_run_ahead_is_fitted_exactly() -> None:
+    # The run ahead's "surely clear" flags were judged against the ceiling of their day; a
+    # ceiling lowered since (a setting, a fault injection) must be checked block by block
+    # again: stepped and batched trip alike, at the same block.
+    stepped, batched = _steady_device(), _steady_device()
+    peak_mg = round_half_up(_fitted_peak_g(list(stepped._fit_window)) * 1000)
+    for device in (stepped, batched):
+        device.ceiling_mg = max(1, peak_mg // 2)
+    for _ in range(6):
+        stepped.step()
+    assert batched.step_many(6) == 6
+    assert stepped._fault_code == batched._fault_code == int(FaultCode.OVER_ACCELERATION)
+    assert stepped.take_output() == batched.take_output()

@@ -346,8 +346,10 @@ class _Ahead:
     blocks: int
     records: npt.NDArray[np.void]  # the blocks' SAMPLES frame bodies, seq and index not yet set
     # clear[e]: the ceiling surely does not trip on the window of sums[e - 3 : e] (e >= 3;
-    # see _surely_clear)
+    # see _surely_clear), judged against the ceiling ``clear_ceiling_mg``: a ceiling changed
+    # since voids every flag (the exact fit answers again)
     clear: list[bool]
+    clear_ceiling_mg: int
     next: int = 0
 
     def key_at(self, j: int) -> tuple[object, ...]:
@@ -390,8 +392,12 @@ def _surely_clear(sums: list[FitSums], ceiling_mg: int) -> list[bool]:
     The window's fit is made for all e at once with plain floating-point sums instead of
     :func:`_fitted_peak_g`'s exactly rounded ones. Those differ by a few units in the last place
     of the terms summed; with the determinant at least _CLEAR_DET_SHARE of its scale the 2 x 2
-    solve magnifies that at most about 1/_CLEAR_DET_SHARE times, so the two peaks agree to
-    about 1e-9 of the fit's size, far inside the _CLEAR_SHARE margin: where this says True,
+    solve magnifies that at most about 1/_CLEAR_DET_SHARE times. The error so bounded scales
+    with the window's whole signal (about its norm over sqrt(cc + ss)), not with the fitted
+    peak: at the sensor's full scale it is about 1e-8 g, far inside the _CLEAR_SHARE margin of
+    at least a tenth of the ceiling (a second reader's fuzz: 17,273 windows called clear, from
+    0.001 Hz to Nyquist, 8-64 samples, up to 40 g with noise, none tripped by the exact fit).
+    Where this says True,
     ``round_half_up(_fitted_peak_g(window) * 1000) <= ceiling_mg`` (or the exact fit finds the
     window too short and returns 0). Anything else (False, NaN) is left to the exact fit.
     """
@@ -763,7 +769,11 @@ class SimulatedDevice:
         w = ACCEL_WINDOW_BLOCKS
         fit = self._fit_window
         return (
-            j0 >= w and ahead.clear[j0] and len(fit) == w and list(fit) == ahead.sums[j0 - w : j0]
+            j0 >= w
+            and ahead.clear[j0]
+            and ahead.clear_ceiling_mg == self.ceiling_mg
+            and len(fit) == w
+            and list(fit) == ahead.sums[j0 - w : j0]
         )
 
     def _ceiling_clear(self, ahead: _Ahead, j0: int, k: int, checked: bool) -> int:
@@ -780,7 +790,9 @@ class SimulatedDevice:
         # Boundary i's window is ahead.sums[j0 + i - w : j0 + i] when i >= w, and for i < w
         # too when the blocks in _fit_window are ahead's blocks before j0: then ahead.clear
         # tells at once whether the ceiling surely does not trip there.
-        clear = ahead.clear
+        clear = (
+            ahead.clear if ahead.clear_ceiling_mg == self.ceiling_mg else [False] * len(ahead.clear)
+        )
         tail = w if m == w and j0 >= w and rows[:m] == ahead.sums[j0 - w : j0] else 0
         for i in range(1 if checked else 0, k):
             end = m + i
@@ -1136,6 +1148,7 @@ class SimulatedDevice:
                 counts,
             ),
             clear=_surely_clear(sums, self.ceiling_mg),
+            clear_ceiling_mg=self.ceiling_mg,
         )
 
     def _windows_after(self, first: int, disconnect: float | None) -> list[int]:
