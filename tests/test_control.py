@@ -244,6 +244,15 @@ def test_the_same_loop_runs_in_real_time_over_a_pty(empty_cal: Calibration) -> N
     assert result.error_p95_abs_pct < 2.0
 
 
+# ``liv`` with Ctrl-C as at a terminal: a suite started in the background by a shell without job
+# control ignores SIGINT, a child inherits that, and Python then installs no KeyboardInterrupt
+# handler; an engineer's terminal never ignores it.
+_AT_A_TERMINAL = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from sessions.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def test_ctrl_c_on_liv_run_ramps_down_and_exits_130(tmp_path: Path, empty_cal: Calibration) -> None:
     import signal
     import subprocess
@@ -252,7 +261,7 @@ def test_ctrl_c_on_liv_run_ramps_down_and_exits_130(tmp_path: Path, empty_cal: C
 
     CalibrationStore(tmp_path).save(empty_cal)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sessions.cli", "-v", "run", "--engineer", "--device", "sim://?speed=1&mass=70",
+        [sys.executable, "-c", _AT_A_TERMINAL, "-v", "run", "--engineer", "--device", "sim://?speed=1&mass=70",
          "--freq", "45", "--seconds", "60", "--calibration-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
