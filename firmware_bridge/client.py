@@ -425,7 +425,7 @@ class DeviceClient:
         self._output_start_index: int | None = None
         self._sensitivity = 1.0
         self._offset_g = 0.0
-        self._accel_table: npt.NDArray[np.float64] | None = None  # see _accel_g_of
+        self._accel_table: npt.NDArray[np.float64] | None = None  # see _accel_g_table
         self.samples_missing = 0
         self.sample_frames_seen = 0  # SAMPLES frames, counted from the very first byte
         self.frames_sent = 0
@@ -1192,7 +1192,7 @@ class DeviceClient:
             SampleBatch(
                 first,
                 counts,
-                table.take(counts),  # accel_g, see _accel_g_of
+                table.take(counts),  # accel_g, see _accel_g_table
                 records["phase"] * RAD_PER_PHASE_UNIT,  # phase_rad
                 records["freq_mhz"] / 1000.0,  # freq_hz
                 records["drive_q16"] / Q16,  # drive
@@ -1265,21 +1265,15 @@ class DeviceClient:
         if self._event_barrier is None or not (self._faults or self._refusals):
             self._event_barrier = self._blocks_in
 
-    def _accel_g_of(self, counts: npt.NDArray[np.int16]) -> npt.NDArray[np.float64]:
-        """``(counts / counts_per_g - offset_g) / sensitivity``, looked up in a table.
-
-        The table holds that expression for all 65536 counts, computed by the same numpy
-        operations, so a lookup gives every value bit for bit as the expression would, in one
-        operation instead of three. It is indexed by the count's 16 bits as unsigned, so that
-        a negative count, taken as a negative index, reads from the end: -1 is entry 65535.
-        """
-        table = self._accel_table
-        if table is None:
-            table = self._accel_g_table()
-        return table.take(counts)
-
     def _accel_g_table(self) -> npt.NDArray[np.float64]:
-        """Make (and keep) the table of :meth:`_accel_g_of`."""
+        """Make (and keep) the table ``accel_g = table.take(counts)`` of the sample readers.
+
+        ``take`` gives ``(counts / counts_per_g - offset_g) / sensitivity``: the table holds
+        that expression for all 65536 counts, computed by the same numpy operations, so a
+        lookup gives every value bit for bit as the expression would, in one operation instead
+        of three. It is indexed by the count's 16 bits as unsigned, so that a negative count,
+        taken as a negative index, reads from the end: -1 is entry 65535.
+        """
         codes = np.arange(1 << 16, dtype=np.uint16).view(np.int16)
         table = (codes / float(self.info.counts_per_g) - self._offset_g) / self._sensitivity
         self._accel_table = table
@@ -1330,7 +1324,7 @@ class DeviceClient:
             SampleBlock(  # by position: keywords cost more for every block
                 first_index,
                 counts,
-                table.take(counts),  # accel_g, see _accel_g_of
+                table.take(counts),  # accel_g, see _accel_g_table
                 phase_q32 * RAD_PER_PHASE_UNIT,  # phase_rad
                 freq_mhz / 1000.0,  # freq_hz
                 drive_q16 / Q16,  # drive
