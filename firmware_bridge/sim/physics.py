@@ -187,15 +187,16 @@ class AheadRun:
 
     ``accel_g[j]`` is block j's true acceleration (g), ``states[j]`` the plant state at its end
     and ``i2[j]`` the sum of its squared coil current (for the coil's heating). A run through
-    later slow-parameter updates has one window per update: ``window_blocks[i]`` blocks whose
-    plant has the inputs key ``keys[i]`` (:attr:`PlatePhysics.inputs_key` while they run).
+    later slow-parameter updates has one window per update: ``keys[i]`` is the inputs key
+    (:attr:`PlatePhysics.inputs_key` while they run) of the i-th window's blocks: all of them
+    in one window, else the present window's ``samples_to_update // n`` blocks, then
+    ``samples_per_update // n`` each (the caller sized the windows; they are not kept here).
     """
 
     accel_g: FloatArray  # (blocks, n)
     states: FloatArray  # (blocks, p)
     i2: list[float]
     samples_per_block: int
-    window_blocks: list[int]
     keys: list[tuple[object, ...]]
 
 
@@ -575,7 +576,7 @@ class PlatePhysics:
         tables = self._tables_for(w)
         if not more:
             accel, states, i2 = self._run_window(tables, n, phases_rad, drive, self._x)
-            return AheadRun(accel, states, i2, n, [blocks], [self.inputs_key])
+            return AheadRun(accel, states, i2, n, [self.inputs_key])
         window_tables = [tables, *self._tables_coming(w, tables)[:more]]
         sizes = [until // n] + [self._update_every // n] * more
         gain, circuit = self.amplifier_gain_factor, self.open_circuit
@@ -589,7 +590,7 @@ class PlatePhysics:
             all_states.append(states)
             all_i2 += i2
             x, at = states[-1], at + size
-        return AheadRun(np.concatenate(accels), np.concatenate(all_states), all_i2, n, sizes, keys)
+        return AheadRun(np.concatenate(accels), np.concatenate(all_states), all_i2, n, keys)
 
     def _run_window(
         self,
