@@ -35,20 +35,11 @@ from controller.loop import ControlUpdate, ExposureSettings, run_exposure
 from controller.schedule import parse_schedule
 from firmware_bridge.client import DeviceClient
 
-DIGESTS_BUILD = ("2.4.6", "x86_64")
+# A 400-Hz plate of 32 counts per g with a quiet sensor: the rounding at each drive phase
+# repeats and the estimator's repeated-rounding path runs.
+from tests.test_coarse_sensor import COARSE_PROFILE
 
-# A 400-Hz plate of 32 counts per g with a quiet sensor (tests/test_coarse_sensor.py): the
-# rounding at each drive phase repeats and the estimator's repeated-rounding path runs.
-COARSE_PROFILE = """\
-accelerometer:
-  sample_rate_hz: 400
-  counts_per_g: 32
-  anti_alias_cutoff_hz: 150
-  noise_density_ug: 141
-distortion:
-  second_harmonic_fraction: 0
-  third_harmonic_fraction: 0
-"""
+DIGESTS_BUILD = ("2.4.6", "x86_64")
 
 
 class Run(NamedTuple):
