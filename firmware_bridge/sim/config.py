@@ -138,7 +138,7 @@ class SimConfig:
         return profile.with_overrides(posture=self.posture, **changes)
 
 
-MAX_UPTIME_S = 7 * 86400.0  # a week; the u32 sample index wraps after 31 days at 1600 Hz
+MAX_UPTIME_S = 7 * 86400.0  # a week: the longest "plate up before the host" the tests need
 
 # Events the device fires once, at a time since power-up (they cannot lie before uptime_s).
 _EVENT_KEYS = {
