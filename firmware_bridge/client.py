@@ -132,6 +132,10 @@ _SET_DRIVE_TYPE = SetDrive.TYPE
 # multiplying by its reciprocal both only change the exponent (exactly), before or after the
 # one rounding of ``2.0 * np.pi * phase``.
 RAD_PER_PHASE_UNIT = 2.0 * np.pi / PHASE_TURN
+# The counters a wait that gives up compares with their values when it began (LinkActivity):
+# bytes received, frames, CRC, COBS, short and overrun frames, protocol errors. A plain tuple,
+# made without a call: a read_block that waits takes one.
+_Counts = tuple[int, int, int, int, int, int, int]
 
 
 def _first_index_error(first_index: int, n: int) -> ProtocolError:
@@ -378,16 +382,6 @@ class SampleBatch:
         )
 
 
-class _Mark(NamedTuple):
-    """The counters at the start of a wait (see DeviceClient._activity_mark)."""
-
-    at: float  # time.monotonic()
-    bytes_received: int
-    frames: int
-    damaged_frames: int
-    protocol_errors: int
-
-
 class _Pending(NamedTuple):
     """A command sent and not yet answered (one per command: a tuple is cheapest to make)."""
 
@@ -575,7 +569,7 @@ class DeviceClient:
         answers = self._answers[Hello]
         asked = None
         started = time.monotonic()
-        mark = self._activity_mark()
+        mark = self._counts()
         drained = 0
         # A boot HELLO may have been buffered when the device booted, before this host asked:
         # it is kept, and taken only if no answer to a request follows within
@@ -599,7 +593,7 @@ class DeviceClient:
                 if boot_hello is not None:
                     answers.append(boot_hello)
                     break
-                raise self._hello_timeout(timeout_s, self._activity_since(mark))
+                raise self._hello_timeout(timeout_s, self._activity_since(mark, started))
             if asked is None or asked.expired():
                 self._send(HelloRequest())
                 asked = _Deadline(self, HELLO_REPEAT_S)
@@ -864,7 +858,7 @@ class DeviceClient:
         """
         if not self._blocks:
             deadline = time.monotonic() + timeout_s
-            mark: _Mark | None = None
+            mark: _Counts | None = None
             while not self._blocks:
                 if self._faults or self._refusals:
                     self._raise_events()
@@ -875,12 +869,16 @@ class DeviceClient:
                 self._pump()
                 if expired and not self._blocks:
                     self._raise_events()
-                    self._give_up(mark)
+                    self._give_up(mark, deadline - timeout_s)
                     return None
                 if mark is None:
                     # A read that brought no block: a wait, not the next block's read. What
                     # arrives from here on tells silence from noise if the wait gives up.
-                    mark = self._activity_mark()
+                    stats = self._decoder.stats
+                    mark = (
+                        stats.bytes_received, stats.frames, stats.crc_errors, stats.cobs_errors,
+                        stats.short_frames, stats.overruns, self.protocol_errors,
+                    )  # fmt: skip
         if self._faults or self._refusals:
             self._raise_events()
         item = self._blocks.popleft()  # the next block, and a heartbeat if quiet, inlined
@@ -912,17 +910,17 @@ class DeviceClient:
         if max_blocks < 1:
             raise ValueError(f"max_blocks = {max_blocks!r}; allowed: at least 1")
         deadline = time.monotonic() + timeout_s
-        mark: _Mark | None = None
+        mark: _Counts | None = None
         while not self._available():
             self._raise_events()
             expired = time.monotonic() > deadline
             self._pump_batch(max_blocks)
             if expired and not self._available():
                 self._raise_events()
-                self._give_up(mark)
+                self._give_up(mark, deadline - timeout_s)
                 return None
-            if mark is None:
-                mark = self._activity_mark()  # a wait: see read_block
+            if mark is None:  # a wait: see read_block
+                mark = self._counts()
         take = min(max_blocks, self._available())
         parts: list[SampleBatch] = []
         while take:
@@ -1027,34 +1025,34 @@ class DeviceClient:
 
     # ---- internals -------------------------------------------------------------------
 
-    def _activity_mark(self) -> _Mark:
+    def _counts(self) -> _Counts:
         """The counters a give-up compares with (taken when a wait starts, never per block)."""
         stats = self._decoder.stats
-        return _Mark(
-            time.monotonic(),
-            stats.bytes_received,
-            stats.frames,
-            stats.damaged_frames,
-            self.protocol_errors,
-        )
+        return (
+            stats.bytes_received, stats.frames, stats.crc_errors, stats.cobs_errors,
+            stats.short_frames, stats.overruns, self.protocol_errors,
+        )  # fmt: skip
 
-    def _activity_since(self, mark: _Mark) -> LinkActivity:
-        """What arrived since ``mark``."""
-        stats = self._decoder.stats
+    def _activity_since(self, mark: _Counts, started: float) -> LinkActivity:
+        """What arrived since the counters were ``mark``, in a wait that began at ``started``
+        (time.monotonic)."""
+        bytes_received, frames, crc, cobs, short, overruns, errors = (
+            b - a for a, b in zip(mark, self._counts(), strict=True)
+        )
         return LinkActivity(
-            seconds=time.monotonic() - mark.at,
-            bytes_received=stats.bytes_received - mark.bytes_received,
-            frames=stats.frames - mark.frames,
-            damaged_frames=stats.damaged_frames - mark.damaged_frames,
-            malformed_frames=self.protocol_errors - mark.protocol_errors,
+            seconds=time.monotonic() - started,
+            bytes_received=bytes_received,
+            frames=frames,
+            damaged_frames=crc + cobs + short + overruns,  # as LinkStats.damaged_frames
+            malformed_frames=errors,
         )
 
-    def _give_up(self, mark: _Mark | None) -> None:
+    def _give_up(self, mark: _Counts | None, started: float) -> None:
         """A wait for samples gave up: keep what arrived during it, and log it if not silence."""
         if mark is None:
             self._last_give_up = None
             return
-        activity = self._last_give_up = self._activity_since(mark)
+        activity = self._last_give_up = self._activity_since(mark, started)
         if not activity.silent:
             log.warning(
                 "no samples from %s, though the device sent: %s", self.url, activity.describe()
