@@ -26,7 +26,7 @@ import firmware_bridge.client
 from controller.calibration import Calibration, identify
 from controller.loop import ExposureResult, ExposureSettings, ExposureStatus, run_exposure
 from controller.openloop import drive_open_loop
-from controller.safety import TripReason
+from controller.safety import TRIP_TEXT, TripReason
 from controller.schedule import FrequencySchedule
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.codec import encode_frame
@@ -40,8 +40,11 @@ from firmware_bridge.protocol import SAMPLE_INDEX_MAX, Samples
 from firmware_bridge.sim.device import FULL_SCALE_SLEW_S
 from firmware_bridge.transport import BAUD_RATE, open_port
 from sessions.cli import main
-from sessions.wording import TRIP_WORDING
+from sessions.log import SessionStatus
+from sessions.wording import TRIP_WORDING, say
+from tests import test_fault_matrix as matrix
 from tests.simhelpers import load_truth
+from tests.test_fault_matrix import calibration_dir  # noqa: F401 (a fixture)
 
 FS = 1600.0
 N = 32
@@ -139,8 +142,10 @@ def calibration() -> Iterator[Calibration]:
         yield identify(device, freqs_hz=(40.0, 50.0))
 
 
-def connect(port: TamperedPort, hello_timeout_s: float = 5.0) -> DeviceClient:
-    client = DeviceClient(port, "sim-tampered")  # type: ignore[arg-type]
+def connect(
+    port: TamperedPort, hello_timeout_s: float = 5.0, url: str = "sim-tampered"
+) -> DeviceClient:
+    client = DeviceClient(port, url)  # type: ignore[arg-type]
     try:
         client.handshake(hello_timeout_s)
     except BaseException:
@@ -308,3 +313,40 @@ def test_the_open_loop_gives_up_with_the_true_reason(mode: str, error: type[Exce
         assert "damaged" in str(caught.value)
     else:
         assert str(caught.value) == "link to the device lost: no samples from the device for 1 s"
+
+
+# ---- a session (liv start) --------------------------------------------------------------------
+
+
+def test_a_session_records_the_degraded_link_and_tells_the_patient_in_plain_words(
+    tmp_path: Path,
+    calibration_dir: Path,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``liv start`` whose plate turns to noise at dose: recorded ``link_degraded`` with the
+    counts; the patient reads the connection sentence, and no count."""
+
+    def open_tampered(
+        cls: type[DeviceClient], url: str, hello_timeout_s: float | None = None
+    ) -> DeviceClient:
+        return connect(TamperedPort(url, "garbage", matrix.FAULT_AT_S), url=url)
+
+    monkeypatch.setattr(DeviceClient, "open", classmethod(open_tampered))
+    home = matrix.make_home(tmp_path)
+    truth_path = tmp_path / "truth.npz"
+    code = matrix.liv_start(home, calibration_dir, matrix.sim_url(truth_path))
+    out, err = capsys.readouterr()
+    (rec,) = matrix.records(home)
+    assert rec.status is SessionStatus.TRIPPED
+    event = rec.safety_events[0]
+    assert event["reason"] == TripReason.LINK_DEGRADED.value, event
+    assert event["values"]["damaged_frames"] > 0
+    assert rec.reason.startswith(f"{TRIP_TEXT[TripReason.LINK_DEGRADED]}: no usable samples")
+    assert code == 1
+    said = matrix.assert_one_sentence(out, err, say(TRIP_WORDING["link_degraded"]))
+    assert "damaged" not in out + err
+    assert "bytes" not in said
+    truth = matrix.Truth.load(truth_path)
+    assert truth.drive_at(matrix.FAULT_AT_S) > 0.0  # it hit a patient at dose
+    matrix.assert_still_after(truth, truth.zero_drive_s)
