@@ -280,6 +280,8 @@ def test_a_device_sending_only_malformed_samples_is_a_degraded_link(
     assert values["damaged_frames"] == 0
     assert values["malformed_frames"] > 5
     assert f"{int(values['malformed_frames']):,} well framed but malformed" in result.trip.detail
+    # the stored text is true of it too: no frame was damaged nor lost, all were malformed
+    assert "malformed" in result.trip.text, result.trip.text
     assert_brought_down_softly(truth)
 
 
