@@ -64,10 +64,13 @@ class LinkActivity:
     @property
     def unreadable(self) -> bool:
         """The device kept sending, but the host could not read it: more bytes than one frame
-        and damaged or malformed frames among them, or no frame at all (a wrong baud rate, a
-        noisy line, a device speaking something else)."""
+        and among them damaged or malformed frames, no fewer than the usable ones, or no frame
+        at all (a wrong baud rate, a noisy line, a device speaking something else). A device
+        whose frames mostly decode is readable: one damaged frame among many good ones does
+        not make its baud rate wrong."""
+        bad = self.damaged_frames + self.malformed_frames
         return self.bytes_received >= TALKING_MIN_BYTES and (
-            self.damaged_frames + self.malformed_frames > 0 or self.frames == 0
+            bad >= max(1, self.usable_frames) or self.frames == 0
         )
 
     def describe(self) -> str:
