@@ -47,6 +47,7 @@ from firmware_bridge.errors import (
     DeviceFaultError,
     DeviceResetError,
     LinkLostError,
+    LinkUnreadableError,
 )
 from firmware_bridge.realtime import single_threaded_numerics
 
@@ -358,10 +359,7 @@ def _run_exposure(
                 result.trip = _trip_for(exc, t, device.sample_index)
                 break
             if block is None:
-                result.trip = SafetyTrip(
-                    TripReason.LINK_LOST, t, device.sample_index,
-                    f"no samples for {link_timeout_s:g} s",
-                )  # fmt: skip
+                result.trip = _no_samples_trip(device, link_timeout_s, t)
                 break
             # A jump in the sample clock is never time at dose nor ramp progress: trip first.
             result.trip = check_index(t, block)
@@ -527,9 +525,27 @@ _EXCEPTION_REASONS: dict[type[BridgeError], TripReason] = {
     DeviceFaultError: TripReason.DEVICE_FAULT,
     DeviceResetError: TripReason.DEVICE_RESET,
     LinkLostError: TripReason.LINK_LOST,
+    LinkUnreadableError: TripReason.LINK_DEGRADED,  # no samples, but the device kept sending
     CommandRefusedError: TripReason.DEVICE_REFUSED,
     CommandTimeoutError: TripReason.LINK_DEGRADED,
 }
+
+
+def _no_samples_trip(device: DeviceClient, timeout_s: float, t: float) -> SafetyTrip:
+    """The trip for a wait for samples that gave up: ``link_degraded`` with the counts when the
+    device kept sending what could not be used (damaged or malformed frames), else
+    ``link_lost`` (the device silent)."""
+    activity = device.last_give_up
+    if activity is not None and activity.unreadable:
+        return SafetyTrip(
+            TripReason.LINK_DEGRADED, t, device.sample_index,
+            f"no usable samples for {timeout_s:g} s although the device kept sending: "
+            f"{activity.describe()}",
+            activity.to_values(),
+        )  # fmt: skip
+    return SafetyTrip(
+        TripReason.LINK_LOST, t, device.sample_index, f"no samples for {timeout_s:g} s"
+    )
 
 
 def _keep_whole_updates(hist: dict[str, list[float]], rounding_g: list[float]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from controller.estimation import FloatArray, block_phases, whole_cycle_length
 from firmware_bridge.client import DeviceClient, SampleBatch, SampleBlock
-from firmware_bridge.errors import BridgeError, LinkLostError
+from firmware_bridge.errors import BridgeError
 
 RAMP_UP_S = 2.0
 RAMP_DOWN_S = 1.0
@@ -124,7 +124,8 @@ def _read_into(
         wanted = max(1, min(READ_BLOCKS, -(-(end - device.sample_index) // n)))
         batch = device.read_blocks(wanted, timeout_s)
         if batch is None:
-            raise LinkLostError(f"no samples from the device for {timeout_s:g} s")
+            # LinkLostError, or LinkUnreadableError if the device kept sending unusable frames
+            raise device.no_samples_error(timeout_s)
         steady.push_batch(batch)
 
 

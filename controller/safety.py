@@ -63,7 +63,9 @@ TRIP_TEXT: dict[TripReason, str] = {
     TripReason.SENSOR_SATURATED: "accelerometer output is pinned at its range",
     TripReason.SENSOR_GRAVITY: "accelerometer does not read about +1 g of gravity",
     TripReason.LINK_LOST: "link to the plate lost",
-    TripReason.LINK_DEGRADED: "too many damaged or lost frames on the link",
+    # damaged (CRC, COBS) or lost frames over the rate limit, or a wait for samples that gave
+    # up while the device kept sending frames that were damaged or well framed but malformed
+    TripReason.LINK_DEGRADED: "too many damaged, malformed or lost frames on the link",
     TripReason.DEVICE_FAULT: "the plate reported a fault",
     TripReason.DEVICE_RESET: "the plate restarted",
     TripReason.DEVICE_REFUSED: "the plate refused a command",

@@ -44,9 +44,12 @@ from firmware_bridge.errors import (
     DeviceResetError,
     HandshakeBacklogError,
     HandshakeTimeoutError,
+    HandshakeUnreadableError,
     IncompatibleVersionError,
     InvalidDeviceInfoError,
+    LinkActivity,
     LinkLostError,
+    LinkUnreadableError,
     ProtocolError,
 )
 from firmware_bridge.protocol import (
@@ -87,7 +90,7 @@ from firmware_bridge.protocol import (
     pack_message,
     round_half_up,
 )
-from firmware_bridge.transport import close_port, open_port
+from firmware_bridge.transport import BAUD_RATE, close_port, open_port
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,10 @@ _SET_DRIVE_TYPE = SetDrive.TYPE
 # multiplying by its reciprocal both only change the exponent (exactly), before or after the
 # one rounding of ``2.0 * np.pi * phase``.
 RAD_PER_PHASE_UNIT = 2.0 * np.pi / PHASE_TURN
+# The counters a wait that gives up compares with their values when it began (LinkActivity):
+# bytes received, frames, CRC, COBS, short and overrun frames, protocol errors. A plain tuple,
+# made without a call: a read_block that waits takes one.
+_Counts = tuple[int, int, int, int, int, int, int]
 
 
 def _first_index_error(first_index: int, n: int) -> ProtocolError:
@@ -430,16 +437,19 @@ class DeviceClient:
         self.sample_frames_seen = 0  # SAMPLES frames, counted from the very first byte
         self.frames_sent = 0
         self.protocol_errors = 0
+        # What arrived during the last wait for samples that gave up (see no_samples_error)
+        self._last_give_up: LinkActivity | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, hello_timeout_s: float = HELLO_TIMEOUT_S) -> DeviceClient:
-        """Open ``url``, wait for the device's hello and check its protocol version."""
+    def open(cls, url: str, hello_timeout_s: float | None = None) -> DeviceClient:
+        """Open ``url``, wait for the device's hello (HELLO_TIMEOUT_S unless given) and check
+        its protocol version."""
         port = open_port(url)
         client = cls(port, url)
         try:
-            client.handshake(hello_timeout_s)
+            client.handshake(HELLO_TIMEOUT_S if hello_timeout_s is None else hello_timeout_s)
         except BaseException:
             client.close()
             raise
@@ -559,6 +569,7 @@ class DeviceClient:
         answers = self._answers[Hello]
         asked = None
         started = time.monotonic()
+        mark = self._counts()
         drained = 0
         # A boot HELLO may have been buffered when the device booted, before this host asked:
         # it is kept, and taken only if no answer to a request follows within
@@ -582,7 +593,7 @@ class DeviceClient:
                 if boot_hello is not None:
                     answers.append(boot_hello)
                     break
-                raise HandshakeTimeoutError(self.url, timeout_s)
+                raise self._hello_timeout(timeout_s, self._activity_since(mark, started))
             if asked is None or asked.expired():
                 self._send(HelloRequest())
                 asked = _Deadline(self, HELLO_REPEAT_S)
@@ -847,6 +858,7 @@ class DeviceClient:
         """
         if not self._blocks:
             deadline = time.monotonic() + timeout_s
+            mark: _Counts | None = None
             while not self._blocks:
                 if self._faults or self._refusals:
                     self._raise_events()
@@ -857,7 +869,16 @@ class DeviceClient:
                 self._pump()
                 if expired and not self._blocks:
                     self._raise_events()
+                    self._give_up(mark, deadline - timeout_s)
                     return None
+                if mark is None:
+                    # A read that brought no block: a wait, not the next block's read. What
+                    # arrives from here on tells silence from noise if the wait gives up.
+                    stats = self._decoder.stats
+                    mark = (
+                        stats.bytes_received, stats.frames, stats.crc_errors, stats.cobs_errors,
+                        stats.short_frames, stats.overruns, self.protocol_errors,
+                    )  # fmt: skip
         if self._faults or self._refusals:
             self._raise_events()
         item = self._blocks.popleft()  # the next block, and a heartbeat if quiet, inlined
@@ -889,13 +910,17 @@ class DeviceClient:
         if max_blocks < 1:
             raise ValueError(f"max_blocks = {max_blocks!r}; allowed: at least 1")
         deadline = time.monotonic() + timeout_s
+        mark: _Counts | None = None
         while not self._available():
             self._raise_events()
             expired = time.monotonic() > deadline
             self._pump_batch(max_blocks)
             if expired and not self._available():
                 self._raise_events()
+                self._give_up(mark, deadline - timeout_s)
                 return None
+            if mark is None:  # a wait: see read_block
+                mark = self._counts()
         take = min(max_blocks, self._available())
         parts: list[SampleBatch] = []
         while take:
@@ -966,18 +991,80 @@ class DeviceClient:
     def read_for(self, seconds: float, timeout_s: float = 1.0) -> list[SampleBlock]:
         """The blocks covering the next ``seconds`` of the device's sample clock.
 
-        Raises LinkLostError if the device goes silent for ``timeout_s``.
+        Raises LinkLostError if no samples come for ``timeout_s``: LinkUnreadableError when the
+        device kept sending what the host could not use (:meth:`no_samples_error`).
         """
         end = self.sample_index + round(seconds * self.info.sample_rate_hz)
         blocks = []
         while self.sample_index < end:
             block = self.read_block(timeout_s)
             if block is None:
-                raise LinkLostError(f"no samples from the device for {timeout_s:g} s")
+                raise self.no_samples_error(timeout_s)
             blocks.append(block)
         return blocks
 
+    @property
+    def last_give_up(self) -> LinkActivity | None:
+        """What arrived during the last wait for samples that gave up (:meth:`read_block` or
+        :meth:`read_blocks` returned None), counted from the first read that brought no block;
+        None if no wait has given up, or it gave up on its first read."""
+        return self._last_give_up
+
+    def no_samples_error(self, timeout_s: float) -> LinkLostError:
+        """The error for the wait for samples that just gave up: LinkUnreadableError when the
+        device kept sending but nothing of it could be used (damaged or malformed frames, or
+        bytes with no frame at all), else LinkLostError (silence, or only frames of other
+        kinds: the device's counts are in the message)."""
+        activity = self._last_give_up
+        if activity is not None and activity.unreadable:
+            return LinkUnreadableError(timeout_s, activity, BAUD_RATE)
+        detail = f"no samples from the device for {timeout_s:g} s"
+        if activity is not None and not activity.silent:
+            detail += f" ({activity.describe()})"
+        return LinkLostError(detail)
+
     # ---- internals -------------------------------------------------------------------
+
+    def _counts(self) -> _Counts:
+        """The counters a give-up compares with (taken when a wait starts, never per block)."""
+        stats = self._decoder.stats
+        return (
+            stats.bytes_received, stats.frames, stats.crc_errors, stats.cobs_errors,
+            stats.short_frames, stats.overruns, self.protocol_errors,
+        )  # fmt: skip
+
+    def _activity_since(self, mark: _Counts, started: float) -> LinkActivity:
+        """What arrived since the counters were ``mark``, in a wait that began at ``started``
+        (time.monotonic)."""
+        bytes_received, frames, crc, cobs, short, overruns, errors = (
+            b - a for a, b in zip(mark, self._counts(), strict=True)
+        )
+        return LinkActivity(
+            seconds=time.monotonic() - started,
+            bytes_received=bytes_received,
+            frames=frames,
+            damaged_frames=crc + cobs + short + overruns,  # as LinkStats.damaged_frames
+            malformed_frames=errors,
+        )
+
+    def _give_up(self, mark: _Counts | None, started: float) -> None:
+        """A wait for samples gave up: keep what arrived during it, and log it if not silence."""
+        if mark is None:
+            self._last_give_up = None
+            return
+        activity = self._last_give_up = self._activity_since(mark, started)
+        if not activity.silent:
+            log.warning(
+                "no samples from %s, though the device sent: %s", self.url, activity.describe()
+            )
+
+    def _hello_timeout(self, timeout_s: float, activity: LinkActivity) -> HandshakeTimeoutError:
+        """The error for a handshake that saw no hello: the device silent, talking but
+        unreadable, or talking but not answering."""
+        log.error("no hello from %s within %g s: %s", self.url, timeout_s, activity.describe())
+        if activity.unreadable:
+            return HandshakeUnreadableError(self.url, timeout_s, activity, BAUD_RATE)
+        return HandshakeTimeoutError(self.url, timeout_s, activity)
 
     def _send(self, message: Message) -> int:
         return self._send_frame(message.TYPE, pack_message(message))

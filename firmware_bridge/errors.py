@@ -7,10 +7,12 @@
         ├── DeviceNotFoundError   the port or URL names nothing that exists
         ├── DeviceBusyError       another process holds the port
         ├── UnknownUrlError       a URL scheme or query parameter we do not support
-        ├── LinkLostError         the cable was pulled / the socket closed mid-session
+        ├── LinkLostError         the cable was pulled / the socket closed / no samples came
+        │   └── LinkUnreadableError   no usable samples, but the device kept sending (noise)
         ├── DeviceResetError      the device restarted mid-session (its drive is off)
         ├── HandshakeTimeoutError no hello from the device within the timeout
-        │   └── HandshakeBacklogError  the device's backlog outran the host's drain bound
+        │   ├── HandshakeBacklogError  the device's backlog outran the host's drain bound
+        │   └── HandshakeUnreadableError  bytes came, but nothing usable (baud rate, noise)
         ├── IncompatibleVersionError  device speaks another protocol major version
         ├── InvalidDeviceInfoError    the device's HELLO holds a value outside its allowed range
         ├── ProtocolError         a well-framed message with a malformed payload
@@ -19,10 +21,80 @@
         └── DeviceFaultError      the device reported a fault (carries the fault code)
 
 Framing damage (bad CRC, bad COBS, overruns) is never raised: the decoder counts it and
-resynchronises, because a noisy line is an expected condition, not an exception.
+resynchronises, because a noisy line is an expected condition, not an exception. Only when a
+wait for the hello or for samples gives up does what arrived meanwhile (:class:`LinkActivity`)
+decide which error it is: a silent device, or one that talks but cannot be read.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+# More bytes than the longest frame on the wire (docs/protocol.md 2.1: a raw frame of 250 bytes,
+# COBS-encoded, with its delimiter): not just the tail of one frame cut by a pulled cable.
+TALKING_MIN_BYTES = 253
+
+
+@dataclass(frozen=True)
+class LinkActivity:
+    """What arrived from the device during a wait that gave up (the hello, or samples).
+
+    Counted as the difference of the client's counters at the start and end of the wait:
+    ``frames`` passed COBS, length and CRC; ``damaged_frames`` did not (LinkStats);
+    ``malformed_frames`` were well framed but their payload broke docs/protocol.md (dropped as
+    a ProtocolError, ``DeviceClient.protocol_errors``).
+    """
+
+    seconds: float
+    bytes_received: int
+    frames: int
+    damaged_frames: int
+    malformed_frames: int
+
+    @property
+    def silent(self) -> bool:
+        """Nothing at all arrived."""
+        return self.bytes_received == 0
+
+    @property
+    def usable_frames(self) -> int:
+        """Well-formed frames (of a kind other than the one waited for)."""
+        return max(0, self.frames - self.malformed_frames)
+
+    @property
+    def unreadable(self) -> bool:
+        """The device kept sending, but the host could not read it: more bytes than one frame
+        and among them damaged or malformed frames, no fewer than the usable ones, or no frame
+        at all (a wrong baud rate, a noisy line, a device speaking something else). A device
+        whose frames mostly decode is readable: one damaged frame among many good ones does
+        not make its baud rate wrong."""
+        bad = self.damaged_frames + self.malformed_frames
+        return self.bytes_received >= TALKING_MIN_BYTES and (
+            bad >= max(1, self.usable_frames) or self.frames == 0
+        )
+
+    def describe(self) -> str:
+        """What arrived, for engineers: ``18,400 bytes arrived in 5.0 s but no usable frame
+        (212 damaged, 0 well framed but malformed)``."""
+        counts = (
+            f"{self.damaged_frames:,} damaged, {self.malformed_frames:,} well framed but malformed"
+        )
+        if self.silent:
+            return f"nothing arrived in {self.seconds:.1f} s"
+        arrived = f"{self.bytes_received:,} bytes arrived in {self.seconds:.1f} s"
+        if not self.usable_frames:
+            return f"{arrived} but no usable frame ({counts})"
+        return f"{arrived}: {self.usable_frames:,} usable frames of other kinds, {counts}"
+
+    def to_values(self) -> dict[str, float]:
+        """The counts as numbers (a safety trip's ``values``)."""
+        return {
+            "wait_s": self.seconds,
+            "bytes_received": float(self.bytes_received),
+            "frames": float(self.frames),
+            "damaged_frames": float(self.damaged_frames),
+            "malformed_frames": float(self.malformed_frames),
+        }
 
 
 class LivError(Exception):
@@ -59,6 +131,22 @@ class LinkLostError(BridgeError):
         super().__init__(f"link to the device lost: {detail}")
 
 
+class LinkUnreadableError(LinkLostError):
+    """No usable samples for the wait, yet the device kept sending: the link is degraded, not
+    silent (``activity`` says what arrived). A LinkLostError, so that code which gives up on a
+    lost link gives up on this one too."""
+
+    def __init__(self, timeout_s: float, activity: LinkActivity, baud_rate: int) -> None:
+        BridgeError.__init__(
+            self,
+            f"no usable samples from the device for {timeout_s:g} s although it kept sending: "
+            f"{activity.describe()}; check the cable and its connectors, electrical noise "
+            f"near it, and the baud rate ({baud_rate:,} baud, docs/protocol.md 1)",
+        )
+        self.timeout_s = timeout_s
+        self.activity = activity
+
+
 class DeviceResetError(BridgeError):
     def __init__(self, sample_index: int) -> None:
         self.sample_index = sample_index
@@ -68,13 +156,41 @@ class DeviceResetError(BridgeError):
 
 
 class HandshakeTimeoutError(BridgeError):
-    def __init__(self, url: str, timeout_s: float) -> None:
+    """No hello within the timeout. ``activity`` (None if not known) says what arrived instead:
+    nothing (a silent port), or usable frames of other kinds (a device that does not hear this
+    host); a device that sends only what cannot be read raises HandshakeUnreadableError."""
+
+    def __init__(self, url: str, timeout_s: float, activity: LinkActivity | None = None) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.activity = activity
+        if activity is None or activity.silent:
+            super().__init__(
+                f"no hello from the device at {url!r} within {timeout_s:g} s "
+                "(is it powered, is this the right port, is the firmware running?)"
+            )
+            return
         super().__init__(
-            f"no hello from the device at {url!r} within {timeout_s:g} s "
-            "(is it powered, is this the right port, is the firmware running?)"
+            f"no hello from the device at {url!r} within {timeout_s:g} s: "
+            f"{activity.describe()}; the device sends but did not answer the hello request "
+            "(does it hear this host? check the host-to-device line and the firmware)"
         )
+
+
+class HandshakeUnreadableError(HandshakeTimeoutError):
+    """No hello, but the device kept sending what the host could not use (``activity``): a
+    wrong baud rate, a noisy line, or a device that speaks another protocol."""
+
+    def __init__(self, url: str, timeout_s: float, activity: LinkActivity, baud_rate: int) -> None:
+        BridgeError.__init__(
+            self,
+            f"no hello from the device at {url!r} within {timeout_s:g} s: "
+            f"{activity.describe()}: check the baud rate (the protocol's is {baud_rate:,} "
+            "baud, 8N1, docs/protocol.md 1), the cable, and that this is a LIV plate",
+        )
+        self.url = url
+        self.timeout_s = timeout_s
+        self.activity = activity
 
 
 class HandshakeBacklogError(HandshakeTimeoutError):
@@ -93,6 +209,7 @@ class HandshakeBacklogError(HandshakeTimeoutError):
         )
         self.url = url
         self.timeout_s = drained_s
+        self.activity = None
         self.drained_bytes = drained_bytes
         self.drained_s = drained_s
 
