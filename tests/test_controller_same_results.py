@@ -79,6 +79,11 @@ RUNS: dict[str, Run] = {
 }
 
 # run name: SHA-256 (first 16 hex digits) of the result, the updates and the truth file
+# Session 9 changed one text on purpose: link_degraded's TRIP_TEXT now names malformed
+# frames (a wait for samples that gives up on an unreadable stream is link_degraded,
+# docs/safety.md 2.3.1). The three link runs end in that trip; with the old text put
+# back they give their aaa7647 digests (e798fa08f35c2e9e, 609bfaa3952651c5,
+# 72e1d4e74b9953d0), so nothing else they cover changed.
 BEFORE: dict[str, str] = {
     "steps, a patient off and on": "74c7ad9b0742069c",
     "sweep, exposure meter": "6bb9b717d3f0d96d",
@@ -91,9 +96,9 @@ BEFORE: dict[str, str] = {
     "stuck sensor": "c5d8a501a94f5104",
     "disconnected sensor": "705dd08f82c8aec8",
     "saturated sensor": "42de10f950f4b3df",
-    "a few lost frames": "e798fa08f35c2e9e",
-    "many lost frames": "609bfaa3952651c5",
-    "corrupted bytes": "72e1d4e74b9953d0",
+    "a few lost frames": "4b2672998325c833",  # session 9: link_degraded's text (see above)
+    "many lost frames": "864d4388149bdb44",  # session 9: link_degraded's text (see above)
+    "corrupted bytes": "163c0d6738f912ed",  # session 9: link_degraded's text (see above)
     "cannot reach the dose": "ddfe6a802fb80e04",
     "slow sweep, a patient off and on": "55da329636fdbdc9",
 }
