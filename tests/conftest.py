@@ -20,8 +20,18 @@ def _open_fds() -> set[str]:
     return fds
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _frozen_start_heap() -> None:
+    """What exists once the tests are collected (modules, the collected tests) lives for the
+    whole run: it is moved out of the collector's sight once, so that the collection after
+    every test (:func:`_no_leaks`) walks only what the tests made since (about 2 ms instead of
+    about 30 ms a test). Objects the tests make are collected exactly as before."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
-def _no_leaks() -> Iterator[None]:
+def _no_leaks(_frozen_start_heap: None) -> Iterator[None]:
     if not os.path.isdir("/proc/self/fd"):
         yield
         return

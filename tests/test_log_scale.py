@@ -1,7 +1,8 @@
 """The log at scale: lists never read envelopes, verify and export stream, start-up is light.
 
 Logs come from benchmarks/make_log.py (the generator the benchmark uses), a few weeks long so
-each test takes seconds; docs/performance.md has the figures for one and five years.
+each test takes seconds; docs/performance.md has the figures for one and five years. The
+DAYS-long log is generated once per module; every test works on its own copy of the file.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -43,12 +45,32 @@ def _unguard(path: Path) -> Iterator[sqlite3.Connection]:
         yield conn
 
 
+@pytest.fixture(scope="module")
+def days_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """DAYS days of two 10-minute sessions ending yesterday, as make_log writes them (generated
+    once: it is the same log every time but for its random log id); the file and its count.
+    Tests never open it: each gets a copy (:func:`copy_of`)."""
+    path = tmp_path_factory.mktemp("days-log") / "liv.db"
+    count = make_log(path, years=DAYS / 365)
+    return path, count
+
+
+def copy_of(log: tuple[Path, int], path: Path) -> int:
+    """A fresh copy of the generated log at ``path`` (a new file, as make_log writes one);
+    its record count."""
+    source, count = log
+    assert not path.exists()
+    assert not any(source.parent.glob(f"{source.name}-*")), "the log was left open"
+    shutil.copy2(source, path)  # the file's bytes and its private mode
+    return count
+
+
 @pytest.fixture
-def big_home(tmp_path: Path) -> LivHome:
+def big_home(tmp_path: Path, days_log: tuple[Path, int]) -> LivHome:
     """A home whose log holds DAYS days of two 10-minute sessions, ending yesterday."""
     home = LivHome(tmp_path / "home")
     home.ensure()
-    make_log(home.db_path(), years=DAYS / 365)
+    copy_of(days_log, home.db_path())
     with SessionLog(home.db_path()) as log:
         first = min(s.local_date for s in log.summaries())
     plan = tmp_path / "plan.yaml"
@@ -172,10 +194,10 @@ def _reference_verify(path: Path) -> tuple[object, dict[str, str]]:
     ],
 )  # fmt: skip
 def test_streaming_verify_finds_what_the_whole_log_check_finds(
-    tmp_path: Path, edit: str | None, what: str | None
+    tmp_path: Path, days_log: tuple[Path, int], edit: str | None, what: str | None
 ) -> None:
     path = tmp_path / "liv.db"
-    count = make_log(path, years=DAYS / 365)
+    count = copy_of(days_log, path)
     if edit is not None:
         with _unguard(path) as conn:
             conn.execute("DROP INDEX sessions_chain_position")  # lets an index be edited
@@ -210,9 +232,11 @@ def test_verify_memory_does_not_grow_with_the_log(tmp_path: Path) -> None:
     assert _verify_peak_bytes(long) < 1.5 * _verify_peak_bytes(short)
 
 
-def test_export_streams_and_writes_the_same_lines(tmp_path: Path) -> None:
+def test_export_streams_and_writes_the_same_lines(
+    tmp_path: Path, days_log: tuple[Path, int]
+) -> None:
     path = tmp_path / "liv.db"
-    make_log(path, years=DAYS / 365)
+    copy_of(days_log, path)
     with _unguard(path) as conn:  # one envelope stored in a non-canonical (but equal) form
         conn.execute(
             "UPDATE sessions SET envelope = replace(envelope, '0.3]', '0.30]') "
@@ -276,11 +300,13 @@ def test_canonical_pairs_accepts_only_canonical_text() -> None:
 # --- schema ---------------------------------------------------------------------------------
 
 
-def test_a_schema_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None:
+def test_a_schema_1_log_is_migrated_and_keeps_verifying(
+    tmp_path: Path, days_log: tuple[Path, int]
+) -> None:
     """A log written by the first schema opens, gains the summary index and the kind column, and
     still verifies: its records (written without a kind) keep their hashes and read as therapy."""
     path = tmp_path / "old.db"
-    make_log(path, years=DAYS / 365)
+    copy_of(days_log, path)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:  # schema 1
         conn.execute("DROP INDEX IF EXISTS sessions_day_minutes")
         conn.execute("DROP INDEX sessions_clock_order")  # schema 7's

@@ -66,6 +66,9 @@ def _loop_body() -> tuple[int, int]:
 
 
 IN_HOLD_S = 2.25  # exposure time in the hold (the ramp up lasts 2 s): the history has a hold
+# A stop in the hold is traced from this long before its exposure time: the loop's updates
+# before that only cost time under a trace function (progress comes every 0.1 s of plate time).
+TRACE_LEAD_S = 0.5
 
 
 class StopAtLine:
@@ -96,7 +99,21 @@ class StopAtLine:
                 handler = signal.getsignal(signal.SIGINT)
                 assert callable(handler)
                 handler(signal.SIGINT, frame)
+                # Once pressed, the rest of the session (the stop itself) runs untraced, as
+                # after a real Ctrl-C.
+                sys.settrace(None)
+                return None
         return self._local
+
+    def trace_from_now(self) -> None:
+        """Start tracing the running loop from here on (as a debugger attaches): called from
+        within the loop (its progress hook), it traces the loop's frame and what it calls."""
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None and frame.f_code is not LOOP_CODE:
+            frame = frame.f_back
+        assert frame is not None, "not called from within the control loop"
+        frame.f_trace = self._local
+        sys.settrace(self)
 
 
 def _traced_session(
@@ -105,9 +122,22 @@ def _traced_session(
     truth: Path,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> SessionOutcome:
+    """A session under ``tracer``: traced from its start, or, for a stop in the hold
+    (``tracer.after_s`` > 0, no ``on_progress``), from TRACE_LEAD_S of exposure before it."""
     previous = sys.gettrace()
+    late = on_progress is None and tracer.after_s > 0.0
+    if late:
+        attached = [False]
+
+        def trace_near_the_stop(progress: Progress) -> None:
+            if not attached[0] and progress.elapsed_s >= tracer.after_s - TRACE_LEAD_S:
+                attached[0] = True
+                tracer.trace_from_now()
+
+        on_progress = trace_near_the_stop
     with SessionLog(home.db_path()) as log:
-        sys.settrace(tracer)
+        if not late:
+            sys.settrace(tracer)
         try:
             return run_session(
                 protocol=home.protocol(), log=log, device_url=sim(f"&truth={truth}"),

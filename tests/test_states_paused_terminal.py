@@ -9,7 +9,8 @@ paused, and the dose is judged from the simulator's truth file.
 
 ``liv start`` runs in a pseudo-terminal, as in the patient's terminal window; the plate is
 paced at 5x real time in process (it catches up with the wall clock when the host reads, so
-a host blocked for 2 s meets a plate 10 s further on, as a plate on a wire would be).
+a host blocked for 2 s meets a plate 10 s further on, as a plate on a wire would be), except
+where its pace is not what is judged (the Ctrl-C after the end).
 """
 
 from __future__ import annotations
@@ -121,14 +122,19 @@ def test_ctrl_c_on_a_screen_paused_until_the_end_still_shows_the_outcome(tmp_pat
     """The screen is paused (Ctrl-S) through the rest of the session; once the record says
     completed, the patient presses Ctrl-C (which also resumes the terminal). The session is
     over and recorded: the Ctrl-C only ends the wait for the screen, and the outcome sentence
-    is still shown with the outcome's exit status (a second reader saw 'liv: interrupted')."""
+    is still shown with the outcome's exit status (a second reader saw 'liv: interrupted').
+
+    The plate here runs at ``speed=max``: what is judged is the Ctrl-C that ends the wait for
+    the paused screen after the session is over, not the plate's pace (the previous test holds
+    the loop to the paced plate while the screen is paused). A loop that waited for the paused
+    screen would still never complete the session here."""
     home = LivHome(tmp_path / "home")
     home.ensure()
     (home.root / "DEMO").write_text("demo\n")
     install_signed(home)
     with DeviceClient.open(f"sim://?speed=max&mass=0&seed=1&device_id={DEVICE_ID}") as device:
         home.calibrations().save(identify(device))
-    plate = f"sim://?speed={SPEED:g}&mass=70&seed=2&device_id={DEVICE_ID}"
+    plate = f"sim://?speed=max&mass=70&seed=2&device_id={DEVICE_ID}"
     paused = False
 
     def pause_then_interrupt(fd: int, shown: bytes) -> bool:

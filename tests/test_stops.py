@@ -42,9 +42,12 @@ def piped_start(
     truth_path: Path,
     shell_tail: str,
     timeout_s: float,
+    speed: str = "4",
 ) -> subprocess.CompletedProcess[str]:
-    """``liv start`` on the plate at speed 4, its output redirected by ``shell_tail`` in bash."""
-    command = " ".join(f"'{part}'" for part in start_command(home, plate(truth_path, "&speed=4")))
+    """``liv start`` on the plate at ``speed``, its output redirected by ``shell_tail`` in bash."""
+    command = " ".join(
+        f"'{part}'" for part in start_command(home, plate(truth_path, f"&speed={speed}"))
+    )
     return subprocess.run(
         ["bash", "-c", command + shell_tail],
         capture_output=True, text=True, cwd=REPO, timeout=timeout_s, check=False,
@@ -171,10 +174,17 @@ def test_a_screen_that_cannot_be_written_does_not_end_the_therapy_nor_print_a_tr
     tmp_path: Path,
 ) -> None:
     """stdout on a full disk (ENOSPC, not a closed pipe): the display goes quiet, the session
-    runs to its end, no traceback from the display's thread (a second reader saw one)."""
+    runs to its end, no traceback from the display's thread (a second reader saw one).
+
+    The plate runs at ``speed=max``: what is judged is the display's write failing and the
+    session going on to its whole dose, not the plate's pace, so the minute at dose need not
+    take 15 s of wall time."""
     truth_path = tmp_path / "truth.npz"
-    proc = piped_start(home, truth_path, " > /dev/full", 90)
+    proc = piped_start(home, truth_path, " > /dev/full", 90, speed="max")
     assert "Traceback" not in proc.stderr, proc.stderr
     (rec,) = records(home)
     assert rec.status is SessionStatus.COMPLETED, rec.reason
+    assert rec.minutes_at_dose == pytest.approx(1.0)
     assert proc.returncode == 0, proc.stderr
+    truth = Truth.load(truth_path)
+    assert truth.at_dose_s(0.3, truth.output_start_s, truth.zero_drive_s) >= 60.0
