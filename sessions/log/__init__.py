@@ -10,8 +10,9 @@ are documented for auditors in docs/log-format.md.
 The package is split along its seams: ``records`` (types, codes, constants), ``canonical``
 (canonical JSON and the hash), ``errors`` (sqlite3/OS errors as one sentence), ``fields`` (value
 checks and row/raw/typed conversion), ``chain`` (hash-chain verification), ``locks``
-(per-session liveness locks), ``storage`` (:class:`SessionStore`: open, write, recover, read,
-verify) and ``exchange`` (:class:`SessionLog`: the store plus export and import).
+(per-session liveness locks), ``storage`` (:class:`SessionStore`, assembled from its parts
+``store_schema``, ``store_open``, ``store_read``, ``store_write`` and ``store_vouch``: open, write,
+recover, read, verify) and ``exchange`` (:class:`SessionLog`: the store plus export and import).
 Import every name from ``sessions.log``.
 
 Errors::
