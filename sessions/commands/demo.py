@@ -27,6 +27,7 @@ from sessions.home import LivHome, SetupError
 from sessions.log import (
     DevicePins,
     SessionLog,
+    running_locks_folder,
 )
 from sessions.prescription import (
     sign_protocol_bytes,
@@ -250,15 +251,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with open_log(args, home) as log:
         write_private_file(report, report_text(args, home, log, "html").encode("utf-8"))
     echo(f"The clinician's report: {report}")
-    # No session runs any more: the empty folder of running sessions' locks goes.
-    with contextlib.suppress(OSError):
-        home.db_path().with_name(home.db_path().name + ".running").rmdir()
+    drop_running_locks_folder(home.db_path())
     liv, where = invoked_as(), shlex.quote(str(root))
     echo("To look again:")
     echo(f"  {liv} status --home {where}")
     echo(f"  {liv} report --home {where}")
     echo(f"  {liv} report --home {where} --format html --out report.html")
     return 0
+
+
+def drop_running_locks_folder(db_path: Path) -> None:
+    """No session runs any more: the empty folder of running sessions' locks beside the log at
+    ``db_path`` goes (named by the log: :func:`~sessions.log.running_locks_folder`). A folder
+    that still holds a lock file (or a note for recovery) stays."""
+    with contextlib.suppress(OSError):
+        running_locks_folder(db_path).rmdir()
 
 
 def invoked_as(argv0: str | None = None) -> str:

@@ -75,6 +75,7 @@ from sessions.log.fields import _utc as _utc
 from sessions.log.fields import _want as _want
 from sessions.log.fields import _zone as _zone
 from sessions.log.locks import _SessionLocks as _SessionLocks
+from sessions.log.locks import running_locks_folder
 from sessions.log.records import _HEX64 as _HEX64
 from sessions.log.records import _JSON_COLUMNS as _JSON_COLUMNS
 from sessions.log.records import (
@@ -165,5 +166,6 @@ __all__ = [
     "default_db_path",
     "number_text",
     "record_hash",
+    "running_locks_folder",
     "spreadsheet_text",
 ]

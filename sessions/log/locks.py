@@ -21,6 +21,13 @@ _log = logging.getLogger(__name__)
 # --- per-session liveness locks ------------------------------------------------------------------
 
 
+def running_locks_folder(db_path: Path) -> Path:
+    """The folder beside the log at ``db_path`` that holds its running sessions' lock files
+    (``liv.db`` -> ``liv.db.running``). Empty when no session runs; whoever removes it (``liv
+    demo``) asks here, so the name is made in one place."""
+    return db_path.with_name(db_path.name + ".running")
+
+
 class _SessionLocks:
     """One flock'd file per running session: held while its process lives, freed by the kernel.
 
@@ -29,7 +36,7 @@ class _SessionLocks:
     """
 
     def __init__(self, db_path: Path) -> None:
-        self.folder = db_path.with_name(db_path.name + ".running")
+        self.folder = running_locks_folder(db_path)
         self._held: dict[str, int] = {}
         self._noted: set[str] = set()  # lock files that carry a note: kept on release
 
