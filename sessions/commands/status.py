@@ -152,13 +152,20 @@ def _status_reads(
 ) -> tuple[list[SessionSummary], dict[tuple[date, int], float], dict[str, SetBack]]:
     """What ``status`` reads: recent summaries (every kind) and the per-slot minutes of the
     kinds that count, never an envelope, both without the sessions recorded with the clock set
-    back (credited to no day), and those."""
-    recent, minutes = _status_of_log(log, protocol, now, demo)
+    back (credited to no day), and those.
+
+    The summaries are read once: the recent ones alone, or, when sessions were set back (they
+    may be older than the recent ones), the study's, which hold the recent ones too."""
     set_back = log.set_back(protocol.patient_id, now, quick=True)
     if not set_back:
+        recent, minutes = _status_of_log(log, protocol, now, demo)
         return recent, minutes, {}
+    study = log.summaries(protocol.patient_id)
+    since = history_start(protocol, now)
+    recent = [s for s in study if s.local_date >= since]  # as summaries(since=...) lists them
     counted = counted_kinds(demo)
-    for s in log.summaries(protocol.patient_id):
+    minutes = log.slot_minutes(protocol.patient_id, kinds=counted)
+    for s in study:
         if s.session_id in set_back and session_kind(s) in counted:
             key = (s.local_date, s.slot)
             minutes[key] = minutes.get(key, 0.0) - s.minutes_at_dose
