@@ -1,7 +1,7 @@
 """Checkpoints store only what is new; the finished record is the same bytes as before.
 
 A checkpoint of a running session appends the envelope points added since the one before it
-(sessions/log/storage.py, table ``envelope_chunks``), so its work and the bytes it writes do
+(sessions/log/store_write.py, table ``envelope_chunks``), so its work and the bytes it writes do
 not grow with the session. The finished or recovered record is assembled once, and its
 canonical bytes and hash are exactly those the log wrote when every checkpoint rewrote the
 whole envelope (golden values below, taken from that code, commit 7d8f794).
