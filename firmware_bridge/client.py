@@ -133,9 +133,10 @@ _SET_DRIVE_TYPE = SetDrive.TYPE
 # one rounding of ``2.0 * np.pi * phase``.
 RAD_PER_PHASE_UNIT = 2.0 * np.pi / PHASE_TURN
 # The counters a wait that gives up compares with their values when it began (LinkActivity):
-# bytes received, frames, CRC, COBS, short and overrun frames, protocol errors. A plain tuple,
-# made without a call: a read_block that waits takes one.
-_Counts = tuple[int, int, int, int, int, int, int]
+# bytes received, frames, CRC, COBS, short and overrun frames, protocol errors, SAMPLES refused
+# for their index. A plain tuple, made without a call: a read_block that waits takes one.
+_Counts = tuple[int, int, int, int, int, int, int, int]
+_BAD_INDEX_AT = 7  # the refused SAMPLES' place in it
 
 
 def _first_index_error(first_index: int, n: int) -> ProtocolError:
@@ -437,6 +438,8 @@ class DeviceClient:
         self.sample_frames_seen = 0  # SAMPLES frames, counted from the very first byte
         self.frames_sent = 0
         self.protocol_errors = 0
+        # Of those, SAMPLES refused for their sample index alone (past the host's range)
+        self.bad_index_frames = 0
         # What arrived during the last wait for samples that gave up (see no_samples_error)
         self._last_give_up: LinkActivity | None = None
 
@@ -851,7 +854,9 @@ class DeviceClient:
     # ---- stream ----------------------------------------------------------------------
 
     def read_block(self, timeout_s: float = 1.0) -> SampleBlock | None:
-        """Next sample block, or None if none arrived within ``timeout_s``.
+        """Next sample block, or None if none arrived within ``timeout_s`` (of the wall clock,
+        or of the device's clock as counted by the SAMPLES refused for their index, whichever
+        ends first: :meth:`_refused_for`).
 
         Raises DeviceFaultError, CommandRefusedError or DeviceResetError when the device
         reports one; sends a heartbeat whenever the host has been quiet for HEARTBEAT_S.
@@ -867,6 +872,8 @@ class DeviceClient:
                 # (stopped, swapped out) still counts, and may hold the device's own fault
                 # report.
                 self._pump()
+                if mark is not None and self.bad_index_frames != mark[_BAD_INDEX_AT]:
+                    expired = expired or self._refused_for(mark, timeout_s)
                 if expired and not self._blocks:
                     self._raise_events()
                     self._give_up(mark, deadline - timeout_s)
@@ -878,6 +885,7 @@ class DeviceClient:
                     mark = (
                         stats.bytes_received, stats.frames, stats.crc_errors, stats.cobs_errors,
                         stats.short_frames, stats.overruns, self.protocol_errors,
+                        self.bad_index_frames,
                     )  # fmt: skip
         if self._faults or self._refusals:
             self._raise_events()
@@ -896,7 +904,7 @@ class DeviceClient:
 
     def read_blocks(self, max_blocks: int, timeout_s: float = 1.0) -> SampleBatch | None:
         """The next 1..``max_blocks`` sample blocks as one :class:`SampleBatch`, or None if none
-        arrived within ``timeout_s``.
+        arrived within ``timeout_s`` (as :meth:`read_block` counts it).
 
         For a host that sends nothing while it streams but heartbeats: many blocks per call,
         decoded from one buffer in bulk (``sim://?speed=max`` simulates them in one go). A batch
@@ -915,6 +923,8 @@ class DeviceClient:
             self._raise_events()
             expired = time.monotonic() > deadline
             self._pump_batch(max_blocks)
+            if mark is not None and self.bad_index_frames != mark[_BAD_INDEX_AT]:
+                expired = expired or self._refused_for(mark, timeout_s)
             if expired and not self._available():
                 self._raise_events()
                 self._give_up(mark, deadline - timeout_s)
@@ -1030,13 +1040,22 @@ class DeviceClient:
         stats = self._decoder.stats
         return (
             stats.bytes_received, stats.frames, stats.crc_errors, stats.cobs_errors,
-            stats.short_frames, stats.overruns, self.protocol_errors,
+            stats.short_frames, stats.overruns, self.protocol_errors, self.bad_index_frames,
         )  # fmt: skip
+
+    def _refused_for(self, mark: _Counts, timeout_s: float) -> bool:
+        """True once the device has sent ``timeout_s`` of its clock in SAMPLES frames refused
+        for their index since the counters were ``mark``: a wait for samples gives up on the
+        device's clock as well as the wall clock (as :class:`_Deadline` does). At
+        ``sim://?speed=max`` a plate runs faster than the wall clock; without this its
+        watchdog, fed by nothing while the host waits, fired before the host gave up."""
+        refused = self.bad_index_frames - mark[_BAD_INDEX_AT]
+        return refused >= max(1, round(timeout_s * _frames_per_s(self._info)))
 
     def _activity_since(self, mark: _Counts, started: float) -> LinkActivity:
         """What arrived since the counters were ``mark``, in a wait that began at ``started``
         (time.monotonic)."""
-        bytes_received, frames, crc, cobs, short, overruns, errors = (
+        bytes_received, frames, crc, cobs, short, overruns, errors, bad_index = (
             b - a for a, b in zip(mark, self._counts(), strict=True)
         )
         return LinkActivity(
@@ -1045,6 +1064,7 @@ class DeviceClient:
             frames=frames,
             damaged_frames=crc + cobs + short + overruns,  # as LinkStats.damaged_frames
             malformed_frames=errors,
+            bad_index_frames=bad_index,
         )
 
     def _give_up(self, mark: _Counts | None, started: float) -> None:
@@ -1301,7 +1321,7 @@ class DeviceClient:
             if good:
                 self._on_samples_run(good, n)
                 good = []
-            self._drop_malformed(_first_index_error(first, n))
+            self._refuse_index(first, n)
         if good:
             self._on_samples_run(good, n)
 
@@ -1319,6 +1339,13 @@ class DeviceClient:
         """A well-framed message with a malformed payload: counted and logged, not raised."""
         self.protocol_errors += 1
         log.warning("dropped a malformed frame: %s", exc)
+
+    def _refuse_index(self, first_index: int, n: int) -> None:
+        """A SAMPLES frame of ``n`` samples whose indices run past the host's range: dropped
+        as malformed, and counted as such (``bad_index_frames``) so that a wait that gives
+        up can name it."""
+        self.bad_index_frames += 1
+        self._drop_malformed(_first_index_error(first_index, n))
 
     def _dispatch(self, message: Message, expect_hello: bool) -> None:
         match message:
@@ -1374,7 +1401,7 @@ class DeviceClient:
     def _on_samples(self, samples: Samples) -> None:
         n = samples.counts.size
         if samples.first_index > SAMPLE_INDEX_MAX - n:
-            self._drop_malformed(_first_index_error(samples.first_index, n))
+            self._refuse_index(samples.first_index, n)
             return
         self.sample_frames_seen += 1
         if self._info is None:
@@ -1479,6 +1506,13 @@ class DeviceClient:
         self._raise_refusal()
 
 
+def _frames_per_s(info: DeviceInfo | None) -> float:
+    """SAMPLES frames the device sends per second (NOMINAL_FRAMES_PER_S before the hello)."""
+    if info is None:
+        return NOMINAL_FRAMES_PER_S
+    return info.sample_rate_hz / info.block_samples
+
+
 class _Deadline:
     """A timeout that ends by the wall clock or by the device's own clock, whichever is first.
 
@@ -1489,13 +1523,8 @@ class _Deadline:
     def __init__(self, client: DeviceClient, timeout_s: float) -> None:
         self._client = client
         self._wall_end = time.monotonic() + timeout_s
-        self._frames_end = client.sample_frames_seen + max(1, round(timeout_s * self._rate()))
-
-    def _rate(self) -> float:
-        info = self._client._info
-        if info is None:
-            return NOMINAL_FRAMES_PER_S
-        return info.sample_rate_hz / info.block_samples
+        rate = _frames_per_s(client._info)
+        self._frames_end = client.sample_frames_seen + max(1, round(timeout_s * rate))
 
     def expired(self) -> bool:
         return (

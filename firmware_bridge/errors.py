@@ -42,7 +42,9 @@ class LinkActivity:
     Counted as the difference of the client's counters at the start and end of the wait:
     ``frames`` passed COBS, length and CRC; ``damaged_frames`` did not (LinkStats);
     ``malformed_frames`` were well framed but their payload broke docs/protocol.md (dropped as
-    a ProtocolError, ``DeviceClient.protocol_errors``).
+    a ProtocolError, ``DeviceClient.protocol_errors``); ``bad_index_frames`` are those of them
+    that were SAMPLES refused for their sample index alone, past the host's range
+    (docs/protocol.md 9.5, ``DeviceClient.bad_index_frames``).
     """
 
     seconds: float
@@ -50,6 +52,15 @@ class LinkActivity:
     frames: int
     damaged_frames: int
     malformed_frames: int
+    bad_index_frames: int = 0
+
+    @property
+    def bad_indices(self) -> bool:
+        """Most frames that could not be used were SAMPLES whose sample index runs past the
+        host's range: a well-framed stream whose clock cannot be counted (the device's
+        firmware), not a noisy line."""
+        other = self.damaged_frames + self.malformed_frames - self.bad_index_frames
+        return self.bad_index_frames > other
 
     @property
     def silent(self) -> bool:
@@ -79,6 +90,11 @@ class LinkActivity:
         counts = (
             f"{self.damaged_frames:,} damaged, {self.malformed_frames:,} well framed but malformed"
         )
+        if self.bad_index_frames:
+            counts += (
+                f", of which {self.bad_index_frames:,} SAMPLES with a sample index past the "
+                "host's range"
+            )
         if self.silent:
             return f"nothing arrived in {self.seconds:.1f} s"
         arrived = f"{self.bytes_received:,} bytes arrived in {self.seconds:.1f} s"
@@ -94,6 +110,7 @@ class LinkActivity:
             "frames": float(self.frames),
             "damaged_frames": float(self.damaged_frames),
             "malformed_frames": float(self.malformed_frames),
+            "bad_index_frames": float(self.bad_index_frames),
         }
 
 
@@ -140,11 +157,23 @@ class LinkUnreadableError(LinkLostError):
         BridgeError.__init__(
             self,
             f"no usable samples from the device for {timeout_s:g} s although it kept sending: "
-            f"{activity.describe()}; check the cable and its connectors, electrical noise "
-            f"near it, and the baud rate ({baud_rate:,} baud, docs/protocol.md 1)",
+            f"{activity.describe()}; {_unreadable_advice(activity, baud_rate)}",
         )
         self.timeout_s = timeout_s
         self.activity = activity
+
+
+def _unreadable_advice(activity: LinkActivity, baud_rate: int) -> str:
+    """What to check when the device kept sending what could not be used."""
+    if activity.bad_indices:
+        return (
+            "its SAMPLES frames arrive intact but their sample index cannot be counted "
+            "(docs/protocol.md 9.5): check the plate's firmware"
+        )
+    return (
+        "check the cable and its connectors, electrical noise near it, and the baud rate "
+        f"({baud_rate:,} baud, docs/protocol.md 1)"
+    )
 
 
 class DeviceResetError(BridgeError):
