@@ -40,6 +40,7 @@ from firmware_bridge.errors import (
     BridgeError,
     CommandRefusedError,
     CommandTimeoutError,
+    CommandUnreadableError,
     DeviceFaultError,
     DeviceResetError,
     HandshakeBacklogError,
@@ -808,6 +809,7 @@ class DeviceClient:
         """Send ``message`` until a ``kind`` answer comes (at most ``attempts`` times)."""
         name = type(message).__name__
         answers = self._answers[kind]
+        mark, started = self._counts(), time.monotonic()
         for attempt in range(max(1, attempts)):
             answers.clear()
             seq = self._send(message)
@@ -823,7 +825,7 @@ class DeviceClient:
             if answers:
                 return answers.popleft()
             log.warning("no answer to %s (attempt %d of %d)", name, attempt + 1, attempts)
-        raise CommandTimeoutError(name, timeout_s)
+        raise self._answer_timeout(name, timeout_s, mark, started)
 
     def command(self, message: Message, wait: bool = True) -> None:
         """Send a command; with ``wait`` block until its ACK (or raise on NAK or timeout).
@@ -843,11 +845,12 @@ class DeviceClient:
         if not wait:
             return
         clock = _Deadline(self, COMMAND_TIMEOUT_S)
+        mark, started = self._counts(), time.monotonic()
         while seq in self._pending:
             self._raise_refusal()
             if clock.expired():
                 self._pending.pop(seq, None)
-                raise CommandTimeoutError(name, COMMAND_TIMEOUT_S)
+                raise self._answer_timeout(name, COMMAND_TIMEOUT_S, mark, started)
             self._pump()
         self._raise_refusal()
 
@@ -1450,11 +1453,24 @@ class DeviceClient:
     def _await_answer(self, kind: type[Message], name: str, timeout_s: float) -> Message:
         clock = _Deadline(self, timeout_s)
         answers = self._answers[kind]
+        mark, started = self._counts(), time.monotonic()
         while not answers:
             if clock.expired():
-                raise CommandTimeoutError(name, timeout_s)
+                raise self._answer_timeout(name, timeout_s, mark, started)
             self._pump()
         return answers.popleft()
+
+    def _answer_timeout(
+        self, name: str, timeout_s: float, mark: _Counts, started: float
+    ) -> CommandTimeoutError:
+        """The error for a command ``name`` whose answer did not come: CommandUnreadableError
+        when the device kept sending what could not be used (LinkActivity.unreadable, counted
+        since ``mark``), else CommandTimeoutError (silence, or a device that does not answer)."""
+        activity = self._activity_since(mark, started)
+        if activity.unreadable:
+            log.error("no answer to %s from %s: %s", name, self.url, activity.describe())
+            return CommandUnreadableError(name, timeout_s, activity, BAUD_RATE)
+        return CommandTimeoutError(name, timeout_s)
 
     def _raise_refusal(self) -> None:
         if not self._refusals:

@@ -17,13 +17,15 @@
         ├── InvalidDeviceInfoError    the device's HELLO holds a value outside its allowed range
         ├── ProtocolError         a well-framed message with a malformed payload
         ├── CommandTimeoutError   no ACK or NAK for a command in time
+        │   └── CommandUnreadableError  no answer, but the device kept sending (noise)
         ├── CommandRefusedError   the device NAKed a command (carries the reason code)
         └── DeviceFaultError      the device reported a fault (carries the fault code)
 
 Framing damage (bad CRC, bad COBS, overruns) is never raised: the decoder counts it and
 resynchronises, because a noisy line is an expected condition, not an exception. Only when a
-wait for the hello or for samples gives up does what arrived meanwhile (:class:`LinkActivity`)
-decide which error it is: a silent device, or one that talks but cannot be read.
+wait for the hello, for samples or for a command's answer gives up does what arrived meanwhile
+(:class:`LinkActivity`) decide which error it is: a silent device, or one that talks but cannot
+be read.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ TALKING_MIN_BYTES = 253
 
 @dataclass(frozen=True)
 class LinkActivity:
-    """What arrived from the device during a wait that gave up (the hello, or samples).
+    """What arrived from the device during a wait that gave up (the hello, samples, or a
+    command's answer).
 
     Counted as the difference of the client's counters at the start and end of the wait:
     ``frames`` passed COBS, length and CRC; ``damaged_frames`` did not (LinkStats);
@@ -276,6 +279,25 @@ class CommandTimeoutError(BridgeError):
         self.command = command
         self.timeout_s = timeout_s
         super().__init__(f"device did not answer {command} within {timeout_s:g} s")
+
+
+class CommandUnreadableError(CommandTimeoutError):
+    """No answer to a command within the timeout, but the device kept sending what the host
+    could not use (``activity``, LinkActivity.unreadable): a degraded link, not a silent
+    device. A CommandTimeoutError, so that code which gives up on a missing answer still
+    does."""
+
+    def __init__(
+        self, command: str, timeout_s: float, activity: LinkActivity, baud_rate: int
+    ) -> None:
+        BridgeError.__init__(
+            self,
+            f"device did not answer {command} within {timeout_s:g} s; the link is "
+            f"unreadable: {activity.describe()}; {_unreadable_advice(activity, baud_rate)}",
+        )
+        self.command = command
+        self.timeout_s = timeout_s
+        self.activity = activity
 
 
 class CommandRefusedError(BridgeError):
