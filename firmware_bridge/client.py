@@ -52,6 +52,7 @@ from firmware_bridge.errors import (
     LinkLostError,
     LinkUnreadableError,
     ProtocolError,
+    SampleIndexError,
 )
 from firmware_bridge.protocol import (
     PHASE_TURN,
@@ -441,6 +442,10 @@ class DeviceClient:
         self.protocol_errors = 0
         # Of those, SAMPLES refused for their sample index alone (past the host's range)
         self.bad_index_frames = 0
+        # Blocks queued that start before the previous one ended (the clock went back or
+        # repeated without a reset), and the last such (expected index, first_index)
+        self.index_setbacks = 0
+        self._last_setback = (0, 0)
         # What arrived during the last wait for samples that gave up (see no_samples_error)
         self._last_give_up: LinkActivity | None = None
 
@@ -1005,14 +1010,17 @@ class DeviceClient:
         """The blocks covering the next ``seconds`` of the device's sample clock.
 
         Raises LinkLostError if no samples come for ``timeout_s``: LinkUnreadableError when the
-        device kept sending what the host could not use (:meth:`no_samples_error`).
+        device kept sending what the host could not use (:meth:`no_samples_error`);
+        SampleIndexError when a block goes back or repeats on the device's clock.
         """
         end = self.sample_index + round(seconds * self.info.sample_rate_hz)
         blocks = []
+        setbacks = self.index_setbacks
         while self.sample_index < end:
             block = self.read_block(timeout_s)
             if block is None:
                 raise self.no_samples_error(timeout_s)
+            self.check_clock(setbacks)
             blocks.append(block)
         return blocks
 
@@ -1291,6 +1299,10 @@ class DeviceClient:
             missing = np.maximum(first - before, 0)
             # summed as Python integers: several jumps to the top may exceed int64
             self.samples_missing += sum(missing.tolist())
+            back = np.flatnonzero(first < before)
+            if back.size:
+                self.index_setbacks += int(back.size) - 1  # _set_back counts the last
+                self._set_back(int(before[back[-1]]), int(first[back[-1]]))
         self._expected_index = self._device_index = end
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = start
@@ -1342,6 +1354,18 @@ class DeviceClient:
         """A well-framed message with a malformed payload: counted and logged, not raised."""
         self.protocol_errors += 1
         log.warning("dropped a malformed frame: %s", exc)
+
+    def _set_back(self, expected: int, first_index: int) -> None:
+        """A block queued at ``first_index``, before ``expected`` where the previous ended."""
+        self.index_setbacks += 1
+        self._last_setback = (expected, first_index)
+
+    def check_clock(self, setbacks: int) -> None:
+        """Raise SampleIndexError if a block queued since :attr:`index_setbacks` was
+        ``setbacks`` went back or repeated on the device's clock: a reader that waits for the
+        clock to reach an index would wait for ever (and send no heartbeat meanwhile)."""
+        if self.index_setbacks != setbacks:
+            raise SampleIndexError(*self._last_setback)
 
     def _refuse_index(self, first_index: int, n: int) -> None:
         """A SAMPLES frame of ``n`` samples whose indices run past the host's range: dropped
@@ -1428,9 +1452,12 @@ class DeviceClient:
         """Queue one SAMPLES block (its wire fields; after the hello only)."""
         missing = 0
         expected = self._expected_index
-        if expected is not None and first_index > expected:
-            missing = first_index - expected
-            self.samples_missing += missing
+        if expected is not None and first_index != expected:  # one compare in the usual case
+            if first_index > expected:
+                missing = first_index - expected
+                self.samples_missing += missing
+            else:
+                self._set_back(expected, first_index)
         self._expected_index = self._device_index = first_index + counts.size
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = first_index

@@ -16,6 +16,7 @@
         ├── IncompatibleVersionError  device speaks another protocol major version
         ├── InvalidDeviceInfoError    the device's HELLO holds a value outside its allowed range
         ├── ProtocolError         a well-framed message with a malformed payload
+        │   └── SampleIndexError  SAMPLES whose index went back or repeated without a reset
         ├── CommandTimeoutError   no ACK or NAK for a command in time
         │   └── CommandUnreadableError  no answer, but the device kept sending (noise)
         ├── CommandRefusedError   the device NAKed a command (carries the reason code)
@@ -272,6 +273,20 @@ class InvalidDeviceInfoError(BridgeError):
 
 class ProtocolError(BridgeError):
     """A frame passed its CRC but its content does not follow docs/protocol.md."""
+
+
+class SampleIndexError(ProtocolError):
+    """A SAMPLES block started at or before an index already seen, without the device's
+    restart (docs/protocol.md 9.5): its samples cannot be put on the device's clock."""
+
+    def __init__(self, expected_index: int, first_index: int) -> None:
+        self.expected_index = expected_index
+        self.first_index = first_index
+        super().__init__(
+            f"the device's sample index went back from {expected_index} to {first_index} "
+            "without a restart (docs/protocol.md 9.5): its samples cannot be timed; check the "
+            "plate's firmware"
+        )
 
 
 class CommandTimeoutError(BridgeError):

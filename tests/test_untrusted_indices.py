@@ -5,7 +5,9 @@ Every device message is untrusted input. A device that keeps sending well-framed
 ahead gives the host no usable sample; the stop must name that, never blame a silent link or
 the host's own quiet (the plate's watchdog). Indices past the range are dropped as malformed:
 the loop trips ``link_degraded`` with counts that name them (docs/safety.md 2.3.1); an index
-that goes back or jumps ahead trips ``sample_index_jump`` on that block (section 2.4).
+that goes back or jumps ahead trips ``sample_index_jump`` on that block (section 2.4). A
+reader that waits for the clock to reach an index (``read_for``: the sensor check before every
+session; the open loop) refuses an index that goes back with ``SampleIndexError``.
 
 The plates are those of tests/test_unreadable_link.py (its :class:`TamperedPort`, ``expose``,
 ``connect``), with every SAMPLES frame's index rewritten from a plant time on and every other
@@ -20,9 +22,10 @@ import pytest
 from cobs import cobs
 
 from controller.calibration import Calibration
+from controller.openloop import drive_open_loop
 from controller.safety import TripReason
 from firmware_bridge.codec import encode_frame
-from firmware_bridge.errors import LinkUnreadableError
+from firmware_bridge.errors import LinkUnreadableError, ProtocolError, SampleIndexError
 from firmware_bridge.protocol import Samples
 from tests import test_unreadable_link as unreadable
 from tests.test_unreadable_link import (
@@ -134,3 +137,29 @@ def test_read_for_names_indices_past_the_range_and_does_not_blame_the_cable() ->
     assert "SAMPLES with a sample index past the host's range" in text
     assert "check the plate's firmware" in text
     assert "baud" not in text
+
+
+@pytest.mark.timeout(20)
+def test_read_for_refuses_a_clock_that_goes_back_instead_of_waiting_for_ever() -> None:
+    """``read_for`` reads until the clock reaches its end, which a repeated index never does.
+    Before: it waited for ever, sending no heartbeat and raising nothing (the sensor check
+    before every session reads this way, output off: a session start hung)."""
+    port = IndexPort("sim://?mass=70&seed=3&speed=max", "back", from_s=0.3)
+    with connect(port) as device, pytest.raises(SampleIndexError) as caught:
+        device.read_for(2.0, timeout_s=0.3)
+    exc = caught.value
+    assert isinstance(exc, ProtocolError)
+    assert exc.first_index == 1000 < exc.expected_index
+    assert str(exc) == (
+        f"the device's sample index went back from {exc.expected_index} to 1000 without a "
+        "restart (docs/protocol.md 9.5): its samples cannot be timed; check the plate's firmware"
+    )
+
+
+def test_the_open_loop_stops_on_a_clock_that_goes_back() -> None:
+    """``liv device drive`` at its hold (``_read_into``). Before: it read on, its heartbeat
+    timed on the index never came due, and the plate's watchdog stopped it: DeviceFaultError
+    "no valid host frame within the watchdog time", blaming the host."""
+    port = IndexPort("sim://?mass=70&seed=3&speed=max", "back", from_s=1.0)
+    with connect(port) as device, pytest.raises(SampleIndexError):
+        drive_open_loop(device, 45.0, 0.1, 2.0, ramp_up_s=0.5, ramp_down_s=0.5)
