@@ -442,6 +442,7 @@ class DeviceClient:
         self.protocol_errors = 0
         # Of those, SAMPLES refused for their sample index alone (past the host's range)
         self.bad_index_frames = 0
+        self._refused_at_tx = 0  # bad_index_frames at the last heartbeat sent on their clock
         # Blocks queued that start before the previous one ended (the clock went back or
         # repeated without a reset), and the last such (expected index, first_index)
         self.index_setbacks = 0
@@ -864,7 +865,7 @@ class DeviceClient:
     def read_block(self, timeout_s: float = 1.0) -> SampleBlock | None:
         """Next sample block, or None if none arrived within ``timeout_s`` (of the wall clock,
         or of the device's clock as counted by the SAMPLES refused for their index, whichever
-        ends first: :meth:`_refused_for`).
+        ends first: :meth:`_on_refused_wait`).
 
         Raises DeviceFaultError, CommandRefusedError or DeviceResetError when the device
         reports one; sends a heartbeat whenever the host has been quiet for HEARTBEAT_S.
@@ -881,7 +882,7 @@ class DeviceClient:
                 # report.
                 self._pump()
                 if mark is not None and self.bad_index_frames != mark[_BAD_INDEX_AT]:
-                    expired = expired or self._refused_for(mark, timeout_s)
+                    expired = expired or self._on_refused_wait(mark, timeout_s)
                 if expired and not self._blocks:
                     self._raise_events()
                     self._give_up(mark, deadline - timeout_s)
@@ -932,7 +933,7 @@ class DeviceClient:
             expired = time.monotonic() > deadline
             self._pump_batch(max_blocks)
             if mark is not None and self.bad_index_frames != mark[_BAD_INDEX_AT]:
-                expired = expired or self._refused_for(mark, timeout_s)
+                expired = expired or self._on_refused_wait(mark, timeout_s)
             if expired and not self._available():
                 self._raise_events()
                 self._give_up(mark, deadline - timeout_s)
@@ -1054,14 +1055,28 @@ class DeviceClient:
             stats.short_frames, stats.overruns, self.protocol_errors, self.bad_index_frames,
         )  # fmt: skip
 
-    def _refused_for(self, mark: _Counts, timeout_s: float) -> bool:
-        """True once the device has sent ``timeout_s`` of its clock in SAMPLES frames refused
-        for their index since the counters were ``mark``: a wait for samples gives up on the
+    def _on_refused_wait(self, mark: _Counts, timeout_s: float) -> bool:
+        """A wait for samples whose read brought SAMPLES refused for their index: True once the
+        device has sent ``timeout_s`` of its clock in them since the counters were ``mark``
+        (one block a frame), and a heartbeat when due on that clock. A wait gives up on the
         device's clock as well as the wall clock (as :class:`_Deadline` does). At
         ``sim://?speed=max`` a plate runs faster than the wall clock; without this its
-        watchdog, fed by nothing while the host waits, fired before the host gave up."""
+        watchdog fired before the host gave up.
+
+        The heartbeat goes out whenever the host has been quiet for HEARTBEAT_S of that clock
+        (docs/protocol.md 11): a wait longer than the plate's watchdog (the open loop's 1 s, a
+        calibration's) ends with the host's own error, not with the plate's HOST_WATCHDOG
+        fault blaming a host that was waiting."""
         refused = self.bad_index_frames - mark[_BAD_INDEX_AT]
-        return refused >= max(1, round(timeout_s * _frames_per_s(self._info)))
+        info = self._info
+        rate = _frames_per_s(info)
+        if info is not None:
+            since = self.bad_index_frames - max(mark[_BAD_INDEX_AT], self._refused_at_tx)
+            quiet = (self._device_index - self._last_tx_index) / info.sample_rate_hz
+            if quiet + since / rate >= HEARTBEAT_S:
+                self.heartbeat()
+                self._refused_at_tx = self.bad_index_frames
+        return refused >= max(1, round(timeout_s * rate))
 
     def _activity_since(self, mark: _Counts, started: float) -> LinkActivity:
         """What arrived since the counters were ``mark``, in a wait that began at ``started``

@@ -163,3 +163,19 @@ def test_the_open_loop_stops_on_a_clock_that_goes_back() -> None:
     port = IndexPort("sim://?mass=70&seed=3&speed=max", "back", from_s=1.0)
     with connect(port) as device, pytest.raises(SampleIndexError):
         drive_open_loop(device, 45.0, 0.1, 2.0, ramp_up_s=0.5, ramp_down_s=0.5)
+
+
+def test_the_open_loop_names_indices_past_the_range_not_the_plates_watchdog() -> None:
+    """``liv device drive`` at its hold (reads wait 1 s, the plate's watchdog 0.5 s) on a plate
+    whose SAMPLES all run past the range, its FAULT frames intact. The host heartbeats on the
+    refused frames' clock while it waits (docs/protocol.md 11), so the stop is its own error
+    naming them. Before: the plate's watchdog fired first, DeviceFaultError "no valid host
+    frame within the watchdog time", blaming a host that was waiting."""
+    port = IndexPort("sim://?mass=70&seed=3&speed=max", "past", from_s=1.0)
+    with connect(port) as device, pytest.raises(LinkUnreadableError) as caught:
+        drive_open_loop(device, 45.0, 0.1, 2.0, ramp_up_s=0.5, ramp_down_s=0.5)
+    exc = caught.value
+    assert str(exc).startswith("no usable samples from the device for 1 s although it kept ")
+    assert "check the plate's firmware" in str(exc)
+    # the whole second of the plate's clock, one SAMPLES frame a block (1600 Hz / 32)
+    assert exc.activity.bad_index_frames >= 50
