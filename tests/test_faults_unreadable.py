@@ -19,16 +19,24 @@ from collections.abc import Iterator
 
 import pytest
 
+from controller.calibration import Calibration
 from controller.faults import (
     bring_plate_to_rest,
     clear_latched_fault,
     stop_plate_left_running,
 )
+from controller.loop import ExposureSettings, run_exposure
+from controller.safety import TripReason
+from controller.schedule import FrequencySchedule
 from firmware_bridge.client import DeviceClient
 from firmware_bridge.errors import CommandTimeoutError, CommandUnreadableError
 from firmware_bridge.protocol import DeviceState, FaultCode, Status
 from firmware_bridge.transport import BAUD_RATE
-from tests.test_unreadable_link import TamperedPort, connect
+from tests.test_unreadable_link import (
+    TamperedPort,
+    calibration,  # noqa: F401 (a fixture)
+    connect,
+)
 
 MOVING_Q16 = 0x2000  # a drive of 1/8 of full scale
 
@@ -110,3 +118,28 @@ def test_stopping_a_plate_left_running_says_unreadable(garbage: Spoiled) -> None
     with pytest.raises(CommandTimeoutError) as caught:
         stop_plate_left_running(garbage.device, status=found, sleep=lambda _: None)
     assert_unreadable(caught.value, "SetDrive")
+
+
+def test_identity_on_damaged_frames_says_unreadable(garbage: Spoiled) -> None:
+    """The requests that are asked again (IDENTITY, COUNTERSIGN: ``DeviceClient._request``)."""
+    with pytest.raises(CommandTimeoutError) as caught:
+        garbage.device.identity(attempts=1)
+    assert_unreadable(caught.value, "IdentityRequest")
+
+
+def test_the_loop_records_an_unanswered_command_on_an_unreadable_link_as_degraded(
+    garbage: Spoiled,
+    calibration: Calibration,  # noqa: F811
+) -> None:
+    """The link turns to noise before the exposure's first command: SET_FREQUENCY gets no
+    ACK that can be read. The trip is ``link_degraded`` naming the link, not the ``link_lost``
+    of a reason the loop does not know (controller/loop.py looks the error's type up)."""
+    settings = ExposureSettings(
+        target_g=0.3, hold_s=1.0, schedule=FrequencySchedule.fixed(45.0), ramp_up_s=0.5
+    )
+    result = run_exposure(garbage.device, calibration, settings)
+    assert result.trip is not None
+    assert result.trip.reason is TripReason.LINK_DEGRADED
+    assert result.trip.detail.startswith(
+        "device did not answer SetFrequency within 1 s; the link is unreadable: "
+    )
