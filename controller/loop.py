@@ -44,6 +44,7 @@ from firmware_bridge.errors import (
     BridgeError,
     CommandRefusedError,
     CommandTimeoutError,
+    CommandUnreadableError,
     DeviceFaultError,
     DeviceResetError,
     LinkLostError,
@@ -528,6 +529,7 @@ _EXCEPTION_REASONS: dict[type[BridgeError], TripReason] = {
     LinkUnreadableError: TripReason.LINK_DEGRADED,  # no samples, but the device kept sending
     CommandRefusedError: TripReason.DEVICE_REFUSED,
     CommandTimeoutError: TripReason.LINK_DEGRADED,
+    CommandUnreadableError: TripReason.LINK_DEGRADED,  # no answer, but the device kept sending
 }
 
 

@@ -119,6 +119,7 @@ def _read_into(
     """Stream the next ``seconds`` of the device's sample clock into ``steady``."""
     n = device.info.block_samples
     end = device.sample_index + round(seconds * device.info.sample_rate_hz)
+    setbacks = device.index_setbacks
     while device.sample_index < end:
         # Never past ``end`` by more than read_block would have gone (one block's overshoot).
         wanted = max(1, min(READ_BLOCKS, -(-(end - device.sample_index) // n)))
@@ -126,6 +127,7 @@ def _read_into(
         if batch is None:
             # LinkLostError, or LinkUnreadableError if the device kept sending unusable frames
             raise device.no_samples_error(timeout_s)
+        device.check_clock(setbacks)  # SampleIndexError: an index went back or repeated
         steady.push_batch(batch)
 
 

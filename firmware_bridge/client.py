@@ -40,6 +40,7 @@ from firmware_bridge.errors import (
     BridgeError,
     CommandRefusedError,
     CommandTimeoutError,
+    CommandUnreadableError,
     DeviceFaultError,
     DeviceResetError,
     HandshakeBacklogError,
@@ -51,6 +52,7 @@ from firmware_bridge.errors import (
     LinkLostError,
     LinkUnreadableError,
     ProtocolError,
+    SampleIndexError,
 )
 from firmware_bridge.protocol import (
     PHASE_TURN,
@@ -133,9 +135,10 @@ _SET_DRIVE_TYPE = SetDrive.TYPE
 # one rounding of ``2.0 * np.pi * phase``.
 RAD_PER_PHASE_UNIT = 2.0 * np.pi / PHASE_TURN
 # The counters a wait that gives up compares with their values when it began (LinkActivity):
-# bytes received, frames, CRC, COBS, short and overrun frames, protocol errors. A plain tuple,
-# made without a call: a read_block that waits takes one.
-_Counts = tuple[int, int, int, int, int, int, int]
+# bytes received, frames, CRC, COBS, short and overrun frames, protocol errors, SAMPLES refused
+# for their index. A plain tuple, made without a call: a read_block that waits takes one.
+_Counts = tuple[int, int, int, int, int, int, int, int]
+_BAD_INDEX_AT = 7  # the refused SAMPLES' place in it
 
 
 def _first_index_error(first_index: int, n: int) -> ProtocolError:
@@ -437,6 +440,13 @@ class DeviceClient:
         self.sample_frames_seen = 0  # SAMPLES frames, counted from the very first byte
         self.frames_sent = 0
         self.protocol_errors = 0
+        # Of those, SAMPLES refused for their sample index alone (past the host's range)
+        self.bad_index_frames = 0
+        self._refused_at_tx = 0  # bad_index_frames at the last heartbeat sent on their clock
+        # Blocks queued that start before the previous one ended (the clock went back or
+        # repeated without a reset), and the last such (expected index, first_index)
+        self.index_setbacks = 0
+        self._last_setback = (0, 0)
         # What arrived during the last wait for samples that gave up (see no_samples_error)
         self._last_give_up: LinkActivity | None = None
 
@@ -805,6 +815,7 @@ class DeviceClient:
         """Send ``message`` until a ``kind`` answer comes (at most ``attempts`` times)."""
         name = type(message).__name__
         answers = self._answers[kind]
+        mark, started = self._counts(), time.monotonic()
         for attempt in range(max(1, attempts)):
             answers.clear()
             seq = self._send(message)
@@ -820,7 +831,7 @@ class DeviceClient:
             if answers:
                 return answers.popleft()
             log.warning("no answer to %s (attempt %d of %d)", name, attempt + 1, attempts)
-        raise CommandTimeoutError(name, timeout_s)
+        raise self._answer_timeout(name, timeout_s, mark, started)
 
     def command(self, message: Message, wait: bool = True) -> None:
         """Send a command; with ``wait`` block until its ACK (or raise on NAK or timeout).
@@ -840,18 +851,21 @@ class DeviceClient:
         if not wait:
             return
         clock = _Deadline(self, COMMAND_TIMEOUT_S)
+        mark, started = self._counts(), time.monotonic()
         while seq in self._pending:
             self._raise_refusal()
             if clock.expired():
                 self._pending.pop(seq, None)
-                raise CommandTimeoutError(name, COMMAND_TIMEOUT_S)
+                raise self._answer_timeout(name, COMMAND_TIMEOUT_S, mark, started)
             self._pump()
         self._raise_refusal()
 
     # ---- stream ----------------------------------------------------------------------
 
     def read_block(self, timeout_s: float = 1.0) -> SampleBlock | None:
-        """Next sample block, or None if none arrived within ``timeout_s``.
+        """Next sample block, or None if none arrived within ``timeout_s`` (of the wall clock,
+        or of the device's clock as counted by the SAMPLES refused for their index, whichever
+        ends first: :meth:`_on_refused_wait`).
 
         Raises DeviceFaultError, CommandRefusedError or DeviceResetError when the device
         reports one; sends a heartbeat whenever the host has been quiet for HEARTBEAT_S.
@@ -867,6 +881,8 @@ class DeviceClient:
                 # (stopped, swapped out) still counts, and may hold the device's own fault
                 # report.
                 self._pump()
+                if mark is not None and self.bad_index_frames != mark[_BAD_INDEX_AT]:
+                    expired = expired or self._on_refused_wait(mark, timeout_s)
                 if expired and not self._blocks:
                     self._raise_events()
                     self._give_up(mark, deadline - timeout_s)
@@ -878,6 +894,7 @@ class DeviceClient:
                     mark = (
                         stats.bytes_received, stats.frames, stats.crc_errors, stats.cobs_errors,
                         stats.short_frames, stats.overruns, self.protocol_errors,
+                        self.bad_index_frames,
                     )  # fmt: skip
         if self._faults or self._refusals:
             self._raise_events()
@@ -896,7 +913,7 @@ class DeviceClient:
 
     def read_blocks(self, max_blocks: int, timeout_s: float = 1.0) -> SampleBatch | None:
         """The next 1..``max_blocks`` sample blocks as one :class:`SampleBatch`, or None if none
-        arrived within ``timeout_s``.
+        arrived within ``timeout_s`` (as :meth:`read_block` counts it).
 
         For a host that sends nothing while it streams but heartbeats: many blocks per call,
         decoded from one buffer in bulk (``sim://?speed=max`` simulates them in one go). A batch
@@ -915,6 +932,8 @@ class DeviceClient:
             self._raise_events()
             expired = time.monotonic() > deadline
             self._pump_batch(max_blocks)
+            if mark is not None and self.bad_index_frames != mark[_BAD_INDEX_AT]:
+                expired = expired or self._on_refused_wait(mark, timeout_s)
             if expired and not self._available():
                 self._raise_events()
                 self._give_up(mark, deadline - timeout_s)
@@ -992,14 +1011,17 @@ class DeviceClient:
         """The blocks covering the next ``seconds`` of the device's sample clock.
 
         Raises LinkLostError if no samples come for ``timeout_s``: LinkUnreadableError when the
-        device kept sending what the host could not use (:meth:`no_samples_error`).
+        device kept sending what the host could not use (:meth:`no_samples_error`);
+        SampleIndexError when a block goes back or repeats on the device's clock.
         """
         end = self.sample_index + round(seconds * self.info.sample_rate_hz)
         blocks = []
+        setbacks = self.index_setbacks
         while self.sample_index < end:
             block = self.read_block(timeout_s)
             if block is None:
                 raise self.no_samples_error(timeout_s)
+            self.check_clock(setbacks)
             blocks.append(block)
         return blocks
 
@@ -1030,13 +1052,36 @@ class DeviceClient:
         stats = self._decoder.stats
         return (
             stats.bytes_received, stats.frames, stats.crc_errors, stats.cobs_errors,
-            stats.short_frames, stats.overruns, self.protocol_errors,
+            stats.short_frames, stats.overruns, self.protocol_errors, self.bad_index_frames,
         )  # fmt: skip
+
+    def _on_refused_wait(self, mark: _Counts, timeout_s: float) -> bool:
+        """A wait for samples whose read brought SAMPLES refused for their index: True once the
+        device has sent ``timeout_s`` of its clock in them since the counters were ``mark``
+        (one block a frame), and a heartbeat when due on that clock. A wait gives up on the
+        device's clock as well as the wall clock (as :class:`_Deadline` does). At
+        ``sim://?speed=max`` a plate runs faster than the wall clock; without this its
+        watchdog fired before the host gave up.
+
+        The heartbeat goes out whenever the host has been quiet for HEARTBEAT_S of that clock
+        (docs/protocol.md 11): a wait longer than the plate's watchdog (the open loop's 1 s, a
+        calibration's) ends with the host's own error, not with the plate's HOST_WATCHDOG
+        fault blaming a host that was waiting."""
+        refused = self.bad_index_frames - mark[_BAD_INDEX_AT]
+        info = self._info
+        rate = _frames_per_s(info)
+        if info is not None:
+            since = self.bad_index_frames - max(mark[_BAD_INDEX_AT], self._refused_at_tx)
+            quiet = (self._device_index - self._last_tx_index) / info.sample_rate_hz
+            if quiet + since / rate >= HEARTBEAT_S:
+                self.heartbeat()
+                self._refused_at_tx = self.bad_index_frames
+        return refused >= max(1, round(timeout_s * rate))
 
     def _activity_since(self, mark: _Counts, started: float) -> LinkActivity:
         """What arrived since the counters were ``mark``, in a wait that began at ``started``
         (time.monotonic)."""
-        bytes_received, frames, crc, cobs, short, overruns, errors = (
+        bytes_received, frames, crc, cobs, short, overruns, errors, bad_index = (
             b - a for a, b in zip(mark, self._counts(), strict=True)
         )
         return LinkActivity(
@@ -1045,6 +1090,7 @@ class DeviceClient:
             frames=frames,
             damaged_frames=crc + cobs + short + overruns,  # as LinkStats.damaged_frames
             malformed_frames=errors,
+            bad_index_frames=bad_index,
         )
 
     def _give_up(self, mark: _Counts | None, started: float) -> None:
@@ -1268,6 +1314,10 @@ class DeviceClient:
             missing = np.maximum(first - before, 0)
             # summed as Python integers: several jumps to the top may exceed int64
             self.samples_missing += sum(missing.tolist())
+            back = np.flatnonzero(first < before)
+            if back.size:
+                self.index_setbacks += int(back.size) - 1  # _set_back counts the last
+                self._set_back(int(before[back[-1]]), int(first[back[-1]]))
         self._expected_index = self._device_index = end
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = start
@@ -1301,7 +1351,7 @@ class DeviceClient:
             if good:
                 self._on_samples_run(good, n)
                 good = []
-            self._drop_malformed(_first_index_error(first, n))
+            self._refuse_index(first, n)
         if good:
             self._on_samples_run(good, n)
 
@@ -1319,6 +1369,25 @@ class DeviceClient:
         """A well-framed message with a malformed payload: counted and logged, not raised."""
         self.protocol_errors += 1
         log.warning("dropped a malformed frame: %s", exc)
+
+    def _set_back(self, expected: int, first_index: int) -> None:
+        """A block queued at ``first_index``, before ``expected`` where the previous ended."""
+        self.index_setbacks += 1
+        self._last_setback = (expected, first_index)
+
+    def check_clock(self, setbacks: int) -> None:
+        """Raise SampleIndexError if a block queued since :attr:`index_setbacks` was
+        ``setbacks`` went back or repeated on the device's clock: a reader that waits for the
+        clock to reach an index would wait for ever (and send no heartbeat meanwhile)."""
+        if self.index_setbacks != setbacks:
+            raise SampleIndexError(*self._last_setback)
+
+    def _refuse_index(self, first_index: int, n: int) -> None:
+        """A SAMPLES frame of ``n`` samples whose indices run past the host's range: dropped
+        as malformed, and counted as such (``bad_index_frames``) so that a wait that gives
+        up can name it."""
+        self.bad_index_frames += 1
+        self._drop_malformed(_first_index_error(first_index, n))
 
     def _dispatch(self, message: Message, expect_hello: bool) -> None:
         match message:
@@ -1374,7 +1443,7 @@ class DeviceClient:
     def _on_samples(self, samples: Samples) -> None:
         n = samples.counts.size
         if samples.first_index > SAMPLE_INDEX_MAX - n:
-            self._drop_malformed(_first_index_error(samples.first_index, n))
+            self._refuse_index(samples.first_index, n)
             return
         self.sample_frames_seen += 1
         if self._info is None:
@@ -1398,9 +1467,12 @@ class DeviceClient:
         """Queue one SAMPLES block (its wire fields; after the hello only)."""
         missing = 0
         expected = self._expected_index
-        if expected is not None and first_index > expected:
-            missing = first_index - expected
-            self.samples_missing += missing
+        if expected is not None and first_index != expected:  # one compare in the usual case
+            if first_index > expected:
+                missing = first_index - expected
+                self.samples_missing += missing
+            else:
+                self._set_back(expected, first_index)
         self._expected_index = self._device_index = first_index + counts.size
         if self._output_acked and self._output_start_index is None:
             self._output_start_index = first_index
@@ -1423,11 +1495,24 @@ class DeviceClient:
     def _await_answer(self, kind: type[Message], name: str, timeout_s: float) -> Message:
         clock = _Deadline(self, timeout_s)
         answers = self._answers[kind]
+        mark, started = self._counts(), time.monotonic()
         while not answers:
             if clock.expired():
-                raise CommandTimeoutError(name, timeout_s)
+                raise self._answer_timeout(name, timeout_s, mark, started)
             self._pump()
         return answers.popleft()
+
+    def _answer_timeout(
+        self, name: str, timeout_s: float, mark: _Counts, started: float
+    ) -> CommandTimeoutError:
+        """The error for a command ``name`` whose answer did not come: CommandUnreadableError
+        when the device kept sending what could not be used (LinkActivity.unreadable, counted
+        since ``mark``), else CommandTimeoutError (silence, or a device that does not answer)."""
+        activity = self._activity_since(mark, started)
+        if activity.unreadable:
+            log.error("no answer to %s from %s: %s", name, self.url, activity.describe())
+            return CommandUnreadableError(name, timeout_s, activity, BAUD_RATE)
+        return CommandTimeoutError(name, timeout_s)
 
     def _raise_refusal(self) -> None:
         if not self._refusals:
@@ -1479,6 +1564,13 @@ class DeviceClient:
         self._raise_refusal()
 
 
+def _frames_per_s(info: DeviceInfo | None) -> float:
+    """SAMPLES frames the device sends per second (NOMINAL_FRAMES_PER_S before the hello)."""
+    if info is None:
+        return NOMINAL_FRAMES_PER_S
+    return info.sample_rate_hz / info.block_samples
+
+
 class _Deadline:
     """A timeout that ends by the wall clock or by the device's own clock, whichever is first.
 
@@ -1489,13 +1581,8 @@ class _Deadline:
     def __init__(self, client: DeviceClient, timeout_s: float) -> None:
         self._client = client
         self._wall_end = time.monotonic() + timeout_s
-        self._frames_end = client.sample_frames_seen + max(1, round(timeout_s * self._rate()))
-
-    def _rate(self) -> float:
-        info = self._client._info
-        if info is None:
-            return NOMINAL_FRAMES_PER_S
-        return info.sample_rate_hz / info.block_samples
+        rate = _frames_per_s(client._info)
+        self._frames_end = client.sample_frames_seen + max(1, round(timeout_s * rate))
 
     def expired(self) -> bool:
         return (

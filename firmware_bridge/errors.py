@@ -16,14 +16,17 @@
         ├── IncompatibleVersionError  device speaks another protocol major version
         ├── InvalidDeviceInfoError    the device's HELLO holds a value outside its allowed range
         ├── ProtocolError         a well-framed message with a malformed payload
+        │   └── SampleIndexError  SAMPLES whose index went back or repeated without a reset
         ├── CommandTimeoutError   no ACK or NAK for a command in time
+        │   └── CommandUnreadableError  no answer, but the device kept sending (noise)
         ├── CommandRefusedError   the device NAKed a command (carries the reason code)
         └── DeviceFaultError      the device reported a fault (carries the fault code)
 
 Framing damage (bad CRC, bad COBS, overruns) is never raised: the decoder counts it and
 resynchronises, because a noisy line is an expected condition, not an exception. Only when a
-wait for the hello or for samples gives up does what arrived meanwhile (:class:`LinkActivity`)
-decide which error it is: a silent device, or one that talks but cannot be read.
+wait for the hello, for samples or for a command's answer gives up does what arrived meanwhile
+(:class:`LinkActivity`) decide which error it is: a silent device, or one that talks but cannot
+be read.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ TALKING_MIN_BYTES = 253
 
 @dataclass(frozen=True)
 class LinkActivity:
-    """What arrived from the device during a wait that gave up (the hello, or samples).
+    """What arrived from the device during a wait that gave up (the hello, samples, or a
+    command's answer).
 
     Counted as the difference of the client's counters at the start and end of the wait:
     ``frames`` passed COBS, length and CRC; ``damaged_frames`` did not (LinkStats);
     ``malformed_frames`` were well framed but their payload broke docs/protocol.md (dropped as
-    a ProtocolError, ``DeviceClient.protocol_errors``).
+    a ProtocolError, ``DeviceClient.protocol_errors``); ``bad_index_frames`` are those of them
+    that were SAMPLES refused for their sample index alone, past the host's range
+    (docs/protocol.md 9.5, ``DeviceClient.bad_index_frames``).
     """
 
     seconds: float
@@ -50,6 +56,15 @@ class LinkActivity:
     frames: int
     damaged_frames: int
     malformed_frames: int
+    bad_index_frames: int = 0
+
+    @property
+    def bad_indices(self) -> bool:
+        """Most frames that could not be used were SAMPLES whose sample index runs past the
+        host's range: a well-framed stream whose clock cannot be counted (the device's
+        firmware), not a noisy line."""
+        other = self.damaged_frames + self.malformed_frames - self.bad_index_frames
+        return self.bad_index_frames > other
 
     @property
     def silent(self) -> bool:
@@ -79,6 +94,11 @@ class LinkActivity:
         counts = (
             f"{self.damaged_frames:,} damaged, {self.malformed_frames:,} well framed but malformed"
         )
+        if self.bad_index_frames:
+            counts += (
+                f", of which {self.bad_index_frames:,} SAMPLES with a sample index past the "
+                "host's range"
+            )
         if self.silent:
             return f"nothing arrived in {self.seconds:.1f} s"
         arrived = f"{self.bytes_received:,} bytes arrived in {self.seconds:.1f} s"
@@ -94,6 +114,7 @@ class LinkActivity:
             "frames": float(self.frames),
             "damaged_frames": float(self.damaged_frames),
             "malformed_frames": float(self.malformed_frames),
+            "bad_index_frames": float(self.bad_index_frames),
         }
 
 
@@ -140,11 +161,23 @@ class LinkUnreadableError(LinkLostError):
         BridgeError.__init__(
             self,
             f"no usable samples from the device for {timeout_s:g} s although it kept sending: "
-            f"{activity.describe()}; check the cable and its connectors, electrical noise "
-            f"near it, and the baud rate ({baud_rate:,} baud, docs/protocol.md 1)",
+            f"{activity.describe()}; {_unreadable_advice(activity, baud_rate)}",
         )
         self.timeout_s = timeout_s
         self.activity = activity
+
+
+def _unreadable_advice(activity: LinkActivity, baud_rate: int) -> str:
+    """What to check when the device kept sending what could not be used."""
+    if activity.bad_indices:
+        return (
+            "its SAMPLES frames arrive intact but their sample index cannot be counted "
+            "(docs/protocol.md 9.5): check the plate's firmware"
+        )
+    return (
+        "check the cable and its connectors, electrical noise near it, and the baud rate "
+        f"({baud_rate:,} baud, docs/protocol.md 1)"
+    )
 
 
 class DeviceResetError(BridgeError):
@@ -242,11 +275,44 @@ class ProtocolError(BridgeError):
     """A frame passed its CRC but its content does not follow docs/protocol.md."""
 
 
+class SampleIndexError(ProtocolError):
+    """A SAMPLES block started at or before an index already seen, without the device's
+    restart (docs/protocol.md 9.5): its samples cannot be put on the device's clock."""
+
+    def __init__(self, expected_index: int, first_index: int) -> None:
+        self.expected_index = expected_index
+        self.first_index = first_index
+        super().__init__(
+            f"the device's sample index went back from {expected_index} to {first_index} "
+            "without a restart (docs/protocol.md 9.5): its samples cannot be timed; check the "
+            "plate's firmware"
+        )
+
+
 class CommandTimeoutError(BridgeError):
     def __init__(self, command: str, timeout_s: float) -> None:
         self.command = command
         self.timeout_s = timeout_s
         super().__init__(f"device did not answer {command} within {timeout_s:g} s")
+
+
+class CommandUnreadableError(CommandTimeoutError):
+    """No answer to a command within the timeout, but the device kept sending what the host
+    could not use (``activity``, LinkActivity.unreadable): a degraded link, not a silent
+    device. A CommandTimeoutError, so that code which gives up on a missing answer still
+    does."""
+
+    def __init__(
+        self, command: str, timeout_s: float, activity: LinkActivity, baud_rate: int
+    ) -> None:
+        BridgeError.__init__(
+            self,
+            f"device did not answer {command} within {timeout_s:g} s; the link is "
+            f"unreadable: {activity.describe()}; {_unreadable_advice(activity, baud_rate)}",
+        )
+        self.command = command
+        self.timeout_s = timeout_s
+        self.activity = activity
 
 
 class CommandRefusedError(BridgeError):
