@@ -15,12 +15,14 @@ is importable from here, as before.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from types import TracebackType
 
 import serial
 
+from firmware_bridge import values
 from firmware_bridge.codec import LinkStats
 from firmware_bridge.errors import (
     HandshakeBacklogError,
@@ -39,7 +41,6 @@ from firmware_bridge.link import (
     RAD_PER_PHASE_UNIT,
     READ_CHUNK,
     _Deadline,
-    log,
 )
 from firmware_bridge.protocol import (
     PHASE_TURN,
@@ -53,7 +54,7 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.stream import _Stream
 from firmware_bridge.transport import BAUD_RATE, close_port, open_port
-from firmware_bridge.values import DeviceIdentity, DeviceInfo, SampleBatch, SampleBlock, Voucher
+from firmware_bridge.values import DeviceIdentity, SampleBatch, SampleBlock, Voucher
 
 __all__ = [
     "ACK_LEN",
@@ -78,6 +79,14 @@ __all__ = [
     "SampleBlock",
     "Voucher",
 ]
+
+log = logging.getLogger("firmware_bridge.client")
+
+# Bound by assignment, not by import: CPython 3.11 compiles ``Name.method(...)`` on a name a
+# module imports as an attribute load (meant for modules), on one it assigns as a method
+# load, as when this class was defined in the module that calls it. Same bytecode as before
+# the split for ``DeviceInfo.from_hello`` (the handshake); re-exported as before.
+DeviceInfo = values.DeviceInfo
 
 HELLO_TIMEOUT_S = 5.0
 HELLO_REPEAT_S = 0.5

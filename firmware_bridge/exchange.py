@@ -11,6 +11,7 @@ one. The NAKs and FAULTs the read queued are raised from here (``_raise_refusal`
 
 from __future__ import annotations
 
+import logging
 import time
 
 from firmware_bridge.errors import (
@@ -20,7 +21,7 @@ from firmware_bridge.errors import (
     CommandUnreadableError,
     DeviceFaultError,
 )
-from firmware_bridge.link import _Counts, _Deadline, _Link, _Pending, log
+from firmware_bridge.link import _Counts, _Deadline, _Link, _Pending
 from firmware_bridge.protocol import (
     ClearFault,
     Countersign,
@@ -46,6 +47,8 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.transport import BAUD_RATE
 from firmware_bridge.values import DeviceIdentity, Voucher
+
+log = logging.getLogger("firmware_bridge.client")
 
 COMMAND_TIMEOUT_S = 1.0
 # How much longer than the stop ramp of its HELLO a host waits for a STOPPING device to reach

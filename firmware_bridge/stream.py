@@ -12,12 +12,14 @@ name they look up per block is an attribute of the client or a global of this mo
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import numpy as np
 import serial
 
+from firmware_bridge import values
 from firmware_bridge.codec import RawFrame, samples_payload_dtype
 from firmware_bridge.errors import (
     LinkActivity,
@@ -40,11 +42,18 @@ from firmware_bridge.link import (
     _Counts,
     _frames_per_s,
     _frombuffer,
-    log,
 )
 from firmware_bridge.protocol import Q16, Ack, Countersignature, Identity, Status
 from firmware_bridge.transport import BAUD_RATE
-from firmware_bridge.values import SampleBatch, SampleBlock
+from firmware_bridge.values import SampleBlock
+
+log = logging.getLogger("firmware_bridge.client")
+
+# Bound by assignment, not by import: CPython 3.11 compiles ``Name.method(...)`` on a name a
+# module imports as an attribute load (meant for modules), on one it assigns as a method
+# load, as when this class was defined in the module that calls it. Same bytecode as before
+# the split for ``SampleBatch.of_block`` and ``SampleBatch.join`` (every read_blocks call).
+SampleBatch = values.SampleBatch
 
 
 class _Stream(_Exchange):
