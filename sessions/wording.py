@@ -152,6 +152,9 @@ WORDING: dict[str, str] = {
         f"The plate's software does not match this program, so nothing was started; please "
         f"{CLINIC}."
     ),
+    "refused.plate_readings": (
+        f"The plate sent readings this program cannot use, so nothing was started; please {CLINIC}."
+    ),
     "refused.prescription": (
         f"Your prescription asks for a setting this plate does not allow, so nothing was "
         f"started; please {CLINIC}."
@@ -347,6 +350,8 @@ REFUSAL_WORDING: dict[str, str] = {
     "SessionRunningError": "refused.session_running",
     "IncompatibleVersionError": "refused.plate_software",
     "InvalidDeviceInfoError": "refused.plate_software",
+    # the plate talks, but its sample clock went back: its firmware is at fault, not the cable
+    "SampleIndexError": "refused.plate_readings",
     "DoseLimitError": "refused.prescription",
     "BridgeError": "refused.no_plate",  # every other trouble reaching the plate
 }

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from controller.calibration import identify
 from controller.safety import TripReason
 from firmware_bridge.client import DeviceClient
-from firmware_bridge.errors import DeviceNotFoundError, LinkLostError
+from firmware_bridge.errors import DeviceNotFoundError, LinkLostError, SampleIndexError
 from sessions import wording
 from sessions.cli import main
 from sessions.commands.status import status_lines, streak
@@ -193,6 +193,15 @@ def test_device_errors_are_told_in_plain_words() -> None:
         text = wording.refusal_sentence(exc)
         assert text is not None
         assert plain_problems(text) == [], text
+
+
+def test_a_plate_whose_sample_clock_goes_back_is_not_called_unreachable() -> None:
+    # the plate answers, so "check that it is plugged in" would send the patient after the
+    # cable; its firmware is at fault, and the clinic is the next step
+    text = wording.refusal_sentence(SampleIndexError(1000, 800))
+    assert text == wording.say("refused.plate_readings")
+    assert text != wording.say("refused.no_plate")
+    assert plain_problems(text) == [], text
 
 
 # ---- what a patient really reads -----------------------------------------------------------
