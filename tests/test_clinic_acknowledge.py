@@ -229,10 +229,12 @@ def test_an_old_database_is_migrated_and_keeps_its_problems_open(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     records = make_records("P1", 10)
-    with ClinicDb(db_url, migrate=False) as db:
-        db._migrate(target=7)  # the schema before acknowledgements
+    scratch = str(tmp_path / "scratch.db")
+    with ClinicDb(scratch) as db:
         import_registered(db, write_export(tmp_path / "full.jsonl", records))
         import_registered(db, write_export(tmp_path / "old.jsonl", records[:6]))
+    test_clinic_db.copy_at_schema(scratch, db_url, 7)  # the schema before acknowledgements
+    with ClinicDb(db_url, migrate=False) as db:
         before = db.query("SELECT * FROM problems ORDER BY problem_id")
     assert len(before) == 1
     with ClinicDb(db_url) as db:

@@ -269,13 +269,12 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
     patients = sorted({r.patient_id for r in records})
     problems: list[tuple[str, str, str, int | None, str]] = []
     with db.transaction():
+        # the import's row is written once, last, with its counts (imports is append-only:
+        # migration 9); its records name it before it exists, checked at the commit
+        db.defer_foreign_keys()
+        started = now_utc()
         held_before = _chain_lengths(db, log_ids)
         patient_logs = _logs_of(db, patients)
-        db.execute(
-            "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
-            " added, duplicates, detail) VALUES (?, ?, ?, ?, 'imported', 0, 0, '')",
-            (import_id, str(verified.path), verified.file_sha256, now_utc()),
-        )
         added = 0
         for batch in _batches(verified, import_id):
             _store_batch(db, batch)
@@ -324,16 +323,25 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         else:
             unchecked = _therapy_added(db, import_id)
         problems += _simulator_therapy(db, import_id)
+        db.execute(
+            "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
+            " added, duplicates, detail) VALUES (?, ?, ?, ?, 'imported', ?, ?, ?)",
+            (
+                import_id,
+                str(verified.path),
+                verified.file_sha256,
+                started,
+                added,
+                duplicates,
+                "; ".join(dict.fromkeys(p[4] for p in problems)),
+            ),
+        )
         for kind, patient, log_id, index, detail in problems:
             db.execute(
                 "INSERT INTO problems (problem_id, import_id, kind, patient_id, log_id,"
                 " chain_index, detail, found_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (str(uuid.uuid4()), import_id, kind, patient, log_id, index, detail, now_utc()),
             )
-        db.execute(
-            "UPDATE imports SET added = ?, duplicates = ?, detail = ? WHERE import_id = ?",
-            (added, duplicates, "; ".join(dict.fromkeys(p[4] for p in problems)), import_id),
-        )
     outcome.added = added
     outcome.duplicates = duplicates
     outcome.patients = tuple(patients)

@@ -1,0 +1,149 @@
+"""The clinic database keeps its history: a refused file imported again adds nothing, and the
+database itself refuses to change or delete a row of the history (migration 9).
+
+Runs on SQLite and PostgreSQL (the fixture of tests/test_clinic_db.py); docs/clinic.md,
+"History is never rewritten".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sessions.clinic.db import APPEND_ONLY_TABLES, SCHEMA_VERSION, ClinicDb, ClinicDbError
+from sessions.clinic.plates import record_prescription
+from sessions.clinic.problems import acknowledge
+from sessions.protocol import protocol_from_dict
+from tests import test_clinic_db
+from tests.test_clinic_acknowledge import problems_json, run
+from tests.test_clinic_db import (
+    TODAY,
+    copy_at_schema,
+    count,
+    import_registered,
+    make_records,
+    protocol_dict,
+    write_export,
+)
+
+db_url = test_clinic_db.db_url  # the fixture: SQLite and PostgreSQL
+postgres_server = test_clinic_db.postgres_server
+
+
+def _conflicting(tmp_path: Path) -> Path:
+    """P1's log as another copy tells it: record 8 differs from the one the clinic holds."""
+    forked = make_records("P1", 6, seed=3, tweak={8: {"minutes_at_dose": 3.0}})
+    return write_export(tmp_path / "forked.jsonl", forked)
+
+
+def _history(db_url: str, tmp_path: Path) -> None:
+    """A row in every append-only table: records, a rollback, a refusal, an acknowledgement,
+    a plate and a signed prescription."""
+    records = make_records("P1", 5, seed=3)
+    with ClinicDb(db_url) as db:
+        import_registered(db, write_export(tmp_path / "full.jsonl", records))
+        import_registered(db, write_export(tmp_path / "old.jsonl", records[:6]))
+        assert import_registered(db, _conflicting(tmp_path)).refused
+        problem = db.query("SELECT problem_id FROM problems WHERE kind = 'rollback'")[0][0]
+        record_prescription(db, protocol_from_dict(protocol_dict("P9", TODAY)), "clinic-key")
+        acknowledge(db, problem, "called", "A")
+
+
+def _snapshot(db: ClinicDb) -> dict[str, list[str]]:
+    return {t: sorted(map(repr, db.query(f"SELECT * FROM {t}"))) for t in APPEND_ONLY_TABLES}
+
+
+def _refused_everywhere(db: ClinicDb) -> None:
+    """Every UPDATE, DELETE (and PostgreSQL TRUNCATE) of every append-only table is refused,
+    with a sentence naming the table, and leaves its rows as they were."""
+    before = _snapshot(db)
+    for table in APPEND_ONLY_TABLES:
+        assert before[table], f"{table} holds no row: the test would prove nothing"
+        column = db.execute(f"SELECT * FROM {table} LIMIT 1").description[0][0]
+        statements = [f"UPDATE {table} SET {column} = {column}", f"DELETE FROM {table}"]
+        for sql in statements:
+            with pytest.raises(ClinicDbError, match=f"{table} is append-only: its rows are never"):
+                db.execute(sql)
+        if db.postgres:  # CASCADE: the tables that refer to it too, whose trigger may speak
+            with pytest.raises(ClinicDbError, match="is append-only: its rows are never"):
+                db.execute(f"TRUNCATE {table} CASCADE")
+        with pytest.raises(ClinicDbError, match="append-only"), db.transaction():
+            db.execute(f"DELETE FROM {table} WHERE 1 = 1")
+    assert _snapshot(db) == before
+
+
+def test_the_database_refuses_to_change_or_delete_the_history(db_url: str, tmp_path: Path) -> None:
+    _history(db_url, tmp_path)
+    with ClinicDb(db_url) as db:
+        _refused_everywhere(db)
+        # what is recomputed stays writable: the summary rows, the envelopes
+        db.execute("DELETE FROM patient_days WHERE patient_id = 'P1'")
+        db.execute("UPDATE patients SET refreshed_utc = 'now'")
+        db.execute("DELETE FROM envelopes")
+
+
+def test_anyone_with_sql_access_is_refused_too(tmp_path: Path) -> None:
+    """Not only this program: the SQLite file opened with the sqlite3 shell's library."""
+    url = str(tmp_path / "clinic.db")
+    _history(url, tmp_path)
+    conn = sqlite3.connect(url)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="problems is append-only"):
+            conn.execute("UPDATE problems SET detail = 'nothing happened'")
+        with pytest.raises(sqlite3.IntegrityError, match="problem_notes is append-only"):
+            conn.execute("DELETE FROM problem_notes")
+    finally:
+        conn.close()
+
+
+def test_a_database_at_schema_8_with_history_is_protected_when_opened(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a clinic holds today (schema 8, written by the previous software) keeps every row,
+    is protected once opened, and goes on importing and acknowledging."""
+    scratch = str(tmp_path / "scratch.db")
+    _history(scratch, tmp_path)
+    copy_at_schema(scratch, db_url, 8)
+    with ClinicDb(db_url, migrate=False) as db:
+        assert db.version == 8
+        db.execute("UPDATE problems SET detail = detail")  # not yet protected
+        before = _snapshot(db)
+    with ClinicDb(db_url) as db:
+        assert (db.migrated_from, db.version) == (8, SCHEMA_VERSION) == (8, 9)
+        assert _snapshot(db) == before
+        _refused_everywhere(db)
+        later = make_records("P1", 6, seed=3, last_day=TODAY)  # the same log, a day longer
+        outcome = import_registered(db, write_export(tmp_path / "later.jsonl", later))
+        assert (outcome.refused, outcome.added, outcome.duplicates) == (None, 2, 10)
+        import_registered(db, write_export(tmp_path / "old.jsonl", later[:6]))  # a rollback
+    opened = [p for p in problems_json(capsys, db_url) if p["kind"] == "rollback"]
+    assert len(opened) == 1  # lost 6 now, not 4: a new occurrence
+    code, _, err = run(capsys, "clinic", "acknowledge", opened[0]["short_id"], "--note", "ok",
+                       "--by", "A", "--db", db_url)  # fmt: skip
+    assert code == 0, err
+    assert count(db_url, "SELECT COUNT(*) FROM problem_notes") == 2
+    assert count(db_url, "SELECT SUM(added) FROM imports") == 12
+
+
+def test_an_imports_reference_deferred_to_the_commit_is_still_checked(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An import writes its `imports` row last; a record naming an import that never comes is
+    refused at the commit, and the transaction leaves nothing behind."""
+    with ClinicDb(db_url) as db:
+        import_registered(db, write_export(tmp_path / "p1.jsonl", make_records("P1", 1)))
+        cursor = db.execute("SELECT * FROM records")
+        row = dict(zip([d[0] for d in cursor.description], cursor.fetchall()[0], strict=True))
+        row.update(session_id="S-orphan", log_id="L-orphan", import_id="no such import")
+        insert = f"INSERT INTO records ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+
+        def orphan() -> None:
+            with db.transaction():
+                db.defer_foreign_keys()
+                db.execute(insert, list(row.values()))
+
+        with pytest.raises(ClinicDbError, match=r"(?i)foreign key"):
+            orphan()
+        assert db.query("SELECT COUNT(*) FROM records") == [(2,)]
