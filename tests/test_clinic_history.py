@@ -17,7 +17,7 @@ from sessions.clinic.plates import record_prescription
 from sessions.clinic.problems import acknowledge
 from sessions.protocol import protocol_from_dict
 from tests import test_clinic_db
-from tests.test_clinic_acknowledge import problems_json, run
+from tests.test_clinic_acknowledge import overview_json, problems_json, run
 from tests.test_clinic_db import (
     TODAY,
     copy_at_schema,
@@ -31,11 +31,65 @@ from tests.test_clinic_db import (
 db_url = test_clinic_db.db_url  # the fixture: SQLite and PostgreSQL
 postgres_server = test_clinic_db.postgres_server
 
+HISTORY_ROWS = "SELECT (SELECT COUNT(*) FROM imports) + (SELECT COUNT(*) FROM problems)"
+
 
 def _conflicting(tmp_path: Path) -> Path:
     """P1's log as another copy tells it: record 8 differs from the one the clinic holds."""
     forked = make_records("P1", 6, seed=3, tweak={8: {"minutes_at_dose": 3.0}})
     return write_export(tmp_path / "forked.jsonl", forked)
+
+
+def test_a_refused_file_imported_again_and_again_adds_nothing(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clinician's daily import script: the same refused files every day. Before, each run
+    added a row to `imports` and one to `problems` per patient named, and the patient's
+    integrity count grew by one a day."""
+    edited = make_records("P2", 3, seed=9)
+    edited[2]["minutes_at_dose"] = 9.5  # changed after hashing: does not verify
+    unverified = write_export(tmp_path / "edited.jsonl", edited)
+    with ClinicDb(db_url) as db:
+        import_registered(db, write_export(tmp_path / "p1.jsonl", make_records("P1", 5, seed=3)))
+        first = [import_registered(db, f) for f in (_conflicting(tmp_path), unverified)]
+    assert all(o.refused and not o.notes for o in first)
+    rows = count(db_url, HISTORY_ROWS)
+    assert rows == 5  # 3 imports, 2 problems
+    assert overview_json(capsys, db_url)["patients"][0]["open_flags"]["integrity"] == 1
+    for _ in range(3):
+        with ClinicDb(db_url) as db:
+            again = [import_registered(db, f) for f in (_conflicting(tmp_path), unverified)]
+        assert count(db_url, HISTORY_ROWS) == rows
+        assert [o.refused for o in again] == [o.refused for o in first]
+        assert all("already refused for the same reason on 20" in o.notes[0] for o in again)
+    assert len(problems_json(capsys, db_url)) == 2
+    assert overview_json(capsys, db_url)["patients"][0]["open_flags"]["integrity"] == 1
+
+    # the command says so, and still exits 1: the file is still refused
+    code, _, err = run(capsys, "clinic", "import", "--db", db_url, str(unverified))
+    assert code == 1
+    assert "refused " in err
+    assert "note: this file was already refused for the same reason on " in err
+    assert count(db_url, HISTORY_ROWS) == rows
+
+
+def test_a_refused_file_that_tells_something_new_is_recorded_again(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Only exact repeats are dropped: other bytes, another name (the sentence names the file),
+    or a patient the earlier refusal did not name are each recorded."""
+    edited = make_records("P2", 3, seed=9)
+    edited[2]["minutes_at_dose"] = 9.5
+    bad = write_export(tmp_path / "edited.jsonl", edited)
+    with ClinicDb(db_url) as db:
+        import_registered(db, bad)
+        copy = tmp_path / "edited-copy.jsonl"
+        copy.write_bytes(bad.read_bytes())
+        assert not import_registered(db, copy).notes  # another name: recorded
+        edited[2]["minutes_at_dose"] = 9.4  # the next export, refused in the same words
+        assert not import_registered(db, write_export(bad, edited)).notes
+    assert count(db_url, "SELECT COUNT(*) FROM problems") == 3
+    assert count(db_url, "SELECT COUNT(DISTINCT file_sha256) FROM imports") == 2
 
 
 def _history(db_url: str, tmp_path: Path) -> None:

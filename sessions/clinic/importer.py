@@ -141,15 +141,13 @@ def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
     try:
         verified = verify_export(path, PlateRegistry(db))
     except ImportRefusedError as exc:
-        _record_refusal(db, path, _file_sha256(path), exc)
-        outcome.refused = str(exc)
+        _refused(outcome, _record_refusal(db, path, _file_sha256(path), exc), exc)
         return outcome
     try:
         db.retrying(lambda: _store(db, verified, outcome), f"import {path}")
     except ImportRefusedError as exc:
         patients = [r.patient_id for r in verified.records]
-        _record_refusal(db, path, verified.file_sha256, exc, patients)
-        outcome.refused = str(exc)
+        _refused(outcome, _record_refusal(db, path, verified.file_sha256, exc, patients), exc)
         outcome.added = 0
         return outcome
     for patient in outcome.patients:
@@ -174,20 +172,39 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _refused(outcome: ImportOutcome, refused_before: str | None, exc: ImportRefusedError) -> None:
+    outcome.refused = str(exc)
+    if refused_before is not None:
+        outcome.notes.append(
+            f"this file was already refused for the same reason on {refused_before}; "
+            "nothing new was recorded ('liv clinic problems --all' shows it)"
+        )
+
+
 def _record_refusal(
     db: ClinicDb,
     path: Path,
     file_sha256: str,
     exc: ImportRefusedError,
     claimed: Iterable[str] = (),
-) -> None:
-    """A refused file is remembered (imports + problems) so the overview shows it."""
+) -> str | None:
+    """A refused file is remembered (imports + problems) so the overview shows it, unless the
+    refusal repeats one recorded before: then nothing is written, and when it was first
+    recorded is returned (a script importing the same refused file daily grows nothing)."""
     named: list[str | None] = [*sorted(set(claimed) | set(exc.patients))]
     patients = named or [None]
     import_id = str(uuid.uuid4())
 
-    def work() -> None:
+    def work() -> str | None:
         with db.transaction():
+            if db.postgres:  # two importers of the same refused file record it once
+                db.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+                    (f"refused {file_sha256} {exc}",),
+                )
+            before = _refused_before(db, file_sha256, exc, patients)
+            if before is not None:
+                return before
             db.execute(
                 "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
                 " added, duplicates, detail) VALUES (?, ?, ?, ?, 'refused', 0, 0, ?)",
@@ -199,11 +216,37 @@ def _record_refusal(
                     " found_utc) VALUES (?, ?, ?, ?, ?, ?)",
                     (str(uuid.uuid4()), import_id, exc.kind, patient, str(exc), now_utc()),
                 )
+            return None
 
-    db.retrying(work, f"record the refusal of {path}")
+    before = db.retrying(work, f"record the refusal of {path}")
+    if before is not None:
+        _log.info("%s: refused again as before (%s); nothing recorded", path, before)
+        return before
     for patient in patients:
         if patient is not None and _held(db, patient):
             refresh_patient(db, patient)
+    return None
+
+
+def _refused_before(
+    db: ClinicDb, file_sha256: str, exc: ImportRefusedError, patients: Sequence[str | None]
+) -> str | None:
+    """When a refusal of this file with these very problems was first recorded, or None: the
+    same file (SHA-256), the same kind and sentence, for every one of the patients (the same
+    problem, docs/clinic.md "Found again"). A sentence that differs (the database held other
+    records, the file came under another name) is new information and is recorded."""
+    found: dict[str | None, str] = {}
+    for patient, first in db.query(
+        "SELECT p.patient_id, MIN(p.found_utc) FROM problems p"
+        " JOIN imports i ON i.import_id = p.import_id"
+        " WHERE i.outcome = 'refused' AND i.file_sha256 = ? AND p.kind = ? AND p.detail = ?"
+        " AND p.log_id IS NULL AND p.chain_index IS NULL GROUP BY p.patient_id",
+        (file_sha256, exc.kind, str(exc)),
+    ):
+        found[None if patient is None else str(patient)] = str(first)
+    if not all(p in found for p in patients):
+        return None
+    return min(found[p] for p in patients)
 
 
 def _held(db: ClinicDb, patient_id: str) -> bool:
