@@ -1,4 +1,4 @@
-"""The clinic database keeps its history: a refused file imported again adds nothing, and the
+"""The clinic database keeps its history: the same file imported again adds nothing, and the
 database itself refuses to change or delete a row of the history (migration 9).
 
 Runs on SQLite and PostgreSQL (the fixture of tests/test_clinic_db.py); docs/clinic.md,
@@ -71,6 +71,41 @@ def test_a_refused_file_imported_again_and_again_adds_nothing(
     assert "refused " in err
     assert "note: this file was already refused for the same reason on " in err
     assert count(db_url, HISTORY_ROWS) == rows
+
+
+def test_a_daily_import_of_the_same_folder_grows_nothing(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folder a clinic's script imports every day: a patient's export, an older copy of it
+    (a rollback) and a refused file. Before, every run added an `imports` row per file and a
+    problem for the rollback and for the refusal, each open one on the overview."""
+    records = make_records("P1", 5, seed=3)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    files = [
+        str(write_export(folder / "full.jsonl", records)),
+        str(write_export(folder / "old.jsonl", records[:6])),
+        str(_conflicting(folder)),
+    ]
+    test_clinic_db.cli_register(db_url, "LIV-P1")
+    daily = ("clinic", "import", "--db", db_url, *files)
+    assert run(capsys, *daily)[0] == 1  # one file refused
+    rows = count(db_url, HISTORY_ROWS)
+    assert rows == 5  # 3 imports, a rollback, a refusal
+    for _ in range(2):
+        code, out, err = run(capsys, *daily)
+        assert code == 1
+        assert count(db_url, HISTORY_ROWS) == rows
+        assert "imported " in out
+        assert "warning: the export ends at record 5" in err  # still said, not recorded again
+        assert "note: this file was imported before with the same result" in err
+        assert "note: this file was already refused for the same reason" in err
+    assert overview_json(capsys, db_url)["patients"][0]["open_flags"]["integrity"] == 2
+    # a file not seen before is recorded, though every record in it is held: its import and
+    # its own rollback (it loses 2 records, not 4)
+    assert run(capsys, "clinic", "import", "--db", db_url,
+               str(write_export(folder / "part.jsonl", records[:8])))[0] == 0  # fmt: skip
+    assert count(db_url, HISTORY_ROWS) == rows + 2
 
 
 def test_a_refused_file_that_tells_something_new_is_recorded_again(

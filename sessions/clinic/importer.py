@@ -202,7 +202,8 @@ def _record_refusal(
                     "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
                     (f"refused {file_sha256} {exc}",),
                 )
-            before = _refused_before(db, file_sha256, exc, patients)
+            found = [(exc.kind, patient, None, None, str(exc)) for patient in patients]
+            before = _recorded_before(db, "refused", file_sha256, found)
             if before is not None:
                 return before
             db.execute(
@@ -228,25 +229,39 @@ def _record_refusal(
     return None
 
 
-def _refused_before(
-    db: ClinicDb, file_sha256: str, exc: ImportRefusedError, patients: Sequence[str | None]
+def _recorded_before(
+    db: ClinicDb,
+    outcome: str,
+    file_sha256: str,
+    problems: Sequence[tuple[str, str | None, str | None, int | None, str]],
 ) -> str | None:
-    """When a refusal of this file with these very problems was first recorded, or None: the
-    same file (SHA-256), the same kind and sentence, for every one of the patients (the same
-    problem, docs/clinic.md "Found again"). A sentence that differs (the database held other
-    records, the file came under another name) is new information and is recorded."""
-    found: dict[str | None, str] = {}
-    for patient, first in db.query(
-        "SELECT p.patient_id, MIN(p.found_utc) FROM problems p"
-        " JOIN imports i ON i.import_id = p.import_id"
-        " WHERE i.outcome = 'refused' AND i.file_sha256 = ? AND p.kind = ? AND p.detail = ?"
-        " AND p.log_id IS NULL AND p.chain_index IS NULL GROUP BY p.patient_id",
-        (file_sha256, exc.kind, str(exc)),
-    ):
-        found[None if patient is None else str(patient)] = str(first)
-    if not all(p in found for p in patients):
+    """When an import of this very file (SHA-256) with this outcome was recorded that found
+    every one of ``problems`` (the same problem: kind, patient, log, record and sentence,
+    docs/clinic.md "Found again"): the earliest such problem's time, or the import's when there
+    is none; None when anything is new. A sentence that differs (the database held other
+    records, the file came under another name) is new information."""
+    held = db.query(
+        "SELECT MIN(imported_utc) FROM imports WHERE file_sha256 = ? AND outcome = ?",
+        (file_sha256, outcome),
+    )[0][0]
+    if held is None:
         return None
-    return min(found[p] for p in patients)
+    times: list[str] = []
+    for kind, patient, log_id, index, detail in problems:
+        where = ["i.file_sha256 = ?", "i.outcome = ?", "p.kind = ?", "p.detail = ?"]
+        params: list[Any] = [file_sha256, outcome, kind, detail]
+        for column, value in (("patient_id", patient), ("log_id", log_id), ("chain_index", index)):
+            where.append(f"p.{column} IS NULL" if value is None else f"p.{column} = ?")
+            params += [] if value is None else [value]
+        first = db.query(
+            "SELECT MIN(p.found_utc) FROM problems p JOIN imports i ON i.import_id = p.import_id"
+            f" WHERE {' AND '.join(where)}",
+            params,
+        )[0][0]
+        if first is None:
+            return None
+        times.append(str(first))
+    return min(times, default=str(held))
 
 
 def _held(db: ClinicDb, patient_id: str) -> bool:
@@ -366,25 +381,11 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         else:
             unchecked = _therapy_added(db, import_id)
         problems += _simulator_therapy(db, import_id)
-        db.execute(
-            "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
-            " added, duplicates, detail) VALUES (?, ?, ?, ?, 'imported', ?, ?, ?)",
-            (
-                import_id,
-                str(verified.path),
-                verified.file_sha256,
-                started,
-                added,
-                duplicates,
-                "; ".join(dict.fromkeys(p[4] for p in problems)),
-            ),
-        )
-        for kind, patient, log_id, index, detail in problems:
-            db.execute(
-                "INSERT INTO problems (problem_id, import_id, kind, patient_id, log_id,"
-                " chain_index, detail, found_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (str(uuid.uuid4()), import_id, kind, patient, log_id, index, detail, now_utc()),
-            )
+        # the same file again, adding nothing and finding only what its earlier import found
+        # (a daily import script): nothing to record
+        seen = None if added else _recorded_before(db, "imported", verified.file_sha256, problems)
+        if seen is None:
+            _record_import(db, verified, import_id, started, added, duplicates, problems)
     outcome.added = added
     outcome.duplicates = duplicates
     outcome.patients = tuple(patients)
@@ -395,6 +396,42 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
             "and import with the same database (--db, or LIV_CLINIC_DB for both)"
         )
     outcome.problems = list(dict.fromkeys(p[4] for p in problems))  # a sentence once
+    if seen is not None and problems:
+        outcome.notes.append(
+            f"this file was imported before with the same result: the problem(s) above were "
+            f"recorded on {seen}; nothing new was recorded"
+        )
+
+
+def _record_import(
+    db: ClinicDb,
+    verified: VerifiedExport,
+    import_id: str,
+    started: str,
+    added: int,
+    duplicates: int,
+    problems: Sequence[tuple[str, str, str, int | None, str]],
+) -> None:
+    """The import's row, once, with its counts (imports is append-only), and its problems."""
+    db.execute(
+        "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
+        " added, duplicates, detail) VALUES (?, ?, ?, ?, 'imported', ?, ?, ?)",
+        (
+            import_id,
+            str(verified.path),
+            verified.file_sha256,
+            started,
+            added,
+            duplicates,
+            "; ".join(dict.fromkeys(p[4] for p in problems)),
+        ),
+    )
+    for kind, patient, log_id, index, detail in problems:
+        db.execute(
+            "INSERT INTO problems (problem_id, import_id, kind, patient_id, log_id,"
+            " chain_index, detail, found_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(uuid.uuid4()), import_id, kind, patient, log_id, index, detail, now_utc()),
+        )
 
 
 def _home_clocks(
