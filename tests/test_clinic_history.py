@@ -7,11 +7,15 @@ Runs on SQLite and PostgreSQL (the fixture of tests/test_clinic_db.py); docs/cli
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sessions.clinic import importer
 from sessions.clinic.db import APPEND_ONLY_TABLES, SCHEMA_VERSION, ClinicDb, ClinicDbError
 from sessions.clinic.plates import record_prescription
 from sessions.clinic.problems import acknowledge
@@ -236,3 +240,46 @@ def test_an_imports_reference_deferred_to_the_commit_is_still_checked(
         with pytest.raises(ClinicDbError, match=r"(?i)foreign key"):
             orphan()
         assert db.query("SELECT COUNT(*) FROM records") == [(2,)]
+
+
+def test_two_programs_importing_the_same_file_at_once_record_it_once(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clinicians' scripts run over the same folder at the same moment: an older copy of a
+    patient's export (a rollback, every record held) and a refused file are each recorded once.
+    Both programs check for an earlier import before either has committed (the barrier holds
+    the first until the second arrives, or 2 s): only a lock per file keeps them apart. No
+    envelopes: re-inserting the pruned ones would make the second wait for the first."""
+    records = make_records("P1", 5, seed=3, envelope_points=0)
+    with ClinicDb(db_url) as db:
+        import_registered(db, write_export(tmp_path / "full.jsonl", records))
+    old = write_export(tmp_path / "old.jsonl", records[:6])
+    refused = _conflicting(tmp_path)
+    check = importer._recorded_before
+
+    def both_at_once(*args: Any) -> str | None:
+        # broken: the other program is held elsewhere (a lock), and checks after this one
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=2)
+        return check(*args)
+
+    monkeypatch.setattr(importer, "_recorded_before", both_at_once)
+    for path in (old, refused):
+        barrier = threading.Barrier(2)
+        outcomes: list[importer.ImportOutcome] = []
+
+        def one_program(
+            path: Path = path, outcomes: list[importer.ImportOutcome] = outcomes
+        ) -> None:
+            with ClinicDb(db_url) as db:
+                outcomes.append(importer.import_export(db, path))
+
+        programs = [threading.Thread(target=one_program) for _ in range(2)]
+        for program in programs:
+            program.start()
+        for program in programs:
+            program.join(timeout=60)
+        assert len(outcomes) == 2
+        assert [bool(o.refused) for o in outcomes] == [path == refused] * 2
+        assert count(db_url, f"SELECT COUNT(*) FROM imports WHERE file_name = '{path}'") == 1
+    assert count(db_url, "SELECT COUNT(*) FROM problems") == 2  # the rollback, the refusal

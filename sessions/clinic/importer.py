@@ -197,11 +197,7 @@ def _record_refusal(
 
     def work() -> str | None:
         with db.transaction():
-            if db.postgres:  # two importers of the same refused file record it once
-                db.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
-                    (f"refused {file_sha256} {exc}",),
-                )
+            _one_check_at_a_time(db, file_sha256)
             found = [(exc.kind, patient, None, None, str(exc)) for patient in patients]
             before = _recorded_before(db, "refused", file_sha256, found)
             if before is not None:
@@ -227,6 +223,16 @@ def _record_refusal(
         if patient is not None and _held(db, patient):
             refresh_patient(db, patient)
     return None
+
+
+def _one_check_at_a_time(db: ClinicDb, file_sha256: str) -> None:
+    """Two programs importing the same file at once record it once: on PostgreSQL the second
+    waits here, until the first commits, to look for an earlier import of the file (SQLite's
+    write transactions already take turns)."""
+    if db.postgres:
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"import {file_sha256}",)
+        )
 
 
 def _recorded_before(
@@ -383,7 +389,10 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         problems += _simulator_therapy(db, import_id)
         # the same file again, adding nothing and finding only what its earlier import found
         # (a daily import script): nothing to record
-        seen = None if added else _recorded_before(db, "imported", verified.file_sha256, problems)
+        seen = None
+        if not added:
+            _one_check_at_a_time(db, verified.file_sha256)
+            seen = _recorded_before(db, "imported", verified.file_sha256, problems)
         if seen is None:
             _record_import(db, verified, import_id, started, added, duplicates, problems)
     outcome.added = added
