@@ -131,6 +131,27 @@ def test_a_refused_file_that_tells_something_new_is_recorded_again(
     assert count(db_url, "SELECT COUNT(DISTINCT file_sha256) FROM imports") == 2
 
 
+def test_a_conflict_found_when_storing_is_recorded_again_under_another_name(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A conflict found while storing (a session the clinic holds in another place) is told in
+    a sentence that does not name the file: a copy of it found elsewhere is still recorded,
+    with its name, like every other refusal."""
+    first = make_records("P1", 2, seed=4)
+    other = make_records("P2", 2, seed=5, tweak={0: {"session_id": first[1]["session_id"]}})
+    stolen = write_export(tmp_path / "b.jsonl", other)
+    copy = tmp_path / "elsewhere.jsonl"
+    copy.write_bytes(stolen.read_bytes())
+    with ClinicDb(db_url) as db:
+        import_registered(db, write_export(tmp_path / "a.jsonl", first))
+        refusals = [import_registered(db, f) for f in (stolen, copy, stolen)]
+    assert all(o.refused and str(tmp_path) not in o.refused for o in refusals)
+    assert [bool(o.notes) for o in refusals] == [False, False, True]
+    names = "SELECT file_name FROM imports WHERE outcome = 'refused' ORDER BY file_name"
+    with ClinicDb(db_url) as db:
+        assert [r[0] for r in db.query(names)] == [str(stolen), str(copy)]
+
+
 def _history(db_url: str, tmp_path: Path) -> None:
     """A row in every append-only table: records, a rollback, a refusal, an acknowledgement,
     a plate and a signed prescription."""

@@ -199,7 +199,8 @@ def _record_refusal(
         with db.transaction():
             _one_check_at_a_time(db, file_sha256)
             found = [(exc.kind, patient, None, None, str(exc)) for patient in patients]
-            before = _recorded_before(db, "refused", file_sha256, found)
+            # under another name it is news: where else the refused file was found
+            before = _recorded_before(db, "refused", file_sha256, found, str(path))
             if before is not None:
                 return before
             db.execute(
@@ -240,22 +241,28 @@ def _recorded_before(
     outcome: str,
     file_sha256: str,
     problems: Sequence[tuple[str, str | None, str | None, int | None, str]],
+    file_name: str | None = None,
 ) -> str | None:
-    """When an import of this very file (SHA-256) with this outcome was recorded that found
-    every one of ``problems`` (the same problem: kind, patient, log, record and sentence,
-    docs/clinic.md "Found again"): the earliest such problem's time, or the import's when there
-    is none; None when anything is new. A sentence that differs (the database held other
-    records, the file came under another name) is new information."""
+    """When an import of this very file (SHA-256; ``file_name``: under this name too) with this
+    outcome was recorded that found every one of ``problems`` (the same problem: kind, patient,
+    log, record and sentence, docs/clinic.md "Found again"): the earliest such problem's time,
+    or the import's when there is none; None when anything is new. A sentence that differs
+    (the database held other records) is new information."""
+    same_file = ["i.file_sha256 = ?", "i.outcome = ?"]
+    file_params: list[Any] = [file_sha256, outcome]
+    if file_name is not None:
+        same_file.append("i.file_name = ?")
+        file_params.append(file_name)
     held = db.query(
-        "SELECT MIN(imported_utc) FROM imports WHERE file_sha256 = ? AND outcome = ?",
-        (file_sha256, outcome),
+        f"SELECT MIN(i.imported_utc) FROM imports i WHERE {' AND '.join(same_file)}",
+        file_params,
     )[0][0]
     if held is None:
         return None
     times: list[str] = []
     for kind, patient, log_id, index, detail in problems:
-        where = ["i.file_sha256 = ?", "i.outcome = ?", "p.kind = ?", "p.detail = ?"]
-        params: list[Any] = [file_sha256, outcome, kind, detail]
+        where = [*same_file, "p.kind = ?", "p.detail = ?"]
+        params = [*file_params, kind, detail]
         for column, value in (("patient_id", patient), ("log_id", log_id), ("chain_index", index)):
             where.append(f"p.{column} IS NULL" if value is None else f"p.{column} = ?")
             params += [] if value is None else [value]
