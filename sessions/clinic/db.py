@@ -43,16 +43,18 @@ T = TypeVar("T")
 # which the database itself enforces from migration 9 (docs/clinic.md, "History is never
 # rewritten"). The overview's summary rows, the envelopes (pruned to the sessions a report
 # draws) and schema_version are not in it.
-APPEND_ONLY_TABLES = (
-    "protocols",
-    "imports",
-    "records",
-    "vouchers",
-    "problems",
-    "problem_notes",
-    "plates",
-    "prescriptions",
-)
+APPEND_ONLY_TABLES: dict[str, tuple[tuple[str, ...], ...]] = {  # each with its unique keys
+    "protocols": (("sha256",),),
+    "imports": (("import_id",),),
+    "records": (("log_id", "chain_index"), ("session_id",)),
+    "vouchers": (("session_id",), ("device_key", "counter")),
+    "problems": (("problem_id",),),
+    "problem_notes": (("problem_id",),),
+    "plates": (("device_id",),),
+    "prescriptions": (("sha256",),),
+}
+# the tables liv inserts into with ON CONFLICT DO NOTHING (a row already held is skipped)
+_SKIPS_HELD = frozenset({"protocols", "records", "vouchers", "plates", "prescriptions"})
 _REFUSED = "is append-only: its rows are never changed or deleted (docs/clinic.md)"
 
 
@@ -65,11 +67,28 @@ class PerEngine:
 
 
 def _sqlite_append_only(table: str) -> tuple[str, ...]:
+    """UPDATE and DELETE refused; and an INSERT over a row already held, which REPLACE (INSERT
+    OR REPLACE, REPLACE INTO) would make a delete that fires no DELETE trigger (SQLite fires
+    them only with recursive_triggers): refused, or skipped where liv's own INSERT skips a
+    held row (ON CONFLICT DO NOTHING), which is what it does then anyway."""
+    held = " OR ".join(  # one EXISTS a key: each looked up in its own index
+        f"EXISTS (SELECT 1 FROM {table} WHERE {' AND '.join(f'{c} = NEW.{c}' for c in key)})"
+        for key in APPEND_ONLY_TABLES[table]
+    )
+    held_row = (
+        "RAISE(IGNORE)"
+        if table in _SKIPS_HELD
+        else f"RAISE(ABORT, '{table} {_REFUSED}: INSERT over a row it holds refused')"
+    )
     # IF NOT EXISTS: a database whose schema_version was wound back keeps its triggers
-    return tuple(
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}"
-        f" BEGIN SELECT RAISE(ABORT, '{table} {_REFUSED}: {op} refused'); END"
-        for op in ("UPDATE", "DELETE")
+    return (
+        *(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, '{table} {_REFUSED}: {op} refused'); END"
+            for op in ("UPDATE", "DELETE")
+        ),
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table}"
+        f" WHEN {held} BEGIN SELECT {held_row}; END",
     )
 
 
