@@ -328,3 +328,20 @@ def test_two_programs_importing_the_same_file_at_once_record_it_once(
         assert [bool(o.refused) for o in outcomes] == [path == refused] * 2
         assert count(db_url, f"SELECT COUNT(*) FROM imports WHERE file_name = '{path}'") == 1
     assert count(db_url, "SELECT COUNT(*) FROM problems") == 2  # the rollback, the refusal
+
+
+def test_a_full_disk_is_reported_as_such(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back itself when the disk fills (SQLITE_FULL); the ROLLBACK
+    that followed then failed ("no transaction is active") and its sentence replaced the one
+    that says what happened. Here the database may not grow by more than a page."""
+    with ClinicDb(str(tmp_path / "clinic.db")) as db:
+        pages = db.query("PRAGMA page_count")[0][0]
+        db.execute(f"PRAGMA max_page_count = {pages + 1}")
+        with pytest.raises(ClinicDbError, match="database or disk is full"), db.transaction():
+            db.executemany(
+                "INSERT INTO patient_days (patient_id, day, status, slots_prescribed,"
+                " slots_completed, minutes_prescribed, minutes_at_dose)"
+                " VALUES ('P1', ?, 'completed', 2, 2, 20, 20)",
+                [(f"day {k}" + "." * 500,) for k in range(100)],
+            )
+        assert db.query("SELECT COUNT(*) FROM patient_days") == [(0,)]

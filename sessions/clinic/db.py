@@ -340,7 +340,8 @@ class ClinicDb:
                         yield self
                         self._conn.execute("COMMIT")  # may fail: a deferred reference missing
                     except BaseException:
-                        self._conn.execute("ROLLBACK")
+                        if self._conn.in_transaction:  # not when SQLite ended it (disk full)
+                            self._conn.execute("ROLLBACK")
                         raise
         finally:
             self._in_tx = False
