@@ -345,3 +345,34 @@ def test_a_full_disk_is_reported_as_such(tmp_path: Path) -> None:
                 [(f"day {k}" + "." * 500,) for k in range(100)],
             )
         assert db.query("SELECT COUNT(*) FROM patient_days") == [(0,)]
+
+
+def test_a_refusal_that_names_a_patient_the_earlier_one_did_not_is_recorded(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The same refused file, refused in the same words, but charged to a patient the earlier
+    refusal did not name (here a refusal recorded with no patient, the same file's row made by
+    hand): the patient's integrity flag must show it, so it is recorded."""
+    edited = make_records("P2", 3, seed=9)
+    edited[2]["minutes_at_dose"] = 9.5  # does not verify: charged to P2, whom it claims
+    bad = write_export(tmp_path / "edited.jsonl", edited)
+    with ClinicDb(str(tmp_path / "scratch.db")) as scratch:
+        outcome = import_registered(scratch, bad)
+        (sha,) = scratch.query("SELECT file_sha256 FROM imports")[0]
+    assert outcome.refused
+    with ClinicDb(db_url) as db, db.transaction():
+        db.execute(
+            "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
+            " added, duplicates, detail) VALUES ('earlier', ?, ?, '2026-01-01', 'refused', 0,"
+            " 0, ?)",
+            (str(bad), sha, outcome.refused),
+        )
+        db.execute(
+            "INSERT INTO problems (problem_id, import_id, kind, patient_id, detail, found_utc)"
+            " VALUES ('p-earlier', 'earlier', 'unverified', NULL, ?, '2026-01-01')",
+            (outcome.refused,),
+        )
+    with ClinicDb(db_url) as db:
+        again = import_registered(db, bad)
+    assert (again.refused, again.notes) == (outcome.refused, [])
+    assert count(db_url, "SELECT COUNT(*) FROM problems WHERE patient_id = 'P2'") == 1
