@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -189,13 +190,17 @@ def test_reimporting_the_same_file_does_not_reopen_but_a_new_occurrence_is_open(
     [problem] = problems_json(capsys, db_url)
     assert run(capsys, "clinic", "acknowledge", problem["short_id"], "--note", "seen",
                "--by", "A", "--db", db_url)[0] == 0  # fmt: skip
-    with ClinicDb(db_url) as db:  # the same old file again: found again, the same problem
-        assert import_registered(db, tmp_path / "old.jsonl").problems
-    assert count(db_url, "SELECT COUNT(*) FROM problems") == 2
+    with ClinicDb(db_url) as db:  # the same old file again: found again, nothing recorded
+        again = import_registered(db, tmp_path / "old.jsonl")
+    assert again.problems
+    assert "the problem(s) above were recorded on " in again.notes[0]
+    assert count(db_url, "SELECT COUNT(*) FROM problems") == 1
     assert problems_json(capsys, db_url) == []
+    assert overview_json(capsys, db_url)["patients"][0]["open_flags"]["integrity"] == 0
+    _recorded_again_as_before(db_url, problem["problem_id"])  # what older software did
     every = problems_json(capsys, db_url, "--all")
-    again = [p for p in every if p["problem_id"] != problem["problem_id"]]
-    assert again[0]["acknowledged_as"] == problem["problem_id"]
+    again_rows = [p for p in every if p["problem_id"] != problem["problem_id"]]
+    assert again_rows[0]["acknowledged_as"] == problem["problem_id"]
     assert overview_json(capsys, db_url)["patients"][0]["open_flags"]["integrity"] == 0
 
     # a refused file: the same file again stays acknowledged, another file is new
@@ -225,14 +230,40 @@ def test_reimporting_the_same_file_does_not_reopen_but_a_new_occurrence_is_open(
     assert overview_json(capsys, db_url)["patients"][0]["open_flags"]["integrity"] == 2
 
 
+def _recorded_again_as_before(db_url: str, problem_id: str) -> None:
+    """The problem found again by another import of the same file, as the software before
+    the repeat check recorded it: another import row, another problem row."""
+    import_id = str(uuid.uuid4())
+    with ClinicDb(db_url) as db, db.transaction():
+        (row,) = db.query(
+            "SELECT i.file_name, i.file_sha256, p.kind, p.patient_id, p.log_id, p.chain_index,"
+            " p.detail FROM problems p JOIN imports i ON i.import_id = p.import_id"
+            " WHERE p.problem_id = ?",
+            (problem_id,),
+        )
+        db.execute(
+            "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
+            " added, duplicates, detail) VALUES (?, ?, ?, '2026-03-02T00:00:00.000+00:00',"
+            " 'imported', 0, 12, ?)",
+            (import_id, row[0], row[1], row[6]),
+        )
+        db.execute(
+            "INSERT INTO problems (problem_id, import_id, kind, patient_id, log_id, chain_index,"
+            " detail, found_utc) VALUES (?, ?, ?, ?, ?, ?, ?, '2026-03-02T00:00:00.000+00:00')",
+            (str(uuid.uuid4()), import_id, *row[2:]),
+        )
+
+
 def test_an_old_database_is_migrated_and_keeps_its_problems_open(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     records = make_records("P1", 10)
-    with ClinicDb(db_url, migrate=False) as db:
-        db._migrate(target=7)  # the schema before acknowledgements
+    scratch = str(tmp_path / "scratch.db")
+    with ClinicDb(scratch) as db:
         import_registered(db, write_export(tmp_path / "full.jsonl", records))
         import_registered(db, write_export(tmp_path / "old.jsonl", records[:6]))
+    test_clinic_db.copy_at_schema(scratch, db_url, 7)  # the schema before acknowledgements
+    with ClinicDb(db_url, migrate=False) as db:
         before = db.query("SELECT * FROM problems ORDER BY problem_id")
     assert len(before) == 1
     with ClinicDb(db_url) as db:

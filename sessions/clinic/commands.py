@@ -42,14 +42,14 @@ def cmd_clinic_import(args: argparse.Namespace) -> int:
             if outcome.refused is not None:
                 refused += 1
                 echo(f"refused {where}: {terminal_line(outcome.refused)}", file=sys.stderr)
-                continue
-            who = ", ".join(outcome.patients) or "no records"
-            echo(
-                f"imported {where}: {outcome.added} new records, {outcome.duplicates} already "
-                f"held ({terminal_line(who)})"
-            )
-            for problem in outcome.problems:
-                echo(f"warning: {terminal_line(problem)}", file=sys.stderr)
+            else:
+                who = ", ".join(outcome.patients) or "no records"
+                echo(
+                    f"imported {where}: {outcome.added} new records, {outcome.duplicates} "
+                    f"already held ({terminal_line(who)})"
+                )
+                for problem in outcome.problems:
+                    echo(f"warning: {terminal_line(problem)}", file=sys.stderr)
             for note in outcome.notes:
                 echo(f"note: {terminal_line(note)}", file=sys.stderr)
     if refused:

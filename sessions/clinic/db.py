@@ -7,6 +7,7 @@ psycopg 3; ``sqlite:///PATH`` or a plain path is a SQLite file.
 The SQL is written once, with ``?`` placeholders, in the types both engines share (TEXT,
 INTEGER, BIGINT, DOUBLE PRECISION); the PostgreSQL connection turns ``?`` into ``%s``. Schema
 changes are numbered steps in ``MIGRATIONS``; ``schema_version`` holds one row per step applied.
+A step that needs each engine's own SQL (triggers) is a ``PerEngine``.
 Opening a database applies the missing steps in one transaction, under a lock, so two programs
 opening a new database at once do not both create it (docs/clinic.md, "Migrations").
 """
@@ -20,6 +21,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,8 +39,78 @@ _PG_MIGRATION_LOCK = 0x11C13  # pg_advisory_xact_lock key held while the schema 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# The history the clinic acts on: a row of these is written once and never changed or deleted,
+# which the database itself enforces from migration 9 (docs/clinic.md, "History is never
+# rewritten"). The overview's summary rows, the envelopes (pruned to the sessions a report
+# draws) and schema_version are not in it.
+APPEND_ONLY_TABLES: dict[str, tuple[tuple[str, ...], ...]] = {  # each with its unique keys
+    "protocols": (("sha256",),),
+    "imports": (("import_id",),),
+    "records": (("log_id", "chain_index"), ("session_id",)),
+    "vouchers": (("session_id",), ("device_key", "counter")),
+    "problems": (("problem_id",),),
+    "problem_notes": (("problem_id",),),
+    "plates": (("device_id",),),
+    "prescriptions": (("sha256",),),
+}
+# the tables liv inserts into with ON CONFLICT DO NOTHING (a row already held is skipped)
+_SKIPS_HELD = frozenset({"protocols", "records", "vouchers", "plates", "prescriptions"})
+_REFUSED = "is append-only: its rows are never changed or deleted (docs/clinic.md)"
+
+
+@dataclass(frozen=True)
+class PerEngine:
+    """A migration step written for each engine (what the shared SQL cannot say, triggers)."""
+
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+def _sqlite_append_only(table: str) -> tuple[str, ...]:
+    """UPDATE and DELETE refused; and an INSERT over a row already held, which REPLACE (INSERT
+    OR REPLACE, REPLACE INTO) would make a delete that fires no DELETE trigger (SQLite fires
+    them only with recursive_triggers): refused, or skipped where liv's own INSERT skips a
+    held row (ON CONFLICT DO NOTHING), which is what it does then anyway."""
+    held = " OR ".join(  # one EXISTS a key: each looked up in its own index
+        f"EXISTS (SELECT 1 FROM {table} WHERE {' AND '.join(f'{c} = NEW.{c}' for c in key)})"
+        for key in APPEND_ONLY_TABLES[table]
+    )
+    held_row = (
+        "RAISE(IGNORE)"
+        if table in _SKIPS_HELD
+        else f"RAISE(ABORT, '{table} {_REFUSED}: INSERT over a row it holds refused')"
+    )
+    # IF NOT EXISTS: a database whose schema_version was wound back keeps its triggers
+    return (
+        *(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, '{table} {_REFUSED}: {op} refused'); END"
+            for op in ("UPDATE", "DELETE")
+        ),
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table}"
+        f" WHEN {held} BEGIN SELECT {held_row}; END",
+    )
+
+
+def _postgres_append_only(table: str) -> tuple[str, ...]:
+    return (
+        f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
+        " FOR EACH ROW EXECUTE FUNCTION liv_append_only()",
+        f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
+        " FOR EACH STATEMENT EXECUTE FUNCTION liv_append_only()",
+    )
+
+
+# PL/pgSQL without % or ? (the statement goes through the placeholder conversion)
+_PG_APPEND_ONLY_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION liv_append_only() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " BEGIN RAISE EXCEPTION USING ERRCODE = 'restrict_violation',"
+    f" MESSAGE = TG_TABLE_NAME || ' {_REFUSED}: ' || TG_OP || ' refused';"
+    " END $$"
+)
+
 # Numbered migration steps: MIGRATIONS[k] brings a database from version k to k + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+MIGRATIONS: tuple[tuple[str, ...] | PerEngine, ...] = (
     # 1: the records as exported, the protocols they ran under, every import and every problem
     (
         "CREATE TABLE protocols (sha256 TEXT PRIMARY KEY, protocol_json TEXT NOT NULL)",
@@ -126,6 +198,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE problem_notes ("
         " problem_id TEXT PRIMARY KEY REFERENCES problems (problem_id),"
         " acknowledged_utc TEXT NOT NULL, acknowledged_by TEXT NOT NULL, note TEXT NOT NULL)",
+    ),
+    # 9: the history is append-only in the database itself: UPDATE and DELETE (PostgreSQL:
+    # TRUNCATE too) of APPEND_ONLY_TABLES are refused by triggers. An import writes its
+    # `imports` row last, once its counts are known (before, it inserted the row first and
+    # updated it), so its records' reference to it is checked at commit (deferrable on PG;
+    # SQLite defers per transaction with PRAGMA defer_foreign_keys)
+    PerEngine(
+        sqlite=tuple(s for t in APPEND_ONLY_TABLES for s in _sqlite_append_only(t)),
+        postgres=(
+            "ALTER TABLE records ALTER CONSTRAINT records_import_id_fkey"
+            " DEFERRABLE INITIALLY IMMEDIATE",
+            _PG_APPEND_ONLY_FUNCTION,
+            *(s for t in APPEND_ONLY_TABLES for s in _postgres_append_only(t)),
+        ),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -252,10 +338,11 @@ class ClinicDb:
                     self._conn.execute("BEGIN IMMEDIATE")
                     try:
                         yield self
+                        self._conn.execute("COMMIT")  # may fail: a deferred reference missing
                     except BaseException:
-                        self._conn.execute("ROLLBACK")
+                        if self._conn.in_transaction:  # not when SQLite ended it (disk full)
+                            self._conn.execute("ROLLBACK")
                         raise
-                    self._conn.execute("COMMIT")
         finally:
             self._in_tx = False
 
@@ -325,7 +412,7 @@ class ClinicDb:
             )
             current = int(self.query("SELECT MAX(version) FROM schema_version")[0][0] or 0)
             for step in range(current, target):
-                for statement in MIGRATIONS[step]:
+                for statement in self._statements(MIGRATIONS[step]):
                     self.execute(statement)
                 self.execute(
                     "INSERT INTO schema_version (version, applied_utc) VALUES (?, ?)",
@@ -335,6 +422,21 @@ class ClinicDb:
         if current < target:
             self.migrated_from = current
         self.version = max(current, target)
+
+    def _statements(self, step: tuple[str, ...] | PerEngine) -> tuple[str, ...]:
+        if isinstance(step, PerEngine):
+            return step.postgres if self.postgres else step.sqlite
+        return step
+
+    def defer_foreign_keys(self) -> None:
+        """Check this transaction's references at its commit, not at each statement (an
+        import's records name its `imports` row, written last). PostgreSQL: the records'
+        reference to imports only, deferrable from migration 9."""
+        assert self._in_tx, "only inside a transaction"
+        if self.postgres:
+            self.execute("SET CONSTRAINTS records_import_id_fkey DEFERRED")
+        else:
+            self.execute("PRAGMA defer_foreign_keys = ON")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -141,15 +141,13 @@ def import_export(db: ClinicDb, path: Path) -> ImportOutcome:
     try:
         verified = verify_export(path, PlateRegistry(db))
     except ImportRefusedError as exc:
-        _record_refusal(db, path, _file_sha256(path), exc)
-        outcome.refused = str(exc)
+        _refused(outcome, _record_refusal(db, path, _file_sha256(path), exc), exc)
         return outcome
     try:
         db.retrying(lambda: _store(db, verified, outcome), f"import {path}")
     except ImportRefusedError as exc:
         patients = [r.patient_id for r in verified.records]
-        _record_refusal(db, path, verified.file_sha256, exc, patients)
-        outcome.refused = str(exc)
+        _refused(outcome, _record_refusal(db, path, verified.file_sha256, exc, patients), exc)
         outcome.added = 0
         return outcome
     for patient in outcome.patients:
@@ -174,20 +172,37 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _refused(outcome: ImportOutcome, refused_before: str | None, exc: ImportRefusedError) -> None:
+    outcome.refused = str(exc)
+    if refused_before is not None:
+        outcome.notes.append(
+            f"this file was already refused for the same reason on {refused_before}; "
+            "nothing new was recorded ('liv clinic problems --all' shows it)"
+        )
+
+
 def _record_refusal(
     db: ClinicDb,
     path: Path,
     file_sha256: str,
     exc: ImportRefusedError,
     claimed: Iterable[str] = (),
-) -> None:
-    """A refused file is remembered (imports + problems) so the overview shows it."""
+) -> str | None:
+    """A refused file is remembered (imports + problems) so the overview shows it, unless the
+    refusal repeats one recorded before: then nothing is written, and when it was first
+    recorded is returned (a script importing the same refused file daily grows nothing)."""
     named: list[str | None] = [*sorted(set(claimed) | set(exc.patients))]
     patients = named or [None]
     import_id = str(uuid.uuid4())
 
-    def work() -> None:
+    def work() -> str | None:
         with db.transaction():
+            _one_check_at_a_time(db, file_sha256)
+            found = [(exc.kind, patient, None, None, str(exc)) for patient in patients]
+            # under another name it is news: where else the refused file was found
+            before = _recorded_before(db, "refused", file_sha256, found, str(path))
+            if before is not None:
+                return before
             db.execute(
                 "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
                 " added, duplicates, detail) VALUES (?, ?, ?, ?, 'refused', 0, 0, ?)",
@@ -199,11 +214,67 @@ def _record_refusal(
                     " found_utc) VALUES (?, ?, ?, ?, ?, ?)",
                     (str(uuid.uuid4()), import_id, exc.kind, patient, str(exc), now_utc()),
                 )
+            return None
 
-    db.retrying(work, f"record the refusal of {path}")
+    before = db.retrying(work, f"record the refusal of {path}")
+    if before is not None:
+        _log.info("%s: refused again as before (%s); nothing recorded", path, before)
+        return before
     for patient in patients:
         if patient is not None and _held(db, patient):
             refresh_patient(db, patient)
+    return None
+
+
+def _one_check_at_a_time(db: ClinicDb, file_sha256: str) -> None:
+    """Two programs importing the same file at once record it once: on PostgreSQL the second
+    waits here, until the first commits, to look for an earlier import of the file (SQLite's
+    write transactions already take turns)."""
+    if db.postgres:
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"import {file_sha256}",)
+        )
+
+
+def _recorded_before(
+    db: ClinicDb,
+    outcome: str,
+    file_sha256: str,
+    problems: Sequence[tuple[str, str | None, str | None, int | None, str]],
+    file_name: str | None = None,
+) -> str | None:
+    """When an import of this very file (SHA-256; ``file_name``: under this name too) with this
+    outcome was recorded that found every one of ``problems`` (the same problem: kind, patient,
+    log, record and sentence, docs/clinic.md "Found again"): the earliest such problem's time,
+    or the import's when there is none; None when anything is new. A sentence that differs
+    (the database held other records) is new information."""
+    same_file = ["i.file_sha256 = ?", "i.outcome = ?"]
+    file_params: list[Any] = [file_sha256, outcome]
+    if file_name is not None:
+        same_file.append("i.file_name = ?")
+        file_params.append(file_name)
+    held = db.query(
+        f"SELECT MIN(i.imported_utc) FROM imports i WHERE {' AND '.join(same_file)}",
+        file_params,
+    )[0][0]
+    if held is None:
+        return None
+    times: list[str] = []
+    for kind, patient, log_id, index, detail in problems:
+        where = [*same_file, "p.kind = ?", "p.detail = ?"]
+        params = [*file_params, kind, detail]
+        for column, value in (("patient_id", patient), ("log_id", log_id), ("chain_index", index)):
+            where.append(f"p.{column} IS NULL" if value is None else f"p.{column} = ?")
+            params += [] if value is None else [value]
+        first = db.query(
+            "SELECT MIN(p.found_utc) FROM problems p JOIN imports i ON i.import_id = p.import_id"
+            f" WHERE {' AND '.join(where)}",
+            params,
+        )[0][0]
+        if first is None:
+            return None
+        times.append(str(first))
+    return min(times, default=str(held))
 
 
 def _held(db: ClinicDb, patient_id: str) -> bool:
@@ -269,13 +340,12 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
     patients = sorted({r.patient_id for r in records})
     problems: list[tuple[str, str, str, int | None, str]] = []
     with db.transaction():
+        # the import's row is written once, last, with its counts (imports is append-only:
+        # migration 9); its records name it before it exists, checked at the commit
+        db.defer_foreign_keys()
+        started = now_utc()
         held_before = _chain_lengths(db, log_ids)
         patient_logs = _logs_of(db, patients)
-        db.execute(
-            "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
-            " added, duplicates, detail) VALUES (?, ?, ?, ?, 'imported', 0, 0, '')",
-            (import_id, str(verified.path), verified.file_sha256, now_utc()),
-        )
         added = 0
         for batch in _batches(verified, import_id):
             _store_batch(db, batch)
@@ -324,16 +394,14 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
         else:
             unchecked = _therapy_added(db, import_id)
         problems += _simulator_therapy(db, import_id)
-        for kind, patient, log_id, index, detail in problems:
-            db.execute(
-                "INSERT INTO problems (problem_id, import_id, kind, patient_id, log_id,"
-                " chain_index, detail, found_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (str(uuid.uuid4()), import_id, kind, patient, log_id, index, detail, now_utc()),
-            )
-        db.execute(
-            "UPDATE imports SET added = ?, duplicates = ?, detail = ? WHERE import_id = ?",
-            (added, duplicates, "; ".join(dict.fromkeys(p[4] for p in problems)), import_id),
-        )
+        # the same file again, adding nothing and finding only what its earlier import found
+        # (a daily import script): nothing to record
+        seen = None
+        if not added:
+            _one_check_at_a_time(db, verified.file_sha256)
+            seen = _recorded_before(db, "imported", verified.file_sha256, problems)
+        if seen is None:
+            _record_import(db, verified, import_id, started, added, duplicates, problems)
     outcome.added = added
     outcome.duplicates = duplicates
     outcome.patients = tuple(patients)
@@ -344,6 +412,42 @@ def _store(db: ClinicDb, verified: VerifiedExport, outcome: ImportOutcome) -> No
             "and import with the same database (--db, or LIV_CLINIC_DB for both)"
         )
     outcome.problems = list(dict.fromkeys(p[4] for p in problems))  # a sentence once
+    if seen is not None and problems:
+        outcome.notes.append(
+            f"this file was imported before with the same result: the problem(s) above were "
+            f"recorded on {seen}; nothing new was recorded"
+        )
+
+
+def _record_import(
+    db: ClinicDb,
+    verified: VerifiedExport,
+    import_id: str,
+    started: str,
+    added: int,
+    duplicates: int,
+    problems: Sequence[tuple[str, str, str, int | None, str]],
+) -> None:
+    """The import's row, once, with its counts (imports is append-only), and its problems."""
+    db.execute(
+        "INSERT INTO imports (import_id, file_name, file_sha256, imported_utc, outcome,"
+        " added, duplicates, detail) VALUES (?, ?, ?, ?, 'imported', ?, ?, ?)",
+        (
+            import_id,
+            str(verified.path),
+            verified.file_sha256,
+            started,
+            added,
+            duplicates,
+            "; ".join(dict.fromkeys(p[4] for p in problems)),
+        ),
+    )
+    for kind, patient, log_id, index, detail in problems:
+        db.execute(
+            "INSERT INTO problems (problem_id, import_id, kind, patient_id, log_id,"
+            " chain_index, detail, found_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(uuid.uuid4()), import_id, kind, patient, log_id, index, detail, now_utc()),
+        )
 
 
 def _home_clocks(
