@@ -82,10 +82,12 @@ __all__ = [
 
 log = logging.getLogger("firmware_bridge.client")
 
-# Bound by assignment, not by import: CPython 3.11 compiles ``Name.method(...)`` on a name a
-# module imports as an attribute load (meant for modules), on one it assigns as a method
-# load, as when this class was defined in the module that calls it. Same bytecode as before
-# the split for ``DeviceInfo.from_hello`` (the handshake); re-exported as before.
+# Bound by assignment, not by import, so that ``DeviceInfo.from_hello`` in the handshake compiles
+# as before the split: CPython 3.11 compiles ``Name.method(...)`` to LOAD_ATTR when ``Name`` comes
+# from an import in this module (as it would for a module) and to LOAD_METHOD otherwise. It keeps
+# the moved code's bytecode equal to the old, which is how the split was checked to be a pure
+# move. It is not for speed: on a classmethod both cost the same (about 65 ns a call, measured in
+# session 10). Re-exported as before.
 DeviceInfo = values.DeviceInfo
 
 HELLO_TIMEOUT_S = 5.0

@@ -49,10 +49,12 @@ from firmware_bridge.values import SampleBlock
 
 log = logging.getLogger("firmware_bridge.client")
 
-# Bound by assignment, not by import: CPython 3.11 compiles ``Name.method(...)`` on a name a
-# module imports as an attribute load (meant for modules), on one it assigns as a method
-# load, as when this class was defined in the module that calls it. Same bytecode as before
-# the split for ``SampleBatch.of_block`` and ``SampleBatch.join`` (every read_blocks call).
+# Bound by assignment, not by import, so that ``SampleBatch.of_block`` and ``SampleBatch.join`` in
+# read_blocks compile as before the split: CPython 3.11 compiles ``Name.method(...)`` to LOAD_ATTR
+# when ``Name`` comes from an import in this module (as it would for a module) and to LOAD_METHOD
+# otherwise. It keeps the moved code's bytecode equal to the old, which is how the split was
+# checked to be a pure move. It is not for speed: on a classmethod both cost the same (about 65 ns
+# a call, measured in session 10).
 SampleBatch = values.SampleBatch
 
 

@@ -11,7 +11,7 @@ set back.
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -134,3 +134,26 @@ def test_status_lists_the_same_recent_sessions_as_a_read_from_the_history_start(
     assert recent == [s for s in listed if s.session_id != back]
     assert len(recent) == len(listed) - 1 > 0
     assert sum(minutes.values()) == pytest.approx(10.0 * 8)
+
+
+def test_status_counts_a_session_dated_on_the_history_start_among_the_recent(
+    home: LivHome,
+) -> None:
+    """With set-back sessions, the recent ones are taken from the study's summaries from the
+    history start on, that day included (as ``summaries(since=...)`` bounds it): a session
+    dated that very day is listed, one of the day before is not."""
+    protocol = home.protocol()
+    now = datetime.now(UTC)
+    since = history_start(protocol, now)
+
+    def noon(day: date) -> datetime:
+        return datetime.combine(day, time(12), tzinfo=protocol.zone).astimezone(UTC)
+
+    with SessionLog(home.db_path()) as log:
+        _write(log, protocol, noon(since - timedelta(days=1)), 1)
+        first = _write(log, protocol, noon(since), 1)
+        later = _write(log, protocol, noon(since + timedelta(days=1)), 1)
+        back = _write(log, protocol, noon(since + timedelta(days=1)) - timedelta(hours=3), 2)
+        recent, _, set_back = _status_reads(log, protocol, now, demo=False)
+    assert list(set_back) == [back]  # it ended three hours before the one written before it
+    assert [s.session_id for s in recent] == [first, later]

@@ -7,8 +7,9 @@ checkpoint, finish and chain, recovery of interrupted sessions) and ``store_vouc
 countersignatures). This module holds what audits the whole log: :meth:`SessionStore.verify`
 (every hash chain) and the check for a clock set back between sessions
 (:meth:`SessionStore.set_back`, :meth:`SessionStore.clock_behind`). Import from
-``sessions.log``; the names once defined here (``default_db_path``, ``_SCHEMA_V1``, ...) stay
-importable from here."""
+``sessions.log``; the names other modules import from here (``__all__``) stay importable
+from here, and ``set_back_records`` is looked up here (tests patch it); the private helpers
+that moved (``_KIND_SQL``, ``_NOTE_TEXT``, ``_STORAGE_FAILURES``, the logger) are in the parts."""
 
 from __future__ import annotations
 
