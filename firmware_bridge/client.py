@@ -22,7 +22,6 @@ from types import TracebackType
 
 import serial
 
-from firmware_bridge import values
 from firmware_bridge.codec import LinkStats
 from firmware_bridge.errors import (
     HandshakeBacklogError,
@@ -54,7 +53,7 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.stream import _Stream
 from firmware_bridge.transport import BAUD_RATE, close_port, open_port
-from firmware_bridge.values import DeviceIdentity, SampleBatch, SampleBlock, Voucher
+from firmware_bridge.values import DeviceIdentity, DeviceInfo, SampleBatch, SampleBlock, Voucher
 
 __all__ = [
     "ACK_LEN",
@@ -82,13 +81,6 @@ __all__ = [
 
 log = logging.getLogger("firmware_bridge.client")
 
-# Bound by assignment, not by import, so that ``DeviceInfo.from_hello`` in the handshake compiles
-# as before the split: CPython 3.11 compiles ``Name.method(...)`` to LOAD_ATTR when ``Name`` comes
-# from an import in this module (as it would for a module) and to LOAD_METHOD otherwise. It keeps
-# the moved code's bytecode equal to the old, which is how the split was checked to be a pure
-# move. It is not for speed: on a classmethod both cost the same (about 65 ns a call, measured in
-# session 10). Re-exported as before.
-DeviceInfo = values.DeviceInfo
 
 HELLO_TIMEOUT_S = 5.0
 HELLO_REPEAT_S = 0.5

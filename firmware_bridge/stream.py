@@ -19,7 +19,6 @@ import time
 import numpy as np
 import serial
 
-from firmware_bridge import values
 from firmware_bridge.codec import RawFrame, samples_payload_dtype
 from firmware_bridge.errors import (
     LinkActivity,
@@ -45,17 +44,9 @@ from firmware_bridge.link import (
 )
 from firmware_bridge.protocol import Q16, Ack, Countersignature, Identity, Status
 from firmware_bridge.transport import BAUD_RATE
-from firmware_bridge.values import SampleBlock
+from firmware_bridge.values import SampleBatch, SampleBlock
 
 log = logging.getLogger("firmware_bridge.client")
-
-# Bound by assignment, not by import, so that ``SampleBatch.of_block`` and ``SampleBatch.join`` in
-# read_blocks compile as before the split: CPython 3.11 compiles ``Name.method(...)`` to LOAD_ATTR
-# when ``Name`` comes from an import in this module (as it would for a module) and to LOAD_METHOD
-# otherwise. It keeps the moved code's bytecode equal to the old, which is how the split was
-# checked to be a pure move. It is not for speed: on a classmethod both cost the same (about 65 ns
-# a call, measured in session 10).
-SampleBatch = values.SampleBatch
 
 
 class _Stream(_Exchange):
