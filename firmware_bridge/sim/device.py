@@ -459,7 +459,9 @@ class SimulatedDevice:
         self.max_drive_q16 = drive_to_q16(MAX_DRIVE)
         self.min_freq_mhz = hz_to_mhz(MIN_FREQ_HZ)
         self.max_freq_mhz = hz_to_mhz(MAX_FREQ_HZ)
-        self.watchdog_ms = round_half_up(WATCHDOG_S * 1000)
+        self.watchdog_ms = (
+            round_half_up(WATCHDOG_S * 1000) if config.watchdog_ms is None else config.watchdog_ms
+        )
         self.fault_ramp_ms = round_half_up(SAFE_RAMP_S * 1000)
         self.stop_ramp_ms = round_half_up(SAFE_RAMP_S * 1000)
         self.slew_full_scale_ms = round_half_up(FULL_SCALE_SLEW_S * 1000)
