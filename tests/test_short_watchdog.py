@@ -259,3 +259,24 @@ def test_the_open_loop_gives_up_on_stopped_samples_before_the_watchdog(
         f"link to the device lost: no samples from the device for {wait_s:g} s"
     )
     assert_stopped_by_the_host(load_truth(truth_path), OPEN_LOOP_STOP_AT_S)
+
+
+# ---- the calibration sweep (liv calibrate), in real time -------------------------------------
+
+CALIBRATION_STOP_AT_S = 0.7  # boot, handshake, the 0.3 s ramp, then the first point's settling
+
+
+def test_a_calibration_gives_up_on_stopped_samples_before_the_watchdog(tmp_path: Path) -> None:
+    """Before: its reads waited 1 s, outlasting the reference plate's 0.5 s watchdog, and the
+    sweep ended with the plate's HOST_WATCHDOG fault (DeviceFaultError) for samples that had
+    stopped."""
+    truth_path = tmp_path / "truth.npz"
+    url = f"sim://?mass=0&seed=4&speed=1&watchdog_ms=500&truth={truth_path}"
+    port = SamplesDroppedPort(url, CALIBRATION_STOP_AT_S)
+    with connect(port, 500) as device, pytest.raises(LinkLostError) as caught:
+        identify(device, freqs_hz=(40.0,))
+    assert not isinstance(caught.value, DeviceFaultError), caught.value
+    assert str(caught.value).startswith(
+        "link to the device lost: no samples from the device for 0.3 s"
+    )
+    assert_stopped_by_the_host(load_truth(truth_path), CALIBRATION_STOP_AT_S)
