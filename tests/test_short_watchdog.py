@@ -282,14 +282,15 @@ def test_a_calibration_gives_up_on_stopped_samples_before_the_watchdog(tmp_path:
     assert_stopped_by_the_host(load_truth(truth_path), CALIBRATION_STOP_AT_S)
 
 
-@pytest.mark.parametrize("watchdog_ms", [500, 2000])
-def test_the_simulator_runs_on_until_its_own_watchdog_stops_a_plate_left_on(
+@pytest.mark.parametrize("watchdog_ms", [200, 500, 2000])
+def test_the_simulator_obeys_its_watchdog_and_runs_on_until_it_stops_a_plate_left_on(
     tmp_path: Path, watchdog_ms: int
 ) -> None:
     """A host that goes without a word (the port closed, no SET_OUTPUT off) leaves the plate to
-    its watchdog: the record runs on until that has fired and ramped the drive to zero. Before,
-    the plate was simulated for the 500 ms watchdog's time only, so a 2 s plate's record ended
-    with the drive on and no fault, as if nothing would ever stop it."""
+    its watchdog, which fires after the watchdog it announced in HELLO, and the record runs on
+    until its ramp has brought the drive to zero. Before, the plate was simulated for the
+    500 ms watchdog's time only, so a 2 s plate's record ended with the drive on and no fault,
+    as if nothing would ever stop it."""
     truth_path = tmp_path / "truth.npz"
     url = f"sim://?mass=70&seed=6&speed=max&watchdog_ms={watchdog_ms}&truth={truth_path}"
     with DeviceClient.open(url) as device:
@@ -297,7 +298,15 @@ def test_the_simulator_runs_on_until_its_own_watchdog_stops_a_plate_left_on(
         device.start_output()
         device.set_drive(0.1, 0.1)
         device.read_for(0.3)
+        # plant time (from power-up) of the newest block: the host fell silent at most a
+        # heartbeat interval before it
+        quiet_at_s = device.sample_index / device.info.sample_rate_hz
+        quiet_at_s += parse_sim_url(url).boot_ms / 1000.0
         device.port.close()  # the host is gone: the client's own SET_OUTPUT off is not sent
     truth = load_truth(truth_path)
     assert np.abs(truth["drive"])[-1] == 0.0
-    assert [fault.split()[-1] for fault in plate_faults(truth)] == ["fault:HOST_WATCHDOG"]
+    faults = plate_faults(truth)
+    assert [fault.split()[-1] for fault in faults] == ["fault:HOST_WATCHDOG"]
+    silent_s = float(faults[0].split()[0]) - quiet_at_s
+    watchdog_s = watchdog_ms / 1000.0
+    assert watchdog_s - HEARTBEAT_S < silent_s <= watchdog_s + MIN_WAIT_BLOCKS * BLOCK_S
