@@ -606,7 +606,14 @@ def _soft_stop(device: DeviceClient, ramp_s: float, t: float = 0.0) -> SafetyTri
             )
             while device.sample_index < end:
                 block: SampleBlock | None = device.read_block(timeout_s=read_s)
-                if block is None or block.drive <= 0.0:
+                if block is None:
+                    log.warning(
+                        "soft stop: no samples for %g s; output switched off with %.2f s of the "
+                        "ramp and its margin to go; the plate's stop ramp takes the drive to zero",
+                        read_s, (end - device.sample_index) / info.sample_rate_hz,
+                    )  # fmt: skip
+                    break
+                if block.drive <= 0.0:
                     break
         device.stop_output(wait=False)
     except DeviceFaultError as exc:
