@@ -35,6 +35,7 @@ from controller.safety import (
     SafetySupervisor,
     SafetyTrip,
     TripReason,
+    samples_wait_s,
     trip_from_exception,
 )
 from controller.schedule import FrequencySchedule
@@ -64,6 +65,9 @@ DRIVE_RESOLUTION = 2e-4  # drive changes smaller than this are not sent (0.05% o
 # A soft stop waits for a block at drive 0 at most this long past the ramp (plate time): the
 # command's way to the plate and a round trip of the link
 STOP_MARGIN_S = 0.3
+# ... reading blocks meanwhile, each waited for at most this long (shortened for a plate with a
+# short watchdog, as every wait for samples with the output on: controller.safety.samples_wait_s)
+STOP_READ_S = 0.5
 COIL_TEMP_POLL_S = 2.0  # STATUS (coil temperature, for presence detection) this often
 STALE_RATIO = 1.1  # response above the empty-plate calibration by this: calibration is stale
 STALE_HOLD_S = 1.0
@@ -309,7 +313,9 @@ def _run_exposure(
     clean_after_s = window_s + dt  # a window this long after a frequency step is clean
     ramp_up_s = settings.ramp_up_s
     ramp_down_s = settings.ramp_down_s
-    link_timeout_s = settings.limits.link_timeout_s
+    # The wait for the next block gives up in time for the host's stop to come before the
+    # plate's watchdog could fire (docs/safety.md 2.3.1); the reference plate keeps the limit
+    link_timeout_s = samples_wait_s(settings.limits.link_timeout_s, info.watchdog_s, dt)
     freq_at = settings.schedule.freq_at
     constant_hz = settings.schedule.constant_hz  # None: freq_at(t) varies, so it is asked
     estimator_push = estimator.push
@@ -360,7 +366,7 @@ def _run_exposure(
                 result.trip = _trip_for(exc, t, device.sample_index)
                 break
             if block is None:
-                result.trip = _no_samples_trip(device, link_timeout_s, t)
+                result.trip = _no_samples_trip(device, link_timeout_s, t, settings.limits)
                 break
             # A jump in the sample clock is never time at dose nor ramp progress: trip first.
             result.trip = check_index(t, block)
@@ -533,21 +539,28 @@ _EXCEPTION_REASONS: dict[type[BridgeError], TripReason] = {
 }
 
 
-def _no_samples_trip(device: DeviceClient, timeout_s: float, t: float) -> SafetyTrip:
+def _no_samples_trip(
+    device: DeviceClient, timeout_s: float, t: float, limits: SafetyLimits
+) -> SafetyTrip:
     """The trip for a wait for samples that gave up: ``link_degraded`` with the counts when the
     device kept sending what could not be used (damaged or malformed frames), else
-    ``link_lost`` (the device silent)."""
+    ``link_lost`` (the device silent). A wait shorter than ``link_timeout_s`` (a plate with a
+    short watchdog) says so."""
+    waited = f"{timeout_s:g} s"
+    if timeout_s < limits.link_timeout_s:
+        waited += (
+            f" (shortened from {limits.link_timeout_s:g} s for the plate's "
+            f"{device.info.watchdog_s:g} s watchdog)"
+        )
     activity = device.last_give_up
     if activity is not None and activity.unreadable:
         return SafetyTrip(
             TripReason.LINK_DEGRADED, t, device.sample_index,
-            f"no usable samples for {timeout_s:g} s although the device kept sending: "
+            f"no usable samples for {waited} although the device kept sending: "
             f"{activity.describe()}",
             activity.to_values(),
         )  # fmt: skip
-    return SafetyTrip(
-        TripReason.LINK_LOST, t, device.sample_index, f"no samples for {timeout_s:g} s"
-    )
+    return SafetyTrip(TripReason.LINK_LOST, t, device.sample_index, f"no samples for {waited}")
 
 
 def _keep_whole_updates(hist: dict[str, list[float]], rounding_g: list[float]) -> None:
@@ -571,7 +584,10 @@ def _soft_stop(device: DeviceClient, ramp_s: float, t: float = 0.0) -> SafetyTri
     waiting (a host behind the plate's stream) were sent before SET_DRIVE reached the plate.
     The output goes off once a block reports the drive at zero, or at the latest when the
     plate's clock has passed the blocks waiting, ``ramp_s`` and :data:`STOP_MARGIN_S` (an
-    output switched off early drops the rest of the ramp in the plate's short stop ramp).
+    output switched off early drops the rest of the ramp in the plate's short stop ramp). A
+    read that brings no block within :data:`STOP_READ_S`, shortened for a plate with a short
+    watchdog (:func:`controller.safety.samples_wait_s`), ends the wait at once: the output goes
+    off before the plate's watchdog could fire on a host waiting for samples that stopped.
 
     If the link or the device has failed this does what it can: the firmware's own fault ramp
     (a latched fault) or its watchdog (a host gone quiet) takes the drive to zero. A fault the
@@ -585,9 +601,19 @@ def _soft_stop(device: DeviceClient, ramp_s: float, t: float = 0.0) -> SafetyTri
             waiting = device.blocks_behind * info.block_samples
             end = device.sample_index + waiting
             end += round((ramp_s + STOP_MARGIN_S) * info.sample_rate_hz)
+            read_s = samples_wait_s(
+                STOP_READ_S, info.watchdog_s, info.block_samples / info.sample_rate_hz
+            )
             while device.sample_index < end:
-                block: SampleBlock | None = device.read_block(timeout_s=0.5)
-                if block is None or block.drive <= 0.0:
+                block: SampleBlock | None = device.read_block(timeout_s=read_s)
+                if block is None:
+                    log.warning(
+                        "soft stop: no samples for %g s; output switched off with %.2f s of the "
+                        "ramp and its margin to go; the plate's stop ramp takes the drive to zero",
+                        read_s, (end - device.sample_index) / info.sample_rate_hz,
+                    )  # fmt: skip
+                    break
+                if block.drive <= 0.0:
                     break
         device.stop_output(wait=False)
     except DeviceFaultError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from controller.estimation import FloatArray, block_phases, whole_cycle_length
+from controller.safety import samples_wait_s
 from firmware_bridge.client import DeviceClient, SampleBatch, SampleBlock
 from firmware_bridge.errors import BridgeError
 
@@ -22,6 +23,10 @@ RAMP_UP_S = 2.0
 RAMP_DOWN_S = 1.0
 PENDING_BLOCKS = 64  # SteadyFit adds blocks to its sums this many at a time
 READ_BLOCKS = 64  # blocks asked for per read (the client stops earlier when a heartbeat is due)
+# No samples for this long with the output on is a lost link (LinkLostError), shortened for a
+# plate with a short watchdog (controller.safety.samples_wait_s: 0.3 s for the reference 0.5 s
+# plate), so the host gives up, and its caller stops the output, before the watchdog can fire
+LINK_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,13 @@ def drive_open_loop(
     fs = float(info.sample_rate_hz)
     steady = SteadyFit(freq_hz, fs)
     interrupted = False
+    wait_s = samples_wait_s(LINK_TIMEOUT_S, info.watchdog_s, info.block_samples / fs)
     device.set_frequency(freq_hz)
     device.start_output()
     try:
         device.set_drive(drive, ramp_up_s)
-        device.read_for(ramp_up_s)
-        _read_into(device, seconds, steady)
+        device.read_for(ramp_up_s, wait_s)
+        _read_into(device, seconds, steady, wait_s)
     except KeyboardInterrupt:
         interrupted = True
     except BridgeError:
@@ -83,9 +89,9 @@ def drive_open_loop(
         # A fault of the host's own (a bug, an unexpected reply): still the soft stop, then
         # the error; a link that fails during the ramp leaves it to the watchdog.
         with contextlib.suppress(BridgeError):
-            _ramp_down(device, ramp_down_s)
+            _ramp_down(device, ramp_down_s, wait_s)
         raise
-    _ramp_down(device, ramp_down_s)
+    _ramp_down(device, ramp_down_s, wait_s)
     nan = float("nan")
     fit_peak, total, dc, harm = (nan,) * 4 if interrupted else steady.result()
     stats = device.link_stats
@@ -106,15 +112,15 @@ def drive_open_loop(
     )
 
 
-def _ramp_down(device: DeviceClient, ramp_down_s: float) -> None:
+def _ramp_down(device: DeviceClient, ramp_down_s: float, timeout_s: float) -> None:
     """Soft stop: ramp to zero, keep the link alive while it ramps, then switch off."""
     device.set_drive(0.0, ramp_down_s)
-    device.read_for(ramp_down_s)
+    device.read_for(ramp_down_s, timeout_s)
     device.stop_output()
 
 
 def _read_into(
-    device: DeviceClient, seconds: float, steady: SteadyFit, timeout_s: float = 1.0
+    device: DeviceClient, seconds: float, steady: SteadyFit, timeout_s: float = LINK_TIMEOUT_S
 ) -> None:
     """Stream the next ``seconds`` of the device's sample clock into ``steady``."""
     n = device.info.block_samples

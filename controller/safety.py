@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.estimation import SineFit, WindowEstimate
-from firmware_bridge.client import SampleBlock
+from firmware_bridge.client import HEARTBEAT_S, SampleBlock
 from firmware_bridge.codec import LinkStats
 from firmware_bridge.dose_limits import DOSE_LIMITS, DoseLimitError
 
@@ -29,6 +29,19 @@ TRIP_RAMP_S = 0.25  # host ramp to zero after a trip
 # host_too_slow's backlog limit + hold stay within this share of the plate's watchdog
 # (0.45 s of a 0.5 s watchdog)
 BACKLOG_WATCHDOG_SHARE = 0.9
+# The client's port read waits up to this for bytes (firmware_bridge.transport.open_port's read
+# timeout); a wait for samples reads once more past its deadline before it gives up, so it
+# ends up to two reads late (firmware_bridge/stream.py, read_block)
+PORT_READ_S = 0.05
+# A wait for samples with the output on ends at least this long inside the plate's watchdog:
+# the host may have been quiet for up to a heartbeat interval when the wait begins (its
+# heartbeat is timed on the blocks it reads, docs/protocol.md 11), and the wait ends up to two
+# port reads after its deadline. 0.5 - 0.2 = 0.3 s: the reference plate keeps link_timeout_s.
+WATCHDOG_WAIT_MARGIN_S = HEARTBEAT_S + 2 * PORT_READ_S
+# ... and never shorter than this many of the plate's blocks: the next block is due one block
+# after a wait begins, and its bytes may still be on their way; a shorter wait would give up on
+# a plate that is sending (0.04 s on the reference plate)
+MIN_WAIT_BLOCKS = 2
 _NO_COUNTS: npt.NDArray[np.int16] = np.empty(0, dtype=np.int16)
 
 
@@ -519,6 +532,22 @@ def _values(fit: SineFit, drive: float, setpoint_g: float, ratio: float | None) 
     return found
 
 
+def samples_wait_s(limit_s: float, watchdog_s: float, block_s: float) -> float:
+    """How long a wait for samples with the output on may last before the host gives up.
+
+    ``limit_s`` (``SafetyLimits.link_timeout_s`` in the loop), shortened for a plate whose
+    watchdog (``DeviceInfo.watchdog_s``, 0.2-2 s by the protocol) is short, so that when the
+    samples stop while the plate still hears the host, the host's own stop, with the true
+    reason (``link_lost``), reaches the plate before its watchdog can fire and blame the host
+    (docs/safety.md 2.3.1): at most ``watchdog_s - WATCHDOG_WAIT_MARGIN_S``, and at least
+    ``MIN_WAIT_BLOCKS`` blocks of ``block_s``. The reference 0.5 s plate keeps 0.3 s; 0.2 s
+    for a 0.4 s watchdog, 0.1 s for 0.3 s; two blocks (0.04 s) under 0.24 s, where the margin
+    is not whole (docs/safety.md 2.3.1 gives what was measured there).
+    """
+    room = round(watchdog_s - WATCHDOG_WAIT_MARGIN_S, 3)  # whole ms, as the plate's watchdog
+    return min(limit_s, max(MIN_WAIT_BLOCKS * block_s, room))
+
+
 def trip_from_exception(
     reason: TripReason, t_s: float, index: int, exc: BaseException
 ) -> SafetyTrip:
@@ -529,10 +558,14 @@ def trip_from_exception(
 __all__ = [
     "BACKLOG_WATCHDOG_SHARE",
     "HARD_CEILING_G",
+    "MIN_WAIT_BLOCKS",
+    "PORT_READ_S",
     "TRIP_RAMP_S",
+    "WATCHDOG_WAIT_MARGIN_S",
     "SafetyLimits",
     "SafetySupervisor",
     "SafetyTrip",
     "TripReason",
+    "samples_wait_s",
     "trip_from_exception",
 ]

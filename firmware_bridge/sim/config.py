@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from firmware_bridge.errors import UnknownUrlError
+from firmware_bridge.protocol import HELLO_RANGES
 from firmware_bridge.sim.profile import POSTURES, PlateProfile
 
 # Accelerometer noise densities from the datasheet table in shared/DOMAIN.md: a low-noise part
@@ -74,6 +75,9 @@ class SimConfig:
     # False: a firmware without the resting-sensor check of docs/protocol.md (a third-party
     # plate), so that the host's own check can be shown to stand alone
     rest_check: bool = True
+    # the host watchdog the plate announces in HELLO and obeys, ms (None: the reference 500 ms;
+    # the protocol allows 200-2000, docs/protocol.md section 7)
+    watchdog_ms: int | None = None
     # where the plate keeps its device key, counter and head (firmware_bridge/sim/nvstore.py;
     # None: $LIV_SIM_STATE_DIR, else the user's state directory)
     nv: str | None = None
@@ -98,6 +102,11 @@ class SimConfig:
                 "index_jump_samples",
                 self.index_jump_samples != 0 and abs(self.index_jump_samples) <= 2**31,
                 "a non-zero whole number of samples, negative to go backwards",
+            ),
+            (
+                "watchdog_ms",
+                self.watchdog_ms is None or WATCHDOG_MS_LOW <= self.watchdog_ms <= WATCHDOG_MS_HIGH,
+                f"{WATCHDOG_MS_LOW}..{WATCHDOG_MS_HIGH} ms, the protocol's range",
             ),
             ("posture", self.posture is None or self.posture in POSTURES, " or ".join(POSTURES)),
             ("knee_deg", self.knee_deg is None or 135.0 <= self.knee_deg <= 180.0, "135..180"),
@@ -138,6 +147,8 @@ class SimConfig:
         return profile.with_overrides(posture=self.posture, **changes)
 
 
+# the HELLO range of watchdog_ms (docs/protocol.md section 7): a plate cannot announce another
+WATCHDOG_MS_LOW, WATCHDOG_MS_HIGH, _ = HELLO_RANGES["watchdog_ms"]
 MAX_UPTIME_S = 7 * 86400.0  # a week: the longest "plate up before the host" the tests need
 
 # Events the device fires once, at a time since power-up (they cannot lie before uptime_s).
@@ -198,6 +209,7 @@ ALLOWED_KEYS = sorted(
         "noise",
         "presence",
         "index_jump_samples",
+        "watchdog_ms",
     ]
 )
 
@@ -232,6 +244,12 @@ def parse_sim_url(url: str) -> SimConfig:
                     url, f"index_jump_samples={raw!r} must be a whole number of samples"
                 )
             values["index_jump_samples"] = int(raw)
+        elif key == "watchdog_ms":
+            if not raw.isdigit():
+                raise UnknownUrlError(
+                    url, f"watchdog_ms={raw!r} must be a whole number of milliseconds"
+                )
+            values["watchdog_ms"] = int(raw)
         elif key == "speed":
             values["speed"] = None if raw == "max" else _number(url, key, raw)
         elif key == "sway":

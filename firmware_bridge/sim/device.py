@@ -101,7 +101,9 @@ OVERTEMP_C = 120.0
 ACCEL_WINDOW_BLOCKS = 3  # the firmware's own peak measurement spans the last 3 blocks (60 ms)
 REST_TOLERANCE = 0.03  # at rest the sensor must read 1 g within 3% before the output goes on
 REST_BLOCKS = 4  # the resting reading is the mean of up to 4 blocks streamed with the output off
-LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3  # how long the plate is simulated after the host leaves
+# how long the plate is simulated after the host leaves: time for its watchdog to fire and its
+# ramp to end (longer by as much for a plate whose watchdog_ms is longer)
+LINGER_S = WATCHDOG_S + SAFE_RAMP_S + 0.3
 AHEAD_BLOCKS_MAX = 16  # blocks simulated in one product at a constant drive (see _run_ahead)
 # Fewer blocks than this are cheaper one at a time: a batch costs about 90 us plus 4 us a block,
 # a block on its own (_BlockKernel) about 17 us with its fit (measured, session 5).
@@ -459,7 +461,9 @@ class SimulatedDevice:
         self.max_drive_q16 = drive_to_q16(MAX_DRIVE)
         self.min_freq_mhz = hz_to_mhz(MIN_FREQ_HZ)
         self.max_freq_mhz = hz_to_mhz(MAX_FREQ_HZ)
-        self.watchdog_ms = round_half_up(WATCHDOG_S * 1000)
+        self.watchdog_ms = (
+            round_half_up(WATCHDOG_S * 1000) if config.watchdog_ms is None else config.watchdog_ms
+        )
         self.fault_ramp_ms = round_half_up(SAFE_RAMP_S * 1000)
         self.stop_ramp_ms = round_half_up(SAFE_RAMP_S * 1000)
         self.slew_full_scale_ms = round_half_up(FULL_SCALE_SLEW_S * 1000)
@@ -556,7 +560,7 @@ class SimulatedDevice:
             return
         self._closed = True
         # Bytes the host wrote before closing still reach the plate (its last SET_OUTPUT off).
-        end = self.time_s + LINGER_S
+        end = self.time_s + LINGER_S + max(0.0, self.watchdog_ms / 1000.0 - WATCHDOG_S)
         while self.time_s < end:
             self.step()
         self._outbox.clear()
