@@ -262,9 +262,10 @@ class _Stream(_Exchange):
         watchdog fired before the host gave up.
 
         The heartbeat goes out whenever the host has been quiet for HEARTBEAT_S of that clock
-        (docs/protocol.md 11): a wait longer than the plate's watchdog (the open loop's 1 s, a
-        calibration's) ends with the host's own error, not with the plate's HOST_WATCHDOG
-        fault blaming a host that was waiting."""
+        (docs/protocol.md 11): a wait longer than the plate's watchdog (any caller's, e.g. one
+        that does not shorten it as controller/safety.py ``samples_wait_s`` does) ends with the
+        host's own error, not with the plate's HOST_WATCHDOG fault blaming a host that was
+        waiting."""
         refused = self.bad_index_frames - mark[_BAD_INDEX_AT]
         info = self._info
         rate = _frames_per_s(info)
