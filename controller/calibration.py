@@ -24,7 +24,7 @@ import numpy as np
 
 from controller.estimation import FloatArray, block_phases, fit_sine, whole_cycle_length
 from controller.privatefiles import check_private_dir, write_private_file
-from controller.safety import samples_wait_s
+from controller.safety import READ_WAIT_S, samples_wait_s
 from controller.sensor import SensorCalibration, SensorCalibrationError
 from firmware_bridge.client import DeviceClient, DeviceInfo
 from firmware_bridge.dose_limits import DOSE_LIMITS
@@ -46,10 +46,6 @@ DEFAULT_FREQS_HZ = tuple(
 IDENT_DRIVE = 0.08  # low amplitude: about 0.05-0.15 g on an empty reference plate
 SETTLE_S = 0.4
 MEASURE_S = 0.3
-# No samples for this long with the output on is a lost link (LinkLostError), shortened for a
-# plate with a short watchdog as every such wait (controller.safety.samples_wait_s: 0.3 s on
-# the reference 0.5 s plate), so that the host gives up before the plate's watchdog can fire
-LINK_TIMEOUT_S = 1.0
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 1_000_000  # a calibration is a few kB; anything far larger is not one
 
@@ -230,7 +226,7 @@ def identify(
     gains: list[float] = []
     phases: list[float] = []
     coil_temp_c = _coil_temperature(device)
-    wait_s = samples_wait_s(LINK_TIMEOUT_S, info.watchdog_s, info.block_samples / fs)
+    wait_s = samples_wait_s(READ_WAIT_S, info.watchdog_s, info.block_samples / fs)
     device.set_frequency(freqs_hz[0])
     device.start_output()
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from controller.estimation import FloatArray, block_phases, whole_cycle_length
-from controller.safety import samples_wait_s
+from controller.safety import READ_WAIT_S, samples_wait_s
 from firmware_bridge.client import DeviceClient, SampleBatch, SampleBlock
 from firmware_bridge.errors import BridgeError
 
@@ -23,10 +23,6 @@ RAMP_UP_S = 2.0
 RAMP_DOWN_S = 1.0
 PENDING_BLOCKS = 64  # SteadyFit adds blocks to its sums this many at a time
 READ_BLOCKS = 64  # blocks asked for per read (the client stops earlier when a heartbeat is due)
-# No samples for this long with the output on is a lost link (LinkLostError), shortened for a
-# plate with a short watchdog (controller.safety.samples_wait_s: 0.3 s for the reference 0.5 s
-# plate), so the host gives up, and its caller stops the output, before the watchdog can fire
-LINK_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ def drive_open_loop(
     fs = float(info.sample_rate_hz)
     steady = SteadyFit(freq_hz, fs)
     interrupted = False
-    wait_s = samples_wait_s(LINK_TIMEOUT_S, info.watchdog_s, info.block_samples / fs)
+    wait_s = samples_wait_s(READ_WAIT_S, info.watchdog_s, info.block_samples / fs)
     device.set_frequency(freq_hz)
     device.start_output()
     try:
@@ -120,7 +116,7 @@ def _ramp_down(device: DeviceClient, ramp_down_s: float, timeout_s: float) -> No
 
 
 def _read_into(
-    device: DeviceClient, seconds: float, steady: SteadyFit, timeout_s: float = LINK_TIMEOUT_S
+    device: DeviceClient, seconds: float, steady: SteadyFit, timeout_s: float = READ_WAIT_S
 ) -> None:
     """Stream the next ``seconds`` of the device's sample clock into ``steady``."""
     n = device.info.block_samples

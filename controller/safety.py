@@ -42,6 +42,10 @@ WATCHDOG_WAIT_MARGIN_S = HEARTBEAT_S + 2 * PORT_READ_S
 # after a wait begins, and its bytes may still be on their way; a shorter wait would give up on
 # a plate that is sending (0.04 s on the reference plate)
 MIN_WAIT_BLOCKS = 2
+# A read for samples with the output on outside the control loop (the open loop, calibration)
+# gives up after this, before samples_wait_s shortens it (0.3 s on the reference 0.5 s plate):
+# then LinkLostError, and the caller stops the output before the plate's watchdog can fire
+READ_WAIT_S = 1.0
 _NO_COUNTS: npt.NDArray[np.int16] = np.empty(0, dtype=np.int16)
 
 
@@ -560,6 +564,7 @@ __all__ = [
     "HARD_CEILING_G",
     "MIN_WAIT_BLOCKS",
     "PORT_READ_S",
+    "READ_WAIT_S",
     "TRIP_RAMP_S",
     "WATCHDOG_WAIT_MARGIN_S",
     "SafetyLimits",
